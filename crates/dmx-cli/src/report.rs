@@ -1,0 +1,185 @@
+//! Human and JSON output of the commands.
+
+use std::path::Path;
+
+use dmx::{CompressReport, Stats, VerifyReport};
+
+fn mb(bytes: u64) -> String {
+    format!("{:.2} MB", bytes as f64 / 1e6)
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_string(), |x| format!("{x:.digits$}"))
+}
+
+/// Prints any serializable value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("dmx: error: cannot encode JSON: {e}"),
+    }
+}
+
+/// Writes a JSON report file (via a temporary file renamed into place).
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), dmx::Error> {
+    let text = serde_json::to_vec_pretty(value)
+        .map_err(|e| dmx::Error::Usage(format!("cannot encode JSON: {e}")))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let io = |e: std::io::Error| dmx::Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut tmp = tempfile_in(dir).map_err(io)?;
+    std::io::Write::write_all(&mut tmp, &text).map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+fn tempfile_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(".dmx-tmp-")
+        .tempfile_in(dir)
+}
+
+/// One-paragraph summary of a compression.
+pub fn compress_summary(input: &Path, output: &Path, r: &CompressReport) {
+    let ratio = r.input_bytes as f64 / r.output_bytes.max(1) as f64;
+    eprintln!(
+        "{} -> {}: {} -> {} ({ratio:.3}x) in {:.2} s ({:.0} MB/s)",
+        input.display(),
+        output.display(),
+        mb(r.input_bytes),
+        mb(r.output_bytes),
+        r.seconds,
+        r.input_bytes as f64 / 1e6 / r.seconds.max(1e-9),
+    );
+    for (dtype, d) in &r.stats.dtypes {
+        eprintln!(
+            "  {dtype:>8}: {:>6} tensors, {:>12} params, {} bits/weight (entropy bound {}), {}x",
+            d.tensors,
+            d.params,
+            opt(d.bits_per_weight, 3),
+            opt(d.entropy_bits_per_weight, 3),
+            opt(d.ratio, 3),
+        );
+    }
+}
+
+/// `dmx info` in human form.
+pub fn info(path: &Path, s: &Stats, all_tensors: bool) {
+    println!("archive:   {}", path.display());
+    println!("format:    dmx {} ({})", s.format_version, s.root);
+    println!(
+        "lossless:  {}",
+        if s.lossless {
+            "yes (restores every file byte for byte)"
+        } else {
+            "NO (lossy archive)"
+        }
+    );
+    println!(
+        "size:      {} -> {} ({}x)",
+        mb(s.original_bytes),
+        s.archive_bytes.map_or("-".into(), mb),
+        opt(s.ratio, 3)
+    );
+    println!("files:     {}", s.files.len());
+    println!("tensors:   {} ({} params)", s.tensors, s.params);
+    println!();
+    println!(
+        "{:<10} {:>8} {:>14} {:>12} {:>12} {:>9} {:>9} {:>7}",
+        "dtype", "tensors", "params", "original", "stored", "bits/w", "entropy", "ratio"
+    );
+    for (dtype, d) in &s.dtypes {
+        println!(
+            "{:<10} {:>8} {:>14} {:>12} {:>12} {:>9} {:>9} {:>7}",
+            dtype,
+            d.tensors,
+            d.params,
+            mb(d.original_bytes),
+            mb(d.stored_bytes),
+            opt(d.bits_per_weight, 3),
+            opt(d.entropy_bits_per_weight, 3),
+            opt(d.ratio, 3)
+        );
+    }
+    for f in &s.files {
+        println!();
+        println!(
+            "{} ({}, {} -> {}, sha256 {})",
+            f.path,
+            f.kind,
+            mb(f.original_bytes),
+            mb(f.stored_bytes),
+            f.sha256
+        );
+        if f.tensors.is_empty() {
+            continue;
+        }
+        if !all_tensors && s.tensors > 64 {
+            println!("  {} tensors (use --tensors to list them)", f.tensors.len());
+            continue;
+        }
+        println!(
+            "  {:<48} {:>6} {:>18} {:>11} {:>8} {:>8}",
+            "tensor", "dtype", "shape", "codec", "bits/w", "entropy"
+        );
+        for t in &f.tensors {
+            let shape = format!("{:?}", t.shape);
+            println!(
+                "  {:<48} {:>6} {:>18} {:>11} {:>8} {:>8}",
+                t.name,
+                t.dtype,
+                shape,
+                t.codec,
+                opt(t.bits_per_weight, 3),
+                opt(t.entropy_bits_per_weight, 3)
+            );
+        }
+    }
+}
+
+/// `dmx verify` in human form.
+pub fn verify(r: &VerifyReport) {
+    for f in &r.files {
+        let status = if f.ok { "OK  " } else { "FAIL" };
+        let exact = match f.bit_exact {
+            Some(true) => ", bit-exact with the original",
+            Some(false) => ", differs from the original",
+            None => "",
+        };
+        println!("{status} {} ({} tensors{exact})", f.path, f.tensors);
+        for p in &f.problems {
+            println!("     {p}");
+        }
+    }
+    println!(
+        "{}",
+        if r.ok {
+            "verify: all checks passed"
+        } else {
+            "verify: FAILED"
+        }
+    );
+}
+
+/// A failing report for an archive that could not even be opened.
+pub fn unreadable(archive: &Path, original: Option<&Path>, e: &dmx::Error) -> VerifyReport {
+    VerifyReport {
+        schema: 1,
+        archive: archive.display().to_string(),
+        original: original.map(|o| o.display().to_string()),
+        ok: false,
+        files: vec![dmx::FileReport {
+            path: archive.display().to_string(),
+            size: 0,
+            ok: false,
+            bit_exact: original.map(|_| false),
+            tensors: 0,
+            problems: vec![e.to_string()],
+        }],
+    }
+}

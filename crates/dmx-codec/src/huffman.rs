@@ -1,0 +1,311 @@
+//! Canonical, length-limited Huffman codes: construction from a histogram, the compact table
+//! serialization used in chunk payloads, LSB-first encode codes and single-lookup decode
+//! tables.
+
+use crate::CodecError;
+
+/// Longest code length; decode tables have `1 << MAX_CODE_LEN` entries.
+pub const MAX_CODE_LEN: u32 = 12;
+/// Largest alphabet (symbols are `0..MAX_SYMBOLS`).
+pub const MAX_SYMBOLS: usize = 1 << MAX_CODE_LEN;
+
+/// Code lengths for `alphabet` symbols, none longer than `MAX_CODE_LEN`; unused symbols get 0.
+///
+/// `freq.len()` must be at most `MAX_SYMBOLS`. A single used symbol gets length 1.
+pub fn code_lengths(freq: &[u64]) -> Vec<u8> {
+    assert!(freq.len() <= MAX_SYMBOLS, "alphabet too large");
+    let mut lengths = vec![0u8; freq.len()];
+    let mut used: Vec<(u64, u32)> = freq
+        .iter()
+        .enumerate()
+        .filter(|&(_, &f)| f > 0)
+        .map(|(s, &f)| (f, s as u32))
+        .collect();
+    match used.len() {
+        0 => return lengths,
+        1 => {
+            lengths[used[0].1 as usize] = 1;
+            return lengths;
+        }
+        _ => {}
+    }
+    used.sort_unstable();
+    let depth = huffman_depths(&used);
+    let mut lens: Vec<u32> = depth;
+    limit_lengths(&mut lens, MAX_CODE_LEN);
+    for (&(_, s), &l) in used.iter().zip(&lens) {
+        lengths[s as usize] = l as u8;
+    }
+    lengths
+}
+
+/// Plain Huffman depths for `used` sorted by ascending frequency (two-queue method).
+fn huffman_depths(used: &[(u64, u32)]) -> Vec<u32> {
+    let n = used.len();
+    // Nodes 0..n are leaves (sorted by weight); internal nodes are appended in creation
+    // order, which is also ascending weight.
+    let mut weight: Vec<u64> = used.iter().map(|&(f, _)| f).collect();
+    weight.reserve(n - 1);
+    let mut parent = vec![0usize; 2 * n - 1];
+    let (mut leaf, mut internal) = (0usize, n);
+    for next in n..2 * n - 1 {
+        let mut pick = || {
+            let take_leaf = leaf < n && (internal >= next || weight[leaf] <= weight[internal]);
+            if take_leaf {
+                leaf += 1;
+                leaf - 1
+            } else {
+                internal += 1;
+                internal - 1
+            }
+        };
+        let a = pick();
+        let b = pick();
+        weight.push(weight[a] + weight[b]);
+        parent[a] = next;
+        parent[b] = next;
+    }
+    let root = 2 * n - 2;
+    let mut depth = vec![0u32; 2 * n - 1];
+    for node in (0..root).rev() {
+        depth[node] = depth[parent[node]] + 1;
+    }
+    depth.truncate(n);
+    depth
+}
+
+/// Caps lengths (given for symbols in ascending frequency order) at `limit` while keeping the
+/// Kraft sum at most one, then spends any slack on the most frequent symbols.
+fn limit_lengths(lens: &mut [u32], limit: u32) {
+    if lens.iter().all(|&l| l <= limit) {
+        return;
+    }
+    let unit = |l: u32| 1u64 << (limit - l);
+    let cap = 1u64 << limit;
+    for l in lens.iter_mut() {
+        *l = (*l).min(limit);
+    }
+    let mut kraft: u64 = lens.iter().map(|&l| unit(l)).sum();
+    // Lengthen the rarest codes that can still grow until the code fits.
+    while kraft > cap {
+        let (i, _) = lens
+            .iter()
+            .enumerate()
+            .filter(|&(_, &l)| l < limit)
+            .max_by_key(|&(i, &l)| (l, std::cmp::Reverse(i)))
+            .expect("an alphabet of at most 2^limit symbols always fits");
+        kraft -= unit(lens[i] + 1);
+        lens[i] += 1;
+    }
+    // Shorten the most frequent codes while there is room.
+    for i in (0..lens.len()).rev() {
+        while lens[i] > 1 && kraft + unit(lens[i]) <= cap {
+            kraft += unit(lens[i]);
+            lens[i] -= 1;
+        }
+    }
+}
+
+/// Canonical codes (bit-reversed for LSB-first writing) for the given lengths.
+pub fn encode_codes(lengths: &[u8]) -> Vec<u16> {
+    let mut count = [0u32; MAX_CODE_LEN as usize + 1];
+    for &l in lengths {
+        count[l as usize] += 1;
+    }
+    count[0] = 0;
+    let mut next = [0u32; MAX_CODE_LEN as usize + 2];
+    let mut code = 0u32;
+    for len in 1..=MAX_CODE_LEN as usize {
+        code = (code + count[len - 1]) << 1;
+        next[len] = code;
+    }
+    lengths
+        .iter()
+        .map(|&l| {
+            if l == 0 {
+                return 0;
+            }
+            let c = next[l as usize];
+            next[l as usize] += 1;
+            (c.reverse_bits() >> (32 - u32::from(l))) as u16
+        })
+        .collect()
+}
+
+/// A single-lookup decode table: entry = `symbol << 8 | length`, length 0 marks an index that
+/// no code maps to (corrupt input).
+pub fn decode_table(lengths: &[u8]) -> Result<Vec<u32>, CodecError> {
+    check_kraft(lengths)?;
+    let codes = encode_codes(lengths);
+    let mut table = vec![0u32; MAX_SYMBOLS];
+    for (sym, (&len, &code)) in lengths.iter().zip(&codes).enumerate() {
+        if len == 0 {
+            continue;
+        }
+        let step = 1usize << len;
+        let entry = (sym as u32) << 8 | u32::from(len);
+        let mut i = usize::from(code);
+        while i < MAX_SYMBOLS {
+            table[i] = entry;
+            i += step;
+        }
+    }
+    Ok(table)
+}
+
+fn check_kraft(lengths: &[u8]) -> Result<(), CodecError> {
+    let mut kraft = 0u64;
+    for &l in lengths {
+        if u32::from(l) > MAX_CODE_LEN {
+            return Err(CodecError::Corrupt("Huffman code length above 12"));
+        }
+        if l > 0 {
+            kraft += 1u64 << (MAX_CODE_LEN - u32::from(l));
+        }
+    }
+    if kraft > 1u64 << MAX_CODE_LEN {
+        return Err(CodecError::Corrupt("Huffman code lengths oversubscribed"));
+    }
+    Ok(())
+}
+
+/// Total coded bits of `freq` under `lengths`.
+pub fn coded_bits(freq: &[u64], lengths: &[u8]) -> u64 {
+    freq.iter()
+        .zip(lengths)
+        .map(|(&f, &l)| f * u64::from(l))
+        .sum()
+}
+
+/// Nibble that introduces a run of zero lengths in the serialized table.
+const ZERO_RUN: u8 = 15;
+
+/// Serializes lengths: `u16 first`, `u16 count`, then `count` nibbles (low nibble first),
+/// where 0..=12 is a length and 15 followed by a nibble `k` is a run of `k + 2` zeros.
+pub fn write_lengths(lengths: &[u8], out: &mut Vec<u8>) {
+    let first = lengths.iter().position(|&l| l != 0).unwrap_or(0);
+    let last = lengths.iter().rposition(|&l| l != 0).map_or(0, |p| p + 1);
+    let span = &lengths[first..last.max(first)];
+    out.extend_from_slice(&(first as u16).to_le_bytes());
+    out.extend_from_slice(&(span.len() as u16).to_le_bytes());
+    let mut nibbles = Vec::with_capacity(span.len());
+    let mut i = 0;
+    while i < span.len() {
+        let run = span[i..].iter().take(17).take_while(|&&l| l == 0).count();
+        if run >= 2 {
+            nibbles.push(ZERO_RUN);
+            nibbles.push((run - 2) as u8);
+            i += run;
+        } else {
+            nibbles.push(span[i]);
+            i += 1;
+        }
+    }
+    for pair in nibbles.chunks(2) {
+        out.push(pair[0] | pair.get(1).copied().unwrap_or(0) << 4);
+    }
+}
+
+/// Size in bytes of [`write_lengths`]' output, without writing it.
+pub fn lengths_size(lengths: &[u8]) -> usize {
+    let mut buf = Vec::new();
+    write_lengths(lengths, &mut buf);
+    buf.len()
+}
+
+/// Parses [`write_lengths`]' output for an alphabet of `alphabet` symbols; returns the lengths
+/// and the number of bytes read.
+pub fn read_lengths(data: &[u8], alphabet: usize) -> Result<(Vec<u8>, usize), CodecError> {
+    let short = CodecError::Corrupt("Huffman table truncated");
+    let header = data.get(..4).ok_or(short.clone())?;
+    let first = usize::from(u16::from_le_bytes([header[0], header[1]]));
+    let count = usize::from(u16::from_le_bytes([header[2], header[3]]));
+    if first + count > alphabet {
+        return Err(CodecError::Corrupt("Huffman table exceeds the alphabet"));
+    }
+    let mut lengths = vec![0u8; alphabet];
+    let mut filled = 0;
+    let mut nib = 0usize;
+    let nibble_at = |k: usize| -> Result<u8, CodecError> {
+        let byte = data.get(4 + k / 2).ok_or(short.clone())?;
+        Ok(if k % 2 == 0 { byte & 15 } else { byte >> 4 })
+    };
+    while filled < count {
+        let v = nibble_at(nib)?;
+        nib += 1;
+        if v == ZERO_RUN {
+            let run = usize::from(nibble_at(nib)?) + 2;
+            nib += 1;
+            if filled + run > count {
+                return Err(CodecError::Corrupt("Huffman table zero run too long"));
+            }
+            filled += run;
+        } else if u32::from(v) > MAX_CODE_LEN {
+            return Err(CodecError::Corrupt("Huffman code length above 12"));
+        } else {
+            lengths[first + filled] = v;
+            filled += 1;
+        }
+    }
+    Ok((lengths, 4 + nib.div_ceil(2)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kraft(lengths: &[u8]) -> f64 {
+        lengths
+            .iter()
+            .filter(|&&l| l > 0)
+            .map(|&l| 2f64.powi(-i32::from(l)))
+            .sum()
+    }
+
+    #[test]
+    fn lengths_are_optimal_for_dyadic_input() {
+        let lens = code_lengths(&[8, 4, 2, 1, 1]);
+        assert_eq!(lens, vec![1, 2, 3, 4, 4]);
+    }
+
+    #[test]
+    fn lengths_are_limited_and_complete() {
+        // Fibonacci frequencies give a maximally deep tree.
+        let mut freq = vec![1u64, 1];
+        while freq.len() < 40 {
+            let n = freq.len();
+            freq.push(freq[n - 1] + freq[n - 2]);
+        }
+        let lens = code_lengths(&freq);
+        assert!(lens.iter().all(|&l| (1..=12).contains(&l)));
+        assert!((kraft(&lens) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn full_alphabet_fits() {
+        let freq = vec![1u64; MAX_SYMBOLS];
+        let lens = code_lengths(&freq);
+        assert!(lens.iter().all(|&l| l == 12));
+    }
+
+    #[test]
+    fn table_round_trip() {
+        let mut lens = vec![0u8; 300];
+        lens[3] = 2;
+        lens[4] = 2;
+        lens[100] = 3;
+        lens[299] = 3;
+        lens[150] = 2;
+        let mut buf = Vec::new();
+        write_lengths(&lens, &mut buf);
+        assert_eq!(buf.len(), lengths_size(&lens));
+        let (back, used) = read_lengths(&buf, 300).unwrap();
+        assert_eq!(back, lens);
+        assert_eq!(used, buf.len());
+    }
+
+    #[test]
+    fn decode_table_rejects_oversubscribed() {
+        assert!(decode_table(&[1, 1, 1]).is_err());
+    }
+}

@@ -1,0 +1,293 @@
+//! Pure lossless transforms for neural-network tensor bytes: no IO, no threads.
+//!
+//! A chunk of tensor bytes is encoded by [`encode`] into a [`Codec`] id plus a payload, and
+//! restored by [`decode`]. For float data the codec splits every value into a Huffman-coded
+//! symbol (sign, exponent and the top mantissa bits) and raw residual bits (module [`float`]);
+//! other data uses zstd. The smallest candidate wins and [`Codec::Raw`] bounds the growth, so a
+//! payload is never larger than its input.
+//!
+//! ```
+//! use dmx_codec::{decode, encode, FloatLayout, ValueKind};
+//! let values: Vec<u8> = (0..4096u32)
+//!     .flat_map(|i| half_like(i).to_le_bytes())
+//!     .collect();
+//! # fn half_like(i: u32) -> u16 { 0x3c00 | (i as u16 & 0x3ff) }
+//! let enc = encode(ValueKind::Float(FloatLayout::BF16), &values, 3);
+//! let mut back = vec![0u8; values.len()];
+//! decode(enc.codec, &enc.payload, &mut back).unwrap();
+//! assert_eq!(back, values);
+//! ```
+#![deny(missing_docs)]
+
+pub mod bits;
+pub mod float;
+pub mod huffman;
+
+use thiserror::Error;
+
+/// Errors from decoding a payload.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The payload is malformed (truncated, inconsistent, or not produced by this codec).
+    #[error("corrupt payload: {0}")]
+    Corrupt(&'static str),
+    /// The payload names a codec id this version does not know.
+    #[error("unknown codec id {0}")]
+    UnknownCodec(u8),
+    /// zstd refused the payload.
+    #[error("zstd: {0}")]
+    Zstd(String),
+}
+
+/// Codec ids as stored in the container index (docs/FORMAT.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Codec {
+    /// The bytes, stored as they are.
+    Raw = 0,
+    /// A single zstd frame.
+    Zstd = 1,
+    /// The field-split float codec of module [`float`].
+    FloatHuff = 2,
+}
+
+impl Codec {
+    /// Parses a stored codec id.
+    pub fn from_id(id: u8) -> Result<Self, CodecError> {
+        match id {
+            0 => Ok(Self::Raw),
+            1 => Ok(Self::Zstd),
+            2 => Ok(Self::FloatHuff),
+            other => Err(CodecError::UnknownCodec(other)),
+        }
+    }
+
+    /// A short lowercase name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Zstd => "zstd",
+            Self::FloatHuff => "float-huff",
+        }
+    }
+}
+
+/// Bit layout of a floating-point value: total width and exponent width (the sign is the top
+/// bit, the mantissa the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FloatLayout {
+    bytes: u8,
+    /// Exponent field width in bits.
+    pub exp_bits: u32,
+}
+
+impl FloatLayout {
+    /// bfloat16: 1 + 8 + 7.
+    pub const BF16: Self = Self {
+        bytes: 2,
+        exp_bits: 8,
+    };
+    /// IEEE binary16: 1 + 5 + 10.
+    pub const F16: Self = Self {
+        bytes: 2,
+        exp_bits: 5,
+    };
+    /// IEEE binary32: 1 + 8 + 23.
+    pub const F32: Self = Self {
+        bytes: 4,
+        exp_bits: 8,
+    };
+    /// IEEE binary64: 1 + 11 + 52.
+    pub const F64: Self = Self {
+        bytes: 8,
+        exp_bits: 11,
+    };
+    /// FP8 E4M3: 1 + 4 + 3.
+    pub const F8_E4M3: Self = Self {
+        bytes: 1,
+        exp_bits: 4,
+    };
+    /// FP8 E5M2: 1 + 5 + 2.
+    pub const F8_E5M2: Self = Self {
+        bytes: 1,
+        exp_bits: 5,
+    };
+
+    /// Value width in bytes.
+    pub fn bytes(self) -> usize {
+        usize::from(self.bytes)
+    }
+
+    /// Value width in bits.
+    pub fn bits(self) -> u32 {
+        u32::from(self.bytes) * 8
+    }
+}
+
+/// What a chunk holds, which decides the candidate codecs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// Little-endian floats of this layout.
+    Float(FloatLayout),
+    /// Anything else (integers, bools, unknown dtypes, file headers, other files).
+    Bytes,
+}
+
+/// An encoded chunk.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// The codec that produced `payload`.
+    pub codec: Codec,
+    /// The stored bytes.
+    pub payload: Vec<u8>,
+    /// Order-0 entropy bound of the input in bits under the chosen field split (floats) or of
+    /// its bytes (other data).
+    pub entropy_bits: f64,
+}
+
+/// Bytes sampled (in four slices) to decide whether zstd is worth trying on float data.
+const ZSTD_PROBE: usize = 16 * 1024;
+
+/// Encodes one chunk, choosing the smallest of the candidate codecs. `zstd_level` applies to
+/// [`ValueKind::Bytes`] data; float data probes zstd at a fast level only when a sample says it
+/// may win (long runs, repeated values).
+pub fn encode(kind: ValueKind, data: &[u8], zstd_level: i32) -> Encoded {
+    let mut best = match kind {
+        ValueKind::Float(layout) if data.len() % layout.bytes() == 0 && !data.is_empty() => {
+            encode_float(layout, data)
+        }
+        _ => {
+            let entropy_bits = float::entropy(&byte_histogram(data));
+            let payload = zstd_compress(data, zstd_level);
+            Encoded {
+                codec: Codec::Zstd,
+                payload,
+                entropy_bits,
+            }
+        }
+    };
+    if best.payload.len() >= data.len() {
+        best.codec = Codec::Raw;
+        best.payload = data.to_vec();
+    }
+    best
+}
+
+fn encode_float(layout: FloatLayout, data: &[u8]) -> Encoded {
+    let plan = float::Analysis::new(layout, data).best_plan();
+    if zstd_may_win(data, plan.size) {
+        let z = zstd_compress(data, 3);
+        if z.len() < plan.size {
+            return Encoded {
+                codec: Codec::Zstd,
+                payload: z,
+                entropy_bits: plan.entropy_bits,
+            };
+        }
+    }
+    Encoded {
+        codec: Codec::FloatHuff,
+        payload: float::encode(layout, data, &plan),
+        entropy_bits: plan.entropy_bits,
+    }
+}
+
+/// Compresses four slices of the chunk at zstd level 1 and extrapolates.
+fn zstd_may_win(data: &[u8], float_size: usize) -> bool {
+    if data.len() <= ZSTD_PROBE {
+        return zstd_compress(data, 1).len() < float_size;
+    }
+    let slice = ZSTD_PROBE / 4;
+    let mut sample = Vec::with_capacity(ZSTD_PROBE);
+    for i in 0..4 {
+        let start = (data.len() - slice) * i / 3;
+        sample.extend_from_slice(&data[start..start + slice]);
+    }
+    let z = zstd_compress(&sample, 1).len() as f64;
+    let predicted = z * data.len() as f64 / sample.len() as f64;
+    predicted < float_size as f64 * 0.98
+}
+
+fn zstd_compress(data: &[u8], level: i32) -> Vec<u8> {
+    // Compressing into memory cannot fail for valid levels; fall back to raw on the
+    // impossible error so encoding stays infallible.
+    zstd::bulk::compress(data, level).unwrap_or_else(|_| data.to_vec())
+}
+
+fn byte_histogram(data: &[u8]) -> [u64; 256] {
+    let mut h = [0u64; 256];
+    for &b in data {
+        h[usize::from(b)] += 1;
+    }
+    h
+}
+
+/// Decodes `payload` of `codec` into `out`, whose length must be the chunk's raw size. Never
+/// writes past `out` and never allocates more than `out.len()` plus small tables.
+pub fn decode(codec: Codec, payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    match codec {
+        Codec::Raw => {
+            if payload.len() != out.len() {
+                return Err(CodecError::Corrupt(
+                    "raw payload size disagrees with chunk size",
+                ));
+            }
+            out.copy_from_slice(payload);
+            Ok(())
+        }
+        Codec::Zstd => {
+            let n = zstd::bulk::decompress_to_buffer(payload, out)
+                .map_err(|e| CodecError::Zstd(e.to_string()))?;
+            if n != out.len() {
+                return Err(CodecError::Corrupt("zstd payload shorter than the chunk"));
+            }
+            Ok(())
+        }
+        Codec::FloatHuff => float::decode(payload, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_codec_is_rejected() {
+        assert_eq!(Codec::from_id(9), Err(CodecError::UnknownCodec(9)));
+    }
+
+    #[test]
+    fn bytes_round_trip_and_never_grow() {
+        for data in [
+            vec![],
+            vec![7u8],
+            (0..=255u8).collect::<Vec<_>>(),
+            vec![0u8; 100_000],
+        ] {
+            let enc = encode(ValueKind::Bytes, &data, 3);
+            assert!(enc.payload.len() <= data.len());
+            let mut out = vec![0u8; data.len()];
+            decode(enc.codec, &enc.payload, &mut out).unwrap();
+            assert_eq!(out, data);
+        }
+    }
+
+    #[test]
+    fn zero_float_chunk_uses_zstd() {
+        let data = vec![0u8; 1 << 20];
+        let enc = encode(ValueKind::Float(FloatLayout::F32), &data, 3);
+        assert_eq!(enc.codec, Codec::Zstd);
+        assert!(enc.payload.len() < 1000);
+    }
+
+    #[test]
+    fn wrong_output_size_is_an_error() {
+        let data = vec![1u8; 1000];
+        let enc = encode(ValueKind::Bytes, &data, 3);
+        let mut out = vec![0u8; 999];
+        assert!(decode(enc.codec, &enc.payload, &mut out).is_err());
+        let mut out = vec![0u8; 1001];
+        assert!(decode(enc.codec, &enc.payload, &mut out).is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! The `.dmx` container: preamble, index and trailer, exactly as specified in
+//! `docs/FORMAT.md`. This crate does no IO; it turns index structures into bytes and back,
+//! validating every count, offset and size against [`Limits`] before allocating.
+//!
+//! ```
+//! use dmx_format::{Entry, EntryKind, Index, Limits, Root, Trailer};
+//! let index = Index { root: Root::File, entries: vec![Entry {
+//!     path: "a.bin".into(), kind: EntryKind::Blob, size: 0, sha256: [0; 32], segments: vec![],
+//! }] };
+//! let bytes = index.to_bytes();
+//! let trailer = Trailer::for_index(16, &bytes);
+//! let back = Index::from_bytes(&bytes, 16, &Limits::default()).unwrap();
+//! assert_eq!(back, index);
+//! assert_eq!(Trailer::from_bytes(&trailer.to_bytes()).unwrap(), trailer);
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod error;
+mod index;
+mod wire;
+
+pub use error::FormatError;
+pub use index::{
+    Chunk, Entry, EntryKind, Index, Root, Segment, SegmentKind, TensorInfo, Transform,
+};
+
+/// First 8 bytes of every archive (§2).
+pub const MAGIC: [u8; 8] = *b"\x89DMX\r\n\x1a\n";
+/// Last 8 bytes of every archive (§4).
+pub const END_MAGIC: [u8; 8] = *b"DMXINDEX";
+/// Major format version written by this crate; readers reject any other (§2).
+pub const VERSION_MAJOR: u16 = 1;
+/// Minor format version written by this crate; readers accept any minor of their major.
+pub const VERSION_MINOR: u16 = 0;
+/// Size of the preamble (§2).
+pub const PREAMBLE_LEN: u64 = 16;
+/// Size of the trailer (§4).
+pub const TRAILER_LEN: u64 = 32;
+
+/// Bounds applied to untrusted archives before any allocation (§6).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest index accepted, in bytes.
+    pub max_index_len: u64,
+    /// Largest raw (decoded) chunk, in bytes.
+    pub max_chunk_raw: u32,
+    /// Largest number of entries (files).
+    pub max_entries: u64,
+    /// Largest number of segments in one entry.
+    pub max_segments: u64,
+    /// Largest number of chunks in one segment.
+    pub max_chunks: u64,
+    /// Longest string (path, tensor name, dtype), in bytes.
+    pub max_string: u32,
+    /// Largest tensor rank.
+    pub max_rank: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_index_len: 1 << 30,
+            max_chunk_raw: 64 << 20,
+            max_entries: 1 << 20,
+            max_segments: 1 << 24,
+            max_chunks: 1 << 26,
+            max_string: 1 << 16,
+            max_rank: 64,
+        }
+    }
+}
+
+/// The fixed 16-byte preamble (§2).
+pub fn preamble() -> [u8; 16] {
+    let mut p = [0u8; 16];
+    p[..8].copy_from_slice(&MAGIC);
+    p[8..10].copy_from_slice(&VERSION_MAJOR.to_le_bytes());
+    p[10..12].copy_from_slice(&VERSION_MINOR.to_le_bytes());
+    // Bytes 12..16: flags, all zero in version 1.0.
+    p
+}
+
+/// Checks a preamble (§2): magic, major version and flags.
+pub fn check_preamble(bytes: &[u8]) -> Result<(), FormatError> {
+    let p = bytes.get(..16).ok_or(FormatError::Truncated("preamble"))?;
+    if p[..8] != MAGIC {
+        return Err(FormatError::NotAnArchive);
+    }
+    let major = u16::from_le_bytes([p[8], p[9]]);
+    let minor = u16::from_le_bytes([p[10], p[11]]);
+    if major != VERSION_MAJOR {
+        return Err(FormatError::UnsupportedVersion { major, minor });
+    }
+    let flags = u32::from_le_bytes([p[12], p[13], p[14], p[15]]);
+    if flags != 0 {
+        return Err(FormatError::UnknownFlags(flags));
+    }
+    Ok(())
+}
+
+/// The fixed 32-byte trailer that locates the index (§4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trailer {
+    /// Absolute offset of the index.
+    pub index_offset: u64,
+    /// Index length in bytes.
+    pub index_len: u64,
+    /// xxh3-64 of the index bytes.
+    pub index_xxh3: u64,
+}
+
+impl Trailer {
+    /// The trailer for `index` bytes written at `index_offset`.
+    pub fn for_index(index_offset: u64, index: &[u8]) -> Self {
+        Self {
+            index_offset,
+            index_len: index.len() as u64,
+            index_xxh3: xxhash_rust::xxh3::xxh3_64(index),
+        }
+    }
+
+    /// Serializes the trailer.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        let mut t = [0u8; 32];
+        t[..8].copy_from_slice(&self.index_offset.to_le_bytes());
+        t[8..16].copy_from_slice(&self.index_len.to_le_bytes());
+        t[16..24].copy_from_slice(&self.index_xxh3.to_le_bytes());
+        t[24..].copy_from_slice(&END_MAGIC);
+        t
+    }
+
+    /// Parses a trailer (the last 32 bytes of an archive).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
+        let t: &[u8; 32] = bytes
+            .try_into()
+            .map_err(|_| FormatError::Truncated("trailer"))?;
+        if t[24..] != END_MAGIC {
+            return Err(FormatError::Truncated(
+                "trailer magic missing; the file is cut short",
+            ));
+        }
+        let u = |i: usize| u64::from_le_bytes(t[i..i + 8].try_into().unwrap_or([0; 8]));
+        Ok(Self {
+            index_offset: u(0),
+            index_len: u(8),
+            index_xxh3: u(16),
+        })
+    }
+
+    /// Checks that the index lies between the preamble and the trailer of a file of
+    /// `file_len` bytes and within `limits`.
+    pub fn check(&self, file_len: u64, limits: &Limits) -> Result<(), FormatError> {
+        let end = self
+            .index_offset
+            .checked_add(self.index_len)
+            .ok_or(FormatError::OutOfRange("index"))?;
+        if self.index_offset < PREAMBLE_LEN || end.checked_add(TRAILER_LEN) != Some(file_len) {
+            return Err(FormatError::OutOfRange("index"));
+        }
+        if self.index_len > limits.max_index_len {
+            return Err(FormatError::LimitExceeded {
+                what: "index size",
+                value: self.index_len,
+                limit: limits.max_index_len,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the index bytes against the recorded checksum.
+    pub fn check_index(&self, index: &[u8]) -> Result<(), FormatError> {
+        if xxhash_rust::xxh3::xxh3_64(index) != self.index_xxh3 {
+            return Err(FormatError::ChecksumMismatch("index"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preamble_round_trip() {
+        check_preamble(&preamble()).unwrap();
+        let mut p = preamble();
+        p[8] = 2;
+        assert!(matches!(
+            check_preamble(&p),
+            Err(FormatError::UnsupportedVersion { major: 2, .. })
+        ));
+        let mut p = preamble();
+        p[12] = 1;
+        assert!(matches!(
+            check_preamble(&p),
+            Err(FormatError::UnknownFlags(1))
+        ));
+        assert!(matches!(
+            check_preamble(b"PK\x03\x04............"),
+            Err(FormatError::NotAnArchive)
+        ));
+        assert!(check_preamble(&[0x89]).is_err());
+    }
+
+    #[test]
+    fn trailer_bounds() {
+        let t = Trailer::for_index(16, b"abc");
+        t.check(16 + 3 + 32, &Limits::default()).unwrap();
+        assert!(t.check(16 + 3 + 31, &Limits::default()).is_err());
+        let bad = Trailer {
+            index_offset: u64::MAX,
+            ..t
+        };
+        assert!(bad.check(100, &Limits::default()).is_err());
+        t.check_index(b"abc").unwrap();
+        assert!(t.check_index(b"abd").is_err());
+    }
+}

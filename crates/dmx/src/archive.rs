@@ -1,0 +1,227 @@
+//! Reading archives: open and validate, list tensors, decode chunks, segments and tensors.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use dmx_codec::Codec;
+use dmx_format::{Chunk, Entry, Index, Limits, Segment, SegmentKind, TensorInfo, Trailer};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::plan::dtype_bits;
+use crate::source::Bytes;
+
+/// An open `.dmx` archive. Opening checks the preamble, the trailer, the index checksum and
+/// every structural rule of the index; chunk checksums are checked as chunks are decoded.
+pub struct Archive {
+    path: PathBuf,
+    bytes: Bytes,
+    index: Index,
+}
+
+/// A tensor stored in an archive.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorRef<'a> {
+    /// The file it belongs to.
+    pub entry: &'a Entry,
+    /// Its segment.
+    pub segment: &'a Segment,
+    /// Name, dtype and shape.
+    pub info: &'a TensorInfo,
+}
+
+impl Archive {
+    /// Opens and validates `path` with the default [`Limits`].
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with_limits(path, &Limits::default())
+    }
+
+    /// Opens and validates `path` with explicit limits for untrusted input.
+    pub fn open_with_limits(path: &Path, limits: &Limits) -> Result<Self> {
+        let bytes = Bytes::open(path)?;
+        let fmt = |source| Error::Format {
+            path: path.to_path_buf(),
+            source,
+        };
+        dmx_format::check_preamble(&bytes).map_err(fmt)?;
+        let len = bytes.len() as u64;
+        if len < dmx_format::PREAMBLE_LEN + dmx_format::TRAILER_LEN {
+            return Err(fmt(dmx_format::FormatError::Truncated("archive")));
+        }
+        let trailer =
+            Trailer::from_bytes(&bytes[(len - dmx_format::TRAILER_LEN) as usize..]).map_err(fmt)?;
+        trailer.check(len, limits).map_err(fmt)?;
+        let start = trailer.index_offset as usize;
+        let index_bytes = &bytes[start..start + trailer.index_len as usize];
+        trailer.check_index(index_bytes).map_err(fmt)?;
+        let index = Index::from_bytes(index_bytes, trailer.index_offset, limits).map_err(fmt)?;
+        let archive = Self {
+            path: path.to_path_buf(),
+            bytes,
+            index,
+        };
+        archive.validate()?;
+        Ok(archive)
+    }
+
+    /// Rules the engine adds to the container's: known codec ids, tensor sizes that match
+    /// their dtype and shape.
+    fn validate(&self) -> Result<()> {
+        for entry in &self.index.entries {
+            for seg in &entry.segments {
+                for c in &seg.chunks {
+                    Codec::from_id(c.codec).map_err(|e| self.corrupt(entry, seg, None, e))?;
+                }
+                if let SegmentKind::Tensor(t) = &seg.kind
+                    && let Some(bits) = dtype_bits(&t.dtype)
+                {
+                    let elems = t
+                        .shape
+                        .iter()
+                        .try_fold(1u64, |a, &d| a.checked_mul(d))
+                        .and_then(|n| n.checked_mul(bits));
+                    if elems.map(|b| b.div_ceil(8)) != Some(seg.len) {
+                        return Err(self.corrupt(entry, seg, None, "size disagrees with shape"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The archive's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The parsed index.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Size of the archive file in bytes.
+    pub fn archive_len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Every tensor, in archive order.
+    pub fn tensors(&self) -> impl Iterator<Item = TensorRef<'_>> {
+        self.index.entries.iter().flat_map(|entry| {
+            entry
+                .segments
+                .iter()
+                .filter_map(move |segment| match &segment.kind {
+                    SegmentKind::Tensor(info) => Some(TensorRef {
+                        entry,
+                        segment,
+                        info,
+                    }),
+                    SegmentKind::Bytes => None,
+                })
+        })
+    }
+
+    /// Finds a tensor by name (the first match in archive order).
+    pub fn tensor(&self, name: &str) -> Option<TensorRef<'_>> {
+        self.tensors().find(|t| t.info.name == name)
+    }
+
+    /// Decodes one tensor's bytes, checking chunk checksums and the tensor's BLAKE3.
+    pub fn read_tensor(&self, name: &str) -> Result<Vec<u8>> {
+        let t = self.tensor(name).ok_or_else(|| {
+            Error::Usage(format!("{}: no tensor named {name:?}", self.path.display()))
+        })?;
+        let data = self.read_segment(t.entry, t.segment)?;
+        if blake3::hash(&data).as_bytes() != &t.segment.blake3 {
+            return Err(Error::Mismatch {
+                path: self.path.clone(),
+                detail: format!("tensor {name:?}: BLAKE3 of decoded bytes does not match"),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Decodes a whole segment (chunks in parallel on the current rayon pool).
+    pub fn read_segment(&self, entry: &Entry, segment: &Segment) -> Result<Vec<u8>> {
+        let len = usize::try_from(segment.len)
+            .map_err(|_| Error::Usage("segment larger than memory".into()))?;
+        let mut out = vec![0u8; len];
+        self.decode_chunks(entry, segment, 0..segment.chunks.len(), &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes the chunks `range` of `segment` in parallel into `out`, whose length is the
+    /// sum of their raw lengths.
+    pub(crate) fn decode_chunks(
+        &self,
+        entry: &Entry,
+        segment: &Segment,
+        range: Range<usize>,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let mut slices = Vec::with_capacity(range.len());
+        let mut rest = out;
+        for i in range {
+            let (head, tail) = rest.split_at_mut(segment.chunks[i].raw_len as usize);
+            slices.push((i, head));
+            rest = tail;
+        }
+        slices
+            .into_par_iter()
+            .try_for_each(|(i, buf)| self.decode_chunk(entry, segment, i, buf))
+    }
+
+    /// Decodes chunk `index` of `segment` into `out` (its raw length), after checking its
+    /// xxh3.
+    pub(crate) fn decode_chunk(
+        &self,
+        entry: &Entry,
+        segment: &Segment,
+        index: usize,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let chunk = &segment.chunks[index];
+        let start = chunk.offset as usize;
+        let stored = &self.bytes[start..start + chunk.stored_len as usize];
+        if xxhash_rust::xxh3::xxh3_64(stored) != chunk.xxh3 {
+            return Err(self.corrupt(entry, segment, Some(index), "checksum mismatch"));
+        }
+        let codec = Codec::from_id(chunk.codec)
+            .map_err(|e| self.corrupt(entry, segment, Some(index), e))?;
+        dmx_codec::decode(codec, stored, out)
+            .map_err(|e| self.corrupt(entry, segment, Some(index), e))
+    }
+
+    /// Lets the kernel drop mapped archive pages of `chunks`, already decoded.
+    pub(crate) fn release(&self, chunks: &[Chunk]) {
+        if let (Some(first), Some(last)) = (chunks.first(), chunks.last()) {
+            let end = last.offset + u64::from(last.stored_len);
+            self.bytes.release(first.offset as usize, end as usize);
+        }
+    }
+
+    fn corrupt(
+        &self,
+        entry: &Entry,
+        segment: &Segment,
+        chunk: Option<usize>,
+        detail: impl ToString,
+    ) -> Error {
+        let what = match &segment.kind {
+            SegmentKind::Tensor(t) => format!("{}: tensor {:?}", entry.path, t.name),
+            SegmentKind::Bytes => format!("{}: bytes at offset {}", entry.path, segment.offset),
+        };
+        let what = match chunk {
+            Some(i) => format!("{what}, chunk {i}"),
+            None => what,
+        };
+        Error::Corrupt {
+            path: self.path.clone(),
+            what,
+            detail: format!(
+                "{} (the archive is damaged; re-create or re-download it)",
+                detail.to_string()
+            ),
+        }
+    }
+}

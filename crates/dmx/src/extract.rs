@@ -1,0 +1,82 @@
+//! `extract`: write a new safetensors file holding only the named tensors, decoding only
+//! their chunks.
+
+use std::path::Path;
+
+use dmx_format::SegmentKind;
+use serde_json::{Map, Value};
+
+use crate::Options;
+use crate::archive::{Archive, TensorRef};
+use crate::error::{Error, Result};
+use crate::output::AtomicFile;
+
+/// Writes `names` (in the given order) from `archive` into a safetensors file at `output`,
+/// keeping the `__metadata__` of the file the first tensor came from. Each tensor's BLAKE3 is
+/// checked.
+pub fn extract(archive: &Archive, names: &[String], output: &Path, opts: &Options) -> Result<()> {
+    if names.is_empty() {
+        return Err(Error::Usage("name at least one tensor to extract".into()));
+    }
+    let mut picked: Vec<TensorRef<'_>> = Vec::with_capacity(names.len());
+    for name in names {
+        if picked.iter().any(|t| &t.info.name == name) {
+            return Err(Error::Usage(format!("tensor {name:?} named twice")));
+        }
+        let t = archive.tensor(name).ok_or_else(|| {
+            Error::Usage(format!(
+                "{}: no tensor named {name:?} (see `dmx info` for the list)",
+                archive.path().display()
+            ))
+        })?;
+        picked.push(t);
+    }
+    let pool = opts.pool()?;
+    let metadata = pool.install(|| source_metadata(archive, picked[0]))?;
+    let mut header = Map::new();
+    if let Some(m) = metadata {
+        header.insert("__metadata__".into(), m);
+    }
+    let mut offset = 0u64;
+    for t in &picked {
+        let mut info = Map::new();
+        info.insert("dtype".into(), Value::from(t.info.dtype.clone()));
+        info.insert("shape".into(), Value::from(t.info.shape.clone()));
+        info.insert(
+            "data_offsets".into(),
+            Value::from(vec![offset, offset + t.segment.len]),
+        );
+        header.insert(t.info.name.clone(), Value::Object(info));
+        offset += t.segment.len;
+    }
+    let mut json = serde_json::to_vec(&Value::Object(header))
+        .map_err(|e| Error::Usage(format!("cannot encode header: {e}")))?;
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = AtomicFile::create(output, opts.force)?;
+    out.write_all(&(json.len() as u64).to_le_bytes())?;
+    out.write_all(&json)?;
+    for t in &picked {
+        let data = pool.install(|| archive.read_tensor(&t.info.name))?;
+        out.write_all(&data)?;
+    }
+    out.commit()
+}
+
+/// The `__metadata__` object of the safetensors file holding `t`, if it has one.
+fn source_metadata(archive: &Archive, t: TensorRef<'_>) -> Result<Option<Value>> {
+    let Some(header) = t.entry.segments.first() else {
+        return Ok(None);
+    };
+    if !matches!(header.kind, SegmentKind::Bytes) || header.len < 8 {
+        return Ok(None);
+    }
+    let bytes = archive.read_segment(t.entry, header)?;
+    let parsed: Value = serde_json::from_slice(&bytes[8..]).map_err(|e| Error::Corrupt {
+        path: archive.path().to_path_buf(),
+        what: format!("{}: safetensors header", t.entry.path),
+        detail: e.to_string(),
+    })?;
+    Ok(parsed.get("__metadata__").cloned())
+}

@@ -1,0 +1,196 @@
+//! Archive statistics for `dmx info`: per tensor, per dtype and overall sizes, bits per
+//! weight and the order-0 entropy bound recorded at compression time.
+
+use std::collections::BTreeMap;
+
+use dmx_codec::Codec;
+use dmx_format::{Index, Root, Segment, SegmentKind, Transform};
+use serde::Serialize;
+
+use crate::archive::Archive;
+use crate::plan::dtype_bits;
+
+/// Everything `dmx info` reports, serializable as its `--json` output.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// Archive format version.
+    pub format_version: String,
+    /// `"file"` or `"folder"`.
+    pub root: &'static str,
+    /// True when every segment restores its original bytes exactly.
+    pub lossless: bool,
+    /// Files stored.
+    pub files: Vec<FileStats>,
+    /// Number of tensors.
+    pub tensors: usize,
+    /// Elements in tensors of known dtype.
+    pub params: u64,
+    /// Original bytes of all files.
+    pub original_bytes: u64,
+    /// Archive size (container overhead included) when known.
+    pub archive_bytes: Option<u64>,
+    /// original / archive.
+    pub ratio: Option<f64>,
+    /// Per dtype rollup.
+    pub dtypes: BTreeMap<String, DtypeStats>,
+}
+
+/// One stored file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileStats {
+    /// Path inside the archive.
+    pub path: String,
+    /// `"safetensors"` or `"blob"`.
+    pub kind: &'static str,
+    /// Original size.
+    pub original_bytes: u64,
+    /// Stored size of its chunks.
+    pub stored_bytes: u64,
+    /// SHA-256 of the original file, hex (the Hugging Face LFS oid).
+    pub sha256: String,
+    /// Its tensors.
+    pub tensors: Vec<TensorStats>,
+}
+
+/// One tensor.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorStats {
+    /// Name.
+    pub name: String,
+    /// Safetensors dtype.
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Elements (0 for unknown dtypes).
+    pub params: u64,
+    /// Original bytes.
+    pub original_bytes: u64,
+    /// Stored bytes.
+    pub stored_bytes: u64,
+    /// Codec of its chunks (`"mixed"` when they differ, `"none"` when empty).
+    pub codec: String,
+    /// Stored bits per element.
+    pub bits_per_weight: Option<f64>,
+    /// Order-0 entropy bound in bits per element under the chosen field split.
+    pub entropy_bits_per_weight: Option<f64>,
+}
+
+/// Rollup over the tensors of one dtype.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DtypeStats {
+    /// Tensors.
+    pub tensors: usize,
+    /// Elements.
+    pub params: u64,
+    /// Original bytes.
+    pub original_bytes: u64,
+    /// Stored bytes.
+    pub stored_bytes: u64,
+    /// Stored bits per element.
+    pub bits_per_weight: Option<f64>,
+    /// Entropy bound in bits per element.
+    pub entropy_bits_per_weight: Option<f64>,
+    /// original / stored.
+    pub ratio: Option<f64>,
+    #[serde(skip)]
+    entropy_bits: f64,
+}
+
+fn stored(seg: &Segment) -> u64 {
+    seg.chunks.iter().map(|c| u64::from(c.stored_len)).sum()
+}
+
+fn per(bits: f64, n: u64) -> Option<f64> {
+    (n > 0).then(|| bits / n as f64)
+}
+
+impl Stats {
+    /// Statistics of an open archive.
+    pub fn of_archive(archive: &Archive) -> Self {
+        let mut s = Self::of_index(archive.index());
+        s.archive_bytes = Some(archive.archive_len());
+        s.ratio = (archive.archive_len() > 0)
+            .then(|| s.original_bytes as f64 / archive.archive_len() as f64);
+        s
+    }
+
+    /// Statistics computable from an index alone.
+    pub fn of_index(index: &Index) -> Self {
+        let mut dtypes: BTreeMap<String, DtypeStats> = BTreeMap::new();
+        let mut files = Vec::new();
+        let mut lossless = true;
+        for e in &index.entries {
+            let mut tensors = Vec::new();
+            for seg in &e.segments {
+                lossless &= seg.transform == Transform::Identity;
+                let SegmentKind::Tensor(t) = &seg.kind else {
+                    continue;
+                };
+                let params = dtype_bits(&t.dtype)
+                    .filter(|&b| b > 0)
+                    .map_or(0, |b| seg.len * 8 / b);
+                let stored = stored(seg);
+                let mut codecs = seg.chunks.iter().map(|c| c.codec);
+                let codec = match codecs.next() {
+                    None => "none".to_string(),
+                    Some(first) if codecs.all(|c| c == first) => Codec::from_id(first)
+                        .map_or("unknown", |c| c.name())
+                        .to_string(),
+                    Some(_) => "mixed".to_string(),
+                };
+                let d = dtypes.entry(t.dtype.clone()).or_default();
+                d.tensors += 1;
+                d.params += params;
+                d.original_bytes += seg.len;
+                d.stored_bytes += stored;
+                d.entropy_bits += seg.entropy_bits;
+                tensors.push(TensorStats {
+                    name: t.name.clone(),
+                    dtype: t.dtype.clone(),
+                    shape: t.shape.clone(),
+                    params,
+                    original_bytes: seg.len,
+                    stored_bytes: stored,
+                    codec,
+                    bits_per_weight: per(stored as f64 * 8.0, params),
+                    entropy_bits_per_weight: per(seg.entropy_bits, params),
+                });
+            }
+            files.push(FileStats {
+                path: e.path.clone(),
+                kind: match e.kind {
+                    dmx_format::EntryKind::Safetensors => "safetensors",
+                    dmx_format::EntryKind::Blob => "blob",
+                },
+                original_bytes: e.size,
+                stored_bytes: e.segments.iter().map(stored).sum(),
+                sha256: e.sha256.iter().map(|b| format!("{b:02x}")).collect(),
+                tensors,
+            });
+        }
+        for d in dtypes.values_mut() {
+            d.bits_per_weight = per(d.stored_bytes as f64 * 8.0, d.params);
+            d.entropy_bits_per_weight = per(d.entropy_bits, d.params);
+            d.ratio = (d.stored_bytes > 0).then(|| d.original_bytes as f64 / d.stored_bytes as f64);
+        }
+        Self {
+            format_version: format!(
+                "{}.{}",
+                dmx_format::VERSION_MAJOR,
+                dmx_format::VERSION_MINOR
+            ),
+            root: match index.root {
+                Root::File => "file",
+                Root::Directory => "folder",
+            },
+            lossless,
+            tensors: files.iter().map(|f| f.tensors.len()).sum(),
+            params: dtypes.values().map(|d| d.params).sum(),
+            original_bytes: index.entries.iter().map(|e| e.size).sum(),
+            archive_bytes: None,
+            ratio: None,
+            files,
+            dtypes,
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Crash-safe outputs: everything is written to a temporary file (or folder) beside the
+//! destination, synced, and renamed into place only when complete.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Refuses to write `output` when it is the same file or folder as `input`.
+pub fn check_distinct(input: &Path, output: &Path) -> Result<()> {
+    if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize())
+        && a == b
+    {
+        return Err(Error::Usage(format!(
+            "input and output are the same path ({}); choose another output",
+            output.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Fails unless `output` may be written: it must not exist unless `force` is set.
+pub fn check_writable(output: &Path, force: bool) -> Result<()> {
+    if !force && output.symlink_metadata().is_ok() {
+        return Err(Error::Usage(format!(
+            "{} already exists; use --force to overwrite it",
+            output.display()
+        )));
+    }
+    Ok(())
+}
+
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A file written under a temporary name and renamed to its destination by [`commit`].
+/// Dropping it without committing removes the temporary file.
+///
+/// [`commit`]: AtomicFile::commit
+pub struct AtomicFile {
+    dest: PathBuf,
+    force: bool,
+    writer: BufWriter<tempfile::NamedTempFile>,
+    pos: u64,
+}
+
+impl AtomicFile {
+    /// Starts writing `dest` (checked with [`check_writable`]).
+    pub fn create(dest: &Path, force: bool) -> Result<Self> {
+        check_writable(dest, force)?;
+        let dir = parent_of(dest);
+        let tmp = tempfile::Builder::new()
+            .prefix(".dmx-tmp-")
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io(&dir, e))?;
+        Ok(Self {
+            dest: dest.to_path_buf(),
+            force,
+            writer: BufWriter::with_capacity(1 << 20, tmp),
+            pos: 0,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Appends bytes.
+    pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
+        self.writer
+            .write_all(data)
+            .map_err(|e| Error::io(&self.dest, e))?;
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+
+    /// Flushes, syncs and renames the file into place.
+    pub fn commit(self) -> Result<()> {
+        let dest = self.dest;
+        let tmp = self
+            .writer
+            .into_inner()
+            .map_err(|e| Error::io(&dest, e.into_error()))?;
+        tmp.as_file().sync_all().map_err(|e| Error::io(&dest, e))?;
+        let persisted = if self.force {
+            tmp.persist(&dest)
+        } else {
+            tmp.persist_noclobber(&dest)
+        };
+        persisted.map_err(|e| Error::io(&dest, e.error))?;
+        sync_dir(&parent_of(&dest));
+        Ok(())
+    }
+}
+
+/// A folder built under a temporary name and renamed to its destination by [`commit`].
+///
+/// [`commit`]: AtomicDir::commit
+pub struct AtomicDir {
+    dest: PathBuf,
+    force: bool,
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl AtomicDir {
+    /// Starts building `dest` (checked with [`check_writable`]).
+    pub fn create(dest: &Path, force: bool) -> Result<Self> {
+        check_writable(dest, force)?;
+        let dir = parent_of(dest);
+        let tmp = tempfile::Builder::new()
+            .prefix(".dmx-tmp-")
+            .tempdir_in(&dir)
+            .map_err(|e| Error::io(&dir, e))?;
+        Ok(Self {
+            dest: dest.to_path_buf(),
+            force,
+            tmp: Some(tmp),
+        })
+    }
+
+    /// The temporary folder to fill.
+    pub fn path(&self) -> &Path {
+        self.tmp.as_ref().map_or(Path::new("."), |t| t.path())
+    }
+
+    /// Renames the folder into place, replacing an existing destination when forced.
+    pub fn commit(mut self) -> Result<()> {
+        let tmp = self.tmp.take().map(|t| t.keep()).unwrap_or_default();
+        if self.force && self.dest.symlink_metadata().is_ok() {
+            let meta = self
+                .dest
+                .symlink_metadata()
+                .map_err(|e| Error::io(&self.dest, e))?;
+            let removed = if meta.is_dir() {
+                std::fs::remove_dir_all(&self.dest)
+            } else {
+                std::fs::remove_file(&self.dest)
+            };
+            removed.map_err(|e| Error::io(&self.dest, e))?;
+        }
+        std::fs::rename(&tmp, &self.dest).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Error::io(&self.dest, e)
+        })?;
+        sync_dir(&parent_of(&self.dest));
+        Ok(())
+    }
+}
+
+/// Writes a file inside a folder being built (no rename needed: the folder is renamed).
+pub fn write_plain(path: &Path) -> Result<BufWriter<File>> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let f = File::create(path).map_err(|e| Error::io(path, e))?;
+    Ok(BufWriter::with_capacity(1 << 20, f))
+}
+
+fn sync_dir(dir: &Path) {
+    // Best effort: makes the rename durable where the platform allows opening folders.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_file_appears_only_on_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.bin");
+        let mut f = AtomicFile::create(&dest, false).unwrap();
+        f.write_all(b"hello").unwrap();
+        assert!(!dest.exists());
+        f.commit().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
+        assert!(AtomicFile::create(&dest, false).is_err());
+        let f = AtomicFile::create(&dest, true).unwrap();
+        drop(f);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,217 @@
+//! Input discovery: which files an input holds, and how each file is cut into segments
+//! (safetensors header, tensors, opaque bytes) with the value kind that picks their codec.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use dmx_codec::{FloatLayout, ValueKind};
+use dmx_format::{EntryKind, Root, SegmentKind, TensorInfo};
+
+use crate::error::{Error, Result};
+
+/// Raw bytes per chunk (docs/FORMAT.md §5): large enough for a good Huffman table, small
+/// enough for parallelism and random access.
+pub const CHUNK_SIZE: u64 = 1 << 20;
+
+/// Directories never descended into when compressing a folder.
+const SKIPPED_DIRS: &[&str] = &[".git"];
+
+/// One file to store.
+#[derive(Debug)]
+pub struct PlannedFile {
+    /// Path relative to the input root (`/`-separated).
+    pub rel: String,
+    /// Where to read it.
+    pub path: PathBuf,
+    /// Safetensors or opaque.
+    pub kind: EntryKind,
+    /// File size.
+    pub size: u64,
+    /// Segments tiling the file.
+    pub segments: Vec<PlannedSegment>,
+    /// Why a `.safetensors` file is stored as opaque bytes, if it is.
+    pub warning: Option<String>,
+}
+
+/// One segment of a planned file.
+#[derive(Debug)]
+pub struct PlannedSegment {
+    /// Header bytes or tensor.
+    pub kind: SegmentKind,
+    /// Offset in the file.
+    pub offset: u64,
+    /// Length.
+    pub len: u64,
+    /// What its values are.
+    pub value: ValueKind,
+}
+
+/// Lists the files of `input` (a file or a folder) and plans their segments.
+pub fn plan_input(input: &Path) -> Result<(Root, Vec<PlannedFile>)> {
+    let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
+    if meta.is_dir() {
+        let mut files = Vec::new();
+        walk(input, input, &mut files)?;
+        files.sort();
+        let planned = files
+            .into_iter()
+            .map(|(rel, path)| plan_file(rel, path))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((Root::Directory, planned))
+    } else {
+        let name = input
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::Usage(format!("{}: file name is not UTF-8", input.display())))?
+            .to_string();
+        Ok((Root::File, vec![plan_file(name, input.to_path_buf())?]))
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for item in rd {
+        let item = item.map_err(|e| Error::io(dir, e))?;
+        let path = item.path();
+        // Follow symlinks (Hugging Face cache snapshots link to blobs).
+        let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+        let name = item.file_name();
+        if meta.is_dir() {
+            if SKIPPED_DIRS.iter().any(|s| name == *s) {
+                continue;
+            }
+            walk(root, &path, out)?;
+        } else if meta.is_file() {
+            let rel = path
+                .strip_prefix(root)
+                .ok()
+                .and_then(|r| {
+                    r.components()
+                        .map(|c| c.as_os_str().to_str())
+                        .collect::<Option<Vec<_>>>()
+                })
+                .map(|parts| parts.join("/"))
+                .ok_or_else(|| {
+                    Error::Usage(format!("{}: path is not UTF-8; rename it", path.display()))
+                })?;
+            out.push((rel, path));
+        }
+    }
+    Ok(())
+}
+
+fn plan_file(rel: String, path: PathBuf) -> Result<PlannedFile> {
+    let size = std::fs::metadata(&path)
+        .map_err(|e| Error::io(&path, e))?
+        .len();
+    let blob = |warning: Option<String>| PlannedFile {
+        rel: rel.clone(),
+        path: path.clone(),
+        kind: EntryKind::Blob,
+        size,
+        segments: bytes_segment(0, size),
+        warning,
+    };
+    if !rel.ends_with(".safetensors") {
+        return Ok(blob(None));
+    }
+    match safetensors_segments(&path, size)? {
+        Ok(segments) => Ok(PlannedFile {
+            rel: rel.clone(),
+            path: path.clone(),
+            kind: EntryKind::Safetensors,
+            size,
+            segments,
+            warning: None,
+        }),
+        Err(why) => Ok(blob(Some(format!(
+            "{}: not a valid safetensors file ({why}); stored as opaque bytes, losslessly",
+            path.display()
+        )))),
+    }
+}
+
+fn bytes_segment(offset: u64, len: u64) -> Vec<PlannedSegment> {
+    vec![PlannedSegment {
+        kind: SegmentKind::Bytes,
+        offset,
+        len,
+        value: ValueKind::Bytes,
+    }]
+}
+
+/// Parses a safetensors header; the inner error says why the file is not valid safetensors.
+fn safetensors_segments(
+    path: &Path,
+    size: u64,
+) -> Result<std::result::Result<Vec<PlannedSegment>, String>> {
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    if size < 8 {
+        return Ok(Err("shorter than 8 bytes".into()));
+    }
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).map_err(|e| Error::io(path, e))?;
+    let n = u64::from_le_bytes(n);
+    if n > 100_000_000 || n + 8 > size {
+        return Ok(Err(format!("header length {n} is out of range")));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let meta: safetensors::tensor::Metadata = match serde_json::from_slice(&header) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let data_start = 8 + n;
+    if data_start + meta.data_len() as u64 != size {
+        return Ok(Err("tensor data does not fill the file exactly".into()));
+    }
+    let mut tensors: Vec<(String, &safetensors::tensor::TensorInfo)> =
+        meta.tensors().into_iter().collect();
+    // Sort by offset, then name: zero-length tensors share offsets and the archive must not
+    // depend on hash-map order.
+    tensors.sort_by(|a, b| (a.1.data_offsets, &a.0).cmp(&(b.1.data_offsets, &b.0)));
+    let mut segments = bytes_segment(0, data_start);
+    for (name, info) in tensors {
+        let (s, e) = info.data_offsets;
+        let dtype = format!("{:?}", info.dtype);
+        segments.push(PlannedSegment {
+            value: value_kind(&dtype),
+            kind: SegmentKind::Tensor(TensorInfo {
+                name,
+                dtype,
+                shape: info.shape.iter().map(|&d| d as u64).collect(),
+            }),
+            offset: data_start + s as u64,
+            len: (e - s) as u64,
+        });
+    }
+    Ok(Ok(segments))
+}
+
+/// The codec family for a safetensors dtype string.
+pub fn value_kind(dtype: &str) -> ValueKind {
+    match dtype {
+        "BF16" => ValueKind::Float(FloatLayout::BF16),
+        "F16" => ValueKind::Float(FloatLayout::F16),
+        "F32" => ValueKind::Float(FloatLayout::F32),
+        "F64" => ValueKind::Float(FloatLayout::F64),
+        "F8_E4M3" | "F8_E4M3FNUZ" => ValueKind::Float(FloatLayout::F8_E4M3),
+        "F8_E5M2" | "F8_E5M2FNUZ" => ValueKind::Float(FloatLayout::F8_E5M2),
+        _ => ValueKind::Bytes,
+    }
+}
+
+/// Size of one element of a safetensors dtype in bits, if known.
+pub fn dtype_bits(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" | "F8_E4M3FNUZ"
+        | "F8_E5M2FNUZ" => 8,
+        "F4" => 4,
+        "F6_E2M3" | "F6_E3M2" => 6,
+        "I16" | "U16" | "F16" | "BF16" => 16,
+        "I32" | "U32" | "F32" => 32,
+        "F64" | "I64" | "U64" | "C64" => 64,
+        _ => return None,
+    })
+}

@@ -1,0 +1,249 @@
+//! Verification: decode everything and check every hash, optionally comparing the decoded
+//! bytes with the original files.
+
+use std::path::Path;
+
+use dmx_format::{Root, SegmentKind};
+use serde::Serialize;
+use sha2::Digest;
+
+use crate::archive::Archive;
+use crate::decompress::stream_entry;
+use crate::error::{Error, Result};
+use crate::plan::plan_input;
+use crate::source::Bytes;
+use crate::{Options, Progress};
+
+/// Outcome of a verification, serializable as the `--report` JSON (docs/VERIFY.md).
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Schema version of this report.
+    pub schema: u32,
+    /// The archive checked.
+    pub archive: String,
+    /// The original compared against, if any.
+    pub original: Option<String>,
+    /// True when every file passed.
+    pub ok: bool,
+    /// Per-file results.
+    pub files: Vec<FileReport>,
+}
+
+/// Verification result of one file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileReport {
+    /// Path inside the archive.
+    pub path: String,
+    /// Original size in bytes.
+    pub size: u64,
+    /// True when every check passed.
+    pub ok: bool,
+    /// Lossless archives: every decoded byte equals the original.
+    pub bit_exact: Option<bool>,
+    /// Tensors checked.
+    pub tensors: usize,
+    /// What failed, one line per problem.
+    pub problems: Vec<String>,
+}
+
+/// Decodes every chunk of `archive` and checks chunk checksums, per-tensor BLAKE3 and
+/// per-file SHA-256. With `original`, also compares every byte with the original file or
+/// folder.
+pub fn verify(archive: &Archive, original: Option<&Path>, opts: &Options) -> Result<VerifyReport> {
+    let pool = opts.pool()?;
+    let progress = opts.progress.as_deref();
+    let total: u64 = archive.index().entries.iter().map(|e| e.size).sum();
+    if let Some(p) = progress {
+        p.start("verifying", total);
+    }
+    let originals = match original {
+        Some(o) => Some(original_files(archive, o)?),
+        None => None,
+    };
+    let mut files = Vec::new();
+    for (i, entry) in archive.index().entries.iter().enumerate() {
+        let orig = match &originals {
+            Some(list) => Some(match &list[i] {
+                Some(path) => Bytes::open(path)?,
+                None => {
+                    files.push(FileReport {
+                        path: entry.path.clone(),
+                        size: entry.size,
+                        ok: false,
+                        bit_exact: Some(false),
+                        tensors: 0,
+                        problems: vec!["missing from the original".into()],
+                    });
+                    continue;
+                }
+            }),
+            None => None,
+        };
+        files.push(pool.install(|| check_entry(archive, i, orig.as_deref(), progress))?);
+    }
+    if let Some(list) = &originals {
+        for extra in list.iter().skip(archive.index().entries.len()).flatten() {
+            files.push(FileReport {
+                path: extra.display().to_string(),
+                size: 0,
+                ok: false,
+                bit_exact: Some(false),
+                tensors: 0,
+                problems: vec!["present in the original but not in the archive".into()],
+            });
+        }
+    }
+    if let Some(p) = progress {
+        p.finish();
+    }
+    Ok(VerifyReport {
+        schema: 1,
+        archive: archive.path().display().to_string(),
+        original: original.map(|o| o.display().to_string()),
+        ok: files.iter().all(|f| f.ok),
+        files,
+    })
+}
+
+/// The original path of every archive entry (`None` when missing), followed by original
+/// files the archive lacks.
+fn original_files(archive: &Archive, original: &Path) -> Result<Vec<Option<std::path::PathBuf>>> {
+    let (root, planned) = plan_input(original)?;
+    if root != archive.index().root {
+        return Err(Error::Usage(format!(
+            "{} is a {} but the archive holds a {}",
+            original.display(),
+            if root == Root::File { "file" } else { "folder" },
+            if archive.index().root == Root::File {
+                "file"
+            } else {
+                "folder"
+            },
+        )));
+    }
+    let mut out: Vec<Option<std::path::PathBuf>> = archive
+        .index()
+        .entries
+        .iter()
+        .map(|e| {
+            if root == Root::File {
+                Some(planned[0].path.clone())
+            } else {
+                planned
+                    .iter()
+                    .find(|p| p.rel == e.path)
+                    .map(|p| p.path.clone())
+            }
+        })
+        .collect();
+    if root == Root::Directory {
+        for p in &planned {
+            if !archive.index().entries.iter().any(|e| e.path == p.rel) {
+                out.push(Some(p.path.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn check_entry(
+    archive: &Archive,
+    i: usize,
+    original: Option<&[u8]>,
+    progress: Option<&dyn Progress>,
+) -> Result<FileReport> {
+    let entry = &archive.index().entries[i];
+    let mut problems = Vec::new();
+    if let Some(o) = original
+        && o.len() as u64 != entry.size
+    {
+        problems.push(format!(
+            "size differs: original {} bytes, archive {} bytes",
+            o.len(),
+            entry.size
+        ));
+    }
+    let mut sha = sha2::Sha256::new();
+    let mut hashers: Vec<Option<blake3::Hasher>> = vec![None; entry.segments.len()];
+    let mut pos = 0usize;
+    let mut first_diff: Option<usize> = None;
+    let result = stream_entry(archive, entry, progress, |s, data| {
+        sha.update(data);
+        hashers[s]
+            .get_or_insert_with(blake3::Hasher::new)
+            .update(data);
+        if first_diff.is_none()
+            && let Some(o) = original
+        {
+            let theirs = o.get(pos..pos + data.len()).unwrap_or(&[]);
+            if theirs != data {
+                let k = data
+                    .iter()
+                    .zip(theirs)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(theirs.len());
+                first_diff = Some(pos + k);
+            }
+        }
+        pos += data.len();
+        Ok(())
+    });
+    match result {
+        Ok(()) => {}
+        Err(e) if e.is_integrity_failure() => {
+            problems.push(e.to_string());
+            return Ok(report(entry, problems, original.map(|_| false)));
+        }
+        Err(e) => return Err(e),
+    }
+    let mut tensors = 0;
+    for (seg, h) in entry.segments.iter().zip(hashers) {
+        let got = h.unwrap_or_default().finalize();
+        if got.as_bytes() != &seg.blake3 {
+            problems.push(match &seg.kind {
+                SegmentKind::Tensor(t) => format!("tensor {:?}: BLAKE3 mismatch", t.name),
+                SegmentKind::Bytes => format!("bytes at offset {}: BLAKE3 mismatch", seg.offset),
+            });
+        }
+        if matches!(seg.kind, SegmentKind::Tensor(_)) {
+            tensors += 1;
+        }
+    }
+    let digest: [u8; 32] = sha.finalize().into();
+    if digest != entry.sha256 {
+        problems.push("SHA-256 of the restored file does not match the recorded one".into());
+    }
+    if let Some(at) = first_diff {
+        problems.push(format!(
+            "differs from the original at byte {at}{}",
+            locate(entry, at)
+        ));
+    }
+    let bit_exact = original.map(|o| first_diff.is_none() && o.len() as u64 == entry.size);
+    let mut r = report(entry, problems, bit_exact);
+    r.tensors = tensors;
+    Ok(r)
+}
+
+fn locate(entry: &dmx_format::Entry, at: usize) -> String {
+    entry
+        .segments
+        .iter()
+        .find(|s| (s.offset..s.offset + s.len).contains(&(at as u64)))
+        .map(|s| match &s.kind {
+            SegmentKind::Tensor(t) => format!(" (tensor {:?})", t.name),
+            SegmentKind::Bytes => " (header bytes)".to_string(),
+        })
+        .unwrap_or_default()
+}
+
+fn report(entry: &dmx_format::Entry, problems: Vec<String>, bit_exact: Option<bool>) -> FileReport {
+    FileReport {
+        path: entry.path.clone(),
+        size: entry.size,
+        ok: problems.is_empty() && bit_exact != Some(false),
+        bit_exact,
+        tensors: 0,
+        problems,
+    }
+}
