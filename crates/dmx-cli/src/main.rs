@@ -97,6 +97,20 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Measure dmx in memory on files: bits/weight per dtype, entropy bound, MB/s both ways.
+    Bench {
+        /// Files (or folders) to measure.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Repetitions per measurement (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Write a safetensors file holding only the named tensors (decodes only those).
     Extract {
         /// Input archive.
@@ -216,6 +230,36 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                 report::verify(&rep);
             }
             if !rep.ok {
+                return Ok(Outcome::CheckFailed);
+            }
+        }
+        Command::Bench {
+            files,
+            reps,
+            json,
+            common,
+        } => {
+            let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let counts = match common.threads {
+                Some(n) => vec![n],
+                None if all > 1 => vec![1, all],
+                None => vec![1],
+            };
+            let mut results = Vec::new();
+            for f in &files {
+                for &t in &counts {
+                    let r = dmx::bench(f, t, reps)?;
+                    if !json && !common.quiet {
+                        report::bench_row(&r, results.is_empty());
+                    }
+                    results.push(r);
+                }
+            }
+            if json {
+                report::print_json(&results);
+            }
+            if results.iter().any(|r| !r.round_trip_ok) {
+                eprintln!("dmx: error: a round trip did not reproduce its input");
                 return Ok(Outcome::CheckFailed);
             }
         }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use dmx::{CompressReport, Stats, VerifyReport};
+use dmx::{BenchResult, CompressReport, Stats, VerifyReport};
 
 fn mb(bytes: u64) -> String {
     format!("{:.2} MB", bytes as f64 / 1e6)
@@ -181,5 +181,40 @@ pub fn unreadable(archive: &Path, original: Option<&Path>, e: &dmx::Error) -> Ve
             tensors: 0,
             problems: vec![e.to_string()],
         }],
+    }
+}
+
+/// One `dmx bench` result: a line per dtype.
+pub fn bench_row(r: &BenchResult, header: bool) {
+    if header {
+        println!(
+            "{:<44} {:>7} {:>6} {:>11} {:>8} {:>8} {:>10} {:>10} {:>5}",
+            "file",
+            "threads",
+            "dtype",
+            "params",
+            "bits/w",
+            "entropy",
+            "comp MB/s",
+            "dec MB/s",
+            "ok"
+        );
+    }
+    let name = Path::new(&r.file)
+        .file_name()
+        .map_or(r.file.clone(), |n| n.to_string_lossy().into_owned());
+    for (dtype, d) in &r.dtypes {
+        println!(
+            "{:<44} {:>7} {:>6} {:>11} {:>8.3} {:>8.3} {:>10.0} {:>10.0} {:>5}",
+            name,
+            r.threads,
+            dtype,
+            d.params,
+            d.bits_per_weight,
+            d.entropy_bits_per_weight,
+            r.compress_mb_s,
+            r.decompress_mb_s,
+            if r.round_trip_ok { "yes" } else { "NO" }
+        );
     }
 }

@@ -1,9 +1,7 @@
-//! LSB-first bit writer and reader used by the Huffman streams.
+//! LSB-first bit writer used by the Huffman streams.
 //!
-//! Bits are packed starting at the least significant bit of each byte; a value of `n` bits
-//! written with [`BitWriter::put`] is read back by [`BitReader::take`] with the same `n`.
-
-use crate::CodecError;
+//! Bits are packed starting at the least significant bit of each byte: the first field
+//! written occupies the lowest bits of the first byte.
 
 /// Largest number of bits one [`BitWriter::put`] call may carry.
 pub const MAX_PUT_BITS: u32 = 56;
@@ -53,104 +51,17 @@ impl BitWriter {
     }
 }
 
-/// Reads bit fields written by [`BitWriter`]. Reading past the end yields zero bits and is
-/// reported by [`BitReader::check_end`].
-#[derive(Debug)]
-pub struct BitReader<'a> {
-    data: &'a [u8],
-    pos: usize,
-    acc: u64,
-    n: u32,
-    /// Zero bytes fed in past the end of `data`.
-    padded: usize,
-}
-
-impl<'a> BitReader<'a> {
-    /// A reader over `data`.
-    pub fn new(data: &'a [u8]) -> Self {
-        Self {
-            data,
-            pos: 0,
-            acc: 0,
-            n: 0,
-            padded: 0,
-        }
-    }
-
-    /// Ensures at least 56 bits are buffered.
-    #[inline(always)]
-    pub fn refill(&mut self) {
-        if let Some(word) = self.data.get(self.pos..self.pos + 8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(word);
-            self.acc |= u64::from_le_bytes(w) << self.n;
-            self.pos += ((63 - self.n) >> 3) as usize;
-            self.n |= 56;
-        } else {
-            self.refill_slow();
-        }
-    }
-
-    #[cold]
-    fn refill_slow(&mut self) {
-        while self.n <= 56 {
-            let byte = match self.data.get(self.pos) {
-                Some(&b) => {
-                    self.pos += 1;
-                    b
-                }
-                None => {
-                    self.padded += 1;
-                    0
-                }
-            };
-            self.acc |= u64::from(byte) << self.n;
-            self.n += 8;
-        }
-    }
-
-    /// The next `nbits` bits without consuming them (`nbits <= 56`, after a refill).
-    #[inline(always)]
-    pub fn peek(&self, nbits: u32) -> u64 {
-        self.acc & ((1u64 << nbits) - 1)
-    }
-
-    /// Drops `nbits` already-buffered bits.
-    #[inline(always)]
-    pub fn consume(&mut self, nbits: u32) {
-        self.acc >>= nbits;
-        self.n -= nbits;
-    }
-
-    /// Takes `nbits` buffered bits (`nbits <= ` the buffered count, at most 56).
-    #[inline(always)]
-    pub fn take(&mut self, nbits: u32) -> u64 {
-        let v = self.acc & (1u64 << nbits).wrapping_sub(1);
-        self.acc = self.acc.checked_shr(nbits).unwrap_or(0);
-        self.n -= nbits;
-        v
-    }
-
-    /// Number of bits currently buffered.
-    #[inline(always)]
-    pub fn buffered(&self) -> u32 {
-        self.n
-    }
-
-    /// Fails when more bits were consumed than the stream holds.
-    pub fn check_end(&self) -> Result<(), CodecError> {
-        let supplied_bits = (self.pos + self.padded) as u64 * 8;
-        let consumed = supplied_bits - u64::from(self.n);
-        if consumed > self.data.len() as u64 * 8 {
-            return Err(CodecError::Corrupt("bit stream ended early"));
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads `n` bits at bit position `pos` of `bytes`.
+    fn read(bytes: &[u8], pos: usize, n: u32) -> u64 {
+        (0..n as usize).fold(0u64, |acc, i| {
+            let bit = (bytes[(pos + i) / 8] >> ((pos + i) % 8)) & 1;
+            acc | u64::from(bit) << i
+        })
+    }
 
     #[test]
     fn round_trip_mixed_widths() {
@@ -160,24 +71,17 @@ mod tests {
                 (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) & ((1u64 << w) - 1), w)
             })
             .collect();
-        let mut w = BitWriter::with_capacity(8000);
+        let total: u32 = fields.iter().map(|f| f.1).sum();
+        let mut w = BitWriter::with_capacity(total.div_ceil(8) as usize);
         for &(v, n) in &fields {
             w.put(v, n);
         }
         let bytes = w.finish();
-        let mut r = BitReader::new(&bytes);
+        assert_eq!(bytes.len(), total.div_ceil(8) as usize);
+        let mut pos = 0;
         for &(v, n) in &fields {
-            r.refill();
-            assert_eq!(r.take(n), v);
+            assert_eq!(read(&bytes, pos, n), v);
+            pos += n as usize;
         }
-        r.check_end().unwrap();
-    }
-
-    #[test]
-    fn overrun_is_detected() {
-        let mut r = BitReader::new(&[0xFF]);
-        r.refill();
-        r.take(9);
-        assert!(r.check_end().is_err());
     }
 }

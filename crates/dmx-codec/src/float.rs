@@ -4,13 +4,14 @@
 //! top `k` mantissa bits — and a *residual* of the remaining `B - w - tz` bits, where `tz` is
 //! the number of trailing bits that are zero in every value of the chunk (so FP32 tensors
 //! holding BF16- or FP16-origin values pay nothing for their zero low bytes). The symbol is
-//! coded with a per-chunk canonical Huffman code (at most 12 bits); the residual follows its
+//! coded with a per-chunk canonical Huffman code (symbols of at most 12 bits, codes of at most
+//! 14 bits); the residual follows its
 //! code raw in the same bit stream. Values are cut into four contiguous quarters coded as four
 //! independent bit streams, which the decoder advances in lockstep for instruction-level
 //! parallelism. `w` is chosen per chunk by exact coded size. See docs/CODECS.md.
 
-use crate::bits::{BitReader, BitWriter, MAX_PUT_BITS};
-use crate::huffman::{self, MAX_CODE_LEN};
+use crate::bits::{BitWriter, MAX_PUT_BITS};
+use crate::huffman::{self, DecodeTable, MAX_CODE_LEN, MAX_SYMBOLS};
 use crate::{CodecError, FloatLayout};
 
 /// Number of interleaved bit streams.
@@ -48,7 +49,7 @@ impl Analysis {
     /// Scans `data` (whole values of `layout`).
     pub fn new(layout: FloatLayout, data: &[u8]) -> Self {
         let bits = layout.bits();
-        let hist_bits = bits.min(MAX_CODE_LEN);
+        let hist_bits = bits.min(MAX_SYMBOLS.trailing_zeros());
         let shift = bits - hist_bits;
         let mut hist = vec![0u64; 1 << hist_bits];
         let mut or = 0u64;
@@ -157,17 +158,12 @@ pub fn encode(layout: FloatLayout, data: &[u8], plan: &Plan) -> Vec<u8> {
     out.extend_from_slice(&(count as u32).to_le_bytes());
     huffman::write_lengths(&plan.lengths, &mut out);
     let codes = huffman::encode_codes(&plan.lengths);
-    let streams: Vec<Vec<u8>> = quarters(count)
-        .map(|(start, end)| {
-            let part = &data[start * bytes..end * bytes];
-            match bytes {
-                1 => encode_stream::<1>(part, layout, plan, &codes),
-                2 => encode_stream::<2>(part, layout, plan, &codes),
-                4 => encode_stream::<4>(part, layout, plan, &codes),
-                _ => encode_stream::<8>(part, layout, plan, &codes),
-            }
-        })
-        .collect();
+    let streams = match bytes {
+        1 => encode_streams::<1>(data, layout, plan, &codes),
+        2 => encode_streams::<2>(data, layout, plan, &codes),
+        4 => encode_streams::<4>(data, layout, plan, &codes),
+        _ => encode_streams::<8>(data, layout, plan, &codes),
+    };
     for s in &streams {
         out.extend_from_slice(&(s.len() as u32).to_le_bytes());
     }
@@ -178,17 +174,46 @@ pub fn encode(layout: FloatLayout, data: &[u8], plan: &Plan) -> Vec<u8> {
 }
 
 /// Value ranges `[start, end)` of the four streams.
-fn quarters(count: usize) -> impl Iterator<Item = (usize, usize)> {
+fn quarters(count: usize) -> [(usize, usize); STREAMS] {
     let q = count.div_ceil(STREAMS);
-    (0..STREAMS).map(move |i| ((i * q).min(count), ((i + 1) * q).min(count)))
+    std::array::from_fn(|i| ((i * q).min(count), ((i + 1) * q).min(count)))
 }
 
-fn encode_stream<const B: usize>(
-    part: &[u8],
+/// Per-chunk constants of the encoder.
+struct Fields<'a> {
+    /// `code | length << 16` per symbol.
+    table: &'a [u32],
+    mask: usize,
+    sym_shift: u32,
+    tz: u32,
+    rbits: u32,
+    rmask: u64,
+}
+
+impl Fields<'_> {
+    #[inline(always)]
+    fn encode<const B: usize>(&self, w: &mut BitWriter, v: &[u8]) {
+        let x = load::<B>(v);
+        let e = self.table[(x >> self.sym_shift) as usize & self.mask];
+        let len = e >> 16;
+        let code = u64::from(e & 0xFFFF);
+        let res = (x >> self.tz) & self.rmask;
+        if len + self.rbits <= MAX_PUT_BITS {
+            w.put(code | res << len, len + self.rbits);
+        } else {
+            w.put(code, len);
+            w.put(res, self.rbits);
+        }
+    }
+}
+
+/// Encodes the four quarters of `data` in lockstep (four independent dependency chains).
+fn encode_streams<const B: usize>(
+    data: &[u8],
     layout: FloatLayout,
     plan: &Plan,
     codes: &[u16],
-) -> Vec<u8> {
+) -> [Vec<u8>; STREAMS] {
     let bits = layout.bits();
     let sym_shift = bits - plan.sym_bits;
     let tz = plan.tz;
@@ -198,29 +223,50 @@ fn encode_stream<const B: usize>(
     } else {
         u64::MAX >> (64 - rbits)
     };
-    let count = part.len() / B;
-    // A code is at most 12 bits.
-    let mut w = BitWriter::with_capacity((count * (MAX_CODE_LEN + rbits) as usize).div_ceil(8));
     // code | length << 16, one lookup per value.
     let table: Vec<u32> = codes
         .iter()
         .zip(&plan.lengths)
         .map(|(&c, &l)| u32::from(c) | u32::from(l) << 16)
         .collect();
-    for v in part.chunks_exact(B) {
-        let x = load::<B>(v);
-        let e = table[(x >> sym_shift) as usize & (table.len() - 1)];
-        let len = e >> 16;
-        let code = u64::from(e & 0xFFFF);
-        let res = (x >> tz) & rmask;
-        if len + rbits <= MAX_PUT_BITS {
-            w.put(code | res << len, len + rbits);
-        } else {
-            w.put(code, len);
-            w.put(res, rbits);
+    let mask = table.len() - 1;
+    let ranges = quarters(data.len() / B);
+    // A code is at most 12 bits.
+    let mut writers = ranges.map(|(s, e)| {
+        BitWriter::with_capacity(((e - s) * (MAX_CODE_LEN + rbits) as usize).div_ceil(8))
+    });
+    let f = Fields {
+        table: &table,
+        mask,
+        sym_shift,
+        tz,
+        rbits,
+        rmask,
+    };
+    let encode_one = |w: &mut BitWriter, v: &[u8]| f.encode::<B>(w, v);
+    let common = ranges.iter().map(|(s, e)| e - s).min().unwrap_or(0);
+    let part = |k: usize| &data[ranges[k].0 * B..(ranges[k].0 + common) * B];
+    {
+        let [w0, w1, w2, w3] = &mut writers;
+        let iter = part(0)
+            .chunks_exact(B)
+            .zip(part(1).chunks_exact(B))
+            .zip(part(2).chunks_exact(B))
+            .zip(part(3).chunks_exact(B));
+        for (((a, b), c), d) in iter {
+            encode_one(w0, a);
+            encode_one(w1, b);
+            encode_one(w2, c);
+            encode_one(w3, d);
         }
     }
-    w.finish()
+    for (k, w) in writers.iter_mut().enumerate() {
+        let (start, end) = ranges[k];
+        for v in data[(start + common) * B..end * B].chunks_exact(B) {
+            encode_one(w, v);
+        }
+    }
+    writers.map(BitWriter::finish)
 }
 
 /// Decodes a payload produced by [`encode`] into `out`, whose length is the raw size.
@@ -238,7 +284,11 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
         ));
     }
     let bits = 8 * bytes as u32;
-    if head[3] != 0 || sym_bits == 0 || sym_bits > MAX_CODE_LEN.min(bits) || tz > bits - sym_bits {
+    if head[3] != 0
+        || sym_bits == 0
+        || sym_bits > MAX_SYMBOLS.trailing_zeros().min(bits)
+        || tz > bits - sym_bits
+    {
         return Err(CodecError::Corrupt(
             "float payload has invalid field widths",
         ));
@@ -254,7 +304,7 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
         ));
     }
     let (lengths, used) = huffman::read_lengths(&payload[HEADER..], 1 << sym_bits)?;
-    let table = huffman::decode_table(&lengths)?;
+    let table = DecodeTable::new(&lengths, INVALID | 1)?;
     let mut pos = HEADER + used;
     let mut sizes = [0usize; STREAMS];
     for s in &mut sizes {
@@ -264,102 +314,212 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
         *s = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
         pos += 4;
     }
-    let mut streams: [&[u8]; STREAMS] = [&[]; STREAMS];
-    for (i, &s) in sizes.iter().enumerate() {
-        streams[i] = payload
-            .get(pos..pos.saturating_add(s))
+    let mut starts = [0usize; STREAMS];
+    let base = pos;
+    for (i, &size) in sizes.iter().enumerate() {
+        starts[i] = pos - base;
+        pos = pos
+            .checked_add(size)
+            .filter(|&end| end <= payload.len())
             .ok_or(CodecError::Corrupt(
                 "float payload stream exceeds the payload",
             ))?;
-        pos += s;
     }
     if pos != payload.len() {
         return Err(CodecError::Corrupt("float payload has trailing bytes"));
     }
+    let rbits = bits - sym_bits - tz;
     let params = Params {
         tz,
-        rbits: bits - sym_bits - tz,
+        rbits,
+        rmask: (1u64 << rbits) - 1,
         sym_shift: bits - sym_bits,
     };
-    match bytes {
-        1 => decode_streams::<1>(&streams, &table, params, count, out),
-        2 => decode_streams::<2>(&streams, &table, params, count, out),
-        4 => decode_streams::<4>(&streams, &table, params, count, out),
-        _ => decode_streams::<8>(&streams, &table, params, count, out),
+    // The streams with 8 zero bytes of padding, so every 8-byte load stays in bounds.
+    let mut padded = Vec::with_capacity(payload.len() - base + 8);
+    padded.extend_from_slice(&payload[base..]);
+    padded.extend_from_slice(&[0u8; 8]);
+    let streams = Streams {
+        data: &padded,
+        last: padded.len() - 8,
+    };
+    let mut bitpos = starts.map(|s| s * 8);
+    let bad = match bytes {
+        1 => decode_streams::<1>(streams, &mut bitpos, &table, params, count, out),
+        2 => decode_streams::<2>(streams, &mut bitpos, &table, params, count, out),
+        4 => decode_streams::<4>(streams, &mut bitpos, &table, params, count, out),
+        _ => decode_streams::<8>(streams, &mut bitpos, &table, params, count, out),
+    };
+    if bad & INVALID != 0 {
+        return Err(CodecError::Corrupt("invalid Huffman code in float payload"));
     }
+    for ((&end_bit, &start), &size) in bitpos.iter().zip(&starts).zip(&sizes) {
+        if end_bit > (start + size) * 8 {
+            return Err(CodecError::Corrupt("float payload stream ended early"));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy)]
 struct Params {
     tz: u32,
     rbits: u32,
+    rmask: u64,
     sym_shift: u32,
 }
 
-/// Decodes one value; returns `None` on an invalid code.
-#[inline(always)]
-fn decode_one(r: &mut BitReader<'_>, table: &[u32], p: Params) -> Option<u64> {
-    r.refill();
-    let entry = table[r.peek(MAX_CODE_LEN) as usize & (huffman::MAX_SYMBOLS - 1)];
-    let len = entry & 0xFF;
-    if len == 0 {
-        return None;
+/// Set in the length byte of decode-table entries no code maps to; such entries consume one
+/// bit so decoding always progresses, and the flag is checked once per chunk.
+const INVALID: u32 = 0x80;
+
+/// The concatenated bit streams plus 8 bytes of zero padding.
+#[derive(Clone, Copy)]
+struct Streams<'a> {
+    data: &'a [u8],
+    /// Last offset an 8-byte load may start at.
+    last: usize,
+}
+
+impl Streams<'_> {
+    /// At least 57 valid bits starting at bit `bitpos` (zeros past the end; positions past
+    /// the end are clamped, and overruns are caught by the end check).
+    #[inline(always)]
+    fn word(self, bitpos: usize) -> u64 {
+        let i = (bitpos >> 3).min(self.last);
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&self.data[i..i + 8]);
+        u64::from_le_bytes(w) >> (bitpos & 7)
     }
-    r.consume(len);
-    let sym = u64::from(entry >> 8);
-    let res = if p.rbits <= 44 {
-        r.take(p.rbits)
+}
+
+/// Decodes the value whose code starts at the low bits of `w`, which must hold at least
+/// `12 + rbits` bits; returns the value and the bits consumed.
+#[inline(always)]
+fn from_word(w: u64, table: &DecodeTable, p: Params, bad: &mut u32) -> (u64, u32) {
+    let entry = table.lookup(w);
+    *bad |= entry;
+    let len = entry & 0x1F;
+    let res = (w >> len) & p.rmask;
+    (
+        u64::from(entry >> 8) << p.sym_shift | res << p.tz,
+        len + p.rbits,
+    )
+}
+
+/// Decodes one value at `*bitpos` (any residual width up to 56 bits) and advances.
+#[inline(always)]
+fn decode_one(
+    s: Streams<'_>,
+    bitpos: &mut usize,
+    table: &DecodeTable,
+    p: Params,
+    bad: &mut u32,
+) -> u64 {
+    let w = s.word(*bitpos);
+    if p.rbits <= 57 - MAX_CODE_LEN {
+        let (v, used) = from_word(w, table, p, bad);
+        *bitpos += used as usize;
+        v
     } else {
-        r.refill();
-        r.take(p.rbits)
-    };
-    Some(sym << p.sym_shift | res << p.tz)
+        let entry = table.lookup(w);
+        *bad |= entry;
+        let len = entry & 0x1F;
+        let res = s.word(*bitpos + len as usize) & p.rmask;
+        *bitpos += (len + p.rbits) as usize;
+        u64::from(entry >> 8) << p.sym_shift | res << p.tz
+    }
 }
 
 #[inline(always)]
-fn store<const B: usize>(out: &mut [u8], index: usize, value: u64) {
-    out[index * B..index * B + B].copy_from_slice(&value.to_le_bytes()[..B]);
+fn store<const B: usize>(out: &mut [u8], value: u64) {
+    out.copy_from_slice(&value.to_le_bytes()[..B]);
 }
 
+/// Decodes all values; returns the OR of the table entries used (checked for `INVALID`).
 fn decode_streams<const B: usize>(
-    streams: &[&[u8]; STREAMS],
-    table: &[u32],
+    s: Streams<'_>,
+    bitpos: &mut [usize; STREAMS],
+    table: &DecodeTable,
     p: Params,
     count: usize,
     out: &mut [u8],
-) -> Result<(), CodecError> {
-    let bad = CodecError::Corrupt("invalid Huffman code in float payload");
-    let ranges: Vec<(usize, usize)> = quarters(count).collect();
-    let mut readers = streams.map(BitReader::new);
-    // Lockstep over the common length of all four quarters.
+) -> u32 {
+    let ranges = quarters(count);
+    let mut bad = 0u32;
+    // Lockstep over the common length of the four quarters.
     let common = ranges.iter().map(|(s, e)| e - s).min().unwrap_or(0);
-    let [r0, r1, r2, r3] = &mut readers;
-    let (s0, s1, s2, s3) = (ranges[0].0, ranges[1].0, ranges[2].0, ranges[3].0);
-    for i in 0..common {
-        let v0 = decode_one(r0, table, p);
-        let v1 = decode_one(r1, table, p);
-        let v2 = decode_one(r2, table, p);
-        let v3 = decode_one(r3, table, p);
-        match (v0, v1, v2, v3) {
-            (Some(v0), Some(v1), Some(v2), Some(v3)) => {
-                store::<B>(out, s0 + i, v0);
-                store::<B>(out, s1 + i, v1);
-                store::<B>(out, s2 + i, v2);
-                store::<B>(out, s3 + i, v3);
+    {
+        let (o0, rest) = out.split_at_mut(ranges[1].0 * B);
+        let (o1, rest) = rest.split_at_mut((ranges[2].0 - ranges[1].0) * B);
+        let (o2, o3) = rest.split_at_mut((ranges[3].0 - ranges[2].0) * B);
+        let (o0, o1, o2, o3) = (
+            &mut o0[..common * B],
+            &mut o1[..common * B],
+            &mut o2[..common * B],
+            &mut o3[..common * B],
+        );
+        let [mut b0, mut b1, mut b2, mut b3] = *bitpos;
+        if 2 * (MAX_CODE_LEN + p.rbits) <= 57 {
+            // Two values per 8-byte load.
+            let iter = o0
+                .chunks_exact_mut(2 * B)
+                .zip(o1.chunks_exact_mut(2 * B))
+                .zip(o2.chunks_exact_mut(2 * B))
+                .zip(o3.chunks_exact_mut(2 * B));
+            for (((x0, x1), x2), x3) in iter {
+                let (w0, w1, w2, w3) = (s.word(b0), s.word(b1), s.word(b2), s.word(b3));
+                let (v0, u0) = from_word(w0, table, p, &mut bad);
+                let (v1, u1) = from_word(w1, table, p, &mut bad);
+                let (v2, u2) = from_word(w2, table, p, &mut bad);
+                let (v3, u3) = from_word(w3, table, p, &mut bad);
+                let (y0, t0) = from_word(w0 >> u0, table, p, &mut bad);
+                let (y1, t1) = from_word(w1 >> u1, table, p, &mut bad);
+                let (y2, t2) = from_word(w2 >> u2, table, p, &mut bad);
+                let (y3, t3) = from_word(w3 >> u3, table, p, &mut bad);
+                b0 += (u0 + t0) as usize;
+                b1 += (u1 + t1) as usize;
+                b2 += (u2 + t2) as usize;
+                b3 += (u3 + t3) as usize;
+                store::<B>(&mut x0[..B], v0);
+                store::<B>(&mut x0[B..], y0);
+                store::<B>(&mut x1[..B], v1);
+                store::<B>(&mut x1[B..], y1);
+                store::<B>(&mut x2[..B], v2);
+                store::<B>(&mut x2[B..], y2);
+                store::<B>(&mut x3[..B], v3);
+                store::<B>(&mut x3[B..], y3);
             }
-            _ => return Err(bad),
+            if common % 2 == 1 {
+                let i = (common - 1) * B;
+                store::<B>(&mut o0[i..], decode_one(s, &mut b0, table, p, &mut bad));
+                store::<B>(&mut o1[i..], decode_one(s, &mut b1, table, p, &mut bad));
+                store::<B>(&mut o2[i..], decode_one(s, &mut b2, table, p, &mut bad));
+                store::<B>(&mut o3[i..], decode_one(s, &mut b3, table, p, &mut bad));
+            }
+        } else {
+            let iter = o0
+                .chunks_exact_mut(B)
+                .zip(o1.chunks_exact_mut(B))
+                .zip(o2.chunks_exact_mut(B))
+                .zip(o3.chunks_exact_mut(B));
+            for (((x0, x1), x2), x3) in iter {
+                store::<B>(x0, decode_one(s, &mut b0, table, p, &mut bad));
+                store::<B>(x1, decode_one(s, &mut b1, table, p, &mut bad));
+                store::<B>(x2, decode_one(s, &mut b2, table, p, &mut bad));
+                store::<B>(x3, decode_one(s, &mut b3, table, p, &mut bad));
+            }
         }
+        *bitpos = [b0, b1, b2, b3];
     }
-    // Tails (quarters differ in length by at most one value).
-    for (k, r) in readers.iter_mut().enumerate() {
+    // Tails: the quarters hold ceil(count / 4) values each except the last ones.
+    for (k, pos) in bitpos.iter_mut().enumerate() {
         let (start, end) = ranges[k];
-        for i in start + common..end {
-            let v = decode_one(r, table, p).ok_or(bad.clone())?;
-            store::<B>(out, i, v);
+        for v in out[(start + common) * B..end * B].chunks_exact_mut(B) {
+            store::<B>(v, decode_one(s, pos, table, p, &mut bad));
         }
-        r.check_end()?;
     }
-    Ok(())
+    bad
 }
 
 #[cfg(test)]

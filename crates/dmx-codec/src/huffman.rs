@@ -4,12 +4,17 @@
 
 use crate::CodecError;
 
-/// Longest code length; decode tables have `1 << MAX_CODE_LEN` entries.
-pub const MAX_CODE_LEN: u32 = 12;
+/// Longest code length.
+pub const MAX_CODE_LEN: u32 = 14;
 /// Largest alphabet (symbols are `0..MAX_SYMBOLS`).
-pub const MAX_SYMBOLS: usize = 1 << MAX_CODE_LEN;
+pub const MAX_SYMBOLS: usize = 1 << 12;
+/// Bits resolved by the first decode lookup; longer codes take a second one.
+pub const PRIMARY_BITS: u32 = 11;
+/// Entry flag: the code is longer than `PRIMARY_BITS`; bits 8.. index the secondary table.
+pub const LONG: u32 = 0x40;
 
-/// Code lengths for `alphabet` symbols, none longer than `MAX_CODE_LEN`; unused symbols get 0.
+/// Code lengths for the symbols of `freq`, none longer than `MAX_CODE_LEN`; unused symbols
+/// get 0.
 ///
 /// `freq.len()` must be at most `MAX_SYMBOLS`. A single used symbol gets length 1.
 pub fn code_lengths(freq: &[u64]) -> Vec<u8> {
@@ -132,32 +137,84 @@ pub fn encode_codes(lengths: &[u8]) -> Vec<u16> {
         .collect()
 }
 
-/// A single-lookup decode table: entry = `symbol << 8 | length`, length 0 marks an index that
-/// no code maps to (corrupt input).
-pub fn decode_table(lengths: &[u8]) -> Result<Vec<u32>, CodecError> {
-    check_kraft(lengths)?;
-    let codes = encode_codes(lengths);
-    let mut table = vec![0u32; MAX_SYMBOLS];
-    for (sym, (&len, &code)) in lengths.iter().zip(&codes).enumerate() {
-        if len == 0 {
-            continue;
+/// A two-level decode table. Entries are `symbol << 8 | length`; the primary table is indexed
+/// by the next `PRIMARY_BITS` bits, and for longer codes holds `start << 8 | LONG`, where
+/// `start` is the first of `1 << (MAX_CODE_LEN - PRIMARY_BITS)` secondary entries indexed by
+/// the following bits. Indices no code maps to (only in corrupt input) hold `invalid`.
+pub struct DecodeTable {
+    /// First-level entries.
+    pub primary: Box<[u32; 1 << PRIMARY_BITS]>,
+    /// Second-level entries for codes longer than `PRIMARY_BITS`.
+    pub secondary: Vec<u32>,
+    invalid: u32,
+}
+
+/// Secondary block size.
+const SUB: usize = 1 << (MAX_CODE_LEN - PRIMARY_BITS);
+
+impl DecodeTable {
+    /// Builds the table for canonical code `lengths`.
+    pub fn new(lengths: &[u8], invalid: u32) -> Result<Self, CodecError> {
+        check_kraft(lengths)?;
+        let codes = encode_codes(lengths);
+        let mut primary = Box::new([invalid; 1 << PRIMARY_BITS]);
+        let mut secondary = Vec::new();
+        let pmask = (1usize << PRIMARY_BITS) - 1;
+        for (sym, (&len, &code)) in lengths.iter().zip(&codes).enumerate() {
+            let len = u32::from(len);
+            if len == 0 {
+                continue;
+            }
+            let entry = (sym as u32) << 8 | len;
+            let code = usize::from(code);
+            if len <= PRIMARY_BITS {
+                let mut i = code;
+                while i <= pmask {
+                    primary[i] = entry;
+                    i += 1 << len;
+                }
+            } else {
+                let prefix = code & pmask;
+                if primary[prefix] & LONG == 0 {
+                    primary[prefix] = (secondary.len() as u32) << 8 | LONG;
+                    secondary.resize(secondary.len() + SUB, invalid);
+                }
+                let start = (primary[prefix] >> 8) as usize;
+                let rest = code >> PRIMARY_BITS;
+                let mut i = rest;
+                while i < SUB {
+                    secondary[start + i] = entry;
+                    i += 1 << (len - PRIMARY_BITS);
+                }
+            }
         }
-        let step = 1usize << len;
-        let entry = (sym as u32) << 8 | u32::from(len);
-        let mut i = usize::from(code);
-        while i < MAX_SYMBOLS {
-            table[i] = entry;
-            i += step;
-        }
+        Ok(Self {
+            primary,
+            secondary,
+            invalid,
+        })
     }
-    Ok(table)
+
+    /// The entry for the code at the low bits of `bits` (at least `MAX_CODE_LEN` valid).
+    #[inline(always)]
+    pub fn lookup(&self, bits: u64) -> u32 {
+        let e = self.primary[bits as usize & ((1 << PRIMARY_BITS) - 1)];
+        if e & LONG == 0 { e } else { self.long(e, bits) }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn long(&self, e: u32, bits: u64) -> u32 {
+        let i = (e >> 8) as usize + ((bits >> PRIMARY_BITS) as usize & (SUB - 1));
+        self.secondary.get(i).copied().unwrap_or(self.invalid)
+    }
 }
 
 fn check_kraft(lengths: &[u8]) -> Result<(), CodecError> {
     let mut kraft = 0u64;
     for &l in lengths {
         if u32::from(l) > MAX_CODE_LEN {
-            return Err(CodecError::Corrupt("Huffman code length above 12"));
+            return Err(CodecError::Corrupt("Huffman code length above 14"));
         }
         if l > 0 {
             kraft += 1u64 << (MAX_CODE_LEN - u32::from(l));
@@ -228,7 +285,11 @@ pub fn read_lengths(data: &[u8], alphabet: usize) -> Result<(Vec<u8>, usize), Co
     let mut nib = 0usize;
     let nibble_at = |k: usize| -> Result<u8, CodecError> {
         let byte = data.get(4 + k / 2).ok_or(short.clone())?;
-        Ok(if k % 2 == 0 { byte & 15 } else { byte >> 4 })
+        Ok(if k.is_multiple_of(2) {
+            byte & 15
+        } else {
+            byte >> 4
+        })
     };
     while filled < count {
         let v = nibble_at(nib)?;
@@ -241,7 +302,7 @@ pub fn read_lengths(data: &[u8], alphabet: usize) -> Result<(Vec<u8>, usize), Co
             }
             filled += run;
         } else if u32::from(v) > MAX_CODE_LEN {
-            return Err(CodecError::Corrupt("Huffman code length above 12"));
+            return Err(CodecError::Corrupt("Huffman code length above 14"));
         } else {
             lengths[first + filled] = v;
             filled += 1;
@@ -277,7 +338,7 @@ mod tests {
             freq.push(freq[n - 1] + freq[n - 2]);
         }
         let lens = code_lengths(&freq);
-        assert!(lens.iter().all(|&l| (1..=12).contains(&l)));
+        assert!(lens.iter().all(|&l| (1..=14).contains(&l)));
         assert!((kraft(&lens) - 1.0).abs() < 1e-12);
     }
 
@@ -306,6 +367,26 @@ mod tests {
 
     #[test]
     fn decode_table_rejects_oversubscribed() {
-        assert!(decode_table(&[1, 1, 1]).is_err());
+        assert!(DecodeTable::new(&[1, 1, 1], 0).is_err());
+    }
+
+    #[test]
+    fn long_codes_decode_through_the_secondary_table() {
+        let mut freq = vec![1u64, 1];
+        while freq.len() < 30 {
+            let n = freq.len();
+            freq.push(freq[n - 1] + freq[n - 2]);
+        }
+        let lens = code_lengths(&freq);
+        assert_eq!(lens.iter().map(|&l| u32::from(l)).max(), Some(MAX_CODE_LEN));
+        let codes = encode_codes(&lens);
+        let t = DecodeTable::new(&lens, 0x80).unwrap();
+        for (sym, (&l, &c)) in lens.iter().zip(&codes).enumerate() {
+            // Any bits may follow the code.
+            let bits = u64::from(c) | 0xABCD << l;
+            let e = t.lookup(bits);
+            assert_eq!(e & 0x1F, u32::from(l), "symbol {sym}");
+            assert_eq!((e >> 8) as usize, sym);
+        }
     }
 }

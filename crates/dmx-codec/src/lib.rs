@@ -154,7 +154,9 @@ const ZSTD_PROBE: usize = 16 * 1024;
 /// may win (long runs, repeated values).
 pub fn encode(kind: ValueKind, data: &[u8], zstd_level: i32) -> Encoded {
     let mut best = match kind {
-        ValueKind::Float(layout) if data.len() % layout.bytes() == 0 && !data.is_empty() => {
+        ValueKind::Float(layout)
+            if data.len().is_multiple_of(layout.bytes()) && !data.is_empty() =>
+        {
             encode_float(layout, data)
         }
         _ => {

@@ -81,8 +81,8 @@ pub fn preamble() -> [u8; 16] {
     p
 }
 
-/// Checks a preamble (§2): magic, major version and flags.
-pub fn check_preamble(bytes: &[u8]) -> Result<(), FormatError> {
+/// Checks a preamble (§2): magic, major version and flags; returns `(major, minor)`.
+pub fn check_preamble(bytes: &[u8]) -> Result<(u16, u16), FormatError> {
     let p = bytes.get(..16).ok_or(FormatError::Truncated("preamble"))?;
     if p[..8] != MAGIC {
         return Err(FormatError::NotAnArchive);
@@ -96,7 +96,7 @@ pub fn check_preamble(bytes: &[u8]) -> Result<(), FormatError> {
     if flags != 0 {
         return Err(FormatError::UnknownFlags(flags));
     }
-    Ok(())
+    Ok((major, minor))
 }
 
 /// The fixed 32-byte trailer that locates the index (§4).

@@ -17,6 +17,7 @@ pub struct Archive {
     path: PathBuf,
     bytes: Bytes,
     index: Index,
+    version: (u16, u16),
 }
 
 /// A tensor stored in an archive.
@@ -43,7 +44,7 @@ impl Archive {
             path: path.to_path_buf(),
             source,
         };
-        dmx_format::check_preamble(&bytes).map_err(fmt)?;
+        let version = dmx_format::check_preamble(&bytes).map_err(fmt)?;
         let len = bytes.len() as u64;
         if len < dmx_format::PREAMBLE_LEN + dmx_format::TRAILER_LEN {
             return Err(fmt(dmx_format::FormatError::Truncated("archive")));
@@ -59,6 +60,7 @@ impl Archive {
             path: path.to_path_buf(),
             bytes,
             index,
+            version,
         };
         archive.validate()?;
         Ok(archive)
@@ -87,6 +89,11 @@ impl Archive {
             }
         }
         Ok(())
+    }
+
+    /// The format version `(major, minor)` the archive was written with.
+    pub fn version(&self) -> (u16, u16) {
+        self.version
     }
 
     /// The archive's path.

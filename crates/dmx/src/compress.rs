@@ -16,7 +16,7 @@ use crate::source::Bytes;
 use crate::{Options, Progress};
 
 /// Raw bytes encoded per parallel window; bounds memory whatever the model size.
-pub(crate) const WINDOW: u64 = 64 << 20;
+pub(crate) const WINDOW: u64 = 16 << 20;
 /// zstd level for non-float data in segments up to `SMALL_SEGMENT` bytes (configs, tokenizers,
 /// integer buffers).
 const ZSTD_LEVEL_SMALL: i32 = 19;
@@ -43,6 +43,15 @@ pub struct CompressReport {
     pub seconds: f64,
     /// Non-fatal remarks (for example a `.safetensors` file that did not parse).
     pub warnings: Vec<String>,
+}
+
+/// The zstd level for non-float data in a segment of `len` bytes.
+pub(crate) fn zstd_level(len: u64) -> i32 {
+    if len <= SMALL_SEGMENT {
+        ZSTD_LEVEL_SMALL
+    } else {
+        ZSTD_LEVEL_LARGE
+    }
 }
 
 struct Job<'a> {
@@ -76,7 +85,14 @@ pub fn compress(input: &Path, output: &Path, opts: &Options) -> Result<CompressR
     }
     let index = Index { root, entries };
     let index_bytes = index.to_bytes();
+    // What readers would reject must not be written: check the index against their limits.
     let index_offset = out.position();
+    Index::from_bytes(&index_bytes, index_offset, &dmx_format::Limits::default()).map_err(|e| {
+        Error::Usage(format!(
+            "{}: cannot be stored: {e} (reader limits are documented in docs/FORMAT.md §6)",
+            input.display()
+        ))
+    })?;
     out.write_all(&index_bytes)?;
     out.write_all(&dmx_format::Trailer::for_index(index_offset, &index_bytes).to_bytes())?;
     let output_bytes = out.position();
@@ -112,11 +128,7 @@ fn compress_file(
     // Cut every segment into chunks, in file order.
     let mut jobs = Vec::new();
     for (i, seg) in file.segments.iter().enumerate() {
-        let level = if seg.len <= SMALL_SEGMENT {
-            ZSTD_LEVEL_SMALL
-        } else {
-            ZSTD_LEVEL_LARGE
-        };
+        let level = zstd_level(seg.len);
         let mut off = seg.offset;
         while off < seg.offset + seg.len {
             let end = (off + CHUNK_SIZE).min(seg.offset + seg.len);

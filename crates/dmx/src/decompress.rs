@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use dmx_format::{Entry, Root};
+use rayon::prelude::*;
 
 use crate::archive::Archive;
 use crate::compress::WINDOW;
@@ -13,12 +14,12 @@ use crate::output::{AtomicDir, AtomicFile, check_distinct, write_plain};
 use crate::{Options, Progress};
 
 /// Decodes `entry` window by window and hands every decoded piece, in file order, to `sink`
-/// as `(segment index, bytes)`.
+/// as `(segment index, bytes)`. The sink consumes one window while the next is decoded.
 pub(crate) fn stream_entry(
     archive: &Archive,
     entry: &Entry,
     progress: Option<&dyn Progress>,
-    mut sink: impl FnMut(usize, &[u8]) -> Result<()>,
+    mut sink: impl FnMut(usize, &[u8]) -> Result<()> + Send,
 ) -> Result<()> {
     let jobs: Vec<(usize, usize)> = entry
         .segments
@@ -26,39 +27,66 @@ pub(crate) fn stream_entry(
         .enumerate()
         .flat_map(|(s, seg)| (0..seg.chunks.len()).map(move |c| (s, c)))
         .collect();
-    let mut buf = Vec::new();
-    let mut done = 0;
-    while done < jobs.len() {
-        let mut end = done;
+    let raw_len = |&(s, c): &(usize, usize)| u64::from(entry.segments[s].chunks[c].raw_len);
+    let window = WINDOW.max(rayon::current_num_threads() as u64 * 4 * crate::CHUNK_SIZE);
+    let mut windows = Vec::new();
+    let mut start = 0;
+    while start < jobs.len() {
+        let mut end = start;
         let mut raw = 0u64;
-        while end < jobs.len() && (raw < WINDOW || end == done) {
-            let (s, c) = jobs[end];
-            raw += u64::from(entry.segments[s].chunks[c].raw_len);
+        while end < jobs.len() && (raw < window || end == start) {
+            raw += raw_len(&jobs[end]);
             end += 1;
         }
-        buf.resize(raw as usize, 0);
-        // Split the window buffer into one slice per chunk and decode them in parallel.
-        let mut pieces = Vec::with_capacity(end - done);
+        windows.push(start..end);
+        start = end;
+    }
+    let decode = |range: &std::ops::Range<usize>, buf: &mut Vec<u8>| -> Result<()> {
+        let jobs = &jobs[range.clone()];
+        buf.resize(jobs.iter().map(raw_len).sum::<u64>() as usize, 0);
+        let mut pieces = Vec::with_capacity(jobs.len());
         let mut rest = buf.as_mut_slice();
-        for &(s, c) in &jobs[done..end] {
+        for &(s, c) in jobs {
             let (head, tail) = rest.split_at_mut(entry.segments[s].chunks[c].raw_len as usize);
             pieces.push((s, c, head));
             rest = tail;
         }
-        use rayon::prelude::*;
-        pieces.par_iter_mut().try_for_each(|(s, c, out)| {
-            archive.decode_chunk(entry, &entry.segments[*s], *c, out)
-        })?;
-        for (s, _, data) in &pieces {
-            sink(*s, data)?;
-        }
-        for &(s, c) in &jobs[done..end] {
+        pieces
+            .into_par_iter()
+            .try_for_each(|(s, c, out)| archive.decode_chunk(entry, &entry.segments[s], c, out))?;
+        for &(s, c) in jobs {
             archive.release(&entry.segments[s].chunks[c..=c]);
         }
-        if let Some(p) = progress {
-            p.advance(raw);
+        Ok(())
+    };
+    let mut deliver = |range: &std::ops::Range<usize>, buf: &[u8]| -> Result<()> {
+        let mut pos = 0;
+        for job in &jobs[range.clone()] {
+            let len = raw_len(job) as usize;
+            sink(job.0, &buf[pos..pos + len])?;
+            pos += len;
         }
-        done = end;
+        if let Some(p) = progress {
+            p.advance(pos as u64);
+        }
+        Ok(())
+    };
+    // Double buffering: window k is delivered while window k + 1 is decoded.
+    let mut ready: Vec<u8> = Vec::new();
+    let mut next: Vec<u8> = Vec::new();
+    let mut previous: Option<&std::ops::Range<usize>> = None;
+    for range in &windows {
+        let (delivered, decoded) = rayon::join(
+            || previous.map_or(Ok(()), |p| deliver(p, &ready)),
+            || decode(range, &mut next),
+        );
+        delivered?;
+        decoded?;
+        std::mem::swap(&mut ready, &mut next);
+        previous = Some(range);
+    }
+    if let Some(p) = previous {
+        deliver(p, &ready)?;
     }
     Ok(())
 }

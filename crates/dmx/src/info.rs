@@ -13,7 +13,7 @@ use crate::plan::dtype_bits;
 /// Everything `dmx info` reports, serializable as its `--json` output.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
-    /// Archive format version.
+    /// Archive format version (of the archive when opened, else the one dmx writes).
     pub format_version: String,
     /// `"file"` or `"folder"`.
     pub root: &'static str,
@@ -108,6 +108,8 @@ impl Stats {
     /// Statistics of an open archive.
     pub fn of_archive(archive: &Archive) -> Self {
         let mut s = Self::of_index(archive.index());
+        let (major, minor) = archive.version();
+        s.format_version = format!("{major}.{minor}");
         s.archive_bytes = Some(archive.archive_len());
         s.ratio = (archive.archive_len() > 0)
             .then(|| s.original_bytes as f64 / archive.archive_len() as f64);

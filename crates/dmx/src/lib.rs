@@ -3,7 +3,7 @@
 //!
 //! The engine does the IO, planning and parallelism; the container lives in [`dmx_format`]
 //! and the codecs in [`dmx_codec`]. Work runs on a rayon pool sized by [`Options::threads`];
-//! memory stays bounded by processing inputs in windows of 64 MiB.
+//! memory stays bounded by processing inputs in windows of 16 MiB.
 //!
 //! ```
 //! use dmx::{Archive, Options};
@@ -36,6 +36,7 @@
 #![deny(missing_docs)]
 
 mod archive;
+mod bench;
 mod compress;
 mod decompress;
 mod error;
@@ -49,6 +50,7 @@ mod verify;
 use std::sync::Arc;
 
 pub use archive::{Archive, TensorRef};
+pub use bench::{BenchDtype, BenchResult, bench};
 pub use compress::{CompressReport, compress};
 pub use decompress::decompress;
 pub use error::{Error, Result};

@@ -31,6 +31,21 @@ pub fn check_writable(output: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// A builder for hidden temporary names whose final permissions are the usual ones for new
+/// files and folders (`mode` less the umask) rather than tempfile's private 0600/0700.
+fn temp_builder(mode: u32) -> tempfile::Builder<'static, 'static> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(".dmx-tmp-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(mode));
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    b
+}
+
 fn parent_of(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -54,8 +69,7 @@ impl AtomicFile {
     pub fn create(dest: &Path, force: bool) -> Result<Self> {
         check_writable(dest, force)?;
         let dir = parent_of(dest);
-        let tmp = tempfile::Builder::new()
-            .prefix(".dmx-tmp-")
+        let tmp = temp_builder(0o666)
             .tempfile_in(&dir)
             .map_err(|e| Error::io(&dir, e))?;
         Ok(Self {
@@ -113,8 +127,7 @@ impl AtomicDir {
     pub fn create(dest: &Path, force: bool) -> Result<Self> {
         check_writable(dest, force)?;
         let dir = parent_of(dest);
-        let tmp = tempfile::Builder::new()
-            .prefix(".dmx-tmp-")
+        let tmp = temp_builder(0o777)
             .tempdir_in(&dir)
             .map_err(|e| Error::io(&dir, e))?;
         Ok(Self {
@@ -182,6 +195,16 @@ mod tests {
         assert!(!dest.exists());
         f.commit().unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&dest).unwrap().permissions().mode();
+            assert_ne!(
+                mode & 0o044,
+                0,
+                "outputs must not be private to the owner: {mode:o}"
+            );
+        }
         assert!(AtomicFile::create(&dest, false).is_err());
         let f = AtomicFile::create(&dest, true).unwrap();
         drop(f);

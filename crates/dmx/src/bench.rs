@@ -1,0 +1,148 @@
+//! In-memory measurement of the codecs on real files (`dmx bench`): bits per weight per dtype
+//! and per field, the order-0 entropy bound beside it, and encode/decode throughput without
+//! file IO, so that numbers compare with in-memory peers.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::plan::{CHUNK_SIZE, dtype_bits, plan_input};
+use crate::source::Bytes;
+
+/// Result of benchmarking one file at one thread count.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// The file measured.
+    pub file: String,
+    /// Threads used.
+    pub threads: usize,
+    /// Original size in bytes.
+    pub bytes: u64,
+    /// Stored size of all chunks (container index not included).
+    pub stored: u64,
+    /// Tensor elements.
+    pub params: u64,
+    /// Per dtype: (params, stored bytes, entropy bound bits).
+    pub dtypes: BTreeMap<String, BenchDtype>,
+    /// Median encode throughput, MB/s of original bytes.
+    pub compress_mb_s: f64,
+    /// Median decode throughput, MB/s of original bytes.
+    pub decompress_mb_s: f64,
+    /// Every chunk decoded back to its original bytes.
+    pub round_trip_ok: bool,
+}
+
+/// Per-dtype figures of a [`BenchResult`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BenchDtype {
+    /// Elements.
+    pub params: u64,
+    /// Stored bytes.
+    pub stored: u64,
+    /// Stored bits per element.
+    pub bits_per_weight: f64,
+    /// Order-0 entropy bound, bits per element.
+    pub entropy_bits_per_weight: f64,
+    /// Chunks per codec name.
+    pub codecs: BTreeMap<String, usize>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Encodes and decodes every chunk of the `.safetensors` file (or folder) at `path` in memory,
+/// `reps` times with `threads` workers, and reports sizes and median throughput.
+pub fn bench(path: &Path, threads: usize, reps: usize) -> Result<BenchResult> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start worker threads: {e}")))?;
+    let (_, files) = plan_input(path)?;
+    let mut inputs = Vec::new();
+    for f in &files {
+        // Read fully so page faults do not count against the codec.
+        let bytes = Bytes::open(&f.path)?;
+        inputs.push(bytes.to_vec());
+    }
+    let mut jobs = Vec::new();
+    for (fi, f) in files.iter().enumerate() {
+        for seg in &f.segments {
+            let dtype = match &seg.kind {
+                dmx_format::SegmentKind::Tensor(t) => Some(t.dtype.clone()),
+                dmx_format::SegmentKind::Bytes => None,
+            };
+            let mut off = seg.offset;
+            while off < seg.offset + seg.len {
+                let end = (off + CHUNK_SIZE).min(seg.offset + seg.len);
+                jobs.push((
+                    fi,
+                    off as usize..end as usize,
+                    seg.value,
+                    crate::compress::zstd_level(seg.len),
+                    dtype.clone(),
+                ));
+                off = end;
+            }
+        }
+    }
+    let total: u64 = jobs.iter().map(|j| j.1.len() as u64).sum();
+    let (mut ctimes, mut dtimes) = (Vec::new(), Vec::new());
+    let mut encoded = Vec::new();
+    let mut ok = true;
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        encoded = pool.install(|| {
+            jobs.par_iter()
+                .map(|(fi, r, v, level, _)| dmx_codec::encode(*v, &inputs[*fi][r.clone()], *level))
+                .collect::<Vec<_>>()
+        });
+        ctimes.push(t.elapsed().as_secs_f64());
+        let mut out: Vec<Vec<u8>> = jobs.iter().map(|j| vec![0u8; j.1.len()]).collect();
+        let t = Instant::now();
+        let decoded = pool.install(|| {
+            out.par_iter_mut()
+                .zip(&encoded)
+                .map(|(o, e)| dmx_codec::decode(e.codec, &e.payload, o).is_ok())
+                .all(|x| x)
+        });
+        dtimes.push(t.elapsed().as_secs_f64());
+        ok &= decoded
+            && jobs
+                .iter()
+                .zip(&out)
+                .all(|((fi, r, _, _, _), o)| &inputs[*fi][r.clone()] == o.as_slice());
+    }
+    let mut dtypes: BTreeMap<String, BenchDtype> = BTreeMap::new();
+    for ((_, r, _, _, dtype), e) in jobs.iter().zip(&encoded) {
+        let Some(dtype) = dtype else { continue };
+        let d = dtypes.entry(dtype.clone()).or_default();
+        d.params += dtype_bits(dtype)
+            .filter(|&b| b > 0)
+            .map_or(0, |b| r.len() as u64 * 8 / b);
+        d.stored += e.payload.len() as u64;
+        d.entropy_bits_per_weight += e.entropy_bits;
+        *d.codecs.entry(e.codec.name().to_string()).or_default() += 1;
+    }
+    for d in dtypes.values_mut() {
+        let n = d.params.max(1) as f64;
+        d.bits_per_weight = d.stored as f64 * 8.0 / n;
+        d.entropy_bits_per_weight /= n;
+    }
+    Ok(BenchResult {
+        file: path.display().to_string(),
+        threads,
+        bytes: total,
+        stored: encoded.iter().map(|e| e.payload.len() as u64).sum(),
+        params: dtypes.values().map(|d| d.params).sum(),
+        dtypes,
+        compress_mb_s: total as f64 / 1e6 / median(ctimes),
+        decompress_mb_s: total as f64 / 1e6 / median(dtimes),
+        round_trip_ok: ok,
+    })
+}
