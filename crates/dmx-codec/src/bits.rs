@@ -1,26 +1,25 @@
-//! LSB-first bit writer used by the Huffman streams.
+//! LSB-first bit streams written into regions of one buffer (the Huffman streams).
 //!
 //! Bits are packed starting at the least significant bit of each byte: the first field
 //! written occupies the lowest bits of the first byte.
 
-/// Largest number of bits one [`BitWriter::put`] call may carry.
+/// Largest number of bits one [`Lane::put`] call may carry.
 pub const MAX_PUT_BITS: u32 = 56;
 
-/// Appends bit fields to a byte buffer sized up front.
-#[derive(Debug, Default)]
-pub struct BitWriter {
-    out: Vec<u8>,
+/// One bit stream being written into a region of a shared buffer. The region must have room
+/// for the stream's bytes plus 8 (every `put` stores a whole 64-bit word).
+#[derive(Debug, Clone, Copy)]
+pub struct Lane {
     pos: usize,
     acc: u64,
     n: u32,
 }
 
-impl BitWriter {
-    /// A writer for at most `bytes` bytes of output; writing more panics.
-    pub fn with_capacity(bytes: usize) -> Self {
+impl Lane {
+    /// A stream starting at byte `start` of the buffer.
+    pub fn new(start: usize) -> Self {
         Self {
-            out: vec![0u8; bytes + 8],
-            pos: 0,
+            pos: start,
             acc: 0,
             n: 0,
         }
@@ -29,13 +28,13 @@ impl BitWriter {
     /// Appends the low `nbits` bits of `bits` (`nbits <= MAX_PUT_BITS`; higher bits of `bits`
     /// must be zero).
     #[inline(always)]
-    pub fn put(&mut self, bits: u64, nbits: u32) {
+    pub fn put(&mut self, buf: &mut [u8], bits: u64, nbits: u32) {
         debug_assert!(nbits <= MAX_PUT_BITS);
-        debug_assert!(nbits == 64 || bits >> nbits == 0);
+        debug_assert!(bits >> nbits == 0);
         self.acc |= bits << self.n;
         self.n += nbits;
         // Store all eight accumulator bytes; only the whole ones are kept.
-        self.out[self.pos..self.pos + 8].copy_from_slice(&self.acc.to_le_bytes());
+        buf[self.pos..self.pos + 8].copy_from_slice(&self.acc.to_le_bytes());
         let whole = self.n >> 3;
         self.pos += whole as usize;
         // n <= 7 + MAX_PUT_BITS = 63, so the shift stays below 64.
@@ -43,11 +42,14 @@ impl BitWriter {
         self.n &= 7;
     }
 
-    /// Flushes the partial last byte (zero padded) and returns the bytes.
-    pub fn finish(mut self) -> Vec<u8> {
-        let len = self.pos + usize::from(self.n > 0);
-        self.out.truncate(len);
-        self.out
+    /// Writes the partial last byte (zero padded); returns the end of the stream.
+    pub fn finish(self, buf: &mut [u8]) -> usize {
+        if self.n > 0 {
+            buf[self.pos] = self.acc as u8;
+            self.pos + 1
+        } else {
+            self.pos
+        }
     }
 }
 
@@ -72,15 +74,17 @@ mod tests {
             })
             .collect();
         let total: u32 = fields.iter().map(|f| f.1).sum();
-        let mut w = BitWriter::with_capacity(total.div_ceil(8) as usize);
+        let mut buf = vec![0u8; 3 + total.div_ceil(8) as usize + 8];
+        let mut lane = Lane::new(3);
         for &(v, n) in &fields {
-            w.put(v, n);
+            lane.put(&mut buf, v, n);
         }
-        let bytes = w.finish();
-        assert_eq!(bytes.len(), total.div_ceil(8) as usize);
+        let end = lane.finish(&mut buf);
+        assert_eq!(end - 3, total.div_ceil(8) as usize);
+        let bytes = &buf[3..end];
         let mut pos = 0;
         for &(v, n) in &fields {
-            assert_eq!(read(&bytes, pos, n), v);
+            assert_eq!(read(bytes, pos, n), v);
             pos += n as usize;
         }
     }

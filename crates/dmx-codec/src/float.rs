@@ -10,7 +10,7 @@
 //! independent bit streams, which the decoder advances in lockstep for instruction-level
 //! parallelism. `w` is chosen per chunk by exact coded size. See docs/CODECS.md.
 
-use crate::bits::{BitWriter, MAX_PUT_BITS};
+use crate::bits::{Lane, MAX_PUT_BITS};
 use crate::huffman::{self, DecodeTable, MAX_CODE_LEN, MAX_SYMBOLS};
 use crate::{CodecError, FloatLayout};
 
@@ -158,17 +158,11 @@ pub fn encode(layout: FloatLayout, data: &[u8], plan: &Plan) -> Vec<u8> {
     out.extend_from_slice(&(count as u32).to_le_bytes());
     huffman::write_lengths(&plan.lengths, &mut out);
     let codes = huffman::encode_codes(&plan.lengths);
-    let streams = match bytes {
-        1 => encode_streams::<1>(data, layout, plan, &codes),
-        2 => encode_streams::<2>(data, layout, plan, &codes),
-        4 => encode_streams::<4>(data, layout, plan, &codes),
-        _ => encode_streams::<8>(data, layout, plan, &codes),
-    };
-    for s in &streams {
-        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    }
-    for s in &streams {
-        out.extend_from_slice(s);
+    match bytes {
+        1 => encode_streams::<1>(data, layout, plan, &codes, &mut out),
+        2 => encode_streams::<2>(data, layout, plan, &codes, &mut out),
+        4 => encode_streams::<4>(data, layout, plan, &codes, &mut out),
+        _ => encode_streams::<8>(data, layout, plan, &codes, &mut out),
     }
     out
 }
@@ -182,8 +176,7 @@ fn quarters(count: usize) -> [(usize, usize); STREAMS] {
 /// Per-chunk constants of the encoder.
 struct Fields<'a> {
     /// `code | length << 16` per symbol.
-    table: &'a [u32],
-    mask: usize,
+    table: &'a [u32; MAX_SYMBOLS],
     sym_shift: u32,
     tz: u32,
     rbits: u32,
@@ -191,29 +184,33 @@ struct Fields<'a> {
 }
 
 impl Fields<'_> {
+    /// Writes the code and residual of value `v` to `lane`.
     #[inline(always)]
-    fn encode<const B: usize>(&self, w: &mut BitWriter, v: &[u8]) {
+    fn put<const B: usize>(&self, lane: &mut Lane, buf: &mut [u8], v: &[u8]) {
         let x = load::<B>(v);
-        let e = self.table[(x >> self.sym_shift) as usize & self.mask];
+        let e = self.table[(x >> self.sym_shift) as usize & (MAX_SYMBOLS - 1)];
         let len = e >> 16;
         let code = u64::from(e & 0xFFFF);
         let res = (x >> self.tz) & self.rmask;
-        if len + self.rbits <= MAX_PUT_BITS {
-            w.put(code | res << len, len + self.rbits);
+        if MAX_CODE_LEN + self.rbits <= MAX_PUT_BITS {
+            lane.put(buf, code | res << len, len + self.rbits);
         } else {
-            w.put(code, len);
-            w.put(res, self.rbits);
+            lane.put(buf, code, len);
+            lane.put(buf, res, self.rbits);
         }
     }
 }
 
-/// Encodes the four quarters of `data` in lockstep (four independent dependency chains).
+/// Appends the four streams of `data` (whole values of width `B`) to `out`: their four
+/// `u32` sizes, then their bytes. The quarters are coded in lockstep, four independent
+/// dependency chains.
 fn encode_streams<const B: usize>(
     data: &[u8],
     layout: FloatLayout,
     plan: &Plan,
     codes: &[u16],
-) -> [Vec<u8>; STREAMS] {
+    out: &mut Vec<u8>,
+) {
     let bits = layout.bits();
     let sym_shift = bits - plan.sym_bits;
     let tz = plan.tz;
@@ -223,50 +220,65 @@ fn encode_streams<const B: usize>(
     } else {
         u64::MAX >> (64 - rbits)
     };
-    // code | length << 16, one lookup per value.
-    let table: Vec<u32> = codes
-        .iter()
-        .zip(&plan.lengths)
-        .map(|(&c, &l)| u32::from(c) | u32::from(l) << 16)
-        .collect();
-    let mask = table.len() - 1;
+    // code | length << 16, one lookup per value; symbols are below MAX_SYMBOLS.
+    let mut table = Box::new([0u32; MAX_SYMBOLS]);
+    for ((t, &c), &l) in table.iter_mut().zip(codes).zip(&plan.lengths) {
+        *t = u32::from(c) | u32::from(l) << 16;
+    }
     let ranges = quarters(data.len() / B);
-    // A code is at most 12 bits.
-    let mut writers = ranges.map(|(s, e)| {
-        BitWriter::with_capacity(((e - s) * (MAX_CODE_LEN + rbits) as usize).div_ceil(8))
-    });
+    // Worst-case regions: codes are at most MAX_CODE_LEN bits; 8 bytes of slack each.
+    let sizes_at = out.len();
+    out.extend_from_slice(&[0u8; 4 * STREAMS]);
+    let base = out.len();
+    let mut lanes = [Lane::new(0); STREAMS];
+    let mut end = base;
+    for (lane, &(s, e)) in lanes.iter_mut().zip(&ranges) {
+        *lane = Lane::new(end);
+        end += ((e - s) * (MAX_CODE_LEN + rbits) as usize).div_ceil(8) + 8;
+    }
+    out.resize(end, 0);
+    let buf = out.as_mut_slice();
     let f = Fields {
         table: &table,
-        mask,
         sym_shift,
         tz,
         rbits,
         rmask,
     };
-    let encode_one = |w: &mut BitWriter, v: &[u8]| f.encode::<B>(w, v);
+    let one = |lane: &mut Lane, buf: &mut [u8], v: &[u8]| f.put::<B>(lane, buf, v);
     let common = ranges.iter().map(|(s, e)| e - s).min().unwrap_or(0);
     let part = |k: usize| &data[ranges[k].0 * B..(ranges[k].0 + common) * B];
     {
-        let [w0, w1, w2, w3] = &mut writers;
+        let [l0, l1, l2, l3] = &mut lanes;
         let iter = part(0)
             .chunks_exact(B)
             .zip(part(1).chunks_exact(B))
             .zip(part(2).chunks_exact(B))
             .zip(part(3).chunks_exact(B));
         for (((a, b), c), d) in iter {
-            encode_one(w0, a);
-            encode_one(w1, b);
-            encode_one(w2, c);
-            encode_one(w3, d);
+            one(l0, buf, a);
+            one(l1, buf, b);
+            one(l2, buf, c);
+            one(l3, buf, d);
         }
     }
-    for (k, w) in writers.iter_mut().enumerate() {
-        let (start, end) = ranges[k];
+    for (lane, &(start, end)) in lanes.iter_mut().zip(&ranges) {
         for v in data[(start + common) * B..end * B].chunks_exact(B) {
-            encode_one(w, v);
+            one(lane, buf, v);
         }
     }
-    writers.map(BitWriter::finish)
+    // Close the streams and pack them back to back.
+    let mut write = base;
+    let mut region = base;
+    for (k, (lane, &(s, e))) in lanes.into_iter().zip(&ranges).enumerate() {
+        let stop = lane.finish(out);
+        let len = stop - region;
+        out.copy_within(region..stop, write);
+        out[sizes_at + 4 * k..sizes_at + 4 * k + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        write += len;
+        region += ((e - s) * (MAX_CODE_LEN + rbits) as usize).div_ceil(8) + 8;
+    }
+    out.truncate(write);
 }
 
 /// Decodes a payload produced by [`encode`] into `out`, whose length is the raw size.

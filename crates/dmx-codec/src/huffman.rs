@@ -79,34 +79,44 @@ fn huffman_depths(used: &[(u64, u32)]) -> Vec<u32> {
     depth
 }
 
-/// Caps lengths (given for symbols in ascending frequency order) at `limit` while keeping the
-/// Kraft sum at most one, then spends any slack on the most frequent symbols.
+/// Caps lengths (given for symbols in ascending frequency order, so lengths are
+/// non-increasing) at `limit` while keeping the Kraft sum at most one: the count of codes per
+/// length is repaired as in zlib's `gen_bitlen`, then lengths are handed back longest-first to
+/// the rarest symbols.
 fn limit_lengths(lens: &mut [u32], limit: u32) {
     if lens.iter().all(|&l| l <= limit) {
         return;
     }
-    let unit = |l: u32| 1u64 << (limit - l);
-    let cap = 1u64 << limit;
-    for l in lens.iter_mut() {
-        *l = (*l).min(limit);
+    let limit = limit as usize;
+    let mut count = vec![0usize; limit + 1];
+    for &l in lens.iter() {
+        count[(l as usize).min(limit)] += 1;
     }
-    let mut kraft: u64 = lens.iter().map(|&l| unit(l)).sum();
-    // Lengthen the rarest codes that can still grow until the code fits.
-    while kraft > cap {
-        let (i, _) = lens
+    // Kraft sum in units of 2^-limit.
+    let kraft = |count: &[usize]| -> u64 {
+        count
             .iter()
             .enumerate()
-            .filter(|&(_, &l)| l < limit)
-            .max_by_key(|&(i, &l)| (l, std::cmp::Reverse(i)))
-            .expect("an alphabet of at most 2^limit symbols always fits");
-        kraft -= unit(lens[i] + 1);
-        lens[i] += 1;
+            .skip(1)
+            .map(|(l, &c)| (c as u64) << (limit - l))
+            .sum()
+    };
+    // Each step turns a leaf above the limit into a node with two children, one taking a
+    // limit-level leaf: the Kraft sum drops by one unit.
+    while kraft(&count) > 1u64 << limit {
+        let Some(l) = (1..limit).rev().find(|&l| count[l] > 0) else {
+            break;
+        };
+        count[l] -= 1;
+        count[l + 1] += 2;
+        count[limit] -= 1;
     }
-    // Shorten the most frequent codes while there is room.
-    for i in (0..lens.len()).rev() {
-        while lens[i] > 1 && kraft + unit(lens[i]) <= cap {
-            kraft += unit(lens[i]);
-            lens[i] -= 1;
+    // Hand lengths back: the rarest symbols (first) get the longest codes.
+    let mut i = 0;
+    for l in (1..=limit).rev() {
+        for _ in 0..count[l] {
+            lens[i] = l as u32;
+            i += 1;
         }
     }
 }

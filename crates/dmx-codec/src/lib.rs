@@ -22,6 +22,7 @@
 pub mod bits;
 pub mod float;
 pub mod huffman;
+pub mod rows;
 
 use thiserror::Error;
 
@@ -50,6 +51,8 @@ pub enum Codec {
     Zstd = 1,
     /// The field-split float codec of module [`float`].
     FloatHuff = 2,
+    /// Codec 2 after the row-relative exponent transform of module [`rows`].
+    FloatHuffRows = 3,
 }
 
 impl Codec {
@@ -59,6 +62,7 @@ impl Codec {
             0 => Ok(Self::Raw),
             1 => Ok(Self::Zstd),
             2 => Ok(Self::FloatHuff),
+            3 => Ok(Self::FloatHuffRows),
             other => Err(CodecError::UnknownCodec(other)),
         }
     }
@@ -69,6 +73,7 @@ impl Codec {
             Self::Raw => "raw",
             Self::Zstd => "zstd",
             Self::FloatHuff => "float-huff",
+            Self::FloatHuffRows => "float-huff-rows",
         }
     }
 }
@@ -77,7 +82,7 @@ impl Codec {
 /// bit, the mantissa the rest).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FloatLayout {
-    bytes: u8,
+    pub(crate) bytes: u8,
     /// Exponent field width in bits.
     pub exp_bits: u32,
 }
@@ -149,15 +154,38 @@ pub struct Encoded {
 /// Bytes sampled (in four slices) to decide whether zstd is worth trying on float data.
 const ZSTD_PROBE: usize = 16 * 1024;
 
+/// What the caller knows about a chunk beyond its value kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hints {
+    /// zstd level for [`ValueKind::Bytes`] data.
+    pub zstd_level: i32,
+    /// Values per row when the chunk holds whole rows of a matrix (the tensor's last
+    /// dimension), else 0. Enables the row-relative exponent transform.
+    pub row_len: usize,
+}
+
 /// Encodes one chunk, choosing the smallest of the candidate codecs. `zstd_level` applies to
 /// [`ValueKind::Bytes`] data; float data probes zstd at a fast level only when a sample says it
 /// may win (long runs, repeated values).
 pub fn encode(kind: ValueKind, data: &[u8], zstd_level: i32) -> Encoded {
+    encode_with(
+        kind,
+        data,
+        Hints {
+            zstd_level,
+            row_len: 0,
+        },
+    )
+}
+
+/// [`encode`] with [`Hints`].
+pub fn encode_with(kind: ValueKind, data: &[u8], hints: Hints) -> Encoded {
+    let zstd_level = hints.zstd_level;
     let mut best = match kind {
         ValueKind::Float(layout)
             if data.len().is_multiple_of(layout.bytes()) && !data.is_empty() =>
         {
-            encode_float(layout, data)
+            encode_float(layout, data, hints.row_len)
         }
         _ => {
             let entropy_bits = float::entropy(&byte_histogram(data));
@@ -176,23 +204,35 @@ pub fn encode(kind: ValueKind, data: &[u8], zstd_level: i32) -> Encoded {
     best
 }
 
-fn encode_float(layout: FloatLayout, data: &[u8]) -> Encoded {
+fn encode_float(layout: FloatLayout, data: &[u8], row_len: usize) -> Encoded {
     let plan = float::Analysis::new(layout, data).best_plan();
-    if zstd_may_win(data, plan.size) {
+    let mut best: Option<Encoded> = None;
+    let mut best_size = plan.size;
+    if rows::applies(layout, row_len, data.len() / layout.bytes())
+        && let Some((payload, entropy_bits)) = rows::encode(layout, data, row_len, best_size)
+    {
+        best_size = payload.len();
+        best = Some(Encoded {
+            codec: Codec::FloatHuffRows,
+            payload,
+            entropy_bits,
+        });
+    }
+    if zstd_may_win(data, best_size) {
         let z = zstd_compress(data, 3);
-        if z.len() < plan.size {
-            return Encoded {
+        if z.len() < best_size {
+            best = Some(Encoded {
                 codec: Codec::Zstd,
                 payload: z,
                 entropy_bits: plan.entropy_bits,
-            };
+            });
         }
     }
-    Encoded {
+    best.unwrap_or_else(|| Encoded {
         codec: Codec::FloatHuff,
         payload: float::encode(layout, data, &plan),
         entropy_bits: plan.entropy_bits,
-    }
+    })
 }
 
 /// Compresses four slices of the chunk at zstd level 1 and extrapolates.
@@ -247,6 +287,7 @@ pub fn decode(codec: Codec, payload: &[u8], out: &mut [u8]) -> Result<(), CodecE
             Ok(())
         }
         Codec::FloatHuff => float::decode(payload, out),
+        Codec::FloatHuffRows => rows::decode(payload, out),
     }
 }
 

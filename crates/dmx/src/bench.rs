@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::plan::{CHUNK_SIZE, dtype_bits, plan_input};
+use crate::plan::{dtype_bits, plan_input};
 use crate::source::Bytes;
 
 /// Result of benchmarking one file at one thread count.
@@ -77,17 +77,18 @@ pub fn bench(path: &Path, threads: usize, reps: usize) -> Result<BenchResult> {
                 dmx_format::SegmentKind::Tensor(t) => Some(t.dtype.clone()),
                 dmx_format::SegmentKind::Bytes => None,
             };
-            let mut off = seg.offset;
-            while off < seg.offset + seg.len {
-                let end = (off + CHUNK_SIZE).min(seg.offset + seg.len);
+            let hints = dmx_codec::Hints {
+                zstd_level: crate::compress::zstd_level(seg.len),
+                row_len: seg.chunking().1,
+            };
+            for r in seg.chunks() {
                 jobs.push((
                     fi,
-                    off as usize..end as usize,
+                    r.start as usize..r.end as usize,
                     seg.value,
-                    crate::compress::zstd_level(seg.len),
+                    hints,
                     dtype.clone(),
                 ));
-                off = end;
             }
         }
     }
@@ -99,7 +100,9 @@ pub fn bench(path: &Path, threads: usize, reps: usize) -> Result<BenchResult> {
         let t = Instant::now();
         encoded = pool.install(|| {
             jobs.par_iter()
-                .map(|(fi, r, v, level, _)| dmx_codec::encode(*v, &inputs[*fi][r.clone()], *level))
+                .map(|(fi, r, v, hints, _)| {
+                    dmx_codec::encode_with(*v, &inputs[*fi][r.clone()], *hints)
+                })
                 .collect::<Vec<_>>()
         });
         ctimes.push(t.elapsed().as_secs_f64());

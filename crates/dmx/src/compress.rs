@@ -11,7 +11,7 @@ use sha2::Digest;
 
 use crate::error::{Error, Result};
 use crate::output::AtomicFile;
-use crate::plan::{CHUNK_SIZE, PlannedFile, plan_input};
+use crate::plan::{PlannedFile, plan_input};
 use crate::source::Bytes;
 use crate::{Options, Progress};
 
@@ -58,7 +58,7 @@ struct Job<'a> {
     segment: usize,
     data: &'a [u8],
     value: ValueKind,
-    level: i32,
+    hints: dmx_codec::Hints,
 }
 
 /// Compresses `input` (a `.safetensors` file, any file, or a folder) into the archive `output`.
@@ -128,17 +128,17 @@ fn compress_file(
     // Cut every segment into chunks, in file order.
     let mut jobs = Vec::new();
     for (i, seg) in file.segments.iter().enumerate() {
-        let level = zstd_level(seg.len);
-        let mut off = seg.offset;
-        while off < seg.offset + seg.len {
-            let end = (off + CHUNK_SIZE).min(seg.offset + seg.len);
+        let hints = dmx_codec::Hints {
+            zstd_level: zstd_level(seg.len),
+            row_len: seg.chunking().1,
+        };
+        for r in seg.chunks() {
             jobs.push(Job {
                 segment: i,
-                data: &bytes[off as usize..end as usize],
+                data: &bytes[r.start as usize..r.end as usize],
                 value: seg.value,
-                level,
+                hints,
             });
-            off = end;
         }
     }
     let mut segments: Vec<Segment> = file
@@ -169,7 +169,7 @@ fn compress_file(
             || {
                 window
                     .par_iter()
-                    .map(|j| dmx_codec::encode(j.value, j.data, j.level))
+                    .map(|j| dmx_codec::encode_with(j.value, j.data, j.hints))
                     .collect::<Vec<_>>()
             },
             || {

@@ -47,6 +47,35 @@ pub struct PlannedSegment {
     pub value: ValueKind,
 }
 
+impl PlannedSegment {
+    /// Chunk size in bytes and row length in values (0 when the segment is not a float
+    /// matrix): chunks of float matrices hold whole rows, where a row is one slice along the
+    /// first dimension (an output channel), so the row transform of codec 3 can apply.
+    pub fn chunking(&self) -> (u64, usize) {
+        let (SegmentKind::Tensor(t), ValueKind::Float(layout)) = (&self.kind, self.value) else {
+            return (CHUNK_SIZE, 0);
+        };
+        if t.shape.len() < 2 {
+            return (CHUNK_SIZE, 0);
+        }
+        let row: u64 = t.shape[1..].iter().product();
+        let row_bytes = row.saturating_mul(layout.bytes() as u64);
+        if row == 0 || row_bytes > CHUNK_SIZE / 2 {
+            return (CHUNK_SIZE, 0);
+        }
+        ((CHUNK_SIZE / row_bytes) * row_bytes, row as usize)
+    }
+
+    /// Byte ranges of the segment's chunks, in order.
+    pub fn chunks(&self) -> impl Iterator<Item = std::ops::Range<u64>> + '_ {
+        let (size, _) = self.chunking();
+        let end = self.offset + self.len;
+        (self.offset..end)
+            .step_by(size as usize)
+            .map(move |s| s..(s + size).min(end))
+    }
+}
+
 /// Lists the files of `input` (a file or a folder) and plans their segments.
 pub fn plan_input(input: &Path) -> Result<(Root, Vec<PlannedFile>)> {
     let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;

@@ -1,0 +1,313 @@
+//! The row-relative exponent transform (codec id 3, `FLOAT_HUFF_ROWS`).
+//!
+//! Rows of a weight matrix (output neurons, embedding vectors) differ in scale, so the
+//! exponents of one row cluster around a row-specific value. Replacing every exponent by its
+//! difference (modulo `2^E`) from the median exponent of its row makes the exponent
+//! distribution of the whole chunk narrower, which the field-split Huffman code of codec 2
+//! turns into fewer bits. Sign and mantissa bits are untouched; the transform is a bijection
+//! for any bit pattern (NaN, Inf, zeros and subnormals included).
+//!
+//! Payload: `u32 row_len` (values per row), `u8 exp_bits`, `u8 bases_codec`, `u32 bases_len`,
+//! the per-row bases (one byte each, coded as a chunk of bytes: codec 0 or 1), then a codec-2
+//! payload of the transformed values. See docs/CODECS.md.
+
+use crate::{Codec, CodecError, FloatLayout, float};
+
+/// Largest exponent width the transform handles (bases are stored as bytes).
+const MAX_EXP_BITS: u32 = 8;
+
+/// Whether the transform applies to `layout` with rows of `row_len` values over `count`
+/// values.
+pub fn applies(layout: FloatLayout, row_len: usize, count: usize) -> bool {
+    layout.exp_bits <= MAX_EXP_BITS
+        && layout.bits() > 8
+        && row_len >= 8
+        && count >= 2 * row_len
+        && count.is_multiple_of(row_len)
+}
+
+/// Exponent field position and mask of `layout`.
+fn field(layout: FloatLayout) -> (u32, u64) {
+    let shift = layout.bits() - 1 - layout.exp_bits;
+    (shift, ((1u64 << layout.exp_bits) - 1) << shift)
+}
+
+/// The median exponent of each row, and the estimated saving in bits of coding exponents
+/// relative to them (order-0 exponent entropy before minus after, less the bases' entropy).
+pub fn row_bases(layout: FloatLayout, data: &[u8], row_len: usize) -> (Vec<u8>, f64) {
+    match layout.bytes() {
+        2 => row_bases_width::<2>(layout, data, row_len),
+        4 => row_bases_width::<4>(layout, data, row_len),
+        _ => row_bases_width::<8>(layout, data, row_len),
+    }
+}
+
+fn row_bases_width<const B: usize>(
+    layout: FloatLayout,
+    data: &[u8],
+    row_len: usize,
+) -> (Vec<u8>, f64) {
+    let (shift, mask) = field(layout);
+    let size = 1usize << layout.exp_bits;
+    let top = size - 1;
+    let mut hist = vec![0u32; size];
+    let mut plain = vec![0u64; size];
+    let mut moved = vec![0u64; size];
+    let mut base_hist = vec![0u64; size];
+    let half = (row_len as u32).div_ceil(2);
+    let bases = data
+        .chunks_exact(row_len * B)
+        .map(|row| {
+            let (mut lo, mut hi) = (top, 0);
+            for v in row.chunks_exact(B) {
+                let e = ((load::<B>(v) & mask) >> shift) as usize & top;
+                hist[e] += 1;
+                lo = lo.min(e);
+                hi = hi.max(e);
+            }
+            let mut seen = 0;
+            let mut median = lo;
+            for (e, h) in hist[lo..=hi].iter_mut().enumerate() {
+                if seen < half {
+                    seen += *h;
+                    median = lo + e;
+                }
+                plain[lo + e] += u64::from(*h);
+                *h = 0;
+            }
+            for v in row.chunks_exact(B) {
+                let e = ((load::<B>(v) & mask) >> shift) as usize;
+                moved[e.wrapping_sub(median) & top] += 1;
+            }
+            base_hist[median] += 1;
+            median as u8
+        })
+        .collect();
+    let gain = float::entropy(&plain) - float::entropy(&moved) - float::entropy(&base_hist);
+    (bases, gain)
+}
+
+#[inline(always)]
+fn load<const B: usize>(v: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w[..B].copy_from_slice(v);
+    u64::from_le_bytes(w)
+}
+
+/// Subtracts (`forward`) or adds back each row's base from the exponent field, in place.
+pub fn apply(layout: FloatLayout, data: &mut [u8], row_len: usize, bases: &[u8], forward: bool) {
+    match layout.bytes() {
+        2 => apply_width::<2>(layout, data, row_len, bases, forward),
+        4 => apply_width::<4>(layout, data, row_len, bases, forward),
+        _ => apply_width::<8>(layout, data, row_len, bases, forward),
+    }
+}
+
+fn apply_width<const B: usize>(
+    layout: FloatLayout,
+    data: &mut [u8],
+    row_len: usize,
+    bases: &[u8],
+    forward: bool,
+) {
+    let (shift, mask) = field(layout);
+    let modulus = 1u64 << layout.exp_bits;
+    for (row, &base) in data.chunks_exact_mut(row_len * B).zip(bases) {
+        let base = u64::from(base) % modulus;
+        // Adding (modulus - base) subtracts base modulo 2^E; carries out of the field are
+        // masked off.
+        let delta = if forward { modulus - base } else { base } << shift;
+        for v in row.chunks_exact_mut(B) {
+            let mut w = [0u8; 8];
+            w[..B].copy_from_slice(v);
+            let x = u64::from_le_bytes(w);
+            let y = (x & !mask) | ((x & mask).wrapping_add(delta) & mask);
+            v.copy_from_slice(&y.to_le_bytes()[..B]);
+        }
+    }
+}
+
+/// Encodes with the transform when it beats `plain_size`; returns the payload and its
+/// entropy bound.
+pub fn encode(
+    layout: FloatLayout,
+    data: &[u8],
+    row_len: usize,
+    plain_size: usize,
+) -> Option<(Vec<u8>, f64)> {
+    let (bases, gain) = row_bases(layout, data, row_len);
+    // Skip the full trial when exponents barely move (under 0.005 bits per value).
+    if gain < 0.005 * (data.len() / layout.bytes()) as f64 {
+        return None;
+    }
+    encode_bases(layout, data, row_len, &bases, plain_size)
+}
+
+/// Encodes with the given row bases when that beats `plain_size`.
+fn encode_bases(
+    layout: FloatLayout,
+    data: &[u8],
+    row_len: usize,
+    bases: &[u8],
+    plain_size: usize,
+) -> Option<(Vec<u8>, f64)> {
+    let mut moved = data.to_vec();
+    apply(layout, &mut moved, row_len, bases, true);
+    let plan = float::Analysis::new(layout, &moved).best_plan();
+    let side = crate::encode(crate::ValueKind::Bytes, bases, 3);
+    let size = HEADER + side.payload.len() + plan.size;
+    if size >= plain_size {
+        return None;
+    }
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&(row_len as u32).to_le_bytes());
+    out.push(layout.exp_bits as u8);
+    out.push(side.codec as u8);
+    out.extend_from_slice(&(side.payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&side.payload);
+    out.extend_from_slice(&float::encode(layout, &moved, &plan));
+    Some((out, plan.entropy_bits + side.payload.len() as f64 * 8.0))
+}
+
+/// Fixed header bytes of a codec-3 payload.
+const HEADER: usize = 10;
+
+/// Decodes a codec-3 payload into `out` (its raw length).
+pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    let head = payload
+        .get(..HEADER)
+        .ok_or(CodecError::Corrupt("row payload header truncated"))?;
+    let row_len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let exp_bits = u32::from(head[4]);
+    let side_codec = Codec::from_id(head[5])?;
+    let side_len = u32::from_le_bytes([head[6], head[7], head[8], head[9]]) as usize;
+    if !matches!(side_codec, Codec::Raw | Codec::Zstd) {
+        return Err(CodecError::Corrupt("row bases use a float codec"));
+    }
+    let side = payload
+        .get(HEADER..HEADER.saturating_add(side_len))
+        .ok_or(CodecError::Corrupt("row bases exceed the payload"))?;
+    let inner = &payload[HEADER + side_len..];
+    let bytes = match inner.first() {
+        Some(&b @ (2 | 4)) => b,
+        _ => {
+            return Err(CodecError::Corrupt(
+                "row payload wraps an unsupported width",
+            ));
+        }
+    };
+    let layout = FloatLayout { bytes, exp_bits };
+    if exp_bits == 0 || exp_bits > MAX_EXP_BITS || exp_bits + 1 >= layout.bits() {
+        return Err(CodecError::Corrupt(
+            "row payload has an invalid exponent width",
+        ));
+    }
+    let row_bytes = row_len.saturating_mul(layout.bytes());
+    if row_len == 0 || !out.len().is_multiple_of(row_bytes) {
+        return Err(CodecError::Corrupt("row length does not divide the chunk"));
+    }
+    let mut bases = vec![0u8; out.len() / row_bytes];
+    crate::decode(side_codec, side, &mut bases)?;
+    float::decode(inner, out)?;
+    apply(layout, out, row_len, &bases, false);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// BF16 rows whose exponents sit around a row-specific value.
+    fn scaled_rows(rows: usize, row_len: usize) -> Vec<u8> {
+        let noise = pseudo(rows * row_len * 2, 7);
+        let mut out = Vec::new();
+        for r in 0..rows {
+            for i in 0..row_len {
+                let b = noise[(r * row_len + i) * 2];
+                let exp = 100 + (r % 23) as u16 + u16::from(b % 4);
+                let v = u16::from(b & 0x80) << 8
+                    | exp << 7
+                    | u16::from(noise[(r * row_len + i) * 2 + 1] & 0x7f);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn transform_is_a_bijection_on_every_pattern() {
+        for layout in [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32] {
+            let data = pseudo(64 * layout.bytes() * 5, 3);
+            let (bases, _) = row_bases(layout, &data, 64);
+            let mut t = data.clone();
+            apply(layout, &mut t, 64, &bases, true);
+            apply(layout, &mut t, 64, &bases, false);
+            assert_eq!(t, data);
+        }
+    }
+
+    #[test]
+    fn row_scaled_data_round_trips_and_shrinks() {
+        let data = scaled_rows(64, 128);
+        let layout = FloatLayout::BF16;
+        let plain = float::Analysis::new(layout, &data).best_plan().size;
+        let (payload, _) = encode(layout, &data, 128, usize::MAX).unwrap();
+        assert!(payload.len() < plain, "{} vs {plain}", payload.len());
+        let mut out = vec![0u8; data.len()];
+        decode(&payload, &mut out).unwrap();
+        assert_eq!(out, data);
+    }
+
+    #[test]
+    fn special_values_survive() {
+        // NaN payloads, infinities, zeros and subnormals in every row.
+        let specials: [u32; 8] = [
+            0x7fc0_0001,
+            0xff80_0000,
+            0x7f80_0000,
+            0,
+            0x8000_0000,
+            1,
+            0x807f_ffff,
+            0x3f80_0000,
+        ];
+        let data: Vec<u8> = (0..32 * 16)
+            .flat_map(|i| specials[i % 8].to_le_bytes())
+            .collect();
+        let layout = FloatLayout::F32;
+        let (bases, _) = row_bases(layout, &data, 16);
+        let (payload, _) = encode_bases(layout, &data, 16, &bases, usize::MAX).unwrap();
+        let mut out = vec![0u8; data.len()];
+        decode(&payload, &mut out).unwrap();
+        assert_eq!(out, data);
+    }
+
+    #[test]
+    fn corrupt_payloads_error_without_panicking() {
+        let data = scaled_rows(16, 64);
+        let (payload, _) = encode(FloatLayout::BF16, &data, 64, usize::MAX).unwrap();
+        let mut out = vec![0u8; data.len()];
+        for cut in 0..payload.len() {
+            assert!(decode(&payload[..cut], &mut out).is_err());
+        }
+        for i in 0..payload.len().min(400) {
+            let mut bad = payload.clone();
+            bad[i] ^= 0xA5;
+            let _ = decode(&bad, &mut out);
+        }
+        let mut short = vec![0u8; data.len() - 2];
+        assert!(decode(&payload, &mut short).is_err());
+    }
+}
