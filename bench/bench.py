@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import hashlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stinfo import SafetensorsFile, order0_entropy_bound, read_safetensors
+from stinfo import EntropyBound, SafetensorsFile, order0_entropy_bound, read_safetensors
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -132,7 +134,9 @@ def python_peer(kind: str, label: str, **opts) -> Tool:
 def dmx_tool(binary: Path) -> Tool:
     def cmd(op):
         return lambda src, dst, threads: [
-            str(binary), op, str(src), str(dst), "--threads", str(threads), "--force", "--quiet"]
+            str(binary), op, str(src), str(dst), "--threads", str(threads), "--force", "--quiet",
+            # The Python peers do not fsync what they write; neither does dmx here, for parity.
+            "--no-sync"]
 
     return Tool("dmx", "dmx", cmd("compress"), cmd("decompress"), self_timed=False)
 
@@ -266,7 +270,7 @@ def table_cells(row: Row) -> list[str]:
             f"{mb(row.compress_rss)} / {mb(row.decompress_rss)}", row.verdict]
 
 
-def bound_cells(file: str, st: SafetensorsFile, bound) -> list[str]:
+def bound_cells(file: str, st: SafetensorsFile, bound: EntropyBound) -> list[str]:
     return [file, st.dtype_label, f"{st.params:,}", "order-0 bound (s+e+2m)", "-",
             f"{bound.bits_per_weight:.3f}", "-", "-", "-", "-", "-"]
 
@@ -279,7 +283,7 @@ def markdown_table(lines: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def comparison(file: str, rows: list[Row]) -> str:
+def comparison(file: str, rows: list[Row], bound: EntropyBound) -> str:
     """The "dmx vs best peer" line of one file."""
     dmx = {r.threads: r for r in rows if r.tool.kind == "dmx"}
     if not dmx:
@@ -289,7 +293,8 @@ def comparison(file: str, rows: list[Row]) -> str:
         return f"- {file}: dmx FAIL ({reason})"
     dmx_bytes = min(r.compressed_bytes for r in dmx.values() if r.ok)
     peers = [r for r in rows if r.tool.kind != "dmx" and r.tool.lossless_peer and r.ok]
-    parts = []
+    parts = [f"{dmx_bytes * 8 / rows[0].params:.3f} bits/weight "
+             f"(order-0 bound {bound.bits_per_weight:.3f})"]
     if peers:
         best = min(peers, key=lambda r: r.compressed_bytes)
         parts.append(f"size {dmx_bytes / best.compressed_bytes:.3f}× of {best.tool.name} "
@@ -319,7 +324,7 @@ def machine_description(args) -> list[str]:
     except (OSError, StopIteration):
         memory = "unknown"
     versions = []
-    for pkg in ("zstandard", "zipnn", "numpy", "torch", "dmx-compress"):
+    for pkg in ("zstandard", "zipnn", "numpy", "torch") + (("dmx-compress",) if args.seed else ()):
         try:
             versions.append(f"{pkg} {metadata.version(pkg)}")
         except metadata.PackageNotFoundError:
@@ -331,6 +336,7 @@ def machine_description(args) -> list[str]:
                                          text=True, timeout=30).stdout.strip() or "no --version"
         except (OSError, subprocess.TimeoutExpired) as e:
             dmx_version = f"unusable ({e})"
+        dmx_version += f", sha256 {hashlib.sha256(args.dmx.read_bytes()).hexdigest()[:12]}"
     git = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip() or "no commit"
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -338,9 +344,10 @@ def machine_description(args) -> list[str]:
         f"- date: {now}",
         f"- CPU: {cpu}; {os.cpu_count()} logical cores ({len(os.sched_getaffinity(0))} usable)"
         f"; memory {memory}; {platform.system()} {platform.release()}",
-        f"- dmx: `{args.dmx}` ({dmx_version}), git {git}",
+        f"- dmx: `{args.dmx_built}` ({dmx_version}), git {git}",
         f"- peers: Python {platform.python_version()}, {', '.join(versions)}",
-        f"- corpus: `{args.corpus}`; {args.reps} repetitions, median times",
+        f"- corpus: `{args.corpus}`; {args.reps} repetitions, median times; load average "
+        f"at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
     ]
 
 
@@ -349,18 +356,20 @@ METHOD_NOTES = """\
 
 - bits/weight = compressed bytes × 8 / parameters (all tensors' elements, from the header);
   ratio = original / compressed bytes; MB/s = original bytes / 1e6 / median seconds.
-- dmx is timed as a whole process (`dmx compress|decompress IN OUT --threads T --force --quiet`).
+- dmx is timed as a whole process (`dmx compress|decompress IN OUT --threads T --force --quiet
+  --no-sync`); `--no-sync` skips the fsync before the atomic rename, because the peers do not
+  fsync either (dmx syncs by default).
   Python peers run in a fresh process per measurement and time read input → codec → write
   output inside it, so interpreter start-up and imports are not charged to them.
-- Peak RSS is GNU time's %M (max resident set) of that one process, for compress / decompress. For Python
-  peers it includes the interpreter and imports (see baselines below).
+- Peak RSS is GNU time's %M (max resident set) of that one process, compress / decompress.
+  For Python peers it includes the interpreter and imports (see baselines below).
 - Round trip: every repetition's restored file is compared byte-for-byte with the input;
   one mismatch makes the row FAIL. "Best peer" counts only lossless peers whose round trip was OK.
 - zstd: python-zstandard on the whole file; 1 thread = threads=0 (no worker threads),
   N threads = N workers. zstd decompression is single-threaded either way.
 - ZipNN: `ZipNN(input_format="byte", bytearray_dtype=D, threads=T)` on the whole file's
   bytes, D = the file's only dtype, or for mixed files the float dtype holding most bytes
-  (minilm: bfloat16; its I64 buffer is 4 KiB).
+  (BF16+I64 → bfloat16).
 - order-0 bound: per float tensor, sign + exponent + top 2 mantissa bits coded at their
   empirical order-0 entropy, the remaining mantissa bits raw; over float parameters only
   (header and non-float tensors left out)."""
@@ -424,6 +433,7 @@ def parse_args():
                         help="glob under the corpus (default: every *.safetensors)")
     args = parser.parse_args()
     args.corpus = args.corpus.resolve()
+    args.dmx_built = args.dmx  # args.dmx becomes a private copy of it in main()
     if args.reps < 1:
         parser.error("--reps must be at least 1")
     return args
@@ -440,7 +450,6 @@ def main() -> int:
         print(f"no files match {args.files} under {args.corpus}", file=sys.stderr)
         return 1
     thread_counts = sorted({1, len(os.sched_getaffinity(0))})
-    header = machine_description(args)
 
     rows: list[Row] = []
     lines: list[list[str]] = []
@@ -448,6 +457,11 @@ def main() -> int:
     baselines: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="dmx-bench-") as tmp:
         workdir = Path(tmp)
+        # Run a private copy, so that a rebuild during the run cannot mix two versions.
+        if args.dmx.exists():
+            args.dmx_built = args.dmx
+            args.dmx = Path(shutil.copy2(args.dmx, workdir / "dmx"))
+        header = machine_description(args)
         for path in files:
             st = read_safetensors(path)
             label = str(path.relative_to(args.corpus)).removesuffix(".safetensors")
@@ -462,9 +476,10 @@ def main() -> int:
                     row = measure(st, label, tool, threads, args.reps, workdir)
                     file_rows.append(row)
                     lines.append(table_cells(row))
-            lines.append(bound_cells(label, st, order0_entropy_bound(st)))
+            bound = order0_entropy_bound(st)
+            lines.append(bound_cells(label, st, bound))
             rows += file_rows
-            comparisons.append(comparison(label, file_rows))
+            comparisons.append(comparison(label, file_rows, bound))
 
     text = write_report(args.out, header, lines, rows, comparisons, list(baselines.values()))
     print(text)

@@ -34,6 +34,10 @@ struct Common {
     /// Worker threads (default: all cores).
     #[arg(short = 't', long, global = true, value_name = "N")]
     threads: Option<usize>,
+    /// Do not fsync outputs before renaming them into place (faster; a crash still leaves
+    /// no partial file, but a power failure may lose a just-written output).
+    #[arg(long, global = true)]
+    no_sync: bool,
 }
 
 #[derive(Subcommand)]
@@ -132,6 +136,7 @@ fn options(common: &Common, force: bool) -> dmx::Options {
     dmx::Options {
         threads: common.threads,
         force,
+        no_sync: common.no_sync,
         progress: progress::bar(common.quiet).map(|b| Arc::new(b) as Arc<dyn dmx::Progress>),
     }
 }

@@ -115,10 +115,23 @@ impl Analysis {
 fn scan<const B: usize>(data: &[u8], shift: u32, hist: &mut [u64], or: &mut u64) {
     let mask = hist.len() - 1;
     let mut acc = 0u64;
-    for v in data.chunks_exact(B) {
+    // Two interleaved counters per bin: consecutive equal symbols do not wait on each
+    // other's increment.
+    let mut pair = vec![[0u32; 2]; hist.len()];
+    let mut it = data.chunks_exact(2 * B);
+    for v in &mut it {
+        let (x, y) = (load::<B>(&v[..B]), load::<B>(&v[B..]));
+        acc |= x | y;
+        pair[(x >> shift) as usize & mask][0] += 1;
+        pair[(y >> shift) as usize & mask][1] += 1;
+    }
+    for v in it.remainder().chunks_exact(B) {
         let x = load::<B>(v);
         acc |= x;
-        hist[(x >> shift) as usize & mask] += 1;
+        pair[(x >> shift) as usize & mask][0] += 1;
+    }
+    for (h, p) in hist.iter_mut().zip(&pair) {
+        *h = u64::from(p[0]) + u64::from(p[1]);
     }
     *or = acc;
 }

@@ -67,7 +67,7 @@ pub fn compress(input: &Path, output: &Path, opts: &Options) -> Result<CompressR
     crate::output::check_distinct(input, output)?;
     let (root, files) = plan_input(input)?;
     let total: u64 = files.iter().map(|f| f.size).sum();
-    let mut out = AtomicFile::create(output, opts.force)?;
+    let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
     out.write_all(&dmx_format::preamble())?;
     let progress = opts.progress.as_deref();
     if let Some(p) = progress {

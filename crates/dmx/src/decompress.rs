@@ -107,12 +107,12 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
         match archive.index().root {
             Root::File => {
                 let entry = &archive.index().entries[0];
-                let mut out = AtomicFile::create(output, opts.force)?;
+                let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
                 stream_entry(&archive, entry, progress, |_, data| out.write_all(data))?;
                 out.commit()
             }
             Root::Directory => {
-                let dir = AtomicDir::create(output, opts.force)?;
+                let dir = AtomicDir::create(output, opts.force, !opts.no_sync)?;
                 for entry in &archive.index().entries {
                     let path = dir.path().join(&entry.path);
                     let mut w = write_plain(&path)?;
@@ -120,7 +120,9 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
                         w.write_all(data).map_err(|e| Error::io(&path, e))
                     })?;
                     w.flush().map_err(|e| Error::io(&path, e))?;
-                    w.get_ref().sync_all().map_err(|e| Error::io(&path, e))?;
+                    if !opts.no_sync {
+                        w.get_ref().sync_all().map_err(|e| Error::io(&path, e))?;
+                    }
                 }
                 dir.commit()
             }

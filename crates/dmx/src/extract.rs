@@ -54,7 +54,7 @@ pub fn extract(archive: &Archive, names: &[String], output: &Path, opts: &Option
     while json.len() % 8 != 0 {
         json.push(b' ');
     }
-    let mut out = AtomicFile::create(output, opts.force)?;
+    let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
     out.write_all(&(json.len() as u64).to_le_bytes())?;
     out.write_all(&json)?;
     for t in &picked {

@@ -79,6 +79,10 @@ pub struct Options {
     pub threads: Option<usize>,
     /// Overwrite existing outputs.
     pub force: bool,
+    /// Skip the fsync of outputs before they are renamed into place: faster, and a crash
+    /// still never leaves a partial file at the destination, but a power failure may lose
+    /// an output that was just written.
+    pub no_sync: bool,
     /// Progress receiver.
     pub progress: Option<Arc<dyn Progress>>,
 }

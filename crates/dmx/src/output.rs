@@ -60,13 +60,17 @@ fn parent_of(path: &Path) -> PathBuf {
 pub struct AtomicFile {
     dest: PathBuf,
     force: bool,
+    sync: bool,
     writer: BufWriter<tempfile::NamedTempFile>,
     pos: u64,
 }
 
 impl AtomicFile {
-    /// Starts writing `dest` (checked with [`check_writable`]).
-    pub fn create(dest: &Path, force: bool) -> Result<Self> {
+    /// Starts writing `dest` (checked with [`check_writable`]); `sync` makes [`commit`]
+    /// fsync the data before the rename.
+    ///
+    /// [`commit`]: AtomicFile::commit
+    pub fn create(dest: &Path, force: bool, sync: bool) -> Result<Self> {
         check_writable(dest, force)?;
         let dir = parent_of(dest);
         let tmp = temp_builder(0o666)
@@ -75,6 +79,7 @@ impl AtomicFile {
         Ok(Self {
             dest: dest.to_path_buf(),
             force,
+            sync,
             writer: BufWriter::with_capacity(1 << 20, tmp),
             pos: 0,
         })
@@ -101,14 +106,18 @@ impl AtomicFile {
             .writer
             .into_inner()
             .map_err(|e| Error::io(&dest, e.into_error()))?;
-        tmp.as_file().sync_all().map_err(|e| Error::io(&dest, e))?;
+        if self.sync {
+            tmp.as_file().sync_all().map_err(|e| Error::io(&dest, e))?;
+        }
         let persisted = if self.force {
             tmp.persist(&dest)
         } else {
             tmp.persist_noclobber(&dest)
         };
         persisted.map_err(|e| Error::io(&dest, e.error))?;
-        sync_dir(&parent_of(&dest));
+        if self.sync {
+            sync_dir(&parent_of(&dest));
+        }
         Ok(())
     }
 }
@@ -119,12 +128,16 @@ impl AtomicFile {
 pub struct AtomicDir {
     dest: PathBuf,
     force: bool,
+    sync: bool,
     tmp: Option<tempfile::TempDir>,
 }
 
 impl AtomicDir {
-    /// Starts building `dest` (checked with [`check_writable`]).
-    pub fn create(dest: &Path, force: bool) -> Result<Self> {
+    /// Starts building `dest` (checked with [`check_writable`]); `sync` makes [`commit`]
+    /// sync the folder entry after the rename (files are synced by their writers).
+    ///
+    /// [`commit`]: AtomicDir::commit
+    pub fn create(dest: &Path, force: bool, sync: bool) -> Result<Self> {
         check_writable(dest, force)?;
         let dir = parent_of(dest);
         let tmp = temp_builder(0o777)
@@ -133,6 +146,7 @@ impl AtomicDir {
         Ok(Self {
             dest: dest.to_path_buf(),
             force,
+            sync,
             tmp: Some(tmp),
         })
     }
@@ -161,7 +175,9 @@ impl AtomicDir {
             let _ = std::fs::remove_dir_all(&tmp);
             Error::io(&self.dest, e)
         })?;
-        sync_dir(&parent_of(&self.dest));
+        if self.sync {
+            sync_dir(&parent_of(&self.dest));
+        }
         Ok(())
     }
 }
@@ -190,7 +206,7 @@ mod tests {
     fn atomic_file_appears_only_on_commit() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("out.bin");
-        let mut f = AtomicFile::create(&dest, false).unwrap();
+        let mut f = AtomicFile::create(&dest, false, true).unwrap();
         f.write_all(b"hello").unwrap();
         assert!(!dest.exists());
         f.commit().unwrap();
@@ -205,8 +221,8 @@ mod tests {
                 "outputs must not be private to the owner: {mode:o}"
             );
         }
-        assert!(AtomicFile::create(&dest, false).is_err());
-        let f = AtomicFile::create(&dest, true).unwrap();
+        assert!(AtomicFile::create(&dest, false, true).is_err());
+        let f = AtomicFile::create(&dest, true, false).unwrap();
         drop(f);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
