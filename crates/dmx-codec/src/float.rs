@@ -360,13 +360,8 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
         rmask: (1u64 << rbits) - 1,
         sym_shift: bits - sym_bits,
     };
-    // The streams with 8 zero bytes of padding, so every 8-byte load stays in bounds.
-    let mut padded = Vec::with_capacity(payload.len() - base + 8);
-    padded.extend_from_slice(&payload[base..]);
-    padded.extend_from_slice(&[0u8; 8]);
     let streams = Streams {
-        data: &padded,
-        last: padded.len() - 8,
+        data: &payload[base..],
     };
     let mut bitpos = starts.map(|s| s * 8);
     let bad = match bytes {
@@ -398,23 +393,37 @@ struct Params {
 /// bit so decoding always progresses, and the flag is checked once per chunk.
 const INVALID: u32 = 0x80;
 
-/// The concatenated bit streams plus 8 bytes of zero padding.
+/// The concatenated bit streams.
 #[derive(Clone, Copy)]
 struct Streams<'a> {
     data: &'a [u8],
-    /// Last offset an 8-byte load may start at.
-    last: usize,
 }
 
 impl Streams<'_> {
-    /// At least 57 valid bits starting at bit `bitpos` (zeros past the end; positions past
-    /// the end are clamped, and overruns are caught by the end check).
+    /// At least 57 valid bits starting at bit `bitpos`, reading zeros past the end (overruns
+    /// are caught by the end check).
     #[inline(always)]
     fn word(self, bitpos: usize) -> u64 {
-        let i = (bitpos >> 3).min(self.last);
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&self.data[i..i + 8]);
+        let i = bitpos >> 3;
+        let w = match self.data.get(i..i + 8) {
+            Some(bytes) => {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(bytes);
+                w
+            }
+            None => self.tail(i),
+        };
         u64::from_le_bytes(w) >> (bitpos & 7)
+    }
+
+    /// The bytes from `i` on, zero padded to 8.
+    #[cold]
+    fn tail(self, i: usize) -> [u8; 8] {
+        let mut w = [0u8; 8];
+        let rest = self.data.get(i..).unwrap_or(&[]);
+        let n = rest.len().min(8);
+        w[..n].copy_from_slice(&rest[..n]);
+        w
     }
 }
 
