@@ -262,18 +262,20 @@ fn encode_streams<const B: usize>(
     let common = ranges.iter().map(|(s, e)| e - s).min().unwrap_or(0);
     let part = |k: usize| &data[ranges[k].0 * B..(ranges[k].0 + common) * B];
     {
-        let [l0, l1, l2, l3] = &mut lanes;
+        // Lanes as plain locals so they can live in registers.
+        let [mut l0, mut l1, mut l2, mut l3] = lanes;
         let iter = part(0)
             .chunks_exact(B)
             .zip(part(1).chunks_exact(B))
             .zip(part(2).chunks_exact(B))
             .zip(part(3).chunks_exact(B));
         for (((a, b), c), d) in iter {
-            one(l0, buf, a);
-            one(l1, buf, b);
-            one(l2, buf, c);
-            one(l3, buf, d);
+            one(&mut l0, buf, a);
+            one(&mut l1, buf, b);
+            one(&mut l2, buf, c);
+            one(&mut l3, buf, d);
         }
+        lanes = [l0, l1, l2, l3];
     }
     for (lane, &(start, end)) in lanes.iter_mut().zip(&ranges) {
         for v in data[(start + common) * B..end * B].chunks_exact(B) {
