@@ -213,6 +213,7 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                 && !force
                 && p.exists()
             {
+                // Checked before the (possibly long) verification, and again when writing.
                 return Err(dmx::Error::Usage(format!(
                     "{} already exists; use --force to overwrite it",
                     p.display()
@@ -227,7 +228,7 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                 Err(e) => return Err(e),
             };
             if let Some(p) = &report_path {
-                report::write_json(p, &rep)?;
+                report::write_json(p, &rep, force, !common.no_sync)?;
             }
             if json {
                 report::print_json(&rep);
@@ -244,6 +245,9 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             json,
             common,
         } => {
+            if common.threads == Some(0) {
+                return Err(dmx::Error::Usage("--threads must be at least 1".into()));
+            }
             let all = std::thread::available_parallelism().map_or(1, |n| n.get());
             let counts = match common.threads {
                 Some(n) => vec![n],

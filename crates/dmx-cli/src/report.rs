@@ -20,28 +20,16 @@ pub fn print_json<T: serde::Serialize>(value: &T) {
     }
 }
 
-/// Writes a JSON report file (via a temporary file renamed into place).
-pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), dmx::Error> {
+/// Writes a JSON report file atomically (temporary file renamed into place).
+pub fn write_json<T: serde::Serialize>(
+    path: &Path,
+    value: &T,
+    force: bool,
+    sync: bool,
+) -> Result<(), dmx::Error> {
     let text = serde_json::to_vec_pretty(value)
         .map_err(|e| dmx::Error::Usage(format!("cannot encode JSON: {e}")))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let io = |e: std::io::Error| dmx::Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    };
-    let mut tmp = tempfile_in(dir).map_err(io)?;
-    std::io::Write::write_all(&mut tmp, &text).map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
-}
-
-fn tempfile_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(".dmx-tmp-")
-        .tempfile_in(dir)
+    dmx::write_file(path, &text, force, sync)
 }
 
 /// One-paragraph summary of a compression.

@@ -39,7 +39,7 @@ pub struct Plan {
     pub tz: u32,
     /// Huffman code lengths for the `1 << sym_bits` symbols.
     pub lengths: Vec<u8>,
-    /// Exact payload size in bytes.
+    /// Payload size in bytes: exact but for at most one byte per stream (an upper bound).
     pub size: usize,
     /// Order-0 entropy bound in bits for this split (symbol entropy + residual bits).
     pub entropy_bits: f64,

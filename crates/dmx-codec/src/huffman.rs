@@ -248,7 +248,7 @@ pub fn coded_bits(freq: &[u64], lengths: &[u8]) -> u64 {
 const ZERO_RUN: u8 = 15;
 
 /// Serializes lengths: `u16 first`, `u16 count`, then `count` nibbles (low nibble first),
-/// where 0..=12 is a length and 15 followed by a nibble `k` is a run of `k + 2` zeros.
+/// where 0..=14 is a length and 15 followed by a nibble `k` is a run of `k + 2` zeros.
 pub fn write_lengths(lengths: &[u8], out: &mut Vec<u8>) {
     let first = lengths.iter().position(|&l| l != 0).unwrap_or(0);
     let last = lengths.iter().rposition(|&l| l != 0).map_or(0, |p| p + 1);

@@ -159,8 +159,8 @@ const ZSTD_PROBE: usize = 16 * 1024;
 pub struct Hints {
     /// zstd level for [`ValueKind::Bytes`] data.
     pub zstd_level: i32,
-    /// Values per row when the chunk holds whole rows of a matrix (the tensor's last
-    /// dimension), else 0. Enables the row-relative exponent transform.
+    /// Values per row when the chunk holds whole rows of a matrix (one slice along the
+    /// tensor's first dimension), else 0. Enables the row-relative exponent transform.
     pub row_len: usize,
 }
 

@@ -16,14 +16,16 @@ use crate::{Codec, CodecError, FloatLayout, float};
 /// Largest exponent width the transform handles (bases are stored as bytes).
 const MAX_EXP_BITS: u32 = 8;
 
+/// Whether the transform is defined for `layout` (2- and 4-byte floats with at most 8
+/// exponent bits: BF16, F16, F32).
+pub fn supports(layout: FloatLayout) -> bool {
+    layout.exp_bits <= MAX_EXP_BITS && matches!(layout.bytes(), 2 | 4)
+}
+
 /// Whether the transform applies to `layout` with rows of `row_len` values over `count`
 /// values.
 pub fn applies(layout: FloatLayout, row_len: usize, count: usize) -> bool {
-    layout.exp_bits <= MAX_EXP_BITS
-        && layout.bits() > 8
-        && row_len >= 8
-        && count >= 2 * row_len
-        && count.is_multiple_of(row_len)
+    supports(layout) && row_len >= 8 && count >= 2 * row_len && count.is_multiple_of(row_len)
 }
 
 /// Exponent field position and mask of `layout`.

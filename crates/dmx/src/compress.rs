@@ -87,7 +87,17 @@ pub fn compress(input: &Path, output: &Path, opts: &Options) -> Result<CompressR
     let index_bytes = index.to_bytes();
     // What readers would reject must not be written: check the index against their limits.
     let index_offset = out.position();
-    Index::from_bytes(&index_bytes, index_offset, &dmx_format::Limits::default()).map_err(|e| {
+    let limits = dmx_format::Limits::default();
+    if index_bytes.len() as u64 > limits.max_index_len {
+        return Err(Error::Usage(format!(
+            "{}: cannot be stored: the index would be {} bytes, above the reader limit of {} \
+             (docs/FORMAT.md §6)",
+            input.display(),
+            index_bytes.len(),
+            limits.max_index_len
+        )));
+    }
+    Index::from_bytes(&index_bytes, index_offset, &limits).map_err(|e| {
         Error::Usage(format!(
             "{}: cannot be stored: {e} (reader limits are documented in docs/FORMAT.md §6)",
             input.display()

@@ -182,6 +182,14 @@ impl AtomicDir {
     }
 }
 
+/// Writes `data` to `path` atomically (temporary file, rename), refusing an existing file
+/// unless `force`.
+pub fn write_file(path: &Path, data: &[u8], force: bool, sync: bool) -> Result<()> {
+    let mut f = AtomicFile::create(path, force, sync)?;
+    f.write_all(data)?;
+    f.commit()
+}
+
 /// Writes a file inside a folder being built (no rename needed: the folder is renamed).
 pub fn write_plain(path: &Path) -> Result<BufWriter<File>> {
     if let Some(parent) = path.parent() {

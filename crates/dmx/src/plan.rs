@@ -55,7 +55,7 @@ impl PlannedSegment {
         let (SegmentKind::Tensor(t), ValueKind::Float(layout)) = (&self.kind, self.value) else {
             return (CHUNK_SIZE, 0);
         };
-        if t.shape.len() < 2 {
+        if t.shape.len() < 2 || !dmx_codec::rows::supports(layout) {
             return (CHUNK_SIZE, 0);
         }
         let row: u64 = t.shape[1..].iter().product();
