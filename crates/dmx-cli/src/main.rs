@@ -209,6 +209,12 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                 [o, a] => (Some(o.clone()), a.clone()),
                 _ => return Err(dmx::Error::Usage("verify takes one or two paths".into())),
             };
+            if let Some(p) = &report_path {
+                dmx::check_distinct(&archive_path, p)?;
+                if let Some(o) = &original {
+                    dmx::check_distinct(o, p)?;
+                }
+            }
             if let Some(p) = &report_path
                 && !force
                 && p.exists()

@@ -18,6 +18,7 @@ pub fn extract(archive: &Archive, names: &[String], output: &Path, opts: &Option
     if names.is_empty() {
         return Err(Error::Usage("name at least one tensor to extract".into()));
     }
+    crate::output::check_distinct(archive.path(), output)?;
     let mut picked: Vec<TensorRef<'_>> = Vec::with_capacity(names.len());
     for name in names {
         if picked.iter().any(|t| &t.info.name == name) {

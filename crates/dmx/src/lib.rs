@@ -56,7 +56,7 @@ pub use decompress::decompress;
 pub use error::{Error, Result};
 pub use extract::extract;
 pub use info::{DtypeStats, FileStats, Stats, TensorStats};
-pub use output::write_file;
+pub use output::{check_distinct, write_file};
 pub use plan::CHUNK_SIZE;
 pub use verify::{FileReport, VerifyReport, verify};
 

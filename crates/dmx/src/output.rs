@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Refuses to write `output` when it is the same file or folder as `input`.
+/// Refuses to write `output` when it is the same file or folder as `input` (an error naming
+/// both, exit status 2 in the CLI).
 pub fn check_distinct(input: &Path, output: &Path) -> Result<()> {
     if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize())
         && a == b

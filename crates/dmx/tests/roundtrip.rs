@@ -1,0 +1,488 @@
+//! Round trips through the library API: generated safetensors files over every dtype, edge
+//! shapes, special float values, odd header layouts, multi-chunk tensors, model folders,
+//! opaque files, and thread-count independence of the archive bytes.
+
+mod common;
+
+use std::path::Path;
+
+use common::{DTYPES, Layout, Mode, Tensor};
+use dmx::dmx_format::{EntryKind, SegmentKind};
+use dmx::{Archive, Options};
+use proptest::prelude::*;
+
+fn opts(threads: usize) -> Options {
+    Options {
+        threads: Some(threads),
+        ..Options::default()
+    }
+}
+
+/// Cases per property: 24 unless `PROPTEST_CASES` says otherwise.
+fn config(default_cases: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_cases);
+    ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Compresses `file` (written under `dir` as `name`), then checks decompress, read_tensor,
+/// the index contents and verify. Returns the archive bytes.
+fn round_trip_file(dir: &Path, name: &str, file: &[u8], tensors: &[Tensor]) -> Vec<u8> {
+    let input = dir.join(name);
+    common::write(&input, file);
+    let packed = dir.join(format!("{name}.dmx"));
+    let report = dmx::compress(&input, &packed, &opts(2)).expect("compress");
+    assert!(
+        report.warnings.is_empty(),
+        "warnings: {:?}",
+        report.warnings
+    );
+    assert_eq!(report.input_bytes, file.len() as u64);
+    assert_eq!(report.tensors, tensors.len());
+    let archive_bytes = std::fs::read(&packed).expect("read archive");
+    assert_eq!(report.output_bytes, archive_bytes.len() as u64);
+
+    let restored = dir.join(format!("{name}.restored"));
+    dmx::decompress(&packed, &restored, &opts(2)).expect("decompress");
+    let back = std::fs::read(&restored).expect("read restored");
+    assert!(back == file, "restored bytes differ from the original");
+
+    let archive = Archive::open(&packed).expect("open");
+    let entries = &archive.index().entries;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].kind, EntryKind::Safetensors);
+    assert_eq!(entries[0].path, name);
+    assert_eq!(archive.tensors().count(), tensors.len());
+    for t in tensors {
+        let r = archive.tensor(&t.name).expect("tensor listed");
+        assert_eq!(r.info.dtype, t.dtype);
+        assert_eq!(
+            r.info.shape,
+            t.shape.iter().map(|&d| d as u64).collect::<Vec<_>>()
+        );
+        let data = archive.read_tensor(&t.name).expect("read_tensor");
+        assert!(data == t.data, "tensor {:?} differs", t.name);
+    }
+    let rep = dmx::verify(&archive, Some(&input), &opts(1)).expect("verify");
+    assert!(rep.ok, "{rep:?}");
+    assert_eq!(rep.files[0].bit_exact, Some(true));
+    assert_eq!(rep.files[0].tensors, tensors.len());
+    let rep = dmx::verify(&archive, None, &opts(2)).expect("verify");
+    assert!(rep.ok, "{rep:?}");
+    assert_eq!(rep.files[0].bit_exact, None);
+    let stats = dmx::Stats::of_archive(&archive);
+    assert!(stats.lossless);
+    assert_eq!(stats.original_bytes, file.len() as u64);
+    archive_bytes
+}
+
+fn shape_strategy() -> impl Strategy<Value = Vec<usize>> {
+    prop_oneof![
+        3 => (1usize..300).prop_map(|n| vec![n]),
+        3 => (1usize..24, 1usize..24).prop_map(|(a, b)| vec![a, b]),
+        1 => (1usize..5, 1usize..7, 1usize..9).prop_map(|(a, b, c)| vec![a, b, c]),
+        1 => Just(vec![]),
+        1 => Just(vec![0]),
+        1 => Just(vec![3, 0]),
+        1 => Just(vec![1, 1, 1, 1]),
+    ]
+}
+
+fn mode_strategy() -> impl Strategy<Value = Mode> {
+    prop_oneof![
+        Just(Mode::Random),
+        Just(Mode::Weights),
+        (1u32..40).prop_map(|rate| Mode::Mixed { rate }),
+        Just(Mode::Special),
+        Just(Mode::Constant),
+    ]
+}
+
+fn tensor_strategy() -> impl Strategy<Value = (usize, Vec<usize>, Mode, u64)> {
+    (
+        0..DTYPES.len(),
+        shape_strategy(),
+        mode_strategy(),
+        any::<u64>(),
+    )
+}
+
+/// Names that sort differently from their insertion order, with characters JSON escapes.
+fn tensor_name(i: usize, salt: u8) -> String {
+    match (i + usize::from(salt)) % 5 {
+        0 => format!("model.layers.{i}.weight"),
+        1 => format!("z{i}"),
+        2 => format!("A_{i}/bias"),
+        3 => format!("tensor \"{i}\" \\ é"),
+        _ => format!("{i}"),
+    }
+}
+
+/// A permutation of `0..n` derived from `seed`.
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut p: Vec<usize> = (0..n).collect();
+    let mut rng = common::Rng(seed);
+    for i in (1..n).rev() {
+        p.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    p
+}
+
+proptest! {
+    #![proptest_config(config(24))]
+
+    #[test]
+    fn random_safetensors_round_trip(
+        specs in prop::collection::vec(tensor_strategy(), 0..7),
+        salt in any::<u8>(),
+        metadata in prop::option::of(prop::collection::vec(("[a-z_]{1,8}", "[ -~]{0,12}"), 0..4)),
+        metadata_pos in 0usize..8,
+        order_seed in any::<u64>(),
+        offsets_first in any::<bool>(),
+        align in any::<bool>(),
+        extra_spaces in prop_oneof![3 => Just(0usize), 1 => 0usize..40],
+        pretty in any::<bool>(),
+    ) {
+        let tensors: Vec<Tensor> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, (d, shape, mode, seed))| {
+                Tensor::generated(&tensor_name(i, salt), DTYPES[*d].0, shape, *mode, *seed)
+            })
+            .collect();
+        let mut metadata = metadata.unwrap_or_default();
+        metadata.sort();
+        metadata.dedup_by(|a, b| a.0 == b.0);
+        let layout = Layout {
+            metadata,
+            metadata_pos,
+            header_order: permutation(tensors.len(), order_seed),
+            data_order: permutation(tensors.len(), order_seed.rotate_left(17)),
+            offsets_first,
+            extra_spaces,
+            align,
+            pretty,
+        };
+        let file = common::safetensors(&tensors, &layout);
+        let dir = tempfile::tempdir().unwrap();
+        round_trip_file(dir.path(), "model.safetensors", &file, &tensors);
+    }
+
+    #[test]
+    fn random_blobs_round_trip(
+        data in prop::collection::vec(any::<u8>(), 0..3000),
+        repeat in 1usize..40,
+        safetensors_name in any::<bool>(),
+    ) {
+        // Arbitrary bytes (often repeated, so zstd wins) under a plain name or a misleading
+        // `.safetensors` one.
+        let data: Vec<u8> = data.iter().copied().cycle().take(data.len() * repeat).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let name = if safetensors_name { "x.safetensors" } else { "x.bin" };
+        let input = dir.path().join(name);
+        common::write(&input, &data);
+        let packed = dir.path().join("x.dmx");
+        let report = dmx::compress(&input, &packed, &opts(2)).unwrap();
+        prop_assert_eq!(report.tensors, 0);
+        let restored = dir.path().join("back");
+        dmx::decompress(&packed, &restored, &opts(1)).unwrap();
+        prop_assert!(std::fs::read(&restored).unwrap() == data);
+        let archive = Archive::open(&packed).unwrap();
+        prop_assert!(dmx::verify(&archive, Some(&input), &opts(2)).unwrap().ok);
+    }
+}
+
+#[test]
+fn every_dtype_with_every_special_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tensors = Vec::new();
+    for (i, (dtype, _)) in DTYPES.iter().enumerate() {
+        let n = common::specials(dtype).len();
+        // Every special value, then (for an odd length) the same values mixed into weights.
+        tensors.push(Tensor::generated(
+            &format!("{dtype}.special"),
+            dtype,
+            &[n],
+            Mode::Special,
+            i as u64,
+        ));
+        tensors.push(Tensor::generated(
+            &format!("{dtype}.mixed"),
+            dtype,
+            &[3, 333],
+            Mode::Mixed { rate: 5 },
+            i as u64,
+        ));
+        tensors.push(Tensor::generated(
+            &format!("{dtype}.scalar"),
+            dtype,
+            &[],
+            Mode::Weights,
+            i as u64,
+        ));
+        tensors.push(Tensor::new(&format!("{dtype}.empty"), dtype, &[0], vec![]));
+        tensors.push(Tensor::new(
+            &format!("{dtype}.empty2"),
+            dtype,
+            &[3, 0],
+            vec![],
+        ));
+    }
+    let layout = Layout {
+        metadata: vec![
+            ("format".into(), "pt".into()),
+            ("note".into(), "special \"values\"\n".into()),
+        ],
+        metadata_pos: 3,
+        align: true,
+        ..Layout::default()
+    };
+    let file = common::safetensors(&tensors, &layout);
+    round_trip_file(dir.path(), "special.safetensors", &file, &tensors);
+}
+
+#[test]
+fn header_only_files_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    // No tensors at all, with and without metadata, and an unpadded header.
+    let cases: Vec<Vec<u8>> = vec![
+        common::safetensors(&[], &Layout::default()),
+        common::safetensors(
+            &[],
+            &Layout {
+                metadata: vec![("a".into(), "b".into())],
+                extra_spaces: 13,
+                ..Layout::default()
+            },
+        ),
+        common::safetensors(
+            &[Tensor::new("only_empty", "F32", &[0, 5], vec![])],
+            &Layout {
+                align: true,
+                pretty: true,
+                ..Layout::default()
+            },
+        ),
+    ];
+    for (i, file) in cases.iter().enumerate() {
+        let tensors = if i == 2 {
+            vec![Tensor::new("only_empty", "F32", &[0, 5], vec![])]
+        } else {
+            vec![]
+        };
+        round_trip_file(dir.path(), &format!("h{i}.safetensors"), file, &tensors);
+    }
+}
+
+#[test]
+fn tensors_larger_than_a_chunk_span_several_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunk = dmx::CHUNK_SIZE as usize;
+    // 2.5 chunks of BF16 weights, an F32 tensor with an odd element count just over one
+    // chunk, and small tensors around them.
+    let tensors = vec![
+        Tensor::generated("before", "F16", &[7], Mode::Mixed { rate: 2 }, 1),
+        Tensor::generated("big.bf16", "BF16", &[5, chunk / 4], Mode::Weights, 2),
+        Tensor::generated(
+            "big.f32",
+            "F32",
+            &[chunk / 4 + 3],
+            Mode::Mixed { rate: 1000 },
+            3,
+        ),
+        Tensor::generated("after", "I32", &[11], Mode::Random, 4),
+    ];
+    let file = common::plain(&tensors);
+    let packed = round_trip_file(dir.path(), "big.safetensors", &file, &tensors);
+    let archive = Archive::open(&dir.path().join("big.safetensors.dmx")).unwrap();
+    let chunks = |name: &str| archive.tensor(name).unwrap().segment.chunks.len();
+    assert_eq!(chunks("big.bf16"), 3);
+    assert_eq!(chunks("big.f32"), 2);
+    assert_eq!(chunks("before"), 1);
+    assert!(
+        packed.len() < file.len() * 9 / 10,
+        "weights should compress"
+    );
+}
+
+#[test]
+fn folder_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    common::model_folder(&model, 7);
+    // An empty file and a non-UTF-8-content blob as well.
+    common::write(&model.join("empty.txt"), b"");
+    common::write(&model.join("sub/deeper/blob.bin"), &[0xff, 0xfe, 0, 1, 2]);
+    let packed = dir.path().join("model.dmx");
+    let report = dmx::compress(&model, &packed, &opts(2)).unwrap();
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    assert_eq!(report.files, 7);
+    assert_eq!(report.tensors, 5);
+
+    let archive = Archive::open(&packed).unwrap();
+    let paths: Vec<&str> = archive
+        .index()
+        .entries
+        .iter()
+        .map(|e| e.path.as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "config.json",
+            "empty.txt",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+            "sub/deeper/blob.bin",
+            "sub/tokenizer.json",
+        ]
+    );
+    for e in &archive.index().entries {
+        let want = if e.path.ends_with(".safetensors") {
+            EntryKind::Safetensors
+        } else {
+            EntryKind::Blob
+        };
+        assert_eq!(e.kind, want, "{}", e.path);
+    }
+    let rep = dmx::verify(&archive, Some(&model), &opts(2)).unwrap();
+    assert!(rep.ok, "{rep:?}");
+    assert!(rep.files.iter().all(|f| f.bit_exact == Some(true)));
+
+    let restored = dir.path().join("restored");
+    dmx::decompress(&packed, &restored, &opts(2)).unwrap();
+    assert_eq!(common::tree(&restored), common::tree(&model));
+    assert!(common::leftovers(dir.path()).is_empty());
+
+    // A folder archive refuses to be verified against a single file, and a changed file in
+    // the original folder is reported.
+    let one = model.join("config.json");
+    assert!(dmx::verify(&archive, Some(&one), &opts(1)).is_err());
+    common::write(&model.join("config.json"), b"{}");
+    let rep = dmx::verify(&archive, Some(&model), &opts(1)).unwrap();
+    assert!(!rep.ok);
+    let bad: Vec<&str> = rep
+        .files
+        .iter()
+        .filter(|f| !f.ok)
+        .map(|f| f.path.as_str())
+        .collect();
+    assert_eq!(bad, ["config.json"]);
+}
+
+#[test]
+fn archives_do_not_depend_on_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    common::model_folder(&model, 11);
+    let chunk = dmx::CHUNK_SIZE as usize;
+    let big = vec![
+        Tensor::generated("a", "BF16", &[chunk / 2 + 5], Mode::Weights, 5),
+        Tensor::new("e", "F32", &[0], vec![]),
+        Tensor::new("d", "F32", &[0], vec![]),
+        Tensor::generated("b", "F32", &[chunk / 4 + 1], Mode::Mixed { rate: 50 }, 6),
+    ];
+    common::write(&model.join("big.safetensors"), &common::plain(&big));
+    let one = dir.path().join("one.dmx");
+    let two = dir.path().join("two.dmx");
+    dmx::compress(&model, &one, &opts(1)).unwrap();
+    dmx::compress(&model, &two, &opts(2)).unwrap();
+    let (one, two) = (std::fs::read(&one).unwrap(), std::fs::read(&two).unwrap());
+    assert!(one == two, "archives differ between 1 and 2 threads");
+    // And the same input compressed again gives the same bytes.
+    let again = dir.path().join("again.dmx");
+    dmx::compress(&model, &again, &Options::default()).unwrap();
+    assert!(std::fs::read(&again).unwrap() == one);
+}
+
+#[test]
+fn opaque_and_invalid_files_round_trip_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = common::plain(&[Tensor::generated("w", "BF16", &[40], Mode::Weights, 3)]);
+    let mut wrong_len = good.clone();
+    wrong_len.push(0); // data does not fill the file exactly
+    let mut overlong = good.clone();
+    overlong[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    let raw = |header: &[u8], data: &[u8]| {
+        let mut v = (header.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(header);
+        v.extend_from_slice(data);
+        v
+    };
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        // (name, bytes, expect a warning)
+        ("notes.bin", b"not a model at all\n".repeat(50), false),
+        ("weights.pt", good.clone(), false),
+        ("short.safetensors", b"abc".to_vec(), true),
+        ("empty.safetensors", Vec::new(), true),
+        (
+            "json.safetensors",
+            b"\x05\0\0\0\0\0\0\0{\"a\":".to_vec(),
+            true,
+        ),
+        ("trailing.safetensors", wrong_len, true),
+        ("overlong.safetensors", overlong, true),
+        (
+            "baddtype.safetensors",
+            raw(
+                br#"{"w":{"dtype":"NOPE","shape":[2],"data_offsets":[0,2]}}"#,
+                &[1, 2],
+            ),
+            true,
+        ),
+        (
+            "badoffsets.safetensors",
+            raw(
+                br#"{"w":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}}"#,
+                &[1, 2, 3],
+            ),
+            true,
+        ),
+        (
+            "badshape.safetensors",
+            raw(
+                br#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+                &[0; 8],
+            ),
+            true,
+        ),
+        ("notjson.safetensors", raw(b"\xff\xfe garbage", &[]), true),
+    ];
+    for (name, bytes, warn) in &cases {
+        let input = dir.path().join(name);
+        common::write(&input, bytes);
+        let packed = dir.path().join(format!("{name}.dmx"));
+        let report = dmx::compress(&input, &packed, &opts(2)).unwrap();
+        assert_eq!(
+            report.warnings.len(),
+            usize::from(*warn),
+            "{name}: {report:?}"
+        );
+        if *warn {
+            assert!(
+                report.warnings[0].contains("stored as opaque bytes"),
+                "{name}: {:?}",
+                report.warnings
+            );
+        }
+        assert_eq!(report.tensors, 0, "{name}");
+        let archive = Archive::open(&packed).unwrap();
+        assert_eq!(archive.index().entries[0].kind, EntryKind::Blob, "{name}");
+        assert!(
+            archive.index().entries[0]
+                .segments
+                .iter()
+                .all(|s| s.kind == SegmentKind::Bytes)
+        );
+        assert!(dmx::verify(&archive, Some(&input), &opts(1)).unwrap().ok);
+        let restored = dir.path().join(format!("{name}.back"));
+        dmx::decompress(&packed, &restored, &opts(2)).unwrap();
+        assert!(std::fs::read(&restored).unwrap() == *bytes, "{name}");
+    }
+}
