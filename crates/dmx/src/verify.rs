@@ -79,7 +79,7 @@ pub fn verify(archive: &Archive, original: Option<&Path>, opts: &Options) -> Res
             }),
             None => None,
         };
-        files.push(pool.install(|| check_entry(archive, i, orig.as_deref(), progress))?);
+        files.push(pool.install(|| check_entry(archive, i, orig.as_ref(), progress))?);
     }
     if let Some(list) = &originals {
         for extra in list.iter().skip(archive.index().entries.len()).flatten() {
@@ -149,10 +149,11 @@ fn original_files(archive: &Archive, original: &Path) -> Result<Vec<Option<std::
 fn check_entry(
     archive: &Archive,
     i: usize,
-    original: Option<&[u8]>,
+    original_file: Option<&Bytes>,
     progress: Option<&dyn Progress>,
 ) -> Result<FileReport> {
     let entry = &archive.index().entries[i];
+    let original: Option<&[u8]> = original_file.map(|b| &b[..]);
     let mut problems = Vec::new();
     if let Some(o) = original
         && o.len() as u64 != entry.size
@@ -184,6 +185,10 @@ fn check_entry(
                     .unwrap_or(theirs.len());
                 first_diff = Some(pos + k);
             }
+        }
+        if let Some(b) = original_file {
+            // Compared pages of the original are not needed again.
+            b.release(pos, pos + data.len());
         }
         pos += data.len();
         Ok(())
