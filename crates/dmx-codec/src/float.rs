@@ -136,8 +136,9 @@ fn scan<const B: usize>(data: &[u8], shift: u32, hist: &mut [u64], or: &mut u64)
     *or = acc;
 }
 
+/// A little-endian value of `B` bytes.
 #[inline(always)]
-fn load<const B: usize>(v: &[u8]) -> u64 {
+pub(crate) fn load<const B: usize>(v: &[u8]) -> u64 {
     let mut w = [0u8; 8];
     w[..B].copy_from_slice(v);
     u64::from_le_bytes(w)
@@ -577,15 +578,7 @@ mod tests {
     }
 
     fn pseudo(n: usize) -> Vec<u8> {
-        let mut x = 0x1234_5678_9abc_def0u64;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        crate::pseudo_bytes(n, 0x1234_5678_9abc_def0)
     }
 
     #[test]

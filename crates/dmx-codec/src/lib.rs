@@ -291,6 +291,20 @@ pub fn decode(codec: Codec, payload: &[u8], out: &mut [u8]) -> Result<(), CodecE
     }
 }
 
+/// Deterministic pseudo-random bytes for the unit tests (xorshift64).
+#[cfg(test)]
+pub(crate) fn pseudo_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

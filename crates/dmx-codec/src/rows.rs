@@ -11,7 +11,8 @@
 //! the per-row bases (one byte each, coded as a chunk of bytes: codec 0 or 1), then a codec-2
 //! payload of the transformed values. See docs/CODECS.md.
 
-use crate::{Codec, CodecError, FloatLayout, float};
+use crate::float::{self, load};
+use crate::{Codec, CodecError, FloatLayout};
 
 /// Largest exponent width the transform handles (bases are stored as bytes).
 const MAX_EXP_BITS: u32 = 8;
@@ -37,7 +38,7 @@ fn field(layout: FloatLayout) -> (u32, u64) {
 /// The median exponent of every `stride`-th row, and the estimated saving in bits per value of
 /// coding exponents relative to them (order-0 exponent entropy before minus after, less the
 /// bases' entropy) over those rows. Unless `exact`, each median and the estimate use about
-/// 64 values spread over the row.
+/// 64 values spread over the row. `layout` must satisfy [`supports`].
 pub fn row_bases(
     layout: FloatLayout,
     data: &[u8],
@@ -45,10 +46,11 @@ pub fn row_bases(
     stride: usize,
     exact: bool,
 ) -> (Vec<u8>, f64) {
-    match layout.bytes() {
-        2 => row_bases_width::<2>(layout, data, row_len, stride, exact),
-        4 => row_bases_width::<4>(layout, data, row_len, stride, exact),
-        _ => row_bases_width::<8>(layout, data, row_len, stride, exact),
+    debug_assert!(supports(layout));
+    if layout.bytes() == 2 {
+        row_bases_width::<2>(layout, data, row_len, stride, exact)
+    } else {
+        row_bases_width::<4>(layout, data, row_len, stride, exact)
     }
 }
 
@@ -104,19 +106,14 @@ fn row_bases_width<const B: usize>(
     (bases, gain / values)
 }
 
-#[inline(always)]
-fn load<const B: usize>(v: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    w[..B].copy_from_slice(v);
-    u64::from_le_bytes(w)
-}
-
 /// Subtracts (`forward`) or adds back each row's base from the exponent field, in place.
+/// `layout` must satisfy [`supports`].
 pub fn apply(layout: FloatLayout, data: &mut [u8], row_len: usize, bases: &[u8], forward: bool) {
-    match layout.bytes() {
-        2 => apply_width::<2>(layout, data, row_len, bases, forward),
-        4 => apply_width::<4>(layout, data, row_len, bases, forward),
-        _ => apply_width::<8>(layout, data, row_len, bases, forward),
+    debug_assert!(supports(layout));
+    if layout.bytes() == 2 {
+        apply_width::<2>(layout, data, row_len, bases, forward);
+    } else {
+        apply_width::<4>(layout, data, row_len, bases, forward);
     }
 }
 
@@ -238,17 +235,7 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
 mod tests {
     use super::*;
 
-    fn pseudo(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::pseudo_bytes as pseudo;
 
     /// BF16 rows whose exponents sit around a row-specific value.
     fn scaled_rows(rows: usize, row_len: usize) -> Vec<u8> {
