@@ -91,8 +91,78 @@ pub(crate) fn stream_entry(
     Ok(())
 }
 
+/// Checks the BLAKE3 of every segment as its decoded bytes stream past, so a restored file is
+/// renamed into place only when every byte matches what was compressed.
+struct SegmentCheck<'a> {
+    archive: &'a Archive,
+    entry: &'a Entry,
+    current: Option<(usize, blake3::Hasher)>,
+}
+
+impl<'a> SegmentCheck<'a> {
+    fn new(archive: &'a Archive, entry: &'a Entry) -> Self {
+        Self {
+            archive,
+            entry,
+            current: None,
+        }
+    }
+
+    fn update(&mut self, segment: usize, data: &[u8]) -> Result<()> {
+        match &mut self.current {
+            Some((s, h)) if *s == segment => {
+                h.update(data);
+            }
+            _ => {
+                self.close()?;
+                let mut h = blake3::Hasher::new();
+                h.update(data);
+                self.current = Some((segment, h));
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some((s, h)) = self.current.take() {
+            self.compare(s, h.finalize())?;
+        }
+        Ok(())
+    }
+
+    /// Closes the last segment and checks the empty ones.
+    fn finish(mut self) -> Result<()> {
+        self.close()?;
+        for (s, seg) in self.entry.segments.iter().enumerate() {
+            if seg.len == 0 {
+                self.compare(s, blake3::hash(&[]))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn compare(&self, segment: usize, got: blake3::Hash) -> Result<()> {
+        let seg = &self.entry.segments[segment];
+        if got.as_bytes() == &seg.blake3 {
+            return Ok(());
+        }
+        let what = match &seg.kind {
+            dmx_format::SegmentKind::Tensor(t) => format!("tensor {:?}", t.name),
+            dmx_format::SegmentKind::Bytes => format!("bytes at offset {}", seg.offset),
+        };
+        Err(Error::Corrupt {
+            path: self.archive.path().to_path_buf(),
+            what: format!("{}: {what}", self.entry.path),
+            detail: "decoded bytes do not match the recorded BLAKE3 (the archive is damaged or \
+                     was tampered with); nothing was written"
+                .into(),
+        })
+    }
+}
+
 /// Restores the archive at `archive_path` to `output`: the original file, or for a folder
-/// archive the original folder tree. Every chunk checksum is checked on the way.
+/// archive the original folder tree. Every chunk checksum is checked before decoding and every
+/// tensor's (and header's) BLAKE3 after, before the output is renamed into place.
 pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<()> {
     check_distinct(archive_path, output)?;
     crate::output::check_writable(output, opts.force)?;
@@ -108,7 +178,12 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
             Root::File => {
                 let entry = &archive.index().entries[0];
                 let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-                stream_entry(&archive, entry, progress, |_, data| out.write_all(data))?;
+                let mut check = SegmentCheck::new(&archive, entry);
+                stream_entry(&archive, entry, progress, |s, data| {
+                    check.update(s, data)?;
+                    out.write_all(data)
+                })?;
+                check.finish()?;
                 out.commit()
             }
             Root::Directory => {
@@ -116,9 +191,12 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
                 for entry in &archive.index().entries {
                     let path = dir.path().join(&entry.path);
                     let mut w = write_plain(&path)?;
-                    stream_entry(&archive, entry, progress, |_, data| {
+                    let mut check = SegmentCheck::new(&archive, entry);
+                    stream_entry(&archive, entry, progress, |s, data| {
+                        check.update(s, data)?;
                         w.write_all(data).map_err(|e| Error::io(&path, e))
                     })?;
+                    check.finish()?;
                     w.flush().map_err(|e| Error::io(&path, e))?;
                     if !opts.no_sync {
                         w.get_ref().sync_all().map_err(|e| Error::io(&path, e))?;

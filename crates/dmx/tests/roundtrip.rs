@@ -95,6 +95,7 @@ fn shape_strategy() -> impl Strategy<Value = Vec<usize>> {
 
 fn mode_strategy() -> impl Strategy<Value = Mode> {
     prop_oneof![
+        Just(Mode::RowScaled),
         Just(Mode::Random),
         Just(Mode::Weights),
         (1u32..40).prop_map(|rate| Mode::Mixed { rate }),
@@ -308,6 +309,52 @@ fn tensors_larger_than_a_chunk_span_several_chunks() {
         packed.len() < file.len() * 9 / 10,
         "weights should compress"
     );
+}
+
+#[test]
+fn row_scaled_matrices_round_trip_through_codec_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunk = dmx::CHUNK_SIZE as usize;
+    let tensors = vec![
+        Tensor::generated("emb.bf16", "BF16", &[64, 96], Mode::RowScaled, 1),
+        Tensor::generated("emb.f16", "F16", &[40, 3, 11], Mode::RowScaled, 2),
+        Tensor::generated("emb.f32", "F32", &[33, 70], Mode::RowScaled, 3),
+        // Rows of 1000 values: chunks of whole rows (524 rows, 1,048,000 bytes), not 1 MiB.
+        Tensor::generated("big.bf16", "BF16", &[700, 1000], Mode::RowScaled, 4),
+        // Rows too short (< 8 values) and a single row: codec 3 does not apply.
+        Tensor::generated("short.rows", "BF16", &[50, 7], Mode::RowScaled, 5),
+        Tensor::generated("one.row", "F32", &[1, 300], Mode::RowScaled, 6),
+        // F64 and FP8 have no row codec.
+        Tensor::generated("f64", "F64", &[20, 16], Mode::RowScaled, 7),
+        Tensor::generated("fp8", "F8_E4M3", &[20, 16], Mode::RowScaled, 8),
+    ];
+    let file = common::plain(&tensors);
+    round_trip_file(dir.path(), "rows.safetensors", &file, &tensors);
+    let archive = Archive::open(&dir.path().join("rows.safetensors.dmx")).unwrap();
+    let codecs = |name: &str| -> Vec<u8> {
+        archive
+            .tensor(name)
+            .unwrap()
+            .segment
+            .chunks
+            .iter()
+            .map(|c| c.codec)
+            .collect()
+    };
+    for name in ["emb.bf16", "emb.f16", "emb.f32"] {
+        assert_eq!(codecs(name), [3], "{name}");
+    }
+    let big = archive.tensor("big.bf16").unwrap().segment;
+    let raw: Vec<u32> = big.chunks.iter().map(|c| c.raw_len).collect();
+    assert_eq!(
+        raw,
+        [1_048_000, 1_400_000 - 1_048_000],
+        "chunks of whole rows"
+    );
+    assert!(raw[0] as usize <= chunk);
+    for name in ["short.rows", "one.row", "f64", "fp8"] {
+        assert!(!codecs(name).contains(&3), "{name}: {:?}", codecs(name));
+    }
 }
 
 #[test]

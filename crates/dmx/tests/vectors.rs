@@ -59,7 +59,8 @@ fn blake3_hex(bytes: &[u8]) -> String {
 }
 
 /// A tiny deterministic safetensors file touching every codec (float-huff for the float
-/// weights, zstd for integers and the header, raw for noise), special float values, a
+/// weights, float-huff-rows for a matrix whose rows differ in scale, zstd for integers and
+/// the header, raw for noise), special float values, a
 /// scalar, an empty tensor and `__metadata__`. Self-contained on purpose: the shared test
 /// helpers may change without changing the vectors.
 pub fn tiny_model() -> Vec<u8> {
@@ -81,6 +82,17 @@ pub fn tiny_model() -> Vec<u8> {
         bf16.extend_from_slice(&(v as u16).to_le_bytes());
     }
     tensors.push(("model.embed.weight", "BF16", vec![32, 24], bf16));
+    // Rows whose exponents cluster around a level of their own (codec 3, float-huff-rows).
+    let mut rows = Vec::new();
+    for _ in 0..16 {
+        let level = 124 - next() % 10;
+        for _ in 0..24 {
+            let r = next();
+            let v = ((r & 1) << 15) | ((level - (r >> 1) % 3) << 7) | ((r >> 8) & 0x7f);
+            rows.extend_from_slice(&(v as u16).to_le_bytes());
+        }
+    }
+    tensors.push(("model.rows.weight", "BF16", vec![16, 24], rows));
     let specials = [
         0.0f32,
         -0.0,
@@ -304,6 +316,7 @@ fn committed_archive_decodes_to_the_committed_input() {
         names,
         [
             "model.embed.weight",
+            "model.rows.weight",
             "model.norm.weight",
             "model.bias",
             "position_ids",
@@ -326,7 +339,11 @@ fn committed_archive_decodes_to_the_committed_input() {
         .collect();
     codecs.sort_unstable();
     codecs.dedup();
-    assert_eq!(codecs, [0, 1, 2], "raw, zstd and float-huff chunks");
+    assert_eq!(
+        codecs,
+        [0, 1, 2, 3],
+        "raw, zstd, float-huff and float-huff-rows chunks"
+    );
     assert_eq!(archive.index().entries[0].path, INPUT);
     assert_eq!(
         hex(&archive.index().entries[0].sha256),

@@ -52,10 +52,16 @@ impl Tensor {
         }
     }
 
-    /// A tensor of `shape` filled by [`fill`].
+    /// A tensor of `shape` filled by [`fill`] (by [`fill_rows`] for [`Mode::RowScaled`]).
     pub fn generated(name: &str, dtype: &str, shape: &[usize], mode: Mode, seed: u64) -> Self {
         let n: usize = shape.iter().product();
-        Self::new(name, dtype, shape, fill(dtype, n, mode, seed))
+        let data = match (mode, float_layout(dtype)) {
+            (Mode::RowScaled, Some(_)) if shape.len() >= 2 && n > 0 => {
+                fill_rows(dtype, shape[0], n / shape[0], seed)
+            }
+            _ => fill(dtype, n, mode, seed),
+        };
+        Self::new(name, dtype, shape, data)
     }
 }
 
@@ -204,6 +210,10 @@ pub enum Mode {
     Special,
     /// One repeated value.
     Constant,
+    /// Weight-like floats whose exponents cluster per row (one slice along the first
+    /// dimension), around a level that differs from row to row, as in embeddings: what
+    /// codec 3 (float-huff-rows) is for. Other dtypes and ranks below 2 get `Weights`.
+    RowScaled,
 }
 
 /// (total bits, exponent bits) of a float dtype.
@@ -317,7 +327,7 @@ pub fn fill(dtype: &str, n: usize, mode: Mode, seed: u64) -> Vec<u8> {
         let v = match mode {
             Mode::Random if dtype == "BOOL" => rng.below(2),
             Mode::Random => rng.next_u64(),
-            Mode::Weights => weight_like(dtype, &mut rng),
+            Mode::Weights | Mode::RowScaled => weight_like(dtype, &mut rng),
             Mode::Mixed { rate } => {
                 if rng.below(u64::from(rate.max(1))) == 0 {
                     special[rng.below(special.len() as u64) as usize]
@@ -329,6 +339,27 @@ pub fn fill(dtype: &str, n: usize, mode: Mode, seed: u64) -> Vec<u8> {
             Mode::Constant => constant,
         };
         out.extend_from_slice(&v.to_le_bytes()[..size]);
+    }
+    out
+}
+
+/// `rows` rows of `row_len` floats of `dtype` whose exponents sit within two of a per-row
+/// level, the levels spread over ten binades.
+pub fn fill_rows(dtype: &str, rows: usize, row_len: usize, seed: u64) -> Vec<u8> {
+    let (bits, exp_bits) = float_layout(dtype).expect("a float dtype");
+    let size = dtype_size(dtype);
+    let mant_bits = bits - 1 - exp_bits;
+    let bias = (1u64 << (exp_bits - 1)) - 1;
+    let mut rng = Rng(seed ^ 0x0000_0000_0000_0707);
+    let mut out = Vec::with_capacity(rows * row_len * size);
+    for _ in 0..rows {
+        let level = bias.saturating_sub(2 + rng.below(10)).max(3);
+        for _ in 0..row_len {
+            let exp = level - rng.below(3);
+            let mant = rng.next_u64() & ((1u64 << mant_bits) - 1);
+            let v = (rng.below(2) << (bits - 1)) | (exp << mant_bits) | mant;
+            out.extend_from_slice(&v.to_le_bytes()[..size]);
+        }
     }
     out
 }
