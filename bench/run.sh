@@ -46,7 +46,7 @@ requirements=(-r "$bench_dir/requirements.txt")
 if [[ $with_seed -eq 1 ]]; then
     requirements+=(-r "$bench_dir/requirements-seed.txt")
 fi
-log "installing peers into $venv (first time: large, zipnn pulls torch)"
+log "installing pinned peers into $venv (the first time is large: zipnn pulls torch)"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${requirements[@]}"
 
 # 2. dmx itself.
