@@ -77,10 +77,7 @@ pub fn bench(path: &Path, threads: usize, reps: usize) -> Result<BenchResult> {
                 dmx_format::SegmentKind::Tensor(t) => Some(t.dtype.clone()),
                 dmx_format::SegmentKind::Bytes => None,
             };
-            let hints = dmx_codec::Hints {
-                zstd_level: crate::compress::zstd_level(seg.len),
-                row_len: seg.chunking().1,
-            };
+            let hints = seg.hints();
             for r in seg.chunks() {
                 jobs.push((
                     fi,

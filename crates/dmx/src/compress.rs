@@ -13,16 +13,8 @@ use crate::error::{Error, Result};
 use crate::output::AtomicFile;
 use crate::plan::{PlannedFile, plan_input};
 use crate::source::Bytes;
+use crate::window::{SegmentHasher, windows};
 use crate::{Options, Progress};
-
-/// Raw bytes encoded per parallel window; bounds memory whatever the model size.
-pub(crate) const WINDOW: u64 = 16 << 20;
-/// zstd level for non-float data in segments up to `SMALL_SEGMENT` bytes (configs, tokenizers,
-/// integer buffers).
-const ZSTD_LEVEL_SMALL: i32 = 19;
-/// zstd level for larger non-float segments, where level 19 would be too slow.
-const ZSTD_LEVEL_LARGE: i32 = 9;
-const SMALL_SEGMENT: u64 = 16 << 20;
 
 /// What a compression run did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -43,15 +35,6 @@ pub struct CompressReport {
     pub seconds: f64,
     /// Non-fatal remarks (for example a `.safetensors` file that did not parse).
     pub warnings: Vec<String>,
-}
-
-/// The zstd level for non-float data in a segment of `len` bytes.
-pub(crate) fn zstd_level(len: u64) -> i32 {
-    if len <= SMALL_SEGMENT {
-        ZSTD_LEVEL_SMALL
-    } else {
-        ZSTD_LEVEL_LARGE
-    }
 }
 
 struct Job<'a> {
@@ -138,10 +121,7 @@ fn compress_file(
     // Cut every segment into chunks, in file order.
     let mut jobs = Vec::new();
     for (i, seg) in file.segments.iter().enumerate() {
-        let hints = dmx_codec::Hints {
-            zstd_level: zstd_level(seg.len),
-            row_len: seg.chunking().1,
-        };
+        let hints = seg.hints();
         for r in seg.chunks() {
             jobs.push(Job {
                 segment: i,
@@ -165,16 +145,11 @@ fn compress_file(
         })
         .collect();
     let mut sha = sha2::Sha256::new();
-    let mut hasher: Option<(usize, blake3::Hasher)> = None;
-    let mut done = 0usize;
-    while done < jobs.len() {
-        let mut end = done;
-        let mut raw = 0u64;
-        while end < jobs.len() && (raw < WINDOW || end == done) {
-            raw += jobs[end].data.len() as u64;
-            end += 1;
-        }
-        let window = &jobs[done..end];
+    let mut hasher = SegmentHasher::default();
+    let lens: Vec<u64> = jobs.iter().map(|j| j.data.len() as u64).collect();
+    for range in windows(&lens) {
+        let raw: u64 = lens[range.clone()].iter().sum();
+        let window = &jobs[range];
         let (encoded, ()) = rayon::join(
             || {
                 window
@@ -185,18 +160,8 @@ fn compress_file(
             || {
                 for j in window {
                     sha.update(j.data);
-                    match &mut hasher {
-                        Some((s, h)) if *s == j.segment => {
-                            h.update(j.data);
-                        }
-                        _ => {
-                            if let Some((s, h)) = hasher.take() {
-                                segments[s].blake3 = *h.finalize().as_bytes();
-                            }
-                            let mut h = blake3::Hasher::new();
-                            h.update(j.data);
-                            hasher = Some((j.segment, h));
-                        }
+                    if let Some((s, h)) = hasher.update(j.segment, j.data) {
+                        segments[s].blake3 = *h.as_bytes();
                     }
                 }
             },
@@ -219,10 +184,9 @@ fn compress_file(
         if let Some(p) = progress {
             p.advance(raw);
         }
-        done = end;
     }
-    if let Some((s, h)) = hasher.take() {
-        segments[s].blake3 = *h.finalize().as_bytes();
+    if let Some((s, h)) = hasher.finish() {
+        segments[s].blake3 = *h.as_bytes();
     }
     Ok(Entry {
         path: file.rel.clone(),

@@ -8,9 +8,9 @@ use dmx_format::{Entry, Root};
 use rayon::prelude::*;
 
 use crate::archive::Archive;
-use crate::compress::WINDOW;
 use crate::error::{Error, Result};
 use crate::output::{AtomicDir, AtomicFile, check_distinct, write_plain};
+use crate::window::{SegmentHasher, windows};
 use crate::{Options, Progress};
 
 /// Decodes `entry` window by window and hands every decoded piece, in file order, to `sink`
@@ -28,19 +28,7 @@ pub(crate) fn stream_entry(
         .flat_map(|(s, seg)| (0..seg.chunks.len()).map(move |c| (s, c)))
         .collect();
     let raw_len = |&(s, c): &(usize, usize)| u64::from(entry.segments[s].chunks[c].raw_len);
-    let window = WINDOW.max(rayon::current_num_threads() as u64 * 4 * crate::CHUNK_SIZE);
-    let mut windows = Vec::new();
-    let mut start = 0;
-    while start < jobs.len() {
-        let mut end = start;
-        let mut raw = 0u64;
-        while end < jobs.len() && (raw < window || end == start) {
-            raw += raw_len(&jobs[end]);
-            end += 1;
-        }
-        windows.push(start..end);
-        start = end;
-    }
+    let windows = windows(&jobs.iter().map(raw_len).collect::<Vec<_>>());
     let decode = |range: &std::ops::Range<usize>, buf: &mut Vec<u8>| -> Result<()> {
         let jobs = &jobs[range.clone()];
         buf.resize(jobs.iter().map(raw_len).sum::<u64>() as usize, 0);
@@ -96,7 +84,7 @@ pub(crate) fn stream_entry(
 struct SegmentCheck<'a> {
     archive: &'a Archive,
     entry: &'a Entry,
-    current: Option<(usize, blake3::Hasher)>,
+    hasher: SegmentHasher,
 }
 
 impl<'a> SegmentCheck<'a> {
@@ -104,35 +92,22 @@ impl<'a> SegmentCheck<'a> {
         Self {
             archive,
             entry,
-            current: None,
+            hasher: SegmentHasher::default(),
         }
     }
 
     fn update(&mut self, segment: usize, data: &[u8]) -> Result<()> {
-        match &mut self.current {
-            Some((s, h)) if *s == segment => {
-                h.update(data);
-            }
-            _ => {
-                self.close()?;
-                let mut h = blake3::Hasher::new();
-                h.update(data);
-                self.current = Some((segment, h));
-            }
+        match self.hasher.update(segment, data) {
+            Some((s, h)) => self.compare(s, h),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    fn close(&mut self) -> Result<()> {
-        if let Some((s, h)) = self.current.take() {
-            self.compare(s, h.finalize())?;
-        }
-        Ok(())
-    }
-
-    /// Closes the last segment and checks the empty ones.
+    /// Checks the last segment and the empty ones.
     fn finish(mut self) -> Result<()> {
-        self.close()?;
+        if let Some((s, h)) = self.hasher.finish() {
+            self.compare(s, h)?;
+        }
         for (s, seg) in self.entry.segments.iter().enumerate() {
             if seg.len == 0 {
                 self.compare(s, blake3::hash(&[]))?;

@@ -46,6 +46,7 @@ mod output;
 mod plan;
 mod source;
 mod verify;
+mod window;
 
 use std::sync::Arc;
 

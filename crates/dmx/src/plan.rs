@@ -14,6 +14,13 @@ use crate::error::{Error, Result};
 /// enough for parallelism and random access.
 pub const CHUNK_SIZE: u64 = 1 << 20;
 
+/// zstd level for non-float data in segments up to `SMALL_SEGMENT` bytes (configs, tokenizers,
+/// integer buffers).
+const ZSTD_LEVEL_SMALL: i32 = 19;
+/// zstd level for larger non-float segments, where level 19 would be too slow.
+const ZSTD_LEVEL_LARGE: i32 = 9;
+const SMALL_SEGMENT: u64 = 16 << 20;
+
 /// Directories never descended into when compressing a folder.
 const SKIPPED_DIRS: &[&str] = &[".git"];
 
@@ -64,6 +71,18 @@ impl PlannedSegment {
             return (CHUNK_SIZE, 0);
         }
         ((CHUNK_SIZE / row_bytes) * row_bytes, row as usize)
+    }
+
+    /// What the codecs are told about this segment's chunks.
+    pub fn hints(&self) -> dmx_codec::Hints {
+        dmx_codec::Hints {
+            zstd_level: if self.len <= SMALL_SEGMENT {
+                ZSTD_LEVEL_SMALL
+            } else {
+                ZSTD_LEVEL_LARGE
+            },
+            row_len: self.chunking().1,
+        }
     }
 
     /// Byte ranges of the segment's chunks, in order.

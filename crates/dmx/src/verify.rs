@@ -12,6 +12,7 @@ use crate::decompress::stream_entry;
 use crate::error::{Error, Result};
 use crate::plan::plan_input;
 use crate::source::Bytes;
+use crate::window::SegmentHasher;
 use crate::{Options, Progress};
 
 /// Outcome of a verification, serializable as the `--report` JSON (docs/VERIFY.md).
@@ -165,14 +166,16 @@ fn check_entry(
         ));
     }
     let mut sha = sha2::Sha256::new();
-    let mut hashers: Vec<Option<blake3::Hasher>> = vec![None; entry.segments.len()];
+    let mut hasher = SegmentHasher::default();
+    // Segments that receive no bytes keep the hash of the empty input.
+    let mut hashes = vec![blake3::hash(&[]); entry.segments.len()];
     let mut pos = 0usize;
     let mut first_diff: Option<usize> = None;
     let result = stream_entry(archive, entry, progress, |s, data| {
         sha.update(data);
-        hashers[s]
-            .get_or_insert_with(blake3::Hasher::new)
-            .update(data);
+        if let Some((done, h)) = hasher.update(s, data) {
+            hashes[done] = h;
+        }
         if first_diff.is_none()
             && let Some(o) = original
         {
@@ -201,9 +204,11 @@ fn check_entry(
         }
         Err(e) => return Err(e),
     }
+    if let Some((done, h)) = hasher.finish() {
+        hashes[done] = h;
+    }
     let mut tensors = 0;
-    for (seg, h) in entry.segments.iter().zip(hashers) {
-        let got = h.unwrap_or_default().finalize();
+    for (seg, got) in entry.segments.iter().zip(&hashes) {
         if got.as_bytes() != &seg.blake3 {
             problems.push(match &seg.kind {
                 SegmentKind::Tensor(t) => format!("tensor {:?}: BLAKE3 mismatch", t.name),
