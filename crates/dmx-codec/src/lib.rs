@@ -19,9 +19,14 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bfp;
 pub mod bits;
+pub mod delta;
 pub mod float;
+pub mod grid;
 pub mod huffman;
+pub mod ints;
+pub mod quant;
 pub mod rows;
 
 use thiserror::Error;

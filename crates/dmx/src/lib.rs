@@ -39,12 +39,15 @@ mod archive;
 mod bench;
 mod compress;
 mod decompress;
+pub mod diff;
 mod error;
 mod extract;
 mod info;
+pub mod names;
 mod output;
 mod plan;
 mod source;
+pub mod tensors;
 mod verify;
 mod window;
 
