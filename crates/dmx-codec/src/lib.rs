@@ -21,6 +21,7 @@
 
 pub mod bfp;
 pub mod bits;
+pub mod cast;
 pub mod delta;
 pub mod float;
 pub mod grid;

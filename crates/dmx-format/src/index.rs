@@ -29,6 +29,20 @@ pub enum EntryKind {
     Safetensors = 0,
     /// Any other file, stored as one byte segment.
     Blob = 1,
+    /// A safetensors file stored relative to a base file ([`Entry::base`], format 1.1): its
+    /// segments may use the delta transforms.
+    SafetensorsDelta = 2,
+}
+
+/// The base a delta entry was made from (format 1.1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaseRef {
+    /// SHA-256 of the base file (a delta must be applied to exactly this file).
+    pub sha256: [u8; 32],
+    /// Size of the base file in bytes.
+    pub size: u64,
+    /// Tensors of the base that the target no longer has (recorded, not restored).
+    pub removed: Vec<String>,
 }
 
 /// One original file.
@@ -40,8 +54,10 @@ pub struct Entry {
     pub kind: EntryKind,
     /// Original size in bytes.
     pub size: u64,
-    /// SHA-256 of the original file.
+    /// SHA-256 of the file this entry restores (the original file, for lossless entries).
     pub sha256: [u8; 32],
+    /// The base of a [`EntryKind::SafetensorsDelta`] entry; `None` for every other kind.
+    pub base: Option<BaseRef>,
     /// Segments tiling `0..size` in order.
     pub segments: Vec<Segment>,
 }
@@ -67,10 +83,129 @@ pub struct TensorInfo {
 }
 
 /// How a segment's decoded chunks relate to its original bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Transform {
     /// The decoded chunks are the original bytes (lossless).
-    Identity = 0,
+    Identity,
+    /// The decoded chunks approximate the original bytes (format 1.1); the segment's BLAKE3
+    /// is that of the decoded bytes.
+    Lossy(Lossy),
+    /// Lossless, relative to the base's tensor `base` (format 1.1): chunks may use delta
+    /// codecs, which read the same byte range of that tensor.
+    Delta {
+        /// Name of the base tensor (same dtype and shape).
+        base: String,
+    },
+    /// Quantized on a grid, relative to the base's tensor `base` (format 1.1).
+    QuantDelta {
+        /// Name of the base tensor (same dtype and shape).
+        base: String,
+        /// The grid and the error measured when it was stored.
+        lossy: Lossy,
+    },
+}
+
+impl Transform {
+    /// The stored transform id.
+    pub fn id(&self) -> u8 {
+        match self {
+            Self::Identity => 0,
+            Self::Lossy(_) => 1,
+            Self::Delta { .. } => 2,
+            Self::QuantDelta { .. } => 3,
+        }
+    }
+
+    /// Whether decoded bytes equal the original bytes.
+    pub fn is_lossless(&self) -> bool {
+        matches!(self, Self::Identity | Self::Delta { .. })
+    }
+
+    /// The base tensor name of a delta transform.
+    pub fn base(&self) -> Option<&str> {
+        match self {
+            Self::Delta { base } | Self::QuantDelta { base, .. } => Some(base),
+            _ => None,
+        }
+    }
+
+    /// The lossy parameters, if any.
+    pub fn lossy(&self) -> Option<&Lossy> {
+        match self {
+            Self::Lossy(l) | Self::QuantDelta { lossy: l, .. } => Some(l),
+            _ => None,
+        }
+    }
+}
+
+/// Which lossy encoding a segment uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LossyMode {
+    /// Block floating point (codec 4).
+    Bfp = 1,
+    /// Aligned integer quantization on a 16-bit grid (codec 5).
+    Int16 = 2,
+    /// Aligned integer quantization on a 32-bit grid (codec 5).
+    Int32 = 3,
+    /// Rounded to bfloat16, coded losslessly, restored in the original dtype (codec 8).
+    CastBf16 = 4,
+    /// Rounded to IEEE half, coded losslessly, restored in the original dtype (codec 8).
+    CastF16 = 5,
+}
+
+impl LossyMode {
+    /// Parses a stored mode id.
+    pub fn from_id(id: u8) -> Option<Self> {
+        Some(match id {
+            1 => Self::Bfp,
+            2 => Self::Int16,
+            3 => Self::Int32,
+            4 => Self::CastBf16,
+            5 => Self::CastF16,
+            _ => return None,
+        })
+    }
+
+    /// A short lowercase name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bfp => "bfp",
+            Self::Int16 => "int16",
+            Self::Int32 => "int32",
+            Self::CastBf16 => "cast-bf16",
+            Self::CastF16 => "cast-f16",
+        }
+    }
+}
+
+/// Parameters of a lossy segment and the error measured against the original when it was
+/// stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lossy {
+    /// Encoding.
+    pub mode: LossyMode,
+    /// BFP magnitude bits (0 for other modes).
+    pub mantissa_bits: u8,
+    /// BFP group size in values (0 for other modes).
+    pub group_size: u32,
+    /// Grid step of integer modes (0 for other modes).
+    pub step: f64,
+    /// Error of the decoded values against the original.
+    pub error: ErrorStats,
+}
+
+/// Error of decoded values against the original ones (finite values; NaN and ±Inf are always
+/// stored exactly).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ErrorStats {
+    /// Largest absolute error.
+    pub max_abs: f64,
+    /// Mean absolute error.
+    pub mean_abs: f64,
+    /// ‖x − x̂‖₂ / ‖x‖₂ (0 when both are zero).
+    pub rel_l2: f64,
+    /// Signal-to-noise ratio in dB, 10·log10(‖x‖² / ‖x − x̂‖²) (+Inf when exact).
+    pub snr_db: f64,
 }
 
 /// A contiguous byte range of an original file.
@@ -123,6 +258,14 @@ impl Index {
             w.u8(e.kind as u8);
             w.u64(e.size);
             w.bytes(&e.sha256);
+            if let Some(b) = &e.base {
+                w.bytes(&b.sha256);
+                w.u64(b.size);
+                w.u64(b.removed.len() as u64);
+                for r in &b.removed {
+                    w.str(r);
+                }
+            }
             w.u64(e.segments.len() as u64);
             for s in &e.segments {
                 match &s.kind {
@@ -137,7 +280,20 @@ impl Index {
                         }
                     }
                 }
-                w.u8(s.transform as u8);
+                w.u8(s.transform.id());
+                if let Some(base) = s.transform.base() {
+                    w.str(base);
+                }
+                if let Some(l) = s.transform.lossy() {
+                    w.u8(l.mode as u8);
+                    w.u8(l.mantissa_bits);
+                    w.u32(l.group_size);
+                    w.f64(l.step);
+                    w.f64(l.error.max_abs);
+                    w.f64(l.error.mean_abs);
+                    w.f64(l.error.rel_l2);
+                    w.f64(l.error.snr_db);
+                }
                 w.u64(s.offset);
                 w.u64(s.len);
                 w.bytes(&s.blake3);
@@ -196,6 +352,7 @@ fn read_entry(r: &mut Reader<'_>, data_end: u64, limits: &Limits) -> Result<Entr
     let kind = match r.u8()? {
         0 => EntryKind::Safetensors,
         1 => EntryKind::Blob,
+        2 => EntryKind::SafetensorsDelta,
         v => {
             return Err(FormatError::Unknown {
                 what: "entry kind",
@@ -205,6 +362,22 @@ fn read_entry(r: &mut Reader<'_>, data_end: u64, limits: &Limits) -> Result<Entr
     };
     let size = r.u64()?;
     let sha256 = r.array()?;
+    let base = if kind == EntryKind::SafetensorsDelta {
+        let sha256 = r.array()?;
+        let size = r.u64()?;
+        let n = r.count("removed tensor count", limits.max_segments, 4)?;
+        let mut removed = Vec::with_capacity(n);
+        for _ in 0..n {
+            removed.push(r.str(limits.max_string)?);
+        }
+        Some(BaseRef {
+            sha256,
+            size,
+            removed,
+        })
+    } else {
+        None
+    };
     let n = r.count("segment count", limits.max_segments, MIN_SEGMENT)?;
     let mut segments = Vec::with_capacity(n);
     let mut cursor = 0u64;
@@ -221,11 +394,17 @@ fn read_entry(r: &mut Reader<'_>, data_end: u64, limits: &Limits) -> Result<Entr
     if cursor != size {
         return Err(FormatError::Invalid("segments do not cover the file"));
     }
+    if base.is_none() && segments.iter().any(|s| s.transform.base().is_some()) {
+        return Err(FormatError::Invalid(
+            "a delta segment in an entry that has no base",
+        ));
+    }
     Ok(Entry {
         path,
         kind,
         size,
         sha256,
+        base,
         segments,
     })
 }
@@ -260,6 +439,17 @@ fn read_segment(
     };
     let transform = match r.u8()? {
         0 => Transform::Identity,
+        1 => Transform::Lossy(read_lossy(r)?),
+        2 => Transform::Delta {
+            base: r.str(limits.max_string)?,
+        },
+        3 => {
+            let base = r.str(limits.max_string)?;
+            Transform::QuantDelta {
+                base,
+                lossy: read_lossy(r)?,
+            }
+        }
         v => {
             return Err(FormatError::Unknown {
                 what: "segment transform",
@@ -267,6 +457,9 @@ fn read_segment(
             });
         }
     };
+    if transform != Transform::Identity && !matches!(kind, SegmentKind::Tensor(_)) {
+        return Err(FormatError::Invalid("a non-tensor segment with a transform"));
+    }
     let offset = r.u64()?;
     let len = r.u64()?;
     let blake3 = r.array()?;
@@ -320,6 +513,37 @@ fn read_segment(
     })
 }
 
+fn read_lossy(r: &mut Reader<'_>) -> Result<Lossy, FormatError> {
+    let id = r.u8()?;
+    let mode = LossyMode::from_id(id).ok_or(FormatError::Unknown {
+        what: "lossy mode",
+        value: u64::from(id),
+    })?;
+    Ok(Lossy {
+        mode,
+        mantissa_bits: r.u8()?,
+        group_size: r.u32()?,
+        step: r.f64()?,
+        error: ErrorStats {
+            max_abs: r.f64()?,
+            mean_abs: r.f64()?,
+            rel_l2: r.f64()?,
+            snr_db: r.f64()?,
+        },
+    })
+}
+
+impl Index {
+    /// The lowest minor version of format 1 that can hold this index: 1 when it uses lossy or
+    /// delta features, else 0.
+    pub fn min_minor(&self) -> u16 {
+        let new = self.entries.iter().any(|e| {
+            e.base.is_some() || e.segments.iter().any(|s| s.transform != Transform::Identity)
+        });
+        u16::from(new)
+    }
+}
+
 /// A stored path must be relative, `/`-separated, without empty, `.` or `..` components.
 fn check_path(path: &str) -> Result<(), FormatError> {
     let bad = path.is_empty()
@@ -348,6 +572,7 @@ mod tests {
                 kind: EntryKind::Safetensors,
                 size: 30,
                 sha256: [7; 32],
+                base: None,
                 segments: vec![
                     Segment {
                         kind: SegmentKind::Bytes,

@@ -5,7 +5,8 @@
 //! ```
 //! use dmx_format::{Entry, EntryKind, Index, Limits, Root, Trailer};
 //! let index = Index { root: Root::File, entries: vec![Entry {
-//!     path: "a.bin".into(), kind: EntryKind::Blob, size: 0, sha256: [0; 32], segments: vec![],
+//!     path: "a.bin".into(), kind: EntryKind::Blob, size: 0, sha256: [0; 32], base: None,
+//!     segments: vec![],
 //! }] };
 //! let bytes = index.to_bytes();
 //! let trailer = Trailer::for_index(16, &bytes);
@@ -22,7 +23,8 @@ mod wire;
 
 pub use error::FormatError;
 pub use index::{
-    Chunk, Entry, EntryKind, Index, Root, Segment, SegmentKind, TensorInfo, Transform,
+    BaseRef, Chunk, Entry, EntryKind, ErrorStats, Index, Lossy, LossyMode, Root, Segment,
+    SegmentKind, TensorInfo, Transform,
 };
 
 /// First 8 bytes of every archive (§2).
@@ -31,8 +33,10 @@ pub const MAGIC: [u8; 8] = *b"\x89DMX\r\n\x1a\n";
 pub const END_MAGIC: [u8; 8] = *b"DMXINDEX";
 /// Major format version written by this crate; readers reject any other (§2).
 pub const VERSION_MAJOR: u16 = 1;
-/// Minor format version written by this crate; readers accept any minor of their major.
-pub const VERSION_MINOR: u16 = 0;
+/// Highest minor format version written by this crate (1.1 adds lossy segments and delta
+/// entries; an archive that uses neither is written as 1.0). Readers accept any minor of their
+/// major and reject the ids (transforms, codecs, kinds) they do not know.
+pub const VERSION_MINOR: u16 = 1;
 /// Size of the preamble (§2).
 pub const PREAMBLE_LEN: u64 = 16;
 /// Size of the trailer (§4).
@@ -71,12 +75,17 @@ impl Default for Limits {
     }
 }
 
-/// The fixed 16-byte preamble (§2).
+/// The fixed 16-byte preamble of a version 1.0 archive (§2).
 pub fn preamble() -> [u8; 16] {
+    preamble_minor(0)
+}
+
+/// The preamble of a version `1.minor` archive (see [`Index::min_minor`]).
+pub fn preamble_minor(minor: u16) -> [u8; 16] {
     let mut p = [0u8; 16];
     p[..8].copy_from_slice(&MAGIC);
     p[8..10].copy_from_slice(&VERSION_MAJOR.to_le_bytes());
-    p[10..12].copy_from_slice(&VERSION_MINOR.to_le_bytes());
+    p[10..12].copy_from_slice(&minor.to_le_bytes());
     // Bytes 12..16: flags, all zero in version 1.0.
     p
 }

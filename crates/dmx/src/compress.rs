@@ -193,6 +193,7 @@ fn compress_file(
         kind: file.kind,
         size: file.size,
         sha256: sha.finalize().into(),
+        base: None,
         segments,
     })
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use dmx_codec::Codec;
-use dmx_format::{Index, Root, Segment, SegmentKind, Transform};
+use dmx_format::{Index, Root, Segment, SegmentKind};
 use serde::Serialize;
 
 use crate::archive::Archive;
@@ -124,7 +124,7 @@ impl Stats {
         for e in &index.entries {
             let mut tensors = Vec::new();
             for seg in &e.segments {
-                lossless &= seg.transform == Transform::Identity;
+                lossless &= seg.transform.is_lossless();
                 let SegmentKind::Tensor(t) = &seg.kind else {
                     continue;
                 };
@@ -163,6 +163,7 @@ impl Stats {
                 kind: match e.kind {
                     dmx_format::EntryKind::Safetensors => "safetensors",
                     dmx_format::EntryKind::Blob => "blob",
+                    dmx_format::EntryKind::SafetensorsDelta => "safetensors-delta",
                 },
                 original_bytes: e.size,
                 stored_bytes: e.segments.iter().map(stored).sum(),

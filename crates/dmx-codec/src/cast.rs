@@ -1,0 +1,129 @@
+//! Codec 8, cast: 32-bit floats rounded to bfloat16 or IEEE half (round to nearest even),
+//! coded losslessly by [`crate::encode_with`], and widened back to 32-bit floats on decode,
+//! so the restored file keeps its dtype while holding 16-bit values.
+//!
+//! Payload: one byte naming the narrow layout (0 bfloat16, 1 half), one byte with the inner
+//! codec id (0–3), then the inner payload, which decodes to the narrow values.
+//!
+//! Error bound: half an ulp of the narrow type (relative 2⁻⁹ for bfloat16, 2⁻¹² for half on
+//! normal values); finite values beyond the narrow type's range become ±Inf (half) and NaN
+//! stays NaN (its payload is truncated).
+
+use crate::{Codec, CodecError, FloatLayout, Hints, ValueKind};
+
+/// Whether values of `from` can be cast to `to` by this codec.
+pub fn supports(from: FloatLayout, to: FloatLayout) -> bool {
+    from == FloatLayout::F32 && (to == FloatLayout::BF16 || to == FloatLayout::F16)
+}
+
+fn narrow(to: FloatLayout, x: f32) -> u16 {
+    if to == FloatLayout::BF16 {
+        half::bf16::from_f32(x).to_bits()
+    } else {
+        half::f16::from_f32(x).to_bits()
+    }
+}
+
+fn widen(to: FloatLayout, b: u16) -> f32 {
+    if to == FloatLayout::BF16 {
+        half::bf16::from_bits(b).to_f32()
+    } else {
+        half::f16::from_bits(b).to_f32()
+    }
+}
+
+/// Encodes little-endian `f32` values as `to` (bfloat16 or half). Returns the payload and the
+/// order-0 entropy bound of the narrow values under the inner codec's field split.
+pub fn encode(to: FloatLayout, data: &[u8], hints: Hints) -> (Vec<u8>, f64) {
+    let narrow_bytes: Vec<u8> = data
+        .chunks_exact(4)
+        .flat_map(|c| narrow(to, f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes())
+        .collect();
+    let inner = crate::encode_with(ValueKind::Float(to), &narrow_bytes, hints);
+    let mut payload = Vec::with_capacity(inner.payload.len() + 2);
+    payload.push(u8::from(to != FloatLayout::BF16));
+    payload.push(inner.codec as u8);
+    payload.extend_from_slice(&inner.payload);
+    (payload, inner.entropy_bits)
+}
+
+/// Decodes a cast payload into `out` (the 32-bit values).
+pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    let [layout, codec, inner @ ..] = payload else {
+        return Err(CodecError::Corrupt("cast payload too short"));
+    };
+    let to = match layout {
+        0 => FloatLayout::BF16,
+        1 => FloatLayout::F16,
+        _ => return Err(CodecError::Corrupt("unknown cast layout")),
+    };
+    let codec = Codec::from_id(*codec)?;
+    if !matches!(
+        codec,
+        Codec::Raw | Codec::Zstd | Codec::FloatHuff | Codec::FloatHuffRows
+    ) {
+        return Err(CodecError::Corrupt("cast payload nests a non-lossless codec"));
+    }
+    if !out.len().is_multiple_of(4) {
+        return Err(CodecError::Corrupt("cast output is not a whole number of f32"));
+    }
+    let mut narrow_bytes = vec![0u8; out.len() / 2];
+    crate::decode(codec, inner, &mut narrow_bytes)?;
+    for (o, n) in out.chunks_exact_mut(4).zip(narrow_bytes.chunks_exact(2)) {
+        o.copy_from_slice(&widen(to, u16::from_le_bytes([n[0], n[1]])).to_le_bytes());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hints() -> Hints {
+        Hints {
+            zstd_level: 3,
+            row_len: 0,
+        }
+    }
+
+    #[test]
+    fn round_trip_is_the_narrow_value() {
+        let xs: Vec<f32> = (0..5000)
+            .map(|i| ((i as f32) * 0.37).sin() * 0.05)
+            .chain([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 1e-40, 70000.0])
+            .collect();
+        let data: Vec<u8> = xs.iter().flat_map(|x| x.to_le_bytes()).collect();
+        for to in [FloatLayout::BF16, FloatLayout::F16] {
+            let (p, _) = encode(to, &data, hints());
+            let mut out = vec![0u8; data.len()];
+            decode(&p, &mut out).unwrap();
+            for (x, o) in xs.iter().zip(out.chunks_exact(4)) {
+                let got = f32::from_le_bytes([o[0], o[1], o[2], o[3]]);
+                assert_eq!(got.to_bits(), widen(to, narrow(to, *x)).to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn nan_stays_nan() {
+        let data = f32::NAN.to_le_bytes().repeat(3);
+        let (p, _) = encode(FloatLayout::BF16, &data, hints());
+        let mut out = vec![0u8; 12];
+        decode(&p, &mut out).unwrap();
+        assert!(f32::from_le_bytes([out[0], out[1], out[2], out[3]]).is_nan());
+    }
+
+    #[test]
+    fn corrupt_payloads_fail() {
+        let data: Vec<u8> = (0..400u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let (p, _) = encode(FloatLayout::BF16, &data, hints());
+        let mut out = vec![0u8; data.len()];
+        for cut in 0..p.len() {
+            let _ = decode(&p[..cut], &mut out);
+        }
+        assert!(decode(&[9, 0], &mut out).is_err());
+        assert!(decode(&[0, 8, 1], &mut out).is_err());
+        let mut odd = vec![0u8; 6];
+        assert!(decode(&p, &mut odd).is_err());
+    }
+}
