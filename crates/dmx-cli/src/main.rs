@@ -2,6 +2,7 @@
 //!
 //! Exit status: 0 success, 1 verification failure or corruption found, 2 usage or I/O error.
 
+mod deltas;
 mod progress;
 mod report;
 
@@ -9,15 +10,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
     name = "dmx",
     version,
-    about = "Structure-aware lossless compression for neural-network weights",
+    about = "Structure-aware compression for neural-network weights and checkpoints",
     long_about = "Compresses safetensors files and Hugging Face model folders into .dmx \
-                  archives that restore every file byte for byte.\n\n\
+                  archives that restore every file byte for byte (lossy modes only when \
+                  asked), and stores related checkpoints as deltas.\n\n\
                   Exit status: 0 success, 1 verification failure or corruption, 2 usage or \
                   I/O error."
 )]
@@ -40,6 +42,98 @@ struct Common {
     no_sync: bool,
 }
 
+/// Encoding of float tensors.
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// Byte-identical (default).
+    Lossless,
+    /// Block floating point: groups share an exponent, values keep M magnitude bits.
+    Bfp,
+    /// Aligned 16-bit integer grid, step shared by tensors of the same role.
+    Int16,
+    /// Aligned 32-bit integer grid.
+    Int32,
+    /// Per tensor, the smallest encoding within --max-rel-error (lossless without it).
+    Auto,
+}
+
+/// Narrow type for --cast.
+#[derive(Clone, Copy, ValueEnum)]
+enum CastArg {
+    /// bfloat16.
+    Bf16,
+    /// IEEE half.
+    F16,
+}
+
+#[derive(Args, Clone)]
+struct LossyArgs {
+    /// How float tensors are stored. Every mode but lossless changes values and reports
+    /// the error; `dmx info` shows it.
+    #[arg(long, value_enum, default_value = "lossless")]
+    mode: ModeArg,
+    /// BFP: magnitude bits per value including the group maximum's leading bit (2..=8 for
+    /// 16-bit tensors, up to 24 for F32; default 7).
+    #[arg(long, value_name = "M")]
+    mantissa_bits: Option<u32>,
+    /// BFP: values per shared exponent along the last dimension (default 32).
+    #[arg(long, value_name = "G")]
+    group_size: Option<u32>,
+    /// auto: largest relative L2 error ‖x−x̂‖/‖x‖ allowed per tensor.
+    #[arg(long, value_name = "E")]
+    max_rel_error: Option<f64>,
+    /// Keep tensors whose names match this glob lossless (repeatable; e.g. '*norm*').
+    #[arg(long, value_name = "GLOB")]
+    keep_lossless: Vec<String>,
+    /// Round F32 tensors to bf16 or f16 before coding (restored as F32; lossy).
+    #[arg(long, value_enum)]
+    cast: Option<CastArg>,
+}
+
+impl LossyArgs {
+    fn options(&self) -> dmx::lossy::LossyOptions {
+        use dmx::lossy::{CastTo, Mode};
+        dmx::lossy::LossyOptions {
+            mode: match self.mode {
+                ModeArg::Lossless => Mode::Lossless,
+                ModeArg::Bfp => Mode::Bfp,
+                ModeArg::Int16 => Mode::Int16,
+                ModeArg::Int32 => Mode::Int32,
+                ModeArg::Auto => Mode::Auto,
+            },
+            mantissa_bits: self.mantissa_bits,
+            group_size: self.group_size,
+            max_rel_error: self.max_rel_error,
+            keep_lossless: self.keep_lossless.clone(),
+            cast: self.cast.map(|c| match c {
+                CastArg::Bf16 => CastTo::Bf16,
+                CastArg::F16 => CastTo::F16,
+            }),
+        }
+    }
+}
+
+/// Precision of a delta.
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    /// Byte-identical reconstruction (default).
+    Lossless,
+    /// Base and target on a shared 16-bit grid (lossy).
+    Int16,
+    /// Base and target on a shared 32-bit grid (lossy).
+    Int32,
+}
+
+impl PrecisionArg {
+    fn get(self) -> dmx::Precision {
+        match self {
+            PrecisionArg::Lossless => dmx::Precision::Lossless,
+            PrecisionArg::Int16 => dmx::Precision::Int16,
+            PrecisionArg::Int32 => dmx::Precision::Int32,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Compress a .safetensors file, any file, or a model folder into one .dmx archive.
@@ -54,6 +148,67 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        lossy: LossyArgs,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Store TARGET as a delta from BASE (both safetensors; BASE may be a .dmx).
+    DeltaCompress {
+        /// Base model (.safetensors or .dmx).
+        base: PathBuf,
+        /// Target checkpoint or fine-tune (.safetensors).
+        target: PathBuf,
+        /// Output delta (.dmxd).
+        output: PathBuf,
+        /// lossless (default) or a shared integer grid.
+        #[arg(long, value_enum, default_value = "lossless")]
+        precision: PrecisionArg,
+        /// Overwrite the output if it exists.
+        #[arg(short, long)]
+        force: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Rebuild the target of a delta from its base (refuses any other base).
+    DeltaReconstruct {
+        /// The base the delta was made from (.safetensors or .dmx).
+        base: PathBuf,
+        /// The delta (.dmxd).
+        delta: PathBuf,
+        /// Output .safetensors file.
+        output: PathBuf,
+        /// Overwrite the output if it exists.
+        #[arg(short, long)]
+        force: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Sizes of a delta per checkpoint component and role, and the fraction of unchanged values.
+    DeltaInfo {
+        /// The delta (.dmxd).
+        delta: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// How far checkpoint B moved from A: per tensor, layer, component and role.
+    Diff {
+        /// First checkpoint (.safetensors or .dmx).
+        a: PathBuf,
+        /// Second checkpoint (.safetensors or .dmx).
+        b: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Show the K most changed tensors.
+        #[arg(long, value_name = "K", default_value_t = 10)]
+        top: usize,
         #[command(flatten)]
         common: Common,
     },
@@ -98,6 +253,10 @@ enum Command {
         /// Overwrite the report file if it exists.
         #[arg(short, long)]
         force: bool,
+        /// Lossy archives: fail any tensor whose relative L2 error exceeds E (default: the
+        /// error the archive records).
+        #[arg(long, value_name = "E")]
+        max_rel_error: Option<f64>,
         #[command(flatten)]
         common: Common,
     },
@@ -154,9 +313,10 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             output,
             force,
             json,
+            lossy,
             common,
         } => {
-            let r = dmx::compress(&input, &output, &options(&common, force))?;
+            let r = dmx::compress_with(&input, &output, &lossy.options(), &options(&common, force))?;
             for w in &r.warnings {
                 eprintln!("dmx: warning: {w}");
             }
@@ -202,6 +362,7 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             report: report_path,
             json,
             force,
+            max_rel_error,
             common,
         } => {
             let (original, archive_path) = match paths.as_slice() {
@@ -227,7 +388,9 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             }
             let opts = options(&common, force);
             let rep = match dmx::Archive::open(&archive_path) {
-                Ok(archive) => dmx::verify(&archive, original.as_deref(), &opts)?,
+                Ok(archive) => {
+                    dmx::verify_with(&archive, original.as_deref(), max_rel_error, &opts)?
+                }
                 Err(e) if e.is_integrity_failure() => {
                     report::unreadable(&archive_path, original.as_deref(), &e)
                 }
@@ -243,6 +406,71 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             }
             if !rep.ok {
                 return Ok(Outcome::CheckFailed);
+            }
+        }
+        Command::DeltaCompress {
+            base,
+            target,
+            output,
+            precision,
+            force,
+            json,
+            common,
+        } => {
+            let d = dmx::DeltaOptions {
+                precision: precision.get(),
+                steps: None,
+            };
+            let r = dmx::delta_compress(&base, &target, &output, &d, &options(&common, force))?;
+            if json {
+                report::print_json(&r);
+            } else if !common.quiet {
+                deltas::compress_summary(&target, &output, &r);
+            }
+        }
+        Command::DeltaReconstruct {
+            base,
+            delta,
+            output,
+            force,
+            common,
+        } => {
+            let start = std::time::Instant::now();
+            dmx::delta_reconstruct(&base, &delta, &output, &options(&common, force))?;
+            if !common.quiet {
+                eprintln!(
+                    "{} + {} -> {} in {:.2} s (every checksum verified)",
+                    base.display(),
+                    delta.display(),
+                    output.display(),
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        }
+        Command::DeltaInfo {
+            delta,
+            json,
+            common: _,
+        } => {
+            let info = dmx::delta_info(&delta)?;
+            if json {
+                report::print_json(&info);
+            } else {
+                deltas::info(&info);
+            }
+        }
+        Command::Diff {
+            a,
+            b,
+            json,
+            top,
+            common,
+        } => {
+            let r = dmx::diff::diff(&a, &b, &options(&common, false))?;
+            if json {
+                report::print_json(&r);
+            } else {
+                print!("{}", r.render(top));
             }
         }
         Command::Bench {

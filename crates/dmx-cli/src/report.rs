@@ -63,9 +63,14 @@ pub fn info(path: &Path, s: &Stats, all_tensors: bool) {
     println!(
         "lossless:  {}",
         if s.lossless {
-            "yes (restores every file byte for byte)"
+            "yes (restores every file byte for byte)".to_string()
         } else {
-            "NO (lossy archive)"
+            format!(
+                "NO: this archive is LOSSY; {} tensor(s) restore as approximations (largest \
+                 relative L2 error {})",
+                s.lossy_tensors,
+                opt(s.max_rel_l2, 6)
+            )
         }
     );
     println!(
@@ -112,13 +117,39 @@ pub fn info(path: &Path, s: &Stats, all_tensors: bool) {
             continue;
         }
         println!(
-            "  {:<48} {:>6} {:>18} {:>11} {:>8} {:>8}",
-            "tensor", "dtype", "shape", "codec", "bits/w", "entropy"
+            "  {:<48} {:>6} {:>18} {:>15} {:>8} {:>8}{}",
+            "tensor",
+            "dtype",
+            "shape",
+            "codec",
+            "bits/w",
+            "entropy",
+            if s.lossless {
+                ""
+            } else {
+                "  lossy mode     rel L2    max abs   SNR dB"
+            }
         );
         for t in &f.tensors {
             let shape = format!("{:?}", t.shape);
+            let lossy = match (&t.lossy, s.lossless) {
+                (_, true) => String::new(),
+                (None, false) => format!("  {:<10}", "lossless"),
+                (Some(l), false) => {
+                    let mode = match (l.mantissa_bits, l.group_size) {
+                        (Some(m), Some(g)) => format!("bfp M{m} G{g}"),
+                        _ => l.mode.to_string(),
+                    };
+                    format!(
+                        "  {mode:<12} {:>9.2e} {:>10.3e} {:>8}",
+                        l.rel_l2,
+                        l.max_abs_error,
+                        opt(l.snr_db, 1)
+                    )
+                }
+            };
             println!(
-                "  {:<48} {:>6} {:>18} {:>11} {:>8} {:>8}",
+                "  {:<48} {:>6} {:>18} {:>15} {:>8} {:>8}{lossy}",
                 t.name,
                 t.dtype,
                 shape,
@@ -157,7 +188,7 @@ pub fn verify(r: &VerifyReport) {
 /// A failing report for an archive that could not even be opened.
 pub fn unreadable(archive: &Path, original: Option<&Path>, e: &dmx::Error) -> VerifyReport {
     VerifyReport {
-        schema: 1,
+        schema: 2,
         archive: archive.display().to_string(),
         original: original.map(|o| o.display().to_string()),
         ok: false,
@@ -168,6 +199,7 @@ pub fn unreadable(archive: &Path, original: Option<&Path>, e: &dmx::Error) -> Ve
             bit_exact: original.map(|_| false),
             tensors: 0,
             problems: vec![e.to_string()],
+            tensor_errors: Vec::new(),
         }],
     }
 }

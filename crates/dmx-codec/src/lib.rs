@@ -59,6 +59,16 @@ pub enum Codec {
     FloatHuff = 2,
     /// Codec 2 after the row-relative exponent transform of module [`rows`].
     FloatHuffRows = 3,
+    /// Block floating point, module [`bfp`] (lossy).
+    Bfp = 4,
+    /// Aligned integer quantization, module [`quant`] (lossy).
+    Quant = 5,
+    /// Lossless delta against the same bytes of a base tensor, module [`delta`].
+    Delta = 6,
+    /// Quantized delta against a base tensor on a shared grid, module [`delta`] (lossy).
+    QuantDelta = 7,
+    /// Rounded to a 16-bit float and restored in 32 bits, module [`cast`] (lossy).
+    Cast = 8,
 }
 
 impl Codec {
@@ -69,6 +79,11 @@ impl Codec {
             1 => Ok(Self::Zstd),
             2 => Ok(Self::FloatHuff),
             3 => Ok(Self::FloatHuffRows),
+            4 => Ok(Self::Bfp),
+            5 => Ok(Self::Quant),
+            6 => Ok(Self::Delta),
+            7 => Ok(Self::QuantDelta),
+            8 => Ok(Self::Cast),
             other => Err(CodecError::UnknownCodec(other)),
         }
     }
@@ -80,7 +95,22 @@ impl Codec {
             Self::Zstd => "zstd",
             Self::FloatHuff => "float-huff",
             Self::FloatHuffRows => "float-huff-rows",
+            Self::Bfp => "bfp",
+            Self::Quant => "quant",
+            Self::Delta => "delta",
+            Self::QuantDelta => "quant-delta",
+            Self::Cast => "cast",
         }
+    }
+
+    /// Whether decoding needs the base tensor's bytes.
+    pub fn needs_base(self) -> bool {
+        matches!(self, Self::Delta | Self::QuantDelta)
+    }
+
+    /// Whether decoded bytes equal the encoder's input.
+    pub fn is_lossless(self) -> bool {
+        !matches!(self, Self::Bfp | Self::Quant | Self::QuantDelta | Self::Cast)
     }
 }
 
@@ -272,9 +302,27 @@ fn byte_histogram(data: &[u8]) -> [u64; 256] {
 }
 
 /// Decodes `payload` of `codec` into `out`, whose length must be the chunk's raw size. Never
-/// writes past `out` and never allocates more than `out.len()` plus small tables.
+/// writes past `out` and never allocates more than `out.len()` plus small tables. Delta codecs
+/// need their base: use [`decode_with_base`].
 pub fn decode(codec: Codec, payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    decode_with_base(codec, payload, None, out)
+}
+
+/// [`decode`] for any codec: `base` is the same byte range of the base tensor, required by
+/// the delta codecs ([`Codec::needs_base`]) and ignored by the others.
+pub fn decode_with_base(
+    codec: Codec,
+    payload: &[u8],
+    base: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    let need_base = || base.ok_or(CodecError::Corrupt("a delta chunk outside a delta entry"));
     match codec {
+        Codec::Bfp => bfp::decode(payload, out),
+        Codec::Quant => quant::decode(payload, out),
+        Codec::Cast => cast::decode(payload, out),
+        Codec::Delta => delta::decode(payload, need_base()?, out),
+        Codec::QuantDelta => delta::decode_quantized(payload, need_base()?, out),
         Codec::Raw => {
             if payload.len() != out.len() {
                 return Err(CodecError::Corrupt(

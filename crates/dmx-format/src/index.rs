@@ -95,6 +95,8 @@ pub enum Transform {
     Delta {
         /// Name of the base tensor (same dtype and shape).
         base: String,
+        /// Number of values bit-identical to the base's.
+        unchanged: u64,
     },
     /// Quantized on a grid, relative to the base's tensor `base` (format 1.1).
     QuantDelta {
@@ -102,6 +104,8 @@ pub enum Transform {
         base: String,
         /// The grid and the error measured when it was stored.
         lossy: Lossy,
+        /// Number of values whose grid integer equals the base's.
+        unchanged: u64,
     },
 }
 
@@ -124,7 +128,15 @@ impl Transform {
     /// The base tensor name of a delta transform.
     pub fn base(&self) -> Option<&str> {
         match self {
-            Self::Delta { base } | Self::QuantDelta { base, .. } => Some(base),
+            Self::Delta { base, .. } | Self::QuantDelta { base, .. } => Some(base),
+            _ => None,
+        }
+    }
+
+    /// The number of unchanged values of a delta transform.
+    pub fn unchanged(&self) -> Option<u64> {
+        match self {
+            Self::Delta { unchanged, .. } | Self::QuantDelta { unchanged, .. } => Some(*unchanged),
             _ => None,
         }
     }
@@ -294,6 +306,9 @@ impl Index {
                     w.f64(l.error.rel_l2);
                     w.f64(l.error.snr_db);
                 }
+                if let Some(u) = s.transform.unchanged() {
+                    w.u64(u);
+                }
                 w.u64(s.offset);
                 w.u64(s.len);
                 w.bytes(&s.blake3);
@@ -442,12 +457,15 @@ fn read_segment(
         1 => Transform::Lossy(read_lossy(r)?),
         2 => Transform::Delta {
             base: r.str(limits.max_string)?,
+            unchanged: r.u64()?,
         },
         3 => {
             let base = r.str(limits.max_string)?;
+            let lossy = read_lossy(r)?;
             Transform::QuantDelta {
                 base,
-                lossy: read_lossy(r)?,
+                lossy,
+                unchanged: r.u64()?,
             }
         }
         v => {
@@ -621,6 +639,55 @@ mod tests {
             Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
             idx
         );
+    }
+
+    #[test]
+    fn round_trip_of_lossy_and_delta_features() {
+        let mut idx = sample();
+        assert_eq!(idx.min_minor(), 0);
+        let lossy = Lossy {
+            mode: LossyMode::Int16,
+            mantissa_bits: 0,
+            group_size: 0,
+            step: 0.25,
+            error: ErrorStats {
+                max_abs: 0.1,
+                mean_abs: 0.05,
+                rel_l2: 0.01,
+                snr_db: f64::INFINITY,
+            },
+        };
+        idx.entries[0].kind = EntryKind::SafetensorsDelta;
+        idx.entries[0].base = Some(BaseRef {
+            sha256: [3; 32],
+            size: 99,
+            removed: vec!["gone".into()],
+        });
+        idx.entries[0].segments[1].transform = Transform::QuantDelta {
+            base: "w".into(),
+            lossy,
+            unchanged: 4,
+        };
+        assert_eq!(idx.min_minor(), 1);
+        let bytes = idx.to_bytes();
+        assert_eq!(Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(), idx);
+        for cut in 0..bytes.len() {
+            assert!(Index::from_bytes(&bytes[..cut], 38, &Limits::default()).is_err());
+        }
+        idx.entries[0].segments[1].transform = Transform::Lossy(lossy);
+        let bytes = idx.to_bytes();
+        assert_eq!(Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(), idx);
+        // A delta segment needs a base; a header segment takes no transform.
+        idx.entries[0].kind = EntryKind::Safetensors;
+        idx.entries[0].base = None;
+        idx.entries[0].segments[1].transform = Transform::Delta {
+            base: "w".into(),
+            unchanged: 0,
+        };
+        assert!(Index::from_bytes(&idx.to_bytes(), 38, &Limits::default()).is_err());
+        let mut idx = sample();
+        idx.entries[0].segments[0].transform = Transform::Lossy(lossy);
+        assert!(Index::from_bytes(&idx.to_bytes(), 38, &Limits::default()).is_err());
     }
 
     #[test]

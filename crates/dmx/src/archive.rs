@@ -175,17 +175,18 @@ impl Archive {
         }
         slices
             .into_par_iter()
-            .try_for_each(|(i, buf)| self.decode_chunk(entry, segment, i, buf))
+            .try_for_each(|(i, buf)| self.decode_chunk(entry, segment, i, buf, None))
     }
 
     /// Decodes chunk `index` of `segment` into `out` (its raw length), after checking its
-    /// xxh3.
+    /// xxh3. `base` is the same range of the base tensor, for delta chunks.
     pub(crate) fn decode_chunk(
         &self,
         entry: &Entry,
         segment: &Segment,
         index: usize,
         out: &mut [u8],
+        base: Option<&[u8]>,
     ) -> Result<()> {
         let chunk = &segment.chunks[index];
         let start = chunk.offset as usize;
@@ -195,7 +196,13 @@ impl Archive {
         }
         let codec = Codec::from_id(chunk.codec)
             .map_err(|e| self.corrupt(entry, segment, Some(index), e))?;
-        dmx_codec::decode(codec, stored, out)
+        if codec.needs_base() && base.is_none() {
+            return Err(Error::Usage(format!(
+                "{}: tensor data is stored as a delta; restore it with `dmx delta-reconstruct`",
+                self.path.display()
+            )));
+        }
+        dmx_codec::decode_with_base(codec, stored, base, out)
             .map_err(|e| self.corrupt(entry, segment, Some(index), e))
     }
 

@@ -10,8 +10,9 @@ use rayon::prelude::*;
 use sha2::Digest;
 
 use crate::error::{Error, Result};
+use crate::lossy::{Coding, ErrorAcc, LossyOptions, Mode};
 use crate::output::AtomicFile;
-use crate::plan::{PlannedFile, plan_input};
+use crate::plan::{PlannedFile, PlannedSegment, plan_input};
 use crate::source::Bytes;
 use crate::window::{SegmentHasher, windows};
 use crate::{Options, Progress};
@@ -42,16 +43,40 @@ struct Job<'a> {
     data: &'a [u8],
     value: ValueKind,
     hints: dmx_codec::Hints,
+    coding: Coding,
+    bfp_row: usize,
+    base: Option<&'a [u8]>,
 }
 
-/// Compresses `input` (a `.safetensors` file, any file, or a folder) into the archive `output`.
+/// What encoding one chunk produced.
+struct Done {
+    enc: dmx_codec::Encoded,
+    /// The decoded bytes of a lossy chunk, and their error against the original.
+    lossy: Option<(Vec<u8>, ErrorAcc)>,
+    /// Values equal to the base's (delta codings).
+    unchanged: u64,
+}
+
+/// Compresses `input` (a `.safetensors` file, any file, or a folder) into the archive `output`,
+/// losslessly.
 pub fn compress(input: &Path, output: &Path, opts: &Options) -> Result<CompressReport> {
+    compress_with(input, output, &LossyOptions::default(), opts)
+}
+
+/// [`compress`] with lossy settings (lossless when `lossy` is the default).
+pub fn compress_with(
+    input: &Path,
+    output: &Path,
+    lossy: &LossyOptions,
+    opts: &Options,
+) -> Result<CompressReport> {
     let start = Instant::now();
+    lossy.check()?;
     crate::output::check_distinct(input, output)?;
     let (root, files) = plan_input(input)?;
     let total: u64 = files.iter().map(|f| f.size).sum();
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-    out.write_all(&dmx_format::preamble())?;
+    out.write_all(&dmx_format::preamble_minor(u16::from(!lossy.is_lossless())))?;
     let progress = opts.progress.as_deref();
     if let Some(p) = progress {
         p.start("compressing", total);
@@ -63,10 +88,32 @@ pub fn compress(input: &Path, output: &Path, opts: &Options) -> Result<CompressR
         if let Some(w) = &file.warning {
             warnings.push(w.clone());
         }
-        let entry = pool.install(|| compress_file(file, &mut out, progress))?;
+        let entry = pool.install(|| compress_file(file, lossy, &mut out, progress))?;
         entries.push(entry);
     }
     let index = Index { root, entries };
+    finish_archive(&index, &mut out, input)?;
+    let output_bytes = out.position();
+    out.commit()?;
+    if let Some(p) = progress {
+        p.finish();
+    }
+    let stats = crate::info::Stats::of_index(&index);
+    Ok(CompressReport {
+        input_bytes: total,
+        output_bytes,
+        files: files.len(),
+        tensors: stats.tensors,
+        params: stats.params,
+        stats,
+        seconds: start.elapsed().as_secs_f64(),
+        warnings,
+    })
+}
+
+/// Checks `index` against the reader's limits, then appends it and the trailer to `out`.
+/// `input` names the input in errors.
+pub(crate) fn finish_archive(index: &Index, out: &mut AtomicFile, input: &Path) -> Result<()> {
     let index_bytes = index.to_bytes();
     // What readers would reject must not be written: check the index against their limits.
     let index_offset = out.position();
@@ -88,26 +135,201 @@ pub fn compress(input: &Path, output: &Path, opts: &Options) -> Result<CompressR
     })?;
     out.write_all(&index_bytes)?;
     out.write_all(&dmx_format::Trailer::for_index(index_offset, &index_bytes).to_bytes())?;
-    let output_bytes = out.position();
-    out.commit()?;
-    if let Some(p) = progress {
-        p.finish();
+    Ok(())
+}
+
+/// Encodes one chunk; a lossy chunk is decoded again so that its checksums and error are
+/// those of what decompression will produce.
+fn run_job(j: &Job<'_>) -> Result<Done> {
+    let enc = j.coding.encode(j.value, j.data, j.hints, j.bfp_row, j.base);
+    let unchanged = j.base.map_or(0, |b| unchanged(j.coding, j.value, b, j.data));
+    if j.coding.is_lossless() {
+        return Ok(Done {
+            enc,
+            lossy: None,
+            unchanged,
+        });
     }
-    let stats = crate::info::Stats::of_index(&index);
-    Ok(CompressReport {
-        input_bytes: total,
-        output_bytes,
-        files: files.len(),
-        tensors: stats.tensors,
-        params: stats.params,
-        stats,
-        seconds: start.elapsed().as_secs_f64(),
-        warnings,
+    let mut decoded = vec![0u8; j.data.len()];
+    dmx_codec::decode_with_base(enc.codec, &enc.payload, j.base, &mut decoded).map_err(|e| {
+        Error::Usage(format!(
+            "internal error: a {} chunk failed to decode right after encoding ({e}); please \
+             report this",
+            enc.codec.name()
+        ))
+    })?;
+    let mut acc = ErrorAcc::default();
+    if let Some(layout) = crate::lossy::lossy_layout(j.value) {
+        acc.add(layout, j.data, &decoded);
+    }
+    Ok(Done {
+        enc,
+        lossy: Some((decoded, acc)),
+        unchanged,
     })
+}
+
+/// Values of `data` equal to the base's: bit for bit, or on the grid for quantized deltas.
+fn unchanged(coding: Coding, value: ValueKind, base: &[u8], data: &[u8]) -> u64 {
+    match (coding, value) {
+        (Coding::QuantDelta { step, bits }, ValueKind::Float(l)) => base
+            .chunks_exact(l.bytes())
+            .zip(data.chunks_exact(l.bytes()))
+            .filter(|(a, b)| {
+                let q = |c: &[u8]| {
+                    dmx_codec::grid::quantize(
+                        dmx_codec::grid::to_f64(l, crate::lossy::raw(c)),
+                        step,
+                        bits,
+                    )
+                };
+                a == b || q(a).is_some_and(|qa| q(b) == Some(qa))
+            })
+            .count() as u64,
+        (_, ValueKind::Float(l)) => base
+            .chunks_exact(l.bytes())
+            .zip(data.chunks_exact(l.bytes()))
+            .filter(|(a, b)| a == b)
+            .count() as u64,
+        _ => base.iter().zip(data).filter(|(a, b)| a == b).count() as u64,
+    }
+}
+
+/// The BFP row length for chunks of `seg`: its last dimension when every chunk starts at a
+/// row, else 0 (groups then restart at chunk starts).
+fn bfp_row(seg: &PlannedSegment) -> usize {
+    let (dmx_format::SegmentKind::Tensor(t), Some(layout)) =
+        (&seg.kind, crate::lossy::lossy_layout(seg.value))
+    else {
+        return 0;
+    };
+    let Some(&last) = t.shape.last() else {
+        return 0;
+    };
+    if t.shape.len() < 2 || last == 0 {
+        return 0;
+    }
+    let (chunk, _) = seg.chunking();
+    let chunk_values = chunk / layout.bytes() as u64;
+    if chunk_values.is_multiple_of(last) {
+        last as usize
+    } else {
+        0
+    }
+}
+
+/// Encoded size and error of `coding` on a whole segment (for [`Mode::Auto`]).
+fn trial(seg: &PlannedSegment, bytes: &[u8], coding: Coding) -> Result<(u64, ErrorAcc)> {
+    let hints = seg.hints();
+    let row = bfp_row(seg);
+    let ranges: Vec<_> = seg.chunks().collect();
+    let results = ranges
+        .par_iter()
+        .map(|r| {
+            run_job(&Job {
+                segment: 0,
+                data: &bytes[r.start as usize..r.end as usize],
+                value: seg.value,
+                hints,
+                coding,
+                bfp_row: row,
+                base: None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut acc = ErrorAcc::default();
+    let mut size = 0;
+    for d in &results {
+        size += d.enc.payload.len() as u64;
+        if let Some((_, a)) = &d.lossy {
+            acc.merge(a);
+        }
+    }
+    Ok((size, acc))
+}
+
+/// Per segment, the smallest coding whose relative L2 error is within `budget`.
+fn auto_codings(
+    file: &PlannedFile,
+    bytes: &[u8],
+    lossy: &LossyOptions,
+    budget: f64,
+) -> Result<Vec<Coding>> {
+    let mut codings = crate::lossy::fixed_codings(file, bytes, lossy)?;
+    let tensors = || {
+        file.segments.iter().filter_map(|s| {
+            let dmx_format::SegmentKind::Tensor(t) = &s.kind else {
+                return None;
+            };
+            Some((
+                t.name.as_str(),
+                t.dtype.as_str(),
+                crate::lossy::lossy_layout(s.value)?,
+                &bytes[s.offset as usize..(s.offset + s.len) as usize],
+            ))
+        })
+    };
+    let steps16 = crate::lossy::shared_steps(tensors(), 16);
+    let steps32 = crate::lossy::shared_steps(tensors(), 32);
+    let keep = lossy.keep_set()?;
+    for (i, seg) in file.segments.iter().enumerate() {
+        let (dmx_format::SegmentKind::Tensor(t), Some(layout)) =
+            (&seg.kind, crate::lossy::lossy_layout(seg.value))
+        else {
+            continue;
+        };
+        if seg.len == 0 || keep.is_match(&t.name) {
+            continue;
+        }
+        let (mut best_size, _) = trial(seg, bytes, Coding::Lossless)?;
+        let mut best = Coding::Lossless;
+        let candidates = crate::lossy::auto_candidates(
+            layout,
+            steps16.get(&t.name).copied().unwrap_or(1.0),
+            steps32.get(&t.name).copied().unwrap_or(1.0),
+        );
+        // BFP: the error falls as M grows, so find the smallest M within budget by bisection.
+        let bfps: Vec<Coding> = candidates
+            .iter()
+            .copied()
+            .filter(|c| matches!(c, Coding::Bfp(_)))
+            .collect();
+        let (mut lo, mut hi) = (0usize, bfps.len());
+        let mut found: Option<(Coding, u64)> = None;
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let (size, acc) = trial(seg, bytes, bfps[mid])?;
+            if acc.rel_l2() <= budget {
+                found = Some((bfps[mid], size));
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        if let Some((c, size)) = found
+            && size < best_size
+        {
+            best = c;
+            best_size = size;
+        }
+        for c in candidates
+            .into_iter()
+            .filter(|c| !matches!(c, Coding::Bfp(_)))
+        {
+            let (size, acc) = trial(seg, bytes, c)?;
+            if acc.rel_l2() <= budget && size < best_size {
+                best = c;
+                best_size = size;
+            }
+        }
+        codings[i] = best;
+    }
+    Ok(codings)
 }
 
 fn compress_file(
     file: &PlannedFile,
+    lossy: &LossyOptions,
     out: &mut AtomicFile,
     progress: Option<&dyn Progress>,
 ) -> Result<Entry> {
@@ -118,16 +340,51 @@ fn compress_file(
             file.path.display()
         )));
     }
+    let codings = if lossy.is_lossless() {
+        vec![Coding::Lossless; file.segments.len()]
+    } else if let (Mode::Auto, Some(budget)) = (lossy.mode, lossy.max_rel_error) {
+        auto_codings(file, &bytes, lossy, budget)?
+    } else {
+        crate::lossy::fixed_codings(file, &bytes, lossy)?
+    };
+    let bases = vec![None; file.segments.len()];
+    encode_entry(file, &bytes, &codings, &bases, out, progress)
+}
+
+/// The base tensor a segment is coded against.
+#[derive(Clone, Copy)]
+pub(crate) struct BaseTensor<'a> {
+    /// Its name in the base file.
+    pub name: &'a str,
+    /// Its bytes (same length as the segment).
+    pub data: &'a [u8],
+}
+
+/// Encodes the planned `file` (its bytes in `bytes`) with one coding per segment, streaming
+/// payloads to `out`; returns its index entry (kind from the plan, no base).
+pub(crate) fn encode_entry(
+    file: &PlannedFile,
+    bytes: &Bytes,
+    codings: &[Coding],
+    bases: &[Option<BaseTensor<'_>>],
+    out: &mut AtomicFile,
+    progress: Option<&dyn Progress>,
+) -> Result<Entry> {
+    let any_lossy = codings.iter().any(|c| !c.is_lossless());
     // Cut every segment into chunks, in file order.
     let mut jobs = Vec::new();
     for (i, seg) in file.segments.iter().enumerate() {
         let hints = seg.hints();
+        let row = bfp_row(seg);
         for r in seg.chunks() {
             jobs.push(Job {
                 segment: i,
                 data: &bytes[r.start as usize..r.end as usize],
                 value: seg.value,
                 hints,
+                coding: codings[i],
+                bfp_row: row,
+                base: bases[i].map(|b| &b.data[(r.start - seg.offset) as usize..(r.end - seg.offset) as usize]),
             });
         }
     }
@@ -144,29 +401,43 @@ fn compress_file(
             chunks: Vec::new(),
         })
         .collect();
+    let mut errors = vec![ErrorAcc::default(); segments.len()];
+    let mut unchanged = vec![0u64; segments.len()];
     let mut sha = sha2::Sha256::new();
     let mut hasher = SegmentHasher::default();
     let lens: Vec<u64> = jobs.iter().map(|j| j.data.len() as u64).collect();
     for range in windows(&lens) {
         let raw: u64 = lens[range.clone()].iter().sum();
         let window = &jobs[range];
-        let (encoded, ()) = rayon::join(
-            || {
-                window
-                    .par_iter()
-                    .map(|j| dmx_codec::encode_with(j.value, j.data, j.hints))
-                    .collect::<Vec<_>>()
-            },
-            || {
+        let encode = || window.par_iter().map(run_job).collect::<Result<Vec<_>>>();
+        let encoded = if any_lossy {
+            // Hash what decompression will produce: the decoded bytes of lossy chunks.
+            let encoded = encode()?;
+            for (j, d) in window.iter().zip(&encoded) {
+                let data = d.lossy.as_ref().map_or(j.data, |(b, _)| b.as_slice());
+                sha.update(data);
+                if let Some((s, h)) = hasher.update(j.segment, data) {
+                    segments[s].blake3 = *h.as_bytes();
+                }
+            }
+            encoded
+        } else {
+            let (encoded, ()) = rayon::join(encode, || {
                 for j in window {
                     sha.update(j.data);
                     if let Some((s, h)) = hasher.update(j.segment, j.data) {
                         segments[s].blake3 = *h.as_bytes();
                     }
                 }
-            },
-        );
-        for (j, enc) in window.iter().zip(encoded) {
+            });
+            encoded?
+        };
+        for (j, done) in window.iter().zip(encoded) {
+            let enc = done.enc;
+            if let Some((_, acc)) = &done.lossy {
+                errors[j.segment].merge(acc);
+            }
+            unchanged[j.segment] += done.unchanged;
             let offset = out.position();
             out.write_all(&enc.payload)?;
             let seg = &mut segments[j.segment];
@@ -187,6 +458,22 @@ fn compress_file(
     }
     if let Some((s, h)) = hasher.finish() {
         segments[s].blake3 = *h.as_bytes();
+    }
+    for (i, seg) in segments.iter_mut().enumerate() {
+        let lossy = codings[i].record(errors[i].stats());
+        seg.transform = match (bases[i], lossy) {
+            (Some(b), Some(lossy)) => Transform::QuantDelta {
+                base: b.name.to_string(),
+                lossy,
+                unchanged: unchanged[i],
+            },
+            (Some(b), None) => Transform::Delta {
+                base: b.name.to_string(),
+                unchanged: unchanged[i],
+            },
+            (None, Some(l)) => Transform::Lossy(l),
+            (None, None) => Transform::Identity,
+        };
     }
     Ok(Entry {
         path: file.rel.clone(),

@@ -19,6 +19,18 @@ pub(crate) fn stream_entry(
     archive: &Archive,
     entry: &Entry,
     progress: Option<&dyn Progress>,
+    sink: impl FnMut(usize, &[u8]) -> Result<()> + Send,
+) -> Result<()> {
+    stream_entry_with(archive, entry, &[], progress, sink)
+}
+
+/// [`stream_entry`] for entries whose segments may be deltas: `bases[s]` holds the whole base
+/// tensor of segment `s` (an empty list means no bases).
+pub(crate) fn stream_entry_with(
+    archive: &Archive,
+    entry: &Entry,
+    bases: &[Option<&[u8]>],
+    progress: Option<&dyn Progress>,
     mut sink: impl FnMut(usize, &[u8]) -> Result<()> + Send,
 ) -> Result<()> {
     let jobs: Vec<(usize, usize)> = entry
@@ -27,6 +39,26 @@ pub(crate) fn stream_entry(
         .enumerate()
         .flat_map(|(s, seg)| (0..seg.chunks.len()).map(move |c| (s, c)))
         .collect();
+    // Offset of every chunk within its segment, to find its range of the base tensor.
+    let starts: Vec<Vec<usize>> = entry
+        .segments
+        .iter()
+        .map(|seg| {
+            let mut at = 0usize;
+            seg.chunks
+                .iter()
+                .map(|c| {
+                    let s = at;
+                    at += c.raw_len as usize;
+                    s
+                })
+                .collect()
+        })
+        .collect();
+    let base_of = |s: usize, c: usize, len: usize| -> Option<&[u8]> {
+        let b = bases.get(s).copied().flatten()?;
+        b.get(starts[s][c]..starts[s][c] + len)
+    };
     let raw_len = |&(s, c): &(usize, usize)| u64::from(entry.segments[s].chunks[c].raw_len);
     let windows = windows(&jobs.iter().map(raw_len).collect::<Vec<_>>());
     let decode = |range: &std::ops::Range<usize>, buf: &mut Vec<u8>| -> Result<()> {
@@ -39,9 +71,10 @@ pub(crate) fn stream_entry(
             pieces.push((s, c, head));
             rest = tail;
         }
-        pieces
-            .into_par_iter()
-            .try_for_each(|(s, c, out)| archive.decode_chunk(entry, &entry.segments[s], c, out))?;
+        pieces.into_par_iter().try_for_each(|(s, c, out)| {
+            let base = base_of(s, c, out.len());
+            archive.decode_chunk(entry, &entry.segments[s], c, out, base)
+        })?;
         for &(s, c) in jobs {
             archive.release(&entry.segments[s].chunks[c..=c]);
         }
@@ -81,14 +114,14 @@ pub(crate) fn stream_entry(
 
 /// Checks the BLAKE3 of every segment as its decoded bytes stream past, so a restored file is
 /// renamed into place only when every byte matches what was compressed.
-struct SegmentCheck<'a> {
+pub(crate) struct SegmentCheck<'a> {
     archive: &'a Archive,
     entry: &'a Entry,
     hasher: SegmentHasher,
 }
 
 impl<'a> SegmentCheck<'a> {
-    fn new(archive: &'a Archive, entry: &'a Entry) -> Self {
+    pub(crate) fn new(archive: &'a Archive, entry: &'a Entry) -> Self {
         Self {
             archive,
             entry,
@@ -96,7 +129,7 @@ impl<'a> SegmentCheck<'a> {
         }
     }
 
-    fn update(&mut self, segment: usize, data: &[u8]) -> Result<()> {
+    pub(crate) fn update(&mut self, segment: usize, data: &[u8]) -> Result<()> {
         match self.hasher.update(segment, data) {
             Some((s, h)) => self.compare(s, h),
             None => Ok(()),
@@ -104,7 +137,7 @@ impl<'a> SegmentCheck<'a> {
     }
 
     /// Checks the last segment and the empty ones.
-    fn finish(mut self) -> Result<()> {
+    pub(crate) fn finish(mut self) -> Result<()> {
         if let Some((s, h)) = self.hasher.finish() {
             self.compare(s, h)?;
         }
@@ -142,6 +175,13 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
     check_distinct(archive_path, output)?;
     crate::output::check_writable(output, opts.force)?;
     let archive = Archive::open(archive_path)?;
+    if archive.index().entries.iter().any(|e| e.base.is_some()) {
+        return Err(Error::Usage(format!(
+            "{} is a delta: restore it with `dmx delta-reconstruct BASE {} OUTPUT`",
+            archive_path.display(),
+            archive_path.display()
+        )));
+    }
     let pool = opts.pool()?;
     let progress = opts.progress.as_deref();
     let total: u64 = archive.index().entries.iter().map(|e| e.size).sum();

@@ -19,6 +19,10 @@ pub struct Stats {
     pub root: &'static str,
     /// True when every segment restores its original bytes exactly.
     pub lossless: bool,
+    /// Tensors stored lossily.
+    pub lossy_tensors: usize,
+    /// Largest relative L2 error of any lossy tensor.
+    pub max_rel_l2: Option<f64>,
     /// Files stored.
     pub files: Vec<FileStats>,
     /// Number of tensors.
@@ -73,6 +77,53 @@ pub struct TensorStats {
     pub bits_per_weight: Option<f64>,
     /// Order-0 entropy bound in bits per element under the chosen field split.
     pub entropy_bits_per_weight: Option<f64>,
+    /// How a lossy tensor was stored and the error measured then (`None`: lossless).
+    pub lossy: Option<LossyStats>,
+}
+
+/// Mode, parameters and measured error of a lossy tensor.
+#[derive(Debug, Clone, Serialize)]
+pub struct LossyStats {
+    /// `"bfp"`, `"int16"`, `"int32"`, `"cast-bf16"` or `"cast-f16"`.
+    pub mode: &'static str,
+    /// BFP magnitude bits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mantissa_bits: Option<u8>,
+    /// BFP group size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_size: Option<u32>,
+    /// Integer grid step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<f64>,
+    /// Largest absolute error.
+    pub max_abs_error: f64,
+    /// Mean absolute error.
+    pub mean_abs_error: f64,
+    /// Relative L2 error ‖x − x̂‖ / ‖x‖.
+    pub rel_l2: f64,
+    /// Signal-to-noise ratio in dB (`null` when exact).
+    pub snr_db: Option<f64>,
+}
+
+impl LossyStats {
+    /// The report form of a stored lossy record.
+    pub fn of(l: &dmx_format::Lossy) -> Self {
+        let bfp = l.mode == dmx_format::LossyMode::Bfp;
+        let int = matches!(
+            l.mode,
+            dmx_format::LossyMode::Int16 | dmx_format::LossyMode::Int32
+        );
+        Self {
+            mode: l.mode.name(),
+            mantissa_bits: bfp.then_some(l.mantissa_bits),
+            group_size: bfp.then_some(l.group_size),
+            step: int.then_some(l.step),
+            max_abs_error: l.error.max_abs,
+            mean_abs_error: l.error.mean_abs,
+            rel_l2: l.error.rel_l2,
+            snr_db: l.error.snr_db.is_finite().then_some(l.error.snr_db),
+        }
+    }
 }
 
 /// Rollup over the tensors of one dtype.
@@ -156,6 +207,7 @@ impl Stats {
                     codec,
                     bits_per_weight: per(stored as f64 * 8.0, params),
                     entropy_bits_per_weight: per(seg.entropy_bits, params),
+                    lossy: seg.transform.lossy().map(LossyStats::of),
                 });
             }
             files.push(FileStats {
@@ -187,6 +239,16 @@ impl Stats {
                 Root::Directory => "folder",
             },
             lossless,
+            lossy_tensors: files
+                .iter()
+                .flat_map(|f| &f.tensors)
+                .filter(|t| t.lossy.is_some())
+                .count(),
+            max_rel_l2: files
+                .iter()
+                .flat_map(|f| &f.tensors)
+                .filter_map(|t| t.lossy.as_ref().map(|l| l.rel_l2))
+                .reduce(f64::max),
             tensors: files.iter().map(|f| f.tensors.len()).sum(),
             params: dtypes.values().map(|d| d.params).sum(),
             original_bytes: index.entries.iter().map(|e| e.size).sum(),

@@ -39,10 +39,12 @@ mod archive;
 mod bench;
 mod compress;
 mod decompress;
+pub mod delta;
 pub mod diff;
 mod error;
 mod extract;
 mod info;
+pub mod lossy;
 pub mod names;
 mod output;
 mod plan;
@@ -55,14 +57,17 @@ use std::sync::Arc;
 
 pub use archive::{Archive, TensorRef};
 pub use bench::{BenchDtype, BenchResult, bench};
-pub use compress::{CompressReport, compress};
+pub use compress::{CompressReport, compress, compress_with};
 pub use decompress::decompress;
+pub use delta::{
+    DeltaInfo, DeltaOptions, DeltaReport, Precision, delta_compress, delta_info, delta_reconstruct,
+};
 pub use error::{Error, Result};
 pub use extract::extract;
-pub use info::{DtypeStats, FileStats, Stats, TensorStats};
+pub use info::{DtypeStats, FileStats, LossyStats, Stats, TensorStats};
 pub use output::{check_distinct, write_file};
 pub use plan::CHUNK_SIZE;
-pub use verify::{FileReport, VerifyReport, verify};
+pub use verify::{FileReport, TensorError, VerifyReport, verify, verify_with};
 
 pub use dmx_codec;
 pub use dmx_format;
@@ -93,7 +98,7 @@ pub struct Options {
 }
 
 impl Options {
-    fn pool(&self) -> Result<rayon::ThreadPool> {
+    pub(crate) fn pool(&self) -> Result<rayon::ThreadPool> {
         let mut b = rayon::ThreadPoolBuilder::new();
         if let Some(n) = self.threads {
             if n == 0 {

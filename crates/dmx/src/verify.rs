@@ -10,7 +10,8 @@ use sha2::Digest;
 use crate::archive::Archive;
 use crate::decompress::stream_entry;
 use crate::error::{Error, Result};
-use crate::plan::plan_input;
+use crate::lossy::{ErrorAcc, lossy_layout};
+use crate::plan::{self, plan_input};
 use crate::source::Bytes;
 use crate::window::SegmentHasher;
 use crate::{Options, Progress};
@@ -45,12 +46,64 @@ pub struct FileReport {
     pub tensors: usize,
     /// What failed, one line per problem.
     pub problems: Vec<String>,
+    /// Lossy archives compared with their original: the error of every tensor.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tensor_errors: Vec<TensorError>,
+}
+
+/// The error of one tensor of a lossy archive against the original (docs/VERIFY.md).
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorError {
+    /// Tensor name.
+    pub name: String,
+    /// Dtype.
+    pub dtype: String,
+    /// `"lossless"` or the lossy mode.
+    pub mode: String,
+    /// Values compared.
+    pub values: u64,
+    /// Values whose bits are identical to the original's.
+    pub identical: u64,
+    /// Largest absolute error.
+    pub max_abs_error: f64,
+    /// Mean absolute error.
+    pub mean_abs_error: f64,
+    /// ‖x − x̂‖ / ‖x‖ (`null` when the original is all zero and the decoded is not).
+    pub rel_l2: Option<f64>,
+    /// Cosine similarity (1 when both are all zero, 0 when one is).
+    pub cosine: f64,
+    /// Signal-to-noise ratio in dB (`null` when exact).
+    pub snr_db: Option<f64>,
+    /// The relative L2 error the archive records for this tensor (0 for lossless ones).
+    pub claimed_rel_l2: f64,
+    /// The limit checked: `--max-rel-error` when given, else the claim.
+    pub limit: f64,
+    /// Within the limit (and, for lossless tensors, bit-exact).
+    pub ok: bool,
 }
 
 /// Decodes every chunk of `archive` and checks chunk checksums, per-tensor BLAKE3 and
 /// per-file SHA-256. With `original`, also compares every byte with the original file or
 /// folder.
 pub fn verify(archive: &Archive, original: Option<&Path>, opts: &Options) -> Result<VerifyReport> {
+    verify_with(archive, original, None, opts)
+}
+
+/// [`verify`]; for lossy archives compared with their original, each tensor must be within
+/// `max_rel_error` (relative L2) when given, else within the error the archive records.
+pub fn verify_with(
+    archive: &Archive,
+    original: Option<&Path>,
+    max_rel_error: Option<f64>,
+    opts: &Options,
+) -> Result<VerifyReport> {
+    if archive.index().entries.iter().any(|e| e.base.is_some()) {
+        return Err(Error::Usage(format!(
+            "{} is a delta: check it with `dmx delta-reconstruct BASE DELTA OUT`, which \
+             verifies every checksum against the base",
+            archive.path().display()
+        )));
+    }
     let pool = opts.pool()?;
     let progress = opts.progress.as_deref();
     let total: u64 = archive.index().entries.iter().map(|e| e.size).sum();
@@ -74,13 +127,16 @@ pub fn verify(archive: &Archive, original: Option<&Path>, opts: &Options) -> Res
                         bit_exact: Some(false),
                         tensors: 0,
                         problems: vec!["missing from the original".into()],
+                        tensor_errors: Vec::new(),
                     });
                     continue;
                 }
             }),
             None => None,
         };
-        files.push(pool.install(|| check_entry(archive, i, orig.as_ref(), progress))?);
+        files.push(pool.install(|| {
+            check_entry(archive, i, orig.as_ref(), max_rel_error, progress)
+        })?);
     }
     if let Some(list) = &originals {
         for extra in list.iter().skip(archive.index().entries.len()).flatten() {
@@ -91,6 +147,7 @@ pub fn verify(archive: &Archive, original: Option<&Path>, opts: &Options) -> Res
                 bit_exact: Some(false),
                 tensors: 0,
                 problems: vec!["present in the original but not in the archive".into()],
+                tensor_errors: Vec::new(),
             });
         }
     }
@@ -98,7 +155,7 @@ pub fn verify(archive: &Archive, original: Option<&Path>, opts: &Options) -> Res
         p.finish();
     }
     Ok(VerifyReport {
-        schema: 1,
+        schema: 2,
         archive: archive.path().display().to_string(),
         original: original.map(|o| o.display().to_string()),
         ok: files.iter().all(|f| f.ok),
@@ -151,9 +208,12 @@ fn check_entry(
     archive: &Archive,
     i: usize,
     original_file: Option<&Bytes>,
+    max_rel_error: Option<f64>,
     progress: Option<&dyn Progress>,
 ) -> Result<FileReport> {
     let entry = &archive.index().entries[i];
+    let lossy_entry = entry.segments.iter().any(|s| !s.transform.is_lossless());
+    let mut errors = vec![ErrorAcc::default(); entry.segments.len()];
     let original: Option<&[u8]> = original_file.map(|b| &b[..]);
     let mut problems = Vec::new();
     if let Some(o) = original
@@ -176,7 +236,20 @@ fn check_entry(
         if let Some((done, h)) = hasher.update(s, data) {
             hashes[done] = h;
         }
-        if first_diff.is_none()
+        let compare = if lossy_entry
+            && matches!(entry.segments[s].kind, SegmentKind::Tensor(_))
+            && let Some(o) = original
+            && let Some(layout) = lossy_layout(plan::value_kind(&tensor(entry, s).dtype))
+            && let Some(theirs) = o.get(pos..pos + data.len())
+        {
+            errors[s].add(layout, theirs, data);
+            // Lossless tensors of a lossy archive must still match bit for bit.
+            entry.segments[s].transform.is_lossless()
+        } else {
+            true
+        };
+        if compare
+            && first_diff.is_none()
             && let Some(o) = original
         {
             let theirs = o.get(pos..pos + data.len()).unwrap_or(&[]);
@@ -230,9 +303,80 @@ fn check_entry(
         ));
     }
     let bit_exact = original.map(|o| first_diff.is_none() && o.len() as u64 == entry.size);
+    let mut tensor_errors = Vec::new();
+    if lossy_entry && original.is_some() {
+        for (s, seg) in entry.segments.iter().enumerate() {
+            let SegmentKind::Tensor(t) = &seg.kind else {
+                continue;
+            };
+            if lossy_layout(plan::value_kind(&t.dtype)).is_none() {
+                continue;
+            }
+            let e = tensor_error(t, seg, &errors[s], max_rel_error);
+            if !e.ok {
+                problems.push(format!(
+                    "tensor {:?}: relative L2 error {} above the limit {:e}",
+                    t.name,
+                    e.rel_l2.map_or("inf".into(), |r| format!("{r:e}")),
+                    e.limit
+                ));
+            }
+            tensor_errors.push(e);
+        }
+    }
+    // A lossy archive differs from its original by design; it passes on its error limits.
+    let bit_exact = if lossy_entry {
+        bit_exact.map(|b| b && tensor_errors.iter().all(|e| e.identical == e.values))
+    } else {
+        bit_exact
+    };
     let mut r = report(entry, problems, bit_exact);
+    if lossy_entry {
+        r.ok = r.problems.is_empty();
+    }
     r.tensors = tensors;
+    r.tensor_errors = tensor_errors;
     Ok(r)
+}
+
+fn tensor(entry: &dmx_format::Entry, s: usize) -> &dmx_format::TensorInfo {
+    match &entry.segments[s].kind {
+        SegmentKind::Tensor(t) => t,
+        SegmentKind::Bytes => unreachable!("only called for tensor segments"),
+    }
+}
+
+fn tensor_error(
+    t: &dmx_format::TensorInfo,
+    seg: &dmx_format::Segment,
+    acc: &ErrorAcc,
+    max_rel_error: Option<f64>,
+) -> TensorError {
+    let stats = acc.stats();
+    let claimed = seg.transform.lossy().map_or(0.0, |l| l.error.rel_l2);
+    // The claim was summed chunk by chunk at compression; allow for summation order.
+    let limit = max_rel_error.unwrap_or(claimed * (1.0 + 1e-9) + f64::MIN_POSITIVE);
+    let rel = acc.rel_l2();
+    let exact_needed = seg.transform.is_lossless();
+    TensorError {
+        name: t.name.clone(),
+        dtype: t.dtype.clone(),
+        mode: seg
+            .transform
+            .lossy()
+            .map_or("lossless", |l| l.mode.name())
+            .to_string(),
+        values: acc.values,
+        identical: acc.identical,
+        max_abs_error: stats.max_abs,
+        mean_abs_error: stats.mean_abs,
+        rel_l2: rel.is_finite().then_some(rel),
+        cosine: acc.cosine(),
+        snr_db: stats.snr_db.is_finite().then_some(stats.snr_db),
+        claimed_rel_l2: claimed,
+        limit,
+        ok: rel <= limit && (!exact_needed || acc.identical == acc.values),
+    }
 }
 
 fn locate(entry: &dmx_format::Entry, at: usize) -> String {
@@ -255,5 +399,6 @@ fn report(entry: &dmx_format::Entry, problems: Vec<String>, bit_exact: Option<bo
         bit_exact,
         tensors: 0,
         problems,
+        tensor_errors: Vec::new(),
     }
 }

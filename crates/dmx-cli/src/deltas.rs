@@ -1,0 +1,87 @@
+//! Human output of the delta commands.
+
+use std::path::Path;
+
+use dmx::{DeltaInfo, DeltaReport};
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_string(), |x| format!("{x:.digits$}"))
+}
+
+/// Summary of `delta-compress`.
+pub fn compress_summary(target: &Path, output: &Path, r: &DeltaReport) {
+    eprintln!(
+        "{} -> {}: {:.2} MB -> {:.2} MB ({:.2}% of the target, {} bits/param, {:?}) in {:.2} s",
+        target.display(),
+        output.display(),
+        r.target_bytes as f64 / 1e6,
+        r.output_bytes as f64 / 1e6,
+        100.0 * r.output_bytes as f64 / r.target_bytes.max(1) as f64,
+        opt(r.bits_per_param, 3),
+        r.precision,
+        r.seconds
+    );
+    eprintln!(
+        "  {} tensors coded against the base; {} added, {} reshaped or retyped (stored whole), \
+         {} removed (recorded)",
+        r.delta_tensors,
+        r.added.len(),
+        r.reshaped.len(),
+        r.removed.len()
+    );
+}
+
+/// `delta-info` in human form.
+pub fn info(i: &DeltaInfo) {
+    println!("delta:     {}", i.delta);
+    println!("target:    {} ({} bytes, sha256 {})", i.target, i.target_bytes, i.target_sha256);
+    println!("base:      {} bytes, sha256 {}", i.base_bytes, i.base_sha256);
+    println!(
+        "lossless:  {}",
+        if i.lossless {
+            "yes (reconstructs the target byte for byte)"
+        } else {
+            "NO: quantized delta; the target restores on its grid"
+        }
+    );
+    println!(
+        "size:      {} bytes ({:.2}% of the target, ratio {})",
+        i.delta_bytes,
+        100.0 * i.delta_bytes as f64 / i.target_bytes.max(1) as f64,
+        opt(i.ratio, 3)
+    );
+    if !i.removed.is_empty() {
+        println!("removed:   {}", i.removed.join(", "));
+    }
+    let header = |title: &str| {
+        println!();
+        println!(
+            "{title:<14} {:>8} {:>12} {:>14} {:>9} {:>11}",
+            "tensors", "params", "stored bytes", "bits/p", "unchanged"
+        );
+    };
+    let row = |name: &str, g: &dmx::delta::DeltaGroup| {
+        println!(
+            "{name:<14} {:>8} {:>12} {:>14} {:>9} {:>11}",
+            g.tensors,
+            g.params,
+            g.stored_bytes,
+            opt(g.bits_per_param, 3),
+            g.unchanged_fraction
+                .map_or("-".to_string(), |f| format!("{:.2}%", 100.0 * f))
+        );
+    };
+    header("component");
+    for (k, g) in &i.components {
+        row(k, g);
+    }
+    header("role");
+    for (k, g) in &i.roles {
+        row(k, g);
+    }
+    header("storage");
+    for (k, g) in &i.storage {
+        row(k, g);
+    }
+    row("total", &i.total);
+}

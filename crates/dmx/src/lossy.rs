@@ -1,0 +1,578 @@
+//! Lossy compression, only when asked: the settings, the per-tensor choice of encoding
+//! (block floating point, aligned integer quantization, a cast to 16 bits, or lossless) and the
+//! error of what was stored.
+//!
+//! Integer modes share one grid step across the tensors of a role: tensors whose names differ
+//! only in a layer index ([`crate::names::role_key`]) and that have the same dtype and
+//! checkpoint component get the step `max |x| / qmax` over all of them, so every layer of that
+//! role sits on the same grid. Tensors under [`OWN_STEP_BELOW`] values get a step of their own.
+
+use std::collections::HashMap;
+
+use dmx_codec::{FloatLayout, ValueKind, bfp, grid};
+use dmx_format::{ErrorStats, Lossy, LossyMode, SegmentKind};
+
+use crate::error::{Error, Result};
+use crate::plan::PlannedFile;
+
+/// Tensors with fewer values than this get their own quantization step (biases, norms,
+/// scalars): sharing would waste their range.
+pub const OWN_STEP_BELOW: u64 = 4096;
+
+/// Default BFP magnitude bits.
+pub const DEFAULT_MANTISSA_BITS: u32 = 7;
+/// Default BFP group size.
+pub const DEFAULT_GROUP_SIZE: u32 = 32;
+
+/// How `dmx compress` stores float tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Byte-identical (the default).
+    #[default]
+    Lossless,
+    /// Block floating point for BF16, F16 and F32 tensors.
+    Bfp,
+    /// Aligned integer quantization on a 16-bit grid.
+    Int16,
+    /// Aligned integer quantization on a 32-bit grid.
+    Int32,
+    /// Per tensor, the smallest of lossless, BFP and integer grids within
+    /// [`LossyOptions::max_rel_error`] (lossless when no budget is given).
+    Auto,
+}
+
+/// Narrow type for [`LossyOptions::cast`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CastTo {
+    /// bfloat16.
+    Bf16,
+    /// IEEE half.
+    F16,
+}
+
+/// Lossy settings of a compression run. The default is lossless.
+#[derive(Debug, Clone, Default)]
+pub struct LossyOptions {
+    /// Encoding mode.
+    pub mode: Mode,
+    /// BFP magnitude bits (`None`: [`DEFAULT_MANTISSA_BITS`], capped at the dtype's maximum).
+    pub mantissa_bits: Option<u32>,
+    /// BFP group size (`None`: [`DEFAULT_GROUP_SIZE`]).
+    pub group_size: Option<u32>,
+    /// Largest relative L2 error a tensor may get in [`Mode::Auto`].
+    pub max_rel_error: Option<f64>,
+    /// Glob patterns of tensor names that stay lossless whatever the mode.
+    pub keep_lossless: Vec<String>,
+    /// Round F32 tensors to a 16-bit type before coding (restored as F32).
+    pub cast: Option<CastTo>,
+}
+
+impl LossyOptions {
+    /// Whether these settings can change any value.
+    pub fn is_lossless(&self) -> bool {
+        self.cast.is_none()
+            && (self.mode == Mode::Lossless
+                || (self.mode == Mode::Auto && self.max_rel_error.is_none()))
+    }
+
+    /// Rejects contradictory or out-of-range settings with a message for the user.
+    pub fn check(&self) -> Result<()> {
+        let usage = |m: String| Err(Error::Usage(m));
+        if let Some(m) = self.mantissa_bits
+            && !(2..=24).contains(&m)
+        {
+            return usage(format!("--mantissa-bits {m}: must be 2..=8 for 16-bit tensors, up to 24 for F32"));
+        }
+        if let Some(g) = self.group_size
+            && !(1..=4096).contains(&g)
+        {
+            return usage(format!("--group-size {g}: must be 1..=4096"));
+        }
+        if (self.mantissa_bits.is_some() || self.group_size.is_some())
+            && !matches!(self.mode, Mode::Bfp)
+        {
+            return usage("--mantissa-bits and --group-size apply to --mode bfp".into());
+        }
+        if let Some(e) = self.max_rel_error {
+            if !(e.is_finite() && e >= 0.0) {
+                return usage(format!("--max-rel-error {e}: must be a finite number >= 0"));
+            }
+            if self.mode != Mode::Auto {
+                return usage("--max-rel-error applies to --mode auto".into());
+            }
+        }
+        if self.cast.is_some() && self.mode != Mode::Lossless {
+            return usage("--cast rounds F32 tensors and codes them losslessly; it cannot be combined with --mode".into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn keep_set(&self) -> Result<globset::GlobSet> {
+        let mut b = globset::GlobSetBuilder::new();
+        for g in &self.keep_lossless {
+            b.add(globset::Glob::new(g).map_err(|e| {
+                Error::Usage(format!("--keep-lossless {g:?}: {e}"))
+            })?);
+        }
+        b.build()
+            .map_err(|e| Error::Usage(format!("--keep-lossless: {e}")))
+    }
+}
+
+/// How one segment is encoded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Coding {
+    /// Byte-identical.
+    Lossless,
+    /// Block floating point.
+    Bfp(bfp::Params),
+    /// Integer grid with this step and width.
+    Quant { step: f64, bits: u32 },
+    /// Rounded to a 16-bit layout.
+    Cast(FloatLayout),
+    /// Lossless, relative to the base tensor (or standalone, per chunk, when smaller).
+    Delta,
+    /// On an integer grid, relative to the base tensor (or standalone, per chunk, when
+    /// smaller: both decode to the same values).
+    QuantDelta { step: f64, bits: u32 },
+}
+
+impl Coding {
+    pub(crate) fn is_lossless(self) -> bool {
+        matches!(self, Coding::Lossless | Coding::Delta)
+    }
+
+    /// The index record of a lossy coding with its measured error.
+    pub(crate) fn record(self, error: ErrorStats) -> Option<Lossy> {
+        let (mode, mantissa_bits, group_size, step) = match self {
+            Coding::Lossless | Coding::Delta => return None,
+            Coding::Bfp(p) => (LossyMode::Bfp, p.mantissa_bits as u8, p.group_size, 0.0),
+            Coding::Quant { step, bits } | Coding::QuantDelta { step, bits } => (
+                if bits == 16 {
+                    LossyMode::Int16
+                } else {
+                    LossyMode::Int32
+                },
+                0,
+                0,
+                step,
+            ),
+            Coding::Cast(l) => (
+                if l == FloatLayout::BF16 {
+                    LossyMode::CastBf16
+                } else {
+                    LossyMode::CastF16
+                },
+                0,
+                0,
+                0.0,
+            ),
+        };
+        Some(Lossy {
+            mode,
+            mantissa_bits,
+            group_size,
+            step,
+            error,
+        })
+    }
+
+    /// Encodes one chunk; `row_len` is the BFP row (last dimension) or 0; `base` is the same
+    /// range of the base tensor for the delta codings.
+    pub(crate) fn encode(
+        self,
+        value: ValueKind,
+        data: &[u8],
+        hints: dmx_codec::Hints,
+        bfp_row: usize,
+        base: Option<&[u8]>,
+    ) -> dmx_codec::Encoded {
+        let smaller = |a: dmx_codec::Encoded, b: dmx_codec::Encoded| {
+            if b.payload.len() < a.payload.len() { b } else { a }
+        };
+        if let (Coding::Delta, Some(base)) = (self, base) {
+            let plain = dmx_codec::encode_with(value, data, hints);
+            let (payload, entropy_bits) = dmx_codec::delta::encode(value, base, data);
+            return smaller(
+                plain,
+                dmx_codec::Encoded {
+                    codec: dmx_codec::Codec::Delta,
+                    payload,
+                    entropy_bits,
+                },
+            );
+        }
+        let ValueKind::Float(layout) = value else {
+            return dmx_codec::encode_with(value, data, hints);
+        };
+        let (codec, (payload, entropy_bits)) = match self {
+            Coding::Lossless | Coding::Delta => {
+                return dmx_codec::encode_with(value, data, hints);
+            }
+            Coding::QuantDelta { step, bits } => {
+                let (payload, entropy_bits) = dmx_codec::quant::encode(layout, data, step, bits);
+                let alone = dmx_codec::Encoded {
+                    codec: dmx_codec::Codec::Quant,
+                    payload,
+                    entropy_bits,
+                };
+                let Some(base) = base else {
+                    return alone;
+                };
+                let (payload, entropy_bits) =
+                    dmx_codec::delta::encode_quantized(layout, base, data, step, bits);
+                return smaller(
+                    alone,
+                    dmx_codec::Encoded {
+                        codec: dmx_codec::Codec::QuantDelta,
+                        payload,
+                        entropy_bits,
+                    },
+                );
+            }
+            Coding::Bfp(p) => (
+                dmx_codec::Codec::Bfp,
+                bfp::encode(layout, data, bfp_row, p),
+            ),
+            Coding::Quant { step, bits } => (
+                dmx_codec::Codec::Quant,
+                dmx_codec::quant::encode(layout, data, step, bits),
+            ),
+            Coding::Cast(to) => (
+                dmx_codec::Codec::Cast,
+                dmx_codec::cast::encode(to, data, hints),
+            ),
+        };
+        if payload.len() >= data.len() {
+            // Never larger than the input: such a chunk is stored exactly.
+            return dmx_codec::Encoded {
+                codec: dmx_codec::Codec::Raw,
+                payload: data.to_vec(),
+                entropy_bits,
+            };
+        }
+        dmx_codec::Encoded {
+            codec,
+            payload,
+            entropy_bits,
+        }
+    }
+}
+
+/// Running error of decoded values against the originals.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ErrorAcc {
+    sum_sq_err: f64,
+    sum_sq: f64,
+    sum_sq_decoded: f64,
+    dot: f64,
+    sum_abs_err: f64,
+    max_abs: f64,
+    count: u64,
+    /// Values whose bits are identical (NaN included).
+    pub(crate) identical: u64,
+    /// Values compared (NaN included).
+    pub(crate) values: u64,
+}
+
+impl ErrorAcc {
+    /// Accumulates the error of `decoded` against `original` (both little-endian `layout`).
+    /// Values that are NaN in the original are skipped (they are stored exactly).
+    pub(crate) fn add(&mut self, layout: FloatLayout, original: &[u8], decoded: &[u8]) {
+        let w = layout.bytes();
+        for (a, b) in original.chunks_exact(w).zip(decoded.chunks_exact(w)) {
+            self.values += 1;
+            if a == b {
+                self.identical += 1;
+            }
+            let x = grid::to_f64(layout, raw(a));
+            let y = grid::to_f64(layout, raw(b));
+            if x.is_nan() {
+                continue;
+            }
+            if x.is_finite() && y.is_finite() {
+                self.dot += x * y;
+                self.sum_sq_decoded += y * y;
+            }
+            let e = if x == y { 0.0 } else { (x - y).abs() };
+            let e = if e.is_nan() { f64::INFINITY } else { e };
+            if x.is_finite() {
+                self.sum_sq += x * x;
+            }
+            self.sum_sq_err += e * e;
+            self.sum_abs_err += e;
+            self.max_abs = self.max_abs.max(e);
+            self.count += 1;
+        }
+    }
+
+    pub(crate) fn merge(&mut self, o: &ErrorAcc) {
+        self.sum_sq_err += o.sum_sq_err;
+        self.sum_sq += o.sum_sq;
+        self.sum_sq_decoded += o.sum_sq_decoded;
+        self.dot += o.dot;
+        self.identical += o.identical;
+        self.values += o.values;
+        self.sum_abs_err += o.sum_abs_err;
+        self.max_abs = self.max_abs.max(o.max_abs);
+        self.count += o.count;
+    }
+
+    /// Relative L2 error: 0 when exact, +Inf when the original is all zero but the decoded
+    /// values are not.
+    pub(crate) fn rel_l2(&self) -> f64 {
+        if self.sum_sq_err == 0.0 {
+            0.0
+        } else if self.sum_sq == 0.0 {
+            f64::INFINITY
+        } else {
+            (self.sum_sq_err / self.sum_sq).sqrt()
+        }
+    }
+
+    /// Cosine similarity of the original and decoded values: 1 when both are all zero, 0 when
+    /// only one is.
+    pub(crate) fn cosine(&self) -> f64 {
+        match (self.sum_sq == 0.0, self.sum_sq_decoded == 0.0) {
+            (true, true) => 1.0,
+            (true, false) | (false, true) => 0.0,
+            (false, false) => (self.dot / (self.sum_sq.sqrt() * self.sum_sq_decoded.sqrt()))
+                .clamp(-1.0, 1.0),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> ErrorStats {
+        ErrorStats {
+            max_abs: self.max_abs,
+            mean_abs: if self.count == 0 {
+                0.0
+            } else {
+                self.sum_abs_err / self.count as f64
+            },
+            rel_l2: self.rel_l2(),
+            snr_db: if self.sum_sq_err == 0.0 {
+                f64::INFINITY
+            } else {
+                10.0 * (self.sum_sq / self.sum_sq_err).log10()
+            },
+        }
+    }
+}
+
+/// Little-endian element bytes as a zero-extended integer.
+pub(crate) fn raw(b: &[u8]) -> u64 {
+    let mut v = [0u8; 8];
+    v[..b.len()].copy_from_slice(b);
+    u64::from_le_bytes(v)
+}
+
+/// Largest finite magnitude of little-endian `layout` values (0 when none).
+pub(crate) fn max_abs(layout: FloatLayout, data: &[u8]) -> f64 {
+    data.chunks_exact(layout.bytes())
+        .map(|c| grid::to_f64(layout, raw(c)).abs())
+        .filter(|x| x.is_finite())
+        .fold(0.0, f64::max)
+}
+
+/// The layouts lossy modes apply to.
+pub(crate) fn lossy_layout(value: ValueKind) -> Option<FloatLayout> {
+    match value {
+        ValueKind::Float(l)
+            if l == FloatLayout::BF16 || l == FloatLayout::F16 || l == FloatLayout::F32 =>
+        {
+            Some(l)
+        }
+        _ => None,
+    }
+}
+
+/// The key of the tensors that share an integer step.
+pub(crate) fn step_group(name: &str, dtype: &str, values: u64) -> Option<String> {
+    (values >= OWN_STEP_BELOW).then(|| {
+        format!(
+            "{:?}/{dtype}/{}",
+            crate::names::component(name),
+            crate::names::role_key(name)
+        )
+    })
+}
+
+/// Integer steps per tensor name for `bits`, shared by role (see the module docs), computed
+/// from the data of `files` (`read` gives a tensor's bytes).
+pub(crate) fn shared_steps<'a>(
+    tensors: impl Iterator<Item = (&'a str, &'a str, FloatLayout, &'a [u8])>,
+    bits: u32,
+) -> HashMap<String, f64> {
+    let mut group_max: HashMap<String, f64> = HashMap::new();
+    let mut own: Vec<(String, Option<String>, f64)> = Vec::new();
+    for (name, dtype, layout, data) in tensors {
+        let m = max_abs(layout, data);
+        let values = (data.len() / layout.bytes()) as u64;
+        let g = step_group(name, dtype, values);
+        if let Some(g) = &g {
+            let e = group_max.entry(g.clone()).or_insert(0.0);
+            *e = e.max(m);
+        }
+        own.push((name.to_string(), g, m));
+    }
+    own.into_iter()
+        .map(|(name, g, m)| {
+            let m = g.and_then(|g| group_max.get(&g).copied()).unwrap_or(m);
+            (name, grid::step_for(m, bits))
+        })
+        .collect()
+}
+
+/// Per-segment codings of a planned file for a fixed mode (everything but [`Mode::Auto`] with
+/// a budget, which needs trial encodings and is decided by the caller).
+pub(crate) fn fixed_codings(
+    file: &PlannedFile,
+    bytes: &[u8],
+    opts: &LossyOptions,
+) -> Result<Vec<Coding>> {
+    let keep = opts.keep_set()?;
+    let steps = match opts.mode {
+        Mode::Int16 | Mode::Int32 => {
+            let bits = if opts.mode == Mode::Int16 { 16 } else { 32 };
+            shared_steps(
+                file.segments.iter().filter_map(|s| {
+                    let SegmentKind::Tensor(t) = &s.kind else {
+                        return None;
+                    };
+                    let layout = lossy_layout(s.value)?;
+                    Some((
+                        t.name.as_str(),
+                        t.dtype.as_str(),
+                        layout,
+                        &bytes[s.offset as usize..(s.offset + s.len) as usize],
+                    ))
+                }),
+                bits,
+            )
+        }
+        _ => HashMap::new(),
+    };
+    Ok(file
+        .segments
+        .iter()
+        .map(|s| {
+            let SegmentKind::Tensor(t) = &s.kind else {
+                return Coding::Lossless;
+            };
+            let Some(layout) = lossy_layout(s.value) else {
+                return Coding::Lossless;
+            };
+            if keep.is_match(&t.name) || s.len == 0 {
+                return Coding::Lossless;
+            }
+            match opts.mode {
+                Mode::Lossless | Mode::Auto => match opts.cast {
+                    Some(c) if layout == FloatLayout::F32 => Coding::Cast(match c {
+                        CastTo::Bf16 => FloatLayout::BF16,
+                        CastTo::F16 => FloatLayout::F16,
+                    }),
+                    _ => Coding::Lossless,
+                },
+                Mode::Bfp => Coding::Bfp(bfp::Params {
+                    mantissa_bits: opts
+                        .mantissa_bits
+                        .unwrap_or(DEFAULT_MANTISSA_BITS)
+                        .min(bfp::max_mantissa_bits(layout)),
+                    group_size: opts.group_size.unwrap_or(DEFAULT_GROUP_SIZE),
+                }),
+                Mode::Int16 | Mode::Int32 => Coding::Quant {
+                    step: steps.get(&t.name).copied().unwrap_or(1.0),
+                    bits: if opts.mode == Mode::Int16 { 16 } else { 32 },
+                },
+            }
+        })
+        .collect())
+}
+
+/// The candidate codings [`Mode::Auto`] tries for a tensor, cheapest first within each family.
+pub(crate) fn auto_candidates(layout: FloatLayout, step16: f64, step32: f64) -> Vec<Coding> {
+    let mut c: Vec<Coding> = (2..=bfp::max_mantissa_bits(layout))
+        .map(|m| {
+            Coding::Bfp(bfp::Params {
+                mantissa_bits: m,
+                group_size: DEFAULT_GROUP_SIZE,
+            })
+        })
+        .collect();
+    c.push(Coding::Quant {
+        step: step16,
+        bits: 16,
+    });
+    if layout == FloatLayout::F32 {
+        c.push(Coding::Quant {
+            step: step32,
+            bits: 32,
+        });
+        c.push(Coding::Cast(FloatLayout::BF16));
+        c.push(Coding::Cast(FloatLayout::F16));
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_of_exact_and_zero_tensors() {
+        let mut e = ErrorAcc::default();
+        let z = [0u8; 8];
+        e.add(FloatLayout::F32, &z, &z);
+        assert_eq!(e.rel_l2(), 0.0);
+        assert_eq!(e.stats().snr_db, f64::INFINITY);
+        assert_eq!(e.cosine(), 1.0);
+        assert_eq!(e.identical, 2);
+        let one = 1.0f32.to_le_bytes();
+        let mut e = ErrorAcc::default();
+        e.add(FloatLayout::F32, &z[..4], &one);
+        assert_eq!(e.rel_l2(), f64::INFINITY);
+        assert_eq!(e.cosine(), 0.0);
+        let mut e = ErrorAcc::default();
+        e.add(FloatLayout::F32, &2.0f32.to_le_bytes(), &one);
+        assert_eq!(e.rel_l2(), 0.5);
+        assert_eq!(e.stats().max_abs, 1.0);
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let mut o = LossyOptions {
+            mode: Mode::Bfp,
+            mantissa_bits: Some(30),
+            ..Default::default()
+        };
+        assert!(o.check().is_err());
+        o.mantissa_bits = Some(4);
+        o.check().unwrap();
+        o.max_rel_error = Some(0.1);
+        assert!(o.check().is_err());
+        let o = LossyOptions {
+            mode: Mode::Auto,
+            ..Default::default()
+        };
+        assert!(o.is_lossless());
+    }
+
+    #[test]
+    fn steps_are_shared_by_role() {
+        let a: Vec<u8> = [1.0f32; 5000].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let b: Vec<u8> = [3.0f32; 5000].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let c: Vec<u8> = [0.5f32; 10].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let steps = shared_steps(
+            [
+                ("h.0.mlp.w", "F32", FloatLayout::F32, &a[..]),
+                ("h.1.mlp.w", "F32", FloatLayout::F32, &b[..]),
+                ("h.1.mlp.b", "F32", FloatLayout::F32, &c[..]),
+            ]
+            .into_iter(),
+            16,
+        );
+        assert_eq!(steps["h.0.mlp.w"], steps["h.1.mlp.w"]);
+        assert_eq!(steps["h.0.mlp.w"], 3.0 / 32767.0);
+        assert_eq!(steps["h.1.mlp.b"], 0.5 / 32767.0);
+    }
+}
