@@ -72,7 +72,18 @@ impl Archive {
         for entry in &self.index.entries {
             for seg in &entry.segments {
                 for c in &seg.chunks {
-                    Codec::from_id(c.codec).map_err(|e| self.corrupt(entry, seg, None, e))?;
+                    let codec =
+                        Codec::from_id(c.codec).map_err(|e| self.corrupt(entry, seg, None, e))?;
+                    let fits = (!codec.needs_base() || seg.transform.base().is_some())
+                        && (codec.is_lossless() || seg.transform.lossy().is_some());
+                    if !fits {
+                        return Err(self.corrupt(
+                            entry,
+                            seg,
+                            None,
+                            format!("codec {} does not belong in this segment", c.codec),
+                        ));
+                    }
                 }
                 if let SegmentKind::Tensor(t) = &seg.kind
                     && let Some(bits) = dtype_bits(&t.dtype)

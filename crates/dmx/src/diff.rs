@@ -1,1 +1,907 @@
-//! (being written)
+//! Weight-shift analytics between two checkpoints: how far each tensor moved from `A` to `B`,
+//! rolled up per layer, per checkpoint component and per role. Nothing is written.
+//!
+//! Per tensor present in both files with the same dtype and shape:
+//! - `fraction_changed`: elements whose bits differ (`-0.0` vs `0.0` counts, an unchanged NaN
+//!   does not), for every dtype;
+//! - for float tensors (F32, F16, BF16, F64), in f64: the norms `‖A‖`, `‖B‖`, `‖B−A‖`, the
+//!   relative change `‖B−A‖/‖A‖`, the cosine similarity and the largest absolute change.
+//!   Elements that are NaN or infinite in either file are left out of these (and counted in
+//!   `nonfinite`).
+//!
+//! Edge cases: the relative change is 0 when `‖A‖ = 0` and `B = A`, and `null` (infinite)
+//! when `‖A‖ = 0` and `B ≠ A`; the cosine is 1 when both tensors are zero and 0 when exactly
+//! one is. A value that is not a finite number (overflow in F64) is reported as `null`, so
+//! the JSON never holds NaN.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::Options;
+use crate::error::{Error, Result};
+use crate::names::{self, Component, Role};
+use crate::plan::dtype_bits;
+use crate::tensors::{TensorFile, TensorMeta};
+
+/// Everything `dmx diff` reports, serializable as its `--json` output.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiffReport {
+    /// Path of the first file (`A`).
+    pub a: String,
+    /// Path of the second file (`B`).
+    pub b: String,
+    /// True when both files hold the same tensor names, dtypes, shapes and bytes (header
+    /// metadata aside).
+    pub identical: bool,
+    /// The overall summary.
+    pub totals: Totals,
+    /// Rollup per checkpoint component (weights, `exp_avg`, ...), in that order.
+    pub components: Vec<ComponentRollup>,
+    /// Rollup per component and layer, for the tensors with a layer index.
+    pub layers: Vec<LayerRollup>,
+    /// Rollup per component and role.
+    pub roles: Vec<RoleRollup>,
+    /// Every tensor compared (same name, dtype and shape in both files), in `A`'s order.
+    pub tensors: Vec<TensorDiff>,
+    /// Tensors only in `B`, in its order.
+    pub added: Vec<String>,
+    /// Tensors only in `A`, in its order.
+    pub removed: Vec<String>,
+    /// Tensors in both files whose dtype or shape differ (not compared).
+    pub changed_shape_or_dtype: Vec<ShapeChange>,
+    /// `__metadata__` keys whose values differ.
+    pub metadata_changed: Vec<MetadataChange>,
+}
+
+/// The overall summary of a diff.
+#[derive(Debug, Clone, Serialize)]
+pub struct Totals {
+    /// Tensors in `A`.
+    pub tensors_a: usize,
+    /// Tensors in `B`.
+    pub tensors_b: usize,
+    /// Tensors compared.
+    pub compared: usize,
+    /// Compared tensors whose bytes are equal.
+    pub identical: usize,
+    /// Tensors only in `B`.
+    pub added: usize,
+    /// Tensors only in `A`.
+    pub removed: usize,
+    /// Tensors whose dtype or shape changed.
+    pub changed_shape_or_dtype: usize,
+    /// Elements of the compared tensors, and how much they changed (all components
+    /// together).
+    #[serde(flatten)]
+    pub stats: Rollup,
+}
+
+/// How much a group of compared tensors changed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Rollup {
+    /// Tensors in the group.
+    pub tensors: usize,
+    /// Elements.
+    pub params: u64,
+    /// Elements whose bits differ.
+    pub changed: u64,
+    /// `changed / params` (0 for an empty group).
+    pub fraction_changed: f64,
+    /// `‖B−A‖/‖A‖` of the concatenated float tensors (see the module docs for `‖A‖ = 0`);
+    /// `null` when the group has no float tensor.
+    pub relative_change: Option<f64>,
+    /// `‖A‖` of the concatenated float tensors.
+    pub norm_a: Option<f64>,
+    /// `‖B−A‖` of the concatenated float tensors.
+    pub norm_diff: Option<f64>,
+    #[serde(skip)]
+    sums: Option<Sums>,
+}
+
+/// The rollup of one checkpoint component.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentRollup {
+    /// The component.
+    pub component: Component,
+    /// Its numbers.
+    #[serde(flatten)]
+    pub stats: Rollup,
+}
+
+/// The rollup of one layer of one component.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerRollup {
+    /// The layer index ([`names::layer`]).
+    pub layer: u32,
+    /// The component.
+    pub component: Component,
+    /// Its numbers.
+    #[serde(flatten)]
+    pub stats: Rollup,
+}
+
+/// The rollup of one role within one component.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleRollup {
+    /// The role ([`names::role`]).
+    pub role: Role,
+    /// The component.
+    pub component: Component,
+    /// Its numbers.
+    #[serde(flatten)]
+    pub stats: Rollup,
+}
+
+/// How one tensor changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorDiff {
+    /// Name.
+    pub name: String,
+    /// Safetensors dtype.
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Elements.
+    pub params: u64,
+    /// Checkpoint component ([`names::component`]).
+    pub component: Component,
+    /// Role ([`names::role`]).
+    pub role: Role,
+    /// Layer index ([`names::layer`]).
+    pub layer: Option<u32>,
+    /// Elements whose bits differ.
+    pub changed: u64,
+    /// `changed / params` (0 for an empty tensor).
+    pub fraction_changed: f64,
+    /// `‖B−A‖/‖A‖`; `null` for non-float dtypes and when infinite (`‖A‖ = 0`, `B ≠ A`).
+    pub relative_change: Option<f64>,
+    /// Cosine similarity of `A` and `B`; `null` for non-float dtypes.
+    pub cosine: Option<f64>,
+    /// Largest `|B−A|` over the elements; `null` for non-float dtypes.
+    pub max_abs_change: Option<f64>,
+    /// `‖A‖`; `null` for non-float dtypes.
+    pub norm_a: Option<f64>,
+    /// `‖B‖`; `null` for non-float dtypes.
+    pub norm_b: Option<f64>,
+    /// `‖B−A‖`; `null` for non-float dtypes.
+    pub norm_diff: Option<f64>,
+    /// Elements left out of the float measures because they are NaN or infinite in `A` or
+    /// `B`.
+    pub nonfinite: u64,
+    #[serde(skip)]
+    sums: Option<Sums>,
+}
+
+/// A tensor whose dtype or shape differs between the files.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShapeChange {
+    /// Name.
+    pub name: String,
+    /// Dtype in `A`.
+    pub a_dtype: String,
+    /// Shape in `A`.
+    pub a_shape: Vec<u64>,
+    /// Dtype in `B`.
+    pub b_dtype: String,
+    /// Shape in `B`.
+    pub b_shape: Vec<u64>,
+}
+
+/// A `__metadata__` key whose value differs.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetadataChange {
+    /// The key.
+    pub key: String,
+    /// Its value in `A` (`null` when absent).
+    pub a: Option<String>,
+    /// Its value in `B` (`null` when absent).
+    pub b: Option<String>,
+}
+
+/// Sums over the finite element pairs of float tensors.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Sums {
+    a2: f64,
+    b2: f64,
+    d2: f64,
+    ab: f64,
+    max_abs: f64,
+    nonfinite: u64,
+}
+
+impl Sums {
+    fn add(&mut self, o: &Sums) {
+        self.a2 += o.a2;
+        self.b2 += o.b2;
+        self.d2 += o.d2;
+        self.ab += o.ab;
+        self.max_abs = self.max_abs.max(o.max_abs);
+        self.nonfinite += o.nonfinite;
+    }
+}
+
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+/// `‖d‖/‖a‖` with the conventions of the module docs.
+fn relative(a2: f64, d2: f64) -> Option<f64> {
+    if a2 == 0.0 {
+        (d2 == 0.0).then_some(0.0)
+    } else {
+        finite(d2.sqrt() / a2.sqrt())
+    }
+}
+
+fn cosine(s: &Sums) -> Option<f64> {
+    let (na, nb) = (s.a2.sqrt(), s.b2.sqrt());
+    match (na == 0.0, nb == 0.0) {
+        (true, true) => Some(1.0),
+        (true, false) | (false, true) => Some(0.0),
+        _ => {
+            // One rounding less than `ab / na / nb` where the product stays in range.
+            let p = s.a2 * s.b2;
+            let c = if p.is_normal() {
+                s.ab / p.sqrt()
+            } else {
+                s.ab / na / nb
+            };
+            finite(c).map(|c| c.clamp(-1.0, 1.0))
+        }
+    }
+}
+
+fn fraction(changed: u64, params: u64) -> f64 {
+    if params == 0 {
+        0.0
+    } else {
+        changed as f64 / params as f64
+    }
+}
+
+/// Elements per block of partial sums: keeps f64 accumulation error small on huge tensors.
+const BLOCK: usize = 4096;
+
+/// Changed elements and sums of a float tensor stored as `N`-byte little-endian elements.
+fn float_sums<const N: usize>(a: &[u8], b: &[u8], value: impl Fn([u8; N]) -> f64) -> (u64, Sums) {
+    let mut total = Sums::default();
+    let mut changed = 0u64;
+    for (ba, bb) in a.chunks(N * BLOCK).zip(b.chunks(N * BLOCK)) {
+        let mut s = Sums::default();
+        for (x, y) in ba.chunks_exact(N).zip(bb.chunks_exact(N)) {
+            let x: [u8; N] = x.try_into().expect("N bytes");
+            let y: [u8; N] = y.try_into().expect("N bytes");
+            changed += u64::from(x != y);
+            let (x, y) = (value(x), value(y));
+            if !(x.is_finite() && y.is_finite()) {
+                s.nonfinite += 1;
+                continue;
+            }
+            let d = y - x;
+            s.a2 += x * x;
+            s.b2 += y * y;
+            s.ab += x * y;
+            s.d2 += d * d;
+            s.max_abs = s.max_abs.max(d.abs());
+        }
+        total.add(&s);
+    }
+    (changed, total)
+}
+
+/// Changed elements of a non-float tensor of `bits`-bit elements, compared bit for bit.
+/// Sub-byte elements (4 and 6 bits) are compared as bit fields, whichever way they are
+/// packed; unknown sizes fall back to bytes. Never more than `params`.
+fn changed_elements(a: &[u8], b: &[u8], bits: Option<u64>, params: u64) -> u64 {
+    let n = match bits {
+        Some(bits) if bits >= 8 && bits.is_multiple_of(8) => {
+            let size = (bits / 8) as usize;
+            a.chunks_exact(size)
+                .zip(b.chunks_exact(size))
+                .filter(|(x, y)| x != y)
+                .count() as u64
+        }
+        Some(4) => a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| {
+                let d = x ^ y;
+                u64::from(d & 0x0f != 0) + u64::from(d & 0xf0 != 0)
+            })
+            .sum(),
+        Some(6) => a
+            .chunks(3)
+            .zip(b.chunks(3))
+            .map(|(x, y)| {
+                let d = x
+                    .iter()
+                    .zip(y)
+                    .enumerate()
+                    .fold(0u32, |v, (i, (p, q))| v | (u32::from(p ^ q) << (8 * i)));
+                (0..4).filter(|k| (d >> (6 * k)) & 0x3f != 0).count() as u64
+            })
+            .sum(),
+        _ => a.iter().zip(b).filter(|(x, y)| x != y).count() as u64,
+    };
+    n.min(params)
+}
+
+/// Compares tensor `t`, present with the same dtype and shape in both files.
+fn compare(fa: &TensorFile, fb: &TensorFile, t: &TensorMeta) -> Result<TensorDiff> {
+    let da = fa.read(&t.name)?;
+    let db = fb.read(&t.name)?;
+    if da.len() != db.len() {
+        return Err(Error::Usage(format!(
+            "tensor {:?}: {} bytes in {} but {} in {}",
+            t.name,
+            da.len(),
+            fa.path().display(),
+            db.len(),
+            fb.path().display()
+        )));
+    }
+    let params = t.elements();
+    let (changed, sums) = match t.dtype.as_str() {
+        "F32" => float_sums::<4>(&da, &db, |x| f64::from(f32::from_le_bytes(x))),
+        "F64" => float_sums::<8>(&da, &db, f64::from_le_bytes),
+        "F16" => float_sums::<2>(&da, &db, |x| f16::from_le_bytes(x).to_f64()),
+        "BF16" => float_sums::<2>(&da, &db, |x| bf16::from_le_bytes(x).to_f64()),
+        _ => {
+            let changed = changed_elements(&da, &db, dtype_bits(&t.dtype), params);
+            drop((da, db));
+            fa.release(&t.name);
+            fb.release(&t.name);
+            return Ok(TensorDiff::new(t, params, changed, None));
+        }
+    };
+    drop((da, db));
+    fa.release(&t.name);
+    fb.release(&t.name);
+    Ok(TensorDiff::new(t, params, changed, Some(sums)))
+}
+
+impl TensorDiff {
+    fn new(t: &TensorMeta, params: u64, changed: u64, sums: Option<Sums>) -> Self {
+        Self {
+            name: t.name.clone(),
+            dtype: t.dtype.clone(),
+            shape: t.shape.clone(),
+            params,
+            component: names::component(&t.name),
+            role: names::role(&t.name),
+            layer: names::layer(&t.name),
+            changed,
+            fraction_changed: fraction(changed, params),
+            relative_change: sums.and_then(|s| relative(s.a2, s.d2)),
+            cosine: sums.as_ref().and_then(cosine),
+            max_abs_change: sums.and_then(|s| finite(s.max_abs)),
+            norm_a: sums.and_then(|s| finite(s.a2.sqrt())),
+            norm_b: sums.and_then(|s| finite(s.b2.sqrt())),
+            norm_diff: sums.and_then(|s| finite(s.d2.sqrt())),
+            nonfinite: sums.map_or(0, |s| s.nonfinite),
+            sums,
+        }
+    }
+
+    /// True for float tensors, which have the norm-based measures.
+    pub fn is_float(&self) -> bool {
+        self.sums.is_some()
+    }
+}
+
+impl Rollup {
+    fn push(&mut self, t: &TensorDiff) {
+        self.tensors += 1;
+        self.params += t.params;
+        self.changed += t.changed;
+        if let Some(s) = &t.sums {
+            self.sums.get_or_insert_with(Sums::default).add(s);
+        }
+    }
+
+    fn finish(mut self) -> Self {
+        self.fraction_changed = fraction(self.changed, self.params);
+        if let Some(s) = &self.sums {
+            self.relative_change = relative(s.a2, s.d2);
+            self.norm_a = finite(s.a2.sqrt());
+            self.norm_diff = finite(s.d2.sqrt());
+        }
+        self
+    }
+
+    fn of<'a>(tensors: impl IntoIterator<Item = &'a TensorDiff>) -> Self {
+        let mut r = Self::default();
+        for t in tensors {
+            r.push(t);
+        }
+        r.finish()
+    }
+}
+
+/// Compares the checkpoints `a` and `b` (each a `.safetensors` file or a single-file `.dmx`
+/// archive), tensor by tensor, in parallel on `opts`' threads; one tensor pair per worker
+/// is in memory at a time.
+pub fn diff(a: &Path, b: &Path, opts: &Options) -> Result<DiffReport> {
+    let fa = TensorFile::open(a)?;
+    let fb = TensorFile::open(b)?;
+    diff_files(&fa, &fb, opts)
+}
+
+/// [`diff`] of two files already open.
+pub fn diff_files(fa: &TensorFile, fb: &TensorFile, opts: &Options) -> Result<DiffReport> {
+    let mut compared = Vec::new();
+    let mut removed = Vec::new();
+    let mut changed_shape_or_dtype = Vec::new();
+    for ta in fa.tensors() {
+        match fb.get(&ta.name) {
+            None => removed.push(ta.name.clone()),
+            Some(tb) if tb.dtype == ta.dtype && tb.shape == ta.shape => compared.push(ta),
+            Some(tb) => changed_shape_or_dtype.push(ShapeChange {
+                name: ta.name.clone(),
+                a_dtype: ta.dtype.clone(),
+                a_shape: ta.shape.clone(),
+                b_dtype: tb.dtype.clone(),
+                b_shape: tb.shape.clone(),
+            }),
+        }
+    }
+    let added: Vec<String> = fb
+        .tensors()
+        .iter()
+        .filter(|t| fa.get(&t.name).is_none())
+        .map(|t| t.name.clone())
+        .collect();
+
+    let progress = opts.progress.as_deref();
+    if let Some(p) = progress {
+        p.start("diff", compared.iter().map(|t| 2 * t.len).sum());
+    }
+    let pool = opts.pool()?;
+    let tensors = pool.install(|| {
+        compared
+            .par_iter()
+            .map(|t| {
+                let r = compare(fa, fb, t);
+                if let Some(p) = progress {
+                    p.advance(2 * t.len);
+                }
+                r
+            })
+            .collect::<Result<Vec<_>>>()
+    });
+    if let Some(p) = progress {
+        p.finish();
+    }
+    let tensors = tensors?;
+
+    let mut components: BTreeMap<Component, Rollup> = BTreeMap::new();
+    let mut layers: BTreeMap<(Component, u32), Rollup> = BTreeMap::new();
+    let mut roles: BTreeMap<(Component, Role), Rollup> = BTreeMap::new();
+    for t in &tensors {
+        components.entry(t.component).or_default().push(t);
+        roles.entry((t.component, t.role)).or_default().push(t);
+        if let Some(l) = t.layer {
+            layers.entry((t.component, l)).or_default().push(t);
+        }
+    }
+    let identical_tensors = tensors.iter().filter(|t| t.changed == 0).count();
+    let totals = Totals {
+        tensors_a: fa.tensors().len(),
+        tensors_b: fb.tensors().len(),
+        compared: tensors.len(),
+        identical: identical_tensors,
+        added: added.len(),
+        removed: removed.len(),
+        changed_shape_or_dtype: changed_shape_or_dtype.len(),
+        stats: Rollup::of(&tensors),
+    };
+    let (ma, mb) = (fa.metadata(), fb.metadata());
+    let keys: BTreeSet<&String> = ma.into_iter().chain(mb).flat_map(|m| m.keys()).collect();
+    let metadata_changed = keys
+        .into_iter()
+        .filter_map(|k| {
+            let va = ma.and_then(|m| m.get(k)).cloned();
+            let vb = mb.and_then(|m| m.get(k)).cloned();
+            (va != vb).then(|| MetadataChange {
+                key: k.clone(),
+                a: va,
+                b: vb,
+            })
+        })
+        .collect();
+    Ok(DiffReport {
+        a: fa.path().display().to_string(),
+        b: fb.path().display().to_string(),
+        identical: identical_tensors == tensors.len()
+            && added.is_empty()
+            && removed.is_empty()
+            && changed_shape_or_dtype.is_empty(),
+        totals,
+        components: components
+            .into_iter()
+            .map(|(component, r)| ComponentRollup {
+                component,
+                stats: r.finish(),
+            })
+            .collect(),
+        layers: layers
+            .into_iter()
+            .map(|((component, layer), r)| LayerRollup {
+                layer,
+                component,
+                stats: r.finish(),
+            })
+            .collect(),
+        roles: roles
+            .into_iter()
+            .map(|((component, role), r)| RoleRollup {
+                role,
+                component,
+                stats: r.finish(),
+            })
+            .collect(),
+        tensors,
+        added,
+        removed,
+        changed_shape_or_dtype,
+        metadata_changed,
+    })
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn percent(f: f64) -> String {
+    if f > 0.0 && f < 0.0001 {
+        "<0.01%".into()
+    } else if f < 1.0 && f > 0.9999 {
+        ">99.99%".into()
+    } else {
+        format!("{:.2}%", f * 100.0)
+    }
+}
+
+/// A relative change: `-` without float data, `inf` when infinite.
+fn rel(value: Option<f64>, float: bool) -> String {
+    match (value, float) {
+        (_, false) => "-".into(),
+        (Some(v), true) => format!("{v:.3e}"),
+        (None, true) => "inf".into(),
+    }
+}
+
+fn opt(value: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    value.map_or_else(|| "-".into(), f)
+}
+
+fn shape(s: &[u64]) -> String {
+    let dims: Vec<String> = s.iter().map(u64::to_string).collect();
+    format!("[{}]", dims.join(","))
+}
+
+/// Appends a table indented by two spaces: the first `left` columns left-aligned, the
+/// others right-aligned.
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>], left: usize) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::from(" ");
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            let pad = w - cell.chars().count();
+            line.push(' ');
+            if i < left {
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', pad));
+            } else {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+}
+
+fn rollup_cells(r: &Rollup) -> [String; 4] {
+    [
+        r.tensors.to_string(),
+        thousands(r.params),
+        percent(r.fraction_changed),
+        rel(r.relative_change, r.sums.is_some()),
+    ]
+}
+
+/// A list of names, the first `max` of them.
+fn names_line(out: &mut String, what: &str, names: &[String], max: usize) {
+    if names.is_empty() {
+        return;
+    }
+    let shown: Vec<&str> = names.iter().take(max).map(String::as_str).collect();
+    let more = names.len() - shown.len();
+    let _ = write!(out, "{what} ({}): {}", names.len(), shown.join(", "));
+    if more > 0 {
+        let _ = write!(out, ", ... and {more} more");
+    }
+    out.push('\n');
+}
+
+impl DiffReport {
+    /// A readable report: the summary, rollups per component, role and layer, then the `top`
+    /// most changed float tensors by relative change, per component (and the changed
+    /// non-float tensors).
+    pub fn render(&self, top: usize) -> String {
+        let mut out = String::new();
+        let t = &self.totals;
+        let _ = writeln!(out, "A: {}\nB: {}", self.a, self.b);
+        let _ = writeln!(
+            out,
+            "tensors: {} compared ({} identical), {} added, {} removed, {} with a new dtype or shape",
+            t.compared, t.identical, t.added, t.removed, t.changed_shape_or_dtype
+        );
+        let _ = writeln!(
+            out,
+            "params: {} compared, {} changed; relative change |B-A|/|A| (L2 norms): {}",
+            thousands(t.stats.params),
+            percent(t.stats.fraction_changed),
+            rel(t.stats.relative_change, t.stats.sums.is_some()),
+        );
+        if self.identical {
+            out.push_str("identical: every tensor has the same name, dtype, shape and bytes\n");
+        }
+        let max_names = top.max(10);
+        names_line(&mut out, "added", &self.added, max_names);
+        names_line(&mut out, "removed", &self.removed, max_names);
+        let reshaped: Vec<String> = self
+            .changed_shape_or_dtype
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}{} -> {}{}",
+                    c.name,
+                    c.a_dtype,
+                    shape(&c.a_shape),
+                    c.b_dtype,
+                    shape(&c.b_shape)
+                )
+            })
+            .collect();
+        names_line(&mut out, "new dtype or shape", &reshaped, max_names);
+        let meta: Vec<String> = self
+            .metadata_changed
+            .iter()
+            .map(|m| {
+                let v = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+                format!("{}: {} -> {}", m.key, v(&m.a), v(&m.b))
+            })
+            .collect();
+        names_line(&mut out, "metadata changed", &meta, max_names);
+        if self.tensors.is_empty() {
+            return out;
+        }
+
+        out.push_str("\nper component\n");
+        let rows: Vec<Vec<String>> = self
+            .components
+            .iter()
+            .map(|c| {
+                let mut row = vec![c.component.to_string()];
+                row.extend(rollup_cells(&c.stats));
+                row
+            })
+            .collect();
+        table(
+            &mut out,
+            &["component", "tensors", "params", "changed", "rel.change"],
+            &rows,
+            1,
+        );
+
+        out.push_str("\nper role\n");
+        let rows: Vec<Vec<String>> = self
+            .roles
+            .iter()
+            .map(|r| {
+                let mut row = vec![r.component.to_string(), r.role.to_string()];
+                row.extend(rollup_cells(&r.stats));
+                row
+            })
+            .collect();
+        table(
+            &mut out,
+            &[
+                "component",
+                "role",
+                "tensors",
+                "params",
+                "changed",
+                "rel.change",
+            ],
+            &rows,
+            2,
+        );
+
+        if !self.layers.is_empty() {
+            out.push_str("\nper layer\n");
+            let rows: Vec<Vec<String>> = self
+                .layers
+                .iter()
+                .map(|l| {
+                    let mut row = vec![l.component.to_string(), l.layer.to_string()];
+                    row.extend(rollup_cells(&l.stats));
+                    row
+                })
+                .collect();
+            table(
+                &mut out,
+                &[
+                    "component",
+                    "layer",
+                    "tensors",
+                    "params",
+                    "changed",
+                    "rel.change",
+                ],
+                &rows,
+                1,
+            );
+        }
+
+        // The top list per component: optimizer moments move far more than weights and
+        // would otherwise crowd them out.
+        let several = self.components.len() > 1;
+        for c in &self.components {
+            let mut floats: Vec<&TensorDiff> = self
+                .tensors
+                .iter()
+                .filter(|t| t.is_float() && t.component == c.component)
+                .collect();
+            if top == 0 || floats.is_empty() {
+                continue;
+            }
+            let key = |t: &TensorDiff| t.relative_change.unwrap_or(f64::INFINITY);
+            floats.sort_by(|x, y| key(y).total_cmp(&key(x)));
+            let _ = write!(
+                out,
+                "\ntop {} of {} float tensors by relative change",
+                top.min(floats.len()),
+                floats.len()
+            );
+            if several {
+                let _ = write!(out, " ({})", c.component);
+            }
+            out.push('\n');
+            let rows: Vec<Vec<String>> = floats
+                .iter()
+                .take(top)
+                .map(|t| {
+                    vec![
+                        t.name.clone(),
+                        t.dtype.clone(),
+                        shape(&t.shape),
+                        thousands(t.params),
+                        percent(t.fraction_changed),
+                        rel(t.relative_change, true),
+                        opt(t.cosine, |c| format!("{c:.6}")),
+                        opt(t.max_abs_change, |m| format!("{m:.3e}")),
+                    ]
+                })
+                .collect();
+            table(
+                &mut out,
+                &[
+                    "name",
+                    "dtype",
+                    "shape",
+                    "params",
+                    "changed",
+                    "rel.change",
+                    "cosine",
+                    "max|B-A|",
+                ],
+                &rows,
+                3,
+            );
+        }
+        let others: Vec<String> = self
+            .tensors
+            .iter()
+            .filter(|t| !t.is_float() && t.changed > 0)
+            .map(|t| format!("{} ({}, {})", t.name, t.dtype, percent(t.fraction_changed)))
+            .collect();
+        if !others.is_empty() {
+            out.push('\n');
+            names_line(&mut out, "non-float tensors changed", &others, max_names);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measures() {
+        assert_eq!(relative(0.0, 0.0), Some(0.0));
+        assert_eq!(relative(0.0, 1.0), None);
+        assert_eq!(relative(4.0, 1.0), Some(0.5));
+        assert_eq!(relative(f64::INFINITY, 1.0), Some(0.0));
+        assert_eq!(relative(1.0, f64::INFINITY), None);
+        let s = |a2, b2, ab| Sums {
+            a2,
+            b2,
+            ab,
+            ..Sums::default()
+        };
+        assert_eq!(cosine(&s(0.0, 0.0, 0.0)), Some(1.0));
+        assert_eq!(cosine(&s(1.0, 0.0, 0.0)), Some(0.0));
+        assert_eq!(cosine(&s(0.0, 1.0, 0.0)), Some(0.0));
+        assert_eq!(cosine(&s(4.0, 1.0, -2.0)), Some(-1.0));
+        assert_eq!(fraction(0, 0), 0.0);
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_902_720), "1,902,720");
+        assert_eq!(percent(0.0), "0.00%");
+        assert_eq!(percent(1e-9), "<0.01%");
+        assert_eq!(percent(0.999_999), ">99.99%");
+        assert_eq!(percent(1.0), "100.00%");
+    }
+
+    #[test]
+    fn float_kernels() {
+        let a: Vec<u8> = [1.0f32, -2.0, f32::NAN, 0.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let b: Vec<u8> = [1.0f32, -2.5, f32::NAN, -0.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let (changed, s) = float_sums::<4>(&a, &b, |x| f64::from(f32::from_le_bytes(x)));
+        assert_eq!(changed, 2);
+        assert_eq!(s.nonfinite, 1);
+        assert_eq!(s.a2, 5.0);
+        assert_eq!(s.d2, 0.25);
+        assert_eq!(s.max_abs, 0.5);
+    }
+
+    #[test]
+    fn bit_kernels() {
+        assert_eq!(changed_elements(&[1, 2, 3], &[1, 2, 4], Some(8), 3), 1);
+        assert_eq!(
+            changed_elements(&[0, 0, 0, 0], &[0, 1, 0, 0], Some(16), 2),
+            1
+        );
+        assert_eq!(
+            changed_elements(&[0x00, 0x00], &[0x11, 0x10], Some(4), 4),
+            3
+        );
+        assert_eq!(
+            changed_elements(&[0, 0, 0], &[0x01, 0x00, 0x80], Some(6), 4),
+            2
+        );
+        assert_eq!(changed_elements(&[0xff], &[0x00], Some(4), 1), 1);
+        assert_eq!(changed_elements(&[1, 2], &[3, 4], None, 5), 2);
+    }
+}

@@ -1,1 +1,418 @@
-//! (being written)
+//! A uniform reader over the tensors of one model file, given either as a `.safetensors`
+//! file or as a `.dmx` archive holding exactly one safetensors file.
+//!
+//! Safetensors inputs are memory-mapped and tensors are borrowed from the map; archive inputs
+//! decode a tensor's chunks on demand, checking chunk checksums and the tensor's BLAKE3.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use dmx_format::{EntryKind, SegmentKind};
+use serde::Serialize;
+use sha2::Digest;
+
+use crate::archive::Archive;
+use crate::error::{Error, Result};
+use crate::source::Bytes;
+
+/// Largest safetensors header accepted, in bytes (as when compressing): a hostile length
+/// field cannot make the reader allocate more.
+const MAX_HEADER: u64 = 100_000_000;
+
+/// One model file's tensors, from a `.safetensors` file or a single-safetensors `.dmx`.
+pub struct TensorFile {
+    path: PathBuf,
+    source: Source,
+    tensors: Vec<TensorMeta>,
+    by_name: HashMap<String, usize>,
+    metadata: Option<BTreeMap<String, String>>,
+    file_len: u64,
+}
+
+enum Source {
+    /// A mapped safetensors file.
+    Safetensors(Bytes),
+    /// An archive: the safetensors entry's index, and for each tensor (in `tensors` order)
+    /// its segment's index in that entry.
+    Archive {
+        archive: Box<Archive>,
+        entry: usize,
+        segments: Vec<usize>,
+    },
+}
+
+/// Name, dtype, shape and place of one tensor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TensorMeta {
+    /// Tensor name.
+    pub name: String,
+    /// Safetensors dtype string (`"BF16"`, `"F32"`, `"I64"`, ...).
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Absolute byte offset of the tensor's data in the (restored) safetensors file.
+    pub offset: u64,
+    /// Length of the tensor's data in bytes.
+    pub len: u64,
+}
+
+impl TensorMeta {
+    /// Number of elements (the product of the shape; 1 for a scalar).
+    pub fn elements(&self) -> u64 {
+        self.shape.iter().product()
+    }
+}
+
+/// A parsed safetensors header.
+struct Parsed {
+    tensors: Vec<TensorMeta>,
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Parses the safetensors header at the start of `head` (the 8-byte length and the JSON; more
+/// bytes may follow) of a file of `file_len` bytes. The error says why it is not valid.
+fn parse_header(head: &[u8], file_len: u64) -> std::result::Result<Parsed, String> {
+    let n = head
+        .get(..8)
+        .ok_or_else(|| "shorter than 8 bytes".to_string())?;
+    let n = u64::from_le_bytes(n.try_into().expect("8 bytes"));
+    if n > MAX_HEADER || n + 8 > file_len || n + 8 > head.len() as u64 {
+        return Err(format!("header length {n} is out of range"));
+    }
+    let json = &head[8..8 + n as usize];
+    let meta: safetensors::tensor::Metadata =
+        serde_json::from_slice(json).map_err(|e| format!("header: {e}"))?;
+    let data_start = 8 + n;
+    if data_start + meta.data_len() as u64 != file_len {
+        return Err("tensor data does not fill the file exactly".into());
+    }
+    let mut tensors: Vec<TensorMeta> = meta
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| TensorMeta {
+            name,
+            dtype: format!("{:?}", info.dtype),
+            shape: info.shape.iter().map(|&d| d as u64).collect(),
+            offset: data_start + info.data_offsets.0 as u64,
+            len: (info.data_offsets.1 - info.data_offsets.0) as u64,
+        })
+        .collect();
+    // Offset order, then name: zero-length tensors share offsets (as compression orders them).
+    tensors.sort_by(|a, b| (a.offset, a.len, &a.name).cmp(&(b.offset, b.len, &b.name)));
+    let metadata = meta
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+    Ok(Parsed { tensors, metadata })
+}
+
+impl TensorFile {
+    /// Opens `path`, recognised by content: a `.dmx` archive (which must hold exactly one
+    /// safetensors file) or a safetensors file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let bytes = Bytes::open(path)?;
+        if bytes.starts_with(&dmx_format::MAGIC) {
+            drop(bytes);
+            return Self::open_archive(path);
+        }
+        let file_len = bytes.len() as u64;
+        let parsed = parse_header(&bytes, file_len).map_err(|why| {
+            Error::Usage(format!(
+                "{}: neither a .dmx archive nor a valid safetensors file ({why})",
+                path.display()
+            ))
+        })?;
+        Ok(Self::new(
+            path,
+            Source::Safetensors(bytes),
+            parsed,
+            file_len,
+        ))
+    }
+
+    fn open_archive(path: &Path) -> Result<Self> {
+        let archive = Archive::open(path)?;
+        let candidates: Vec<usize> = (archive.index().entries.iter().enumerate())
+            .filter(|(_, e)| matches!(e.kind, EntryKind::Safetensors | EntryKind::SafetensorsDelta))
+            .map(|(i, _)| i)
+            .collect();
+        let [entry_i] = candidates[..] else {
+            return Err(Error::Usage(format!(
+                "{}: the archive holds {} safetensors files; expected exactly one",
+                path.display(),
+                candidates.len()
+            )));
+        };
+        let entry = &archive.index().entries[entry_i];
+        if entry.kind != EntryKind::Safetensors {
+            return Err(Error::Usage(format!(
+                "{}: {} is stored as a delta against a base file; restore it with \
+                 `dmx decompress` first",
+                path.display(),
+                entry.path
+            )));
+        }
+        let mismatch = |detail: String| Error::Corrupt {
+            path: path.to_path_buf(),
+            what: entry.path.clone(),
+            detail: format!("{detail} (the archive is damaged; re-create or re-download it)"),
+        };
+        let header_seg = entry
+            .segments
+            .first()
+            .filter(|s| s.kind == SegmentKind::Bytes && s.offset == 0)
+            .ok_or_else(|| mismatch("no header segment".into()))?;
+        if header_seg.len > MAX_HEADER + 8 {
+            return Err(mismatch(format!(
+                "header segment of {} bytes is too large",
+                header_seg.len
+            )));
+        }
+        let head = archive.read_segment(entry, header_seg)?;
+        if blake3::hash(&head).as_bytes() != &header_seg.blake3 {
+            return Err(mismatch(
+                "BLAKE3 of the decoded header does not match".into(),
+            ));
+        }
+        let parsed = parse_header(&head, entry.size)
+            .map_err(|why| mismatch(format!("invalid safetensors header ({why})")))?;
+        if parsed
+            .tensors
+            .first()
+            .is_some_and(|t| t.offset != head.len() as u64)
+        {
+            return Err(mismatch(
+                "header segment does not end where tensor data starts".into(),
+            ));
+        }
+        let by_place: HashMap<(&str, u64), usize> = entry
+            .segments
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match &s.kind {
+                SegmentKind::Tensor(t) => Some(((t.name.as_str(), s.offset), i)),
+                SegmentKind::Bytes => None,
+            })
+            .collect();
+        let mut segments = Vec::with_capacity(parsed.tensors.len());
+        for t in &parsed.tensors {
+            let seg = by_place
+                .get(&(t.name.as_str(), t.offset))
+                .map(|&i| (i, &entry.segments[i]))
+                .filter(|(_, s)| {
+                    s.len == t.len
+                        && matches!(&s.kind, SegmentKind::Tensor(info)
+                            if info.dtype == t.dtype && info.shape == t.shape)
+                })
+                .ok_or_else(|| {
+                    mismatch(format!(
+                        "tensor {:?} of the header has no matching segment",
+                        t.name
+                    ))
+                })?;
+            segments.push(seg.0);
+        }
+        let file_len = entry.size;
+        Ok(Self::new(
+            path,
+            Source::Archive {
+                archive: Box::new(archive),
+                entry: entry_i,
+                segments,
+            },
+            parsed,
+            file_len,
+        ))
+    }
+
+    fn new(path: &Path, source: Source, parsed: Parsed, file_len: u64) -> Self {
+        let by_name = parsed
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Self {
+            path: path.to_path_buf(),
+            source,
+            tensors: parsed.tensors,
+            by_name,
+            metadata: parsed.metadata,
+            file_len,
+        }
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True when it reads a `.dmx` archive.
+    pub fn is_archive(&self) -> bool {
+        matches!(self.source, Source::Archive { .. })
+    }
+
+    /// Every tensor, in file (offset) order.
+    pub fn tensors(&self) -> &[TensorMeta] {
+        &self.tensors
+    }
+
+    /// A tensor by name.
+    pub fn get(&self, name: &str) -> Option<&TensorMeta> {
+        self.by_name.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// A tensor's bytes: borrowed from the map for a safetensors file; decoded for an archive,
+    /// with chunk checksums and the tensor's BLAKE3 checked.
+    pub fn read(&self, name: &str) -> Result<Cow<'_, [u8]>> {
+        let i = *self.by_name.get(name).ok_or_else(|| {
+            Error::Usage(format!("{}: no tensor named {name:?}", self.path.display()))
+        })?;
+        let t = &self.tensors[i];
+        match &self.source {
+            Source::Safetensors(bytes) => Ok(Cow::Borrowed(
+                &bytes[t.offset as usize..(t.offset + t.len) as usize],
+            )),
+            Source::Archive {
+                archive,
+                entry,
+                segments,
+            } => {
+                let entry = &archive.index().entries[*entry];
+                let seg = &entry.segments[segments[i]];
+                let data = archive.read_segment(entry, seg)?;
+                if blake3::hash(&data).as_bytes() != &seg.blake3 {
+                    return Err(Error::Mismatch {
+                        path: self.path.clone(),
+                        detail: format!("tensor {name:?}: BLAKE3 of decoded bytes does not match"),
+                    });
+                }
+                Ok(Cow::Owned(data))
+            }
+        }
+    }
+
+    /// Lets the kernel drop the mapped pages behind tensor `name`, once read: keeps the
+    /// resident set bounded when walking a large file. A no-op for unknown names.
+    pub(crate) fn release(&self, name: &str) {
+        let Some(&i) = self.by_name.get(name) else {
+            return;
+        };
+        let t = &self.tensors[i];
+        match &self.source {
+            Source::Safetensors(bytes) => {
+                bytes.release(t.offset as usize, (t.offset + t.len) as usize);
+            }
+            Source::Archive {
+                archive,
+                entry,
+                segments,
+            } => {
+                let entry = &archive.index().entries[*entry];
+                archive.release(&entry.segments[segments[i]].chunks);
+            }
+        }
+    }
+
+    /// The header bytes verbatim: the 8-byte little-endian length and the JSON.
+    pub fn header(&self) -> Result<Vec<u8>> {
+        match &self.source {
+            Source::Safetensors(bytes) => {
+                let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+                Ok(bytes[..8 + n as usize].to_vec())
+            }
+            Source::Archive { archive, entry, .. } => {
+                let entry = &archive.index().entries[*entry];
+                let seg = &entry.segments[0];
+                let data = archive.read_segment(entry, seg)?;
+                if blake3::hash(&data).as_bytes() != &seg.blake3 {
+                    return Err(Error::Mismatch {
+                        path: self.path.clone(),
+                        detail: "header: BLAKE3 of decoded bytes does not match".into(),
+                    });
+                }
+                Ok(data)
+            }
+        }
+    }
+
+    /// The header's `__metadata__` (string to string), if it has one.
+    pub fn metadata(&self) -> Option<&BTreeMap<String, String>> {
+        self.metadata.as_ref()
+    }
+
+    /// Size in bytes of the safetensors file (the restored one for an archive).
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    /// SHA-256 of the safetensors file whose tensors this reads: computed over the file, or
+    /// for an archive the digest its index records for the file it restores.
+    pub fn sha256(&self) -> Result<[u8; 32]> {
+        match &self.source {
+            Source::Safetensors(bytes) => {
+                let mut sha = sha2::Sha256::new();
+                let step = 16 << 20;
+                for start in (0..bytes.len()).step_by(step) {
+                    let end = (start + step).min(bytes.len());
+                    sha.update(&bytes[start..end]);
+                    bytes.release(start, end);
+                }
+                Ok(sha.finalize().into())
+            }
+            Source::Archive { archive, entry, .. } => Ok(archive.index().entries[*entry].sha256),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut f = (header.len() as u64).to_le_bytes().to_vec();
+        f.extend_from_slice(header.as_bytes());
+        f.extend_from_slice(data);
+        f
+    }
+
+    #[test]
+    fn parses_in_offset_order() {
+        let f = file(
+            r#"{"__metadata__":{"k":"v"},"b":{"dtype":"F32","shape":[1],"data_offsets":[2,6]},"a":{"dtype":"BF16","shape":[],"data_offsets":[0,2]},"z":{"dtype":"I8","shape":[0],"data_offsets":[6,6]}}"#,
+            &[1, 2, 3, 4, 5, 6],
+        );
+        let p = parse_header(&f, f.len() as u64).unwrap();
+        let names: Vec<_> = p.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "z"]);
+        let hl = f.len() as u64 - 6;
+        assert_eq!(p.tensors[0].offset, hl);
+        assert_eq!(p.tensors[1].offset, hl + 2);
+        assert_eq!(p.tensors[1].len, 4);
+        assert_eq!(p.tensors[1].shape, [1]);
+        assert_eq!(p.tensors[0].elements(), 1);
+        assert_eq!(p.tensors[2].elements(), 0);
+        assert_eq!(p.metadata.unwrap()["k"], "v");
+    }
+
+    #[test]
+    fn rejects_invalid_headers() {
+        assert!(parse_header(b"1234", 4).is_err());
+        let mut huge = u64::MAX.to_le_bytes().to_vec();
+        huge.extend_from_slice(b"{}");
+        assert!(parse_header(&huge, 10).is_err());
+        let f = file(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+            &[0; 4],
+        );
+        assert!(parse_header(&f, f.len() as u64).is_err());
+        let f = file(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
+            &[0; 4],
+        );
+        assert!(parse_header(&f, f.len() as u64).is_err());
+        let f = file("not json", &[]);
+        assert!(parse_header(&f, f.len() as u64).is_err());
+    }
+}

@@ -155,7 +155,7 @@ pub fn verify_with(
         p.finish();
     }
     Ok(VerifyReport {
-        schema: 2,
+        schema: 1,
         archive: archive.path().display().to_string(),
         original: original.map(|o| o.display().to_string()),
         ok: files.iter().all(|f| f.ok),

@@ -1,0 +1,266 @@
+//! Lossy modes through the engine: every dtype, mode, shape and special value restores a
+//! valid safetensors file with the original header, exact non-float tensors, exact NaN/Inf,
+//! errors within what the archive records, and `verify` agreeing with the record.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Mode, Tensor, plain, scratch, write};
+use dmx::lossy::{CastTo, LossyOptions, Mode as LossyMode};
+use dmx::{Archive, Options};
+
+fn quiet() -> Options {
+    Options {
+        no_sync: true,
+        ..Options::default()
+    }
+}
+
+fn model(dtype: &str, seed: u64) -> Vec<Tensor> {
+    vec![
+        Tensor::generated("h.0.mlp.w", dtype, &[33, 17], Mode::Mixed { rate: 40 }, seed),
+        Tensor::generated("h.1.mlp.w", dtype, &[33, 17], Mode::Weights, seed + 1),
+        Tensor::generated("h.0.ln.bias", dtype, &[7], Mode::Special, seed + 2),
+        Tensor::generated("scalar", dtype, &[], Mode::Weights, seed + 3),
+        Tensor::generated("empty", dtype, &[0, 4], Mode::Weights, seed + 4),
+        Tensor::generated("ids", "I64", &[5], Mode::Random, seed + 5),
+        Tensor::generated("rows", dtype, &[4, 300], Mode::RowScaled, seed + 6),
+    ]
+}
+
+/// Compresses `file` with `lossy`, restores it, and checks the invariants; returns the
+/// restored bytes.
+fn round_trip(dir: &Path, file: &[u8], lossy: &LossyOptions, tag: &str) -> Vec<u8> {
+    let input = dir.join(format!("{tag}.safetensors"));
+    write(&input, file);
+    let packed = dir.join(format!("{tag}.dmx"));
+    dmx::compress_with(&input, &packed, lossy, &quiet()).unwrap();
+    let restored = dir.join(format!("{tag}.out.safetensors"));
+    dmx::decompress(&packed, &restored, &quiet()).unwrap();
+    let out = std::fs::read(&restored).unwrap();
+    assert_eq!(out.len(), file.len(), "{tag}: size");
+    // The header (names, dtypes, shapes, order, metadata) is kept verbatim.
+    let n = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize + 8;
+    assert_eq!(out[..n], file[..n], "{tag}: header");
+    let archive = Archive::open(&packed).unwrap();
+    for t in archive.tensors() {
+        let seg = t.segment;
+        let (a, b) = (seg.offset as usize, (seg.offset + seg.len) as usize);
+        let (orig, got) = (&file[a..b], &out[a..b]);
+        match common::float_layout(&t.info.dtype) {
+            Some((bits, exp_bits)) if seg.transform.lossy().is_some() => {
+                let w = bits as usize / 8;
+                let exp_mask = ((1u64 << exp_bits) - 1) << (bits - 1 - exp_bits);
+                let mant_mask = (1u64 << (bits - 1 - exp_bits)) - 1;
+                let cast = t.segment.transform.lossy().unwrap().mode.name().starts_with("cast");
+                for (x, y) in orig.chunks(w).zip(got.chunks(w)) {
+                    let (xv, yv) = (le(x), le(y));
+                    if xv & exp_mask == exp_mask {
+                        if cast && xv & mant_mask != 0 {
+                            // A cast keeps NaN a NaN; its payload cannot fit 16 bits.
+                            assert!(yv & exp_mask == exp_mask && yv & mant_mask != 0, "{tag}");
+                        } else {
+                            assert_eq!(x, y, "{tag}: NaN/Inf must be exact in {}", t.info.name);
+                        }
+                    }
+                }
+            }
+            _ => assert_eq!(orig, got, "{tag}: {} must be exact", t.info.name),
+        }
+    }
+    let report = dmx::verify(&archive, Some(&input), &quiet()).unwrap();
+    assert!(report.ok, "{tag}: {report:#?}");
+    // Recorded errors are those verify measures.
+    for e in &report.files[0].tensor_errors {
+        let t = archive.tensor(&e.name).unwrap();
+        if let Some(l) = t.segment.transform.lossy() {
+            let measured = e.rel_l2.unwrap_or(f64::INFINITY);
+            assert!(
+                (measured - l.error.rel_l2).abs() <= 1e-9 * l.error.rel_l2.max(1e-300),
+                "{tag}: {}: recorded {} measured {measured}",
+                e.name,
+                l.error.rel_l2
+            );
+            assert_eq!(e.max_abs_error, l.error.max_abs, "{tag}: {}", e.name);
+        }
+    }
+    out
+}
+
+fn le(b: &[u8]) -> u64 {
+    let mut v = [0u8; 8];
+    v[..b.len()].copy_from_slice(b);
+    u64::from_le_bytes(v)
+}
+
+#[test]
+fn bfp_every_dtype_m_and_g_round_trips_and_is_idempotent() {
+    let dir = scratch();
+    for (dtype, ms) in [
+        ("BF16", &[2u32, 4, 7, 8][..]),
+        ("F16", &[3, 7, 8][..]),
+        ("F32", &[4, 8, 16, 24][..]),
+    ] {
+        let file = plain(&model(dtype, 11));
+        for &m in ms {
+            for g in [1u32, 7, 32, 64] {
+                let lossy = LossyOptions {
+                    mode: LossyMode::Bfp,
+                    mantissa_bits: Some(m),
+                    group_size: Some(g),
+                    ..Default::default()
+                };
+                let tag = format!("bfp-{dtype}-{m}-{g}");
+                let once = round_trip(dir.path(), &file, &lossy, &tag);
+                let twice = round_trip(dir.path(), &once, &lossy, &format!("{tag}-again"));
+                assert_eq!(once, twice, "{tag}: BFP of a BFP output must be exact");
+            }
+        }
+    }
+}
+
+#[test]
+fn integer_modes_and_cast_round_trip() {
+    let dir = scratch();
+    for dtype in ["BF16", "F16", "F32"] {
+        let file = plain(&model(dtype, 21));
+        for mode in [LossyMode::Int16, LossyMode::Int32] {
+            let lossy = LossyOptions {
+                mode,
+                ..Default::default()
+            };
+            round_trip(dir.path(), &file, &lossy, &format!("{mode:?}-{dtype}"));
+        }
+    }
+    let file = plain(&model("F32", 22));
+    for cast in [CastTo::Bf16, CastTo::F16] {
+        let lossy = LossyOptions {
+            cast: Some(cast),
+            ..Default::default()
+        };
+        round_trip(dir.path(), &file, &lossy, &format!("cast-{cast:?}"));
+    }
+}
+
+#[test]
+fn integer_steps_are_shared_by_role() {
+    let dir = scratch();
+    let tensors = vec![
+        Tensor::generated("h.0.mlp.w", "F32", &[64, 100], Mode::Weights, 1),
+        Tensor::generated("h.1.mlp.w", "F32", &[64, 100], Mode::Weights, 2),
+        Tensor::generated("h.1.attn.w", "F32", &[64, 100], Mode::Weights, 3),
+    ];
+    let input = dir.path().join("m.safetensors");
+    write(&input, &plain(&tensors));
+    let packed = dir.path().join("m.dmx");
+    let lossy = LossyOptions {
+        mode: LossyMode::Int16,
+        ..Default::default()
+    };
+    dmx::compress_with(&input, &packed, &lossy, &quiet()).unwrap();
+    let a = Archive::open(&packed).unwrap();
+    let step = |n: &str| a.tensor(n).unwrap().segment.transform.lossy().unwrap().step;
+    assert_eq!(step("h.0.mlp.w"), step("h.1.mlp.w"));
+    assert!(step("h.0.mlp.w") > 0.0);
+}
+
+#[test]
+fn auto_respects_the_budget_and_keep_lossless() {
+    let dir = scratch();
+    let file = plain(&model("BF16", 31));
+    // Without a budget, auto is lossless.
+    let lossless = round_trip(
+        dir.path(),
+        &file,
+        &LossyOptions {
+            mode: LossyMode::Auto,
+            ..Default::default()
+        },
+        "auto-none",
+    );
+    assert_eq!(lossless, file);
+    for budget in [0.0, 1e-3, 3e-2] {
+        let lossy = LossyOptions {
+            mode: LossyMode::Auto,
+            max_rel_error: Some(budget),
+            keep_lossless: vec!["*ln*".into()],
+            ..Default::default()
+        };
+        let tag = format!("auto-{budget}");
+        round_trip(dir.path(), &file, &lossy, &tag);
+        let a = Archive::open(&dir.path().join(format!("{tag}.dmx"))).unwrap();
+        for t in a.tensors() {
+            if let Some(l) = t.segment.transform.lossy() {
+                assert!(l.error.rel_l2 <= budget, "{tag}: {}", t.info.name);
+                assert!(!t.info.name.contains("ln"), "{tag}: kept lossless");
+            }
+        }
+        let lossless_size = {
+            let p = dir.path().join("auto-none.dmx");
+            std::fs::metadata(p).unwrap().len()
+        };
+        assert!(a.archive_len() <= lossless_size + 512, "{tag}: not larger");
+    }
+}
+
+#[test]
+fn verify_fails_beyond_a_given_limit() {
+    let dir = scratch();
+    let file = plain(&model("F32", 41));
+    let input = dir.path().join("m.safetensors");
+    write(&input, &file);
+    let packed = dir.path().join("m.dmx");
+    let lossy = LossyOptions {
+        mode: LossyMode::Bfp,
+        mantissa_bits: Some(3),
+        ..Default::default()
+    };
+    dmx::compress_with(&input, &packed, &lossy, &quiet()).unwrap();
+    let a = Archive::open(&packed).unwrap();
+    let strict = dmx::verify_with(&a, Some(&input), Some(1e-9), &quiet()).unwrap();
+    assert!(!strict.ok);
+    let loose = dmx::verify_with(&a, Some(&input), Some(1.0), &quiet()).unwrap();
+    assert!(loose.ok);
+    let stats = dmx::Stats::of_archive(&a);
+    assert!(!stats.lossless);
+    assert!(stats.lossy_tensors > 0);
+}
+
+#[test]
+fn bad_lossy_settings_are_usage_errors() {
+    let dir = scratch();
+    let input = dir.path().join("m.safetensors");
+    write(&input, &plain(&model("BF16", 51)));
+    for lossy in [
+        LossyOptions {
+            mode: LossyMode::Bfp,
+            mantissa_bits: Some(1),
+            ..Default::default()
+        },
+        LossyOptions {
+            mode: LossyMode::Bfp,
+            group_size: Some(0),
+            ..Default::default()
+        },
+        LossyOptions {
+            mode: LossyMode::Int16,
+            max_rel_error: Some(0.1),
+            ..Default::default()
+        },
+        LossyOptions {
+            mode: LossyMode::Auto,
+            max_rel_error: Some(f64::NAN),
+            ..Default::default()
+        },
+        LossyOptions {
+            keep_lossless: vec!["[".into()],
+            mode: LossyMode::Bfp,
+            ..Default::default()
+        },
+    ] {
+        let err = dmx::compress_with(&input, &dir.path().join("x.dmx"), &lossy, &quiet())
+            .expect_err("rejected");
+        assert!(!err.is_integrity_failure(), "{err}");
+    }
+}
