@@ -77,7 +77,8 @@ fn round_trip(dir: &Path, file: &[u8], lossy: &LossyOptions, tag: &str) -> Vec<u
         if let Some(l) = t.segment.transform.lossy() {
             let measured = e.rel_l2.unwrap_or(f64::INFINITY);
             assert!(
-                (measured - l.error.rel_l2).abs() <= 1e-9 * l.error.rel_l2.max(1e-300),
+                measured == l.error.rel_l2
+                    || (measured - l.error.rel_l2).abs() <= 1e-9 * l.error.rel_l2.max(1e-300),
                 "{tag}: {}: recorded {} measured {measured}",
                 e.name,
                 l.error.rel_l2
