@@ -1,1 +1,1009 @@
-//! (being written)
+//! The integer stream coder: blocks of unsigned (or zigzagged signed) 64-bit integers coded by
+//! bit length.
+//!
+//! A value `v` becomes a *token* and raw bits. With a per-block parameter `k` (0..=6), values
+//! below `2^k` are their own token; a larger value of bit length `L` has the token
+//! `(L - k) << k | m`, where `m` is the `k` bits after its leading one, and its low `L - 1 - k`
+//! bits are stored raw. Tokens are coded with canonical Huffman codes (module
+//! [`crate::huffman`]), one table per *context*: callers that know something about each value
+//! (the delta codec passes the base value's exponent class) select a table per value; the
+//! public functions use one context. A context holding a single token codes it in zero bits.
+//! `k` is chosen per block by exact coded size. Value `i` goes to bit stream `i % 4`; the
+//! four streams are decoded in lockstep for instruction-level parallelism.
+//!
+//! Block layout (all integers LEB128 varints unless noted):
+//!
+//! ```text
+//! u8 k | count | count > 0: per context { u8 kind: 0 unused, 1 single token (+ token),
+//!        2 Huffman (+ huffman::write_lengths table) } | 4 stream byte sizes | 4 streams
+//! ```
+//!
+//! Each stream is LSB-first: per value its token's code, then the raw bits.
+
+use crate::CodecError;
+use crate::bits::Lane;
+use crate::float::entropy;
+use crate::huffman::{self, MAX_CODE_LEN};
+
+/// Number of interleaved bit streams.
+pub const LANES: usize = 4;
+/// Largest number of mantissa bits carried in a token.
+pub const MAX_K: u32 = 6;
+/// Largest context count accepted by the context-aware functions.
+pub const MAX_CONTEXTS: usize = 256;
+
+/// Flag in decode entries no code maps to.
+const INVALID: u32 = 0x80;
+
+/// Maps a signed integer to an unsigned one, small magnitudes to small values
+/// (0, -1, 1, -2, … → 0, 1, 2, 3, …).
+#[inline(always)]
+pub fn zigzag(x: i64) -> u64 {
+    ((x << 1) ^ (x >> 63)) as u64
+}
+
+/// Inverse of [`zigzag`].
+#[inline(always)]
+pub fn unzigzag(z: u64) -> i64 {
+    ((z >> 1) as i64) ^ -((z & 1) as i64)
+}
+
+/// Encodes signed integers as one self-delimiting block (zigzag inside).
+pub fn encode_signed(values: &[i64]) -> Vec<u8> {
+    let z: Vec<u64> = values.iter().map(|&v| zigzag(v)).collect();
+    let mut out = Vec::new();
+    encode_ctx(&z, None, 1, &mut out);
+    out
+}
+
+/// Decodes a block made by [`encode_signed`] into `out` (whose length is the value count);
+/// returns the bytes consumed. Never panics or over-allocates on arbitrary input; errors on
+/// bad data or a count mismatch.
+pub fn decode_signed(data: &[u8], out: &mut [i64]) -> Result<usize, CodecError> {
+    decode_ctx(data, None, 1, out)
+}
+
+/// Order-0 entropy bound (bits) of the values under the coder's model: token entropy plus raw
+/// bits, for the `k` the encoder would choose.
+pub fn entropy_bits_signed(values: &[i64]) -> f64 {
+    let z: Vec<u64> = values.iter().map(|&v| zigzag(v)).collect();
+    Plan::new(&z, None, 1).entropy_bits
+}
+
+/// Encodes unsigned integers as one block (as [`encode_signed`] without the zigzag).
+pub fn encode_unsigned(values: &[u64]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_ctx(values, None, 1, &mut out);
+    out
+}
+
+/// Decodes a block made by [`encode_unsigned`]; returns the bytes consumed.
+pub fn decode_unsigned(data: &[u8], out: &mut [u64]) -> Result<usize, CodecError> {
+    decode_ctx(data, None, 1, out)
+}
+
+/// Alphabet size for parameter `k`.
+fn alphabet(k: u32) -> usize {
+    ((65 - k) << k) as usize
+}
+
+/// The token of `v` for parameter `k`.
+#[inline(always)]
+fn token(v: u64, k: u32) -> u32 {
+    if v < 1 << k {
+        v as u32
+    } else {
+        let l = 64 - v.leading_zeros();
+        let nraw = l - 1 - k;
+        ((l - k) << k) | ((v >> nraw) as u32 & ((1 << k) - 1))
+    }
+}
+
+/// Raw bits that follow token `t`.
+#[inline(always)]
+fn token_nraw(t: u32, k: u32) -> u32 {
+    (t >> k).saturating_sub(1)
+}
+
+/// The smallest value of token `t` (its raw bits zero).
+#[inline(always)]
+fn token_base(t: u32, k: u32) -> u64 {
+    let hi = t >> k;
+    let lead = u64::from(hi != 0) << k;
+    (lead | u64::from(t & ((1 << k) - 1))) << hi.saturating_sub(1)
+}
+
+/// Low `n` bits set (`n <= 63`).
+#[inline(always)]
+fn mask(n: u32) -> u64 {
+    (1u64 << n) - 1
+}
+
+/// Per-context coding choice.
+#[derive(Clone)]
+enum CtxCode {
+    Unused,
+    Single(u32),
+    Huffman(Vec<u8>),
+}
+
+/// Token histograms of a block at the finest parameter (`k = MAX_K`), one per context.
+pub(crate) struct Hist {
+    /// `counts[c * width + t]`: values of context `c` with token `t`.
+    counts: Vec<u64>,
+    /// Tokens per context row (every token of the block is below it).
+    width: usize,
+    nctx: usize,
+    /// Values per stream.
+    lane_values: [usize; LANES],
+}
+
+impl Hist {
+    /// Histograms of `values` under contexts `ctx` (same length, entries below `nctx`).
+    pub(crate) fn new(values: &[u64], ctx: Option<&[u8]>, nctx: usize) -> Self {
+        debug_assert!((1..=MAX_CONTEXTS).contains(&nctx));
+        debug_assert!(ctx.is_none_or(|c| c.len() == values.len()));
+        // Tokens grow with the value, so the OR of all values bounds them.
+        let or = values.iter().fold(0u64, |a, &v| a | v);
+        let width = token(or, MAX_K) as usize + 1;
+        let mut counts = vec![0u64; nctx * width];
+        match ctx {
+            Some(c) => {
+                for (&v, &c) in values.iter().zip(c) {
+                    counts[usize::from(c) * width + token(v, MAX_K) as usize] += 1;
+                }
+            }
+            None => {
+                for &v in values {
+                    counts[token(v, MAX_K) as usize] += 1;
+                }
+            }
+        }
+        let n = values.len();
+        Self {
+            counts,
+            width,
+            nctx,
+            lane_values: std::array::from_fn(|j| (n + LANES - 1 - j) / LANES),
+        }
+    }
+
+    /// The same values under a single context.
+    pub(crate) fn merged(&self) -> Self {
+        let mut counts = vec![0u64; self.width];
+        for row in self.counts.chunks(self.width) {
+            for (a, &c) in counts.iter_mut().zip(row) {
+                *a += c;
+            }
+        }
+        Self {
+            counts,
+            width: self.width,
+            nctx: 1,
+            lane_values: self.lane_values,
+        }
+    }
+}
+
+/// The chosen parameter and tables for a block, with a bound on its size.
+pub(crate) struct Plan {
+    k: u32,
+    nctx: usize,
+    codes: Vec<CtxCode>,
+    /// Order-0 entropy bound in bits (token entropy per context plus raw bits).
+    pub(crate) entropy_bits: f64,
+    /// Size in bytes of the block [`encode_with_plan`] writes with this plan: exact but for
+    /// at most one byte per stream (an upper bound).
+    pub(crate) size: usize,
+    /// Most bits one value takes (code and raw bits).
+    max_bits: u32,
+    lane_values: [usize; LANES],
+}
+
+impl Plan {
+    /// The smallest plan over `k` for `values` under contexts `ctx` (see [`encode_ctx`]).
+    pub(crate) fn new(values: &[u64], ctx: Option<&[u8]>, nctx: usize) -> Self {
+        Self::from_hist(&Hist::new(values, ctx, nctx))
+    }
+
+    /// The smallest plan over `k` for the values of `hist`.
+    pub(crate) fn from_hist(hist: &Hist) -> Self {
+        let n: usize = hist.lane_values.iter().sum();
+        // Used (token, count) pairs per context.
+        let used: Vec<Vec<(u32, u64)>> = hist
+            .counts
+            .chunks(hist.width)
+            .map(|h| {
+                h.iter()
+                    .enumerate()
+                    .filter(|&(_, &f)| f > 0)
+                    .map(|(t, &f)| (t as u32, f))
+                    .collect()
+            })
+            .collect();
+        let mut best: Option<(u64, Plan)> = None;
+        for k in 0..=MAX_K {
+            let mut stream_bits = 0u64;
+            let mut header = 0usize;
+            let mut ent = 0f64;
+            let mut max_bits = 0u32;
+            let mut codes = Vec::with_capacity(hist.nctx);
+            // Tokens at k of the used tokens at MAX_K: non-decreasing, so equal ones are
+            // adjacent.
+            let mut merged: Vec<(u32, u64)> = Vec::new();
+            for u in &used {
+                merged.clear();
+                let mut raw = 0u64;
+                for &(t6, f) in u {
+                    let t = token(token_base(t6, MAX_K), k);
+                    raw += f * u64::from(token_nraw(t, k));
+                    match merged.last_mut() {
+                        Some(last) if last.0 == t => last.1 += f,
+                        _ => merged.push((t, f)),
+                    }
+                }
+                let freqs: Vec<u64> = merged.iter().map(|m| m.1).collect();
+                stream_bits += raw;
+                ent += raw as f64 + entropy(&freqs);
+                header += 1;
+                let code = match merged.as_slice() {
+                    [] => CtxCode::Unused,
+                    [(t, _)] => {
+                        header += varint_len(u64::from(*t));
+                        max_bits = max_bits.max(token_nraw(*t, k));
+                        CtxCode::Single(*t)
+                    }
+                    _ => {
+                        let short = huffman::code_lengths(&freqs);
+                        let mut lengths = vec![0u8; merged.last().map_or(0, |m| m.0 as usize + 1)];
+                        for (&(t, f), &l) in merged.iter().zip(&short) {
+                            lengths[t as usize] = l;
+                            stream_bits += f * u64::from(l);
+                            max_bits = max_bits.max(u32::from(l) + token_nraw(t, k));
+                        }
+                        header += huffman::lengths_size(&lengths);
+                        CtxCode::Huffman(lengths)
+                    }
+                };
+                codes.push(code);
+            }
+            let bytes = (stream_bits / 8) as usize + LANES;
+            let size = 1
+                + varint_len(n as u64)
+                + if n == 0 {
+                    0
+                } else {
+                    header + LANES * varint_len(bytes as u64) + bytes
+                };
+            if best.as_ref().is_none_or(|(b, _)| (size as u64) < *b) {
+                best = Some((
+                    size as u64,
+                    Plan {
+                        k,
+                        nctx: hist.nctx,
+                        codes,
+                        entropy_bits: ent,
+                        size,
+                        max_bits,
+                        lane_values: hist.lane_values,
+                    },
+                ));
+            }
+        }
+        best.map(|(_, p)| p).expect("at least one parameter")
+    }
+
+    /// `code | length << 16` per (context, token).
+    fn encode_table(&self) -> Vec<u32> {
+        let alph = alphabet(self.k);
+        let mut enc = vec![0u32; self.nctx * alph];
+        for (c, code) in self.codes.iter().enumerate() {
+            if let CtxCode::Huffman(lengths) = code {
+                let codes = huffman::encode_codes(lengths);
+                for ((e, &code), &l) in enc[c * alph..].iter_mut().zip(&codes).zip(lengths) {
+                    *e = u32::from(code) | u32::from(l) << 16;
+                }
+            }
+        }
+        enc
+    }
+}
+
+/// Appends `v` as a LEB128 varint.
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros()).div_ceil(7) as usize
+}
+
+/// Reads a LEB128 varint at `*pos`, advancing it.
+pub(crate) fn get_varint(data: &[u8], pos: &mut usize) -> Result<u64, CodecError> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let b = *data
+            .get(*pos)
+            .ok_or(CodecError::Corrupt("varint truncated"))?;
+        *pos += 1;
+        let part = u64::from(b & 0x7F);
+        if i == 9 && part > 1 {
+            return Err(CodecError::Corrupt("varint overflows 64 bits"));
+        }
+        v |= part << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(CodecError::Corrupt("varint overflows 64 bits"))
+}
+
+/// Encodes `values` as one block appended to `out`; `ctx` (same length, every entry below
+/// `nctx`) selects a Huffman table per value. Returns the order-0 entropy bound in bits.
+pub(crate) fn encode_ctx(
+    values: &[u64],
+    ctx: Option<&[u8]>,
+    nctx: usize,
+    out: &mut Vec<u8>,
+) -> f64 {
+    let plan = Plan::new(values, ctx, nctx);
+    encode_with_plan(values, ctx, &plan, out);
+    plan.entropy_bits
+}
+
+/// Writes value `v` to `lane` with the codes of row `row` of `enc` (`code | length << 16`
+/// per token of parameter `k`).
+#[inline(always)]
+fn put_value(lane: &mut Lane, buf: &mut [u8], enc: &[u32], row: usize, k: u32, v: u64) {
+    let t = token(v, k);
+    let e = enc[row + t as usize];
+    let len = e >> 16;
+    let code = u64::from(e & 0xFFFF);
+    let nraw = token_nraw(t, k);
+    let raw = v & mask(nraw);
+    if len + nraw <= 56 {
+        lane.put(buf, code | raw << len, len + nraw);
+    } else {
+        lane.put(buf, code, len);
+        lane.put(buf, raw & mask(32), 32);
+        lane.put(buf, raw >> 32, nraw - 32);
+    }
+}
+
+/// [`encode_ctx`] with a plan for the same values and contexts; appends at most `plan.size`
+/// bytes.
+pub(crate) fn encode_with_plan(values: &[u64], ctx: Option<&[u8]>, plan: &Plan, out: &mut Vec<u8>) {
+    debug_assert!(ctx.is_none_or(|c| c.len() == values.len()));
+    debug_assert_eq!(plan.lane_values.iter().sum::<usize>(), values.len());
+    let k = plan.k;
+    let start_len = out.len();
+    out.push(k as u8);
+    put_varint(out, values.len() as u64);
+    if values.is_empty() {
+        return;
+    }
+    let alph = alphabet(k);
+    for code in &plan.codes {
+        match code {
+            CtxCode::Unused => out.push(0),
+            CtxCode::Single(t) => {
+                out.push(1);
+                put_varint(out, u64::from(*t));
+            }
+            CtxCode::Huffman(lengths) => {
+                out.push(2);
+                huffman::write_lengths(lengths, out);
+            }
+        }
+    }
+    let enc = plan.encode_table();
+    // Each stream is written into a region sized for its worst case, then copied out.
+    let mut starts = [0usize; LANES];
+    let mut end = 0;
+    for (st, &nv) in starts.iter_mut().zip(&plan.lane_values) {
+        *st = end;
+        end += (nv * plan.max_bits as usize).div_ceil(8) + 8;
+    }
+    let mut buf = vec![0u8; end];
+    let [mut l0, mut l1, mut l2, mut l3] = starts.map(Lane::new);
+    let groups = values.len() / LANES;
+    match ctx {
+        Some(c) => {
+            for (g, cg) in values.chunks_exact(LANES).zip(c.chunks_exact(LANES)) {
+                put_value(&mut l0, &mut buf, &enc, usize::from(cg[0]) * alph, k, g[0]);
+                put_value(&mut l1, &mut buf, &enc, usize::from(cg[1]) * alph, k, g[1]);
+                put_value(&mut l2, &mut buf, &enc, usize::from(cg[2]) * alph, k, g[2]);
+                put_value(&mut l3, &mut buf, &enc, usize::from(cg[3]) * alph, k, g[3]);
+            }
+        }
+        None => {
+            for g in values.chunks_exact(LANES) {
+                put_value(&mut l0, &mut buf, &enc, 0, k, g[0]);
+                put_value(&mut l1, &mut buf, &enc, 0, k, g[1]);
+                put_value(&mut l2, &mut buf, &enc, 0, k, g[2]);
+                put_value(&mut l3, &mut buf, &enc, 0, k, g[3]);
+            }
+        }
+    }
+    let mut lanes = [l0, l1, l2, l3];
+    for i in groups * LANES..values.len() {
+        let c = ctx.map_or(0, |c| usize::from(c[i]));
+        put_value(
+            &mut lanes[i % LANES],
+            &mut buf,
+            &enc,
+            c * alph,
+            k,
+            values[i],
+        );
+    }
+    let stops = lanes.map(|l| l.finish(&mut buf));
+    for (&st, &stop) in starts.iter().zip(&stops) {
+        put_varint(out, (stop - st) as u64);
+    }
+    for (&st, &stop) in starts.iter().zip(&stops) {
+        out.extend_from_slice(&buf[st..stop]);
+    }
+    debug_assert!(out.len() - start_len <= plan.size);
+}
+
+/// Decode tables of all contexts of a block, in one allocation. Entries pack everything a
+/// value needs: `sig << 14 | nraw << 8 | flags | code length`, where the value is
+/// `sig << nraw` plus the `nraw` raw bits after the code. A primary entry with [`LONG`] set
+/// instead holds `start << 8`, the first of `1 << (MAX_CODE_LEN - primary bits)` secondary
+/// entries indexed by the following bits. Row `nctx` (and any unused context) decodes every
+/// code as [`INVALID`].
+struct Tables {
+    primary: Vec<u32>,
+    secondary: Vec<u32>,
+    /// Bits resolved by the primary lookup.
+    pbits: u32,
+    nctx: usize,
+}
+
+/// Primary entry flag: the code continues in the secondary table.
+const LONG: u32 = 0x40;
+/// The entry of an invalid code: consumes one bit, decodes 0.
+const INVALID_ENTRY: u32 = INVALID | 1;
+
+/// The packed decode entry of token `t` with a code of `len` bits.
+fn entry(t: u32, k: u32, len: u32) -> u32 {
+    let hi = t >> k;
+    let sig = (u32::from(hi != 0) << k) | (t & ((1 << k) - 1));
+    sig << 14 | token_nraw(t, k) << 8 | len
+}
+
+impl Tables {
+    /// Empty tables for `nctx` contexts; small primary tables when there are many contexts,
+    /// so that all of them stay in the first-level cache.
+    fn new(nctx: usize) -> Self {
+        let pbits = if nctx <= 2 { 11 } else { 9 };
+        Self {
+            primary: vec![INVALID_ENTRY; (nctx + 1) << pbits],
+            secondary: Vec::new(),
+            pbits,
+            nctx,
+        }
+    }
+
+    /// Context `c` decodes token `t` whatever the bits.
+    fn set_single(&mut self, c: usize, e: u32) {
+        self.primary[c << self.pbits..(c + 1) << self.pbits].fill(e);
+    }
+
+    /// Context `c` decodes the canonical code of `lengths` (tokens of parameter `k`).
+    fn set_huffman(&mut self, c: usize, lengths: &[u8], k: u32) -> Result<(), CodecError> {
+        let mut kraft = 0u64;
+        for &l in lengths {
+            if l > 0 {
+                kraft += 1u64 << (MAX_CODE_LEN - u32::from(l));
+            }
+        }
+        if kraft > 1u64 << MAX_CODE_LEN {
+            return Err(CodecError::Corrupt("Huffman code lengths oversubscribed"));
+        }
+        let pbits = self.pbits;
+        let sub = 1usize << (MAX_CODE_LEN - pbits);
+        let row = c << pbits;
+        let pmask = (1usize << pbits) - 1;
+        let codes = huffman::encode_codes(lengths);
+        for (t, (&len, &code)) in lengths.iter().zip(&codes).enumerate() {
+            let len = u32::from(len);
+            if len == 0 {
+                continue;
+            }
+            let e = entry(t as u32, k, len);
+            let code = usize::from(code);
+            if len <= pbits {
+                let mut i = code;
+                while i <= pmask {
+                    self.primary[row + i] = e;
+                    i += 1 << len;
+                }
+            } else {
+                let prefix = row + (code & pmask);
+                if self.primary[prefix] & LONG == 0 {
+                    self.primary[prefix] = (self.secondary.len() as u32) << 8 | LONG;
+                    self.secondary
+                        .resize(self.secondary.len() + sub, INVALID_ENTRY);
+                }
+                let start = (self.primary[prefix] >> 8) as usize;
+                let mut i = code >> pbits;
+                while i < sub {
+                    self.secondary[start + i] = e;
+                    i += 1 << (len - pbits);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Primary row offset of context `c` (out-of-range contexts read the invalid row).
+    #[inline(always)]
+    fn row(&self, c: usize) -> usize {
+        c.min(self.nctx) << self.pbits
+    }
+
+    #[inline(always)]
+    fn lookup(&self, row: usize, bits: u64) -> u32 {
+        let e = self.primary[row + (bits as usize & ((1 << self.pbits) - 1))];
+        if e & LONG == 0 { e } else { self.long(e, bits) }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn long(&self, e: u32, bits: u64) -> u32 {
+        let sub = 1usize << (MAX_CODE_LEN - self.pbits);
+        let i = (e >> 8) as usize + ((bits >> self.pbits) as usize & (sub - 1));
+        self.secondary.get(i).copied().unwrap_or(INVALID_ENTRY)
+    }
+}
+
+/// Output element types of the decoder.
+pub(crate) trait Sink: Copy {
+    /// The element for coded value `v`.
+    fn from_coded(v: u64) -> Self;
+}
+
+impl Sink for u64 {
+    #[inline(always)]
+    fn from_coded(v: u64) -> Self {
+        v
+    }
+}
+
+impl Sink for i64 {
+    #[inline(always)]
+    fn from_coded(v: u64) -> Self {
+        unzigzag(v)
+    }
+}
+
+/// The concatenated streams of a block.
+#[derive(Clone, Copy)]
+struct Reader<'a> {
+    data: &'a [u8],
+}
+
+impl Reader<'_> {
+    /// At least 57 valid bits from bit `pos` (zeros past the end; overruns are caught by the
+    /// end check).
+    #[inline(always)]
+    fn word(self, pos: usize) -> u64 {
+        let i = pos >> 3;
+        let w = match self.data.get(i..i + 8) {
+            Some(b) => {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(b);
+                w
+            }
+            None => self.tail(i),
+        };
+        u64::from_le_bytes(w) >> (pos & 7)
+    }
+
+    #[cold]
+    fn tail(self, i: usize) -> [u8; 8] {
+        let mut w = [0u8; 8];
+        let rest = self.data.get(i..).unwrap_or(&[]);
+        let n = rest.len().min(8);
+        w[..n].copy_from_slice(&rest[..n]);
+        w
+    }
+
+    /// `n <= 63` bits at `pos`, for raw fields too long for one word.
+    #[cold]
+    fn long_bits(self, pos: usize, n: u32) -> u64 {
+        let lo = self.word(pos) & mask(32);
+        let hi = self.word(pos + 32) & mask(n.saturating_sub(32));
+        (lo | hi << 32) & mask(n)
+    }
+}
+
+/// Decodes one value at `*pos` with the primary row `row` and advances.
+#[inline(always)]
+fn decode_one(r: Reader<'_>, pos: &mut usize, t: &Tables, row: usize, bad: &mut u32) -> u64 {
+    let w = r.word(*pos);
+    let e = t.lookup(row, w);
+    *bad |= e;
+    let len = e & 0x1F;
+    let nraw = (e >> 8) & 63;
+    let sig = u64::from(e >> 14);
+    let raw = if len + nraw <= 57 {
+        (w >> len) & mask(nraw)
+    } else {
+        r.long_bits(*pos + len as usize, nraw)
+    };
+    *pos += (len + nraw) as usize;
+    sig << nraw | raw
+}
+
+/// Decodes a block made by [`encode_ctx`] with the same `ctx` and `nctx` into `out`; returns
+/// the bytes consumed.
+pub(crate) fn decode_ctx<T: Sink>(
+    data: &[u8],
+    ctx: Option<&[u8]>,
+    nctx: usize,
+    out: &mut [T],
+) -> Result<usize, CodecError> {
+    match ctx {
+        Some(ctx) => {
+            if ctx.len() != out.len() {
+                return Err(CodecError::Corrupt("integer block context count mismatch"));
+            }
+            decode_into(data, nctx, &mut WithCtx { ctx, out })
+        }
+        None => decode_into(data, nctx, &mut Plain(out)),
+    }
+}
+
+/// The destination of a decoded block: where value `i` goes and which context it uses.
+pub(crate) trait Values {
+    /// Number of values.
+    fn count(&self) -> usize;
+    /// The context of value `i` (below the block's context count).
+    fn ctx(&self, i: usize) -> usize;
+    /// Stores coded value `v` (zigzagged for signed data) as value `i`.
+    fn set(&mut self, i: usize, v: u64);
+    /// The contexts of values `i..i + 4` (called before [`Values::set4`] of the same values).
+    #[inline(always)]
+    fn ctx4(&mut self, i: usize) -> [usize; LANES] {
+        [
+            self.ctx(i),
+            self.ctx(i + 1),
+            self.ctx(i + 2),
+            self.ctx(i + 3),
+        ]
+    }
+    /// Stores values `i..i + 4`.
+    #[inline(always)]
+    fn set4(&mut self, i: usize, v: [u64; LANES]) {
+        for (j, v) in v.into_iter().enumerate() {
+            self.set(i + j, v);
+        }
+    }
+}
+
+struct Plain<'a, T>(&'a mut [T]);
+
+impl<T: Sink> Values for Plain<'_, T> {
+    #[inline(always)]
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+    #[inline(always)]
+    fn ctx(&self, _: usize) -> usize {
+        0
+    }
+    #[inline(always)]
+    fn set(&mut self, i: usize, v: u64) {
+        self.0[i] = T::from_coded(v);
+    }
+}
+
+struct WithCtx<'a, T> {
+    ctx: &'a [u8],
+    out: &'a mut [T],
+}
+
+impl<T: Sink> Values for WithCtx<'_, T> {
+    #[inline(always)]
+    fn count(&self) -> usize {
+        self.out.len()
+    }
+    #[inline(always)]
+    fn ctx(&self, i: usize) -> usize {
+        usize::from(self.ctx[i])
+    }
+    #[inline(always)]
+    fn set(&mut self, i: usize, v: u64) {
+        self.out[i] = T::from_coded(v);
+    }
+}
+
+/// Decodes a block into `out` (which supplies the contexts, all below `nctx`); returns the
+/// bytes consumed. Values decode in order within each stream; the four streams advance in
+/// lockstep.
+pub(crate) fn decode_into<V: Values>(
+    data: &[u8],
+    nctx: usize,
+    out: &mut V,
+) -> Result<usize, CodecError> {
+    if !(1..=MAX_CONTEXTS).contains(&nctx) {
+        return Err(CodecError::Corrupt("integer block context count mismatch"));
+    }
+    let k = u32::from(
+        *data
+            .first()
+            .ok_or(CodecError::Corrupt("integer block truncated"))?,
+    );
+    if k > MAX_K {
+        return Err(CodecError::Corrupt(
+            "integer block has an invalid parameter",
+        ));
+    }
+    let mut pos = 1;
+    let count = get_varint(data, &mut pos)?;
+    let n = out.count();
+    if count != n as u64 {
+        return Err(CodecError::Corrupt(
+            "integer block count disagrees with the output size",
+        ));
+    }
+    if n == 0 {
+        return Ok(pos);
+    }
+    let alph = alphabet(k);
+    let mut tables = Tables::new(nctx);
+    for c in 0..nctx {
+        let kind = *data
+            .get(pos)
+            .ok_or(CodecError::Corrupt("integer block truncated"))?;
+        pos += 1;
+        match kind {
+            0 => {}
+            1 => {
+                let t = get_varint(data, &mut pos)?;
+                if t >= alph as u64 {
+                    return Err(CodecError::Corrupt("integer block token out of range"));
+                }
+                tables.set_single(c, entry(t as u32, k, 0));
+            }
+            2 => {
+                let rest = data.get(pos..).unwrap_or(&[]);
+                let (lengths, used) = huffman::read_lengths(rest, alph)?;
+                pos += used;
+                tables.set_huffman(c, &lengths, k)?;
+            }
+            _ => {
+                return Err(CodecError::Corrupt(
+                    "integer block has an invalid table kind",
+                ));
+            }
+        }
+    }
+    let mut sizes = [0usize; LANES];
+    for s in &mut sizes {
+        let v = get_varint(data, &mut pos)?;
+        *s = usize::try_from(v)
+            .ok()
+            .filter(|&v| v <= data.len())
+            .ok_or(CodecError::Corrupt("integer block stream exceeds the data"))?;
+    }
+    let total: usize = sizes.iter().sum();
+    let streams = data
+        .get(pos..)
+        .and_then(|d| d.get(..total))
+        .ok_or(CodecError::Corrupt("integer block stream exceeds the data"))?;
+    let r = Reader { data: streams };
+    let mut ends = [0usize; LANES];
+    let mut starts = [0usize; LANES];
+    let mut acc = 0;
+    for i in 0..LANES {
+        starts[i] = acc * 8;
+        acc += sizes[i];
+        ends[i] = acc * 8;
+    }
+    // A context the caller computes out of range decodes as corrupt, never panics.
+    let t = &tables;
+    let mut bad = 0u32;
+    let [mut p0, mut p1, mut p2, mut p3] = starts;
+    let groups = n / LANES;
+    for g in 0..groups {
+        let i = g * LANES;
+        let [c0, c1, c2, c3] = out.ctx4(i);
+        let v0 = decode_one(r, &mut p0, t, t.row(c0), &mut bad);
+        let v1 = decode_one(r, &mut p1, t, t.row(c1), &mut bad);
+        let v2 = decode_one(r, &mut p2, t, t.row(c2), &mut bad);
+        let v3 = decode_one(r, &mut p3, t, t.row(c3), &mut bad);
+        out.set4(i, [v0, v1, v2, v3]);
+    }
+    let mut ps = [p0, p1, p2, p3];
+    for i in groups * LANES..n {
+        let v = decode_one(r, &mut ps[i % LANES], t, t.row(out.ctx(i)), &mut bad);
+        out.set(i, v);
+    }
+    if bad & INVALID != 0 {
+        return Err(CodecError::Corrupt("invalid Huffman code in integer block"));
+    }
+    for (&p, &e) in ps.iter().zip(&ends) {
+        // Each stream ends within its last byte.
+        if p > e || p + 8 <= e {
+            return Err(CodecError::Corrupt("integer block stream length mismatch"));
+        }
+    }
+    Ok(pos + total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip(values: &[i64]) -> usize {
+        let enc = encode_signed(values);
+        let mut out = vec![7i64; values.len()];
+        let used = decode_signed(&enc, &mut out).unwrap();
+        assert_eq!(used, enc.len());
+        assert_eq!(out, values);
+        // Self-delimiting: trailing bytes are not consumed.
+        let mut longer = enc.clone();
+        longer.extend_from_slice(&[0xAB; 5]);
+        assert_eq!(decode_signed(&longer, &mut out).unwrap(), enc.len());
+        enc.len()
+    }
+
+    fn pseudo_i64(n: usize, seed: u64, shift: u32) -> Vec<i64> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x as i64) >> shift
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tokens_partition_the_values() {
+        for k in 0..=MAX_K {
+            for v in (0..300u64).chain([u64::MAX, u64::MAX - 1, 1 << 63, (1 << 63) - 1]) {
+                let t = token(v, k);
+                assert!((t as usize) < alphabet(k));
+                let b = token_base(t, k);
+                assert!(b <= v && v - b <= mask(token_nraw(t, k)), "k {k} v {v}");
+            }
+        }
+        assert_eq!(zigzag(i64::MIN), u64::MAX);
+        assert_eq!(unzigzag(u64::MAX), i64::MIN);
+        assert_eq!(unzigzag(zigzag(i64::MAX)), i64::MAX);
+    }
+
+    #[test]
+    fn extremes_round_trip() {
+        round_trip(&[]);
+        round_trip(&[0]);
+        round_trip(&[i64::MIN]);
+        round_trip(&[i64::MAX, i64::MIN, 0, -1, 1, i64::MAX, i64::MIN + 1, 5, 7]);
+        round_trip(&[i64::MIN; 13]);
+        let mut mixed = pseudo_i64(1001, 3, 0);
+        mixed.extend(pseudo_i64(1001, 5, 50));
+        round_trip(&mixed);
+    }
+
+    #[test]
+    fn zeros_cost_nothing_per_value() {
+        let size = round_trip(&vec![0i64; 100_000]);
+        assert!(size < 32, "{size}");
+        let size = round_trip(&vec![-3i64; 100_001]);
+        assert!(size < 32, "{size}");
+    }
+
+    #[test]
+    fn small_values_compress() {
+        let v = pseudo_i64(100_003, 9, 58);
+        let size = round_trip(&v);
+        // Values in -32..32: about 6 bits each.
+        assert!(size < v.len() * 7 / 8, "{size}");
+        let bound = entropy_bits_signed(&v);
+        assert!(bound / 8.0 <= size as f64 && bound > 5.0 * v.len() as f64);
+    }
+
+    #[test]
+    fn huge_block() {
+        let mut v = pseudo_i64(1 << 20, 11, 40);
+        v[12345] = i64::MIN;
+        round_trip(&v);
+    }
+
+    #[test]
+    fn count_mismatch_and_corruption_error() {
+        let v = pseudo_i64(999, 17, 45);
+        let enc = encode_signed(&v);
+        let mut out = vec![0i64; 998];
+        assert!(decode_signed(&enc, &mut out).is_err());
+        let mut out = vec![0i64; 999];
+        for cut in 0..enc.len() {
+            assert!(decode_signed(&enc[..cut], &mut out).is_err(), "cut {cut}");
+        }
+        for i in 0..enc.len() {
+            for flip in [1u8, 0x10, 0xFF] {
+                let mut bad = enc.clone();
+                bad[i] ^= flip;
+                let _ = decode_signed(&bad, &mut out);
+            }
+        }
+        let mut x = 1u64;
+        for n in 0..200 {
+            let junk: Vec<u8> = (0..n)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (x >> 56) as u8
+                })
+                .collect();
+            let mut out = vec![0i64; n % 17];
+            let _ = decode_signed(&junk, &mut out);
+        }
+    }
+
+    #[test]
+    fn contexts_round_trip() {
+        let v: Vec<u64> = (0..5003u64).map(|i| (i * 7919) >> (i % 5 * 10)).collect();
+        let ctx: Vec<u8> = (0..5003).map(|i| (i % 5) as u8).collect();
+        let mut enc = Vec::new();
+        encode_ctx(&v, Some(&ctx), 7, &mut enc);
+        let mut out = vec![0u64; v.len()];
+        assert_eq!(
+            decode_ctx(&enc, Some(&ctx), 7, &mut out).unwrap(),
+            enc.len()
+        );
+        assert_eq!(out, v);
+        // A value in an unused context is corrupt.
+        let mut other = ctx.clone();
+        other[100] = 6;
+        assert!(decode_ctx(&enc, Some(&other), 7, &mut out).is_err());
+    }
+
+    #[test]
+    fn long_codes_with_small_primary_tables() {
+        // Geometric token frequencies force codes of up to 14 bits; three contexts use the
+        // 9-bit primary tables.
+        let n = 200_003u64;
+        let v: Vec<u64> = (1..=n)
+            .map(|i| u64::from(i.trailing_zeros()) * 1000 + i % 7)
+            .collect();
+        let ctx: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
+        let mut enc = Vec::new();
+        encode_ctx(&v, Some(&ctx), 3, &mut enc);
+        let mut out = vec![0u64; v.len()];
+        assert_eq!(
+            decode_ctx(&enc, Some(&ctx), 3, &mut out).unwrap(),
+            enc.len()
+        );
+        assert_eq!(out, v);
+        let z: Vec<i64> = v.iter().map(|&x| x as i64 - 3000).collect();
+        round_trip(&z);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_values_round_trip(v in prop::collection::vec(any::<i64>(), 0..300), shift in 0u32..64) {
+            let v: Vec<i64> = v.into_iter().map(|x| x >> shift).collect();
+            round_trip(&v);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..200), n in 0usize..40) {
+            let mut out = vec![0i64; n];
+            let _ = decode_signed(&data, &mut out);
+        }
+    }
+}
