@@ -2,6 +2,7 @@
 //!
 //! Exit status: 0 success, 1 verification failure or corruption found, 2 usage or I/O error.
 
+mod chains;
 mod deltas;
 mod progress;
 mod report;
@@ -212,6 +213,75 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Store checkpoints of a training run, in order, as anchors and deltas in a new folder.
+    ///
+    /// Each entry is the smaller of a delta from the previous checkpoint and the checkpoint
+    /// compressed alone, so the chain is never larger than compressing each file on its own.
+    ChainCompress {
+        /// Checkpoints (.safetensors), in training order.
+        #[arg(required = true, value_name = "CKPT")]
+        checkpoints: Vec<PathBuf>,
+        /// The chain folder to create (must not exist or be empty, unless --force).
+        #[arg(long, value_name = "DIR")]
+        output_dir: PathBuf,
+        /// lossless (default) or a 16/32-bit grid shared by an anchor and its deltas.
+        #[arg(long, value_enum, default_value = "lossless")]
+        precision: PrecisionArg,
+        /// Most deltas between an entry and its anchor (a new anchor is forced beyond).
+        #[arg(long, value_name = "D", default_value_t = dmx::chain::DEFAULT_MAX_DEPTH)]
+        max_depth: usize,
+        /// Replace the chain in a non-empty folder (its manifest and entries are removed).
+        #[arg(short, long)]
+        force: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Add checkpoints to an existing chain (crash-safe: an interrupted append leaves the
+    /// chain valid at its previous length).
+    ChainAppend {
+        /// The chain folder.
+        dir: PathBuf,
+        /// Checkpoints (.safetensors), in training order.
+        #[arg(required = true, value_name = "CKPT")]
+        checkpoints: Vec<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Restore all or some checkpoints of a chain under their original names.
+    ChainReconstruct {
+        /// The chain folder.
+        dir: PathBuf,
+        /// Output folder (created if needed).
+        #[arg(long, value_name = "OUT")]
+        output_dir: PathBuf,
+        /// Entries to restore, by index from 0 (default: all); reads only what they need.
+        #[arg(long, num_args = 1.., value_name = "I")]
+        indices: Vec<usize>,
+        /// Overwrite existing output files.
+        #[arg(short, long)]
+        force: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Entries of a chain (anchor or delta, parent, sizes, savings, per component) and totals.
+    ChainInfo {
+        /// The chain folder.
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Restore the original file or folder from an archive, byte for byte.
     Decompress {
         /// Input archive.
@@ -239,9 +309,10 @@ enum Command {
     },
     /// Decode everything and check every checksum; with an ORIGINAL, compare every byte.
     ///
-    /// `dmx verify FILE.dmx` or `dmx verify ORIGINAL FILE.dmx`.
+    /// `dmx verify FILE.dmx` or `dmx verify ORIGINAL FILE.dmx`; `dmx verify DIR` checks a
+    /// whole chain (every stored file's hash, then every entry restored) without originals.
     Verify {
-        /// FILE.dmx, or ORIGINAL followed by FILE.dmx.
+        /// FILE.dmx, or ORIGINAL followed by FILE.dmx, or a chain folder.
         #[arg(num_args = 1..=2, required = true, value_name = "[ORIGINAL] FILE.dmx")]
         paths: Vec<PathBuf>,
         /// Write the full report as JSON to this file.
@@ -387,6 +458,27 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                 )));
             }
             let opts = options(&common, force);
+            if original.is_none() && archive_path.is_dir() {
+                if max_rel_error.is_some() {
+                    return Err(dmx::Error::Usage(
+                        "--max-rel-error does not apply to chains".into(),
+                    ));
+                }
+                let rep = dmx::chain_verify(&archive_path, &opts)?;
+                if let Some(p) = &report_path {
+                    report::write_json(p, &rep, force, !common.no_sync)?;
+                }
+                if json {
+                    report::print_json(&rep);
+                } else if !common.quiet || !rep.ok {
+                    chains::verify(&rep);
+                }
+                return Ok(if rep.ok {
+                    Outcome::Ok
+                } else {
+                    Outcome::CheckFailed
+                });
+            }
             let rep = match dmx::Archive::open(&archive_path) {
                 Ok(archive) => {
                     dmx::verify_with(&archive, original.as_deref(), max_rel_error, &opts)?
@@ -457,6 +549,71 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                 report::print_json(&info);
             } else {
                 deltas::info(&info);
+            }
+        }
+        Command::ChainCompress {
+            checkpoints,
+            output_dir,
+            precision,
+            max_depth,
+            force,
+            json,
+            common,
+        } => {
+            let c = dmx::ChainOptions {
+                precision: precision.get(),
+                max_depth,
+            };
+            let r = dmx::chain_compress(&checkpoints, &output_dir, &c, &options(&common, force))?;
+            if json {
+                report::print_json(&r);
+            } else if !common.quiet {
+                chains::append_summary(&r);
+            }
+        }
+        Command::ChainAppend {
+            dir,
+            checkpoints,
+            json,
+            common,
+        } => {
+            let r = dmx::chain_append(&dir, &checkpoints, &options(&common, false))?;
+            if json {
+                report::print_json(&r);
+            } else if !common.quiet {
+                chains::append_summary(&r);
+            }
+        }
+        Command::ChainReconstruct {
+            dir,
+            output_dir,
+            indices,
+            force,
+            json,
+            common,
+        } => {
+            let indices = (!indices.is_empty()).then_some(indices.as_slice());
+            let r = dmx::chain_reconstruct(&dir, &output_dir, indices, &options(&common, force))?;
+            if json {
+                report::print_json(&r);
+            }
+            if !json || !r.ok {
+                chains::reconstruct(&r, common.quiet || json);
+            }
+            if !r.ok {
+                return Ok(Outcome::CheckFailed);
+            }
+        }
+        Command::ChainInfo {
+            dir,
+            json,
+            common: _,
+        } => {
+            let info = dmx::chain_info(&dir)?;
+            if json {
+                report::print_json(&info);
+            } else {
+                chains::info(&info);
             }
         }
         Command::Diff {

@@ -37,6 +37,7 @@
 
 mod archive;
 mod bench;
+pub mod chain;
 mod compress;
 mod decompress;
 pub mod delta;
@@ -57,6 +58,10 @@ use std::sync::Arc;
 
 pub use archive::{Archive, TensorRef};
 pub use bench::{BenchDtype, BenchResult, bench};
+pub use chain::{
+    ChainInfo, ChainOptions, ChainReport, ChainVerifyReport, ReconstructReport, chain_append,
+    chain_compress, chain_info, chain_reconstruct, chain_verify,
+};
 pub use compress::{CompressReport, compress, compress_with};
 pub use decompress::decompress;
 pub use delta::{

@@ -81,7 +81,9 @@ impl LossyOptions {
         if let Some(m) = self.mantissa_bits
             && !(2..=24).contains(&m)
         {
-            return usage(format!("--mantissa-bits {m}: must be 2..=8 for 16-bit tensors, up to 24 for F32"));
+            return usage(format!(
+                "--mantissa-bits {m}: must be 2..=8 for 16-bit tensors, up to 24 for F32"
+            ));
         }
         if let Some(g) = self.group_size
             && !(1..=4096).contains(&g)
@@ -110,9 +112,10 @@ impl LossyOptions {
     pub(crate) fn keep_set(&self) -> Result<globset::GlobSet> {
         let mut b = globset::GlobSetBuilder::new();
         for g in &self.keep_lossless {
-            b.add(globset::Glob::new(g).map_err(|e| {
-                Error::Usage(format!("--keep-lossless {g:?}: {e}"))
-            })?);
+            b.add(
+                globset::Glob::new(g)
+                    .map_err(|e| Error::Usage(format!("--keep-lossless {g:?}: {e}")))?,
+            );
         }
         b.build()
             .map_err(|e| Error::Usage(format!("--keep-lossless: {e}")))
@@ -188,7 +191,11 @@ impl Coding {
         base: Option<&[u8]>,
     ) -> dmx_codec::Encoded {
         let smaller = |a: dmx_codec::Encoded, b: dmx_codec::Encoded| {
-            if b.payload.len() < a.payload.len() { b } else { a }
+            if b.payload.len() < a.payload.len() {
+                b
+            } else {
+                a
+            }
         };
         if let (Coding::Delta, Some(base)) = (self, base) {
             let plain = dmx_codec::encode_with(value, data, hints);
@@ -216,24 +223,24 @@ impl Coding {
                     payload,
                     entropy_bits,
                 };
-                let Some(base) = base else {
-                    return alone;
-                };
-                let (payload, entropy_bits) =
-                    dmx_codec::delta::encode_quantized(layout, base, data, step, bits);
-                return smaller(
-                    alone,
-                    dmx_codec::Encoded {
-                        codec: dmx_codec::Codec::QuantDelta,
-                        payload,
-                        entropy_bits,
-                    },
-                );
+                match base {
+                    None => (alone.codec, (alone.payload, alone.entropy_bits)),
+                    Some(base) => {
+                        let (payload, entropy_bits) =
+                            dmx_codec::delta::encode_quantized(layout, base, data, step, bits);
+                        let best = smaller(
+                            alone,
+                            dmx_codec::Encoded {
+                                codec: dmx_codec::Codec::QuantDelta,
+                                payload,
+                                entropy_bits,
+                            },
+                        );
+                        (best.codec, (best.payload, best.entropy_bits))
+                    }
+                }
             }
-            Coding::Bfp(p) => (
-                dmx_codec::Codec::Bfp,
-                bfp::encode(layout, data, bfp_row, p),
-            ),
+            Coding::Bfp(p) => (dmx_codec::Codec::Bfp, bfp::encode(layout, data, bfp_row, p)),
             Coding::Quant { step, bits } => (
                 dmx_codec::Codec::Quant,
                 dmx_codec::quant::encode(layout, data, step, bits),
@@ -336,8 +343,9 @@ impl ErrorAcc {
         match (self.sum_sq == 0.0, self.sum_sq_decoded == 0.0) {
             (true, true) => 1.0,
             (true, false) | (false, true) => 0.0,
-            (false, false) => (self.dot / (self.sum_sq.sqrt() * self.sum_sq_decoded.sqrt()))
-                .clamp(-1.0, 1.0),
+            (false, false) => {
+                (self.dot / (self.sum_sq.sqrt() * self.sum_sq_decoded.sqrt())).clamp(-1.0, 1.0)
+            }
         }
     }
 
@@ -559,8 +567,14 @@ mod tests {
 
     #[test]
     fn steps_are_shared_by_role() {
-        let a: Vec<u8> = [1.0f32; 5000].iter().flat_map(|x| x.to_le_bytes()).collect();
-        let b: Vec<u8> = [3.0f32; 5000].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let a: Vec<u8> = [1.0f32; 5000]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let b: Vec<u8> = [3.0f32; 5000]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         let c: Vec<u8> = [0.5f32; 10].iter().flat_map(|x| x.to_le_bytes()).collect();
         let steps = shared_steps(
             [

@@ -1,0 +1,225 @@
+//! Human output of the chain commands.
+
+use dmx::chain::{ChainEntryKind, ComponentSize, precision_str};
+use dmx::{ChainInfo, ChainReport, ChainVerifyReport, ReconstructReport};
+
+/// A size in B, kB, MB or GB (decimal units, as `ls -h --si`).
+fn mb(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.2} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |x| format!("{x:.1}%"))
+}
+
+fn ratio(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |x| format!("{x:.3}x"))
+}
+
+fn parent(p: Option<usize>) -> String {
+    p.map_or_else(|| "-".to_string(), |p| p.to_string())
+}
+
+/// Summary of `chain-compress` and `chain-append` (stderr).
+pub fn append_summary(r: &ChainReport) {
+    for a in &r.appended {
+        let e = &a.entry;
+        if let Some(why) = &a.delta_error {
+            eprintln!(
+                "dmx: warning: entry {} ({}): no delta: {why}",
+                e.index, e.name
+            );
+        }
+        let how = match e.kind {
+            ChainEntryKind::Anchor => match a.delta_size {
+                Some(d) => format!("anchor (delta of {} was not smaller)", mb(d)),
+                None if e.index == 0 => "anchor (first entry)".to_string(),
+                None if a.delta_error.is_some() => "anchor (no delta)".to_string(),
+                None => "anchor (depth limit)".to_string(),
+            },
+            ChainEntryKind::Delta => format!("delta of {} (depth {})", parent(e.parent), e.depth),
+        };
+        eprintln!(
+            "  [{:>3}] {}: {} -> {} as {how}; standalone {} in {:.2} s",
+            e.index,
+            e.name,
+            mb(e.original_size),
+            mb(e.stored_size),
+            mb(e.standalone_size),
+            a.seconds
+        );
+    }
+    let saved = r.standalone_bytes as i64 - r.stored_bytes as i64;
+    eprintln!(
+        "{}: {} entr{} added ({} now, {}, max depth {}): {} -> {} ({}; {} less than \
+         compressing each alone) in {:.2} s",
+        r.dir,
+        r.appended.len(),
+        if r.appended.len() == 1 { "y" } else { "ies" },
+        r.entries,
+        precision_str(r.precision),
+        r.max_depth,
+        mb(r.original_bytes),
+        mb(r.stored_bytes),
+        ratio((r.stored_bytes > 0).then(|| r.original_bytes as f64 / r.stored_bytes as f64)),
+        pct((r.standalone_bytes > 0).then(|| 100.0 * saved as f64 / r.standalone_bytes as f64)),
+        r.seconds
+    );
+}
+
+/// `chain-info` in human form (stdout).
+pub fn info(i: &ChainInfo) {
+    println!("chain:      {}", i.dir);
+    println!(
+        "precision:  {}{}",
+        precision_str(i.precision),
+        if i.precision == dmx::Precision::Lossless {
+            " (every entry restores byte for byte)"
+        } else {
+            " (entries restore on their anchor's grid)"
+        }
+    );
+    println!("max depth:  {}", i.max_depth);
+    println!();
+    println!(
+        "{:>5}  {:<32} {:<6} {:>6} {:>5} {:>14} {:>14} {:>9} {:>14} {:>8}",
+        "index",
+        "name",
+        "kind",
+        "parent",
+        "depth",
+        "original",
+        "stored",
+        "ratio",
+        "standalone",
+        "savings"
+    );
+    for e in &i.entries {
+        println!(
+            "{:>5}  {:<32} {:<6} {:>6} {:>5} {:>14} {:>14} {:>9} {:>14} {:>8}",
+            e.index,
+            e.name,
+            e.kind.as_str(),
+            parent(e.parent),
+            e.depth,
+            e.original_size,
+            e.stored_size,
+            ratio(e.ratio),
+            e.standalone_size,
+            pct(e.savings_percent)
+        );
+        if let Some(err) = &e.error {
+            println!("       ! {err}");
+        } else if e.components.len() > 1 {
+            let parts: Vec<String> = e
+                .components
+                .iter()
+                .map(|(k, c)| format!("{k} {}", c.stored_bytes))
+                .collect();
+            println!("       stored per component: {}", parts.join(", "));
+        }
+    }
+    let t = &i.totals;
+    println!();
+    println!(
+        "totals: {} entries ({} anchors, {} deltas); original {}, stored {} ({}), \
+         standalone sum {} (the chain saves {})",
+        t.entries,
+        t.anchors,
+        t.deltas,
+        mb(t.original_bytes),
+        mb(t.stored_bytes),
+        ratio(t.ratio),
+        mb(t.standalone_bytes),
+        pct(t.savings_vs_standalone_percent)
+    );
+    if !t.components.is_empty() {
+        println!();
+        println!(
+            "{:<14} {:>8} {:>16} {:>16} {:>9}",
+            "component", "tensors", "original bytes", "stored bytes", "ratio"
+        );
+        let row = |k: &str, c: &ComponentSize| {
+            println!(
+                "{k:<14} {:>8} {:>16} {:>16} {:>9}",
+                c.tensors,
+                c.original_bytes,
+                c.stored_bytes,
+                ratio(
+                    (c.stored_bytes > 0).then(|| c.original_bytes as f64 / c.stored_bytes as f64)
+                )
+            );
+        };
+        for (k, c) in &t.components {
+            row(k, c);
+        }
+    }
+}
+
+/// `chain-reconstruct` in human form (stderr); failures are always shown.
+pub fn reconstruct(r: &ReconstructReport, quiet: bool) {
+    for e in &r.entries {
+        match (&e.output, &e.error) {
+            (Some(out), _) if !quiet => eprintln!("  [{:>3}] {} -> {out}", e.index, e.name),
+            (_, Some(err)) => eprintln!("dmx: error: entry {} ({}): {err}", e.index, e.name),
+            _ => {}
+        }
+    }
+    if !quiet {
+        let ok = r.entries.iter().filter(|e| e.error.is_none()).count();
+        eprintln!(
+            "{} of {} entr{} restored into {} ({}, {} entr{} read) in {:.2} s (every checksum \
+             verified)",
+            ok,
+            r.entries.len(),
+            if r.entries.len() == 1 { "y" } else { "ies" },
+            r.output_dir,
+            mb(r.output_bytes),
+            r.touched.len(),
+            if r.touched.len() == 1 { "y" } else { "ies" },
+            r.seconds
+        );
+    }
+}
+
+/// `verify DIR` of a chain in human form (stdout).
+pub fn verify(r: &ChainVerifyReport) {
+    for e in &r.entries {
+        match &e.error {
+            None => println!("OK    [{:>3}] {} ({})", e.index, e.name, e.kind.as_str()),
+            Some(err) => println!(
+                "FAIL  [{:>3}] {} ({}): {err}",
+                e.index,
+                e.name,
+                e.kind.as_str()
+            ),
+        }
+    }
+    let failed = r.entries.iter().filter(|e| e.error.is_some()).count();
+    if r.ok {
+        println!(
+            "chain {}: OK, {} entr{} verified ({}) in {:.2} s",
+            r.dir,
+            r.entries.len(),
+            if r.entries.len() == 1 { "y" } else { "ies" },
+            precision_str(r.precision),
+            r.seconds
+        );
+    } else {
+        println!(
+            "chain {}: FAILED, {failed} of {} entr{} failed",
+            r.dir,
+            r.entries.len(),
+            if r.entries.len() == 1 { "y" } else { "ies" }
+        );
+    }
+}

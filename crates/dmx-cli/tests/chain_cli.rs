@@ -1,0 +1,425 @@
+//! The chain commands of the `dmx` binary: outputs, exit statuses (0 success, 1 corruption,
+//! 2 usage or I/O), `dmx verify DIR`, and a kill test: `dmx chain-append` SIGKILLed at random
+//! moments always leaves a chain that `dmx verify` accepts at its old or new length, and the
+//! next append succeeds.
+
+#[path = "../../dmx/tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::{Rng, Tensor};
+use serde_json::Value;
+
+fn dmx(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmx"));
+    cmd.current_dir(dir).args(args);
+    cmd
+}
+
+/// Runs `dmx ARGS` in `dir`, expects exit status `code` and no panic; returns (stdout, stderr).
+fn run(dir: &Path, args: &[&str], code: i32) -> (String, String) {
+    let out = dmx(dir, args).output().expect("run dmx");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "dmx {args:?}\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "dmx {args:?} panicked: {stderr}"
+    );
+    (stdout, stderr)
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Entries in the chain's manifest.
+fn chain_len(dir: &Path) -> usize {
+    let text = std::fs::read_to_string(dir.join("manifest.json")).expect("manifest");
+    json(&text)["entries"].as_array().expect("entries").len()
+}
+
+/// A checkpoint: weights and Adam states as F32, `n` values each, moved from `seed`'s
+/// starting point by `steps` small training steps.
+fn checkpoint(n: usize, seed: u64, steps: usize) -> Vec<u8> {
+    let mut rng = Rng(seed);
+    let mut w: Vec<f32> = (0..3 * n)
+        .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2)
+        .collect();
+    let mut moves = Rng(seed ^ 0xabc);
+    for _ in 0..steps {
+        for _ in 0..w.len() / 100 {
+            let i = moves.below(w.len() as u64) as usize;
+            w[i] += 1e-3;
+        }
+    }
+    let tensor = |name: &str, part: &[f32]| {
+        Tensor::new(
+            name,
+            "F32",
+            &[part.len()],
+            part.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        )
+    };
+    common::plain(&[
+        tensor("model.layers.0.mlp.weight", &w[..n]),
+        tensor("optimizer.state.0.exp_avg", &w[n..2 * n]),
+        tensor("optimizer.state.0.exp_avg_sq", &w[2 * n..]),
+    ])
+}
+
+fn files_of(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn chain_commands_outputs_and_exit_codes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    let names = [
+        "a.safetensors",
+        "b.safetensors",
+        "x/c.safetensors",
+        "y/c.safetensors",
+    ];
+    let ckpts: Vec<Vec<u8>> = (0..4).map(|i| checkpoint(3000, 1, i)).collect();
+    for (n, b) in names.iter().zip(&ckpts) {
+        common::write(&d.join(n), b);
+    }
+    run(
+        d,
+        &[
+            "chain-compress",
+            names[0],
+            names[1],
+            names[2],
+            "--output-dir",
+            "chain",
+            "-q",
+        ],
+        0,
+    );
+    assert_eq!(chain_len(&d.join("chain")), 3);
+    let (_, err) = run(d, &["chain-compress", names[0], "--output-dir", "chain"], 2);
+    assert!(err.contains("--force"), "{err}");
+    let (_, err) = run(
+        d,
+        &[
+            "chain-compress",
+            names[0],
+            names[1],
+            names[2],
+            "--output-dir",
+            "chain",
+            "--force",
+        ],
+        0,
+    );
+    assert!(err.contains("3 entries added"), "{err}");
+
+    let (out, _) = run(d, &["chain-info", "chain", "--json"], 0);
+    let info = json(&out);
+    assert_eq!(info["totals"]["entries"], 3);
+    assert_eq!(info["precision"], "lossless");
+    assert_eq!(info["max_depth"], 16);
+    assert_eq!(info["entries"][0]["kind"], "anchor");
+    assert!(info["entries"][0]["parent"].is_null());
+    assert!(info["entries"][1]["components"]["exp_avg_sq"]["stored_bytes"].as_u64() > Some(0));
+    let (out, _) = run(d, &["chain-info", "chain"], 0);
+    assert!(
+        out.contains("totals:") && out.contains("exp_avg_sq"),
+        "{out}"
+    );
+
+    let (out, _) = run(d, &["chain-append", "chain", names[3], "--json"], 0);
+    let rep = json(&out);
+    assert_eq!(rep["entries"], 4);
+    assert_eq!(rep["appended"][0]["index"], 3);
+    assert_eq!(rep["appended"][0]["name"], "c.safetensors");
+
+    run(
+        d,
+        &["chain-reconstruct", "chain", "--output-dir", "out", "-q"],
+        0,
+    );
+    assert_eq!(
+        files_of(&d.join("out")),
+        [
+            "00002-c.safetensors",
+            "00003-c.safetensors",
+            "a.safetensors",
+            "b.safetensors"
+        ]
+    );
+    assert!(std::fs::read(d.join("out/00003-c.safetensors")).unwrap() == ckpts[3]);
+    assert!(std::fs::read(d.join("out/a.safetensors")).unwrap() == ckpts[0]);
+    let (out, _) = run(
+        d,
+        &[
+            "chain-reconstruct",
+            "chain",
+            "--output-dir",
+            "one",
+            "--indices",
+            "3",
+            "--json",
+        ],
+        0,
+    );
+    let rep = json(&out);
+    assert_eq!(rep["ok"], true);
+    assert_eq!(rep["entries"].as_array().unwrap().len(), 1);
+    assert!(std::fs::read(d.join("one/c.safetensors")).unwrap() == ckpts[3]);
+    run(
+        d,
+        &["chain-reconstruct", "chain", "--output-dir", "out", "-q"],
+        2,
+    );
+    run(
+        d,
+        &[
+            "chain-reconstruct",
+            "chain",
+            "--output-dir",
+            "out",
+            "-q",
+            "--force",
+        ],
+        0,
+    );
+    let (_, err) = run(
+        d,
+        &[
+            "chain-reconstruct",
+            "chain",
+            "--output-dir",
+            "o",
+            "--indices",
+            "9",
+        ],
+        2,
+    );
+    assert!(err.contains("out of range"), "{err}");
+
+    let (out, _) = run(d, &["verify", "chain"], 0);
+    assert!(
+        out.contains("OK") && out.contains("4 entries verified"),
+        "{out}"
+    );
+    let (out, _) = run(d, &["verify", "chain", "--json"], 0);
+    assert_eq!(json(&out)["ok"], true);
+
+    // Damage entry 1: verify and reconstruct name it and exit 1; independent entries restore.
+    let m = json(&std::fs::read_to_string(d.join("chain/manifest.json")).unwrap());
+    let file = m["entries"][1]["file"].as_str().unwrap().to_string();
+    let path = d.join("chain").join(&file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let (out, _) = run(d, &["verify", "chain"], 1);
+    assert!(out.contains("FAIL") && out.contains(&file), "{out}");
+    let (out, _) = run(d, &["verify", "chain", "-q", "--json"], 1);
+    assert_eq!(json(&out)["ok"], false);
+    let (_, err) = run(
+        d,
+        &["chain-reconstruct", "chain", "--output-dir", "bad", "-q"],
+        1,
+    );
+    assert!(err.contains(&file), "{err}");
+    assert!(std::fs::read(d.join("bad/a.safetensors")).unwrap() == ckpts[0]);
+
+    // Usage errors.
+    std::fs::create_dir(d.join("empty")).unwrap();
+    let (_, err) = run(d, &["chain-append", "empty", names[0]], 2);
+    assert!(err.contains("not a dmx chain"), "{err}");
+    run(d, &["chain-info", "empty"], 2);
+    run(d, &["verify", "empty"], 2);
+    run(d, &["chain-compress", "chain", "--output-dir", "c2"], 2);
+    run(
+        d,
+        &["chain-compress", "nope.safetensors", "--output-dir", "c3"],
+        2,
+    );
+}
+
+#[test]
+fn quantized_chain_commands() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    for i in 0..4 {
+        common::write(
+            &d.join(format!("s{i}.safetensors")),
+            &checkpoint(2000, 9, i),
+        );
+    }
+    let (out, _) = run(
+        d,
+        &[
+            "chain-compress",
+            "s0.safetensors",
+            "s1.safetensors",
+            "s2.safetensors",
+            "--output-dir",
+            "q",
+            "--precision",
+            "int16",
+            "--max-depth",
+            "1",
+            "--json",
+        ],
+        0,
+    );
+    let rep = json(&out);
+    assert_eq!(rep["precision"], "int16");
+    assert_eq!(rep["max_depth"], 1);
+    // Anchors of quantized chains record their grid (steps as exact decimal strings).
+    let step = &rep["appended"][0]["steps"]["model.layers.0.mlp.weight"];
+    assert!(
+        step.as_str().and_then(|s| s.parse::<f64>().ok()) > Some(0.0),
+        "{step}"
+    );
+    for e in rep["appended"].as_array().unwrap() {
+        assert!(e["stored_size"].as_u64() <= e["standalone_size"].as_u64());
+        assert!(e["depth"].as_u64() <= Some(1));
+    }
+    run(d, &["chain-append", "q", "s3.safetensors", "-q"], 0);
+    let (out, _) = run(d, &["verify", "q"], 0);
+    assert!(out.contains("int16"), "{out}");
+    run(d, &["chain-reconstruct", "q", "--output-dir", "o", "-q"], 0);
+    assert_eq!(files_of(&d.join("o")).len(), 4);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// `dmx chain-append` killed (SIGKILL) at random moments, 24 times, with and without fsync:
+/// the chain always verifies at its old or new length, and a following append succeeds.
+#[test]
+fn killed_appends_leave_a_valid_chain() {
+    let tmp = common::scratch();
+    let d = tmp.path();
+    // 3 × 300k F32 values: a 3.6 MB checkpoint, so an append lives long enough to be hit.
+    let n = 300_000;
+    for i in 0..3 {
+        common::write(&d.join(format!("k{i}.safetensors")), &checkpoint(n, 3, i));
+    }
+    run(
+        d,
+        &[
+            "chain-compress",
+            "k0.safetensors",
+            "--output-dir",
+            "base",
+            "-q",
+        ],
+        0,
+    );
+
+    // How long one append takes here.
+    copy_dir(&d.join("base"), &d.join("calibrate"));
+    let t = Instant::now();
+    run(
+        d,
+        &[
+            "chain-append",
+            "calibrate",
+            "k1.safetensors",
+            "-q",
+            "--no-sync",
+        ],
+        0,
+    );
+    // Updated after every append that runs to its end, as the machine's load changes.
+    let mut full = t.elapsed();
+    let first_estimate = full;
+
+    let mut rng = Rng(0x5eed_c4a1);
+    let (mut killed, mut old_len, mut new_len) = (0, 0, 0);
+    let start = Instant::now();
+    for i in 0..24 {
+        let dir = format!("c{i}");
+        copy_dir(&d.join("base"), &d.join(&dir));
+        let sync = i % 6 == 0;
+        let mut args = vec!["chain-append", dir.as_str(), "k1.safetensors", "-q"];
+        if !sync {
+            args.push("--no-sync");
+        }
+        let mut child = dmx(d, &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        // Half the kills anywhere in the run, half near its end (where the entry file and
+        // the manifest are renamed into place).
+        let at = if i % 2 == 0 {
+            rng.below(1100)
+        } else {
+            600 + rng.below(450)
+        };
+        let delay = full.mul_f64(at as f64 / 1000.0);
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let status = child.wait().expect("wait");
+        if status.code().is_none() {
+            killed += 1;
+        }
+        let chain = d.join(&dir);
+        let (out, _) = run(d, &["verify", &dir, "-q", "--json"], 0);
+        assert_eq!(json(&out)["ok"], true);
+        let len = chain_len(&chain);
+        assert!(
+            len == 1 || len == 2,
+            "kill {i} after {delay:?}: {len} entries"
+        );
+        if len == 1 {
+            old_len += 1;
+        } else {
+            new_len += 1;
+        }
+        // The next append succeeds and cleans what the killed one left.
+        let t = Instant::now();
+        run(
+            d,
+            &["chain-append", &dir, "k2.safetensors", "-q", "--no-sync"],
+            0,
+        );
+        full = t.elapsed();
+        assert_eq!(chain_len(&chain), len + 1);
+        assert!(
+            common::leftovers(&chain).is_empty(),
+            "kill {i}: {:?}",
+            files_of(&chain)
+        );
+        if i % 4 == 0 {
+            run(d, &["verify", &dir, "-q"], 0);
+        }
+        std::fs::remove_dir_all(&chain).unwrap();
+    }
+    eprintln!(
+        "kill test: append takes {first_estimate:?} .. {full:?}; {killed} of 24 killed; chain left at old length \
+         {old_len}, new length {new_len}; {:?} in all",
+        start.elapsed()
+    );
+    assert!(
+        killed >= 8,
+        "only {killed} appends were killed before they finished"
+    );
+}
