@@ -161,8 +161,27 @@ impl Archive {
 
     /// Decodes a whole segment (chunks in parallel on the current rayon pool).
     pub fn read_segment(&self, entry: &Entry, segment: &Segment) -> Result<Vec<u8>> {
-        let len = usize::try_from(segment.len)
-            .map_err(|_| Error::Usage("segment larger than memory".into()))?;
+        let too_big = || {
+            Error::Usage(format!(
+                "{}: a segment of {} bytes does not fit in memory",
+                self.path.display(),
+                segment.len
+            ))
+        };
+        let len = usize::try_from(segment.len).map_err(|_| too_big())?;
+        // Damaged chunks are found before the (possibly large) output is allocated.
+        for (i, c) in segment.chunks.iter().enumerate() {
+            let start = c.offset as usize;
+            let stored = &self.bytes[start..start + c.stored_len as usize];
+            if xxhash_rust::xxh3::xxh3_64(stored) != c.xxh3 {
+                return Err(self.corrupt(entry, segment, Some(i), "checksum mismatch"));
+            }
+        }
+        // A hostile index may declare any size: fail cleanly when it cannot be allocated
+        // (zeroed pages are only touched as chunks decode into them).
+        let mut probe: Vec<u8> = Vec::new();
+        probe.try_reserve_exact(len).map_err(|_| too_big())?;
+        drop(probe);
         let mut out = vec![0u8; len];
         self.decode_chunks(entry, segment, 0..segment.chunks.len(), &mut out)?;
         Ok(out)

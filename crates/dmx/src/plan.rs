@@ -65,7 +65,11 @@ impl PlannedSegment {
         if t.shape.len() < 2 || !dmx_codec::rows::supports(layout) {
             return (CHUNK_SIZE, 0);
         }
-        let row: u64 = t.shape[1..].iter().product();
+        // Hostile headers can declare dimensions whose product overflows (with a zero
+        // elsewhere); such a segment is simply not row-chunked.
+        let Some(row) = t.shape[1..].iter().try_fold(1u64, |a, &d| a.checked_mul(d)) else {
+            return (CHUNK_SIZE, 0);
+        };
         let row_bytes = row.saturating_mul(layout.bytes() as u64);
         if row == 0 || row_bytes > CHUNK_SIZE / 2 {
             return (CHUNK_SIZE, 0);

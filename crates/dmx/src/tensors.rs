@@ -60,7 +60,13 @@ pub struct TensorMeta {
 impl TensorMeta {
     /// Number of elements (the product of the shape; 1 for a scalar).
     pub fn elements(&self) -> u64 {
-        self.shape.iter().product()
+        if self.shape.contains(&0) {
+            return 0;
+        }
+        self.shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .unwrap_or(u64::MAX)
     }
 }
 
