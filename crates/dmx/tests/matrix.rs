@@ -79,9 +79,15 @@ impl Subject {
     fn new(name: &'static str, dir: tempfile::TempDir, archive: &Path, restore: Restore) -> Self {
         let bytes = std::fs::read(archive).expect("read archive");
         let a = Archive::open(archive).expect("open undamaged archive");
-        let report = dmx::verify(&a, None, &opts()).expect("verify undamaged archive");
-        assert!(report.ok, "{name}: undamaged archive fails verify");
-        let decoded = decode_all(&a).expect("decode undamaged archive");
+        // A delta decodes only with its base: only its restore (delta-reconstruct) applies.
+        let is_delta = a.index().entries.iter().any(|e| e.base.is_some());
+        let decoded = if is_delta {
+            Vec::new()
+        } else {
+            let report = dmx::verify(&a, None, &opts()).expect("verify undamaged archive");
+            assert!(report.ok, "{name}: undamaged archive fails verify");
+            decode_all(&a).expect("decode undamaged archive")
+        };
         let out = dir.path().join("expected");
         restore(archive, &out).expect("restore undamaged archive");
         let expected = Restored::read(&out);
@@ -227,6 +233,64 @@ fn lossless_file() -> Subject {
     s
 }
 
+/// A lossy archive (BFP for the BF16 tensor, int16 for the F32 one): what it restores to is
+/// the approximation recorded at compression, and damage must never change it.
+fn lossy_file() -> Subject {
+    let tensors = vec![
+        Tensor::generated("w.bf16", "BF16", &[12, 24], Mode::Weights, 21),
+        Tensor::generated("norm.f32", "F32", &[40], Mode::Mixed { rate: 5 }, 22),
+        Tensor::generated("ids.i64", "I64", &[3, 4], Mode::Weights, 23),
+    ];
+    let dir = common::scratch();
+    let original = dir.path().join("model.safetensors");
+    common::write(&original, &common::plain(&tensors));
+    let packed = dir.path().join("model.dmx");
+    let lossy = dmx::lossy::LossyOptions {
+        mode: dmx::lossy::Mode::Auto,
+        max_rel_error: Some(0.05),
+        ..Default::default()
+    };
+    dmx::compress_with(&original, &packed, &lossy, &opts()).expect("compress");
+    let a = Archive::open(&packed).expect("open");
+    assert!(a.tensors().any(|t| t.segment.transform.lossy().is_some()));
+    drop(a);
+    Subject::new("lossy", dir, &packed, Box::new(decompress))
+}
+
+/// A lossless delta of a nudged checkpoint against its base; restored with the base.
+fn delta_file() -> Subject {
+    let base_tensors = vec![
+        Tensor::generated("w.f32", "F32", &[16, 20], Mode::Weights, 31),
+        Tensor::generated("w.bf16", "BF16", &[8, 24], Mode::Weights, 32),
+        Tensor::generated("step", "I64", &[1], Mode::Weights, 33),
+    ];
+    let mut target_tensors = base_tensors.clone();
+    for t in &mut target_tensors {
+        for (i, b) in t.data.iter_mut().enumerate() {
+            if i % 11 == 0 {
+                *b ^= 1;
+            }
+        }
+    }
+    let dir = common::scratch();
+    let base = dir.path().join("base.safetensors");
+    let target = dir.path().join("target.safetensors");
+    common::write(&base, &common::plain(&base_tensors));
+    let target_bytes = common::plain(&target_tensors);
+    common::write(&target, &target_bytes);
+    let packed = dir.path().join("target.dmxd");
+    dmx::delta_compress(&base, &target, &packed, &dmx::DeltaOptions::default(), &opts())
+        .expect("delta-compress");
+    let s = Subject::new(
+        "delta",
+        dir,
+        &packed,
+        Box::new(move |d: &Path, out: &Path| dmx::delta_reconstruct(&base, d, out, &opts())),
+    );
+    assert_eq!(s.expected, Restored::File(target_bytes));
+    s
+}
+
 // ---------------------------------------------------------------------------------------------
 // The matrix.
 
@@ -367,4 +431,14 @@ fn lossless_file_matrix_sampled() {
 #[ignore = "exhaustive; run with --ignored"]
 fn lossless_file_matrix_full() {
     matrix(&lossless_file(), &FULL);
+}
+
+#[test]
+fn lossy_file_matrix_sampled() {
+    matrix(&lossy_file(), &SAMPLED);
+}
+
+#[test]
+fn delta_file_matrix_sampled() {
+    matrix(&delta_file(), &SAMPLED);
 }
