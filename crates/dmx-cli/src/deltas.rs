@@ -34,8 +34,14 @@ pub fn compress_summary(target: &Path, output: &Path, r: &DeltaReport) {
 /// `delta-info` in human form.
 pub fn info(i: &DeltaInfo) {
     println!("delta:     {}", i.delta);
-    println!("target:    {} ({} bytes, sha256 {})", i.target, i.target_bytes, i.target_sha256);
-    println!("base:      {} bytes, sha256 {}", i.base_bytes, i.base_sha256);
+    println!(
+        "target:    {} ({} bytes, sha256 {})",
+        i.target, i.target_bytes, i.target_sha256
+    );
+    println!(
+        "base:      {} bytes, sha256 {}",
+        i.base_bytes, i.base_sha256
+    );
     println!(
         "lossless:  {}",
         if i.lossless {

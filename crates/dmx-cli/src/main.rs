@@ -387,7 +387,8 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             lossy,
             common,
         } => {
-            let r = dmx::compress_with(&input, &output, &lossy.options(), &options(&common, force))?;
+            let r =
+                dmx::compress_with(&input, &output, &lossy.options(), &options(&common, force))?;
             for w in &r.warnings {
                 eprintln!("dmx: warning: {w}");
             }

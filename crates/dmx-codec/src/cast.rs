@@ -62,10 +62,14 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
         codec,
         Codec::Raw | Codec::Zstd | Codec::FloatHuff | Codec::FloatHuffRows
     ) {
-        return Err(CodecError::Corrupt("cast payload nests a non-lossless codec"));
+        return Err(CodecError::Corrupt(
+            "cast payload nests a non-lossless codec",
+        ));
     }
     if !out.len().is_multiple_of(4) {
-        return Err(CodecError::Corrupt("cast output is not a whole number of f32"));
+        return Err(CodecError::Corrupt(
+            "cast output is not a whole number of f32",
+        ));
     }
     let mut narrow_bytes = vec![0u8; out.len() / 2];
     crate::decode(codec, inner, &mut narrow_bytes)?;

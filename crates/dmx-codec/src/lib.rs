@@ -110,7 +110,10 @@ impl Codec {
 
     /// Whether decoded bytes equal the encoder's input.
     pub fn is_lossless(self) -> bool {
-        !matches!(self, Self::Bfp | Self::Quant | Self::QuantDelta | Self::Cast)
+        !matches!(
+            self,
+            Self::Bfp | Self::Quant | Self::QuantDelta | Self::Cast
+        )
     }
 }
 

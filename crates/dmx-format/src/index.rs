@@ -476,7 +476,9 @@ fn read_segment(
         }
     };
     if transform != Transform::Identity && !matches!(kind, SegmentKind::Tensor(_)) {
-        return Err(FormatError::Invalid("a non-tensor segment with a transform"));
+        return Err(FormatError::Invalid(
+            "a non-tensor segment with a transform",
+        ));
     }
     let offset = r.u64()?;
     let len = r.u64()?;
@@ -556,7 +558,10 @@ impl Index {
     /// delta features, else 0.
     pub fn min_minor(&self) -> u16 {
         let new = self.entries.iter().any(|e| {
-            e.base.is_some() || e.segments.iter().any(|s| s.transform != Transform::Identity)
+            e.base.is_some()
+                || e.segments
+                    .iter()
+                    .any(|s| s.transform != Transform::Identity)
         });
         u16::from(new)
     }
@@ -670,13 +675,19 @@ mod tests {
         };
         assert_eq!(idx.min_minor(), 1);
         let bytes = idx.to_bytes();
-        assert_eq!(Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(), idx);
+        assert_eq!(
+            Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
+            idx
+        );
         for cut in 0..bytes.len() {
             assert!(Index::from_bytes(&bytes[..cut], 38, &Limits::default()).is_err());
         }
         idx.entries[0].segments[1].transform = Transform::Lossy(lossy);
         let bytes = idx.to_bytes();
-        assert_eq!(Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(), idx);
+        assert_eq!(
+            Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
+            idx
+        );
         // A delta segment needs a base; a header segment takes no transform.
         idx.entries[0].kind = EntryKind::Safetensors;
         idx.entries[0].base = None;

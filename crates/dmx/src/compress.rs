@@ -142,7 +142,9 @@ pub(crate) fn finish_archive(index: &Index, out: &mut AtomicFile, input: &Path) 
 /// those of what decompression will produce.
 fn run_job(j: &Job<'_>) -> Result<Done> {
     let enc = j.coding.encode(j.value, j.data, j.hints, j.bfp_row, j.base);
-    let unchanged = j.base.map_or(0, |b| unchanged(j.coding, j.value, b, j.data));
+    let unchanged = j
+        .base
+        .map_or(0, |b| unchanged(j.coding, j.value, b, j.data));
     if j.coding.is_lossless() {
         return Ok(Done {
             enc,
@@ -384,7 +386,9 @@ pub(crate) fn encode_entry(
                 hints,
                 coding: codings[i],
                 bfp_row: row,
-                base: bases[i].map(|b| &b.data[(r.start - seg.offset) as usize..(r.end - seg.offset) as usize]),
+                base: bases[i].map(|b| {
+                    &b.data[(r.start - seg.offset) as usize..(r.end - seg.offset) as usize]
+                }),
             });
         }
     }

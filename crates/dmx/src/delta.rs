@@ -423,7 +423,9 @@ pub fn delta_reconstruct(base: &Path, delta: &Path, output: &Path, opts: &Option
     }
     pool.install(|| -> Result<()> {
         let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-        write_entry(&archive, entry, &slices, progress, |data| out.write_all(data))?;
+        write_entry(&archive, entry, &slices, progress, |data| {
+            out.write_all(data)
+        })?;
         out.commit()
     })?;
     if let Some(p) = progress {
@@ -542,7 +544,11 @@ fn label<T: Serialize>(v: T) -> String {
 pub fn delta_info(path: &Path) -> Result<DeltaInfo> {
     let archive = Archive::open(path)?;
     let entry = &archive.index().entries[0];
-    let Some(base) = entry.base.as_ref().filter(|_| archive.index().entries.len() == 1) else {
+    let Some(base) = entry
+        .base
+        .as_ref()
+        .filter(|_| archive.index().entries.len() == 1)
+    else {
         return Err(Error::Usage(format!(
             "{} is not a delta; see `dmx info`",
             path.display()
@@ -567,7 +573,12 @@ pub fn delta_info(path: &Path) -> Result<DeltaInfo> {
             (&mut roles, label(crate::names::role(&t.name))),
             (
                 &mut storage,
-                if unchanged.is_some() { "delta" } else { "whole" }.to_string(),
+                if unchanged.is_some() {
+                    "delta"
+                } else {
+                    "whole"
+                }
+                .to_string(),
             ),
         ] {
             map.entry(key).or_default().add(params, stored, unchanged);

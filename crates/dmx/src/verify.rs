@@ -134,9 +134,9 @@ pub fn verify_with(
             }),
             None => None,
         };
-        files.push(pool.install(|| {
-            check_entry(archive, i, orig.as_ref(), max_rel_error, progress)
-        })?);
+        files.push(
+            pool.install(|| check_entry(archive, i, orig.as_ref(), max_rel_error, progress))?,
+        );
     }
     if let Some(list) = &originals {
         for extra in list.iter().skip(archive.index().entries.len()).flatten() {

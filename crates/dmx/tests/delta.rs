@@ -27,7 +27,9 @@ fn nudged(t: &Tensor, every: usize, seed: u64) -> Tensor {
             if i % every == 0 {
                 let mut x = [0u8; 8];
                 x[..w].copy_from_slice(v);
-                let bits = u64::from_le_bytes(x).wrapping_add(rng.below(5)).wrapping_sub(2);
+                let bits = u64::from_le_bytes(x)
+                    .wrapping_add(rng.below(5))
+                    .wrapping_sub(2);
                 v.copy_from_slice(&bits.to_le_bytes()[..w]);
             }
         }
@@ -38,10 +40,28 @@ fn nudged(t: &Tensor, every: usize, seed: u64) -> Tensor {
 fn base_model(seed: u64) -> Vec<Tensor> {
     vec![
         Tensor::generated("model.h.0.attn.w", "F32", &[48, 40], Mode::Weights, seed),
-        Tensor::generated("model.h.0.mlp.w", "BF16", &[32, 64], Mode::Mixed { rate: 50 }, seed + 1),
+        Tensor::generated(
+            "model.h.0.mlp.w",
+            "BF16",
+            &[32, 64],
+            Mode::Mixed { rate: 50 },
+            seed + 1,
+        ),
         Tensor::generated("model.h.0.ln.w", "F16", &[40], Mode::Weights, seed + 2),
-        Tensor::generated("optim.exp_avg.model.h.0.attn.w", "F32", &[48, 40], Mode::Weights, seed + 3),
-        Tensor::generated("optim.exp_avg_sq.model.h.0.attn.w", "F32", &[48, 40], Mode::Weights, seed + 4),
+        Tensor::generated(
+            "optim.exp_avg.model.h.0.attn.w",
+            "F32",
+            &[48, 40],
+            Mode::Weights,
+            seed + 3,
+        ),
+        Tensor::generated(
+            "optim.exp_avg_sq.model.h.0.attn.w",
+            "F32",
+            &[48, 40],
+            Mode::Weights,
+            seed + 4,
+        ),
         Tensor::generated("step", "I64", &[1], Mode::Random, seed + 5),
         Tensor::generated("gone", "F32", &[10], Mode::Weights, seed + 6),
         Tensor::generated("reshaped", "F32", &[4, 6], Mode::Weights, seed + 7),
@@ -63,7 +83,13 @@ fn target_model(base: &[Tensor], seed: u64) -> Vec<Tensor> {
             _ => {}
         }
     }
-    t.push(Tensor::generated("added", "F32", &[5, 5], Mode::Weights, seed + 9));
+    t.push(Tensor::generated(
+        "added",
+        "F32",
+        &[5, 5],
+        Mode::Weights,
+        seed + 9,
+    ));
     t
 }
 
@@ -124,11 +150,20 @@ fn lossless_delta_reconstructs_byte_for_byte() {
     // Never larger than compressing the target alone (plus the delta's own bookkeeping).
     let alone = p.root.join("alone.dmx");
     let c = dmx::compress(&p.target, &alone, &quiet()).unwrap();
-    assert!(r.output_bytes <= c.output_bytes + 256, "{} vs {}", r.output_bytes, c.output_bytes);
+    assert!(
+        r.output_bytes <= c.output_bytes + 256,
+        "{} vs {}",
+        r.output_bytes,
+        c.output_bytes
+    );
     let info = dmx::delta_info(&d).unwrap();
     assert!(info.lossless);
     assert_eq!(info.removed, ["gone"]);
-    assert!(info.components.contains_key("exp_avg_sq"), "{:?}", info.components.keys());
+    assert!(
+        info.components.contains_key("exp_avg_sq"),
+        "{:?}",
+        info.components.keys()
+    );
     let f = info.storage["delta"].unchanged_fraction.unwrap();
     assert!(f > 0.4 && f < 0.9, "{f}");
 }

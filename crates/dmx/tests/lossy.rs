@@ -19,7 +19,13 @@ fn quiet() -> Options {
 
 fn model(dtype: &str, seed: u64) -> Vec<Tensor> {
     vec![
-        Tensor::generated("h.0.mlp.w", dtype, &[33, 17], Mode::Mixed { rate: 40 }, seed),
+        Tensor::generated(
+            "h.0.mlp.w",
+            dtype,
+            &[33, 17],
+            Mode::Mixed { rate: 40 },
+            seed,
+        ),
         Tensor::generated("h.1.mlp.w", dtype, &[33, 17], Mode::Weights, seed + 1),
         Tensor::generated("h.0.ln.bias", dtype, &[7], Mode::Special, seed + 2),
         Tensor::generated("scalar", dtype, &[], Mode::Weights, seed + 3),
@@ -53,7 +59,14 @@ fn round_trip(dir: &Path, file: &[u8], lossy: &LossyOptions, tag: &str) -> Vec<u
                 let w = bits as usize / 8;
                 let exp_mask = ((1u64 << exp_bits) - 1) << (bits - 1 - exp_bits);
                 let mant_mask = (1u64 << (bits - 1 - exp_bits)) - 1;
-                let cast = t.segment.transform.lossy().unwrap().mode.name().starts_with("cast");
+                let cast = t
+                    .segment
+                    .transform
+                    .lossy()
+                    .unwrap()
+                    .mode
+                    .name()
+                    .starts_with("cast");
                 for (x, y) in orig.chunks(w).zip(got.chunks(w)) {
                     let (xv, yv) = (le(x), le(y));
                     if xv & exp_mask == exp_mask {

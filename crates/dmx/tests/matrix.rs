@@ -279,8 +279,14 @@ fn delta_file() -> Subject {
     let target_bytes = common::plain(&target_tensors);
     common::write(&target, &target_bytes);
     let packed = dir.path().join("target.dmxd");
-    dmx::delta_compress(&base, &target, &packed, &dmx::DeltaOptions::default(), &opts())
-        .expect("delta-compress");
+    dmx::delta_compress(
+        &base,
+        &target,
+        &packed,
+        &dmx::DeltaOptions::default(),
+        &opts(),
+    )
+    .expect("delta-compress");
     let s = Subject::new(
         "delta",
         dir,
