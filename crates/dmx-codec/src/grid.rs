@@ -35,15 +35,33 @@ pub fn to_f64(layout: FloatLayout, raw: u64) -> f64 {
     }
 }
 
-/// `x` rounded to nearest even into `layout`, as raw bits (inverse of [`to_f64`]).
+/// `x` rounded to nearest even into `layout`, as raw bits (inverse of [`to_f64`]). Rounded
+/// once, exactly: 16-bit layouts go through `f32` rounded to odd, which has enough extra bits
+/// for the second rounding to be correct, the same on every machine.
 pub fn from_f64(layout: FloatLayout, x: f64) -> u64 {
     match (layout.bytes, layout.exp_bits) {
-        (2, 8) => u64::from(half::bf16::from_f64(x).to_bits()),
-        (2, 5) => u64::from(half::f16::from_f64(x).to_bits()),
+        (2, 8) => u64::from(half::bf16::from_f32(round_to_odd_f32(x)).to_bits()),
+        (2, 5) => u64::from(half::f16::from_f32(round_to_odd_f32(x)).to_bits()),
         (4, _) => u64::from((x as f32).to_bits()),
         (8, _) => x.to_bits(),
         _ => 0,
     }
+}
+
+/// `x` as an `f32` rounded to odd: exact values stay, others become the neighbour toward
+/// zero with its lowest bit set. Rounding that to any format at least two bits narrower gives
+/// the correctly rounded result of `x` itself.
+fn round_to_odd_f32(x: f64) -> f32 {
+    let t = x as f32;
+    if !t.is_finite() || f64::from(t) == x {
+        return t;
+    }
+    let mut bits = t.to_bits();
+    if f64::from(t).abs() > x.abs() {
+        // Rounded away from zero: step back toward zero (same sign, magnitude - 1 ulp).
+        bits -= 1;
+    }
+    f32::from_bits(bits | 1)
 }
 
 /// The grid integer of `x`, or `None` when `x` must be escaped (NaN, ±Inf, or beyond
@@ -87,6 +105,25 @@ mod tests {
         assert_eq!(quantize(32767.6, 1.0, 16), None);
         assert_eq!(quantize(-32767.6, 1.0, 16), None);
         assert_eq!(quantize(2.5, 1.0, 16), Some(2));
+    }
+
+    #[test]
+    fn sixteen_bit_rounding_is_single_and_correct() {
+        // Ties broken by bits below f32's precision.
+        let x = 1.0 + 2f64.powi(-8) + 2f64.powi(-40);
+        assert_eq!(from_f64(FloatLayout::BF16, x), 0x3f81);
+        let x = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+        assert_eq!(from_f64(FloatLayout::F16, x), 0x3c01);
+        // Exact ties round to even.
+        assert_eq!(from_f64(FloatLayout::BF16, 1.0 + 2f64.powi(-8)), 0x3f80);
+        assert_eq!(from_f64(FloatLayout::F16, 1.0 + 2f64.powi(-11)), 0x3c00);
+        assert_eq!(
+            from_f64(FloatLayout::BF16, -(1.0 + 3.0 * 2f64.powi(-8))),
+            0xbf82
+        );
+        assert!(f32::from_bits(from_f64(FloatLayout::F32, f64::NAN) as u32).is_nan());
+        assert_eq!(from_f64(FloatLayout::F16, 1e6), 0x7c00);
+        assert_eq!(from_f64(FloatLayout::F16, 2f64.powi(-25) * 1.5), 0x0001);
     }
 
     #[test]

@@ -1,1 +1,474 @@
-//! (being written)
+//! Aligned integer quantization: lossy, every value on the shared grid of [`crate::grid`].
+//!
+//! A finite value `x` becomes `q = round_half_even(x / step)` when `|q| <= grid::qmax(bits)`
+//! and decodes to [`grid::dequantize`]`(layout, q, step)`: `q · step` in `f64`, rounded once
+//! to the dtype. So `|x − x̂| <= step / 2 + half an ulp of x̂` (the second term is the
+//! rounding of `q · step` to the dtype). Values off the grid (NaN, ±Inf, beyond `qmax` steps)
+//! are *escapes*: stored as their exact bits. A zero decodes to `+0` (the grid has one zero).
+//!
+//! Payload:
+//!
+//! ```text
+//! u8 version (1) | u8 value bytes (2, 4, 8) | u8 exponent bits | u8 bits
+//! f64 step (LE bits) | varint count | varint escapes
+//! escapes > 0: ints::encode_unsigned block of the gaps before each escape
+//!              (position − end of the previous escape), then the escaped values' bytes
+//! ints::encode_signed block of the integers of the other values, in order
+//! ```
+
+use crate::bfp::{get_varint, put_varint};
+use crate::{CodecError, FloatLayout, grid, ints};
+
+/// Quantizes values of width `B` (`F16` selects F16 among 2-byte layouts): the zigzagged
+/// grid integers, the gaps before escapes and the escaped bytes.
+fn scan<const B: usize, const F16: bool>(
+    data: &[u8],
+    step: f64,
+    m: f64,
+) -> (Vec<u64>, Vec<u64>, Vec<u8>) {
+    let layout = match (B, F16) {
+        (2, false) => FloatLayout::BF16,
+        (2, true) => FloatLayout::F16,
+        (4, _) => FloatLayout::F32,
+        _ => FloatLayout::F64,
+    };
+    let mut qs = Vec::with_capacity(data.len() / B);
+    let mut gaps = Vec::new();
+    let mut escaped = Vec::new();
+    let mut next = 0usize;
+    for (i, v) in data.chunks_exact(B).enumerate() {
+        let mut w = [0u8; 8];
+        w[..B].copy_from_slice(v);
+        match quantize(layout, u64::from_le_bytes(w), step, m) {
+            Some(q) => qs.push(ints::zigzag(q)),
+            None => {
+                gaps.push((i - next) as u64);
+                next = i + 1;
+                escaped.extend_from_slice(v);
+            }
+        }
+    }
+    (qs, gaps, escaped)
+}
+
+/// `grid::quantize(grid::to_f64(layout, raw), step, bits)` with `m = grid::qmax(bits)`, without
+/// library calls: the conversions are exact and adding `1.5 · 2^52` rounds half to even.
+#[inline(always)]
+fn quantize(layout: FloatLayout, raw: u64, step: f64, m: f64) -> Option<i64> {
+    const MAGIC: f64 = 6_755_399_441_055_744.0;
+    let x = match (layout.bytes(), layout.exp_bits) {
+        (2, 8) => f64::from(f32::from_bits((raw as u32) << 16)),
+        (2, _) => {
+            if raw & 0x7C00 == 0x7C00 {
+                return None;
+            }
+            // The f16 bits shifted into f32 position are the value times 2^-112, exactly.
+            let mag = f64::from(f32::from_bits(((raw as u32) & 0x7FFF) << 13)) * 2f64.powi(112);
+            if raw & 0x8000 != 0 { -mag } else { mag }
+        }
+        (4, _) => f64::from(f32::from_bits(raw as u32)),
+        _ => f64::from_bits(raw),
+    };
+    if !x.is_finite() {
+        return None;
+    }
+    let t = x / step;
+    // Also rejects NaN and infinite quotients.
+    if t.is_nan() || t.abs() >= 2f64.powi(51) {
+        return None;
+    }
+    let q = (t + MAGIC) - MAGIC;
+    (q.abs() <= m).then_some(q as i64)
+}
+
+/// Payload format version.
+const VERSION: u8 = 1;
+/// Fixed header bytes (version, layout, bits, step).
+const HEADER: usize = 12;
+
+/// Whether quantization handles `layout`: BF16, F16, F32 and F64.
+pub fn supports(layout: FloatLayout) -> bool {
+    layout == FloatLayout::BF16
+        || layout == FloatLayout::F16
+        || layout == FloatLayout::F32
+        || layout == FloatLayout::F64
+}
+
+/// Quantizes on the grid of [`crate::grid`] (`q = round_half_even(x / step)`,
+/// `|q| <= grid::qmax(bits)`); values that do not fit (NaN, ±Inf, beyond range; every value
+/// when `step` is zero or not finite) are escaped and stored exactly. `bits` is the grid
+/// width, 16 or 32 (any of 2..=32 works). Returns the self-describing payload and the order-0
+/// entropy bound in bits (integer coder bound plus raw escape bits and their positions).
+///
+/// # Panics
+/// If `layout` is not supported, `bits` is outside 2..=32, or `data` is not whole values.
+pub fn encode(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> (Vec<u8>, f64) {
+    assert!(supports(layout), "quant::encode: unsupported dtype");
+    assert!(
+        (2..=32).contains(&bits),
+        "quant::encode: bits must be in 2..=32"
+    );
+    let b = layout.bytes();
+    assert!(
+        data.len().is_multiple_of(b),
+        "quant::encode: data is not whole values"
+    );
+    let count = data.len() / b;
+    let m = grid::qmax(bits) as f64;
+    let (qs, gaps, escaped) = match (b, layout.exp_bits) {
+        (2, 8) => scan::<2, false>(data, step, m),
+        (2, _) => scan::<2, true>(data, step, m),
+        (4, _) => scan::<4, false>(data, step, m),
+        _ => scan::<8, false>(data, step, m),
+    };
+    let mut out = Vec::with_capacity(HEADER + 16 + count * bits as usize / 16);
+    out.extend_from_slice(&[VERSION, b as u8, layout.exp_bits as u8, bits as u8]);
+    out.extend_from_slice(&step.to_bits().to_le_bytes());
+    put_varint(&mut out, count as u64);
+    put_varint(&mut out, gaps.len() as u64);
+    let mut entropy = 0.0;
+    if !gaps.is_empty() {
+        let block = ints::encode_unsigned(&gaps);
+        let signed: Vec<i64> = gaps.iter().map(|&g| g as i64).collect();
+        entropy += ints::entropy_bits_signed(&signed).min(block.len() as f64 * 8.0);
+        entropy += escaped.len() as f64 * 8.0;
+        out.extend_from_slice(&block);
+        out.extend_from_slice(&escaped);
+    }
+    // The block of `ints::encode_signed`, from the zigzagged values directly.
+    entropy += ints::encode_ctx(&qs, None, 1, &mut out);
+    (out, entropy)
+}
+
+/// Decodes a payload of [`encode`] into `out` (the chunk's raw length): every value is
+/// `grid::dequantize(layout, q, step)` or its exact escaped bits. Never panics; allocates
+/// `O(out.len())`; corrupt input gives [`CodecError::Corrupt`].
+pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    let head = payload
+        .get(..HEADER)
+        .ok_or(CodecError::Corrupt("quant payload header truncated"))?;
+    if head[0] != VERSION {
+        return Err(CodecError::Corrupt("unknown quant payload version"));
+    }
+    let layout = match (head[1], head[2]) {
+        (2, 8) => FloatLayout::BF16,
+        (2, 5) => FloatLayout::F16,
+        (4, 8) => FloatLayout::F32,
+        (8, 11) => FloatLayout::F64,
+        _ => return Err(CodecError::Corrupt("quant payload has an unknown dtype")),
+    };
+    let bits = u32::from(head[3]);
+    if !(2..=32).contains(&bits) {
+        return Err(CodecError::Corrupt(
+            "quant payload has an invalid grid width",
+        ));
+    }
+    let mut sb = [0u8; 8];
+    sb.copy_from_slice(&head[4..12]);
+    let step = f64::from_bits(u64::from_le_bytes(sb));
+    let mut pos = HEADER;
+    let count = get_varint(payload, &mut pos)?;
+    let nesc = get_varint(payload, &mut pos)?;
+    let b = layout.bytes();
+    if usize::try_from(count).ok().and_then(|c| c.checked_mul(b)) != Some(out.len()) {
+        return Err(CodecError::Corrupt(
+            "quant payload value count disagrees with chunk size",
+        ));
+    }
+    let count = count as usize;
+    if nesc > count as u64 {
+        return Err(CodecError::Corrupt("quant payload has too many escapes"));
+    }
+    let nesc = nesc as usize;
+    let mut positions = vec![0u64; nesc];
+    let mut escaped: &[u8] = &[];
+    if nesc > 0 {
+        pos += ints::decode_unsigned(&payload[pos..], &mut positions)?;
+        // Gaps to positions.
+        let mut next = 0u64;
+        for p in &mut positions {
+            let at = next
+                .checked_add(*p)
+                .filter(|&at| at < count as u64)
+                .ok_or(CodecError::Corrupt("quant escape position out of range"))?;
+            *p = at;
+            next = at + 1;
+        }
+        escaped = payload
+            .get(pos..pos + nesc * b)
+            .ok_or(CodecError::Corrupt("quant escaped values truncated"))?;
+        pos += nesc * b;
+    }
+    let mut qs = vec![0i64; count - nesc];
+    pos += ints::decode_signed(&payload[pos..], &mut qs)?;
+    if pos != payload.len() {
+        return Err(CodecError::Corrupt("quant payload has trailing bytes"));
+    }
+    let qmax = grid::qmax(bits);
+    if qs.iter().any(|q| q.unsigned_abs() > qmax as u64) {
+        return Err(CodecError::Corrupt("quant integer beyond the grid"));
+    }
+    match b {
+        2 => fill::<2>(layout, &qs, &positions, escaped, step, out),
+        4 => fill::<4>(layout, &qs, &positions, escaped, step, out),
+        _ => fill::<8>(layout, &qs, &positions, escaped, step, out),
+    }
+    Ok(())
+}
+
+/// Writes the values: the escapes at their positions, `grid::dequantize` of the integers in
+/// order elsewhere. F32 and F64 convert inline (the same expression as the grid); 2-byte
+/// layouts look the integers present up in a table of the grid's values when that is cheaper
+/// than converting each value.
+fn fill<const B: usize>(
+    layout: FloatLayout,
+    qs: &[i64],
+    positions: &[u64],
+    escaped: &[u8],
+    step: f64,
+    out: &mut [u8],
+) {
+    let (lo, hi) = qs
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(a, b), &q| (a.min(q), b.max(q)));
+    let table: Vec<u64> = if B == 2 && hi >= lo && ((hi - lo) as usize) < qs.len() / 2 {
+        (lo..=hi)
+            .map(|q| grid::dequantize(layout, q, step))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let deq = |q: i64| -> u64 {
+        match B {
+            4 => u64::from(((q as f64 * step) as f32).to_bits()),
+            8 => (q as f64 * step).to_bits(),
+            _ if !table.is_empty() => table[(q - lo) as usize],
+            _ => grid::dequantize(layout, q, step),
+        }
+    };
+    let mut qi = qs.iter();
+    let mut run = |out: &mut [u8]| {
+        for (v, &q) in out.chunks_exact_mut(B).zip(&mut qi) {
+            v.copy_from_slice(&deq(q).to_le_bytes()[..B]);
+        }
+    };
+    let mut at = 0usize;
+    for (&p, raw) in positions.iter().zip(escaped.chunks_exact(B)) {
+        let p = p as usize;
+        run(&mut out[at * B..p * B]);
+        out[p * B..(p + 1) * B].copy_from_slice(raw);
+        at = p + 1;
+    }
+    run(&mut out[at * B..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LAYOUTS: [FloatLayout; 4] = [
+        FloatLayout::BF16,
+        FloatLayout::F16,
+        FloatLayout::F32,
+        FloatLayout::F64,
+    ];
+
+    fn to_bytes(layout: FloatLayout, vals: &[f64]) -> Vec<u8> {
+        vals.iter()
+            .flat_map(|&x| grid::from_f64(layout, x).to_le_bytes()[..layout.bytes()].to_vec())
+            .collect()
+    }
+
+    fn raw_values(layout: FloatLayout, data: &[u8]) -> Vec<u64> {
+        data.chunks_exact(layout.bytes())
+            .map(|c| {
+                let mut w = [0u8; 8];
+                w[..c.len()].copy_from_slice(c);
+                u64::from_le_bytes(w)
+            })
+            .collect()
+    }
+
+    /// Encodes and decodes; checks every value against the grid model and the error bound.
+    fn check(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> Vec<u8> {
+        let (enc, entropy) = encode(layout, data, step, bits);
+        assert!(entropy >= 0.0);
+        let mut out = vec![0u8; data.len()];
+        decode(&enc, &mut out).unwrap();
+        for (&x, &y) in raw_values(layout, data)
+            .iter()
+            .zip(&raw_values(layout, &out))
+        {
+            let xf = grid::to_f64(layout, x);
+            match grid::quantize(xf, step, bits) {
+                Some(q) => {
+                    assert_eq!(y, grid::dequantize(layout, q, step));
+                    let yf = grid::to_f64(layout, y);
+                    let ulp = ulp(layout, yf);
+                    assert!(
+                        (xf - yf).abs() <= step.abs() / 2.0 + ulp / 2.0,
+                        "{xf} -> {yf} step {step}"
+                    );
+                }
+                None => assert_eq!(x, y, "escapes are exact"),
+            }
+        }
+        enc
+    }
+
+    /// The spacing of `layout` values around `y`.
+    fn ulp(layout: FloatLayout, y: f64) -> f64 {
+        let f = layout.bits() - 1 - layout.exp_bits;
+        let bias = (1i32 << (layout.exp_bits - 1)) - 1;
+        let e = if y == 0.0 {
+            1 - bias
+        } else {
+            (y.abs().log2().floor() as i32).max(1 - bias)
+        };
+        2f64.powi(e - f as i32)
+    }
+
+    fn weights(n: usize, seed: u64, scale: f64) -> Vec<f64> {
+        crate::pseudo_bytes(8 * n, seed)
+            .chunks_exact(8)
+            .map(|c| {
+                let u = u64::from_le_bytes(c.try_into().unwrap()) >> 11;
+                let v = u as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+                v * v * v * scale
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_trip_every_layout_and_width() {
+        for layout in LAYOUTS {
+            let w = weights(5000, 3, 0.05);
+            let data = to_bytes(layout, &w);
+            for bits in [16u32, 32, 8, 2] {
+                let step = grid::step_for(0.05, bits);
+                check(layout, &data, step, bits);
+            }
+        }
+    }
+
+    #[test]
+    fn no_escapes_cost_one_byte() {
+        let w = weights(1000, 5, 1.0);
+        let data = to_bytes(FloatLayout::F32, &w);
+        let (enc, _) = encode(FloatLayout::F32, &data, grid::step_for(1.0, 16), 16);
+        let qs: Vec<i64> = w
+            .iter()
+            .map(|&x| grid::quantize(f64::from(x as f32), grid::step_for(1.0, 16), 16).unwrap())
+            .collect();
+        assert_eq!(enc.len(), HEADER + 2 + 1 + ints::encode_signed(&qs).len());
+    }
+
+    #[test]
+    fn specials_escape_exactly() {
+        for layout in LAYOUTS {
+            let mut data = to_bytes(layout, &weights(300, 9, 1.0));
+            let b = layout.bytes();
+            let ones = (1u64 << layout.exp_bits) - 1;
+            let f = layout.bits() - 1 - layout.exp_bits;
+            let specials = [
+                ones << f | 3,
+                ones << f,
+                1 << (layout.bits() - 1) | ones << f,
+                ones << f | 1 << (f - 1),
+                1 << (layout.bits() - 1),
+                1,
+            ];
+            for (k, &s) in specials.iter().enumerate() {
+                let at = [0, 1, 7, 150, 298, 299][k];
+                data[at * b..(at + 1) * b].copy_from_slice(&s.to_le_bytes()[..b]);
+            }
+            // 4.0 is beyond 1.0 / qmax * qmax: escaped too.
+            data[100 * b..101 * b].copy_from_slice(&grid::from_f64(layout, 4.0).to_le_bytes()[..b]);
+            for bits in [16, 32] {
+                check(layout, &data, grid::step_for(1.0, bits), bits);
+            }
+            check(layout, &data, f64::NAN, 16);
+            check(layout, &data, 0.0, 16);
+            check(layout, &data, -0.001, 16);
+        }
+    }
+
+    #[test]
+    fn empty_and_single() {
+        for layout in LAYOUTS {
+            check(layout, &[], 0.1, 16);
+            check(layout, &to_bytes(layout, &[0.3]), 0.1, 16);
+            check(layout, &to_bytes(layout, &[f64::INFINITY]), 0.1, 16);
+        }
+    }
+
+    #[test]
+    fn truncated_and_corrupt_payloads_error() {
+        let mut w = weights(2000, 4, 1.0);
+        w[10] = f64::NAN;
+        w[1999] = 1e9;
+        let data = to_bytes(FloatLayout::BF16, &w);
+        let (enc, _) = encode(FloatLayout::BF16, &data, grid::step_for(1.0, 16), 16);
+        let mut out = vec![0u8; data.len()];
+        for cut in 0..enc.len() {
+            assert!(decode(&enc[..cut], &mut out).is_err(), "cut {cut}");
+        }
+        let mut longer = enc.clone();
+        longer.push(0);
+        assert!(decode(&longer, &mut out).is_err());
+        for i in 0..enc.len() {
+            for flip in [1u8, 0x80, 0xFF] {
+                let mut bad = enc.clone();
+                bad[i] ^= flip;
+                let _ = decode(&bad, &mut out);
+            }
+        }
+        for seed in 0..200u64 {
+            let mut junk = crate::pseudo_bytes(30 + seed as usize, seed + 1);
+            junk[0] = VERSION;
+            junk[1] = 2;
+            junk[2] = 8;
+            junk[3] = 16;
+            let _ = decode(&junk, &mut out);
+        }
+    }
+
+    #[test]
+    fn fast_quantize_matches_the_grid() {
+        let raws = crate::pseudo_bytes(8 * 20_000, 77);
+        for layout in LAYOUTS {
+            for bits in [16u32, 32, 3] {
+                let m = grid::qmax(bits) as f64;
+                for step in [1e-3, 0.37, 1e-30, 3e5, 0.0, f64::NAN, 2f64.powi(-140), 7.0] {
+                    for c in raws.chunks_exact(8) {
+                        let raw = u64::from_le_bytes(c.try_into().unwrap())
+                            & (u64::MAX >> (64 - layout.bits()));
+                        // Also values near the grid: a few low bits set.
+                        for raw in [raw, raw & !0xFFF0] {
+                            let want = grid::quantize(grid::to_f64(layout, raw), step, bits);
+                            assert_eq!(quantize(layout, raw, step, m), want, "{layout:?} {raw:#x}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn random_bits_decode_on_the_grid(
+            seed in any::<u64>(),
+            n in 0usize..400,
+            li in 0usize..4,
+            wide in any::<bool>(),
+            scale_exp in -20i32..20,
+        ) {
+            let layout = LAYOUTS[li];
+            let data = crate::pseudo_bytes(n * layout.bytes(), seed);
+            let bits = if wide { 32 } else { 16 };
+            check(layout, &data, grid::step_for(2f64.powi(scale_exp), bits), bits);
+        }
+    }
+}
