@@ -226,12 +226,12 @@ fn encode_params<'a>(b: &mut Bytes<'a>) -> (ValueKind, Hints, &'a [u8]) {
 /// length, and never writes outside its output buffer (it gets a slice, so Rust enforces
 /// that); an unknown codec id is an error.
 ///
-/// Input: a mode byte. Mode bit 7 clear: bits 0..3 are a codec id (ids above 3 are unknown),
-/// then a 3-byte output length (at most 1 MiB) and the payload. Mode bit 7 set: the rest is
-/// encoded with `encode_with` (value kind, row length and level chosen by the next bytes, as
-/// in `roundtrip`), then up to 15 byte edits (2-byte position, xor value) damage the payload
-/// and the output length is nudged by a signed byte, so the decoders see valid-looking
-/// payloads with small defects.
+/// Input: a mode byte. Mode bit 7 clear: bits 0..3 are a codec id (unknown ids included; id 8
+/// also goes to `dmx_codec::cast::decode`), then a 3-byte output length (at most 1 MiB) and
+/// the payload. Mode bit 7 set: the rest is encoded with `encode_with` (value kind, row length
+/// and level chosen by the next bytes, as in `roundtrip`), then up to 15 byte edits (2-byte
+/// position, xor value) damage the payload and the output length is nudged by a signed byte,
+/// so the decoders see valid-looking payloads with small defects.
 pub fn decode(data: &[u8]) {
     let mut b = Bytes(data);
     let mode = b.u8();
@@ -247,6 +247,10 @@ pub fn decode(data: &[u8]) {
                 }
             }
             Err(_) => assert!(id > 3, "codec id {id} should be known"),
+        }
+        // The cast codec (format 1.1, id 8) is decoded directly until the id is dispatched.
+        if id == 8 {
+            let _ = dmx_codec::cast::decode(payload, &mut out);
         }
         return;
     }

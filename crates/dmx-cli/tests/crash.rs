@@ -4,8 +4,11 @@
 //! (file-size limit: writes fail with EFBIG, as on a full disk) fails with a clear error and
 //! exit status 2 and leaves nothing behind.
 //!
-//! Kill times are drawn from a seeded generator over the measured length of a full run, so
-//! a failure is reproducible by its iteration number (set `DMX_CRASH_SEED` to try others).
+//! Kill delays are drawn from a seeded generator over the measured length of a full run, so
+//! the same delays are tried on every run (set `DMX_CRASH_SEED` to try others); where in
+//! the run a delay lands still depends on the machine's load.
+//! Unix only (signals, `sh`, `ulimit`).
+#![cfg(unix)]
 
 #[path = "../../dmx/tests/common/mod.rs"]
 mod common;
@@ -136,33 +139,59 @@ fn delays(rng: &mut Rng, full: Duration) -> Vec<Duration> {
         .collect()
 }
 
+/// Kills `dmx ARGS` (which writes `dest`, a name in the scratch folder) [`KILLS`] times at
+/// random moments. After each kill `dest` must be absent or pass `check` (then it is removed
+/// for the next try); afterwards a full run must succeed beside every stray temporary file
+/// the killed runs left, and `dest` pass `check`. `inputs` are the other files the scratch
+/// folder holds. A further command (say `delta-reconstruct`) is one more call of this.
+fn kill_at_random_moments(
+    env: &Env,
+    args: &[&Path],
+    dest: &str,
+    inputs: &[&str],
+    seed: u64,
+    check: &dyn Fn(&Path, &str),
+) {
+    let dest_path = env.path(dest);
+    let full = env.run_ok(args);
+    check(&dest_path, "uninterrupted run");
+    std::fs::remove_file(&dest_path).expect("remove");
+    let mut rng = Rng(seed);
+    let mut completed = 0;
+    for (i, delay) in delays(&mut rng, full).into_iter().enumerate() {
+        env.run_killed(args, delay);
+        if dest_path.symlink_metadata().is_ok() {
+            check(&dest_path, &format!("kill {i} after {delay:?}"));
+            std::fs::remove_file(&dest_path).expect("remove");
+            completed += 1;
+        }
+    }
+    let strays = env.strays(inputs);
+    env.run_ok(args);
+    check(&dest_path, "run after the kills");
+    let mut with_dest = inputs.to_vec();
+    with_dest.push(dest);
+    assert_eq!(env.strays(&with_dest), strays, "the later run left files");
+    eprintln!(
+        "{:?}: full run {full:?}; {KILLS} kills, {completed} finished first, {} stray \
+         temporary files",
+        args[0],
+        strays.len()
+    );
+}
+
 #[test]
 fn killed_compress_leaves_no_partial_archive() {
     let env = Env::new();
     let dest = env.path("model.dmx");
     let args = [Path::new("compress"), &env.input, &dest];
-    let full = env.run_ok(&args);
-    assert_valid_archive(&env, &dest, "uninterrupted compress");
-    std::fs::remove_file(&dest).expect("remove");
-    let mut rng = Rng(seed());
-    let mut completed = 0;
-    for (i, delay) in delays(&mut rng, full).into_iter().enumerate() {
-        env.run_killed(&args, delay);
-        if dest.symlink_metadata().is_ok() {
-            assert_valid_archive(&env, &dest, &format!("kill {i} after {delay:?}"));
-            std::fs::remove_file(&dest).expect("remove");
-            completed += 1;
-        }
-    }
-    // A later run succeeds beside every stray temporary file the killed runs left.
-    let strays = env.strays(&["model.safetensors"]);
-    env.run_ok(&args);
-    assert_valid_archive(&env, &dest, "compress after the kills");
-    assert_eq!(env.strays(&["model.safetensors", "model.dmx"]), strays);
-    eprintln!(
-        "compress: full run {full:?}; {KILLS} kills, {completed} finished first, {} stray \
-         temporary files",
-        strays.len()
+    kill_at_random_moments(
+        &env,
+        &args,
+        "model.dmx",
+        &["model.safetensors"],
+        seed(),
+        &|path, what| assert_valid_archive(&env, path, what),
     );
 }
 
@@ -173,43 +202,27 @@ fn killed_decompress_leaves_no_partial_file() {
     env.run_ok(&[Path::new("compress"), &env.input, &packed]);
     let dest = env.path("restored.safetensors");
     let args = [Path::new("decompress"), &packed, &dest];
-    let full = env.run_ok(&args);
-    assert!(std::fs::read(&dest).expect("read") == env.original);
-    std::fs::remove_file(&dest).expect("remove");
-    let mut rng = Rng(seed() ^ 1);
-    let mut completed = 0;
-    for (i, delay) in delays(&mut rng, full).into_iter().enumerate() {
-        env.run_killed(&args, delay);
-        if dest.symlink_metadata().is_ok() {
-            let restored = std::fs::read(&dest).expect("read restored");
+    kill_at_random_moments(
+        &env,
+        &args,
+        "restored.safetensors",
+        &["model.safetensors", "model.dmx"],
+        seed() ^ 1,
+        &|path, what| {
+            let restored = std::fs::read(path).expect("read restored");
             assert!(
                 restored == env.original,
-                "kill {i} after {delay:?}: a partial or different file is at the destination \
-                 ({} of {} bytes)",
+                "{what}: a partial or different file is at the destination ({} of {} bytes)",
                 restored.len(),
                 env.original.len()
             );
-            std::fs::remove_file(&dest).expect("remove");
-            completed += 1;
-        }
-    }
-    let keep = ["model.safetensors", "model.dmx"];
-    let strays = env.strays(&keep);
-    env.run_ok(&args);
-    assert!(std::fs::read(&dest).expect("read") == env.original);
-    assert_eq!(
-        env.strays(&["model.safetensors", "model.dmx", "restored.safetensors"]),
-        strays
-    );
-    eprintln!(
-        "decompress: full run {full:?}; {KILLS} kills, {completed} finished first, {} stray \
-         temporary files",
-        strays.len()
+        },
     );
 }
 
-/// Runs `dmx ARGS` with a file-size limit of 64 KiB and SIGXFSZ ignored, so writes past the
-/// limit fail with EFBIG, as they would on a full disk; returns (exit code, stderr).
+/// Runs `dmx ARGS` with a file-size limit of 128 blocks (64 or 128 KiB, by the shell's block
+/// size) and SIGXFSZ ignored, so writes past the limit fail with EFBIG, as they would on a
+/// full disk; returns (exit code, stderr).
 fn run_size_limited(dir: &Path, args: &[&Path]) -> (Option<i32>, String) {
     let out = Command::new("sh")
         .arg("-c")
