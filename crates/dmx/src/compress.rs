@@ -258,21 +258,8 @@ fn auto_codings(
     budget: f64,
 ) -> Result<Vec<Coding>> {
     let mut codings = crate::lossy::fixed_codings(file, bytes, lossy)?;
-    let tensors = || {
-        file.segments.iter().filter_map(|s| {
-            let dmx_format::SegmentKind::Tensor(t) = &s.kind else {
-                return None;
-            };
-            Some((
-                t.name.as_str(),
-                t.dtype.as_str(),
-                crate::lossy::lossy_layout(s.value)?,
-                &bytes[s.offset as usize..(s.offset + s.len) as usize],
-            ))
-        })
-    };
-    let steps16 = crate::lossy::shared_steps(tensors(), 16);
-    let steps32 = crate::lossy::shared_steps(tensors(), 32);
+    let steps16 = crate::lossy::shared_steps(crate::lossy::float_tensors(file, bytes), 16);
+    let steps32 = crate::lossy::shared_steps(crate::lossy::float_tensors(file, bytes), 32);
     let keep = lossy.keep_set()?;
     for (i, seg) in file.segments.iter().enumerate() {
         let (dmx_format::SegmentKind::Tensor(t), Some(layout)) =

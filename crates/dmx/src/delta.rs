@@ -20,7 +20,7 @@ use sha2::Digest;
 use crate::archive::Archive;
 use crate::compress::{BaseTensor, encode_entry, finish_archive};
 use crate::error::{Error, Result};
-use crate::lossy::{Coding, lossy_layout, shared_steps};
+use crate::lossy::{Coding, float_tensors, lossy_layout, shared_steps};
 use crate::output::{AtomicFile, check_distinct};
 use crate::plan::{PlannedFile, dtype_bits, plan_input};
 use crate::source::Bytes;
@@ -189,23 +189,6 @@ fn single_safetensors(path: &Path) -> Result<PlannedFile> {
             path.display()
         ))),
     }
-}
-
-fn float_tensors<'a>(
-    plan: &'a PlannedFile,
-    bytes: &'a [u8],
-) -> impl Iterator<Item = (&'a str, &'a str, dmx_codec::FloatLayout, &'a [u8])> {
-    plan.segments.iter().filter_map(move |s| {
-        let SegmentKind::Tensor(t) = &s.kind else {
-            return None;
-        };
-        Some((
-            t.name.as_str(),
-            t.dtype.as_str(),
-            lossy_layout(s.value)?,
-            &bytes[s.offset as usize..(s.offset + s.len) as usize],
-        ))
-    })
 }
 
 /// Stores `target` relative to `base` in `output` (a `.dmxd` by convention).

@@ -394,6 +394,25 @@ pub(crate) fn lossy_layout(value: ValueKind) -> Option<FloatLayout> {
     }
 }
 
+/// The float tensors of a planned file that lossy modes apply to: name, dtype, layout, bytes
+/// (`bytes` is the whole file).
+pub(crate) fn float_tensors<'a>(
+    plan: &'a PlannedFile,
+    bytes: &'a [u8],
+) -> impl Iterator<Item = (&'a str, &'a str, FloatLayout, &'a [u8])> {
+    plan.segments.iter().filter_map(move |s| {
+        let SegmentKind::Tensor(t) = &s.kind else {
+            return None;
+        };
+        Some((
+            t.name.as_str(),
+            t.dtype.as_str(),
+            lossy_layout(s.value)?,
+            &bytes[s.offset as usize..(s.offset + s.len) as usize],
+        ))
+    })
+}
+
 /// The key of the tensors that share an integer step.
 pub(crate) fn step_group(name: &str, dtype: &str, values: u64) -> Option<String> {
     (values >= OWN_STEP_BELOW).then(|| {
@@ -442,21 +461,7 @@ pub(crate) fn fixed_codings(
     let steps = match opts.mode {
         Mode::Int16 | Mode::Int32 => {
             let bits = if opts.mode == Mode::Int16 { 16 } else { 32 };
-            shared_steps(
-                file.segments.iter().filter_map(|s| {
-                    let SegmentKind::Tensor(t) = &s.kind else {
-                        return None;
-                    };
-                    let layout = lossy_layout(s.value)?;
-                    Some((
-                        t.name.as_str(),
-                        t.dtype.as_str(),
-                        layout,
-                        &bytes[s.offset as usize..(s.offset + s.len) as usize],
-                    ))
-                }),
-                bits,
-            )
+            shared_steps(float_tensors(file, bytes), bits)
         }
         _ => HashMap::new(),
     };
