@@ -9,7 +9,6 @@ import argparse
 import csv
 import datetime
 import hashlib
-import json
 import os
 import platform
 import shutil
@@ -23,82 +22,13 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
+from common import (BENCH_DIR, GNU_TIME, PEER_WORKER, REPO_ROOT, ZIPNN_DTYPES, compare_files,
+                    fmt, mb, run_measured)
 from stinfo import EntropyBound, SafetensorsFile, order0_entropy_bound, read_safetensors
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-PEER_WORKER = BENCH_DIR / "peers.py"
-PROCESS_TIMEOUT_S = 1800
-GNU_TIME = "/usr/bin/time"  # Debian package "time"
-
-# safetensors dtype -> ZipNN bytearray_dtype (ZipNN has no mode for the others).
-ZIPNN_DTYPES = {
-    "BF16": "bfloat16", "F16": "float16", "F32": "float32",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-}
-
-
-# --------------------------------------------------------------------------- processes
-
-@dataclass
-class Run:
-    """One finished process: its time, peak RSS, and an error text when it failed."""
-    seconds: float
-    peak_rss_bytes: int
-    error: str | None = None
-    input_mutated: bool = False  # a Python peer wrote into the buffer it was given
-
-
-def run_measured(cmd: list[str], self_timed: bool) -> Run:
-    """Run cmd and return its wall time (or the time it reports itself) and peak RSS.
-
-    The peak RSS comes from GNU time's %M, i.e. ru_maxrss of the child. Reading
-    ru_maxrss here instead would be wrong: a child forked from this (numpy-sized)
-    process starts out with this process's RSS as its high-water mark.
-    """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            tempfile.NamedTemporaryFile(mode="r") as rss_file:
-        start = time.perf_counter()
-        try:
-            proc = subprocess.run([GNU_TIME, "-f", "%M", "-o", rss_file.name, *cmd],
-                                  stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                  timeout=PROCESS_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            return Run(PROCESS_TIMEOUT_S, 0, f"timed out after {PROCESS_TIMEOUT_S} s")
-        wall = time.perf_counter() - start
-        rss_lines = rss_file.read().split()
-        rss = int(rss_lines[-1]) * 1024 if rss_lines and rss_lines[-1].isdigit() else 0
-        out.seek(0)
-        err.seek(0)
-        if proc.returncode != 0:
-            tail = err.read().decode(errors="replace").strip().splitlines()[-3:]
-            return Run(wall, rss, f"exit {proc.returncode}: {' | '.join(tail) or 'no stderr'}")
-        if not self_timed:
-            return Run(wall, rss)
-        try:
-            report = json.loads(out.read().decode().strip().splitlines()[-1])
-            return Run(report["seconds"], rss, input_mutated=report.get("input_mutated", False))
-        except (ValueError, IndexError, KeyError) as e:
-            return Run(wall, rss, f"worker printed no timing ({e})")
-
-
-def compare_files(original: Path, restored: Path, chunk: int = 1 << 24) -> str | None:
-    """None when the files are byte-for-byte equal, else a short description."""
-    a_size, b_size = original.stat().st_size, restored.stat().st_size
-    if a_size != b_size:
-        return f"size {b_size} != {a_size}"
-    differing = 0
-    with open(original, "rb") as fa, open(restored, "rb") as fb:
-        while block := fa.read(chunk):
-            other = fb.read(len(block))
-            if block != other:
-                differing += int(np.count_nonzero(
-                    np.frombuffer(block, np.uint8) != np.frombuffer(other, np.uint8)))
-    if differing == 0:
-        return None
-    return f"{differing} of {a_size} bytes differ ({100 * differing / a_size:.1f}%)"
+import chains
+import deltas
+import lossy
 
 
 # --------------------------------------------------------------------------- tools
@@ -116,6 +46,7 @@ class Tool:
     self_timed: bool  # the process prints its own timing (Python peers)
     baseline: CommandBuilder | None = None  # same process, imports only
     lossless_peer: bool = True  # may be the "best peer"
+    slow: bool = False  # measured with --slow-reps repetitions (sizes are deterministic)
 
 
 def python_peer(kind: str, label: str, **opts) -> Tool:
@@ -151,14 +82,14 @@ def zipnn_dtype(st: SafetensorsFile) -> str | None:
 
 
 def tools_for(st: SafetensorsFile, args) -> list[Tool]:
-    tools = [python_peer("zstd", "zstd -3", level=3), python_peer("zstd", "zstd -19", level=19)]
+    zstd19 = python_peer("zstd", "zstd -19", level=19)
+    zstd19.slow = True  # about 1.5 MB/s here: --slow-reps repetitions
+    tools = [python_peer("zstd", "zstd -3", level=3), zstd19]
     dtype = zipnn_dtype(st)
     if dtype:
         tools.append(python_peer("zipnn", f"ZipNN 0.5.4 byte/{dtype}", dtype=dtype))
-    if args.seed:
-        seed = python_peer("seed", "dmx-compress 0.4.0 (seed)")
-        seed.lossless_peer = False  # lossy by design; shown, never "best peer"
-        tools.append(seed)
+    # The seed (--with-seed) is lossy by design: it is measured in the lossy table, with
+    # error metrics, not here (where every row must restore its input byte for byte).
     tools.append(dmx_tool(args.dmx))
     return [t for t in tools if not args.tools or t.kind in args.tools]
 
@@ -251,14 +182,6 @@ def baseline_rss(tool: Tool, workdir: Path) -> int | None:
 
 # --------------------------------------------------------------------------- report
 
-def fmt(value, spec: str, missing: str = "-") -> str:
-    return missing if value is None else format(value, spec)
-
-
-def mb(nbytes: int) -> str:
-    return f"{nbytes / 1e6:.0f}" if nbytes else "-"
-
-
 COLUMNS = ["file", "dtype", "params", "tool/mode", "threads", "bits/weight", "ratio",
            "compress MB/s", "decompress MB/s", "peak RSS MB (c / d)", "round trip"]
 
@@ -324,7 +247,8 @@ def machine_description(args) -> list[str]:
     except (OSError, StopIteration):
         memory = "unknown"
     versions = []
-    for pkg in ("zstandard", "zipnn", "numpy", "torch") + (("dmx-compress",) if args.seed else ()):
+    packages = ("zstandard", "zipnn", "numpy", "torch", "safetensors")
+    for pkg in packages + (("dmx-compress",) if args.seed else ()):
         try:
             versions.append(f"{pkg} {metadata.version(pkg)}")
         except metadata.PackageNotFoundError:
@@ -376,11 +300,16 @@ METHOD_NOTES = """\
 
 
 def write_report(out_dir: Path, header: list[str], lines: list[list[str]], rows: list[Row],
-                 comparisons: list[str], baselines: list[str]) -> str:
+                 comparisons: list[str], baselines: list[str], sections: list[str],
+                 slow_reps: int) -> str:
     failures = [f"- {r.file} · {r.tool.name} · {r.threads}t: {r.failure}"
                 for r in rows if r.failure]
-    parts = ["# dmx benchmark", "", *header, "", markdown_table(lines), "",
-             "## dmx vs best peer", "", *comparisons, ""]
+    parts = ["# dmx benchmark", "", *header, ""]
+    if rows:
+        parts += ["## Lossless: every tool on every corpus file", "",
+                  f"zstd -19 runs {slow_reps} repetition(s) (it compresses at about 1.5 MB/s "
+                  "here; its sizes are deterministic), the others the full count.", "",
+                  markdown_table(lines), "", "### dmx vs best peer", "", *comparisons, ""]
     if failures:
         parts += ["## Failures", "", *failures, ""]
     mutators = sorted({r.tool.name for r in rows if r.input_mutated})
@@ -391,7 +320,10 @@ def write_report(out_dir: Path, header: list[str], lines: list[list[str]], rows:
                   f"({', '.join(files)}). The restored files still equal the originals on disk, "
                   "so these round trips are OK; a caller that compares the output with the "
                   "buffer it passed in sees a spurious mismatch.", ""]
-    parts += [METHOD_NOTES, ""]
+    for section in sections:
+        parts += [section, ""]
+    if rows:
+        parts += [METHOD_NOTES, ""]
     if baselines:
         parts += ["Python peers' RSS after imports alone: " + "; ".join(baselines) + ".", ""]
     text = "\n".join(parts)
@@ -431,22 +363,38 @@ def parse_args():
                         help="comma-separated subset of dmx,zstd,zipnn,seed")
     parser.add_argument("--files", default="**/*.safetensors",
                         help="glob under the corpus (default: every *.safetensors)")
+    parser.add_argument("--sections", type=lambda s: s.split(","),
+                        default=list(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+    parser.add_argument("--slow-reps", type=int, default=1,
+                        help="repetitions of the slow peers: zstd -19, XOR + zstd -19, seed")
+    parser.add_argument("--eval-batches", type=int, default=16,
+                        help="validation batches for eval_gpt.py (0: no model-quality run)")
+    parser.add_argument("--delta-methods", type=lambda s: s.split(","), default=None,
+                        help="only the delta methods whose names contain one of these")
     args = parser.parse_args()
     args.corpus = args.corpus.resolve()
     args.dmx_built = args.dmx  # args.dmx becomes a private copy of it in main()
-    if args.reps < 1:
-        parser.error("--reps must be at least 1")
+    if args.reps < 1 or args.slow_reps < 1:
+        parser.error("--reps and --slow-reps must be at least 1")
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     return args
 
 
+SECTIONS = ("lossless", "delta", "lossy", "chain")
+
+
 def main() -> int:
+    run_started = time.perf_counter()
     args = parse_args()
     if not os.access(GNU_TIME, os.X_OK):
         print(f"{GNU_TIME} (GNU time) is needed to measure peak RSS: apt-get install time",
               file=sys.stderr)
         return 1
-    files = sorted(args.corpus.glob(args.files))
-    if not files:
+    files = sorted(args.corpus.glob(args.files)) if "lossless" in args.sections else []
+    if not files and "lossless" in args.sections:
         print(f"no files match {args.files} under {args.corpus}", file=sys.stderr)
         return 1
     thread_counts = sorted({1, len(os.sched_getaffinity(0))})
@@ -473,7 +421,8 @@ def main() -> int:
                 for threads in thread_counts:
                     print(f"[bench] {label}: {tool.name}, {threads} thread(s)",
                           file=sys.stderr, flush=True)
-                    row = measure(st, label, tool, threads, args.reps, workdir)
+                    reps = args.slow_reps if tool.slow else args.reps
+                    row = measure(st, label, tool, threads, reps, workdir)
                     file_rows.append(row)
                     lines.append(table_cells(row))
             bound = order0_entropy_bound(st)
@@ -481,9 +430,27 @@ def main() -> int:
             rows += file_rows
             comparisons.append(comparison(label, file_rows, bound))
 
-    text = write_report(args.out, header, lines, rows, comparisons, list(baselines.values()))
+        threads = max(thread_counts)
+        sections = []
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name, module in (("delta", deltas), ("lossy", lossy), ("chain", chains)):
+            if name not in args.sections:
+                continue
+            started = time.perf_counter()
+            text, _ = module.run(args, workdir, threads, log)
+            log(f"{name} section took {time.perf_counter() - started:.0f} s")
+            (args.out / f"{name}.md").write_text(text + "\n")
+            sections.append(text)
+
+    text = write_report(args.out, header, lines, rows, comparisons, list(baselines.values()),
+                        sections, args.slow_reps)
     print(text)
+    log(f"whole run took {time.perf_counter() - run_started:.0f} s; report in {args.out}")
     return 0
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

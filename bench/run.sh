@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of dmx against zstd and ZipNN (see bench/README.md).
+# Side-by-side benchmark of dmx against zstd, ZipNN and the seed (see bench/README.md):
+# lossless, deltas, lossy modes (with model quality) and training-run chains, in one run.
 #
 #   bash bench/run.sh [--corpus DIR] [--reps N] [--out DIR] [--with-seed] [--no-build]
-#                     [-- EXTRA bench.py ARGS]
+#                     [-- EXTRA bench.py ARGS, e.g. --sections delta,lossy --slow-reps 1]
 #
-# Run from anywhere; paths are taken relative to the repository root.
+# Run from anywhere; paths are taken relative to the repository root. The dmx binary is
+# $CARGO_TARGET_DIR/release/dmx (default target/release/dmx).
 set -euo pipefail
 
 usage() {
-    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,6 +38,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 log() { echo "[bench] $*" >&2; }
+export PYTHONDONTWRITEBYTECODE=1  # no __pycache__ in the source tree
 
 # 1. Python venv with the pinned peers.
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -50,13 +53,14 @@ log "installing pinned peers into $venv (the first time is large: zipnn pulls to
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${requirements[@]}"
 
 # 2. dmx itself.
+target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
 if [[ $build -eq 1 ]]; then
     log "cargo build --release"
     (cd "$repo_root" && cargo build --release)
 fi
 
 # 3. The benchmark.
-args=(--corpus "$corpus" --reps "$reps" --out "$out" --dmx "$repo_root/target/release/dmx")
+args=(--corpus "$corpus" --reps "$reps" --out "$out" --dmx "$target_dir/release/dmx")
 if [[ $with_seed -eq 1 ]]; then
     args+=(--seed "$venv/bin/dmx")
 fi
