@@ -6,6 +6,7 @@ mod chains;
 mod deltas;
 mod progress;
 mod report;
+mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -139,7 +140,7 @@ impl PrecisionArg {
 enum Command {
     /// Compress a .safetensors file, any file, or a model folder into one .dmx archive.
     Compress {
-        /// Input file or folder.
+        /// Input file or folder (`-`: standard input).
         input: PathBuf,
         /// Output archive.
         output: PathBuf,
@@ -286,7 +287,8 @@ enum Command {
     Decompress {
         /// Input archive.
         input: PathBuf,
-        /// Output file (or folder, for folder archives).
+        /// Output file (or folder, for folder archives); `-` writes a single-file archive's
+        /// file to standard output.
         output: PathBuf,
         /// Overwrite the output if it exists.
         #[arg(short, long)]
@@ -405,7 +407,23 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             common,
         } => {
             let start = std::time::Instant::now();
-            dmx::decompress(&input, &output, &options(&common, force))?;
+            if dmx::is_dash(&output) {
+                use std::io::IsTerminal;
+                if std::io::stdout().is_terminal() {
+                    return Err(dmx::Error::Usage(
+                        "refusing to write binary data to a terminal: redirect standard \
+                         output (`dmx decompress ARCHIVE - > FILE`)"
+                            .into(),
+                    ));
+                }
+                dmx::decompress_to(
+                    &input,
+                    &mut std::io::stdout().lock(),
+                    &options(&common, force),
+                )?;
+            } else {
+                dmx::decompress(&input, &output, &options(&common, force))?;
+            }
             if !common.quiet {
                 eprintln!(
                     "{} -> {} in {:.2} s",
@@ -683,6 +701,7 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    signals::install();
     match run(cli) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::CheckFailed) => ExitCode::from(1),

@@ -72,8 +72,21 @@ pub fn compress_with(
 ) -> Result<CompressReport> {
     let start = Instant::now();
     lossy.check()?;
+    // `-`: standard input, spooled to a temporary file beside the output (kept until the
+    // archive is written) and compressed like a file.
+    let spooled;
+    let input = if crate::output::is_dash(input) {
+        crate::output::check_writable(output, opts.force)?;
+        spooled = crate::source::spool_stdin(output)?;
+        spooled.1.as_path()
+    } else {
+        crate::source::check_input(input)?;
+        input
+    };
     crate::output::check_distinct(input, output)?;
-    let (root, files) = plan_input(input)?;
+    let (root, mut files) = plan_input(input)?;
+    // An archive written inside its own input folder is not part of the input.
+    files.retain(|f| !crate::output::same_file(&f.path, output));
     let total: u64 = files.iter().map(|f| f.size).sum();
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
     out.write_all(&dmx_format::preamble_minor(u16::from(!lossy.is_lossless())))?;

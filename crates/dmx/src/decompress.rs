@@ -1,7 +1,7 @@
 //! Decompression: decode an entry's chunks in parallel windows and stream them, in order, to
 //! a sink (an output file, hashers, or a comparison with the original).
 
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use dmx_format::{Entry, Root};
@@ -9,7 +9,10 @@ use rayon::prelude::*;
 
 use crate::archive::Archive;
 use crate::error::{Error, Result};
-use crate::output::{AtomicDir, AtomicFile, check_distinct, write_plain};
+use crate::output::{
+    AtomicDir, AtomicFile, check_destination, check_distinct, check_writable, check_writable_dir,
+    temp_file_in, write_plain,
+};
 use crate::window::{SegmentHasher, windows};
 use crate::{Options, Progress};
 
@@ -171,16 +174,20 @@ impl<'a> SegmentCheck<'a> {
 /// Restores the archive at `archive_path` to `output`: the original file, or for a folder
 /// archive the original folder tree. Every chunk checksum is checked before decoding and every
 /// tensor's (and header's) BLAKE3 after, before the output is renamed into place.
+///
+/// With `force`, a single file replaces an existing regular file (never a folder, link or
+/// special file), and a folder archive restores into an existing folder by replacing only the
+/// files it holds, after all of them were restored and checked (other files are kept; see
+/// `README.md`, Guarantees). A destination that is, holds or lies inside the archive is
+/// refused.
 pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<()> {
     check_distinct(archive_path, output)?;
-    crate::output::check_writable(output, opts.force)?;
+    check_destination(archive_path, output)?;
     let archive = Archive::open(archive_path)?;
-    if archive.index().entries.iter().any(|e| e.base.is_some()) {
-        return Err(Error::Usage(format!(
-            "{} is a delta: restore it with `dmx delta-reconstruct BASE {} OUTPUT`",
-            archive_path.display(),
-            archive_path.display()
-        )));
+    refuse_delta(&archive, archive_path)?;
+    match archive.index().root {
+        Root::File => check_writable(output, opts.force)?,
+        Root::Directory => check_writable_dir(output, opts.force)?,
     }
     let pool = opts.pool()?;
     let progress = opts.progress.as_deref();
@@ -193,25 +200,19 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
             Root::File => {
                 let entry = &archive.index().entries[0];
                 let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-                let mut check = SegmentCheck::new(&archive, entry);
-                stream_entry(&archive, entry, progress, |s, data| {
-                    check.update(s, data)?;
-                    out.write_all(data)
-                })?;
-                check.finish()?;
+                restore_entry(&archive, entry, progress, |data| out.write_all(data))?;
                 out.commit()
             }
             Root::Directory => {
                 let dir = AtomicDir::create(output, opts.force, !opts.no_sync)?;
+                // Refuse before decoding anything if a path cannot be restored into place.
+                dir.check_paths(archive.index().entries.iter().map(|e| e.path.as_str()))?;
                 for entry in &archive.index().entries {
                     let path = dir.path().join(&entry.path);
                     let mut w = write_plain(&path)?;
-                    let mut check = SegmentCheck::new(&archive, entry);
-                    stream_entry(&archive, entry, progress, |s, data| {
-                        check.update(s, data)?;
+                    restore_entry(&archive, entry, progress, |data| {
                         w.write_all(data).map_err(|e| Error::io(&path, e))
                     })?;
-                    check.finish()?;
                     w.flush().map_err(|e| Error::io(&path, e))?;
                     if !opts.no_sync {
                         w.get_ref().sync_all().map_err(|e| Error::io(&path, e))?;
@@ -224,5 +225,90 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
     if let Some(p) = progress {
         p.finish();
     }
+    Ok(())
+}
+
+/// Refuses deltas, which need their base.
+fn refuse_delta(archive: &Archive, archive_path: &Path) -> Result<()> {
+    if archive.index().entries.iter().any(|e| e.base.is_some()) {
+        return Err(Error::Usage(format!(
+            "{} is a delta: restore it with `dmx delta-reconstruct BASE {} OUTPUT`",
+            archive_path.display(),
+            archive_path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Streams `entry` to `write`, checking every segment's BLAKE3.
+fn restore_entry(
+    archive: &Archive,
+    entry: &Entry,
+    progress: Option<&dyn Progress>,
+    mut write: impl FnMut(&[u8]) -> Result<()> + Send,
+) -> Result<()> {
+    let mut check = SegmentCheck::new(archive, entry);
+    stream_entry(archive, entry, progress, |s, data| {
+        check.update(s, data)?;
+        write(data)
+    })?;
+    check.finish()
+}
+
+/// Restores the single-file archive at `archive_path` and writes it to `out` (standard
+/// output for `dmx decompress ARCHIVE -`). The file is restored to a temporary file first
+/// (beside the archive, or in the system's temporary folder where that is not writable) and
+/// every checksum is checked, so no unverified byte reaches `out`. Folder archives and deltas
+/// are refused.
+pub fn decompress_to(archive_path: &Path, out: &mut dyn Write, opts: &Options) -> Result<()> {
+    let archive = Archive::open(archive_path)?;
+    refuse_delta(&archive, archive_path)?;
+    if archive.index().root != Root::File {
+        return Err(Error::Usage(format!(
+            "{} is a folder archive; standard output can take only a single-file archive \
+             (restore it to a folder instead)",
+            archive_path.display()
+        )));
+    }
+    let beside = archive_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = match temp_file_in(beside) {
+        Ok(t) => t,
+        Err(_) => temp_file_in(&std::env::temp_dir())?,
+    };
+    let tmp_path = tmp.file.path().to_path_buf();
+    let pool = opts.pool()?;
+    let progress = opts.progress.as_deref();
+    let entry = &archive.index().entries[0];
+    if let Some(p) = progress {
+        p.start("decompressing", entry.size);
+    }
+    {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.file.as_file_mut());
+        pool.install(|| {
+            restore_entry(&archive, entry, progress, |data| {
+                w.write_all(data).map_err(|e| Error::io(&tmp_path, e))
+            })
+        })?;
+        w.flush().map_err(|e| Error::io(&tmp_path, e))?;
+    }
+    if let Some(p) = progress {
+        p.finish();
+    }
+    let f = tmp.file.as_file_mut();
+    f.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(&tmp_path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(&tmp_path, e))?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io("standard output", e))?;
+    }
+    out.flush().map_err(|e| Error::io("standard output", e))?;
     Ok(())
 }

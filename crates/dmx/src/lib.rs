@@ -63,15 +63,19 @@ pub use chain::{
     chain_compress, chain_info, chain_reconstruct, chain_verify,
 };
 pub use compress::{CompressReport, compress, compress_with};
-pub use decompress::decompress;
+pub use decompress::{decompress, decompress_to};
 pub use delta::{
     DeltaInfo, DeltaOptions, DeltaReport, Precision, delta_compress, delta_info, delta_reconstruct,
 };
 pub use error::{Error, Result};
 pub use extract::extract;
 pub use info::{DtypeStats, FileStats, LossyStats, Stats, TensorStats};
-pub use output::{check_distinct, write_file};
+pub use output::{
+    TEMP_PREFIX, check_destination, check_distinct, check_writable, check_writable_dir, is_dash,
+    is_temp_name, remove_temps, sweep_stale, write_file,
+};
 pub use plan::CHUNK_SIZE;
+pub use source::check_input;
 pub use verify::{FileReport, TensorError, VerifyReport, verify, verify_with};
 
 pub use dmx_codec;

@@ -4,6 +4,8 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
 
@@ -21,22 +23,349 @@ pub fn check_distinct(input: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Fails unless `output` may be written: it must not exist unless `force` is set.
+/// True when `path` is spelled `-` (standard input or output on the command line).
+pub fn is_dash(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// The error for `-` where only a file path is accepted.
+fn dash_refused() -> Error {
+    Error::Usage(
+        "`-` (standard output) is accepted only by `dmx decompress ARCHIVE -`; \
+         use ./- for a file named -"
+            .into(),
+    )
+}
+
+/// What kind of non-regular file `meta` describes, for error messages.
+pub(crate) fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_symlink() {
+        return "a symbolic link";
+    }
+    if t.is_dir() {
+        return "a folder";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Fails unless the file `output` may be written: it must not exist unless `force` is set,
+/// and even with `force` only a regular file is ever replaced. Folders, symbolic links
+/// (dmx never writes through or replaces a link: name its target instead), devices, FIFOs
+/// and sockets are refused, and so is `-` (see [`is_dash`]).
 pub fn check_writable(output: &Path, force: bool) -> Result<()> {
-    if !force && output.symlink_metadata().is_ok() {
+    if is_dash(output) {
+        return Err(dash_refused());
+    }
+    let Ok(meta) = output.symlink_metadata() else {
+        return Ok(());
+    };
+    if meta.file_type().is_file() {
+        if force {
+            return Ok(());
+        }
         return Err(Error::Usage(format!(
             "{} already exists; use --force to overwrite it",
+            output.display()
+        )));
+    }
+    Err(Error::Usage(format!(
+        "{} exists and is {}; dmx only ever replaces regular files, even with --force \
+         (choose another output{})",
+        output.display(),
+        kind_of(&meta),
+        if meta.file_type().is_symlink() {
+            ", or name the link's target"
+        } else {
+            ""
+        }
+    )))
+}
+
+/// Fails unless the folder `output` may be written by a folder restore: it must not exist
+/// unless `force` is set; with `force` it must be a real folder (not a symbolic link), into
+/// which [`AtomicDir`] merges the restored files.
+pub fn check_writable_dir(output: &Path, force: bool) -> Result<()> {
+    if is_dash(output) {
+        return Err(dash_refused());
+    }
+    let Ok(meta) = output.symlink_metadata() else {
+        return Ok(());
+    };
+    if !meta.file_type().is_dir() {
+        return Err(Error::Usage(format!(
+            "{} exists and is {}; a folder archive restores only into a new or existing \
+             folder (choose another output)",
+            output.display(),
+            kind_of(&meta)
+        )));
+    }
+    if !force {
+        return Err(Error::Usage(format!(
+            "{} already exists; use --force to restore into it (only the files the archive \
+             holds are replaced; other files are kept)",
             output.display()
         )));
     }
     Ok(())
 }
 
-/// A builder for hidden temporary names whose final permissions are the usual ones for new
-/// files and folders (`mode` less the umask) rather than tempfile's private 0600/0700.
-fn temp_builder(mode: u32) -> tempfile::Builder<'static, 'static> {
+/// `path` made absolute with every existing part resolved (symbolic links, `.` and `..`), and
+/// the rest (which does not exist yet) normalised lexically.
+fn resolve(path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(path)
+    };
+    let mut out = PathBuf::new();
+    let mut resolved = true;
+    for c in abs.components() {
+        match c {
+            Component::Prefix(_) | Component::RootDir => out.push(c.as_os_str()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => {
+                out.push(n);
+                if resolved {
+                    match out.canonicalize() {
+                        Ok(c) => out = c,
+                        Err(_) => resolved = false,
+                    }
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+#[cfg(unix)]
+fn same_node(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+#[cfg(not(unix))]
+fn same_node(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
+    false
+}
+
+/// Refuses a destination that is the input `archive`, holds it (at any depth), or lies inside
+/// it, however either is spelled (`.`, `..`, `dst/x/..`, symbolic links, bind mounts and hard
+/// links are compared by resolved path and by device and inode).
+pub fn check_destination(archive: &Path, output: &Path) -> Result<()> {
+    let refuse = || {
+        Err(Error::Usage(format!(
+            "{} is, holds or lies inside the input {}; restoring there could destroy the \
+             archive itself: choose another destination",
+            output.display(),
+            archive.display()
+        )))
+    };
+    let (Ok(a), Some(o)) = (archive.canonicalize(), resolve(output)) else {
+        return Ok(());
+    };
+    if a.starts_with(&o) || o.starts_with(&a) {
+        return refuse();
+    }
+    if let Ok(dest) = std::fs::metadata(output) {
+        for ancestor in a.ancestors() {
+            if let Ok(m) = std::fs::metadata(ancestor)
+                && same_node(&m, &dest)
+            {
+                return refuse();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` name the same existing file (device and inode, or resolved path).
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) if cfg!(unix) => same_node(&x, &y),
+        (Ok(_), Ok(_)) => matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y),
+        _ => false,
+    }
+}
+
+/// Prefix of every temporary file and folder dmx creates.
+pub const TEMP_PREFIX: &str = ".dmx-tmp-";
+
+/// How old (by modification time) a temporary of a process that no longer exists must be
+/// before a later run removes it.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// True for names of dmx temporaries (`.dmx-tmp-*`), which folder walks skip.
+pub fn is_temp_name(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes().starts_with(TEMP_PREFIX.as_bytes())
+}
+
+/// The temporaries this process has created and not yet committed or dropped.
+static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Set by [`remove_temps`]: no new temporary may appear afterwards.
+static CLOSING: AtomicBool = AtomicBool::new(false);
+/// Folders already swept for stale temporaries by this process.
+static SWEPT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    LIVE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn remove_any(path: &Path) {
+    match path.symlink_metadata() {
+        Ok(m) if m.is_dir() => {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+        }
+        Err(_) => {}
+    }
+}
+
+/// Removes every temporary file and folder (`.dmx-tmp-*`) this process has created and not yet
+/// renamed into place or dropped, and refuses any new one from then on. Call it right before
+/// the process exits on a signal (the `dmx` binary does so on SIGINT, SIGTERM and SIGHUP);
+/// it never touches a destination or any other file.
+pub fn remove_temps() {
+    let mut live = live();
+    CLOSING.store(true, Ordering::SeqCst);
+    for p in live.drain(..) {
+        remove_any(&p);
+    }
+}
+
+/// A registered temporary path: unregistered when dropped.
+struct Registered(PathBuf);
+
+impl Registered {
+    fn new(path: &Path) -> Result<Self> {
+        let mut live = live();
+        if CLOSING.load(Ordering::SeqCst) {
+            drop(live);
+            remove_any(path);
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"),
+            ));
+        }
+        live.push(path.to_path_buf());
+        Ok(Self(path.to_path_buf()))
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut live = live();
+        if let Some(i) = live.iter().position(|p| *p == self.0) {
+            live.swap_remove(i);
+        }
+    }
+}
+
+/// The process id in a temporary's name `.dmx-tmp-<pid>-<random>`, if it has that form.
+fn temp_pid(name: &std::ffi::OsStr) -> Option<u32> {
+    let rest = name.to_str()?.strip_prefix(TEMP_PREFIX)?;
+    let (pid, random) = rest.split_once('-')?;
+    if random.is_empty() || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether process `pid` exists; `None` where this cannot be told (no `/proc`).
+fn pid_alive(pid: u32) -> Option<bool> {
+    if !cfg!(target_os = "linux") || !Path::new("/proc/self").exists() {
+        return None;
+    }
+    Some(Path::new("/proc").join(pid.to_string()).exists())
+}
+
+/// The newest modification time of `path` and, for a folder, of everything in it (a bounded
+/// walk: a huge folder counts as fresh).
+fn newest_mtime(path: &Path, budget: &mut usize) -> Option<std::time::SystemTime> {
+    let meta = path.symlink_metadata().ok()?;
+    let mut newest = meta.modified().ok()?;
+    if meta.is_dir() {
+        for item in std::fs::read_dir(path).ok()? {
+            *budget = budget.checked_sub(1)?;
+            let t = newest_mtime(&item.ok()?.path(), budget)?;
+            newest = newest.max(t);
+        }
+    }
+    Some(newest)
+}
+
+/// Removes, once per process and folder, the temporaries in `dir` left by dmx runs that were
+/// killed: names `.dmx-tmp-<pid>-<random>` whose process no longer exists and that have not
+/// been modified for a few minutes. Nothing else is ever removed (older unnamed temporaries,
+/// live processes' and unknown files are kept), and where liveness cannot be told (no
+/// `/proc`) nothing is removed.
+pub fn sweep_stale(dir: &Path) {
+    {
+        let mut swept = SWEPT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if swept.iter().any(|d| d == dir) {
+            return;
+        }
+        swept.push(dir.to_path_buf());
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let me = std::process::id();
+    let now = std::time::SystemTime::now();
+    for item in rd.flatten() {
+        let name = item.file_name();
+        let Some(pid) = temp_pid(&name) else {
+            continue;
+        };
+        if pid == me || pid_alive(pid) != Some(false) {
+            continue;
+        }
+        let path = item.path();
+        let mut budget = 10_000;
+        let Some(t) = newest_mtime(&path, &mut budget) else {
+            continue;
+        };
+        if now.duration_since(t).is_ok_and(|age| age >= STALE_AFTER) {
+            remove_any(&path);
+        }
+    }
+}
+
+/// A builder for hidden temporary names `.dmx-tmp-<pid>-<random>` whose final permissions are
+/// the usual ones for new files and folders (`mode` less the umask) rather than tempfile's
+/// private 0600/0700.
+fn temp_builder(prefix: &str, mode: u32) -> tempfile::Builder<'_, 'static> {
     let mut b = tempfile::Builder::new();
-    b.prefix(".dmx-tmp-");
+    b.prefix(prefix);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -45,6 +374,58 @@ fn temp_builder(mode: u32) -> tempfile::Builder<'static, 'static> {
     #[cfg(not(unix))]
     let _ = mode;
     b
+}
+
+fn own_prefix() -> String {
+    format!("{TEMP_PREFIX}{}-", std::process::id())
+}
+
+/// A registered temporary file in `dir` (stale temporaries there are swept first).
+pub(crate) fn temp_file_in(dir: &Path) -> Result<TempFile> {
+    sweep_stale(dir);
+    let file = temp_builder(&own_prefix(), 0o666)
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    let reg = Registered::new(file.path())?;
+    Ok(TempFile { file, _reg: reg })
+}
+
+/// A registered temporary folder in `dir` (stale temporaries there are swept first).
+pub(crate) fn temp_dir_in(dir: &Path) -> Result<TempDir> {
+    sweep_stale(dir);
+    let tmp = temp_builder(&own_prefix(), 0o777)
+        .tempdir_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    let reg = Registered::new(tmp.path())?;
+    Ok(TempDir {
+        dir: Some(tmp),
+        _reg: reg,
+    })
+}
+
+/// A temporary file, removed when dropped, and removed by [`remove_temps`] on a signal.
+pub(crate) struct TempFile {
+    /// The file (dropped first: removes it).
+    pub(crate) file: tempfile::NamedTempFile,
+    _reg: Registered,
+}
+
+/// A temporary folder, removed with its contents when dropped, and by [`remove_temps`].
+pub(crate) struct TempDir {
+    dir: Option<tempfile::TempDir>,
+    _reg: Registered,
+}
+
+impl TempDir {
+    /// The folder.
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.as_ref().map_or(Path::new("."), |t| t.path())
+    }
+
+    /// Stops removing the folder on drop (after it was renamed or emptied).
+    fn keep(mut self) -> PathBuf {
+        self.dir.take().map(|t| t.keep()).unwrap_or_default()
+    }
 }
 
 fn parent_of(path: &Path) -> PathBuf {
@@ -62,8 +443,12 @@ pub struct AtomicFile {
     dest: PathBuf,
     force: bool,
     sync: bool,
-    writer: BufWriter<tempfile::NamedTempFile>,
+    // A second handle on `tmp`'s file: errors of writes through it name no temporary path.
+    writer: BufWriter<File>,
+    tmp: tempfile::NamedTempFile,
     pos: u64,
+    // Declared after `tmp`: unregistered only once the temporary is gone.
+    _reg: Registered,
 }
 
 impl AtomicFile {
@@ -73,16 +458,16 @@ impl AtomicFile {
     /// [`commit`]: AtomicFile::commit
     pub fn create(dest: &Path, force: bool, sync: bool) -> Result<Self> {
         check_writable(dest, force)?;
-        let dir = parent_of(dest);
-        let tmp = temp_builder(0o666)
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io(&dir, e))?;
+        let TempFile { file, _reg } = temp_file_in(&parent_of(dest))?;
+        let handle = file.as_file().try_clone().map_err(|e| Error::io(dest, e))?;
         Ok(Self {
             dest: dest.to_path_buf(),
             force,
             sync,
-            writer: BufWriter::with_capacity(1 << 20, tmp),
+            writer: BufWriter::with_capacity(1 << 20, handle),
+            tmp: file,
             pos: 0,
+            _reg,
         })
     }
 
@@ -100,16 +485,20 @@ impl AtomicFile {
         Ok(())
     }
 
-    /// Flushes, syncs and renames the file into place.
+    /// Flushes, syncs and renames the file into place (checking again that the destination
+    /// is still absent, or a regular file when forced).
     pub fn commit(self) -> Result<()> {
         let dest = self.dest;
-        let tmp = self
+        let file = self
             .writer
             .into_inner()
             .map_err(|e| Error::io(&dest, e.into_error()))?;
         if self.sync {
-            tmp.as_file().sync_all().map_err(|e| Error::io(&dest, e))?;
+            file.sync_all().map_err(|e| Error::io(&dest, e))?;
         }
+        drop(file);
+        let tmp = self.tmp;
+        check_writable(&dest, self.force)?;
         let persisted = if self.force {
             tmp.persist(&dest)
         } else {
@@ -123,64 +512,201 @@ impl AtomicFile {
     }
 }
 
-/// A folder built under a temporary name and renamed to its destination by [`commit`].
+/// A folder restored under a temporary name and moved to its destination by [`commit`].
+///
+/// A destination that does not exist is created by renaming the whole temporary folder. An
+/// existing folder (with `force`) is merged into: the temporary folder is built inside it,
+/// and [`commit`] moves each file it holds over the file of the same path, one atomic rename
+/// each, after checking every path first. Files of the destination that the archive does
+/// not hold are never touched; nothing is replaced or removed before everything is complete.
+/// Dropping it without committing removes the temporary folder.
 ///
 /// [`commit`]: AtomicDir::commit
 pub struct AtomicDir {
     dest: PathBuf,
-    force: bool,
+    merge: bool,
     sync: bool,
-    tmp: Option<tempfile::TempDir>,
+    tmp: TempDir,
 }
 
 impl AtomicDir {
-    /// Starts building `dest` (checked with [`check_writable`]); `sync` makes [`commit`]
-    /// sync the folder entry after the rename (files are synced by their writers).
+    /// Starts building `dest` (checked with [`check_writable_dir`]); `sync` makes [`commit`]
+    /// sync the folder entries after the renames (files are synced by their writers).
     ///
     /// [`commit`]: AtomicDir::commit
     pub fn create(dest: &Path, force: bool, sync: bool) -> Result<Self> {
-        check_writable(dest, force)?;
-        let dir = parent_of(dest);
-        let tmp = temp_builder(0o777)
-            .tempdir_in(&dir)
-            .map_err(|e| Error::io(&dir, e))?;
+        check_writable_dir(dest, force)?;
+        let merge = dest.symlink_metadata().is_ok();
+        let tmp = if merge {
+            temp_dir_in(dest)?
+        } else {
+            temp_dir_in(&parent_of(dest))?
+        };
         Ok(Self {
             dest: dest.to_path_buf(),
-            force,
+            merge,
             sync,
-            tmp: Some(tmp),
+            tmp,
         })
     }
 
     /// The temporary folder to fill.
     pub fn path(&self) -> &Path {
-        self.tmp.as_ref().map_or(Path::new("."), |t| t.path())
+        self.tmp.path()
     }
 
-    /// Renames the folder into place, replacing an existing destination when forced.
-    pub fn commit(mut self) -> Result<()> {
-        let tmp = self.tmp.take().map(|t| t.keep()).unwrap_or_default();
-        if self.force && self.dest.symlink_metadata().is_ok() {
-            let meta = self
-                .dest
-                .symlink_metadata()
-                .map_err(|e| Error::io(&self.dest, e))?;
-            let removed = if meta.is_dir() {
-                std::fs::remove_dir_all(&self.dest)
-            } else {
-                std::fs::remove_file(&self.dest)
-            };
-            removed.map_err(|e| Error::io(&self.dest, e))?;
+    /// Checks that files at the relative paths `rels` (`/`-separated) may be restored into
+    /// the destination: when merging into an existing folder, every folder on the way must
+    /// be a real folder (never a symbolic link) and every existing file a regular file.
+    pub fn check_paths<'a>(&self, rels: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        if !self.merge {
+            return Ok(());
         }
-        std::fs::rename(&tmp, &self.dest).map_err(|e| {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Error::io(&self.dest, e)
-        })?;
-        if self.sync {
-            sync_dir(&parent_of(&self.dest));
+        for rel in rels {
+            self.check_path(rel)?;
         }
         Ok(())
     }
+
+    fn check_path(&self, rel: &str) -> Result<()> {
+        let parts: Vec<&str> = rel.split('/').collect();
+        let mut at = self.dest.clone();
+        for (i, part) in parts.iter().enumerate() {
+            at.push(part);
+            let last = i + 1 == parts.len();
+            let meta = match at.symlink_metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::io(&at, e)),
+            };
+            let ok = if last {
+                meta.file_type().is_file()
+            } else {
+                meta.file_type().is_dir()
+            };
+            if !ok {
+                return Err(Error::Usage(format!(
+                    "{}: is {}, where the archive restores {} {rel:?}; nothing was changed \
+                     (move it away or choose another destination)",
+                    at.display(),
+                    kind_of(&meta),
+                    if last {
+                        "the file"
+                    } else {
+                        "a folder on the way to"
+                    }
+                )));
+            }
+            #[cfg(unix)]
+            if !last {
+                use std::os::unix::fs::MetadataExt;
+                let tmp_dev = self
+                    .tmp
+                    .path()
+                    .symlink_metadata()
+                    .map_err(|e| Error::io(self.tmp.path(), e))?
+                    .dev();
+                if meta.dev() != tmp_dev {
+                    return Err(Error::Usage(format!(
+                        "{}: is on another file system than {}, so files cannot be moved \
+                         into it atomically; nothing was changed",
+                        at.display(),
+                        self.dest.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the restored files into place: renames the folder (new destination), or moves
+    /// every file over its counterpart (existing destination, after checking every path).
+    pub fn commit(self) -> Result<()> {
+        if !self.merge {
+            // Renamed while still registered; a failed rename leaves it to be removed on drop.
+            std::fs::rename(self.tmp.path(), &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+            self.tmp.keep();
+            if self.sync {
+                sync_dir(&parent_of(&self.dest));
+            }
+            return Ok(());
+        }
+        let mut rels = Vec::new();
+        list_files(self.tmp.path(), "", &mut rels)?;
+        self.check_paths(rels.iter().map(String::as_str))?;
+        let mut touched: Vec<PathBuf> = Vec::new();
+        for rel in &rels {
+            let target = self.dest.join(rel);
+            let parent = parent_of(&target);
+            // Create missing folders one level at a time (never following a link).
+            let mut at = self.dest.clone();
+            let parts: Vec<&str> = rel.split('/').collect();
+            for part in &parts[..parts.len() - 1] {
+                at.push(part);
+                match std::fs::create_dir(&at) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        let m = at.symlink_metadata().map_err(|e| Error::io(&at, e))?;
+                        if !m.file_type().is_dir() {
+                            return Err(Error::Usage(format!(
+                                "{}: is {}, not a folder",
+                                at.display(),
+                                kind_of(&m)
+                            )));
+                        }
+                    }
+                    Err(e) => return Err(Error::io(&at, e)),
+                }
+            }
+            if let Ok(m) = target.symlink_metadata()
+                && !m.file_type().is_file()
+            {
+                return Err(Error::Usage(format!(
+                    "{}: is {}, not a regular file; not replaced",
+                    target.display(),
+                    kind_of(&m)
+                )));
+            }
+            std::fs::rename(self.tmp.path().join(rel), &target)
+                .map_err(|e| Error::io(&target, e))?;
+            if !touched.contains(&parent) {
+                touched.push(parent);
+            }
+        }
+        if self.sync {
+            for d in &touched {
+                sync_dir(d);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The files under `dir` (relative, `/`-separated), depth first.
+fn list_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
+    let mut items: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| Error::io(dir, e))?;
+    items.sort_by_key(|i| i.file_name());
+    for item in items {
+        let name = item.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let rel = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let t = item.file_type().map_err(|e| Error::io(item.path(), e))?;
+        if t.is_dir() {
+            list_files(&item.path(), &rel, out)?;
+        } else if t.is_file() {
+            out.push(rel);
+        }
+    }
+    Ok(())
 }
 
 /// Writes `data` to `path` atomically (temporary file, rename), refusing an existing file

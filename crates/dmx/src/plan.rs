@@ -126,6 +126,10 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()>
     for item in rd {
         let item = item.map_err(|e| Error::io(dir, e))?;
         let path = item.path();
+        // Temporaries of dmx runs (this one's or others') are never part of an input.
+        if crate::output::is_temp_name(&item.file_name()) {
+            continue;
+        }
         // Follow symlinks (Hugging Face cache snapshots link to blobs).
         let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
         let name = item.file_name();

@@ -3,6 +3,7 @@
 #![allow(unsafe_code)]
 
 use std::fs::File;
+use std::io::Read;
 use std::ops::Deref;
 use std::path::Path;
 
@@ -27,13 +28,24 @@ impl Deref for Bytes {
 }
 
 impl Bytes {
-    /// Maps `path` read-only, falling back to reading it.
+    /// Maps `path` read-only, falling back to reading it. Only regular files are read (see
+    /// [`check_input`]): devices, FIFOs and sockets are refused before they are opened.
     ///
     /// The caller must not modify or truncate the file while the returned value lives; dmx
     /// documents that inputs must be stable during a run (as every mmap-based tool does).
     pub fn open(path: &Path) -> Result<Self> {
+        if !check_input(path)?.is_file() {
+            return Err(Error::Usage(format!(
+                "{} is a folder; a file is expected here",
+                path.display()
+            )));
+        }
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            return Err(not_regular(path, crate::output::kind_of(&meta)));
+        }
+        let len = meta.len();
         if len > 0 {
             // SAFETY: the map is read-only and private to this process; the file must not be
             // changed by others while mapped (documented contract of `open`, as in ripgrep's
@@ -44,7 +56,20 @@ impl Bytes {
                 return Ok(Bytes::Mapped(map));
             }
         }
-        let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        // Read at most one byte more than the size reported, so a file that reports a wrong
+        // size (as some virtual files do) is an error, never an unbounded read.
+        let mut data = Vec::new();
+        (&file)
+            .take(len.saturating_add(1))
+            .read_to_end(&mut data)
+            .map_err(|e| Error::io(path, e))?;
+        if data.len() as u64 != len {
+            return Err(Error::Usage(format!(
+                "{}: the file reports a size of {len} bytes but holds more (a virtual or \
+                 changing file?); copy it to a regular file first",
+                path.display()
+            )));
+        }
         Ok(Bytes::Owned(data))
     }
 
@@ -69,6 +94,94 @@ impl Bytes {
             }
         }
     }
+}
+
+/// The error for an input that is not a regular file (or folder where folders are read).
+fn not_regular(path: &Path, kind: &str) -> Error {
+    Error::Usage(format!(
+        "{} is {kind}, not a regular file; dmx reads only regular files and folders \
+         (to compress standard input, use `dmx compress - OUTPUT.dmx`)",
+        path.display()
+    ))
+}
+
+/// Checks that the input `path` is a regular file or a folder (following symbolic links)
+/// without opening it, so a FIFO never blocks and a device is never read; returns its
+/// metadata. `-` is not a path here: the CLI handles it.
+pub fn check_input(path: &Path) -> Result<std::fs::Metadata> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_file() || meta.is_dir() {
+        Ok(meta)
+    } else {
+        Err(not_regular(path, crate::output::kind_of(&meta)))
+    }
+}
+
+/// Whether the regular file at `path` is a well-formed safetensors file: its header parses
+/// and its tensor data fills the rest exactly (used to name data read from standard input).
+pub(crate) fn looks_like_safetensors(path: &Path) -> bool {
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
+    let Ok(size) = f.metadata().map(|m| m.len()) else {
+        return false;
+    };
+    let mut n = [0u8; 8];
+    if f.read_exact(&mut n).is_err() {
+        return false;
+    }
+    let n = u64::from_le_bytes(n);
+    if n > 100_000_000 || n.saturating_add(8) > size {
+        return false;
+    }
+    let mut header = vec![0u8; n as usize];
+    if f.read_exact(&mut header).is_err() {
+        return false;
+    }
+    match serde_json::from_slice::<safetensors::tensor::Metadata>(&header) {
+        Ok(meta) => (8 + n).checked_add(meta.data_len() as u64) == Some(size),
+        Err(_) => false,
+    }
+}
+
+/// Copies standard input, with bounded memory, to a file in a new temporary folder beside
+/// `output` (removed when the returned folder is dropped, or on a signal), and returns the
+/// folder and the file. The file is named after the output (`model.dmx` stores `model`),
+/// with `.safetensors` appended when the data is a well-formed safetensors file, so it is
+/// stored as tensors; `stdin` when the output's name gives nothing usable.
+pub(crate) fn spool_stdin(output: &Path) -> Result<(crate::output::TempDir, std::path::PathBuf)> {
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = crate::output::temp_dir_in(parent)?;
+    let data = dir.path().join("stdin");
+    {
+        let f = File::create(&data).map_err(|e| Error::io(&data, e))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        std::io::copy(&mut std::io::stdin().lock(), &mut w)
+            .map_err(|e| Error::io("standard input", e))?;
+        std::io::Write::flush(&mut w).map_err(|e| Error::io(&data, e))?;
+    }
+    let stem = output
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| !s.is_empty() && !s.starts_with('.'))
+        .unwrap_or("stdin");
+    let mut name = stem.to_string();
+    if looks_like_safetensors(&data) {
+        if !name.ends_with(".safetensors") {
+            name.push_str(".safetensors");
+        }
+    } else if name.ends_with(".safetensors") {
+        name.truncate(name.len() - ".safetensors".len());
+        if name.is_empty() {
+            name = "stdin".into();
+        }
+    }
+    let named = dir.path().join(&name);
+    std::fs::rename(&data, &named).map_err(|e| Error::io(&named, e))?;
+    Ok((dir, named))
 }
 
 #[cfg(test)]

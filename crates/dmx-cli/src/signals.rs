@@ -1,0 +1,29 @@
+//! Signals: SIGINT, SIGTERM and SIGHUP remove the temporary files of the run and exit with
+//! 128 + the signal number (130, 143, 129); SIGXFSZ (a `ulimit -f` file-size limit) is caught
+//! so that the write past the limit fails with an ordinary I/O error (EFBIG), which removes
+//! the temporary file like any other failed write.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGXFSZ};
+use signal_hook::iterator::Signals;
+
+/// Installs the handlers (best effort: where a handler cannot be installed, the default
+/// action of that signal stays).
+pub fn install() {
+    // A caught SIGXFSZ makes the write that crosses the limit return EFBIG instead of killing
+    // the process; the flag itself is not read.
+    let _ = signal_hook::flag::register(SIGXFSZ, Arc::new(AtomicBool::new(false)));
+    let Ok(mut signals) = Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("dmx-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                dmx::remove_temps();
+                std::process::exit(128 + sig);
+            }
+        });
+}
