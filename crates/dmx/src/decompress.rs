@@ -181,6 +181,7 @@ impl<'a> SegmentCheck<'a> {
 /// `README.md`, Guarantees). A destination that is, holds or lies inside the archive is
 /// refused.
 pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<()> {
+    refuse_dash_archive(archive_path)?;
     check_distinct(archive_path, output)?;
     check_destination(archive_path, output)?;
     let archive = Archive::open(archive_path)?;
@@ -228,6 +229,18 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
     Ok(())
 }
 
+/// Archives are read from files only (they are memory-mapped and read out of order).
+fn refuse_dash_archive(archive_path: &Path) -> Result<()> {
+    if crate::output::is_dash(archive_path) {
+        return Err(Error::Usage(
+            "an archive cannot be read from standard input; save it to a file first (use \
+             ./- for a file named -)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses deltas, which need their base.
 fn refuse_delta(archive: &Archive, archive_path: &Path) -> Result<()> {
     if archive.index().entries.iter().any(|e| e.base.is_some()) {
@@ -261,6 +274,7 @@ fn restore_entry(
 /// every checksum is checked, so no unverified byte reaches `out`. Folder archives and deltas
 /// are refused.
 pub fn decompress_to(archive_path: &Path, out: &mut dyn Write, opts: &Options) -> Result<()> {
+    refuse_dash_archive(archive_path)?;
     let archive = Archive::open(archive_path)?;
     refuse_delta(&archive, archive_path)?;
     if archive.index().root != Root::File {

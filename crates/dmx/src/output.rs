@@ -761,4 +761,112 @@ mod tests {
         drop(f);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
+
+    #[test]
+    fn temp_names_carry_the_pid() {
+        assert_eq!(
+            temp_pid(std::ffi::OsStr::new(".dmx-tmp-123-aB9x")),
+            Some(123)
+        );
+        for other in [
+            ".dmx-tmp-aB9xyz",
+            ".dmx-tmp-123-",
+            ".dmx-tmp--x",
+            "x.dmx-tmp-1-a",
+            "a",
+        ] {
+            assert_eq!(temp_pid(std::ffi::OsStr::new(other)), None, "{other}");
+        }
+        assert!(is_temp_name(std::ffi::OsStr::new(".dmx-tmp-x")));
+        assert!(!is_temp_name(std::ffi::OsStr::new("dmx-tmp-x")));
+        let dir = tempfile::tempdir().unwrap();
+        let f = AtomicFile::create(&dir.path().join("o"), false, false).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1);
+        assert_eq!(temp_pid(&names[0]), Some(std::process::id()));
+        assert!(live().iter().any(|p| p.file_name() == Some(&names[0])));
+        drop(f);
+        assert!(!live().iter().any(|p| p.file_name() == Some(&names[0])));
+    }
+
+    #[test]
+    fn only_regular_files_are_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(check_writable(&file, false).is_err());
+        assert!(check_writable(&file, true).is_ok());
+        assert!(check_writable(dir.path(), true).is_err());
+        assert!(check_writable(Path::new("-"), true).is_err());
+        assert!(check_writable(&dir.path().join("new"), false).is_ok());
+        assert!(check_writable_dir(dir.path(), true).is_ok());
+        assert!(check_writable_dir(dir.path(), false).is_err());
+        assert!(check_writable_dir(&file, true).is_err());
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("l");
+            std::os::unix::fs::symlink(&file, &link).unwrap();
+            assert!(check_writable(&link, true).is_err());
+            assert!(check_writable_dir(&link, true).is_err());
+            assert!(check_writable(Path::new("/dev/null"), true).is_err());
+        }
+    }
+
+    #[test]
+    fn destinations_holding_the_archive_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("a/x")).unwrap();
+        let archive = d.join("a/m.dmx");
+        std::fs::write(&archive, b"x").unwrap();
+        for bad in [
+            "a",
+            "a/",
+            "a/x/..",
+            "a/y/..",
+            "a/./x/../.",
+            "a/m.dmx",
+            "a/m.dmx/z",
+        ] {
+            assert!(check_destination(&archive, &d.join(bad)).is_err(), "{bad}");
+        }
+        assert!(check_destination(&archive, d).is_err());
+        for good in ["a/x", "b", "a/y", "a/m.dmx2"] {
+            assert!(check_destination(&archive, &d.join(good)).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn merge_replaces_only_the_archive_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out");
+        std::fs::create_dir_all(dest.join("sub")).unwrap();
+        std::fs::write(dest.join("keep"), b"keep").unwrap();
+        std::fs::write(dest.join("sub/f"), b"old").unwrap();
+        let d = AtomicDir::create(&dest, true, false).unwrap();
+        d.check_paths(["sub/f", "new/g"]).unwrap();
+        assert!(d.check_paths(["keep/x"]).is_err(), "a file on the way");
+        assert!(
+            d.check_paths(["sub"]).is_err(),
+            "a folder replaced by a file"
+        );
+        std::fs::write(d.path().join("top"), b"top").unwrap();
+        std::fs::create_dir_all(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("sub/f"), b"new").unwrap();
+        std::fs::create_dir_all(d.path().join("new")).unwrap();
+        std::fs::write(d.path().join("new/g"), b"g").unwrap();
+        d.commit().unwrap();
+        assert_eq!(std::fs::read(dest.join("keep")).unwrap(), b"keep");
+        assert_eq!(std::fs::read(dest.join("sub/f")).unwrap(), b"new");
+        assert_eq!(std::fs::read(dest.join("new/g")).unwrap(), b"g");
+        assert_eq!(std::fs::read(dest.join("top")).unwrap(), b"top");
+        assert_eq!(
+            std::fs::read_dir(&dest).unwrap().count(),
+            4,
+            "temporary left"
+        );
+    }
 }
