@@ -304,10 +304,28 @@ fn special_inputs_are_refused_quickly() {
             "{err}"
         );
     }
+    mkfifo(&env.path("fifo.safetensors"));
+    env.run(&["compress", "model.safetensors", "m.dmx", "-q"], 0);
     for args in [
-        ["verify", "/dev/zero", "x.dmx"],
-        ["info", "fifo", "-q"],
-        ["delta-info", "/dev/zero", "-q"],
+        vec!["verify", "/dev/zero", "m.dmx"],
+        vec!["verify", "fifo.safetensors", "m.dmx"],
+        vec!["info", "fifo", "-q"],
+        vec!["delta-info", "/dev/zero", "-q"],
+        vec!["bench", "fifo.safetensors", "--reps", "1"],
+        vec!["compress", "fifo.safetensors", "y.dmx"],
+        vec![
+            "delta-compress",
+            "model.safetensors",
+            "fifo.safetensors",
+            "d.dmxd",
+        ],
+        vec![
+            "delta-compress",
+            "fifo.safetensors",
+            "model.safetensors",
+            "d.dmxd",
+        ],
+        vec!["diff", "model.safetensors", "fifo.safetensors"],
     ] {
         env.run(&args, 2);
     }

@@ -108,6 +108,7 @@ pub(crate) struct Base {
 impl Base {
     /// Opens `path` (`.safetensors` or a single-file `.dmx` of one).
     pub(crate) fn open(path: &Path, opts: &Options) -> Result<Self> {
+        crate::source::check_input(path)?;
         let mut magic = [0u8; 8];
         let n = std::fs::File::open(path)
             .and_then(|mut f| f.read(&mut magic))

@@ -423,7 +423,7 @@ impl TempDir {
     }
 
     /// Stops removing the folder on drop (after it was renamed or emptied).
-    fn keep(mut self) -> PathBuf {
+    pub(crate) fn keep(mut self) -> PathBuf {
         self.dir.take().map(|t| t.keep()).unwrap_or_default()
     }
 }

@@ -101,7 +101,8 @@ impl PlannedSegment {
 
 /// Lists the files of `input` (a file or a folder) and plans their segments.
 pub fn plan_input(input: &Path) -> Result<(Root, Vec<PlannedFile>)> {
-    let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
+    // Regular files and folders only: a FIFO named *.safetensors must not block its read.
+    let meta = crate::source::check_input(input)?;
     if meta.is_dir() {
         let mut files = Vec::new();
         walk(input, input, &mut files)?;
