@@ -456,6 +456,10 @@ fn dash_elsewhere_never_creates_a_file_named_dash() {
         assert!(!env.path("-").exists(), "{args:?} created a file named -");
     }
     env.run(&["compress", "model.safetensors", "./-", "-q"], 0);
+    // A hard link to an input is that input.
+    std::fs::hard_link(env.path("model.safetensors"), env.path("hard")).unwrap();
+    let err = env.run(&["compress", "model.safetensors", "hard", "-f"], 2);
+    assert!(err.contains("same"), "{err}");
     assert!(env.path("-").is_file());
     env.assert_no_temps();
 }

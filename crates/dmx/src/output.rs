@@ -9,12 +9,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
 
-/// Refuses to write `output` when it is the same file or folder as `input` (an error naming
-/// both, exit status 2 in the CLI).
+/// Refuses to write `output` when it is the same file or folder as `input` (by resolved path,
+/// or by device and inode for hard links and bind mounts): an error naming both, exit
+/// status 2 in the CLI.
 pub fn check_distinct(input: &Path, output: &Path) -> Result<()> {
-    if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize())
-        && a == b
-    {
+    let same_path = matches!(
+        (input.canonicalize(), output.canonicalize()),
+        (Ok(a), Ok(b)) if a == b
+    );
+    if same_path || same_file(input, output) {
         return Err(Error::Usage(format!(
             "input and output are the same path ({}); choose another output",
             output.display()
