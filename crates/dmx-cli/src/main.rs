@@ -290,7 +290,8 @@ enum Command {
         /// Output file (or folder, for folder archives); `-` writes a single-file archive's
         /// file to standard output.
         output: PathBuf,
-        /// Overwrite the output if it exists.
+        /// Replace an existing output file (regular files only); a folder archive restores
+        /// into an existing folder, replacing only the files it holds.
         #[arg(short, long)]
         force: bool,
         #[command(flatten)]
