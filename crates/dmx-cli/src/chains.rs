@@ -76,6 +76,34 @@ pub fn append_summary(r: &ChainReport) {
     );
 }
 
+/// Warns (stderr) about the files a chain command moved into `DIR/orphans/`.
+pub fn warn_set_aside(r: &ChainReport) {
+    if !r.set_aside.is_empty() {
+        eprintln!(
+            "dmx: warning: {}: {} file{} that no valid manifest lists moved aside, not \
+             deleted: {}",
+            r.dir,
+            r.set_aside.len(),
+            if r.set_aside.len() == 1 { "" } else { "s" },
+            r.set_aside.join(", ")
+        );
+    }
+}
+
+/// The orphans line of `chain-info` and `verify` (empty when there are none).
+fn orphans_line(dir: &str, orphans: &[String]) -> Option<String> {
+    (!orphans.is_empty()).then(|| {
+        format!(
+            "warning: {dir}: {} orphan file{} that {} does not list (ignored; left by an \
+             interrupted run or an older manifest): {}",
+            orphans.len(),
+            if orphans.len() == 1 { "" } else { "s" },
+            dmx::chain::MANIFEST,
+            orphans.join(", ")
+        )
+    })
+}
+
 /// `chain-info` in human form (stdout).
 pub fn info(i: &ChainInfo) {
     println!("chain:      {}", i.dir);
@@ -163,6 +191,10 @@ pub fn info(i: &ChainInfo) {
             row(k, c);
         }
     }
+    if let Some(line) = orphans_line(&i.dir, &i.orphans) {
+        println!();
+        println!("{line}");
+    }
 }
 
 /// `chain-reconstruct` in human form (stderr); failures are always shown.
@@ -170,7 +202,7 @@ pub fn reconstruct(r: &ReconstructReport, quiet: bool) {
     for e in &r.entries {
         match (&e.output, &e.error) {
             (Some(out), _) if !quiet => eprintln!("  [{:>3}] {} -> {out}", e.index, e.name),
-            (_, Some(err)) => eprintln!("dmx: error: entry {} ({}): {err}", e.index, e.name),
+            (_, Some(err)) => eprintln!("dmx: error: {err}"),
             _ => {}
         }
     }
@@ -203,6 +235,9 @@ pub fn verify(r: &ChainVerifyReport) {
                 e.kind.as_str()
             ),
         }
+    }
+    if let Some(line) = orphans_line(&r.dir, &r.orphans) {
+        println!("{line}");
     }
     let failed = r.entries.iter().filter(|e| e.error.is_some()).count();
     if r.ok {

@@ -421,6 +421,13 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             tensors,
             common: _,
         } => {
+            if dmx::chain::is_chain_dir(&file) {
+                return Err(dmx::Error::Usage(format!(
+                    "{}: is a chain folder, not an archive; use `dmx chain-info {}`",
+                    file.display(),
+                    file.display()
+                )));
+            }
             let archive = dmx::Archive::open(&file)?;
             let stats = dmx::Stats::of_archive(&archive);
             if json {
@@ -566,6 +573,7 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                 max_depth,
             };
             let r = dmx::chain_compress(&checkpoints, &output_dir, &c, &options(&common, force))?;
+            chains::warn_set_aside(&r);
             if json {
                 report::print_json(&r);
             } else if !common.quiet {
@@ -579,6 +587,7 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             common,
         } => {
             let r = dmx::chain_append(&dir, &checkpoints, &options(&common, false))?;
+            chains::warn_set_aside(&r);
             if json {
                 report::print_json(&r);
             } else if !common.quiet {
