@@ -1364,6 +1364,16 @@ fn append_all(
             ChainEntryKind::Delta => (&delta, &standalone),
         };
         let archive = Archive::open(src)?;
+        let want = match kind {
+            ChainEntryKind::Anchor => EntryKind::Safetensors,
+            ChainEntryKind::Delta => EntryKind::SafetensorsDelta,
+        };
+        if archive.index().entries.first().map(|e| e.kind) != Some(want) {
+            return Err(Error::Usage(format!(
+                "{}: is no longer a valid safetensors file (it changed while being read)",
+                ckpt.display()
+            )));
+        }
         let restored = archive.index().entries[0].sha256;
         let original_size = archive.index().entries[0].size;
         let original_sha256 = if m.precision == Precision::Lossless {
