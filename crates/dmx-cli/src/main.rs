@@ -230,7 +230,8 @@ enum Command {
         /// Most deltas between an entry and its anchor (a new anchor is forced beyond).
         #[arg(long, value_name = "D", default_value_t = dmx::chain::DEFAULT_MAX_DEPTH)]
         max_depth: usize,
-        /// Replace the chain in a non-empty folder (its manifest and entries are removed).
+        /// Use a non-empty folder: its chain is replaced once the new one is complete; other
+        /// files are kept (stray entry files are moved into DIR/orphans/).
         #[arg(short, long)]
         force: bool,
         /// Print the report as JSON.
@@ -257,13 +258,13 @@ enum Command {
     ChainReconstruct {
         /// The chain folder.
         dir: PathBuf,
-        /// Output folder (created if needed).
+        /// Output folder (created if needed; not the chain folder, inside it or around it).
         #[arg(long, value_name = "OUT")]
         output_dir: PathBuf,
         /// Entries to restore, by index from 0 (default: all); reads only what they need.
         #[arg(long, num_args = 1.., value_name = "I")]
         indices: Vec<usize>,
-        /// Overwrite existing output files.
+        /// Overwrite existing output files (regular files only; other files are kept).
         #[arg(short, long)]
         force: bool,
         /// Print the report as JSON.

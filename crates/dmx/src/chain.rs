@@ -1605,7 +1605,7 @@ fn restore_into(
     let mut entries: BTreeMap<usize, ReconstructedEntry> = BTreeMap::new();
     let mut output_bytes = 0;
     chain.rebuild(
-        &needed,
+        needed,
         scratch.path(),
         &|_| false,
         &|i| out_name.get(&i).map(|n| output.join(n)),
