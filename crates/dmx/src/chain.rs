@@ -587,7 +587,9 @@ fn unlisted_entry_files(dir: &Path, listed: &BTreeSet<&str>) -> Result<Vec<Strin
         let Some(name) = name.to_str() else { continue };
         if entry_file_index(name).is_some()
             && !listed.contains(name)
-            && item.file_type().is_ok_and(|t| t.is_file())
+            && item
+                .file_type()
+                .is_ok_and(|t| t.is_file() || t.is_symlink())
         {
             out.push(name.to_string());
         }
@@ -1007,6 +1009,28 @@ pub fn chain_compress(
     Ok(report)
 }
 
+/// An I/O error on a temporary file inside `dir` (the chain being built, a work folder)
+/// reported on `dir` instead: the temporary names mean nothing to the user.
+fn unstage(err: Error, staging: &Path, dir: &Path) -> Error {
+    match err {
+        Error::Io { path, source } if path.starts_with(staging) => Error::Io {
+            path: dir.to_path_buf(),
+            // The OS error alone: some carry the temporary path as context.
+            source: match source.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => {
+                    let text = source.to_string();
+                    match text.split_once(" at path ") {
+                        Some((what, _)) => std::io::Error::new(source.kind(), what.to_string()),
+                        None => source,
+                    }
+                }
+            },
+        },
+        other => other,
+    }
+}
+
 /// Builds the chain in `staging` (a new, empty folder), with its work folder inside.
 fn build_chain(
     checkpoints: &[PathBuf],
@@ -1064,7 +1088,8 @@ fn compress_into_new(
             b.permissions(std::fs::Permissions::from_mode(0o777));
         }
         let staging = b.tempdir_in(&parent).map_err(|e| Error::io(&parent, e))?;
-        let report = build_chain(checkpoints, names, staging.path(), c, opts, start)?;
+        let report = build_chain(checkpoints, names, staging.path(), c, opts, start)
+            .map_err(|e| unstage(e, staging.path(), dir))?;
         // Rename into place: fails (and the staging folder is removed) if `dir` appeared
         // meanwhile and is not empty.
         match std::fs::rename(staging.path(), dir) {
@@ -1128,7 +1153,8 @@ fn compress_into_existing(
         None
     };
     let staging = work_dir(dir)?;
-    let report = build_chain(checkpoints, names, staging.path(), c, opts, start)?;
+    let report = build_chain(checkpoints, names, staging.path(), c, opts, start)
+        .map_err(|e| unstage(e, staging.path(), dir))?;
     let set_aside = swap_in(dir, staging.path(), old.as_ref(), !opts.no_sync)?;
     Ok(ChainReport {
         set_aside,
@@ -1173,7 +1199,18 @@ fn swap_in(
     let mut old_files: Vec<String> = Vec::new();
     if old.is_some() {
         old_files.push(MANIFEST.to_string());
-        old_files.extend(listed.iter().map(|f| f.to_string()));
+        // Only regular files: anything else of that name is not an entry dmx wrote (if the
+        // new chain needs the name, moving the new file in fails and everything is undone).
+        old_files.extend(
+            listed
+                .iter()
+                .filter(|f| {
+                    dir.join(f)
+                        .symlink_metadata()
+                        .is_ok_and(|m| m.file_type().is_file())
+                })
+                .map(|f| f.to_string()),
+        );
     }
     let new_files: Vec<String> = {
         let m = read_manifest(staging)?;
@@ -1272,7 +1309,8 @@ pub fn chain_append(dir: &Path, checkpoints: &[PathBuf], opts: &Options) -> Resu
         work.path(),
         opts,
         start,
-    )?;
+    )
+    .map_err(|e| unstage(e, work.path(), dir))?;
     Ok(ChainReport {
         set_aside,
         ..report
