@@ -792,6 +792,18 @@ fn checkpoints_with_colons_or_backslashes_and_info_on_a_chain() {
     let (out, _) = run(d, &["chain-info", "chain", "--json"], 0);
     assert_eq!(json(&out)["entries"][0]["name"], names[0]);
 
+    // A name with terminal escapes is stored, and shown escaped.
+    let evil = "evil\u{1b}[2J\n.safetensors";
+    common::write(&d.join(evil), &ckpts[0]);
+    run(d, &["chain-append", "chain", evil, "-q"], 0);
+    for args in [&["chain-info", "chain"][..], &["verify", "chain"]] {
+        let (out, _) = run(d, args, 0);
+        assert!(!out.contains('\u{1b}'), "{args:?}: {out:?}");
+        assert!(out.contains("evil\\u{1b}[2J\\n.safetensors"), "{out}");
+    }
+    let (out, _) = run(d, &["chain-info", "chain", "--json"], 0);
+    assert_eq!(json(&out)["entries"][3]["name"], evil);
+
     // `dmx info` on a chain folder points to chain-info.
     let (_, err) = run(d, &["info", "chain"], 2);
     assert!(

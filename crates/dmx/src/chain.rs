@@ -453,7 +453,12 @@ pub fn read_manifest(dir: &Path) -> Result<ChainManifest> {
     let path = dir.join(MANIFEST);
     let text = match std::fs::read(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
             return Err(Error::Usage(format!(
                 "{}: not a dmx chain (no {MANIFEST}); create one with `dmx chain-compress`",
                 dir.display()
@@ -664,10 +669,17 @@ fn set_aside(dir: &Path, listed: &BTreeSet<&str>, sync: bool) -> Result<Vec<Stri
 /// Checks a checkpoint to append: one safetensors file. Returns its file name.
 fn check_input(path: &Path) -> Result<String> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
+    if meta.is_dir() {
         return Err(Error::Usage(format!(
             "{}: a chain entry must be one .safetensors file, not a folder",
             path.display()
+        )));
+    }
+    if !meta.is_file() {
+        return Err(Error::Usage(format!(
+            "{}: is {}, not a regular file; a chain entry must be one .safetensors file",
+            path.display(),
+            kind_of(&meta)
         )));
     }
     let (root, files) = crate::plan::plan_input(path)?;
@@ -1702,17 +1714,20 @@ fn check_output_dir(dir: &Path, output: &Path) -> Result<()> {
     let chain = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
     let out = resolve(output)?;
     let why = if out == chain {
-        Some("is the chain folder")
+        Some(("is the chain folder", "a folder outside it"))
     } else if out.starts_with(&chain) {
-        Some("is inside the chain folder")
+        Some(("is inside the chain folder", "a folder outside it"))
     } else if chain.starts_with(&out) {
-        Some("contains the chain folder")
+        Some((
+            "contains the chain folder",
+            "a folder that does not hold the chain",
+        ))
     } else {
         None
     };
-    if let Some(why) = why {
+    if let Some((why, hint)) = why {
         return Err(Error::Usage(format!(
-            "output folder {} {why} {}; restore into a folder outside it",
+            "output folder {} {why} {}; restore into {hint}",
             output.display(),
             dir.display()
         )));
