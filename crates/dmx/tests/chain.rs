@@ -947,3 +947,44 @@ fn ordinary_names_with_colons_and_backslashes_round_trip() {
     }
     assert!(dmx::chain_verify(&chain, &opts()).unwrap().ok);
 }
+
+/// What a `chain_compress` killed long ago leaves beside its destination is removed by the
+/// next one into the same folder; a live or recent one is not.
+#[cfg(target_os = "linux")]
+#[test]
+fn stale_staging_folders_of_killed_runs_are_removed() {
+    let tmp = common::scratch();
+    let mut rng = Rng(11);
+    let mut s = State::new(&mut rng, &[("x.0.w", "F32", 256)]);
+    let inputs = write_all(tmp.path(), &[("a.safetensors".to_string(), s.bytes())]);
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    let make = |name: &str, age: Option<std::time::SystemTime>| {
+        let p = tmp.path().join(name);
+        std::fs::create_dir(&p).unwrap();
+        std::fs::write(p.join("00000-a.safetensors.dmx"), b"partial").unwrap();
+        if let Some(t) = age {
+            std::fs::File::open(&p).unwrap().set_modified(t).unwrap();
+        }
+        p
+    };
+    // No such process (above Linux's largest pid), old: removed.
+    let dead = make(".dmx-tmp-chain-4294967-abc", Some(old));
+    // No such process but recent: kept (it may belong to another PID namespace).
+    let recent = make(".dmx-tmp-chain-4294967-def", None);
+    // This very process, old: kept.
+    let alive = make(
+        &format!(".dmx-tmp-chain-{}-ghi", std::process::id()),
+        Some(old),
+    );
+    // Not a staging name: kept.
+    let other = make(".dmx-tmp-other", Some(old));
+    dmx::chain_compress(
+        &inputs,
+        &tmp.path().join("chain"),
+        &ChainOptions::default(),
+        &opts(),
+    )
+    .unwrap();
+    assert!(!dead.exists());
+    assert!(recent.exists() && alive.exists() && other.exists());
+}
