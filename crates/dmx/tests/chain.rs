@@ -955,7 +955,7 @@ fn ordinary_names_with_colons_and_backslashes_round_trip() {
 fn stale_staging_folders_of_killed_runs_are_removed() {
     let tmp = common::scratch();
     let mut rng = Rng(11);
-    let mut s = State::new(&mut rng, &[("x.0.w", "F32", 256)]);
+    let s = State::new(&mut rng, &[("x.0.w", "F32", 256)]);
     let inputs = write_all(tmp.path(), &[("a.safetensors".to_string(), s.bytes())]);
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
     let make = |name: &str, age: Option<std::time::SystemTime>| {
