@@ -988,3 +988,30 @@ fn stale_staging_folders_of_killed_runs_are_removed() {
     assert!(!dead.exists());
     assert!(recent.exists() && alive.exists() && other.exists());
 }
+
+/// A restore that restores nothing leaves no output folder behind (when it created it) and
+/// deletes nothing in an existing one.
+#[test]
+fn a_restore_that_fails_leaves_nothing() {
+    let tmp = common::scratch();
+    let (chain, m, _) = small_chain(tmp.path());
+    std::fs::write(chain.join(&m.entries[0].file), b"damaged").unwrap();
+    let out = tmp.path().join("new-out");
+    let r = dmx::chain_reconstruct(&chain, &out, Some(&[0, 1]), &opts()).unwrap();
+    assert!(!r.ok);
+    assert!(!out.exists());
+    let existing = tmp.path().join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    std::fs::write(existing.join(&m.entries[0].name), b"old").unwrap();
+    let forced = Options {
+        force: true,
+        ..opts()
+    };
+    let r = dmx::chain_reconstruct(&chain, &existing, Some(&[0]), &forced).unwrap();
+    assert!(!r.ok);
+    assert_eq!(
+        std::fs::read(existing.join(&m.entries[0].name)).unwrap(),
+        b"old"
+    );
+    assert_eq!(std::fs::read_dir(&existing).unwrap().count(), 1);
+}
