@@ -17,6 +17,25 @@ fn mb(bytes: u64) -> String {
     }
 }
 
+/// `s` with control characters escaped (`\n`, `\u{1b}`): names and messages come from files
+/// that may be hostile, and must not drive the terminal.
+fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_debug().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    }
+}
+
 fn pct(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |x| format!("{x:.1}%"))
 }
@@ -35,8 +54,10 @@ pub fn append_summary(r: &ChainReport) {
         let e = &a.entry;
         if let Some(why) = &a.delta_error {
             eprintln!(
-                "dmx: warning: entry {} ({}): no delta: {why}",
-                e.index, e.name
+                "dmx: warning: entry {} ({}): no delta: {}",
+                e.index,
+                shown(&e.name),
+                shown(why)
             );
         }
         let how = match e.kind {
@@ -51,7 +72,7 @@ pub fn append_summary(r: &ChainReport) {
         eprintln!(
             "  [{:>3}] {}: {} -> {} as {how}; standalone {} in {:.2} s",
             e.index,
-            e.name,
+            shown(&e.name),
             mb(e.original_size),
             mb(e.stored_size),
             mb(e.standalone_size),
@@ -62,7 +83,7 @@ pub fn append_summary(r: &ChainReport) {
     eprintln!(
         "{}: {} entr{} added ({} now, {}, max depth {}): {} -> {} ({}; {} less than \
          compressing each alone) in {:.2} s",
-        r.dir,
+        shown(&r.dir),
         r.appended.len(),
         if r.appended.len() == 1 { "y" } else { "ies" },
         r.entries,
@@ -76,9 +97,38 @@ pub fn append_summary(r: &ChainReport) {
     );
 }
 
+/// Warns (stderr) about the files a chain command moved into `DIR/orphans/`.
+pub fn warn_set_aside(r: &ChainReport) {
+    if !r.set_aside.is_empty() {
+        eprintln!(
+            "dmx: warning: {}: {} file{} that no valid manifest lists moved aside, not \
+             deleted: {}",
+            shown(&r.dir),
+            r.set_aside.len(),
+            if r.set_aside.len() == 1 { "" } else { "s" },
+            shown(&r.set_aside.join(", "))
+        );
+    }
+}
+
+/// The orphans line of `chain-info` and `verify` (empty when there are none).
+fn orphans_line(dir: &str, orphans: &[String]) -> Option<String> {
+    (!orphans.is_empty()).then(|| {
+        let line = format!(
+            "warning: {dir}: {} orphan file{} that {} does not list (ignored; left by an \
+             interrupted run or an older manifest): {}",
+            orphans.len(),
+            if orphans.len() == 1 { "" } else { "s" },
+            dmx::chain::MANIFEST,
+            orphans.join(", ")
+        );
+        shown(&line).into_owned()
+    })
+}
+
 /// `chain-info` in human form (stdout).
 pub fn info(i: &ChainInfo) {
-    println!("chain:      {}", i.dir);
+    println!("chain:      {}", shown(&i.dir));
     println!(
         "precision:  {}{}",
         precision_str(i.precision),
@@ -107,7 +157,7 @@ pub fn info(i: &ChainInfo) {
         println!(
             "{:>5}  {:<32} {:<6} {:>6} {:>5} {:>14} {:>14} {:>9} {:>14} {:>8}",
             e.index,
-            e.name,
+            shown(&e.name),
             e.kind.as_str(),
             parent(e.parent),
             e.depth,
@@ -118,7 +168,7 @@ pub fn info(i: &ChainInfo) {
             pct(e.savings_percent)
         );
         if let Some(err) = &e.error {
-            println!("       ! {err}");
+            println!("       ! {}", shown(err));
         } else if e.components.len() > 1 {
             let parts: Vec<String> = e
                 .components
@@ -163,14 +213,20 @@ pub fn info(i: &ChainInfo) {
             row(k, c);
         }
     }
+    if let Some(line) = orphans_line(&i.dir, &i.orphans) {
+        println!();
+        println!("{line}");
+    }
 }
 
 /// `chain-reconstruct` in human form (stderr); failures are always shown.
 pub fn reconstruct(r: &ReconstructReport, quiet: bool) {
     for e in &r.entries {
         match (&e.output, &e.error) {
-            (Some(out), _) if !quiet => eprintln!("  [{:>3}] {} -> {out}", e.index, e.name),
-            (_, Some(err)) => eprintln!("dmx: error: entry {} ({}): {err}", e.index, e.name),
+            (Some(out), _) if !quiet => {
+                eprintln!("  [{:>3}] {} -> {}", e.index, shown(&e.name), shown(out))
+            }
+            (_, Some(err)) => eprintln!("dmx: error: {}", shown(err)),
             _ => {}
         }
     }
@@ -182,7 +238,7 @@ pub fn reconstruct(r: &ReconstructReport, quiet: bool) {
             ok,
             r.entries.len(),
             if r.entries.len() == 1 { "y" } else { "ies" },
-            r.output_dir,
+            shown(&r.output_dir),
             mb(r.output_bytes),
             r.touched.len(),
             if r.touched.len() == 1 { "y" } else { "ies" },
@@ -195,20 +251,29 @@ pub fn reconstruct(r: &ReconstructReport, quiet: bool) {
 pub fn verify(r: &ChainVerifyReport) {
     for e in &r.entries {
         match &e.error {
-            None => println!("OK    [{:>3}] {} ({})", e.index, e.name, e.kind.as_str()),
-            Some(err) => println!(
-                "FAIL  [{:>3}] {} ({}): {err}",
+            None => println!(
+                "OK    [{:>3}] {} ({})",
                 e.index,
-                e.name,
+                shown(&e.name),
                 e.kind.as_str()
             ),
+            Some(err) => println!(
+                "FAIL  [{:>3}] {} ({}): {}",
+                e.index,
+                shown(&e.name),
+                e.kind.as_str(),
+                shown(err)
+            ),
         }
+    }
+    if let Some(line) = orphans_line(&r.dir, &r.orphans) {
+        println!("{line}");
     }
     let failed = r.entries.iter().filter(|e| e.error.is_some()).count();
     if r.ok {
         println!(
             "chain {}: OK, {} entr{} verified ({}) in {:.2} s",
-            r.dir,
+            shown(&r.dir),
             r.entries.len(),
             if r.entries.len() == 1 { "y" } else { "ies" },
             precision_str(r.precision),
@@ -217,7 +282,7 @@ pub fn verify(r: &ChainVerifyReport) {
     } else {
         println!(
             "chain {}: FAILED, {failed} of {} entr{} failed",
-            r.dir,
+            shown(&r.dir),
             r.entries.len(),
             if r.entries.len() == 1 { "y" } else { "ies" }
         );

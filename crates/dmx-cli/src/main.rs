@@ -231,7 +231,8 @@ enum Command {
         /// Most deltas between an entry and its anchor (a new anchor is forced beyond).
         #[arg(long, value_name = "D", default_value_t = dmx::chain::DEFAULT_MAX_DEPTH)]
         max_depth: usize,
-        /// Replace the chain in a non-empty folder (its manifest and entries are removed).
+        /// Use a non-empty folder: its chain is replaced once the new one is complete; other
+        /// files are kept (stray entry files are moved into DIR/orphans/).
         #[arg(short, long)]
         force: bool,
         /// Print the report as JSON.
@@ -258,13 +259,13 @@ enum Command {
     ChainReconstruct {
         /// The chain folder.
         dir: PathBuf,
-        /// Output folder (created if needed).
+        /// Output folder (created if needed; not the chain folder, inside it or around it).
         #[arg(long, value_name = "OUT")]
         output_dir: PathBuf,
         /// Entries to restore, by index from 0 (default: all); reads only what they need.
         #[arg(long, num_args = 1.., value_name = "I")]
         indices: Vec<usize>,
-        /// Overwrite existing output files.
+        /// Overwrite existing output files (regular files only; other files are kept).
         #[arg(short, long)]
         force: bool,
         /// Print the report as JSON.
@@ -440,6 +441,13 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             tensors,
             common: _,
         } => {
+            if dmx::chain::is_chain_dir(&file) {
+                return Err(dmx::Error::Usage(format!(
+                    "{}: is a chain folder, not an archive; use `dmx chain-info {}`",
+                    file.display(),
+                    file.display()
+                )));
+            }
             let archive = dmx::Archive::open(&file)?;
             let stats = dmx::Stats::of_archive(&archive);
             if json {
@@ -585,6 +593,7 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                 max_depth,
             };
             let r = dmx::chain_compress(&checkpoints, &output_dir, &c, &options(&common, force))?;
+            chains::warn_set_aside(&r);
             if json {
                 report::print_json(&r);
             } else if !common.quiet {
@@ -598,6 +607,7 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             common,
         } => {
             let r = dmx::chain_append(&dir, &checkpoints, &options(&common, false))?;
+            chains::warn_set_aside(&r);
             if json {
                 report::print_json(&r);
             } else if !common.quiet {

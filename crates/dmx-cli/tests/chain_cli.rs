@@ -423,3 +423,392 @@ fn killed_appends_leave_a_valid_chain() {
         "only {killed} appends were killed before they finished"
     );
 }
+
+/// Every file under `dir` (relative path, bytes), hidden ones included.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    common::tree(dir)
+}
+
+#[test]
+fn a_failed_chain_compress_leaves_nothing_and_force_keeps_other_files() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    for i in 0..3 {
+        common::write(
+            &d.join(format!("s{i}.safetensors")),
+            &checkpoint(2000, 4, i),
+        );
+    }
+    std::fs::write(d.join("bad.safetensors"), b"not a checkpoint").unwrap();
+    // A bad checkpoint in the middle: no folder, no manifest, no temporary files.
+    let args = [
+        "chain-compress",
+        "s0.safetensors",
+        "bad.safetensors",
+        "s2.safetensors",
+        "--output-dir",
+        "chain",
+    ];
+    let (_, err) = run(d, &args, 2);
+    assert!(err.contains("bad.safetensors"), "{err}");
+    assert!(!err.contains("corrupt"), "{err}");
+    assert!(!d.join("chain").exists());
+    assert!(common::leftovers(d).is_empty());
+    // The same into an existing empty folder: it stays empty.
+    std::fs::create_dir(d.join("chain")).unwrap();
+    run(d, &args, 2);
+    assert!(files_of(&d.join("chain")).is_empty());
+    // A re-run with good inputs just works.
+    run(
+        d,
+        &[
+            "chain-compress",
+            "s0.safetensors",
+            "s1.safetensors",
+            "--output-dir",
+            "chain",
+            "-q",
+        ],
+        0,
+    );
+    assert_eq!(chain_len(&d.join("chain")), 2);
+
+    // --force over the chain: a failing run changes nothing; a good one replaces the chain
+    // and keeps the user's files.
+    std::fs::write(d.join("chain/notes.txt"), b"mine").unwrap();
+    let before = snapshot(&d.join("chain"));
+    let (_, err) = run(
+        d,
+        &[
+            "chain-compress",
+            "s2.safetensors",
+            "bad.safetensors",
+            "--output-dir",
+            "chain",
+            "--force",
+        ],
+        2,
+    );
+    assert!(err.contains("bad.safetensors"), "{err}");
+    assert_eq!(snapshot(&d.join("chain")), before);
+    run(
+        d,
+        &[
+            "chain-compress",
+            "s2.safetensors",
+            "--output-dir",
+            "chain",
+            "--force",
+            "-q",
+        ],
+        0,
+    );
+    assert_eq!(chain_len(&d.join("chain")), 1);
+    assert_eq!(std::fs::read(d.join("chain/notes.txt")).unwrap(), b"mine");
+    assert_eq!(
+        files_of(&d.join("chain")),
+        ["00000-s2.safetensors.dmx", "manifest.json", "notes.txt"]
+    );
+    run(d, &["verify", "chain", "-q"], 0);
+}
+
+#[test]
+fn orphans_survive_appends_and_are_reported() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    for i in 0..4 {
+        common::write(
+            &d.join(format!("s{i}.safetensors")),
+            &checkpoint(2000, 5, i),
+        );
+    }
+    run(
+        d,
+        &[
+            "chain-compress",
+            "s0.safetensors",
+            "s1.safetensors",
+            "--output-dir",
+            "chain",
+            "-q",
+        ],
+        0,
+    );
+    let old_manifest = std::fs::read(d.join("chain/manifest.json")).unwrap();
+    run(d, &["chain-append", "chain", "s2.safetensors", "-q"], 0);
+    let m = json(&std::fs::read_to_string(d.join("chain/manifest.json")).unwrap());
+    let orphan = m["entries"][2]["file"].as_str().unwrap().to_string();
+    let orphan_bytes = std::fs::read(d.join("chain").join(&orphan)).unwrap();
+    // The manifest is rolled back: entry 2 is now an orphan.
+    std::fs::write(d.join("chain/manifest.json"), &old_manifest).unwrap();
+    let (out, _) = run(d, &["verify", "chain"], 0);
+    assert!(out.contains("orphan") && out.contains(&orphan), "{out}");
+    let (out, _) = run(d, &["verify", "chain", "--json"], 0);
+    assert_eq!(json(&out)["orphans"][0], orphan.as_str());
+    let (out, _) = run(d, &["chain-info", "chain"], 0);
+    assert!(out.contains("orphan") && out.contains(&orphan), "{out}");
+    let (out, _) = run(d, &["chain-info", "chain", "--json"], 0);
+    assert_eq!(json(&out)["orphans"][0], orphan.as_str());
+    // An append keeps it (moved aside, with a warning), never deletes it.
+    let (_, err) = run(d, &["chain-append", "chain", "s3.safetensors", "-q"], 0);
+    assert!(err.contains("warning") && err.contains(&orphan), "{err}");
+    assert_eq!(chain_len(&d.join("chain")), 3);
+    let kept = d.join("chain/orphans").join(&orphan);
+    assert_eq!(std::fs::read(&kept).unwrap(), orphan_bytes);
+    let (out, _) = run(d, &["verify", "chain", "--json"], 0);
+    let v = json(&out);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["orphans"][0], format!("orphans/{orphan}").as_str());
+}
+
+#[test]
+fn manifests_with_bad_depths_or_links_are_corrupt() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    for i in 0..3 {
+        common::write(
+            &d.join(format!("s{i}.safetensors")),
+            &checkpoint(2000, 6, i),
+        );
+    }
+    run(
+        d,
+        &[
+            "chain-compress",
+            "s0.safetensors",
+            "s1.safetensors",
+            "s2.safetensors",
+            "--output-dir",
+            "chain",
+            "-q",
+        ],
+        0,
+    );
+    let path = d.join("chain/manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let m = json(&text);
+    assert_eq!(m["entries"][2]["depth"], 2, "{text}");
+    let mut shallow = m.clone();
+    shallow["max_depth"] = 1.into();
+    std::fs::write(&path, shallow.to_string()).unwrap();
+    for args in [
+        &["verify", "chain"][..],
+        &["chain-info", "chain"],
+        &["chain-reconstruct", "chain", "--output-dir", "o"],
+    ] {
+        let (_, err) = run(d, args, 1);
+        assert!(
+            err.contains("corrupt manifest") && err.contains("max_depth 1"),
+            "{args:?}: {err}"
+        );
+    }
+    let (_, err) = run(d, &["chain-append", "chain", "s0.safetensors"], 1);
+    assert!(err.contains("corrupt manifest"), "{err}");
+    let mut broken = m;
+    broken["entries"][2]["parent"] = 0.into();
+    std::fs::write(&path, broken.to_string()).unwrap();
+    let (_, err) = run(d, &["verify", "chain"], 1);
+    assert!(err.contains("corrupt manifest"), "{err}");
+    assert!(!d.join("o").exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn chain_reconstruct_destinations_are_safe() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    let ckpts: Vec<Vec<u8>> = (0..2).map(|i| checkpoint(2000, 7, i)).collect();
+    for (i, b) in ckpts.iter().enumerate() {
+        common::write(&d.join(format!("s{i}.safetensors")), b);
+    }
+    run(
+        d,
+        &[
+            "chain-compress",
+            "s0.safetensors",
+            "s1.safetensors",
+            "--output-dir",
+            "chain",
+            "-q",
+        ],
+        0,
+    );
+    std::fs::write(d.join("chain/notes.txt"), b"mine").unwrap();
+    let chain_before = snapshot(&d.join("chain"));
+    // --force only replaces the restored files.
+    std::fs::create_dir(d.join("out")).unwrap();
+    std::fs::write(d.join("out/keep.txt"), b"keep").unwrap();
+    std::fs::write(d.join("out/s0.safetensors"), b"old").unwrap();
+    run(
+        d,
+        &["chain-reconstruct", "chain", "--output-dir", "out", "-q"],
+        2,
+    );
+    assert_eq!(std::fs::read(d.join("out/s0.safetensors")).unwrap(), b"old");
+    run(
+        d,
+        &[
+            "chain-reconstruct",
+            "chain",
+            "--output-dir",
+            "out",
+            "-q",
+            "--force",
+        ],
+        0,
+    );
+    assert_eq!(std::fs::read(d.join("out/keep.txt")).unwrap(), b"keep");
+    assert!(std::fs::read(d.join("out/s0.safetensors")).unwrap() == ckpts[0]);
+    assert!(std::fs::read(d.join("out/s1.safetensors")).unwrap() == ckpts[1]);
+    assert_eq!(
+        files_of(&d.join("out")),
+        ["keep.txt", "s0.safetensors", "s1.safetensors"]
+    );
+
+    // The chain folder, however spelled, or a folder inside or around it: refused, with
+    // nothing written or deleted.
+    std::os::unix::fs::symlink(d.join("chain"), d.join("link")).unwrap();
+    std::fs::create_dir(d.join("chain/sub")).unwrap();
+    let spellings: [(&Path, &str); 7] = [
+        (d, "chain"),
+        (d, "link"),
+        (d, "chain/sub/.."),
+        (d, "chain/new"),
+        (d, "."),
+        (&d.join("chain"), "."),
+        (&d.join("chain"), ".."),
+    ];
+    for (cwd, out) in spellings {
+        let chain = if cwd == d { "chain" } else { "." };
+        for force in [false, true] {
+            let mut args = vec!["chain-reconstruct", chain, "--output-dir", out];
+            if force {
+                args.push("--force");
+            }
+            let (_, err) = run(cwd, &args, 2);
+            assert!(err.contains("chain folder"), "{args:?} in {cwd:?}: {err}");
+        }
+    }
+    std::fs::remove_dir(d.join("chain/sub")).unwrap();
+    assert_eq!(snapshot(&d.join("chain")), chain_before);
+    assert!(!d.join("chain/new").exists());
+
+    // Special files, folders and links where a file would be written: refused even with
+    // --force, and left as they were.
+    std::fs::create_dir(d.join("special")).unwrap();
+    let fifo = d.join("special/s0.safetensors");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    std::fs::write(d.join("special/other.txt"), b"other").unwrap();
+    let (_, err) = run(
+        d,
+        &[
+            "chain-reconstruct",
+            "chain",
+            "--output-dir",
+            "special",
+            "--force",
+        ],
+        2,
+    );
+    assert!(err.contains("FIFO"), "{err}");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fifo.symlink_metadata().unwrap().file_type().is_fifo());
+    assert_eq!(
+        files_of(&d.join("special")),
+        ["other.txt", "s0.safetensors"]
+    );
+    std::fs::remove_file(&fifo).unwrap();
+    std::fs::create_dir(&fifo).unwrap();
+    run(
+        d,
+        &[
+            "chain-reconstruct",
+            "chain",
+            "--output-dir",
+            "special",
+            "-f",
+        ],
+        2,
+    );
+    assert!(fifo.is_dir());
+    std::fs::remove_dir(&fifo).unwrap();
+    std::os::unix::fs::symlink(d.join("special/other.txt"), &fifo).unwrap();
+    run(
+        d,
+        &[
+            "chain-reconstruct",
+            "chain",
+            "--output-dir",
+            "special",
+            "-f",
+        ],
+        2,
+    );
+    assert_eq!(
+        std::fs::read(d.join("special/other.txt")).unwrap(),
+        b"other"
+    );
+    assert!(fifo.symlink_metadata().unwrap().file_type().is_symlink());
+    assert!(common::leftovers(&d.join("special")).is_empty());
+}
+
+#[cfg(unix)]
+#[test]
+fn checkpoints_with_colons_or_backslashes_and_info_on_a_chain() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    let names = [
+        "ckpt-2024-01-01T12:00:00.safetensors",
+        "ckpt-2024-01-01T13:00:00.safetensors",
+        "run\\3.safetensors",
+    ];
+    let ckpts: Vec<Vec<u8>> = (0..3).map(|i| checkpoint(2000, 8, i)).collect();
+    for (n, b) in names.iter().zip(&ckpts) {
+        common::write(&d.join(n), b);
+    }
+    let (_, err) = run(
+        d,
+        &[
+            "chain-compress",
+            names[0],
+            names[1],
+            "--output-dir",
+            "chain",
+        ],
+        0,
+    );
+    assert!(err.contains("2 entries added"), "{err}");
+    run(d, &["chain-append", "chain", names[2], "-q"], 0);
+    run(
+        d,
+        &["chain-reconstruct", "chain", "--output-dir", "out", "-q"],
+        0,
+    );
+    for (n, b) in names.iter().zip(&ckpts) {
+        assert!(std::fs::read(d.join("out").join(n)).unwrap() == *b, "{n}");
+    }
+    run(d, &["verify", "chain", "-q"], 0);
+    let (out, _) = run(d, &["chain-info", "chain", "--json"], 0);
+    assert_eq!(json(&out)["entries"][0]["name"], names[0]);
+
+    // A name with terminal escapes is stored, and shown escaped.
+    let evil = "evil\u{1b}[2J\n.safetensors";
+    common::write(&d.join(evil), &ckpts[0]);
+    run(d, &["chain-append", "chain", evil, "-q"], 0);
+    for args in [&["chain-info", "chain"][..], &["verify", "chain"]] {
+        let (out, _) = run(d, args, 0);
+        assert!(!out.contains('\u{1b}'), "{args:?}: {out:?}");
+        assert!(out.contains("evil\\u{1b}[2J\\n.safetensors"), "{out}");
+    }
+    let (out, _) = run(d, &["chain-info", "chain", "--json"], 0);
+    assert_eq!(json(&out)["entries"][3]["name"], evil);
+
+    // `dmx info` on a chain folder points to chain-info.
+    let (_, err) = run(d, &["info", "chain"], 2);
+    assert!(
+        err.contains("chain folder") && err.contains("dmx chain-info chain"),
+        "{err}"
+    );
+    assert!(!err.contains("os error"), "{err}");
+}

@@ -231,10 +231,19 @@ impl ChainManifest {
         let bad = |i: usize, detail: String| Error::Corrupt {
             path: path.to_path_buf(),
             what: format!("entry {i}"),
-            detail: format!("{detail} (the manifest is damaged)"),
+            detail: format!("{detail} (corrupt manifest)"),
         };
         let is_hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
         for (i, e) in self.entries.iter().enumerate() {
+            if e.depth > self.max_depth {
+                return Err(bad(
+                    i,
+                    format!(
+                        "depth {} is beyond the chain's max_depth {}",
+                        e.depth, self.max_depth
+                    ),
+                ));
+            }
             if e.index != i {
                 return Err(bad(i, format!("has index {}", e.index)));
             }
@@ -285,17 +294,78 @@ impl ChainManifest {
     }
 }
 
-/// Rejects names that are not a plain file name.
+/// Rejects names that are not a plain file name on this system (`/` and NUL everywhere, `\\`
+/// and `:` on Windows, where they separate paths), or that dmx reserves for its temporary
+/// files. Any other name the OS allows is stored.
 fn check_name(name: &str) -> std::result::Result<(), String> {
-    if name.is_empty()
-        || name == "."
-        || name == ".."
-        || name.contains(['/', '\\', '\0'])
-        || name.starts_with(TEMP_PREFIX)
-    {
+    let separators: &[char] = if cfg!(windows) {
+        &['/', '\\', ':', '\0']
+    } else {
+        &['/', '\0']
+    };
+    if name.is_empty() || name == "." || name == ".." || name.contains(separators) {
         return Err(format!("{name:?} is not a plain file name"));
     }
+    if name.starts_with(TEMP_PREFIX) {
+        return Err(format!(
+            "{name:?} starts with {TEMP_PREFIX:?}, which dmx reserves for its temporary files"
+        ));
+    }
     Ok(())
+}
+
+/// Longest file name most file systems store (bytes).
+const NAME_MAX: usize = 255;
+
+/// Fails, naming `path`, when the entry file of `name` at `index` would be longer than file
+/// systems allow.
+fn check_entry_name_len(path: &Path, index: usize, name: &str) -> Result<()> {
+    let file = entry_file_name(index, name, ChainEntryKind::Delta);
+    if file.len() > NAME_MAX {
+        return Err(Error::Usage(format!(
+            "{}: the file name is too long to store in a chain: entry files are named \
+             NNNNN-NAME.dmxd, which must fit in {NAME_MAX} bytes (this one would be {}); \
+             rename the checkpoint",
+            path.display(),
+            file.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The name under which a checkpoint is stored *inside* its entry archive: its own name, with
+/// `:` and `\\` replaced by `_` (characters archive paths may not hold). The manifest keeps
+/// the real name, under which chains restore it.
+fn archived_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains([':', '\\']) {
+        std::borrow::Cow::Owned(name.replace([':', '\\'], "_"))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
+/// The path to compress `ckpt` from: `ckpt` itself, or, when its name cannot be stored in an
+/// archive as it is ([`archived_name`]), a link to it (a copy where links are unavailable)
+/// under the archived name in `work`.
+fn input_alias(work: &Path, ckpt: &Path, name: &str) -> Result<PathBuf> {
+    let archived = archived_name(name);
+    if archived == name {
+        return Ok(ckpt.to_path_buf());
+    }
+    let folder = work.join("input");
+    match std::fs::remove_dir_all(&folder) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&folder, e)),
+    }
+    std::fs::create_dir(&folder).map_err(|e| Error::io(&folder, e))?;
+    let alias = folder.join(archived.as_ref());
+    let target = std::path::absolute(ckpt).map_err(|e| Error::io(ckpt, e))?;
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&target, &alias).map_err(|e| Error::io(&alias, e))?;
+    #[cfg(not(unix))]
+    std::fs::copy(&target, &alias).map_err(|e| Error::io(&alias, e))?;
+    Ok(alias)
 }
 
 /// `{index:05}-{name}.dmx` (anchor) or `.dmxd` (delta).
@@ -372,6 +442,10 @@ pub struct ChainReport {
     pub standalone_bytes: u64,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// Files dmx found in the chain folder and moved into `DIR/orphans/` rather than delete
+    /// them (entry files the manifest did not list, an invalid `manifest.json` replaced with
+    /// `--force`), as `orphans/NAME`.
+    pub set_aside: Vec<String>,
 }
 
 /// Reads and checks `DIR/manifest.json`.
@@ -379,7 +453,12 @@ pub fn read_manifest(dir: &Path) -> Result<ChainManifest> {
     let path = dir.join(MANIFEST);
     let text = match std::fs::read(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
             return Err(Error::Usage(format!(
                 "{}: not a dmx chain (no {MANIFEST}); create one with `dmx chain-compress`",
                 dir.display()
@@ -412,7 +491,7 @@ pub fn read_manifest(dir: &Path) -> Result<ChainManifest> {
     let m: ChainManifest = serde_json::from_value(value).map_err(|e| Error::Corrupt {
         path: path.clone(),
         what: "manifest".into(),
-        detail: format!("{e} (the manifest is damaged)"),
+        detail: format!("{e} (corrupt manifest)"),
     })?;
     m.validate(&path)?;
     Ok(m)
@@ -473,27 +552,22 @@ fn lock_dir(dir: &Path) -> Result<DirLock> {
     }
 }
 
-/// Removes what interrupted runs may leave in a chain folder: temporary files and folders,
-/// and entry files at `keep` or later (not referenced by the manifest).
-fn clean(dir: &Path, keep: usize) -> Result<()> {
+/// Removes the temporary files and folders (`.dmx-tmp-*`) that interrupted runs may leave in
+/// a chain folder (called with the folder locked), except `keep`.
+fn clean_temps(dir: &Path, keep: Option<&Path>) -> Result<()> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     for item in rd {
         let item = item.map_err(|e| Error::io(dir, e))?;
         let name = item.file_name();
         let Some(name) = name.to_str() else { continue };
         let path = item.path();
-        let removed = if name.starts_with(TEMP_PREFIX) {
-            if item.file_type().is_ok_and(|t| t.is_dir()) {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            }
-        } else if entry_file_index(name).is_some_and(|i| i >= keep)
-            && item.file_type().is_ok_and(|t| t.is_file())
-        {
-            std::fs::remove_file(&path)
-        } else {
+        if !name.starts_with(TEMP_PREFIX) || keep.is_some_and(|k| k == path) {
             continue;
+        }
+        let removed = if item.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
         };
         match removed {
             Ok(()) => {}
@@ -504,24 +578,127 @@ fn clean(dir: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
+/// Sub-folder of a chain folder into which entry files that the manifest does not list
+/// (orphans) are moved before a chain is written; dmx never deletes them.
+pub const ORPHANS: &str = "orphans";
+
+/// Entry files directly in `dir` (named like `NNNNN-NAME.dmx` / `.dmxd`) that are not among
+/// `listed`, sorted.
+fn unlisted_entry_files(dir: &Path, listed: &BTreeSet<&str>) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for item in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let item = item.map_err(|e| Error::io(dir, e))?;
+        let name = item.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if entry_file_index(name).is_some()
+            && !listed.contains(name)
+            && item
+                .file_type()
+                .is_ok_and(|t| t.is_file() || t.is_symlink())
+        {
+            out.push(name.to_string());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The orphans of the chain in `dir`: entry files that its manifest `m` does not list (left
+/// by an interrupted run, or by an older manifest put back), then the files already set aside
+/// in `DIR/orphans/` (as `orphans/NAME`). Readers ignore them; `verify` and `chain-info`
+/// report them.
+pub fn find_orphans(dir: &Path, m: &ChainManifest) -> Result<Vec<String>> {
+    let listed: BTreeSet<&str> = m.entries.iter().map(|e| e.file.as_str()).collect();
+    let mut out = unlisted_entry_files(dir, &listed)?;
+    let aside = dir.join(ORPHANS);
+    if aside.is_dir() {
+        let mut kept = Vec::new();
+        for item in std::fs::read_dir(&aside).map_err(|e| Error::io(&aside, e))? {
+            let item = item.map_err(|e| Error::io(&aside, e))?;
+            kept.push(format!("{ORPHANS}/{}", item.file_name().to_string_lossy()));
+        }
+        kept.sort();
+        out.extend(kept);
+    }
+    Ok(out)
+}
+
+/// Moves the entry files in `dir` that are not among `listed` into `DIR/orphans/` (never over
+/// an existing file there: `NAME.1`, `NAME.2`, ... instead). Returns their new names
+/// (`orphans/...`).
+fn set_aside(dir: &Path, listed: &BTreeSet<&str>, sync: bool) -> Result<Vec<String>> {
+    let names = unlisted_entry_files(dir, listed)?;
+    if names.is_empty() {
+        return Ok(names);
+    }
+    let aside = dir.join(ORPHANS);
+    match std::fs::create_dir(&aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && aside.is_dir() => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::Usage(format!(
+                "{}: exists and is not a folder; dmx needs it to keep entry files that \
+                 {MANIFEST} does not list ({}): move it away",
+                aside.display(),
+                names.join(", ")
+            )));
+        }
+        Err(e) => return Err(Error::io(&aside, e)),
+    }
+    let mut moved = Vec::with_capacity(names.len());
+    for name in names {
+        let mut target = aside.join(&name);
+        let mut n = 0;
+        while target.symlink_metadata().is_ok() {
+            n += 1;
+            target = aside.join(format!("{name}.{n}"));
+        }
+        std::fs::rename(dir.join(&name), &target).map_err(|e| Error::io(dir.join(&name), e))?;
+        moved.push(format!(
+            "{ORPHANS}/{}",
+            target.file_name().unwrap_or_default().to_string_lossy()
+        ));
+    }
+    if sync {
+        sync_dir(&aside);
+        sync_dir(dir);
+    }
+    Ok(moved)
+}
+
 /// Checks a checkpoint to append: one safetensors file. Returns its file name.
 fn check_input(path: &Path) -> Result<String> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
+    if meta.is_dir() {
         return Err(Error::Usage(format!(
             "{}: a chain entry must be one .safetensors file, not a folder",
             path.display()
+        )));
+    }
+    if !meta.is_file() {
+        return Err(Error::Usage(format!(
+            "{}: is {}, not a regular file; a chain entry must be one .safetensors file",
+            path.display(),
+            kind_of(&meta)
         )));
     }
     let (root, files) = crate::plan::plan_input(path)?;
     match (root, files.first()) {
         (Root::File, Some(f)) if f.kind == EntryKind::Safetensors => {}
         (_, f) => {
+            // The planner's warning says why, prefixed with the path and followed by what
+            // `compress` would do instead: keep only the reason.
+            let prefix = format!("{}: ", path.display());
+            let why = match f.and_then(|f| f.warning.as_deref()) {
+                Some(w) => {
+                    let w = w.strip_prefix(&prefix).unwrap_or(w);
+                    w.split("; stored as").next().unwrap_or(w).to_string()
+                }
+                None => "not named *.safetensors".to_string(),
+            };
             return Err(Error::Usage(format!(
-                "{}: {}",
-                path.display(),
-                f.and_then(|f| f.warning.clone())
-                    .unwrap_or_else(|| "not a .safetensors file".into())
+                "{}: {why}; chain entries must be safetensors checkpoints",
+                path.display()
             )));
         }
     }
@@ -553,6 +730,18 @@ struct Chain<'a> {
     pool: rayon::ThreadPool,
 }
 
+/// An error's message without the path it starts with (for messages that already name the
+/// file).
+fn detail_of(err: &Error) -> String {
+    match err {
+        Error::Format { source, .. } => source.to_string(),
+        Error::Corrupt { what, detail, .. } => format!("{what}: {detail}"),
+        Error::Mismatch { detail, .. } => detail.clone(),
+        Error::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// What a walk over a chain did to one entry: restored to this path, or failed.
 type Outcome = std::result::Result<PathBuf, Error>;
 
@@ -573,7 +762,7 @@ impl<'a> Chain<'a> {
     fn corrupt(&self, e: &ChainEntry, detail: impl Into<String>) -> Error {
         Error::Corrupt {
             path: self.path_of(e),
-            what: format!("chain entry {} ({})", e.index, e.name),
+            what: format!("chain entry {}", e.index),
             detail: detail.into(),
         }
     }
@@ -616,7 +805,7 @@ impl<'a> Chain<'a> {
             self.check_stored(e)?;
         }
         let archive =
-            Archive::open(&self.path_of(e)).map_err(|err| self.corrupt(e, err.to_string()))?;
+            Archive::open(&self.path_of(e)).map_err(|err| self.corrupt(e, detail_of(&err)))?;
         let index = archive.index();
         let want = match e.kind {
             ChainEntryKind::Anchor => EntryKind::Safetensors,
@@ -727,7 +916,7 @@ impl<'a> Chain<'a> {
                     broken = None;
                 }
                 Err(err) if err.is_integrity_failure() => {
-                    broken = Some((i, err.to_string()));
+                    broken = Some((i, detail_of(&err)));
                     done(i, Err(err));
                 }
                 Err(err) => return Err(err),
@@ -777,8 +966,12 @@ fn restore_entry(
 }
 
 /// Creates the chain folder `dir` and stores `checkpoints` in it, in order (see the module
-/// docs). `dir` must not exist or be empty, unless `opts.force`: then its manifest and entry
-/// files are removed first (other files are left alone).
+/// docs). The chain is built in a temporary folder (`.dmx-tmp-*`) and moved into place only
+/// when complete, so a failed run leaves nothing behind. `dir` must not exist or be empty,
+/// unless `opts.force`: then the chain in it (its manifest and the entry files it lists) is
+/// replaced once the new one is complete; other files are left alone, and entry files that
+/// no valid manifest lists, or a `manifest.json` that is not a valid one, are moved into
+/// `DIR/orphans/` (listed in [`ChainReport::set_aside`]), never deleted.
 pub fn chain_compress(
     checkpoints: &[PathBuf],
     dir: &Path,
@@ -795,17 +988,206 @@ pub fn chain_compress(
         .iter()
         .map(|p| check_input(p))
         .collect::<Result<Vec<_>>>()?;
+    for (i, (p, n)) in checkpoints.iter().zip(&names).enumerate() {
+        check_entry_name_len(p, i, n)?;
+    }
     opts.pool()?;
-    match std::fs::symlink_metadata(dir) {
-        Ok(m) if !m.is_dir() => {
+    let existing = match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => true,
+        Ok(_) => {
             return Err(Error::Usage(format!(
-                "{} exists and is not a folder",
+                "{}: exists and is not a folder",
                 dir.display()
             )));
         }
-        Ok(_) => {}
-        Err(_) => std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if dir.symlink_metadata().is_ok() {
+                return Err(Error::Usage(format!(
+                    "{}: is a symbolic link to nothing; remove it or choose another folder",
+                    dir.display()
+                )));
+            }
+            false
+        }
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut report = if existing {
+        compress_into_existing(checkpoints, &names, dir, c, opts, start)?
+    } else {
+        compress_into_new(checkpoints, &names, dir, c, opts, start)?
+    };
+    report.dir = dir.display().to_string();
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// An I/O error on a temporary file inside `dir` (the chain being built, a work folder)
+/// reported on `dir` instead: the temporary names mean nothing to the user.
+fn unstage(err: Error, staging: &Path, dir: &Path) -> Error {
+    match err {
+        Error::Io { path, source } if path.starts_with(staging) => Error::Io {
+            path: dir.to_path_buf(),
+            // The OS error alone: some carry the temporary path as context.
+            source: match source.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => {
+                    let text = source.to_string();
+                    match text.split_once(" at path ") {
+                        Some((what, _)) => std::io::Error::new(source.kind(), what.to_string()),
+                        None => source,
+                    }
+                }
+            },
+        },
+        other => other,
     }
+}
+
+/// Builds the chain in `staging` (a new, empty folder), with its work folder inside.
+fn build_chain(
+    checkpoints: &[PathBuf],
+    names: &[String],
+    staging: &Path,
+    c: &ChainOptions,
+    opts: &Options,
+    start: Instant,
+) -> Result<ChainReport> {
+    let mut m = ChainManifest::new(c);
+    let work = work_dir(staging)?;
+    let mut cursor = Cursor::default();
+    let report = append_all(
+        staging,
+        &mut m,
+        checkpoints,
+        names,
+        &mut cursor,
+        work.path(),
+        opts,
+        start,
+    )?;
+    drop(work);
+    Ok(report)
+}
+
+/// Prefix of the folder in which [`chain_compress`] builds a new chain beside its
+/// destination, followed by the process id, `-` and a random part.
+const STAGING_PREFIX: &str = ".dmx-tmp-chain-";
+
+/// A staging folder is stale when its process is gone and it has not changed for this long.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes, from `parent`, the staging folders of `chain_compress` runs that were killed:
+/// named [`STAGING_PREFIX`]`PID-…`, whose process no longer exists and that have not changed
+/// for an hour (so a run in another PID namespace that shares the folder is left alone). Only
+/// where `/proc` lists the live processes (Linux); best effort.
+fn remove_stale_staging(parent: &Path) {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for item in rd.flatten() {
+        let name = item.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(STAGING_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(meta) = item.path().symlink_metadata() else {
+            continue;
+        };
+        let idle = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= STALE_AFTER);
+        if meta.is_dir()
+            && idle
+            && pid != std::process::id()
+            && !proc.join(pid.to_string()).exists()
+        {
+            let _ = std::fs::remove_dir_all(item.path());
+        }
+    }
+}
+
+/// `chain_compress` into a folder that does not exist: built in a temporary folder beside it,
+/// renamed into place when complete. Parent folders it had to create are removed again on
+/// failure.
+fn compress_into_new(
+    checkpoints: &[PathBuf],
+    names: &[String],
+    dir: &Path,
+    c: &ChainOptions,
+    opts: &Options,
+    start: Instant,
+) -> Result<ChainReport> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // The parent folders to create, deepest first (removed again if the run fails).
+    let mut created: Vec<PathBuf> = parent
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && a.symlink_metadata().is_err())
+        .map(Path::to_path_buf)
+        .collect();
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let result = (|| {
+        remove_stale_staging(&parent);
+        let prefix = format!("{STAGING_PREFIX}{}-", std::process::id());
+        let mut b = tempfile::Builder::new();
+        b.prefix(&prefix);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            b.permissions(std::fs::Permissions::from_mode(0o777));
+        }
+        let staging = b.tempdir_in(&parent).map_err(|e| Error::io(&parent, e))?;
+        let report = build_chain(checkpoints, names, staging.path(), c, opts, start)
+            .map_err(|e| unstage(e, staging.path(), dir))?;
+        // Rename into place: fails (and the staging folder is removed) if `dir` appeared
+        // meanwhile and is not empty.
+        match std::fs::rename(staging.path(), dir) {
+            Ok(()) => {}
+            Err(e) if dir.symlink_metadata().is_ok() => {
+                return Err(Error::Usage(format!(
+                    "{}: was created by someone else while the chain was being built ({e}); \
+                     nothing was written",
+                    dir.display()
+                )));
+            }
+            Err(e) => return Err(Error::io(dir, e)),
+        }
+        let _ = staging.keep();
+        if !opts.no_sync {
+            sync_dir(&parent);
+        }
+        Ok(report)
+    })();
+    if result.is_err() {
+        for d in created.drain(..) {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+    result
+}
+
+/// `chain_compress` into an existing folder (empty, or any with `opts.force`): the new chain
+/// is built in a temporary folder inside it, then swapped in (see [`swap_in`]).
+fn compress_into_existing(
+    checkpoints: &[PathBuf],
+    names: &[String],
+    dir: &Path,
+    c: &ChainOptions,
+    opts: &Options,
+    start: Instant,
+) -> Result<ChainReport> {
     let _lock = lock_dir(dir)?;
     let mut busy = Vec::new();
     for item in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
@@ -815,35 +1197,120 @@ pub fn chain_compress(
             busy.push(name);
         }
     }
-    if !busy.is_empty() {
-        if !opts.force {
-            return Err(Error::Usage(format!(
-                "{} exists and is not empty; use --force to replace the chain in it, or \
-                 `dmx chain-append` to add to it",
-                dir.display()
-            )));
-        }
-        match std::fs::remove_file(dir.join(MANIFEST)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(dir.join(MANIFEST), e)),
-        }
+    if !busy.is_empty() && !opts.force {
+        let what = if dir.join(MANIFEST).is_file() {
+            "holds a chain; use --force to replace it, or `dmx chain-append` to add to it"
+        } else {
+            "exists and is not empty; use --force to create the chain in it anyway (files \
+             other than the chain's are kept)"
+        };
+        return Err(Error::Usage(format!("{}: {what}", dir.display())));
     }
-    clean(dir, 0)?;
-    let mut m = ChainManifest::new(c);
-    write_manifest(dir, &m, !opts.no_sync)?;
-    let work = work_dir(dir)?;
-    let mut cursor = Cursor::default();
-    append_all(
-        dir,
-        &mut m,
-        checkpoints,
-        &names,
-        &mut cursor,
-        work.path(),
-        opts,
-        start,
-    )
+    clean_temps(dir, None)?;
+    // The chain being replaced, if the folder holds a valid one.
+    let old = if dir.join(MANIFEST).symlink_metadata().is_ok() {
+        read_manifest(dir).ok()
+    } else {
+        None
+    };
+    let staging = work_dir(dir)?;
+    let report = build_chain(checkpoints, names, staging.path(), c, opts, start)
+        .map_err(|e| unstage(e, staging.path(), dir))?;
+    let set_aside = swap_in(dir, staging.path(), old.as_ref(), !opts.no_sync)?;
+    Ok(ChainReport {
+        set_aside,
+        ..report
+    })
+}
+
+/// Replaces the chain in `dir` (`old`, if any) by the complete chain in `staging` (a folder
+/// inside `dir`): the entry files no valid manifest lists (and an invalid `manifest.json`)
+/// are moved into `DIR/orphans/`; the old manifest and the files it lists are moved into a
+/// temporary folder; the new entry files are moved in, then the new manifest (the moment the
+/// new chain appears); then the old files are deleted. If a step fails, what was moved is
+/// moved back (best effort). Returns the files set aside.
+fn swap_in(
+    dir: &Path,
+    staging: &Path,
+    old: Option<&ChainManifest>,
+    sync: bool,
+) -> Result<Vec<String>> {
+    let listed: BTreeSet<&str> = old
+        .map(|m| m.entries.iter().map(|e| e.file.as_str()).collect())
+        .unwrap_or_default();
+    let mut set_aside = set_aside(dir, &listed, sync)?;
+    if old.is_none() && dir.join(MANIFEST).symlink_metadata().is_ok() {
+        // Not a valid manifest (or not a file): not ours to delete.
+        let aside = dir.join(ORPHANS);
+        std::fs::create_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
+        let mut target = aside.join(MANIFEST);
+        let mut n = 0;
+        while target.symlink_metadata().is_ok() {
+            n += 1;
+            target = aside.join(format!("{MANIFEST}.{n}"));
+        }
+        std::fs::rename(dir.join(MANIFEST), &target)
+            .map_err(|e| Error::io(dir.join(MANIFEST), e))?;
+        set_aside.push(format!(
+            "{ORPHANS}/{}",
+            target.file_name().unwrap_or_default().to_string_lossy()
+        ));
+    }
+    let trash = work_dir(dir)?;
+    let mut old_files: Vec<String> = Vec::new();
+    if old.is_some() {
+        old_files.push(MANIFEST.to_string());
+        // Only regular files: anything else of that name is not an entry dmx wrote (if the
+        // new chain needs the name, moving the new file in fails and everything is undone).
+        old_files.extend(
+            listed
+                .iter()
+                .filter(|f| {
+                    dir.join(f)
+                        .symlink_metadata()
+                        .is_ok_and(|m| m.file_type().is_file())
+                })
+                .map(|f| f.to_string()),
+        );
+    }
+    let new_files: Vec<String> = {
+        let m = read_manifest(staging)?;
+        let mut v: Vec<String> = m.entries.into_iter().map(|e| e.file).collect();
+        v.push(MANIFEST.to_string());
+        v
+    };
+    // Moves recorded for the rollback: (from, to).
+    let mut done: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let step =
+        |from: PathBuf, to: PathBuf, done: &mut Vec<(PathBuf, PathBuf)>| match std::fs::rename(
+            &from, &to,
+        ) {
+            Ok(()) => {
+                done.push((from, to));
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !from.exists() => Ok(()),
+            Err(e) => Err(Error::io(&from, e)),
+        };
+    let result = (|| {
+        for f in &old_files {
+            step(dir.join(f), trash.path().join(f), &mut done)?;
+        }
+        for f in &new_files {
+            step(staging.join(f), dir.join(f), &mut done)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for (from, to) in done.into_iter().rev() {
+            let _ = std::fs::rename(to, from);
+        }
+        return Err(e);
+    }
+    if sync {
+        sync_dir(dir);
+    }
+    Ok(set_aside)
 }
 
 /// Adds `checkpoints` to the chain in `dir`, in order, with the chain's precision and depth
@@ -865,7 +1332,9 @@ pub fn chain_append(dir: &Path, checkpoints: &[PathBuf], opts: &Options) -> Resu
     let _lock = lock_dir(dir)?;
     // Read again under the lock: another writer may have appended meanwhile.
     let mut m = read_manifest(dir)?;
-    clean(dir, m.entries.len())?;
+    clean_temps(dir, None)?;
+    let listed: BTreeSet<&str> = m.entries.iter().map(|e| e.file.as_str()).collect();
+    let set_aside = set_aside(dir, &listed, !opts.no_sync)?;
     let work = work_dir(dir)?;
     let mut cursor = Cursor::default();
     if let Some(last) = m.entries.last()
@@ -892,7 +1361,7 @@ pub fn chain_append(dir: &Path, checkpoints: &[PathBuf], opts: &Options) -> Resu
             cursor.grid = grid_of(&archive).into_iter().collect();
         }
     }
-    append_all(
+    let report = append_all(
         dir,
         &mut m,
         checkpoints,
@@ -902,6 +1371,11 @@ pub fn chain_append(dir: &Path, checkpoints: &[PathBuf], opts: &Options) -> Resu
         opts,
         start,
     )
+    .map_err(|e| unstage(e, work.path(), dir))?;
+    Ok(ChainReport {
+        set_aside,
+        ..report
+    })
 }
 
 fn work_dir(dir: &Path) -> Result<tempfile::TempDir> {
@@ -933,6 +1407,9 @@ fn append_all(
     start: Instant,
 ) -> Result<ChainReport> {
     let entries_before = m.entries.len();
+    for (j, (p, n)) in checkpoints.iter().zip(names).enumerate() {
+        check_entry_name_len(p, entries_before + j, n)?;
+    }
     let sync = !opts.no_sync;
     let inner = Options {
         threads: opts.threads,
@@ -955,7 +1432,9 @@ fn append_all(
     for (j, (ckpt, name)) in checkpoints.iter().zip(names).enumerate() {
         let t0 = Instant::now();
         let index = m.entries.len();
-        let standalone_size = crate::compress_with(ckpt, &standalone, &lossy, &inner)?.output_bytes;
+        let source = input_alias(work, ckpt, name)?;
+        let standalone_size =
+            crate::compress_with(&source, &standalone, &lossy, &inner)?.output_bytes;
         let prev = m.entries.last();
         let (mut delta_size, mut delta_error) = (None, None);
         if let (Some(p), Some(base)) = (prev, &cursor.base)
@@ -965,7 +1444,7 @@ fn append_all(
                 precision: m.precision,
                 steps: (m.precision != Precision::Lossless).then(|| cursor.grid.clone()),
             };
-            match crate::delta_compress(base, ckpt, &delta, &d, &inner) {
+            match crate::delta_compress(base, &source, &delta, &d, &inner) {
                 Ok(r) => delta_size = Some(r.output_bytes),
                 // A delta the engine refuses to store (a usage-type error: nothing is wrong
                 // with the chain or the disk) leaves the standalone archive: an anchor.
@@ -984,6 +1463,16 @@ fn append_all(
             ChainEntryKind::Delta => (&delta, &standalone),
         };
         let archive = Archive::open(src)?;
+        let want = match kind {
+            ChainEntryKind::Anchor => EntryKind::Safetensors,
+            ChainEntryKind::Delta => EntryKind::SafetensorsDelta,
+        };
+        if archive.index().entries.first().map(|e| e.kind) != Some(want) {
+            return Err(Error::Usage(format!(
+                "{}: is no longer a valid safetensors file (it changed while being read)",
+                ckpt.display()
+            )));
+        }
         let restored = archive.index().entries[0].sha256;
         let original_size = archive.index().entries[0].size;
         let original_sha256 = if m.precision == Precision::Lossless {
@@ -1081,6 +1570,7 @@ fn append_all(
         stored_bytes: sum(|a| a.entry.stored_size),
         standalone_bytes: sum(|a| a.entry.standalone_size),
         appended,
+        set_aside: Vec::new(),
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -1146,13 +1636,7 @@ pub fn chain_reconstruct(
         }
         None => (0..n).collect(),
     };
-    if let (Ok(a), Ok(b)) = (dir.canonicalize(), output.canonicalize())
-        && a == b
-    {
-        return Err(Error::Usage(
-            "the output folder must not be the chain folder".into(),
-        ));
-    }
+    check_output_dir(dir, output)?;
     let mut count: HashMap<&str, usize> = HashMap::new();
     for &i in &requested {
         *count.entry(m.entries[i].name.as_str()).or_default() += 1;
@@ -1176,21 +1660,51 @@ pub fn chain_reconstruct(
         }
     }
     let chain = Chain::new(dir, &m, opts)?;
-    if !output.exists() {
-        std::fs::create_dir_all(output).map_err(|e| Error::io(output, e))?;
+    for n in out_name.values() {
+        check_output_file(&output.join(n), opts.force)?;
     }
-    if !opts.force {
-        for n in out_name.values() {
-            crate::output::check_writable(&output.join(n), false)?;
+    let created = match std::fs::metadata(output) {
+        Ok(_) => false,
+        Err(_) => {
+            std::fs::create_dir_all(output).map_err(|e| Error::io(output, e))?;
+            true
         }
-    }
+    };
     let needed: BTreeSet<usize> = requested.iter().flat_map(|&i| m.needed_for(i)).collect();
     let needed: Vec<usize> = needed.into_iter().collect();
+    let result = restore_into(&chain, &m, output, &requested, &out_name, &needed);
+    if created && result.as_ref().map_or(true, |(_, bytes)| *bytes == 0) {
+        // Nothing was restored: do not leave the empty folder this run created.
+        let _ = std::fs::remove_dir(output);
+    }
+    let (entries, output_bytes) = result?;
+    Ok(ReconstructReport {
+        dir: dir.display().to_string(),
+        output_dir: output.display().to_string(),
+        ok: entries.iter().all(|e| e.error.is_none()),
+        entries,
+        touched: needed,
+        output_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The restoring part of [`chain_reconstruct`]: the entries `needed` rebuilt with a scratch
+/// folder in `output`, the `requested` ones written there under `out_name`. Returns the
+/// requested entries' outcomes and the bytes written.
+fn restore_into(
+    chain: &Chain<'_>,
+    m: &ChainManifest,
+    output: &Path,
+    requested: &BTreeSet<usize>,
+    out_name: &BTreeMap<usize, String>,
+    needed: &[usize],
+) -> Result<(Vec<ReconstructedEntry>, u64)> {
     let scratch = work_dir(output)?;
     let mut entries: BTreeMap<usize, ReconstructedEntry> = BTreeMap::new();
     let mut output_bytes = 0;
     chain.rebuild(
-        &needed,
+        needed,
         scratch.path(),
         &|_| false,
         &|i| out_name.get(&i).map(|n| output.join(n)),
@@ -1217,16 +1731,115 @@ pub fn chain_reconstruct(
             );
         },
     )?;
-    let entries: Vec<ReconstructedEntry> = entries.into_values().collect();
-    Ok(ReconstructReport {
-        dir: dir.display().to_string(),
-        output_dir: output.display().to_string(),
-        ok: entries.iter().all(|e| e.error.is_none()),
-        entries,
-        touched: needed,
-        output_bytes,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok((entries.into_values().collect(), output_bytes))
+}
+
+/// `path` made absolute with every symbolic link, `.` and `..` resolved, also when its last
+/// components do not exist yet (those are resolved by their spelling).
+fn resolve(path: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
+    let parts: Vec<std::path::Component> = abs.components().collect();
+    for k in (1..=parts.len()).rev() {
+        let prefix: PathBuf = parts[..k].iter().collect();
+        if let Ok(mut r) = prefix.canonicalize() {
+            for c in &parts[k..] {
+                match c {
+                    std::path::Component::ParentDir => {
+                        r.pop();
+                    }
+                    std::path::Component::Normal(n) => r.push(n),
+                    _ => {}
+                }
+            }
+            return Ok(r);
+        }
+    }
+    Ok(abs)
+}
+
+/// Refuses an output folder that is the chain folder `dir`, is inside it, or contains it,
+/// however spelled (`.`, `..`, `x/..`, symbolic links), or that exists and is not a folder.
+fn check_output_dir(dir: &Path, output: &Path) -> Result<()> {
+    let chain = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+    let out = resolve(output)?;
+    let why = if out == chain {
+        Some(("is the chain folder", "a folder outside it"))
+    } else if out.starts_with(&chain) {
+        Some(("is inside the chain folder", "a folder outside it"))
+    } else if chain.starts_with(&out) {
+        Some((
+            "contains the chain folder",
+            "a folder that does not hold the chain",
+        ))
+    } else {
+        None
+    };
+    if let Some((why, hint)) = why {
+        return Err(Error::Usage(format!(
+            "output folder {} {why} {}; restore into {hint}",
+            output.display(),
+            dir.display()
+        )));
+    }
+    match std::fs::symlink_metadata(output) {
+        Ok(_) if output.is_dir() => Ok(()),
+        Ok(meta) => Err(Error::Usage(format!(
+            "output folder {}: exists and is {}, not a folder",
+            output.display(),
+            kind_of(&meta)
+        ))),
+        Err(_) => Ok(()),
+    }
+}
+
+/// "a folder", "a symbolic link", "a FIFO", ... for messages.
+fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a folder"
+    } else if t.is_file() {
+        "a file"
+    } else {
+        "a special file"
+    }
+}
+
+/// An output file of a restore may be written: it does not exist, or is a regular file (not
+/// a symbolic link) and `force` is set.
+fn check_output_file(path: &Path, force: bool) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(meta) if meta.file_type().is_file() => {
+            if force {
+                Ok(())
+            } else {
+                Err(Error::Usage(format!(
+                    "{}: already exists; use --force to overwrite it",
+                    path.display()
+                )))
+            }
+        }
+        Ok(meta) => Err(Error::Usage(format!(
+            "{}: exists and is {}; dmx only replaces regular files: move it away",
+            path.display(),
+            kind_of(&meta)
+        ))),
+    }
 }
 
 /// One entry checked by [`chain_verify`].
@@ -1260,6 +1873,9 @@ pub struct ChainVerifyReport {
     pub ok: bool,
     /// Per entry.
     pub entries: Vec<VerifiedEntry>,
+    /// Files in the folder that look like entries but that the manifest does not list, and
+    /// files kept in `DIR/orphans/` (see [`find_orphans`]): ignored, reported as a warning.
+    pub orphans: Vec<String>,
     /// Wall time in seconds.
     pub seconds: f64,
 }
@@ -1319,6 +1935,7 @@ pub fn chain_verify(dir: &Path, opts: &Options) -> Result<ChainVerifyReport> {
         precision: m.precision,
         ok: entries.iter().all(|v| v.stored_ok && v.restored_ok),
         entries,
+        orphans: find_orphans(dir, &m)?,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -1420,6 +2037,8 @@ pub struct ChainInfo {
     pub entries: Vec<EntryInfo>,
     /// Totals.
     pub totals: ChainTotals,
+    /// Orphans: see [`find_orphans`].
+    pub orphans: Vec<String>,
 }
 
 fn percent(part: i64, whole: u64) -> Option<f64> {
@@ -1505,6 +2124,7 @@ pub fn chain_info(dir: &Path) -> Result<ChainInfo> {
         max_depth: m.max_depth,
         entries,
         totals,
+        orphans: find_orphans(dir, &m)?,
     })
 }
 
@@ -1527,9 +2147,43 @@ mod tests {
     #[test]
     fn names_must_be_plain() {
         assert!(check_name("a.safetensors").is_ok());
-        for bad in ["", ".", "..", "a/b", "a\\b", ".dmx-tmp-x"] {
+        for bad in ["", ".", "..", "a/b", "a\0b", ".dmx-tmp-x"] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
+        // Ordinary names are stored; inside the entry archive, `:` and `\\` become `_`.
+        for ok in ["ckpt-2024-01-01T12:00:00.safetensors", "a\\b.safetensors"] {
+            assert_eq!(check_name(ok).is_ok(), !cfg!(windows), "{ok:?}");
+        }
+        assert_eq!(
+            archived_name("ckpt-2024-01-01T12:00:00.safetensors"),
+            "ckpt-2024-01-01T12_00_00.safetensors"
+        );
+        assert_eq!(archived_name("a\\b.safetensors"), "a_b.safetensors");
+        assert_eq!(archived_name("plain.safetensors"), "plain.safetensors");
+        let long = "x".repeat(250);
+        assert!(check_entry_name_len(Path::new(&long), 0, &long).is_err());
+        assert!(check_entry_name_len(Path::new("a"), 0, &"x".repeat(244)).is_ok());
+    }
+
+    #[test]
+    fn depth_beyond_max_depth_is_corrupt() {
+        use ChainEntryKind::{Anchor, Delta};
+        let mut m = ChainManifest::new(&ChainOptions {
+            precision: Precision::Lossless,
+            max_depth: 1,
+        });
+        m.entries = vec![entry(0, Anchor, 0), entry(1, Delta, 1)];
+        m.validate(Path::new("m")).unwrap();
+        m.entries.push(entry(2, Delta, 2));
+        let err = m.validate(Path::new("m")).unwrap_err();
+        assert!(err.is_integrity_failure());
+        assert!(err.to_string().contains("corrupt manifest"), "{err}");
+        assert!(err.to_string().contains("max_depth 1"), "{err}");
+        // A delta whose parent link skips an entry.
+        m.max_depth = 16;
+        m.validate(Path::new("m")).unwrap();
+        m.entries[2].parent = Some(0);
+        assert!(m.validate(Path::new("m")).is_err());
     }
 
     fn entry(index: usize, kind: ChainEntryKind, depth: usize) -> ChainEntry {

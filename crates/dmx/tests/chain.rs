@@ -664,9 +664,17 @@ fn leftovers_of_interrupted_runs_do_not_trip_later_runs() {
     let r = dmx::chain_append(&chain, std::slice::from_ref(&next), &opts()).unwrap();
     assert_eq!(r.entries, m.entries.len() + 1);
     assert!(common::leftovers(&chain).is_empty());
+    // The orphan is kept aside, never deleted, and reported.
     assert!(!chain.join("00007-other.safetensors.dmx").exists());
+    assert_eq!(r.set_aside, ["orphans/00007-other.safetensors.dmx"]);
+    assert_eq!(
+        std::fs::read(chain.join("orphans/00007-other.safetensors.dmx")).unwrap(),
+        b"orphan"
+    );
     assert!(chain.join("notes.txt").exists());
-    assert!(dmx::chain_verify(&chain, &opts()).unwrap().ok);
+    let v = dmx::chain_verify(&chain, &opts()).unwrap();
+    assert!(v.ok);
+    assert_eq!(v.orphans, ["orphans/00007-other.safetensors.dmx"]);
 
     // A non-empty folder is refused without force; force replaces the chain, keeping
     // unrelated files.
@@ -688,8 +696,9 @@ fn leftovers_of_interrupted_runs_do_not_trip_later_runs() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(left.len(), 3, "{left:?}");
+    assert_eq!(left.len(), 4, "{left:?}");
     assert!(chain.join("notes.txt").exists());
+    assert!(chain.join("orphans/00007-other.safetensors.dmx").exists());
 }
 
 #[test]
@@ -748,4 +757,261 @@ fn a_delta_the_engine_refuses_leaves_an_anchor() {
         assert!(a.entry.stored_size <= a.entry.standalone_size);
     }
     assert!(dmx::chain_verify(&chain, &opts()).unwrap().ok);
+}
+
+/// Deletes `victim` when the `at`-th progress phase starts: a checkpoint that disappears in
+/// the middle of a run (as one that cannot be read would).
+struct Sabotage {
+    calls: std::sync::atomic::AtomicUsize,
+    at: usize,
+    victim: PathBuf,
+}
+
+impl dmx::Progress for Sabotage {
+    fn start(&self, _what: &str, _total: u64) {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n == self.at {
+            let _ = std::fs::remove_file(&self.victim);
+        }
+    }
+    fn advance(&self, _bytes: u64) {}
+    fn finish(&self) {}
+}
+
+fn sabotaged(victim: &Path, at: usize, force: bool) -> Options {
+    Options {
+        force,
+        progress: Some(std::sync::Arc::new(Sabotage {
+            calls: 0.into(),
+            at,
+            victim: victim.to_path_buf(),
+        })),
+        ..opts()
+    }
+}
+
+/// Every file under `dir` (relative paths) with its bytes.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    common::tree(dir)
+}
+
+#[test]
+fn a_failed_chain_compress_leaves_nothing_and_a_rerun_works() {
+    let tmp = common::scratch();
+    let mut rng = Rng(5);
+    let mut s = State::new(&mut rng, &[("x.0.w", "F32", 2048)]);
+    let mut files = Vec::new();
+    for i in 0..3 {
+        files.push((format!("f{i}.safetensors"), s.bytes()));
+        s.step(&mut rng, 10, 1e-3);
+    }
+    let inputs = write_all(tmp.path(), &files);
+    let restore_victim = || common::write(&inputs[2], &files[2].1);
+
+    // A new folder (and its missing parents): nothing at all is left.
+    let chain = tmp.path().join("new/sub/chain");
+    let err = dmx::chain_compress(
+        &inputs,
+        &chain,
+        &ChainOptions::default(),
+        &sabotaged(&inputs[2], 2, false),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("f2.safetensors"), "{err}");
+    assert!(!tmp.path().join("new").exists());
+    assert!(common::leftovers(tmp.path()).is_empty());
+    restore_victim();
+    dmx::chain_compress(&inputs, &chain, &ChainOptions::default(), &opts()).unwrap();
+    assert_eq!(read_manifest(&chain).unwrap().entries.len(), 3);
+    assert!(dmx::chain_verify(&chain, &opts()).unwrap().ok);
+
+    // --force over an existing chain with a file of the user's: a failed run changes
+    // nothing, a good one replaces the chain and keeps the user's file.
+    std::fs::write(chain.join("notes.txt"), b"mine").unwrap();
+    let before = snapshot(&chain);
+    let two = &inputs[1..];
+    let err = dmx::chain_compress(
+        two,
+        &chain,
+        &ChainOptions::default(),
+        &sabotaged(&inputs[2], 1, true),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("f2.safetensors"), "{err}");
+    assert_eq!(snapshot(&chain), before);
+    assert!(common::leftovers(&chain).is_empty());
+    restore_victim();
+    let forced = Options {
+        force: true,
+        ..opts()
+    };
+    let r = dmx::chain_compress(two, &chain, &ChainOptions::default(), &forced).unwrap();
+    assert_eq!(r.dir, chain.display().to_string());
+    assert!(r.set_aside.is_empty());
+    let m = read_manifest(&chain).unwrap();
+    assert_eq!(m.entries.len(), 2);
+    assert_eq!(m.entries[0].name, "f1.safetensors");
+    assert_eq!(std::fs::read(chain.join("notes.txt")).unwrap(), b"mine");
+    assert!(common::leftovers(&chain).is_empty());
+    // Only the new chain's files and the user's are left.
+    let mut names: Vec<String> = std::fs::read_dir(&chain)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = m.entries.iter().map(|e| e.file.clone()).collect();
+    want.extend(["manifest.json".to_string(), "notes.txt".to_string()]);
+    want.sort();
+    assert_eq!(names, want);
+    assert!(dmx::chain_verify(&chain, &opts()).unwrap().ok);
+
+    // --force into a folder holding an invalid manifest and stray entry-like files: they
+    // are moved aside, not deleted.
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("manifest.json"), b"{ not mine to delete").unwrap();
+    std::fs::write(other.join("00000-f1.safetensors.dmx"), b"old").unwrap();
+    let r = dmx::chain_compress(two, &other, &ChainOptions::default(), &forced).unwrap();
+    assert_eq!(
+        r.set_aside,
+        ["orphans/00000-f1.safetensors.dmx", "orphans/manifest.json"]
+    );
+    assert_eq!(
+        std::fs::read(other.join("orphans/manifest.json")).unwrap(),
+        b"{ not mine to delete"
+    );
+    assert!(dmx::chain_verify(&other, &opts()).unwrap().ok);
+}
+
+#[test]
+fn manifests_deeper_than_their_max_depth_are_corrupt() {
+    let tmp = common::scratch();
+    let (chain, m, _) = small_chain(tmp.path());
+    assert!(m.entries.iter().any(|e| e.depth == 2));
+    let manifest = chain.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("\"max_depth\": 2", "\"max_depth\": 1"),
+    )
+    .unwrap();
+    for err in [
+        read_manifest(&chain).unwrap_err(),
+        dmx::chain_verify(&chain, &opts()).unwrap_err(),
+        dmx::chain_info(&chain).unwrap_err(),
+    ] {
+        assert!(err.is_integrity_failure(), "{err}");
+        assert!(err.to_string().contains("corrupt manifest"), "{err}");
+        assert!(err.to_string().contains("max_depth 1"), "{err}");
+    }
+    // A delta whose parent link skips an entry.
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let i = m.entries.iter().position(|e| e.depth == 2).unwrap();
+    v["entries"][i]["parent"] = serde_json::json!(i - 2);
+    std::fs::write(&manifest, serde_json::to_string(&v).unwrap()).unwrap();
+    let err = read_manifest(&chain).unwrap_err();
+    assert!(err.is_integrity_failure(), "{err}");
+    assert!(err.to_string().contains("corrupt manifest"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn ordinary_names_with_colons_and_backslashes_round_trip() {
+    let tmp = common::scratch();
+    let mut rng = Rng(9);
+    let mut s = State::new(&mut rng, &[("x.0.w", "F32", 1024)]);
+    let names = [
+        "ckpt-2024-01-01T12:00:00.safetensors",
+        "ckpt-2024-01-01T13:00:00.safetensors",
+        "run\\step-3.safetensors",
+    ];
+    let mut files = Vec::new();
+    for n in names {
+        files.push((n.to_string(), s.bytes()));
+        s.step(&mut rng, 10, 1e-3);
+    }
+    let inputs = write_all(tmp.path(), &files);
+    let chain = tmp.path().join("chain");
+    dmx::chain_compress(&inputs[..2], &chain, &ChainOptions::default(), &opts()).unwrap();
+    dmx::chain_append(&chain, &inputs[2..], &opts()).unwrap();
+    let m = read_manifest(&chain).unwrap();
+    for (e, n) in m.entries.iter().zip(names) {
+        assert_eq!(e.name, n);
+    }
+    assert!(m.entries.iter().any(|e| e.kind == ChainEntryKind::Delta));
+    let out = tmp.path().join("out");
+    let restored = restore_all(&chain, &out);
+    for ((n, bytes), r) in files.iter().zip(&restored) {
+        assert!(r == bytes, "{n}");
+        assert!(std::fs::read(out.join(n)).unwrap() == *bytes, "{n}");
+    }
+    assert!(dmx::chain_verify(&chain, &opts()).unwrap().ok);
+}
+
+/// What a `chain_compress` killed long ago leaves beside its destination is removed by the
+/// next one into the same folder; a live or recent one is not.
+#[cfg(target_os = "linux")]
+#[test]
+fn stale_staging_folders_of_killed_runs_are_removed() {
+    let tmp = common::scratch();
+    let mut rng = Rng(11);
+    let s = State::new(&mut rng, &[("x.0.w", "F32", 256)]);
+    let inputs = write_all(tmp.path(), &[("a.safetensors".to_string(), s.bytes())]);
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    let make = |name: &str, age: Option<std::time::SystemTime>| {
+        let p = tmp.path().join(name);
+        std::fs::create_dir(&p).unwrap();
+        std::fs::write(p.join("00000-a.safetensors.dmx"), b"partial").unwrap();
+        if let Some(t) = age {
+            std::fs::File::open(&p).unwrap().set_modified(t).unwrap();
+        }
+        p
+    };
+    // No such process (above Linux's largest pid), old: removed.
+    let dead = make(".dmx-tmp-chain-4294967-abc", Some(old));
+    // No such process but recent: kept (it may belong to another PID namespace).
+    let recent = make(".dmx-tmp-chain-4294967-def", None);
+    // This very process, old: kept.
+    let alive = make(
+        &format!(".dmx-tmp-chain-{}-ghi", std::process::id()),
+        Some(old),
+    );
+    // Not a staging name: kept.
+    let other = make(".dmx-tmp-other", Some(old));
+    dmx::chain_compress(
+        &inputs,
+        &tmp.path().join("chain"),
+        &ChainOptions::default(),
+        &opts(),
+    )
+    .unwrap();
+    assert!(!dead.exists());
+    assert!(recent.exists() && alive.exists() && other.exists());
+}
+
+/// A restore that restores nothing leaves no output folder behind (when it created it) and
+/// deletes nothing in an existing one.
+#[test]
+fn a_restore_that_fails_leaves_nothing() {
+    let tmp = common::scratch();
+    let (chain, m, _) = small_chain(tmp.path());
+    std::fs::write(chain.join(&m.entries[0].file), b"damaged").unwrap();
+    let out = tmp.path().join("new-out");
+    let r = dmx::chain_reconstruct(&chain, &out, Some(&[0, 1]), &opts()).unwrap();
+    assert!(!r.ok);
+    assert!(!out.exists());
+    let existing = tmp.path().join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    std::fs::write(existing.join(&m.entries[0].name), b"old").unwrap();
+    let forced = Options {
+        force: true,
+        ..opts()
+    };
+    let r = dmx::chain_reconstruct(&chain, &existing, Some(&[0]), &forced).unwrap();
+    assert!(!r.ok);
+    assert_eq!(
+        std::fs::read(existing.join(&m.entries[0].name)).unwrap(),
+        b"old"
+    );
+    assert_eq!(std::fs::read_dir(&existing).unwrap().count(), 1);
 }
