@@ -259,7 +259,7 @@ enum Command {
     ChainReconstruct {
         /// The chain folder.
         dir: PathBuf,
-        /// Output folder (created if needed; not the chain folder, inside it or around it).
+        /// Output folder (created if needed; neither the chain folder nor inside it).
         #[arg(long, value_name = "OUT")]
         output_dir: PathBuf,
         /// Entries to restore, by index from 0 (default: all); reads only what they need.

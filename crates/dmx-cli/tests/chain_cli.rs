@@ -665,18 +665,17 @@ fn chain_reconstruct_destinations_are_safe() {
         ["keep.txt", "s0.safetensors", "s1.safetensors"]
     );
 
-    // The chain folder, however spelled, or a folder inside or around it: refused, with
-    // nothing written or deleted.
+    // The chain folder, however spelled, or a folder inside it: refused, with nothing
+    // written or deleted.
     std::os::unix::fs::symlink(d.join("chain"), d.join("link")).unwrap();
     std::fs::create_dir(d.join("chain/sub")).unwrap();
-    let spellings: [(&Path, &str); 7] = [
+    let spellings: [(&Path, &str); 6] = [
         (d, "chain"),
         (d, "link"),
         (d, "chain/sub/.."),
         (d, "chain/new"),
-        (d, "."),
         (&d.join("chain"), "."),
-        (&d.join("chain"), ".."),
+        (&d.join("chain"), "../link"),
     ];
     for (cwd, out) in spellings {
         let chain = if cwd == d { "chain" } else { "." };
@@ -692,6 +691,13 @@ fn chain_reconstruct_destinations_are_safe() {
     std::fs::remove_dir(d.join("chain/sub")).unwrap();
     assert_eq!(snapshot(&d.join("chain")), chain_before);
     assert!(!d.join("chain/new").exists());
+
+    // A folder that merely holds the chain (restoring beside it) is fine: only the restored
+    // files are written.
+    let args = ["chain-reconstruct", ".", "--output-dir", "..", "--force", "-q"];
+    run(&d.join("chain"), &args, 0);
+    assert!(std::fs::read(d.join("s0.safetensors")).unwrap() == ckpts[0]);
+    assert_eq!(snapshot(&d.join("chain")), chain_before);
 
     // Special files, folders and links where a file would be written: refused even with
     // --force, and left as they were.

@@ -1766,12 +1766,9 @@ fn check_output_dir(dir: &Path, output: &Path) -> Result<()> {
         Some(("is the chain folder", "a folder outside it"))
     } else if out.starts_with(&chain) {
         Some(("is inside the chain folder", "a folder outside it"))
-    } else if chain.starts_with(&out) {
-        Some((
-            "contains the chain folder",
-            "a folder that does not hold the chain",
-        ))
     } else {
+        // An OUT that merely holds the chain folder (`--output-dir .` beside `./chain`) is
+        // fine: only the restored files are written, and none may replace a folder.
         None
     };
     if let Some((why, hint)) = why {
