@@ -1069,53 +1069,6 @@ fn build_chain(
     Ok(report)
 }
 
-/// Prefix of the folder in which [`chain_compress`] builds a new chain beside its
-/// destination, followed by the process id, `-` and a random part.
-const STAGING_PREFIX: &str = ".dmx-tmp-chain-";
-
-/// A staging folder is stale when its process is gone and it has not changed for this long.
-const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// Removes, from `parent`, the staging folders of `chain_compress` runs that were killed:
-/// named [`STAGING_PREFIX`]`PID-…`, whose process no longer exists and that have not changed
-/// for an hour (so a run in another PID namespace that shares the folder is left alone). Only
-/// where `/proc` lists the live processes (Linux); best effort.
-fn remove_stale_staging(parent: &Path) {
-    let proc = Path::new("/proc");
-    if !proc.join("self").exists() {
-        return;
-    }
-    let Ok(rd) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for item in rd.flatten() {
-        let name = item.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(STAGING_PREFIX))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(meta) = item.path().symlink_metadata() else {
-            continue;
-        };
-        let idle = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age >= STALE_AFTER);
-        if meta.is_dir()
-            && idle
-            && pid != std::process::id()
-            && !proc.join(pid.to_string()).exists()
-        {
-            let _ = std::fs::remove_dir_all(item.path());
-        }
-    }
-}
-
 /// `chain_compress` into a folder that does not exist: built in a temporary folder beside it,
 /// renamed into place when complete. Parent folders it had to create are removed again on
 /// failure.
@@ -1139,16 +1092,8 @@ fn compress_into_new(
         .collect();
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     let result = (|| {
-        remove_stale_staging(&parent);
-        let prefix = format!("{STAGING_PREFIX}{}-", std::process::id());
-        let mut b = tempfile::Builder::new();
-        b.prefix(&prefix);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            b.permissions(std::fs::Permissions::from_mode(0o777));
-        }
-        let staging = b.tempdir_in(&parent).map_err(|e| Error::io(&parent, e))?;
+        // Registered with the signal cleanup (`crate::remove_temps`), like every temporary.
+        let staging = crate::output::temp_dir_in(&parent)?;
         let report = build_chain(checkpoints, names, staging.path(), c, opts, start)
             .map_err(|e| unstage(e, staging.path(), dir))?;
         // Rename into place: fails (and the staging folder is removed) if `dir` appeared
@@ -1378,11 +1323,8 @@ pub fn chain_append(dir: &Path, checkpoints: &[PathBuf], opts: &Options) -> Resu
     })
 }
 
-fn work_dir(dir: &Path) -> Result<tempfile::TempDir> {
-    tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempdir_in(dir)
-        .map_err(|e| Error::io(dir, e))
+fn work_dir(dir: &Path) -> Result<crate::output::TempDir> {
+    crate::output::temp_dir_in(dir)
 }
 
 /// The base for the next delta.
@@ -1907,10 +1849,7 @@ pub fn chain_verify(dir: &Path, opts: &Options) -> Result<ChainVerifyReport> {
         }
     }
     let stored: Vec<bool> = entries.iter().map(|v| v.stored_ok).collect();
-    let scratch = tempfile::Builder::new()
-        .prefix("dmx-chain-verify-")
-        .tempdir()
-        .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let scratch = crate::output::temp_dir_in(&std::env::temp_dir())?;
     let all: Vec<usize> = (0..m.entries.len()).collect();
     chain.rebuild(
         &all,

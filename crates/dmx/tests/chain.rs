@@ -961,19 +961,21 @@ fn stale_staging_folders_of_killed_runs_are_removed() {
     let make = |name: &str, age: Option<std::time::SystemTime>| {
         let p = tmp.path().join(name);
         std::fs::create_dir(&p).unwrap();
-        std::fs::write(p.join("00000-a.safetensors.dmx"), b"partial").unwrap();
+        let f = p.join("00000-a.safetensors.dmx");
+        std::fs::write(&f, b"partial").unwrap();
         if let Some(t) = age {
+            std::fs::File::options().write(true).open(&f).unwrap().set_modified(t).unwrap();
             std::fs::File::open(&p).unwrap().set_modified(t).unwrap();
         }
         p
     };
     // No such process (above Linux's largest pid), old: removed.
-    let dead = make(".dmx-tmp-chain-4294967-abc", Some(old));
+    let dead = make(".dmx-tmp-4294967-abc", Some(old));
     // No such process but recent: kept (it may belong to another PID namespace).
-    let recent = make(".dmx-tmp-chain-4294967-def", None);
+    let recent = make(".dmx-tmp-4294967-def", None);
     // This very process, old: kept.
     let alive = make(
-        &format!(".dmx-tmp-chain-{}-ghi", std::process::id()),
+        &format!(".dmx-tmp-{}-ghi", std::process::id()),
         Some(old),
     );
     // Not a staging name: kept.
