@@ -2,8 +2,14 @@
 //!
 //! Exit status: 0 success, 1 verification failure or corruption found, 2 usage or I/O error.
 
+// `out` comes first: its `print!`/`println!`/`eprint!`/`eprintln!` replace std's in every
+// module below (terminal escapes made visible, a closed stdout pipe ends output quietly).
+#[macro_use]
+mod out;
+
 mod chains;
 mod deltas;
+mod escape;
 mod progress;
 mod report;
 
@@ -34,13 +40,23 @@ struct Common {
     /// Print no progress or summary.
     #[arg(short, long, global = true)]
     quiet: bool,
-    /// Worker threads (default: all cores).
-    #[arg(short = 't', long, global = true, value_name = "N")]
+    /// Worker threads (default: all cores). At least 1; capped at twice the cores and at
+    /// the work there is (a small file never gets more threads than it has chunks).
+    #[arg(short = 't', long, global = true, value_name = "N", value_parser = parse_threads)]
     threads: Option<usize>,
     /// Do not fsync outputs before renaming them into place (faster; a crash still leaves
     /// no partial file, but a power failure may lose a just-written output).
     #[arg(long, global = true)]
     no_sync: bool,
+}
+
+/// `--threads N`: a whole number, at least 1.
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Encoding of float tensors.
@@ -624,10 +640,11 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             top,
             common,
         } => {
-            let r = dmx::diff::diff(&a, &b, &options(&common, false))?;
+            let mut r = dmx::diff::diff(&a, &b, &options(&common, false))?;
             if json {
                 report::print_json(&r);
             } else {
+                escape::diff_report(&mut r);
                 print!("{}", r.render(top));
             }
         }
@@ -637,9 +654,6 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             json,
             common,
         } => {
-            if common.threads == Some(0) {
-                return Err(dmx::Error::Usage("--threads must be at least 1".into()));
-            }
             let all = std::thread::available_parallelism().map_or(1, |n| n.get());
             let counts = match common.threads {
                 Some(n) => vec![n],
@@ -647,8 +661,11 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                 None => vec![1],
             };
             let mut results = Vec::new();
-            for f in &files {
+            'files: for f in &files {
                 for &t in &counts {
+                    if out::stdout_closed() {
+                        break 'files;
+                    }
                     let r = dmx::bench(f, t, reps)?;
                     if !json && !common.quiet {
                         report::bench_row(&r, results.is_empty());
@@ -681,13 +698,34 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
     Ok(Outcome::Ok)
 }
 
+/// The message for an error, with what the engine cannot know: that a path it could not
+/// open is a dangling symbolic link (and to what).
+fn describe(e: &dmx::Error) -> String {
+    if let dmx::Error::Io { path, source } = e
+        && source.kind() == std::io::ErrorKind::NotFound
+        && let Ok(target) = std::fs::read_link(path)
+        && std::fs::metadata(path).is_err()
+    {
+        return format!(
+            "{}: dangling symbolic link: its target {} does not exist",
+            path.display(),
+            target.display()
+        );
+    }
+    e.to_string()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    if out::stdout_failed() && matches!(result, Ok(Outcome::Ok)) {
+        return ExitCode::from(2);
+    }
+    match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::CheckFailed) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("dmx: error: {e}");
+            eprintln!("dmx: error: {}", describe(&e));
             if e.is_integrity_failure() {
                 ExitCode::from(1)
             } else {

@@ -54,4 +54,11 @@ pub enum FormatError {
         /// The limit.
         limit: u64,
     },
+    /// The file does not end with a trailer (§4): it is cut short, or data was appended
+    /// after the end of the archive.
+    #[error(
+        "no archive trailer at the end of the file (end magic missing): the file is cut \
+         short or has data appended after the archive"
+    )]
+    NoTrailer,
 }

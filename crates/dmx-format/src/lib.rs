@@ -91,11 +91,15 @@ pub fn preamble_minor(minor: u16) -> [u8; 16] {
 }
 
 /// Checks a preamble (§2): magic, major version and flags; returns `(major, minor)`.
+///
+/// Fewer than 16 bytes are `Truncated("preamble")` only when they are the start of the magic
+/// (a true prefix of an archive); any other short file is [`FormatError::NotAnArchive`].
 pub fn check_preamble(bytes: &[u8]) -> Result<(u16, u16), FormatError> {
-    let p = bytes.get(..16).ok_or(FormatError::Truncated("preamble"))?;
-    if p[..8] != MAGIC {
+    let head = &bytes[..bytes.len().min(MAGIC.len())];
+    if head != &MAGIC[..head.len()] {
         return Err(FormatError::NotAnArchive);
     }
+    let p = bytes.get(..16).ok_or(FormatError::Truncated("preamble"))?;
     let major = u16::from_le_bytes([p[8], p[9]]);
     let minor = u16::from_le_bytes([p[10], p[11]]);
     if major != VERSION_MAJOR {
@@ -145,9 +149,7 @@ impl Trailer {
             .try_into()
             .map_err(|_| FormatError::Truncated("trailer"))?;
         if t[24..] != END_MAGIC {
-            return Err(FormatError::Truncated(
-                "trailer magic missing; the file is cut short",
-            ));
+            return Err(FormatError::NoTrailer);
         }
         let u = |i: usize| u64::from_le_bytes(t[i..i + 8].try_into().unwrap_or([0; 8]));
         Ok(Self {
@@ -209,7 +211,39 @@ mod tests {
             check_preamble(b"PK\x03\x04............"),
             Err(FormatError::NotAnArchive)
         ));
-        assert!(check_preamble(&[0x89]).is_err());
+        // Short files: a prefix of the magic is a cut archive, anything else is foreign.
+        assert_eq!(check_preamble(&[]), Err(FormatError::Truncated("preamble")));
+        assert_eq!(
+            check_preamble(&[0x89]),
+            Err(FormatError::Truncated("preamble"))
+        );
+        assert_eq!(
+            check_preamble(&preamble()[..15]),
+            Err(FormatError::Truncated("preamble"))
+        );
+        assert_eq!(check_preamble(b"hello\n"), Err(FormatError::NotAnArchive));
+        assert_eq!(check_preamble(b"\x89DMY"), Err(FormatError::NotAnArchive));
+        assert_eq!(
+            check_preamble(b"\x89DMX\r\n\x1a\x00"),
+            Err(FormatError::NotAnArchive)
+        );
+    }
+
+    #[test]
+    fn a_missing_end_magic_is_no_trailer() {
+        let t = Trailer::for_index(16, b"abc").to_bytes();
+        let mut junk = t;
+        junk[31] ^= 1;
+        assert_eq!(Trailer::from_bytes(&junk), Err(FormatError::NoTrailer));
+        let msg = FormatError::NoTrailer.to_string();
+        assert!(
+            msg.contains("cut short") && msg.contains("appended"),
+            "{msg}"
+        );
+        assert_eq!(
+            Trailer::from_bytes(&t[..31]),
+            Err(FormatError::Truncated("trailer"))
+        );
     }
 
     #[test]
