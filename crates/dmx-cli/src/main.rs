@@ -40,8 +40,8 @@ struct Common {
     /// Print no progress or summary.
     #[arg(short, long, global = true)]
     quiet: bool,
-    /// Worker threads (default: all cores). At least 1; capped at twice the cores and at
-    /// the work there is (a small file never gets more threads than it has chunks).
+    /// Worker threads (default: all cores). At least 1; capped at twice the cores and, where
+    /// the work is known, at one per 1 MiB chunk, so a large N costs nothing.
     #[arg(short = 't', long, global = true, value_name = "N", value_parser = parse_threads)]
     threads: Option<usize>,
     /// Do not fsync outputs before renaming them into place (faster; a crash still leaves

@@ -419,3 +419,33 @@ fn unclear_errors_are_clear() {
     let (_, err) = run(d, &["compress", missing.to_str().unwrap(), "x.dmx"], 2);
     assert!(!err.contains("dangling"), "{err}");
 }
+
+/// Finding 14: errors while restoring a folder named the hidden temporary folder
+/// (`.dmx-tmp-*/...`) instead of the output the user asked for. Here the restored path is too
+/// long for the OS once inside the temporary folder (its input path was not).
+#[cfg(target_os = "linux")]
+#[test]
+fn restore_errors_name_the_users_path_not_a_temporary_one() {
+    let tmp = common::scratch();
+    let d = tmp.path();
+    // f/ + 20 folders of 200 bytes + a 60-byte file name: 4082 bytes from the scratch folder
+    // (under PATH_MAX, 4096), but 4098 from inside `./.dmx-tmp-XXXXXX/`. Built one short
+    // relative step at a time, as absolute paths would be too long.
+    let script = format!(
+        "set -e; mkdir f; cd f; for i in $(seq 20); do mkdir {0}; cd {0}; done; \
+         printf hello > {1}",
+        "d".repeat(200),
+        "x".repeat(60)
+    );
+    let status = Command::new("sh")
+        .current_dir(d)
+        .args(["-c", &script])
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    run(d, &["compress", "f", "f.dmx", "-q"], 0);
+    let (_, err) = run(d, &["decompress", "f.dmx", "o", "-q"], 2);
+    assert!(!err.contains(".dmx-tmp-"), "{err}");
+    assert!(err.contains(&format!("o/{}", "d".repeat(200))), "{err}");
+    assert!(!d.join("o").exists());
+}

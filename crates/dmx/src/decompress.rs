@@ -182,9 +182,9 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
             archive_path.display()
         )));
     }
-    let pool = opts.pool()?;
-    let progress = opts.progress.as_deref();
     let total: u64 = archive.index().entries.iter().map(|e| e.size).sum();
+    let pool = opts.pool_for(total)?;
+    let progress = opts.progress.as_deref();
     if let Some(p) = progress {
         p.start("decompressing", total);
     }
@@ -205,16 +205,21 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
                 let dir = AtomicDir::create(output, opts.force, !opts.no_sync)?;
                 for entry in &archive.index().entries {
                     let path = dir.path().join(&entry.path);
-                    let mut w = write_plain(&path)?;
+                    // Errors name the file the user asked for, not the temporary folder.
+                    let shown = output.join(&entry.path);
+                    let mut w = write_plain(&path).map_err(|e| match e {
+                        Error::Io { source, .. } => Error::io(&shown, source),
+                        e => e,
+                    })?;
                     let mut check = SegmentCheck::new(&archive, entry);
                     stream_entry(&archive, entry, progress, |s, data| {
                         check.update(s, data)?;
-                        w.write_all(data).map_err(|e| Error::io(&path, e))
+                        w.write_all(data).map_err(|e| Error::io(&shown, e))
                     })?;
                     check.finish()?;
-                    w.flush().map_err(|e| Error::io(&path, e))?;
+                    w.flush().map_err(|e| Error::io(&shown, e))?;
                     if !opts.no_sync {
-                        w.get_ref().sync_all().map_err(|e| Error::io(&path, e))?;
+                        w.get_ref().sync_all().map_err(|e| Error::io(&shown, e))?;
                     }
                 }
                 dir.commit()
