@@ -699,7 +699,7 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
 }
 
 /// The message for an error, with what the engine cannot know: that a path it could not
-/// open is a dangling symbolic link (and to what).
+/// open is a dangling symbolic link (and to what), and the flag that overwrites an output.
 fn describe(e: &dmx::Error) -> String {
     if let dmx::Error::Io { path, source } = e
         && source.kind() == std::io::ErrorKind::NotFound
@@ -710,6 +710,12 @@ fn describe(e: &dmx::Error) -> String {
             "{}: dangling symbolic link: its target {} does not exist",
             path.display(),
             target.display()
+        );
+    }
+    if let dmx::Error::Exists(path) = e {
+        return format!(
+            "{} already exists; use --force to overwrite it",
+            path.display()
         );
     }
     e.to_string()

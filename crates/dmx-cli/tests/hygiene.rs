@@ -342,7 +342,7 @@ fn huge_thread_counts_are_capped() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let used = json(&stdout)[0]["threads"].as_u64().expect("threads") as usize;
     assert!(
-        used >= 1 && used <= 2 && used <= 2 * cores,
+        (1..=2).contains(&used) && used <= 2 * cores,
         "{used} threads"
     );
     assert!(

@@ -168,4 +168,19 @@ mod tests {
         assert_eq!(opts.pool().unwrap().current_num_threads(), max);
         assert_eq!(opts.pool_for(1).unwrap().current_num_threads(), 1);
     }
+
+    /// Library messages name no CLI flag: the CLI adds `--force` and `--threads` itself.
+    #[test]
+    fn library_messages_name_no_cli_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let taken = dir.path().join("taken");
+        std::fs::write(&taken, b"x").unwrap();
+        let e = output::check_writable(&taken, false).unwrap_err();
+        assert!(matches!(&e, Error::Exists(p) if *p == taken), "{e:?}");
+        assert!(!e.is_integrity_failure());
+        let e = worker_threads(Some(0), 1).unwrap_err();
+        for e in [e, Error::Exists(taken)] {
+            assert!(!e.to_string().contains("--"), "{e}");
+        }
+    }
 }

@@ -24,10 +24,7 @@ pub fn check_distinct(input: &Path, output: &Path) -> Result<()> {
 /// Fails unless `output` may be written: it must not exist unless `force` is set.
 pub fn check_writable(output: &Path, force: bool) -> Result<()> {
     if !force && output.symlink_metadata().is_ok() {
-        return Err(Error::Usage(format!(
-            "{} already exists; use --force to overwrite it",
-            output.display()
-        )));
+        return Err(Error::Exists(output.to_path_buf()));
     }
     Ok(())
 }
