@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Mode, Tensor};
+use dmx::dmx_format::{SegmentKind, Trailer};
 use serde_json::Value;
 
 fn dmx(dir: &Path, args: &[&str]) -> Command {
@@ -448,4 +449,74 @@ fn restore_errors_name_the_users_path_not_a_temporary_one() {
     assert!(!err.contains(".dmx-tmp-"), "{err}");
     assert!(err.contains(&format!("o/{}", "d".repeat(200))), "{err}");
     assert!(!d.join("o").exists());
+}
+
+/// Finding 14: "unknown codec id 162" for a chunk whose record says codec 3: the number was
+/// a byte inside the payload (the codec of the row bases, or a cast's inner codec). A damaged
+/// byte there (behind recomputed checksums, as a tamperer would leave it) is now reported as
+/// a corrupt payload of the chunk's codec.
+#[test]
+fn a_payload_byte_is_not_reported_as_the_codec_id() {
+    let tmp = common::scratch();
+    let d = tmp.path();
+    let tensors = vec![
+        Tensor::new(
+            "rows",
+            "BF16",
+            &[64, 256],
+            common::fill_rows("BF16", 64, 256, 9),
+        ),
+        Tensor::generated("f32", "F32", &[4096], Mode::Weights, 3),
+    ];
+    common::write(
+        &d.join("m.safetensors"),
+        &common::safetensors(&tensors, &common::Layout::default()),
+    );
+    run(
+        d,
+        &["compress", "m.safetensors", "m.dmx", "-q", "--cast", "bf16"],
+        0,
+    );
+    // (tensor, codec id in the chunk record, offset in the payload of an inner codec id)
+    for (name, codec, at) in [("rows", 3u8, 5usize), ("f32", 8, 1)] {
+        let mut bytes = std::fs::read(d.join("m.dmx")).unwrap();
+        let archive = dmx::Archive::open(&d.join("m.dmx")).expect("open");
+        let mut index = archive.index().clone();
+        let (e, s) = index
+            .entries
+            .iter()
+            .enumerate()
+            .flat_map(|(e, entry)| {
+                entry
+                    .segments
+                    .iter()
+                    .enumerate()
+                    .map(move |(s, g)| (e, s, g))
+            })
+            .find(|(_, _, g)| matches!(&g.kind, SegmentKind::Tensor(t) if t.name == name))
+            .map(|(e, s, _)| (e, s))
+            .expect("segment");
+        let chunk = &mut index.entries[e].segments[s].chunks[0];
+        assert_eq!(chunk.codec, codec, "{name}: the test needs codec {codec}");
+        let start = chunk.offset as usize;
+        bytes[start + at] = 162;
+        chunk.xxh3 = xxhash_rust::xxh3::xxh3_64(&bytes[start..start + chunk.stored_len as usize]);
+        let n = bytes.len();
+        let trailer = Trailer::from_bytes(&bytes[n - 32..]).expect("trailer");
+        let offset = trailer.index_offset as usize;
+        let new_index = index.to_bytes();
+        bytes.truncate(offset);
+        bytes.extend_from_slice(&new_index);
+        bytes.extend_from_slice(&Trailer::for_index(offset as u64, &new_index).to_bytes());
+        common::write(&d.join("bad.dmx"), &bytes);
+        for args in [
+            vec!["verify", "bad.dmx"],
+            vec!["decompress", "bad.dmx", "out.safetensors"],
+        ] {
+            let (stdout, stderr) = run(d, &args, 1);
+            let all = format!("{stdout}{stderr}");
+            assert!(!all.contains("codec id 162"), "{name} {args:?}: {all}");
+            assert!(all.contains("corrupt payload"), "{name} {args:?}: {all}");
+        }
+    }
 }
