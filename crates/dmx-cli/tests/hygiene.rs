@@ -268,6 +268,49 @@ fn names_with_terminal_escapes_are_shown_escaped() {
         assert_clean(&what, &text(&out.stdout));
         assert_clean(&what, &text(&out.stderr));
     }
+    // Chain entry names come from checkpoint file names; a delta lists removed tensors.
+    let evil_ckpt = "\x1b[2Jck\rOK   forged\u{202e}.safetensors";
+    common::write(&d.join(evil_ckpt), &model(4, EVIL));
+    common::write(&d.join("plain.safetensors"), &model(5, PLAIN));
+    run(
+        d,
+        &["chain-compress", evil_ckpt, "--output-dir", "c2", "-q"],
+        0,
+    );
+    run(
+        d,
+        &[
+            "delta-compress",
+            "m.safetensors",
+            "plain.safetensors",
+            "p.dmxd",
+            "-q",
+        ],
+        0,
+    );
+    for args in [
+        vec!["chain-info", "c2"],
+        vec!["verify", "c2"],
+        vec!["chain-reconstruct", "c2", "--output-dir", "c2out"],
+        vec!["chain-append", "c2", evil_ckpt],
+        vec!["delta-info", "p.dmxd"],
+        vec![
+            "delta-compress",
+            "m.safetensors",
+            "plain.safetensors",
+            "p2.dmxd",
+        ],
+    ] {
+        let (stdout, stderr) = run(d, &args, 0);
+        let what = format!("{args:?}");
+        assert_clean(&what, &stdout);
+        assert_clean(&what, &stderr);
+        assert!(
+            args[0] == "delta-compress" || format!("{stdout}{stderr}").contains("\\x1b[2J"),
+            "{what}: {stdout}{stderr}"
+        );
+    }
+
     let (stdout, _) = run(d, &["info", "f.dmx", "--json"], 0);
     let v = json(&stdout);
     let paths: Vec<&str> = v["files"]
