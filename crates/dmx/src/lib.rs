@@ -90,7 +90,8 @@ pub trait Progress: Send + Sync {
 /// Settings shared by all operations.
 #[derive(Clone, Default)]
 pub struct Options {
-    /// Worker threads; `None` uses every core.
+    /// Worker threads; `None` uses every core. Capped by [`worker_threads`] (twice the cores,
+    /// and one per chunk where the work is known); 0 is refused.
     pub threads: Option<usize>,
     /// Overwrite existing outputs.
     pub force: bool,
