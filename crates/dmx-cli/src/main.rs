@@ -718,7 +718,39 @@ fn describe(e: &dmx::Error) -> String {
             path.display()
         );
     }
-    e.to_string()
+    let message = e.to_string();
+    let path = match e {
+        dmx::Error::Io { path, .. }
+        | dmx::Error::Format { path, .. }
+        | dmx::Error::Corrupt { path, .. }
+        | dmx::Error::Mismatch { path, .. } => path,
+        _ => return message,
+    };
+    match user_folder(path) {
+        Some(folder) => message.replacen(
+            &path.display().to_string(),
+            &format!("{} (a temporary file of dmx in it)", folder.display()),
+            1,
+        ),
+        None => message,
+    }
+}
+
+/// For a path inside one of the engine's temporary files or folders (`.dmx-tmp-*`), which
+/// the user never sees, the folder that holds it; `None` for any other path.
+fn user_folder(path: &std::path::Path) -> Option<PathBuf> {
+    let mut folder = PathBuf::new();
+    for c in path.components() {
+        if c.as_os_str().to_string_lossy().starts_with(".dmx-tmp-") {
+            return Some(if folder.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                folder
+            });
+        }
+        folder.push(c);
+    }
+    None
 }
 
 fn main() -> ExitCode {
@@ -738,5 +770,45 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Errors name the user's folder, never an internal `.dmx-tmp-*` path.
+    #[test]
+    fn temporary_paths_are_not_shown() {
+        use std::path::Path;
+        assert_eq!(user_folder(Path::new("out/model.safetensors")), None);
+        assert_eq!(
+            user_folder(Path::new("chain/.dmx-tmp-Ab12/standalone.dmx")),
+            Some(PathBuf::from("chain"))
+        );
+        assert_eq!(
+            user_folder(Path::new(".dmx-tmp-Ab12/x")),
+            Some(PathBuf::from("."))
+        );
+        let e = dmx::Error::Io {
+            path: "/data/chain/.dmx-tmp-Ab12/standalone.dmx".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        };
+        let msg = describe(&e);
+        assert!(!msg.contains(".dmx-tmp-"), "{msg}");
+        assert!(
+            msg.starts_with("/data/chain (a temporary file of dmx in it): "),
+            "{msg}"
+        );
+        let e = dmx::Error::Mismatch {
+            path: "c/.dmx-tmp-x/delta.dmxd".into(),
+            detail: "differs".into(),
+        };
+        assert_eq!(describe(&e), "c (a temporary file of dmx in it): differs");
+        let e = dmx::Error::Exists("taken.dmx".into());
+        assert_eq!(
+            describe(&e),
+            "taken.dmx already exists; use --force to overwrite it"
+        );
     }
 }
