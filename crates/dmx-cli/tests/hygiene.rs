@@ -417,6 +417,15 @@ fn unclear_errors_are_clear() {
     common::write(&d.join("appended.dmx"), &appended);
     let (_, err) = run(d, &["info", "appended.dmx"], 1);
     assert!(
+        err.contains("10 bytes of other data are appended") && !err.contains("truncated"),
+        "{err}"
+    );
+    // Without a whole archive before the end: cut short or appended, not "truncated".
+    let mut cut = good[..good.len() - 40].to_vec();
+    cut.extend_from_slice(b"some junk\n");
+    common::write(&d.join("cut-and-appended.dmx"), &cut);
+    let (_, err) = run(d, &["info", "cut-and-appended.dmx"], 1);
+    assert!(
         err.contains("appended") && err.contains("cut short") && !err.contains("truncated"),
         "{err}"
     );

@@ -61,4 +61,15 @@ pub enum FormatError {
          short or has data appended after the archive"
     )]
     NoTrailer,
+    /// A complete archive is followed by other data (found by [`crate::find_archive_end`]).
+    #[error(
+        "{extra} bytes of other data are appended after the end of the archive (its first \
+         {end} bytes); remove them to read it"
+    )]
+    DataAppended {
+        /// Length of the archive at the start of the file.
+        end: u64,
+        /// Bytes after it.
+        extra: u64,
+    },
 }

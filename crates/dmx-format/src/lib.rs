@@ -188,6 +188,34 @@ impl Trailer {
     }
 }
 
+/// How far back from the end of a file [`find_archive_end`] looks for the end of an archive
+/// followed by other data.
+pub const MAX_APPENDED: u64 = 1 << 20;
+
+/// For a file that does not end with a trailer: the length of a complete archive at its
+/// start, when one ends within the last [`MAX_APPENDED`] bytes (an end magic whose trailer
+/// locates an index with a matching checksum), so that the error can say that data was
+/// appended rather than that the archive is cut short. `None` when there is none.
+pub fn find_archive_end(bytes: &[u8], limits: &Limits) -> Option<u64> {
+    let len = bytes.len();
+    let min_end = (PREAMBLE_LEN + TRAILER_LEN) as usize;
+    let from = len.saturating_sub(MAX_APPENDED as usize).max(min_end);
+    (from..len)
+        .rev()
+        .filter(|&end| bytes[..end].ends_with(&END_MAGIC))
+        .find(|&end| {
+            let Ok(t) = Trailer::from_bytes(&bytes[end - TRAILER_LEN as usize..end]) else {
+                return false;
+            };
+            t.check(end as u64, limits).is_ok()
+                && t.check_index(
+                    &bytes[t.index_offset as usize..(t.index_offset + t.index_len) as usize],
+                )
+                .is_ok()
+        })
+        .map(|end| end as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +272,30 @@ mod tests {
             Trailer::from_bytes(&t[..31]),
             Err(FormatError::Truncated("trailer"))
         );
+    }
+
+    #[test]
+    fn appended_data_is_found() {
+        let mut archive = preamble().to_vec();
+        let index = b"an index";
+        archive.extend_from_slice(index);
+        archive.extend_from_slice(&Trailer::for_index(16, index).to_bytes());
+        let limits = Limits::default();
+        let n = archive.len() as u64;
+        let mut longer = archive.clone();
+        longer.extend_from_slice(b"junk DMXINDEX more junk");
+        assert_eq!(find_archive_end(&longer, &limits), Some(n));
+        // A cut archive has no end; neither has one whose index checksum is wrong.
+        assert_eq!(
+            find_archive_end(&archive[..archive.len() - 1], &limits),
+            None
+        );
+        let mut bad = archive.clone();
+        bad[16] ^= 1;
+        bad.extend_from_slice(b"junk");
+        assert_eq!(find_archive_end(&bad, &limits), None);
+        let msg = FormatError::DataAppended { end: n, extra: 4 }.to_string();
+        assert!(msg.contains("4 bytes") && msg.contains("appended"), "{msg}");
     }
 
     #[test]
