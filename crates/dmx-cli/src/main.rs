@@ -667,6 +667,13 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                         break 'files;
                     }
                     let r = dmx::bench(f, t, reps)?;
+                    // Threads are capped at one per chunk: a small file is shown once.
+                    if results
+                        .iter()
+                        .any(|p: &dmx::BenchResult| p.file == r.file && p.threads == r.threads)
+                    {
+                        continue;
+                    }
                     if !json && !common.quiet {
                         report::bench_row(&r, results.is_empty());
                     }

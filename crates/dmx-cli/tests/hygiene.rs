@@ -385,6 +385,16 @@ fn huge_thread_counts_are_capped() {
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let used = json(&stdout)[0]["threads"].as_u64().expect("threads") as usize;
+    // Without -t: 1 thread, then all cores capped at the 2 chunks; never the same row twice.
+    let (stdout, _) = run(d, &["bench", "m.safetensors", "--reps", "1", "--json"], 0);
+    let threads: Vec<u64> = json(&stdout)
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|r| r["threads"].as_u64())
+        .collect();
+    let expected = if cores > 1 { vec![1, 2] } else { vec![1] };
+    assert_eq!(threads, expected);
     assert!(
         (1..=2).contains(&used) && used <= 2 * cores,
         "{used} threads"
