@@ -2,8 +2,14 @@
 //!
 //! Exit status: 0 success, 1 verification failure or corruption found, 2 usage or I/O error.
 
+// `out` comes first: its `print!`/`println!`/`eprint!`/`eprintln!` replace std's in every
+// module below (terminal escapes made visible, a closed stdout pipe ends output quietly).
+#[macro_use]
+mod out;
+
 mod chains;
 mod deltas;
+mod escape;
 mod progress;
 mod report;
 mod signals;
@@ -35,13 +41,23 @@ struct Common {
     /// Print no progress or summary.
     #[arg(short, long, global = true)]
     quiet: bool,
-    /// Worker threads (default: all cores).
-    #[arg(short = 't', long, global = true, value_name = "N")]
+    /// Worker threads (default: all cores). At least 1; capped at twice the cores and, where
+    /// the work is known, at one per 1 MiB chunk, so a large N costs nothing.
+    #[arg(short = 't', long, global = true, value_name = "N", value_parser = parse_threads)]
     threads: Option<usize>,
     /// Do not fsync outputs before renaming them into place (faster; a crash still leaves
     /// no partial file, but a power failure may lose a just-written output).
     #[arg(long, global = true)]
     no_sync: bool,
+}
+
+/// `--threads N`: a whole number, at least 1.
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Encoding of float tensors.
@@ -418,11 +434,21 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                             .into(),
                     ));
                 }
-                dmx::decompress_to(
+                let sent = dmx::decompress_to(
                     &input,
                     &mut std::io::stdout().lock(),
                     &options(&common, force),
-                )?;
+                );
+                match sent {
+                    // The reader went away (`dmx decompress x.dmx - | head -c 100`): stop
+                    // quietly, as for every other output on a closed pipe.
+                    Err(dmx::Error::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::BrokenPipe =>
+                    {
+                        return Ok(Outcome::Ok);
+                    }
+                    r => r?,
+                }
             } else {
                 dmx::decompress(&input, &output, &options(&common, force))?;
             }
@@ -653,10 +679,11 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             top,
             common,
         } => {
-            let r = dmx::diff::diff(&a, &b, &options(&common, false))?;
+            let mut r = dmx::diff::diff(&a, &b, &options(&common, false))?;
             if json {
                 report::print_json(&r);
             } else {
+                escape::diff_report(&mut r);
                 print!("{}", r.render(top));
             }
         }
@@ -666,9 +693,6 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             json,
             common,
         } => {
-            if common.threads == Some(0) {
-                return Err(dmx::Error::Usage("--threads must be at least 1".into()));
-            }
             let all = std::thread::available_parallelism().map_or(1, |n| n.get());
             let counts = match common.threads {
                 Some(n) => vec![n],
@@ -676,9 +700,19 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                 None => vec![1],
             };
             let mut results = Vec::new();
-            for f in &files {
+            'files: for f in &files {
                 for &t in &counts {
+                    if out::stdout_closed() {
+                        break 'files;
+                    }
                     let r = dmx::bench(f, t, reps)?;
+                    // Threads are capped at one per chunk: a small file is shown once.
+                    if results
+                        .iter()
+                        .any(|p: &dmx::BenchResult| p.file == r.file && p.threads == r.threads)
+                    {
+                        continue;
+                    }
                     if !json && !common.quiet {
                         report::bench_row(&r, results.is_empty());
                     }
@@ -710,19 +744,118 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
     Ok(Outcome::Ok)
 }
 
+/// The message for an error, with what the engine cannot know: that a path it could not
+/// open is a dangling symbolic link (and to what), and the flag that overwrites an output.
+fn describe(e: &dmx::Error) -> String {
+    if let dmx::Error::Io { path, source } = e
+        && source.kind() == std::io::ErrorKind::NotFound
+        && let Ok(target) = std::fs::read_link(path)
+        && std::fs::metadata(path).is_err()
+    {
+        return format!(
+            "{}: dangling symbolic link: its target {} does not exist",
+            path.display(),
+            target.display()
+        );
+    }
+    if let dmx::Error::Exists(path) = e {
+        return format!(
+            "{} already exists; use --force to overwrite it",
+            path.display()
+        );
+    }
+    let message = e.to_string();
+    let path = match e {
+        dmx::Error::Io { path, .. }
+        | dmx::Error::Format { path, .. }
+        | dmx::Error::Corrupt { path, .. }
+        | dmx::Error::Mismatch { path, .. } => path,
+        _ => return message,
+    };
+    match user_folder(path) {
+        Some(folder) => message.replacen(
+            &path.display().to_string(),
+            &format!("{} (a temporary file of dmx in it)", folder.display()),
+            1,
+        ),
+        None => message,
+    }
+}
+
+/// For a path inside one of the engine's temporary files or folders (`.dmx-tmp-*`), which
+/// the user never sees, the folder that holds it; `None` for any other path.
+fn user_folder(path: &std::path::Path) -> Option<PathBuf> {
+    let mut folder = PathBuf::new();
+    for c in path.components() {
+        if c.as_os_str().to_string_lossy().starts_with(".dmx-tmp-") {
+            return Some(if folder.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                folder
+            });
+        }
+        folder.push(c);
+    }
+    None
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     signals::install();
-    match run(cli) {
+    let result = run(cli);
+    if out::stdout_failed() && matches!(result, Ok(Outcome::Ok)) {
+        return ExitCode::from(2);
+    }
+    match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::CheckFailed) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("dmx: error: {e}");
+            eprintln!("dmx: error: {}", describe(&e));
             if e.is_integrity_failure() {
                 ExitCode::from(1)
             } else {
                 ExitCode::from(2)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Errors name the user's folder, never an internal `.dmx-tmp-*` path.
+    #[test]
+    fn temporary_paths_are_not_shown() {
+        use std::path::Path;
+        assert_eq!(user_folder(Path::new("out/model.safetensors")), None);
+        assert_eq!(
+            user_folder(Path::new("chain/.dmx-tmp-Ab12/standalone.dmx")),
+            Some(PathBuf::from("chain"))
+        );
+        assert_eq!(
+            user_folder(Path::new(".dmx-tmp-Ab12/x")),
+            Some(PathBuf::from("."))
+        );
+        let e = dmx::Error::Io {
+            path: "/data/chain/.dmx-tmp-Ab12/standalone.dmx".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        };
+        let msg = describe(&e);
+        assert!(!msg.contains(".dmx-tmp-"), "{msg}");
+        assert!(
+            msg.starts_with("/data/chain (a temporary file of dmx in it): "),
+            "{msg}"
+        );
+        let e = dmx::Error::Mismatch {
+            path: "c/.dmx-tmp-x/delta.dmxd".into(),
+            detail: "differs".into(),
+        };
+        assert_eq!(describe(&e), "c (a temporary file of dmx in it): differs");
+        let e = dmx::Error::Exists("taken.dmx".into());
+        assert_eq!(
+            describe(&e),
+            "taken.dmx already exists; use --force to overwrite it"
+        );
     }
 }

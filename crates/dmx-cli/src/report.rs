@@ -12,12 +12,10 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_string(), |x| format!("{x:.digits$}"))
 }
 
-/// Prints any serializable value as pretty JSON on stdout.
+/// Prints any serializable value as pretty JSON on stdout, exactly (not escaped: serde's
+/// escapes keep it safe and exact).
 pub fn print_json<T: serde::Serialize>(value: &T) {
-    match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("dmx: error: cannot encode JSON: {e}"),
-    }
+    crate::out::json(value);
 }
 
 /// Writes a JSON report file atomically (temporary file renamed into place).

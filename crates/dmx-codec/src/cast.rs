@@ -57,7 +57,9 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
         1 => FloatLayout::F16,
         _ => return Err(CodecError::Corrupt("unknown cast layout")),
     };
-    let codec = Codec::from_id(*codec)?;
+    // A byte of the payload, not the chunk record's codec: say so if it is unknown.
+    let codec = Codec::from_id(*codec)
+        .map_err(|_| CodecError::Corrupt("cast payload names an unknown inner codec"))?;
     if !matches!(
         codec,
         Codec::Raw | Codec::Zstd | Codec::FloatHuff | Codec::FloatHuffRows
@@ -88,6 +90,15 @@ mod tests {
             zstd_level: 3,
             row_len: 0,
         }
+    }
+
+    /// The inner codec is a payload byte: an unknown one is a corrupt payload, never
+    /// reported as the chunk's codec id (the chunk record says 8).
+    #[test]
+    fn an_unknown_inner_codec_is_a_corrupt_payload() {
+        let err = decode(&[0, 162, 1, 2, 3], &mut [0u8; 8]).unwrap_err();
+        assert!(matches!(err, CodecError::Corrupt(_)), "{err:?}");
+        assert!(!err.to_string().contains("codec id"), "{err}");
     }
 
     #[test]

@@ -197,7 +197,9 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
         .ok_or(CodecError::Corrupt("row payload header truncated"))?;
     let row_len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     let exp_bits = u32::from(head[4]);
-    let side_codec = Codec::from_id(head[5])?;
+    // A byte of the payload, not the chunk record's codec: say so if it is unknown.
+    let side_codec = Codec::from_id(head[5])
+        .map_err(|_| CodecError::Corrupt("row payload names an unknown codec for its row bases"))?;
     let side_len = u32::from_le_bytes([head[6], head[7], head[8], head[9]]) as usize;
     if !matches!(side_codec, Codec::Raw | Codec::Zstd) {
         return Err(CodecError::Corrupt("row bases use a float codec"));
@@ -252,6 +254,19 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The side codec is a payload byte: an unknown one is a corrupt payload, never
+    /// reported as the chunk's codec id (the chunk record says 3).
+    #[test]
+    fn an_unknown_side_codec_is_a_corrupt_payload() {
+        let mut payload = vec![0u8; HEADER + 4];
+        payload[..4].copy_from_slice(&4u32.to_le_bytes());
+        payload[4] = 8;
+        payload[5] = 162;
+        let err = decode(&payload, &mut [0u8; 8]).unwrap_err();
+        assert!(matches!(err, CodecError::Corrupt(_)), "{err:?}");
+        assert!(!err.to_string().contains("codec id"), "{err}");
     }
 
     #[test]

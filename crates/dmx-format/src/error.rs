@@ -54,4 +54,22 @@ pub enum FormatError {
         /// The limit.
         limit: u64,
     },
+    /// The file does not end with a trailer (§4): it is cut short, or data was appended
+    /// after the end of the archive.
+    #[error(
+        "no archive trailer at the end of the file (end magic missing): the file is cut \
+         short or has data appended after the archive"
+    )]
+    NoTrailer,
+    /// A complete archive is followed by other data (found by [`crate::find_archive_end`]).
+    #[error(
+        "{extra} bytes of other data are appended after the end of the archive (its first \
+         {end} bytes); remove them to read it"
+    )]
+    DataAppended {
+        /// Length of the archive at the start of the file.
+        end: u64,
+        /// Bytes after it.
+        extra: u64,
+    },
 }

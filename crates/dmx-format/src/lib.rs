@@ -91,11 +91,15 @@ pub fn preamble_minor(minor: u16) -> [u8; 16] {
 }
 
 /// Checks a preamble (§2): magic, major version and flags; returns `(major, minor)`.
+///
+/// Fewer than 16 bytes are `Truncated("preamble")` only when they are the start of the magic
+/// (a true prefix of an archive); any other short file is [`FormatError::NotAnArchive`].
 pub fn check_preamble(bytes: &[u8]) -> Result<(u16, u16), FormatError> {
-    let p = bytes.get(..16).ok_or(FormatError::Truncated("preamble"))?;
-    if p[..8] != MAGIC {
+    let head = &bytes[..bytes.len().min(MAGIC.len())];
+    if head != &MAGIC[..head.len()] {
         return Err(FormatError::NotAnArchive);
     }
+    let p = bytes.get(..16).ok_or(FormatError::Truncated("preamble"))?;
     let major = u16::from_le_bytes([p[8], p[9]]);
     let minor = u16::from_le_bytes([p[10], p[11]]);
     if major != VERSION_MAJOR {
@@ -145,9 +149,7 @@ impl Trailer {
             .try_into()
             .map_err(|_| FormatError::Truncated("trailer"))?;
         if t[24..] != END_MAGIC {
-            return Err(FormatError::Truncated(
-                "trailer magic missing; the file is cut short",
-            ));
+            return Err(FormatError::NoTrailer);
         }
         let u = |i: usize| u64::from_le_bytes(t[i..i + 8].try_into().unwrap_or([0; 8]));
         Ok(Self {
@@ -186,6 +188,34 @@ impl Trailer {
     }
 }
 
+/// How far back from the end of a file [`find_archive_end`] looks for the end of an archive
+/// followed by other data.
+pub const MAX_APPENDED: u64 = 1 << 20;
+
+/// For a file that does not end with a trailer: the length of a complete archive at its
+/// start, when one ends within the last [`MAX_APPENDED`] bytes (an end magic whose trailer
+/// locates an index with a matching checksum), so that the error can say that data was
+/// appended rather than that the archive is cut short. `None` when there is none.
+pub fn find_archive_end(bytes: &[u8], limits: &Limits) -> Option<u64> {
+    let len = bytes.len();
+    let min_end = (PREAMBLE_LEN + TRAILER_LEN) as usize;
+    let from = len.saturating_sub(MAX_APPENDED as usize).max(min_end);
+    (from..len)
+        .rev()
+        .filter(|&end| bytes[..end].ends_with(&END_MAGIC))
+        .find(|&end| {
+            let Ok(t) = Trailer::from_bytes(&bytes[end - TRAILER_LEN as usize..end]) else {
+                return false;
+            };
+            t.check(end as u64, limits).is_ok()
+                && t.check_index(
+                    &bytes[t.index_offset as usize..(t.index_offset + t.index_len) as usize],
+                )
+                .is_ok()
+        })
+        .map(|end| end as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,7 +239,63 @@ mod tests {
             check_preamble(b"PK\x03\x04............"),
             Err(FormatError::NotAnArchive)
         ));
-        assert!(check_preamble(&[0x89]).is_err());
+        // Short files: a prefix of the magic is a cut archive, anything else is foreign.
+        assert_eq!(check_preamble(&[]), Err(FormatError::Truncated("preamble")));
+        assert_eq!(
+            check_preamble(&[0x89]),
+            Err(FormatError::Truncated("preamble"))
+        );
+        assert_eq!(
+            check_preamble(&preamble()[..15]),
+            Err(FormatError::Truncated("preamble"))
+        );
+        assert_eq!(check_preamble(b"hello\n"), Err(FormatError::NotAnArchive));
+        assert_eq!(check_preamble(b"\x89DMY"), Err(FormatError::NotAnArchive));
+        assert_eq!(
+            check_preamble(b"\x89DMX\r\n\x1a\x00"),
+            Err(FormatError::NotAnArchive)
+        );
+    }
+
+    #[test]
+    fn a_missing_end_magic_is_no_trailer() {
+        let t = Trailer::for_index(16, b"abc").to_bytes();
+        let mut junk = t;
+        junk[31] ^= 1;
+        assert_eq!(Trailer::from_bytes(&junk), Err(FormatError::NoTrailer));
+        let msg = FormatError::NoTrailer.to_string();
+        assert!(
+            msg.contains("cut short") && msg.contains("appended"),
+            "{msg}"
+        );
+        assert_eq!(
+            Trailer::from_bytes(&t[..31]),
+            Err(FormatError::Truncated("trailer"))
+        );
+    }
+
+    #[test]
+    fn appended_data_is_found() {
+        let mut archive = preamble().to_vec();
+        let index = b"an index";
+        archive.extend_from_slice(index);
+        archive.extend_from_slice(&Trailer::for_index(16, index).to_bytes());
+        let limits = Limits::default();
+        let n = archive.len() as u64;
+        let mut longer = archive.clone();
+        longer.extend_from_slice(b"junk DMXINDEX more junk");
+        assert_eq!(find_archive_end(&longer, &limits), Some(n));
+        // A cut archive has no end; neither has one whose index checksum is wrong.
+        assert_eq!(
+            find_archive_end(&archive[..archive.len() - 1], &limits),
+            None
+        );
+        let mut bad = archive.clone();
+        bad[16] ^= 1;
+        bad.extend_from_slice(b"junk");
+        assert_eq!(find_archive_end(&bad, &limits), None);
+        let msg = FormatError::DataAppended { end: n, extra: 4 }.to_string();
+        assert!(msg.contains("4 bytes") && msg.contains("appended"), "{msg}");
     }
 
     #[test]

@@ -49,8 +49,18 @@ impl Archive {
         if len < dmx_format::PREAMBLE_LEN + dmx_format::TRAILER_LEN {
             return Err(fmt(dmx_format::FormatError::Truncated("archive")));
         }
-        let trailer =
-            Trailer::from_bytes(&bytes[(len - dmx_format::TRAILER_LEN) as usize..]).map_err(fmt)?;
+        let trailer = Trailer::from_bytes(&bytes[(len - dmx_format::TRAILER_LEN) as usize..])
+            .map_err(|e| match dmx_format::find_archive_end(&bytes, limits) {
+                // No trailer at the end, but a whole archive before: data was appended.
+                Some(end) if e == dmx_format::FormatError::NoTrailer => {
+                    dmx_format::FormatError::DataAppended {
+                        end,
+                        extra: len - end,
+                    }
+                }
+                _ => e,
+            })
+            .map_err(fmt)?;
         trailer.check(len, limits).map_err(fmt)?;
         let start = trailer.index_offset as usize;
         let index_bytes = &bytes[start..start + trailer.index_len as usize];

@@ -57,13 +57,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Encodes and decodes every chunk of the `.safetensors` file (or folder) at `path` in memory,
-/// `reps` times with `threads` workers, and reports sizes and median throughput.
+/// `reps` times with `threads` workers, and reports sizes and median throughput. The
+/// threads are capped as for every command ([`crate::worker_threads`]: at most
+/// [`crate::MAX_THREADS_PER_CORE`] per core and one per chunk); the result records how many
+/// ran. `threads` = 0 is refused.
 pub fn bench(path: &Path, threads: usize, reps: usize) -> Result<BenchResult> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .map_err(|e| Error::Usage(format!("cannot start worker threads: {e}")))?;
     let (_, files) = plan_input(path)?;
+    let work: u64 = files.iter().map(|f| f.size).sum();
+    let threads = crate::worker_threads(Some(threads), work)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start {threads} worker threads: {e}")))?;
     let mut inputs = Vec::new();
     for f in &files {
         // Read fully so page faults do not count against the codec.

@@ -94,7 +94,7 @@ pub fn compress_with(
     if let Some(p) = progress {
         p.start("compressing", total);
     }
-    let pool = opts.pool()?;
+    let pool = opts.pool_for(total)?;
     let mut entries = Vec::with_capacity(files.len());
     let mut warnings = Vec::new();
     for file in &files {

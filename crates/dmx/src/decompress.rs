@@ -190,9 +190,9 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
         Root::File => check_writable(output, opts.force)?,
         Root::Directory => check_writable_dir(output, opts.force)?,
     }
-    let pool = opts.pool()?;
-    let progress = opts.progress.as_deref();
     let total: u64 = archive.index().entries.iter().map(|e| e.size).sum();
+    let pool = opts.pool_for(total)?;
+    let progress = opts.progress.as_deref();
     if let Some(p) = progress {
         p.start("decompressing", total);
     }
@@ -210,13 +210,18 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
                 dir.check_paths(archive.index().entries.iter().map(|e| e.path.as_str()))?;
                 for entry in &archive.index().entries {
                     let path = dir.path().join(&entry.path);
-                    let mut w = write_plain(&path)?;
-                    restore_entry(&archive, entry, progress, |data| {
-                        w.write_all(data).map_err(|e| Error::io(&path, e))
+                    // Errors name the file the user asked for, not the temporary folder.
+                    let shown = output.join(&entry.path);
+                    let mut w = write_plain(&path).map_err(|e| match e {
+                        Error::Io { source, .. } => Error::io(&shown, source),
+                        e => e,
                     })?;
-                    w.flush().map_err(|e| Error::io(&path, e))?;
+                    restore_entry(&archive, entry, progress, |data| {
+                        w.write_all(data).map_err(|e| Error::io(&shown, e))
+                    })?;
+                    w.flush().map_err(|e| Error::io(&shown, e))?;
                     if !opts.no_sync {
-                        w.get_ref().sync_all().map_err(|e| Error::io(&path, e))?;
+                        w.get_ref().sync_all().map_err(|e| Error::io(&shown, e))?;
                     }
                 }
                 dir.commit()

@@ -47,6 +47,9 @@ pub enum Error {
     /// unknown tensor name, ...).
     #[error("{0}")]
     Usage(String),
+    /// The output exists and overwriting it was not asked for ([`crate::Options::force`]).
+    #[error("{} already exists", .0.display())]
+    Exists(PathBuf),
 }
 
 impl Error {
@@ -61,7 +64,7 @@ impl Error {
                     | dmx_format::FormatError::UnsupportedVersion { .. }
                     | dmx_format::FormatError::UnknownFlags(_)
             ),
-            Error::Io { .. } | Error::Usage(_) => false,
+            Error::Io { .. } | Error::Usage(_) | Error::Exists(_) => false,
         }
     }
 

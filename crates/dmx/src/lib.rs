@@ -94,7 +94,8 @@ pub trait Progress: Send + Sync {
 /// Settings shared by all operations.
 #[derive(Clone, Default)]
 pub struct Options {
-    /// Worker threads; `None` uses every core.
+    /// Worker threads; `None` uses every core. Capped by [`worker_threads`] (twice the cores,
+    /// and one per chunk where the work is known); 0 is refused.
     pub threads: Option<usize>,
     /// Overwrite existing outputs.
     pub force: bool,
@@ -106,16 +107,85 @@ pub struct Options {
     pub progress: Option<Arc<dyn Progress>>,
 }
 
-impl Options {
-    pub(crate) fn pool(&self) -> Result<rayon::ThreadPool> {
-        let mut b = rayon::ThreadPoolBuilder::new();
-        if let Some(n) = self.threads {
-            if n == 0 {
-                return Err(Error::Usage("--threads must be at least 1".into()));
-            }
-            b = b.num_threads(n);
+/// Most worker threads per core: the work is CPU-bound, so more threads than cores only cost
+/// memory (each worker keeps chunks in flight) and start-up time.
+pub const MAX_THREADS_PER_CORE: usize = 2;
+
+/// The number of worker threads to start for `work_bytes` bytes of input: `requested`
+/// (every core when `None`), capped at [`MAX_THREADS_PER_CORE`] times the cores and at the
+/// number of [`CHUNK_SIZE`] chunks in the work (at least one). `Some(0)` is refused.
+pub fn worker_threads(requested: Option<usize>, work_bytes: u64) -> Result<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let wanted = match requested {
+        Some(0) => {
+            return Err(Error::Usage(
+                "the number of worker threads must be at least 1".into(),
+            ));
         }
-        b.build()
-            .map_err(|e| Error::Usage(format!("cannot start worker threads: {e}")))
+        Some(n) => n.min(cores.saturating_mul(MAX_THREADS_PER_CORE)),
+        None => cores,
+    };
+    let chunks = usize::try_from(work_bytes.div_ceil(CHUNK_SIZE)).unwrap_or(usize::MAX);
+    Ok(wanted.min(chunks).max(1))
+}
+
+impl Options {
+    /// A pool for work of unknown size: [`worker_threads`] without the work cap.
+    pub(crate) fn pool(&self) -> Result<rayon::ThreadPool> {
+        self.pool_for(u64::MAX)
+    }
+
+    /// A pool of [`worker_threads`] for `work_bytes` bytes of input.
+    pub(crate) fn pool_for(&self, work_bytes: u64) -> Result<rayon::ThreadPool> {
+        let n = worker_threads(self.threads, work_bytes)?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map_err(|e| Error::Usage(format!("cannot start {n} worker threads: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_threads_are_capped_by_cores_and_work() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let max = cores * MAX_THREADS_PER_CORE;
+        assert!(worker_threads(Some(0), 1 << 30).is_err());
+        assert_eq!(worker_threads(Some(1), u64::MAX).unwrap(), 1);
+        assert_eq!(worker_threads(Some(100_000), u64::MAX).unwrap(), max);
+        assert_eq!(worker_threads(Some(usize::MAX), u64::MAX).unwrap(), max);
+        assert_eq!(worker_threads(None, u64::MAX).unwrap(), cores);
+        // 1.5 MB is two chunks; empty work still gets one thread.
+        assert_eq!(
+            worker_threads(Some(100_000), 1_500_000).unwrap(),
+            2.min(max)
+        );
+        assert_eq!(worker_threads(Some(100_000), 0).unwrap(), 1);
+        assert_eq!(worker_threads(None, CHUNK_SIZE).unwrap(), 1);
+        // The pool really has that many threads.
+        let opts = Options {
+            threads: Some(100_000),
+            ..Options::default()
+        };
+        assert_eq!(opts.pool().unwrap().current_num_threads(), max);
+        assert_eq!(opts.pool_for(1).unwrap().current_num_threads(), 1);
+    }
+
+    /// Library messages name no CLI flag: the CLI adds `--force` and `--threads` itself.
+    #[test]
+    fn library_messages_name_no_cli_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let taken = dir.path().join("taken");
+        std::fs::write(&taken, b"x").unwrap();
+        let e = output::check_writable(&taken, false).unwrap_err();
+        assert!(matches!(&e, Error::Exists(p) if *p == taken), "{e:?}");
+        assert!(!e.is_integrity_failure());
+        let e = worker_threads(Some(0), 1).unwrap_err();
+        for e in [e, Error::Exists(taken)] {
+            assert!(!e.to_string().contains("--"), "{e}");
+        }
     }
 }

@@ -87,10 +87,7 @@ pub fn check_writable(output: &Path, force: bool) -> Result<()> {
         if force {
             return Ok(());
         }
-        return Err(Error::Usage(format!(
-            "{} already exists; use --force to overwrite it",
-            output.display()
-        )));
+        return Err(Error::Exists(output.to_path_buf()));
     }
     Err(Error::Usage(format!(
         "{} exists and is {}; dmx only ever replaces regular files, even with --force \

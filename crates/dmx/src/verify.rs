@@ -104,9 +104,9 @@ pub fn verify_with(
             archive.path().display()
         )));
     }
-    let pool = opts.pool()?;
-    let progress = opts.progress.as_deref();
     let total: u64 = archive.index().entries.iter().map(|e| e.size).sum();
+    let pool = opts.pool_for(total)?;
+    let progress = opts.progress.as_deref();
     if let Some(p) = progress {
         p.start("verifying", total);
     }
