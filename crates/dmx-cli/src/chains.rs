@@ -17,23 +17,10 @@ fn mb(bytes: u64) -> String {
     }
 }
 
-/// `s` with control characters escaped (`\n`, `\u{1b}`): names and messages come from files
-/// that may be hostile, and must not drive the terminal.
-fn shown(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.chars().any(char::is_control) {
-        s.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_debug().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect::<String>()
-            .into()
-    } else {
-        s.into()
-    }
+/// `s` with control characters escaped (names and messages come from files that may be
+/// hostile, and must not drive the terminal), as everywhere in the CLI.
+fn shown(s: &str) -> String {
+    crate::escape::escape(s)
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -122,7 +109,7 @@ fn orphans_line(dir: &str, orphans: &[String]) -> Option<String> {
             dmx::chain::MANIFEST,
             orphans.join(", ")
         );
-        shown(&line).into_owned()
+        shown(&line)
     })
 }
 

@@ -805,7 +805,7 @@ fn checkpoints_with_colons_or_backslashes_and_info_on_a_chain() {
     for args in [&["chain-info", "chain"][..], &["verify", "chain"]] {
         let (out, _) = run(d, args, 0);
         assert!(!out.contains('\u{1b}'), "{args:?}: {out:?}");
-        assert!(out.contains("evil\\u{1b}[2J\\n.safetensors"), "{out}");
+        assert!(out.contains("evil\\x1b[2J\\n.safetensors"), "{out}");
     }
     let (out, _) = run(d, &["chain-info", "chain", "--json"], 0);
     assert_eq!(json(&out)["entries"][3]["name"], evil);
