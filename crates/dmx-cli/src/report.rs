@@ -54,6 +54,12 @@ pub fn compress_summary(input: &Path, output: &Path, r: &CompressReport) {
             opt(d.ratio, 3),
         );
     }
+    if let Some(l) = &r.lossy_summary {
+        eprintln!("  {}", l.line());
+        eprintln!(
+            "  (`dmx info` lists the error of every tensor; `dmx verify ORIGINAL ARCHIVE` re-measures it)"
+        );
+    }
 }
 
 /// `dmx info` in human form.

@@ -36,6 +36,11 @@ pub struct CompressReport {
     pub seconds: f64,
     /// Non-fatal remarks (for example a `.safetensors` file that did not parse).
     pub warnings: Vec<String>,
+    /// True when some tensor was stored lossily (restores as an approximation).
+    pub lossy: bool,
+    /// Lossy tensors: how many, and the worst error among them (docs/VERIFY.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lossy_summary: Option<crate::lossy::LossySummary>,
 }
 
 struct Job<'a> {
@@ -46,6 +51,8 @@ struct Job<'a> {
     coding: Coding,
     bfp_row: usize,
     base: Option<&'a [u8]>,
+    /// Store the chunk exactly when that is no larger than its lossy form.
+    never_larger: bool,
 }
 
 /// What encoding one chunk produced.
@@ -55,6 +62,8 @@ struct Done {
     lossy: Option<(Vec<u8>, ErrorAcc)>,
     /// Values equal to the base's (delta codings).
     unchanged: u64,
+    /// The chunk is stored in its lossy form (not exactly).
+    lossy_coded: bool,
 }
 
 /// Compresses `input` (a `.safetensors` file, any file, or a folder) into the archive `output`,
@@ -74,6 +83,11 @@ pub fn compress_with(
     lossy.check()?;
     crate::output::check_distinct(input, output)?;
     let (root, files) = plan_input(input)?;
+    let mut warnings = if lossy.is_lossless() && lossy.keep_lossless.is_empty() {
+        Vec::new()
+    } else {
+        crate::lossy::plan_warnings(&files, lossy)?
+    };
     let total: u64 = files.iter().map(|f| f.size).sum();
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
     out.write_all(&dmx_format::preamble_minor(u16::from(!lossy.is_lossless())))?;
@@ -83,12 +97,12 @@ pub fn compress_with(
     }
     let pool = opts.pool()?;
     let mut entries = Vec::with_capacity(files.len());
-    let mut warnings = Vec::new();
     for file in &files {
         if let Some(w) = &file.warning {
             warnings.push(w.clone());
         }
-        let entry = pool.install(|| compress_file(file, lossy, &mut out, progress))?;
+        let entry =
+            pool.install(|| compress_file(file, lossy, &mut out, progress, &mut warnings))?;
         entries.push(entry);
     }
     let index = Index { root, entries };
@@ -99,7 +113,10 @@ pub fn compress_with(
         p.finish();
     }
     let stats = crate::info::Stats::of_index(&index);
+    let lossy_summary = crate::lossy::LossySummary::of_index(&index);
     Ok(CompressReport {
+        lossy: lossy_summary.is_some(),
+        lossy_summary,
         input_bytes: total,
         output_bytes,
         files: files.len(),
@@ -150,7 +167,31 @@ fn run_job(j: &Job<'_>) -> Result<Done> {
             enc,
             lossy: None,
             unchanged,
+            lossy_coded: false,
         });
+    }
+    if j.never_larger {
+        // Never store a lossy form larger than the exact one (issue 11, finding 8).
+        let exact_coding = if j.base.is_some() {
+            Coding::Delta
+        } else {
+            Coding::Lossless
+        };
+        let exact = exact_coding.encode(j.value, j.data, j.hints, j.bfp_row, j.base);
+        if exact.payload.len() <= enc.payload.len() {
+            let mut acc = ErrorAcc::default();
+            if let Some(layout) = crate::lossy::lossy_layout(j.value) {
+                acc.add(layout, j.data, j.data);
+            }
+            return Ok(Done {
+                enc: exact,
+                lossy: Some((j.data.to_vec(), acc)),
+                unchanged: j
+                    .base
+                    .map_or(0, |b| self::unchanged(exact_coding, j.value, b, j.data)),
+                lossy_coded: false,
+            });
+        }
     }
     let mut decoded = vec![0u8; j.data.len()];
     dmx_codec::decode_with_base(enc.codec, &enc.payload, j.base, &mut decoded).map_err(|e| {
@@ -168,6 +209,7 @@ fn run_job(j: &Job<'_>) -> Result<Done> {
         enc,
         lossy: Some((decoded, acc)),
         unchanged,
+        lossy_coded: true,
     })
 }
 
@@ -236,6 +278,7 @@ fn trial(seg: &PlannedSegment, bytes: &[u8], coding: Coding) -> Result<(u64, Err
                 coding,
                 bfp_row: row,
                 base: None,
+                never_larger: false,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -256,8 +299,9 @@ fn auto_codings(
     bytes: &[u8],
     lossy: &LossyOptions,
     budget: f64,
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<Coding>> {
-    let mut codings = crate::lossy::fixed_codings(file, bytes, lossy)?;
+    let mut codings = crate::lossy::fixed_codings(file, bytes, lossy, warnings)?;
     let steps16 = crate::lossy::shared_steps(crate::lossy::float_tensors(file, bytes), 16);
     let steps32 = crate::lossy::shared_steps(crate::lossy::float_tensors(file, bytes), 32);
     let keep = lossy.keep_set()?;
@@ -321,6 +365,7 @@ fn compress_file(
     lossy: &LossyOptions,
     out: &mut AtomicFile,
     progress: Option<&dyn Progress>,
+    warnings: &mut Vec<String>,
 ) -> Result<Entry> {
     let bytes = Bytes::open(&file.path)?;
     if bytes.len() as u64 != file.size {
@@ -332,9 +377,9 @@ fn compress_file(
     let codings = if lossy.is_lossless() {
         vec![Coding::Lossless; file.segments.len()]
     } else if let (Mode::Auto, Some(budget)) = (lossy.mode, lossy.max_rel_error) {
-        auto_codings(file, &bytes, lossy, budget)?
+        auto_codings(file, &bytes, lossy, budget, warnings)?
     } else {
-        crate::lossy::fixed_codings(file, &bytes, lossy)?
+        crate::lossy::fixed_codings(file, &bytes, lossy, warnings)?
     };
     let bases = vec![None; file.segments.len()];
     encode_entry(file, &bytes, &codings, &bases, out, progress)
@@ -376,6 +421,7 @@ pub(crate) fn encode_entry(
                 base: bases[i].map(|b| {
                     &b.data[(r.start - seg.offset) as usize..(r.end - seg.offset) as usize]
                 }),
+                never_larger: true,
             });
         }
     }
@@ -394,6 +440,7 @@ pub(crate) fn encode_entry(
         .collect();
     let mut errors = vec![ErrorAcc::default(); segments.len()];
     let mut unchanged = vec![0u64; segments.len()];
+    let mut lossy_coded = vec![false; segments.len()];
     let mut sha = sha2::Sha256::new();
     let mut hasher = SegmentHasher::default();
     let lens: Vec<u64> = jobs.iter().map(|j| j.data.len() as u64).collect();
@@ -429,6 +476,7 @@ pub(crate) fn encode_entry(
                 errors[j.segment].merge(acc);
             }
             unchanged[j.segment] += done.unchanged;
+            lossy_coded[j.segment] |= done.lossy_coded;
             let offset = out.position();
             out.write_all(&enc.payload)?;
             let seg = &mut segments[j.segment];
@@ -451,7 +499,12 @@ pub(crate) fn encode_entry(
         segments[s].blake3 = *h.as_bytes();
     }
     for (i, seg) in segments.iter_mut().enumerate() {
-        let lossy = codings[i].record(errors[i].stats());
+        // A segment whose every chunk was stored exactly is recorded as exact.
+        let lossy = if lossy_coded[i] {
+            codings[i].record(errors[i].stats())
+        } else {
+            None
+        };
         seg.transform = match (bases[i], lossy) {
             (Some(b), Some(lossy)) => Transform::QuantDelta {
                 base: b.name.to_string(),

@@ -72,7 +72,7 @@ pub use extract::extract;
 pub use info::{DtypeStats, FileStats, LossyStats, Stats, TensorStats};
 pub use output::{check_distinct, write_file};
 pub use plan::CHUNK_SIZE;
-pub use verify::{FileReport, TensorError, VerifyReport, verify, verify_with};
+pub use verify::{FileReport, TensorError, VerifyReport, verify, verify_delta, verify_with};
 
 pub use dmx_codec;
 pub use dmx_format;

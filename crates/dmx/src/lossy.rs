@@ -65,6 +65,10 @@ pub struct LossyOptions {
     pub keep_lossless: Vec<String>,
     /// Round F32 tensors to a 16-bit type before coding (restored as F32).
     pub cast: Option<CastTo>,
+    /// With [`LossyOptions::cast`]: also cast tensors holding finite values that the narrow
+    /// type cannot represent (they become ±Inf). Without it such tensors are stored exactly,
+    /// with a warning naming them.
+    pub allow_cast_overflow: bool,
 }
 
 impl LossyOptions {
@@ -103,6 +107,9 @@ impl LossyOptions {
                 return usage("--max-rel-error applies to --mode auto".into());
             }
         }
+        if self.allow_cast_overflow && self.cast.is_none() {
+            return usage("--allow-cast-overflow applies to --cast".into());
+        }
         if self.cast.is_some() && self.mode != Mode::Lossless {
             return usage("--cast rounds F32 tensors and codes them losslessly; it cannot be combined with --mode".into());
         }
@@ -119,6 +126,101 @@ impl LossyOptions {
         }
         b.build()
             .map_err(|e| Error::Usage(format!("--keep-lossless: {e}")))
+    }
+}
+
+/// Lossy tensors of an archive or delta and their worst recorded errors: what every lossy
+/// summary (`compress`, `delta-compress`, `delta-info`, human and JSON) shows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LossySummary {
+    /// Tensors stored lossily.
+    pub lossy_tensors: usize,
+    /// The tensor with the largest relative L2 error.
+    pub worst_tensor: String,
+    /// Its relative L2 error (a number, or the string `"inf"` when infinite).
+    #[serde(serialize_with = "json_f64")]
+    pub worst_rel_l2: f64,
+    /// The largest absolute error of any lossy tensor (a number, or `"inf"`).
+    #[serde(serialize_with = "json_f64")]
+    pub max_abs_error: f64,
+    /// The tensor with that absolute error.
+    pub max_abs_tensor: String,
+}
+
+impl LossySummary {
+    /// The summary of the lossy segments of `index` (`None` when every tensor is exact).
+    pub fn of_index(index: &dmx_format::Index) -> Option<Self> {
+        let mut out: Option<Self> = None;
+        for seg in index.entries.iter().flat_map(|e| &e.segments) {
+            let (SegmentKind::Tensor(t), Some(l)) = (&seg.kind, seg.transform.lossy()) else {
+                continue;
+            };
+            let e = &l.error;
+            let o = out.get_or_insert_with(|| Self {
+                lossy_tensors: 0,
+                worst_tensor: t.name.clone(),
+                worst_rel_l2: e.rel_l2,
+                max_abs_error: e.max_abs,
+                max_abs_tensor: t.name.clone(),
+            });
+            o.lossy_tensors += 1;
+            if !(e.rel_l2 <= o.worst_rel_l2) {
+                o.worst_rel_l2 = e.rel_l2;
+                o.worst_tensor = t.name.clone();
+            }
+            if !(e.max_abs <= o.max_abs_error) {
+                o.max_abs_error = e.max_abs;
+                o.max_abs_tensor = t.name.clone();
+            }
+        }
+        out
+    }
+
+    /// One line for humans: `LOSSY: N tensor(s) ...`.
+    pub fn line(&self) -> String {
+        format!(
+            "LOSSY: {} tensor(s) restore as approximations; worst relative L2 error {} \
+             (tensor {:?}), largest absolute error {} (tensor {:?})",
+            self.lossy_tensors,
+            fmt_err(self.worst_rel_l2),
+            self.worst_tensor,
+            fmt_err(self.max_abs_error),
+            self.max_abs_tensor
+        )
+    }
+}
+
+/// An error figure for humans: `1.234e-3`, `inf` or `nan`.
+pub fn fmt_err(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.3e}")
+    } else {
+        x.to_string().to_lowercase()
+    }
+}
+
+/// Serializes a float as a JSON number when finite, else as the string `"inf"`, `"-inf"` or
+/// `"nan"` (JSON has no such numbers; `null` would hide them).
+pub fn json_f64<S: serde::Serializer>(x: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    if x.is_finite() {
+        s.serialize_f64(*x)
+    } else if x.is_nan() {
+        s.serialize_str("nan")
+    } else if *x > 0.0 {
+        s.serialize_str("inf")
+    } else {
+        s.serialize_str("-inf")
+    }
+}
+
+/// [`json_f64`] for optional values (`None` stays `null`: no value).
+pub fn json_opt_f64<S: serde::Serializer>(
+    x: &Option<f64>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match x {
+        Some(x) => json_f64(x, s),
+        None => s.serialize_none(),
     }
 }
 
@@ -452,10 +554,13 @@ pub(crate) fn shared_steps<'a>(
 
 /// Per-segment codings of a planned file for a fixed mode (everything but [`Mode::Auto`] with
 /// a budget, which needs trial encodings and is decided by the caller).
+/// Casts that would turn finite values into ±Inf are replaced by [`Coding::Lossless`] (unless
+/// [`LossyOptions::allow_cast_overflow`]) with a warning in `warnings`.
 pub(crate) fn fixed_codings(
     file: &PlannedFile,
     bytes: &[u8],
     opts: &LossyOptions,
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<Coding>> {
     let keep = opts.keep_set()?;
     let steps = match opts.mode {
@@ -480,10 +585,34 @@ pub(crate) fn fixed_codings(
             }
             match opts.mode {
                 Mode::Lossless | Mode::Auto => match opts.cast {
-                    Some(c) if layout == FloatLayout::F32 => Coding::Cast(match c {
-                        CastTo::Bf16 => FloatLayout::BF16,
-                        CastTo::F16 => FloatLayout::F16,
-                    }),
+                    Some(c) if layout == FloatLayout::F32 => {
+                        let to = match c {
+                            CastTo::Bf16 => FloatLayout::BF16,
+                            CastTo::F16 => FloatLayout::F16,
+                        };
+                        let data = &bytes[s.offset as usize..(s.offset + s.len) as usize];
+                        let over = dmx_codec::cast::overflows(to, data);
+                        if over > 0 && !opts.allow_cast_overflow {
+                            warnings.push(format!(
+                                "tensor {:?}: {over} finite value(s) beyond the range of {} \
+                                 would become infinite; stored exactly (lossless) instead \
+                                 (--allow-cast-overflow casts it anyway)",
+                                t.name,
+                                cast_name(c)
+                            ));
+                            Coding::Lossless
+                        } else {
+                            if over > 0 {
+                                warnings.push(format!(
+                                    "tensor {:?}: {over} finite value(s) beyond the range of \
+                                     {} became infinite (--allow-cast-overflow)",
+                                    t.name,
+                                    cast_name(c)
+                                ));
+                            }
+                            Coding::Cast(to)
+                        }
+                    }
                     _ => Coding::Lossless,
                 },
                 Mode::Bfp => Coding::Bfp(bfp::Params {
@@ -500,6 +629,97 @@ pub(crate) fn fixed_codings(
             }
         })
         .collect())
+}
+
+fn cast_name(c: CastTo) -> &'static str {
+    match c {
+        CastTo::Bf16 => "bf16",
+        CastTo::F16 => "f16",
+    }
+}
+
+/// Checks lossy settings against the planned input: refuses `--mantissa-bits` that no float
+/// tensor can use (its dtype's maximum is lower), and returns warnings for settings that do
+/// nothing or only partly apply: a `--mantissa-bits` some dtypes cap, a `--keep-lossless`
+/// pattern that matches no tensor, `--cast` on an input without F32 tensors.
+pub(crate) fn plan_warnings(files: &[PlannedFile], opts: &LossyOptions) -> Result<Vec<String>> {
+    let keep: Vec<(String, globset::GlobMatcher)> = opts
+        .keep_lossless
+        .iter()
+        .map(|g| {
+            globset::Glob::new(g)
+                .map(|m| (g.clone(), m.compile_matcher()))
+                .map_err(|e| Error::Usage(format!("--keep-lossless {g:?}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let mut matched = vec![false; keep.len()];
+    let mut layouts: Vec<(FloatLayout, String)> = Vec::new();
+    for s in files.iter().flat_map(|f| &f.segments) {
+        let SegmentKind::Tensor(t) = &s.kind else {
+            continue;
+        };
+        for (k, (_, m)) in keep.iter().enumerate() {
+            matched[k] |= m.is_match(&t.name);
+        }
+        if let Some(l) = lossy_layout(s.value)
+            && !layouts.iter().any(|(x, _)| *x == l)
+        {
+            layouts.push((l, t.dtype.clone()));
+        }
+    }
+    let mut warnings = Vec::new();
+    for ((g, _), hit) in keep.iter().zip(matched) {
+        if !hit {
+            warnings.push(format!(
+                "--keep-lossless {g:?} matches no tensor of the input; it has no effect"
+            ));
+        }
+    }
+    if let Some(c) = opts.cast
+        && !layouts.iter().any(|(l, _)| *l == FloatLayout::F32)
+    {
+        warnings.push(format!(
+            "--cast {}: the input has no F32 tensor; nothing was cast",
+            cast_name(c)
+        ));
+    }
+    if opts.mode == Mode::Bfp
+        && let Some(m) = opts.mantissa_bits
+    {
+        let capped: Vec<&str> = layouts
+            .iter()
+            .filter(|(l, _)| bfp::max_mantissa_bits(*l) < m)
+            .map(|(_, d)| d.as_str())
+            .collect();
+        if !layouts.is_empty() && capped.len() == layouts.len() {
+            return Err(Error::Usage(format!(
+                "--mantissa-bits {m}: no float tensor of the input can use it ({} allow at \
+                 most {}); use 2..={}",
+                capped.join(", "),
+                layouts
+                    .iter()
+                    .map(|(l, _)| bfp::max_mantissa_bits(*l))
+                    .max()
+                    .unwrap_or(8),
+                layouts
+                    .iter()
+                    .map(|(l, _)| bfp::max_mantissa_bits(*l))
+                    .max()
+                    .unwrap_or(8),
+            )));
+        }
+        for (l, d) in layouts
+            .iter()
+            .filter(|(l, _)| bfp::max_mantissa_bits(*l) < m)
+        {
+            warnings.push(format!(
+                "--mantissa-bits {m}: {d} tensors allow at most {}; they use {} instead",
+                bfp::max_mantissa_bits(*l),
+                bfp::max_mantissa_bits(*l)
+            ));
+        }
+    }
+    Ok(warnings)
 }
 
 /// The candidate codings [`Mode::Auto`] tries for a tensor, cheapest first within each family.
