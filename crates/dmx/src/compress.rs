@@ -213,6 +213,43 @@ fn run_job(j: &Job<'_>) -> Result<Done> {
     })
 }
 
+/// Keeps a chunk of an [`Mode::Auto`] segment within what is left of the segment's allowance
+/// (`allowance - spent`): if its error would pass it, codes it again one step more precisely,
+/// up to exactly. `recorded` becomes the most precise lossy coding used.
+fn hold_budget(
+    j: &Job<'_>,
+    d: &mut Done,
+    allowance: f64,
+    spent: &mut f64,
+    recorded: &mut Coding,
+) -> Result<()> {
+    let Some(layout) = crate::lossy::lossy_layout(j.value) else {
+        return Ok(());
+    };
+    let mut coding = j.coding;
+    loop {
+        let err = d.lossy.as_ref().map_or(0.0, |(_, a)| a.sum_sq_err());
+        if !d.lossy_coded || *spent + err <= allowance {
+            *spent += err;
+            if d.lossy_coded
+                && let (Coding::Bfp(p), Coding::Bfp(r)) = (coding, *recorded)
+                && p.mantissa_bits > r.mantissa_bits
+            {
+                *recorded = coding;
+            }
+            return Ok(());
+        }
+        coding = coding.escalate(layout);
+        *d = run_job(&Job { coding, ..*j })?;
+        if coding.is_lossless() {
+            // Exact: no error, but its values still count in the tensor's norm.
+            let mut acc = ErrorAcc::default();
+            acc.add(layout, j.data, j.data);
+            d.lossy = Some((j.data.to_vec(), acc));
+        }
+    }
+}
+
 /// Values of `data` equal to the base's: bit for bit, or on the grid for quantized deltas.
 fn unchanged(coding: Coding, value: ValueKind, base: &[u8], data: &[u8]) -> u64 {
     match (coding, value) {
@@ -262,46 +299,60 @@ fn bfp_row(seg: &PlannedSegment) -> usize {
     }
 }
 
-/// Encoded size and error of `coding` on a whole segment (for [`Mode::Auto`]).
-fn trial(seg: &PlannedSegment, bytes: &[u8], coding: Coding) -> Result<(u64, ErrorAcc)> {
-    let hints = seg.hints();
-    let row = bfp_row(seg);
-    let ranges: Vec<_> = seg.chunks().collect();
-    let results = ranges
-        .par_iter()
-        .map(|r| {
-            run_job(&Job {
-                segment: 0,
-                data: &bytes[r.start as usize..r.end as usize],
-                value: seg.value,
-                hints,
-                coding,
-                bfp_row: row,
-                base: None,
-                never_larger: false,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut acc = ErrorAcc::default();
-    let mut size = 0;
-    for d in &results {
-        size += d.enc.payload.len() as u64;
-        if let Some((_, a)) = &d.lossy {
-            acc.merge(a);
+/// Values [`Mode::Auto`] samples from a tensor to choose its coding.
+const AUTO_SAMPLE: usize = 1 << 16;
+
+/// A sample of segment `seg` for [`Mode::Auto`]: the whole tensor when small, else evenly
+/// spaced blocks of whole rows; and the BFP row length to code it with.
+fn auto_sample<'a>(
+    seg: &PlannedSegment,
+    bytes: &'a [u8],
+    layout: dmx_codec::FloatLayout,
+) -> (std::borrow::Cow<'a, [u8]>, usize) {
+    let w = layout.bytes();
+    let data = &bytes[seg.offset as usize..(seg.offset + seg.len) as usize];
+    let n = data.len() / w;
+    let row = match &seg.kind {
+        dmx_format::SegmentKind::Tensor(t) if t.shape.len() >= 2 => {
+            t.shape.last().map_or(0, |&l| l as usize)
         }
+        _ => 0,
+    };
+    if n <= 2 * AUTO_SAMPLE {
+        let row = if row > 0 && n.is_multiple_of(row) { row } else { 0 };
+        return (std::borrow::Cow::Borrowed(data), row);
     }
-    Ok((size, acc))
+    let (block, row) = if row > 0 && row <= AUTO_SAMPLE / 4 {
+        (4096usize.div_ceil(row) * row, row)
+    } else {
+        (4096, 0)
+    };
+    let blocks_total = n / block;
+    let k = (AUTO_SAMPLE / block).clamp(1, blocks_total.max(1));
+    let mut out = Vec::with_capacity(k * block * w);
+    for i in 0..k {
+        let b = i * blocks_total / k;
+        out.extend_from_slice(&data[b * block * w..(b + 1) * block * w]);
+    }
+    (std::borrow::Cow::Owned(out), row)
 }
 
-/// Per segment, the smallest coding whose relative L2 error is within `budget`.
+/// Per segment, the smallest coding whose relative L2 error is within `budget`, and the
+/// largest sum of squared errors it may reach (its allowance).
+///
+/// The choice is made on a sample ([`auto_sample`]): every candidate is encoded, decoded and
+/// measured there, and the smallest within budget wins. [`encode_entry_budgeted`] then holds
+/// the budget exactly: a chunk that would push the tensor's measured error past it is coded
+/// again one step more precisely ([`Coding::escalate`]), up to exactly.
 fn auto_codings(
     file: &PlannedFile,
     bytes: &[u8],
     lossy: &LossyOptions,
     budget: f64,
     warnings: &mut Vec<String>,
-) -> Result<Vec<Coding>> {
+) -> Result<(Vec<Coding>, Vec<Option<f64>>)> {
     let mut codings = crate::lossy::fixed_codings(file, bytes, lossy, warnings)?;
+    let mut allowances = vec![None; codings.len()];
     let steps16 = crate::lossy::shared_steps(crate::lossy::float_tensors(file, bytes), 16);
     let steps32 = crate::lossy::shared_steps(crate::lossy::float_tensors(file, bytes), 32);
     let keep = lossy.keep_set()?;
@@ -314,50 +365,52 @@ fn auto_codings(
         if seg.len == 0 || keep.is_match(&t.name) {
             continue;
         }
-        let (mut best_size, _) = trial(seg, bytes, Coding::Lossless)?;
-        let mut best = Coding::Lossless;
+        let hints = seg.hints();
+        let (sample, row) = auto_sample(seg, bytes, layout);
+        let exact_size = Coding::Lossless
+            .encode(seg.value, &sample, hints, row, None)
+            .payload
+            .len();
         let candidates = crate::lossy::auto_candidates(
             layout,
             steps16.get(&t.name).copied().unwrap_or(1.0),
             steps32.get(&t.name).copied().unwrap_or(1.0),
         );
-        // BFP: the error falls as M grows, so find the smallest M within budget by bisection.
-        let bfps: Vec<Coding> = candidates
-            .iter()
-            .copied()
-            .filter(|c| matches!(c, Coding::Bfp(_)))
-            .collect();
-        let (mut lo, mut hi) = (0usize, bfps.len());
-        let mut found: Option<(Coding, u64)> = None;
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            let (size, acc) = trial(seg, bytes, bfps[mid])?;
-            if acc.rel_l2() <= budget {
-                found = Some((bfps[mid], size));
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
-        if let Some((c, size)) = found
-            && size < best_size
-        {
-            best = c;
-            best_size = size;
-        }
-        for c in candidates
-            .into_iter()
-            .filter(|c| !matches!(c, Coding::Bfp(_)))
-        {
-            let (size, acc) = trial(seg, bytes, c)?;
-            if acc.rel_l2() <= budget && size < best_size {
+        let tried = candidates
+            .par_iter()
+            .map(|&c| {
+                let d = run_job(&Job {
+                    segment: 0,
+                    data: &sample,
+                    value: seg.value,
+                    hints,
+                    coding: c,
+                    bfp_row: row,
+                    base: None,
+                    never_larger: false,
+                })?;
+                let rel = d.lossy.as_ref().map_or(0.0, |(_, a)| a.rel_l2());
+                Ok((c, d.enc.payload.len(), rel))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut best = Coding::Lossless;
+        let mut best_size = exact_size;
+        for (c, size, rel) in tried {
+            if rel <= budget && size < best_size {
                 best = c;
                 best_size = size;
             }
         }
         codings[i] = best;
+        if !best.is_lossless() {
+            let data = &bytes[seg.offset as usize..(seg.offset + seg.len) as usize];
+            let mut acc = ErrorAcc::default();
+            acc.add(layout, data, data);
+            // A hair under the budget: the recorded error is summed in another order.
+            allowances[i] = Some(budget * budget * acc.sum_sq() * (1.0 - 1e-9));
+        }
     }
-    Ok(codings)
+    Ok((codings, allowances))
 }
 
 fn compress_file(
@@ -374,15 +427,27 @@ fn compress_file(
             file.path.display()
         )));
     }
-    let codings = if lossy.is_lossless() {
-        vec![Coding::Lossless; file.segments.len()]
+    let (codings, allowances) = if lossy.is_lossless() {
+        (vec![Coding::Lossless; file.segments.len()], None)
     } else if let (Mode::Auto, Some(budget)) = (lossy.mode, lossy.max_rel_error) {
-        auto_codings(file, &bytes, lossy, budget, warnings)?
+        let (c, a) = auto_codings(file, &bytes, lossy, budget, warnings)?;
+        (c, Some(a))
     } else {
-        crate::lossy::fixed_codings(file, &bytes, lossy, warnings)?
+        (
+            crate::lossy::fixed_codings(file, &bytes, lossy, warnings)?,
+            None,
+        )
     };
     let bases = vec![None; file.segments.len()];
-    encode_entry(file, &bytes, &codings, &bases, out, progress)
+    encode_entry_budgeted(
+        file,
+        &bytes,
+        &codings,
+        &bases,
+        allowances.as_deref(),
+        out,
+        progress,
+    )
 }
 
 /// The base tensor a segment is coded against.
@@ -401,6 +466,21 @@ pub(crate) fn encode_entry(
     bytes: &Bytes,
     codings: &[Coding],
     bases: &[Option<BaseTensor<'_>>],
+    out: &mut AtomicFile,
+    progress: Option<&dyn Progress>,
+) -> Result<Entry> {
+    encode_entry_budgeted(file, bytes, codings, bases, None, out, progress)
+}
+
+/// [`encode_entry`]; with `allowances`, segment `i` may reach at most `allowances[i]` as its
+/// sum of squared errors: a chunk that would pass it is coded again more precisely
+/// ([`Coding::escalate`]; [`Mode::Auto`]).
+fn encode_entry_budgeted(
+    file: &PlannedFile,
+    bytes: &Bytes,
+    codings: &[Coding],
+    bases: &[Option<BaseTensor<'_>>],
+    allowances: Option<&[Option<f64>]>,
     out: &mut AtomicFile,
     progress: Option<&dyn Progress>,
 ) -> Result<Entry> {
@@ -441,6 +521,9 @@ pub(crate) fn encode_entry(
     let mut errors = vec![ErrorAcc::default(); segments.len()];
     let mut unchanged = vec![0u64; segments.len()];
     let mut lossy_coded = vec![false; segments.len()];
+    // The most precise coding a segment's lossy chunks used (recorded in the index).
+    let mut recorded: Vec<Coding> = codings.to_vec();
+    let mut spent = vec![0f64; segments.len()];
     let mut sha = sha2::Sha256::new();
     let mut hasher = SegmentHasher::default();
     let lens: Vec<u64> = jobs.iter().map(|j| j.data.len() as u64).collect();
@@ -450,7 +533,15 @@ pub(crate) fn encode_entry(
         let encode = || window.par_iter().map(run_job).collect::<Result<Vec<_>>>();
         let encoded = if any_lossy {
             // Hash what decompression will produce: the decoded bytes of lossy chunks.
-            let encoded = encode()?;
+            let mut encoded = encode()?;
+            if let Some(allow) = allowances {
+                for (j, d) in window.iter().zip(encoded.iter_mut()) {
+                    let Some(a) = allow[j.segment] else {
+                        continue;
+                    };
+                    hold_budget(j, d, a, &mut spent[j.segment], &mut recorded[j.segment])?;
+                }
+            }
             for (j, d) in window.iter().zip(&encoded) {
                 let data = d.lossy.as_ref().map_or(j.data, |(b, _)| b.as_slice());
                 sha.update(data);
@@ -501,7 +592,7 @@ pub(crate) fn encode_entry(
     for (i, seg) in segments.iter_mut().enumerate() {
         // A segment whose every chunk was stored exactly is recorded as exact.
         let lossy = if lossy_coded[i] {
-            codings[i].record(errors[i].stats())
+            recorded[i].record(errors[i].stats())
         } else {
             None
         };

@@ -247,6 +247,20 @@ impl Coding {
         matches!(self, Coding::Lossless | Coding::Delta)
     }
 
+    /// The next, more precise step of [`Mode::Auto`] for a chunk over its share of the
+    /// budget: BFP with one more magnitude bit, else exact.
+    pub(crate) fn escalate(self, layout: FloatLayout) -> Coding {
+        match self {
+            Coding::Bfp(p) if p.mantissa_bits < bfp::max_mantissa_bits(layout) => {
+                Coding::Bfp(bfp::Params {
+                    mantissa_bits: p.mantissa_bits + 1,
+                    ..p
+                })
+            }
+            _ => Coding::Lossless,
+        }
+    }
+
     /// The index record of a lossy coding with its measured error.
     pub(crate) fn record(self, error: ErrorStats) -> Option<Lossy> {
         let (mode, mantissa_bits, group_size, step) = match self {
@@ -388,14 +402,52 @@ impl ErrorAcc {
     /// Accumulates the error of `decoded` against `original` (both little-endian `layout`).
     /// Values that are NaN in the original are skipped (they are stored exactly).
     pub(crate) fn add(&mut self, layout: FloatLayout, original: &[u8], decoded: &[u8]) {
-        let w = layout.bytes();
-        for (a, b) in original.chunks_exact(w).zip(decoded.chunks_exact(w)) {
+        // Monomorphized per layout with a cheap conversion: this runs over every value of
+        // every lossy tensor (and of every candidate in auto mode).
+        if layout == FloatLayout::BF16 {
+            self.add_with::<2>(original, decoded, |r| {
+                f64::from(f32::from_bits(u32::from(u16::from_le_bytes(r)) << 16))
+            });
+        } else if layout == FloatLayout::F16 {
+            let lut = f16_table();
+            self.add_with::<2>(original, decoded, |r| {
+                f64::from(lut[usize::from(u16::from_le_bytes(r))])
+            });
+        } else if layout == FloatLayout::F32 {
+            self.add_with::<4>(original, decoded, |r| f64::from(f32::from_le_bytes(r)));
+        } else {
+            self.add_with::<8>(original, decoded, f64::from_le_bytes);
+        }
+    }
+
+    /// The sum of squared errors so far.
+    pub(crate) fn sum_sq_err(&self) -> f64 {
+        self.sum_sq_err
+    }
+
+    /// The sum of squares of the (finite) original values so far.
+    pub(crate) fn sum_sq(&self) -> f64 {
+        self.sum_sq
+    }
+
+    #[inline(always)]
+    fn add_with<const W: usize>(
+        &mut self,
+        original: &[u8],
+        decoded: &[u8],
+        conv: impl Fn([u8; W]) -> f64,
+    ) {
+        for (a, b) in original.chunks_exact(W).zip(decoded.chunks_exact(W)) {
+            let (a, b): ([u8; W], [u8; W]) = (
+                a.try_into().expect("chunks_exact"),
+                b.try_into().expect("chunks_exact"),
+            );
             self.values += 1;
             if a == b {
                 self.identical += 1;
             }
-            let x = grid::to_f64(layout, raw(a));
-            let y = grid::to_f64(layout, raw(b));
+            let x = conv(a);
+            let y = conv(b);
             if x.is_nan() {
                 continue;
             }
@@ -469,6 +521,16 @@ impl ErrorAcc {
     }
 }
 
+/// Every IEEE half value as an `f32` (exact), built once.
+fn f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|b| half::f16::from_bits(b).to_f32())
+            .collect()
+    })
+}
+
 /// Little-endian element bytes as a zero-extended integer.
 pub(crate) fn raw(b: &[u8]) -> u64 {
     let mut v = [0u8; 8];
@@ -478,10 +540,27 @@ pub(crate) fn raw(b: &[u8]) -> u64 {
 
 /// Largest finite magnitude of little-endian `layout` values (0 when none).
 pub(crate) fn max_abs(layout: FloatLayout, data: &[u8]) -> f64 {
-    data.chunks_exact(layout.bytes())
-        .map(|c| grid::to_f64(layout, raw(c)).abs())
-        .filter(|x| x.is_finite())
-        .fold(0.0, f64::max)
+    fn fold<const W: usize>(data: &[u8], conv: impl Fn([u8; W]) -> f64) -> f64 {
+        data.chunks_exact(W)
+            .map(|c| conv(c.try_into().expect("chunks_exact")).abs())
+            .filter(|x| x.is_finite())
+            .fold(0.0, f64::max)
+    }
+    if layout == FloatLayout::BF16 {
+        fold::<2>(data, |r| {
+            f64::from(f32::from_bits(u32::from(u16::from_le_bytes(r)) << 16))
+        })
+    } else if layout == FloatLayout::F16 {
+        let lut = f16_table();
+        fold::<2>(data, |r| f64::from(lut[usize::from(u16::from_le_bytes(r))]))
+    } else if layout == FloatLayout::F32 {
+        fold::<4>(data, |r| f64::from(f32::from_le_bytes(r)))
+    } else {
+        data.chunks_exact(layout.bytes())
+            .map(|c| grid::to_f64(layout, raw(c)).abs())
+            .filter(|x| x.is_finite())
+            .fold(0.0, f64::max)
+    }
 }
 
 /// The layouts lossy modes apply to.
