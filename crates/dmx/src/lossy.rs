@@ -425,11 +425,6 @@ impl ErrorAcc {
         self.sum_sq_err
     }
 
-    /// The sum of squares of the (finite) original values so far.
-    pub(crate) fn sum_sq(&self) -> f64 {
-        self.sum_sq
-    }
-
     #[inline(always)]
     fn add_with<const W: usize>(
         &mut self,
@@ -540,26 +535,84 @@ pub(crate) fn raw(b: &[u8]) -> u64 {
 
 /// Largest finite magnitude of little-endian `layout` values (0 when none).
 pub(crate) fn max_abs(layout: FloatLayout, data: &[u8]) -> f64 {
-    fn fold<const W: usize>(data: &[u8], conv: impl Fn([u8; W]) -> f64) -> f64 {
+    // On the bits: for finite values the magnitude orders like its bits without the sign
+    // (an integer maximum, which vectorizes).
+    #[inline(always)]
+    fn max_bits<const W: usize>(
+        data: &[u8],
+        sign: u32,
+        inf: u32,
+        load: impl Fn([u8; W]) -> u32,
+    ) -> u32 {
         data.chunks_exact(W)
-            .map(|c| conv(c.try_into().expect("chunks_exact")).abs())
-            .filter(|x| x.is_finite())
-            .fold(0.0, f64::max)
+            .map(|c| load(c.try_into().expect("chunks_exact")) & !sign)
+            .filter(|&m| m < inf)
+            .max()
+            .unwrap_or(0)
+    }
+    if layout == FloatLayout::BF16 || layout == FloatLayout::F16 {
+        let inf = if layout == FloatLayout::BF16 {
+            0x7f80
+        } else {
+            0x7c00
+        };
+        let m = max_bits::<2>(data, 0x8000, inf, |r| u32::from(u16::from_le_bytes(r)));
+        return grid::to_f64(layout, u64::from(m));
+    }
+    if layout == FloatLayout::F32 {
+        let m = max_bits::<4>(data, 0x8000_0000, 0x7f80_0000, u32::from_le_bytes);
+        return grid::to_f64(layout, u64::from(m));
+    }
+    let mut m = 0f64;
+    for_values(layout, data, |x| {
+        if x.is_finite() {
+            m = m.max(x.abs());
+        }
+    });
+    m
+}
+
+/// The sum of squares of the finite values of little-endian `layout` data (as
+/// [`ErrorAcc`] sums the original's norm).
+pub(crate) fn sum_sq(layout: FloatLayout, data: &[u8]) -> f64 {
+    let mut s = 0f64;
+    for_values(layout, data, |x| {
+        if x.is_finite() {
+            s += x * x;
+        }
+    });
+    s
+}
+
+/// Calls `f` with every value of little-endian `layout` data, in order.
+fn for_values(layout: FloatLayout, data: &[u8], f: impl FnMut(f64)) {
+    #[inline(always)]
+    fn each<const W: usize>(data: &[u8], conv: impl Fn([u8; W]) -> f64, mut f: impl FnMut(f64)) {
+        for c in data.chunks_exact(W) {
+            f(conv(c.try_into().expect("chunks_exact")));
+        }
     }
     if layout == FloatLayout::BF16 {
-        fold::<2>(data, |r| {
-            f64::from(f32::from_bits(u32::from(u16::from_le_bytes(r)) << 16))
-        })
+        each::<2>(
+            data,
+            |r| f64::from(f32::from_bits(u32::from(u16::from_le_bytes(r)) << 16)),
+            f,
+        );
     } else if layout == FloatLayout::F16 {
         let lut = f16_table();
-        fold::<2>(data, |r| f64::from(lut[usize::from(u16::from_le_bytes(r))]))
+        each::<2>(
+            data,
+            |r| f64::from(lut[usize::from(u16::from_le_bytes(r))]),
+            f,
+        );
     } else if layout == FloatLayout::F32 {
-        fold::<4>(data, |r| f64::from(f32::from_le_bytes(r)))
+        each::<4>(data, |r| f64::from(f32::from_le_bytes(r)), f);
     } else {
-        data.chunks_exact(layout.bytes())
-            .map(|c| grid::to_f64(layout, raw(c)).abs())
-            .filter(|x| x.is_finite())
-            .fold(0.0, f64::max)
+        let w = layout.bytes();
+        let mut f = f;
+        for c in data.chunks_exact(w) {
+            f(grid::to_f64(layout, raw(c)));
+        }
     }
 }
 
@@ -611,6 +664,17 @@ pub(crate) fn shared_steps<'a>(
     tensors: impl Iterator<Item = (&'a str, &'a str, FloatLayout, &'a [u8])>,
     bits: u32,
 ) -> HashMap<String, f64> {
+    shared_max(tensors)
+        .into_iter()
+        .map(|(name, m)| (name, grid::step_for(m, bits)))
+        .collect()
+}
+
+/// The largest magnitude per tensor name that [`shared_steps`] derives steps from: the
+/// maximum over the tensor's role group, or its own.
+pub(crate) fn shared_max<'a>(
+    tensors: impl Iterator<Item = (&'a str, &'a str, FloatLayout, &'a [u8])>,
+) -> HashMap<String, f64> {
     let mut group_max: HashMap<String, f64> = HashMap::new();
     let mut own: Vec<(String, Option<String>, f64)> = Vec::new();
     for (name, dtype, layout, data) in tensors {
@@ -626,7 +690,7 @@ pub(crate) fn shared_steps<'a>(
     own.into_iter()
         .map(|(name, g, m)| {
             let m = g.and_then(|g| group_max.get(&g).copied()).unwrap_or(m);
-            (name, grid::step_for(m, bits))
+            (name, m)
         })
         .collect()
 }
@@ -799,31 +863,6 @@ pub(crate) fn plan_warnings(files: &[PlannedFile], opts: &LossyOptions) -> Resul
         }
     }
     Ok(warnings)
-}
-
-/// The candidate codings [`Mode::Auto`] tries for a tensor, cheapest first within each family.
-pub(crate) fn auto_candidates(layout: FloatLayout, step16: f64, step32: f64) -> Vec<Coding> {
-    let mut c: Vec<Coding> = (2..=bfp::max_mantissa_bits(layout))
-        .map(|m| {
-            Coding::Bfp(bfp::Params {
-                mantissa_bits: m,
-                group_size: DEFAULT_GROUP_SIZE,
-            })
-        })
-        .collect();
-    c.push(Coding::Quant {
-        step: step16,
-        bits: 16,
-    });
-    if layout == FloatLayout::F32 {
-        c.push(Coding::Quant {
-            step: step32,
-            bits: 32,
-        });
-        c.push(Coding::Cast(FloatLayout::BF16));
-        c.push(Coding::Cast(FloatLayout::F16));
-    }
-    c
 }
 
 #[cfg(test)]
