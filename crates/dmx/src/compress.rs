@@ -300,8 +300,8 @@ fn bfp_row(seg: &PlannedSegment) -> usize {
 }
 
 /// Values [`Mode::Auto`] samples from a tensor to choose its coding (at most; at least an
-/// sixteenth of a large tensor is sampled down to [`AUTO_SAMPLE_MIN`]).
-const AUTO_SAMPLE: usize = 1 << 15;
+/// eighth of a large tensor is sampled down to [`AUTO_SAMPLE_MIN`]).
+const AUTO_SAMPLE: usize = 1 << 16;
 /// Tensors up to this many values are measured whole in [`Mode::Auto`].
 const AUTO_SAMPLE_MIN: usize = 1 << 14;
 
@@ -321,7 +321,7 @@ fn auto_sample<'a>(
         }
         _ => 0,
     };
-    let target = (n / 16).clamp(AUTO_SAMPLE_MIN, AUTO_SAMPLE);
+    let target = (n / 8).clamp(AUTO_SAMPLE_MIN, AUTO_SAMPLE);
     let (block, row) = if row > 0 && row <= AUTO_SAMPLE_MIN / 4 {
         (4096usize.div_ceil(row) * row, row)
     } else {

@@ -443,6 +443,20 @@ impl ErrorAcc {
             }
             let x = conv(a);
             let y = conv(b);
+            if x.is_finite() && y.is_finite() {
+                // The common case, straight-line.
+                let e = (x - y).abs();
+                self.dot += x * y;
+                self.sum_sq_decoded += y * y;
+                self.sum_sq += x * x;
+                self.sum_sq_err += e * e;
+                self.sum_abs_err += e;
+                if e > self.max_abs {
+                    self.max_abs = e;
+                }
+                self.count += 1;
+                continue;
+            }
             if x.is_nan() {
                 continue;
             }
