@@ -64,15 +64,18 @@ pub struct TensorError {
     pub values: u64,
     /// Values whose bits are identical to the original's.
     pub identical: u64,
-    /// Largest absolute error.
+    /// Largest absolute error (a number, or `"inf"`).
+    #[serde(serialize_with = "crate::lossy::json_f64")]
     pub max_abs_error: f64,
-    /// Mean absolute error.
+    /// Mean absolute error (a number, or `"inf"`).
+    #[serde(serialize_with = "crate::lossy::json_f64")]
     pub mean_abs_error: f64,
     /// ‖x − x̂‖ / ‖x‖: a number, or the string `"inf"` when infinite (the original is all
     /// zero and the decoded is not, or a finite value became infinite), which always fails.
     #[serde(serialize_with = "crate::lossy::json_f64")]
     pub rel_l2: f64,
-    /// Cosine similarity (1 when both are all zero, 0 when one is).
+    /// Cosine similarity (1 when both are all zero, 0 when one is; `"nan"` if undefined).
+    #[serde(serialize_with = "crate::lossy::json_f64")]
     pub cosine: f64,
     /// Signal-to-noise ratio in dB: a number, or the string `"inf"` when exact.
     #[serde(serialize_with = "crate::lossy::json_f64")]
