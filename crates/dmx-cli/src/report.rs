@@ -194,7 +194,7 @@ pub fn verify(r: &VerifyReport) {
 /// A failing report for an archive that could not even be opened.
 pub fn unreadable(archive: &Path, original: Option<&Path>, e: &dmx::Error) -> VerifyReport {
     VerifyReport {
-        schema: 1,
+        schema: 2,
         archive: archive.display().to_string(),
         original: original.map(|o| o.display().to_string()),
         ok: false,

@@ -204,7 +204,7 @@ fn verify_inner(
         p.finish();
     }
     Ok(VerifyReport {
-        schema: 1,
+        schema: 2,
         archive: archive.path().display().to_string(),
         original: original.map(|o| o.display().to_string()),
         ok: files.iter().all(|f| f.ok),
