@@ -164,11 +164,11 @@ impl LossySummary {
                 max_abs_tensor: t.name.clone(),
             });
             o.lossy_tensors += 1;
-            if !(e.rel_l2 <= o.worst_rel_l2) {
+            if worse(e.rel_l2, o.worst_rel_l2) {
                 o.worst_rel_l2 = e.rel_l2;
                 o.worst_tensor = t.name.clone();
             }
-            if !(e.max_abs <= o.max_abs_error) {
+            if worse(e.max_abs, o.max_abs_error) {
                 o.max_abs_error = e.max_abs;
                 o.max_abs_tensor = t.name.clone();
             }
@@ -188,6 +188,11 @@ impl LossySummary {
             self.max_abs_tensor
         )
     }
+}
+
+/// Whether error `a` is worse than `b` (NaN counts as worst).
+fn worse(a: f64, b: f64) -> bool {
+    a > b || (a.is_nan() && !b.is_nan())
 }
 
 /// An error figure for humans: `1.234e-3`, `inf` or `nan`.
