@@ -423,12 +423,13 @@ fn auto_choose(
             group_size: crate::lossy::DEFAULT_GROUP_SIZE,
         })
     };
-    // The smallest M within budget: start at the default, then jump by the measured error
+    // The smallest M within budget: start at a guess, then jump by the measured error
     // ratio (one bit halves it) inside the bracket [lo_fail + 1, hi_ok - 1] of unknown M.
     let max_m = dmx_codec::bfp::max_mantissa_bits(layout);
     let (mut lo_fail, mut hi_ok) = (1u32, max_m + 1);
     let mut hi_size = 0;
-    let mut m = crate::lossy::DEFAULT_MANTISSA_BITS.min(max_m);
+    // BFP's relative L2 error is near 2^-M for weight-like data: start there.
+    let mut m = ((1.0 / budget).log2().round()).clamp(2.0, f64::from(max_m)) as u32;
     while lo_fail + 1 < hi_ok {
         let (size, rel) = measure(bfp_at(m))?;
         let ratio = rel / budget;
