@@ -458,6 +458,18 @@ fn flags_that_do_nothing_are_warned() {
         w.contains("*norm*") && w.contains("matches no tensor"),
         "{w}"
     );
+    let (_, err) = env.run(
+        &[
+            "compress",
+            "bf.safetensors",
+            "z.dmx",
+            "--keep-lossless",
+            "w",
+            "-q",
+        ],
+        0,
+    );
+    assert!(err.contains("no effect without a lossy"), "{err}");
 }
 
 #[test]

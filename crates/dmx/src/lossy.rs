@@ -830,6 +830,13 @@ pub(crate) fn plan_warnings(files: &[PlannedFile], opts: &LossyOptions) -> Resul
         }
     }
     let mut warnings = Vec::new();
+    if opts.is_lossless() && !keep.is_empty() {
+        warnings.push(
+            "--keep-lossless has no effect without a lossy --mode or --cast: everything is \
+             stored losslessly"
+                .to_string(),
+        );
+    }
     for ((g, _), hit) in keep.iter().zip(matched) {
         if !hit {
             warnings.push(format!(
