@@ -29,6 +29,9 @@ pub fn compress_summary(target: &Path, output: &Path, r: &DeltaReport) {
         r.reshaped.len(),
         r.removed.len()
     );
+    if let Some(l) = &r.lossy_summary {
+        eprintln!("  {}", l.line());
+    }
 }
 
 /// `delta-info` in human form.
@@ -50,6 +53,9 @@ pub fn info(i: &DeltaInfo) {
             "NO: quantized delta; the target restores on its grid"
         }
     );
+    if let Some(l) = &i.lossy_summary {
+        println!("           {}", l.line());
+    }
     println!(
         "size:      {} bytes ({:.2}% of the target, ratio {})",
         i.delta_bytes,

@@ -103,9 +103,13 @@ struct LossyArgs {
     /// Keep tensors whose names match this glob lossless (repeatable; e.g. '*norm*').
     #[arg(long, value_name = "GLOB")]
     keep_lossless: Vec<String>,
-    /// Round F32 tensors to bf16 or f16 before coding (restored as F32; lossy).
+    /// Round F32 tensors to bf16 or f16 before coding (restored as F32; lossy). Tensors
+    /// with finite values beyond the narrow type's range are kept exact, with a warning.
     #[arg(long, value_enum)]
     cast: Option<CastArg>,
+    /// With --cast: cast those tensors too, turning out-of-range values into ±Inf.
+    #[arg(long)]
+    allow_cast_overflow: bool,
 }
 
 impl LossyArgs {
@@ -127,6 +131,7 @@ impl LossyArgs {
                 CastArg::Bf16 => CastTo::Bf16,
                 CastArg::F16 => CastTo::F16,
             }),
+            allow_cast_overflow: self.allow_cast_overflow,
         }
     }
 }
@@ -348,6 +353,10 @@ enum Command {
         /// error the archive records).
         #[arg(long, value_name = "E")]
         max_rel_error: Option<f64>,
+        /// Deltas (.dmxd): the base they were made from (`dmx verify [TARGET] DELTA --base
+        /// BASE`).
+        #[arg(long, value_name = "BASE")]
+        base: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -488,6 +497,7 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             json,
             force,
             max_rel_error,
+            base,
             common,
         } => {
             let (original, archive_path) = match paths.as_slice() {
@@ -518,6 +528,11 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                         "--max-rel-error does not apply to chains".into(),
                     ));
                 }
+                if base.is_some() {
+                    return Err(dmx::Error::Usage(
+                        "--base applies to deltas (.dmxd), not to chains".into(),
+                    ));
+                }
                 let rep = dmx::chain_verify(&archive_path, &opts)?;
                 if let Some(p) = &report_path {
                     report::write_json(p, &rep, force, !common.no_sync)?;
@@ -534,9 +549,13 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                 });
             }
             let rep = match dmx::Archive::open(&archive_path) {
-                Ok(archive) => {
-                    dmx::verify_with(&archive, original.as_deref(), max_rel_error, &opts)?
-                }
+                Ok(archive) => dmx::verify_delta(
+                    &archive,
+                    original.as_deref(),
+                    base.as_deref(),
+                    max_rel_error,
+                    &opts,
+                )?,
                 Err(e) if e.is_integrity_failure() => {
                     report::unreadable(&archive_path, original.as_deref(), &e)
                 }

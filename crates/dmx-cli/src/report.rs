@@ -52,6 +52,12 @@ pub fn compress_summary(input: &Path, output: &Path, r: &CompressReport) {
             opt(d.ratio, 3),
         );
     }
+    if let Some(l) = &r.lossy_summary {
+        eprintln!("  {}", l.line());
+        eprintln!(
+            "  (`dmx info` lists the error of every tensor; `dmx verify ORIGINAL ARCHIVE` re-measures it)"
+        );
+    }
 }
 
 /// `dmx info` in human form.
@@ -186,7 +192,7 @@ pub fn verify(r: &VerifyReport) {
 /// A failing report for an archive that could not even be opened.
 pub fn unreadable(archive: &Path, original: Option<&Path>, e: &dmx::Error) -> VerifyReport {
     VerifyReport {
-        schema: 1,
+        schema: 2,
         archive: archive.display().to_string(),
         original: original.map(|o| o.display().to_string()),
         ok: false,

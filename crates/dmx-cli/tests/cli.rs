@@ -423,7 +423,7 @@ fn verify_passes_and_writes_a_report() {
     assert!(out.contains("bit-exact"), "{out}");
     let r = json(&String::from_utf8(env.read("r.json")).unwrap());
     assert_eq!(r["ok"], true);
-    assert_eq!(r["schema"], 1);
+    assert_eq!(r["schema"], 2);
     assert_eq!(r["original"], "model.safetensors");
     let files = r["files"].as_array().unwrap();
     assert_eq!(files.len(), 1);

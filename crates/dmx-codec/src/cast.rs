@@ -6,7 +6,8 @@
 //! codec id (0–3), then the inner payload, which decodes to the narrow values.
 //!
 //! Error bound: half an ulp of the narrow type (relative 2⁻⁹ for bfloat16, 2⁻¹² for half on
-//! normal values); finite values beyond the narrow type's range become ±Inf (half) and NaN
+//! normal values); finite values beyond the narrow type's range become ±Inf (half; [`overflows`]
+//! counts them, and dmx stores such tensors exactly unless asked otherwise) and NaN
 //! stays NaN (its payload is truncated).
 
 use crate::{Codec, CodecError, FloatLayout, Hints, ValueKind};
@@ -45,6 +46,14 @@ pub fn encode(to: FloatLayout, data: &[u8], hints: Hints) -> (Vec<u8>, f64) {
     payload.push(inner.codec as u8);
     payload.extend_from_slice(&inner.payload);
     (payload, inner.entropy_bits)
+}
+
+/// How many finite little-endian `f32` values of `data` become ±Inf when cast to `to`.
+pub fn overflows(to: FloatLayout, data: &[u8]) -> u64 {
+    data.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .filter(|x| x.is_finite() && !widen(to, narrow(to, *x)).is_finite())
+        .count() as u64
 }
 
 /// Decodes a cast payload into `out` (the 32-bit values).

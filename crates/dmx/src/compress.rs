@@ -36,6 +36,11 @@ pub struct CompressReport {
     pub seconds: f64,
     /// Non-fatal remarks (for example a `.safetensors` file that did not parse).
     pub warnings: Vec<String>,
+    /// True when some tensor was stored lossily (restores as an approximation).
+    pub lossy: bool,
+    /// Lossy tensors: how many, and the worst error among them (docs/VERIFY.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lossy_summary: Option<crate::lossy::LossySummary>,
 }
 
 struct Job<'a> {
@@ -46,6 +51,8 @@ struct Job<'a> {
     coding: Coding,
     bfp_row: usize,
     base: Option<&'a [u8]>,
+    /// Store the chunk exactly when that is no larger than its lossy form.
+    never_larger: bool,
 }
 
 /// What encoding one chunk produced.
@@ -55,6 +62,8 @@ struct Done {
     lossy: Option<(Vec<u8>, ErrorAcc)>,
     /// Values equal to the base's (delta codings).
     unchanged: u64,
+    /// The chunk is stored in its lossy form (not exactly).
+    lossy_coded: bool,
 }
 
 /// Compresses `input` (a `.safetensors` file, any file, or a folder) into the archive `output`,
@@ -87,6 +96,11 @@ pub fn compress_with(
     let (root, mut files) = plan_input(input)?;
     // An archive written inside its own input folder is not part of the input.
     files.retain(|f| !crate::output::same_file(&f.path, output));
+    let mut warnings = if lossy.is_lossless() && lossy.keep_lossless.is_empty() {
+        Vec::new()
+    } else {
+        crate::lossy::plan_warnings(&files, lossy)?
+    };
     let total: u64 = files.iter().map(|f| f.size).sum();
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
     out.write_all(&dmx_format::preamble_minor(u16::from(!lossy.is_lossless())))?;
@@ -96,12 +110,12 @@ pub fn compress_with(
     }
     let pool = opts.pool_for(total)?;
     let mut entries = Vec::with_capacity(files.len());
-    let mut warnings = Vec::new();
     for file in &files {
         if let Some(w) = &file.warning {
             warnings.push(w.clone());
         }
-        let entry = pool.install(|| compress_file(file, lossy, &mut out, progress))?;
+        let entry =
+            pool.install(|| compress_file(file, lossy, &mut out, progress, &mut warnings))?;
         entries.push(entry);
     }
     let index = Index { root, entries };
@@ -112,7 +126,10 @@ pub fn compress_with(
         p.finish();
     }
     let stats = crate::info::Stats::of_index(&index);
+    let lossy_summary = crate::lossy::LossySummary::of_index(&index);
     Ok(CompressReport {
+        lossy: lossy_summary.is_some(),
+        lossy_summary,
         input_bytes: total,
         output_bytes,
         files: files.len(),
@@ -163,7 +180,31 @@ fn run_job(j: &Job<'_>) -> Result<Done> {
             enc,
             lossy: None,
             unchanged,
+            lossy_coded: false,
         });
+    }
+    if j.never_larger {
+        // Never store a lossy form larger than the exact one (issue 11, finding 8).
+        let exact_coding = if j.base.is_some() {
+            Coding::Delta
+        } else {
+            Coding::Lossless
+        };
+        let exact = exact_coding.encode(j.value, j.data, j.hints, j.bfp_row, j.base);
+        if exact.payload.len() <= enc.payload.len() {
+            let mut acc = ErrorAcc::default();
+            if let Some(layout) = crate::lossy::lossy_layout(j.value) {
+                acc.add(layout, j.data, j.data);
+            }
+            return Ok(Done {
+                enc: exact,
+                lossy: Some((j.data.to_vec(), acc)),
+                unchanged: j
+                    .base
+                    .map_or(0, |b| self::unchanged(exact_coding, j.value, b, j.data)),
+                lossy_coded: false,
+            });
+        }
     }
     let mut decoded = vec![0u8; j.data.len()];
     dmx_codec::decode_with_base(enc.codec, &enc.payload, j.base, &mut decoded).map_err(|e| {
@@ -181,7 +222,45 @@ fn run_job(j: &Job<'_>) -> Result<Done> {
         enc,
         lossy: Some((decoded, acc)),
         unchanged,
+        lossy_coded: true,
     })
+}
+
+/// Keeps a chunk of an [`Mode::Auto`] segment within what is left of the segment's allowance
+/// (`allowance - spent`): if its error would pass it, codes it again one step more precisely,
+/// up to exactly. `recorded` becomes the most precise lossy coding used.
+fn hold_budget(
+    j: &Job<'_>,
+    d: &mut Done,
+    allowance: f64,
+    spent: &mut f64,
+    recorded: &mut Coding,
+) -> Result<()> {
+    let Some(layout) = crate::lossy::lossy_layout(j.value) else {
+        return Ok(());
+    };
+    let mut coding = j.coding;
+    loop {
+        let err = d.lossy.as_ref().map_or(0.0, |(_, a)| a.sum_sq_err());
+        if !d.lossy_coded || *spent + err <= allowance {
+            *spent += err;
+            if d.lossy_coded
+                && let (Coding::Bfp(p), Coding::Bfp(r)) = (coding, *recorded)
+                && p.mantissa_bits > r.mantissa_bits
+            {
+                *recorded = coding;
+            }
+            return Ok(());
+        }
+        coding = coding.escalate(layout);
+        *d = run_job(&Job { coding, ..*j })?;
+        if coding.is_lossless() {
+            // Exact: no error, but its values still count in the tensor's norm.
+            let mut acc = ErrorAcc::default();
+            acc.add(layout, j.data, j.data);
+            d.lossy = Some((j.data.to_vec(), acc));
+        }
+    }
 }
 
 /// Values of `data` equal to the base's: bit for bit, or on the grid for quantized deltas.
@@ -233,100 +312,185 @@ fn bfp_row(seg: &PlannedSegment) -> usize {
     }
 }
 
-/// Encoded size and error of `coding` on a whole segment (for [`Mode::Auto`]).
-fn trial(seg: &PlannedSegment, bytes: &[u8], coding: Coding) -> Result<(u64, ErrorAcc)> {
-    let hints = seg.hints();
-    let row = bfp_row(seg);
-    let ranges: Vec<_> = seg.chunks().collect();
-    let results = ranges
-        .par_iter()
-        .map(|r| {
-            run_job(&Job {
-                segment: 0,
-                data: &bytes[r.start as usize..r.end as usize],
-                value: seg.value,
-                hints,
-                coding,
-                bfp_row: row,
-                base: None,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut acc = ErrorAcc::default();
-    let mut size = 0;
-    for d in &results {
-        size += d.enc.payload.len() as u64;
-        if let Some((_, a)) = &d.lossy {
-            acc.merge(a);
+/// Values [`Mode::Auto`] samples from a tensor to choose its coding (at most; at least an
+/// eighth of a large tensor is sampled down to [`AUTO_SAMPLE_MIN`]).
+const AUTO_SAMPLE: usize = 1 << 16;
+/// Tensors up to this many values are measured whole in [`Mode::Auto`].
+const AUTO_SAMPLE_MIN: usize = 1 << 14;
+
+/// A sample of segment `seg` for [`Mode::Auto`]: the whole tensor when small, else evenly
+/// spaced blocks of whole rows; and the BFP row length to code it with.
+fn auto_sample<'a>(
+    seg: &PlannedSegment,
+    bytes: &'a [u8],
+    layout: dmx_codec::FloatLayout,
+) -> (std::borrow::Cow<'a, [u8]>, usize) {
+    let w = layout.bytes();
+    let data = &bytes[seg.offset as usize..(seg.offset + seg.len) as usize];
+    let n = data.len() / w;
+    let row = match &seg.kind {
+        dmx_format::SegmentKind::Tensor(t) if t.shape.len() >= 2 => {
+            t.shape.last().map_or(0, |&l| l as usize)
         }
+        _ => 0,
+    };
+    let target = (n / 8).clamp(AUTO_SAMPLE_MIN, AUTO_SAMPLE);
+    let (block, row) = if row > 0 && row <= AUTO_SAMPLE_MIN / 4 {
+        (4096usize.div_ceil(row) * row, row)
+    } else {
+        (4096, 0)
+    };
+    if n <= 2 * target || n / block < 2 {
+        let row = if row > 0 && n.is_multiple_of(row) {
+            row
+        } else {
+            0
+        };
+        return (std::borrow::Cow::Borrowed(data), row);
     }
-    Ok((size, acc))
+    let blocks_total = n / block;
+    let k = (target / block).clamp(1, blocks_total);
+    let mut out = Vec::with_capacity(k * block * w);
+    for i in 0..k {
+        let b = i * blocks_total / k;
+        out.extend_from_slice(&data[b * block * w..(b + 1) * block * w]);
+    }
+    (std::borrow::Cow::Owned(out), row)
 }
 
-/// Per segment, the smallest coding whose relative L2 error is within `budget`.
+/// Per segment, the smallest coding whose relative L2 error is within `budget`, and the
+/// largest sum of squared errors it may reach (its allowance).
+///
+/// The choice is made on a sample ([`auto_sample`]): the smallest BFP `M` within budget is
+/// searched (the error roughly halves per bit, and falls as `M` grows), the other candidates
+/// are measured, and the smallest within budget wins. [`encode_entry_budgeted`] then holds
+/// the budget exactly: a chunk that would push the tensor's measured error past it is coded
+/// again one step more precisely ([`Coding::escalate`]), up to exactly.
 fn auto_codings(
     file: &PlannedFile,
     bytes: &[u8],
     lossy: &LossyOptions,
     budget: f64,
-) -> Result<Vec<Coding>> {
-    let mut codings = crate::lossy::fixed_codings(file, bytes, lossy)?;
-    let steps16 = crate::lossy::shared_steps(crate::lossy::float_tensors(file, bytes), 16);
-    let steps32 = crate::lossy::shared_steps(crate::lossy::float_tensors(file, bytes), 32);
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<Coding>, Vec<Option<f64>>)> {
+    let fixed = crate::lossy::fixed_codings(file, bytes, lossy, warnings)?;
+    let maxes = crate::lossy::shared_max(crate::lossy::float_tensors(file, bytes));
     let keep = lossy.keep_set()?;
-    for (i, seg) in file.segments.iter().enumerate() {
-        let (dmx_format::SegmentKind::Tensor(t), Some(layout)) =
-            (&seg.kind, crate::lossy::lossy_layout(seg.value))
-        else {
-            continue;
-        };
-        if seg.len == 0 || keep.is_match(&t.name) {
-            continue;
-        }
-        let (mut best_size, _) = trial(seg, bytes, Coding::Lossless)?;
-        let mut best = Coding::Lossless;
-        let candidates = crate::lossy::auto_candidates(
-            layout,
-            steps16.get(&t.name).copied().unwrap_or(1.0),
-            steps32.get(&t.name).copied().unwrap_or(1.0),
-        );
-        // BFP: the error falls as M grows, so find the smallest M within budget by bisection.
-        let bfps: Vec<Coding> = candidates
-            .iter()
-            .copied()
-            .filter(|c| matches!(c, Coding::Bfp(_)))
-            .collect();
-        let (mut lo, mut hi) = (0usize, bfps.len());
-        let mut found: Option<(Coding, u64)> = None;
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            let (size, acc) = trial(seg, bytes, bfps[mid])?;
-            if acc.rel_l2() <= budget {
-                found = Some((bfps[mid], size));
-                hi = mid;
-            } else {
-                lo = mid + 1;
+    let chosen = file
+        .segments
+        .par_iter()
+        .zip(fixed)
+        .map(|(seg, fixed)| {
+            let (dmx_format::SegmentKind::Tensor(t), Some(layout)) =
+                (&seg.kind, crate::lossy::lossy_layout(seg.value))
+            else {
+                return Ok((fixed, None));
+            };
+            if seg.len == 0 || keep.is_match(&t.name) {
+                return Ok((fixed, None));
             }
+            let m = maxes.get(&t.name).copied().unwrap_or(0.0);
+            let best = auto_choose(seg, bytes, layout, budget, m)?;
+            if best.is_lossless() {
+                return Ok((best, None));
+            }
+            let data = &bytes[seg.offset as usize..(seg.offset + seg.len) as usize];
+            // A hair under the budget: the recorded error is summed in another order.
+            let allowance = budget * budget * crate::lossy::sum_sq(layout, data) * (1.0 - 1e-9);
+            Ok((best, Some(allowance)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(chosen.into_iter().unzip())
+}
+
+/// The coding [`auto_codings`] picks for one tensor from its sample; `max_abs` is the
+/// magnitude its integer grids are scaled to.
+fn auto_choose(
+    seg: &PlannedSegment,
+    bytes: &[u8],
+    layout: dmx_codec::FloatLayout,
+    budget: f64,
+    max_abs: f64,
+) -> Result<Coding> {
+    let hints = seg.hints();
+    let (sample, row) = auto_sample(seg, bytes, layout);
+    let measure = |c: Coding| -> Result<(usize, f64)> {
+        let d = run_job(&Job {
+            segment: 0,
+            data: &sample,
+            value: seg.value,
+            hints,
+            coding: c,
+            bfp_row: row,
+            base: None,
+            never_larger: false,
+        })?;
+        let rel = d.lossy.as_ref().map_or(0.0, |(_, a)| a.rel_l2());
+        Ok((d.enc.payload.len(), rel))
+    };
+    let mut best = Coding::Lossless;
+    let (mut best_size, _) = measure(Coding::Lossless)?;
+    let bfp_at = |m: u32| {
+        Coding::Bfp(dmx_codec::bfp::Params {
+            mantissa_bits: m,
+            group_size: crate::lossy::DEFAULT_GROUP_SIZE,
+        })
+    };
+    // The smallest M within budget: start at a guess, then jump by the measured error
+    // ratio (one bit halves it) inside the bracket [lo_fail + 1, hi_ok - 1] of unknown M.
+    let max_m = dmx_codec::bfp::max_mantissa_bits(layout);
+    let (mut lo_fail, mut hi_ok) = (1u32, max_m + 1);
+    let mut hi_size = 0;
+    // BFP's relative L2 error is near 2^-M for weight-like data: start there.
+    let mut m = ((1.0 / budget).log2().round()).clamp(2.0, f64::from(max_m)) as u32;
+    while lo_fail + 1 < hi_ok {
+        let (size, rel) = measure(bfp_at(m))?;
+        let ratio = rel / budget;
+        let guess = if rel <= budget {
+            hi_ok = m;
+            hi_size = size;
+            if rel == 0.0 {
+                f64::from(lo_fail + 1)
+            } else {
+                f64::from(m) - (1.0 / ratio).log2().floor()
+            }
+        } else {
+            lo_fail = m;
+            if ratio.is_finite() {
+                f64::from(m) + ratio.log2().ceil()
+            } else {
+                f64::from(m) + 1.0
+            }
+        };
+        if lo_fail + 1 >= hi_ok {
+            break;
         }
-        if let Some((c, size)) = found
-            && size < best_size
-        {
+        m = (guess.clamp(f64::from(lo_fail + 1), f64::from(hi_ok - 1))) as u32;
+    }
+    if hi_ok <= max_m && hi_size < best_size {
+        best = bfp_at(hi_ok);
+        best_size = hi_size;
+    }
+    let mut others = vec![Coding::Quant {
+        step: dmx_codec::grid::step_for(max_abs, 16),
+        bits: 16,
+    }];
+    if layout == dmx_codec::FloatLayout::F32 {
+        others.push(Coding::Quant {
+            step: dmx_codec::grid::step_for(max_abs, 32),
+            bits: 32,
+        });
+        others.push(Coding::Cast(dmx_codec::FloatLayout::BF16));
+        others.push(Coding::Cast(dmx_codec::FloatLayout::F16));
+    }
+    for c in others {
+        let (size, rel) = measure(c)?;
+        if rel <= budget && size < best_size {
             best = c;
             best_size = size;
         }
-        for c in candidates
-            .into_iter()
-            .filter(|c| !matches!(c, Coding::Bfp(_)))
-        {
-            let (size, acc) = trial(seg, bytes, c)?;
-            if acc.rel_l2() <= budget && size < best_size {
-                best = c;
-                best_size = size;
-            }
-        }
-        codings[i] = best;
     }
-    Ok(codings)
+    Ok(best)
 }
 
 fn compress_file(
@@ -334,6 +498,7 @@ fn compress_file(
     lossy: &LossyOptions,
     out: &mut AtomicFile,
     progress: Option<&dyn Progress>,
+    warnings: &mut Vec<String>,
 ) -> Result<Entry> {
     let bytes = Bytes::open(&file.path)?;
     if bytes.len() as u64 != file.size {
@@ -342,15 +507,27 @@ fn compress_file(
             file.path.display()
         )));
     }
-    let codings = if lossy.is_lossless() {
-        vec![Coding::Lossless; file.segments.len()]
+    let (codings, allowances) = if lossy.is_lossless() {
+        (vec![Coding::Lossless; file.segments.len()], None)
     } else if let (Mode::Auto, Some(budget)) = (lossy.mode, lossy.max_rel_error) {
-        auto_codings(file, &bytes, lossy, budget)?
+        let (c, a) = auto_codings(file, &bytes, lossy, budget, warnings)?;
+        (c, Some(a))
     } else {
-        crate::lossy::fixed_codings(file, &bytes, lossy)?
+        (
+            crate::lossy::fixed_codings(file, &bytes, lossy, warnings)?,
+            None,
+        )
     };
     let bases = vec![None; file.segments.len()];
-    encode_entry(file, &bytes, &codings, &bases, out, progress)
+    encode_entry_budgeted(
+        file,
+        &bytes,
+        &codings,
+        &bases,
+        allowances.as_deref(),
+        out,
+        progress,
+    )
 }
 
 /// The base tensor a segment is coded against.
@@ -372,6 +549,21 @@ pub(crate) fn encode_entry(
     out: &mut AtomicFile,
     progress: Option<&dyn Progress>,
 ) -> Result<Entry> {
+    encode_entry_budgeted(file, bytes, codings, bases, None, out, progress)
+}
+
+/// [`encode_entry`]; with `allowances`, segment `i` may reach at most `allowances[i]` as its
+/// sum of squared errors: a chunk that would pass it is coded again more precisely
+/// ([`Coding::escalate`]; [`Mode::Auto`]).
+fn encode_entry_budgeted(
+    file: &PlannedFile,
+    bytes: &Bytes,
+    codings: &[Coding],
+    bases: &[Option<BaseTensor<'_>>],
+    allowances: Option<&[Option<f64>]>,
+    out: &mut AtomicFile,
+    progress: Option<&dyn Progress>,
+) -> Result<Entry> {
     let any_lossy = codings.iter().any(|c| !c.is_lossless());
     // Cut every segment into chunks, in file order.
     let mut jobs = Vec::new();
@@ -389,6 +581,7 @@ pub(crate) fn encode_entry(
                 base: bases[i].map(|b| {
                     &b.data[(r.start - seg.offset) as usize..(r.end - seg.offset) as usize]
                 }),
+                never_larger: true,
             });
         }
     }
@@ -407,6 +600,10 @@ pub(crate) fn encode_entry(
         .collect();
     let mut errors = vec![ErrorAcc::default(); segments.len()];
     let mut unchanged = vec![0u64; segments.len()];
+    let mut lossy_coded = vec![false; segments.len()];
+    // The most precise coding a segment's lossy chunks used (recorded in the index).
+    let mut recorded: Vec<Coding> = codings.to_vec();
+    let mut spent = vec![0f64; segments.len()];
     let mut sha = sha2::Sha256::new();
     let mut hasher = SegmentHasher::default();
     let lens: Vec<u64> = jobs.iter().map(|j| j.data.len() as u64).collect();
@@ -416,7 +613,15 @@ pub(crate) fn encode_entry(
         let encode = || window.par_iter().map(run_job).collect::<Result<Vec<_>>>();
         let encoded = if any_lossy {
             // Hash what decompression will produce: the decoded bytes of lossy chunks.
-            let encoded = encode()?;
+            let mut encoded = encode()?;
+            if let Some(allow) = allowances {
+                for (j, d) in window.iter().zip(encoded.iter_mut()) {
+                    let Some(a) = allow[j.segment] else {
+                        continue;
+                    };
+                    hold_budget(j, d, a, &mut spent[j.segment], &mut recorded[j.segment])?;
+                }
+            }
             for (j, d) in window.iter().zip(&encoded) {
                 let data = d.lossy.as_ref().map_or(j.data, |(b, _)| b.as_slice());
                 sha.update(data);
@@ -442,6 +647,7 @@ pub(crate) fn encode_entry(
                 errors[j.segment].merge(acc);
             }
             unchanged[j.segment] += done.unchanged;
+            lossy_coded[j.segment] |= done.lossy_coded;
             let offset = out.position();
             out.write_all(&enc.payload)?;
             let seg = &mut segments[j.segment];
@@ -464,7 +670,12 @@ pub(crate) fn encode_entry(
         segments[s].blake3 = *h.as_bytes();
     }
     for (i, seg) in segments.iter_mut().enumerate() {
-        let lossy = codings[i].record(errors[i].stats());
+        // A segment whose every chunk was stored exactly is recorded as exact.
+        let lossy = if lossy_coded[i] {
+            recorded[i].record(errors[i].stats())
+        } else {
+            None
+        };
         seg.transform = match (bases[i], lossy) {
             (Some(b), Some(lossy)) => Transform::QuantDelta {
                 base: b.name.to_string(),

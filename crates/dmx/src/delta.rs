@@ -89,6 +89,11 @@ pub struct DeltaReport {
     pub steps: BTreeMap<String, f64>,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// True when some tensor restores as an approximation (quantized precisions).
+    pub lossy: bool,
+    /// Lossy tensors: how many, and the worst recorded error among them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lossy_summary: Option<crate::lossy::LossySummary>,
 }
 
 /// A base model opened for reading: a safetensors file, mapped; a `.dmx` base is first
@@ -102,7 +107,7 @@ pub(crate) struct Base {
     pub bytes: Bytes,
     /// Its plan: header and tensors.
     pub plan: PlannedFile,
-    _restored: Option<tempfile::TempDir>,
+    _restored: Option<crate::output::TempDir>,
 }
 
 impl Base {
@@ -127,7 +132,7 @@ impl Base {
                 )));
             }
             let sha = index.entries[0].sha256;
-            let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+            let dir = crate::output::temp_dir_in(&std::env::temp_dir())?;
             let file = dir.path().join(&index.entries[0].path);
             let restore = Options {
                 no_sync: true,
@@ -177,6 +182,13 @@ impl Base {
 /// Plans `path`, which must be one valid safetensors file.
 fn single_safetensors(path: &Path) -> Result<PlannedFile> {
     let (root, mut files) = plan_input(path)?;
+    // Detected by content: a valid safetensors file is accepted whatever its name.
+    if let (Root::File, Some(f)) = (root, files.last_mut())
+        && f.kind != EntryKind::Safetensors
+        && !f.rel.ends_with(".safetensors")
+    {
+        *f = crate::plan::plan_file_by_content(f.rel.clone(), f.path.clone())?;
+    }
     match (root, files.pop()) {
         (Root::File, Some(f)) if f.kind == EntryKind::Safetensors => Ok(f),
         (Root::File, Some(f)) => Err(Error::Usage(format!(
@@ -302,6 +314,7 @@ pub fn delta_compress(
         entries: vec![entry],
     };
     finish_archive(&index, &mut out, target)?;
+    let lossy_summary = crate::lossy::LossySummary::of_index(&index);
     let output_bytes = out.position();
     out.commit()?;
     if let Some(p) = progress {
@@ -324,6 +337,8 @@ pub fn delta_compress(
         removed,
         steps,
         seconds: start.elapsed().as_secs_f64(),
+        lossy: lossy_summary.is_some(),
+        lossy_summary,
     })
 }
 
@@ -515,6 +530,9 @@ pub struct DeltaInfo {
     pub storage: BTreeMap<String, DeltaGroup>,
     /// Base tensors the target does not have.
     pub removed: Vec<String>,
+    /// Lossy tensors: how many, and the worst recorded error among them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lossy_summary: Option<crate::lossy::LossySummary>,
 }
 
 fn label<T: Serialize>(v: T) -> String {
@@ -592,6 +610,7 @@ pub fn delta_info(path: &Path) -> Result<DeltaInfo> {
         roles,
         storage,
         removed: base.removed.clone(),
+        lossy_summary: crate::lossy::LossySummary::of_index(archive.index()),
     })
 }
 

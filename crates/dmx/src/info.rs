@@ -21,7 +21,8 @@ pub struct Stats {
     pub lossless: bool,
     /// Tensors stored lossily.
     pub lossy_tensors: usize,
-    /// Largest relative L2 error of any lossy tensor.
+    /// Largest relative L2 error of any lossy tensor (`"inf"` when infinite).
+    #[serde(serialize_with = "crate::lossy::json_opt_f64")]
     pub max_rel_l2: Option<f64>,
     /// Files stored.
     pub files: Vec<FileStats>,
@@ -95,11 +96,14 @@ pub struct LossyStats {
     /// Integer grid step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<f64>,
-    /// Largest absolute error.
+    /// Largest absolute error (`"inf"` when infinite).
+    #[serde(serialize_with = "crate::lossy::json_f64")]
     pub max_abs_error: f64,
-    /// Mean absolute error.
+    /// Mean absolute error (`"inf"` when infinite).
+    #[serde(serialize_with = "crate::lossy::json_f64")]
     pub mean_abs_error: f64,
-    /// Relative L2 error ‖x − x̂‖ / ‖x‖.
+    /// Relative L2 error ‖x − x̂‖ / ‖x‖ (`"inf"` when infinite).
+    #[serde(serialize_with = "crate::lossy::json_f64")]
     pub rel_l2: f64,
     /// Signal-to-noise ratio in dB (`null` when exact).
     pub snr_db: Option<f64>,

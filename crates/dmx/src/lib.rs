@@ -76,7 +76,7 @@ pub use output::{
 };
 pub use plan::CHUNK_SIZE;
 pub use source::check_input;
-pub use verify::{FileReport, TensorError, VerifyReport, verify, verify_with};
+pub use verify::{FileReport, TensorError, VerifyReport, verify, verify_delta, verify_with};
 
 pub use dmx_codec;
 pub use dmx_format;

@@ -65,6 +65,10 @@ pub struct LossyOptions {
     pub keep_lossless: Vec<String>,
     /// Round F32 tensors to a 16-bit type before coding (restored as F32).
     pub cast: Option<CastTo>,
+    /// With [`LossyOptions::cast`]: also cast tensors holding finite values that the narrow
+    /// type cannot represent (they become ±Inf). Without it such tensors are stored exactly,
+    /// with a warning naming them.
+    pub allow_cast_overflow: bool,
 }
 
 impl LossyOptions {
@@ -103,6 +107,9 @@ impl LossyOptions {
                 return usage("--max-rel-error applies to --mode auto".into());
             }
         }
+        if self.allow_cast_overflow && self.cast.is_none() {
+            return usage("--allow-cast-overflow applies to --cast".into());
+        }
         if self.cast.is_some() && self.mode != Mode::Lossless {
             return usage("--cast rounds F32 tensors and codes them losslessly; it cannot be combined with --mode".into());
         }
@@ -119,6 +126,106 @@ impl LossyOptions {
         }
         b.build()
             .map_err(|e| Error::Usage(format!("--keep-lossless: {e}")))
+    }
+}
+
+/// Lossy tensors of an archive or delta and their worst recorded errors: what every lossy
+/// summary (`compress`, `delta-compress`, `delta-info`, human and JSON) shows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LossySummary {
+    /// Tensors stored lossily.
+    pub lossy_tensors: usize,
+    /// The tensor with the largest relative L2 error.
+    pub worst_tensor: String,
+    /// Its relative L2 error (a number, or the string `"inf"` when infinite).
+    #[serde(serialize_with = "json_f64")]
+    pub worst_rel_l2: f64,
+    /// The largest absolute error of any lossy tensor (a number, or `"inf"`).
+    #[serde(serialize_with = "json_f64")]
+    pub max_abs_error: f64,
+    /// The tensor with that absolute error.
+    pub max_abs_tensor: String,
+}
+
+impl LossySummary {
+    /// The summary of the lossy segments of `index` (`None` when every tensor is exact).
+    pub fn of_index(index: &dmx_format::Index) -> Option<Self> {
+        let mut out: Option<Self> = None;
+        for seg in index.entries.iter().flat_map(|e| &e.segments) {
+            let (SegmentKind::Tensor(t), Some(l)) = (&seg.kind, seg.transform.lossy()) else {
+                continue;
+            };
+            let e = &l.error;
+            let o = out.get_or_insert_with(|| Self {
+                lossy_tensors: 0,
+                worst_tensor: t.name.clone(),
+                worst_rel_l2: e.rel_l2,
+                max_abs_error: e.max_abs,
+                max_abs_tensor: t.name.clone(),
+            });
+            o.lossy_tensors += 1;
+            if worse(e.rel_l2, o.worst_rel_l2) {
+                o.worst_rel_l2 = e.rel_l2;
+                o.worst_tensor = t.name.clone();
+            }
+            if worse(e.max_abs, o.max_abs_error) {
+                o.max_abs_error = e.max_abs;
+                o.max_abs_tensor = t.name.clone();
+            }
+        }
+        out
+    }
+
+    /// One line for humans: `LOSSY: N tensor(s) ...`.
+    pub fn line(&self) -> String {
+        format!(
+            "LOSSY: {} tensor(s) restore as approximations; worst relative L2 error {} \
+             (tensor {:?}), largest absolute error {} (tensor {:?})",
+            self.lossy_tensors,
+            fmt_err(self.worst_rel_l2),
+            self.worst_tensor,
+            fmt_err(self.max_abs_error),
+            self.max_abs_tensor
+        )
+    }
+}
+
+/// Whether error `a` is worse than `b` (NaN counts as worst).
+fn worse(a: f64, b: f64) -> bool {
+    a > b || (a.is_nan() && !b.is_nan())
+}
+
+/// An error figure for humans: `1.234e-3`, `inf` or `nan`.
+pub fn fmt_err(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.3e}")
+    } else {
+        x.to_string().to_lowercase()
+    }
+}
+
+/// Serializes a float as a JSON number when finite, else as the string `"inf"`, `"-inf"` or
+/// `"nan"` (JSON has no such numbers; `null` would hide them).
+pub fn json_f64<S: serde::Serializer>(x: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    if x.is_finite() {
+        s.serialize_f64(*x)
+    } else if x.is_nan() {
+        s.serialize_str("nan")
+    } else if *x > 0.0 {
+        s.serialize_str("inf")
+    } else {
+        s.serialize_str("-inf")
+    }
+}
+
+/// [`json_f64`] for optional values (`None` stays `null`: no value).
+pub fn json_opt_f64<S: serde::Serializer>(
+    x: &Option<f64>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match x {
+        Some(x) => json_f64(x, s),
+        None => s.serialize_none(),
     }
 }
 
@@ -143,6 +250,20 @@ pub(crate) enum Coding {
 impl Coding {
     pub(crate) fn is_lossless(self) -> bool {
         matches!(self, Coding::Lossless | Coding::Delta)
+    }
+
+    /// The next, more precise step of [`Mode::Auto`] for a chunk over its share of the
+    /// budget: BFP with one more magnitude bit, else exact.
+    pub(crate) fn escalate(self, layout: FloatLayout) -> Coding {
+        match self {
+            Coding::Bfp(p) if p.mantissa_bits < bfp::max_mantissa_bits(layout) => {
+                Coding::Bfp(bfp::Params {
+                    mantissa_bits: p.mantissa_bits + 1,
+                    ..p
+                })
+            }
+            _ => Coding::Lossless,
+        }
     }
 
     /// The index record of a lossy coding with its measured error.
@@ -286,14 +407,61 @@ impl ErrorAcc {
     /// Accumulates the error of `decoded` against `original` (both little-endian `layout`).
     /// Values that are NaN in the original are skipped (they are stored exactly).
     pub(crate) fn add(&mut self, layout: FloatLayout, original: &[u8], decoded: &[u8]) {
-        let w = layout.bytes();
-        for (a, b) in original.chunks_exact(w).zip(decoded.chunks_exact(w)) {
+        // Monomorphized per layout with a cheap conversion: this runs over every value of
+        // every lossy tensor (and of every candidate in auto mode).
+        if layout == FloatLayout::BF16 {
+            self.add_with::<2>(original, decoded, |r| {
+                f64::from(f32::from_bits(u32::from(u16::from_le_bytes(r)) << 16))
+            });
+        } else if layout == FloatLayout::F16 {
+            let lut = f16_table();
+            self.add_with::<2>(original, decoded, |r| {
+                f64::from(lut[usize::from(u16::from_le_bytes(r))])
+            });
+        } else if layout == FloatLayout::F32 {
+            self.add_with::<4>(original, decoded, |r| f64::from(f32::from_le_bytes(r)));
+        } else {
+            self.add_with::<8>(original, decoded, f64::from_le_bytes);
+        }
+    }
+
+    /// The sum of squared errors so far.
+    pub(crate) fn sum_sq_err(&self) -> f64 {
+        self.sum_sq_err
+    }
+
+    #[inline(always)]
+    fn add_with<const W: usize>(
+        &mut self,
+        original: &[u8],
+        decoded: &[u8],
+        conv: impl Fn([u8; W]) -> f64,
+    ) {
+        for (a, b) in original.chunks_exact(W).zip(decoded.chunks_exact(W)) {
+            let (a, b): ([u8; W], [u8; W]) = (
+                a.try_into().expect("chunks_exact"),
+                b.try_into().expect("chunks_exact"),
+            );
             self.values += 1;
             if a == b {
                 self.identical += 1;
             }
-            let x = grid::to_f64(layout, raw(a));
-            let y = grid::to_f64(layout, raw(b));
+            let x = conv(a);
+            let y = conv(b);
+            if x.is_finite() && y.is_finite() {
+                // The common case, straight-line.
+                let e = (x - y).abs();
+                self.dot += x * y;
+                self.sum_sq_decoded += y * y;
+                self.sum_sq += x * x;
+                self.sum_sq_err += e * e;
+                self.sum_abs_err += e;
+                if e > self.max_abs {
+                    self.max_abs = e;
+                }
+                self.count += 1;
+                continue;
+            }
             if x.is_nan() {
                 continue;
             }
@@ -367,6 +535,16 @@ impl ErrorAcc {
     }
 }
 
+/// Every IEEE half value as an `f32` (exact), built once.
+fn f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|b| half::f16::from_bits(b).to_f32())
+            .collect()
+    })
+}
+
 /// Little-endian element bytes as a zero-extended integer.
 pub(crate) fn raw(b: &[u8]) -> u64 {
     let mut v = [0u8; 8];
@@ -376,10 +554,85 @@ pub(crate) fn raw(b: &[u8]) -> u64 {
 
 /// Largest finite magnitude of little-endian `layout` values (0 when none).
 pub(crate) fn max_abs(layout: FloatLayout, data: &[u8]) -> f64 {
-    data.chunks_exact(layout.bytes())
-        .map(|c| grid::to_f64(layout, raw(c)).abs())
-        .filter(|x| x.is_finite())
-        .fold(0.0, f64::max)
+    // On the bits: for finite values the magnitude orders like its bits without the sign
+    // (an integer maximum, which vectorizes).
+    #[inline(always)]
+    fn max_bits<const W: usize>(
+        data: &[u8],
+        sign: u32,
+        inf: u32,
+        load: impl Fn([u8; W]) -> u32,
+    ) -> u32 {
+        data.chunks_exact(W)
+            .map(|c| load(c.try_into().expect("chunks_exact")) & !sign)
+            .filter(|&m| m < inf)
+            .max()
+            .unwrap_or(0)
+    }
+    if layout == FloatLayout::BF16 || layout == FloatLayout::F16 {
+        let inf = if layout == FloatLayout::BF16 {
+            0x7f80
+        } else {
+            0x7c00
+        };
+        let m = max_bits::<2>(data, 0x8000, inf, |r| u32::from(u16::from_le_bytes(r)));
+        return grid::to_f64(layout, u64::from(m));
+    }
+    if layout == FloatLayout::F32 {
+        let m = max_bits::<4>(data, 0x8000_0000, 0x7f80_0000, u32::from_le_bytes);
+        return grid::to_f64(layout, u64::from(m));
+    }
+    let mut m = 0f64;
+    for_values(layout, data, |x| {
+        if x.is_finite() {
+            m = m.max(x.abs());
+        }
+    });
+    m
+}
+
+/// The sum of squares of the finite values of little-endian `layout` data (as
+/// [`ErrorAcc`] sums the original's norm).
+pub(crate) fn sum_sq(layout: FloatLayout, data: &[u8]) -> f64 {
+    let mut s = 0f64;
+    for_values(layout, data, |x| {
+        if x.is_finite() {
+            s += x * x;
+        }
+    });
+    s
+}
+
+/// Calls `f` with every value of little-endian `layout` data, in order.
+fn for_values(layout: FloatLayout, data: &[u8], f: impl FnMut(f64)) {
+    #[inline(always)]
+    fn each<const W: usize>(data: &[u8], conv: impl Fn([u8; W]) -> f64, mut f: impl FnMut(f64)) {
+        for c in data.chunks_exact(W) {
+            f(conv(c.try_into().expect("chunks_exact")));
+        }
+    }
+    if layout == FloatLayout::BF16 {
+        each::<2>(
+            data,
+            |r| f64::from(f32::from_bits(u32::from(u16::from_le_bytes(r)) << 16)),
+            f,
+        );
+    } else if layout == FloatLayout::F16 {
+        let lut = f16_table();
+        each::<2>(
+            data,
+            |r| f64::from(lut[usize::from(u16::from_le_bytes(r))]),
+            f,
+        );
+    } else if layout == FloatLayout::F32 {
+        each::<4>(data, |r| f64::from(f32::from_le_bytes(r)), f);
+    } else {
+        let w = layout.bytes();
+        let mut f = f;
+        for c in data.chunks_exact(w) {
+            f(grid::to_f64(layout, raw(c)));
+        }
+    }
 }
 
 /// The layouts lossy modes apply to.
@@ -430,6 +683,17 @@ pub(crate) fn shared_steps<'a>(
     tensors: impl Iterator<Item = (&'a str, &'a str, FloatLayout, &'a [u8])>,
     bits: u32,
 ) -> HashMap<String, f64> {
+    shared_max(tensors)
+        .into_iter()
+        .map(|(name, m)| (name, grid::step_for(m, bits)))
+        .collect()
+}
+
+/// The largest magnitude per tensor name that [`shared_steps`] derives steps from: the
+/// maximum over the tensor's role group, or its own.
+pub(crate) fn shared_max<'a>(
+    tensors: impl Iterator<Item = (&'a str, &'a str, FloatLayout, &'a [u8])>,
+) -> HashMap<String, f64> {
     let mut group_max: HashMap<String, f64> = HashMap::new();
     let mut own: Vec<(String, Option<String>, f64)> = Vec::new();
     for (name, dtype, layout, data) in tensors {
@@ -445,17 +709,20 @@ pub(crate) fn shared_steps<'a>(
     own.into_iter()
         .map(|(name, g, m)| {
             let m = g.and_then(|g| group_max.get(&g).copied()).unwrap_or(m);
-            (name, grid::step_for(m, bits))
+            (name, m)
         })
         .collect()
 }
 
 /// Per-segment codings of a planned file for a fixed mode (everything but [`Mode::Auto`] with
 /// a budget, which needs trial encodings and is decided by the caller).
+/// Casts that would turn finite values into ±Inf are replaced by [`Coding::Lossless`] (unless
+/// [`LossyOptions::allow_cast_overflow`]) with a warning in `warnings`.
 pub(crate) fn fixed_codings(
     file: &PlannedFile,
     bytes: &[u8],
     opts: &LossyOptions,
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<Coding>> {
     let keep = opts.keep_set()?;
     let steps = match opts.mode {
@@ -480,10 +747,34 @@ pub(crate) fn fixed_codings(
             }
             match opts.mode {
                 Mode::Lossless | Mode::Auto => match opts.cast {
-                    Some(c) if layout == FloatLayout::F32 => Coding::Cast(match c {
-                        CastTo::Bf16 => FloatLayout::BF16,
-                        CastTo::F16 => FloatLayout::F16,
-                    }),
+                    Some(c) if layout == FloatLayout::F32 => {
+                        let to = match c {
+                            CastTo::Bf16 => FloatLayout::BF16,
+                            CastTo::F16 => FloatLayout::F16,
+                        };
+                        let data = &bytes[s.offset as usize..(s.offset + s.len) as usize];
+                        let over = dmx_codec::cast::overflows(to, data);
+                        if over > 0 && !opts.allow_cast_overflow {
+                            warnings.push(format!(
+                                "tensor {:?}: {over} finite value(s) beyond the range of {} \
+                                 would become infinite; stored exactly (lossless) instead \
+                                 (--allow-cast-overflow casts it anyway)",
+                                t.name,
+                                cast_name(c)
+                            ));
+                            Coding::Lossless
+                        } else {
+                            if over > 0 {
+                                warnings.push(format!(
+                                    "tensor {:?}: {over} finite value(s) beyond the range of \
+                                     {} became infinite (--allow-cast-overflow)",
+                                    t.name,
+                                    cast_name(c)
+                                ));
+                            }
+                            Coding::Cast(to)
+                        }
+                    }
                     _ => Coding::Lossless,
                 },
                 Mode::Bfp => Coding::Bfp(bfp::Params {
@@ -502,29 +793,102 @@ pub(crate) fn fixed_codings(
         .collect())
 }
 
-/// The candidate codings [`Mode::Auto`] tries for a tensor, cheapest first within each family.
-pub(crate) fn auto_candidates(layout: FloatLayout, step16: f64, step32: f64) -> Vec<Coding> {
-    let mut c: Vec<Coding> = (2..=bfp::max_mantissa_bits(layout))
-        .map(|m| {
-            Coding::Bfp(bfp::Params {
-                mantissa_bits: m,
-                group_size: DEFAULT_GROUP_SIZE,
-            })
-        })
-        .collect();
-    c.push(Coding::Quant {
-        step: step16,
-        bits: 16,
-    });
-    if layout == FloatLayout::F32 {
-        c.push(Coding::Quant {
-            step: step32,
-            bits: 32,
-        });
-        c.push(Coding::Cast(FloatLayout::BF16));
-        c.push(Coding::Cast(FloatLayout::F16));
+fn cast_name(c: CastTo) -> &'static str {
+    match c {
+        CastTo::Bf16 => "bf16",
+        CastTo::F16 => "f16",
     }
-    c
+}
+
+/// Checks lossy settings against the planned input: refuses `--mantissa-bits` that no float
+/// tensor can use (its dtype's maximum is lower), and returns warnings for settings that do
+/// nothing or only partly apply: a `--mantissa-bits` some dtypes cap, a `--keep-lossless`
+/// pattern that matches no tensor, `--cast` on an input without F32 tensors.
+pub(crate) fn plan_warnings(files: &[PlannedFile], opts: &LossyOptions) -> Result<Vec<String>> {
+    let keep: Vec<(String, globset::GlobMatcher)> = opts
+        .keep_lossless
+        .iter()
+        .map(|g| {
+            globset::Glob::new(g)
+                .map(|m| (g.clone(), m.compile_matcher()))
+                .map_err(|e| Error::Usage(format!("--keep-lossless {g:?}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let mut matched = vec![false; keep.len()];
+    let mut layouts: Vec<(FloatLayout, String)> = Vec::new();
+    for s in files.iter().flat_map(|f| &f.segments) {
+        let SegmentKind::Tensor(t) = &s.kind else {
+            continue;
+        };
+        for (k, (_, m)) in keep.iter().enumerate() {
+            matched[k] |= m.is_match(&t.name);
+        }
+        if let Some(l) = lossy_layout(s.value)
+            && !layouts.iter().any(|(x, _)| *x == l)
+        {
+            layouts.push((l, t.dtype.clone()));
+        }
+    }
+    let mut warnings = Vec::new();
+    if opts.is_lossless() && !keep.is_empty() {
+        warnings.push(
+            "--keep-lossless has no effect without a lossy --mode or --cast: everything is \
+             stored losslessly"
+                .to_string(),
+        );
+    }
+    for ((g, _), hit) in keep.iter().zip(matched) {
+        if !hit {
+            warnings.push(format!(
+                "--keep-lossless {g:?} matches no tensor of the input; it has no effect"
+            ));
+        }
+    }
+    if let Some(c) = opts.cast
+        && !layouts.iter().any(|(l, _)| *l == FloatLayout::F32)
+    {
+        warnings.push(format!(
+            "--cast {}: the input has no F32 tensor; nothing was cast",
+            cast_name(c)
+        ));
+    }
+    if opts.mode == Mode::Bfp
+        && let Some(m) = opts.mantissa_bits
+    {
+        let capped: Vec<&str> = layouts
+            .iter()
+            .filter(|(l, _)| bfp::max_mantissa_bits(*l) < m)
+            .map(|(_, d)| d.as_str())
+            .collect();
+        if !layouts.is_empty() && capped.len() == layouts.len() {
+            return Err(Error::Usage(format!(
+                "--mantissa-bits {m}: no float tensor of the input can use it ({} allow at \
+                 most {}); use 2..={}",
+                capped.join(", "),
+                layouts
+                    .iter()
+                    .map(|(l, _)| bfp::max_mantissa_bits(*l))
+                    .max()
+                    .unwrap_or(8),
+                layouts
+                    .iter()
+                    .map(|(l, _)| bfp::max_mantissa_bits(*l))
+                    .max()
+                    .unwrap_or(8),
+            )));
+        }
+        for (l, d) in layouts
+            .iter()
+            .filter(|(l, _)| bfp::max_mantissa_bits(*l) < m)
+        {
+            warnings.push(format!(
+                "--mantissa-bits {m}: {d} tensors allow at most {}; they use {} instead",
+                bfp::max_mantissa_bits(*l),
+                bfp::max_mantissa_bits(*l)
+            ));
+        }
+    }
+    Ok(warnings)
 }
 
 #[cfg(test)]

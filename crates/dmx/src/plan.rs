@@ -272,3 +272,11 @@ pub fn dtype_bits(dtype: &str) -> Option<u64> {
         _ => return None,
     })
 }
+
+/// Plans the file `path` as a safetensors file whatever its name (deltas and chains detect
+/// safetensors by content, not by extension); `rel` is its stored name.
+pub(crate) fn plan_file_by_content(rel: String, path: PathBuf) -> Result<PlannedFile> {
+    let mut f = plan_file(format!("{rel}.safetensors"), path)?;
+    f.rel = rel;
+    Ok(f)
+}

@@ -8,7 +8,7 @@ use serde::Serialize;
 use sha2::Digest;
 
 use crate::archive::Archive;
-use crate::decompress::stream_entry;
+use crate::decompress::stream_entry_with;
 use crate::error::{Error, Result};
 use crate::lossy::{ErrorAcc, lossy_layout};
 use crate::plan::{self, plan_input};
@@ -64,19 +64,28 @@ pub struct TensorError {
     pub values: u64,
     /// Values whose bits are identical to the original's.
     pub identical: u64,
-    /// Largest absolute error.
+    /// Largest absolute error (a number, or `"inf"`).
+    #[serde(serialize_with = "crate::lossy::json_f64")]
     pub max_abs_error: f64,
-    /// Mean absolute error.
+    /// Mean absolute error (a number, or `"inf"`).
+    #[serde(serialize_with = "crate::lossy::json_f64")]
     pub mean_abs_error: f64,
-    /// ‖x − x̂‖ / ‖x‖ (`null` when the original is all zero and the decoded is not).
-    pub rel_l2: Option<f64>,
-    /// Cosine similarity (1 when both are all zero, 0 when one is).
+    /// ‖x − x̂‖ / ‖x‖: a number, or the string `"inf"` when infinite (the original is all
+    /// zero and the decoded is not, or a finite value became infinite), which always fails.
+    #[serde(serialize_with = "crate::lossy::json_f64")]
+    pub rel_l2: f64,
+    /// Cosine similarity (1 when both are all zero, 0 when one is; `"nan"` if undefined).
+    #[serde(serialize_with = "crate::lossy::json_f64")]
     pub cosine: f64,
-    /// Signal-to-noise ratio in dB (`null` when exact).
-    pub snr_db: Option<f64>,
-    /// The relative L2 error the archive records for this tensor (0 for lossless ones).
+    /// Signal-to-noise ratio in dB: a number, or the string `"inf"` when exact.
+    #[serde(serialize_with = "crate::lossy::json_f64")]
+    pub snr_db: f64,
+    /// The relative L2 error the archive records for this tensor (0 for lossless ones; the
+    /// string `"inf"` when infinite).
+    #[serde(serialize_with = "crate::lossy::json_f64")]
     pub claimed_rel_l2: f64,
-    /// The limit checked: `--max-rel-error` when given, else the claim.
+    /// The limit checked: `--max-rel-error` when given, else the claim (`"inf"` possible).
+    #[serde(serialize_with = "crate::lossy::json_f64")]
     pub limit: f64,
     /// Within the limit (and, for lossless tensors, bit-exact).
     pub ok: bool,
@@ -99,11 +108,47 @@ pub fn verify_with(
 ) -> Result<VerifyReport> {
     if archive.index().entries.iter().any(|e| e.base.is_some()) {
         return Err(Error::Usage(format!(
-            "{} is a delta: check it with `dmx delta-reconstruct BASE DELTA OUT`, which \
-             verifies every checksum against the base",
+            "{} is a delta: its base is needed to check it; give the base it was made from \
+             with `dmx verify [TARGET] {} --base BASE`",
+            archive.path().display(),
             archive.path().display()
         )));
     }
+    verify_inner(archive, original, None, max_rel_error, opts)
+}
+
+/// [`verify_with`] for archives and deltas: a delta (`.dmxd`) is decoded against `base` (the
+/// file it was made from, `.safetensors` or `.dmx`; required for deltas, refused otherwise)
+/// and, with `original` (the target), its recorded errors are checked like a lossy archive's.
+pub fn verify_delta(
+    archive: &Archive,
+    original: Option<&Path>,
+    base: Option<&Path>,
+    max_rel_error: Option<f64>,
+    opts: &Options,
+) -> Result<VerifyReport> {
+    let is_delta = archive.index().entries.iter().any(|e| e.base.is_some());
+    match (is_delta, base) {
+        (false, Some(_)) => Err(Error::Usage(format!(
+            "{} is not a delta; --base applies only to deltas (.dmxd)",
+            archive.path().display()
+        ))),
+        (true, Some(b)) => {
+            let pool = opts.pool()?;
+            let base = pool.install(|| crate::delta::Base::open(b, opts))?;
+            verify_inner(archive, original, Some(&base), max_rel_error, opts)
+        }
+        (_, None) => verify_with(archive, original, max_rel_error, opts),
+    }
+}
+
+fn verify_inner(
+    archive: &Archive,
+    original: Option<&Path>,
+    base: Option<&crate::delta::Base>,
+    max_rel_error: Option<f64>,
+    opts: &Options,
+) -> Result<VerifyReport> {
     let total: u64 = archive.index().entries.iter().map(|e| e.size).sum();
     let pool = opts.pool_for(total)?;
     let progress = opts.progress.as_deref();
@@ -134,9 +179,13 @@ pub fn verify_with(
             }),
             None => None,
         };
-        files.push(
-            pool.install(|| check_entry(archive, i, orig.as_ref(), max_rel_error, progress))?,
-        );
+        let slices = match base {
+            Some(b) => crate::delta::base_slices(archive, entry, b)?,
+            None => Vec::new(),
+        };
+        files.push(pool.install(|| {
+            check_entry(archive, i, orig.as_ref(), &slices, max_rel_error, progress)
+        })?);
     }
     if let Some(list) = &originals {
         for extra in list.iter().skip(archive.index().entries.len()).flatten() {
@@ -155,7 +204,7 @@ pub fn verify_with(
         p.finish();
     }
     Ok(VerifyReport {
-        schema: 1,
+        schema: 2,
         archive: archive.path().display().to_string(),
         original: original.map(|o| o.display().to_string()),
         ok: files.iter().all(|f| f.ok),
@@ -208,6 +257,7 @@ fn check_entry(
     archive: &Archive,
     i: usize,
     original_file: Option<&Bytes>,
+    bases: &[Option<&[u8]>],
     max_rel_error: Option<f64>,
     progress: Option<&dyn Progress>,
 ) -> Result<FileReport> {
@@ -231,7 +281,7 @@ fn check_entry(
     let mut hashes = vec![blake3::hash(&[]); entry.segments.len()];
     let mut pos = 0usize;
     let mut first_diff: Option<usize> = None;
-    let result = stream_entry(archive, entry, progress, |s, data| {
+    let result = stream_entry_with(archive, entry, bases, progress, |s, data| {
         sha.update(data);
         if let Some((done, h)) = hasher.update(s, data) {
             hashes[done] = h;
@@ -315,10 +365,15 @@ fn check_entry(
             let e = tensor_error(t, seg, &errors[s], max_rel_error);
             if !e.ok {
                 problems.push(format!(
-                    "tensor {:?}: relative L2 error {} above the limit {:e}",
+                    "tensor {:?}: relative L2 error {} above the limit {}{}",
                     t.name,
-                    e.rel_l2.map_or("inf".into(), |r| format!("{r:e}")),
-                    e.limit
+                    crate::lossy::fmt_err(e.rel_l2),
+                    crate::lossy::fmt_err(e.limit),
+                    if e.rel_l2.is_finite() {
+                        ""
+                    } else {
+                        " (an infinite or NaN error never passes)"
+                    }
                 ));
             }
             tensor_errors.push(e);
@@ -370,12 +425,13 @@ fn tensor_error(
         identical: acc.identical,
         max_abs_error: stats.max_abs,
         mean_abs_error: stats.mean_abs,
-        rel_l2: rel.is_finite().then_some(rel),
+        rel_l2: rel,
         cosine: acc.cosine(),
-        snr_db: stats.snr_db.is_finite().then_some(stats.snr_db),
+        snr_db: stats.snr_db,
         claimed_rel_l2: claimed,
         limit,
-        ok: rel <= limit && (!exact_needed || acc.identical == acc.values),
+        // An infinite or NaN error never passes, whatever the archive claims.
+        ok: rel.is_finite() && rel <= limit && (!exact_needed || acc.identical == acc.values),
     }
 }
 

@@ -276,3 +276,33 @@ fn quantized_deltas_restore_the_targets_grid_values() {
         assert!(!dmx::delta_info(&d).unwrap().lossless);
     }
 }
+
+#[test]
+fn deltas_verify_against_their_base_and_target() {
+    for precision in [Precision::Lossless, Precision::Int16, Precision::Int32] {
+        let p = pair(7);
+        let (d, r) = delta(&p, &p.base, precision, "v.dmxd");
+        // Never larger than the lossless delta (each chunk keeps the smaller form).
+        if precision != Precision::Lossless {
+            let (_, exact) = delta(&p, &p.base, Precision::Lossless, "l.dmxd");
+            assert!(r.output_bytes <= exact.output_bytes + 64, "{precision:?}");
+            assert_eq!(r.lossy, r.lossy_summary.is_some());
+        }
+        let a = dmx::Archive::open(&d).unwrap();
+        // Without the base: a usage error that says how to give it.
+        let err = dmx::verify(&a, Some(&p.target), &quiet()).unwrap_err();
+        assert!(!err.is_integrity_failure() && err.to_string().contains("--base"));
+        let v = dmx::verify_delta(&a, Some(&p.target), Some(&p.base), None, &quiet()).unwrap();
+        assert!(v.ok, "{precision:?}: {:?}", v.files[0].problems);
+        let v = dmx::verify_delta(&a, None, Some(&p.base), None, &quiet()).unwrap();
+        assert!(v.ok, "{precision:?}");
+        // Compared with a file it does not restore: fails.
+        let v = dmx::verify_delta(&a, Some(&p.base), Some(&p.base), None, &quiet()).unwrap();
+        assert!(!v.ok, "{precision:?}");
+        // Another base is refused before anything is decoded.
+        let err = dmx::verify_delta(&a, None, Some(&p.target), None, &quiet()).unwrap_err();
+        assert!(err.to_string().contains("wrong base"), "{err}");
+        let info = dmx::delta_info(&d).unwrap();
+        assert_eq!(info.lossless, info.lossy_summary.is_none());
+    }
+}

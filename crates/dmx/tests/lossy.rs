@@ -88,7 +88,7 @@ fn round_trip(dir: &Path, file: &[u8], lossy: &LossyOptions, tag: &str) -> Vec<u
     for e in &report.files[0].tensor_errors {
         let t = archive.tensor(&e.name).unwrap();
         if let Some(l) = t.segment.transform.lossy() {
-            let measured = e.rel_l2.unwrap_or(f64::INFINITY);
+            let measured = e.rel_l2;
             assert!(
                 measured == l.error.rel_l2
                     || (measured - l.error.rel_l2).abs() <= 1e-9 * l.error.rel_l2.max(1e-300),
@@ -277,4 +277,68 @@ fn bad_lossy_settings_are_usage_errors() {
             .expect_err("rejected");
         assert!(!err.is_integrity_failure(), "{err}");
     }
+}
+
+#[test]
+fn auto_holds_the_budget_exactly_on_sampled_tensors() {
+    // Large enough to be chosen on a sample; rows of very different scales, so the sample
+    // misjudges some chunks and the budget must still hold exactly.
+    let dir = scratch();
+    for dtype in ["BF16", "F32"] {
+        let file = plain(&[
+            Tensor::generated("h.0.w", dtype, &[512, 256], Mode::RowScaled, 61),
+            Tensor::generated("h.1.w", dtype, &[1024, 96], Mode::Weights, 62),
+        ]);
+        let input = dir.path().join(format!("{dtype}.safetensors"));
+        write(&input, &file);
+        let exact = dir.path().join(format!("{dtype}.dmx"));
+        dmx::compress(&input, &exact, &quiet()).unwrap();
+        let exact_len = std::fs::metadata(&exact).unwrap().len();
+        for budget in [1e-1, 1e-2, 1e-3, 1e-4] {
+            let lossy = LossyOptions {
+                mode: LossyMode::Auto,
+                max_rel_error: Some(budget),
+                ..Default::default()
+            };
+            let tag = format!("sampled-{dtype}-{budget}");
+            round_trip(dir.path(), &file, &lossy, &tag);
+            let packed = dir.path().join(format!("{tag}.dmx"));
+            let a = Archive::open(&packed).unwrap();
+            for t in a.tensors() {
+                if let Some(l) = t.segment.transform.lossy() {
+                    assert!(l.error.rel_l2 <= budget, "{tag}: {}", t.info.name);
+                }
+            }
+            let r = dmx::verify_with(&a, Some(&input), Some(budget), &quiet()).unwrap();
+            assert!(r.ok, "{tag}: {:?}", r.files[0].problems);
+            assert!(a.archive_len() <= exact_len + 512, "{tag}: not larger");
+        }
+    }
+}
+
+#[test]
+fn overflowing_casts_are_stored_exactly_unless_allowed() {
+    let dir = scratch();
+    let big: Vec<u8> = (0..256)
+        .flat_map(|i| (1e6f32 * (i as f32 - 128.0)).to_le_bytes())
+        .collect();
+    let input = dir.path().join("m.safetensors");
+    write(&input, &plain(&[Tensor::new("w", "F32", &[16, 16], big)]));
+    let packed = dir.path().join("m.dmx");
+    let mut lossy = LossyOptions {
+        cast: Some(CastTo::F16),
+        ..Default::default()
+    };
+    let r = dmx::compress_with(&input, &packed, &lossy, &quiet()).unwrap();
+    assert!(!r.lossy && r.warnings.iter().any(|w| w.contains("\"w\"")));
+    let a = Archive::open(&packed).unwrap();
+    assert!(dmx::verify(&a, Some(&input), &quiet()).unwrap().ok);
+    lossy.allow_cast_overflow = true;
+    let packed = dir.path().join("m2.dmx");
+    let r = dmx::compress_with(&input, &packed, &lossy, &quiet()).unwrap();
+    assert!(r.lossy);
+    let a = Archive::open(&packed).unwrap();
+    let v = dmx::verify(&a, Some(&input), &quiet()).unwrap();
+    assert!(!v.ok, "an infinite error never passes");
+    assert_eq!(v.files[0].tensor_errors[0].rel_l2, f64::INFINITY);
 }
