@@ -215,7 +215,11 @@ fn verify_inner(
 /// The original path of every archive entry (`None` when missing), followed by original
 /// files the archive lacks.
 fn original_files(archive: &Archive, original: &Path) -> Result<Vec<Option<std::path::PathBuf>>> {
-    let (root, planned) = plan_input(original)?;
+    let (root, mut planned) = plan_input(original)?;
+    // An archive stored inside the folder it was made from is not part of the original.
+    if root == Root::Directory {
+        planned.retain(|p| !crate::output::same_file(&p.path, archive.path()));
+    }
     if root != archive.index().root {
         return Err(Error::Usage(format!(
             "{} is a {} but the archive holds a {}",
@@ -228,6 +232,10 @@ fn original_files(archive: &Archive, original: &Path) -> Result<Vec<Option<std::
             },
         )));
     }
+    let by_rel: std::collections::HashMap<&str, &std::path::PathBuf> = planned
+        .iter()
+        .map(|p| (p.rel.as_str(), &p.path))
+        .collect();
     let mut out: Vec<Option<std::path::PathBuf>> = archive
         .index()
         .entries
@@ -236,16 +244,19 @@ fn original_files(archive: &Archive, original: &Path) -> Result<Vec<Option<std::
             if root == Root::File {
                 Some(planned[0].path.clone())
             } else {
-                planned
-                    .iter()
-                    .find(|p| p.rel == e.path)
-                    .map(|p| p.path.clone())
+                by_rel.get(e.path.as_str()).map(|p| (*p).clone())
             }
         })
         .collect();
     if root == Root::Directory {
+        let stored: std::collections::HashSet<&str> = archive
+            .index()
+            .entries
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect();
         for p in &planned {
-            if !archive.index().entries.iter().any(|e| e.path == p.rel) {
+            if !stored.contains(p.rel.as_str()) {
                 out.push(Some(p.path.clone()));
             }
         }
