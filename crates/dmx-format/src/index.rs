@@ -730,8 +730,7 @@ impl Index {
     pub fn min_minor(&self) -> u16 {
         let packed = self.entries.iter().any(|e| {
             matches!(e.kind, EntryKind::Pack | EntryKind::Packed)
-                || e
-                    .segments
+                || e.segments
                     .iter()
                     .any(|s| matches!(s.kind, SegmentKind::Packed(_)))
         });

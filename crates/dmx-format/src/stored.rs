@@ -128,7 +128,10 @@ mod tests {
         let z = idx.to_stored(FLAG_COMPRESSED_INDEX);
         assert!(z.len() * 4 < plain.len());
         let l = Limits::default();
-        assert_eq!(Index::from_stored(&z, FLAG_COMPRESSED_INDEX, 16, &l).unwrap(), idx);
+        assert_eq!(
+            Index::from_stored(&z, FLAG_COMPRESSED_INDEX, 16, &l).unwrap(),
+            idx
+        );
         assert_eq!(Index::from_stored(&plain, 0, 16, &l).unwrap(), idx);
         for cut in 0..z.len() {
             assert!(Index::from_stored(&z[..cut], FLAG_COMPRESSED_INDEX, 16, &l).is_err());

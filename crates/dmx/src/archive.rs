@@ -4,7 +4,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use dmx_codec::Codec;
-use dmx_format::{Chunk, Entry, Index, Limits, Segment, SegmentKind, TensorInfo, Trailer};
+use dmx_format::{Chunk, Entry, Index, Limits, Segment, TensorInfo, Trailer};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -18,6 +18,7 @@ pub struct Archive {
     bytes: Bytes,
     index: Index,
     version: (u16, u16),
+    index_len: u64,
 }
 
 /// A tensor stored in an archive.
@@ -25,10 +26,14 @@ pub struct Archive {
 pub struct TensorRef<'a> {
     /// The file it belongs to.
     pub entry: &'a Entry,
-    /// Its segment.
+    /// Its segment (for a packed tensor, the packed segment holding it and its neighbours).
     pub segment: &'a Segment,
     /// Name, dtype and shape.
     pub info: &'a TensorInfo,
+    /// Offset of its data from the start of the segment (0 unless packed).
+    pub offset: u64,
+    /// Length of its data in bytes (the segment's length unless packed).
+    pub len: u64,
 }
 
 impl Archive {
@@ -55,12 +60,15 @@ impl Archive {
         let start = trailer.index_offset as usize;
         let index_bytes = &bytes[start..start + trailer.index_len as usize];
         trailer.check_index(index_bytes).map_err(fmt)?;
-        let index = Index::from_bytes(index_bytes, trailer.index_offset, limits).map_err(fmt)?;
+        let flags = dmx_format::preamble_flags(&bytes);
+        let index =
+            Index::from_stored(index_bytes, flags, trailer.index_offset, limits).map_err(fmt)?;
         let archive = Self {
             path: path.to_path_buf(),
             bytes,
             index,
             version,
+            index_len: trailer.index_len,
         };
         archive.validate()?;
         Ok(archive)
@@ -85,16 +93,22 @@ impl Archive {
                         ));
                     }
                 }
-                if let SegmentKind::Tensor(t) = &seg.kind
-                    && let Some(bits) = dtype_bits(&t.dtype)
-                {
+                for (t, _, len) in seg.kind.tensors(seg.len) {
+                    let Some(bits) = dtype_bits(&t.dtype) else {
+                        continue;
+                    };
                     let elems = t
                         .shape
                         .iter()
                         .try_fold(1u64, |a, &d| a.checked_mul(d))
                         .and_then(|n| n.checked_mul(bits));
-                    if elems.map(|b| b.div_ceil(8)) != Some(seg.len) {
-                        return Err(self.corrupt(entry, seg, None, "size disagrees with shape"));
+                    if elems.map(|b| b.div_ceil(8)) != Some(len) {
+                        return Err(self.corrupt(
+                            entry,
+                            seg,
+                            None,
+                            format!("tensor {:?}: size disagrees with shape", t.name),
+                        ));
                     }
                 }
             }
@@ -122,20 +136,28 @@ impl Archive {
         self.bytes.len() as u64
     }
 
-    /// Every tensor, in archive order.
+    /// Size of the stored index in bytes (compressed, for a format 1.2 archive with a
+    /// compressed index).
+    pub fn index_len(&self) -> u64 {
+        self.index_len
+    }
+
+    /// Every tensor, in archive order (the members of packed segments one by one).
     pub fn tensors(&self) -> impl Iterator<Item = TensorRef<'_>> {
         self.index.entries.iter().flat_map(|entry| {
-            entry
-                .segments
-                .iter()
-                .filter_map(move |segment| match &segment.kind {
-                    SegmentKind::Tensor(info) => Some(TensorRef {
+            entry.segments.iter().flat_map(move |segment| {
+                segment
+                    .kind
+                    .tensors(segment.len)
+                    .into_iter()
+                    .map(move |(info, offset, len)| TensorRef {
                         entry,
                         segment,
                         info,
-                    }),
-                    SegmentKind::Bytes => None,
-                })
+                        offset,
+                        len,
+                    })
+            })
         })
     }
 
@@ -149,14 +171,45 @@ impl Archive {
         let t = self.tensor(name).ok_or_else(|| {
             Error::Usage(format!("{}: no tensor named {name:?}", self.path.display()))
         })?;
+        self.read_tensor_ref(t)
+    }
+
+    /// Decodes the bytes of tensor `t` of this archive, checking chunk checksums and the
+    /// BLAKE3 of its segment (for a packed tensor, of the whole packed segment).
+    pub fn read_tensor_ref(&self, t: TensorRef<'_>) -> Result<Vec<u8>> {
         let data = self.read_segment(t.entry, t.segment)?;
         if blake3::hash(&data).as_bytes() != &t.segment.blake3 {
             return Err(Error::Mismatch {
                 path: self.path.clone(),
-                detail: format!("tensor {name:?}: BLAKE3 of decoded bytes does not match"),
+                detail: format!(
+                    "tensor {:?}: BLAKE3 of decoded bytes does not match",
+                    t.info.name
+                ),
             });
         }
-        Ok(data)
+        if t.offset == 0 && t.len == t.segment.len {
+            return Ok(data);
+        }
+        Ok(data[t.offset as usize..(t.offset + t.len) as usize].to_vec())
+    }
+
+    /// Decodes a whole pack entry (format 1.2, at most [`dmx_format::MAX_PACK`] bytes),
+    /// checking chunk checksums and every segment's BLAKE3.
+    pub fn read_pack(&self, entry: &Entry) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(entry.size.min(dmx_format::MAX_PACK) as usize);
+        for seg in &entry.segments {
+            let data = self.read_segment(entry, seg)?;
+            if blake3::hash(&data).as_bytes() != &seg.blake3 {
+                return Err(self.corrupt(
+                    entry,
+                    seg,
+                    None,
+                    "BLAKE3 of decoded bytes does not match",
+                ));
+            }
+            out.extend_from_slice(&data);
+        }
+        Ok(out)
     }
 
     /// Decodes a whole segment (chunks in parallel on the current rayon pool).
@@ -244,6 +297,14 @@ impl Archive {
         }
     }
 
+    fn corrupt_entry(&self, entry: &Entry, detail: &str) -> Error {
+        Error::Corrupt {
+            path: self.path.clone(),
+            what: entry.path.clone(),
+            detail: format!("{detail} (the archive is damaged; re-create or re-download it)"),
+        }
+    }
+
     fn corrupt(
         &self,
         entry: &Entry,
@@ -251,10 +312,7 @@ impl Archive {
         chunk: Option<usize>,
         detail: impl ToString,
     ) -> Error {
-        let what = match &segment.kind {
-            SegmentKind::Tensor(t) => format!("{}: tensor {:?}", entry.path, t.name),
-            SegmentKind::Bytes => format!("{}: bytes at offset {}", entry.path, segment.offset),
-        };
+        let what = format!("{}: {}", entry.path, segment.kind.describe(segment.offset));
         let what = match chunk {
             Some(i) => format!("{what}, chunk {i}"),
             None => what,
@@ -267,5 +325,35 @@ impl Archive {
                 detail.to_string()
             ),
         }
+    }
+}
+
+/// Format 1.2 packs during a folder restore: decodes a pack entry into `pack`, or writes a
+/// packed file (its range of `pack`) under `dir`. Returns `false` for every other entry,
+/// which the caller restores itself.
+pub(crate) fn restore_packed(
+    archive: &Archive,
+    entry: &Entry,
+    pack: &mut Vec<u8>,
+    dir: &Path,
+) -> Result<bool> {
+    match (entry.kind, entry.packed) {
+        (dmx_format::EntryKind::Pack, _) => {
+            *pack = archive.read_pack(entry)?;
+            Ok(true)
+        }
+        (dmx_format::EntryKind::Packed, Some(offset)) => {
+            // The index check guarantees the range lies inside the pack.
+            let data = pack
+                .get(offset as usize..(offset + entry.size) as usize)
+                .ok_or_else(|| archive.corrupt_entry(entry, "packed file outside its pack"))?;
+            let path = dir.join(&entry.path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            std::fs::write(&path, data).map_err(|e| Error::io(&path, e))?;
+            Ok(true)
+        }
+        _ => Ok(false),
     }
 }

@@ -154,10 +154,7 @@ impl<'a> SegmentCheck<'a> {
         if got.as_bytes() == &seg.blake3 {
             return Ok(());
         }
-        let what = match &seg.kind {
-            dmx_format::SegmentKind::Tensor(t) => format!("tensor {:?}", t.name),
-            dmx_format::SegmentKind::Bytes => format!("bytes at offset {}", seg.offset),
-        };
+        let what = seg.kind.describe(seg.offset);
         Err(Error::Corrupt {
             path: self.archive.path().to_path_buf(),
             what: format!("{}: {what}", self.entry.path),
@@ -203,7 +200,11 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
             }
             Root::Directory => {
                 let dir = AtomicDir::create(output, opts.force, !opts.no_sync)?;
+                let mut pack = Vec::new();
                 for entry in &archive.index().entries {
+                    if crate::archive::restore_packed(&archive, entry, &mut pack, dir.path())? {
+                        continue;
+                    }
                     let path = dir.path().join(&entry.path);
                     let mut w = write_plain(&path)?;
                     let mut check = SegmentCheck::new(&archive, entry);
