@@ -33,11 +33,12 @@ pub enum EntryKind {
     /// segments may use the delta transforms.
     SafetensorsDelta = 2,
     /// A pack (format 1.2): not a file of its own but the concatenated bytes of the
-    /// [`EntryKind::Packed`] entries that follow it, stored like a blob. Its path is empty.
+    /// [`EntryKind::Packed`] entries that directly follow it, stored like a blob. Its path is
+    /// empty; its SHA-256 covers every packed file's size and bytes (docs/FORMAT.md §5.2).
     Pack = 3,
-    /// A small file whose bytes are `[offset, offset + size)` of the nearest preceding
-    /// [`EntryKind::Pack`] entry ([`Entry::packed`], format 1.2). It has no segments and no
-    /// SHA-256 of its own (the pack's digests cover it).
+    /// A small file whose bytes are `[offset, offset + size)` of the preceding
+    /// [`EntryKind::Pack`] entry (offset in [`Entry::packed`], format 1.2): the packed files
+    /// after a pack tile it in order. It has no segments and no SHA-256 of its own.
     Packed = 4,
 }
 
@@ -67,8 +68,8 @@ pub struct Entry {
     pub base: Option<BaseRef>,
     /// Segments tiling `0..size` in order (none for a [`EntryKind::Packed`] entry).
     pub segments: Vec<Segment>,
-    /// For a [`EntryKind::Packed`] entry, the offset of its bytes in the nearest preceding
-    /// pack entry; `None` for every other kind.
+    /// For a [`EntryKind::Packed`] entry, the offset of its bytes in its pack (not stored:
+    /// computed when the index is parsed); `None` for every other kind.
     pub packed: Option<u64>,
 }
 
@@ -313,8 +314,8 @@ pub struct Chunk {
 }
 
 /// Smallest encodings, used to bound counts by the bytes left (the smallest entry is a packed
-/// file: path length, kind, size, offset).
-const MIN_ENTRY: usize = 4 + 1 + 8 + 8;
+/// file: path length, kind, size).
+const MIN_ENTRY: usize = 4 + 1 + 8;
 /// Smallest packed tensor record: name and dtype lengths, rank, len.
 const MIN_MEMBER: usize = 4 + 4 + 4 + 8;
 /// Largest pack entry (§5.5 rule 15): a reader holds one pack in memory.
@@ -332,8 +333,8 @@ impl Index {
             w.str(&e.path);
             w.u8(e.kind as u8);
             w.u64(e.size);
-            if let Some(offset) = e.packed {
-                w.u64(offset);
+            if e.kind == EntryKind::Packed {
+                // Its offset is implied: packed files tile their pack in order.
                 continue;
             }
             w.bytes(&e.sha256);
@@ -398,19 +399,35 @@ impl Index {
 
     /// Parses and validates an index whose data area ends at `data_end` (the index offset).
     pub fn from_bytes(bytes: &[u8], data_end: u64, limits: &Limits) -> Result<Self, FormatError> {
-        let index = Self::parse(bytes, data_end, limits)?;
+        let mut index = Self::parse(bytes, data_end, limits)?;
         index.check_packs()?;
         Ok(index)
     }
 
-    /// Rules 15 and 16 (format 1.2): packs belong to folders, are bounded, and every packed
-    /// file lies inside the nearest preceding pack.
-    fn check_packs(&self) -> Result<(), FormatError> {
-        let mut pack: Option<u64> = None;
-        for e in &self.entries {
+    /// Rules 15 and 16 (format 1.2): packs belong to folders and are bounded; the packed
+    /// files right after a pack tile it exactly, in order, which gives each its offset.
+    fn check_packs(&mut self) -> Result<(), FormatError> {
+        let root = self.root;
+        // (size of the current pack, bytes of it covered so far)
+        let mut pack: Option<(u64, u64)> = None;
+        for e in &mut self.entries {
             match e.kind {
+                EntryKind::Packed => {
+                    let (size, at) =
+                        pack.ok_or(FormatError::Invalid("a packed file without a pack"))?;
+                    let end = at
+                        .checked_add(e.size)
+                        .filter(|&end| end <= size)
+                        .ok_or(FormatError::Invalid("packed files do not tile their pack"))?;
+                    e.packed = Some(at);
+                    pack = Some((size, end));
+                    continue;
+                }
+                _ if pack.is_some_and(|(size, at)| at != size) => {
+                    return Err(FormatError::Invalid("packed files do not tile their pack"));
+                }
                 EntryKind::Pack => {
-                    if self.root != Root::Directory {
+                    if root != Root::Directory {
                         return Err(FormatError::Invalid("a pack in a single-file archive"));
                     }
                     if e.size > MAX_PACK {
@@ -420,17 +437,13 @@ impl Index {
                             limit: MAX_PACK,
                         });
                     }
-                    pack = Some(e.size);
+                    pack = Some((e.size, 0));
                 }
-                EntryKind::Packed => {
-                    let size = pack.ok_or(FormatError::Invalid("a packed file without a pack"))?;
-                    let offset = e.packed.unwrap_or(u64::MAX);
-                    if offset.checked_add(e.size).is_none_or(|end| end > size) {
-                        return Err(FormatError::OutOfRange("packed file"));
-                    }
-                }
-                _ => {}
+                _ => pack = None,
             }
+        }
+        if pack.is_some_and(|(size, at)| at != size) {
+            return Err(FormatError::Invalid("packed files do not tile their pack"));
         }
         Ok(())
     }
@@ -504,7 +517,8 @@ fn read_entry(r: &mut Reader<'_>, data_end: u64, limits: &Limits) -> Result<Entr
             sha256: [0; 32],
             base: None,
             segments: Vec::new(),
-            packed: Some(r.u64()?),
+            // Set by `check_packs` from the sizes of the packed files before it.
+            packed: Some(0),
         });
     }
     let sha256 = r.array()?;

@@ -46,8 +46,14 @@ impl Index {
             LEVEL_LARGE
         };
         let mut out = (raw.len() as u64).to_le_bytes().to_vec();
-        // Compressing an in-memory buffer into a Vec cannot fail.
-        let z = zstd::bulk::compress(&raw, level).unwrap_or_default();
+        // One frame with a content checksum (§4.1). Compressing an in-memory buffer into a
+        // Vec cannot fail.
+        let z = zstd::bulk::Compressor::new(level)
+            .and_then(|mut c| {
+                c.include_checksum(true)?;
+                c.compress(&raw)
+            })
+            .unwrap_or_default();
         out.extend_from_slice(&z);
         out
     }
@@ -84,7 +90,18 @@ fn decompress_index(stored: &[u8], limits: &Limits) -> Result<Vec<u8>, FormatErr
         });
     }
     let bad = || FormatError::Invalid("the compressed index does not decode");
-    let decoder = zstd::stream::read::Decoder::with_buffer(&stored[8..]).map_err(|_| bad())?;
+    let frame = &stored[8..];
+    // Exactly one zstd frame, whose header sets Content_Checksum_flag (bit 2 of the
+    // Frame_Header_Descriptor, the byte after the 4-byte magic number): the decoder then
+    // checks the decoded index against it.
+    if zstd::zstd_safe::find_frame_compressed_size(frame) != Ok(frame.len())
+        || frame.get(4).is_none_or(|d| d & 0x04 == 0)
+    {
+        return Err(FormatError::Invalid(
+            "the compressed index is not one zstd frame with a content checksum",
+        ));
+    }
+    let decoder = zstd::stream::read::Decoder::with_buffer(frame).map_err(|_| bad())?;
     // The output grows only as data decodes, and never past raw_len + 1 bytes.
     let mut raw = Vec::new();
     decoder

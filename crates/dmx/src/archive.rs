@@ -194,7 +194,8 @@ impl Archive {
     }
 
     /// Decodes a whole pack entry (format 1.2, at most [`dmx_format::MAX_PACK`] bytes),
-    /// checking chunk checksums and every segment's BLAKE3.
+    /// checking chunk checksums, every segment's BLAKE3 and the pack's SHA-256, which binds
+    /// the size of every packed file after it.
     pub fn read_pack(&self, entry: &Entry) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(entry.size.min(dmx_format::MAX_PACK) as usize);
         for seg in &entry.segments {
@@ -208,6 +209,19 @@ impl Archive {
                 ));
             }
             out.extend_from_slice(&data);
+        }
+        let members = self
+            .index
+            .entries
+            .iter()
+            .skip_while(|e| !std::ptr::eq(*e, entry))
+            .skip(1)
+            .take_while(|e| e.kind == dmx_format::EntryKind::Packed);
+        if pack_digest(members.map(|e| e.size), &out) != entry.sha256 {
+            return Err(self.corrupt_entry(
+                entry,
+                "SHA-256 of the pack and its file sizes does not match",
+            ));
         }
         Ok(out)
     }
@@ -356,4 +370,21 @@ pub(crate) fn restore_packed(
         }
         _ => Ok(false),
     }
+}
+
+/// The SHA-256 recorded for a pack (format 1.2, docs/FORMAT.md §5.2): over each packed
+/// file's size (`u64` little-endian) followed by its bytes, in order, so it binds the files'
+/// boundaries as well as their contents. Sizes that do not fit `data` give a digest of what
+/// fits (a mismatch).
+pub(crate) fn pack_digest(sizes: impl Iterator<Item = u64>, data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut sha = sha2::Sha256::new();
+    let mut at = 0usize;
+    for size in sizes {
+        sha.update(size.to_le_bytes());
+        let end = at.saturating_add(size as usize).min(data.len());
+        sha.update(&data[at..end]);
+        at = end;
+    }
+    sha.finalize().into()
 }

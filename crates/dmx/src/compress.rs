@@ -187,8 +187,10 @@ fn compress_pack(
         data.extend_from_slice(&bytes);
     }
     let plan = crate::plan::pack_plan(dir, data.len() as u64);
+    let digest = crate::archive::pack_digest(members.iter().map(|f| f.size), &data);
     let bytes = Bytes::Owned(data);
-    let pack = encode_entry(&plan, &bytes, &[Coding::Lossless], &[None], out, progress)?;
+    let mut pack = encode_entry(&plan, &bytes, &[Coding::Lossless], &[None], out, progress)?;
+    pack.sha256 = digest;
     entries.insert(0, pack);
     Ok(entries)
 }
