@@ -318,7 +318,7 @@ pub struct Chunk {
 const MIN_ENTRY: usize = 4 + 1 + 8;
 /// Smallest packed tensor record: name and dtype lengths, rank, len.
 const MIN_MEMBER: usize = 4 + 4 + 4 + 8;
-/// Largest pack entry (§5.5 rule 15): a reader holds one pack in memory.
+/// Largest pack entry (§5.5 rule 17): a reader holds one pack in memory.
 pub const MAX_PACK: u64 = 64 << 20;
 const MIN_SEGMENT: usize = 2 + 8 + 8 + 32 + 8 + 8;
 const CHUNK_LEN: usize = 8 + 4 + 4 + 1 + 8;
@@ -404,7 +404,7 @@ impl Index {
         Ok(index)
     }
 
-    /// Rules 15 and 16 (format 1.2): packs belong to folders and are bounded; the packed
+    /// Rules 17 and 18 (format 1.2): packs belong to folders and are bounded; the packed
     /// files right after a pack tile it exactly, in order, which gives each its offset.
     fn check_packs(&mut self) -> Result<(), FormatError> {
         let root = self.root;

@@ -36,9 +36,10 @@ pub const END_MAGIC: [u8; 8] = *b"DMXINDEX";
 /// Major format version written by this crate; readers reject any other (§2).
 pub const VERSION_MAJOR: u16 = 1;
 /// Highest minor format version written by this crate (1.1 adds lossy segments and delta
-/// entries; an archive that uses neither is written as 1.0). Readers accept any minor of their
-/// major and reject the ids (transforms, codecs, kinds) they do not know.
-pub const VERSION_MINOR: u16 = 1;
+/// entries, 1.2 packed tensors, packs of small files and the compressed index; an archive
+/// that uses none of them is written as 1.0). Readers accept any minor of their major and
+/// reject the ids (transforms, codecs, kinds, flags) they do not know.
+pub const VERSION_MINOR: u16 = 2;
 /// Size of the preamble (§2).
 pub const PREAMBLE_LEN: u64 = 16;
 /// Size of the trailer (§4).
