@@ -332,8 +332,8 @@ pub const PACKED_SEGMENT: u64 = CHUNK_SIZE;
 /// Largest pack of small files.
 pub const PACK_SIZE: u64 = 4 << 20;
 
-/// Estimated size of a 1.0 index for `files`: what each entry, segment and chunk record
-/// costs, names included.
+/// Size of the 1.0 index of a lossless archive of `files`, less its 9-byte start: what each
+/// entry, segment and chunk record costs, names included.
 fn index_estimate(files: &[PlannedFile]) -> u64 {
     files
         .iter()
@@ -348,7 +348,7 @@ fn index_estimate(files: &[PlannedFile]) -> u64 {
                         }
                         _ => 0,
                     };
-                    66 + 25 * s.len.div_ceil(CHUNK_SIZE).max(1) + names as u64
+                    66 + 25 * s.chunks().count() as u64 + names as u64
                 })
                 .sum();
             53 + f.rel.len() as u64 + segments
@@ -358,11 +358,12 @@ fn index_estimate(files: &[PlannedFile]) -> u64 {
 
 /// Whether the reference writer uses the format 1.2 features (packed tensors, packs of small
 /// files, a compressed index) for these files of `total` bytes: only when a 1.0 index would
-/// be more than 4 KiB and more than 1/64 of the input, so that ordinary archives (few, large
-/// tensors) keep their 1.0 bytes.
+/// be more than 4,000 bytes and more than 1/64 of the input, so that ordinary archives (few,
+/// large tensors) keep their 1.0 bytes. Otherwise the archive (preamble, data no larger than
+/// the input, index, trailer) stays within the bound of docs/FORMAT.md §7.1.
 pub fn wants_packing(files: &[PlannedFile], total: u64) -> bool {
     let estimate = index_estimate(files);
-    estimate > 4096 && estimate.saturating_mul(64) > total
+    estimate > 4000 && estimate.saturating_mul(64) > total
 }
 
 /// Whether a planned file may go into a pack of small files (format 1.2).
