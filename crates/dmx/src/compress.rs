@@ -588,3 +588,28 @@ pub(crate) fn encode_entry(
         packed: None,
     })
 }
+
+#[cfg(test)]
+mod writer_tests {
+    use super::writer_reason;
+    use dmx_format::FormatError;
+
+    /// Issue 11, finding 6: the writer's self-check of the index reports its refusals as its
+    /// own, never with the "archive corrupt" wording meant for damaged archives.
+    #[test]
+    fn writer_refusals_never_say_corrupt() {
+        for e in [
+            FormatError::Invalid("entry path is not a safe relative path"),
+            FormatError::OutOfRange("chunk offset"),
+            FormatError::LimitExceeded {
+                what: "entry count",
+                value: 2,
+                limit: 1,
+            },
+        ] {
+            let why = writer_reason(&e);
+            assert!(!why.contains("corrupt"), "{why}");
+            assert!(!why.is_empty());
+        }
+    }
+}
