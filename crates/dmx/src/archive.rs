@@ -343,14 +343,21 @@ impl Archive {
 }
 
 /// Format 1.2 packs during a folder restore: decodes a pack entry into `pack`, or writes a
-/// packed file (its range of `pack`) under `dir`. Returns `false` for every other entry,
-/// which the caller restores itself.
+/// packed file (its range of `pack`) under `dir`, synced when `sync`. Returns `false` for
+/// every other entry, which the caller restores itself.
 pub(crate) fn restore_packed(
     archive: &Archive,
     entry: &Entry,
     pack: &mut Vec<u8>,
     dir: &Path,
+    sync: bool,
+    progress: Option<&dyn crate::Progress>,
 ) -> Result<bool> {
+    if let (Some(p), dmx_format::EntryKind::Pack | dmx_format::EntryKind::Packed) =
+        (progress, entry.kind)
+    {
+        p.advance(entry.size);
+    }
     match (entry.kind, entry.packed) {
         (dmx_format::EntryKind::Pack, _) => {
             *pack = archive.read_pack(entry)?;
@@ -365,7 +372,11 @@ pub(crate) fn restore_packed(
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
             }
-            std::fs::write(&path, data).map_err(|e| Error::io(&path, e))?;
+            let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+            std::io::Write::write_all(&mut f, data).map_err(|e| Error::io(&path, e))?;
+            if sync {
+                f.sync_all().map_err(|e| Error::io(&path, e))?;
+            }
             Ok(true)
         }
         _ => Ok(false),

@@ -202,7 +202,15 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
                 let dir = AtomicDir::create(output, opts.force, !opts.no_sync)?;
                 let mut pack = Vec::new();
                 for entry in &archive.index().entries {
-                    if crate::archive::restore_packed(&archive, entry, &mut pack, dir.path())? {
+                    let sync = !opts.no_sync;
+                    if crate::archive::restore_packed(
+                        &archive,
+                        entry,
+                        &mut pack,
+                        dir.path(),
+                        sync,
+                        progress,
+                    )? {
                         continue;
                     }
                     let path = dir.path().join(&entry.path);
