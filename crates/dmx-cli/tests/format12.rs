@@ -171,7 +171,11 @@ fn tiny_tensors_and_files_do_not_inflate_and_info_counts_the_index() {
     assert!(size < total, "{size} >= {total} bytes of files");
     let (out, _) = run(d, &["info", "small.dmx"], 0);
     assert!(out.contains("files:     2000"), "{out}");
-    run(d, &["decompress", "small.dmx", "small.out", "-q", "--no-sync"], 0);
+    run(
+        d,
+        &["decompress", "small.dmx", "small.out", "-q", "--no-sync"],
+        0,
+    );
     assert_eq!(common::tree(&d.join("small.out")), common::tree(&folder));
     run(d, &["verify", "small", "small.dmx"], 0);
 }

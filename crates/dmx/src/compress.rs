@@ -76,8 +76,10 @@ pub fn compress_with(
     let (root, mut files) = plan_input(input)?;
     let total: u64 = files.iter().map(|f| f.size).sum();
     // Format 1.2 (packed small tensors and files, compressed index) only where the index
-    // would otherwise weigh on the archive; lossy archives keep per-tensor segments.
-    let packing = lossy.is_lossless() && crate::plan::wants_packing(&files, total);
+    // would otherwise weigh on the archive; lossy archives keep per-tensor segments but get
+    // the compressed index.
+    let big_index = crate::plan::wants_packing(&files, total);
+    let packing = lossy.is_lossless() && big_index;
     if packing {
         for f in files.iter_mut() {
             if f.kind == dmx_format::EntryKind::Safetensors {
@@ -85,7 +87,7 @@ pub fn compress_with(
             }
         }
     }
-    let (minor, flags) = if packing {
+    let (minor, flags) = if big_index {
         (2, dmx_format::FLAG_COMPRESSED_INDEX)
     } else {
         (u16::from(!lossy.is_lossless()), 0)

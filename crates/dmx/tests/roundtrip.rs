@@ -799,3 +799,37 @@ fn names_with_colons_and_backslashes_round_trip() {
     dmx::decompress(&packed, &out, &no_sync()).expect("decompress");
     assert_eq!(common::tree(&out), common::tree(&folder));
 }
+
+/// Finding 9: a lossy archive of many tiny tensors keeps one segment per tensor (each with
+/// its error record) but gets the compressed index of format 1.2.
+#[test]
+fn lossy_archives_of_tiny_tensors_get_a_compressed_index() {
+    let dir = common::scratch();
+    let tensors: Vec<Tensor> = (0..2000u64)
+        .map(|i| Tensor::generated(&format!("h.{i}.w"), "F32", &[32], Mode::Weights, i))
+        .collect();
+    let file = common::safetensors(&tensors, &Layout::default());
+    let input = dir.path().join("lossy.safetensors");
+    common::write(&input, &file);
+    let packed = dir.path().join("lossy.dmx");
+    let lossy = dmx::lossy::LossyOptions {
+        mode: dmx::lossy::Mode::Int16,
+        ..Default::default()
+    };
+    dmx::compress_with(&input, &packed, &lossy, &no_sync()).expect("compress");
+    let archive = Archive::open(&packed).expect("open");
+    assert_eq!(archive.version(), (1, 2));
+    let raw = archive.index().to_bytes().len() as u64;
+    assert!(
+        archive.index_len() * 2 < raw,
+        "{} vs {raw}",
+        archive.index_len()
+    );
+    assert!(
+        archive
+            .tensors()
+            .all(|t| t.segment.transform.lossy().is_some() && t.len == t.segment.len)
+    );
+    let rep = dmx::verify(&archive, Some(&input), &opts(2)).expect("verify");
+    assert!(rep.ok, "{rep:?}");
+}
