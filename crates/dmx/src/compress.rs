@@ -234,7 +234,13 @@ pub(crate) fn finish_archive_with(
             limits.max_index_len
         )));
     }
-    Index::from_bytes(&index_bytes, index_offset, &limits).map_err(|e| {
+    let index_bytes = if flags & dmx_format::FLAG_COMPRESSED_INDEX != 0 {
+        index.to_stored(flags)
+    } else {
+        index_bytes
+    };
+    // Parsed back exactly as a reader will (decompressed first when compressed).
+    Index::from_stored(&index_bytes, flags, index_offset, &limits).map_err(|e| {
         Error::Usage(format!(
             "{}: cannot be stored: {} (reader limits and rules are documented in \
              docs/FORMAT.md §5.5 and §6)",
@@ -242,11 +248,6 @@ pub(crate) fn finish_archive_with(
             writer_reason(&e)
         ))
     })?;
-    let index_bytes = if flags & dmx_format::FLAG_COMPRESSED_INDEX != 0 {
-        index.to_stored(flags)
-    } else {
-        index_bytes
-    };
     out.write_all(&index_bytes)?;
     out.write_all(&dmx_format::Trailer::for_index(index_offset, &index_bytes).to_bytes())?;
     Ok(())
