@@ -124,6 +124,15 @@ pub fn index(data: &[u8]) {
             parse_index(data, data_end, limits);
         }
     }
+    // Format 1.2: the same bytes as a compressed index (length, zstd frame).
+    for limits in [&default, &tiny] {
+        let flags = dmx_format::FLAG_COMPRESSED_INDEX;
+        if let Ok(index) = Index::from_stored(data, flags, 1 << 20, limits) {
+            let raw = index.to_bytes();
+            assert!(raw.len() as u64 <= limits.max_index_len);
+            check_index(&index, &raw, 1 << 20, limits);
+        }
+    }
 }
 
 fn parse_index(bytes: &[u8], data_end: u64, limits: &Limits) {
@@ -139,23 +148,54 @@ fn check_index(index: &Index, bytes: &[u8], data_end: u64, limits: &Limits) {
         "an accepted index must serialize back to the same bytes"
     );
     assert!(index.entries.len() as u64 <= limits.max_entries);
+    let mut pack: Option<(u64, u64)> = None;
     for e in &index.entries {
         assert!(e.path.len() as u64 <= u64::from(limits.max_string));
-        let safe = !e.path.is_empty()
-            && !e.path.contains(['\\', '\0'])
-            && e.path
-                .split('/')
-                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains(':'));
+        // Packed files (1.2) tile the pack before them, in order.
+        match e.kind {
+            dmx_format::EntryKind::Packed => {
+                let (size, at) = pack.expect("a packed file follows a pack");
+                assert_eq!(e.packed, Some(at), "packed files tile their pack");
+                assert!(at + e.size <= size);
+                pack = Some((size, at + e.size));
+                assert!(e.segments.is_empty());
+                continue;
+            }
+            dmx_format::EntryKind::Pack => {
+                if let Some((size, at)) = pack {
+                    assert_eq!(size, at, "the previous pack is tiled");
+                }
+                assert!(e.path.is_empty() && e.size <= dmx_format::MAX_PACK);
+                assert_eq!(index.root, dmx_format::Root::Directory);
+                pack = Some((e.size, 0));
+            }
+            _ => {
+                if let Some((size, at)) = pack.take() {
+                    assert_eq!(size, at, "the previous pack is tiled");
+                }
+            }
+        }
+        let safe = e.kind == dmx_format::EntryKind::Pack
+            || (!e.path.is_empty()
+                && !e.path.contains('\0')
+                && e.path
+                    .split('/')
+                    .all(|c| !c.is_empty() && c != "." && c != ".."));
         assert!(safe, "unsafe path accepted: {:?}", e.path);
         assert!(e.segments.len() as u64 <= limits.max_segments);
         let mut cursor = 0u64;
         for s in &e.segments {
             assert_eq!(s.offset, cursor, "segments must tile the file");
             cursor = cursor.checked_add(s.len).expect("segment ends overflow");
-            if let dmx_format::SegmentKind::Tensor(t) = &s.kind {
+            let tensors = s.kind.tensors(s.len);
+            for (t, _, _) in &tensors {
                 assert!(t.shape.len() as u64 <= u64::from(limits.max_rank));
                 assert!(t.name.len() as u64 <= u64::from(limits.max_string));
                 assert!(t.dtype.len() as u64 <= u64::from(limits.max_string));
+            }
+            if let dmx_format::SegmentKind::Packed(m) = &s.kind {
+                assert!(!m.is_empty() && m.len() as u64 <= limits.max_segments);
+                assert_eq!(m.iter().map(|t| t.len).sum::<u64>(), s.len);
             }
             assert!(s.chunks.len() as u64 <= limits.max_chunks);
             let mut raw = 0u64;
@@ -170,7 +210,15 @@ fn check_index(index: &Index, bytes: &[u8], data_end: u64, limits: &Limits) {
         }
         assert_eq!(cursor, e.size, "segments must cover the file");
     }
-    let mut paths: Vec<&str> = index.entries.iter().map(|e| e.path.as_str()).collect();
+    if let Some((size, at)) = pack {
+        assert_eq!(size, at, "the last pack is tiled");
+    }
+    let mut paths: Vec<&str> = index
+        .entries
+        .iter()
+        .filter(|e| e.kind != dmx_format::EntryKind::Pack)
+        .map(|e| e.path.as_str())
+        .collect();
     paths.sort_unstable();
     assert!(paths.windows(2).all(|w| w[0] != w[1]), "duplicate paths");
     if index.root == dmx_format::Root::File {
@@ -357,7 +405,8 @@ pub fn fix_checksums(data: &[u8]) -> Option<Vec<u8>> {
     t.check(data.len() as u64, &limits).ok()?;
     let start = usize::try_from(t.index_offset).ok()?;
     let end = start + usize::try_from(t.index_len).ok()?;
-    let mut index = Index::from_bytes(&data[start..end], t.index_offset, &limits).ok()?;
+    let flags = dmx_format::preamble_flags(data);
+    let mut index = Index::from_stored(&data[start..end], flags, t.index_offset, &limits).ok()?;
     for e in &mut index.entries {
         for s in &mut e.segments {
             for c in &mut s.chunks {
@@ -367,7 +416,7 @@ pub fn fix_checksums(data: &[u8]) -> Option<Vec<u8>> {
             }
         }
     }
-    let bytes = index.to_bytes();
+    let bytes = index.to_stored(flags);
     let mut out = data[..start].to_vec();
     out.extend_from_slice(&bytes);
     out.extend_from_slice(&Trailer::for_index(t.index_offset, &bytes).to_bytes());
@@ -421,6 +470,10 @@ fn check_restored(archive: &dmx::Archive, out: &Path) {
         }
     };
     for e in entries {
+        if e.kind == dmx_format::EntryKind::Pack {
+            // Not a file: its bytes are the packed files after it (format 1.2).
+            continue;
+        }
         let bytes = std::fs::read(file_of(e)).expect("a restored file is readable");
         assert_eq!(bytes.len() as u64, e.size, "{}: restored size", e.path);
         for s in &e.segments {

@@ -83,6 +83,9 @@ pub fn info(path: &Path, s: &Stats, all_tensors: bool) {
         s.archive_bytes.map_or("-".into(), mb),
         opt(s.ratio, 3)
     );
+    if let Some(index) = s.index_bytes {
+        println!("index:     {index} bytes (included in the size above)");
+    }
     println!("files:     {}", s.files.len());
     println!("tensors:   {} ({} params)", s.tensors, s.params);
     println!();
@@ -111,7 +114,11 @@ pub fn info(path: &Path, s: &Stats, all_tensors: bool) {
             f.kind,
             mb(f.original_bytes),
             mb(f.stored_bytes),
-            f.sha256
+            if f.sha256.is_empty() {
+                "in a pack"
+            } else {
+                &f.sha256
+            }
         );
         if f.tensors.is_empty() {
             continue;

@@ -6,7 +6,7 @@
 //! use dmx_format::{Entry, EntryKind, Index, Limits, Root, Trailer};
 //! let index = Index { root: Root::File, entries: vec![Entry {
 //!     path: "a.bin".into(), kind: EntryKind::Blob, size: 0, sha256: [0; 32], base: None,
-//!     segments: vec![],
+//!     segments: vec![], packed: None,
 //! }] };
 //! let bytes = index.to_bytes();
 //! let trailer = Trailer::for_index(16, &bytes);
@@ -19,13 +19,15 @@
 
 mod error;
 mod index;
+mod stored;
 mod wire;
 
 pub use error::FormatError;
 pub use index::{
-    BaseRef, Chunk, Entry, EntryKind, ErrorStats, Index, Lossy, LossyMode, Root, Segment,
-    SegmentKind, TensorInfo, Transform,
+    BaseRef, Chunk, Entry, EntryKind, ErrorStats, Index, Lossy, LossyMode, MAX_PACK, PackedTensor,
+    Root, Segment, SegmentKind, TensorInfo, Transform, check_entry_path,
 };
+pub use stored::{FLAG_COMPRESSED_INDEX, KNOWN_FLAGS, preamble_flags, preamble_with};
 
 /// First 8 bytes of every archive (§2).
 pub const MAGIC: [u8; 8] = *b"\x89DMX\r\n\x1a\n";
@@ -34,9 +36,10 @@ pub const END_MAGIC: [u8; 8] = *b"DMXINDEX";
 /// Major format version written by this crate; readers reject any other (§2).
 pub const VERSION_MAJOR: u16 = 1;
 /// Highest minor format version written by this crate (1.1 adds lossy segments and delta
-/// entries; an archive that uses neither is written as 1.0). Readers accept any minor of their
-/// major and reject the ids (transforms, codecs, kinds) they do not know.
-pub const VERSION_MINOR: u16 = 1;
+/// entries, 1.2 packed tensors, packs of small files and the compressed index; an archive
+/// that uses none of them is written as 1.0). Readers accept any minor of their major and
+/// reject the ids (transforms, codecs, kinds, flags) they do not know.
+pub const VERSION_MINOR: u16 = 2;
 /// Size of the preamble (§2).
 pub const PREAMBLE_LEN: u64 = 16;
 /// Size of the trailer (§4).
@@ -106,7 +109,7 @@ pub fn check_preamble(bytes: &[u8]) -> Result<(u16, u16), FormatError> {
         return Err(FormatError::UnsupportedVersion { major, minor });
     }
     let flags = u32::from_le_bytes([p[12], p[13], p[14], p[15]]);
-    if flags != 0 {
+    if flags & !KNOWN_FLAGS != 0 {
         return Err(FormatError::UnknownFlags(flags));
     }
     Ok((major, minor))
@@ -230,11 +233,13 @@ mod tests {
             Err(FormatError::UnsupportedVersion { major: 2, .. })
         ));
         let mut p = preamble();
-        p[12] = 1;
+        p[12] = 2;
         assert!(matches!(
             check_preamble(&p),
-            Err(FormatError::UnknownFlags(1))
+            Err(FormatError::UnknownFlags(2))
         ));
+        p[12] = 1;
+        check_preamble(&p).unwrap();
         assert!(matches!(
             check_preamble(b"PK\x03\x04............"),
             Err(FormatError::NotAnArchive)

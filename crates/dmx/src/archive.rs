@@ -4,7 +4,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use dmx_codec::Codec;
-use dmx_format::{Chunk, Entry, Index, Limits, Segment, SegmentKind, TensorInfo, Trailer};
+use dmx_format::{Chunk, Entry, Index, Limits, Segment, TensorInfo, Trailer};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -18,6 +18,7 @@ pub struct Archive {
     bytes: Bytes,
     index: Index,
     version: (u16, u16),
+    index_len: u64,
 }
 
 /// A tensor stored in an archive.
@@ -25,10 +26,14 @@ pub struct Archive {
 pub struct TensorRef<'a> {
     /// The file it belongs to.
     pub entry: &'a Entry,
-    /// Its segment.
+    /// Its segment (for a packed tensor, the packed segment holding it and its neighbours).
     pub segment: &'a Segment,
     /// Name, dtype and shape.
     pub info: &'a TensorInfo,
+    /// Offset of its data from the start of the segment (0 unless packed).
+    pub offset: u64,
+    /// Length of its data in bytes (the segment's length unless packed).
+    pub len: u64,
 }
 
 impl Archive {
@@ -65,12 +70,15 @@ impl Archive {
         let start = trailer.index_offset as usize;
         let index_bytes = &bytes[start..start + trailer.index_len as usize];
         trailer.check_index(index_bytes).map_err(fmt)?;
-        let index = Index::from_bytes(index_bytes, trailer.index_offset, limits).map_err(fmt)?;
+        let flags = dmx_format::preamble_flags(&bytes);
+        let index =
+            Index::from_stored(index_bytes, flags, trailer.index_offset, limits).map_err(fmt)?;
         let archive = Self {
             path: path.to_path_buf(),
             bytes,
             index,
             version,
+            index_len: trailer.index_len,
         };
         archive.validate()?;
         Ok(archive)
@@ -95,16 +103,22 @@ impl Archive {
                         ));
                     }
                 }
-                if let SegmentKind::Tensor(t) = &seg.kind
-                    && let Some(bits) = dtype_bits(&t.dtype)
-                {
+                for (t, _, len) in seg.kind.tensors(seg.len) {
+                    let Some(bits) = dtype_bits(&t.dtype) else {
+                        continue;
+                    };
                     let elems = t
                         .shape
                         .iter()
                         .try_fold(1u64, |a, &d| a.checked_mul(d))
                         .and_then(|n| n.checked_mul(bits));
-                    if elems.map(|b| b.div_ceil(8)) != Some(seg.len) {
-                        return Err(self.corrupt(entry, seg, None, "size disagrees with shape"));
+                    if elems.map(|b| b.div_ceil(8)) != Some(len) {
+                        return Err(self.corrupt(
+                            entry,
+                            seg,
+                            None,
+                            format!("tensor {:?}: size disagrees with shape", t.name),
+                        ));
                     }
                 }
             }
@@ -132,20 +146,28 @@ impl Archive {
         self.bytes.len() as u64
     }
 
-    /// Every tensor, in archive order.
+    /// Size of the stored index in bytes (compressed, for a format 1.2 archive with a
+    /// compressed index).
+    pub fn index_len(&self) -> u64 {
+        self.index_len
+    }
+
+    /// Every tensor, in archive order (the members of packed segments one by one).
     pub fn tensors(&self) -> impl Iterator<Item = TensorRef<'_>> {
         self.index.entries.iter().flat_map(|entry| {
-            entry
-                .segments
-                .iter()
-                .filter_map(move |segment| match &segment.kind {
-                    SegmentKind::Tensor(info) => Some(TensorRef {
+            entry.segments.iter().flat_map(move |segment| {
+                segment
+                    .kind
+                    .tensors(segment.len)
+                    .into_iter()
+                    .map(move |(info, offset, len)| TensorRef {
                         entry,
                         segment,
                         info,
-                    }),
-                    SegmentKind::Bytes => None,
-                })
+                        offset,
+                        len,
+                    })
+            })
         })
     }
 
@@ -159,14 +181,59 @@ impl Archive {
         let t = self.tensor(name).ok_or_else(|| {
             Error::Usage(format!("{}: no tensor named {name:?}", self.path.display()))
         })?;
+        self.read_tensor_ref(t)
+    }
+
+    /// Decodes the bytes of tensor `t` of this archive, checking chunk checksums and the
+    /// BLAKE3 of its segment (for a packed tensor, of the whole packed segment).
+    pub fn read_tensor_ref(&self, t: TensorRef<'_>) -> Result<Vec<u8>> {
         let data = self.read_segment(t.entry, t.segment)?;
         if blake3::hash(&data).as_bytes() != &t.segment.blake3 {
             return Err(Error::Mismatch {
                 path: self.path.clone(),
-                detail: format!("tensor {name:?}: BLAKE3 of decoded bytes does not match"),
+                detail: format!(
+                    "tensor {:?}: BLAKE3 of decoded bytes does not match",
+                    t.info.name
+                ),
             });
         }
-        Ok(data)
+        if t.offset == 0 && t.len == t.segment.len {
+            return Ok(data);
+        }
+        Ok(data[t.offset as usize..(t.offset + t.len) as usize].to_vec())
+    }
+
+    /// Decodes a whole pack entry (format 1.2, at most [`dmx_format::MAX_PACK`] bytes),
+    /// checking chunk checksums, every segment's BLAKE3 and the pack's SHA-256, which binds
+    /// the size of every packed file after it.
+    pub fn read_pack(&self, entry: &Entry) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(entry.size.min(dmx_format::MAX_PACK) as usize);
+        for seg in &entry.segments {
+            let data = self.read_segment(entry, seg)?;
+            if blake3::hash(&data).as_bytes() != &seg.blake3 {
+                return Err(self.corrupt(
+                    entry,
+                    seg,
+                    None,
+                    "BLAKE3 of decoded bytes does not match",
+                ));
+            }
+            out.extend_from_slice(&data);
+        }
+        let members = self
+            .index
+            .entries
+            .iter()
+            .skip_while(|e| !std::ptr::eq(*e, entry))
+            .skip(1)
+            .take_while(|e| e.kind == dmx_format::EntryKind::Packed);
+        if pack_digest(members.map(|e| e.size), &out) != entry.sha256 {
+            return Err(self.corrupt_entry(
+                entry,
+                "SHA-256 of the pack and its file sizes does not match",
+            ));
+        }
+        Ok(out)
     }
 
     /// Decodes a whole segment (chunks in parallel on the current rayon pool).
@@ -254,6 +321,14 @@ impl Archive {
         }
     }
 
+    fn corrupt_entry(&self, entry: &Entry, detail: &str) -> Error {
+        Error::Corrupt {
+            path: self.path.clone(),
+            what: entry.path.clone(),
+            detail: format!("{detail} (the archive is damaged; re-create or re-download it)"),
+        }
+    }
+
     fn corrupt(
         &self,
         entry: &Entry,
@@ -261,10 +336,7 @@ impl Archive {
         chunk: Option<usize>,
         detail: impl ToString,
     ) -> Error {
-        let what = match &segment.kind {
-            SegmentKind::Tensor(t) => format!("{}: tensor {:?}", entry.path, t.name),
-            SegmentKind::Bytes => format!("{}: bytes at offset {}", entry.path, segment.offset),
-        };
+        let what = format!("{}: {}", entry.path, segment.kind.describe(segment.offset));
         let what = match chunk {
             Some(i) => format!("{what}, chunk {i}"),
             None => what,
@@ -278,4 +350,62 @@ impl Archive {
             ),
         }
     }
+}
+
+/// Format 1.2 packs during a folder restore: decodes a pack entry into `pack`, or writes a
+/// packed file (its range of `pack`) under `dir`, synced when `sync`. Returns `false` for
+/// every other entry, which the caller restores itself.
+pub(crate) fn restore_packed(
+    archive: &Archive,
+    entry: &Entry,
+    pack: &mut Vec<u8>,
+    dir: &Path,
+    sync: bool,
+    progress: Option<&dyn crate::Progress>,
+) -> Result<bool> {
+    if let (Some(p), dmx_format::EntryKind::Pack | dmx_format::EntryKind::Packed) =
+        (progress, entry.kind)
+    {
+        p.advance(entry.size);
+    }
+    match (entry.kind, entry.packed) {
+        (dmx_format::EntryKind::Pack, _) => {
+            *pack = archive.read_pack(entry)?;
+            Ok(true)
+        }
+        (dmx_format::EntryKind::Packed, Some(offset)) => {
+            // The index check guarantees the range lies inside the pack.
+            let data = pack
+                .get(offset as usize..(offset + entry.size) as usize)
+                .ok_or_else(|| archive.corrupt_entry(entry, "packed file outside its pack"))?;
+            let path = dir.join(&entry.path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+            std::io::Write::write_all(&mut f, data).map_err(|e| Error::io(&path, e))?;
+            if sync {
+                f.sync_all().map_err(|e| Error::io(&path, e))?;
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// The SHA-256 recorded for a pack (format 1.2, docs/FORMAT.md §5.2): over each packed
+/// file's size (`u64` little-endian) followed by its bytes, in order, so it binds the files'
+/// boundaries as well as their contents. Sizes that do not fit `data` give a digest of what
+/// fits (a mismatch).
+pub(crate) fn pack_digest(sizes: impl Iterator<Item = u64>, data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut sha = sha2::Sha256::new();
+    let mut at = 0usize;
+    for size in sizes {
+        sha.update(size.to_le_bytes());
+        let end = at.saturating_add(size as usize).min(data.len());
+        sha.update(&data[at..end]);
+        at = end;
+    }
+    sha.finalize().into()
 }

@@ -80,7 +80,7 @@ pub fn bench(path: &Path, threads: usize, reps: usize) -> Result<BenchResult> {
         for seg in &f.segments {
             let dtype = match &seg.kind {
                 dmx_format::SegmentKind::Tensor(t) => Some(t.dtype.clone()),
-                dmx_format::SegmentKind::Bytes => None,
+                dmx_format::SegmentKind::Bytes | dmx_format::SegmentKind::Packed(_) => None,
             };
             let hints = seg.hints();
             for r in seg.chunks() {

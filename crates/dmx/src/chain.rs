@@ -2000,7 +2000,7 @@ pub fn chain_info(dir: &Path) -> Result<ChainInfo> {
                         payload += stored;
                         let key = match &seg.kind {
                             SegmentKind::Tensor(t) => crate::names::component(&t.name).as_str(),
-                            SegmentKind::Bytes => "header",
+                            SegmentKind::Bytes | SegmentKind::Packed(_) => "header",
                         };
                         components
                             .entry(key.to_string())

@@ -102,24 +102,59 @@ pub fn compress_with(
         crate::lossy::plan_warnings(&files, lossy)?
     };
     let total: u64 = files.iter().map(|f| f.size).sum();
+    // Format 1.2 (packed small tensors and files, compressed index) only where the index
+    // would otherwise weigh on the archive; lossy archives keep per-tensor segments but get
+    // the compressed index.
+    let big_index = crate::plan::wants_packing(&files, total);
+    let packing = lossy.is_lossless() && big_index;
+    if packing {
+        for f in files.iter_mut() {
+            if f.kind == dmx_format::EntryKind::Safetensors {
+                crate::plan::pack_tensors(f);
+            }
+        }
+    }
+    let (minor, flags) = if big_index {
+        (2, dmx_format::FLAG_COMPRESSED_INDEX)
+    } else {
+        (u16::from(!lossy.is_lossless()), 0)
+    };
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-    out.write_all(&dmx_format::preamble_minor(u16::from(!lossy.is_lossless())))?;
+    out.write_all(&dmx_format::preamble_with(minor, flags))?;
     let progress = opts.progress.as_deref();
     if let Some(p) = progress {
         p.start("compressing", total);
     }
     let pool = opts.pool_for(total)?;
     let mut entries = Vec::with_capacity(files.len());
-    for file in &files {
+    let mut i = 0;
+    while i < files.len() {
+        let file = &files[i];
         if let Some(w) = &file.warning {
             warnings.push(w.clone());
+        }
+        let run = if packing && root == dmx_format::Root::Directory {
+            pack_run(&files[i..])
+        } else {
+            0
+        };
+        if run >= 2 {
+            for f in &files[i + 1..i + run] {
+                warnings.extend(f.warning.clone());
+            }
+            let packed =
+                pool.install(|| compress_pack(input, &files[i..i + run], &mut out, progress))?;
+            entries.extend(packed);
+            i += run;
+            continue;
         }
         let entry =
             pool.install(|| compress_file(file, lossy, &mut out, progress, &mut warnings))?;
         entries.push(entry);
+        i += 1;
     }
     let index = Index { root, entries };
-    finish_archive(&index, &mut out, input)?;
+    finish_archive_with(&index, &mut out, input, flags)?;
     let output_bytes = out.position();
     out.commit()?;
     if let Some(p) = progress {
@@ -141,9 +176,81 @@ pub fn compress_with(
     })
 }
 
+/// How many of the first `files` go into one pack of small files (format 1.2): consecutive
+/// packable files up to [`crate::plan::PACK_SIZE`] bytes.
+fn pack_run(files: &[PlannedFile]) -> usize {
+    let mut size = 0u64;
+    files
+        .iter()
+        .take_while(|f| {
+            size += f.size;
+            crate::plan::packable_file(f) && size <= crate::plan::PACK_SIZE
+        })
+        .count()
+}
+
+/// Stores `members`, small files of the folder `dir`, as one pack followed by one packed
+/// entry per file (format 1.2): they share chunks and one BLAKE3 and SHA-256.
+fn compress_pack(
+    dir: &Path,
+    members: &[PlannedFile],
+    out: &mut AtomicFile,
+    progress: Option<&dyn Progress>,
+) -> Result<Vec<Entry>> {
+    let mut data = Vec::with_capacity(members.iter().map(|f| f.size as usize).sum());
+    let mut entries = Vec::with_capacity(members.len() + 1);
+    for f in members {
+        let bytes = std::fs::read(&f.path).map_err(|e| Error::io(&f.path, e))?;
+        if bytes.len() as u64 != f.size {
+            return Err(Error::Usage(format!(
+                "{}: file changed size while being compressed",
+                f.path.display()
+            )));
+        }
+        entries.push(Entry {
+            path: f.rel.clone(),
+            kind: dmx_format::EntryKind::Packed,
+            size: f.size,
+            sha256: [0; 32],
+            base: None,
+            segments: Vec::new(),
+            packed: Some(data.len() as u64),
+        });
+        data.extend_from_slice(&bytes);
+    }
+    let plan = crate::plan::pack_plan(dir, data.len() as u64);
+    let digest = crate::archive::pack_digest(members.iter().map(|f| f.size), &data);
+    let bytes = Bytes::Owned(data);
+    let mut pack = encode_entry(&plan, &bytes, &[Coding::Lossless], &[None], out, progress)?;
+    pack.sha256 = digest;
+    entries.insert(0, pack);
+    Ok(entries)
+}
+
 /// Checks `index` against the reader's limits, then appends it and the trailer to `out`.
 /// `input` names the input in errors.
 pub(crate) fn finish_archive(index: &Index, out: &mut AtomicFile, input: &Path) -> Result<()> {
+    finish_archive_with(index, out, input, 0)
+}
+
+/// Why the writer refuses an index that a reader would reject: the reader's error, without
+/// the "archive corrupt" wording meant for damaged archives.
+fn writer_reason(e: &dmx_format::FormatError) -> String {
+    match e {
+        dmx_format::FormatError::Invalid(why) => (*why).to_string(),
+        dmx_format::FormatError::OutOfRange(what) => format!("{what} out of range"),
+        other => other.to_string(),
+    }
+}
+
+/// [`finish_archive`] for a preamble with `flags`: with
+/// [`dmx_format::FLAG_COMPRESSED_INDEX`] the index is stored compressed (format 1.2).
+pub(crate) fn finish_archive_with(
+    index: &Index,
+    out: &mut AtomicFile,
+    input: &Path,
+    flags: u32,
+) -> Result<()> {
     let index_bytes = index.to_bytes();
     // What readers would reject must not be written: check the index against their limits.
     let index_offset = out.position();
@@ -157,10 +264,18 @@ pub(crate) fn finish_archive(index: &Index, out: &mut AtomicFile, input: &Path) 
             limits.max_index_len
         )));
     }
-    Index::from_bytes(&index_bytes, index_offset, &limits).map_err(|e| {
+    let index_bytes = if flags & dmx_format::FLAG_COMPRESSED_INDEX != 0 {
+        index.to_stored(flags)
+    } else {
+        index_bytes
+    };
+    // Parsed back exactly as a reader will (decompressed first when compressed).
+    Index::from_stored(&index_bytes, flags, index_offset, &limits).map_err(|e| {
         Error::Usage(format!(
-            "{}: cannot be stored: {e} (reader limits are documented in docs/FORMAT.md §6)",
-            input.display()
+            "{}: cannot be stored: {} (reader limits and rules are documented in \
+             docs/FORMAT.md §5.5 and §6)",
+            input.display(),
+            writer_reason(&e)
         ))
     })?;
     out.write_all(&index_bytes)?;
@@ -697,5 +812,31 @@ fn encode_entry_budgeted(
         sha256: sha.finalize().into(),
         base: None,
         segments,
+        packed: None,
     })
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::writer_reason;
+    use dmx_format::FormatError;
+
+    /// Issue 11, finding 6: the writer's self-check of the index reports its refusals as its
+    /// own, never with the "archive corrupt" wording meant for damaged archives.
+    #[test]
+    fn writer_refusals_never_say_corrupt() {
+        for e in [
+            FormatError::Invalid("entry path is not a safe relative path"),
+            FormatError::OutOfRange("chunk offset"),
+            FormatError::LimitExceeded {
+                what: "entry count",
+                value: 2,
+                limit: 1,
+            },
+        ] {
+            let why = writer_reason(&e);
+            assert!(!why.contains("corrupt"), "{why}");
+            assert!(!why.is_empty());
+        }
+    }
 }

@@ -157,10 +157,7 @@ impl<'a> SegmentCheck<'a> {
         if got.as_bytes() == &seg.blake3 {
             return Ok(());
         }
-        let what = match &seg.kind {
-            dmx_format::SegmentKind::Tensor(t) => format!("tensor {:?}", t.name),
-            dmx_format::SegmentKind::Bytes => format!("bytes at offset {}", seg.offset),
-        };
+        let what = seg.kind.describe(seg.offset);
         Err(Error::Corrupt {
             path: self.archive.path().to_path_buf(),
             what: format!("{}: {what}", self.entry.path),
@@ -206,9 +203,29 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
             }
             Root::Directory => {
                 let dir = AtomicDir::create(output, opts.force, !opts.no_sync)?;
-                // Refuse before decoding anything if a path cannot be restored into place.
-                dir.check_paths(archive.index().entries.iter().map(|e| e.path.as_str()))?;
+                // Refuse before decoding anything if a path cannot be restored into place
+                // (packs of small files have no path of their own: their members do).
+                dir.check_paths(
+                    archive
+                        .index()
+                        .entries
+                        .iter()
+                        .filter(|e| e.kind != dmx_format::EntryKind::Pack)
+                        .map(|e| e.path.as_str()),
+                )?;
+                let mut pack = Vec::new();
                 for entry in &archive.index().entries {
+                    let sync = !opts.no_sync;
+                    if crate::archive::restore_packed(
+                        &archive,
+                        entry,
+                        &mut pack,
+                        dir.path(),
+                        sync,
+                        progress,
+                    )? {
+                        continue;
+                    }
                     let path = dir.path().join(&entry.path);
                     // Errors name the file the user asked for, not the temporary folder.
                     let shown = output.join(&entry.path);

@@ -173,7 +173,7 @@ impl Base {
                         &self.bytes[s.offset as usize..(s.offset + s.len) as usize],
                     ),
                 )),
-                SegmentKind::Bytes => None,
+                SegmentKind::Bytes | SegmentKind::Packed(_) => None,
             })
             .collect()
     }
@@ -283,7 +283,7 @@ pub fn delta_compress(
         .iter()
         .filter_map(|s| match &s.kind {
             SegmentKind::Tensor(t) => Some(t.name.as_str()),
-            SegmentKind::Bytes => None,
+            SegmentKind::Bytes | SegmentKind::Packed(_) => None,
         })
         .collect();
     let removed: Vec<String> = base
@@ -347,7 +347,7 @@ fn params_of(plan: &PlannedFile) -> u64 {
         .iter()
         .filter_map(|s| match &s.kind {
             SegmentKind::Tensor(t) => dtype_bits(&t.dtype).map(|b| s.len * 8 / b),
-            SegmentKind::Bytes => None,
+            SegmentKind::Bytes | SegmentKind::Packed(_) => None,
         })
         .sum()
 }

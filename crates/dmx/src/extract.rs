@@ -45,10 +45,10 @@ pub fn extract(archive: &Archive, names: &[String], output: &Path, opts: &Option
         info.insert("shape".into(), Value::from(t.info.shape.clone()));
         info.insert(
             "data_offsets".into(),
-            Value::from(vec![offset, offset + t.segment.len]),
+            Value::from(vec![offset, offset + t.len]),
         );
         header.insert(t.info.name.clone(), Value::Object(info));
-        offset += t.segment.len;
+        offset += t.len;
     }
     let mut json = serde_json::to_vec(&Value::Object(header))
         .map_err(|e| Error::Usage(format!("cannot encode header: {e}")))?;

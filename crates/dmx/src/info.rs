@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use dmx_codec::Codec;
-use dmx_format::{Index, Root, Segment, SegmentKind};
+use dmx_format::{Index, Root, Segment};
 use serde::Serialize;
 
 use crate::archive::Archive;
@@ -34,6 +34,9 @@ pub struct Stats {
     pub original_bytes: u64,
     /// Archive size (container overhead included) when known.
     pub archive_bytes: Option<u64>,
+    /// Size of the stored index (compressed in format 1.2 archives that compress it), when
+    /// known; included in `archive_bytes` and so in `ratio`.
+    pub index_bytes: Option<u64>,
     /// original / archive.
     pub ratio: Option<f64>,
     /// Per dtype rollup.
@@ -45,13 +48,15 @@ pub struct Stats {
 pub struct FileStats {
     /// Path inside the archive.
     pub path: String,
-    /// `"safetensors"` or `"blob"`.
+    /// `"safetensors"`, `"blob"`, `"safetensors-delta"` or `"packed"` (a small file stored in
+    /// a shared pack; its stored bytes are its share of the pack's).
     pub kind: &'static str,
     /// Original size.
     pub original_bytes: u64,
     /// Stored size of its chunks.
     pub stored_bytes: u64,
-    /// SHA-256 of the original file, hex (the Hugging Face LFS oid).
+    /// SHA-256 of the original file, hex (the Hugging Face LFS oid); empty for a packed file,
+    /// whose pack's digests cover it.
     pub sha256: String,
     /// Its tensors.
     pub tensors: Vec<TensorStats>,
@@ -155,6 +160,15 @@ fn stored(seg: &Segment) -> u64 {
     seg.chunks.iter().map(|c| u64::from(c.stored_len)).sum()
 }
 
+/// The share of `stored` bytes that `part` of `whole` original bytes accounts for (packed
+/// tensors and files share their chunks).
+fn share(stored: u64, part: u64, whole: u64) -> u64 {
+    if part == whole || whole == 0 {
+        return stored;
+    }
+    (u128::from(stored) * u128::from(part) / u128::from(whole)) as u64
+}
+
 fn per(bits: f64, n: u64) -> Option<f64> {
     (n > 0).then(|| bits / n as f64)
 }
@@ -166,6 +180,7 @@ impl Stats {
         let (major, minor) = archive.version();
         s.format_version = format!("{major}.{minor}");
         s.archive_bytes = Some(archive.archive_len());
+        s.index_bytes = Some(archive.index_len());
         s.ratio = (archive.archive_len() > 0)
             .then(|| s.original_bytes as f64 / archive.archive_len() as f64);
         s
@@ -176,43 +191,49 @@ impl Stats {
         let mut dtypes: BTreeMap<String, DtypeStats> = BTreeMap::new();
         let mut files = Vec::new();
         let mut lossless = true;
+        // The current pack (format 1.2): its size and stored bytes, shared by its files.
+        let mut pack = (0u64, 0u64);
         for e in &index.entries {
             let mut tensors = Vec::new();
+            if e.kind == dmx_format::EntryKind::Pack {
+                pack = (e.size, e.segments.iter().map(stored).sum());
+                continue;
+            }
             for seg in &e.segments {
                 lossless &= seg.transform.is_lossless();
-                let SegmentKind::Tensor(t) = &seg.kind else {
-                    continue;
-                };
-                let params = dtype_bits(&t.dtype)
-                    .filter(|&b| b > 0)
-                    .map_or(0, |b| seg.len * 8 / b);
-                let stored = stored(seg);
-                let mut codecs = seg.chunks.iter().map(|c| c.codec);
-                let codec = match codecs.next() {
-                    None => "none".to_string(),
-                    Some(first) if codecs.all(|c| c == first) => Codec::from_id(first)
-                        .map_or("unknown", |c| c.name())
-                        .to_string(),
-                    Some(_) => "mixed".to_string(),
-                };
-                let d = dtypes.entry(t.dtype.clone()).or_default();
-                d.tensors += 1;
-                d.params += params;
-                d.original_bytes += seg.len;
-                d.stored_bytes += stored;
-                d.entropy_bits += seg.entropy_bits;
-                tensors.push(TensorStats {
-                    name: t.name.clone(),
-                    dtype: t.dtype.clone(),
-                    shape: t.shape.clone(),
-                    params,
-                    original_bytes: seg.len,
-                    stored_bytes: stored,
-                    codec,
-                    bits_per_weight: per(stored as f64 * 8.0, params),
-                    entropy_bits_per_weight: per(seg.entropy_bits, params),
-                    lossy: seg.transform.lossy().map(LossyStats::of),
-                });
+                for (t, _, len) in seg.kind.tensors(seg.len) {
+                    let params = dtype_bits(&t.dtype)
+                        .filter(|&b| b > 0)
+                        .map_or(0, |b| len * 8 / b);
+                    let stored = share(stored(seg), len, seg.len);
+                    let entropy = seg.entropy_bits * len as f64 / seg.len.max(1) as f64;
+                    let mut codecs = seg.chunks.iter().map(|c| c.codec);
+                    let codec = match codecs.next() {
+                        None => "none".to_string(),
+                        Some(first) if codecs.all(|c| c == first) => Codec::from_id(first)
+                            .map_or("unknown", |c| c.name())
+                            .to_string(),
+                        Some(_) => "mixed".to_string(),
+                    };
+                    let d = dtypes.entry(t.dtype.clone()).or_default();
+                    d.tensors += 1;
+                    d.params += params;
+                    d.original_bytes += len;
+                    d.stored_bytes += stored;
+                    d.entropy_bits += entropy;
+                    tensors.push(TensorStats {
+                        name: t.name.clone(),
+                        dtype: t.dtype.clone(),
+                        shape: t.shape.clone(),
+                        params,
+                        original_bytes: len,
+                        stored_bytes: stored,
+                        codec,
+                        bits_per_weight: per(stored as f64 * 8.0, params),
+                        entropy_bits_per_weight: per(entropy, params),
+                        lossy: seg.transform.lossy().map(LossyStats::of),
+                    });
+                }
             }
             files.push(FileStats {
                 path: e.path.clone(),
@@ -220,10 +241,20 @@ impl Stats {
                     dmx_format::EntryKind::Safetensors => "safetensors",
                     dmx_format::EntryKind::Blob => "blob",
                     dmx_format::EntryKind::SafetensorsDelta => "safetensors-delta",
+                    dmx_format::EntryKind::Packed | dmx_format::EntryKind::Pack => "packed",
                 },
                 original_bytes: e.size,
-                stored_bytes: e.segments.iter().map(stored).sum(),
-                sha256: e.sha256.iter().map(|b| format!("{b:02x}")).collect(),
+                stored_bytes: if e.kind == dmx_format::EntryKind::Packed {
+                    share(pack.1, e.size, pack.0)
+                } else {
+                    e.segments.iter().map(stored).sum()
+                },
+                // A packed file has no digest of its own: its pack's cover it.
+                sha256: if e.kind == dmx_format::EntryKind::Packed {
+                    String::new()
+                } else {
+                    e.sha256.iter().map(|b| format!("{b:02x}")).collect()
+                },
                 tensors,
             });
         }
@@ -255,8 +286,14 @@ impl Stats {
                 .reduce(f64::max),
             tensors: files.iter().map(|f| f.tensors.len()).sum(),
             params: dtypes.values().map(|d| d.params).sum(),
-            original_bytes: index.entries.iter().map(|e| e.size).sum(),
+            original_bytes: index
+                .entries
+                .iter()
+                .filter(|e| e.kind != dmx_format::EntryKind::Pack)
+                .map(|e| e.size)
+                .sum(),
             archive_bytes: None,
+            index_bytes: None,
             ratio: None,
             files,
             dtypes,

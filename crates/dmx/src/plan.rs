@@ -109,7 +109,10 @@ pub fn plan_input(input: &Path) -> Result<(Root, Vec<PlannedFile>)> {
         files.sort();
         let planned = files
             .into_iter()
-            .map(|(rel, path)| plan_file(rel, path))
+            .map(|(rel, path)| {
+                check_name(&rel, &path)?;
+                plan_file(rel, path)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok((Root::Directory, planned))
     } else {
@@ -118,6 +121,7 @@ pub fn plan_input(input: &Path) -> Result<(Root, Vec<PlannedFile>)> {
             .and_then(|n| n.to_str())
             .ok_or_else(|| Error::Usage(format!("{}: file name is not UTF-8", input.display())))?
             .to_string();
+        check_name(&name, input)?;
         Ok((Root::File, vec![plan_file(name, input.to_path_buf())?]))
     }
 }
@@ -182,12 +186,61 @@ fn plan_file(rel: String, path: PathBuf) -> Result<PlannedFile> {
             segments,
             warning: None,
         }),
+        Err(why) if why.starts_with(LIMITED) => Ok(blob(Some(format!(
+            "{}: a valid safetensors file, but {}; stored as opaque bytes, losslessly",
+            path.display(),
+            &why[LIMITED.len()..]
+        )))),
         Err(why) => Ok(blob(Some(format!(
             "{}: not a valid safetensors file ({why}); stored as opaque bytes, losslessly",
             path.display()
         )))),
     }
 }
+
+/// Refuses, naming the file, a name that the format cannot store (§5.5 rule 6): a writer-side
+/// refusal, never reported as a corrupt archive.
+fn check_name(rel: &str, path: &Path) -> Result<()> {
+    dmx_format::check_entry_path(rel).map_err(|why| {
+        Error::Usage(format!(
+            "{}: cannot be stored under the name {rel:?}: {why}",
+            path.display()
+        ))
+    })
+}
+
+/// Why a parsed safetensors file cannot be stored as tensor segments within the reader
+/// limits (docs/FORMAT.md §6), if it cannot: such a file is stored as a blob instead.
+fn beyond_limits(tensors: &[(String, &safetensors::tensor::TensorInfo)]) -> Option<String> {
+    let limits = dmx_format::Limits::default();
+    if tensors.len() as u64 >= limits.max_segments {
+        return Some(format!(
+            "{} tensors, above the limit of {}",
+            tensors.len(),
+            limits.max_segments - 1
+        ));
+    }
+    for (name, info) in tensors {
+        if info.shape.len() as u64 > u64::from(limits.max_rank) {
+            return Some(format!(
+                "tensor {name:?} has rank {}, above the limit of {}",
+                info.shape.len(),
+                limits.max_rank
+            ));
+        }
+        if name.len() as u64 > u64::from(limits.max_string) {
+            return Some(format!(
+                "a tensor name of {} bytes, above the limit of {}",
+                name.len(),
+                limits.max_string
+            ));
+        }
+    }
+    None
+}
+
+/// Marks a reason that is a reader limit, not invalid safetensors.
+const LIMITED: &str = "limit: ";
 
 fn bytes_segment(offset: u64, len: u64) -> Vec<PlannedSegment> {
     vec![PlannedSegment {
@@ -228,6 +281,9 @@ fn safetensors_segments(
     // Sort by offset, then name: zero-length tensors share offsets and the archive must not
     // depend on hash-map order.
     tensors.sort_by(|a, b| (a.1.data_offsets, &a.0).cmp(&(b.1.data_offsets, &b.0)));
+    if let Some(why) = beyond_limits(&tensors) {
+        return Ok(Err(format!("{LIMITED}{why} (docs/FORMAT.md §6)")));
+    }
     let mut segments = bytes_segment(0, data_start);
     for (name, info) in tensors {
         let (s, e) = info.data_offsets;
@@ -279,4 +335,112 @@ pub(crate) fn plan_file_by_content(rel: String, path: PathBuf) -> Result<Planned
     let mut f = plan_file(format!("{rel}.safetensors"), path)?;
     f.rel = rel;
     Ok(f)
+}
+
+/// Format 1.2 (docs/FORMAT.md §7.1): tensors of at most this many bytes may share a packed
+/// segment, and blobs of at most this many bytes a pack.
+pub const SMALL_ITEM: u64 = 64 << 10;
+/// Largest packed tensor segment (one chunk, so reading one member decodes one chunk).
+pub const PACKED_SEGMENT: u64 = CHUNK_SIZE;
+/// Largest pack of small files.
+pub const PACK_SIZE: u64 = 4 << 20;
+
+/// Size of the 1.0 index of a lossless archive of `files`, less its 9-byte start: what each
+/// entry, segment and chunk record costs, names included.
+fn index_estimate(files: &[PlannedFile]) -> u64 {
+    files
+        .iter()
+        .map(|f| {
+            let segments: u64 = f
+                .segments
+                .iter()
+                .map(|s| {
+                    let names = match &s.kind {
+                        SegmentKind::Tensor(t) => {
+                            12 + t.name.len() + t.dtype.len() + 8 * t.shape.len()
+                        }
+                        _ => 0,
+                    };
+                    66 + 25 * s.chunks().count() as u64 + names as u64
+                })
+                .sum();
+            53 + f.rel.len() as u64 + segments
+        })
+        .sum()
+}
+
+/// Whether the reference writer uses the format 1.2 features (packed tensors, packs of small
+/// files, a compressed index) for these files of `total` bytes: only when a 1.0 index would
+/// be more than 4,000 bytes and more than 1/64 of the input, so that ordinary archives (few,
+/// large tensors) keep their 1.0 bytes. Otherwise the archive (preamble, data no larger than
+/// the input, index, trailer) stays within the bound of docs/FORMAT.md §7.1.
+pub fn wants_packing(files: &[PlannedFile], total: u64) -> bool {
+    let estimate = index_estimate(files);
+    estimate > 4000 && estimate.saturating_mul(64) > total
+}
+
+/// Whether a planned file may go into a pack of small files (format 1.2).
+pub fn packable_file(f: &PlannedFile) -> bool {
+    f.kind == EntryKind::Blob && f.size <= SMALL_ITEM
+}
+
+/// Merges runs of at least two consecutive small tensor segments into packed segments of
+/// at most [`PACKED_SEGMENT`] bytes (format 1.2).
+pub fn pack_tensors(file: &mut PlannedFile) {
+    let small =
+        |s: &PlannedSegment| matches!(s.kind, SegmentKind::Tensor(_)) && s.len <= SMALL_ITEM;
+    let mut out: Vec<PlannedSegment> = Vec::with_capacity(file.segments.len());
+    let mut run: Vec<PlannedSegment> = Vec::new();
+    let flush = |run: &mut Vec<PlannedSegment>, out: &mut Vec<PlannedSegment>| {
+        if run.len() < 2 {
+            out.append(run);
+            return;
+        }
+        let value = if run.iter().all(|s| s.value == run[0].value) {
+            run[0].value
+        } else {
+            ValueKind::Bytes
+        };
+        let offset = run[0].offset;
+        let len = run.iter().map(|s| s.len).sum();
+        let members = run
+            .drain(..)
+            .filter_map(|s| match s.kind {
+                SegmentKind::Tensor(info) => Some(dmx_format::PackedTensor { info, len: s.len }),
+                _ => None,
+            })
+            .collect();
+        out.push(PlannedSegment {
+            kind: SegmentKind::Packed(members),
+            offset,
+            len,
+            value,
+        });
+    };
+    for seg in std::mem::take(&mut file.segments) {
+        if !small(&seg) {
+            flush(&mut run, &mut out);
+            out.push(seg);
+            continue;
+        }
+        if run.iter().map(|s| s.len).sum::<u64>() + seg.len > PACKED_SEGMENT {
+            flush(&mut run, &mut out);
+        }
+        run.push(seg);
+    }
+    flush(&mut run, &mut out);
+    file.segments = out;
+}
+
+/// The planned pack (format 1.2) of `members`, small files read into one buffer by the
+/// caller: one entry of kind [`EntryKind::Pack`] with an empty path.
+pub fn pack_plan(dir: &Path, size: u64) -> PlannedFile {
+    PlannedFile {
+        rel: String::new(),
+        path: dir.to_path_buf(),
+        kind: EntryKind::Pack,
+        size,
+        segments: bytes_segment(0, size),
+        warning: None,
+    }
 }

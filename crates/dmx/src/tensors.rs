@@ -34,11 +34,12 @@ enum Source {
     /// A mapped safetensors file.
     Safetensors(Bytes),
     /// An archive: the safetensors entry's index, and for each tensor (in `tensors` order)
-    /// its segment's index in that entry.
+    /// its segment's index in that entry and its range within the segment (the whole segment
+    /// unless the tensor is packed with others, format 1.2).
     Archive {
         archive: Box<Archive>,
         entry: usize,
-        segments: Vec<usize>,
+        segments: Vec<(usize, std::ops::Range<u64>)>,
     },
 }
 
@@ -192,24 +193,24 @@ impl TensorFile {
                 "header segment does not end where tensor data starts".into(),
             ));
         }
-        let by_place: HashMap<(&str, u64), usize> = entry
+        type Place<'a> = (usize, u64, u64, &'a dmx_format::TensorInfo);
+        let by_place: HashMap<(&str, u64), Place<'_>> = entry
             .segments
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| match &s.kind {
-                SegmentKind::Tensor(t) => Some(((t.name.as_str(), s.offset), i)),
-                SegmentKind::Bytes => None,
+            .flat_map(|(i, s)| {
+                s.kind
+                    .tensors(s.len)
+                    .into_iter()
+                    .map(move |(t, at, len)| ((t.name.as_str(), s.offset + at), (i, at, len, t)))
             })
             .collect();
         let mut segments = Vec::with_capacity(parsed.tensors.len());
         for t in &parsed.tensors {
-            let seg = by_place
+            let &(i, at, _, _) = by_place
                 .get(&(t.name.as_str(), t.offset))
-                .map(|&i| (i, &entry.segments[i]))
-                .filter(|(_, s)| {
-                    s.len == t.len
-                        && matches!(&s.kind, SegmentKind::Tensor(info)
-                            if info.dtype == t.dtype && info.shape == t.shape)
+                .filter(|(_, _, len, info)| {
+                    *len == t.len && info.dtype == t.dtype && info.shape == t.shape
                 })
                 .ok_or_else(|| {
                     mismatch(format!(
@@ -217,7 +218,7 @@ impl TensorFile {
                         t.name
                     ))
                 })?;
-            segments.push(seg.0);
+            segments.push((i, at..at + t.len));
         }
         let file_len = entry.size;
         Ok(Self::new(
@@ -286,7 +287,8 @@ impl TensorFile {
                 segments,
             } => {
                 let entry = &archive.index().entries[*entry];
-                let seg = &entry.segments[segments[i]];
+                let (s, range) = &segments[i];
+                let seg = &entry.segments[*s];
                 let data = archive.read_segment(entry, seg)?;
                 if blake3::hash(&data).as_bytes() != &seg.blake3 {
                     return Err(Error::Mismatch {
@@ -294,7 +296,12 @@ impl TensorFile {
                         detail: format!("tensor {name:?}: BLAKE3 of decoded bytes does not match"),
                     });
                 }
-                Ok(Cow::Owned(data))
+                if range.start == 0 && range.end == seg.len {
+                    return Ok(Cow::Owned(data));
+                }
+                Ok(Cow::Owned(
+                    data[range.start as usize..range.end as usize].to_vec(),
+                ))
             }
         }
     }
@@ -316,7 +323,7 @@ impl TensorFile {
                 segments,
             } => {
                 let entry = &archive.index().entries[*entry];
-                archive.release(&entry.segments[segments[i]].chunks);
+                archive.release(&entry.segments[segments[i].0].chunks);
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use dmx_format::{Root, SegmentKind};
+use dmx_format::{EntryKind, Root, SegmentKind};
 use serde::Serialize;
 use sha2::Digest;
 
@@ -160,8 +160,10 @@ fn verify_inner(
         None => None,
     };
     let mut files = Vec::new();
+    // The decoded bytes of the current pack (format 1.2), for the packed files after it.
+    let mut pack: Option<Vec<u8>> = None;
     for (i, entry) in archive.index().entries.iter().enumerate() {
-        let orig = match &originals {
+        let orig = match originals.as_ref().filter(|_| entry.kind != EntryKind::Pack) {
             Some(list) => Some(match &list[i] {
                 Some(path) => Bytes::open(path)?,
                 None => {
@@ -179,13 +181,32 @@ fn verify_inner(
             }),
             None => None,
         };
+        if entry.kind == EntryKind::Packed {
+            files.push(check_packed(entry, pack.as_deref(), orig.as_ref()));
+            continue;
+        }
         let slices = match base {
             Some(b) => crate::delta::base_slices(archive, entry, b)?,
             None => Vec::new(),
         };
-        files.push(pool.install(|| {
+        let mut r = pool.install(|| {
             check_entry(archive, i, orig.as_ref(), &slices, max_rel_error, progress)
-        })?);
+        })?;
+        if entry.kind == EntryKind::Pack {
+            pack = None;
+            match pool.install(|| archive.read_pack(entry)) {
+                Ok(p) => pack = Some(p),
+                Err(e) if e.is_integrity_failure() => {
+                    if r.problems.is_empty() {
+                        r.problems.push(e.to_string());
+                    }
+                    r.ok = false;
+                }
+                Err(e) => return Err(e),
+            }
+            r.path = format!("(pack of small files, {} bytes)", entry.size);
+        }
+        files.push(r);
     }
     if let Some(list) = &originals {
         for extra in list.iter().skip(archive.index().entries.len()).flatten() {
@@ -262,6 +283,29 @@ fn original_files(archive: &Archive, original: &Path) -> Result<Vec<Option<std::
         }
     }
     Ok(out)
+}
+
+/// A packed file (format 1.2): its bytes are a range of the pack before it, whose digests
+/// were checked with the pack; compared with the original when given.
+fn check_packed(
+    entry: &dmx_format::Entry,
+    pack: Option<&[u8]>,
+    original: Option<&Bytes>,
+) -> FileReport {
+    let start = entry.packed.unwrap_or(0) as usize;
+    let Some(data) = pack.and_then(|p| p.get(start..start + entry.size as usize)) else {
+        return report(
+            entry,
+            vec!["the pack holding this file failed its checks".into()],
+            original.map(|_| false),
+        );
+    };
+    let bit_exact = original.map(|o| &o[..] == data);
+    let problems = match bit_exact {
+        Some(false) => vec!["differs from the original".into()],
+        _ => Vec::new(),
+    };
+    report(entry, problems, bit_exact)
 }
 
 fn check_entry(
@@ -344,17 +388,16 @@ fn check_entry(
     let mut tensors = 0;
     for (seg, got) in entry.segments.iter().zip(&hashes) {
         if got.as_bytes() != &seg.blake3 {
-            problems.push(match &seg.kind {
-                SegmentKind::Tensor(t) => format!("tensor {:?}: BLAKE3 mismatch", t.name),
-                SegmentKind::Bytes => format!("bytes at offset {}: BLAKE3 mismatch", seg.offset),
-            });
+            problems.push(format!(
+                "{}: BLAKE3 mismatch",
+                seg.kind.describe(seg.offset)
+            ));
         }
-        if matches!(seg.kind, SegmentKind::Tensor(_)) {
-            tensors += 1;
-        }
+        tensors += seg.kind.tensors(seg.len).len();
     }
     let digest: [u8; 32] = sha.finalize().into();
-    if digest != entry.sha256 {
+    // A pack's SHA-256 also covers its files' sizes: `Archive::read_pack` checks it.
+    if digest != entry.sha256 && entry.kind != EntryKind::Pack {
         problems.push("SHA-256 of the restored file does not match the recorded one".into());
     }
     if let Some(at) = first_diff {
@@ -408,7 +451,9 @@ fn check_entry(
 fn tensor(entry: &dmx_format::Entry, s: usize) -> &dmx_format::TensorInfo {
     match &entry.segments[s].kind {
         SegmentKind::Tensor(t) => t,
-        SegmentKind::Bytes => unreachable!("only called for tensor segments"),
+        SegmentKind::Bytes | SegmentKind::Packed(_) => {
+            unreachable!("only called for tensor segments")
+        }
     }
 }
 
@@ -453,6 +498,7 @@ fn locate(entry: &dmx_format::Entry, at: usize) -> String {
         .find(|s| (s.offset..s.offset + s.len).contains(&(at as u64)))
         .map(|s| match &s.kind {
             SegmentKind::Tensor(t) => format!(" (tensor {:?})", t.name),
+            SegmentKind::Packed(_) => format!(" ({})", s.kind.describe(s.offset)),
             SegmentKind::Bytes => " (header bytes)".to_string(),
         })
         .unwrap_or_default()

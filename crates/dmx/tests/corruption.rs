@@ -473,6 +473,49 @@ fn damage_index_behind_checksum(f: &Fixture, patterns: &[u8]) {
     f.assert_clean();
 }
 
+/// A format 1.2 folder archive (compressed index): a model of 80 tiny tensors (packed
+/// segments) and 60 tiny text files (a pack).
+fn packed_folder() -> Fixture {
+    let dir = common::scratch();
+    let original = dir.path().join("packed");
+    let tensors: Vec<Tensor> = (0..80u64)
+        .map(|i| {
+            let dtype = if i % 2 == 0 { "F32" } else { "BF16" };
+            // Any two names differ in two bytes: a one-byte change of the index cannot
+            // turn one tensor's name into another's (names are protected by the index
+            // checksum alone).
+            Tensor::generated(&format!("l.{i:02}.{i:02}.w"), dtype, &[4], Mode::Weights, i)
+        })
+        .collect();
+    common::write(
+        &original.join("model.safetensors"),
+        &common::safetensors(&tensors, &Layout::default()),
+    );
+    for i in 0..60 {
+        common::write(
+            &original.join(format!("t/{i}.txt")),
+            format!("text {i}\n").as_bytes(),
+        );
+    }
+    finish(dir, original, &tensors)
+}
+
+/// Issue 11, finding 9: the corruption checks also cover a format 1.2 archive, whose index
+/// is compressed and whose tensors and files share chunks.
+#[test]
+fn damage_to_a_format_1_2_archive_is_caught() {
+    let f = packed_folder();
+    assert_eq!(
+        &f.archive[8..16],
+        &[1, 0, 2, 0, 1, 0, 0, 0],
+        "1.2, compressed index"
+    );
+    let unnoticed = flip_every_byte(&f, &[0xff], 13);
+    assert_eq!(unnoticed, BTreeSet::from(UNUSED));
+    truncate_everywhere(&f, 7);
+    damage_index_behind_checksum(&f, &[0xff, 0x01]);
+}
+
 #[test]
 fn fixture_sizes() {
     let f = small_file();

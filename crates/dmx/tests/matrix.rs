@@ -388,8 +388,11 @@ fn payload_damage(archive: &[u8], stride: usize) -> Vec<(usize, Vec<u8>)> {
     let n = archive.len();
     let t = Trailer::from_bytes(&archive[n - 32..]).expect("trailer");
     let (start, len) = (t.index_offset as usize, t.index_len as usize);
-    let index = Index::from_bytes(
+    // Format 1.2 archives may store the index compressed (preamble flag bit 0).
+    let flags = dmx::dmx_format::preamble_flags(archive);
+    let index = Index::from_stored(
         &archive[start..start + len],
+        flags,
         t.index_offset,
         &Limits::default(),
     )
@@ -408,15 +411,18 @@ fn payload_damage(archive: &[u8], stride: usize) -> Vec<(usize, Vec<u8>)> {
             let (o, l) = (c.offset as usize, c.stored_len as usize);
             c.xxh3 = xxhash_rust::xxh3::xxh3_64(&bytes[o..o + l]);
         }
-        let new_index = idx.to_bytes();
-        assert_eq!(
-            new_index.len(),
-            len,
-            "recomputed checksums keep the index size"
-        );
-        bytes[start..start + len].copy_from_slice(&new_index);
-        let trailer = Trailer::for_index(t.index_offset, &new_index).to_bytes();
-        bytes[n - 32..].copy_from_slice(&trailer);
+        // A compressed index may change size: rebuild index and trailer after the data.
+        let new_index = idx.to_stored(flags);
+        if flags == 0 {
+            assert_eq!(
+                new_index.len(),
+                len,
+                "recomputed checksums keep the index size"
+            );
+        }
+        bytes.truncate(start);
+        bytes.extend_from_slice(&new_index);
+        bytes.extend_from_slice(&Trailer::for_index(t.index_offset, &new_index).to_bytes());
         out.push((at, bytes));
     }
     out
@@ -437,6 +443,39 @@ fn lossless_file_matrix_sampled() {
 #[ignore = "exhaustive; run with --ignored"]
 fn lossless_file_matrix_full() {
     matrix(&lossless_file(), &FULL);
+}
+
+/// A format 1.2 folder archive (issue 11, finding 9): a model of 60 tiny tensors (packed
+/// segments), 40 small text files (a pack) and a compressed index.
+fn packed_folder() -> Subject {
+    let dir = common::scratch();
+    let original = dir.path().join("packed");
+    let tensors: Vec<Tensor> = (0..60u64)
+        .map(|i| Tensor::generated(&format!("p.{i:02}.{i:02}"), "F32", &[3], Mode::Weights, i))
+        .collect();
+    common::write(
+        &original.join("model.safetensors"),
+        &common::plain(&tensors),
+    );
+    for i in 0..40 {
+        common::write(
+            &original.join(format!("txt/{i:02}.txt")),
+            format!("line {i}\n").as_bytes(),
+        );
+    }
+    let packed = dir.path().join("packed.dmx");
+    dmx::compress(&original, &packed, &opts()).expect("compress");
+    let a = Archive::open(&packed).expect("open");
+    assert_eq!(a.version(), (1, 2), "the fixture uses format 1.2");
+    drop(a);
+    let s = Subject::new("packed", dir, &packed, Box::new(decompress));
+    assert_eq!(s.expected, Restored::Folder(common::tree(&original)));
+    s
+}
+
+#[test]
+fn packed_folder_matrix_sampled() {
+    matrix(&packed_folder(), &SAMPLED);
 }
 
 #[test]

@@ -533,3 +533,303 @@ fn opaque_and_invalid_files_round_trip_with_a_warning() {
         assert!(std::fs::read(&restored).unwrap() == *bytes, "{name}");
     }
 }
+
+// ---- Format 1.2: archive overhead, unusual files and names (issue 11, findings 9, 10, 6) ----
+
+/// The size bound the reference writer keeps (docs/FORMAT.md §7.1): at most `S + 4096 +
+/// S/64` for an input of `S` bytes (file bytes plus path bytes).
+fn within_bound(archive: u64, input: u64) -> bool {
+    archive <= input + 4096 + input / 64
+}
+
+fn no_sync() -> Options {
+    Options {
+        no_sync: true,
+        ..opts(2)
+    }
+}
+
+/// Finding 9: a file of 20,000 tiny tensors. Before format 1.2 each tensor paid a segment, a
+/// chunk record, a BLAKE3 and an entropy field (~130 bytes of index for 16 bytes of data),
+/// making the archive larger than its input.
+#[test]
+fn many_tiny_tensors_cost_a_few_bytes_each() {
+    let dir = common::scratch();
+    let tensors: Vec<Tensor> = (0..20_000u64)
+        .map(|i| {
+            Tensor::generated(
+                &format!("model.layers.{i}.scale"),
+                "F32",
+                &[4],
+                Mode::Weights,
+                i,
+            )
+        })
+        .collect();
+    let file = common::safetensors(&tensors, &Layout::default());
+    let input = dir.path().join("many.safetensors");
+    common::write(&input, &file);
+    let packed = dir.path().join("many.dmx");
+    dmx::compress(&input, &packed, &no_sync()).expect("compress");
+    let size = std::fs::metadata(&packed).expect("archive").len();
+    let zstd19 = zstd::bulk::compress(&file, 19).expect("zstd").len() as u64;
+    eprintln!(
+        "20k tiny tensors: input {} bytes, dmx {size}, zstd -19 {zstd19}",
+        file.len()
+    );
+    assert!(size <= file.len() as u64, "{size} > input {}", file.len());
+    assert!(
+        size * 2 <= zstd19 * 3,
+        "{size} not within 1.5x of zstd -19 ({zstd19})"
+    );
+    let archive = Archive::open(&packed).expect("open");
+    assert_eq!(archive.version(), (1, 2));
+    assert!(archive.index_len() * 8 < size, "the index is compressed");
+    assert_eq!(archive.tensors().count(), 20_000);
+    for i in [0usize, 1, 12_345, 19_999] {
+        assert_eq!(
+            archive.read_tensor(&tensors[i].name).expect("read_tensor"),
+            tensors[i].data,
+            "{}",
+            tensors[i].name
+        );
+    }
+    let stats = dmx::Stats::of_archive(&archive);
+    assert_eq!(stats.tensors, 20_000);
+    assert_eq!(stats.index_bytes, Some(archive.index_len()));
+    let out = dir.path().join("restored.safetensors");
+    dmx::decompress(&packed, &out, &no_sync()).expect("decompress");
+    assert!(std::fs::read(&out).expect("restored") == file);
+    let rep = dmx::verify(&archive, Some(&input), &opts(2)).expect("verify");
+    assert!(rep.ok && rep.files[0].tensors == 20_000, "{rep:?}");
+    // TensorFile (used by diff and deltas) sees every packed tensor.
+    let tf = dmx::tensors::TensorFile::open(&packed).expect("TensorFile");
+    assert_eq!(tf.tensors().len(), 20_000);
+    assert_eq!(
+        &*tf.read(&tensors[777].name).expect("read"),
+        &tensors[777].data[..]
+    );
+    // extract of a packed tensor gives a valid one-tensor file.
+    let one = dir.path().join("one.safetensors");
+    dmx::extract(&archive, &[tensors[9].name.clone()], &one, &no_sync()).expect("extract");
+    let one = std::fs::read(&one).expect("extracted");
+    assert!(one.ends_with(&tensors[9].data));
+}
+
+/// Finding 9: a folder of thousands of tiny files shares chunks in packs.
+#[test]
+fn many_tiny_files_share_chunks() {
+    let dir = common::scratch();
+    let root = dir.path().join("files");
+    let mut total = 0u64;
+    for i in 0..3000 {
+        let rel = format!("d{}/file-{i}.txt", i % 30);
+        let body = format!("entry {i} = {}\n", i * 7919 % 1000);
+        total += (body.len() + rel.len()) as u64;
+        common::write(&root.join(&rel), body.as_bytes());
+    }
+    common::write(&root.join("empty"), b"");
+    let packed = dir.path().join("files.dmx");
+    dmx::compress(&root, &packed, &no_sync()).expect("compress");
+    let size = std::fs::metadata(&packed).expect("archive").len();
+    eprintln!("3000 tiny files: input {total} bytes (with names), dmx {size}");
+    assert!(size < total, "{size} >= {total}");
+    let archive = Archive::open(&packed).expect("open");
+    assert_eq!(archive.version(), (1, 2));
+    assert!(
+        archive
+            .index()
+            .entries
+            .iter()
+            .any(|e| e.kind == EntryKind::Pack)
+    );
+    let out = dir.path().join("restored");
+    dmx::decompress(&packed, &out, &no_sync()).expect("decompress");
+    assert_eq!(common::tree(&out), common::tree(&root));
+    let rep = dmx::verify(&archive, Some(&root), &opts(2)).expect("verify");
+    assert!(rep.ok, "{:?}", rep.files.iter().find(|f| !f.ok));
+    let stats = dmx::Stats::of_archive(&archive);
+    assert_eq!(stats.files.len(), 3001, "packs are not listed as files");
+    assert_eq!(
+        stats.original_bytes,
+        common::tree(&root)
+            .iter()
+            .map(|(_, b)| b.len() as u64)
+            .sum::<u64>()
+    );
+}
+
+/// Finding 9: incompressible inputs never grow beyond the stated bound: one large file,
+/// many small random tensors, a folder of small random files.
+#[test]
+fn incompressible_inputs_stay_within_the_bound() {
+    let dir = common::scratch();
+    let mut rng = common::Rng(99);
+    let big = dir.path().join("noise.bin");
+    common::write(&big, &rng.bytes(3 << 20));
+    let mut tensors: Vec<Tensor> = (0..3000)
+        .map(|i| Tensor::new(&format!("t{i}"), "U8", &[64], rng.bytes(64)))
+        .collect();
+    for i in 0..8 {
+        tensors.push(Tensor::new(
+            &format!("big{i}"),
+            "U8",
+            &[100_000],
+            rng.bytes(100_000),
+        ));
+    }
+    let st = dir.path().join("noise.safetensors");
+    common::write(&st, &common::safetensors(&tensors, &Layout::default()));
+    let folder = dir.path().join("noise");
+    let mut names = 0u64;
+    for i in 0..500 {
+        let rel = format!("n{i}.bin");
+        names += rel.len() as u64;
+        common::write(&folder.join(rel), &rng.bytes(100 + i));
+    }
+    for (input, extra) in [(&big, 8u64), (&st, 0), (&folder, names)] {
+        let out = dir.path().join("x.dmx");
+        let rep = dmx::compress(
+            input,
+            &out,
+            &Options {
+                force: true,
+                ..no_sync()
+            },
+        )
+        .expect("compress");
+        let size = std::fs::metadata(&out).expect("archive").len();
+        let s = rep.input_bytes + extra;
+        eprintln!("{}: input {s}, archive {size}", input.display());
+        assert!(
+            within_bound(size, s),
+            "{}: {size} > bound for {s}",
+            input.display()
+        );
+        let back = dir.path().join("back");
+        let _ = std::fs::remove_dir_all(&back);
+        let _ = std::fs::remove_file(&back);
+        dmx::decompress(&out, &back, &no_sync()).expect("decompress");
+        if input.is_dir() {
+            assert_eq!(common::tree(&back), common::tree(input));
+        } else {
+            assert!(std::fs::read(&back).expect("back") == std::fs::read(input).expect("in"));
+        }
+    }
+    // The single noise file gains only the preamble, index and trailer.
+    let out = dir.path().join("x.dmx");
+    dmx::compress(
+        &big,
+        &out,
+        &Options {
+            force: true,
+            ..no_sync()
+        },
+    )
+    .expect("compress");
+    assert!(std::fs::metadata(&out).expect("archive").len() <= (3 << 20) + 400);
+}
+
+/// Finding 10: a valid safetensors file with a tensor of rank 1001 (beyond the rank limit
+/// of 64) is stored as a blob with a warning and restored exactly.
+#[test]
+fn rank_beyond_the_limit_is_stored_as_a_blob() {
+    let dir = common::scratch();
+    let shape = vec![1usize; 1001];
+    let tensors = vec![
+        Tensor::new("deep", "F32", &shape, 1.5f32.to_le_bytes().to_vec()),
+        Tensor::generated("w", "BF16", &[8, 8], Mode::Weights, 1),
+    ];
+    let file = common::safetensors(&tensors, &Layout::default());
+    let input = dir.path().join("deep.safetensors");
+    common::write(&input, &file);
+    let packed = dir.path().join("deep.dmx");
+    let rep = dmx::compress(&input, &packed, &no_sync()).expect("compress");
+    assert_eq!(rep.warnings.len(), 1, "{:?}", rep.warnings);
+    assert!(rep.warnings[0].contains("rank 1001"), "{}", rep.warnings[0]);
+    let archive = Archive::open(&packed).expect("open");
+    assert_eq!(archive.index().entries[0].kind, EntryKind::Blob);
+    let out = dir.path().join("back.safetensors");
+    dmx::decompress(&packed, &out, &no_sync()).expect("decompress");
+    assert!(std::fs::read(&out).expect("back") == file);
+}
+
+/// Finding 6: names with `:` and `\` (ordinary on Unix) are stored and restored, alone and
+/// in a folder.
+#[cfg(unix)]
+#[test]
+fn names_with_colons_and_backslashes_round_trip() {
+    let dir = common::scratch();
+    let t = vec![Tensor::generated("w", "BF16", &[4, 4], Mode::Weights, 2)];
+    let file = common::safetensors(&t, &Layout::default());
+    for name in ["ckpt-2024-01-01T12:00:00.safetensors", "a\\b.safetensors"] {
+        let input = dir.path().join(name);
+        common::write(&input, &file);
+        let packed = dir.path().join("n.dmx");
+        dmx::compress(
+            &input,
+            &packed,
+            &Options {
+                force: true,
+                ..no_sync()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let archive = Archive::open(&packed).expect("open");
+        assert_eq!(archive.index().entries[0].path, name);
+        assert_eq!(archive.tensors().count(), 1);
+        let out = dir.path().join("n.out");
+        dmx::decompress(
+            &packed,
+            &out,
+            &Options {
+                force: true,
+                ..no_sync()
+            },
+        )
+        .expect("decompress");
+        assert!(std::fs::read(&out).expect("out") == file);
+    }
+    let folder = dir.path().join("folder");
+    common::write(&folder.join("run:1/ckpt-12:00.safetensors"), &file);
+    common::write(&folder.join("back\\slash.txt"), b"hello");
+    let packed = dir.path().join("f.dmx");
+    dmx::compress(&folder, &packed, &no_sync()).expect("compress folder");
+    let out = dir.path().join("f.out");
+    dmx::decompress(&packed, &out, &no_sync()).expect("decompress");
+    assert_eq!(common::tree(&out), common::tree(&folder));
+}
+
+/// Finding 9: a lossy archive of many tiny tensors keeps one segment per tensor (each with
+/// its error record) but gets the compressed index of format 1.2.
+#[test]
+fn lossy_archives_of_tiny_tensors_get_a_compressed_index() {
+    let dir = common::scratch();
+    let tensors: Vec<Tensor> = (0..2000u64)
+        .map(|i| Tensor::generated(&format!("h.{i}.w"), "F32", &[32], Mode::Weights, i))
+        .collect();
+    let file = common::safetensors(&tensors, &Layout::default());
+    let input = dir.path().join("lossy.safetensors");
+    common::write(&input, &file);
+    let packed = dir.path().join("lossy.dmx");
+    let lossy = dmx::lossy::LossyOptions {
+        mode: dmx::lossy::Mode::Int16,
+        ..Default::default()
+    };
+    dmx::compress_with(&input, &packed, &lossy, &no_sync()).expect("compress");
+    let archive = Archive::open(&packed).expect("open");
+    assert_eq!(archive.version(), (1, 2));
+    let raw = archive.index().to_bytes().len() as u64;
+    assert!(
+        archive.index_len() * 2 < raw,
+        "{} vs {raw}",
+        archive.index_len()
+    );
+    assert!(
+        archive
+            .tensors()
+            .all(|t| t.segment.transform.lossy().is_some() && t.len == t.segment.len)
+    );
+    let rep = dmx::verify(&archive, Some(&input), &opts(2)).expect("verify");
+    assert!(rep.ok, "{rep:?}");
+}

@@ -23,6 +23,14 @@ const BLESS_HINT: &str = "if the change is intended, regenerate the vectors with
 
 const INPUT: &str = "tiny.safetensors";
 const ARCHIVE: &str = "tiny.dmx";
+/// Format 1.2 vectors: many tiny tensors (packed segments, compressed index) and a folder of
+/// small files (a pack).
+const PACKED_INPUT: &str = "packed.safetensors";
+const PACKED_ARCHIVE: &str = "packed.dmx";
+const FOLDER_ARCHIVE: &str = "folder.dmx";
+/// `packed.dmx` with the recorded length of its compressed index changed and the index
+/// checksum fixed up: the index no longer decodes to its recorded length.
+const BROKEN_PACKED: &str = "x-packed-index.dmx";
 
 /// Archives that must not open, and the error each must give.
 const BROKEN: &[(&str, &str)] = &[
@@ -162,6 +170,73 @@ pub fn tiny_model() -> Vec<u8> {
     file
 }
 
+/// A deterministic safetensors file of 96 tiny F32 and I32 tensors: small enough for the
+/// writer to pack them (format 1.2).
+pub fn packed_model() -> Vec<u8> {
+    let mut header = String::from("{");
+    let mut data: Vec<u8> = Vec::new();
+    let mut push =
+        |header: &mut String, name: String, dtype: &str, shape: &[usize], bytes: Vec<u8>| {
+            let shape: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+            if header.len() > 1 {
+                header.push(',');
+            }
+            header.push_str(&format!(
+                r#""{name}":{{"dtype":"{dtype}","shape":[{}],"data_offsets":[{},{}]}}"#,
+                shape.join(","),
+                data.len(),
+                data.len() + bytes.len()
+            ));
+            data.extend_from_slice(&bytes);
+        };
+    for i in 0..96u32 {
+        let (dtype, bytes): (&str, Vec<u8>) = if i % 3 == 2 {
+            (
+                "I32",
+                (0..4)
+                    .flat_map(|k| (i as i32 * 7 - k).to_le_bytes())
+                    .collect(),
+            )
+        } else {
+            let v = (0..4).flat_map(|k| (0.5f32 + (i * 4 + k) as f32 / 64.0).to_le_bytes());
+            ("F32", v.collect())
+        };
+        push(&mut header, format!("layers.{i}.scale"), dtype, &[4], bytes);
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header.as_bytes());
+    file.extend_from_slice(&data);
+    file
+}
+
+/// Writes a deterministic folder of 80 small files (and one file of 70 KB, not packed)
+/// under `root` and returns its path.
+pub fn small_folder(root: &Path) -> PathBuf {
+    let dir = root.join("small");
+    for i in 0..80 {
+        let path = dir.join(format!("d{}/f{i:02}.txt", i % 4));
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, format!("file {i}: {}\n", "x".repeat(i))).expect("write");
+    }
+    std::fs::write(dir.join("big.bin"), vec![7u8; 70_000]).expect("write");
+    dir
+}
+
+/// `packed` with the recorded length of its compressed index changed and the index checksum
+/// fixed up.
+fn broken_packed(packed: &[u8]) -> Vec<u8> {
+    let mut b = packed.to_vec();
+    let n = b.len();
+    let t = Trailer::from_bytes(&b[n - 32..]).expect("trailer");
+    b[t.index_offset as usize] ^= 1;
+    fix_index_checksum(&mut b);
+    b
+}
+
 /// Recomputes the trailer's index checksum in place.
 fn fix_index_checksum(archive: &mut [u8]) {
     let n = archive.len();
@@ -233,6 +308,25 @@ fn vectors() -> &'static Path {
             std::fs::write(d.join(name), &bytes).expect("write broken vector");
             list.push_str(&format!("{name}: {}\n", blake3_hex(&bytes)));
         }
+        let packed_input = d.join(PACKED_INPUT);
+        std::fs::write(&packed_input, packed_model()).expect("write packed input");
+        let packed = d.join(PACKED_ARCHIVE);
+        dmx::compress(&packed_input, &packed, &o).expect("compress packed");
+        let packed = std::fs::read(&packed).expect("read packed archive");
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let folder = small_folder(scratch.path());
+        dmx::compress(&folder, &d.join(FOLDER_ARCHIVE), &o).expect("compress folder");
+        let folder = std::fs::read(d.join(FOLDER_ARCHIVE)).expect("read folder archive");
+        let bad = broken_packed(&packed);
+        std::fs::write(d.join(BROKEN_PACKED), &bad).expect("write broken packed");
+        for (name, bytes) in [
+            (PACKED_INPUT, packed_model()),
+            (PACKED_ARCHIVE, packed),
+            (FOLDER_ARCHIVE, folder),
+            (BROKEN_PACKED, bad),
+        ] {
+            list.push_str(&format!("{name}: {}\n", blake3_hex(&bytes)));
+        }
         std::fs::write(d.join("vectors.txt"), list).expect("write vectors.txt");
         eprintln!("dmx: blessed the vectors in {}", d.display());
     });
@@ -262,7 +356,14 @@ fn read_vector(name: &str) -> Vec<u8> {
 #[test]
 fn listed_files_are_the_committed_ones() {
     let list = listed();
-    let mut want: Vec<&str> = vec![INPUT, ARCHIVE];
+    let mut want: Vec<&str> = vec![
+        INPUT,
+        ARCHIVE,
+        PACKED_INPUT,
+        PACKED_ARCHIVE,
+        FOLDER_ARCHIVE,
+        BROKEN_PACKED,
+    ];
     want.extend(BROKEN.iter().map(|(n, _)| *n));
     want.sort_unstable();
     assert_eq!(list.keys().map(String::as_str).collect::<Vec<_>>(), want);
@@ -535,4 +636,89 @@ fn format_md_example_is_reproduced() {
             "FORMAT.md §9 at {at:#05x} ({what}); {BLESS_HINT} (and update the example)"
         );
     }
+}
+
+#[test]
+fn packed_vectors_decode_and_are_reproduced() {
+    use dmx::dmx_format::{EntryKind, SegmentKind};
+    let scratch = tempfile::tempdir().expect("tempdir");
+    assert!(
+        read_vector(PACKED_INPUT) == packed_model(),
+        "tests/vectors/{PACKED_INPUT} differs from packed_model(); {BLESS_HINT}"
+    );
+    // Many tiny tensors: format 1.2 with packed segments and a compressed index.
+    let path = vectors().join(PACKED_ARCHIVE);
+    let archive = Archive::open(&path).expect("open packed.dmx");
+    assert_eq!(archive.version(), (1, 2));
+    let committed = read_vector(PACKED_ARCHIVE);
+    assert_eq!(dmx::dmx_format::preamble_flags(&committed), 1);
+    let entry = &archive.index().entries[0];
+    assert!(
+        entry
+            .segments
+            .iter()
+            .any(|s| matches!(s.kind, SegmentKind::Packed(_)))
+    );
+    assert_eq!(archive.tensors().count(), 96);
+    let input = packed_model();
+    let header_len = 8 + u64::from_le_bytes(input[..8].try_into().expect("8")) as usize;
+    let t = archive.tensor("layers.5.scale").expect("packed tensor");
+    assert_eq!(t.len, 16);
+    let at = header_len + (t.segment.offset + t.offset) as usize - header_len;
+    assert_eq!(
+        archive.read_tensor("layers.5.scale").expect("read"),
+        &input[at..at + 16]
+    );
+    let out = scratch.path().join("p.safetensors");
+    dmx::decompress(&path, &out, &opts()).expect("decompress packed.dmx");
+    assert!(
+        std::fs::read(&out).expect("read") == input,
+        "packed.dmx restores its input"
+    );
+    let fresh = scratch.path().join("p.dmx");
+    dmx::compress(&vectors().join(PACKED_INPUT), &fresh, &opts()).expect("compress");
+    assert!(
+        std::fs::read(&fresh).expect("read") == committed,
+        "compressing {PACKED_INPUT} no longer gives {PACKED_ARCHIVE}; {BLESS_HINT}"
+    );
+    // A folder of small files: one pack, then its files.
+    let folder = small_folder(scratch.path());
+    let fresh = scratch.path().join("f.dmx");
+    dmx::compress(&folder, &fresh, &opts()).expect("compress folder");
+    assert!(
+        std::fs::read(&fresh).expect("read") == read_vector(FOLDER_ARCHIVE),
+        "compressing small_folder() no longer gives {FOLDER_ARCHIVE}; {BLESS_HINT}"
+    );
+    let archive = Archive::open(&vectors().join(FOLDER_ARCHIVE)).expect("open folder.dmx");
+    assert_eq!(archive.version(), (1, 2));
+    let kinds: Vec<EntryKind> = archive.index().entries.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == EntryKind::Pack).count(), 1);
+    assert_eq!(
+        kinds.iter().filter(|k| **k == EntryKind::Packed).count(),
+        80
+    );
+    let restored = scratch.path().join("restored");
+    dmx::decompress(&vectors().join(FOLDER_ARCHIVE), &restored, &opts()).expect("decompress");
+    for i in 0..80 {
+        let rel = format!("d{}/f{i:02}.txt", i % 4);
+        assert_eq!(
+            std::fs::read(restored.join(&rel)).expect("restored file"),
+            std::fs::read(folder.join(&rel)).expect("original file"),
+            "{rel}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(restored.join("big.bin")).expect("big"),
+        vec![7u8; 70_000]
+    );
+    let rep = dmx::verify(&archive, Some(&folder), &opts()).expect("verify");
+    assert!(rep.ok, "{rep:?}");
+    // The damaged compressed index is refused as corrupt, never misread.
+    assert!(read_vector(BROKEN_PACKED) == broken_packed(&committed));
+    let err = match Archive::open(&vectors().join(BROKEN_PACKED)) {
+        Ok(_) => panic!("{BROKEN_PACKED} opened"),
+        Err(e) => e,
+    };
+    assert!(err.is_integrity_failure(), "{err}");
+    assert!(err.to_string().contains("recorded length"), "{err}");
 }
