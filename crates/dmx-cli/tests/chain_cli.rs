@@ -694,7 +694,14 @@ fn chain_reconstruct_destinations_are_safe() {
 
     // A folder that merely holds the chain (restoring beside it) is fine: only the restored
     // files are written.
-    let args = ["chain-reconstruct", ".", "--output-dir", "..", "--force", "-q"];
+    let args = [
+        "chain-reconstruct",
+        ".",
+        "--output-dir",
+        "..",
+        "--force",
+        "-q",
+    ];
     run(&d.join("chain"), &args, 0);
     assert!(std::fs::read(d.join("s0.safetensors")).unwrap() == ckpts[0]);
     assert_eq!(snapshot(&d.join("chain")), chain_before);

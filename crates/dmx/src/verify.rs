@@ -189,9 +189,8 @@ fn verify_inner(
             Some(b) => crate::delta::base_slices(archive, entry, b)?,
             None => Vec::new(),
         };
-        let mut r = pool.install(|| {
-            check_entry(archive, i, orig.as_ref(), &slices, max_rel_error, progress)
-        })?;
+        let mut r = pool
+            .install(|| check_entry(archive, i, orig.as_ref(), &slices, max_rel_error, progress))?;
         if entry.kind == EntryKind::Pack {
             pack = None;
             match pool.install(|| archive.read_pack(entry)) {
@@ -253,10 +252,8 @@ fn original_files(archive: &Archive, original: &Path) -> Result<Vec<Option<std::
             },
         )));
     }
-    let by_rel: std::collections::HashMap<&str, &std::path::PathBuf> = planned
-        .iter()
-        .map(|p| (p.rel.as_str(), &p.path))
-        .collect();
+    let by_rel: std::collections::HashMap<&str, &std::path::PathBuf> =
+        planned.iter().map(|p| (p.rel.as_str(), &p.path)).collect();
     let mut out: Vec<Option<std::path::PathBuf>> = archive
         .index()
         .entries

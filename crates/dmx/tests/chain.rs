@@ -964,7 +964,12 @@ fn stale_staging_folders_of_killed_runs_are_removed() {
         let f = p.join("00000-a.safetensors.dmx");
         std::fs::write(&f, b"partial").unwrap();
         if let Some(t) = age {
-            std::fs::File::options().write(true).open(&f).unwrap().set_modified(t).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&f)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
             std::fs::File::open(&p).unwrap().set_modified(t).unwrap();
         }
         p
@@ -974,10 +979,7 @@ fn stale_staging_folders_of_killed_runs_are_removed() {
     // No such process but recent: kept (it may belong to another PID namespace).
     let recent = make(".dmx-tmp-4294967-def", None);
     // This very process, old: kept.
-    let alive = make(
-        &format!(".dmx-tmp-{}-ghi", std::process::id()),
-        Some(old),
-    );
+    let alive = make(&format!(".dmx-tmp-{}-ghi", std::process::id()), Some(old));
     // Not a staging name: kept.
     let other = make(".dmx-tmp-other", Some(old));
     dmx::chain_compress(
