@@ -100,6 +100,7 @@ pub fn index(data: &[u8]) {
         max_chunks: 3,
         max_string: 12,
         max_rank: 3,
+        max_index_expansion: 4,
     };
     let _ = dmx_format::check_preamble(data);
     let _ = Trailer::from_bytes(data);

@@ -828,6 +828,12 @@ fn main() -> ExitCode {
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::CheckFailed) => ExitCode::from(1),
+        Err(_) if let Some(sig) = signals::received() => {
+            // The failure is the signal's doing (its handler removed the temporaries under
+            // the run): no message; the handler exits with 128 + the signal number.
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            ExitCode::from(128 + sig as u8)
+        }
         Err(e) => {
             eprintln!("dmx: error: {}", describe(&e));
             if e.is_integrity_failure() {

@@ -4,10 +4,23 @@
 //! the temporary file like any other failed write.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGXFSZ};
 use signal_hook::iterator::Signals;
+
+/// The signal being handled (0 while none): set before the temporaries are removed, so the
+/// main thread can tell that an error it meets (a temporary vanished under it) is the
+/// signal's doing and must not be reported.
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+/// The signal that is ending the run, if any.
+pub fn received() -> Option<i32> {
+    match RECEIVED.load(Ordering::SeqCst) {
+        0 => None,
+        sig => Some(sig),
+    }
+}
 
 /// Installs the handlers (best effort: where a handler cannot be installed, the default
 /// action of that signal stays).
@@ -22,6 +35,7 @@ pub fn install() {
         .name("dmx-signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
+                RECEIVED.store(sig, Ordering::SeqCst);
                 dmx::remove_temps();
                 std::process::exit(128 + sig);
             }

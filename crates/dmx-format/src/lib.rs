@@ -62,7 +62,15 @@ pub struct Limits {
     pub max_string: u32,
     /// Largest tensor rank.
     pub max_rank: u32,
+    /// Largest expansion of a compressed index (§4.1): its `raw_len` may exceed
+    /// [`MIN_INDEX_EXPANSION_FLOOR`] only up to this many times its stored length, so that a
+    /// small hostile file cannot make a reader allocate a large index.
+    pub max_index_expansion: u64,
 }
+
+/// A compressed index of up to this many bytes (16 MiB) is accepted whatever its expansion
+/// ratio (§4.1, §6).
+pub const MIN_INDEX_EXPANSION_FLOOR: u64 = 16 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -74,6 +82,7 @@ impl Default for Limits {
             max_chunks: 1 << 26,
             max_string: 1 << 16,
             max_rank: 64,
+            max_index_expansion: 1024,
         }
     }
 }

@@ -89,8 +89,18 @@ fn decompress_index(stored: &[u8], limits: &Limits) -> Result<Vec<u8>, FormatErr
             limit: limits.max_index_len,
         });
     }
-    let bad = || FormatError::Invalid("the compressed index does not decode");
     let frame = &stored[8..];
+    let expansion_limit = (frame.len() as u64)
+        .saturating_mul(limits.max_index_expansion)
+        .max(crate::MIN_INDEX_EXPANSION_FLOOR);
+    if raw_len > expansion_limit {
+        return Err(FormatError::LimitExceeded {
+            what: "compressed index expansion",
+            value: raw_len,
+            limit: expansion_limit,
+        });
+    }
+    let bad = || FormatError::Invalid("the compressed index does not decode");
     // Exactly one zstd frame, whose header sets Content_Checksum_flag (bit 2 of the
     // Frame_Header_Descriptor, the byte after the 4-byte magic number): the decoder then
     // checks the decoded index against it.
@@ -161,6 +171,19 @@ mod tests {
         assert!(matches!(
             Index::from_stored(&z, FLAG_COMPRESSED_INDEX, 16, &small),
             Err(FormatError::LimitExceeded { .. })
+        ));
+        // A recorded length beyond the expansion bound (above the 16 MiB floor) is refused
+        // before decoding.
+        let claim = ((z.len() as u64 - 8) * 1024 + 1).max(17 << 20);
+        assert!(claim < l.max_index_len);
+        let mut huge = claim.to_le_bytes().to_vec();
+        huge.extend_from_slice(&z[8..]);
+        assert!(matches!(
+            Index::from_stored(&huge, FLAG_COMPRESSED_INDEX, 16, &l),
+            Err(FormatError::LimitExceeded {
+                what: "compressed index expansion",
+                ..
+            })
         ));
         // A recorded length that disagrees with the data is refused.
         let mut wrong = z.clone();

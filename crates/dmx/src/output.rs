@@ -104,7 +104,7 @@ pub fn check_writable(output: &Path, force: bool) -> Result<()> {
 
 /// Fails unless the folder `output` may be written by a folder restore: it must not exist
 /// unless `force` is set; with `force` it must be a real folder (not a symbolic link), into
-/// which [`AtomicDir`] merges the restored files.
+/// which a folder restore merges the restored files.
 pub fn check_writable_dir(output: &Path, force: bool) -> Result<()> {
     if is_dash(output) {
         return Err(dash_refused());
@@ -256,7 +256,15 @@ pub fn remove_temps() {
     let mut live = live();
     CLOSING.store(true, Ordering::SeqCst);
     for p in live.drain(..) {
-        remove_any(&p);
+        // The run goes on while this runs and may still add a file to a temporary folder
+        // being removed (`remove_dir_all` then fails on a non-empty folder): try again.
+        for _ in 0..50 {
+            remove_any(&p);
+            if p.symlink_metadata().is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }
 
