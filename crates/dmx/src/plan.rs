@@ -417,15 +417,20 @@ pub fn pack_tensors(file: &mut PlannedFile) {
             value,
         });
     };
+    // Bytes in `run`, kept as a running sum (runs may hold tens of thousands of tensors).
+    let mut run_len = 0u64;
     for seg in std::mem::take(&mut file.segments) {
         if !small(&seg) {
             flush(&mut run, &mut out);
+            run_len = 0;
             out.push(seg);
             continue;
         }
-        if run.iter().map(|s| s.len).sum::<u64>() + seg.len > PACKED_SEGMENT {
+        if run_len + seg.len > PACKED_SEGMENT {
             flush(&mut run, &mut out);
+            run_len = 0;
         }
+        run_len += seg.len;
         run.push(seg);
     }
     flush(&mut run, &mut out);
