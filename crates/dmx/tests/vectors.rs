@@ -327,6 +327,12 @@ fn vectors() -> &'static Path {
         ] {
             list.push_str(&format!("{name}: {}\n", blake3_hex(&bytes)));
         }
+        let (expected, files) = bless_more(&d);
+        for name in files {
+            let bytes = std::fs::read(d.join(&name)).expect("read vector");
+            list.push_str(&format!("{name}: {}\n", blake3_hex(&bytes)));
+        }
+        std::fs::write(d.join("expected.txt"), expected).expect("write expected.txt");
         std::fs::write(d.join("vectors.txt"), list).expect("write vectors.txt");
         eprintln!("dmx: blessed the vectors in {}", d.display());
     });
@@ -365,8 +371,29 @@ fn listed_files_are_the_committed_ones() {
         BROKEN_PACKED,
     ];
     want.extend(BROKEN.iter().map(|(n, _)| *n));
+    let chunks: Vec<String> = chunk_cases().into_iter().map(|c| c.file).collect();
+    want.extend(chunks.iter().map(String::as_str));
+    want.extend([LOSSY_INPUT, LOSSY_TARGET]);
+    want.extend(ARCHIVE_KINDS.iter().map(|(n, _)| *n));
+    let chain = chain_files(&vectors().join(CHAIN_DIR));
+    assert!(
+        chain.len() >= 3,
+        "chain/: a manifest and two entries: {chain:?}"
+    );
+    want.extend(chain.iter().map(String::as_str));
     want.sort_unstable();
     assert_eq!(list.keys().map(String::as_str).collect::<Vec<_>>(), want);
+    let expected = expected();
+    for name in chunks
+        .iter()
+        .map(String::as_str)
+        .chain(ARCHIVE_KINDS.iter().map(|(n, _)| *n))
+    {
+        assert!(
+            expected.contains_key(name),
+            "{name} is not in expected.txt; {BLESS_HINT}"
+        );
+    }
     for (name, hash) in &list {
         assert_eq!(
             &blake3_hex(&read_vector(name)),
@@ -378,7 +405,12 @@ fn listed_files_are_the_committed_ones() {
     for e in std::fs::read_dir(vectors()).expect("read tests/vectors") {
         let name = e.expect("entry").file_name().to_string_lossy().into_owned();
         assert!(
-            list.contains_key(&name) || name == "vectors.txt" || name == ".gitattributes",
+            list.contains_key(&name)
+                || matches!(
+                    name.as_str(),
+                    "vectors.txt" | "expected.txt" | ".gitattributes"
+                )
+                || name == CHAIN_DIR,
             "tests/vectors/{name} is not listed in vectors.txt"
         );
     }
@@ -429,7 +461,8 @@ fn committed_archive_decodes_to_the_committed_input() {
             "fp8",
         ]
     );
-    // Every codec is pinned by the vector.
+    // The lossless codecs are pinned by this vector; codecs 4–8 by the chunk and archive
+    // vectors below (`chunk-*.bin`, `lossy-*.dmx`, `delta*.dmxd`, `chain/`).
     let mut codecs: Vec<u8> = archive
         .index()
         .entries
@@ -721,4 +754,680 @@ fn packed_vectors_decode_and_are_reproduced() {
     };
     assert!(err.is_integrity_failure(), "{err}");
     assert!(err.to_string().contains("recorded length"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Lossy codecs, deltas and every archive kind.
+//
+// `chunk-*.bin` are single chunk payloads of codecs 4–8, encoded from inputs that
+// [`chunk_cases`] generates; `lossy*.safetensors` are a small model and a fine-tuned copy of
+// it ([`lossy_model`]), `lossy-*.dmx` / `delta*.dmxd` / `chain/` their archives of every kind.
+// `expected.txt` records, per vector, the BLAKE3 of what it must decode to (and for chunks
+// the codec id and the BLAKE3 of the encoder's input and base). Each vector must (1) decode
+// to the recorded bytes and (2) be reproduced byte for byte by encoding the same input.
+// ---------------------------------------------------------------------------------------
+
+use dmx::dmx_codec::{self as codec, Codec, FloatLayout, Hints, ValueKind};
+
+/// Small model of the archive vectors, and its fine-tuned copy (the delta target).
+const LOSSY_INPUT: &str = "lossy.safetensors";
+const LOSSY_TARGET: &str = "lossy-target.safetensors";
+/// Archive vectors of `lossy.safetensors` (and of its target for deltas), with how they are
+/// made.
+const ARCHIVE_KINDS: &[(&str, &str)] = &[
+    ("lossy-bfp.dmx", "compress --mode bfp (default M and G)"),
+    (
+        "lossy-bfp-m3-g8.dmx",
+        "compress --mode bfp --mantissa-bits 3 --group-size 8",
+    ),
+    ("lossy-int16.dmx", "compress --mode int16"),
+    ("lossy-cast-bf16.dmx", "compress --cast bf16"),
+    ("lossy-cast-f16.dmx", "compress --cast f16"),
+    (
+        "delta.dmxd",
+        "delta-compress lossy.safetensors lossy-target.safetensors",
+    ),
+    ("delta-int16.dmxd", "delta-compress --precision int16"),
+];
+/// The chain vector: `chain-compress lossy.safetensors lossy-target.safetensors`.
+const CHAIN_DIR: &str = "chain";
+
+/// A deterministic stream of 64-bit values (splitmix64).
+fn rng(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// `n` weight-like `f32` values: uniform in ±scale, the scale varying every 32 values.
+fn weights(seed: u64, n: usize) -> Vec<f32> {
+    let mut next = rng(seed);
+    let mut scale = 0.05f32;
+    (0..n)
+        .map(|i| {
+            if i % 32 == 0 {
+                scale = 0.01 + (next() % 100) as f32 / 1000.0;
+            }
+            ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+        })
+        .collect()
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// bfloat16 bytes of `v` (truncated).
+fn bf16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+        .collect()
+}
+
+/// IEEE half bytes of `v` (truncated; normal range only, smaller magnitudes flush to zero).
+fn f16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|x| {
+            let b = x.to_bits();
+            let sign = ((b >> 16) & 0x8000) as u16;
+            let e = ((b >> 23) & 0xff) as i32 - 127 + 15;
+            let h = if x.is_nan() {
+                0x7e00
+            } else if e >= 31 {
+                sign | 0x7c00
+            } else if e <= 0 {
+                sign
+            } else {
+                sign | ((e as u16) << 10) | ((b >> 13) & 0x3ff) as u16
+            };
+            h.to_le_bytes()
+        })
+        .collect()
+}
+
+/// Overwrites values `at` of width `w` with `specials` (bytes of one value each, cycled).
+fn put_specials(bytes: &mut [u8], w: usize, at: &[usize], specials: &[&[u8]]) {
+    for (k, &i) in at.iter().enumerate() {
+        bytes[i * w..(i + 1) * w].copy_from_slice(specials[k % specials.len()]);
+    }
+}
+
+const F32_SPECIALS: &[&[u8]] = &[
+    &[0x00, 0x00, 0xc0, 0x7f], // NaN
+    &[0x00, 0x00, 0x80, 0x7f], // +Inf
+    &[0x00, 0x00, 0x80, 0xff], // -Inf
+    &[0x45, 0x23, 0xc1, 0xff], // NaN with payload
+];
+const BF16_SPECIALS: &[&[u8]] = &[&[0xc0, 0x7f], &[0x80, 0x7f], &[0x80, 0xff], &[0xc1, 0xff]];
+const F16_SPECIALS: &[&[u8]] = &[&[0x00, 0x7e], &[0x00, 0x7c], &[0x00, 0xfc], &[0x01, 0x7e]];
+
+/// One chunk vector: the codec's input (and base), and what encoding it gives now.
+struct ChunkCase {
+    file: String,
+    codec: Codec,
+    base: Option<Vec<u8>>,
+    input: Vec<u8>,
+    /// The payload the current encoder produces.
+    payload: Vec<u8>,
+    /// Value width and the indices of values that must decode bit for bit (escapes).
+    exact: (usize, Vec<usize>),
+    /// For deltas: the variant byte the encoder must have chosen.
+    variant: Option<u8>,
+}
+
+/// Every chunk vector, encoded by the current code.
+fn chunk_cases() -> Vec<ChunkCase> {
+    use codec::{bfp, cast, delta, grid, quant};
+    let mut cases = Vec::new();
+    let mut add = |name: &str,
+                   codec: Codec,
+                   base: Option<Vec<u8>>,
+                   input: Vec<u8>,
+                   payload: Vec<u8>,
+                   exact: (usize, Vec<usize>),
+                   variant: Option<u8>| {
+        cases.push(ChunkCase {
+            file: format!("chunk-{}-{name}.bin", codec as u8),
+            codec,
+            base,
+            input,
+            payload,
+            exact,
+            variant,
+        })
+    };
+    // Codec 4, BFP: three dtypes, two settings, one group of NaN/Inf (escaped, raw).
+    let esc = vec![70usize, 71, 77, 200];
+    let bfp_cases: [(&str, FloatLayout, u32, u32, usize); 4] = [
+        ("bfp-bf16-m4-g32", FloatLayout::BF16, 4, 32, 0),
+        ("bfp-bf16-m8-g16-rows", FloatLayout::BF16, 8, 16, 64),
+        ("bfp-f16-m5-g64", FloatLayout::F16, 5, 64, 0),
+        ("bfp-f32-m12-g32", FloatLayout::F32, 12, 32, 32),
+    ];
+    for (i, (name, layout, m, g, row_len)) in bfp_cases.into_iter().enumerate() {
+        let v = weights(40 + i as u64, 512);
+        let (mut data, specials) = match layout.bytes() {
+            4 => (f32_bytes(&v), F32_SPECIALS),
+            _ if layout == FloatLayout::F16 => (f16_bytes(&v), F16_SPECIALS),
+            _ => (bf16_bytes(&v), BF16_SPECIALS),
+        };
+        let w = layout.bytes();
+        put_specials(&mut data, w, &esc, specials);
+        let p = bfp::Params {
+            mantissa_bits: m,
+            group_size: g,
+        };
+        bfp::check(layout, p).expect("valid BFP parameters");
+        let (payload, _) = bfp::encode(layout, &data, row_len, p);
+        add(
+            name,
+            Codec::Bfp,
+            None,
+            data,
+            payload,
+            (w, esc.clone()),
+            None,
+        );
+    }
+    // Codec 5, quant: int16 and int32 grids, with escapes (NaN, ±Inf, off the grid).
+    for (i, (name, layout, bits)) in [
+        ("quant-bf16-int16", FloatLayout::BF16, 16),
+        ("quant-f32-int16", FloatLayout::F32, 16),
+        ("quant-f32-int32", FloatLayout::F32, 32),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let v = weights(50 + i as u64, 512);
+        let step = grid::step_for(0.05, bits);
+        let (mut data, specials) = if layout.bytes() == 4 {
+            (f32_bytes(&v), F32_SPECIALS)
+        } else {
+            (bf16_bytes(&v), BF16_SPECIALS)
+        };
+        let w = layout.bytes();
+        put_specials(&mut data, w, &esc, specials);
+        let mut exact = esc.clone();
+        // Far beyond the grid's range: escaped too.
+        let big: &[&[u8]] = if w == 4 {
+            &[&[0x00, 0x24, 0x74, 0x49]] // 1e6
+        } else {
+            &[&[0x74, 0x49]]
+        };
+        put_specials(&mut data, w, &[300], big);
+        exact.push(300);
+        let (payload, _) = quant::encode(layout, &data, step, bits);
+        add(name, Codec::Quant, None, data, payload, (w, exact), None);
+    }
+    // Codec 6, lossless delta: each variant the encoder picks.
+    let base = weights(60, 512);
+    let base_f32 = f32_bytes(&base);
+    let base_bf16 = bf16_bytes(&base);
+    {
+        add(
+            "delta-same",
+            Codec::Delta,
+            Some(base_bf16.clone()),
+            base_bf16.clone(),
+            delta::encode(ValueKind::Float(FloatLayout::BF16), &base_bf16, &base_bf16).0,
+            (2, vec![]),
+            Some(0),
+        );
+        // A fine-tuning step: every value moves by a few ulps.
+        let mut next = rng(61);
+        let target: Vec<u8> = base_f32
+            .chunks_exact(4)
+            .flat_map(|c| {
+                let b = u32::from_le_bytes(c.try_into().expect("4"));
+                let d = (next() % 64) as u32;
+                b.wrapping_add(d).wrapping_sub(32).to_le_bytes()
+            })
+            .collect();
+        let (payload, _) = delta::encode(ValueKind::Float(FloatLayout::F32), &base_f32, &target);
+        add(
+            "delta-order",
+            Codec::Delta,
+            Some(base_f32.clone()),
+            target,
+            payload,
+            (4, vec![]),
+            Some(1),
+        );
+        // Unrelated values: the XOR of the bits keeps the float field structure best.
+        let other = bf16_bytes(&weights(62, 512));
+        let (payload, _) = delta::encode(ValueKind::Float(FloatLayout::BF16), &base_bf16, &other);
+        add(
+            "delta-xor-float",
+            Codec::Delta,
+            Some(base_bf16.clone()),
+            other,
+            payload,
+            (2, vec![]),
+            Some(2),
+        );
+        // Integers with a few changes: zstd of the difference.
+        let ints: Vec<u8> = (0..256i32).flat_map(|i| (i * 3).to_le_bytes()).collect();
+        let mut changed = ints.clone();
+        for i in [5usize, 100, 101, 200] {
+            changed[i * 4] ^= 0x10;
+        }
+        let (payload, _) = delta::encode(ValueKind::Bytes, &ints, &changed);
+        add(
+            "delta-zstd",
+            Codec::Delta,
+            Some(ints),
+            changed,
+            payload,
+            (4, vec![]),
+            Some(3),
+        );
+    }
+    // Codec 7, quantized delta on int16 and int32 grids, with escapes.
+    for (i, (name, bits)) in [("quant-delta-f32-int16", 16), ("quant-delta-f32-int32", 32)]
+        .into_iter()
+        .enumerate()
+    {
+        let step = grid::step_for(0.12, bits);
+        let mut target = f32_bytes(
+            &base
+                .iter()
+                .zip(weights(70 + i as u64, 512))
+                .map(|(b, d)| b + d / 64.0)
+                .collect::<Vec<_>>(),
+        );
+        put_specials(&mut target, 4, &esc, F32_SPECIALS);
+        let (payload, _) =
+            delta::encode_quantized(FloatLayout::F32, &base_f32, &target, step, bits);
+        add(
+            name,
+            Codec::QuantDelta,
+            Some(base_f32.clone()),
+            target,
+            payload,
+            (4, esc.clone()),
+            Some(8),
+        );
+    }
+    // Codec 8, cast to bfloat16 and to half.
+    for (i, (name, to)) in [
+        ("cast-bf16", FloatLayout::BF16),
+        ("cast-f16", FloatLayout::F16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut data = f32_bytes(&weights(80 + i as u64, 512));
+        // Infinities survive the cast exactly.
+        put_specials(&mut data, 4, &[70, 71], &F32_SPECIALS[1..3]);
+        let (payload, _) = cast::encode(
+            to,
+            &data,
+            Hints {
+                zstd_level: 3,
+                row_len: 32,
+            },
+        );
+        add(
+            name,
+            Codec::Cast,
+            None,
+            data,
+            payload,
+            (4, vec![70, 71]),
+            None,
+        );
+    }
+    cases
+}
+
+/// A small safetensors model with F32, BF16 and F16 matrices (weight-like values, a few
+/// NaN/±Inf) and an I32 tensor; `target` is a fine-tuned copy (every float moved a little,
+/// the F16 tensor unchanged, two integers changed).
+pub fn lossy_model(target: bool) -> Vec<u8> {
+    let fine = |v: Vec<f32>, seed: u64| -> Vec<f32> {
+        if !target {
+            return v;
+        }
+        let d = weights(seed, v.len());
+        v.iter().zip(d).map(|(x, d)| x + d / 128.0).collect()
+    };
+    let mut f32s = f32_bytes(&fine(weights(1, 16 * 32), 11));
+    put_specials(&mut f32s, 4, &[40, 41, 42], F32_SPECIALS);
+    let mut bf16 = bf16_bytes(&fine(weights(2, 16 * 32), 12));
+    put_specials(&mut bf16, 2, &[300], BF16_SPECIALS);
+    let f16 = f16_bytes(&weights(3, 8 * 32));
+    let ids: Vec<u8> = (0..16i32)
+        .flat_map(|i| (i * 5 + i32::from(target && i % 7 == 3)).to_le_bytes())
+        .collect();
+    let tensors: [(&str, &str, &[usize], Vec<u8>); 4] = [
+        ("layer.attn.weight", "F32", &[16, 32], f32s),
+        ("layer.mlp.weight", "BF16", &[16, 32], bf16),
+        ("layer.out.weight", "F16", &[8, 32], f16),
+        ("layer.ids", "I32", &[16], ids),
+    ];
+    let mut header = String::from(r#"{"__metadata__":{"format":"pt"}"#);
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in &tensors {
+        let shape: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        header.push_str(&format!(
+            r#","{name}":{{"dtype":"{dtype}","shape":[{}],"data_offsets":[{},{}]}}"#,
+            shape.join(","),
+            data.len(),
+            data.len() + bytes.len()
+        ));
+        data.extend_from_slice(bytes);
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header.as_bytes());
+    file.extend_from_slice(&data);
+    file
+}
+
+/// Builds the archive vector `name` of [`ARCHIVE_KINDS`] from the inputs in `d` into `out`.
+fn make_archive(name: &str, d: &Path, out: &Path) {
+    use dmx::lossy::{CastTo, LossyOptions, Mode};
+    let o = Options {
+        force: true,
+        ..opts()
+    };
+    let (base, target) = (d.join(LOSSY_INPUT), d.join(LOSSY_TARGET));
+    let lossy = |mode, m: Option<u32>, g: Option<u32>, cast| LossyOptions {
+        mode,
+        mantissa_bits: m,
+        group_size: g,
+        cast,
+        ..LossyOptions::default()
+    };
+    let l = match name {
+        "lossy-bfp.dmx" => lossy(Mode::Bfp, None, None, None),
+        "lossy-bfp-m3-g8.dmx" => lossy(Mode::Bfp, Some(3), Some(8), None),
+        "lossy-int16.dmx" => lossy(Mode::Int16, None, None, None),
+        "lossy-cast-bf16.dmx" => lossy(Mode::Lossless, None, None, Some(CastTo::Bf16)),
+        "lossy-cast-f16.dmx" => lossy(Mode::Lossless, None, None, Some(CastTo::F16)),
+        "delta.dmxd" | "delta-int16.dmxd" => {
+            let precision = if name == "delta.dmxd" {
+                dmx::Precision::Lossless
+            } else {
+                dmx::Precision::Int16
+            };
+            let dopts = dmx::DeltaOptions {
+                precision,
+                steps: None,
+            };
+            dmx::delta_compress(&base, &target, out, &dopts, &o).expect("delta-compress");
+            return;
+        }
+        other => unreachable!("{other}"),
+    };
+    dmx::compress_with(&base, out, &l, &o).expect("compress");
+}
+
+/// Restores the archive vector `name` (from `d`) into `out`; returns the restored bytes.
+fn restore_archive(name: &str, d: &Path, out: &Path) -> Vec<u8> {
+    if name.ends_with(".dmxd") {
+        dmx::delta_reconstruct(&d.join(LOSSY_INPUT), &d.join(name), out, &opts())
+            .unwrap_or_else(|e| panic!("delta-reconstruct {name}: {e}; {BLESS_HINT}"));
+    } else {
+        dmx::decompress(&d.join(name), out, &opts())
+            .unwrap_or_else(|e| panic!("decompress {name}: {e}; {BLESS_HINT}"));
+    }
+    std::fs::read(out).expect("read restored")
+}
+
+/// The files of the chain vector, relative to `tests/vectors/`.
+fn chain_files(dir: &Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .expect("read chain folder")
+        .map(|e| {
+            let name = e.expect("entry").file_name().to_string_lossy().into_owned();
+            format!("{CHAIN_DIR}/{name}")
+        })
+        .collect();
+    files.sort_unstable();
+    files
+}
+
+/// Writes the chain vector from the inputs in `d` into `out` (a new folder).
+fn make_chain(d: &Path, out: &Path) {
+    let o = Options {
+        force: true,
+        ..opts()
+    };
+    dmx::chain_compress(
+        &[d.join(LOSSY_INPUT), d.join(LOSSY_TARGET)],
+        out,
+        &dmx::ChainOptions::default(),
+        &o,
+    )
+    .expect("chain-compress");
+}
+
+/// Writes every lossy, delta and chain vector into `d` and returns the lines of
+/// `expected.txt` and the files written (for `vectors.txt`).
+fn bless_more(d: &Path) -> (String, Vec<String>) {
+    let mut expected = String::from(
+        "# What each vector must decode to: BLAKE3 (hex) of the decoded bytes; for chunk\n\
+         # vectors also the codec id and the BLAKE3 of the encoder's input (and base).\n",
+    );
+    let mut files = Vec::new();
+    for case in chunk_cases() {
+        std::fs::write(d.join(&case.file), &case.payload).expect("write chunk vector");
+        let mut out = vec![0u8; case.input.len()];
+        codec::decode_with_base(case.codec, &case.payload, case.base.as_deref(), &mut out)
+            .expect("decode fresh chunk");
+        let base = case.base.as_deref().map_or("-".to_string(), blake3_hex);
+        expected.push_str(&format!(
+            "{}: codec={} input={} base={base} decoded={}\n",
+            case.file,
+            case.codec as u8,
+            blake3_hex(&case.input),
+            blake3_hex(&out)
+        ));
+        files.push(case.file);
+    }
+    std::fs::write(d.join(LOSSY_INPUT), lossy_model(false)).expect("write lossy input");
+    std::fs::write(d.join(LOSSY_TARGET), lossy_model(true)).expect("write lossy target");
+    files.push(LOSSY_INPUT.into());
+    files.push(LOSSY_TARGET.into());
+    let scratch = tempfile::tempdir().expect("tempdir");
+    for (name, _) in ARCHIVE_KINDS {
+        make_archive(name, d, &d.join(name));
+        let restored = restore_archive(name, d, &scratch.path().join(name));
+        expected.push_str(&format!("{name}: decoded={}\n", blake3_hex(&restored)));
+        files.push((*name).into());
+    }
+    let chain = d.join(CHAIN_DIR);
+    if chain.exists() {
+        std::fs::remove_dir_all(&chain).expect("remove old chain vector");
+    }
+    make_chain(d, &chain);
+    files.extend(chain_files(&chain));
+    (expected, files)
+}
+
+/// `expected.txt` as file name to its `key=value` fields.
+fn expected() -> BTreeMap<String, BTreeMap<String, String>> {
+    let path = vectors().join("expected.txt");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; {BLESS_HINT}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, fields) = l.split_once(':').expect("\"file: key=value ...\" line");
+            let fields = fields
+                .split_whitespace()
+                .map(|f| {
+                    let (k, v) = f.split_once('=').expect("key=value");
+                    (k.to_string(), v.to_string())
+                })
+                .collect();
+            (name.trim().to_string(), fields)
+        })
+        .collect()
+}
+
+/// Panics with the first difference of a re-encoded vector.
+fn require_same(what: &str, fresh: &[u8], committed: &[u8]) {
+    if fresh != committed {
+        let at = fresh
+            .iter()
+            .zip(committed)
+            .position(|(a, b)| a != b)
+            .unwrap_or(fresh.len().min(committed.len()));
+        panic!(
+            "{what}: the encoder's output changed: {} bytes now, {} committed, first \
+             difference at byte {at}; {BLESS_HINT}",
+            fresh.len(),
+            committed.len(),
+        );
+    }
+}
+
+#[test]
+fn chunk_vectors_of_codecs_4_to_8_decode_and_are_reproduced() {
+    let exp = expected();
+    let cases = chunk_cases();
+    let mut codecs: Vec<u8> = cases.iter().map(|c| c.codec as u8).collect();
+    codecs.dedup();
+    assert_eq!(
+        codecs,
+        [4, 5, 6, 7, 8],
+        "every lossy and delta codec has chunk vectors"
+    );
+    for case in &cases {
+        let f = &case.file;
+        let e = exp
+            .get(f)
+            .unwrap_or_else(|| panic!("{f} is not in expected.txt; {BLESS_HINT}"));
+        assert_eq!(e["codec"], (case.codec as u8).to_string(), "{f}: codec");
+        assert_eq!(
+            e["input"],
+            blake3_hex(&case.input),
+            "{f}: generated input changed"
+        );
+        let base = case.base.as_deref().map_or("-".to_string(), blake3_hex);
+        assert_eq!(e["base"], base, "{f}: generated base changed");
+        // (1) The committed bytes decode to the recorded output.
+        let committed = read_vector(f);
+        let mut out = vec![0u8; case.input.len()];
+        codec::decode_with_base(case.codec, &committed, case.base.as_deref(), &mut out)
+            .unwrap_or_else(|err| panic!("{f}: {err}; {BLESS_HINT}"));
+        assert_eq!(
+            blake3_hex(&out),
+            e["decoded"],
+            "{f}: decoded bytes; {BLESS_HINT}"
+        );
+        if case.codec.is_lossless() {
+            assert!(
+                out == case.input,
+                "{f}: a lossless codec restores its input"
+            );
+        }
+        let (w, exact) = &case.exact;
+        for &i in exact {
+            assert_eq!(
+                out[i * w..(i + 1) * w],
+                case.input[i * w..(i + 1) * w],
+                "{f}: escaped value {i} is restored bit for bit"
+            );
+        }
+        if let Some(v) = case.variant {
+            assert_eq!(committed[0], v, "{f}: delta variant");
+        }
+        // (2) Encoding the same input again gives the committed bytes.
+        require_same(f, &case.payload, &committed);
+    }
+}
+
+#[test]
+fn archive_vectors_of_every_kind_decode_and_are_reproduced() {
+    let exp = expected();
+    let d = vectors();
+    for (file, make) in [(LOSSY_INPUT, false), (LOSSY_TARGET, true)] {
+        assert!(
+            read_vector(file) == lossy_model(make),
+            "tests/vectors/{file} differs from lossy_model({make}); {BLESS_HINT}"
+        );
+    }
+    let scratch = tempfile::tempdir().expect("tempdir");
+    for (name, how) in ARCHIVE_KINDS {
+        let committed = read_vector(name);
+        // (1) The committed archive restores the recorded bytes.
+        let restored = restore_archive(name, d, &scratch.path().join(format!("{name}.out")));
+        let e = exp
+            .get(*name)
+            .unwrap_or_else(|| panic!("{name} is not in expected.txt; {BLESS_HINT}"));
+        assert_eq!(
+            blake3_hex(&restored),
+            e["decoded"],
+            "{name} ({how}): restored bytes"
+        );
+        // The lossless delta restores its target; the lossy kinds change some value.
+        let original = lossy_model(name.ends_with(".dmxd"));
+        match *name {
+            "delta.dmxd" => assert!(restored == original, "{name} ({how}): lossless"),
+            _ => assert!(restored != original, "{name} ({how}): lossy"),
+        }
+        // The archive holds the codec of its kind.
+        let archive = Archive::open(&d.join(name)).expect("open");
+        let codecs: std::collections::BTreeSet<u8> = archive
+            .index()
+            .entries
+            .iter()
+            .flat_map(|e| &e.segments)
+            .flat_map(|s| &s.chunks)
+            .map(|c| c.codec)
+            .collect();
+        let want = match *name {
+            n if n.starts_with("lossy-bfp") => 4,
+            n if n.starts_with("lossy-int") => 5,
+            n if n.starts_with("lossy-cast") => 8,
+            "delta.dmxd" => 6,
+            _ => 7,
+        };
+        assert!(codecs.contains(&want), "{name}: codec {want} in {codecs:?}");
+        // (2) Making it again gives the committed bytes.
+        let fresh = scratch.path().join(name);
+        make_archive(name, d, &fresh);
+        require_same(name, &std::fs::read(&fresh).expect("read"), &committed);
+    }
+}
+
+#[test]
+fn chain_vector_restores_and_is_reproduced() {
+    let d = vectors();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let restored = scratch.path().join("restored");
+    let rep = dmx::chain_reconstruct(&d.join(CHAIN_DIR), &restored, None, &opts())
+        .unwrap_or_else(|e| panic!("chain-reconstruct: {e}; {BLESS_HINT}"));
+    assert_eq!(rep.entries.len(), 2, "{rep:?}");
+    for (file, target) in [(LOSSY_INPUT, false), (LOSSY_TARGET, true)] {
+        assert!(
+            std::fs::read(restored.join(file)).expect("restored entry") == lossy_model(target),
+            "chain entry {file} restores its checkpoint"
+        );
+    }
+    let fresh = scratch.path().join("chain");
+    make_chain(d, &fresh);
+    let committed = chain_files(&d.join(CHAIN_DIR));
+    let mut made = chain_files(&fresh);
+    made.retain(|f| !f.ends_with(".lock"));
+    assert_eq!(made, committed, "chain files; {BLESS_HINT}");
+    for f in &committed {
+        let name = f.trim_start_matches("chain/");
+        require_same(
+            f,
+            &std::fs::read(fresh.join(name)).expect("read"),
+            &read_vector(f),
+        );
+    }
 }
