@@ -876,8 +876,9 @@ struct ChunkCase {
     payload: Vec<u8>,
     /// Value width and the indices of values that must decode bit for bit (escapes).
     exact: (usize, Vec<usize>),
-    /// For deltas: the variant byte the encoder must have chosen.
-    variant: Option<u8>,
+    /// For deltas: the first payload bytes, which name the variant the encoder must have
+    /// chosen.
+    variant: &'static [u8],
 }
 
 /// Every chunk vector, encoded by the current code.
@@ -890,7 +891,7 @@ fn chunk_cases() -> Vec<ChunkCase> {
                    input: Vec<u8>,
                    payload: Vec<u8>,
                    exact: (usize, Vec<usize>),
-                   variant: Option<u8>| {
+                   variant: &'static [u8]| {
         cases.push(ChunkCase {
             file: format!("chunk-{}-{name}.bin", codec as u8),
             codec,
@@ -924,15 +925,7 @@ fn chunk_cases() -> Vec<ChunkCase> {
         };
         bfp::check(layout, p).expect("valid BFP parameters");
         let (payload, _) = bfp::encode(layout, &data, row_len, p);
-        add(
-            name,
-            Codec::Bfp,
-            None,
-            data,
-            payload,
-            (w, esc.clone()),
-            None,
-        );
+        add(name, Codec::Bfp, None, data, payload, (w, esc.clone()), &[]);
     }
     // Codec 5, quant: int16 and int32 grids, with escapes (NaN, ±Inf, off the grid).
     for (i, (name, layout, bits)) in [
@@ -962,7 +955,7 @@ fn chunk_cases() -> Vec<ChunkCase> {
         put_specials(&mut data, w, &[300], big);
         exact.push(300);
         let (payload, _) = quant::encode(layout, &data, step, bits);
-        add(name, Codec::Quant, None, data, payload, (w, exact), None);
+        add(name, Codec::Quant, None, data, payload, (w, exact), &[]);
     }
     // Codec 6, lossless delta: each variant the encoder picks.
     let base = weights(60, 512);
@@ -976,7 +969,7 @@ fn chunk_cases() -> Vec<ChunkCase> {
             base_bf16.clone(),
             delta::encode(ValueKind::Float(FloatLayout::BF16), &base_bf16, &base_bf16).0,
             (2, vec![]),
-            Some(0),
+            &[0],
         );
         // A fine-tuning step: every value moves by a few ulps.
         let mut next = rng(61);
@@ -996,7 +989,7 @@ fn chunk_cases() -> Vec<ChunkCase> {
             target,
             payload,
             (4, vec![]),
-            Some(1),
+            &[1],
         );
         // Unrelated values: the XOR of the bits keeps the float field structure best.
         let other = bf16_bytes(&weights(62, 512));
@@ -1008,9 +1001,9 @@ fn chunk_cases() -> Vec<ChunkCase> {
             other,
             payload,
             (2, vec![]),
-            Some(2),
+            &[2],
         );
-        // Integers with a few changes: zstd of the difference.
+        // Integers with a few bits flipped: zstd of the XOR.
         let ints: Vec<u8> = (0..256i32).flat_map(|i| (i * 3).to_le_bytes()).collect();
         let mut changed = ints.clone();
         for i in [5usize, 100, 101, 200] {
@@ -1018,13 +1011,28 @@ fn chunk_cases() -> Vec<ChunkCase> {
         }
         let (payload, _) = delta::encode(ValueKind::Bytes, &ints, &changed);
         add(
-            "delta-zstd",
+            "delta-zstd-xor",
             Codec::Delta,
             Some(ints),
             changed,
             payload,
             (4, vec![]),
-            Some(3),
+            &[3, 0],
+        );
+        // Every integer shifted by the same amount: zstd of the wrapping difference.
+        let ints: Vec<u8> = (0..256i32).flat_map(|i| (i * 3).to_le_bytes()).collect();
+        let shifted: Vec<u8> = (0..256i32)
+            .flat_map(|i| (i * 3 + 7).to_le_bytes())
+            .collect();
+        let (payload, _) = delta::encode(ValueKind::Bytes, &ints, &shifted);
+        add(
+            "delta-zstd-sub",
+            Codec::Delta,
+            Some(ints),
+            shifted,
+            payload,
+            (4, vec![]),
+            &[3, 1],
         );
     }
     // Codec 7, quantized delta on int16 and int32 grids, with escapes.
@@ -1050,7 +1058,7 @@ fn chunk_cases() -> Vec<ChunkCase> {
             target,
             payload,
             (4, esc.clone()),
-            Some(8),
+            &[8],
         );
     }
     // Codec 8, cast to bfloat16 and to half.
@@ -1079,7 +1087,7 @@ fn chunk_cases() -> Vec<ChunkCase> {
             data,
             payload,
             (4, vec![70, 71]),
-            None,
+            &[],
         );
     }
     cases
@@ -1340,9 +1348,12 @@ fn chunk_vectors_of_codecs_4_to_8_decode_and_are_reproduced() {
                 "{f}: escaped value {i} is restored bit for bit"
             );
         }
-        if let Some(v) = case.variant {
-            assert_eq!(committed[0], v, "{f}: delta variant");
-        }
+        assert!(
+            committed.starts_with(case.variant),
+            "{f}: delta variant {:?}, not {:?}",
+            &committed[..committed.len().min(case.variant.len())],
+            case.variant
+        );
         // (2) Encoding the same input again gives the committed bytes.
         require_same(f, &case.payload, &committed);
     }
