@@ -5,10 +5,19 @@
 //!   the committed archive byte for byte, so any change of the format or of the encoders'
 //!   output is noticed;
 //! * `x-*.dmx`, damaged archives that must fail to open;
-//! * `vectors.txt`, the BLAKE3 of every file above.
+//! * `packed.*`, `folder.dmx`, `x-packed-index.dmx`: format 1.2 (packed tensors and files);
+//! * `chunk-<codec>-*.bin`, one chunk payload of each lossy or delta codec (ids 4–8) in each
+//!   of its forms, encoded from inputs that [`chunk_cases`] generates;
+//! * `lossy.safetensors` and `lossy-target.safetensors` ([`lossy_model`]), and their archives
+//!   of every kind ([`ARCHIVE_KINDS`]: lossy BFP, int16 and cast archives, lossless and int16
+//!   `.dmxd` deltas) and the chain folder `chain/`;
+//! * `expected.txt`, what each chunk and lossy or delta archive must decode to (BLAKE3);
+//! * `vectors.txt`, the BLAKE3 of every file above; `README.md` describes the folder.
 //!
-//! After an intended format or encoder change, regenerate everything with
-//! `DMX_BLESS=1 cargo test -p dmx --test vectors` and commit `tests/vectors/`.
+//! Every vector must decode to its recorded output and be reproduced byte for byte by
+//! encoding its input again. After an intended format or encoder change, regenerate
+//! everything with `DMX_BLESS=1 cargo test -p dmx --test vectors` and commit
+//! `tests/vectors/`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -299,8 +308,10 @@ fn vectors() -> &'static Path {
         let mut list = String::from(
             "# dmx golden vectors: \"file: BLAKE3 (hex)\" of every file in this folder.\n\
              # tiny.dmx must decode to tiny.safetensors and be reproduced byte for byte by\n\
-             # compressing it; x-*.dmx must fail to open. Regenerate (after an intended\n\
-             # format change) with: DMX_BLESS=1 cargo test -p dmx --test vectors\n",
+             # compressing it; x-*.dmx must fail to open; chunk and lossy vectors must\n\
+             # decode as expected.txt says and be reproduced by encoding their inputs (see\n\
+             # README.md). Regenerate (after an intended format or encoder change) with:\n\
+             # DMX_BLESS=1 cargo test -p dmx --test vectors\n",
         );
         list.push_str(&format!("{INPUT}: {}\n", blake3_hex(&tiny_model())));
         list.push_str(&format!("{ARCHIVE}: {}\n", blake3_hex(&good)));
@@ -408,7 +419,7 @@ fn listed_files_are_the_committed_ones() {
             list.contains_key(&name)
                 || matches!(
                     name.as_str(),
-                    "vectors.txt" | "expected.txt" | ".gitattributes"
+                    "vectors.txt" | "expected.txt" | "README.md" | ".gitattributes"
                 )
                 || name == CHAIN_DIR,
             "tests/vectors/{name} is not listed in vectors.txt"
@@ -1140,12 +1151,14 @@ pub fn lossy_model(target: bool) -> Vec<u8> {
     file
 }
 
-/// Builds the archive vector `name` of [`ARCHIVE_KINDS`] from the inputs in `d` into `out`.
-fn make_archive(name: &str, d: &Path, out: &Path) {
+/// Builds the archive vector `name` of [`ARCHIVE_KINDS`] from the inputs in `d` into `out`
+/// with `threads` worker threads.
+fn make_archive(name: &str, d: &Path, out: &Path, threads: usize) {
     use dmx::lossy::{CastTo, LossyOptions, Mode};
     let o = Options {
         force: true,
-        ..opts()
+        threads: Some(threads),
+        ..Options::default()
     };
     let (base, target) = (d.join(LOSSY_INPUT), d.join(LOSSY_TARGET));
     let lossy = |mode, m: Option<u32>, g: Option<u32>, cast| LossyOptions {
@@ -1248,7 +1261,7 @@ fn bless_more(d: &Path) -> (String, Vec<String>) {
     files.push(LOSSY_TARGET.into());
     let scratch = tempfile::tempdir().expect("tempdir");
     for (name, _) in ARCHIVE_KINDS {
-        make_archive(name, d, &d.join(name));
+        make_archive(name, d, &d.join(name), 2);
         let restored = restore_archive(name, d, &scratch.path().join(name));
         expected.push_str(&format!("{name}: decoded={}\n", blake3_hex(&restored)));
         files.push((*name).into());
@@ -1406,10 +1419,13 @@ fn archive_vectors_of_every_kind_decode_and_are_reproduced() {
             _ => 7,
         };
         assert!(codecs.contains(&want), "{name}: codec {want} in {codecs:?}");
-        // (2) Making it again gives the committed bytes.
-        let fresh = scratch.path().join(name);
-        make_archive(name, d, &fresh);
-        require_same(name, &std::fs::read(&fresh).expect("read"), &committed);
+        // (2) Making it again gives the committed bytes, whatever the thread count.
+        for threads in [1, 2] {
+            let fresh = scratch.path().join(format!("t{threads}-{name}"));
+            make_archive(name, d, &fresh, threads);
+            let what = format!("{name} ({how}, {threads} threads)");
+            require_same(&what, &std::fs::read(&fresh).expect("read"), &committed);
+        }
     }
 }
 
