@@ -38,9 +38,10 @@
 //! Decoding depends only on the payload and the base bytes, so chains of deltas reproduce bit
 //! for bit whatever route built them.
 
+use crate::entropy::varint::{get_varint, put_varint};
 use crate::float::{self, load};
 use crate::grid;
-use crate::ints::{self, Hist, Plan, get_varint, put_varint, unzigzag, zigzag};
+use crate::ints::{self, Hist, Plan, unzigzag, zigzag};
 use crate::{CodecError, FloatLayout, ValueKind};
 
 const SAME: u8 = 0;

@@ -407,26 +407,7 @@ impl Streams<'_> {
     /// are caught by the end check).
     #[inline(always)]
     fn word(self, bitpos: usize) -> u64 {
-        let i = bitpos >> 3;
-        let w = match self.data.get(i..i + 8) {
-            Some(bytes) => {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(bytes);
-                w
-            }
-            None => self.tail(i),
-        };
-        u64::from_le_bytes(w) >> (bitpos & 7)
-    }
-
-    /// The bytes from `i` on, zero padded to 8.
-    #[cold]
-    fn tail(self, i: usize) -> [u8; 8] {
-        let mut w = [0u8; 8];
-        let rest = self.data.get(i..).unwrap_or(&[]);
-        let n = rest.len().min(8);
-        w[..n].copy_from_slice(&rest[..n]);
-        w
+        crate::bits::peek(self.data, bitpos)
     }
 }
 

@@ -22,6 +22,7 @@
 
 use crate::CodecError;
 use crate::bits::Lane;
+use crate::entropy::varint::{get_varint, put_varint, varint_len};
 use crate::float::entropy;
 use crate::huffman::{self, MAX_CODE_LEN};
 
@@ -35,18 +36,7 @@ pub const MAX_CONTEXTS: usize = 256;
 /// Flag in decode entries no code maps to.
 const INVALID: u32 = 0x80;
 
-/// Maps a signed integer to an unsigned one, small magnitudes to small values
-/// (0, -1, 1, -2, … → 0, 1, 2, 3, …).
-#[inline(always)]
-pub fn zigzag(x: i64) -> u64 {
-    ((x << 1) ^ (x >> 63)) as u64
-}
-
-/// Inverse of [`zigzag`].
-#[inline(always)]
-pub fn unzigzag(z: u64) -> i64 {
-    ((z >> 1) as i64) ^ -((z & 1) as i64)
-}
+pub use crate::entropy::{unzigzag_i64 as unzigzag, zigzag_i64 as zigzag};
 
 /// Encodes signed integers as one self-delimiting block (zigzag inside).
 pub fn encode_signed(values: &[i64]) -> Vec<u8> {
@@ -309,39 +299,6 @@ impl Plan {
     }
 }
 
-/// Appends `v` as a LEB128 varint.
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros()).div_ceil(7) as usize
-}
-
-/// Reads a LEB128 varint at `*pos`, advancing it.
-pub(crate) fn get_varint(data: &[u8], pos: &mut usize) -> Result<u64, CodecError> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let b = *data
-            .get(*pos)
-            .ok_or(CodecError::Corrupt("varint truncated"))?;
-        *pos += 1;
-        let part = u64::from(b & 0x7F);
-        if i == 9 && part > 1 {
-            return Err(CodecError::Corrupt("varint overflows 64 bits"));
-        }
-        v |= part << (7 * i);
-        if b & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    Err(CodecError::Corrupt("varint overflows 64 bits"))
-}
-
 /// Encodes `values` as one block appended to `out`; `ctx` (same length, every entry below
 /// `nctx`) selects a Huffman table per value. Returns the order-0 entropy bound in bits.
 pub(crate) fn encode_ctx(
@@ -594,25 +551,7 @@ impl Reader<'_> {
     /// end check).
     #[inline(always)]
     fn word(self, pos: usize) -> u64 {
-        let i = pos >> 3;
-        let w = match self.data.get(i..i + 8) {
-            Some(b) => {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(b);
-                w
-            }
-            None => self.tail(i),
-        };
-        u64::from_le_bytes(w) >> (pos & 7)
-    }
-
-    #[cold]
-    fn tail(self, i: usize) -> [u8; 8] {
-        let mut w = [0u8; 8];
-        let rest = self.data.get(i..).unwrap_or(&[]);
-        let n = rest.len().min(8);
-        w[..n].copy_from_slice(&rest[..n]);
-        w
+        crate::bits::peek(self.data, pos)
     }
 
     /// `n <= 63` bits at `pos`, for raw fields too long for one word.
@@ -858,14 +797,8 @@ mod tests {
     }
 
     fn pseudo_i64(n: usize, seed: u64, shift: u32) -> Vec<i64> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x as i64) >> shift
-            })
+        crate::pseudo_u64(n, seed)
+            .map(|x| (x as i64) >> shift)
             .collect()
     }
 
