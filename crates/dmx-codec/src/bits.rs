@@ -1,5 +1,5 @@
 //! LSB-first bit streams: [`Lane`] writes into a region of one buffer (the Huffman streams),
-//! [`BitVec`] into a growable buffer (table headers); [`peek`] and [`BitReader`] read them.
+//! `BitVec` into a growable buffer (table headers); `peek` and `BitReader` read them.
 //!
 //! Bits are packed starting at the least significant bit of each byte: the first field
 //! written occupies the lowest bits of the first byte.
