@@ -1,5 +1,5 @@
 //! LSB-first bit streams: [`Lane`] writes into a region of one buffer (the Huffman streams),
-//! `BitVec` into a growable buffer (table headers); `peek` and `BitReader` read them.
+//! `BitVec` into a growable buffer (table headers); `peek`, `Bits` and `BitReader` read them.
 //!
 //! Bits are packed starting at the least significant bit of each byte: the first field
 //! written occupies the lowest bits of the first byte.
@@ -87,6 +87,18 @@ pub(crate) fn peek(data: &[u8], bitpos: usize) -> u64 {
         None => peek_tail(data, i),
     };
     w >> (bitpos & 7)
+}
+
+/// A byte slice read as an LSB-first bit stream at any bit position.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bits<'a>(pub(crate) &'a [u8]);
+
+impl Bits<'_> {
+    /// At least 57 valid bits from bit `pos` on ([`peek`]).
+    #[inline(always)]
+    pub(crate) fn word(self, pos: usize) -> u64 {
+        peek(self.0, pos)
+    }
 }
 
 /// The bytes of `data` from `i` on, zero padded to 8.

@@ -21,7 +21,7 @@
 //! Each stream is LSB-first: per value its token's code, then the raw bits.
 
 use crate::CodecError;
-use crate::bits::Lane;
+use crate::bits::{Bits, Lane};
 use crate::entropy::varint::{get_varint, put_varint, varint_len};
 use crate::float::entropy;
 use crate::huffman::{self, MAX_CODE_LEN};
@@ -543,32 +543,17 @@ impl Sink for i64 {
     }
 }
 
-/// The concatenated streams of a block.
-#[derive(Clone, Copy)]
-struct Reader<'a> {
-    data: &'a [u8],
-}
-
-impl Reader<'_> {
-    /// At least 57 valid bits from bit `pos` (zeros past the end; overruns are caught by the
-    /// end check).
-    #[inline(always)]
-    fn word(self, pos: usize) -> u64 {
-        crate::bits::peek(self.data, pos)
-    }
-
-    /// `n <= 63` bits at `pos`, for raw fields too long for one word.
-    #[cold]
-    fn long_bits(self, pos: usize, n: u32) -> u64 {
-        let lo = self.word(pos) & mask(32);
-        let hi = self.word(pos + 32) & mask(n.saturating_sub(32));
-        (lo | hi << 32) & mask(n)
-    }
+/// `n <= 63` bits of `r` at `pos`, for raw fields too long for one word.
+#[cold]
+fn long_bits(r: Bits<'_>, pos: usize, n: u32) -> u64 {
+    let lo = r.word(pos) & mask(32);
+    let hi = r.word(pos + 32) & mask(n.saturating_sub(32));
+    (lo | hi << 32) & mask(n)
 }
 
 /// Decodes one value at `*pos` with the primary row `row` and advances.
 #[inline(always)]
-fn decode_one(r: Reader<'_>, pos: &mut usize, t: &Tables, row: usize, bad: &mut u32) -> u64 {
+fn decode_one(r: Bits<'_>, pos: &mut usize, t: &Tables, row: usize, bad: &mut u32) -> u64 {
     let w = r.word(*pos);
     let e = t.lookup(row, w);
     *bad |= e;
@@ -578,7 +563,7 @@ fn decode_one(r: Reader<'_>, pos: &mut usize, t: &Tables, row: usize, bad: &mut 
     let raw = if len + nraw <= 57 {
         (w >> len) & mask(nraw)
     } else {
-        r.long_bits(*pos + len as usize, nraw)
+        long_bits(r, *pos + len as usize, nraw)
     };
     *pos += (len + nraw) as usize;
     sig << nraw | raw
@@ -741,7 +726,8 @@ pub(crate) fn decode_into<V: Values>(
         .get(pos..)
         .and_then(|d| d.get(..total))
         .ok_or(CodecError::Corrupt("integer block stream exceeds the data"))?;
-    let r = Reader { data: streams };
+    // The concatenated streams of the block; overruns are caught by the end check.
+    let r = Bits(streams);
     let mut ends = [0usize; LANES];
     let mut starts = [0usize; LANES];
     let mut acc = 0;
