@@ -6,20 +6,13 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dmx_codec::{FloatLayout, ValueKind, decode, encode};
 
-/// Deterministic N(0, 0.02) samples (xorshift + Box-Muller).
+mod common;
+
+/// Deterministic N(0, 0.02) samples.
 fn normal(n: usize) -> Vec<f32> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    };
-    (0..n)
-        .map(|_| {
-            let (u, v) = (next().max(1e-12), next());
-            (0.02 * (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-        })
+    common::normal(n, 0x9E37_79B9_7F4A_7C15)
+        .iter()
+        .map(|&z| (0.02 * z) as f32)
         .collect()
 }
 

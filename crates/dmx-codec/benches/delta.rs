@@ -9,22 +9,9 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dmx_codec::{FloatLayout, ValueKind, delta, grid, ints};
 
-/// Deterministic N(0, 1) samples (xorshift + Box-Muller).
-fn normal(n: usize, seed: u64) -> Vec<f64> {
-    let mut x = seed | 1;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    };
-    (0..n)
-        .map(|_| {
-            let (u, v) = (next().max(1e-12), next());
-            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-        })
-        .collect()
-}
+mod common;
+
+use common::normal;
 
 fn bench(c: &mut Criterion) {
     let n = (1 << 20) / 4;

@@ -10,22 +10,14 @@ use dmx_codec::{FloatLayout, bfp, grid, quant};
 /// Values per row.
 const ROW: usize = 1024;
 
-/// Deterministic N(0, 0.02) samples (xorshift + Box-Muller), with a per-row scale as in
-/// trained weight matrices.
+mod common;
+
+/// Deterministic N(0, 0.02) samples, with a per-row scale as in trained weight matrices.
 fn normal(n: usize) -> Vec<f64> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    };
-    (0..n)
-        .map(|i| {
-            let (u, v) = (next().max(1e-12), next());
-            let scale = 0.02 * (1.0 + ((i / ROW) % 7) as f64 / 4.0);
-            scale * (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-        })
+    common::normal(n, 0x9E37_79B9_7F4A_7C15)
+        .iter()
+        .enumerate()
+        .map(|(i, &z)| 0.02 * (1.0 + ((i / ROW) % 7) as f64 / 4.0) * z)
         .collect()
 }
 

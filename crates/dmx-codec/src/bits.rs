@@ -1,4 +1,5 @@
-//! LSB-first bit streams written into regions of one buffer (the Huffman streams).
+//! LSB-first bit streams: [`Lane`] writes into a region of one buffer (the Huffman streams),
+//! `BitVec` into a growable buffer (table headers); `peek`, `Bits` and `BitReader` read them.
 //!
 //! Bits are packed starting at the least significant bit of each byte: the first field
 //! written occupies the lowest bits of the first byte.
@@ -8,7 +9,7 @@ pub const MAX_PUT_BITS: u32 = 56;
 
 /// One bit stream being written into a region of a shared buffer. The region must have room
 /// for the stream's bytes plus 8 (every `put` stores a whole 64-bit word).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Lane {
     pos: usize,
     acc: u64,
@@ -53,6 +54,94 @@ impl Lane {
     }
 }
 
+/// A growable bit stream: a [`Lane`] over a buffer that grows as needed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BitVec {
+    buf: Vec<u8>,
+    lane: Lane,
+}
+
+impl BitVec {
+    /// Appends the low `nbits` (<= [`MAX_PUT_BITS`]) bits of `v` (higher bits must be zero).
+    pub(crate) fn put(&mut self, v: u64, nbits: u32) {
+        if self.buf.len() < self.lane.pos + 8 {
+            self.buf.resize(2 * self.buf.len() + 16, 0);
+        }
+        self.lane.put(&mut self.buf, v, nbits);
+    }
+
+    /// The bytes, zero padded to a whole byte.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        let end = self.lane.finish(&mut self.buf);
+        self.buf.truncate(end);
+        self.buf
+    }
+}
+
+/// At least 57 bits of `data` from bit `bitpos` on, LSB first, reading zeros past the end.
+#[inline(always)]
+pub(crate) fn peek(data: &[u8], bitpos: usize) -> u64 {
+    let i = bitpos >> 3;
+    let w = match data.get(i..i + 8) {
+        Some(b) => u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+        None => peek_tail(data, i),
+    };
+    w >> (bitpos & 7)
+}
+
+/// A byte slice read as an LSB-first bit stream at any bit position.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bits<'a>(pub(crate) &'a [u8]);
+
+impl Bits<'_> {
+    /// At least 57 valid bits from bit `pos` on ([`peek`]).
+    #[inline(always)]
+    pub(crate) fn word(self, pos: usize) -> u64 {
+        peek(self.0, pos)
+    }
+}
+
+/// The bytes of `data` from `i` on, zero padded to 8.
+#[cold]
+fn peek_tail(data: &[u8], i: usize) -> u64 {
+    let mut w = [0u8; 8];
+    let rest = data.get(i..).unwrap_or(&[]);
+    let n = rest.len().min(8);
+    w[..n].copy_from_slice(&rest[..n]);
+    u64::from_le_bytes(w)
+}
+
+/// An LSB-first bit reader over a byte slice that reads zeros past the end; `overrun` tells
+/// whether it went past.
+pub(crate) struct BitReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> BitReader<'a> {
+    /// A reader at the first bit of `data`.
+    pub(crate) fn new(data: &'a [u8]) -> Self {
+        Self { data, pos: 0 }
+    }
+
+    /// Reads `nbits` (<= 32) bits.
+    pub(crate) fn get(&mut self, nbits: u32) -> u64 {
+        let v = peek(self.data, self.pos) & ((1u64 << nbits) - 1);
+        self.pos += nbits as usize;
+        v
+    }
+
+    /// Whether reads went past the end of the data.
+    pub(crate) fn overrun(&self) -> bool {
+        self.pos > self.data.len() * 8
+    }
+
+    /// Bytes consumed, rounded up.
+    pub(crate) fn bytes_used(&self) -> usize {
+        self.pos.div_ceil(8)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +176,27 @@ mod tests {
             assert_eq!(read(bytes, pos, n), v);
             pos += n as usize;
         }
+        // The growable writer and the readers see the same stream.
+        let mut bv = BitVec::default();
+        for &(v, n) in &fields {
+            bv.put(v, n);
+        }
+        assert_eq!(bv.finish(), bytes);
+        let mut r = BitReader::new(bytes);
+        let mut pos = 0;
+        for &(v, n) in &fields {
+            assert_eq!(peek(bytes, pos) & ((1u64 << n) - 1), v);
+            if n <= 32 {
+                assert_eq!(r.get(n), v);
+            } else {
+                assert_eq!(r.get(n - 32) | r.get(32) << (n - 32), v);
+            }
+            pos += n as usize;
+        }
+        assert!(!r.overrun());
+        assert_eq!(r.bytes_used(), bytes.len());
+        r.get(9);
+        assert!(r.overrun());
+        assert_eq!(BitVec::default().finish(), Vec::<u8>::new());
     }
 }

@@ -10,7 +10,7 @@
 //! independent bit streams, which the decoder advances in lockstep for instruction-level
 //! parallelism. `w` is chosen per chunk by exact coded size. See docs/CODECS.md.
 
-use crate::bits::{Lane, MAX_PUT_BITS};
+use crate::bits::{Bits, Lane, MAX_PUT_BITS};
 use crate::huffman::{self, DecodeTable, MAX_CODE_LEN, MAX_SYMBOLS};
 use crate::{CodecError, FloatLayout};
 
@@ -363,9 +363,8 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
         rmask: (1u64 << rbits) - 1,
         sym_shift: bits - sym_bits,
     };
-    let streams = Streams {
-        data: &payload[base..],
-    };
+    // The concatenated bit streams; overruns are caught by the end check.
+    let streams = Bits(&payload[base..]);
     let mut bitpos = starts.map(|s| s * 8);
     let bad = match bytes {
         1 => decode_streams::<1>(streams, &mut bitpos, &table, params, count, out),
@@ -396,40 +395,6 @@ struct Params {
 /// bit so decoding always progresses, and the flag is checked once per chunk.
 const INVALID: u32 = 0x80;
 
-/// The concatenated bit streams.
-#[derive(Clone, Copy)]
-struct Streams<'a> {
-    data: &'a [u8],
-}
-
-impl Streams<'_> {
-    /// At least 57 valid bits starting at bit `bitpos`, reading zeros past the end (overruns
-    /// are caught by the end check).
-    #[inline(always)]
-    fn word(self, bitpos: usize) -> u64 {
-        let i = bitpos >> 3;
-        let w = match self.data.get(i..i + 8) {
-            Some(bytes) => {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(bytes);
-                w
-            }
-            None => self.tail(i),
-        };
-        u64::from_le_bytes(w) >> (bitpos & 7)
-    }
-
-    /// The bytes from `i` on, zero padded to 8.
-    #[cold]
-    fn tail(self, i: usize) -> [u8; 8] {
-        let mut w = [0u8; 8];
-        let rest = self.data.get(i..).unwrap_or(&[]);
-        let n = rest.len().min(8);
-        w[..n].copy_from_slice(&rest[..n]);
-        w
-    }
-}
-
 /// Decodes the value whose code starts at the low bits of `w`, which must hold at least
 /// `12 + rbits` bits; returns the value and the bits consumed.
 #[inline(always)]
@@ -447,7 +412,7 @@ fn from_word(w: u64, table: &DecodeTable, p: Params, bad: &mut u32) -> (u64, u32
 /// Decodes one value at `*bitpos` (any residual width up to 56 bits) and advances.
 #[inline(always)]
 fn decode_one(
-    s: Streams<'_>,
+    s: Bits<'_>,
     bitpos: &mut usize,
     table: &DecodeTable,
     p: Params,
@@ -475,7 +440,7 @@ fn store<const B: usize>(out: &mut [u8], value: u64) {
 
 /// Decodes all values; returns the OR of the table entries used (checked for `INVALID`).
 fn decode_streams<const B: usize>(
-    s: Streams<'_>,
+    s: Bits<'_>,
     bitpos: &mut [usize; STREAMS],
     table: &DecodeTable,
     p: Params,

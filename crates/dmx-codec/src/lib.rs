@@ -18,11 +18,13 @@
 //! assert_eq!(back, values);
 //! ```
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod bfp;
 pub mod bits;
 pub mod cast;
 pub mod delta;
+mod entropy;
 pub mod float;
 pub mod grid;
 pub mod huffman;
@@ -348,18 +350,23 @@ pub fn decode_with_base(
     }
 }
 
-/// Deterministic pseudo-random bytes for the unit tests (xorshift64).
+/// Deterministic pseudo-random words for the unit tests (xorshift64): the one test generator
+/// of the crate.
+#[cfg(test)]
+pub(crate) fn pseudo_u64(n: usize, seed: u64) -> impl Iterator<Item = u64> {
+    let mut x = seed | 1;
+    (0..n).map(move |_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    })
+}
+
+/// Deterministic pseudo-random bytes for the unit tests: the low bytes of [`pseudo_u64`].
 #[cfg(test)]
 pub(crate) fn pseudo_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    pseudo_u64(n, seed).map(|x| x as u8).collect()
 }
 
 #[cfg(test)]

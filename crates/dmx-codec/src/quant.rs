@@ -16,7 +16,7 @@
 //! ints::encode_signed block of the integers of the other values, in order
 //! ```
 
-use crate::bfp::{get_varint, put_varint};
+use crate::entropy::varint::{get_varint, put_varint};
 use crate::{CodecError, FloatLayout, grid, ints};
 
 /// Quantizes values of width `B` (`F16` selects F16 among 2-byte layouts): the zigzagged

@@ -82,17 +82,27 @@ impl LossyOptions {
     /// Rejects contradictory or out-of-range settings with a message for the user.
     pub fn check(&self) -> Result<()> {
         let usage = |m: String| Err(Error::Usage(m));
-        if let Some(m) = self.mantissa_bits
-            && !(2..=24).contains(&m)
-        {
-            return usage(format!(
-                "--mantissa-bits {m}: must be 2..=8 for 16-bit tensors, up to 24 for F32"
-            ));
-        }
-        if let Some(g) = self.group_size
-            && !(1..=4096).contains(&g)
-        {
-            return usage(format!("--group-size {g}: must be 1..=4096"));
+        // The codec's own check, with F32 (the layout with the widest mantissa range; each
+        // tensor's bits are capped to its dtype later); the messages add the flag names.
+        let p = bfp::Params {
+            mantissa_bits: self.mantissa_bits.unwrap_or(DEFAULT_MANTISSA_BITS),
+            group_size: self.group_size.unwrap_or(DEFAULT_GROUP_SIZE),
+        };
+        match bfp::check(FloatLayout::F32, p) {
+            Ok(()) => {}
+            Err(bfp::ParamError::MantissaBits { got, max }) => {
+                return usage(format!(
+                    "--mantissa-bits {got}: must be 2..={} for 16-bit tensors, up to {max} for F32",
+                    bfp::max_mantissa_bits(FloatLayout::BF16)
+                ));
+            }
+            Err(bfp::ParamError::GroupSize { got }) => {
+                return usage(format!(
+                    "--group-size {got}: must be 1..={}",
+                    bfp::MAX_GROUP
+                ));
+            }
+            Err(e) => return usage(e.to_string()),
         }
         if (self.mantissa_bits.is_some() || self.group_size.is_some())
             && !matches!(self.mode, Mode::Bfp)
@@ -957,5 +967,36 @@ mod tests {
         assert_eq!(steps["h.0.mlp.w"], steps["h.1.mlp.w"]);
         assert_eq!(steps["h.0.mlp.w"], 3.0 / 32767.0);
         assert_eq!(steps["h.1.mlp.b"], 0.5 / 32767.0);
+    }
+
+    #[test]
+    fn bfp_ranges_come_from_the_codec_check() {
+        let opts = |m: Option<u32>, g: Option<u32>| LossyOptions {
+            mode: Mode::Bfp,
+            mantissa_bits: m,
+            group_size: g,
+            ..LossyOptions::default()
+        };
+        let msg = |o: LossyOptions| match o.check() {
+            Err(Error::Usage(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        for (m, g) in [(None, None), (Some(2), Some(1)), (Some(24), Some(4096))] {
+            assert!(opts(m, g).check().is_ok(), "{m:?} {g:?}");
+        }
+        for m in [0, 1, 25] {
+            assert_eq!(
+                msg(opts(Some(m), None)),
+                format!("--mantissa-bits {m}: must be 2..=8 for 16-bit tensors, up to 24 for F32")
+            );
+        }
+        for g in [0, 4097] {
+            assert_eq!(
+                msg(opts(None, Some(g))),
+                format!("--group-size {g}: must be 1..=4096")
+            );
+        }
+        // Mantissa bits are checked first, as before.
+        assert!(msg(opts(Some(1), Some(0))).starts_with("--mantissa-bits 1:"));
     }
 }

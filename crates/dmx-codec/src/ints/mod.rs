@@ -21,9 +21,13 @@
 //! Each stream is LSB-first: per value its token's code, then the raw bits.
 
 use crate::CodecError;
-use crate::bits::Lane;
+use crate::bits::{Bits, Lane};
+use crate::entropy::varint::{get_varint, put_varint, varint_len};
 use crate::float::entropy;
 use crate::huffman::{self, MAX_CODE_LEN};
+
+#[cfg(test)]
+mod tests;
 
 /// Number of interleaved bit streams.
 pub const LANES: usize = 4;
@@ -35,18 +39,7 @@ pub const MAX_CONTEXTS: usize = 256;
 /// Flag in decode entries no code maps to.
 const INVALID: u32 = 0x80;
 
-/// Maps a signed integer to an unsigned one, small magnitudes to small values
-/// (0, -1, 1, -2, … → 0, 1, 2, 3, …).
-#[inline(always)]
-pub fn zigzag(x: i64) -> u64 {
-    ((x << 1) ^ (x >> 63)) as u64
-}
-
-/// Inverse of [`zigzag`].
-#[inline(always)]
-pub fn unzigzag(z: u64) -> i64 {
-    ((z >> 1) as i64) ^ -((z & 1) as i64)
-}
+pub use crate::entropy::{unzigzag_i64 as unzigzag, zigzag_i64 as zigzag};
 
 /// Encodes signed integers as one self-delimiting block (zigzag inside).
 pub fn encode_signed(values: &[i64]) -> Vec<u8> {
@@ -309,39 +302,6 @@ impl Plan {
     }
 }
 
-/// Appends `v` as a LEB128 varint.
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros()).div_ceil(7) as usize
-}
-
-/// Reads a LEB128 varint at `*pos`, advancing it.
-pub(crate) fn get_varint(data: &[u8], pos: &mut usize) -> Result<u64, CodecError> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let b = *data
-            .get(*pos)
-            .ok_or(CodecError::Corrupt("varint truncated"))?;
-        *pos += 1;
-        let part = u64::from(b & 0x7F);
-        if i == 9 && part > 1 {
-            return Err(CodecError::Corrupt("varint overflows 64 bits"));
-        }
-        v |= part << (7 * i);
-        if b & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    Err(CodecError::Corrupt("varint overflows 64 bits"))
-}
-
 /// Encodes `values` as one block appended to `out`; `ctx` (same length, every entry below
 /// `nctx`) selects a Huffman table per value. Returns the order-0 entropy bound in bits.
 pub(crate) fn encode_ctx(
@@ -583,50 +543,17 @@ impl Sink for i64 {
     }
 }
 
-/// The concatenated streams of a block.
-#[derive(Clone, Copy)]
-struct Reader<'a> {
-    data: &'a [u8],
-}
-
-impl Reader<'_> {
-    /// At least 57 valid bits from bit `pos` (zeros past the end; overruns are caught by the
-    /// end check).
-    #[inline(always)]
-    fn word(self, pos: usize) -> u64 {
-        let i = pos >> 3;
-        let w = match self.data.get(i..i + 8) {
-            Some(b) => {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(b);
-                w
-            }
-            None => self.tail(i),
-        };
-        u64::from_le_bytes(w) >> (pos & 7)
-    }
-
-    #[cold]
-    fn tail(self, i: usize) -> [u8; 8] {
-        let mut w = [0u8; 8];
-        let rest = self.data.get(i..).unwrap_or(&[]);
-        let n = rest.len().min(8);
-        w[..n].copy_from_slice(&rest[..n]);
-        w
-    }
-
-    /// `n <= 63` bits at `pos`, for raw fields too long for one word.
-    #[cold]
-    fn long_bits(self, pos: usize, n: u32) -> u64 {
-        let lo = self.word(pos) & mask(32);
-        let hi = self.word(pos + 32) & mask(n.saturating_sub(32));
-        (lo | hi << 32) & mask(n)
-    }
+/// `n <= 63` bits of `r` at `pos`, for raw fields too long for one word.
+#[cold]
+fn long_bits(r: Bits<'_>, pos: usize, n: u32) -> u64 {
+    let lo = r.word(pos) & mask(32);
+    let hi = r.word(pos + 32) & mask(n.saturating_sub(32));
+    (lo | hi << 32) & mask(n)
 }
 
 /// Decodes one value at `*pos` with the primary row `row` and advances.
 #[inline(always)]
-fn decode_one(r: Reader<'_>, pos: &mut usize, t: &Tables, row: usize, bad: &mut u32) -> u64 {
+fn decode_one(r: Bits<'_>, pos: &mut usize, t: &Tables, row: usize, bad: &mut u32) -> u64 {
     let w = r.word(*pos);
     let e = t.lookup(row, w);
     *bad |= e;
@@ -636,7 +563,7 @@ fn decode_one(r: Reader<'_>, pos: &mut usize, t: &Tables, row: usize, bad: &mut 
     let raw = if len + nraw <= 57 {
         (w >> len) & mask(nraw)
     } else {
-        r.long_bits(*pos + len as usize, nraw)
+        long_bits(r, *pos + len as usize, nraw)
     };
     *pos += (len + nraw) as usize;
     sig << nraw | raw
@@ -799,7 +726,8 @@ pub(crate) fn decode_into<V: Values>(
         .get(pos..)
         .and_then(|d| d.get(..total))
         .ok_or(CodecError::Corrupt("integer block stream exceeds the data"))?;
-    let r = Reader { data: streams };
+    // The concatenated streams of the block; overruns are caught by the end check.
+    let r = Bits(streams);
     let mut ends = [0usize; LANES];
     let mut starts = [0usize; LANES];
     let mut acc = 0;
@@ -837,173 +765,4 @@ pub(crate) fn decode_into<V: Values>(
         }
     }
     Ok(pos + total)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn round_trip(values: &[i64]) -> usize {
-        let enc = encode_signed(values);
-        let mut out = vec![7i64; values.len()];
-        let used = decode_signed(&enc, &mut out).unwrap();
-        assert_eq!(used, enc.len());
-        assert_eq!(out, values);
-        // Self-delimiting: trailing bytes are not consumed.
-        let mut longer = enc.clone();
-        longer.extend_from_slice(&[0xAB; 5]);
-        assert_eq!(decode_signed(&longer, &mut out).unwrap(), enc.len());
-        enc.len()
-    }
-
-    fn pseudo_i64(n: usize, seed: u64, shift: u32) -> Vec<i64> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x as i64) >> shift
-            })
-            .collect()
-    }
-
-    #[test]
-    fn tokens_partition_the_values() {
-        for k in 0..=MAX_K {
-            for v in (0..300u64).chain([u64::MAX, u64::MAX - 1, 1 << 63, (1 << 63) - 1]) {
-                let t = token(v, k);
-                assert!((t as usize) < alphabet(k));
-                let b = token_base(t, k);
-                assert!(b <= v && v - b <= mask(token_nraw(t, k)), "k {k} v {v}");
-            }
-        }
-        assert_eq!(zigzag(i64::MIN), u64::MAX);
-        assert_eq!(unzigzag(u64::MAX), i64::MIN);
-        assert_eq!(unzigzag(zigzag(i64::MAX)), i64::MAX);
-    }
-
-    #[test]
-    fn extremes_round_trip() {
-        round_trip(&[]);
-        round_trip(&[0]);
-        round_trip(&[i64::MIN]);
-        round_trip(&[i64::MAX, i64::MIN, 0, -1, 1, i64::MAX, i64::MIN + 1, 5, 7]);
-        round_trip(&[i64::MIN; 13]);
-        let mut mixed = pseudo_i64(1001, 3, 0);
-        mixed.extend(pseudo_i64(1001, 5, 50));
-        round_trip(&mixed);
-    }
-
-    #[test]
-    fn zeros_cost_nothing_per_value() {
-        let size = round_trip(&vec![0i64; 100_000]);
-        assert!(size < 32, "{size}");
-        let size = round_trip(&vec![-3i64; 100_001]);
-        assert!(size < 32, "{size}");
-    }
-
-    #[test]
-    fn small_values_compress() {
-        let v = pseudo_i64(100_003, 9, 58);
-        let size = round_trip(&v);
-        // Values in -32..32: about 6 bits each.
-        assert!(size < v.len() * 7 / 8, "{size}");
-        let bound = entropy_bits_signed(&v);
-        assert!(bound / 8.0 <= size as f64 && bound > 5.0 * v.len() as f64);
-    }
-
-    #[test]
-    fn huge_block() {
-        let mut v = pseudo_i64(1 << 20, 11, 40);
-        v[12345] = i64::MIN;
-        round_trip(&v);
-    }
-
-    #[test]
-    fn count_mismatch_and_corruption_error() {
-        let v = pseudo_i64(999, 17, 45);
-        let enc = encode_signed(&v);
-        let mut out = vec![0i64; 998];
-        assert!(decode_signed(&enc, &mut out).is_err());
-        let mut out = vec![0i64; 999];
-        for cut in 0..enc.len() {
-            assert!(decode_signed(&enc[..cut], &mut out).is_err(), "cut {cut}");
-        }
-        for i in 0..enc.len() {
-            for flip in [1u8, 0x10, 0xFF] {
-                let mut bad = enc.clone();
-                bad[i] ^= flip;
-                let _ = decode_signed(&bad, &mut out);
-            }
-        }
-        let mut x = 1u64;
-        for n in 0..200 {
-            let junk: Vec<u8> = (0..n)
-                .map(|_| {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    (x >> 56) as u8
-                })
-                .collect();
-            let mut out = vec![0i64; n % 17];
-            let _ = decode_signed(&junk, &mut out);
-        }
-    }
-
-    #[test]
-    fn contexts_round_trip() {
-        let v: Vec<u64> = (0..5003u64).map(|i| (i * 7919) >> (i % 5 * 10)).collect();
-        let ctx: Vec<u8> = (0..5003).map(|i| (i % 5) as u8).collect();
-        let mut enc = Vec::new();
-        encode_ctx(&v, Some(&ctx), 7, &mut enc);
-        let mut out = vec![0u64; v.len()];
-        assert_eq!(
-            decode_ctx(&enc, Some(&ctx), 7, &mut out).unwrap(),
-            enc.len()
-        );
-        assert_eq!(out, v);
-        // A value in an unused context is corrupt.
-        let mut other = ctx.clone();
-        other[100] = 6;
-        assert!(decode_ctx(&enc, Some(&other), 7, &mut out).is_err());
-    }
-
-    #[test]
-    fn long_codes_with_small_primary_tables() {
-        // Geometric token frequencies force codes of up to 14 bits; three contexts use the
-        // 9-bit primary tables.
-        let n = 200_003u64;
-        let v: Vec<u64> = (1..=n)
-            .map(|i| u64::from(i.trailing_zeros()) * 1000 + i % 7)
-            .collect();
-        let ctx: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
-        let mut enc = Vec::new();
-        encode_ctx(&v, Some(&ctx), 3, &mut enc);
-        let mut out = vec![0u64; v.len()];
-        assert_eq!(
-            decode_ctx(&enc, Some(&ctx), 3, &mut out).unwrap(),
-            enc.len()
-        );
-        assert_eq!(out, v);
-        let z: Vec<i64> = v.iter().map(|&x| x as i64 - 3000).collect();
-        round_trip(&z);
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
-        #[test]
-        fn any_values_round_trip(v in prop::collection::vec(any::<i64>(), 0..300), shift in 0u32..64) {
-            let v: Vec<i64> = v.into_iter().map(|x| x >> shift).collect();
-            round_trip(&v);
-        }
-
-        #[test]
-        fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..200), n in 0usize..40) {
-            let mut out = vec![0i64; n];
-            let _ = decode_signed(&data, &mut out);
-        }
-    }
 }

@@ -1,0 +1,413 @@
+use super::*;
+use crate::grid;
+use proptest::prelude::*;
+
+const LAYOUTS: [FloatLayout; 3] = [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32];
+
+fn to_bytes(layout: FloatLayout, vals: &[u32]) -> Vec<u8> {
+    vals.iter()
+        .flat_map(|v| v.to_le_bytes()[..layout.bytes()].to_vec())
+        .collect()
+}
+
+fn from_bytes(layout: FloatLayout, data: &[u8]) -> Vec<u32> {
+    data.chunks_exact(layout.bytes())
+        .map(|c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            u32::from_le_bytes(w)
+        })
+        .collect()
+}
+
+/// Independent f64 model of one group: the expected decoded bits, or `None` for a raw
+/// group; also checks the error bound.
+fn reference_group(layout: FloatLayout, vals: &[u32], m: u32) -> Option<Vec<u32>> {
+    let bits = layout.bits();
+    let f = bits - 1 - layout.exp_bits;
+    let ones = (1u32 << layout.exp_bits) - 1;
+    let bias = (ones >> 1) as i32;
+    let emax = ones - 1;
+    let exps: Vec<u32> = vals.iter().map(|v| (v >> f) & ones).collect();
+    if exps.contains(&ones) {
+        return None;
+    }
+    let e0 = exps.iter().copied().max().unwrap_or(0).max(1);
+    for e in [e0, e0 + 1] {
+        if e > emax {
+            return None;
+        }
+        let step = 2f64.powi(e as i32 - bias - m as i32 + 1);
+        let xs: Vec<f64> = vals
+            .iter()
+            .map(|&v| grid::to_f64(layout, u64::from(v)))
+            .collect();
+        let qs: Vec<f64> = xs
+            .iter()
+            .map(|x| (x.abs() / step).round_ties_even())
+            .collect();
+        if qs.iter().any(|&q| q >= 2f64.powi(m as i32)) {
+            continue;
+        }
+        return Some(
+            xs.iter()
+                .zip(&qs)
+                .map(|(&x, &q)| {
+                    let y = if q == 0.0 {
+                        if x == 0.0 { x } else { 0.0 }
+                    } else {
+                        q * step * x.signum()
+                    };
+                    assert!((x - y).abs() <= step / 2.0, "error bound {x} {y} {step}");
+                    let b = grid::from_f64(layout, y) as u32;
+                    assert_eq!(grid::to_f64(layout, u64::from(b)), y, "representable");
+                    b
+                })
+                .collect(),
+        );
+    }
+    unreachable!("a carry leaves every magnitude below 2^M")
+}
+
+fn reference(layout: FloatLayout, vals: &[u32], row: usize, p: Params) -> Vec<u32> {
+    let row = norm_row(vals.len(), row).max(1);
+    let mut out = Vec::with_capacity(vals.len());
+    for r in vals.chunks(row) {
+        for grp in r.chunks(p.group_size as usize) {
+            match reference_group(layout, grp, p.mantissa_bits) {
+                Some(v) => out.extend(v),
+                None => out.extend_from_slice(grp),
+            }
+        }
+    }
+    out
+}
+
+/// Encodes, decodes, compares with the reference and checks idempotence; returns the
+/// payload.
+fn check_round_trip(layout: FloatLayout, vals: &[u32], row: usize, p: Params) -> Vec<u8> {
+    let data = to_bytes(layout, vals);
+    let (enc, bits) = encode(layout, &data, row, p);
+    assert!(bits >= 0.0);
+    let mut out = vec![0u8; data.len()];
+    decode(&enc, &mut out).unwrap();
+    let got = from_bytes(layout, &out);
+    let want = reference(layout, vals, row, p);
+    assert_eq!(got, want, "{layout:?} {p:?} row {row}");
+    let (enc2, _) = encode(layout, &out, row, p);
+    let mut out2 = vec![0u8; data.len()];
+    decode(&enc2, &mut out2).unwrap();
+    assert_eq!(out2, out, "idempotence {layout:?} {p:?} row {row}");
+    enc
+}
+
+fn pseudo_u32(n: usize, seed: u64) -> Vec<u32> {
+    crate::pseudo_bytes(4 * n, seed)
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Weight-like values: random signs, exponents in a narrow band per row, random fraction.
+fn weights(layout: FloatLayout, n: usize, seed: u64) -> Vec<u32> {
+    let f = layout.bits() - 1 - layout.exp_bits;
+    let bias = (1u32 << (layout.exp_bits - 1)) - 1;
+    pseudo_u32(n, seed)
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| {
+            let sign = r >> 31;
+            let band = (i / 50) as u32 % 5;
+            let e = bias - 3 - band - (r >> 28 & 7).min(4) * ((r >> 27) & 1);
+            let frac = r & ((1 << f) - 1);
+            sign << (layout.bits() - 1) | e << f | frac
+        })
+        .collect()
+}
+
+/// Special values of a layout: zeros, subnormals, normals, max finite, Inf, NaNs.
+fn specials(layout: FloatLayout) -> Vec<u32> {
+    let bits = layout.bits();
+    let f = bits - 1 - layout.exp_bits;
+    let ones = (1u32 << layout.exp_bits) - 1;
+    let sign = 1u32 << (bits - 1);
+    let fmask = (1u32 << f) - 1;
+    let max = (ones - 1) << f | fmask;
+    vec![
+        0,
+        sign,
+        1,
+        sign | 1,
+        fmask,
+        1 << f,
+        3 << (f - 1),
+        max,
+        sign | max,
+        max - 1,
+        ones << f,
+        sign | ones << f,
+        ones << f | 1,
+        ones << f | fmask,
+        sign | ones << f | (1 << (f - 1)) | 5,
+        (ones >> 1) << f,
+        (ones >> 1) << f | fmask,
+        2 << f | fmask,
+    ]
+}
+
+#[test]
+fn every_layout_m_and_group_matches_the_reference() {
+    for layout in LAYOUTS {
+        let w = weights(layout, 300, 7);
+        let r = pseudo_u32(97, 11)
+            .iter()
+            .map(|v| v & (u32::MAX >> (32 - layout.bits())))
+            .collect::<Vec<_>>();
+        for m in 2..=max_mantissa_bits(layout) {
+            for gs in [1u32, 2, 7, 32, 64] {
+                let p = Params {
+                    mantissa_bits: m,
+                    group_size: gs,
+                };
+                for row in [0usize, 13, 50] {
+                    check_round_trip(layout, &w, row, p);
+                }
+                check_round_trip(layout, &r, 0, p);
+                check_round_trip(layout, &r, 10, p);
+            }
+        }
+    }
+}
+
+#[test]
+fn special_values() {
+    for layout in LAYOUTS {
+        let sp = specials(layout);
+        let f = layout.bits() - 1 - layout.exp_bits;
+        for m in 2..=max_mantissa_bits(layout) {
+            for gs in [1u32, 2, 3, 7, 32] {
+                let p = Params {
+                    mantissa_bits: m,
+                    group_size: gs,
+                };
+                check_round_trip(layout, &sp, 0, p);
+                // Each special value alone in a group of normal values.
+                for &s in &sp {
+                    let mut v = weights(layout, 40, u64::from(s) + 1);
+                    v[5] = s;
+                    check_round_trip(layout, &v, 0, p);
+                }
+            }
+            // Subnormal-only and tiny groups; values far below the group max.
+            let sub: Vec<u32> = (0..64u32).map(|i| (i * 37) & ((1 << f) - 1)).collect();
+            let p = Params {
+                mantissa_bits: m,
+                group_size: 8,
+            };
+            check_round_trip(layout, &sub, 0, p);
+            let one = ((1u32 << (layout.exp_bits - 1)) - 1) << f;
+            let far: Vec<u32> = vec![one, 1, 2 << f, 1 << f, 0, 0, 1 << (layout.bits() - 1), 3];
+            check_round_trip(layout, &far, 0, p);
+        }
+    }
+}
+
+#[test]
+fn escapes_are_exact_and_local() {
+    for layout in LAYOUTS {
+        let f = layout.bits() - 1 - layout.exp_bits;
+        let ones = (1u32 << layout.exp_bits) - 1;
+        let mut v = weights(layout, 96, 3);
+        let nan = ones << f | 0x5;
+        v[40] = nan;
+        let p = Params {
+            mantissa_bits: 4,
+            group_size: 32,
+        };
+        let data = to_bytes(layout, &v);
+        let (enc, _) = encode(layout, &data, 0, p);
+        let mut out = vec![0u8; data.len()];
+        decode(&enc, &mut out).unwrap();
+        let got = from_bytes(layout, &out);
+        assert_eq!(got[32..64], v[32..64], "the NaN group is exact");
+        assert_ne!(got[..32], v[..32], "neighbours are still quantized");
+        // Max finite with all-ones fraction would round up to Inf: stored raw.
+        let max = (ones - 1) << f | ((1 << f) - 1);
+        let w = vec![max, 1 << f, max - 3, 0];
+        check_round_trip(layout, &w, 0, p);
+        let data = to_bytes(layout, &w);
+        let (enc, _) = encode(layout, &data, 0, p);
+        let mut out = vec![0u8; data.len()];
+        decode(&enc, &mut out).unwrap();
+        assert_eq!(from_bytes(layout, &out), w);
+    }
+}
+
+#[test]
+fn carry_raises_the_group_exponent() {
+    // BF16 1.9921875 (0x3fff) at M=4: rounds to 2.0, not saturating to 1.875.
+    let v = vec![0x3fffu32, 0x3f80];
+    let data = to_bytes(FloatLayout::BF16, &v);
+    let p = Params {
+        mantissa_bits: 4,
+        group_size: 2,
+    };
+    let (enc, _) = encode(FloatLayout::BF16, &data, 0, p);
+    let mut out = vec![0u8; 4];
+    decode(&enc, &mut out).unwrap();
+    assert_eq!(from_bytes(FloatLayout::BF16, &out), vec![0x4000, 0x3f80]);
+}
+
+#[test]
+fn empty_and_single_value() {
+    for layout in LAYOUTS {
+        let p = Params {
+            mantissa_bits: 3,
+            group_size: 32,
+        };
+        let enc = check_round_trip(layout, &[], 0, p);
+        assert!(enc.len() < 40, "{}", enc.len());
+        check_round_trip(layout, &[0x1234], 0, p);
+        check_round_trip(layout, &[0x1234], 1, p);
+    }
+}
+
+#[test]
+fn sizes_track_m() {
+    let layout = FloatLayout::BF16;
+    let v = weights(layout, 20_000, 5);
+    let data = to_bytes(layout, &v);
+    let mut last = 0;
+    for m in 2..=8 {
+        let p = Params {
+            mantissa_bits: m,
+            group_size: 32,
+        };
+        let (enc, bits) = encode(layout, &data, 0, p);
+        let per = enc.len() as f64 * 8.0 / v.len() as f64;
+        assert!(enc.len() > last, "M={m}");
+        assert!(per < m as f64 + 1.5, "M={m}: {per}");
+        assert!(bits <= enc.len() as f64 * 8.0 + 1.0, "M={m}");
+        last = enc.len();
+    }
+}
+
+#[test]
+fn truncated_and_corrupt_payloads_error() {
+    for (layout, m) in [(FloatLayout::BF16, 6), (FloatLayout::F32, 14)] {
+        let mut v = weights(layout, 700, 9);
+        v[100] = specials(layout)[10];
+        let data = to_bytes(layout, &v);
+        let p = Params {
+            mantissa_bits: m,
+            group_size: 32,
+        };
+        let (enc, _) = encode(layout, &data, 64, p);
+        let mut out = vec![0u8; data.len()];
+        for cut in 0..enc.len() {
+            assert!(decode(&enc[..cut], &mut out).is_err(), "cut {cut}");
+        }
+        let mut longer = enc.clone();
+        longer.push(0);
+        assert!(decode(&longer, &mut out).is_err());
+        assert!(decode(&enc, &mut out[1..]).is_err());
+        for i in 0..enc.len() {
+            for flip in [0x01u8, 0x80, 0xFF] {
+                let mut bad = enc.clone();
+                bad[i] ^= flip;
+                let _ = decode(&bad, &mut out);
+            }
+        }
+    }
+    let mut out = vec![0u8; 256];
+    for seed in 0..300u64 {
+        let mut junk = crate::pseudo_bytes(40 + seed as usize, seed + 1);
+        junk[0] = VERSION;
+        junk[1] = if seed % 2 == 0 { 2 } else { 4 };
+        junk[2] = 8;
+        let _ = decode(&junk, &mut out);
+    }
+}
+
+#[test]
+fn check_rejects_bad_params() {
+    let ok = Params {
+        mantissa_bits: 7,
+        group_size: 32,
+    };
+    assert!(check(FloatLayout::BF16, ok).is_ok());
+    assert_eq!(check(FloatLayout::F64, ok), Err(ParamError::Layout));
+    let bad_m = |got| Err(ParamError::MantissaBits { got, max: 8 });
+    let bad_g = |got| Err(ParamError::GroupSize { got });
+    for (m, g, want) in [
+        (1, 32, bad_m(1)),
+        (9, 32, bad_m(9)),
+        (7, 0, bad_g(0)),
+        (7, 4097, bad_g(4097)),
+        (0, 0, bad_m(0)),
+    ] {
+        let p = Params {
+            mantissa_bits: m,
+            group_size: g,
+        };
+        assert_eq!(check(FloatLayout::BF16, p), want, "{m} {g}");
+    }
+    assert_eq!(
+        bad_g(4097).unwrap_err().to_string(),
+        "BFP group size must be in 1..=4096, got 4097"
+    );
+    assert!(
+        check(
+            FloatLayout::F32,
+            Params {
+                mantissa_bits: 24,
+                group_size: 4096
+            }
+        )
+        .is_ok()
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    #[test]
+    fn random_payloads_never_panic(
+        data in prop::collection::vec(any::<u8>(), 0..400),
+        n in 0usize..300,
+        head in 0u8..3,
+    ) {
+        let mut data = data;
+        // Mostly well-formed headers, so that decoding gets past them.
+        if head > 0 && data.len() >= 8 {
+            data[0] = VERSION;
+            data[1] = if head == 1 { 2 } else { 4 };
+            data[2] = 8;
+            data[3] = 2 + data[3] % 7;
+        }
+        let mut out = vec![0u8; n];
+        let _ = decode(&data, &mut out);
+    }
+
+    #[test]
+    fn random_bits_match_the_reference(
+        seed in any::<u64>(),
+        n in 0usize..300,
+        li in 0usize..3,
+        m in 2u32..=24,
+        gs in 1u32..80,
+        row in 0usize..100,
+        weightlike in any::<bool>(),
+    ) {
+        let layout = LAYOUTS[li];
+        let m = m.min(max_mantissa_bits(layout));
+        let vals = if weightlike {
+            weights(layout, n, seed)
+        } else {
+            pseudo_u32(n, seed)
+                .iter()
+                .map(|v| v & (u32::MAX >> (32 - layout.bits())))
+                .collect()
+        };
+        check_round_trip(layout, &vals, row, Params { mantissa_bits: m, group_size: gs });
+    }
+}

@@ -1,0 +1,336 @@
+//! The quantized delta variant: residuals on the shared integer grid of [`crate::grid`].
+
+use super::{QUANT, decode};
+use crate::entropy::varint::{get_varint, put_varint};
+use crate::float::load;
+use crate::grid;
+use crate::ints::{self, Hist, Plan, unzigzag, zigzag};
+use crate::{CodecError, FloatLayout};
+
+/// Contexts of quantized residuals: bit length of `|q_b|` (0..=32).
+const QUANT_CLASSES: usize = 33;
+
+/// Quantized delta: base and target on the grid of `step` and `bits` (2..=32; 16 or 32 in
+/// practice). `q_b = grid::quantize(base)`, or 0 where the base value is not representable;
+/// a target value with `grid::quantize(target) = Some(q_t)` stores `q_t − q_b`, any other is
+/// stored exactly. Returns the payload and its entropy bound in bits.
+///
+/// # Panics
+/// If `base` and `target` differ in length, their length is not a multiple of the value
+/// width, or `bits` is outside 2..=32.
+pub fn encode_quantized(
+    layout: FloatLayout,
+    base: &[u8],
+    target: &[u8],
+    step: f64,
+    bits: u32,
+) -> (Vec<u8>, f64) {
+    assert_eq!(
+        base.len(),
+        target.len(),
+        "delta of chunks of different sizes"
+    );
+    assert!((2..=32).contains(&bits), "grid width must be 2..=32 bits");
+    let b = layout.bytes();
+    assert!(target.len().is_multiple_of(b), "partial value in chunk");
+    let q = match b {
+        1 => quant_residuals::<1>(layout, base, target, step, bits),
+        2 => quant_residuals::<2>(layout, base, target, step, bits),
+        4 => quant_residuals::<4>(layout, base, target, step, bits),
+        _ => quant_residuals::<8>(layout, base, target, step, bits),
+    };
+    let QuantSplit {
+        residuals,
+        res_ctx,
+        escapes,
+        gaps,
+    } = q;
+    let hist = Hist::new(&residuals, Some(&res_ctx), QUANT_CLASSES);
+    let plain = Plan::from_hist(&hist.merged());
+    let classed = Plan::from_hist(&hist);
+    let (plan, ctx, nctx) = if classed.size < plain.size {
+        (classed, Some(res_ctx.as_slice()), QUANT_CLASSES)
+    } else {
+        (plain, None, 1)
+    };
+    let mut out = Vec::with_capacity(plan.size + escapes.len() + 32);
+    out.extend_from_slice(&[
+        QUANT,
+        b as u8,
+        layout.exp_bits as u8,
+        bits as u8,
+        nctx as u8,
+    ]);
+    out.extend_from_slice(&step.to_bits().to_le_bytes());
+    put_varint(&mut out, gaps.len() as u64);
+    let mut entropy_bits = plan.entropy_bits + 8.0 * escapes.len() as f64;
+    if !gaps.is_empty() {
+        entropy_bits += ints::encode_ctx(&gaps, None, 1, &mut out);
+    }
+    ints::encode_with_plan(&residuals, ctx, &plan, &mut out);
+    out.extend_from_slice(&escapes);
+    (out, entropy_bits)
+}
+
+/// A quantized delta before coding.
+struct QuantSplit {
+    /// Zigzagged `q_t - q_b` of the values on the grid.
+    residuals: Vec<u64>,
+    /// Their contexts ([`quant_class`] of `q_b`).
+    res_ctx: Vec<u8>,
+    /// Raw bytes of the escaped target values.
+    escapes: Vec<u8>,
+    /// Escape positions: the first index, then the differences minus one.
+    gaps: Vec<u64>,
+}
+
+fn quant_residuals<const B: usize>(
+    layout: FloatLayout,
+    base: &[u8],
+    target: &[u8],
+    step: f64,
+    bits: u32,
+) -> QuantSplit {
+    let count = target.len() / B;
+    let mut q = QuantSplit {
+        residuals: Vec::with_capacity(count),
+        res_ctx: Vec::with_capacity(count),
+        escapes: Vec::new(),
+        gaps: Vec::new(),
+    };
+    let mut next = 0usize;
+    for (i, (bv, tv)) in base.chunks_exact(B).zip(target.chunks_exact(B)).enumerate() {
+        let qb = grid::quantize(grid::to_f64(layout, load::<B>(bv)), step, bits).unwrap_or(0);
+        match grid::quantize(grid::to_f64(layout, load::<B>(tv)), step, bits) {
+            Some(qt) => {
+                q.residuals.push(zigzag(qt - qb));
+                q.res_ctx.push(quant_class(qb));
+            }
+            None => {
+                q.gaps.push((i - next) as u64);
+                next = i + 1;
+                q.escapes.extend_from_slice(tv);
+            }
+        }
+    }
+    q
+}
+
+/// Decodes any delta payload (the same as [`decode`]); a quantized value decodes to
+/// `grid::dequantize(layout, q_b + r, step)` in exact integer arithmetic.
+pub fn decode_quantized(payload: &[u8], base: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    decode(payload, base, out)
+}
+
+fn quant_class(qb: i64) -> u8 {
+    (64 - qb.unsigned_abs().leading_zeros()).min(32) as u8
+}
+
+pub(super) fn decode_quant(rest: &[u8], base: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    let head = rest
+        .get(..12)
+        .ok_or(CodecError::Corrupt("quantized delta header truncated"))?;
+    let b = usize::from(head[0]);
+    let exp_bits = u32::from(head[1]);
+    let bits = u32::from(head[2]);
+    let nctx = usize::from(head[3]);
+    let step = f64::from_bits(u64::from_le_bytes(
+        head[4..12]
+            .try_into()
+            .map_err(|_| CodecError::Corrupt("quantized delta header"))?,
+    ));
+    if !matches!(b, 1 | 2 | 4 | 8) || exp_bits == 0 || exp_bits + 1 >= 8 * b as u32 {
+        return Err(CodecError::Corrupt("quantized delta has an invalid layout"));
+    }
+    if !(2..=32).contains(&bits) || !(nctx == 1 || nctx == QUANT_CLASSES) {
+        return Err(CodecError::Corrupt(
+            "quantized delta has invalid parameters",
+        ));
+    }
+    if !out.len().is_multiple_of(b) {
+        return Err(CodecError::Corrupt(
+            "quantized delta size is not whole values",
+        ));
+    }
+    let layout = FloatLayout {
+        bytes: b as u8,
+        exp_bits,
+    };
+    let count = out.len() / b;
+    let mut pos = 12;
+    let n_esc = get_varint(rest, &mut pos)?;
+    if n_esc > count as u64 {
+        return Err(CodecError::Corrupt("quantized delta has too many escapes"));
+    }
+    let n_esc = n_esc as usize;
+    let mut is_esc = vec![false; if n_esc > 0 { count } else { 0 }];
+    if n_esc > 0 {
+        let mut gaps = vec![0u64; n_esc];
+        pos += ints::decode_ctx(rest.get(pos..).unwrap_or(&[]), None, 1, &mut gaps)?;
+        let mut next = 0u64;
+        for g in gaps {
+            let i =
+                next.checked_add(g)
+                    .filter(|&i| i < count as u64)
+                    .ok_or(CodecError::Corrupt(
+                        "quantized delta escape index out of range",
+                    ))?;
+            is_esc[i as usize] = true;
+            next = i + 1;
+        }
+    }
+    // Element index of every residual (identity when nothing is escaped).
+    let map: Option<Vec<usize>> = (n_esc > 0).then(|| (0..count).filter(|&i| !is_esc[i]).collect());
+    let g = Grid {
+        layout,
+        step,
+        bits,
+        classes: nctx > 1,
+    };
+    let data = rest.get(pos..).unwrap_or(&[]);
+    pos += match b {
+        1 => decode_residuals::<1>(data, nctx, base, out, map.as_deref(), g)?,
+        2 => decode_residuals::<2>(data, nctx, base, out, map.as_deref(), g)?,
+        4 => decode_residuals::<4>(data, nctx, base, out, map.as_deref(), g)?,
+        _ => decode_residuals::<8>(data, nctx, base, out, map.as_deref(), g)?,
+    };
+    let raw = rest
+        .get(pos..)
+        .filter(|r| r.len() == n_esc * b)
+        .ok_or(CodecError::Corrupt("quantized delta escape bytes mismatch"))?;
+    let mut e_iter = raw.chunks_exact(b);
+    for (ov, &esc) in out.chunks_exact_mut(b).zip(&is_esc) {
+        if esc && let Some(e) = e_iter.next() {
+            ov.copy_from_slice(e);
+        }
+    }
+    Ok(())
+}
+
+/// Grid parameters of a quantized delta.
+#[derive(Clone, Copy)]
+struct Grid {
+    layout: FloatLayout,
+    step: f64,
+    bits: u32,
+    classes: bool,
+}
+
+/// Decodes the residual block `data` into the non-escaped values of `out` (element `map[j]`
+/// for residual `j`, or `j` without a map); returns the bytes consumed.
+fn decode_residuals<const B: usize>(
+    data: &[u8],
+    nctx: usize,
+    base: &[u8],
+    out: &mut [u8],
+    map: Option<&[usize]>,
+    g: Grid,
+) -> Result<usize, CodecError> {
+    let n = map.map_or(out.len() / B, <[usize]>::len);
+    let mut sink = QuantOut::<B> {
+        base,
+        map,
+        out,
+        n,
+        g,
+        qmax: grid::qmax(g.bits),
+        group: [0; 4],
+        bad: false,
+    };
+    let used = ints::decode_into(data, nctx, &mut sink)?;
+    if sink.bad {
+        return Err(CodecError::Corrupt("quantized delta value off the grid"));
+    }
+    Ok(used)
+}
+
+/// Decoded residuals applied to the base grid integers as they come.
+struct QuantOut<'a, const B: usize> {
+    base: &'a [u8],
+    /// Element index per residual; `None` for the identity.
+    map: Option<&'a [usize]>,
+    out: &'a mut [u8],
+    n: usize,
+    g: Grid,
+    qmax: i64,
+    /// Base grid integers of the group of four from the last [`ints::Values::ctx4`].
+    group: [i64; 4],
+    /// Set when a residual leaves the grid (corrupt payload).
+    bad: bool,
+}
+
+impl<const B: usize> QuantOut<'_, B> {
+    #[inline(always)]
+    fn index(&self, j: usize) -> usize {
+        match self.map {
+            None => j,
+            Some(m) => m[j],
+        }
+    }
+
+    /// The base grid integer of element `i`.
+    #[inline(always)]
+    fn qb(&self, i: usize) -> i64 {
+        let raw = load::<B>(&self.base[i * B..(i + 1) * B]);
+        grid::quantize(grid::to_f64(self.g.layout, raw), self.g.step, self.g.bits).unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn ctx_of(&self, qb: i64) -> usize {
+        if self.g.classes {
+            usize::from(quant_class(qb))
+        } else {
+            0
+        }
+    }
+
+    /// Stores grid point `qb + r` as element `i`.
+    #[inline(always)]
+    fn store(&mut self, i: usize, qb: i64, z: u64) {
+        let q = qb
+            .checked_add(unzigzag(z))
+            .filter(|q| q.unsigned_abs() <= self.qmax as u64);
+        self.bad |= q.is_none();
+        let v = grid::dequantize(self.g.layout, q.unwrap_or(0), self.g.step);
+        self.out[i * B..(i + 1) * B].copy_from_slice(&v.to_le_bytes()[..B]);
+    }
+}
+
+impl<const B: usize> ints::Values for QuantOut<'_, B> {
+    #[inline(always)]
+    fn count(&self) -> usize {
+        self.n
+    }
+
+    #[inline(always)]
+    fn ctx(&self, j: usize) -> usize {
+        self.ctx_of(self.qb(self.index(j)))
+    }
+
+    #[inline(always)]
+    fn set(&mut self, j: usize, z: u64) {
+        let i = self.index(j);
+        self.store(i, self.qb(i), z);
+    }
+
+    #[inline(always)]
+    fn ctx4(&mut self, j: usize) -> [usize; 4] {
+        let q = |k: usize| self.qb(self.index(j + k));
+        self.group = [q(0), q(1), q(2), q(3)];
+        let g = self.group;
+        [
+            self.ctx_of(g[0]),
+            self.ctx_of(g[1]),
+            self.ctx_of(g[2]),
+            self.ctx_of(g[3]),
+        ]
+    }
+
+    #[inline(always)]
+    fn set4(&mut self, j: usize, z: [u64; 4]) {
+        for (k, &z) in z.iter().enumerate() {
+            let i = self.index(j + k);
+            self.store(i, self.group[k], z);
+        }
+    }
+}

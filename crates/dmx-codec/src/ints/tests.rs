@@ -1,0 +1,159 @@
+use super::*;
+use proptest::prelude::*;
+
+fn round_trip(values: &[i64]) -> usize {
+    let enc = encode_signed(values);
+    let mut out = vec![7i64; values.len()];
+    let used = decode_signed(&enc, &mut out).unwrap();
+    assert_eq!(used, enc.len());
+    assert_eq!(out, values);
+    // Self-delimiting: trailing bytes are not consumed.
+    let mut longer = enc.clone();
+    longer.extend_from_slice(&[0xAB; 5]);
+    assert_eq!(decode_signed(&longer, &mut out).unwrap(), enc.len());
+    enc.len()
+}
+
+fn pseudo_i64(n: usize, seed: u64, shift: u32) -> Vec<i64> {
+    crate::pseudo_u64(n, seed)
+        .map(|x| (x as i64) >> shift)
+        .collect()
+}
+
+#[test]
+fn tokens_partition_the_values() {
+    for k in 0..=MAX_K {
+        for v in (0..300u64).chain([u64::MAX, u64::MAX - 1, 1 << 63, (1 << 63) - 1]) {
+            let t = token(v, k);
+            assert!((t as usize) < alphabet(k));
+            let b = token_base(t, k);
+            assert!(b <= v && v - b <= mask(token_nraw(t, k)), "k {k} v {v}");
+        }
+    }
+    assert_eq!(zigzag(i64::MIN), u64::MAX);
+    assert_eq!(unzigzag(u64::MAX), i64::MIN);
+    assert_eq!(unzigzag(zigzag(i64::MAX)), i64::MAX);
+}
+
+#[test]
+fn extremes_round_trip() {
+    round_trip(&[]);
+    round_trip(&[0]);
+    round_trip(&[i64::MIN]);
+    round_trip(&[i64::MAX, i64::MIN, 0, -1, 1, i64::MAX, i64::MIN + 1, 5, 7]);
+    round_trip(&[i64::MIN; 13]);
+    let mut mixed = pseudo_i64(1001, 3, 0);
+    mixed.extend(pseudo_i64(1001, 5, 50));
+    round_trip(&mixed);
+}
+
+#[test]
+fn zeros_cost_nothing_per_value() {
+    let size = round_trip(&vec![0i64; 100_000]);
+    assert!(size < 32, "{size}");
+    let size = round_trip(&vec![-3i64; 100_001]);
+    assert!(size < 32, "{size}");
+}
+
+#[test]
+fn small_values_compress() {
+    let v = pseudo_i64(100_003, 9, 58);
+    let size = round_trip(&v);
+    // Values in -32..32: about 6 bits each.
+    assert!(size < v.len() * 7 / 8, "{size}");
+    let bound = entropy_bits_signed(&v);
+    assert!(bound / 8.0 <= size as f64 && bound > 5.0 * v.len() as f64);
+}
+
+#[test]
+fn huge_block() {
+    let mut v = pseudo_i64(1 << 20, 11, 40);
+    v[12345] = i64::MIN;
+    round_trip(&v);
+}
+
+#[test]
+fn count_mismatch_and_corruption_error() {
+    let v = pseudo_i64(999, 17, 45);
+    let enc = encode_signed(&v);
+    let mut out = vec![0i64; 998];
+    assert!(decode_signed(&enc, &mut out).is_err());
+    let mut out = vec![0i64; 999];
+    for cut in 0..enc.len() {
+        assert!(decode_signed(&enc[..cut], &mut out).is_err(), "cut {cut}");
+    }
+    for i in 0..enc.len() {
+        for flip in [1u8, 0x10, 0xFF] {
+            let mut bad = enc.clone();
+            bad[i] ^= flip;
+            let _ = decode_signed(&bad, &mut out);
+        }
+    }
+    let mut x = 1u64;
+    for n in 0..200 {
+        let junk: Vec<u8> = (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect();
+        let mut out = vec![0i64; n % 17];
+        let _ = decode_signed(&junk, &mut out);
+    }
+}
+
+#[test]
+fn contexts_round_trip() {
+    let v: Vec<u64> = (0..5003u64).map(|i| (i * 7919) >> (i % 5 * 10)).collect();
+    let ctx: Vec<u8> = (0..5003).map(|i| (i % 5) as u8).collect();
+    let mut enc = Vec::new();
+    encode_ctx(&v, Some(&ctx), 7, &mut enc);
+    let mut out = vec![0u64; v.len()];
+    assert_eq!(
+        decode_ctx(&enc, Some(&ctx), 7, &mut out).unwrap(),
+        enc.len()
+    );
+    assert_eq!(out, v);
+    // A value in an unused context is corrupt.
+    let mut other = ctx.clone();
+    other[100] = 6;
+    assert!(decode_ctx(&enc, Some(&other), 7, &mut out).is_err());
+}
+
+#[test]
+fn long_codes_with_small_primary_tables() {
+    // Geometric token frequencies force codes of up to 14 bits; three contexts use the
+    // 9-bit primary tables.
+    let n = 200_003u64;
+    let v: Vec<u64> = (1..=n)
+        .map(|i| u64::from(i.trailing_zeros()) * 1000 + i % 7)
+        .collect();
+    let ctx: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
+    let mut enc = Vec::new();
+    encode_ctx(&v, Some(&ctx), 3, &mut enc);
+    let mut out = vec![0u64; v.len()];
+    assert_eq!(
+        decode_ctx(&enc, Some(&ctx), 3, &mut out).unwrap(),
+        enc.len()
+    );
+    assert_eq!(out, v);
+    let z: Vec<i64> = v.iter().map(|&x| x as i64 - 3000).collect();
+    round_trip(&z);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn any_values_round_trip(v in prop::collection::vec(any::<i64>(), 0..300), shift in 0u32..64) {
+        let v: Vec<i64> = v.into_iter().map(|x| x >> shift).collect();
+        round_trip(&v);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..200), n in 0usize..40) {
+        let mut out = vec![0i64; n];
+        let _ = decode_signed(&data, &mut out);
+    }
+}
