@@ -88,12 +88,17 @@ impl Env {
     }
 }
 
-/// No `null` anywhere in a JSON value under keys that hold error figures.
+/// No `null` anywhere in a JSON value under keys that hold error figures (SNR included: an
+/// infinite error gives an SNR of -inf, once written as `null`).
 fn no_null_errors(v: &Value, at: &str) {
     match v {
         Value::Object(m) => {
             for (k, x) in m {
-                if (k.contains("rel_l2") || k.contains("abs_error") || k == "limit") && x.is_null()
+                if (k.contains("rel_l2")
+                    || k.contains("abs_error")
+                    || k.contains("snr")
+                    || k == "limit")
+                    && x.is_null()
                 {
                     panic!("{at}.{k} is null");
                 }
@@ -185,6 +190,19 @@ fn allowed_cast_overflow_never_verifies_and_writes_inf_not_null() {
     let info = env.json(&["info", "o.dmx", "--json"], 0);
     no_null_errors(&info, "info");
     assert_eq!(info["max_rel_l2"], "inf");
+    // Without the original, the recorded infinite error still fails (it once said "all
+    // checks passed").
+    let (out, _) = env.run(&["verify", "o.dmx"], 1);
+    assert!(out.contains("FAIL") && out.contains("w.big"), "{out}");
+    assert!(!out.contains("all checks passed"), "{out}");
+    let rep = env.json(&["verify", "o.dmx", "--json"], 1);
+    assert_eq!(rep["ok"], false);
+    // The tensor that stayed in range checks against a limit from its recorded error alone.
+    let (out, _) = env.run(
+        &["verify", "o.dmx", "--max-rel-error", "1e-12", "--json"],
+        1,
+    );
+    assert!(out.contains("w.small") && out.contains("above the limit"), "{out}");
     // The flag alone is a usage error.
     env.run(
         &[
