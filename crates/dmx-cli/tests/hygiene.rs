@@ -585,3 +585,28 @@ fn a_payload_byte_is_not_reported_as_the_codec_id() {
         }
     }
 }
+
+/// Hostile pass: two files of a folder archive with a tensor of the same name. `extract` once
+/// took the first silently; it now refuses, naming both files (exit 2).
+#[test]
+fn extract_refuses_a_name_two_files_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("run/a")).unwrap();
+    std::fs::create_dir_all(d.join("run/b")).unwrap();
+    std::fs::write(d.join("run/a/m.safetensors"), model(1, PLAIN)).unwrap();
+    std::fs::write(d.join("run/b/m.safetensors"), model(7, PLAIN)).unwrap();
+    run(d, &["compress", "run", "r.dmx", "-q"], 0);
+    let (_, err) = run(
+        d,
+        &["extract", "r.dmx", "x.safetensors", "--tensor", "ids"],
+        2,
+    );
+    assert!(
+        err.contains("2 tensors are named \"ids\"")
+            && err.contains("a/m.safetensors")
+            && err.contains("b/m.safetensors"),
+        "{err}"
+    );
+    assert!(!d.join("x.safetensors").exists());
+}

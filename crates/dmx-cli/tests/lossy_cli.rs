@@ -202,7 +202,10 @@ fn allowed_cast_overflow_never_verifies_and_writes_inf_not_null() {
         &["verify", "o.dmx", "--max-rel-error", "1e-12", "--json"],
         1,
     );
-    assert!(out.contains("w.small") && out.contains("above the limit"), "{out}");
+    assert!(
+        out.contains("w.small") && out.contains("above the limit"),
+        "{out}"
+    );
     // The flag alone is a usage error.
     env.run(
         &[
