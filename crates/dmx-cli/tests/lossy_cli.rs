@@ -516,4 +516,16 @@ fn deltas_detect_safetensors_by_content_not_name() {
     std::fs::write(env.path("junk.bin"), b"not a model").unwrap();
     let (_, err) = env.run(&["delta-compress", "base.bin", "junk.bin", "e.dmxd"], 2);
     assert!(err.contains("junk.bin"), "{err}");
+    // A broken `.safetensors` file: the reason, once, and not what `compress` would do with
+    // it ("stored as opaque bytes", which a refused delta never is).
+    let mut broken = std::fs::read(env.path("step-100.ckpt")).unwrap();
+    broken.truncate(broken.len() - 1);
+    std::fs::write(env.path("broken.safetensors"), broken).unwrap();
+    let (_, err) = env.run(
+        &["delta-compress", "base.bin", "broken.safetensors", "e.dmxd"],
+        2,
+    );
+    assert_eq!(err.matches("broken.safetensors").count(), 1, "{err}");
+    assert!(!err.contains("stored as"), "{err}");
+    assert!(!env.path("e.dmxd").exists());
 }
