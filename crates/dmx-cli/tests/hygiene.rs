@@ -610,3 +610,43 @@ fn extract_refuses_a_name_two_files_share() {
     );
     assert!(!d.join("x.safetensors").exists());
 }
+
+/// Hostile pass: `--output-dir -` once created a folder named `-` (chain-compress,
+/// chain-reconstruct); `-` is refused there as for every output but `decompress ARCHIVE -`.
+#[test]
+fn dash_is_not_a_chain_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("c.safetensors"), model(3, PLAIN)).unwrap();
+    let (_, err) = run(
+        d,
+        &["chain-compress", "c.safetensors", "--output-dir", "-", "-q"],
+        2,
+    );
+    assert!(err.contains("./-"), "{err}");
+    assert!(!d.join("-").exists());
+    run(
+        d,
+        &[
+            "chain-compress",
+            "c.safetensors",
+            "--output-dir",
+            "ch",
+            "-q",
+        ],
+        0,
+    );
+    run(
+        d,
+        &["chain-reconstruct", "ch", "--output-dir", "-", "-q"],
+        2,
+    );
+    assert!(!d.join("-").exists());
+    // ./- names a folder called `-`.
+    run(
+        d,
+        &["chain-reconstruct", "ch", "--output-dir", "./-", "-q"],
+        0,
+    );
+    assert!(d.join("-/c.safetensors").is_file());
+}
