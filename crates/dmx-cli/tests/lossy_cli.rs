@@ -206,6 +206,16 @@ fn allowed_cast_overflow_never_verifies_and_writes_inf_not_null() {
         out.contains("w.small") && out.contains("above the limit"),
         "{out}"
     );
+    // A limit that is not a finite number >= 0 is a usage error, as for compress (a NaN or
+    // negative one failed every tensor, an infinite one passed any error).
+    for bad in [
+        "--max-rel-error=-1",
+        "--max-rel-error=NaN",
+        "--max-rel-error=inf",
+    ] {
+        let (_, err) = env.run(&["verify", "m.safetensors", "o.dmx", bad], 2);
+        assert!(err.contains("must be a finite number >= 0"), "{err}");
+    }
     // The flag alone is a usage error.
     env.run(
         &[

@@ -149,6 +149,15 @@ fn verify_inner(
     max_rel_error: Option<f64>,
     opts: &Options,
 ) -> Result<VerifyReport> {
+    if let Some(e) = max_rel_error
+        && !(e.is_finite() && e >= 0.0)
+    {
+        // As for `compress --max-rel-error`: a negative or NaN limit would fail every
+        // tensor, an infinite one would let any error pass.
+        return Err(Error::Usage(format!(
+            "--max-rel-error {e}: must be a finite number >= 0"
+        )));
+    }
     let total: u64 = archive.index().entries.iter().map(|e| e.size).sum();
     let pool = opts.pool_for(total)?;
     let progress = opts.progress.as_deref();
