@@ -650,3 +650,27 @@ fn dash_is_not_a_chain_folder() {
     );
     assert!(d.join("-/c.safetensors").is_file());
 }
+
+/// Hostile pass: `diff` of a delta pointed to `dmx decompress`, which refuses deltas.
+#[test]
+fn diff_of_a_delta_points_to_delta_reconstruct() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("a.safetensors"), model(1, PLAIN)).unwrap();
+    std::fs::write(d.join("b.safetensors"), model(2, PLAIN)).unwrap();
+    run(
+        d,
+        &[
+            "delta-compress",
+            "a.safetensors",
+            "b.safetensors",
+            "d.dmxd",
+            "-q",
+        ],
+        0,
+    );
+    let (_, err) = run(d, &["diff", "d.dmxd", "a.safetensors"], 2);
+    assert!(err.contains("dmx delta-reconstruct"), "{err}");
+    // The hint is right: decompress refuses the delta.
+    run(d, &["decompress", "d.dmxd", "out"], 2);
+}
