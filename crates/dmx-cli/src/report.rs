@@ -155,7 +155,7 @@ pub fn info(path: &Path, s: &Stats, all_tensors: bool) {
                         "  {mode:<12} {:>9.2e} {:>10.3e} {:>8}",
                         l.rel_l2,
                         l.max_abs_error,
-                        opt(l.snr_db, 1)
+                        opt(Some(l.snr_db), 1)
                     )
                 }
             };

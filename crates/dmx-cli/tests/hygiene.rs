@@ -585,3 +585,92 @@ fn a_payload_byte_is_not_reported_as_the_codec_id() {
         }
     }
 }
+
+/// Hostile pass: two files of a folder archive with a tensor of the same name. `extract` once
+/// took the first silently; it now refuses, naming both files (exit 2).
+#[test]
+fn extract_refuses_a_name_two_files_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("run/a")).unwrap();
+    std::fs::create_dir_all(d.join("run/b")).unwrap();
+    std::fs::write(d.join("run/a/m.safetensors"), model(1, PLAIN)).unwrap();
+    std::fs::write(d.join("run/b/m.safetensors"), model(7, PLAIN)).unwrap();
+    run(d, &["compress", "run", "r.dmx", "-q"], 0);
+    let (_, err) = run(
+        d,
+        &["extract", "r.dmx", "x.safetensors", "--tensor", "ids"],
+        2,
+    );
+    assert!(
+        err.contains("2 tensors are named \"ids\"")
+            && err.contains("a/m.safetensors")
+            && err.contains("b/m.safetensors"),
+        "{err}"
+    );
+    assert!(!d.join("x.safetensors").exists());
+}
+
+/// Hostile pass: `--output-dir -` once created a folder named `-` (chain-compress,
+/// chain-reconstruct); `-` is refused there as for every output but `decompress ARCHIVE -`.
+#[test]
+fn dash_is_not_a_chain_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("c.safetensors"), model(3, PLAIN)).unwrap();
+    let (_, err) = run(
+        d,
+        &["chain-compress", "c.safetensors", "--output-dir", "-", "-q"],
+        2,
+    );
+    assert!(err.contains("./-"), "{err}");
+    assert!(!d.join("-").exists());
+    run(
+        d,
+        &[
+            "chain-compress",
+            "c.safetensors",
+            "--output-dir",
+            "ch",
+            "-q",
+        ],
+        0,
+    );
+    run(
+        d,
+        &["chain-reconstruct", "ch", "--output-dir", "-", "-q"],
+        2,
+    );
+    assert!(!d.join("-").exists());
+    // ./- names a folder called `-`.
+    run(
+        d,
+        &["chain-reconstruct", "ch", "--output-dir", "./-", "-q"],
+        0,
+    );
+    assert!(d.join("-/c.safetensors").is_file());
+}
+
+/// Hostile pass: `diff` of a delta pointed to `dmx decompress`, which refuses deltas.
+#[test]
+fn diff_of_a_delta_points_to_delta_reconstruct() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("a.safetensors"), model(1, PLAIN)).unwrap();
+    std::fs::write(d.join("b.safetensors"), model(2, PLAIN)).unwrap();
+    run(
+        d,
+        &[
+            "delta-compress",
+            "a.safetensors",
+            "b.safetensors",
+            "d.dmxd",
+            "-q",
+        ],
+        0,
+    );
+    let (_, err) = run(d, &["diff", "d.dmxd", "a.safetensors"], 2);
+    assert!(err.contains("dmx delta-reconstruct"), "{err}");
+    // The hint is right: decompress refuses the delta.
+    run(d, &["decompress", "d.dmxd", "out"], 2);
+}

@@ -88,12 +88,17 @@ impl Env {
     }
 }
 
-/// No `null` anywhere in a JSON value under keys that hold error figures.
+/// No `null` anywhere in a JSON value under keys that hold error figures (SNR included: an
+/// infinite error gives an SNR of -inf, once written as `null`).
 fn no_null_errors(v: &Value, at: &str) {
     match v {
         Value::Object(m) => {
             for (k, x) in m {
-                if (k.contains("rel_l2") || k.contains("abs_error") || k == "limit") && x.is_null()
+                if (k.contains("rel_l2")
+                    || k.contains("abs_error")
+                    || k.contains("snr")
+                    || k == "limit")
+                    && x.is_null()
                 {
                     panic!("{at}.{k} is null");
                 }
@@ -185,6 +190,32 @@ fn allowed_cast_overflow_never_verifies_and_writes_inf_not_null() {
     let info = env.json(&["info", "o.dmx", "--json"], 0);
     no_null_errors(&info, "info");
     assert_eq!(info["max_rel_l2"], "inf");
+    // Without the original, the recorded infinite error still fails (it once said "all
+    // checks passed").
+    let (out, _) = env.run(&["verify", "o.dmx"], 1);
+    assert!(out.contains("FAIL") && out.contains("w.big"), "{out}");
+    assert!(!out.contains("all checks passed"), "{out}");
+    let rep = env.json(&["verify", "o.dmx", "--json"], 1);
+    assert_eq!(rep["ok"], false);
+    // The tensor that stayed in range checks against a limit from its recorded error alone.
+    let (out, _) = env.run(
+        &["verify", "o.dmx", "--max-rel-error", "1e-12", "--json"],
+        1,
+    );
+    assert!(
+        out.contains("w.small") && out.contains("above the limit"),
+        "{out}"
+    );
+    // A limit that is not a finite number >= 0 is a usage error, as for compress (a NaN or
+    // negative one failed every tensor, an infinite one passed any error).
+    for bad in [
+        "--max-rel-error=-1",
+        "--max-rel-error=NaN",
+        "--max-rel-error=inf",
+    ] {
+        let (_, err) = env.run(&["verify", "m.safetensors", "o.dmx", bad], 2);
+        assert!(err.contains("must be a finite number >= 0"), "{err}");
+    }
     // The flag alone is a usage error.
     env.run(
         &[
@@ -495,4 +526,16 @@ fn deltas_detect_safetensors_by_content_not_name() {
     std::fs::write(env.path("junk.bin"), b"not a model").unwrap();
     let (_, err) = env.run(&["delta-compress", "base.bin", "junk.bin", "e.dmxd"], 2);
     assert!(err.contains("junk.bin"), "{err}");
+    // A broken `.safetensors` file: the reason, once, and not what `compress` would do with
+    // it ("stored as opaque bytes", which a refused delta never is).
+    let mut broken = std::fs::read(env.path("step-100.ckpt")).unwrap();
+    broken.truncate(broken.len() - 1);
+    std::fs::write(env.path("broken.safetensors"), broken).unwrap();
+    let (_, err) = env.run(
+        &["delta-compress", "base.bin", "broken.safetensors", "e.dmxd"],
+        2,
+    );
+    assert_eq!(err.matches("broken.safetensors").count(), 1, "{err}");
+    assert!(!err.contains("stored as"), "{err}");
+    assert!(!env.path("e.dmxd").exists());
 }

@@ -191,12 +191,23 @@ fn single_safetensors(path: &Path) -> Result<PlannedFile> {
     }
     match (root, files.pop()) {
         (Root::File, Some(f)) if f.kind == EntryKind::Safetensors => Ok(f),
-        (Root::File, Some(f)) => Err(Error::Usage(format!(
-            "{}: {}",
-            path.display(),
-            f.warning
-                .unwrap_or_else(|| "not a .safetensors file".to_string())
-        ))),
+        (Root::File, Some(f)) => {
+            // The planner's warning says why, prefixed with the path and followed by what
+            // `compress` would do instead ("stored as opaque bytes"), which a delta does not:
+            // keep only the reason.
+            let prefix = format!("{}: ", path.display());
+            let why = match f.warning.as_deref() {
+                Some(w) => {
+                    let w = w.strip_prefix(&prefix).unwrap_or(w);
+                    w.split("; stored as").next().unwrap_or(w).to_string()
+                }
+                None => "not a .safetensors file".to_string(),
+            };
+            Err(Error::Usage(format!(
+                "{}: {why}; deltas take safetensors files",
+                path.display()
+            )))
+        }
         _ => Err(Error::Usage(format!(
             "{}: deltas take one safetensors file, not a folder",
             path.display()

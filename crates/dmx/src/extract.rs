@@ -30,6 +30,7 @@ pub fn extract(archive: &Archive, names: &[String], output: &Path, opts: &Option
                 archive.path().display()
             ))
         })?;
+        unique(archive, t)?;
         picked.push(t);
     }
     let pool = opts.pool()?;
@@ -63,6 +64,34 @@ pub fn extract(archive: &Archive, names: &[String], output: &Path, opts: &Option
         out.write_all(&data)?;
     }
     out.commit()
+}
+
+/// Refuses a name that more than one tensor of the archive has, rather than extracting the
+/// first silently: in two files of a folder archive (a usage error naming the files), or
+/// twice in one file, which no safetensors header allows (a damaged index).
+fn unique(archive: &Archive, t: TensorRef<'_>) -> Result<()> {
+    let files: Vec<&str> = archive
+        .tensors()
+        .filter(|o| o.info.name == t.info.name)
+        .map(|o| o.entry.path.as_str())
+        .collect();
+    if files.len() < 2 {
+        return Ok(());
+    }
+    if files.iter().all(|f| *f == files[0]) {
+        return Err(Error::Corrupt {
+            path: archive.path().to_path_buf(),
+            what: files[0].to_string(),
+            detail: format!("{} tensors are named {:?}", files.len(), t.info.name),
+        });
+    }
+    Err(Error::Usage(format!(
+        "{}: {} tensors are named {:?} (in {}); extract cannot tell which one is meant",
+        archive.path().display(),
+        files.len(),
+        t.info.name,
+        files.join(", ")
+    )))
 }
 
 /// The `__metadata__` object of the safetensors file holding `t`, if it has one.

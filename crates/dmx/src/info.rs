@@ -110,8 +110,10 @@ pub struct LossyStats {
     /// Relative L2 error ‖x − x̂‖ / ‖x‖ (`"inf"` when infinite).
     #[serde(serialize_with = "crate::lossy::json_f64")]
     pub rel_l2: f64,
-    /// Signal-to-noise ratio in dB (`null` when exact).
-    pub snr_db: Option<f64>,
+    /// Signal-to-noise ratio in dB (`"inf"` when exact, `"-inf"` or `"nan"` when the error
+    /// is infinite or undefined: never `null`, which would hide it).
+    #[serde(serialize_with = "crate::lossy::json_f64")]
+    pub snr_db: f64,
 }
 
 impl LossyStats {
@@ -130,7 +132,7 @@ impl LossyStats {
             max_abs_error: l.error.max_abs,
             mean_abs_error: l.error.mean_abs,
             rel_l2: l.error.rel_l2,
-            snr_db: l.error.snr_db.is_finite().then_some(l.error.snr_db),
+            snr_db: l.error.snr_db,
         }
     }
 }

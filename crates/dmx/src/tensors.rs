@@ -155,7 +155,8 @@ impl TensorFile {
         if entry.kind != EntryKind::Safetensors {
             return Err(Error::Usage(format!(
                 "{}: {} is stored as a delta against a base file; restore it with \
-                 `dmx decompress` first",
+                 `dmx delta-reconstruct BASE DELTA OUTPUT` first (`dmx decompress` refuses \
+                 deltas)",
                 path.display(),
                 entry.path
             )));

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use dmx_format::{EntryKind, Root, SegmentKind};
+use dmx_format::{Entry, EntryKind, Root, SegmentKind};
 use serde::Serialize;
 use sha2::Digest;
 
@@ -149,6 +149,15 @@ fn verify_inner(
     max_rel_error: Option<f64>,
     opts: &Options,
 ) -> Result<VerifyReport> {
+    if let Some(e) = max_rel_error
+        && !(e.is_finite() && e >= 0.0)
+    {
+        // As for `compress --max-rel-error`: a negative or NaN limit would fail every
+        // tensor, an infinite one would let any error pass.
+        return Err(Error::Usage(format!(
+            "--max-rel-error {e}: must be a finite number >= 0"
+        )));
+    }
     let total: u64 = archive.index().entries.iter().map(|e| e.size).sum();
     let pool = opts.pool_for(total)?;
     let progress = opts.progress.as_deref();
@@ -305,6 +314,35 @@ fn check_packed(
     report(entry, problems, bit_exact)
 }
 
+/// Without the original, the errors a lossy entry records are all there is to check: an
+/// infinite or NaN recorded error never passes (values restore as ±Inf or NaN), and with
+/// `max_rel_error` each recorded relative L2 error must be within it.
+fn recorded_error_problems(entry: &Entry, max_rel_error: Option<f64>, problems: &mut Vec<String>) {
+    for seg in &entry.segments {
+        let (SegmentKind::Tensor(t), Some(l)) = (&seg.kind, seg.transform.lossy()) else {
+            continue;
+        };
+        let recorded = l.error.rel_l2;
+        if !recorded.is_finite() {
+            problems.push(format!(
+                "tensor {:?}: the archive records a relative L2 error of {} (an infinite or \
+                 NaN error never passes)",
+                t.name,
+                crate::lossy::fmt_err(recorded)
+            ));
+        } else if let Some(limit) = max_rel_error
+            && recorded > limit
+        {
+            problems.push(format!(
+                "tensor {:?}: recorded relative L2 error {} above the limit {}",
+                t.name,
+                crate::lossy::fmt_err(recorded),
+                crate::lossy::fmt_err(limit)
+            ));
+        }
+    }
+}
+
 fn check_entry(
     archive: &Archive,
     i: usize,
@@ -429,6 +467,9 @@ fn check_entry(
             }
             tensor_errors.push(e);
         }
+    }
+    if lossy_entry && original.is_none() {
+        recorded_error_problems(entry, max_rel_error, &mut problems);
     }
     // A lossy archive differs from its original by design; it passes on its error limits.
     let bit_exact = if lossy_entry {
