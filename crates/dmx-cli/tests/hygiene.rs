@@ -443,6 +443,20 @@ fn unclear_errors_are_clear() {
         "{err}"
     );
 
+    // A folder given where an archive is expected: said so, for every reader (exit 2).
+    std::fs::create_dir(d.join("plain-folder")).unwrap();
+    for args in [
+        vec!["info", "plain-folder"],
+        vec!["decompress", "plain-folder", "x.safetensors"],
+        vec!["extract", "plain-folder", "x.safetensors", "--tensor", "w"],
+    ] {
+        let (_, err) = run(d, &args, 2);
+        assert!(
+            err.contains("is a folder, not a dmx archive"),
+            "{args:?}: {err}"
+        );
+    }
+
     // Short foreign files are "not a dmx archive" (exit 2), whatever their length.
     for (name, bytes) in [
         ("six.dmx", b"hello\n".to_vec()),

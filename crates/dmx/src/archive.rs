@@ -44,6 +44,17 @@ impl Archive {
 
     /// Opens and validates `path` with explicit limits for untrusted input.
     pub fn open_with_limits(path: &Path, limits: &Limits) -> Result<Self> {
+        if path.is_dir() {
+            return Err(Error::Usage(format!(
+                "{}: is a folder, not a dmx archive{}",
+                path.display(),
+                if crate::chain::is_chain_dir(path) {
+                    " (a chain folder: see `dmx chain-info`)"
+                } else {
+                    ""
+                }
+            )));
+        }
         let bytes = Bytes::open(path)?;
         let fmt = |source| Error::Format {
             path: path.to_path_buf(),
