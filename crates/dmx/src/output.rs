@@ -253,6 +253,9 @@ fn remove_any(path: &Path) {
 /// the process exits on a signal (the `dmx` binary does so on SIGINT, SIGTERM and SIGHUP);
 /// it never touches a destination or any other file.
 pub fn remove_temps() {
+    // A commit in progress (several renames that make one output) is finished first: a
+    // signal never leaves half a folder merged or half a chain swapped in.
+    let _commit = commit_guard();
     let mut live = live();
     CLOSING.store(true, Ordering::SeqCst);
     for p in live.drain(..) {
@@ -266,6 +269,18 @@ pub fn remove_temps() {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
+}
+
+/// Held while a commit made of several renames runs (see [`commit_guard`]).
+static COMMIT: Mutex<()> = Mutex::new(());
+
+/// Holds off [`remove_temps`] (and so the exit on a signal) until the guard is dropped: taken
+/// around the renames of a commit that moves several paths into place (a folder merged into
+/// an existing one, a chain swapped in), which must run to the end once begun.
+pub(crate) fn commit_guard() -> std::sync::MutexGuard<'static, ()> {
+    COMMIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A registered temporary path: unregistered when dropped.
@@ -388,12 +403,24 @@ fn own_prefix() -> String {
     format!("{TEMP_PREFIX}{}-", std::process::id())
 }
 
+/// `e` without the ` at path "…/.dmx-tmp-…"` that tempfile appends: the error is reported
+/// for the folder, and the temporary name is an internal detail.
+fn without_temp_path(e: std::io::Error) -> std::io::Error {
+    let text = e.to_string();
+    match text.split_once(" at path \"") {
+        Some((head, tail)) if tail.contains(TEMP_PREFIX) => {
+            std::io::Error::new(e.kind(), head.to_string())
+        }
+        _ => e,
+    }
+}
+
 /// A registered temporary file in `dir` (stale temporaries there are swept first).
 pub(crate) fn temp_file_in(dir: &Path) -> Result<TempFile> {
     sweep_stale(dir);
     let file = temp_builder(&own_prefix(), 0o666)
         .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+        .map_err(|e| Error::io(dir, without_temp_path(e)))?;
     let reg = Registered::new(file.path())?;
     Ok(TempFile { file, _reg: reg })
 }
@@ -403,7 +430,7 @@ pub(crate) fn temp_dir_in(dir: &Path) -> Result<TempDir> {
     sweep_stale(dir);
     let tmp = temp_builder(&own_prefix(), 0o777)
         .tempdir_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+        .map_err(|e| Error::io(dir, without_temp_path(e)))?;
     let reg = Registered::new(tmp.path())?;
     Ok(TempDir {
         dir: Some(tmp),
@@ -642,6 +669,7 @@ impl AtomicDir {
         let mut rels = Vec::new();
         list_files(self.tmp.path(), "", &mut rels)?;
         self.check_paths(rels.iter().map(String::as_str))?;
+        let _commit = commit_guard();
         let mut touched: Vec<PathBuf> = Vec::new();
         for rel in &rels {
             let target = self.dest.join(rel);
