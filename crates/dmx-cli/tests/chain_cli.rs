@@ -895,3 +895,29 @@ fn dash_output_folders_are_refused() {
     assert!(err.contains("./-"), "{err}");
     assert!(!d.join("-").exists());
 }
+
+/// `verify CHAIN --report CHAIN/manifest.json --force` never replaces a file of the chain.
+#[test]
+fn verify_report_never_replaces_a_chain_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    common::write(&d.join("s0.safetensors"), &checkpoint(500, 5, 0));
+    run(
+        d,
+        &[
+            "chain-compress",
+            "s0.safetensors",
+            "--output-dir",
+            "chain",
+            "-q",
+        ],
+        0,
+    );
+    let before = snapshot(&d.join("chain"));
+    for report in ["chain/manifest.json", "chain/../chain/manifest.json"] {
+        let (_, err) = run(d, &["verify", "chain", "-q", "-f", "--report", report], 2);
+        assert!(err.contains("input folder"), "{err}");
+    }
+    assert_eq!(snapshot(&d.join("chain")), before);
+    run(d, &["verify", "chain", "-q"], 0);
+}

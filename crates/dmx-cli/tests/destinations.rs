@@ -733,3 +733,53 @@ fn missing_output_folder_error_names_no_temporary() {
     }
     assert!(!env.path("missing").exists());
 }
+
+/// `verify --report --force` never replaces an input: the `--base` of a delta, or a file of
+/// the original folder.
+#[test]
+fn verify_report_never_replaces_an_input() {
+    let env = Env::new();
+    std::fs::copy(env.path("model.safetensors"), env.path("base.safetensors")).unwrap();
+    env.run(
+        &[
+            "delta-compress",
+            "base.safetensors",
+            "model.safetensors",
+            "d.dmxd",
+            "-q",
+        ],
+        0,
+    );
+    let base = env.read("base.safetensors");
+    let verify_base = [
+        "verify",
+        "model.safetensors",
+        "d.dmxd",
+        "--base",
+        "base.safetensors",
+        "-q",
+        "-f",
+        "--report",
+    ];
+    for report in ["base.safetensors", "./folder/../base.safetensors"] {
+        let mut args = verify_base.to_vec();
+        args.push(report);
+        env.run(&args, 2);
+        assert_eq!(env.read("base.safetensors"), base, "the base was replaced");
+    }
+    env.run(&["compress", "folder", "f.dmx", "-q"], 0);
+    let before = common::tree(&env.path("folder"));
+    let (name, _) = before[0].clone();
+    let report = format!("folder/{name}");
+    let err = env.run(
+        &["verify", "folder", "f.dmx", "-q", "-f", "--report", &report],
+        2,
+    );
+    assert!(err.contains("input folder"), "{err}");
+    assert_eq!(common::tree(&env.path("folder")), before);
+    // A new report file beside the inputs is fine.
+    env.run(
+        &["verify", "folder", "f.dmx", "-q", "--report", "r.json"],
+        0,
+    );
+}

@@ -26,6 +26,27 @@ pub fn check_distinct(input: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuses to write `output` over an existing file inside the folder `input` (a chain or an
+/// original model folder): a report written there would replace one of the input's files.
+/// Does nothing when `input` is not a folder or `output` does not exist.
+pub fn check_outside(input: &Path, output: &Path) -> Result<()> {
+    if !input.is_dir() || output.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    let (Ok(i), Some(o)) = (input.canonicalize(), resolve(output)) else {
+        return Ok(());
+    };
+    if o.starts_with(&i) {
+        return Err(Error::Usage(format!(
+            "{} is a file of the input folder {}; replacing it would lose it: choose another \
+             output",
+            output.display(),
+            input.display()
+        )));
+    }
+    Ok(())
+}
+
 /// True when `path` is spelled `-` (standard input or output on the command line).
 pub fn is_dash(path: &Path) -> bool {
     path.as_os_str() == "-"
