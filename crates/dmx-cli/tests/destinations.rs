@@ -783,3 +783,34 @@ fn verify_report_never_replaces_an_input() {
         0,
     );
 }
+
+/// SIGTERM at many moments of a folder restore (many files in subfolders) never leaves the
+/// temporary folder behind: a writer never recreates it once the cleanup has begun.
+#[test]
+#[cfg(target_os = "linux")]
+fn signals_during_folder_restores_leave_no_temporary() {
+    let env = Env::new();
+    for d in 0..40 {
+        let sub = env.path(&format!("many/d{d:02}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for i in 0..10 {
+            std::fs::write(sub.join(format!("f{i}")), format!("{d} {i}")).unwrap();
+        }
+    }
+    env.run(&["compress", "many", "many.dmx", "-q"], 0);
+    for attempt in 0..30u64 {
+        let out = format!("out{attempt}");
+        let mut child = std::process::Command::new(DMX)
+            .current_dir(env.dir.path())
+            .args(["decompress", "many.dmx", &out, "-q", "--no-sync"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(500 * attempt));
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().unwrap();
+        env.assert_no_temps();
+    }
+}

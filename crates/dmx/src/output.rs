@@ -308,19 +308,24 @@ pub(crate) fn commit_guard() -> std::sync::MutexGuard<'static, ()> {
 struct Registered(PathBuf);
 
 impl Registered {
-    fn new(path: &Path) -> Result<Self> {
-        let mut live = live();
-        if CLOSING.load(Ordering::SeqCst) {
-            drop(live);
-            remove_any(path);
-            return Err(Error::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"),
-            ));
-        }
+    /// Registers `path`, created while `live` (the lock, taken by [`closing_check`]) was held.
+    fn locked(mut live: std::sync::MutexGuard<'static, Vec<PathBuf>>, path: &Path) -> Self {
         live.push(path.to_path_buf());
-        Ok(Self(path.to_path_buf()))
+        Self(path.to_path_buf())
     }
+}
+
+/// The lock on the live temporaries, unless a signal's cleanup has begun (then an
+/// "interrupted" error for `dir`): hold it while creating a temporary and registering it.
+fn closing_check(dir: &Path) -> Result<std::sync::MutexGuard<'static, Vec<PathBuf>>> {
+    let live = live();
+    if CLOSING.load(Ordering::SeqCst) {
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"),
+        ));
+    }
+    Ok(live)
 }
 
 impl Drop for Registered {
@@ -439,20 +444,23 @@ fn without_temp_path(e: std::io::Error) -> std::io::Error {
 /// A registered temporary file in `dir` (stale temporaries there are swept first).
 pub(crate) fn temp_file_in(dir: &Path) -> Result<TempFile> {
     sweep_stale(dir);
+    // Created and registered under one lock: a signal's cleanup sees it or forbids it.
+    let guard = closing_check(dir)?;
     let file = temp_builder(&own_prefix(), 0o666)
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, without_temp_path(e)))?;
-    let reg = Registered::new(file.path())?;
+    let reg = Registered::locked(guard, file.path());
     Ok(TempFile { file, _reg: reg })
 }
 
 /// A registered temporary folder in `dir` (stale temporaries there are swept first).
 pub(crate) fn temp_dir_in(dir: &Path) -> Result<TempDir> {
     sweep_stale(dir);
+    let guard = closing_check(dir)?;
     let tmp = temp_builder(&own_prefix(), 0o777)
         .tempdir_in(dir)
         .map_err(|e| Error::io(dir, without_temp_path(e)))?;
-    let reg = Registered::new(tmp.path())?;
+    let reg = Registered::locked(guard, tmp.path());
     Ok(TempDir {
         dir: Some(tmp),
         _reg: reg,
@@ -774,12 +782,20 @@ pub fn write_file(path: &Path, data: &[u8], force: bool, sync: bool) -> Result<(
     f.commit()
 }
 
-/// Writes a file inside a folder being built (no rename needed: the folder is renamed).
-pub fn write_plain(path: &Path) -> Result<BufWriter<File>> {
+/// Creates the file `path` inside a folder being built, and its missing parent folders, under
+/// the lock that [`remove_temps`] holds while removing: once a signal's cleanup has begun, the
+/// folder being built (perhaps just removed) is never created again.
+pub(crate) fn create_plain(path: &Path) -> Result<File> {
+    let _live = closing_check(path)?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    let f = File::create(path).map_err(|e| Error::io(path, e))?;
+    File::create(path).map_err(|e| Error::io(path, e))
+}
+
+/// Writes a file inside a folder being built (no rename needed: the folder is renamed).
+pub fn write_plain(path: &Path) -> Result<BufWriter<File>> {
+    let f = create_plain(path)?;
     Ok(BufWriter::with_capacity(1 << 20, f))
 }
 
