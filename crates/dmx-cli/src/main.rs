@@ -510,6 +510,13 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                 if let Some(o) = &original {
                     dmx::check_distinct(o, p)?;
                 }
+                // Never over the base, nor over a file of the chain or original folder.
+                if let Some(b) = &base {
+                    dmx::check_distinct(b, p)?;
+                }
+                for input in std::iter::once(&archive_path).chain(&original) {
+                    dmx::check_outside(input, p)?;
+                }
             }
             if let Some(p) = &report_path
                 && !force

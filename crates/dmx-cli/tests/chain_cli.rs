@@ -825,3 +825,99 @@ fn checkpoints_with_colons_or_backslashes_and_info_on_a_chain() {
     );
     assert!(!err.contains("os error"), "{err}");
 }
+
+/// `DIR/orphans` as a symbolic link is refused: files dmx sets aside never leave the chain
+/// folder through a link (nor go into a file named `orphans`).
+#[cfg(unix)]
+#[test]
+fn orphans_never_go_through_a_link() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    common::write(&d.join("s0.safetensors"), &checkpoint(500, 5, 0));
+    std::fs::create_dir_all(d.join("chain")).unwrap();
+    std::fs::create_dir_all(d.join("elsewhere")).unwrap();
+    std::fs::write(d.join("chain/manifest.json"), b"not a manifest").unwrap();
+    std::os::unix::fs::symlink(d.join("elsewhere"), d.join("chain/orphans")).unwrap();
+    let args = [
+        "chain-compress",
+        "s0.safetensors",
+        "--output-dir",
+        "chain",
+        "-f",
+        "-q",
+    ];
+    let (_, err) = run(d, &args, 2);
+    assert!(err.contains("orphans"), "{err}");
+    assert_eq!(files_of(&d.join("elsewhere")), Vec::<String>::new());
+    assert_eq!(
+        std::fs::read(d.join("chain/manifest.json")).unwrap(),
+        b"not a manifest"
+    );
+    // A regular file named `orphans`: refused with a clear message, kept.
+    std::fs::remove_file(d.join("chain/orphans")).unwrap();
+    std::fs::write(d.join("chain/orphans"), b"keep").unwrap();
+    let (_, err) = run(d, &args, 2);
+    assert!(err.contains("not a folder"), "{err}");
+    assert_eq!(std::fs::read(d.join("chain/orphans")).unwrap(), b"keep");
+}
+
+/// `--output-dir -` never creates a folder named `-` (chain-compress, chain-reconstruct).
+#[test]
+fn dash_output_folders_are_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    common::write(&d.join("s0.safetensors"), &checkpoint(500, 5, 0));
+    let (_, err) = run(
+        d,
+        &[
+            "chain-compress",
+            "s0.safetensors",
+            "--output-dir",
+            "-",
+            "-q",
+        ],
+        2,
+    );
+    assert!(err.contains("./-"), "{err}");
+    assert!(!d.join("-").exists());
+    run(
+        d,
+        &[
+            "chain-compress",
+            "s0.safetensors",
+            "--output-dir",
+            "chain",
+            "-q",
+        ],
+        0,
+    );
+    let (_, err) = run(d, &["chain-reconstruct", "chain", "--output-dir", "-"], 2);
+    assert!(err.contains("./-"), "{err}");
+    assert!(!d.join("-").exists());
+}
+
+/// `verify CHAIN --report CHAIN/manifest.json --force` never replaces a file of the chain.
+#[test]
+fn verify_report_never_replaces_a_chain_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    common::write(&d.join("s0.safetensors"), &checkpoint(500, 5, 0));
+    run(
+        d,
+        &[
+            "chain-compress",
+            "s0.safetensors",
+            "--output-dir",
+            "chain",
+            "-q",
+        ],
+        0,
+    );
+    let before = snapshot(&d.join("chain"));
+    for report in ["chain/manifest.json", "chain/../chain/manifest.json"] {
+        let (_, err) = run(d, &["verify", "chain", "-q", "-f", "--report", report], 2);
+        assert!(err.contains("input folder"), "{err}");
+    }
+    assert_eq!(snapshot(&d.join("chain")), before);
+    run(d, &["verify", "chain", "-q"], 0);
+}

@@ -621,3 +621,196 @@ fn archive_inside_its_input_folder_is_not_swallowed() {
     // Verifying against the folder that holds the archive ignores the archive itself.
     env.run(&["verify", "folder", "folder/m.dmx", "-q"], 0);
 }
+
+/// An output that names a file of the input folder which is not a dmx archive is refused
+/// (it would be left out of the archive and then overwritten: lost), even with `--force`.
+#[test]
+fn output_naming_a_file_of_the_input_folder_is_refused() {
+    let env = Env::new();
+    let before = common::tree(&env.path("folder"));
+    let (name, _) = before
+        .iter()
+        .find(|(n, _)| n.ends_with(".safetensors"))
+        .expect("a safetensors file in the folder")
+        .clone();
+    let target = format!("folder/{name}");
+    let err = env.run(&["compress", "folder", &target, "-f", "-q"], 2);
+    assert!(err.contains("input folder"), "{err}");
+    assert_eq!(
+        common::tree(&env.path("folder")),
+        before,
+        "the input folder changed"
+    );
+    // Another spelling of the same file.
+    let other = format!("folder/../folder/{name}");
+    env.run(&["compress", "folder", &other, "-f", "-q"], 2);
+    assert_eq!(
+        common::tree(&env.path("folder")),
+        before,
+        "the input folder changed"
+    );
+}
+
+/// A signal that arrives while a folder restore is being merged into an existing folder (the
+/// renames of the commit) waits for the merge to end: never half the files old and half new.
+#[test]
+#[cfg(target_os = "linux")]
+fn signal_during_a_merge_never_leaves_it_half_done() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let n = 2000;
+    std::fs::create_dir(env.path("many")).unwrap();
+    for i in 0..n {
+        std::fs::write(env.path(&format!("many/f{i:05}")), format!("new {i}")).unwrap();
+    }
+    env.run(&["compress", "many", "many.dmx", "-q"], 0);
+    for attempt in 0..2 {
+        let out = env.path(&format!("out{attempt}"));
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("keep"), b"keep").unwrap();
+        for i in 0..n {
+            std::fs::write(out.join(format!("f{i:05}")), b"old").unwrap();
+        }
+        let first = out.join("f00000");
+        let ino = std::fs::metadata(&first).unwrap().ino();
+        let mut child = std::process::Command::new(DMX)
+            .current_dir(env.dir.path())
+            .args(["decompress", "many.dmx"])
+            .arg(&out)
+            .args(["-f", "-q", "--no-sync"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Signal as soon as the first file has been replaced (the merge has begun).
+        let start = Instant::now();
+        while std::fs::metadata(&first).is_ok_and(|m| m.ino() == ino) {
+            assert!(start.elapsed() < Duration::from_secs(60), "no merge");
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+        }
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().unwrap();
+        let new = (0..n)
+            .filter(|i| std::fs::read(out.join(format!("f{i:05}"))).unwrap() != b"old")
+            .count();
+        assert_eq!(
+            new, n,
+            "attempt {attempt}: only {new} of {n} files restored"
+        );
+        assert_eq!(std::fs::read(out.join("keep")).unwrap(), b"keep");
+        env.assert_no_temps();
+        let temps: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .filter(|e| dmx::is_temp_name(&e.file_name()))
+            .collect();
+        assert!(temps.is_empty(), "temporaries left in {}", out.display());
+    }
+}
+
+/// An output in a folder that does not exist is an I/O error naming that folder, never the
+/// internal temporary name.
+#[test]
+fn missing_output_folder_error_names_no_temporary() {
+    let env = Env::new();
+    env.run(&["compress", "model.safetensors", "m.dmx", "-q"], 0);
+    env.run(&["compress", "folder", "f.dmx", "-q"], 0);
+    for args in [
+        vec!["compress", "model.safetensors", "missing/x.dmx"],
+        vec!["decompress", "m.dmx", "missing/x.safetensors"],
+        vec!["decompress", "f.dmx", "missing/x/y"],
+        vec!["extract", "m.dmx", "missing/x.safetensors", "--tensor", "w"],
+    ] {
+        let err = env.run(&args, 2);
+        assert!(err.contains("missing"), "{args:?}: {err}");
+        assert!(
+            !err.contains(".dmx-tmp"),
+            "{args:?}: internal path in {err}"
+        );
+    }
+    assert!(!env.path("missing").exists());
+}
+
+/// `verify --report --force` never replaces an input: the `--base` of a delta, or a file of
+/// the original folder.
+#[test]
+fn verify_report_never_replaces_an_input() {
+    let env = Env::new();
+    std::fs::copy(env.path("model.safetensors"), env.path("base.safetensors")).unwrap();
+    env.run(
+        &[
+            "delta-compress",
+            "base.safetensors",
+            "model.safetensors",
+            "d.dmxd",
+            "-q",
+        ],
+        0,
+    );
+    let base = env.read("base.safetensors");
+    let verify_base = [
+        "verify",
+        "model.safetensors",
+        "d.dmxd",
+        "--base",
+        "base.safetensors",
+        "-q",
+        "-f",
+        "--report",
+    ];
+    for report in ["base.safetensors", "./folder/../base.safetensors"] {
+        let mut args = verify_base.to_vec();
+        args.push(report);
+        env.run(&args, 2);
+        assert_eq!(env.read("base.safetensors"), base, "the base was replaced");
+    }
+    env.run(&["compress", "folder", "f.dmx", "-q"], 0);
+    let before = common::tree(&env.path("folder"));
+    let (name, _) = before[0].clone();
+    let report = format!("folder/{name}");
+    let err = env.run(
+        &["verify", "folder", "f.dmx", "-q", "-f", "--report", &report],
+        2,
+    );
+    assert!(err.contains("input folder"), "{err}");
+    assert_eq!(common::tree(&env.path("folder")), before);
+    // A new report file beside the inputs is fine.
+    env.run(
+        &["verify", "folder", "f.dmx", "-q", "--report", "r.json"],
+        0,
+    );
+}
+
+/// SIGTERM at many moments of a folder restore (many files in subfolders) never leaves the
+/// temporary folder behind: a writer never recreates it once the cleanup has begun.
+#[test]
+#[cfg(target_os = "linux")]
+fn signals_during_folder_restores_leave_no_temporary() {
+    let env = Env::new();
+    for d in 0..40 {
+        let sub = env.path(&format!("many/d{d:02}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for i in 0..10 {
+            std::fs::write(sub.join(format!("f{i}")), format!("{d} {i}")).unwrap();
+        }
+    }
+    env.run(&["compress", "many", "many.dmx", "-q"], 0);
+    for attempt in 0..30u64 {
+        let out = format!("out{attempt}");
+        let mut child = std::process::Command::new(DMX)
+            .current_dir(env.dir.path())
+            .args(["decompress", "many.dmx", &out, "-q", "--no-sync"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(500 * attempt));
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().unwrap();
+        env.assert_no_temps();
+    }
+}

@@ -390,10 +390,7 @@ pub(crate) fn restore_packed(
                 .get(offset as usize..(offset + entry.size) as usize)
                 .ok_or_else(|| archive.corrupt_entry(entry, "packed file outside its pack"))?;
             let path = dir.join(&entry.path);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-            }
-            let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+            let mut f = crate::output::create_plain(&path)?;
             std::io::Write::write_all(&mut f, data).map_err(|e| Error::io(&path, e))?;
             if sync {
                 f.sync_all().map_err(|e| Error::io(&path, e))?;

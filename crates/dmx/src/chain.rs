@@ -632,19 +632,7 @@ fn set_aside(dir: &Path, listed: &BTreeSet<&str>, sync: bool) -> Result<Vec<Stri
         return Ok(names);
     }
     let aside = dir.join(ORPHANS);
-    match std::fs::create_dir(&aside) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && aside.is_dir() => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(Error::Usage(format!(
-                "{}: exists and is not a folder; dmx needs it to keep entry files that \
-                 {MANIFEST} does not list ({}): move it away",
-                aside.display(),
-                names.join(", ")
-            )));
-        }
-        Err(e) => return Err(Error::io(&aside, e)),
-    }
+    orphans_dir(&aside, &names.join(", "))?;
     let mut moved = Vec::with_capacity(names.len());
     for name in names {
         let mut target = aside.join(&name);
@@ -664,6 +652,38 @@ fn set_aside(dir: &Path, listed: &BTreeSet<&str>, sync: bool) -> Result<Vec<Stri
         sync_dir(dir);
     }
     Ok(moved)
+}
+
+/// Refuses the output folder `-`: a chain cannot go to standard output, and a folder named `-`
+/// is never created by accident (`./-` names one).
+fn refuse_dash(dir: &Path) -> Result<()> {
+    if crate::output::is_dash(dir) {
+        return Err(Error::Usage(
+            "`-` (standard output) cannot hold a chain folder; use ./- for a folder named -".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the folder `aside` (`DIR/orphans`) unless it exists as a real folder: anything else
+/// there (a file, or a symbolic link, which would move `what` out of the chain folder) is
+/// refused.
+fn orphans_dir(aside: &Path, what: &str) -> Result<()> {
+    match std::fs::create_dir(aside) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::AlreadyExists
+                && aside.symlink_metadata().is_ok_and(|m| m.is_dir()) =>
+        {
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::Usage(format!(
+            "{}: exists and is not a folder; dmx needs it to keep files that \
+             {MANIFEST} does not list ({what}): move it away",
+            aside.display(),
+        ))),
+        Err(e) => Err(Error::io(aside, e)),
+    }
 }
 
 /// Checks a checkpoint to append: one safetensors file. Returns its file name.
@@ -991,6 +1011,7 @@ pub fn chain_compress(
     for (i, (p, n)) in checkpoints.iter().zip(&names).enumerate() {
         check_entry_name_len(p, i, n)?;
     }
+    refuse_dash(dir)?;
     opts.pool()?;
     let existing = match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => true,
@@ -1183,11 +1204,13 @@ fn swap_in(
     let listed: BTreeSet<&str> = old
         .map(|m| m.entries.iter().map(|e| e.file.as_str()).collect())
         .unwrap_or_default();
+    // Once files start moving, a signal waits for the swap to end (or be undone).
+    let _commit = crate::output::commit_guard();
     let mut set_aside = set_aside(dir, &listed, sync)?;
     if old.is_none() && dir.join(MANIFEST).symlink_metadata().is_ok() {
         // Not a valid manifest (or not a file): not ours to delete.
         let aside = dir.join(ORPHANS);
-        std::fs::create_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
+        orphans_dir(&aside, MANIFEST)?;
         let mut target = aside.join(MANIFEST);
         let mut n = 0;
         while target.symlink_metadata().is_ok() {
@@ -1578,6 +1601,7 @@ pub fn chain_reconstruct(
         }
         None => (0..n).collect(),
     };
+    refuse_dash(output)?;
     check_output_dir(dir, output)?;
     let mut count: HashMap<&str, usize> = HashMap::new();
     for &i in &requested {

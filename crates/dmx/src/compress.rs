@@ -95,6 +95,7 @@ pub fn compress_with(
     crate::output::check_distinct(input, output)?;
     let (root, mut files) = plan_input(input)?;
     // An archive written inside its own input folder is not part of the input.
+    refuse_output_in_input(&files, output)?;
     files.retain(|f| !crate::output::same_file(&f.path, output));
     let mut warnings = if lossy.is_lossless() && lossy.keep_lossless.is_empty() {
         Vec::new()
@@ -174,6 +175,30 @@ pub fn compress_with(
         seconds: start.elapsed().as_secs_f64(),
         warnings,
     })
+}
+
+/// Refuses to replace a file of the input folder that is not a dmx archive: it would be left
+/// out of the archive (see the output skip in [`compress_with`]) and then overwritten, lost.
+fn refuse_output_in_input(files: &[PlannedFile], output: &Path) -> Result<()> {
+    let Some(f) = files
+        .iter()
+        .find(|f| crate::output::same_file(&f.path, output))
+    else {
+        return Ok(());
+    };
+    let mut magic = [0u8; 8];
+    let is_archive = std::fs::File::open(&f.path)
+        .and_then(|mut h| std::io::Read::read_exact(&mut h, &mut magic))
+        .is_ok()
+        && magic == dmx_format::MAGIC;
+    if is_archive {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "{} is a file of the input folder and not a dmx archive; replacing it would lose \
+         it: choose an output outside the folder",
+        output.display()
+    )))
 }
 
 /// How many of the first `files` go into one pack of small files (format 1.2): consecutive

@@ -71,8 +71,8 @@ pub use error::{Error, Result};
 pub use extract::extract;
 pub use info::{DtypeStats, FileStats, LossyStats, Stats, TensorStats};
 pub use output::{
-    TEMP_PREFIX, check_destination, check_distinct, check_writable, check_writable_dir, is_dash,
-    is_temp_name, remove_temps, sweep_stale, write_file,
+    TEMP_PREFIX, check_destination, check_distinct, check_outside, check_writable,
+    check_writable_dir, is_dash, is_temp_name, remove_temps, sweep_stale, write_file,
 };
 pub use plan::CHUNK_SIZE;
 pub use source::check_input;

@@ -26,6 +26,27 @@ pub fn check_distinct(input: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuses to write `output` over an existing file inside the folder `input` (a chain or an
+/// original model folder): a report written there would replace one of the input's files.
+/// Does nothing when `input` is not a folder or `output` does not exist.
+pub fn check_outside(input: &Path, output: &Path) -> Result<()> {
+    if !input.is_dir() || output.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    let (Ok(i), Some(o)) = (input.canonicalize(), resolve(output)) else {
+        return Ok(());
+    };
+    if o.starts_with(&i) {
+        return Err(Error::Usage(format!(
+            "{} is a file of the input folder {}; replacing it would lose it: choose another \
+             output",
+            output.display(),
+            input.display()
+        )));
+    }
+    Ok(())
+}
+
 /// True when `path` is spelled `-` (standard input or output on the command line).
 pub fn is_dash(path: &Path) -> bool {
     path.as_os_str() == "-"
@@ -253,6 +274,9 @@ fn remove_any(path: &Path) {
 /// the process exits on a signal (the `dmx` binary does so on SIGINT, SIGTERM and SIGHUP);
 /// it never touches a destination or any other file.
 pub fn remove_temps() {
+    // A commit in progress (several renames that make one output) is finished first: a
+    // signal never leaves half a folder merged or half a chain swapped in.
+    let _commit = commit_guard();
     let mut live = live();
     CLOSING.store(true, Ordering::SeqCst);
     for p in live.drain(..) {
@@ -268,23 +292,40 @@ pub fn remove_temps() {
     }
 }
 
+/// Held while a commit made of several renames runs (see [`commit_guard`]).
+static COMMIT: Mutex<()> = Mutex::new(());
+
+/// Holds off [`remove_temps`] (and so the exit on a signal) until the guard is dropped: taken
+/// around the renames of a commit that moves several paths into place (a folder merged into
+/// an existing one, a chain swapped in), which must run to the end once begun.
+pub(crate) fn commit_guard() -> std::sync::MutexGuard<'static, ()> {
+    COMMIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A registered temporary path: unregistered when dropped.
 struct Registered(PathBuf);
 
 impl Registered {
-    fn new(path: &Path) -> Result<Self> {
-        let mut live = live();
-        if CLOSING.load(Ordering::SeqCst) {
-            drop(live);
-            remove_any(path);
-            return Err(Error::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"),
-            ));
-        }
+    /// Registers `path`, created while `live` (the lock, taken by [`closing_check`]) was held.
+    fn locked(mut live: std::sync::MutexGuard<'static, Vec<PathBuf>>, path: &Path) -> Self {
         live.push(path.to_path_buf());
-        Ok(Self(path.to_path_buf()))
+        Self(path.to_path_buf())
     }
+}
+
+/// The lock on the live temporaries, unless a signal's cleanup has begun (then an
+/// "interrupted" error for `dir`): hold it while creating a temporary and registering it.
+fn closing_check(dir: &Path) -> Result<std::sync::MutexGuard<'static, Vec<PathBuf>>> {
+    let live = live();
+    if CLOSING.load(Ordering::SeqCst) {
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"),
+        ));
+    }
+    Ok(live)
 }
 
 impl Drop for Registered {
@@ -388,23 +429,38 @@ fn own_prefix() -> String {
     format!("{TEMP_PREFIX}{}-", std::process::id())
 }
 
+/// `e` without the ` at path "…/.dmx-tmp-…"` that tempfile appends: the error is reported
+/// for the folder, and the temporary name is an internal detail.
+fn without_temp_path(e: std::io::Error) -> std::io::Error {
+    let text = e.to_string();
+    match text.split_once(" at path \"") {
+        Some((head, tail)) if tail.contains(TEMP_PREFIX) => {
+            std::io::Error::new(e.kind(), head.to_string())
+        }
+        _ => e,
+    }
+}
+
 /// A registered temporary file in `dir` (stale temporaries there are swept first).
 pub(crate) fn temp_file_in(dir: &Path) -> Result<TempFile> {
     sweep_stale(dir);
+    // Created and registered under one lock: a signal's cleanup sees it or forbids it.
+    let guard = closing_check(dir)?;
     let file = temp_builder(&own_prefix(), 0o666)
         .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    let reg = Registered::new(file.path())?;
+        .map_err(|e| Error::io(dir, without_temp_path(e)))?;
+    let reg = Registered::locked(guard, file.path());
     Ok(TempFile { file, _reg: reg })
 }
 
 /// A registered temporary folder in `dir` (stale temporaries there are swept first).
 pub(crate) fn temp_dir_in(dir: &Path) -> Result<TempDir> {
     sweep_stale(dir);
+    let guard = closing_check(dir)?;
     let tmp = temp_builder(&own_prefix(), 0o777)
         .tempdir_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    let reg = Registered::new(tmp.path())?;
+        .map_err(|e| Error::io(dir, without_temp_path(e)))?;
+    let reg = Registered::locked(guard, tmp.path());
     Ok(TempDir {
         dir: Some(tmp),
         _reg: reg,
@@ -642,6 +698,7 @@ impl AtomicDir {
         let mut rels = Vec::new();
         list_files(self.tmp.path(), "", &mut rels)?;
         self.check_paths(rels.iter().map(String::as_str))?;
+        let _commit = commit_guard();
         let mut touched: Vec<PathBuf> = Vec::new();
         for rel in &rels {
             let target = self.dest.join(rel);
@@ -725,12 +782,20 @@ pub fn write_file(path: &Path, data: &[u8], force: bool, sync: bool) -> Result<(
     f.commit()
 }
 
-/// Writes a file inside a folder being built (no rename needed: the folder is renamed).
-pub fn write_plain(path: &Path) -> Result<BufWriter<File>> {
+/// Creates the file `path` inside a folder being built, and its missing parent folders, under
+/// the lock that [`remove_temps`] holds while removing: once a signal's cleanup has begun, the
+/// folder being built (perhaps just removed) is never created again.
+pub(crate) fn create_plain(path: &Path) -> Result<File> {
+    let _live = closing_check(path)?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    let f = File::create(path).map_err(|e| Error::io(path, e))?;
+    File::create(path).map_err(|e| Error::io(path, e))
+}
+
+/// Writes a file inside a folder being built (no rename needed: the folder is renamed).
+pub fn write_plain(path: &Path) -> Result<BufWriter<File>> {
+    let f = create_plain(path)?;
     Ok(BufWriter::with_capacity(1 << 20, f))
 }
 
