@@ -644,7 +644,6 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                 precision: precision.get(),
                 max_depth,
             };
-            refuse_dash_dir(&output_dir)?;
             let r = dmx::chain_compress(&checkpoints, &output_dir, &c, &options(&common, force))?;
             chains::warn_set_aside(&r);
             if json {
@@ -676,7 +675,6 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
             common,
         } => {
             let indices = (!indices.is_empty()).then_some(indices.as_slice());
-            refuse_dash_dir(&output_dir)?;
             let r = dmx::chain_reconstruct(&dir, &output_dir, indices, &options(&common, force))?;
             if json {
                 report::print_json(&r);
@@ -774,17 +772,6 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
 
 /// The message for an error, with what the engine cannot know: that a path it could not
 /// open is a dangling symbolic link (and to what), and the flag that overwrites an output.
-/// Refuses `-` as a folder to create (`--output-dir -`): like every output but
-/// `decompress ARCHIVE -`, it once silently became a folder named `-`.
-fn refuse_dash_dir(dir: &std::path::Path) -> Result<(), dmx::Error> {
-    if dmx::is_dash(dir) {
-        return Err(dmx::Error::Usage(
-            "`-` (standard output) cannot take a folder; use ./- for a folder named -".into(),
-        ));
-    }
-    Ok(())
-}
-
 fn describe(e: &dmx::Error) -> String {
     if let dmx::Error::Io { path, source } = e
         && source.kind() == std::io::ErrorKind::NotFound
