@@ -9,6 +9,7 @@ mod out;
 
 mod chains;
 mod deltas;
+mod diff_text;
 mod escape;
 mod progress;
 mod report;
@@ -710,7 +711,7 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
                 report::print_json(&r);
             } else {
                 escape::diff_report(&mut r);
-                print!("{}", r.render(top));
+                print!("{}", diff_text::render(&r, top));
             }
         }
         Command::Bench {
