@@ -40,19 +40,20 @@ struct Cli {
     command: cmd::Command,
 }
 
-/// The options every command takes (global: accepted before or after the command name).
+/// The options every command takes (global: accepted before or after the command name;
+/// listed after each command's own options).
 #[derive(Args, Clone)]
 struct Common {
     /// Print no progress or summary.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, display_order = 900)]
     quiet: bool,
     /// Worker threads (default: all cores). At least 1; capped at twice the cores and, where
     /// the work is known, at one per 1 MiB chunk, so a large N costs nothing.
-    #[arg(short = 't', long, global = true, value_name = "N", value_parser = parse_threads)]
+    #[arg(short = 't', long, global = true, value_name = "N", value_parser = parse_threads, display_order = 901)]
     threads: Option<usize>,
     /// Do not fsync outputs before renaming them into place (faster; a crash still leaves
     /// no partial file, but a power failure may lose a just-written output).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, display_order = 902)]
     no_sync: bool,
 }
 
