@@ -1,4 +1,5 @@
-//! `dmx bench`: measure dmx in memory on files: bits/weight per dtype, entropy bound, MB/s both ways.
+//! `dmx bench`: measure dmx in memory on files: bits/weight per dtype, entropy bound, MB/s both
+//! ways.
 
 use std::path::PathBuf;
 

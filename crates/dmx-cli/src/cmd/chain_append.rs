@@ -1,4 +1,5 @@
-//! `dmx chain-append`: add checkpoints to an existing chain (crash-safe: an interrupted append leaves the
+//! `dmx chain-append`: add checkpoints to an existing chain (crash-safe: an interrupted append
+//! leaves the chain valid at its previous length).
 
 use std::path::PathBuf;
 

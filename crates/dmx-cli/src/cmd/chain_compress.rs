@@ -1,4 +1,5 @@
-//! `dmx chain-compress`: store checkpoints of a training run, in order, as anchors and deltas in a new folder.
+//! `dmx chain-compress`: store checkpoints of a training run, in order, as anchors and deltas in a
+//! new folder.
 
 use std::path::PathBuf;
 

@@ -1,4 +1,5 @@
-//! `dmx chain-info`: entries of a chain (anchor or delta, parent, sizes, savings, per component) and totals.
+//! `dmx chain-info`: entries of a chain (anchor or delta, parent, sizes, savings, per component)
+//! and totals.
 
 use std::path::PathBuf;
 

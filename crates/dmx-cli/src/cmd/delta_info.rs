@@ -1,4 +1,5 @@
-//! `dmx delta-info`: sizes of a delta per checkpoint component and role, and the fraction of unchanged values.
+//! `dmx delta-info`: sizes of a delta per checkpoint component and role, and the fraction of
+//! unchanged values.
 
 use std::path::PathBuf;
 
