@@ -171,6 +171,24 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
+    /// The shared options are defined once, on `Cli`, and every command takes them, before
+    /// or after its name.
+    #[test]
+    fn shared_options_are_global() {
+        for argv in [
+            &["dmx", "-q", "--threads", "2", "--no-sync", "info", "a.dmx"][..],
+            &["dmx", "info", "a.dmx", "-q", "-t", "2", "--no-sync"][..],
+            &["dmx", "compress", "-q", "a", "b", "-t2", "--no-sync"][..],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            assert!(cli.common.quiet && cli.common.no_sync, "{argv:?}");
+            assert_eq!(cli.common.threads, Some(2), "{argv:?}");
+        }
+        let cli = Cli::try_parse_from(["dmx", "chain-info", "c"]).unwrap();
+        assert!(!cli.common.quiet && !cli.common.no_sync && cli.common.threads.is_none());
+        assert!(Cli::try_parse_from(["dmx", "info", "a", "-t", "0"]).is_err());
+    }
+
     /// Errors name the user's folder, never an internal `.dmx-tmp-*` path.
     #[test]
     fn temporary_paths_are_not_shown() {
