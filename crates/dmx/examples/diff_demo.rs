@@ -4,6 +4,10 @@
 
 use std::path::Path;
 
+/// The text form of the report, as `dmx diff` prints it.
+#[path = "../../dmx-cli/src/diff_text.rs"]
+mod diff_text;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (mut files, mut json, mut top) = (Vec::new(), false, 10);
@@ -22,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.render(top));
+        print!("{}", diff_text::render(&report, top));
     }
     Ok(())
 }

@@ -1,0 +1,41 @@
+//! `dmx delta-reconstruct`: rebuild the target of a delta from its base (refuses any other base).
+
+use std::path::PathBuf;
+
+use crate::{Common, Outcome, options};
+
+/// The arguments of `dmx delta-reconstruct`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The base the delta was made from (.safetensors or .dmx).
+    base: PathBuf,
+    /// The delta (.dmxd).
+    delta: PathBuf,
+    /// Output .safetensors file.
+    output: PathBuf,
+    /// Overwrite the output if it exists.
+    #[arg(short, long)]
+    force: bool,
+}
+
+/// Runs `dmx delta-reconstruct`.
+pub fn run(args: Args, common: &Common) -> Result<Outcome, dmx::Error> {
+    let Args {
+        base,
+        delta,
+        output,
+        force,
+    } = args;
+    let start = std::time::Instant::now();
+    dmx::delta_reconstruct(&base, &delta, &output, &options(common, force))?;
+    if !common.quiet {
+        eprintln!(
+            "{} + {} -> {} in {:.2} s (every checksum verified)",
+            base.display(),
+            delta.display(),
+            output.display(),
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(Outcome::Ok)
+}
