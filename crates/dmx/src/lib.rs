@@ -45,6 +45,7 @@ pub mod diff;
 mod error;
 mod extract;
 mod info;
+mod io;
 pub mod lossy;
 pub mod names;
 mod output;

@@ -1,0 +1,3 @@
+//! Input and output on the file system.
+
+pub(crate) mod fs;
