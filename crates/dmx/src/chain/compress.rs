@@ -131,7 +131,7 @@ pub(super) fn compress_into_new(
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     let result = (|| {
         // Registered with the signal cleanup (`crate::remove_temps`), like every temporary.
-        let staging = crate::output::temp_dir_in(&parent)?;
+        let staging = crate::io::temp_dir_in(&parent)?;
         let report = build_chain(checkpoints, names, staging.path(), c, opts, start)
             .map_err(|e| unstage(e, staging.path(), dir))?;
         // Rename into place: fails (and the staging folder is removed) if `dir` appeared
@@ -222,7 +222,7 @@ pub(super) fn swap_in(
         .map(|m| m.entries.iter().map(|e| e.file.as_str()).collect())
         .unwrap_or_default();
     // Once files start moving, a signal waits for the swap to end (or be undone).
-    let _commit = crate::output::commit_guard();
+    let _commit = crate::io::commit_guard();
     let mut set_aside = set_aside(dir, &listed, sync)?;
     if old.is_none() && dir.join(MANIFEST).symlink_metadata().is_ok() {
         // Not a valid manifest (or not a file): not ours to delete.

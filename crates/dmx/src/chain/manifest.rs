@@ -401,7 +401,7 @@ pub(super) fn write_manifest(dir: &Path, m: &ChainManifest, sync: bool) -> Resul
     let mut text = serde_json::to_vec_pretty(m)
         .map_err(|e| Error::Usage(format!("cannot encode the chain manifest: {e}")))?;
     text.push(b'\n');
-    crate::output::write_file(&dir.join(MANIFEST), &text, true, sync)
+    crate::io::write_file(&dir.join(MANIFEST), &text, true, sync)
 }
 
 #[cfg(test)]

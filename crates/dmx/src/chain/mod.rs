@@ -37,9 +37,9 @@ use crate::Options;
 use crate::archive::Archive;
 use crate::delta::{Base, DeltaOptions, Precision, hex, restore_delta_to, write_entry};
 use crate::error::{Error, Result};
+use crate::io::AtomicFile;
 use crate::io::fs::{lock_dir, sha256_file, sync_dir, work_dir};
 use crate::lossy::{LossyOptions, Mode};
-use crate::output::AtomicFile;
 
 pub use append::chain_append;
 pub use compress::chain_compress;

@@ -108,7 +108,7 @@ pub(super) fn set_aside(dir: &Path, listed: &BTreeSet<&str>, sync: bool) -> Resu
 /// Refuses the output folder `-`: a chain cannot go to standard output, and a folder named `-`
 /// is never created by accident (`./-` names one).
 pub(super) fn refuse_dash(dir: &Path) -> Result<()> {
-    if crate::output::is_dash(dir) {
+    if crate::io::is_dash(dir) {
         return Err(Error::Usage(
             "`-` (standard output) cannot hold a chain folder; use ./- for a folder named -".into(),
         ));

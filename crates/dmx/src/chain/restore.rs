@@ -335,7 +335,7 @@ pub fn chain_verify(dir: &Path, opts: &Options) -> Result<ChainVerifyReport> {
         }
     }
     let stored: Vec<bool> = entries.iter().map(|v| v.stored_ok).collect();
-    let scratch = crate::output::temp_dir_in(&std::env::temp_dir())?;
+    let scratch = crate::io::temp_dir_in(&std::env::temp_dir())?;
     let all: Vec<usize> = (0..m.entries.len()).collect();
     chain.rebuild(
         &all,

@@ -50,6 +50,6 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock> {
     }
 }
 
-pub(crate) fn work_dir(dir: &Path) -> Result<crate::output::TempDir> {
-    crate::output::temp_dir_in(dir)
+pub(crate) fn work_dir(dir: &Path) -> Result<crate::io::TempDir> {
+    crate::io::temp_dir_in(dir)
 }
