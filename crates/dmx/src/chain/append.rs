@@ -1,6 +1,26 @@
 //! `chain-append`: entries added to an existing chain, one committed manifest at a time.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dmx_format::EntryKind;
+
+use crate::Options;
+use crate::archive::Archive;
+use crate::delta::{DeltaOptions, Precision, hex};
+use crate::error::{Error, Result};
+use crate::io::fs::{lock_dir, sha256_file, sync_dir, work_dir};
+use crate::lossy::{LossyOptions, Mode};
+
+use super::build::{Chain, check_input, grid_of, restore_entry};
+use super::compress::unstage;
+use super::manifest::{
+    ChainEntry, ChainEntryKind, ChainManifest, check_entry_name_len, entry_file_name, input_alias,
+    read_manifest, write_manifest,
+};
+use super::orphans::{clean_temps, set_aside};
+use super::{AppendedEntry, ChainReport};
 
 /// Adds `checkpoints` to the chain in `dir`, in order, with the chain's precision and depth
 /// limit. The manifest is replaced after every entry, atomically: an interrupted append

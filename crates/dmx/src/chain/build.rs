@@ -1,6 +1,20 @@
 //! Storing one checkpoint as a chain entry: the smaller of a delta and an anchor.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dmx_format::{EntryKind, Root, SegmentKind};
+
+use crate::Options;
+use crate::archive::Archive;
+use crate::delta::{Base, hex, restore_delta_to, write_entry};
+use crate::error::{Error, Result};
+use crate::io::AtomicFile;
+use crate::io::fs::sha256_file;
+
+use super::MANIFEST;
+use super::manifest::{ChainEntry, ChainEntryKind, ChainManifest, check_name};
+use super::restore::kind_of;
 
 /// Checks a checkpoint to append: one safetensors file. Returns its file name.
 pub(super) fn check_input(path: &Path) -> Result<String> {

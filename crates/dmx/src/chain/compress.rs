@@ -1,6 +1,18 @@
 //! `chain-compress`: a new chain built in a temporary folder and swapped into place.
 
-use super::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::Options;
+use crate::error::{Error, Result};
+use crate::io::fs::{lock_dir, sync_dir, work_dir};
+
+use super::append::{Cursor, append_all};
+use super::build::check_input;
+use super::manifest::{ChainManifest, check_entry_name_len, read_manifest};
+use super::orphans::{ORPHANS, clean_temps, orphans_dir, refuse_dash, set_aside};
+use super::{ChainOptions, ChainReport, MANIFEST, TEMP_PREFIX};
 
 /// Creates the chain folder `dir` and stores `checkpoints` in it, in order (see the module
 /// docs). The chain is built in a temporary folder (`.dmx-tmp-*`) and moved into place only

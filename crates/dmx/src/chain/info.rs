@@ -1,6 +1,17 @@
 //! `chain-info`: what a chain holds and what each entry costs.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use dmx_format::SegmentKind;
+use serde::Serialize;
+
+use crate::archive::Archive;
+use crate::delta::Precision;
+use crate::error::Result;
+
+use super::manifest::{ChainEntryKind, read_manifest};
+use super::orphans::find_orphans;
 
 /// Sizes of one checkpoint component in an entry.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -108,7 +119,7 @@ pub(super) fn percent(part: i64, whole: u64) -> Option<f64> {
 }
 
 /// Describes the chain in `dir` from its manifest and the index of every entry (no data is
-/// decoded or hashed: use [`chain_verify`] for that).
+/// decoded or hashed: use [`chain_verify`](super::chain_verify) for that).
 pub fn chain_info(dir: &Path) -> Result<ChainInfo> {
     let m = read_manifest(dir)?;
     let mut totals = ChainTotals::default();

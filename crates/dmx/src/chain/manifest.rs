@@ -1,7 +1,15 @@
 //! The chain manifest (`manifest.json`): its schema, checks, entry file names, reading and
 //! writing.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::delta::Precision;
+use crate::error::{Error, Result};
+
+use super::{ChainOptions, FORMAT, MANIFEST, TEMP_PREFIX, VERSION};
 
 /// How a chain entry is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

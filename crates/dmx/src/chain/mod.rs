@@ -26,20 +26,9 @@ mod manifest;
 mod orphans;
 mod restore;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use serde::Serialize;
 
-use dmx_format::{EntryKind, Root, SegmentKind};
-use serde::{Deserialize, Serialize};
-
-use crate::Options;
-use crate::archive::Archive;
-use crate::delta::{Base, DeltaOptions, Precision, hex, restore_delta_to, write_entry};
-use crate::error::{Error, Result};
-use crate::io::AtomicFile;
-use crate::io::fs::{lock_dir, sha256_file, sync_dir, work_dir};
-use crate::lossy::{LossyOptions, Mode};
+use crate::delta::Precision;
 
 pub use append::chain_append;
 pub use compress::chain_compress;
@@ -52,13 +41,6 @@ pub use restore::{
     ChainVerifyReport, ReconstructReport, ReconstructedEntry, VerifiedEntry, chain_reconstruct,
     chain_verify,
 };
-
-use append::*;
-use build::*;
-use compress::*;
-use manifest::*;
-use orphans::*;
-use restore::*;
 
 /// File name of a chain's manifest inside its folder.
 pub const MANIFEST: &str = "manifest.json";

@@ -1,7 +1,14 @@
 //! Leftovers in a chain folder: temporaries of interrupted runs, and entry files no manifest
 //! lists (set aside in `orphans/`, never deleted).
 
-use super::*;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::io::fs::sync_dir;
+
+use super::manifest::{ChainManifest, entry_file_index};
+use super::{MANIFEST, TEMP_PREFIX};
 
 /// Removes the temporary files and folders (`.dmx-tmp-*`) that interrupted runs may leave in
 /// a chain folder (called with the folder locked), except `keep`.

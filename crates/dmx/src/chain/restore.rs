@@ -1,6 +1,19 @@
 //! `chain-reconstruct` and `chain-verify`: entries restored from their anchor and deltas.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::Options;
+use crate::delta::Precision;
+use crate::error::{Error, Result};
+use crate::io::fs::work_dir;
+
+use super::build::Chain;
+use super::manifest::{ChainEntryKind, ChainManifest, read_manifest};
+use super::orphans::{find_orphans, refuse_dash};
 
 /// One entry restored by [`chain_reconstruct`].
 #[derive(Debug, Clone, Serialize)]
