@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use crate::Options;
 use crate::error::{Error, Result};
+use crate::io::TEMP_PREFIX;
 use crate::io::fs::{lock_dir, sync_dir, work_dir};
 
 use super::append::{Cursor, append_all};
 use super::build::check_input;
 use super::manifest::{ChainManifest, check_entry_name_len, read_manifest};
 use super::orphans::{ORPHANS, clean_temps, orphans_dir, refuse_dash, set_aside};
-use super::{ChainOptions, ChainReport, MANIFEST, TEMP_PREFIX};
+use super::{ChainOptions, ChainReport, MANIFEST};
 
 /// Creates the chain folder `dir` and stores `checkpoints` in it, in order (see the module
 /// docs). The chain is built in a temporary folder (`.dmx-tmp-*`) and moved into place only

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::delta::Precision;
 use crate::error::{Error, Result};
+use crate::io::TEMP_PREFIX;
 
-use super::{ChainOptions, FORMAT, MANIFEST, TEMP_PREFIX, VERSION};
+use super::{ChainOptions, FORMAT, MANIFEST, VERSION};
 
 /// How a chain entry is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

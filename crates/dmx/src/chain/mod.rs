@@ -51,9 +51,6 @@ pub const VERSION: u32 = 1;
 /// Default of [`ChainOptions::max_depth`].
 pub const DEFAULT_MAX_DEPTH: usize = 16;
 
-/// Prefix of temporary files and folders (those of [`crate::write_file`] too).
-const TEMP_PREFIX: &str = ".dmx-tmp-";
-
 /// Settings of a new chain.
 #[derive(Debug, Clone)]
 pub struct ChainOptions {

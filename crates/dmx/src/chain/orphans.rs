@@ -5,10 +5,11 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::io::TEMP_PREFIX;
 use crate::io::fs::sync_dir;
 
+use super::MANIFEST;
 use super::manifest::{ChainManifest, entry_file_index};
-use super::{MANIFEST, TEMP_PREFIX};
 
 /// Removes the temporary files and folders (`.dmx-tmp-*`) that interrupted runs may leave in
 /// a chain folder (called with the folder locked), except `keep`.
