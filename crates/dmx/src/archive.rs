@@ -8,8 +8,8 @@ use dmx_format::{Chunk, Entry, Index, Limits, Segment, TensorInfo, Trailer};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::io::Bytes;
 use crate::plan::dtype_bits;
-use crate::source::Bytes;
 
 /// An open `.dmx` archive. Opening checks the preamble, the trailer, the index checksum and
 /// every structural rule of the index; chunk checksums are checked as chunks are decoded.
@@ -390,7 +390,7 @@ pub(crate) fn restore_packed(
                 .get(offset as usize..(offset + entry.size) as usize)
                 .ok_or_else(|| archive.corrupt_entry(entry, "packed file outside its pack"))?;
             let path = dir.join(&entry.path);
-            let mut f = crate::output::create_plain(&path)?;
+            let mut f = crate::io::create_plain(&path)?;
             std::io::Write::write_all(&mut f, data).map_err(|e| Error::io(&path, e))?;
             if sync {
                 f.sync_all().map_err(|e| Error::io(&path, e))?;

@@ -10,8 +10,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::io::Bytes;
 use crate::plan::{dtype_bits, plan_input};
-use crate::source::Bytes;
 
 /// Result of benchmarking one file at one thread count.
 #[derive(Debug, Clone, Serialize)]

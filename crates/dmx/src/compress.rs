@@ -10,10 +10,10 @@ use rayon::prelude::*;
 use sha2::Digest;
 
 use crate::error::{Error, Result};
+use crate::io::AtomicFile;
+use crate::io::Bytes;
 use crate::lossy::{Coding, ErrorAcc, LossyOptions, Mode};
-use crate::output::AtomicFile;
 use crate::plan::{PlannedFile, PlannedSegment, plan_input};
-use crate::source::Bytes;
 use crate::window::{SegmentHasher, windows};
 use crate::{Options, Progress};
 
@@ -84,19 +84,19 @@ pub fn compress_with(
     // `-`: standard input, spooled to a temporary file beside the output (kept until the
     // archive is written) and compressed like a file.
     let spooled;
-    let input = if crate::output::is_dash(input) {
-        crate::output::check_writable(output, opts.force)?;
-        spooled = crate::source::spool_stdin(output)?;
+    let input = if crate::io::is_dash(input) {
+        crate::io::check_writable(output, opts.force)?;
+        spooled = crate::io::spool_stdin(output)?;
         spooled.1.as_path()
     } else {
-        crate::source::check_input(input)?;
+        crate::io::check_input(input)?;
         input
     };
-    crate::output::check_distinct(input, output)?;
+    crate::io::check_distinct(input, output)?;
     let (root, mut files) = plan_input(input)?;
     // An archive written inside its own input folder is not part of the input.
     refuse_output_in_input(&files, output)?;
-    files.retain(|f| !crate::output::same_file(&f.path, output));
+    files.retain(|f| !crate::io::same_file(&f.path, output));
     let mut warnings = if lossy.is_lossless() && lossy.keep_lossless.is_empty() {
         Vec::new()
     } else {
@@ -180,10 +180,7 @@ pub fn compress_with(
 /// Refuses to replace a file of the input folder that is not a dmx archive: it would be left
 /// out of the archive (see the output skip in [`compress_with`]) and then overwritten, lost.
 fn refuse_output_in_input(files: &[PlannedFile], output: &Path) -> Result<()> {
-    let Some(f) = files
-        .iter()
-        .find(|f| crate::output::same_file(&f.path, output))
-    else {
+    let Some(f) = files.iter().find(|f| crate::io::same_file(&f.path, output)) else {
         return Ok(());
     };
     let mut magic = [0u8; 8];

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::archive::Archive;
 use crate::error::{Error, Result};
-use crate::output::{
+use crate::io::{
     AtomicDir, AtomicFile, check_destination, check_distinct, check_writable, check_writable_dir,
     temp_file_in, write_plain,
 };
@@ -253,7 +253,7 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
 
 /// Archives are read from files only (they are memory-mapped and read out of order).
 fn refuse_dash_archive(archive_path: &Path) -> Result<()> {
-    if crate::output::is_dash(archive_path) {
+    if crate::io::is_dash(archive_path) {
         return Err(Error::Usage(
             "an archive cannot be read from standard input; save it to a file first (use \
              ./- for a file named -)"

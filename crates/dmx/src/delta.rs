@@ -20,10 +20,10 @@ use sha2::Digest;
 use crate::archive::Archive;
 use crate::compress::{BaseTensor, encode_entry, finish_archive};
 use crate::error::{Error, Result};
+use crate::io::Bytes;
+use crate::io::{AtomicFile, check_distinct};
 use crate::lossy::{Coding, float_tensors, lossy_layout, shared_steps};
-use crate::output::{AtomicFile, check_distinct};
 use crate::plan::{PlannedFile, dtype_bits, plan_input};
-use crate::source::Bytes;
 use crate::{Options, Progress};
 
 /// How the target's float tensors are stored.
@@ -107,13 +107,13 @@ pub(crate) struct Base {
     pub bytes: Bytes,
     /// Its plan: header and tensors.
     pub plan: PlannedFile,
-    _restored: Option<crate::output::TempDir>,
+    _restored: Option<crate::io::TempDir>,
 }
 
 impl Base {
     /// Opens `path` (`.safetensors` or a single-file `.dmx` of one).
     pub(crate) fn open(path: &Path, opts: &Options) -> Result<Self> {
-        crate::source::check_input(path)?;
+        crate::io::check_input(path)?;
         let mut magic = [0u8; 8];
         let n = std::fs::File::open(path)
             .and_then(|mut f| f.read(&mut magic))
@@ -132,7 +132,7 @@ impl Base {
                 )));
             }
             let sha = index.entries[0].sha256;
-            let dir = crate::output::temp_dir_in(&std::env::temp_dir())?;
+            let dir = crate::io::temp_dir_in(&std::env::temp_dir())?;
             let file = dir.path().join(&index.entries[0].path);
             let restore = Options {
                 no_sync: true,
@@ -226,7 +226,7 @@ pub fn delta_compress(
     let start = Instant::now();
     check_distinct(target, output)?;
     check_distinct(base, output)?;
-    crate::output::check_writable(output, opts.force)?;
+    crate::io::check_writable(output, opts.force)?;
     let pool = opts.pool()?;
     let base = pool.install(|| Base::open(base, opts))?;
     let plan = single_safetensors(target)?;
@@ -415,7 +415,7 @@ pub(crate) fn hex(b: &[u8]) -> String {
 pub fn delta_reconstruct(base: &Path, delta: &Path, output: &Path, opts: &Options) -> Result<()> {
     check_distinct(delta, output)?;
     check_distinct(base, output)?;
-    crate::output::check_writable(output, opts.force)?;
+    crate::io::check_writable(output, opts.force)?;
     let archive = Archive::open(delta)?;
     let entry = &archive.index().entries[0];
     if entry.kind != EntryKind::SafetensorsDelta || archive.index().entries.len() != 1 {

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::Options;
 use crate::archive::{Archive, TensorRef};
 use crate::error::{Error, Result};
-use crate::output::AtomicFile;
+use crate::io::AtomicFile;
 
 /// Writes `names` (in the given order) from `archive` into a safetensors file at `output`,
 /// keeping the `__metadata__` of the file the first tensor came from. Each tensor's BLAKE3 is
@@ -18,7 +18,7 @@ pub fn extract(archive: &Archive, names: &[String], output: &Path, opts: &Option
     if names.is_empty() {
         return Err(Error::Usage("name at least one tensor to extract".into()));
     }
-    crate::output::check_distinct(archive.path(), output)?;
+    crate::io::check_distinct(archive.path(), output)?;
     let mut picked: Vec<TensorRef<'_>> = Vec::with_capacity(names.len());
     for name in names {
         if picked.iter().any(|t| &t.info.name == name) {

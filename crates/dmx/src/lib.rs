@@ -45,11 +45,12 @@ pub mod diff;
 mod error;
 mod extract;
 mod info;
+mod io;
 pub mod lossy;
 pub mod names;
-mod output;
+
 mod plan;
-mod source;
+
 pub mod tensors;
 mod verify;
 mod window;
@@ -70,12 +71,12 @@ pub use delta::{
 pub use error::{Error, Result};
 pub use extract::extract;
 pub use info::{DtypeStats, FileStats, LossyStats, Stats, TensorStats};
-pub use output::{
+pub use io::check_input;
+pub use io::{
     TEMP_PREFIX, check_destination, check_distinct, check_outside, check_writable,
     check_writable_dir, is_dash, is_temp_name, remove_temps, sweep_stale, write_file,
 };
 pub use plan::CHUNK_SIZE;
-pub use source::check_input;
 pub use verify::{FileReport, TensorError, VerifyReport, verify, verify_delta, verify_with};
 
 pub use dmx_codec;
@@ -180,7 +181,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let taken = dir.path().join("taken");
         std::fs::write(&taken, b"x").unwrap();
-        let e = output::check_writable(&taken, false).unwrap_err();
+        let e = io::check_writable(&taken, false).unwrap_err();
         assert!(matches!(&e, Error::Exists(p) if *p == taken), "{e:?}");
         assert!(!e.is_integrity_failure());
         let e = worker_threads(Some(0), 1).unwrap_err();

@@ -102,7 +102,7 @@ impl PlannedSegment {
 /// Lists the files of `input` (a file or a folder) and plans their segments.
 pub fn plan_input(input: &Path) -> Result<(Root, Vec<PlannedFile>)> {
     // Regular files and folders only: a FIFO named *.safetensors must not block its read.
-    let meta = crate::source::check_input(input)?;
+    let meta = crate::io::check_input(input)?;
     if meta.is_dir() {
         let mut files = Vec::new();
         walk(input, input, &mut files)?;
@@ -132,7 +132,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()>
         let item = item.map_err(|e| Error::io(dir, e))?;
         let path = item.path();
         // Temporaries of dmx runs (this one's or others') are never part of an input.
-        if crate::output::is_temp_name(&item.file_name()) {
+        if crate::io::is_temp_name(&item.file_name()) {
             continue;
         }
         // Follow symlinks (Hugging Face cache snapshots link to blobs).

@@ -14,7 +14,7 @@ use sha2::Digest;
 
 use crate::archive::Archive;
 use crate::error::{Error, Result};
-use crate::source::Bytes;
+use crate::io::Bytes;
 
 /// Largest safetensors header accepted, in bytes (as when compressing): a hostile length
 /// field cannot make the reader allocate more.

@@ -10,9 +10,9 @@ use sha2::Digest;
 use crate::archive::Archive;
 use crate::decompress::stream_entry_with;
 use crate::error::{Error, Result};
+use crate::io::Bytes;
 use crate::lossy::{ErrorAcc, lossy_layout};
 use crate::plan::{self, plan_input};
-use crate::source::Bytes;
 use crate::window::SegmentHasher;
 use crate::{Options, Progress};
 
@@ -247,7 +247,7 @@ fn original_files(archive: &Archive, original: &Path) -> Result<Vec<Option<std::
     let (root, mut planned) = plan_input(original)?;
     // An archive stored inside the folder it was made from is not part of the original.
     if root == Root::Directory {
-        planned.retain(|p| !crate::output::same_file(&p.path, archive.path()));
+        planned.retain(|p| !crate::io::same_file(&p.path, archive.path()));
     }
     if root != archive.index().root {
         return Err(Error::Usage(format!(

@@ -43,7 +43,7 @@ impl Bytes {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let meta = file.metadata().map_err(|e| Error::io(path, e))?;
         if !meta.is_file() {
-            return Err(not_regular(path, crate::output::kind_of(&meta)));
+            return Err(not_regular(path, crate::io::kind_of(&meta)));
         }
         let len = meta.len();
         if len > 0 {
@@ -113,7 +113,7 @@ pub fn check_input(path: &Path) -> Result<std::fs::Metadata> {
     if meta.is_file() || meta.is_dir() {
         Ok(meta)
     } else {
-        Err(not_regular(path, crate::output::kind_of(&meta)))
+        Err(not_regular(path, crate::io::kind_of(&meta)))
     }
 }
 
@@ -149,12 +149,12 @@ pub(crate) fn looks_like_safetensors(path: &Path) -> bool {
 /// folder and the file. The file is named after the output (`model.dmx` stores `model`),
 /// with `.safetensors` appended when the data is a well-formed safetensors file, so it is
 /// stored as tensors; `stdin` when the output's name gives nothing usable.
-pub(crate) fn spool_stdin(output: &Path) -> Result<(crate::output::TempDir, std::path::PathBuf)> {
+pub(crate) fn spool_stdin(output: &Path) -> Result<(crate::io::TempDir, std::path::PathBuf)> {
     let parent = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let dir = crate::output::temp_dir_in(parent)?;
+    let dir = crate::io::temp_dir_in(parent)?;
     let data = dir.path().join("stdin");
     {
         let f = File::create(&data).map_err(|e| Error::io(&data, e))?;

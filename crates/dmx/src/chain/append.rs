@@ -1,0 +1,278 @@
+//! `chain-append`: entries added to an existing chain, one committed manifest at a time.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dmx_format::EntryKind;
+
+use crate::Options;
+use crate::archive::Archive;
+use crate::delta::{DeltaOptions, Precision, hex};
+use crate::error::{Error, Result};
+use crate::io::fs::{lock_dir, sha256_file, sync_dir, work_dir};
+use crate::lossy::{LossyOptions, Mode};
+
+use super::build::{Chain, check_input, grid_of, restore_entry};
+use super::compress::unstage;
+use super::manifest::{
+    ChainEntry, ChainEntryKind, ChainManifest, check_entry_name_len, entry_file_name, input_alias,
+    read_manifest, write_manifest,
+};
+use super::orphans::{clean_temps, set_aside};
+use super::{AppendedEntry, ChainReport};
+
+/// Adds `checkpoints` to the chain in `dir`, in order, with the chain's precision and depth
+/// limit. The manifest is replaced after every entry, atomically: an interrupted append
+/// leaves a valid chain of the entries committed so far; leftovers of interrupted runs are
+/// removed first.
+pub fn chain_append(dir: &Path, checkpoints: &[PathBuf], opts: &Options) -> Result<ChainReport> {
+    let start = Instant::now();
+    if checkpoints.is_empty() {
+        return Err(Error::Usage(
+            "chain-append needs at least one checkpoint".into(),
+        ));
+    }
+    read_manifest(dir)?;
+    let names = checkpoints
+        .iter()
+        .map(|p| check_input(p))
+        .collect::<Result<Vec<_>>>()?;
+    let _lock = lock_dir(dir)?;
+    // Read again under the lock: another writer may have appended meanwhile.
+    let mut m = read_manifest(dir)?;
+    clean_temps(dir, None)?;
+    let listed: BTreeSet<&str> = m.entries.iter().map(|e| e.file.as_str()).collect();
+    let set_aside = set_aside(dir, &listed, !opts.no_sync)?;
+    let work = work_dir(dir)?;
+    let mut cursor = Cursor::default();
+    if let Some(last) = m.entries.last()
+        && last.depth < m.max_depth
+    {
+        // The next entry may be a delta: its base is the last entry's reconstruction.
+        let chain = Chain::new(dir, &m, opts)?;
+        let needed: Vec<usize> = m.needed_for(last.index).collect();
+        let mut failure = None;
+        let rebuilt = chain.rebuild(&needed, work.path(), &|_| false, &|_| None, &mut |_, r| {
+            if let Err(e) = r
+                && failure.is_none()
+            {
+                failure = Some(e);
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        cursor.base = rebuilt.map(|(_, p)| p);
+        if m.precision != Precision::Lossless {
+            let anchor = &m.entries[needed[0]];
+            let archive = Archive::open(&dir.join(&anchor.file))?;
+            cursor.grid = grid_of(&archive).into_iter().collect();
+        }
+    }
+    let report = append_all(
+        dir,
+        &mut m,
+        checkpoints,
+        &names,
+        &mut cursor,
+        work.path(),
+        opts,
+        start,
+    )
+    .map_err(|e| unstage(e, work.path(), dir))?;
+    Ok(ChainReport {
+        set_aside,
+        ..report
+    })
+}
+
+/// The base for the next delta.
+#[derive(Default)]
+pub(super) struct Cursor {
+    /// The last entry's reconstruction (its original for lossless chains), when the next
+    /// entry may be a delta.
+    base: Option<PathBuf>,
+    /// The current anchor's grid (quantized chains).
+    grid: HashMap<String, f64>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn append_all(
+    dir: &Path,
+    m: &mut ChainManifest,
+    checkpoints: &[PathBuf],
+    names: &[String],
+    cursor: &mut Cursor,
+    work: &Path,
+    opts: &Options,
+    start: Instant,
+) -> Result<ChainReport> {
+    let entries_before = m.entries.len();
+    for (j, (p, n)) in checkpoints.iter().zip(names).enumerate() {
+        check_entry_name_len(p, entries_before + j, n)?;
+    }
+    let sync = !opts.no_sync;
+    let inner = Options {
+        threads: opts.threads,
+        force: true,
+        no_sync: opts.no_sync,
+        progress: opts.progress.clone(),
+    };
+    let lossy = LossyOptions {
+        mode: match m.precision {
+            Precision::Lossless => Mode::Lossless,
+            Precision::Int16 => Mode::Int16,
+            Precision::Int32 => Mode::Int32,
+        },
+        ..LossyOptions::default()
+    };
+    let pool = opts.pool()?;
+    let standalone = work.join("standalone.dmx");
+    let delta = work.join("delta.dmxd");
+    let mut appended = Vec::with_capacity(checkpoints.len());
+    for (j, (ckpt, name)) in checkpoints.iter().zip(names).enumerate() {
+        let t0 = Instant::now();
+        let index = m.entries.len();
+        let source = input_alias(work, ckpt, name)?;
+        let standalone_size =
+            crate::compress_with(&source, &standalone, &lossy, &inner)?.output_bytes;
+        let prev = m.entries.last();
+        let (mut delta_size, mut delta_error) = (None, None);
+        if let (Some(p), Some(base)) = (prev, &cursor.base)
+            && p.depth < m.max_depth
+        {
+            let d = DeltaOptions {
+                precision: m.precision,
+                steps: (m.precision != Precision::Lossless).then(|| cursor.grid.clone()),
+            };
+            match crate::delta_compress(base, &source, &delta, &d, &inner) {
+                Ok(r) => delta_size = Some(r.output_bytes),
+                // A delta the engine refuses to store (a usage-type error: nothing is wrong
+                // with the chain or the disk) leaves the standalone archive: an anchor.
+                Err(Error::Usage(why)) => delta_error = Some(why),
+                Err(e) => return Err(e),
+            }
+        }
+        // The delta only when strictly smaller: the entry never exceeds its standalone size,
+        // and ties go to the anchor, which is cheaper to restore.
+        let kind = match delta_size {
+            Some(d) if d < standalone_size => ChainEntryKind::Delta,
+            _ => ChainEntryKind::Anchor,
+        };
+        let (src, loser) = match kind {
+            ChainEntryKind::Anchor => (&standalone, &delta),
+            ChainEntryKind::Delta => (&delta, &standalone),
+        };
+        let archive = Archive::open(src)?;
+        let want = match kind {
+            ChainEntryKind::Anchor => EntryKind::Safetensors,
+            ChainEntryKind::Delta => EntryKind::SafetensorsDelta,
+        };
+        if archive.index().entries.first().map(|e| e.kind) != Some(want) {
+            return Err(Error::Usage(format!(
+                "{}: is no longer a valid safetensors file (it changed while being read)",
+                ckpt.display()
+            )));
+        }
+        let restored = archive.index().entries[0].sha256;
+        let original_size = archive.index().entries[0].size;
+        let original_sha256 = if m.precision == Precision::Lossless {
+            // Both archives hashed the input as they read it: they must agree.
+            if kind == ChainEntryKind::Delta
+                && Archive::open(&standalone)?.index().entries[0].sha256 != restored
+            {
+                return Err(Error::Usage(format!(
+                    "{}: the file changed while being read",
+                    ckpt.display()
+                )));
+            }
+            hex(&restored)
+        } else {
+            let (sha, size) = sha256_file(ckpt)?;
+            if size != original_size {
+                return Err(Error::Usage(format!(
+                    "{}: the file changed while being read",
+                    ckpt.display()
+                )));
+            }
+            sha
+        };
+        let steps = match (kind, m.precision) {
+            (ChainEntryKind::Anchor, Precision::Int16 | Precision::Int32) => grid_of(&archive),
+            _ => BTreeMap::new(),
+        };
+        let (stored_sha256, stored_size) = sha256_file(src)?;
+        let depth = match kind {
+            ChainEntryKind::Anchor => 0,
+            ChainEntryKind::Delta => prev.map_or(0, |p| p.depth + 1),
+        };
+        let entry = ChainEntry {
+            index,
+            name: name.clone(),
+            file: entry_file_name(index, name, kind),
+            kind,
+            parent: (kind == ChainEntryKind::Delta).then(|| index - 1),
+            depth,
+            original_sha256,
+            original_size,
+            restored_sha256: hex(&restored),
+            stored_sha256,
+            stored_size,
+            standalone_size,
+            steps,
+        };
+        // The base of the next entry, if it may be a delta.
+        if j + 1 < checkpoints.len() && depth < m.max_depth {
+            if m.precision == Precision::Lossless {
+                cursor.base = Some(ckpt.clone());
+            } else {
+                let recon = work.join(format!("restored-{index:05}.safetensors"));
+                let base = match kind {
+                    ChainEntryKind::Anchor => None,
+                    ChainEntryKind::Delta => cursor.base.clone(),
+                };
+                restore_entry(&pool, opts, &archive, base.as_deref(), &recon, true, false)?;
+                if let Some(old) = cursor.base.replace(recon) {
+                    let _ = std::fs::remove_file(old);
+                }
+            }
+            if kind == ChainEntryKind::Anchor && m.precision != Precision::Lossless {
+                cursor.grid = entry.steps.clone().into_iter().collect();
+            }
+        } else {
+            cursor.base = None;
+        }
+        drop(archive);
+        // Commit: the entry file first (it replaces any orphan of that name), then the
+        // manifest that references it.
+        let dest = dir.join(&entry.file);
+        std::fs::rename(src, &dest).map_err(|e| Error::io(&dest, e))?;
+        if sync {
+            sync_dir(dir);
+        }
+        let _ = std::fs::remove_file(loser);
+        m.entries.push(entry.clone());
+        write_manifest(dir, m, sync)?;
+        appended.push(AppendedEntry {
+            entry,
+            delta_size,
+            delta_error,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+    let sum = |f: fn(&AppendedEntry) -> u64| appended.iter().map(f).sum::<u64>();
+    Ok(ChainReport {
+        dir: dir.display().to_string(),
+        precision: m.precision,
+        max_depth: m.max_depth,
+        entries_before,
+        entries: m.entries.len(),
+        original_bytes: sum(|a| a.entry.original_size),
+        stored_bytes: sum(|a| a.entry.stored_size),
+        standalone_bytes: sum(|a| a.entry.standalone_size),
+        appended,
+        set_aside: Vec::new(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,316 @@
+//! Storing one checkpoint as a chain entry: the smaller of a delta and an anchor.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dmx_format::{EntryKind, Root, SegmentKind};
+
+use crate::Options;
+use crate::archive::Archive;
+use crate::delta::{Base, hex, restore_delta_to, write_entry};
+use crate::error::{Error, Result};
+use crate::io::AtomicFile;
+use crate::io::fs::sha256_file;
+
+use super::MANIFEST;
+use super::manifest::{ChainEntry, ChainEntryKind, ChainManifest, check_name};
+use super::restore::kind_of;
+
+/// Checks a checkpoint to append: one safetensors file. Returns its file name.
+pub(super) fn check_input(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::Usage(format!(
+            "{}: a chain entry must be one .safetensors file, not a folder",
+            path.display()
+        )));
+    }
+    if !meta.is_file() {
+        return Err(Error::Usage(format!(
+            "{}: is {}, not a regular file; a chain entry must be one .safetensors file",
+            path.display(),
+            kind_of(&meta)
+        )));
+    }
+    let (root, files) = crate::plan::plan_input(path)?;
+    match (root, files.first()) {
+        (Root::File, Some(f)) if f.kind == EntryKind::Safetensors => {}
+        (_, f) => {
+            // The planner's warning says why, prefixed with the path and followed by what
+            // `compress` would do instead: keep only the reason.
+            let prefix = format!("{}: ", path.display());
+            let why = match f.and_then(|f| f.warning.as_deref()) {
+                Some(w) => {
+                    let w = w.strip_prefix(&prefix).unwrap_or(w);
+                    w.split("; stored as").next().unwrap_or(w).to_string()
+                }
+                None => "not named *.safetensors".to_string(),
+            };
+            return Err(Error::Usage(format!(
+                "{}: {why}; chain entries must be safetensors checkpoints",
+                path.display()
+            )));
+        }
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Usage(format!("{}: file name is not UTF-8", path.display())))?;
+    check_name(name).map_err(|d| Error::Usage(format!("{}: {d}", path.display())))?;
+    Ok(name.to_string())
+}
+
+/// Grid steps of the quantized tensors of an anchor archive.
+pub(super) fn grid_of(archive: &Archive) -> BTreeMap<String, f64> {
+    archive.index().entries[0]
+        .segments
+        .iter()
+        .filter_map(|s| match (&s.kind, s.transform.lossy()) {
+            (SegmentKind::Tensor(t), Some(l)) if l.step > 0.0 => Some((t.name.clone(), l.step)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A chain opened for reading.
+pub(super) struct Chain<'a> {
+    dir: &'a Path,
+    m: &'a ChainManifest,
+    opts: &'a Options,
+    pool: rayon::ThreadPool,
+}
+
+/// An error's message without the path it starts with (for messages that already name the
+/// file).
+pub(super) fn detail_of(err: &Error) -> String {
+    match err {
+        Error::Format { source, .. } => source.to_string(),
+        Error::Corrupt { what, detail, .. } => format!("{what}: {detail}"),
+        Error::Mismatch { detail, .. } => detail.clone(),
+        Error::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// What a walk over a chain did to one entry: restored to this path, or failed.
+pub(super) type Outcome = std::result::Result<PathBuf, Error>;
+
+impl<'a> Chain<'a> {
+    pub(super) fn new(dir: &'a Path, m: &'a ChainManifest, opts: &'a Options) -> Result<Self> {
+        Ok(Self {
+            dir,
+            m,
+            opts,
+            pool: opts.pool()?,
+        })
+    }
+
+    fn path_of(&self, e: &ChainEntry) -> PathBuf {
+        self.dir.join(&e.file)
+    }
+
+    fn corrupt(&self, e: &ChainEntry, detail: impl Into<String>) -> Error {
+        Error::Corrupt {
+            path: self.path_of(e),
+            what: format!("chain entry {}", e.index),
+            detail: detail.into(),
+        }
+    }
+
+    /// Checks the size and SHA-256 of the stored file against the manifest.
+    pub(super) fn check_stored(&self, e: &ChainEntry) -> Result<()> {
+        let (sha, size) = sha256_file(&self.path_of(e)).map_err(|err| match err {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => self
+                .corrupt(
+                    e,
+                    format!("missing: {MANIFEST} lists it but the file does not exist"),
+                ),
+            Error::Io { source, .. } => self.corrupt(e, format!("cannot be read: {source}")),
+            other => other,
+        })?;
+        if size != e.stored_size {
+            return Err(self.corrupt(
+                e,
+                format!(
+                    "{size} bytes where {MANIFEST} records {} (the file is damaged)",
+                    e.stored_size
+                ),
+            ));
+        }
+        if sha != e.stored_sha256 {
+            return Err(self.corrupt(
+                e,
+                format!(
+                    "SHA-256 of the stored file does not match {MANIFEST} (the file is damaged)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Opens an entry (after [`Chain::check_stored`] unless `hashed`) and checks its index
+    /// against the manifest: kind, restored SHA-256 and size, and a delta's base.
+    fn load(&self, e: &ChainEntry, hashed: bool) -> Result<Archive> {
+        if !hashed {
+            self.check_stored(e)?;
+        }
+        let archive =
+            Archive::open(&self.path_of(e)).map_err(|err| self.corrupt(e, detail_of(&err)))?;
+        let index = archive.index();
+        let want = match e.kind {
+            ChainEntryKind::Anchor => EntryKind::Safetensors,
+            ChainEntryKind::Delta => EntryKind::SafetensorsDelta,
+        };
+        if index.root != Root::File || index.entries.len() != 1 || index.entries[0].kind != want {
+            return Err(self.corrupt(
+                e,
+                format!("is not a single-file {} archive", e.kind.as_str()),
+            ));
+        }
+        let entry = &index.entries[0];
+        if hex(&entry.sha256) != e.restored_sha256 || entry.size != e.original_size {
+            return Err(self.corrupt(
+                e,
+                format!("restores another file than {MANIFEST} records (SHA-256 or size differ)"),
+            ));
+        }
+        if e.kind == ChainEntryKind::Delta {
+            let parent = &self.m.entries[e.index - 1];
+            let ok = entry.base.as_ref().is_some_and(|b| {
+                hex(&b.sha256) == parent.restored_sha256 && b.size == parent.original_size
+            });
+            if !ok {
+                return Err(self.corrupt(
+                    e,
+                    format!("was not made from entry {} ({})", parent.index, parent.file),
+                ));
+            }
+        }
+        Ok(archive)
+    }
+
+    /// Restores an opened entry to `dest`: see [`restore_entry`].
+    fn restore(
+        &self,
+        archive: &Archive,
+        base: Option<&Path>,
+        dest: &Path,
+        force: bool,
+        sync: bool,
+    ) -> Result<()> {
+        restore_entry(&self.pool, self.opts, archive, base, dest, force, sync)
+    }
+
+    /// Restores the entries `needed` (ascending, closed under parents) one by one, each from
+    /// its parent's reconstruction. `dest(i)` is the output of entry `i`, or `None` for a
+    /// scratch file in `scratch` (removed once the next entry is built). `done` gets every
+    /// entry's outcome; an entry that fails (corrupt or missing) fails the deltas after it
+    /// until the next anchor, and the others go on. Errors that are not about the chain's
+    /// data (writing an output) stop the walk. Returns the last entry's reconstruction if it
+    /// succeeded.
+    pub(super) fn rebuild(
+        &self,
+        needed: &[usize],
+        scratch: &Path,
+        hashed: &dyn Fn(usize) -> bool,
+        dest: &dyn Fn(usize) -> Option<PathBuf>,
+        done: &mut dyn FnMut(usize, Outcome),
+    ) -> Result<Option<(usize, PathBuf)>> {
+        // The last reconstruction: (index, path, is a scratch file).
+        let mut prev: Option<(usize, PathBuf, bool)> = None;
+        // The entry whose failure breaks the current run of deltas, with its error.
+        let mut broken: Option<(usize, String)> = None;
+        for &i in needed {
+            let e = &self.m.entries[i];
+            let base = match (e.kind, &prev) {
+                (ChainEntryKind::Anchor, _) => None,
+                (ChainEntryKind::Delta, Some((p, path, _))) if *p + 1 == i => Some(path.clone()),
+                (ChainEntryKind::Delta, _) => {
+                    let (j, why) = broken
+                        .clone()
+                        .unwrap_or((i - 1, "it was not reconstructed".into()));
+                    let parent = &self.m.entries[j];
+                    done(
+                        i,
+                        Err(self.corrupt(
+                            e,
+                            format!(
+                                "not reconstructed: it depends on entry {j} ({}), which failed: \
+                                 {why}",
+                                parent.file
+                            ),
+                        )),
+                    );
+                    continue;
+                }
+            };
+            let (path, is_scratch, force, sync) = match dest(i) {
+                Some(p) => (p, false, self.opts.force, !self.opts.no_sync),
+                None => (
+                    scratch.join(format!("{i:05}-{}", e.name)),
+                    true,
+                    true,
+                    false,
+                ),
+            };
+            let result = self
+                .load(e, hashed(i))
+                .and_then(|a| self.restore(&a, base.as_deref(), &path, force, sync));
+            if let Some((_, p, true)) = prev.take() {
+                let _ = std::fs::remove_file(p);
+            }
+            match result {
+                Ok(()) => {
+                    done(i, Ok(path.clone()));
+                    prev = Some((i, path, is_scratch));
+                    broken = None;
+                }
+                Err(err) if err.is_integrity_failure() => {
+                    broken = Some((i, detail_of(&err)));
+                    done(i, Err(err));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(prev.map(|(i, p, _)| (i, p)))
+    }
+}
+
+/// Restores an opened chain entry to `dest` (atomically); `base` is the parent's
+/// reconstruction for deltas. Checks every chunk, tensor and the file's SHA-256.
+pub(super) fn restore_entry(
+    pool: &rayon::ThreadPool,
+    opts: &Options,
+    archive: &Archive,
+    base: Option<&Path>,
+    dest: &Path,
+    force: bool,
+    sync: bool,
+) -> Result<()> {
+    let o = Options {
+        threads: opts.threads,
+        force,
+        no_sync: !sync,
+        progress: opts.progress.clone(),
+    };
+    let progress = o.progress.as_deref();
+    let entry = &archive.index().entries[0];
+    if let Some(p) = progress {
+        p.start("reconstructing", entry.size);
+    }
+    pool.install(|| match base {
+        Some(b) => {
+            let base = Base::open(b, &o)?;
+            restore_delta_to(archive, &base, dest, &o)
+        }
+        None => {
+            let mut out = AtomicFile::create(dest, force, sync)?;
+            write_entry(archive, entry, &[], progress, |d| out.write_all(d))?;
+            out.commit()
+        }
+    })?;
+    if let Some(p) = progress {
+        p.finish();
+    }
+    Ok(())
+}

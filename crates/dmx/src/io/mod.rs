@@ -1,0 +1,19 @@
+//! Input and output on the file system: memory-mapped inputs ([`source`]), checks of
+//! destinations ([`destination`]), crash-safe outputs ([`atomic`]) and small helpers
+//! ([`fs`]).
+
+mod atomic;
+mod destination;
+pub(crate) mod fs;
+mod source;
+
+pub(crate) use atomic::{
+    AtomicDir, AtomicFile, TempDir, commit_guard, create_plain, temp_dir_in, temp_file_in,
+};
+pub use atomic::{TEMP_PREFIX, is_temp_name, remove_temps, sweep_stale, write_file, write_plain};
+pub use destination::{
+    check_destination, check_distinct, check_outside, check_writable, check_writable_dir, is_dash,
+};
+pub(crate) use destination::{kind_of, same_file};
+pub use source::check_input;
+pub(crate) use source::{Bytes, spool_stdin};
