@@ -9,7 +9,7 @@
 //! The exhaustive matrix over a larger archive is `#[ignore]`d:
 //! `cargo test -p dmx --test corruption -- --ignored`.
 
-mod common;
+use dmx_testkit as common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

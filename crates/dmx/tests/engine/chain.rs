@@ -7,7 +7,7 @@
 //! archive, quantization must move values): while either codec is an identity stub they are
 //! checked in the form that holds for both (see `real_delta_codec`, `real_quant_codec`).
 
-mod common;
+use dmx_testkit as common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -3,8 +3,7 @@
 //! lossy forms never larger than exact ones, flags that do nothing, deltas of files not named
 //! `*.safetensors`.
 
-#[path = "../../dmx/tests/common/mod.rs"]
-mod common;
+use dmx_testkit as common;
 
 use std::path::PathBuf;
 
@@ -71,15 +70,7 @@ impl Env {
             .args(args)
             .output()
             .expect("run dmx");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "dmx {args:?}\nstdout: {stdout}\nstderr: {stderr}"
-        );
-        assert!(!stderr.contains("panicked"), "dmx {args:?}: {stderr}");
-        (stdout, stderr)
+        crate::support::check(args, &out, code)
     }
 
     fn json(&self, args: &[&str], code: i32) -> Value {

@@ -9,7 +9,7 @@
 //! matrix (every bit of every byte) is `#[ignore]`d:
 //! `cargo test -p dmx --test matrix -- --ignored`.
 
-mod common;
+use dmx_testkit as common;
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -2,8 +2,7 @@
 //! (issue 11, findings 1, 2, 3, 7 and 11): dmx never deletes or replaces what it was not asked
 //! to write, never reads a device or a FIFO, and leaves no temporary file behind.
 
-#[path = "../../dmx/tests/common/mod.rs"]
-mod common;
+use dmx_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

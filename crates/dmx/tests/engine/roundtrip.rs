@@ -2,7 +2,7 @@
 //! shapes, special float values, odd header layouts, multi-chunk tensors, model folders,
 //! opaque files, and thread-count independence of the archive bytes.
 
-mod common;
+use dmx_testkit as common;
 
 use std::path::Path;
 

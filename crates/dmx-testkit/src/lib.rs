@@ -1,7 +1,7 @@
-//! Helpers shared by the engine's integration tests: a hand-written safetensors encoder (so
-//! key order, header padding and `__metadata__` are under the test's control) and a small
-//! deterministic generator of tensor values, special float values included.
-#![allow(dead_code)]
+//! Fixtures shared by the dmx test suites (engine and CLI): a hand-written safetensors
+//! encoder (so key order, header padding and `__metadata__` are under the test's control), a
+//! small deterministic generator of tensor values, special float values included, and runners
+//! for the `dmx` binary.
 
 use std::path::Path;
 
@@ -34,13 +34,18 @@ pub fn dtype_size(dtype: &str) -> usize {
 /// One tensor to write.
 #[derive(Debug, Clone)]
 pub struct Tensor {
+    /// Tensor name (the header key).
     pub name: String,
+    /// safetensors dtype, e.g. `"BF16"`.
     pub dtype: String,
+    /// Shape in elements.
     pub shape: Vec<usize>,
+    /// Little-endian element bytes.
     pub data: Vec<u8>,
 }
 
 impl Tensor {
+    /// A tensor; panics if `data` does not hold exactly `shape`'s elements of `dtype`.
     pub fn new(name: &str, dtype: &str, shape: &[usize], data: Vec<u8>) -> Self {
         let n: usize = shape.iter().product();
         assert_eq!(n * dtype_size(dtype), data.len(), "tensor {name}: size");
@@ -177,6 +182,7 @@ pub fn plain(tensors: &[Tensor]) -> Vec<u8> {
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// The next 64 random bits (splitmix64).
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -190,6 +196,7 @@ impl Rng {
         self.next_u64() % n
     }
 
+    /// `n` random bytes.
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next_u64() as u8).collect()
     }
@@ -205,7 +212,10 @@ pub enum Mode {
     Weights,
     /// Weight-like values with about one special value (±0, NaNs with payloads, ±Inf,
     /// subnormals, max finite, integer extremes) in `rate` elements.
-    Mixed { rate: u32 },
+    Mixed {
+        /// One special value in about this many elements.
+        rate: u32,
+    },
     /// Only special values.
     Special,
     /// One repeated value.
