@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use dmx_format::Trailer;
+
 /// Every safetensors dtype the tests exercise, with its element size in bytes.
 pub const DTYPES: &[(&str, usize)] = &[
     ("BF16", 2),
@@ -502,4 +504,46 @@ pub fn scratch() -> tempfile::TempDir {
         return dir;
     }
     tempfile::tempdir().expect("tempdir")
+}
+
+/// A restored output, read back whole: a file's bytes or a folder's files.
+#[derive(PartialEq, Eq, Debug)]
+pub enum Restored {
+    /// The bytes of a restored file.
+    File(Vec<u8>),
+    /// Every file of a restored folder, as [`tree`] lists them.
+    Folder(Vec<(String, Vec<u8>)>),
+}
+
+impl Restored {
+    /// Reads the file or folder at `path`.
+    pub fn read(path: &Path) -> Self {
+        if path.is_dir() {
+            Restored::Folder(tree(path))
+        } else {
+            Restored::File(std::fs::read(path).expect("read restored output"))
+        }
+    }
+}
+
+/// Recomputes the trailer's index checksum of `archive` in place (after a test changed the
+/// index on purpose, so the change reaches the parser).
+pub fn fix_index_checksum(archive: &mut [u8]) {
+    let n = archive.len();
+    let t = Trailer::from_bytes(&archive[n - 32..]).expect("trailer");
+    let (o, l) = (t.index_offset as usize, t.index_len as usize);
+    let fixed = Trailer::for_index(t.index_offset, &archive[o..o + l]);
+    archive[n - 32..].copy_from_slice(&fixed.to_bytes());
+}
+
+/// Little-endian bytes of `v`.
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// bfloat16 bytes of `v` (truncated).
+pub fn bf16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+        .collect()
 }

@@ -4,6 +4,7 @@
 //! `*.safetensors`.
 
 use dmx_testkit as common;
+use dmx_testkit::{bf16_bytes, f32_bytes};
 
 use std::path::PathBuf;
 
@@ -25,16 +26,6 @@ fn gauss(n: usize, seed: u64, sigma: f64) -> Vec<f32> {
             let (u, v) = (next(), next());
             ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * sigma) as f32
         })
-        .collect()
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn bf16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|x| x.to_le_bytes()[2..].to_vec())
         .collect()
 }
 
