@@ -94,6 +94,17 @@ pub struct Layout {
     pub pretty: bool,
 }
 
+impl Layout {
+    /// The layout PyTorch's `save_file` writes: aligned, `__metadata__ = {"format": "pt"}`.
+    pub fn pt() -> Self {
+        Layout {
+            metadata: vec![("format".into(), "pt".into())],
+            align: true,
+            ..Layout::default()
+        }
+    }
+}
+
 fn json_str(s: &str) -> String {
     serde_json::to_string(s).expect("string encodes")
 }

@@ -27,14 +27,7 @@ impl Env {
             Tensor::generated("half", "F16", &[3, 5], Mode::Weights, 4),
             Tensor::new("empty", "F32", &[0], vec![]),
         ];
-        let file = common::safetensors(
-            &tensors,
-            &Layout {
-                metadata: vec![("format".into(), "pt".into())],
-                align: true,
-                ..Layout::default()
-            },
-        );
+        let file = common::safetensors(&tensors, &Layout::pt());
         common::write(&dir.path().join("model.safetensors"), &file);
         common::model_folder(&dir.path().join("folder"), 5);
         Self { dir, tensors }

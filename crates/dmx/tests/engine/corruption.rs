@@ -48,14 +48,7 @@ fn small_file() -> Fixture {
         Tensor::generated("e4m3", "F8_E4M3", &[129], Mode::Mixed { rate: 3 }, 7),
         Tensor::generated("emb.rows", "BF16", &[16, 40], Mode::RowScaled, 8),
     ];
-    let file = common::safetensors(
-        &tensors,
-        &Layout {
-            metadata: vec![("format".into(), "pt".into())],
-            align: true,
-            ..Layout::default()
-        },
-    );
+    let file = common::safetensors(&tensors, &Layout::pt());
     fixture_from_file(&file, &tensors)
 }
 

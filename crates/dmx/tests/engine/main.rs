@@ -10,3 +10,15 @@ mod lossy;
 mod matrix;
 mod roundtrip;
 mod vectors;
+
+/// Proptest settings: `default_cases` cases per property unless `PROPTEST_CASES` says otherwise.
+fn proptest_config(default_cases: u32) -> proptest::prelude::ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_cases);
+    proptest::prelude::ProptestConfig {
+        cases,
+        ..proptest::prelude::ProptestConfig::default()
+    }
+}
