@@ -2,7 +2,7 @@
 //! fuzzer's bytes and panics when its property is broken; an `Err` from dmx is never a
 //! failure, only a panic, an abort, a wrong result or an unbounded allocation is.
 //!
-//! This file is also compiled into the regression test `crates/dmx/tests/fuzz_regressions.rs`
+//! This file is also compiled into the regression test `crates/dmx/tests/engine/fuzz_regressions.rs`
 //! (as a module, through `#[path]`), which replays every committed case of
 //! `tests/fuzz-regressions/<target>/` through the same function. It therefore names crates
 //! only through `dmx` (`dmx::dmx_format`, `dmx::dmx_codec`) or ones `dmx` itself depends on

@@ -7,7 +7,7 @@
 //! archive, quantization must move values): while either codec is an identity stub they are
 //! checked in the form that holds for both (see `real_delta_codec`, `real_quant_codec`).
 
-mod common;
+use dmx_testkit as common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,23 +18,13 @@ use dmx::dmx_codec::{FloatLayout, ValueKind, grid};
 use dmx::{Archive, ChainOptions, Options, Precision};
 use proptest::prelude::*;
 
+use crate::proptest_config as config;
+
 fn opts() -> Options {
     Options {
         threads: Some(2),
         no_sync: true,
         ..Options::default()
-    }
-}
-
-/// Cases per property: `default_cases` unless `PROPTEST_CASES` says otherwise.
-fn config(default_cases: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default_cases);
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
     }
 }
 

@@ -3,33 +3,11 @@
 //! (format 1.2) with `info` counting the index, and valid files beyond the reader limits
 //! stored as blobs.
 
-#[path = "../../dmx/tests/common/mod.rs"]
-mod common;
+use dmx_testkit as common;
 
-use std::path::Path;
+use crate::support::run;
 
-use assert_cmd::Command;
 use common::{Layout, Mode, Tensor};
-
-/// Runs `dmx ARGS` in `dir`, expects exit status `code` and no panic; returns (stdout,
-/// stderr).
-fn run(dir: &Path, args: &[&str], code: i32) -> (String, String) {
-    let out = Command::cargo_bin("dmx")
-        .expect("dmx binary")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run dmx");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "dmx {args:?}\nstdout: {stdout}\nstderr: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "dmx {args:?}: {stderr}");
-    (stdout, stderr)
-}
 
 fn model() -> Vec<u8> {
     let t = vec![Tensor::generated("w", "BF16", &[8, 8], Mode::Weights, 1)];

@@ -1,8 +1,9 @@
 //! The `dmx` command line: every command, its output modes and its exit status (0 success,
 //! 1 verification failure or corruption, 2 usage or I/O error).
 
-#[path = "../../dmx/tests/common/mod.rs"]
-mod common;
+use dmx_testkit as common;
+
+use crate::support::json;
 
 use std::path::{Path, PathBuf};
 
@@ -26,14 +27,7 @@ impl Env {
             Tensor::generated("half", "F16", &[3, 5], Mode::Weights, 4),
             Tensor::new("empty", "F32", &[0], vec![]),
         ];
-        let file = common::safetensors(
-            &tensors,
-            &Layout {
-                metadata: vec![("format".into(), "pt".into())],
-                align: true,
-                ..Layout::default()
-            },
-        );
+        let file = common::safetensors(&tensors, &Layout::pt());
         common::write(&dir.path().join("model.safetensors"), &file);
         common::model_folder(&dir.path().join("folder"), 5);
         Self { dir, tensors }
@@ -58,18 +52,7 @@ impl Env {
     /// (stdout, stderr).
     fn run(&self, args: &[&str], code: i32) -> (String, String) {
         let out = self.dmx(args).output().expect("run dmx");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "dmx {args:?}\nstdout: {stdout}\nstderr: {stderr}"
-        );
-        assert!(
-            !stderr.contains("panicked"),
-            "dmx {args:?} panicked: {stderr}"
-        );
-        (stdout, stderr)
+        crate::support::check(args, &out, code)
     }
 
     /// Compresses `input` to `output` quietly.
@@ -108,10 +91,6 @@ impl Env {
         bytes[at] ^= 0x20;
         std::fs::write(self.path(rel), bytes).expect("write");
     }
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 #[test]

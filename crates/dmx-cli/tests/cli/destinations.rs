@@ -2,8 +2,7 @@
 //! (issue 11, findings 1, 2, 3, 7 and 11): dmx never deletes or replaces what it was not asked
 //! to write, never reads a device or a FIFO, and leaves no temporary file behind.
 
-#[path = "../../dmx/tests/common/mod.rs"]
-mod common;
+use dmx_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -466,13 +465,10 @@ fn dash_elsewhere_never_creates_a_file_named_dash() {
 
 /// Writes `n` bytes that compress slowly (pseudo-random) to `path`.
 fn noise(path: &Path, n: usize) {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = common::Rng(0x9e37_79b9_7f4a_7c15);
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
+        out.extend_from_slice(&rng.next_u64().to_le_bytes());
     }
     std::fs::write(path, out).unwrap();
 }

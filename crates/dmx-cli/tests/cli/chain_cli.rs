@@ -3,42 +3,15 @@
 //! moments always leaves a chain that `dmx verify` accepts at its old or new length, and the
 //! next append succeeds.
 
-#[path = "../../dmx/tests/common/mod.rs"]
-mod common;
+use dmx_testkit as common;
+
+use crate::support::{dmx, json, run};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::{Rng, Tensor};
-use serde_json::Value;
-
-fn dmx(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmx"));
-    cmd.current_dir(dir).args(args);
-    cmd
-}
-
-/// Runs `dmx ARGS` in `dir`, expects exit status `code` and no panic; returns (stdout, stderr).
-fn run(dir: &Path, args: &[&str], code: i32) -> (String, String) {
-    let out = dmx(dir, args).output().expect("run dmx");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "dmx {args:?}\nstdout: {stdout}\nstderr: {stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked"),
-        "dmx {args:?} panicked: {stderr}"
-    );
-    (stdout, stderr)
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
 
 /// Entries in the chain's manifest.
 fn chain_len(dir: &Path) -> usize {

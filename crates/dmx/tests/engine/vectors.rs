@@ -16,18 +16,20 @@
 //!
 //! Every vector must decode to its recorded output and be reproduced byte for byte by
 //! encoding its input again. After an intended format or encoder change, regenerate
-//! everything with `DMX_BLESS=1 cargo test -p dmx --test vectors` and commit
+//! everything with `DMX_BLESS=1 cargo test -p dmx --test engine vectors::` and commit
 //! `tests/vectors/`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use dmx_testkit::{bf16_bytes, f32_bytes, fix_index_checksum};
+
 use dmx::dmx_format::{FormatError, Index, Limits, Trailer};
 use dmx::{Archive, Options};
 
 const BLESS_HINT: &str = "if the change is intended, regenerate the vectors with \
-     `DMX_BLESS=1 cargo test -p dmx --test vectors`, commit tests/vectors/ and describe the \
+     `DMX_BLESS=1 cargo test -p dmx --test engine vectors::`, commit tests/vectors/ and describe the \
      change in docs/FORMAT.md";
 
 const INPUT: &str = "tiny.safetensors";
@@ -246,15 +248,6 @@ fn broken_packed(packed: &[u8]) -> Vec<u8> {
     b
 }
 
-/// Recomputes the trailer's index checksum in place.
-fn fix_index_checksum(archive: &mut [u8]) {
-    let n = archive.len();
-    let t = Trailer::from_bytes(&archive[n - 32..]).expect("trailer");
-    let (o, l) = (t.index_offset as usize, t.index_len as usize);
-    let fixed = Trailer::for_index(t.index_offset, &archive[o..o + l]);
-    archive[n - 32..].copy_from_slice(&fixed.to_bytes());
-}
-
 /// The broken archives derived from a good one.
 fn broken(good: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     let n = good.len();
@@ -311,7 +304,7 @@ fn vectors() -> &'static Path {
              # compressing it; x-*.dmx must fail to open; chunk and lossy vectors must\n\
              # decode as expected.txt says and be reproduced by encoding their inputs (see\n\
              # README.md). Regenerate (after an intended format or encoder change) with:\n\
-             # DMX_BLESS=1 cargo test -p dmx --test vectors\n",
+             # DMX_BLESS=1 cargo test -p dmx --test engine vectors::\n",
         );
         list.push_str(&format!("{INPUT}: {}\n", blake3_hex(&tiny_model())));
         list.push_str(&format!("{ARCHIVE}: {}\n", blake3_hex(&good)));
@@ -826,17 +819,6 @@ fn weights(seed: u64, n: usize) -> Vec<f32> {
             }
             ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
         })
-        .collect()
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// bfloat16 bytes of `v` (truncated).
-fn bf16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
         .collect()
 }
 

@@ -2,7 +2,7 @@
 //! shapes, special float values, odd header layouts, multi-chunk tensors, model folders,
 //! opaque files, and thread-count independence of the archive bytes.
 
-mod common;
+use dmx_testkit as common;
 
 use std::path::Path;
 
@@ -11,22 +11,12 @@ use dmx::dmx_format::{EntryKind, SegmentKind};
 use dmx::{Archive, Options};
 use proptest::prelude::*;
 
+use crate::proptest_config as config;
+
 fn opts(threads: usize) -> Options {
     Options {
         threads: Some(threads),
         ..Options::default()
-    }
-}
-
-/// Cases per property: 24 unless `PROPTEST_CASES` says otherwise.
-fn config(default_cases: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default_cases);
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
     }
 }
 

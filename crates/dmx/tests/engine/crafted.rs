@@ -3,7 +3,7 @@
 //! reader (open, info, verify, decompress, extract, diff) must fail cleanly or detect the
 //! damage: no panic, no wrong data reported as good, no file left behind.
 
-mod common;
+use dmx_testkit as common;
 
 use std::path::{Path, PathBuf};
 

@@ -1,9 +1,11 @@
-//! Helpers shared by the engine's integration tests: a hand-written safetensors encoder (so
-//! key order, header padding and `__metadata__` are under the test's control) and a small
-//! deterministic generator of tensor values, special float values included.
-#![allow(dead_code)]
+//! Fixtures shared by the dmx test suites (engine and CLI): a hand-written safetensors
+//! encoder (so key order, header padding and `__metadata__` are under the test's control), a
+//! small deterministic generator of tensor values, special float values included, and runners
+//! for the `dmx` binary.
 
 use std::path::Path;
+
+use dmx_format::Trailer;
 
 /// Every safetensors dtype the tests exercise, with its element size in bytes.
 pub const DTYPES: &[(&str, usize)] = &[
@@ -34,13 +36,18 @@ pub fn dtype_size(dtype: &str) -> usize {
 /// One tensor to write.
 #[derive(Debug, Clone)]
 pub struct Tensor {
+    /// Tensor name (the header key).
     pub name: String,
+    /// safetensors dtype, e.g. `"BF16"`.
     pub dtype: String,
+    /// Shape in elements.
     pub shape: Vec<usize>,
+    /// Little-endian element bytes.
     pub data: Vec<u8>,
 }
 
 impl Tensor {
+    /// A tensor; panics if `data` does not hold exactly `shape`'s elements of `dtype`.
     pub fn new(name: &str, dtype: &str, shape: &[usize], data: Vec<u8>) -> Self {
         let n: usize = shape.iter().product();
         assert_eq!(n * dtype_size(dtype), data.len(), "tensor {name}: size");
@@ -85,6 +92,17 @@ pub struct Layout {
     pub align: bool,
     /// Whitespace between JSON tokens.
     pub pretty: bool,
+}
+
+impl Layout {
+    /// The layout PyTorch's `save_file` writes: aligned, `__metadata__ = {"format": "pt"}`.
+    pub fn pt() -> Self {
+        Layout {
+            metadata: vec![("format".into(), "pt".into())],
+            align: true,
+            ..Layout::default()
+        }
+    }
 }
 
 fn json_str(s: &str) -> String {
@@ -177,6 +195,7 @@ pub fn plain(tensors: &[Tensor]) -> Vec<u8> {
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// The next 64 random bits (splitmix64).
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -190,6 +209,7 @@ impl Rng {
         self.next_u64() % n
     }
 
+    /// `n` random bytes.
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next_u64() as u8).collect()
     }
@@ -205,7 +225,10 @@ pub enum Mode {
     Weights,
     /// Weight-like values with about one special value (±0, NaNs with payloads, ±Inf,
     /// subnormals, max finite, integer extremes) in `rate` elements.
-    Mixed { rate: u32 },
+    Mixed {
+        /// One special value in about this many elements.
+        rate: u32,
+    },
     /// Only special values.
     Special,
     /// One repeated value.
@@ -492,4 +515,46 @@ pub fn scratch() -> tempfile::TempDir {
         return dir;
     }
     tempfile::tempdir().expect("tempdir")
+}
+
+/// A restored output, read back whole: a file's bytes or a folder's files.
+#[derive(PartialEq, Eq, Debug)]
+pub enum Restored {
+    /// The bytes of a restored file.
+    File(Vec<u8>),
+    /// Every file of a restored folder, as [`tree`] lists them.
+    Folder(Vec<(String, Vec<u8>)>),
+}
+
+impl Restored {
+    /// Reads the file or folder at `path`.
+    pub fn read(path: &Path) -> Self {
+        if path.is_dir() {
+            Restored::Folder(tree(path))
+        } else {
+            Restored::File(std::fs::read(path).expect("read restored output"))
+        }
+    }
+}
+
+/// Recomputes the trailer's index checksum of `archive` in place (after a test changed the
+/// index on purpose, so the change reaches the parser).
+pub fn fix_index_checksum(archive: &mut [u8]) {
+    let n = archive.len();
+    let t = Trailer::from_bytes(&archive[n - 32..]).expect("trailer");
+    let (o, l) = (t.index_offset as usize, t.index_len as usize);
+    let fixed = Trailer::for_index(t.index_offset, &archive[o..o + l]);
+    archive[n - 32..].copy_from_slice(&fixed.to_bytes());
+}
+
+/// Little-endian bytes of `v`.
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// bfloat16 bytes of `v` (truncated).
+pub fn bf16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+        .collect()
 }

@@ -2,8 +2,9 @@
 //! cores, quiet exits on a closed stdout pipe, names from archives shown with their control
 //! characters escaped, and clear messages for foreign, extended and dangling inputs.
 
-#[path = "../../dmx/tests/common/mod.rs"]
-mod common;
+use dmx_testkit as common;
+
+use crate::support::{dmx, json, run, text};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -11,34 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::{Mode, Tensor};
 use dmx::dmx_format::{SegmentKind, Trailer};
-use serde_json::Value;
-
-fn dmx(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmx"));
-    cmd.current_dir(dir).args(args);
-    cmd
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs `dmx ARGS` in `dir`, expects exit status `code` and no panic; returns (stdout, stderr).
-fn run(dir: &Path, args: &[&str], code: i32) -> (String, String) {
-    let out = dmx(dir, args).output().expect("run dmx");
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "dmx {args:?}\nstdout: {stdout}\nstderr: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "dmx {args:?}: {stderr}");
-    (stdout, stderr)
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
 
 /// A small model: a BF16 matrix, an F32 vector and an I64 vector, `seed` varying the values.
 fn model(seed: u64, names: [&str; 3]) -> Vec<u8> {

@@ -10,8 +10,7 @@
 //! Unix only (signals, `sh`, `ulimit`).
 #![cfg(unix)]
 
-#[path = "../../dmx/tests/common/mod.rs"]
-mod common;
+use dmx_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -7,9 +7,10 @@
 //! still catch every change of the decoded data, and nothing is written outside the output.
 //!
 //! The exhaustive matrix over a larger archive is `#[ignore]`d:
-//! `cargo test -p dmx --test corruption -- --ignored`.
+//! `cargo test -p dmx --test engine corruption -- --ignored`.
 
-mod common;
+use dmx_testkit as common;
+use dmx_testkit::{Restored, fix_index_checksum};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -34,22 +35,6 @@ struct Fixture {
     restored: Restored,
 }
 
-#[derive(PartialEq, Eq, Debug)]
-enum Restored {
-    File(Vec<u8>),
-    Folder(Vec<(String, Vec<u8>)>),
-}
-
-impl Restored {
-    fn read(path: &Path) -> Self {
-        if path.is_dir() {
-            Restored::Folder(common::tree(path))
-        } else {
-            Restored::File(std::fs::read(path).expect("read restored"))
-        }
-    }
-}
-
 /// A single safetensors file whose archive is about 12 KB and uses every codec.
 fn small_file() -> Fixture {
     let tensors = vec![
@@ -63,14 +48,7 @@ fn small_file() -> Fixture {
         Tensor::generated("e4m3", "F8_E4M3", &[129], Mode::Mixed { rate: 3 }, 7),
         Tensor::generated("emb.rows", "BF16", &[16, 40], Mode::RowScaled, 8),
     ];
-    let file = common::safetensors(
-        &tensors,
-        &Layout {
-            metadata: vec![("format".into(), "pt".into())],
-            align: true,
-            ..Layout::default()
-        },
-    );
+    let file = common::safetensors(&tensors, &Layout::pt());
     fixture_from_file(&file, &tensors)
 }
 
@@ -391,15 +369,6 @@ fn parts(archive: &[u8]) -> Parts {
         index_offset: trailer.index_offset as usize,
         index_len: trailer.index_len as usize,
     }
-}
-
-/// Recomputes the trailer's index checksum of `archive` in place.
-fn fix_index_checksum(archive: &mut [u8]) {
-    let p = parts(archive);
-    let index = &archive[p.index_offset..p.index_offset + p.index_len];
-    let t = Trailer::for_index(p.index_offset as u64, index);
-    let n = archive.len();
-    archive[n - 32..].copy_from_slice(&t.to_bytes());
 }
 
 /// Damages every byte of every chunk payload (stride `stride`), recomputing the chunk's

@@ -1,6 +1,6 @@
 //! `dmx::tensors::TensorFile` over safetensors files and archives, and `dmx::diff::diff`.
 
-mod common;
+use dmx_testkit as common;
 
 use std::path::{Path, PathBuf};
 

@@ -7,7 +7,7 @@
 //! A case whose bug is not fixed yet is listed in [`PENDING`] and replayed by its own
 //! `#[ignore]`d test naming the bug; once fixed, remove it from both.
 
-#[path = "../../../fuzz/src/lib.rs"]
+#[path = "../../../../fuzz/src/lib.rs"]
 mod props;
 
 use std::path::{Path, PathBuf};

@@ -7,9 +7,10 @@
 //! Each archive kind is a [`Subject`] built by one function; adding a kind (lossy, delta,
 //! chain manifest) is that function plus one `#[test]` line calling [`matrix`]. The full
 //! matrix (every bit of every byte) is `#[ignore]`d:
-//! `cargo test -p dmx --test matrix -- --ignored`.
+//! `cargo test -p dmx --test engine matrix -- --ignored`.
 
-mod common;
+use dmx_testkit as common;
+use dmx_testkit::Restored;
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -24,23 +25,6 @@ fn opts() -> Options {
         threads: Some(1),
         no_sync: true,
         ..Options::default()
-    }
-}
-
-/// What restoring an archive produced: one file, or a folder tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Restored {
-    File(Vec<u8>),
-    Folder(Vec<(String, Vec<u8>)>),
-}
-
-impl Restored {
-    fn read(path: &Path) -> Self {
-        if path.is_dir() {
-            Restored::Folder(common::tree(path))
-        } else {
-            Restored::File(std::fs::read(path).expect("read restored output"))
-        }
     }
 }
 

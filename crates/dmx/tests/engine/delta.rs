@@ -2,7 +2,7 @@
 //! base and target, bases given as `.dmx`, quantized deltas equal to the target's grid values,
 //! and refusals (wrong base, corrupt or truncated delta).
 
-mod common;
+use dmx_testkit as common;
 
 use std::path::{Path, PathBuf};
 

@@ -3,8 +3,8 @@
 //! lossy forms never larger than exact ones, flags that do nothing, deltas of files not named
 //! `*.safetensors`.
 
-#[path = "../../dmx/tests/common/mod.rs"]
-mod common;
+use dmx_testkit as common;
+use dmx_testkit::{bf16_bytes, f32_bytes};
 
 use std::path::PathBuf;
 
@@ -26,16 +26,6 @@ fn gauss(n: usize, seed: u64, sigma: f64) -> Vec<f32> {
             let (u, v) = (next(), next());
             ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * sigma) as f32
         })
-        .collect()
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn bf16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|x| x.to_le_bytes()[2..].to_vec())
         .collect()
 }
 
@@ -71,15 +61,7 @@ impl Env {
             .args(args)
             .output()
             .expect("run dmx");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "dmx {args:?}\nstdout: {stdout}\nstderr: {stderr}"
-        );
-        assert!(!stderr.contains("panicked"), "dmx {args:?}: {stderr}");
-        (stdout, stderr)
+        crate::support::check(args, &out, code)
     }
 
     fn json(&self, args: &[&str], code: i32) -> Value {

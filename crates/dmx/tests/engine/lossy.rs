@@ -2,7 +2,7 @@
 //! valid safetensors file with the original header, exact non-float tensors, exact NaN/Inf,
 //! errors within what the archive records, and `verify` agreeing with the record.
 
-mod common;
+use dmx_testkit as common;
 
 use std::path::Path;
 

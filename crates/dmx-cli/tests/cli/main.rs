@@ -1,0 +1,10 @@
+//! The `dmx` command's integration tests, one binary (one link) for the whole suite.
+
+mod chain_cli;
+mod cli;
+mod crash;
+mod destinations;
+mod format12;
+mod hygiene;
+mod lossy_cli;
+mod support;

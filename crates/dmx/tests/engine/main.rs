@@ -1,0 +1,24 @@
+//! The engine's integration tests, one binary (one link) for the whole suite.
+
+mod chain;
+mod corruption;
+mod crafted;
+mod delta;
+mod diff;
+mod fuzz_regressions;
+mod lossy;
+mod matrix;
+mod roundtrip;
+mod vectors;
+
+/// Proptest settings: `default_cases` cases per property unless `PROPTEST_CASES` says otherwise.
+fn proptest_config(default_cases: u32) -> proptest::prelude::ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_cases);
+    proptest::prelude::ProptestConfig {
+        cases,
+        ..proptest::prelude::ProptestConfig::default()
+    }
+}
