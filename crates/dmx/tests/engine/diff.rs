@@ -186,7 +186,7 @@ fn tensor_file_detects_archive_damage() {
 use dmx::diff::{DiffReport, diff};
 
 /// The CLI's text form of the report, checked here against the reports these tests build.
-#[path = "../../dmx-cli/src/diff_text.rs"]
+#[path = "../../../dmx-cli/src/diff_text.rs"]
 mod diff_text;
 use dmx::names::{Component, Role};
 
