@@ -14,7 +14,7 @@ use crate::io::fs::sha256_file;
 
 use super::MANIFEST;
 use super::manifest::{ChainEntry, ChainEntryKind, ChainManifest, check_name};
-use super::restore::kind_of;
+use crate::io::kind_of;
 
 /// Checks a checkpoint to append: one safetensors file. Returns its file name.
 pub(super) fn check_input(path: &Path) -> Result<String> {

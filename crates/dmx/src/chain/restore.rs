@@ -1,7 +1,7 @@
 //! `chain-reconstruct` and `chain-verify`: entries restored from their anchor and deltas.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -10,6 +10,7 @@ use crate::Options;
 use crate::delta::Precision;
 use crate::error::{Error, Result};
 use crate::io::fs::work_dir;
+use crate::io::kind_of;
 
 use super::build::Chain;
 use super::manifest::{ChainEntryKind, ChainManifest, read_manifest};
@@ -175,34 +176,16 @@ pub(super) fn restore_into(
     Ok((entries.into_values().collect(), output_bytes))
 }
 
-/// `path` made absolute with every symbolic link, `.` and `..` resolved, also when its last
-/// components do not exist yet (those are resolved by their spelling).
-pub(super) fn resolve(path: &Path) -> Result<PathBuf> {
-    let abs = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
-    let parts: Vec<std::path::Component> = abs.components().collect();
-    for k in (1..=parts.len()).rev() {
-        let prefix: PathBuf = parts[..k].iter().collect();
-        if let Ok(mut r) = prefix.canonicalize() {
-            for c in &parts[k..] {
-                match c {
-                    std::path::Component::ParentDir => {
-                        r.pop();
-                    }
-                    std::path::Component::Normal(n) => r.push(n),
-                    _ => {}
-                }
-            }
-            return Ok(r);
-        }
-    }
-    Ok(abs)
-}
-
 /// Refuses an output folder that is the chain folder `dir`, is inside it, or contains it,
 /// however spelled (`.`, `..`, `x/..`, symbolic links), or that exists and is not a folder.
 pub(super) fn check_output_dir(dir: &Path, output: &Path) -> Result<()> {
     let chain = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
-    let out = resolve(output)?;
+    let out = crate::io::resolve(output).ok_or_else(|| {
+        Error::io(
+            output,
+            std::io::Error::other("cannot resolve the path (no current folder)"),
+        )
+    })?;
     let why = if out == chain {
         Some(("is the chain folder", "a folder outside it"))
     } else if out.starts_with(&chain) {
@@ -227,33 +210,6 @@ pub(super) fn check_output_dir(dir: &Path, output: &Path) -> Result<()> {
             kind_of(&meta)
         ))),
         Err(_) => Ok(()),
-    }
-}
-
-/// "a folder", "a symbolic link", "a FIFO", ... for messages.
-pub(super) fn kind_of(meta: &std::fs::Metadata) -> &'static str {
-    let t = meta.file_type();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if t.is_fifo() {
-            return "a FIFO";
-        }
-        if t.is_char_device() || t.is_block_device() {
-            return "a device";
-        }
-        if t.is_socket() {
-            return "a socket";
-        }
-    }
-    if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_dir() {
-        "a folder"
-    } else if t.is_file() {
-        "a file"
-    } else {
-        "a special file"
     }
 }
 

@@ -149,7 +149,7 @@ pub fn check_writable_dir(output: &Path, force: bool) -> Result<()> {
 
 /// `path` made absolute with every existing part resolved (symbolic links, `.` and `..`), and
 /// the rest (which does not exist yet) normalised lexically.
-fn resolve(path: &Path) -> Option<PathBuf> {
+pub(crate) fn resolve(path: &Path) -> Option<PathBuf> {
     use std::path::Component;
     let abs = if path.is_absolute() {
         path.to_path_buf()
