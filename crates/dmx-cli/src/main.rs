@@ -72,6 +72,7 @@ fn options(common: &Common, force: bool) -> dmx::Options {
         force,
         no_sync: common.no_sync,
         progress: progress::bar(common.quiet).map(|b| Arc::new(b) as Arc<dyn dmx::Progress>),
+        cancel: None,
     }
 }
 

@@ -50,6 +50,10 @@ pub enum Error {
     /// The output exists and overwriting it was not asked for ([`crate::Options::force`]).
     #[error("{} already exists", .0.display())]
     Exists(PathBuf),
+    /// The operation was stopped through [`crate::Options::cancel`]; no partial output is
+    /// left behind.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl Error {
@@ -64,7 +68,7 @@ impl Error {
                     | dmx_format::FormatError::UnsupportedVersion { .. }
                     | dmx_format::FormatError::UnknownFlags(_)
             ),
-            Error::Io { .. } | Error::Usage(_) | Error::Exists(_) => false,
+            Error::Io { .. } | Error::Usage(_) | Error::Exists(_) | Error::Cancelled => false,
         }
     }
 

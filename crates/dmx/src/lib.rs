@@ -106,6 +106,9 @@ pub struct Options {
     pub no_sync: bool,
     /// Progress receiver.
     pub progress: Option<Arc<dyn Progress>>,
+    /// Set to `true` (by another thread) to stop the operation: it returns
+    /// [`Error::Cancelled`] soon after, leaving no partial output.
+    pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Most worker threads per core: the work is CPU-bound, so more threads than cores only cost
@@ -131,6 +134,15 @@ pub fn worker_threads(requested: Option<usize>, work_bytes: u64) -> Result<usize
 }
 
 impl Options {
+    /// [`Error::Cancelled`] once [`Options::cancel`] is set; long loops call this between
+    /// chunks.
+    pub fn check_cancel(&self) -> Result<()> {
+        match &self.cancel {
+            Some(flag) if flag.load(std::sync::atomic::Ordering::Relaxed) => Err(Error::Cancelled),
+            _ => Ok(()),
+        }
+    }
+
     /// A pool for work of unknown size: [`worker_threads`] without the work cap.
     pub(crate) fn pool(&self) -> Result<rayon::ThreadPool> {
         self.pool_for(u64::MAX)

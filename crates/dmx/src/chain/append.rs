@@ -118,6 +118,7 @@ pub(super) fn append_all(
         force: true,
         no_sync: opts.no_sync,
         progress: opts.progress.clone(),
+        cancel: opts.cancel.clone(),
     };
     let lossy = LossyOptions {
         mode: match m.precision {

@@ -292,6 +292,7 @@ pub(super) fn restore_entry(
         force,
         no_sync: !sync,
         progress: opts.progress.clone(),
+        cancel: opts.cancel.clone(),
     };
     let progress = o.progress.as_deref();
     let entry = &archive.index().entries[0];
