@@ -8,6 +8,7 @@ mod diff;
 mod fuzz_regressions;
 mod lossy;
 mod matrix;
+mod memory;
 mod roundtrip;
 mod vectors;
 
