@@ -430,3 +430,46 @@ fn cancel_leaves_no_output() {
     assert!(dmx_testkit::leftovers(dir.path()).is_empty());
     assert!(!out.exists());
 }
+
+/// Counts the bytes reported.
+#[derive(Default)]
+struct Count(std::sync::atomic::AtomicU64);
+
+impl dmx::Progress for Count {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, bytes: u64) {
+        self.0
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn finish(&self) {}
+}
+
+#[test]
+fn reads_report_progress_and_stop_when_cancelled() {
+    let dir = scratch();
+    let ts = zoo(12);
+    let out = dir.path().join("m.dmx");
+    let count = Arc::new(Count::default());
+    let opts = Options {
+        progress: Some(count.clone()),
+        ..Options::default()
+    };
+    dmx::compress_tensors(&views(&ts), None, &out, &LossyOptions::default(), &opts).unwrap();
+    let total: u64 = ts.iter().map(|t| t.data.len() as u64).sum();
+    assert!(count.0.load(std::sync::atomic::Ordering::Relaxed) > total);
+    count.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    let a = Archive::open(&out).unwrap();
+    for t in a.tensors() {
+        let mut buf = vec![0u8; t.len as usize];
+        a.read_ref_into_with(t, &mut buf, &opts).unwrap();
+    }
+    assert_eq!(count.0.load(std::sync::atomic::Ordering::Relaxed), total);
+    let cancelled = Options {
+        cancel: Some(Arc::new(AtomicBool::new(true))),
+        ..Options::default()
+    };
+    let t = a.tensor("big").unwrap();
+    let mut buf = vec![0u8; t.len as usize];
+    let e = a.read_ref_into_with(t, &mut buf, &cancelled).unwrap_err();
+    assert!(matches!(e, Error::Cancelled), "{e}");
+}
