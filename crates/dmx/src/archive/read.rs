@@ -83,6 +83,10 @@ impl Archive {
                     "{}: no safetensors file {f:?} in the archive",
                     self.path.display()
                 ),
+                None if n == 0 => format!(
+                    "{}: the archive holds no safetensors file",
+                    self.path.display()
+                ),
                 None => format!(
                     "{}: the archive holds {n} safetensors files; name one",
                     self.path.display()
