@@ -202,12 +202,23 @@ fn archives_are_those_of_the_serialized_file() {
         .map(|i| Owned::new(&format!("n.{i}.w"), "F32", &[1 + i % 17], &mut rng))
         .collect();
     same_archive(dir.path(), &small, Some(&m), &LossyOptions::default());
-    assert_eq!(
-        Archive::open(&dir.path().join("model.dmx"))
-            .unwrap()
-            .version(),
-        (1, 2)
-    );
+    let a = Archive::open(&dir.path().join("model.dmx")).unwrap();
+    assert_eq!(a.version(), (1, 2));
+    // Packed tensors read whole and by rows.
+    for t in small.iter().step_by(7) {
+        let r = a.tensor(&t.name).unwrap();
+        assert!(matches!(
+            r.segment.kind,
+            dmx::dmx_format::SegmentKind::Packed(_)
+        ));
+        let mut buf = vec![0u8; t.data.len()];
+        a.read_tensor_into(&t.name, &mut buf).unwrap();
+        assert!(buf == t.data);
+        let n = t.shape[0];
+        let mut part = vec![0u8; 4 * (n as usize - n as usize / 2)];
+        a.read_rows_into(&t.name, n / 2..n, &mut part).unwrap();
+        assert!(part == t.data[4 * (n as usize / 2)..]);
+    }
     same_archive(dir.path(), &[], None, &LossyOptions::default());
 }
 
