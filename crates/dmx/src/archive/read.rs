@@ -34,8 +34,8 @@ impl Archive {
     /// order). Its [`TensorRef::info`] holds the dtype and shape, [`TensorRef::len`] the byte
     /// length [`Archive::read_tensor_into`] fills.
     pub fn tensor_in(&self, file: Option<&str>, name: &str) -> Option<TensorRef<'_>> {
-        self.tensors()
-            .find(|t| t.info.name == name && file.is_none_or(|f| t.entry.path == f))
+        self.tensors_named(name)
+            .find(|t| file.is_none_or(|f| t.entry.path == f))
     }
 
     /// [`Archive::tensor_in`] of any file: the dtype, shape and byte length of a tensor.
