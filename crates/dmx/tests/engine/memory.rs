@@ -484,3 +484,11 @@ fn reads_report_progress_and_stop_when_cancelled() {
     let e = a.read_ref_into_with(t, &mut buf, &cancelled).unwrap_err();
     assert!(matches!(e, Error::Cancelled), "{e}");
 }
+
+/// Bindings share an open archive between threads.
+#[test]
+fn archives_are_send_and_sync() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Archive>();
+    shared::<TensorData<'static>>();
+}
