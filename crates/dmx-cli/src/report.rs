@@ -26,7 +26,7 @@ pub fn write_json<T: serde::Serialize>(
     sync: bool,
 ) -> Result<(), dmx::Error> {
     let text = serde_json::to_vec_pretty(value)
-        .map_err(|e| dmx::Error::Usage(format!("cannot encode JSON: {e}")))?;
+        .map_err(|e| dmx::Error::Internal(format!("cannot encode JSON: {e}")))?;
     dmx::write_file(path, &text, force, sync)
 }
 

@@ -254,7 +254,7 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
 /// Archives are read from files only (they are memory-mapped and read out of order).
 fn refuse_dash_archive(archive_path: &Path) -> Result<()> {
     if crate::io::is_dash(archive_path) {
-        return Err(Error::Usage(
+        return Err(Error::Unsupported(
             "an archive cannot be read from standard input; save it to a file first (use \
              ./- for a file named -)"
                 .into(),
@@ -266,7 +266,7 @@ fn refuse_dash_archive(archive_path: &Path) -> Result<()> {
 /// Refuses deltas, which need their base.
 fn refuse_delta(archive: &Archive, archive_path: &Path) -> Result<()> {
     if archive.index().entries.iter().any(|e| e.base.is_some()) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unsupported(format!(
             "{} is a delta: restore it with `dmx delta-reconstruct BASE {} OUTPUT`",
             archive_path.display(),
             archive_path.display()
@@ -300,7 +300,7 @@ pub fn decompress_to(archive_path: &Path, out: &mut dyn Write, opts: &Options) -
     let archive = Archive::open(archive_path)?;
     refuse_delta(&archive, archive_path)?;
     if archive.index().root != Root::File {
-        return Err(Error::Usage(format!(
+        return Err(Error::Destination(format!(
             "{} is a folder archive; standard output can take only a single-file archive \
              (restore it to a folder instead)",
             archive_path.display()

@@ -125,7 +125,7 @@ impl Base {
                 && index.entries.len() == 1
                 && index.entries[0].kind == EntryKind::Safetensors;
             if !single {
-                return Err(Error::Usage(format!(
+                return Err(Error::Unsupported(format!(
                     "{}: a base archive must hold exactly one safetensors file (not a folder \
                      or a delta)",
                     path.display()
@@ -203,12 +203,12 @@ fn single_safetensors(path: &Path) -> Result<PlannedFile> {
                 }
                 None => "not a .safetensors file".to_string(),
             };
-            Err(Error::Usage(format!(
+            Err(Error::Unsupported(format!(
                 "{}: {why}; deltas take safetensors files",
                 path.display()
             )))
         }
-        _ => Err(Error::Usage(format!(
+        _ => Err(Error::Unsupported(format!(
             "{}: deltas take one safetensors file, not a folder",
             path.display()
         ))),
@@ -232,10 +232,7 @@ pub fn delta_compress(
     let plan = single_safetensors(target)?;
     let bytes = Bytes::open(&plan.path)?;
     if bytes.len() as u64 != plan.size {
-        return Err(Error::Usage(format!(
-            "{}: file changed size while being read",
-            target.display()
-        )));
+        return Err(Error::changed(target, "file changed size while being read"));
     }
     let base_tensors = base.tensors();
     // Quantized precisions: one grid for base and target, shared by role (lossy module docs),
@@ -373,7 +370,7 @@ pub(crate) fn base_slices<'a>(
         return Ok(vec![None; entry.segments.len()]);
     };
     if r.sha256 != base.sha256 || r.size != base.size {
-        return Err(Error::Usage(format!(
+        return Err(Error::WrongBase(format!(
             "wrong base: {} was made from a base of {} bytes with SHA-256 {}, but the given base \
              has {} bytes and SHA-256 {}",
             archive.path().display(),
@@ -419,7 +416,7 @@ pub fn delta_reconstruct(base: &Path, delta: &Path, output: &Path, opts: &Option
     let archive = Archive::open(delta)?;
     let entry = &archive.index().entries[0];
     if entry.kind != EntryKind::SafetensorsDelta || archive.index().entries.len() != 1 {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unsupported(format!(
             "{} is not a delta; restore it with `dmx decompress`",
             delta.display()
         )));
@@ -562,7 +559,7 @@ pub fn delta_info(path: &Path) -> Result<DeltaInfo> {
         .as_ref()
         .filter(|_| archive.index().entries.len() == 1)
     else {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unsupported(format!(
             "{} is not a delta; see `dmx info`",
             path.display()
         )));

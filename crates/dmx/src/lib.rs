@@ -122,7 +122,7 @@ pub fn worker_threads(requested: Option<usize>, work_bytes: u64) -> Result<usize
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let wanted = match requested {
         Some(0) => {
-            return Err(Error::Usage(
+            return Err(Error::InvalidArgument(
                 "the number of worker threads must be at least 1".into(),
             ));
         }
@@ -154,7 +154,7 @@ impl Options {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build()
-            .map_err(|e| Error::Usage(format!("cannot start {n} worker threads: {e}")))
+            .map_err(|e| Error::Resource(format!("cannot start {n} worker threads: {e}")))
     }
 }
 

@@ -107,12 +107,7 @@ pub fn verify_with(
     opts: &Options,
 ) -> Result<VerifyReport> {
     if archive.index().entries.iter().any(|e| e.base.is_some()) {
-        return Err(Error::Usage(format!(
-            "{} is a delta: its base is needed to check it; give the base it was made from \
-             with `dmx verify [TARGET] {} --base BASE`",
-            archive.path().display(),
-            archive.path().display()
-        )));
+        return Err(Error::BaseNeeded(archive.path().to_path_buf()));
     }
     verify_inner(archive, original, None, max_rel_error, opts)
 }
@@ -129,8 +124,8 @@ pub fn verify_delta(
 ) -> Result<VerifyReport> {
     let is_delta = archive.index().entries.iter().any(|e| e.base.is_some());
     match (is_delta, base) {
-        (false, Some(_)) => Err(Error::Usage(format!(
-            "{} is not a delta; --base applies only to deltas (.dmxd)",
+        (false, Some(_)) => Err(Error::InvalidArgument(format!(
+            "{} is not a delta; a base applies only to deltas (.dmxd)",
             archive.path().display()
         ))),
         (true, Some(b)) => {
@@ -154,8 +149,8 @@ fn verify_inner(
     {
         // As for `compress --max-rel-error`: a negative or NaN limit would fail every
         // tensor, an infinite one would let any error pass.
-        return Err(Error::Usage(format!(
-            "--max-rel-error {e}: must be a finite number >= 0"
+        return Err(Error::InvalidArgument(format!(
+            "maximum relative error {e}: must be a finite number >= 0"
         )));
     }
     let total: u64 = archive.index().entries.iter().map(|e| e.size).sum();
@@ -250,7 +245,7 @@ fn original_files(archive: &Archive, original: &Path) -> Result<Vec<Option<std::
         planned.retain(|p| !crate::io::same_file(&p.path, archive.path()));
     }
     if root != archive.index().root {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unsupported(format!(
             "{} is a {} but the archive holds a {}",
             original.display(),
             if root == Root::File { "file" } else { "folder" },

@@ -25,7 +25,7 @@ pub fn run(args: Args, _common: &Common) -> Result<Outcome, dmx::Error> {
         tensors,
     } = args;
     if dmx::chain::is_chain_dir(&file) {
-        return Err(dmx::Error::Usage(format!(
+        return Err(dmx::Error::Unsupported(format!(
             "{}: is a chain folder, not an archive; use `dmx chain-info {}`",
             file.display(),
             file.display()

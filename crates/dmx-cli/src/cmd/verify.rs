@@ -42,7 +42,11 @@ pub fn run(args: Args, common: &Common) -> Result<Outcome, dmx::Error> {
     let (original, archive_path) = match paths.as_slice() {
         [a] => (None, a.clone()),
         [o, a] => (Some(o.clone()), a.clone()),
-        _ => return Err(dmx::Error::Usage("verify takes one or two paths".into())),
+        _ => {
+            return Err(dmx::Error::InvalidArgument(
+                "verify takes one or two paths".into(),
+            ));
+        }
     };
     if let Some(p) = &report_path {
         dmx::check_distinct(&archive_path, p)?;
@@ -62,20 +66,17 @@ pub fn run(args: Args, common: &Common) -> Result<Outcome, dmx::Error> {
         && p.exists()
     {
         // Checked before the (possibly long) verification, and again when writing.
-        return Err(dmx::Error::Usage(format!(
-            "{} already exists; use --force to overwrite it",
-            p.display()
-        )));
+        return Err(dmx::Error::Exists(p.clone()));
     }
     let opts = options(common, force);
     if original.is_none() && archive_path.is_dir() {
         if max_rel_error.is_some() {
-            return Err(dmx::Error::Usage(
+            return Err(dmx::Error::InvalidArgument(
                 "--max-rel-error does not apply to chains".into(),
             ));
         }
         if base.is_some() {
-            return Err(dmx::Error::Usage(
+            return Err(dmx::Error::InvalidArgument(
                 "--base applies to deltas (.dmxd), not to chains".into(),
             ));
         }

@@ -29,7 +29,7 @@ use super::{AppendedEntry, ChainReport};
 pub fn chain_append(dir: &Path, checkpoints: &[PathBuf], opts: &Options) -> Result<ChainReport> {
     let start = Instant::now();
     if checkpoints.is_empty() {
-        return Err(Error::Usage(
+        return Err(Error::InvalidArgument(
             "chain-append needs at least one checkpoint".into(),
         ));
     }
@@ -149,9 +149,9 @@ pub(super) fn append_all(
             };
             match crate::delta_compress(base, &source, &delta, &d, &inner) {
                 Ok(r) => delta_size = Some(r.output_bytes),
-                // A delta the engine refuses to store (a usage-type error: nothing is wrong
-                // with the chain or the disk) leaves the standalone archive: an anchor.
-                Err(Error::Usage(why)) => delta_error = Some(why),
+                // A delta the engine refuses to store (nothing is wrong with the chain or
+                // the disk: `Error::is_refusal`) leaves the standalone archive: an anchor.
+                Err(e) if e.is_refusal() => delta_error = Some(e.to_string()),
                 Err(e) => return Err(e),
             }
         }
@@ -171,10 +171,10 @@ pub(super) fn append_all(
             ChainEntryKind::Delta => EntryKind::SafetensorsDelta,
         };
         if archive.index().entries.first().map(|e| e.kind) != Some(want) {
-            return Err(Error::Usage(format!(
-                "{}: is no longer a valid safetensors file (it changed while being read)",
-                ckpt.display()
-            )));
+            return Err(Error::changed(
+                ckpt,
+                "is no longer a valid safetensors file (it changed while being read)",
+            ));
         }
         let restored = archive.index().entries[0].sha256;
         let original_size = archive.index().entries[0].size;
@@ -183,19 +183,13 @@ pub(super) fn append_all(
             if kind == ChainEntryKind::Delta
                 && Archive::open(&standalone)?.index().entries[0].sha256 != restored
             {
-                return Err(Error::Usage(format!(
-                    "{}: the file changed while being read",
-                    ckpt.display()
-                )));
+                return Err(Error::changed(ckpt, "the file changed while being read"));
             }
             hex(&restored)
         } else {
             let (sha, size) = sha256_file(ckpt)?;
             if size != original_size {
-                return Err(Error::Usage(format!(
-                    "{}: the file changed while being read",
-                    ckpt.display()
-                )));
+                return Err(Error::changed(ckpt, "the file changed while being read"));
             }
             sha
         };

@@ -20,13 +20,13 @@ use crate::io::kind_of;
 pub(super) fn check_input(path: &Path) -> Result<String> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unsupported(format!(
             "{}: a chain entry must be one .safetensors file, not a folder",
             path.display()
         )));
     }
     if !meta.is_file() {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unsupported(format!(
             "{}: is {}, not a regular file; a chain entry must be one .safetensors file",
             path.display(),
             kind_of(&meta)
@@ -46,7 +46,7 @@ pub(super) fn check_input(path: &Path) -> Result<String> {
                 }
                 None => "not named *.safetensors".to_string(),
             };
-            return Err(Error::Usage(format!(
+            return Err(Error::Unsupported(format!(
                 "{}: {why}; chain entries must be safetensors checkpoints",
                 path.display()
             )));
@@ -55,8 +55,8 @@ pub(super) fn check_input(path: &Path) -> Result<String> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::Usage(format!("{}: file name is not UTF-8", path.display())))?;
-    check_name(name).map_err(|d| Error::Usage(format!("{}: {d}", path.display())))?;
+        .ok_or_else(|| Error::Unsupported(format!("{}: file name is not UTF-8", path.display())))?;
+    check_name(name).map_err(|d| Error::Unsupported(format!("{}: {d}", path.display())))?;
     Ok(name.to_string())
 }
 

@@ -14,7 +14,7 @@ pub fn check_distinct(input: &Path, output: &Path) -> Result<()> {
         (Ok(a), Ok(b)) if a == b
     );
     if same_path || same_file(input, output) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Destination(format!(
             "input and output are the same path ({}); choose another output",
             output.display()
         )));
@@ -33,7 +33,7 @@ pub fn check_outside(input: &Path, output: &Path) -> Result<()> {
         return Ok(());
     };
     if o.starts_with(&i) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Destination(format!(
             "{} is a file of the input folder {}; replacing it would lose it: choose another \
              output",
             output.display(),
@@ -50,7 +50,7 @@ pub fn is_dash(path: &Path) -> bool {
 
 /// The error for `-` where only a file path is accepted.
 fn dash_refused() -> Error {
-    Error::Usage(
+    Error::Destination(
         "`-` (standard output) is accepted only by `dmx decompress ARCHIVE -`; \
          use ./- for a file named -"
             .into(),
@@ -106,9 +106,9 @@ pub fn check_writable(output: &Path, force: bool) -> Result<()> {
         }
         return Err(Error::Exists(output.to_path_buf()));
     }
-    Err(Error::Usage(format!(
-        "{} exists and is {}; dmx only ever replaces regular files, even with --force \
-         (choose another output{})",
+    Err(Error::Destination(format!(
+        "{} exists and is {}; dmx only ever replaces regular files, even when asked \
+         to overwrite (choose another output{})",
         output.display(),
         kind_of(&meta),
         if meta.file_type().is_symlink() {
@@ -130,7 +130,7 @@ pub fn check_writable_dir(output: &Path, force: bool) -> Result<()> {
         return Ok(());
     };
     if !meta.file_type().is_dir() {
-        return Err(Error::Usage(format!(
+        return Err(Error::Destination(format!(
             "{} exists and is {}; a folder archive restores only into a new or existing \
              folder (choose another output)",
             output.display(),
@@ -138,11 +138,7 @@ pub fn check_writable_dir(output: &Path, force: bool) -> Result<()> {
         )));
     }
     if !force {
-        return Err(Error::Usage(format!(
-            "{} already exists; use --force to restore into it (only the files the archive \
-             holds are replaced; other files are kept)",
-            output.display()
-        )));
+        return Err(Error::Exists(output.to_path_buf()));
     }
     Ok(())
 }
@@ -195,7 +191,7 @@ fn same_node(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
 /// links are compared by resolved path and by device and inode).
 pub fn check_destination(archive: &Path, output: &Path) -> Result<()> {
     let refuse = || {
-        Err(Error::Usage(format!(
+        Err(Error::Destination(format!(
             "{} is, holds or lies inside the input {}; restoring there could destroy the \
              archive itself: choose another destination",
             output.display(),
