@@ -17,6 +17,7 @@ use dmx_format::{BaseRef, EntryKind, Index, Root, SegmentKind};
 use serde::Serialize;
 use sha2::Digest;
 
+use crate::Options;
 use crate::archive::Archive;
 use crate::compress::{BaseTensor, encode_entry, finish_archive};
 use crate::error::{Error, Result};
@@ -24,7 +25,6 @@ use crate::io::Bytes;
 use crate::io::{AtomicFile, check_distinct};
 use crate::lossy::{Coding, float_tensors, lossy_layout, shared_steps};
 use crate::plan::{PlannedFile, dtype_bits, plan_input};
-use crate::{Options, Progress};
 
 /// How the target's float tensors are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -253,6 +253,7 @@ pub fn delta_compress(
     let mut bases = Vec::with_capacity(plan.segments.len());
     let (mut added, mut reshaped, mut delta_tensors) = (Vec::new(), Vec::new(), 0);
     for seg in &plan.segments {
+        opts.check_cancel()?;
         let SegmentKind::Tensor(t) = &seg.kind else {
             codings.push(Coding::Lossless);
             bases.push(None);
@@ -430,9 +431,7 @@ pub fn delta_reconstruct(base: &Path, delta: &Path, output: &Path, opts: &Option
     }
     pool.install(|| -> Result<()> {
         let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-        write_entry(&archive, entry, &slices, progress, |data| {
-            out.write_all(data)
-        })?;
+        write_entry(&archive, entry, &slices, opts, |data| out.write_all(data))?;
         out.commit()
     })?;
     if let Some(p) = progress {
@@ -447,12 +446,12 @@ pub(crate) fn write_entry(
     archive: &Archive,
     entry: &dmx_format::Entry,
     bases: &[Option<&[u8]>],
-    progress: Option<&dyn Progress>,
+    opts: &Options,
     mut write: impl FnMut(&[u8]) -> Result<()> + Send,
 ) -> Result<()> {
     let mut check = crate::decompress::SegmentCheck::new(archive, entry);
     let mut sha = sha2::Sha256::new();
-    crate::decompress::stream_entry_with(archive, entry, bases, progress, |s, data| {
+    crate::decompress::stream_entry_with(archive, entry, bases, opts, |s, data| {
         check.update(s, data)?;
         sha.update(data);
         write(data)
@@ -632,8 +631,6 @@ pub(crate) fn restore_delta_to(
     let entry = &archive.index().entries[0];
     let slices = base_slices(archive, entry, base)?;
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-    write_entry(archive, entry, &slices, opts.progress.as_deref(), |d| {
-        out.write_all(d)
-    })?;
+    write_entry(archive, entry, &slices, opts, |d| out.write_all(d))?;
     out.commit()
 }

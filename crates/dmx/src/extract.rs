@@ -62,6 +62,7 @@ pub fn extract(archive: &Archive, names: &[String], output: &Path, opts: &Option
     out.write_all(&(json.len() as u64).to_le_bytes())?;
     out.write_all(&json)?;
     for t in &picked {
+        opts.check_cancel()?;
         let data = pool.install(|| archive.read_tensor(&t.info.name))?;
         out.write_all(&data)?;
     }

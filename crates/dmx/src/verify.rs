@@ -7,6 +7,7 @@ use dmx_format::{Entry, EntryKind, Root, SegmentKind};
 use serde::Serialize;
 use sha2::Digest;
 
+use crate::Options;
 use crate::archive::Archive;
 use crate::decompress::stream_entry_with;
 use crate::error::{Error, Result};
@@ -14,7 +15,6 @@ use crate::io::Bytes;
 use crate::lossy::{ErrorAcc, lossy_layout};
 use crate::plan::{self, plan_input};
 use crate::window::SegmentHasher;
-use crate::{Options, Progress};
 
 /// Outcome of a verification, serializable as the `--report` JSON (docs/VERIFY.md).
 #[derive(Debug, Clone, Serialize)]
@@ -167,6 +167,7 @@ fn verify_inner(
     // The decoded bytes of the current pack (format 1.2), for the packed files after it.
     let mut pack: Option<Vec<u8>> = None;
     for (i, entry) in archive.index().entries.iter().enumerate() {
+        opts.check_cancel()?;
         let orig = match originals.as_ref().filter(|_| entry.kind != EntryKind::Pack) {
             Some(list) => Some(match &list[i] {
                 Some(path) => Bytes::open(path)?,
@@ -193,8 +194,8 @@ fn verify_inner(
             Some(b) => crate::delta::base_slices(archive, entry, b)?,
             None => Vec::new(),
         };
-        let mut r = pool
-            .install(|| check_entry(archive, i, orig.as_ref(), &slices, max_rel_error, progress))?;
+        let mut r =
+            pool.install(|| check_entry(archive, i, orig.as_ref(), &slices, max_rel_error, opts))?;
         if entry.kind == EntryKind::Pack {
             pack = None;
             match pool.install(|| archive.read_pack(entry)) {
@@ -344,7 +345,7 @@ fn check_entry(
     original_file: Option<&Bytes>,
     bases: &[Option<&[u8]>],
     max_rel_error: Option<f64>,
-    progress: Option<&dyn Progress>,
+    opts: &Options,
 ) -> Result<FileReport> {
     let entry = &archive.index().entries[i];
     let lossy_entry = entry.segments.iter().any(|s| !s.transform.is_lossless());
@@ -366,7 +367,7 @@ fn check_entry(
     let mut hashes = vec![blake3::hash(&[]); entry.segments.len()];
     let mut pos = 0usize;
     let mut first_diff: Option<usize> = None;
-    let result = stream_entry_with(archive, entry, bases, progress, |s, data| {
+    let result = stream_entry_with(archive, entry, bases, opts, |s, data| {
         sha.update(data);
         if let Some((done, h)) = hasher.update(s, data) {
             hashes[done] = h;

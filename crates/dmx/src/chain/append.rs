@@ -133,6 +133,7 @@ pub(super) fn append_all(
     let delta = work.join("delta.dmxd");
     let mut appended = Vec::with_capacity(checkpoints.len());
     for (j, (ckpt, name)) in checkpoints.iter().zip(names).enumerate() {
+        opts.check_cancel()?;
         let t0 = Instant::now();
         let index = m.entries.len();
         let source = input_alias(work, ckpt, name)?;

@@ -221,6 +221,7 @@ impl<'a> Chain<'a> {
         // The entry whose failure breaks the current run of deltas, with its error.
         let mut broken: Option<(usize, String)> = None;
         for &i in needed {
+            self.opts.check_cancel()?;
             let e = &self.m.entries[i];
             let base = match (e.kind, &prev) {
                 (ChainEntryKind::Anchor, _) => None,
@@ -306,7 +307,7 @@ pub(super) fn restore_entry(
         }
         None => {
             let mut out = AtomicFile::create(dest, force, sync)?;
-            write_entry(archive, entry, &[], progress, |d| out.write_all(d))?;
+            write_entry(archive, entry, &[], &o, |d| out.write_all(d))?;
             out.commit()
         }
     })?;

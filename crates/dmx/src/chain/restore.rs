@@ -294,6 +294,7 @@ pub fn chain_verify(dir: &Path, opts: &Options) -> Result<ChainVerifyReport> {
         })
         .collect();
     for (v, e) in entries.iter_mut().zip(&m.entries) {
+        opts.check_cancel()?;
         match chain.check_stored(e) {
             Ok(()) => v.stored_ok = true,
             Err(err) if err.is_integrity_failure() => v.error = Some(err.to_string()),
