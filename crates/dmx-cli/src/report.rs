@@ -196,25 +196,6 @@ pub fn verify(r: &VerifyReport) {
     );
 }
 
-/// A failing report for an archive that could not even be opened.
-pub fn unreadable(archive: &Path, original: Option<&Path>, e: &dmx::Error) -> VerifyReport {
-    VerifyReport {
-        schema: 2,
-        archive: archive.display().to_string(),
-        original: original.map(|o| o.display().to_string()),
-        ok: false,
-        files: vec![dmx::FileReport {
-            path: archive.display().to_string(),
-            size: 0,
-            ok: false,
-            bit_exact: original.map(|_| false),
-            tensors: 0,
-            problems: vec![e.to_string()],
-            tensor_errors: Vec::new(),
-        }],
-    }
-}
-
 /// One `dmx bench` result: a line per dtype.
 pub fn bench_row(r: &BenchResult, header: bool) {
     if header {

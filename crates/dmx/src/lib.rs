@@ -53,6 +53,7 @@ mod plan;
 
 pub mod tensors;
 mod verify;
+mod verify_path;
 mod window;
 
 use std::sync::Arc;
@@ -78,6 +79,7 @@ pub use io::{
 };
 pub use plan::CHUNK_SIZE;
 pub use verify::{FileReport, TensorError, VerifyReport, verify, verify_delta, verify_with};
+pub use verify_path::{PathReport, VerifyRequest, verify_path};
 
 pub use dmx_codec;
 pub use dmx_format;
