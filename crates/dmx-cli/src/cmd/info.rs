@@ -18,7 +18,7 @@ pub struct Args {
 }
 
 /// Runs `dmx info`.
-pub fn run(args: Args, _common: &Common) -> Result<Outcome, dmx::Error> {
+pub fn run(args: Args, common: &Common) -> Result<Outcome, dmx::Error> {
     let Args {
         file,
         json,
@@ -33,7 +33,7 @@ pub fn run(args: Args, _common: &Common) -> Result<Outcome, dmx::Error> {
     }
     let archive = dmx::Archive::open(&file)?;
     let stats = dmx::Stats::of_archive(&archive);
-    super::emit(&stats, json, false, |stats| {
+    super::emit(&stats, json, common.quiet, |stats| {
         report::info(&file, stats, tensors)
     });
     Ok(Outcome::Ok)
