@@ -179,6 +179,19 @@ impl Base {
     }
 }
 
+/// Why the planner did not take `path` as safetensors: its warning (`default` without one)
+/// less the path it starts with and what `compress` would do instead ("stored as opaque
+/// bytes"), which deltas and chains do not.
+pub(crate) fn planner_reason(path: &Path, warning: Option<&str>, default: &str) -> String {
+    let Some(w) = warning else {
+        return default.to_string();
+    };
+    let w = w
+        .strip_prefix(&format!("{}: ", path.display()))
+        .unwrap_or(w);
+    w.split("; stored as").next().unwrap_or(w).to_string()
+}
+
 /// Plans `path`, which must be one valid safetensors file.
 fn single_safetensors(path: &Path) -> Result<PlannedFile> {
     let (root, mut files) = plan_input(path)?;
@@ -192,17 +205,7 @@ fn single_safetensors(path: &Path) -> Result<PlannedFile> {
     match (root, files.pop()) {
         (Root::File, Some(f)) if f.kind == EntryKind::Safetensors => Ok(f),
         (Root::File, Some(f)) => {
-            // The planner's warning says why, prefixed with the path and followed by what
-            // `compress` would do instead ("stored as opaque bytes"), which a delta does not:
-            // keep only the reason.
-            let prefix = format!("{}: ", path.display());
-            let why = match f.warning.as_deref() {
-                Some(w) => {
-                    let w = w.strip_prefix(&prefix).unwrap_or(w);
-                    w.split("; stored as").next().unwrap_or(w).to_string()
-                }
-                None => "not a .safetensors file".to_string(),
-            };
+            let why = planner_reason(path, f.warning.as_deref(), "not a .safetensors file");
             Err(Error::Unsupported(format!(
                 "{}: {why}; deltas take safetensors files",
                 path.display()

@@ -7,45 +7,28 @@ use dmx_format::{EntryKind, Root, SegmentKind};
 
 use crate::Options;
 use crate::archive::Archive;
-use crate::delta::{Base, hex, restore_delta_to, write_entry};
+use crate::delta::{Base, hex, planner_reason, restore_delta_to, write_entry};
 use crate::error::{Error, Result};
 use crate::io::AtomicFile;
 use crate::io::fs::sha256_file;
 
 use super::MANIFEST;
 use super::manifest::{ChainEntry, ChainEntryKind, ChainManifest, check_name};
-use crate::io::kind_of;
 
 /// Checks a checkpoint to append: one safetensors file. Returns its file name.
 pub(super) fn check_input(path: &Path) -> Result<String> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.is_dir() {
+    if crate::io::check_input(path)?.is_dir() {
         return Err(Error::Unsupported(format!(
             "{}: a chain entry must be one .safetensors file, not a folder",
             path.display()
-        )));
-    }
-    if !meta.is_file() {
-        return Err(Error::Unsupported(format!(
-            "{}: is {}, not a regular file; a chain entry must be one .safetensors file",
-            path.display(),
-            kind_of(&meta)
         )));
     }
     let (root, files) = crate::plan::plan_input(path)?;
     match (root, files.first()) {
         (Root::File, Some(f)) if f.kind == EntryKind::Safetensors => {}
         (_, f) => {
-            // The planner's warning says why, prefixed with the path and followed by what
-            // `compress` would do instead: keep only the reason.
-            let prefix = format!("{}: ", path.display());
-            let why = match f.and_then(|f| f.warning.as_deref()) {
-                Some(w) => {
-                    let w = w.strip_prefix(&prefix).unwrap_or(w);
-                    w.split("; stored as").next().unwrap_or(w).to_string()
-                }
-                None => "not named *.safetensors".to_string(),
-            };
+            let warning = f.and_then(|f| f.warning.as_deref());
+            let why = planner_reason(path, warning, "not named *.safetensors");
             return Err(Error::Unsupported(format!(
                 "{}: {why}; chain entries must be safetensors checkpoints",
                 path.display()

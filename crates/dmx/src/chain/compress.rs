@@ -12,7 +12,7 @@ use crate::io::fs::{lock_dir, sync_dir, work_dir};
 use super::append::{Cursor, append_all};
 use super::build::check_input;
 use super::manifest::{ChainManifest, check_entry_name_len, read_manifest};
-use super::orphans::{ORPHANS, clean_temps, orphans_dir, refuse_dash, set_aside};
+use super::orphans::{ORPHANS, clean_temps, orphans_dir, set_aside};
 use super::{ChainOptions, ChainReport, MANIFEST};
 
 /// Creates the chain folder `dir` and stores `checkpoints` in it, in order (see the module
@@ -41,7 +41,7 @@ pub fn chain_compress(
     for (i, (p, n)) in checkpoints.iter().zip(&names).enumerate() {
         check_entry_name_len(p, i, n)?;
     }
-    refuse_dash(dir)?;
+    crate::io::refuse_dash(dir, true)?;
     opts.pool()?;
     let existing = match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => true,

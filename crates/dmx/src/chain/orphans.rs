@@ -113,17 +113,6 @@ pub(super) fn set_aside(dir: &Path, listed: &BTreeSet<&str>, sync: bool) -> Resu
     Ok(moved)
 }
 
-/// Refuses the output folder `-`: a chain cannot go to standard output, and a folder named `-`
-/// is never created by accident (`./-` names one).
-pub(super) fn refuse_dash(dir: &Path) -> Result<()> {
-    if crate::io::is_dash(dir) {
-        return Err(Error::Destination(
-            "`-` (standard output) cannot hold a chain folder; use ./- for a folder named -".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Creates the folder `aside` (`DIR/orphans`) unless it exists as a real folder: anything else
 /// there (a file, or a symbolic link, which would move `what` out of the chain folder) is
 /// refused.

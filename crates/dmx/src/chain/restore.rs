@@ -14,7 +14,7 @@ use crate::io::kind_of;
 
 use super::build::Chain;
 use super::manifest::{ChainEntryKind, ChainManifest, read_manifest};
-use super::orphans::{find_orphans, refuse_dash};
+use super::orphans::find_orphans;
 
 /// One entry restored by [`chain_reconstruct`].
 #[derive(Debug, Clone, Serialize)]
@@ -77,7 +77,7 @@ pub fn chain_reconstruct(
         }
         None => (0..n).collect(),
     };
-    refuse_dash(output)?;
+    crate::io::refuse_dash(output, true)?;
     check_output_dir(dir, output)?;
     let mut count: HashMap<&str, usize> = HashMap::new();
     for &i in &requested {

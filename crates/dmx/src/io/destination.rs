@@ -48,13 +48,17 @@ pub fn is_dash(path: &Path) -> bool {
     path.as_os_str() == "-"
 }
 
-/// The error for `-` where only a file path is accepted.
-fn dash_refused() -> Error {
-    Error::Destination(
-        "`-` (standard output) is accepted only by `dmx decompress ARCHIVE -`; \
-         use ./- for a file named -"
-            .into(),
-    )
+/// Refuses the output `-` (a file, or a folder when `folder`): only `dmx decompress ARCHIVE -`
+/// writes to standard output, and nothing named `-` is created by accident (`./-` names it).
+pub(crate) fn refuse_dash(output: &Path, folder: bool) -> Result<()> {
+    if !is_dash(output) {
+        return Ok(());
+    }
+    Err(Error::Destination(format!(
+        "`-` (standard output) is accepted only by `dmx decompress ARCHIVE -`; use ./- for a \
+         {} named -",
+        if folder { "folder" } else { "file" }
+    )))
 }
 
 /// What kind of non-regular file `meta` describes, for error messages.
@@ -94,9 +98,7 @@ pub(crate) fn kind_of(meta: &std::fs::Metadata) -> &'static str {
 /// (dmx never writes through or replaces a link: name its target instead), devices, FIFOs
 /// and sockets are refused, and so is `-` (see [`is_dash`]).
 pub fn check_writable(output: &Path, force: bool) -> Result<()> {
-    if is_dash(output) {
-        return Err(dash_refused());
-    }
+    refuse_dash(output, false)?;
     let Ok(meta) = output.symlink_metadata() else {
         return Ok(());
     };
@@ -123,9 +125,7 @@ pub fn check_writable(output: &Path, force: bool) -> Result<()> {
 /// unless `force` is set; with `force` it must be a real folder (not a symbolic link), into
 /// which a folder restore merges the restored files.
 pub fn check_writable_dir(output: &Path, force: bool) -> Result<()> {
-    if is_dash(output) {
-        return Err(dash_refused());
-    }
+    refuse_dash(output, true)?;
     let Ok(meta) = output.symlink_metadata() else {
         return Ok(());
     };
