@@ -238,20 +238,7 @@ pub fn delta_compress(
         return Err(Error::changed(target, "file changed size while being read"));
     }
     let base_tensors = base.tensors();
-    // Quantized precisions: one grid for base and target, shared by role (lossy module docs),
-    // from the larger range of the two.
-    let mut steps: BTreeMap<String, f64> = BTreeMap::new();
-    if let Some(bits) = d.precision.bits() {
-        let from_base = shared_steps(float_tensors(&base.plan, &base.bytes), bits);
-        let from_target = shared_steps(float_tensors(&plan, &bytes), bits);
-        for (name, s) in from_target {
-            let s = match d.steps.as_ref().and_then(|m| m.get(&name)) {
-                Some(&given) => given,
-                None => s.max(from_base.get(&name).copied().unwrap_or(0.0)),
-            };
-            steps.insert(name, s);
-        }
-    }
+    let mut steps = shared_grid(d, &base, &plan, &bytes);
     let mut codings = Vec::with_capacity(plan.segments.len());
     let mut bases = Vec::with_capacity(plan.segments.len());
     let (mut added, mut reshaped, mut delta_tensors) = (Vec::new(), Vec::new(), 0);
@@ -290,23 +277,7 @@ pub fn delta_compress(
             }
         }
     }
-    let in_target: std::collections::HashSet<&str> = plan
-        .segments
-        .iter()
-        .filter_map(|s| match &s.kind {
-            SegmentKind::Tensor(t) => Some(t.name.as_str()),
-            SegmentKind::Bytes | SegmentKind::Packed(_) => None,
-        })
-        .collect();
-    let removed: Vec<String> = base
-        .plan
-        .segments
-        .iter()
-        .filter_map(|s| match &s.kind {
-            SegmentKind::Tensor(t) if !in_target.contains(t.name.as_str()) => Some(t.name.clone()),
-            _ => None,
-        })
-        .collect();
+    let removed = removed_tensors(&base.plan, &plan);
     let progress = opts.progress.as_deref();
     if let Some(p) = progress {
         p.start("delta-compressing", plan.size);
@@ -352,6 +323,48 @@ pub fn delta_compress(
         lossy: lossy_summary.is_some(),
         lossy_summary,
     })
+}
+
+/// Quantized precisions: one grid for base and target, shared by role (lossy module docs),
+/// from the larger range of the two (or the grid `d` gives); empty when lossless.
+fn shared_grid(
+    d: &DeltaOptions,
+    base: &Base,
+    plan: &PlannedFile,
+    bytes: &[u8],
+) -> BTreeMap<String, f64> {
+    let mut steps: BTreeMap<String, f64> = BTreeMap::new();
+    if let Some(bits) = d.precision.bits() {
+        let from_base = shared_steps(float_tensors(&base.plan, &base.bytes), bits);
+        let from_target = shared_steps(float_tensors(plan, bytes), bits);
+        for (name, s) in from_target {
+            let s = match d.steps.as_ref().and_then(|m| m.get(&name)) {
+                Some(&given) => given,
+                None => s.max(from_base.get(&name).copied().unwrap_or(0.0)),
+            };
+            steps.insert(name, s);
+        }
+    }
+    steps
+}
+
+/// The tensors of the base that the target does not have.
+fn removed_tensors(base: &PlannedFile, plan: &PlannedFile) -> Vec<String> {
+    let in_target: std::collections::HashSet<&str> = plan
+        .segments
+        .iter()
+        .filter_map(|s| match &s.kind {
+            SegmentKind::Tensor(t) => Some(t.name.as_str()),
+            SegmentKind::Bytes | SegmentKind::Packed(_) => None,
+        })
+        .collect();
+    base.segments
+        .iter()
+        .filter_map(|s| match &s.kind {
+            SegmentKind::Tensor(t) if !in_target.contains(t.name.as_str()) => Some(t.name.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn params_of(plan: &PlannedFile) -> u64 {

@@ -416,21 +416,8 @@ fn check_entry(
     if let Some((done, h)) = hasher.finish() {
         hashes[done] = h;
     }
-    let mut tensors = 0;
-    for (seg, got) in entry.segments.iter().zip(&hashes) {
-        if got.as_bytes() != &seg.blake3 {
-            problems.push(format!(
-                "{}: BLAKE3 mismatch",
-                seg.kind.describe(seg.offset)
-            ));
-        }
-        tensors += seg.kind.tensors(seg.len).len();
-    }
     let digest: [u8; 32] = sha.finalize().into();
-    // A pack's SHA-256 also covers its files' sizes: `Archive::read_pack` checks it.
-    if digest != entry.sha256 && entry.kind != EntryKind::Pack {
-        problems.push("SHA-256 of the restored file does not match the recorded one".into());
-    }
+    let tensors = hash_problems(entry, &hashes, &digest, &mut problems);
     if let Some(at) = first_diff {
         problems.push(format!(
             "differs from the original at byte {at}{}",
@@ -438,32 +425,11 @@ fn check_entry(
         ));
     }
     let bit_exact = original.map(|o| first_diff.is_none() && o.len() as u64 == entry.size);
-    let mut tensor_errors = Vec::new();
-    if lossy_entry && original.is_some() {
-        for (s, seg) in entry.segments.iter().enumerate() {
-            let SegmentKind::Tensor(t) = &seg.kind else {
-                continue;
-            };
-            if lossy_layout(plan::value_kind(&t.dtype)).is_none() {
-                continue;
-            }
-            let e = tensor_error(t, seg, &errors[s], max_rel_error);
-            if !e.ok {
-                problems.push(format!(
-                    "tensor {:?}: relative L2 error {} above the limit {}{}",
-                    t.name,
-                    crate::lossy::fmt_err(e.rel_l2),
-                    crate::lossy::fmt_err(e.limit),
-                    if e.rel_l2.is_finite() {
-                        ""
-                    } else {
-                        " (an infinite or NaN error never passes)"
-                    }
-                ));
-            }
-            tensor_errors.push(e);
-        }
-    }
+    let tensor_errors = if lossy_entry && original.is_some() {
+        measured_errors(entry, &errors, max_rel_error, &mut problems)
+    } else {
+        Vec::new()
+    };
     if lossy_entry && original.is_none() {
         recorded_error_problems(entry, max_rel_error, &mut problems);
     }
@@ -480,6 +446,66 @@ fn check_entry(
     r.tensors = tensors;
     r.tensor_errors = tensor_errors;
     Ok(r)
+}
+
+/// The measured error of every lossy-codable tensor of `entry` against its original, with a
+/// problem for each above its limit.
+fn measured_errors(
+    entry: &Entry,
+    errors: &[ErrorAcc],
+    max_rel_error: Option<f64>,
+    problems: &mut Vec<String>,
+) -> Vec<TensorError> {
+    let mut tensor_errors = Vec::new();
+    for (s, seg) in entry.segments.iter().enumerate() {
+        let SegmentKind::Tensor(t) = &seg.kind else {
+            continue;
+        };
+        if lossy_layout(plan::value_kind(&t.dtype)).is_none() {
+            continue;
+        }
+        let e = tensor_error(t, seg, &errors[s], max_rel_error);
+        if !e.ok {
+            problems.push(format!(
+                "tensor {:?}: relative L2 error {} above the limit {}{}",
+                t.name,
+                crate::lossy::fmt_err(e.rel_l2),
+                crate::lossy::fmt_err(e.limit),
+                if e.rel_l2.is_finite() {
+                    ""
+                } else {
+                    " (an infinite or NaN error never passes)"
+                }
+            ));
+        }
+        tensor_errors.push(e);
+    }
+    tensor_errors
+}
+
+/// Checks every segment's BLAKE3 (`hashes`, as decoded) and the entry's SHA-256 (`digest`),
+/// adding a problem for each mismatch; returns the number of tensors in the entry.
+fn hash_problems(
+    entry: &Entry,
+    hashes: &[blake3::Hash],
+    digest: &[u8; 32],
+    problems: &mut Vec<String>,
+) -> usize {
+    let mut tensors = 0;
+    for (seg, got) in entry.segments.iter().zip(hashes) {
+        if got.as_bytes() != &seg.blake3 {
+            problems.push(format!(
+                "{}: BLAKE3 mismatch",
+                seg.kind.describe(seg.offset)
+            ));
+        }
+        tensors += seg.kind.tensors(seg.len).len();
+    }
+    // A pack's SHA-256 also covers its files' sizes: `Archive::read_pack` checks it.
+    if *digest != entry.sha256 && entry.kind != EntryKind::Pack {
+        problems.push("SHA-256 of the restored file does not match the recorded one".into());
+    }
+    tensors
 }
 
 fn tensor(entry: &dmx_format::Entry, s: usize) -> &dmx_format::TensorInfo {
