@@ -125,6 +125,19 @@ fn describe(e: &dmx::Error) -> String {
                 path.display()
             );
         }
+        dmx::Error::FolderNotEmpty { path, chain: true } => {
+            return format!(
+                "{}: holds a chain; use --force to replace it, or `dmx chain-append` to add to it",
+                path.display()
+            );
+        }
+        dmx::Error::FolderNotEmpty { path, chain: false } => {
+            return format!(
+                "{}: exists and is not empty; use --force to create the chain in it anyway \
+                 (files other than the chain's are kept)",
+                path.display()
+            );
+        }
         dmx::Error::BaseNeeded(path) => {
             return format!(
                 "{e}; give the base it was made from with `dmx verify [TARGET] {} --base BASE`",
