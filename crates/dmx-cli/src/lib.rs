@@ -52,9 +52,10 @@ struct Cli {
 /// listed after each command's own options).
 #[derive(Args, Clone)]
 struct Common {
-    /// Print no progress, summary or report on standard output or standard error: only
-    /// errors, the JSON that --json asks for, and the report of a failed verify. The exit
-    /// status tells the outcome (`dmx info -q FILE` only checks that FILE opens).
+    /// Print no progress, summary or report (errors, --json output and the report of a
+    /// failed verify still print).
+    ///
+    /// The exit status tells the outcome: `dmx info -q FILE` only checks that FILE opens.
     #[arg(short, long, global = true, display_order = 900)]
     quiet: bool,
     /// Worker threads (default: all cores). At least 1; capped at twice the cores and, where
