@@ -1,5 +1,6 @@
 //! The engine's integration tests, one binary (one link) for the whole suite.
 
+mod cancel;
 mod chain;
 mod corruption;
 mod crafted;
