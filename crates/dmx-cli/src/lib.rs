@@ -148,6 +148,19 @@ fn describe(e: &dmx::Error) -> String {
         dmx::Error::TensorNotFound { .. } => {
             return format!("{e} (see `dmx info` for the list)");
         }
+        dmx::Error::InvalidOption {
+            option,
+            value,
+            reason,
+        } => {
+            // The library names options as its fields (`mantissa_bits`); the CLI as flags.
+            let flag = format!("--{}", option.replace('_', "-"));
+            return if value == "true" {
+                format!("{flag}: {reason}")
+            } else {
+                format!("{flag} {value}: {reason}")
+            };
+        }
         _ => {}
     }
     let message = e.to_string();
@@ -290,6 +303,32 @@ mod tests {
         assert_eq!(
             describe(&e),
             "m.dmx: no tensor named \"w\" (see `dmx info` for the list)"
+        );
+        // Options are named as flags.
+        let e = dmx::lossy::LossyOptions {
+            mode: dmx::lossy::Mode::Bfp,
+            mantissa_bits: Some(25),
+            ..Default::default()
+        }
+        .check()
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "mantissa_bits=25: must be 2..=8 for 16-bit tensors, up to 24 for F32"
+        );
+        assert_eq!(
+            describe(&e),
+            "--mantissa-bits 25: must be 2..=8 for 16-bit tensors, up to 24 for F32"
+        );
+        let e = dmx::lossy::LossyOptions {
+            allow_cast_overflow: true,
+            ..Default::default()
+        }
+        .check()
+        .unwrap_err();
+        assert_eq!(
+            describe(&e),
+            "--allow-cast-overflow: applies only with cast"
         );
         let dir = tempfile::tempdir().unwrap();
         let msg = describe(&dmx::Error::Exists(dir.path().to_path_buf()));

@@ -43,15 +43,23 @@ pub enum Error {
         /// What differs.
         detail: String,
     },
-    /// A request refused as given, of no more precise kind below. Kept for the sites not
-    /// yet converted to one of the typed variants; new code uses those.
-    #[error("{0}")]
-    Usage(String),
     /// A value given by the caller is out of range or contradicts another: no checkpoints,
     /// zero worker threads, a negative error budget, an entry index past the end, the same
     /// tensor named twice, a base given for something that is not a delta, ...
     #[error("{0}")]
     InvalidArgument(String),
+    /// An option (named as in [`crate::lossy::LossyOptions`]: `mantissa_bits`,
+    /// `keep_lossless`, ...) has a value that is out of range or does not apply with the
+    /// others. Front ends show `option` in their own spelling (the CLI as `--mantissa-bits`).
+    #[error("{option}={value}: {reason}")]
+    InvalidOption {
+        /// The option's name in the library.
+        option: &'static str,
+        /// The value given, as the user wrote it.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The input is not of a kind the operation takes: a folder where one file is needed, a
     /// file that is not safetensors, a delta where an archive is needed (or the reverse), a
     /// chain manifest of an unknown version, an ambiguous tensor name, ...
@@ -127,8 +135,8 @@ impl Error {
                     | dmx_format::FormatError::UnknownFlags(_)
             ),
             Error::Io { .. }
-            | Error::Usage(_)
             | Error::InvalidArgument(_)
+            | Error::InvalidOption { .. }
             | Error::Unsupported(_)
             | Error::TensorNotFound { .. }
             | Error::BaseNeeded(_)
@@ -158,13 +166,26 @@ impl Error {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            Error::Usage(_)
-                | Error::InvalidArgument(_)
+            Error::InvalidArgument(_)
+                | Error::InvalidOption { .. }
                 | Error::Unsupported(_)
                 | Error::TensorNotFound { .. }
                 | Error::WrongBase(_)
                 | Error::Limit(_)
         )
+    }
+
+    /// An [`Error::InvalidOption`]: `option` set to `value` is refused because of `reason`.
+    pub(crate) fn option(
+        option: &'static str,
+        value: impl std::fmt::Display,
+        reason: impl std::fmt::Display,
+    ) -> Self {
+        Error::InvalidOption {
+            option,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        }
     }
 
     /// An [`Error::InputChanged`] for `path`.
@@ -196,7 +217,6 @@ mod tests {
     fn kinds_exit_codes_and_refusals() {
         let p = PathBuf::from("m.dmx");
         let refusals = [
-            Error::Usage("u".into()),
             Error::InvalidArgument("a".into()),
             Error::Unsupported("s".into()),
             Error::TensorNotFound {

@@ -119,7 +119,9 @@ pub fn plan_input(input: &Path) -> Result<(Root, Vec<PlannedFile>)> {
         let name = input
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| Error::Usage(format!("{}: file name is not UTF-8", input.display())))?
+            .ok_or_else(|| {
+                Error::Unsupported(format!("{}: file name is not UTF-8", input.display()))
+            })?
             .to_string();
         check_name(&name, input)?;
         Ok((Root::File, vec![plan_file(name, input.to_path_buf())?]))
@@ -154,7 +156,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()>
                 })
                 .map(|parts| parts.join("/"))
                 .ok_or_else(|| {
-                    Error::Usage(format!("{}: path is not UTF-8; rename it", path.display()))
+                    Error::Unsupported(format!("{}: path is not UTF-8; rename it", path.display()))
                 })?;
             out.push((rel, path));
         }
@@ -215,7 +217,7 @@ pub(crate) fn planned(
 /// refusal, never reported as a corrupt archive.
 pub(crate) fn check_name(rel: &str, path: &Path) -> Result<()> {
     dmx_format::check_entry_path(rel).map_err(|why| {
-        Error::Usage(format!(
+        Error::Unsupported(format!(
             "{}: cannot be stored under the name {rel:?}: {why}",
             path.display()
         ))

@@ -62,7 +62,7 @@ impl Archive {
     /// Opens and validates `path` with explicit limits for untrusted input.
     pub fn open_with_limits(path: &Path, limits: &Limits) -> Result<Self> {
         if path.is_dir() {
-            return Err(Error::Usage(format!(
+            return Err(Error::Unsupported(format!(
                 "{}: is a folder, not a dmx archive{}",
                 path.display(),
                 if crate::chain::is_chain_dir(path) {
@@ -253,8 +253,9 @@ impl Archive {
 
     /// Decodes one tensor's bytes, checking chunk checksums and the tensor's BLAKE3.
     pub fn read_tensor(&self, name: &str) -> Result<Vec<u8>> {
-        let t = self.tensor(name).ok_or_else(|| {
-            Error::Usage(format!("{}: no tensor named {name:?}", self.path.display()))
+        let t = self.tensor(name).ok_or_else(|| Error::TensorNotFound {
+            path: self.path.clone(),
+            name: name.to_string(),
         })?;
         self.read_tensor_ref(t)
     }
@@ -314,7 +315,7 @@ impl Archive {
     /// Decodes a whole segment (chunks in parallel on the current rayon pool).
     pub fn read_segment(&self, entry: &Entry, segment: &Segment) -> Result<Vec<u8>> {
         let too_big = || {
-            Error::Usage(format!(
+            Error::Limit(format!(
                 "{}: a segment of {} bytes does not fit in memory",
                 self.path.display(),
                 segment.len
@@ -379,8 +380,8 @@ impl Archive {
         let codec = Codec::from_id(chunk.codec)
             .map_err(|e| self.corrupt(entry, segment, Some(index), e))?;
         if codec.needs_base() && base.is_none() {
-            return Err(Error::Usage(format!(
-                "{}: tensor data is stored as a delta; restore it with `dmx delta-reconstruct`",
+            return Err(Error::Unsupported(format!(
+                "{}: tensor data is stored as a delta; its base is needed to decode it",
                 self.path.display()
             )));
         }

@@ -48,14 +48,16 @@ impl Archive {
         if let Some(f) = file
             && !self.index.entries.iter().any(|e| e.path == f)
         {
-            return Err(Error::Usage(format!(
+            return Err(Error::InvalidArgument(format!(
                 "{}: no file {f:?} in the archive",
                 self.path.display()
             )));
         }
-        self.tensor_in(file, name).ok_or_else(|| {
-            Error::Usage(format!("{}: no tensor named {name:?}", self.path.display()))
-        })
+        self.tensor_in(file, name)
+            .ok_or_else(|| Error::TensorNotFound {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })
     }
 
     /// The `__metadata__` of the archive's safetensors file (`None` when its header has
@@ -78,7 +80,7 @@ impl Archive {
             .filter(|e| e.kind == EntryKind::Safetensors && file.is_none_or(|f| e.path == f));
         let (Some(entry), None) = (files.next(), files.next()) else {
             let n = self.safetensors_entries().len();
-            return Err(Error::Usage(match file {
+            return Err(Error::InvalidArgument(match file {
                 Some(f) => format!(
                     "{}: no safetensors file {f:?} in the archive",
                     self.path.display()
@@ -203,7 +205,7 @@ impl Archive {
     ) -> Result<()> {
         let (n, row_bytes) = row_shape(self, &t)?;
         if rows.start > rows.end || rows.end > n {
-            return Err(Error::Usage(format!(
+            return Err(Error::InvalidArgument(format!(
                 "{}: tensor {:?} has {n} rows; rows {}..{} are out of range",
                 self.path.display(),
                 t.info.name,
@@ -213,7 +215,7 @@ impl Archive {
         }
         let want = (rows.end - rows.start) * row_bytes;
         if want != out.len() as u64 {
-            return Err(Error::Usage(format!(
+            return Err(Error::InvalidArgument(format!(
                 "{}: rows {}..{} of tensor {:?} are {want} bytes; the buffer holds {}",
                 self.path.display(),
                 rows.start,
@@ -271,7 +273,7 @@ fn check_len(a: &Archive, t: &TensorRef<'_>, len: u64) -> Result<()> {
     if len == t.len {
         return Ok(());
     }
-    Err(Error::Usage(format!(
+    Err(Error::InvalidArgument(format!(
         "{}: tensor {:?} is {} bytes; the buffer holds {len}",
         a.path.display(),
         t.info.name,
@@ -286,7 +288,7 @@ fn row_shape(a: &Archive, t: &TensorRef<'_>) -> Result<(u64, u64)> {
         return Ok((0, 0));
     }
     if !t.len.is_multiple_of(n) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unsupported(format!(
             "{}: tensor {:?} ({}): its rows are not whole bytes; read it whole",
             a.path.display(),
             t.info.name,

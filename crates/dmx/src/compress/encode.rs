@@ -80,9 +80,8 @@ pub(super) fn run_job(j: &Job<'_>) -> Result<Done> {
     }
     let mut decoded = vec![0u8; j.data.len()];
     dmx_codec::decode_with_base(enc.codec, &enc.payload, j.base, &mut decoded).map_err(|e| {
-        Error::Usage(format!(
-            "internal error: a {} chunk failed to decode right after encoding ({e}); please \
-             report this",
+        Error::Internal(format!(
+            "a {} chunk failed to decode right after encoding ({e}); please report this",
             enc.codec.name()
         ))
     })?;

@@ -36,7 +36,7 @@ pub(super) fn finish_archive_with(
     let index_offset = out.position();
     let limits = dmx_format::Limits::default();
     if index_bytes.len() as u64 > limits.max_index_len {
-        return Err(Error::Usage(format!(
+        return Err(Error::Limit(format!(
             "{}: cannot be stored: the index would be {} bytes, above the reader limit of {} \
              (docs/FORMAT.md §6)",
             input.display(),
@@ -51,7 +51,7 @@ pub(super) fn finish_archive_with(
     };
     // Parsed back exactly as a reader will (decompressed first when compressed).
     Index::from_stored(&index_bytes, flags, index_offset, &limits).map_err(|e| {
-        Error::Usage(format!(
+        Error::Limit(format!(
             "{}: cannot be stored: {} (reader limits and rules are documented in \
              docs/FORMAT.md §5.5 and §6)",
             input.display(),

@@ -211,7 +211,7 @@ fn refuse_output_in_input(files: &[PlannedFile], output: &Path) -> Result<()> {
     if is_archive {
         return Ok(());
     }
-    Err(Error::Usage(format!(
+    Err(Error::Destination(format!(
         "{} is a file of the input folder and not a dmx archive; replacing it would lose \
          it: choose an output outside the folder",
         output.display()
@@ -244,10 +244,10 @@ fn compress_pack(
     for f in members {
         let bytes = std::fs::read(&f.path).map_err(|e| Error::io(&f.path, e))?;
         if bytes.len() as u64 != f.size {
-            return Err(Error::Usage(format!(
-                "{}: file changed size while being compressed",
-                f.path.display()
-            )));
+            return Err(Error::changed(
+                &f.path,
+                "file changed size while being compressed",
+            ));
         }
         entries.push(Entry {
             path: f.rel.clone(),
@@ -280,10 +280,10 @@ fn compress_file(
     let stamp = crate::io::Stamp::of(&file.path)?;
     let bytes = Bytes::open_stable(&file.path)?;
     if bytes.len() as u64 != file.size {
-        return Err(Error::Usage(format!(
-            "{}: file changed size while being compressed",
-            file.path.display()
-        )));
+        return Err(Error::changed(
+            &file.path,
+            "file changed size while being compressed",
+        ));
     }
     let entry = encode_planned(file, &Source::Bytes(&bytes), lossy, out, opts, warnings)?;
     stamp.check_unchanged(&file.path)?;

@@ -122,8 +122,8 @@ impl SegmentData for Source<'_> {
 }
 
 fn out_of_range(r: &Range<u64>) -> Error {
-    Error::Usage(format!(
-        "internal error: bytes {}..{} are not in the input being compressed; please report this",
+    Error::Internal(format!(
+        "bytes {}..{} are not in the input being compressed; please report this",
         r.start, r.end
     ))
 }

@@ -123,7 +123,7 @@ pub fn safetensors_layout(
     let mut header = header.into_bytes();
     header.resize(header.len().next_multiple_of(8), b' ');
     if header.len() > MAX_HEADER {
-        return Err(Error::Usage(format!(
+        return Err(Error::Limit(format!(
             "the safetensors header of these tensors would be {} bytes, above the limit of \
              {MAX_HEADER}",
             header.len()
@@ -137,7 +137,12 @@ pub fn safetensors_layout(
 
 /// Checks one tensor; returns the rank of its dtype in [`DTYPES`].
 fn check_tensor(t: &TensorData<'_>) -> Result<usize> {
-    let bad = |why: String| Err(Error::Usage(format!("tensor {:?}: {why}", t.name)));
+    let bad = |why: String| {
+        Err(Error::InvalidArgument(format!(
+            "tensor {:?}: {why}",
+            t.name
+        )))
+    };
     if t.name == "__metadata__" {
         return bad("the name __metadata__ is reserved for the safetensors metadata".into());
     }
@@ -172,7 +177,7 @@ fn check_tensor(t: &TensorData<'_>) -> Result<usize> {
 }
 
 fn duplicate(name: &str) -> Error {
-    Error::Usage(format!(
+    Error::InvalidArgument(format!(
         "tensor {name:?} is given twice; names must be unique"
     ))
 }

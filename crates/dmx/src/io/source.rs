@@ -41,7 +41,7 @@ impl Bytes {
     /// so a change is reported rather than stored.
     pub fn open_stable(path: &Path) -> Result<Self> {
         if !check_input(path)?.is_file() {
-            return Err(Error::Usage(format!(
+            return Err(Error::Unsupported(format!(
                 "{} is a folder; a file is expected here",
                 path.display()
             )));
@@ -70,11 +70,13 @@ impl Bytes {
             .read_to_end(&mut data)
             .map_err(|e| Error::io(path, e))?;
         if data.len() as u64 != len {
-            return Err(Error::Usage(format!(
-                "{}: the file reports a size of {len} bytes but holds more (a virtual or \
-                 changing file?); copy it to a regular file first",
-                path.display()
-            )));
+            return Err(Error::changed(
+                path,
+                format!(
+                    "the file reports a size of {len} bytes but holds more (a virtual or \
+                     changing file?); copy it to a regular file first"
+                ),
+            ));
         }
         Ok(Bytes::Owned(data))
     }
@@ -125,10 +127,10 @@ impl Stamp {
         if Self::of(path)? == *self {
             return Ok(());
         }
-        Err(Error::Usage(format!(
-            "{}: the file changed while being read; run again once it is no longer written",
-            path.display()
-        )))
+        Err(Error::changed(
+            path,
+            "the file changed while being read; run again once it is no longer written",
+        ))
     }
 }
 
@@ -153,7 +155,7 @@ fn page_size() -> usize {
 
 /// The error for an input that is not a regular file (or folder where folders are read).
 fn not_regular(path: &Path, kind: &str) -> Error {
-    Error::Usage(format!(
+    Error::Unsupported(format!(
         "{} is {kind}, not a regular file; dmx reads only regular files and folders \
          (to compress standard input, use `dmx compress - OUTPUT.dmx`)",
         path.display()

@@ -91,7 +91,7 @@ pub(crate) fn fixed_codings(
         .collect())
 }
 
-fn cast_name(c: CastTo) -> &'static str {
+pub(crate) fn cast_name(c: CastTo) -> &'static str {
     match c {
         CastTo::Bf16 => "bf16",
         CastTo::F16 => "f16",
@@ -109,7 +109,7 @@ pub(crate) fn plan_warnings(files: &[PlannedFile], opts: &LossyOptions) -> Resul
         .map(|g| {
             globset::Glob::new(g)
                 .map(|m| (g.clone(), m.compile_matcher()))
-                .map_err(|e| Error::Usage(format!("--keep-lossless {g:?}: {e}")))
+                .map_err(|e| Error::option("keep_lossless", format!("{g:?}"), e))
         })
         .collect::<Result<_>>()?;
     let mut matched = vec![false; keep.len()];
@@ -159,21 +159,25 @@ pub(crate) fn plan_warnings(files: &[PlannedFile], opts: &LossyOptions) -> Resul
             .map(|(_, d)| d.as_str())
             .collect();
         if !layouts.is_empty() && capped.len() == layouts.len() {
-            return Err(Error::Usage(format!(
-                "--mantissa-bits {m}: no float tensor of the input can use it ({} allow at \
+            return Err(Error::option(
+                "mantissa_bits",
+                m,
+                format!(
+                    "no float tensor of the input can use it ({} allow at \
                  most {}); use 2..={}",
-                capped.join(", "),
-                layouts
-                    .iter()
-                    .map(|(l, _)| bfp::max_mantissa_bits(*l))
-                    .max()
-                    .unwrap_or(8),
-                layouts
-                    .iter()
-                    .map(|(l, _)| bfp::max_mantissa_bits(*l))
-                    .max()
-                    .unwrap_or(8),
-            )));
+                    capped.join(", "),
+                    layouts
+                        .iter()
+                        .map(|(l, _)| bfp::max_mantissa_bits(*l))
+                        .max()
+                        .unwrap_or(8),
+                    layouts
+                        .iter()
+                        .map(|(l, _)| bfp::max_mantissa_bits(*l))
+                        .max()
+                        .unwrap_or(8),
+                ),
+            ));
         }
         for (l, d) in layouts
             .iter()

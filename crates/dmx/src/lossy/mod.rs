@@ -83,7 +83,6 @@ impl LossyOptions {
 
     /// Rejects contradictory or out-of-range settings with a message for the user.
     pub fn check(&self) -> Result<()> {
-        let usage = |m: String| Err(Error::Usage(m));
         // The codec's own check, with F32 (the layout with the widest mantissa range; each
         // tensor's bits are capped to its dtype later); the messages add the flag names.
         let p = bfp::Params {
@@ -93,37 +92,68 @@ impl LossyOptions {
         match bfp::check(FloatLayout::F32, p) {
             Ok(()) => {}
             Err(bfp::ParamError::MantissaBits { got, max }) => {
-                return usage(format!(
-                    "--mantissa-bits {got}: must be 2..={} for 16-bit tensors, up to {max} for F32",
-                    bfp::max_mantissa_bits(FloatLayout::BF16)
+                return Err(Error::option(
+                    "mantissa_bits",
+                    got,
+                    format!(
+                        "must be 2..={} for 16-bit tensors, up to {max} for F32",
+                        bfp::max_mantissa_bits(FloatLayout::BF16)
+                    ),
                 ));
             }
             Err(bfp::ParamError::GroupSize { got }) => {
-                return usage(format!(
-                    "--group-size {got}: must be 1..={}",
-                    bfp::MAX_GROUP
+                return Err(Error::option(
+                    "group_size",
+                    got,
+                    format!("must be 1..={}", bfp::MAX_GROUP),
                 ));
             }
-            Err(e) => return usage(e.to_string()),
+            Err(e) => return Err(Error::InvalidArgument(e.to_string())),
         }
-        if (self.mantissa_bits.is_some() || self.group_size.is_some())
-            && !matches!(self.mode, Mode::Bfp)
-        {
-            return usage("--mantissa-bits and --group-size apply to --mode bfp".into());
+        if !matches!(self.mode, Mode::Bfp) {
+            if let Some(m) = self.mantissa_bits {
+                return Err(Error::option(
+                    "mantissa_bits",
+                    m,
+                    "applies only to mode bfp",
+                ));
+            }
+            if let Some(g) = self.group_size {
+                return Err(Error::option("group_size", g, "applies only to mode bfp"));
+            }
         }
         if let Some(e) = self.max_rel_error {
             if !(e.is_finite() && e >= 0.0) {
-                return usage(format!("--max-rel-error {e}: must be a finite number >= 0"));
+                return Err(Error::option(
+                    "max_rel_error",
+                    e,
+                    "must be a finite number >= 0",
+                ));
             }
             if self.mode != Mode::Auto {
-                return usage("--max-rel-error applies to --mode auto".into());
+                return Err(Error::option(
+                    "max_rel_error",
+                    e,
+                    "applies only to mode auto",
+                ));
             }
         }
         if self.allow_cast_overflow && self.cast.is_none() {
-            return usage("--allow-cast-overflow applies to --cast".into());
+            return Err(Error::option(
+                "allow_cast_overflow",
+                true,
+                "applies only with cast",
+            ));
         }
-        if self.cast.is_some() && self.mode != Mode::Lossless {
-            return usage("--cast rounds F32 tensors and codes them losslessly; it cannot be combined with --mode".into());
+        if let Some(c) = self.cast
+            && self.mode != Mode::Lossless
+        {
+            return Err(Error::option(
+                "cast",
+                choose::cast_name(c),
+                "rounds F32 tensors and codes them losslessly; it cannot be combined with a \
+                 lossy mode",
+            ));
         }
         Ok(())
     }
@@ -133,11 +163,11 @@ impl LossyOptions {
         for g in &self.keep_lossless {
             b.add(
                 globset::Glob::new(g)
-                    .map_err(|e| Error::Usage(format!("--keep-lossless {g:?}: {e}")))?,
+                    .map_err(|e| Error::option("keep_lossless", format!("{g:?}"), e))?,
             );
         }
         b.build()
-            .map_err(|e| Error::Usage(format!("--keep-lossless: {e}")))
+            .map_err(|e| Error::InvalidArgument(format!("keep_lossless: {e}")))
     }
 }
 
@@ -278,7 +308,7 @@ mod tests {
             ..LossyOptions::default()
         };
         let msg = |o: LossyOptions| match o.check() {
-            Err(Error::Usage(m)) => m,
+            Err(e @ Error::InvalidOption { .. }) => e.to_string(),
             other => panic!("{other:?}"),
         };
         for (m, g) in [(None, None), (Some(2), Some(1)), (Some(24), Some(4096))] {
@@ -287,16 +317,16 @@ mod tests {
         for m in [0, 1, 25] {
             assert_eq!(
                 msg(opts(Some(m), None)),
-                format!("--mantissa-bits {m}: must be 2..=8 for 16-bit tensors, up to 24 for F32")
+                format!("mantissa_bits={m}: must be 2..=8 for 16-bit tensors, up to 24 for F32")
             );
         }
         for g in [0, 4097] {
             assert_eq!(
                 msg(opts(None, Some(g))),
-                format!("--group-size {g}: must be 1..=4096")
+                format!("group_size={g}: must be 1..=4096")
             );
         }
         // Mantissa bits are checked first, as before.
-        assert!(msg(opts(Some(1), Some(0))).starts_with("--mantissa-bits 1:"));
+        assert!(msg(opts(Some(1), Some(0))).starts_with("mantissa_bits=1:"));
     }
 }

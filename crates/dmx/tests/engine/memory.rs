@@ -271,19 +271,19 @@ fn reads_into_memory_round_trip() {
     let mut small = vec![0u8; 3];
     assert!(matches!(
         a.read_tensor_into("big", &mut small),
-        Err(Error::Usage(_))
+        Err(Error::InvalidArgument(_))
     ));
     assert!(matches!(
         a.read_rows_into("big", 5..701, &mut small),
-        Err(Error::Usage(_))
+        Err(Error::InvalidArgument(_))
     ));
     assert!(matches!(
         a.read_rows_into("big", 0..1, &mut small),
-        Err(Error::Usage(_))
+        Err(Error::InvalidArgument(_))
     ));
     assert!(matches!(
         a.read_tensor_into("nope", &mut small),
-        Err(Error::Usage(_))
+        Err(Error::TensorNotFound { .. })
     ));
 }
 
@@ -373,7 +373,10 @@ fn folder_archives_address_tensors_per_file() {
     dmx::compress(&folder, &out, &Options::default()).unwrap();
     let a = Archive::open(&out).unwrap();
     assert_eq!(a.safetensors_entries(), ["a.safetensors", "b.safetensors"]);
-    assert!(matches!(a.safetensors_metadata(), Err(Error::Usage(_))));
+    assert!(matches!(
+        a.safetensors_metadata(),
+        Err(Error::InvalidArgument(_))
+    ));
     assert_eq!(
         a.safetensors_metadata_in(Some("a.safetensors")).unwrap(),
         Some(m)
@@ -421,7 +424,7 @@ fn bad_tensors_are_refused() {
             &Options::default(),
         )
         .unwrap_err();
-        assert!(matches!(e, Error::Usage(_)), "{e}");
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
         assert!(!out.exists());
     }
 }
