@@ -196,18 +196,25 @@ fn finish(
     for (pos, (old, _)) in storages.iter().enumerate() {
         new_index[*old] = pos;
     }
-    let tensors = paths
-        .into_iter()
-        .map(|(name, t)| TensorView {
+    let storages: Vec<Storage> = storages.into_iter().map(|(_, s)| s).collect();
+    let mut tensors = Vec::with_capacity(paths.len());
+    for (name, t) in paths {
+        let view = TensorView {
             name,
             storage: new_index[t.storage],
             dtype: t.dtype,
             offset: t.offset,
             shape: t.shape,
             stride: t.stride,
-        })
-        .collect();
-    (storages.into_iter().map(|(_, s)| s).collect(), tensors)
+        };
+        let s = &storages[view.storage];
+        if crate::view_end(&view).is_none_or(|e| e > s.range.end - s.range.start) {
+            warnings.add("a tensor reaching past its storage's bytes was left out");
+            continue;
+        }
+        tensors.push(view);
+    }
+    (storages, tensors)
 }
 
 fn scan_legacy(file: &[u8], limits: &Limits, warnings: &mut Warnings) -> Result<PtLayout, PtError> {

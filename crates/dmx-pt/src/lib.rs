@@ -253,6 +253,55 @@ impl PtLayout {
         out
     }
 
+    /// Checks the layout's promises against a file of `file_len` bytes: storages in file
+    /// order, inside the file and not overlapping; each storage a whole number of elements;
+    /// every view inside its storage; zip records inside the file and not overlapping.
+    /// [`scan`] guarantees all of this; fuzz and property tests call it.
+    pub fn invariants(&self, file_len: u64) -> Result<(), String> {
+        let mut last = 0;
+        for s in &self.storages {
+            if s.range.start < last || s.range.start > s.range.end || s.range.end > file_len {
+                return Err(format!(
+                    "storage {:?} range {:?} out of order or place",
+                    s.key, s.range
+                ));
+            }
+            last = s.range.end;
+            if s.numel * s.dtype.map_or(1, Dtype::size) != s.range.end - s.range.start {
+                return Err(format!("storage {:?} is not {} elements", s.key, s.numel));
+            }
+        }
+        for t in &self.tensors {
+            let s = self
+                .storages
+                .get(t.storage)
+                .ok_or("view of a missing storage")?;
+            if t.shape.len() != t.stride.len() {
+                return Err(format!("{}: shape and stride differ in rank", t.name));
+            }
+            if view_end(t).is_none_or(|e| e > s.range.end - s.range.start) {
+                return Err(format!("{}: view outside its storage", t.name));
+            }
+        }
+        let mut parts: Vec<Range<u64>> = self
+            .records
+            .iter()
+            .map(|r| r.header.start..r.descriptor.end)
+            .collect();
+        parts.sort_by_key(|r| r.start);
+        let mut last = 0;
+        for r in parts {
+            if r.start < last || r.end > file_len {
+                return Err(format!("record range {r:?} overlaps or leaves the file"));
+            }
+            last = r.end;
+        }
+        if self.pickle.start > self.pickle.end || self.pickle.end > file_len {
+            return Err("pickle range outside the file".into());
+        }
+        Ok(())
+    }
+
     /// For each storage, the name path of its first tensor view (`None` if no view uses it).
     pub fn storage_names(&self) -> Vec<Option<&str>> {
         let mut names = vec![None; self.storages.len()];
@@ -261,6 +310,19 @@ impl PtLayout {
         }
         names
     }
+}
+
+/// One past the last byte a view reads, relative to its storage's start (`Some(0)` for a
+/// view of no elements); `None` on overflow.
+pub fn view_end(t: &TensorView) -> Option<u64> {
+    if t.shape.contains(&0) {
+        return Some(0);
+    }
+    let mut last = t.offset;
+    for (&n, &s) in t.shape.iter().zip(&t.stride) {
+        last = last.checked_add((n - 1).checked_mul(s)?)?;
+    }
+    last.checked_add(1)?.checked_mul(t.dtype.size())
 }
 
 /// The role of a tensor in a training checkpoint, from its name path.
