@@ -100,6 +100,12 @@ fn scan_zip(file: &[u8], limits: &Limits, warnings: &mut Warnings) -> Result<PtL
             descriptor: e.descriptor.clone(),
         });
     }
+    if crate::zip::crc32(slice(file, &pkl.data)) != pkl.crc32 {
+        return Err(PtError::Zip(format!(
+            "{}: CRC-32 mismatch (the pickle is corrupt)",
+            pkl.name
+        )));
+    }
     let mut m = Machine::new(limits, warnings);
     let run = m.run(slice(file, &pkl.data), pkl.data.start)?;
     if run.len as u64 != pkl.data.end - pkl.data.start {
@@ -114,10 +120,11 @@ fn scan_zip(file: &[u8], limits: &Limits, warnings: &mut Warnings) -> Result<PtL
         ranges.push(zip.entries[i].data.clone());
     }
     let mut pid = std::mem::take(&mut m.storages.list);
+    let named: std::collections::HashSet<String> = pid.iter().map(|s| s.key.clone()).collect();
     let mut keys: Vec<&str> = storage_records.keys().copied().collect();
     keys.sort_unstable();
     for key in keys {
-        if !pid.iter().any(|s| s.key == key) {
+        if !named.contains(key) {
             m.warnings
                 .add("a storage record no tensor refers to is kept as opaque bytes");
             let range = zip.entries[storage_records[key]].data.clone();

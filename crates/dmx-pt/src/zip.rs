@@ -15,6 +15,34 @@ const ZIP64_EOCD_SIG: u32 = 0x0606_4b50;
 const ZIP64_LOCATOR_SIG: u32 = 0x0706_4b50;
 const DESCRIPTOR_SIG: u32 = 0x0807_4b50;
 
+/// CRC-32 (the zip polynomial) lookup table.
+const CRC_TABLE: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
+
+/// The CRC-32 of `data`, as zip records it.
+pub fn crc32(data: &[u8]) -> u32 {
+    !data.iter().fold(!0u32, |c, &b| {
+        CRC_TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8)
+    })
+}
+
 /// One zip entry and where its parts lie in the file. The ranges of all entries, plus
 /// [`ZipLayout::directory`], tile the file without overlap (gaps are allowed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +55,8 @@ pub struct ZipEntry {
     pub data: Range<u64>,
     /// The data descriptor after the data (empty when the entry has none).
     pub descriptor: Range<u64>,
-    /// CRC-32 recorded in the central directory (not verified by [`read_zip`]).
+    /// CRC-32 recorded in the central directory (not verified by [`read_zip`]; the scan
+    /// verifies it for the pickle).
     pub crc32: u32,
 }
 

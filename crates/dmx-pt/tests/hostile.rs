@@ -37,7 +37,7 @@ fn tiny_zip(claimed: u32, count: u16) -> Vec<u8> {
     let data = b"\x80\x02}q\x00.";
     let mut f = Vec::new();
     f.extend_from_slice(b"PK\x03\x04\x14\x00\x00\x00\x00\x00\x00\x00\x00\x00");
-    f.extend_from_slice(&0u32.to_le_bytes()); // crc
+    f.extend_from_slice(&0xc502_91f2u32.to_le_bytes()); // crc of the pickle
     f.extend_from_slice(&claimed.to_le_bytes());
     f.extend_from_slice(&claimed.to_le_bytes());
     f.extend_from_slice(&(name.len() as u16).to_le_bytes());
@@ -46,7 +46,7 @@ fn tiny_zip(claimed: u32, count: u16) -> Vec<u8> {
     f.extend_from_slice(data);
     let cd = f.len() as u32;
     f.extend_from_slice(b"PK\x01\x02\x14\x00\x14\x00\x00\x00\x00\x00\x00\x00\x00\x00");
-    f.extend_from_slice(&0u32.to_le_bytes());
+    f.extend_from_slice(&0xc502_91f2u32.to_le_bytes());
     f.extend_from_slice(&claimed.to_le_bytes());
     f.extend_from_slice(&claimed.to_le_bytes());
     f.extend_from_slice(&(name.len() as u16).to_le_bytes());
@@ -101,6 +101,14 @@ fn overlapping_entries_are_refused() {
     let mut bad = file.clone();
     bad[cd[1] + 42..cd[1] + 46].copy_from_slice(&0u32.to_le_bytes());
     assert!(scan(&bad).is_err());
+}
+
+#[test]
+fn corrupt_pickle_fails_its_crc() {
+    let mut file = fixture("model_f32.pt");
+    let at = find_all(&file, b"_rebuild_tensor_v2")[0];
+    file[at + 1] = b'X';
+    assert!(matches!(scan(&file), Err(PtError::Zip(m)) if m.contains("CRC-32")));
 }
 
 fn find_all(hay: &[u8], needle: &[u8]) -> Vec<usize> {
