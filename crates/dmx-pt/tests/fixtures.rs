@@ -36,7 +36,7 @@ fn u64s(v: &Value) -> Vec<u64> {
 #[test]
 fn every_fixture_matches_its_description() {
     let all = expected();
-    assert_eq!(all.len(), 10);
+    assert_eq!(all.len(), 12);
     for (name, want) in &all {
         let (file, layout) = load(name);
         let format = if matches!(layout.format, Format::Zip { .. }) {

@@ -66,6 +66,8 @@ class Capture(pickle.Unpickler):
             return name
         if name.startswith("_rebuild_tensor"):
             return lambda storage, *a: ("T", storage)
+        if name == "_rebuild_from_type_v2":
+            return lambda func, new_type, args, state: func(*args)
         if name.startswith("_rebuild_parameter"):
             return lambda data, *a: data
         if module == "collections" and name == "OrderedDict":
@@ -225,6 +227,10 @@ def main():
     save("protocol4.pt", {"w": torch.randn(5, 3), "names": ["a", "b"], "v": base[4:9]},
          pickle_protocol=4, weights_only=False)
     save("legacy.pt", {"model": Net().state_dict(), "slice": base[2:7], "base": base}, legacy=True)
+    single = torch.randn(3, 2).t()
+    single.note = "a tensor with a Python attribute pickles through _rebuild_from_type_v2"
+    save("single.pt", single)
+    save("params.pt", {"p": nn.Parameter(torch.randn(2)), "frozen": [nn.Parameter(torch.ones(3), False)]})
     save("odd name-ü.v1.pt", {"päram.0": torch.randn(3, dtype=torch.bfloat16), 7: torch.ones(2)})
 
     class Evil:
