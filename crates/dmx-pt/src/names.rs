@@ -13,13 +13,19 @@ const MAX_NAME: usize = 4096;
 /// types state dicts use).
 fn key_text(values: &Values, id: Id) -> String {
     match values.get(id) {
-        Value::Str(s) => s.clone(),
+        Value::Str(s) => {
+            let mut end = s.len().min(MAX_NAME + 1);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_owned()
+        }
         Value::Int(i) => i.to_string(),
         Value::Bool(b) => if *b { "True" } else { "False" }.to_owned(),
         Value::None => "None".to_owned(),
         Value::Float(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e16 => format!("{f:.1}"),
         Value::Float(f) => f.to_string(),
-        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::Bytes(b) => String::from_utf8_lossy(&b[..b.len().min(MAX_NAME + 1)]).into_owned(),
         _ => "?".to_owned(),
     }
 }
