@@ -70,6 +70,56 @@ fn hand_made_zip_is_read() {
     assert_eq!(layout.pickle, 40..46);
 }
 
+/// The same entry with every central-directory size and offset in a zip64 extra field and
+/// zip64 end records.
+fn tiny_zip64() -> Vec<u8> {
+    let name = b"a/data.pkl";
+    let mut f = tiny_zip(6, 1);
+    let cd = f.len() - 22 - (46 + name.len());
+    f.truncate(cd);
+    f.extend_from_slice(b"PK\x01\x02\x2d\x00\x2d\x00\x00\x00\x00\x00\x00\x00\x00\x00");
+    f.extend_from_slice(&0xc502_91f2u32.to_le_bytes());
+    f.extend_from_slice(&[0xFF; 8]); // sizes in the extra field
+    f.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    f.extend_from_slice(&28u16.to_le_bytes()); // extra length
+    f.extend_from_slice(&[0; 10]);
+    f.extend_from_slice(&[0xFF; 4]); // offset in the extra field
+    f.extend_from_slice(name);
+    f.extend_from_slice(&1u16.to_le_bytes());
+    f.extend_from_slice(&24u16.to_le_bytes());
+    for v in [6u64, 6, 0] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    let cd_size = (f.len() - cd) as u64;
+    let z64 = f.len() as u64;
+    f.extend_from_slice(b"PK\x06\x06");
+    f.extend_from_slice(&44u64.to_le_bytes());
+    f.extend_from_slice(&[0x2d, 0, 0x2d, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    for v in [1u64, 1, cd_size, cd as u64] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    f.extend_from_slice(b"PK\x06\x07\x00\x00\x00\x00");
+    f.extend_from_slice(&z64.to_le_bytes());
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(b"PK\x05\x06\x00\x00\x00\x00\xff\xff\xff\xff");
+    f.extend_from_slice(&[0xFF; 8]);
+    f.extend_from_slice(&0u16.to_le_bytes());
+    f
+}
+
+#[test]
+fn zip64_extra_fields_are_read() {
+    let file = tiny_zip64();
+    let layout = scan(&file).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(layout.pickle, 40..46);
+    layout.invariants(file.len() as u64).unwrap();
+    // a zip64 record whose entry count lies
+    let mut bad = file.clone();
+    let z = find_all(&bad, b"PK\x06\x06")[0];
+    bad[z + 24..z + 40].copy_from_slice(&[0x10, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0]);
+    assert!(scan(&bad).is_err());
+}
+
 #[test]
 fn lying_sizes_and_counts_are_refused() {
     for (claimed, count) in [(7, 1), (5, 1), (u32::MAX - 1, 1), (6, 2), (6, 0xFFFF)] {
