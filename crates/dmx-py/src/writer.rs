@@ -1,0 +1,119 @@
+//! Writing an archive from tensors in memory (`dmx.torch.save_file`, `dmx.numpy.save_file`):
+//! the tensors' bytes are read in place through the buffer protocol, with the GIL released.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+
+use crate::buffers::Bytes;
+use crate::errors::usage;
+use crate::ops::lossy_options;
+use crate::run::Call;
+
+/// One tensor handed over by Python: name, safetensors dtype, shape, bytes.
+type TensorArg<'py> = (String, String, Vec<u64>, Bound<'py, PyAny>);
+
+/// Compresses `tensors` (`(name, dtype, shape, buffer)`, buffers C-contiguous) with
+/// `metadata` into the archive `dst`, exactly as `dmx compress` would compress the
+/// safetensors file holding them; returns the report as JSON.
+#[pyfunction]
+#[pyo3(signature = (tensors, dst, metadata=None, *, mode="lossless", mantissa_bits=None,
+    group_size=None, max_rel_error=None, keep_lossless=Vec::new(), cast=None,
+    allow_cast_overflow=false, threads=None, force=false, progress=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn save_tensors<'py>(
+    py: Python<'py>,
+    tensors: Vec<TensorArg<'py>>,
+    dst: PathBuf,
+    metadata: Option<BTreeMap<String, String>>,
+    mode: &str,
+    mantissa_bits: Option<u32>,
+    group_size: Option<u32>,
+    max_rel_error: Option<f64>,
+    keep_lossless: Vec<String>,
+    cast: Option<&str>,
+    allow_cast_overflow: bool,
+    threads: Option<usize>,
+    force: bool,
+    progress: Option<Bound<'py, PyAny>>,
+) -> PyResult<String> {
+    let lossy = lossy_options(
+        mode,
+        mantissa_bits,
+        group_size,
+        max_rel_error,
+        keep_lossless,
+        cast,
+        allow_cast_overflow,
+    );
+    let held = tensors
+        .iter()
+        .map(|(name, _, _, buf)| Bytes::get(buf, name, false))
+        .collect::<PyResult<Vec<_>>>()?;
+    let views: Vec<(&str, &str, &[u64], &[u8])> = tensors
+        .iter()
+        .zip(&held)
+        .map(|((name, dtype, shape, _), b)| {
+            (
+                name.as_str(),
+                dtype.as_str(),
+                shape.as_slice(),
+                b.as_slice(),
+            )
+        })
+        .collect();
+    Call::new(threads, force, progress).run(py, move |opts| {
+        let lossy = lossy?;
+        let report = write(&views, metadata.as_ref(), &dst, &lossy, opts)?;
+        serde_json::to_string(&report)
+            .map_err(|e| usage(format!("cannot serialize the report: {e}")))
+    })
+}
+
+/// Writes the archive: the tensors serialized as safetensors into a temporary file beside
+/// `dst` (removed afterwards), then compressed.
+fn write(
+    tensors: &[(&str, &str, &[u64], &[u8])],
+    metadata: Option<&BTreeMap<String, String>>,
+    dst: &std::path::Path,
+    lossy: &dmx::lossy::LossyOptions,
+    opts: &dmx::Options,
+) -> dmx::Result<dmx::CompressReport> {
+    let mut views = Vec::with_capacity(tensors.len());
+    for &(name, dtype, shape, data) in tensors {
+        let dt = parse_dtype(name, dtype)?;
+        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        let view = safetensors::tensor::TensorView::new(dt, shape, data)
+            .map_err(|e| usage(format!("tensor {name:?}: {e}")))?;
+        views.push((name, view));
+    }
+    let dir = dst
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(dmx::TEMP_PREFIX)
+        .tempdir_in(dir)
+        .map_err(|e| dmx::Error::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+    // The archive records the input's file name: name it as `dmx compress` of the file
+    // `<stem of dst>.safetensors` would.
+    let stem = dst
+        .file_stem()
+        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    let file = tmp.path().join(format!("{stem}.safetensors"));
+    let info: Option<HashMap<String, String>> =
+        metadata.map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+    safetensors::serialize_to_file(views, info, &file)
+        .map_err(|e| usage(format!("cannot serialize the tensors: {e}")))?;
+    dmx::compress_with(&file, dst, lossy, opts)
+}
+
+/// A safetensors dtype from its name.
+fn parse_dtype(name: &str, dtype: &str) -> dmx::Result<safetensors::Dtype> {
+    serde_json::from_value(serde_json::Value::String(dtype.to_string()))
+        .map_err(|_| usage(format!("tensor {name:?}: unknown dtype {dtype:?}")))
+}
