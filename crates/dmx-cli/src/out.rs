@@ -1,7 +1,7 @@
 //! All output of the CLI goes through here.
 //!
 //! The `print!`, `println!`, `eprint!` and `eprintln!` macros below replace the standard ones
-//! in every module of this crate (this module is declared first in `main.rs`, so its macros
+//! in every module of this crate (this module is declared first in `lib.rs`, so its macros
 //! are in scope everywhere after it). They differ from std's in two ways:
 //!
 //! - **Terminal safety**: the text is passed through [`crate::escape`], so a name read from
@@ -60,6 +60,13 @@ macro_rules! eprintln {
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 /// Set when writing to standard output failed for another reason.
 static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Forgets a closed or failed standard output of an earlier run in this process (each
+/// [`crate::main_with_args`] call starts with a clean slate).
+pub fn reset() {
+    STDOUT_CLOSED.store(false, Ordering::Relaxed);
+    STDOUT_FAILED.store(false, Ordering::Relaxed);
+}
 
 /// True once the reader of standard output has gone away: nothing more will be shown.
 pub fn stdout_closed() -> bool {

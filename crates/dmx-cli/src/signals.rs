@@ -3,8 +3,8 @@
 //! so that the write past the limit fails with an ordinary I/O error (EFBIG), which removes
 //! the temporary file like any other failed write.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Once};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGXFSZ};
 use signal_hook::iterator::Signals;
@@ -22,9 +22,14 @@ pub fn received() -> Option<i32> {
     }
 }
 
-/// Installs the handlers (best effort: where a handler cannot be installed, the default
-/// action of that signal stays).
+/// Installs the handlers, once per process (best effort: where a handler cannot be
+/// installed, the default action of that signal stays).
 pub fn install() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(install_now);
+}
+
+fn install_now() {
     // A caught SIGXFSZ makes the write that crosses the limit return EFBIG instead of killing
     // the process; the flag itself is not read.
     let _ = signal_hook::flag::register(SIGXFSZ, Arc::new(AtomicBool::new(false)));
