@@ -55,7 +55,7 @@ impl Archive {
                 }
             )));
         }
-        let bytes = Bytes::open(path)?;
+        let bytes = Bytes::open_stable(path)?;
         let fmt = |source| Error::Format {
             path: path.to_path_buf(),
             source,

@@ -72,7 +72,7 @@ pub fn bench(path: &Path, threads: usize, reps: usize) -> Result<BenchResult> {
     let mut inputs = Vec::new();
     for f in &files {
         // Read fully so page faults do not count against the codec.
-        let bytes = Bytes::open(&f.path)?;
+        let bytes = Bytes::open_stable(&f.path)?;
         inputs.push(bytes.to_vec());
     }
     let mut jobs = Vec::new();

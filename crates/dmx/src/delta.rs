@@ -145,7 +145,7 @@ impl Base {
             (path.to_path_buf(), None, None)
         };
         let plan = single_safetensors(&file)?;
-        let bytes = Bytes::open(&file)?;
+        let bytes = Bytes::open_stable(&file)?;
         let sha256 = match sha {
             Some(s) => s,
             None => sha2::Sha256::digest(&bytes[..]).into(),
@@ -230,7 +230,7 @@ pub fn delta_compress(
     let pool = opts.pool()?;
     let base = pool.install(|| Base::open(base, opts))?;
     let plan = single_safetensors(target)?;
-    let bytes = Bytes::open(&plan.path)?;
+    let bytes = Bytes::open_stable(&plan.path)?;
     if bytes.len() as u64 != plan.size {
         return Err(Error::Usage(format!(
             "{}: file changed size while being read",

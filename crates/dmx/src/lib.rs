@@ -63,7 +63,10 @@ pub use chain::{
     ChainInfo, ChainOptions, ChainReport, ChainVerifyReport, ReconstructReport, chain_append,
     chain_compress, chain_info, chain_reconstruct, chain_verify,
 };
-pub use compress::{CompressReport, compress, compress_with};
+pub use compress::{
+    CompressReport, TensorData, compress, compress_tensors, compress_with, safetensors_layout,
+    tensors_entry_name,
+};
 pub use decompress::{decompress, decompress_to};
 pub use delta::{
     DeltaInfo, DeltaOptions, DeltaReport, Precision, delta_compress, delta_info, delta_reconstruct,

@@ -166,41 +166,54 @@ fn plan_file(rel: String, path: PathBuf) -> Result<PlannedFile> {
     let size = std::fs::metadata(&path)
         .map_err(|e| Error::io(&path, e))?
         .len();
-    let blob = |warning: Option<String>| PlannedFile {
-        rel: rel.clone(),
-        path: path.clone(),
-        kind: EntryKind::Blob,
-        size,
-        segments: bytes_segment(0, size),
-        warning,
+    let parsed = if rel.ends_with(".safetensors") {
+        Some(safetensors_segments(&path, size)?)
+    } else {
+        None
     };
-    if !rel.ends_with(".safetensors") {
-        return Ok(blob(None));
-    }
-    match safetensors_segments(&path, size)? {
-        Ok(segments) => Ok(PlannedFile {
-            rel: rel.clone(),
-            path: path.clone(),
-            kind: EntryKind::Safetensors,
-            size,
-            segments,
-            warning: None,
-        }),
-        Err(why) if why.starts_with(LIMITED) => Ok(blob(Some(format!(
-            "{}: a valid safetensors file, but {}; stored as opaque bytes, losslessly",
-            path.display(),
-            &why[LIMITED.len()..]
-        )))),
-        Err(why) => Ok(blob(Some(format!(
-            "{}: not a valid safetensors file ({why}); stored as opaque bytes, losslessly",
-            path.display()
-        )))),
+    Ok(planned(rel, path, size, parsed))
+}
+
+/// The planned file `rel` (read from `path`, `size` bytes): tensor segments when `parsed`
+/// holds them, else one opaque segment, with a warning saying why when `parsed` is an error.
+pub(crate) fn planned(
+    rel: String,
+    path: PathBuf,
+    size: u64,
+    parsed: Option<std::result::Result<Vec<PlannedSegment>, String>>,
+) -> PlannedFile {
+    let (kind, segments, warning) = match parsed {
+        None => (EntryKind::Blob, bytes_segment(0, size), None),
+        Some(Ok(segments)) => (EntryKind::Safetensors, segments, None),
+        Some(Err(why)) => {
+            let warning = match why.strip_prefix(LIMITED) {
+                Some(limit) => format!(
+                    "{}: a valid safetensors file, but {limit}; stored as opaque bytes, \
+                     losslessly",
+                    path.display()
+                ),
+                None => format!(
+                    "{}: not a valid safetensors file ({why}); stored as opaque bytes, \
+                     losslessly",
+                    path.display()
+                ),
+            };
+            (EntryKind::Blob, bytes_segment(0, size), Some(warning))
+        }
+    };
+    PlannedFile {
+        rel,
+        path,
+        kind,
+        size,
+        segments,
+        warning,
     }
 }
 
 /// Refuses, naming the file, a name that the format cannot store (§5.5 rule 6): a writer-side
 /// refusal, never reported as a corrupt archive.
-fn check_name(rel: &str, path: &Path) -> Result<()> {
+pub(crate) fn check_name(rel: &str, path: &Path) -> Result<()> {
     dmx_format::check_entry_path(rel).map_err(|why| {
         Error::Usage(format!(
             "{}: cannot be stored under the name {rel:?}: {why}",
@@ -268,13 +281,22 @@ fn safetensors_segments(
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
-    let meta: safetensors::tensor::Metadata = match serde_json::from_slice(&header) {
+    Ok(header_segments(&header, size))
+}
+
+/// The segments of a safetensors file of `size` bytes whose JSON header is `header`; the
+/// error says why the file is not valid safetensors (or is beyond the reader's limits).
+pub(crate) fn header_segments(
+    header: &[u8],
+    size: u64,
+) -> std::result::Result<Vec<PlannedSegment>, String> {
+    let meta: safetensors::tensor::Metadata = match serde_json::from_slice(header) {
         Ok(m) => m,
-        Err(e) => return Ok(Err(e.to_string())),
+        Err(e) => return Err(e.to_string()),
     };
-    let data_start = 8 + n;
+    let data_start = 8 + header.len() as u64;
     if data_start + meta.data_len() as u64 != size {
-        return Ok(Err("tensor data does not fill the file exactly".into()));
+        return Err("tensor data does not fill the file exactly".into());
     }
     let mut tensors: Vec<(String, &safetensors::tensor::TensorInfo)> =
         meta.tensors().into_iter().collect();
@@ -282,7 +304,7 @@ fn safetensors_segments(
     // depend on hash-map order.
     tensors.sort_by(|a, b| (a.1.data_offsets, &a.0).cmp(&(b.1.data_offsets, &b.0)));
     if let Some(why) = beyond_limits(&tensors) {
-        return Ok(Err(format!("{LIMITED}{why} (docs/FORMAT.md §6)")));
+        return Err(format!("{LIMITED}{why} (docs/FORMAT.md §6)"));
     }
     let mut segments = bytes_segment(0, data_start);
     for (name, info) in tensors {
@@ -299,7 +321,7 @@ fn safetensors_segments(
             len: (e - s) as u64,
         });
     }
-    Ok(Ok(segments))
+    Ok(segments)
 }
 
 /// The codec family for a safetensors dtype string.

@@ -118,7 +118,7 @@ impl TensorFile {
     /// Opens `path`, recognised by content: a `.dmx` archive (which must hold exactly one
     /// safetensors file) or a safetensors file.
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = Bytes::open(path)?;
+        let bytes = Bytes::open_stable(path)?;
         if bytes.starts_with(&dmx_format::MAGIC) {
             drop(bytes);
             return Self::open_archive(path);

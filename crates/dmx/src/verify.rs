@@ -174,7 +174,7 @@ fn verify_inner(
     for (i, entry) in archive.index().entries.iter().enumerate() {
         let orig = match originals.as_ref().filter(|_| entry.kind != EntryKind::Pack) {
             Some(list) => Some(match &list[i] {
-                Some(path) => Bytes::open(path)?,
+                Some(path) => Bytes::open_stable(path)?,
                 None => {
                     files.push(FileReport {
                         path: entry.path.clone(),

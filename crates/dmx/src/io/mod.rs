@@ -16,4 +16,4 @@ pub use destination::{
 };
 pub(crate) use destination::{kind_of, resolve, same_file};
 pub use source::check_input;
-pub(crate) use source::{Bytes, spool_stdin};
+pub(crate) use source::{Bytes, Stamp, spool_stdin};

@@ -31,9 +31,15 @@ impl Bytes {
     /// Maps `path` read-only, falling back to reading it. Only regular files are read (see
     /// [`check_input`]): devices, FIFOs and sockets are refused before they are opened.
     ///
-    /// The caller must not modify or truncate the file while the returned value lives; dmx
-    /// documents that inputs must be stable during a run (as every mmap-based tool does).
-    pub fn open(path: &Path) -> Result<Self> {
+    /// # Contract
+    ///
+    /// The file must stay **unchanged** while the returned value lives (hence the name): no
+    /// process may write to or truncate it, as for every mmap-based tool. A file changed
+    /// anyway may give inconsistent bytes (never unsafety in this process: the map is
+    /// read-only; a truncation ends the process with SIGBUS). Writers of archives call
+    /// [`Stamp::check_unchanged`] after reading, and every stored chunk carries checksums,
+    /// so a change is reported rather than stored.
+    pub fn open_stable(path: &Path) -> Result<Self> {
         if !check_input(path)?.is_file() {
             return Err(Error::Usage(format!(
                 "{} is a folder; a file is expected here",
@@ -48,8 +54,8 @@ impl Bytes {
         let len = meta.len();
         if len > 0 {
             // SAFETY: the map is read-only and private to this process; the file must not be
-            // changed by others while mapped (documented contract of `open`, as in ripgrep's
-            // MmapChoice). A concurrent truncation could fault, never silently corrupt output:
+            // changed by others while mapped (the documented contract of `open_stable`, as in
+            // ripgrep's MmapChoice). A concurrent truncation could fault, never silently corrupt output:
             // every stored chunk carries checksums of its bytes.
             if let Ok(map) = unsafe { memmap2::MmapOptions::new().map(&file) } {
                 let _ = map.advise(memmap2::Advice::Sequential);
@@ -77,7 +83,7 @@ impl Bytes {
     /// processed do not accumulate in the resident set. A no-op for read buffers.
     pub fn release(&self, start: usize, end: usize) {
         if let Bytes::Mapped(map) = self {
-            let page = 4096;
+            let page = page_size();
             let start = start.div_ceil(page) * page;
             let end = (end / page) * page;
             if end > start && end <= map.len() {
@@ -94,6 +100,55 @@ impl Bytes {
             }
         }
     }
+}
+
+/// Size and modification time of a file: what [`Stamp::check_unchanged`] compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl Stamp {
+    /// The stamp of the file at `path` now.
+    pub(crate) fn of(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        Ok(Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+
+    /// An error unless the file at `path` still has this stamp (the contract of
+    /// [`Bytes::open_stable`] held while it was read).
+    pub(crate) fn check_unchanged(&self, path: &Path) -> Result<()> {
+        if Self::of(path)? == *self {
+            return Ok(());
+        }
+        Err(Error::Usage(format!(
+            "{}: the file changed while being read; run again once it is no longer written",
+            path.display()
+        )))
+    }
+}
+
+/// The size of a memory page, queried once.
+fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        #[cfg(unix)]
+        {
+            // SAFETY: sysconf only reads a system constant; it has no preconditions.
+            let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            if let Ok(n) = usize::try_from(n)
+                && n.is_power_of_two()
+            {
+                return n;
+            }
+        }
+        // Unknown: the largest common page size keeps released ranges within whole pages.
+        65536
+    })
 }
 
 /// The error for an input that is not a regular file (or folder where folders are read).
@@ -193,12 +248,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, vec![5u8; 10_000]).unwrap();
-        let b = Bytes::open(&p).unwrap();
+        let b = Bytes::open_stable(&p).unwrap();
         assert_eq!(b.len(), 10_000);
         b.release(0, 8192);
+        assert!(page_size().is_power_of_two());
         assert!(b.iter().all(|&x| x == 5));
         std::fs::write(&p, b"").unwrap();
-        assert!(Bytes::open(&p).unwrap().is_empty());
-        assert!(Bytes::open(&dir.path().join("missing")).is_err());
+        assert!(Bytes::open_stable(&p).unwrap().is_empty());
+        assert!(Bytes::open_stable(&dir.path().join("missing")).is_err());
     }
 }

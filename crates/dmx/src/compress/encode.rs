@@ -1,0 +1,443 @@
+//! Encoding a planned file: chunks cut from its segments, encoded in parallel windows
+//! (lossy chunks decoded again for their checksums and error), payloads streamed to the
+//! archive, and the entry's segment records.
+
+use dmx_codec::ValueKind;
+use dmx_format::{Chunk, Entry, Segment, Transform};
+use rayon::prelude::*;
+use sha2::Digest;
+
+use super::source::Source;
+use crate::Progress;
+use crate::error::{Error, Result};
+use crate::io::AtomicFile;
+use crate::io::Bytes;
+use crate::lossy::{Coding, ErrorAcc};
+use crate::plan::{PlannedFile, PlannedSegment};
+use crate::window::{SegmentHasher, windows};
+
+/// One chunk to encode.
+pub(super) struct Job<'a> {
+    pub(super) segment: usize,
+    pub(super) data: &'a [u8],
+    pub(super) value: ValueKind,
+    pub(super) hints: dmx_codec::Hints,
+    pub(super) coding: Coding,
+    pub(super) bfp_row: usize,
+    pub(super) base: Option<&'a [u8]>,
+    /// Store the chunk exactly when that is no larger than its lossy form.
+    pub(super) never_larger: bool,
+}
+
+/// What encoding one chunk produced.
+pub(super) struct Done {
+    pub(super) enc: dmx_codec::Encoded,
+    /// The decoded bytes of a lossy chunk, and their error against the original.
+    pub(super) lossy: Option<(Vec<u8>, ErrorAcc)>,
+    /// Values equal to the base's (delta codings).
+    pub(super) unchanged: u64,
+    /// The chunk is stored in its lossy form (not exactly).
+    pub(super) lossy_coded: bool,
+}
+
+/// Encodes one chunk; a lossy chunk is decoded again so that its checksums and error are
+/// those of what decompression will produce.
+pub(super) fn run_job(j: &Job<'_>) -> Result<Done> {
+    let enc = j.coding.encode(j.value, j.data, j.hints, j.bfp_row, j.base);
+    let unchanged = j
+        .base
+        .map_or(0, |b| unchanged(j.coding, j.value, b, j.data));
+    if j.coding.is_lossless() {
+        return Ok(Done {
+            enc,
+            lossy: None,
+            unchanged,
+            lossy_coded: false,
+        });
+    }
+    if j.never_larger {
+        // Never store a lossy form larger than the exact one (issue 11, finding 8).
+        let exact_coding = if j.base.is_some() {
+            Coding::Delta
+        } else {
+            Coding::Lossless
+        };
+        let exact = exact_coding.encode(j.value, j.data, j.hints, j.bfp_row, j.base);
+        if exact.payload.len() <= enc.payload.len() {
+            let mut acc = ErrorAcc::default();
+            if let Some(layout) = crate::lossy::lossy_layout(j.value) {
+                acc.add(layout, j.data, j.data);
+            }
+            return Ok(Done {
+                enc: exact,
+                lossy: Some((j.data.to_vec(), acc)),
+                unchanged: j
+                    .base
+                    .map_or(0, |b| self::unchanged(exact_coding, j.value, b, j.data)),
+                lossy_coded: false,
+            });
+        }
+    }
+    let mut decoded = vec![0u8; j.data.len()];
+    dmx_codec::decode_with_base(enc.codec, &enc.payload, j.base, &mut decoded).map_err(|e| {
+        Error::Usage(format!(
+            "internal error: a {} chunk failed to decode right after encoding ({e}); please \
+             report this",
+            enc.codec.name()
+        ))
+    })?;
+    let mut acc = ErrorAcc::default();
+    if let Some(layout) = crate::lossy::lossy_layout(j.value) {
+        acc.add(layout, j.data, &decoded);
+    }
+    Ok(Done {
+        enc,
+        lossy: Some((decoded, acc)),
+        unchanged,
+        lossy_coded: true,
+    })
+}
+
+/// Keeps a chunk of an `Mode::Auto` segment within what is left of the segment's allowance
+/// (`allowance - spent`): if its error would pass it, codes it again one step more precisely,
+/// up to exactly. `recorded` becomes the most precise lossy coding used.
+fn hold_budget(
+    j: &Job<'_>,
+    d: &mut Done,
+    allowance: f64,
+    spent: &mut f64,
+    recorded: &mut Coding,
+) -> Result<()> {
+    let Some(layout) = crate::lossy::lossy_layout(j.value) else {
+        return Ok(());
+    };
+    let mut coding = j.coding;
+    loop {
+        let err = d.lossy.as_ref().map_or(0.0, |(_, a)| a.sum_sq_err());
+        if !d.lossy_coded || *spent + err <= allowance {
+            *spent += err;
+            if d.lossy_coded
+                && let (Coding::Bfp(p), Coding::Bfp(r)) = (coding, *recorded)
+                && p.mantissa_bits > r.mantissa_bits
+            {
+                *recorded = coding;
+            }
+            return Ok(());
+        }
+        coding = coding.escalate(layout);
+        *d = run_job(&Job { coding, ..*j })?;
+        if coding.is_lossless() {
+            // Exact: no error, but its values still count in the tensor's norm.
+            let mut acc = ErrorAcc::default();
+            acc.add(layout, j.data, j.data);
+            d.lossy = Some((j.data.to_vec(), acc));
+        }
+    }
+}
+
+/// Values of `data` equal to the base's: bit for bit, or on the grid for quantized deltas.
+fn unchanged(coding: Coding, value: ValueKind, base: &[u8], data: &[u8]) -> u64 {
+    match (coding, value) {
+        (Coding::QuantDelta { step, bits }, ValueKind::Float(l)) => base
+            .chunks_exact(l.bytes())
+            .zip(data.chunks_exact(l.bytes()))
+            .filter(|(a, b)| {
+                let q = |c: &[u8]| {
+                    dmx_codec::grid::quantize(
+                        dmx_codec::grid::to_f64(l, crate::lossy::raw(c)),
+                        step,
+                        bits,
+                    )
+                };
+                a == b || q(a).is_some_and(|qa| q(b) == Some(qa))
+            })
+            .count() as u64,
+        (_, ValueKind::Float(l)) => base
+            .chunks_exact(l.bytes())
+            .zip(data.chunks_exact(l.bytes()))
+            .filter(|(a, b)| a == b)
+            .count() as u64,
+        _ => base.iter().zip(data).filter(|(a, b)| a == b).count() as u64,
+    }
+}
+
+/// The BFP row length for chunks of `seg`: its last dimension when every chunk starts at a
+/// row, else 0 (groups then restart at chunk starts).
+fn bfp_row(seg: &PlannedSegment) -> usize {
+    let (dmx_format::SegmentKind::Tensor(t), Some(layout)) =
+        (&seg.kind, crate::lossy::lossy_layout(seg.value))
+    else {
+        return 0;
+    };
+    let Some(&last) = t.shape.last() else {
+        return 0;
+    };
+    if t.shape.len() < 2 || last == 0 {
+        return 0;
+    }
+    let (chunk, _) = seg.chunking();
+    let chunk_values = chunk / layout.bytes() as u64;
+    if chunk_values.is_multiple_of(last) {
+        last as usize
+    } else {
+        0
+    }
+}
+
+/// The base tensor a segment is coded against.
+#[derive(Clone, Copy)]
+pub(crate) struct BaseTensor<'a> {
+    /// Its name in the base file.
+    pub name: &'a str,
+    /// Its bytes (same length as the segment).
+    pub data: &'a [u8],
+}
+
+/// Encodes the planned `file` (its bytes in `bytes`) with one coding per segment, streaming
+/// payloads to `out`; returns its index entry (kind from the plan, no base).
+pub(crate) fn encode_entry(
+    file: &PlannedFile,
+    bytes: &Bytes,
+    codings: &[Coding],
+    bases: &[Option<BaseTensor<'_>>],
+    out: &mut AtomicFile,
+    progress: Option<&dyn Progress>,
+) -> Result<Entry> {
+    let plan = EntryPlan {
+        file,
+        src: &Source::Bytes(bytes),
+        codings,
+        bases,
+        allowances: None,
+    };
+    encode_entry_budgeted(&plan, out, progress, None)
+}
+
+/// What [`encode_entry_budgeted`] encodes: a planned file, its bytes, one coding and base
+/// per segment and, in `Mode::Auto`, each segment's allowance.
+pub(crate) struct EntryPlan<'p, 'a> {
+    /// The planned file.
+    pub file: &'p PlannedFile,
+    /// Its bytes.
+    pub src: &'p Source<'a>,
+    /// One coding per segment.
+    pub codings: &'p [Coding],
+    /// One base per segment (delta codings).
+    pub bases: &'p [Option<BaseTensor<'a>>],
+    /// With allowances, segment `i` may reach at most `allowances[i]` as its sum of squared
+    /// errors: a chunk that would pass it is coded again more precisely
+    /// ([`Coding::escalate`]; `Mode::Auto`).
+    pub allowances: Option<&'p [Option<f64>]>,
+}
+
+/// One chunk of a planned file: its segment and byte range.
+struct ChunkAt {
+    segment: usize,
+    range: std::ops::Range<u64>,
+}
+
+/// Encodes `plan` as [`encode_entry`] does, checking `cancel` between windows.
+pub(crate) fn encode_entry_budgeted(
+    plan: &EntryPlan<'_, '_>,
+    out: &mut AtomicFile,
+    progress: Option<&dyn Progress>,
+    cancel: Option<&crate::Options>,
+) -> Result<Entry> {
+    let file = plan.file;
+    let any_lossy = plan.codings.iter().any(|c| !c.is_lossless());
+    // Cut every segment into chunks, in file order.
+    let chunks: Vec<ChunkAt> = file
+        .segments
+        .iter()
+        .enumerate()
+        .flat_map(|(i, seg)| seg.chunks().map(move |range| ChunkAt { segment: i, range }))
+        .collect();
+    let mut state = EntryState::new(file, plan.codings);
+    let lens: Vec<u64> = chunks.iter().map(|c| c.range.end - c.range.start).collect();
+    for range in windows(&lens) {
+        if let Some(o) = cancel {
+            o.check_cancel()?;
+        }
+        let window = &chunks[range];
+        // Chunks that span pieces of the source (packed segments) are copied together.
+        let data = window
+            .iter()
+            .map(|c| plan.src.read(c.range.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let jobs: Vec<Job<'_>> = window
+            .iter()
+            .zip(&data)
+            .map(|(c, d)| plan.job(c, d))
+            .collect();
+        let encoded = if any_lossy {
+            let mut encoded = jobs.par_iter().map(run_job).collect::<Result<Vec<_>>>()?;
+            if let Some(allow) = plan.allowances {
+                for (j, d) in jobs.iter().zip(encoded.iter_mut()) {
+                    if let Some(a) = allow[j.segment] {
+                        let (spent, rec) = (&mut state.spent[j.segment], &mut state.recorded);
+                        hold_budget(j, d, a, spent, &mut rec[j.segment])?;
+                    }
+                }
+            }
+            // Hash what decompression will produce: the decoded bytes of lossy chunks.
+            for (j, d) in jobs.iter().zip(&encoded) {
+                state.hash(
+                    j.segment,
+                    d.lossy.as_ref().map_or(j.data, |(b, _)| b.as_slice()),
+                );
+            }
+            encoded
+        } else {
+            let encode = || jobs.par_iter().map(run_job).collect::<Result<Vec<_>>>();
+            let (encoded, ()) = rayon::join(encode, || {
+                for j in &jobs {
+                    state.hash(j.segment, j.data);
+                }
+            });
+            encoded?
+        };
+        for (j, done) in jobs.iter().zip(encoded) {
+            state.store(j, done, out)?;
+        }
+        let raw: u64 = jobs.iter().map(|j| j.data.len() as u64).sum();
+        if let Some(first) = window.first() {
+            plan.src.release(first.range.start..first.range.start + raw);
+        }
+        if let Some(p) = progress {
+            p.advance(raw);
+        }
+    }
+    Ok(state.finish(file, plan.bases))
+}
+
+impl<'a> EntryPlan<'_, 'a> {
+    /// The job of chunk `c`, whose bytes are `data`.
+    fn job<'d>(&self, c: &ChunkAt, data: &'d [u8]) -> Job<'d>
+    where
+        'a: 'd,
+    {
+        let seg = &self.file.segments[c.segment];
+        Job {
+            segment: c.segment,
+            data,
+            value: seg.value,
+            hints: seg.hints(),
+            coding: self.codings[c.segment],
+            bfp_row: bfp_row(seg),
+            base: self.bases[c.segment].map(|b| {
+                &b.data[(c.range.start - seg.offset) as usize..(c.range.end - seg.offset) as usize]
+            }),
+            never_larger: true,
+        }
+    }
+}
+
+/// What [`encode_entry_budgeted`] accumulates over the windows of one entry.
+struct EntryState {
+    segments: Vec<Segment>,
+    errors: Vec<ErrorAcc>,
+    unchanged: Vec<u64>,
+    lossy_coded: Vec<bool>,
+    /// The most precise coding a segment's lossy chunks used (recorded in the index).
+    recorded: Vec<Coding>,
+    /// The sum of squared errors each segment has reached (`Mode::Auto`).
+    spent: Vec<f64>,
+    sha: sha2::Sha256,
+    hasher: SegmentHasher,
+}
+
+impl EntryState {
+    fn new(file: &PlannedFile, codings: &[Coding]) -> Self {
+        let n = file.segments.len();
+        let segments = file
+            .segments
+            .iter()
+            .map(|s| Segment {
+                kind: s.kind.clone(),
+                transform: Transform::Identity,
+                offset: s.offset,
+                len: s.len,
+                blake3: *blake3::hash(&[]).as_bytes(),
+                entropy_bits: 0.0,
+                chunks: Vec::new(),
+            })
+            .collect();
+        Self {
+            segments,
+            errors: vec![ErrorAcc::default(); n],
+            unchanged: vec![0; n],
+            lossy_coded: vec![false; n],
+            recorded: codings.to_vec(),
+            spent: vec![0.0; n],
+            sha: sha2::Sha256::new(),
+            hasher: SegmentHasher::default(),
+        }
+    }
+
+    /// Feeds the file's hashes with the next bytes (of `segment`), in file order.
+    fn hash(&mut self, segment: usize, data: &[u8]) {
+        self.sha.update(data);
+        if let Some((s, h)) = self.hasher.update(segment, data) {
+            self.segments[s].blake3 = *h.as_bytes();
+        }
+    }
+
+    /// Writes an encoded chunk's payload to `out` and records it.
+    fn store(&mut self, j: &Job<'_>, done: Done, out: &mut AtomicFile) -> Result<()> {
+        let enc = done.enc;
+        if let Some((_, acc)) = &done.lossy {
+            self.errors[j.segment].merge(acc);
+        }
+        self.unchanged[j.segment] += done.unchanged;
+        self.lossy_coded[j.segment] |= done.lossy_coded;
+        let offset = out.position();
+        out.write_all(&enc.payload)?;
+        let seg = &mut self.segments[j.segment];
+        seg.entropy_bits += enc.entropy_bits;
+        seg.chunks.push(Chunk {
+            offset,
+            stored_len: enc.payload.len() as u32,
+            raw_len: j.data.len() as u32,
+            codec: enc.codec as u8,
+            xxh3: xxhash_rust::xxh3::xxh3_64(&enc.payload),
+        });
+        Ok(())
+    }
+
+    /// The entry's record, once every chunk is stored.
+    fn finish(mut self, file: &PlannedFile, bases: &[Option<BaseTensor<'_>>]) -> Entry {
+        if let Some((s, h)) = self.hasher.finish() {
+            self.segments[s].blake3 = *h.as_bytes();
+        }
+        for (i, seg) in self.segments.iter_mut().enumerate() {
+            // A segment whose every chunk was stored exactly is recorded as exact.
+            let lossy = if self.lossy_coded[i] {
+                self.recorded[i].record(self.errors[i].stats())
+            } else {
+                None
+            };
+            seg.transform = match (bases[i], lossy) {
+                (Some(b), Some(lossy)) => Transform::QuantDelta {
+                    base: b.name.to_string(),
+                    lossy,
+                    unchanged: self.unchanged[i],
+                },
+                (Some(b), None) => Transform::Delta {
+                    base: b.name.to_string(),
+                    unchanged: self.unchanged[i],
+                },
+                (None, Some(l)) => Transform::Lossy(l),
+                (None, None) => Transform::Identity,
+            };
+        }
+        Entry {
+            path: file.rel.clone(),
+            kind: file.kind,
+            size: file.size,
+            sha256: self.sha.finalize().into(),
+            base: None,
+            segments: self.segments,
+            packed: None,
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The per-tensor codings of fixed lossy modes, and the checks of lossy settings against
+//! the planned input.
+
+use std::collections::HashMap;
+
+use dmx_codec::{FloatLayout, bfp};
+use dmx_format::SegmentKind;
+
+use super::values::{float_tensors, lossy_layout, shared_steps};
+use super::{CastTo, Coding, DEFAULT_GROUP_SIZE, DEFAULT_MANTISSA_BITS, LossyOptions, Mode};
+use crate::compress::SegmentData;
+use crate::error::{Error, Result};
+use crate::plan::PlannedFile;
+
+/// Per-segment codings of a planned file for a fixed mode (everything but [`Mode::Auto`] with
+/// a budget, which needs trial encodings and is decided by the caller).
+/// Casts that would turn finite values into ±Inf are replaced by [`Coding::Lossless`] (unless
+/// [`LossyOptions::allow_cast_overflow`]) with a warning in `warnings`.
+pub(crate) fn fixed_codings(
+    file: &PlannedFile,
+    bytes: &(impl SegmentData + ?Sized),
+    opts: &LossyOptions,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Coding>> {
+    let keep = opts.keep_set()?;
+    let steps = match opts.mode {
+        Mode::Int16 | Mode::Int32 => {
+            let bits = if opts.mode == Mode::Int16 { 16 } else { 32 };
+            shared_steps(float_tensors(file, bytes), bits)
+        }
+        _ => HashMap::new(),
+    };
+    Ok(file
+        .segments
+        .iter()
+        .map(|s| {
+            let SegmentKind::Tensor(t) = &s.kind else {
+                return Coding::Lossless;
+            };
+            let Some(layout) = lossy_layout(s.value) else {
+                return Coding::Lossless;
+            };
+            if keep.is_match(&t.name) || s.len == 0 {
+                return Coding::Lossless;
+            }
+            match opts.mode {
+                Mode::Lossless | Mode::Auto => match opts.cast {
+                    Some(c) if layout == FloatLayout::F32 => {
+                        let to = match c {
+                            CastTo::Bf16 => FloatLayout::BF16,
+                            CastTo::F16 => FloatLayout::F16,
+                        };
+                        let data = bytes.segment_data(s).unwrap_or_default();
+                        let over = dmx_codec::cast::overflows(to, data);
+                        if over > 0 && !opts.allow_cast_overflow {
+                            warnings.push(format!(
+                                "tensor {:?}: {over} finite value(s) beyond the range of {} \
+                                 would become infinite; stored exactly (lossless) instead \
+                                 (--allow-cast-overflow casts it anyway)",
+                                t.name,
+                                cast_name(c)
+                            ));
+                            Coding::Lossless
+                        } else {
+                            if over > 0 {
+                                warnings.push(format!(
+                                    "tensor {:?}: {over} finite value(s) beyond the range of \
+                                     {} became infinite (--allow-cast-overflow)",
+                                    t.name,
+                                    cast_name(c)
+                                ));
+                            }
+                            Coding::Cast(to)
+                        }
+                    }
+                    _ => Coding::Lossless,
+                },
+                Mode::Bfp => Coding::Bfp(bfp::Params {
+                    mantissa_bits: opts
+                        .mantissa_bits
+                        .unwrap_or(DEFAULT_MANTISSA_BITS)
+                        .min(bfp::max_mantissa_bits(layout)),
+                    group_size: opts.group_size.unwrap_or(DEFAULT_GROUP_SIZE),
+                }),
+                Mode::Int16 | Mode::Int32 => Coding::Quant {
+                    step: steps.get(&t.name).copied().unwrap_or(1.0),
+                    bits: if opts.mode == Mode::Int16 { 16 } else { 32 },
+                },
+            }
+        })
+        .collect())
+}
+
+fn cast_name(c: CastTo) -> &'static str {
+    match c {
+        CastTo::Bf16 => "bf16",
+        CastTo::F16 => "f16",
+    }
+}
+
+/// Checks lossy settings against the planned input: refuses `--mantissa-bits` that no float
+/// tensor can use (its dtype's maximum is lower), and returns warnings for settings that do
+/// nothing or only partly apply: a `--mantissa-bits` some dtypes cap, a `--keep-lossless`
+/// pattern that matches no tensor, `--cast` on an input without F32 tensors.
+pub(crate) fn plan_warnings(files: &[PlannedFile], opts: &LossyOptions) -> Result<Vec<String>> {
+    let keep: Vec<(String, globset::GlobMatcher)> = opts
+        .keep_lossless
+        .iter()
+        .map(|g| {
+            globset::Glob::new(g)
+                .map(|m| (g.clone(), m.compile_matcher()))
+                .map_err(|e| Error::Usage(format!("--keep-lossless {g:?}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let mut matched = vec![false; keep.len()];
+    let mut layouts: Vec<(FloatLayout, String)> = Vec::new();
+    for s in files.iter().flat_map(|f| &f.segments) {
+        let SegmentKind::Tensor(t) = &s.kind else {
+            continue;
+        };
+        for (k, (_, m)) in keep.iter().enumerate() {
+            matched[k] |= m.is_match(&t.name);
+        }
+        if let Some(l) = lossy_layout(s.value)
+            && !layouts.iter().any(|(x, _)| *x == l)
+        {
+            layouts.push((l, t.dtype.clone()));
+        }
+    }
+    let mut warnings = Vec::new();
+    if opts.is_lossless() && !keep.is_empty() {
+        warnings.push(
+            "--keep-lossless has no effect without a lossy --mode or --cast: everything is \
+             stored losslessly"
+                .to_string(),
+        );
+    }
+    for ((g, _), hit) in keep.iter().zip(matched) {
+        if !hit {
+            warnings.push(format!(
+                "--keep-lossless {g:?} matches no tensor of the input; it has no effect"
+            ));
+        }
+    }
+    if let Some(c) = opts.cast
+        && !layouts.iter().any(|(l, _)| *l == FloatLayout::F32)
+    {
+        warnings.push(format!(
+            "--cast {}: the input has no F32 tensor; nothing was cast",
+            cast_name(c)
+        ));
+    }
+    if opts.mode == Mode::Bfp
+        && let Some(m) = opts.mantissa_bits
+    {
+        let capped: Vec<&str> = layouts
+            .iter()
+            .filter(|(l, _)| bfp::max_mantissa_bits(*l) < m)
+            .map(|(_, d)| d.as_str())
+            .collect();
+        if !layouts.is_empty() && capped.len() == layouts.len() {
+            return Err(Error::Usage(format!(
+                "--mantissa-bits {m}: no float tensor of the input can use it ({} allow at \
+                 most {}); use 2..={}",
+                capped.join(", "),
+                layouts
+                    .iter()
+                    .map(|(l, _)| bfp::max_mantissa_bits(*l))
+                    .max()
+                    .unwrap_or(8),
+                layouts
+                    .iter()
+                    .map(|(l, _)| bfp::max_mantissa_bits(*l))
+                    .max()
+                    .unwrap_or(8),
+            )));
+        }
+        for (l, d) in layouts
+            .iter()
+            .filter(|(l, _)| bfp::max_mantissa_bits(*l) < m)
+        {
+            warnings.push(format!(
+                "--mantissa-bits {m}: {d} tensors allow at most {}; they use {} instead",
+                bfp::max_mantissa_bits(*l),
+                bfp::max_mantissa_bits(*l)
+            ));
+        }
+    }
+    Ok(warnings)
+}

@@ -1,0 +1,162 @@
+//! How one segment is encoded ([`Coding`]) and the encoding of one chunk with it.
+
+use dmx_codec::{FloatLayout, ValueKind, bfp};
+use dmx_format::{ErrorStats, Lossy, LossyMode};
+
+/// How one segment is encoded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Coding {
+    /// Byte-identical.
+    Lossless,
+    /// Block floating point.
+    Bfp(bfp::Params),
+    /// Integer grid with this step and width.
+    Quant { step: f64, bits: u32 },
+    /// Rounded to a 16-bit layout.
+    Cast(FloatLayout),
+    /// Lossless, relative to the base tensor (or standalone, per chunk, when smaller).
+    Delta,
+    /// On an integer grid, relative to the base tensor (or standalone, per chunk, when
+    /// smaller: both decode to the same values).
+    QuantDelta { step: f64, bits: u32 },
+}
+
+impl Coding {
+    pub(crate) fn is_lossless(self) -> bool {
+        matches!(self, Coding::Lossless | Coding::Delta)
+    }
+
+    /// The next, more precise step of [`Mode::Auto`] for a chunk over its share of the
+    /// budget: BFP with one more magnitude bit, else exact.
+    pub(crate) fn escalate(self, layout: FloatLayout) -> Coding {
+        match self {
+            Coding::Bfp(p) if p.mantissa_bits < bfp::max_mantissa_bits(layout) => {
+                Coding::Bfp(bfp::Params {
+                    mantissa_bits: p.mantissa_bits + 1,
+                    ..p
+                })
+            }
+            _ => Coding::Lossless,
+        }
+    }
+
+    /// The index record of a lossy coding with its measured error.
+    pub(crate) fn record(self, error: ErrorStats) -> Option<Lossy> {
+        let (mode, mantissa_bits, group_size, step) = match self {
+            Coding::Lossless | Coding::Delta => return None,
+            Coding::Bfp(p) => (LossyMode::Bfp, p.mantissa_bits as u8, p.group_size, 0.0),
+            Coding::Quant { step, bits } | Coding::QuantDelta { step, bits } => (
+                if bits == 16 {
+                    LossyMode::Int16
+                } else {
+                    LossyMode::Int32
+                },
+                0,
+                0,
+                step,
+            ),
+            Coding::Cast(l) => (
+                if l == FloatLayout::BF16 {
+                    LossyMode::CastBf16
+                } else {
+                    LossyMode::CastF16
+                },
+                0,
+                0,
+                0.0,
+            ),
+        };
+        Some(Lossy {
+            mode,
+            mantissa_bits,
+            group_size,
+            step,
+            error,
+        })
+    }
+
+    /// Encodes one chunk; `row_len` is the BFP row (last dimension) or 0; `base` is the same
+    /// range of the base tensor for the delta codings.
+    pub(crate) fn encode(
+        self,
+        value: ValueKind,
+        data: &[u8],
+        hints: dmx_codec::Hints,
+        bfp_row: usize,
+        base: Option<&[u8]>,
+    ) -> dmx_codec::Encoded {
+        let smaller = |a: dmx_codec::Encoded, b: dmx_codec::Encoded| {
+            if b.payload.len() < a.payload.len() {
+                b
+            } else {
+                a
+            }
+        };
+        if let (Coding::Delta, Some(base)) = (self, base) {
+            let plain = dmx_codec::encode_with(value, data, hints);
+            let (payload, entropy_bits) = dmx_codec::delta::encode(value, base, data);
+            return smaller(
+                plain,
+                dmx_codec::Encoded {
+                    codec: dmx_codec::Codec::Delta,
+                    payload,
+                    entropy_bits,
+                },
+            );
+        }
+        let ValueKind::Float(layout) = value else {
+            return dmx_codec::encode_with(value, data, hints);
+        };
+        let (codec, (payload, entropy_bits)) = match self {
+            Coding::Lossless | Coding::Delta => {
+                return dmx_codec::encode_with(value, data, hints);
+            }
+            Coding::QuantDelta { step, bits } => {
+                let (payload, entropy_bits) = dmx_codec::quant::encode(layout, data, step, bits);
+                let alone = dmx_codec::Encoded {
+                    codec: dmx_codec::Codec::Quant,
+                    payload,
+                    entropy_bits,
+                };
+                match base {
+                    None => (alone.codec, (alone.payload, alone.entropy_bits)),
+                    Some(base) => {
+                        let (payload, entropy_bits) =
+                            dmx_codec::delta::encode_quantized(layout, base, data, step, bits);
+                        let best = smaller(
+                            alone,
+                            dmx_codec::Encoded {
+                                codec: dmx_codec::Codec::QuantDelta,
+                                payload,
+                                entropy_bits,
+                            },
+                        );
+                        (best.codec, (best.payload, best.entropy_bits))
+                    }
+                }
+            }
+            Coding::Bfp(p) => (dmx_codec::Codec::Bfp, bfp::encode(layout, data, bfp_row, p)),
+            Coding::Quant { step, bits } => (
+                dmx_codec::Codec::Quant,
+                dmx_codec::quant::encode(layout, data, step, bits),
+            ),
+            Coding::Cast(to) => (
+                dmx_codec::Codec::Cast,
+                dmx_codec::cast::encode(to, data, hints),
+            ),
+        };
+        if payload.len() >= data.len() {
+            // Never larger than the input: such a chunk is stored exactly.
+            return dmx_codec::Encoded {
+                codec: dmx_codec::Codec::Raw,
+                payload: data.to_vec(),
+                entropy_bits,
+            };
+        }
+        dmx_codec::Encoded {
+            codec,
+            payload,
+            entropy_bits,
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The error of decoded values against the originals ([`ErrorAcc`]).
+
+use dmx_codec::FloatLayout;
+use dmx_format::ErrorStats;
+
+/// Running error of decoded values against the originals.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ErrorAcc {
+    sum_sq_err: f64,
+    sum_sq: f64,
+    sum_sq_decoded: f64,
+    dot: f64,
+    sum_abs_err: f64,
+    max_abs: f64,
+    count: u64,
+    /// Values whose bits are identical (NaN included).
+    pub(crate) identical: u64,
+    /// Values compared (NaN included).
+    pub(crate) values: u64,
+}
+
+impl ErrorAcc {
+    /// Accumulates the error of `decoded` against `original` (both little-endian `layout`).
+    /// Values that are NaN in the original are skipped (they are stored exactly).
+    pub(crate) fn add(&mut self, layout: FloatLayout, original: &[u8], decoded: &[u8]) {
+        // Monomorphized per layout with a cheap conversion: this runs over every value of
+        // every lossy tensor (and of every candidate in auto mode).
+        if layout == FloatLayout::BF16 {
+            self.add_with::<2>(original, decoded, |r| {
+                f64::from(f32::from_bits(u32::from(u16::from_le_bytes(r)) << 16))
+            });
+        } else if layout == FloatLayout::F16 {
+            let lut = f16_table();
+            self.add_with::<2>(original, decoded, |r| {
+                f64::from(lut[usize::from(u16::from_le_bytes(r))])
+            });
+        } else if layout == FloatLayout::F32 {
+            self.add_with::<4>(original, decoded, |r| f64::from(f32::from_le_bytes(r)));
+        } else {
+            self.add_with::<8>(original, decoded, f64::from_le_bytes);
+        }
+    }
+
+    /// The sum of squared errors so far.
+    pub(crate) fn sum_sq_err(&self) -> f64 {
+        self.sum_sq_err
+    }
+
+    #[inline(always)]
+    fn add_with<const W: usize>(
+        &mut self,
+        original: &[u8],
+        decoded: &[u8],
+        conv: impl Fn([u8; W]) -> f64,
+    ) {
+        for (a, b) in original.chunks_exact(W).zip(decoded.chunks_exact(W)) {
+            let (a, b): ([u8; W], [u8; W]) = (
+                a.try_into().expect("chunks_exact"),
+                b.try_into().expect("chunks_exact"),
+            );
+            self.values += 1;
+            if a == b {
+                self.identical += 1;
+            }
+            let x = conv(a);
+            let y = conv(b);
+            if x.is_finite() && y.is_finite() {
+                // The common case, straight-line.
+                let e = (x - y).abs();
+                self.dot += x * y;
+                self.sum_sq_decoded += y * y;
+                self.sum_sq += x * x;
+                self.sum_sq_err += e * e;
+                self.sum_abs_err += e;
+                if e > self.max_abs {
+                    self.max_abs = e;
+                }
+                self.count += 1;
+                continue;
+            }
+            if x.is_nan() {
+                continue;
+            }
+            if x.is_finite() && y.is_finite() {
+                self.dot += x * y;
+                self.sum_sq_decoded += y * y;
+            }
+            let e = if x == y { 0.0 } else { (x - y).abs() };
+            let e = if e.is_nan() { f64::INFINITY } else { e };
+            if x.is_finite() {
+                self.sum_sq += x * x;
+            }
+            self.sum_sq_err += e * e;
+            self.sum_abs_err += e;
+            self.max_abs = self.max_abs.max(e);
+            self.count += 1;
+        }
+    }
+
+    pub(crate) fn merge(&mut self, o: &ErrorAcc) {
+        self.sum_sq_err += o.sum_sq_err;
+        self.sum_sq += o.sum_sq;
+        self.sum_sq_decoded += o.sum_sq_decoded;
+        self.dot += o.dot;
+        self.identical += o.identical;
+        self.values += o.values;
+        self.sum_abs_err += o.sum_abs_err;
+        self.max_abs = self.max_abs.max(o.max_abs);
+        self.count += o.count;
+    }
+
+    /// Relative L2 error: 0 when exact, +Inf when the original is all zero but the decoded
+    /// values are not.
+    pub(crate) fn rel_l2(&self) -> f64 {
+        if self.sum_sq_err == 0.0 {
+            0.0
+        } else if self.sum_sq == 0.0 {
+            f64::INFINITY
+        } else {
+            (self.sum_sq_err / self.sum_sq).sqrt()
+        }
+    }
+
+    /// Cosine similarity of the original and decoded values: 1 when both are all zero, 0 when
+    /// only one is.
+    pub(crate) fn cosine(&self) -> f64 {
+        match (self.sum_sq == 0.0, self.sum_sq_decoded == 0.0) {
+            (true, true) => 1.0,
+            (true, false) | (false, true) => 0.0,
+            (false, false) => {
+                (self.dot / (self.sum_sq.sqrt() * self.sum_sq_decoded.sqrt())).clamp(-1.0, 1.0)
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> ErrorStats {
+        ErrorStats {
+            max_abs: self.max_abs,
+            mean_abs: if self.count == 0 {
+                0.0
+            } else {
+                self.sum_abs_err / self.count as f64
+            },
+            rel_l2: self.rel_l2(),
+            snr_db: if self.sum_sq_err == 0.0 {
+                f64::INFINITY
+            } else {
+                10.0 * (self.sum_sq / self.sum_sq_err).log10()
+            },
+        }
+    }
+}
+
+/// Every IEEE half value as an `f32` (exact), built once.
+pub(super) fn f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|b| half::f16::from_bits(b).to_f32())
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_of_exact_and_zero_tensors() {
+        let mut e = ErrorAcc::default();
+        let z = [0u8; 8];
+        e.add(FloatLayout::F32, &z, &z);
+        assert_eq!(e.rel_l2(), 0.0);
+        assert_eq!(e.stats().snr_db, f64::INFINITY);
+        assert_eq!(e.cosine(), 1.0);
+        assert_eq!(e.identical, 2);
+        let one = 1.0f32.to_le_bytes();
+        let mut e = ErrorAcc::default();
+        e.add(FloatLayout::F32, &z[..4], &one);
+        assert_eq!(e.rel_l2(), f64::INFINITY);
+        assert_eq!(e.cosine(), 0.0);
+        let mut e = ErrorAcc::default();
+        e.add(FloatLayout::F32, &2.0f32.to_le_bytes(), &one);
+        assert_eq!(e.rel_l2(), 0.5);
+        assert_eq!(e.stats().max_abs, 1.0);
+    }
+}
