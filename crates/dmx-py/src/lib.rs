@@ -34,9 +34,21 @@ fn _dmx(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ops::chain_info, m)?)?;
     m.add_function(wrap_pyfunction!(ops::chain_verify, m)?)?;
     m.add_function(wrap_pyfunction!(writer::save_tensors, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_class::<reader::Reader>()?;
     Ok(())
+}
+
+/// Runs the `dmx` command with `argv` (`argv[0]` is the program name) and returns its exit
+/// status; output goes to the process's stdout and stderr, exactly as the binary's. For the
+/// `dmx` console script: the command installs its own SIGINT/SIGTERM/SIGHUP handlers for the
+/// rest of the process.
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<std::ffi::OsString>) -> i32 {
+    py.detach(move || {
+        std::panic::catch_unwind(move || dmx_cli::main_with_args(argv)).unwrap_or(101)
+    })
 }
 
 /// Panics inside the engine-call machinery: lets the tests check that a Rust panic arrives

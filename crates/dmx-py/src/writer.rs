@@ -1,7 +1,7 @@
 //! Writing an archive from tensors in memory (`dmx.torch.save_file`, `dmx.numpy.save_file`):
 //! the tensors' bytes are read in place through the buffer protocol, with the GIL released.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
@@ -65,55 +65,17 @@ pub fn save_tensors<'py>(
         .collect();
     Call::new(threads, force, progress).run(py, move |opts| {
         let lossy = lossy?;
-        let report = write(&views, metadata.as_ref(), &dst, &lossy, opts)?;
+        let data: Vec<dmx::TensorData<'_>> = views
+            .iter()
+            .map(|&(name, dtype, shape, data)| dmx::TensorData {
+                name,
+                dtype,
+                shape,
+                data,
+            })
+            .collect();
+        let report = dmx::compress_tensors(&data, metadata.as_ref(), &dst, &lossy, opts)?;
         serde_json::to_string(&report)
             .map_err(|e| usage(format!("cannot serialize the report: {e}")))
     })
-}
-
-/// Writes the archive: the tensors serialized as safetensors into a temporary file beside
-/// `dst` (removed afterwards), then compressed.
-fn write(
-    tensors: &[(&str, &str, &[u64], &[u8])],
-    metadata: Option<&BTreeMap<String, String>>,
-    dst: &std::path::Path,
-    lossy: &dmx::lossy::LossyOptions,
-    opts: &dmx::Options,
-) -> dmx::Result<dmx::CompressReport> {
-    let mut views = Vec::with_capacity(tensors.len());
-    for &(name, dtype, shape, data) in tensors {
-        let dt = parse_dtype(name, dtype)?;
-        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-        let view = safetensors::tensor::TensorView::new(dt, shape, data)
-            .map_err(|e| usage(format!("tensor {name:?}: {e}")))?;
-        views.push((name, view));
-    }
-    let dir = dst
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(dmx::TEMP_PREFIX)
-        .tempdir_in(dir)
-        .map_err(|e| dmx::Error::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        })?;
-    // The archive records the input's file name: name it as `dmx compress` of the file
-    // `<stem of dst>.safetensors` would.
-    let stem = dst
-        .file_stem()
-        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
-    let file = tmp.path().join(format!("{stem}.safetensors"));
-    let info: Option<HashMap<String, String>> =
-        metadata.map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
-    safetensors::serialize_to_file(views, info, &file)
-        .map_err(|e| usage(format!("cannot serialize the tensors: {e}")))?;
-    dmx::compress_with(&file, dst, lossy, opts)
-}
-
-/// A safetensors dtype from its name.
-fn parse_dtype(name: &str, dtype: &str) -> dmx::Result<safetensors::Dtype> {
-    serde_json::from_value(serde_json::Value::String(dtype.to_string()))
-        .map_err(|_| usage(format!("tensor {name:?}: unknown dtype {dtype:?}")))
 }
