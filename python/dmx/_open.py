@@ -74,9 +74,11 @@ class _Slice:
                 raise UsageError(f"{self._name!r} is a scalar: only [...] or [()] index it")
             return self._h.get_tensor(self._name)
         first, rest = (index[0], index[1:]) if index else (slice(None), ())
-        if first is Ellipsis:
-            first, rest = slice(None), index
         rows = self._shape[0]
+        if first is Ellipsis:
+            # The rows are not narrowed: read them all, index the whole tensor.
+            part = self._h._read_rows(self._name, self._dtype, self._shape, 0, rows)
+            return self._finish(part[index])
         if isinstance(first, slice):
             start, stop, step = first.indices(rows)
             if step <= 0:
@@ -93,16 +95,16 @@ class _Slice:
             i %= rows
             lo, hi, pick = i, i + 1, 0
         part = self._h._read_rows(self._name, self._dtype, self._shape, lo, hi)
-        part = part[pick]
-        if rest:
-            lead = () if isinstance(pick, int) else (slice(None),)
-            part = part[lead + rest]
+        return self._finish(part[(pick, *rest)])
+
+    def _finish(self, part: Any) -> Any:
         if self._h._framework == "pt":
             part = part.contiguous()
         else:
             import numpy as np
 
-            part = np.ascontiguousarray(part)
+            if isinstance(part, np.ndarray) and not part.flags.c_contiguous:
+                part = part.copy(order="C")
         return _to_device(self._h._framework, part, self._h._device)
 
 

@@ -49,8 +49,10 @@ def save_file(
         dt = a.dtype
         if dt not in _NAMES:
             raise UsageError(f"{name!r} has dtype {a.dtype}, which safetensors cannot store")
-        a = np.ascontiguousarray(a)
-        prepared.append((name, _NAMES[dt], list(a.shape), a.reshape(-1).view(np.uint8)))
+        shape = list(a.shape)
+        if not a.flags.c_contiguous:
+            a = a.copy(order="C")
+        prepared.append((name, _NAMES[dt], shape, a.reshape(-1).view(np.uint8)))
     return CompressReport._from_json(
         _dmx.save_tensors(
             prepared, filename, check_metadata(metadata), mode=mode,
