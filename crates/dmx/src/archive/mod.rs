@@ -1,4 +1,7 @@
-//! Reading archives: open and validate, list tensors, decode chunks, segments and tensors.
+//! Reading archives: open and validate, list tensors, decode chunks, segments and tensors
+//! (into caller memory: [`read`]).
+
+mod read;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
