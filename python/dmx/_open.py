@@ -119,9 +119,17 @@ class safe_open:
 
     ``framework`` is ``"pt"`` (torch) or ``"np"`` (numpy); ``device`` is where torch
     tensors go (decoded on the CPU, then moved). Lossy archives give their decoded values
-    in the original dtype. Every decoded chunk's checksum is checked."""
+    in the original dtype. Every decoded chunk's checksum is checked. For the archive of a
+    model folder, ``file`` names the safetensors file to read (see :meth:`files`)."""
 
-    def __init__(self, filename: str | os.PathLike[str], framework: str = "pt", device: Any = "cpu"):
+    def __init__(
+        self,
+        filename: str | os.PathLike[str],
+        framework: str = "pt",
+        device: Any = "cpu",
+        *,
+        file: str | None = None,
+    ):
         fw = _FRAMEWORKS.get(str(framework).lower())
         if fw is None:
             raise UsageError(f"framework {framework!r} is not supported: use 'pt' or 'np'")
@@ -129,7 +137,7 @@ class safe_open:
             raise UsageError("numpy arrays live on the CPU: device must be 'cpu'")
         self._framework = fw
         self._device = device
-        self._reader = _dmx.Reader(filename)
+        self._reader = _dmx.Reader(filename, file)
 
     def __enter__(self) -> "safe_open":
         return self
@@ -144,6 +152,11 @@ class safe_open:
     def offset_keys(self) -> list[str]:
         """The tensor names in the order of their data in the file."""
         return self._reader.keys()
+
+    def files(self) -> list[str]:
+        """The safetensors files of the archive (several for a model folder; empty for a
+        plain ``.safetensors`` file)."""
+        return self._reader.files()
 
     def metadata(self) -> dict[str, str] | None:
         """The safetensors ``__metadata__``, or ``None``."""

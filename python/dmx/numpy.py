@@ -67,12 +67,14 @@ def save_file(
 def load_file(
     filename: str | os.PathLike[str],
     *,
+    file: str | None = None,
     threads: int | None = None,
     progress: Callable[[str, int, int], object] | None = None,
 ) -> dict[str, np.ndarray]:
     """All tensors of the archive ``filename`` (or of a ``.safetensors`` file) as numpy
-    arrays, each decoded straight into its own freshly allocated, writable array."""
-    reader = _dmx.Reader(filename)
+    arrays, each decoded straight into its own freshly allocated, writable array. For the
+    archive of a model folder, ``file`` names the safetensors file to load."""
+    reader = _dmx.Reader(filename, file)
     types = numpy_types()
     names, bufs, out = [], [], {}
     for name, dtype, shape, nbytes in reader.tensors():

@@ -98,13 +98,15 @@ def load_file(
     filename: str | os.PathLike[str],
     device: str | int | torch.device = "cpu",
     *,
+    file: str | None = None,
     threads: int | None = None,
     progress: Callable[[str, int, int], object] | None = None,
 ) -> dict[str, torch.Tensor]:
     """All tensors of the archive ``filename`` (or of a ``.safetensors`` file), each
     decoded straight into its own freshly allocated, writable tensor; then moved to
-    ``device``. Checksums are checked."""
-    reader = _dmx.Reader(filename)
+    ``device``. Checksums are checked. For the archive of a model folder, ``file`` names
+    the safetensors file to load."""
+    reader = _dmx.Reader(filename, file)
     types = torch_types()
     names, bufs, out = [], [], {}
     for name, dtype, shape, nbytes in reader.tensors():
