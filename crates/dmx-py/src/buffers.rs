@@ -56,7 +56,10 @@ impl Bytes {
 
     /// The bytes, writable (the buffer was obtained with `writable`).
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        assert!(!self.buf.readonly(), "Bytes::as_mut_slice on a read-only buffer");
+        assert!(
+            !self.buf.readonly(),
+            "Bytes::as_mut_slice on a read-only buffer"
+        );
         let len = self.buf.len_bytes();
         if len == 0 {
             return &mut [];

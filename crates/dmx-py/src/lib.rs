@@ -1,10 +1,10 @@
 //! `dmx._dmx`: the Rust extension of the `dmx-weights` Python package (import name `dmx`).
 //!
 //! The Python layer (`python/dmx/`) is the public API; this module is its engine side: the
-//! CLI's operations ([`ops`]), lazy tensor reads into caller-allocated memory ([`reader`]),
-//! archives written from tensor memory ([`writer`]) and the `dmx` command. All work runs
+//! CLI's operations (`ops`), lazy tensor reads into caller-allocated memory (`reader`),
+//! archives written from tensor memory (`writer`) and the `dmx` command. All work runs
 //! with the GIL released, Ctrl-C cancels it cleanly, and no Rust panic reaches Python
-//! ([`run`]).
+//! (`run`).
 
 mod buffers;
 mod errors;

@@ -251,8 +251,9 @@ pub fn delta_reconstruct<'py>(
     force: bool,
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<()> {
-    Call::new(threads, force, progress)
-        .run(py, move |opts| dmx::delta_reconstruct(&base, &delta, &dst, opts))
+    Call::new(threads, force, progress).run(py, move |opts| {
+        dmx::delta_reconstruct(&base, &delta, &dst, opts)
+    })
 }
 
 /// `dmx delta-info`: returns the report as JSON.
@@ -309,8 +310,9 @@ pub fn chain_append<'py>(
     threads: Option<usize>,
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<String> {
-    Call::new(threads, false, progress)
-        .run(py, move |opts| json(&dmx::chain_append(&dir, &checkpoints, opts)?))
+    Call::new(threads, false, progress).run(py, move |opts| {
+        json(&dmx::chain_append(&dir, &checkpoints, opts)?)
+    })
 }
 
 /// `dmx chain-reconstruct`: returns the report as JSON (its `ok` says whether every restored

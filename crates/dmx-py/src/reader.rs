@@ -152,7 +152,7 @@ impl Reader {
             Source::Plain(tf) => {
                 let (_, _, shape, len) = self.meta(name)?;
                 let rows = shape.first().copied().unwrap_or(1);
-                let row = if rows == 0 { 0 } else { len / rows };
+                let row = len.checked_div(rows).unwrap_or(0);
                 if start > stop || stop > rows || out.len() as u64 != (stop - start) * row {
                     return Err(usage(format!(
                         "{}: tensor {name:?} has {rows} rows; rows {start}..{stop} are out of \
@@ -198,8 +198,9 @@ impl Reader {
     fn metadata(&self, py: Python<'_>) -> PyResult<Option<BTreeMap<String, String>>> {
         match &self.source {
             Source::Plain(tf) => Ok(tf.metadata().cloned()),
-            Source::Archive { archive, file } => Call::new(None, false, None)
-                .run(py, move |_| archive.safetensors_metadata_in(file.as_deref())),
+            Source::Archive { archive, file } => Call::new(None, false, None).run(py, move |_| {
+                archive.safetensors_metadata_in(file.as_deref())
+            }),
         }
     }
 
