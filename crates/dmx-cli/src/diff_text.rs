@@ -105,6 +105,29 @@ fn names_line(out: &mut String, what: &str, names: &[String], max: usize) {
 /// non-float tensors).
 pub fn render(report: &DiffReport, top: usize) -> String {
     let mut out = String::new();
+    let max_names = top.max(10);
+    summary(&mut out, report, max_names);
+    if report.tensors.is_empty() {
+        return out;
+    }
+    rollups(&mut out, report);
+    top_lists(&mut out, report, top);
+    let others: Vec<String> = report
+        .tensors
+        .iter()
+        .filter(|t| !t.is_float() && t.changed > 0)
+        .map(|t| format!("{} ({}, {})", t.name, t.dtype, percent(t.fraction_changed)))
+        .collect();
+    if !others.is_empty() {
+        out.push('\n');
+        names_line(&mut out, "non-float tensors changed", &others, max_names);
+    }
+    out
+}
+
+/// The summary lines: files, totals, and the added, removed, reshaped tensors and changed
+/// metadata (at most `max_names` names each).
+fn summary(out: &mut String, report: &DiffReport, max_names: usize) {
     let t = &report.totals;
     let _ = writeln!(out, "A: {}\nB: {}", report.a, report.b);
     let _ = writeln!(
@@ -122,9 +145,8 @@ pub fn render(report: &DiffReport, top: usize) -> String {
     if report.identical {
         out.push_str("identical: every tensor has the same name, dtype, shape and bytes\n");
     }
-    let max_names = top.max(10);
-    names_line(&mut out, "added", &report.added, max_names);
-    names_line(&mut out, "removed", &report.removed, max_names);
+    names_line(out, "added", &report.added, max_names);
+    names_line(out, "removed", &report.removed, max_names);
     let reshaped: Vec<String> = report
         .changed_shape_or_dtype
         .iter()
@@ -139,7 +161,7 @@ pub fn render(report: &DiffReport, top: usize) -> String {
             )
         })
         .collect();
-    names_line(&mut out, "new dtype or shape", &reshaped, max_names);
+    names_line(out, "new dtype or shape", &reshaped, max_names);
     let meta: Vec<String> = report
         .metadata_changed
         .iter()
@@ -148,11 +170,11 @@ pub fn render(report: &DiffReport, top: usize) -> String {
             format!("{}: {} -> {}", m.key, v(&m.a), v(&m.b))
         })
         .collect();
-    names_line(&mut out, "metadata changed", &meta, max_names);
-    if report.tensors.is_empty() {
-        return out;
-    }
+    names_line(out, "metadata changed", &meta, max_names);
+}
 
+/// The tables per component, role and layer.
+fn rollups(out: &mut String, report: &DiffReport) {
     out.push_str("\nper component\n");
     let rows: Vec<Vec<String>> = report
         .components
@@ -164,7 +186,7 @@ pub fn render(report: &DiffReport, top: usize) -> String {
         })
         .collect();
     table(
-        &mut out,
+        out,
         &["component", "tensors", "params", "changed", "rel.change"],
         &rows,
         1,
@@ -181,7 +203,7 @@ pub fn render(report: &DiffReport, top: usize) -> String {
         })
         .collect();
     table(
-        &mut out,
+        out,
         &[
             "component",
             "role",
@@ -206,7 +228,7 @@ pub fn render(report: &DiffReport, top: usize) -> String {
             })
             .collect();
         table(
-            &mut out,
+            out,
             &[
                 "component",
                 "layer",
@@ -219,9 +241,11 @@ pub fn render(report: &DiffReport, top: usize) -> String {
             1,
         );
     }
+}
 
-    // The top list per component: optimizer moments move far more than weights and
-    // would otherwise crowd them out.
+/// The `top` most changed float tensors by relative change, per component: optimizer
+/// moments move far more than weights and would otherwise crowd them out.
+fn top_lists(out: &mut String, report: &DiffReport, top: usize) {
     let several = report.components.len() > 1;
     for c in &report.components {
         let mut floats: Vec<&TensorDiff> = report
@@ -261,7 +285,7 @@ pub fn render(report: &DiffReport, top: usize) -> String {
             })
             .collect();
         table(
-            &mut out,
+            out,
             &[
                 "name",
                 "dtype",
@@ -276,17 +300,6 @@ pub fn render(report: &DiffReport, top: usize) -> String {
             3,
         );
     }
-    let others: Vec<String> = report
-        .tensors
-        .iter()
-        .filter(|t| !t.is_float() && t.changed > 0)
-        .map(|t| format!("{} ({}, {})", t.name, t.dtype, percent(t.fraction_changed)))
-        .collect();
-    if !others.is_empty() {
-        out.push('\n');
-        names_line(&mut out, "non-float tensors changed", &others, max_names);
-    }
-    out
 }
 
 #[cfg(test)]

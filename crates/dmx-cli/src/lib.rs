@@ -52,7 +52,9 @@ struct Cli {
 /// listed after each command's own options).
 #[derive(Args, Clone)]
 struct Common {
-    /// Print no progress or summary.
+    /// Print no progress, summary or report on standard output or standard error: only
+    /// errors, the JSON that --json asks for, and the report of a failed verify. The exit
+    /// status tells the outcome (`dmx info -q FILE` only checks that FILE opens).
     #[arg(short, long, global = true, display_order = 900)]
     quiet: bool,
     /// Worker threads (default: all cores). At least 1; capped at twice the cores and, where
@@ -95,7 +97,8 @@ fn run(cli: Cli) -> Result<Outcome, dmx::Error> {
 }
 
 /// The message for an error, with what the engine cannot know: that a path it could not
-/// open is a dangling symbolic link (and to what), and the flag that overwrites an output.
+/// open is a dangling symbolic link (and to what), and the flags that would help (the
+/// engine's messages name no flag).
 fn describe(e: &dmx::Error) -> String {
     if let dmx::Error::Io { path, source } = e
         && source.kind() == std::io::ErrorKind::NotFound
@@ -108,11 +111,30 @@ fn describe(e: &dmx::Error) -> String {
             target.display()
         );
     }
-    if let dmx::Error::Exists(path) = e {
-        return format!(
-            "{} already exists; use --force to overwrite it",
-            path.display()
-        );
+    match e {
+        dmx::Error::Exists(path) if path.is_dir() => {
+            return format!(
+                "{} already exists; use --force to restore into it (only the files the \
+                 archive holds are replaced; other files are kept)",
+                path.display()
+            );
+        }
+        dmx::Error::Exists(path) => {
+            return format!(
+                "{} already exists; use --force to overwrite it",
+                path.display()
+            );
+        }
+        dmx::Error::BaseNeeded(path) => {
+            return format!(
+                "{e}; give the base it was made from with `dmx verify [TARGET] {} --base BASE`",
+                path.display()
+            );
+        }
+        dmx::Error::TensorNotFound { .. } => {
+            return format!("{e} (see `dmx info` for the list)");
+        }
+        _ => {}
     }
     let message = e.to_string();
     let path = match e {
@@ -188,7 +210,7 @@ where
         }
         Err(e) => {
             eprintln!("dmx: error: {}", describe(&e));
-            if e.is_integrity_failure() { 1 } else { 2 }
+            e.exit_code()
         }
     }
 }
@@ -236,6 +258,28 @@ mod tests {
             junk.into(),
         ]);
         assert!(status == 1 || status == 2, "{status}");
+    }
+
+    /// The CLI adds the flags and commands the engine's messages leave out.
+    #[test]
+    fn messages_gain_the_cli_hints() {
+        let e = dmx::Error::BaseNeeded("d.dmxd".into());
+        assert_eq!(
+            describe(&e),
+            "d.dmxd is a delta: its base is needed to check it; give the base it was made \
+             from with `dmx verify [TARGET] d.dmxd --base BASE`"
+        );
+        let e = dmx::Error::TensorNotFound {
+            path: "m.dmx".into(),
+            name: "w".into(),
+        };
+        assert_eq!(
+            describe(&e),
+            "m.dmx: no tensor named \"w\" (see `dmx info` for the list)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let msg = describe(&dmx::Error::Exists(dir.path().to_path_buf()));
+        assert!(msg.contains("use --force to restore into it"), "{msg}");
     }
 
     /// Errors name the user's folder, never an internal `.dmx-tmp-*` path.

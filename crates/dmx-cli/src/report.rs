@@ -26,7 +26,7 @@ pub fn write_json<T: serde::Serialize>(
     sync: bool,
 ) -> Result<(), dmx::Error> {
     let text = serde_json::to_vec_pretty(value)
-        .map_err(|e| dmx::Error::Usage(format!("cannot encode JSON: {e}")))?;
+        .map_err(|e| dmx::Error::Internal(format!("cannot encode JSON: {e}")))?;
     dmx::write_file(path, &text, force, sync)
 }
 
@@ -194,25 +194,6 @@ pub fn verify(r: &VerifyReport) {
             "verify: FAILED"
         }
     );
-}
-
-/// A failing report for an archive that could not even be opened.
-pub fn unreadable(archive: &Path, original: Option<&Path>, e: &dmx::Error) -> VerifyReport {
-    VerifyReport {
-        schema: 2,
-        archive: archive.display().to_string(),
-        original: original.map(|o| o.display().to_string()),
-        ok: false,
-        files: vec![dmx::FileReport {
-            path: archive.display().to_string(),
-            size: 0,
-            ok: false,
-            bit_exact: original.map(|_| false),
-            tensors: 0,
-            problems: vec![e.to_string()],
-            tensor_errors: Vec::new(),
-        }],
-    }
 }
 
 /// One `dmx bench` result: a line per dtype.

@@ -68,7 +68,7 @@ pub fn bench(path: &Path, threads: usize, reps: usize) -> Result<BenchResult> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
-        .map_err(|e| Error::Usage(format!("cannot start {threads} worker threads: {e}")))?;
+        .map_err(|e| Error::Resource(format!("cannot start {threads} worker threads: {e}")))?;
     let mut inputs = Vec::new();
     for f in &files {
         // Read fully so page faults do not count against the codec.

@@ -7,6 +7,7 @@ use std::path::Path;
 use dmx_format::{Entry, Root};
 use rayon::prelude::*;
 
+use crate::Options;
 use crate::archive::Archive;
 use crate::error::{Error, Result};
 use crate::io::{
@@ -14,28 +15,29 @@ use crate::io::{
     temp_file_in, write_plain,
 };
 use crate::window::{SegmentHasher, windows};
-use crate::{Options, Progress};
 
 /// Decodes `entry` window by window and hands every decoded piece, in file order, to `sink`
 /// as `(segment index, bytes)`. The sink consumes one window while the next is decoded.
 pub(crate) fn stream_entry(
     archive: &Archive,
     entry: &Entry,
-    progress: Option<&dyn Progress>,
+    opts: &Options,
     sink: impl FnMut(usize, &[u8]) -> Result<()> + Send,
 ) -> Result<()> {
-    stream_entry_with(archive, entry, &[], progress, sink)
+    stream_entry_with(archive, entry, &[], opts, sink)
 }
 
 /// [`stream_entry`] for entries whose segments may be deltas: `bases[s]` holds the whole base
-/// tensor of segment `s` (an empty list means no bases).
+/// tensor of segment `s` (an empty list means no bases). Stops with [`crate::Error::Cancelled`]
+/// between windows once `opts` is cancelled.
 pub(crate) fn stream_entry_with(
     archive: &Archive,
     entry: &Entry,
     bases: &[Option<&[u8]>],
-    progress: Option<&dyn Progress>,
+    opts: &Options,
     mut sink: impl FnMut(usize, &[u8]) -> Result<()> + Send,
 ) -> Result<()> {
+    let progress = opts.progress.as_deref();
     let jobs: Vec<(usize, usize)> = entry
         .segments
         .iter()
@@ -100,6 +102,7 @@ pub(crate) fn stream_entry_with(
     let mut next: Vec<u8> = Vec::new();
     let mut previous: Option<&std::ops::Range<usize>> = None;
     for range in &windows {
+        opts.check_cancel()?;
         let (delivered, decoded) = rayon::join(
             || previous.map_or(Ok(()), |p| deliver(p, &ready)),
             || decode(range, &mut next),
@@ -198,7 +201,7 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
             Root::File => {
                 let entry = &archive.index().entries[0];
                 let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-                restore_entry(&archive, entry, progress, |data| out.write_all(data))?;
+                restore_entry(&archive, entry, opts, |data| out.write_all(data))?;
                 out.commit()
             }
             Root::Directory => {
@@ -215,6 +218,7 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
                 )?;
                 let mut pack = Vec::new();
                 for entry in &archive.index().entries {
+                    opts.check_cancel()?;
                     let sync = !opts.no_sync;
                     if crate::archive::restore_packed(
                         &archive,
@@ -233,7 +237,7 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
                         Error::Io { source, .. } => Error::io(&shown, source),
                         e => e,
                     })?;
-                    restore_entry(&archive, entry, progress, |data| {
+                    restore_entry(&archive, entry, opts, |data| {
                         w.write_all(data).map_err(|e| Error::io(&shown, e))
                     })?;
                     w.flush().map_err(|e| Error::io(&shown, e))?;
@@ -254,7 +258,7 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
 /// Archives are read from files only (they are memory-mapped and read out of order).
 fn refuse_dash_archive(archive_path: &Path) -> Result<()> {
     if crate::io::is_dash(archive_path) {
-        return Err(Error::Usage(
+        return Err(Error::Unsupported(
             "an archive cannot be read from standard input; save it to a file first (use \
              ./- for a file named -)"
                 .into(),
@@ -266,7 +270,7 @@ fn refuse_dash_archive(archive_path: &Path) -> Result<()> {
 /// Refuses deltas, which need their base.
 fn refuse_delta(archive: &Archive, archive_path: &Path) -> Result<()> {
     if archive.index().entries.iter().any(|e| e.base.is_some()) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unsupported(format!(
             "{} is a delta: restore it with `dmx delta-reconstruct BASE {} OUTPUT`",
             archive_path.display(),
             archive_path.display()
@@ -279,11 +283,11 @@ fn refuse_delta(archive: &Archive, archive_path: &Path) -> Result<()> {
 fn restore_entry(
     archive: &Archive,
     entry: &Entry,
-    progress: Option<&dyn Progress>,
+    opts: &Options,
     mut write: impl FnMut(&[u8]) -> Result<()> + Send,
 ) -> Result<()> {
     let mut check = SegmentCheck::new(archive, entry);
-    stream_entry(archive, entry, progress, |s, data| {
+    stream_entry(archive, entry, opts, |s, data| {
         check.update(s, data)?;
         write(data)
     })?;
@@ -300,7 +304,7 @@ pub fn decompress_to(archive_path: &Path, out: &mut dyn Write, opts: &Options) -
     let archive = Archive::open(archive_path)?;
     refuse_delta(&archive, archive_path)?;
     if archive.index().root != Root::File {
-        return Err(Error::Usage(format!(
+        return Err(Error::Destination(format!(
             "{} is a folder archive; standard output can take only a single-file archive \
              (restore it to a folder instead)",
             archive_path.display()
@@ -324,7 +328,7 @@ pub fn decompress_to(archive_path: &Path, out: &mut dyn Write, opts: &Options) -
     {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.file.as_file_mut());
         pool.install(|| {
-            restore_entry(&archive, entry, progress, |data| {
+            restore_entry(&archive, entry, opts, |data| {
                 w.write_all(data).map_err(|e| Error::io(&tmp_path, e))
             })
         })?;

@@ -17,6 +17,7 @@ use dmx_format::{BaseRef, EntryKind, Index, Root, SegmentKind};
 use serde::Serialize;
 use sha2::Digest;
 
+use crate::Options;
 use crate::archive::Archive;
 use crate::compress::{BaseTensor, encode_entry, finish_archive};
 use crate::error::{Error, Result};
@@ -24,7 +25,6 @@ use crate::io::Bytes;
 use crate::io::{AtomicFile, check_distinct};
 use crate::lossy::{Coding, float_tensors, lossy_layout, shared_steps};
 use crate::plan::{PlannedFile, dtype_bits, plan_input};
-use crate::{Options, Progress};
 
 /// How the target's float tensors are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -125,7 +125,7 @@ impl Base {
                 && index.entries.len() == 1
                 && index.entries[0].kind == EntryKind::Safetensors;
             if !single {
-                return Err(Error::Usage(format!(
+                return Err(Error::Unsupported(format!(
                     "{}: a base archive must hold exactly one safetensors file (not a folder \
                      or a delta)",
                     path.display()
@@ -179,6 +179,19 @@ impl Base {
     }
 }
 
+/// Why the planner did not take `path` as safetensors: its warning (`default` without one)
+/// less the path it starts with and what `compress` would do instead ("stored as opaque
+/// bytes"), which deltas and chains do not.
+pub(crate) fn planner_reason(path: &Path, warning: Option<&str>, default: &str) -> String {
+    let Some(w) = warning else {
+        return default.to_string();
+    };
+    let w = w
+        .strip_prefix(&format!("{}: ", path.display()))
+        .unwrap_or(w);
+    w.split("; stored as").next().unwrap_or(w).to_string()
+}
+
 /// Plans `path`, which must be one valid safetensors file.
 fn single_safetensors(path: &Path) -> Result<PlannedFile> {
     let (root, mut files) = plan_input(path)?;
@@ -192,23 +205,13 @@ fn single_safetensors(path: &Path) -> Result<PlannedFile> {
     match (root, files.pop()) {
         (Root::File, Some(f)) if f.kind == EntryKind::Safetensors => Ok(f),
         (Root::File, Some(f)) => {
-            // The planner's warning says why, prefixed with the path and followed by what
-            // `compress` would do instead ("stored as opaque bytes"), which a delta does not:
-            // keep only the reason.
-            let prefix = format!("{}: ", path.display());
-            let why = match f.warning.as_deref() {
-                Some(w) => {
-                    let w = w.strip_prefix(&prefix).unwrap_or(w);
-                    w.split("; stored as").next().unwrap_or(w).to_string()
-                }
-                None => "not a .safetensors file".to_string(),
-            };
-            Err(Error::Usage(format!(
+            let why = planner_reason(path, f.warning.as_deref(), "not a .safetensors file");
+            Err(Error::Unsupported(format!(
                 "{}: {why}; deltas take safetensors files",
                 path.display()
             )))
         }
-        _ => Err(Error::Usage(format!(
+        _ => Err(Error::Unsupported(format!(
             "{}: deltas take one safetensors file, not a folder",
             path.display()
         ))),
@@ -232,30 +235,15 @@ pub fn delta_compress(
     let plan = single_safetensors(target)?;
     let bytes = Bytes::open_stable(&plan.path)?;
     if bytes.len() as u64 != plan.size {
-        return Err(Error::Usage(format!(
-            "{}: file changed size while being read",
-            target.display()
-        )));
+        return Err(Error::changed(target, "file changed size while being read"));
     }
     let base_tensors = base.tensors();
-    // Quantized precisions: one grid for base and target, shared by role (lossy module docs),
-    // from the larger range of the two.
-    let mut steps: BTreeMap<String, f64> = BTreeMap::new();
-    if let Some(bits) = d.precision.bits() {
-        let from_base = shared_steps(float_tensors(&base.plan, &base.bytes), bits);
-        let from_target = shared_steps(float_tensors(&plan, &bytes), bits);
-        for (name, s) in from_target {
-            let s = match d.steps.as_ref().and_then(|m| m.get(&name)) {
-                Some(&given) => given,
-                None => s.max(from_base.get(&name).copied().unwrap_or(0.0)),
-            };
-            steps.insert(name, s);
-        }
-    }
+    let mut steps = shared_grid(d, &base, &plan, &bytes);
     let mut codings = Vec::with_capacity(plan.segments.len());
     let mut bases = Vec::with_capacity(plan.segments.len());
     let (mut added, mut reshaped, mut delta_tensors) = (Vec::new(), Vec::new(), 0);
     for seg in &plan.segments {
+        opts.check_cancel()?;
         let SegmentKind::Tensor(t) = &seg.kind else {
             codings.push(Coding::Lossless);
             bases.push(None);
@@ -289,23 +277,7 @@ pub fn delta_compress(
             }
         }
     }
-    let in_target: std::collections::HashSet<&str> = plan
-        .segments
-        .iter()
-        .filter_map(|s| match &s.kind {
-            SegmentKind::Tensor(t) => Some(t.name.as_str()),
-            SegmentKind::Bytes | SegmentKind::Packed(_) => None,
-        })
-        .collect();
-    let removed: Vec<String> = base
-        .plan
-        .segments
-        .iter()
-        .filter_map(|s| match &s.kind {
-            SegmentKind::Tensor(t) if !in_target.contains(t.name.as_str()) => Some(t.name.clone()),
-            _ => None,
-        })
-        .collect();
+    let removed = removed_tensors(&base.plan, &plan);
     let progress = opts.progress.as_deref();
     if let Some(p) = progress {
         p.start("delta-compressing", plan.size);
@@ -353,6 +325,48 @@ pub fn delta_compress(
     })
 }
 
+/// Quantized precisions: one grid for base and target, shared by role (lossy module docs),
+/// from the larger range of the two (or the grid `d` gives); empty when lossless.
+fn shared_grid(
+    d: &DeltaOptions,
+    base: &Base,
+    plan: &PlannedFile,
+    bytes: &[u8],
+) -> BTreeMap<String, f64> {
+    let mut steps: BTreeMap<String, f64> = BTreeMap::new();
+    if let Some(bits) = d.precision.bits() {
+        let from_base = shared_steps(float_tensors(&base.plan, &base.bytes), bits);
+        let from_target = shared_steps(float_tensors(plan, bytes), bits);
+        for (name, s) in from_target {
+            let s = match d.steps.as_ref().and_then(|m| m.get(&name)) {
+                Some(&given) => given,
+                None => s.max(from_base.get(&name).copied().unwrap_or(0.0)),
+            };
+            steps.insert(name, s);
+        }
+    }
+    steps
+}
+
+/// The tensors of the base that the target does not have.
+fn removed_tensors(base: &PlannedFile, plan: &PlannedFile) -> Vec<String> {
+    let in_target: std::collections::HashSet<&str> = plan
+        .segments
+        .iter()
+        .filter_map(|s| match &s.kind {
+            SegmentKind::Tensor(t) => Some(t.name.as_str()),
+            SegmentKind::Bytes | SegmentKind::Packed(_) => None,
+        })
+        .collect();
+    base.segments
+        .iter()
+        .filter_map(|s| match &s.kind {
+            SegmentKind::Tensor(t) if !in_target.contains(t.name.as_str()) => Some(t.name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn params_of(plan: &PlannedFile) -> u64 {
     plan.segments
         .iter()
@@ -373,7 +387,7 @@ pub(crate) fn base_slices<'a>(
         return Ok(vec![None; entry.segments.len()]);
     };
     if r.sha256 != base.sha256 || r.size != base.size {
-        return Err(Error::Usage(format!(
+        return Err(Error::WrongBase(format!(
             "wrong base: {} was made from a base of {} bytes with SHA-256 {}, but the given base \
              has {} bytes and SHA-256 {}",
             archive.path().display(),
@@ -419,7 +433,7 @@ pub fn delta_reconstruct(base: &Path, delta: &Path, output: &Path, opts: &Option
     let archive = Archive::open(delta)?;
     let entry = &archive.index().entries[0];
     if entry.kind != EntryKind::SafetensorsDelta || archive.index().entries.len() != 1 {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unsupported(format!(
             "{} is not a delta; restore it with `dmx decompress`",
             delta.display()
         )));
@@ -433,9 +447,7 @@ pub fn delta_reconstruct(base: &Path, delta: &Path, output: &Path, opts: &Option
     }
     pool.install(|| -> Result<()> {
         let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-        write_entry(&archive, entry, &slices, progress, |data| {
-            out.write_all(data)
-        })?;
+        write_entry(&archive, entry, &slices, opts, |data| out.write_all(data))?;
         out.commit()
     })?;
     if let Some(p) = progress {
@@ -450,12 +462,12 @@ pub(crate) fn write_entry(
     archive: &Archive,
     entry: &dmx_format::Entry,
     bases: &[Option<&[u8]>],
-    progress: Option<&dyn Progress>,
+    opts: &Options,
     mut write: impl FnMut(&[u8]) -> Result<()> + Send,
 ) -> Result<()> {
     let mut check = crate::decompress::SegmentCheck::new(archive, entry);
     let mut sha = sha2::Sha256::new();
-    crate::decompress::stream_entry_with(archive, entry, bases, progress, |s, data| {
+    crate::decompress::stream_entry_with(archive, entry, bases, opts, |s, data| {
         check.update(s, data)?;
         sha.update(data);
         write(data)
@@ -562,7 +574,7 @@ pub fn delta_info(path: &Path) -> Result<DeltaInfo> {
         .as_ref()
         .filter(|_| archive.index().entries.len() == 1)
     else {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unsupported(format!(
             "{} is not a delta; see `dmx info`",
             path.display()
         )));
@@ -635,8 +647,6 @@ pub(crate) fn restore_delta_to(
     let entry = &archive.index().entries[0];
     let slices = base_slices(archive, entry, base)?;
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-    write_entry(archive, entry, &slices, opts.progress.as_deref(), |d| {
-        out.write_all(d)
-    })?;
+    write_entry(archive, entry, &slices, opts, |d| out.write_all(d))?;
     out.commit()
 }

@@ -335,7 +335,7 @@ fn compare(fa: &TensorFile, fb: &TensorFile, t: &TensorMeta) -> Result<TensorDif
     let da = fa.read(&t.name)?;
     let db = fb.read(&t.name)?;
     if da.len() != db.len() {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unsupported(format!(
             "tensor {:?}: {} bytes in {} but {} in {}",
             t.name,
             da.len(),

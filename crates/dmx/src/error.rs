@@ -43,10 +43,59 @@ pub enum Error {
         /// What differs.
         detail: String,
     },
-    /// The request cannot be carried out as given (existing output, same input and output,
-    /// unknown tensor name, ...).
+    /// A request refused as given, of no more precise kind below. Kept for the sites not
+    /// yet converted to one of the typed variants; new code uses those.
     #[error("{0}")]
     Usage(String),
+    /// A value given by the caller is out of range or contradicts another: no checkpoints,
+    /// zero worker threads, a negative error budget, an entry index past the end, the same
+    /// tensor named twice, a base given for something that is not a delta, ...
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The input is not of a kind the operation takes: a folder where one file is needed, a
+    /// file that is not safetensors, a delta where an archive is needed (or the reverse), a
+    /// chain manifest of an unknown version, an ambiguous tensor name, ...
+    #[error("{0}")]
+    Unsupported(String),
+    /// No tensor of that name in the file or archive.
+    #[error("{}: no tensor named {name:?}", path.display())]
+    TensorNotFound {
+        /// The file or archive searched.
+        path: PathBuf,
+        /// The name asked for.
+        name: String,
+    },
+    /// A delta was checked without the base it was made from, which is needed to decode it.
+    #[error("{} is a delta: its base is needed to check it", .0.display())]
+    BaseNeeded(PathBuf),
+    /// A delta was given a base other than the one it was made from.
+    #[error("{0}")]
+    WrongBase(String),
+    /// An input changed (size or content) while it was being read; nothing was written.
+    #[error("{}: {detail}", path.display())]
+    InputChanged {
+        /// The input.
+        path: PathBuf,
+        /// What was noticed.
+        detail: String,
+    },
+    /// The destination cannot be written as asked: it is an input (or inside one), it is not
+    /// a regular file or folder where one is needed, it lies on another file system, ...
+    #[error("{0}")]
+    Destination(String),
+    /// Another dmx process holds the lock of this chain folder.
+    #[error("{}: another dmx process is writing this chain; try again when it is done", .0.display())]
+    Busy(PathBuf),
+    /// The input exceeds a limit of the format or of this machine (a name too long to store,
+    /// an index above the reader limit, a segment that does not fit in memory, ...).
+    #[error("{0}")]
+    Limit(String),
+    /// The system refused a resource the operation needs (worker threads).
+    #[error("{0}")]
+    Resource(String),
+    /// A step that cannot fail on valid data failed (a bug: please report it).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The output exists and overwriting it was not asked for ([`crate::Options::force`]).
     #[error("{} already exists", .0.display())]
     Exists(PathBuf),
@@ -68,7 +117,51 @@ impl Error {
                     | dmx_format::FormatError::UnsupportedVersion { .. }
                     | dmx_format::FormatError::UnknownFlags(_)
             ),
-            Error::Io { .. } | Error::Usage(_) | Error::Exists(_) | Error::Cancelled => false,
+            Error::Io { .. }
+            | Error::Usage(_)
+            | Error::InvalidArgument(_)
+            | Error::Unsupported(_)
+            | Error::TensorNotFound { .. }
+            | Error::BaseNeeded(_)
+            | Error::WrongBase(_)
+            | Error::InputChanged { .. }
+            | Error::Destination(_)
+            | Error::Busy(_)
+            | Error::Limit(_)
+            | Error::Resource(_)
+            | Error::Internal(_)
+            | Error::Exists(_)
+            | Error::Cancelled => false,
+        }
+    }
+
+    /// The exit status a command-line tool ends with for this error: 1 for an integrity
+    /// failure ([`Error::is_integrity_failure`]), 2 for anything else (usage, I/O, refusals,
+    /// cancellation).
+    pub fn exit_code(&self) -> i32 {
+        if self.is_integrity_failure() { 1 } else { 2 }
+    }
+
+    /// True when the request was refused as given, with nothing wrong with the data, the
+    /// disk or the run: an invalid argument, an input of an unsupported kind, a limit, a
+    /// missing tensor, a wrong base. A chain stores an anchor where a delta is refused so.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::Usage(_)
+                | Error::InvalidArgument(_)
+                | Error::Unsupported(_)
+                | Error::TensorNotFound { .. }
+                | Error::WrongBase(_)
+                | Error::Limit(_)
+        )
+    }
+
+    /// An [`Error::InputChanged`] for `path`.
+    pub(crate) fn changed(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
+        Error::InputChanged {
+            path: path.into(),
+            detail: detail.into(),
         }
     }
 
@@ -82,3 +175,74 @@ impl Error {
 
 /// The engine's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind maps to its exit status; only refusals let a chain fall back to an anchor;
+    /// no message names a CLI flag.
+    #[test]
+    fn kinds_exit_codes_and_refusals() {
+        let p = PathBuf::from("m.dmx");
+        let refusals = [
+            Error::Usage("u".into()),
+            Error::InvalidArgument("a".into()),
+            Error::Unsupported("s".into()),
+            Error::TensorNotFound {
+                path: p.clone(),
+                name: "w".into(),
+            },
+            Error::WrongBase("b".into()),
+            Error::Limit("l".into()),
+        ];
+        let others = [
+            Error::BaseNeeded(p.clone()),
+            Error::changed(&p, "the file changed while being read"),
+            Error::Destination("d".into()),
+            Error::Busy(p.clone()),
+            Error::Resource("r".into()),
+            Error::Internal("i".into()),
+            Error::Exists(p.clone()),
+            Error::Cancelled,
+            Error::io(&p, std::io::Error::from(std::io::ErrorKind::NotFound)),
+        ];
+        for e in &refusals {
+            assert!(e.is_refusal() && e.exit_code() == 2, "{e:?}");
+        }
+        for e in &others {
+            assert!(!e.is_refusal() && e.exit_code() == 2, "{e:?}");
+            assert!(!e.to_string().contains("--"), "{e}");
+        }
+        let integrity = [
+            Error::Corrupt {
+                path: p.clone(),
+                what: "w".into(),
+                detail: "checksum".into(),
+            },
+            Error::Mismatch {
+                path: p.clone(),
+                detail: "differs".into(),
+            },
+        ];
+        for e in &integrity {
+            assert!(!e.is_refusal() && e.exit_code() == 1, "{e:?}");
+        }
+        assert_eq!(
+            Error::TensorNotFound {
+                path: p.clone(),
+                name: "w".into()
+            }
+            .to_string(),
+            "m.dmx: no tensor named \"w\""
+        );
+        assert_eq!(
+            Error::changed(&p, "file changed size while being read").to_string(),
+            "m.dmx: file changed size while being read"
+        );
+        assert_eq!(
+            Error::BaseNeeded(p).to_string(),
+            "m.dmx is a delta: its base is needed to check it"
+        );
+    }
+}

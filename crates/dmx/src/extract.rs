@@ -16,19 +16,21 @@ use crate::io::AtomicFile;
 /// checked.
 pub fn extract(archive: &Archive, names: &[String], output: &Path, opts: &Options) -> Result<()> {
     if names.is_empty() {
-        return Err(Error::Usage("name at least one tensor to extract".into()));
+        return Err(Error::InvalidArgument(
+            "name at least one tensor to extract".into(),
+        ));
     }
     crate::io::check_distinct(archive.path(), output)?;
     let mut picked: Vec<TensorRef<'_>> = Vec::with_capacity(names.len());
     for name in names {
         if picked.iter().any(|t| &t.info.name == name) {
-            return Err(Error::Usage(format!("tensor {name:?} named twice")));
+            return Err(Error::InvalidArgument(format!(
+                "tensor {name:?} named twice"
+            )));
         }
-        let t = archive.tensor(name).ok_or_else(|| {
-            Error::Usage(format!(
-                "{}: no tensor named {name:?} (see `dmx info` for the list)",
-                archive.path().display()
-            ))
+        let t = archive.tensor(name).ok_or_else(|| Error::TensorNotFound {
+            path: archive.path().to_path_buf(),
+            name: name.clone(),
         })?;
         unique(archive, t)?;
         picked.push(t);
@@ -52,7 +54,7 @@ pub fn extract(archive: &Archive, names: &[String], output: &Path, opts: &Option
         offset += t.len;
     }
     let mut json = serde_json::to_vec(&Value::Object(header))
-        .map_err(|e| Error::Usage(format!("cannot encode header: {e}")))?;
+        .map_err(|e| Error::Internal(format!("cannot encode header: {e}")))?;
     while json.len() % 8 != 0 {
         json.push(b' ');
     }
@@ -60,6 +62,7 @@ pub fn extract(archive: &Archive, names: &[String], output: &Path, opts: &Option
     out.write_all(&(json.len() as u64).to_le_bytes())?;
     out.write_all(&json)?;
     for t in &picked {
+        opts.check_cancel()?;
         let data = pool.install(|| archive.read_tensor(&t.info.name))?;
         out.write_all(&data)?;
     }
@@ -85,7 +88,7 @@ fn unique(archive: &Archive, t: TensorRef<'_>) -> Result<()> {
             detail: format!("{} tensors are named {:?}", files.len(), t.info.name),
         });
     }
-    Err(Error::Usage(format!(
+    Err(Error::Unsupported(format!(
         "{}: {} tensors are named {:?} (in {}); extract cannot tell which one is meant",
         archive.path().display(),
         files.len(),

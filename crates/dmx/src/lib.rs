@@ -53,6 +53,7 @@ mod plan;
 
 pub mod tensors;
 mod verify;
+mod verify_path;
 mod window;
 
 use std::sync::Arc;
@@ -81,6 +82,7 @@ pub use io::{
 };
 pub use plan::CHUNK_SIZE;
 pub use verify::{FileReport, TensorError, VerifyReport, verify, verify_delta, verify_with};
+pub use verify_path::{PathReport, VerifyRequest, verify_path};
 
 pub use dmx_codec;
 pub use dmx_format;
@@ -125,7 +127,7 @@ pub fn worker_threads(requested: Option<usize>, work_bytes: u64) -> Result<usize
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let wanted = match requested {
         Some(0) => {
-            return Err(Error::Usage(
+            return Err(Error::InvalidArgument(
                 "the number of worker threads must be at least 1".into(),
             ));
         }
@@ -157,7 +159,7 @@ impl Options {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build()
-            .map_err(|e| Error::Usage(format!("cannot start {n} worker threads: {e}")))
+            .map_err(|e| Error::Resource(format!("cannot start {n} worker threads: {e}")))
     }
 }
 

@@ -125,7 +125,7 @@ impl TensorFile {
         }
         let file_len = bytes.len() as u64;
         let parsed = parse_header(&bytes, file_len).map_err(|why| {
-            Error::Usage(format!(
+            Error::Unsupported(format!(
                 "{}: neither a .dmx archive nor a valid safetensors file ({why})",
                 path.display()
             ))
@@ -145,7 +145,7 @@ impl TensorFile {
             .map(|(i, _)| i)
             .collect();
         let [entry_i] = candidates[..] else {
-            return Err(Error::Usage(format!(
+            return Err(Error::Unsupported(format!(
                 "{}: the archive holds {} safetensors files; expected exactly one",
                 path.display(),
                 candidates.len()
@@ -153,7 +153,7 @@ impl TensorFile {
         };
         let entry = &archive.index().entries[entry_i];
         if entry.kind != EntryKind::Safetensors {
-            return Err(Error::Usage(format!(
+            return Err(Error::Unsupported(format!(
                 "{}: {} is stored as a delta against a base file; restore it with \
                  `dmx delta-reconstruct BASE DELTA OUTPUT` first (`dmx decompress` refuses \
                  deltas)",
@@ -274,9 +274,13 @@ impl TensorFile {
     /// A tensor's bytes: borrowed from the map for a safetensors file; decoded for an archive,
     /// with chunk checksums and the tensor's BLAKE3 checked.
     pub fn read(&self, name: &str) -> Result<Cow<'_, [u8]>> {
-        let i = *self.by_name.get(name).ok_or_else(|| {
-            Error::Usage(format!("{}: no tensor named {name:?}", self.path.display()))
-        })?;
+        let i = *self
+            .by_name
+            .get(name)
+            .ok_or_else(|| Error::TensorNotFound {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?;
         let t = &self.tensors[i];
         match &self.source {
             Source::Safetensors(bytes) => Ok(Cow::Borrowed(

@@ -7,6 +7,7 @@ use dmx_format::{Entry, EntryKind, Root, SegmentKind};
 use serde::Serialize;
 use sha2::Digest;
 
+use crate::Options;
 use crate::archive::Archive;
 use crate::decompress::stream_entry_with;
 use crate::error::{Error, Result};
@@ -14,7 +15,6 @@ use crate::io::Bytes;
 use crate::lossy::{ErrorAcc, lossy_layout};
 use crate::plan::{self, plan_input};
 use crate::window::SegmentHasher;
-use crate::{Options, Progress};
 
 /// Outcome of a verification, serializable as the `--report` JSON (docs/VERIFY.md).
 #[derive(Debug, Clone, Serialize)]
@@ -107,12 +107,7 @@ pub fn verify_with(
     opts: &Options,
 ) -> Result<VerifyReport> {
     if archive.index().entries.iter().any(|e| e.base.is_some()) {
-        return Err(Error::Usage(format!(
-            "{} is a delta: its base is needed to check it; give the base it was made from \
-             with `dmx verify [TARGET] {} --base BASE`",
-            archive.path().display(),
-            archive.path().display()
-        )));
+        return Err(Error::BaseNeeded(archive.path().to_path_buf()));
     }
     verify_inner(archive, original, None, max_rel_error, opts)
 }
@@ -129,8 +124,8 @@ pub fn verify_delta(
 ) -> Result<VerifyReport> {
     let is_delta = archive.index().entries.iter().any(|e| e.base.is_some());
     match (is_delta, base) {
-        (false, Some(_)) => Err(Error::Usage(format!(
-            "{} is not a delta; --base applies only to deltas (.dmxd)",
+        (false, Some(_)) => Err(Error::InvalidArgument(format!(
+            "{} is not a delta; a base applies only to deltas (.dmxd)",
             archive.path().display()
         ))),
         (true, Some(b)) => {
@@ -154,8 +149,8 @@ fn verify_inner(
     {
         // As for `compress --max-rel-error`: a negative or NaN limit would fail every
         // tensor, an infinite one would let any error pass.
-        return Err(Error::Usage(format!(
-            "--max-rel-error {e}: must be a finite number >= 0"
+        return Err(Error::InvalidArgument(format!(
+            "maximum relative error {e}: must be a finite number >= 0"
         )));
     }
     let total: u64 = archive.index().entries.iter().map(|e| e.size).sum();
@@ -172,6 +167,7 @@ fn verify_inner(
     // The decoded bytes of the current pack (format 1.2), for the packed files after it.
     let mut pack: Option<Vec<u8>> = None;
     for (i, entry) in archive.index().entries.iter().enumerate() {
+        opts.check_cancel()?;
         let orig = match originals.as_ref().filter(|_| entry.kind != EntryKind::Pack) {
             Some(list) => Some(match &list[i] {
                 Some(path) => Bytes::open_stable(path)?,
@@ -198,8 +194,8 @@ fn verify_inner(
             Some(b) => crate::delta::base_slices(archive, entry, b)?,
             None => Vec::new(),
         };
-        let mut r = pool
-            .install(|| check_entry(archive, i, orig.as_ref(), &slices, max_rel_error, progress))?;
+        let mut r =
+            pool.install(|| check_entry(archive, i, orig.as_ref(), &slices, max_rel_error, opts))?;
         if entry.kind == EntryKind::Pack {
             pack = None;
             match pool.install(|| archive.read_pack(entry)) {
@@ -250,7 +246,7 @@ fn original_files(archive: &Archive, original: &Path) -> Result<Vec<Option<std::
         planned.retain(|p| !crate::io::same_file(&p.path, archive.path()));
     }
     if root != archive.index().root {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unsupported(format!(
             "{} is a {} but the archive holds a {}",
             original.display(),
             if root == Root::File { "file" } else { "folder" },
@@ -349,7 +345,7 @@ fn check_entry(
     original_file: Option<&Bytes>,
     bases: &[Option<&[u8]>],
     max_rel_error: Option<f64>,
-    progress: Option<&dyn Progress>,
+    opts: &Options,
 ) -> Result<FileReport> {
     let entry = &archive.index().entries[i];
     let lossy_entry = entry.segments.iter().any(|s| !s.transform.is_lossless());
@@ -371,7 +367,7 @@ fn check_entry(
     let mut hashes = vec![blake3::hash(&[]); entry.segments.len()];
     let mut pos = 0usize;
     let mut first_diff: Option<usize> = None;
-    let result = stream_entry_with(archive, entry, bases, progress, |s, data| {
+    let result = stream_entry_with(archive, entry, bases, opts, |s, data| {
         sha.update(data);
         if let Some((done, h)) = hasher.update(s, data) {
             hashes[done] = h;
@@ -420,21 +416,8 @@ fn check_entry(
     if let Some((done, h)) = hasher.finish() {
         hashes[done] = h;
     }
-    let mut tensors = 0;
-    for (seg, got) in entry.segments.iter().zip(&hashes) {
-        if got.as_bytes() != &seg.blake3 {
-            problems.push(format!(
-                "{}: BLAKE3 mismatch",
-                seg.kind.describe(seg.offset)
-            ));
-        }
-        tensors += seg.kind.tensors(seg.len).len();
-    }
     let digest: [u8; 32] = sha.finalize().into();
-    // A pack's SHA-256 also covers its files' sizes: `Archive::read_pack` checks it.
-    if digest != entry.sha256 && entry.kind != EntryKind::Pack {
-        problems.push("SHA-256 of the restored file does not match the recorded one".into());
-    }
+    let tensors = hash_problems(entry, &hashes, &digest, &mut problems);
     if let Some(at) = first_diff {
         problems.push(format!(
             "differs from the original at byte {at}{}",
@@ -442,32 +425,11 @@ fn check_entry(
         ));
     }
     let bit_exact = original.map(|o| first_diff.is_none() && o.len() as u64 == entry.size);
-    let mut tensor_errors = Vec::new();
-    if lossy_entry && original.is_some() {
-        for (s, seg) in entry.segments.iter().enumerate() {
-            let SegmentKind::Tensor(t) = &seg.kind else {
-                continue;
-            };
-            if lossy_layout(plan::value_kind(&t.dtype)).is_none() {
-                continue;
-            }
-            let e = tensor_error(t, seg, &errors[s], max_rel_error);
-            if !e.ok {
-                problems.push(format!(
-                    "tensor {:?}: relative L2 error {} above the limit {}{}",
-                    t.name,
-                    crate::lossy::fmt_err(e.rel_l2),
-                    crate::lossy::fmt_err(e.limit),
-                    if e.rel_l2.is_finite() {
-                        ""
-                    } else {
-                        " (an infinite or NaN error never passes)"
-                    }
-                ));
-            }
-            tensor_errors.push(e);
-        }
-    }
+    let tensor_errors = if lossy_entry && original.is_some() {
+        measured_errors(entry, &errors, max_rel_error, &mut problems)
+    } else {
+        Vec::new()
+    };
     if lossy_entry && original.is_none() {
         recorded_error_problems(entry, max_rel_error, &mut problems);
     }
@@ -484,6 +446,66 @@ fn check_entry(
     r.tensors = tensors;
     r.tensor_errors = tensor_errors;
     Ok(r)
+}
+
+/// The measured error of every lossy-codable tensor of `entry` against its original, with a
+/// problem for each above its limit.
+fn measured_errors(
+    entry: &Entry,
+    errors: &[ErrorAcc],
+    max_rel_error: Option<f64>,
+    problems: &mut Vec<String>,
+) -> Vec<TensorError> {
+    let mut tensor_errors = Vec::new();
+    for (s, seg) in entry.segments.iter().enumerate() {
+        let SegmentKind::Tensor(t) = &seg.kind else {
+            continue;
+        };
+        if lossy_layout(plan::value_kind(&t.dtype)).is_none() {
+            continue;
+        }
+        let e = tensor_error(t, seg, &errors[s], max_rel_error);
+        if !e.ok {
+            problems.push(format!(
+                "tensor {:?}: relative L2 error {} above the limit {}{}",
+                t.name,
+                crate::lossy::fmt_err(e.rel_l2),
+                crate::lossy::fmt_err(e.limit),
+                if e.rel_l2.is_finite() {
+                    ""
+                } else {
+                    " (an infinite or NaN error never passes)"
+                }
+            ));
+        }
+        tensor_errors.push(e);
+    }
+    tensor_errors
+}
+
+/// Checks every segment's BLAKE3 (`hashes`, as decoded) and the entry's SHA-256 (`digest`),
+/// adding a problem for each mismatch; returns the number of tensors in the entry.
+fn hash_problems(
+    entry: &Entry,
+    hashes: &[blake3::Hash],
+    digest: &[u8; 32],
+    problems: &mut Vec<String>,
+) -> usize {
+    let mut tensors = 0;
+    for (seg, got) in entry.segments.iter().zip(hashes) {
+        if got.as_bytes() != &seg.blake3 {
+            problems.push(format!(
+                "{}: BLAKE3 mismatch",
+                seg.kind.describe(seg.offset)
+            ));
+        }
+        tensors += seg.kind.tensors(seg.len).len();
+    }
+    // A pack's SHA-256 also covers its files' sizes: `Archive::read_pack` checks it.
+    if *digest != entry.sha256 && entry.kind != EntryKind::Pack {
+        problems.push("SHA-256 of the restored file does not match the recorded one".into());
+    }
+    tensors
 }
 
 fn tensor(entry: &dmx_format::Entry, s: usize) -> &dmx_format::TensorInfo {

@@ -16,9 +16,9 @@ pub struct Args {
 }
 
 /// Runs `dmx chain-info`.
-pub fn run(args: Args, _common: &Common) -> Result<Outcome, dmx::Error> {
+pub fn run(args: Args, common: &Common) -> Result<Outcome, dmx::Error> {
     let Args { dir, json } = args;
     let info = dmx::chain_info(&dir)?;
-    super::emit(&info, json, false, chains::info);
+    super::emit(&info, json, common.quiet, chains::info);
     Ok(Outcome::Ok)
 }

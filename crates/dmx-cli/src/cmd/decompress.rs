@@ -29,7 +29,7 @@ pub fn run(args: Args, common: &Common) -> Result<Outcome, dmx::Error> {
     if dmx::is_dash(&output) {
         use std::io::IsTerminal;
         if std::io::stdout().is_terminal() {
-            return Err(dmx::Error::Usage(
+            return Err(dmx::Error::Destination(
                 "refusing to write binary data to a terminal: redirect standard \
                  output (`dmx decompress ARCHIVE - > FILE`)"
                     .into(),

@@ -16,9 +16,9 @@ pub struct Args {
 }
 
 /// Runs `dmx delta-info`.
-pub fn run(args: Args, _common: &Common) -> Result<Outcome, dmx::Error> {
+pub fn run(args: Args, common: &Common) -> Result<Outcome, dmx::Error> {
     let Args { delta, json } = args;
     let info = dmx::delta_info(&delta)?;
-    super::emit(&info, json, false, deltas::info);
+    super::emit(&info, json, common.quiet, deltas::info);
     Ok(Outcome::Ok)
 }

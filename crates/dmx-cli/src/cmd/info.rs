@@ -18,14 +18,14 @@ pub struct Args {
 }
 
 /// Runs `dmx info`.
-pub fn run(args: Args, _common: &Common) -> Result<Outcome, dmx::Error> {
+pub fn run(args: Args, common: &Common) -> Result<Outcome, dmx::Error> {
     let Args {
         file,
         json,
         tensors,
     } = args;
     if dmx::chain::is_chain_dir(&file) {
-        return Err(dmx::Error::Usage(format!(
+        return Err(dmx::Error::Unsupported(format!(
             "{}: is a chain folder, not an archive; use `dmx chain-info {}`",
             file.display(),
             file.display()
@@ -33,7 +33,7 @@ pub fn run(args: Args, _common: &Common) -> Result<Outcome, dmx::Error> {
     }
     let archive = dmx::Archive::open(&file)?;
     let stats = dmx::Stats::of_archive(&archive);
-    super::emit(&stats, json, false, |stats| {
+    super::emit(&stats, json, common.quiet, |stats| {
         report::info(&file, stats, tensors)
     });
     Ok(Outcome::Ok)

@@ -21,7 +21,7 @@ pub struct Args {
     force: bool,
     /// Lossy archives: fail any tensor whose relative L2 error exceeds E (default: the
     /// error the archive records).
-    #[arg(long, value_name = "E")]
+    #[arg(long, value_name = "E", value_parser = parse_error_budget)]
     max_rel_error: Option<f64>,
     /// Deltas (.dmxd): the base they were made from (`dmx verify [TARGET] DELTA --base
     /// BASE`).
@@ -42,7 +42,11 @@ pub fn run(args: Args, common: &Common) -> Result<Outcome, dmx::Error> {
     let (original, archive_path) = match paths.as_slice() {
         [a] => (None, a.clone()),
         [o, a] => (Some(o.clone()), a.clone()),
-        _ => return Err(dmx::Error::Usage("verify takes one or two paths".into())),
+        _ => {
+            return Err(dmx::Error::InvalidArgument(
+                "verify takes one or two paths".into(),
+            ));
+        }
     };
     if let Some(p) = &report_path {
         dmx::check_distinct(&archive_path, p)?;
@@ -62,57 +66,36 @@ pub fn run(args: Args, common: &Common) -> Result<Outcome, dmx::Error> {
         && p.exists()
     {
         // Checked before the (possibly long) verification, and again when writing.
-        return Err(dmx::Error::Usage(format!(
-            "{} already exists; use --force to overwrite it",
-            p.display()
-        )));
+        return Err(dmx::Error::Exists(p.clone()));
     }
     let opts = options(common, force);
-    if original.is_none() && archive_path.is_dir() {
-        if max_rel_error.is_some() {
-            return Err(dmx::Error::Usage(
-                "--max-rel-error does not apply to chains".into(),
-            ));
-        }
-        if base.is_some() {
-            return Err(dmx::Error::Usage(
-                "--base applies to deltas (.dmxd), not to chains".into(),
-            ));
-        }
-        let rep = dmx::chain_verify(&archive_path, &opts)?;
-        if let Some(p) = &report_path {
-            report::write_json(p, &rep, force, !common.no_sync)?;
-        }
-        super::emit(&rep, json, common.quiet && rep.ok, |rep| {
-            chains::verify(rep)
-        });
-        return Ok(if rep.ok {
-            Outcome::Ok
-        } else {
-            Outcome::CheckFailed
-        });
-    }
-    let rep = match dmx::Archive::open(&archive_path) {
-        Ok(archive) => dmx::verify_delta(
-            &archive,
-            original.as_deref(),
-            base.as_deref(),
-            max_rel_error,
-            &opts,
-        )?,
-        Err(e) if e.is_integrity_failure() => {
-            report::unreadable(&archive_path, original.as_deref(), &e)
-        }
-        Err(e) => return Err(e),
+    let request = dmx::VerifyRequest {
+        target: archive_path,
+        original,
+        base,
+        max_rel_error,
     };
+    let rep = dmx::verify_path(&request, &opts)?;
     if let Some(p) = &report_path {
         report::write_json(p, &rep, force, !common.no_sync)?;
     }
-    super::emit(&rep, json, common.quiet && rep.ok, |rep| {
-        report::verify(rep)
+    super::emit(&rep, json, common.quiet && rep.ok(), |rep| match rep {
+        dmx::PathReport::Archive(r) => report::verify(r),
+        dmx::PathReport::Chain(r) => chains::verify(r),
     });
-    if !rep.ok {
-        return Ok(Outcome::CheckFailed);
+    Ok(if rep.ok() {
+        Outcome::Ok
+    } else {
+        Outcome::CheckFailed
+    })
+}
+
+/// `--max-rel-error E`: a finite number >= 0 (a NaN or negative budget would fail every
+/// tensor, an infinite one pass any error).
+fn parse_error_budget(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(e) if e.is_finite() && e >= 0.0 => Ok(e),
+        Ok(_) => Err("must be a finite number >= 0".into()),
+        Err(e) => Err(e.to_string()),
     }
-    Ok(Outcome::Ok)
 }

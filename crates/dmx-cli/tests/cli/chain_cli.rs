@@ -102,7 +102,12 @@ fn chain_commands_outputs_and_exit_codes() {
     );
     assert!(err.contains("3 entries added"), "{err}");
 
-    let (out, _) = run(d, &["chain-info", "chain", "--json"], 0);
+    // Quiet: no report, like every other command; --json still prints.
+    assert_eq!(
+        run(d, &["chain-info", "chain", "-q"], 0),
+        (String::new(), String::new())
+    );
+    let (out, _) = run(d, &["chain-info", "chain", "--json", "-q"], 0);
     let info = json(&out);
     assert_eq!(info["totals"]["entries"], 3);
     assert_eq!(info["precision"], "lossless");

@@ -343,7 +343,13 @@ fn info_human_and_json() {
     for t in &env.tensors {
         assert!(out.contains(&t.name), "{} missing: {out}", t.name);
     }
-    let (out, _) = env.run(&["info", "m.dmx", "--json"], 0);
+    // Quiet prints no report (the status says the archive opened); --json still prints.
+    assert_eq!(
+        env.run(&["info", "m.dmx", "-q"], 0),
+        (String::new(), String::new())
+    );
+    env.run(&["info", "missing.dmx", "-q"], 2);
+    let (out, _) = env.run(&["info", "m.dmx", "--json", "-q"], 0);
     let v = json(&out);
     assert_eq!(v["lossless"], true);
     assert_eq!(v["root"], "file");

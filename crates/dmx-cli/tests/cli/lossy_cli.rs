@@ -278,6 +278,10 @@ fn quantized_deltas_report_their_error_and_verify_with_the_base() {
     );
     let (out, _) = env.run(&["delta-info", "d.dmxd"], 0);
     assert!(out.contains("LOSSY") && out.contains("\"h.0.w\""), "{out}");
+    assert_eq!(
+        env.run(&["delta-info", "d.dmxd", "-q"], 0),
+        (String::new(), String::new())
+    );
     let info = env.json(&["delta-info", "d.dmxd", "--json"], 0);
     assert!(info["lossy_summary"]["worst_rel_l2"].as_f64().unwrap() > 0.0);
     // Without the base: a clear message (usage, exit 2).

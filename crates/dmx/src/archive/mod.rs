@@ -3,6 +3,7 @@
 
 mod read;
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,19 @@ pub struct Archive {
     index: Index,
     version: (u16, u16),
     index_len: u64,
+    /// Where each tensor name is, built on the first lookup by name.
+    names: std::sync::OnceLock<HashMap<String, Vec<Place>>>,
+}
+
+/// Where a tensor is in the index: entry, segment, member of a packed segment (0 otherwise),
+/// and its offset and length within the segment.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    entry: usize,
+    segment: usize,
+    member: usize,
+    offset: u64,
+    len: u64,
 }
 
 /// A tensor stored in an archive.
@@ -93,6 +107,7 @@ impl Archive {
             index,
             version,
             index_len: trailer.index_len,
+            names: std::sync::OnceLock::new(),
         };
         archive.validate()?;
         Ok(archive)
@@ -187,7 +202,53 @@ impl Archive {
 
     /// Finds a tensor by name (the first match in archive order).
     pub fn tensor(&self, name: &str) -> Option<TensorRef<'_>> {
-        self.tensors().find(|t| t.info.name == name)
+        self.tensors_named(name).next()
+    }
+
+    /// The tensors named `name`, in archive order (a folder archive may hold one per file),
+    /// found through an index of names built on the first call.
+    pub(crate) fn tensors_named(&self, name: &str) -> impl Iterator<Item = TensorRef<'_>> {
+        let names = self.names.get_or_init(|| self.name_index());
+        names
+            .get(name)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .filter_map(|p| self.tensor_at(*p))
+    }
+
+    fn name_index(&self) -> HashMap<String, Vec<Place>> {
+        let mut names: HashMap<String, Vec<Place>> = HashMap::new();
+        for (e, entry) in self.index.entries.iter().enumerate() {
+            for (s, seg) in entry.segments.iter().enumerate() {
+                for (m, (info, offset, len)) in seg.kind.tensors(seg.len).into_iter().enumerate() {
+                    names.entry(info.name.clone()).or_default().push(Place {
+                        entry: e,
+                        segment: s,
+                        member: m,
+                        offset,
+                        len,
+                    });
+                }
+            }
+        }
+        names
+    }
+
+    fn tensor_at(&self, p: Place) -> Option<TensorRef<'_>> {
+        let entry = self.index.entries.get(p.entry)?;
+        let segment = entry.segments.get(p.segment)?;
+        let info = match &segment.kind {
+            dmx_format::SegmentKind::Tensor(t) => t,
+            dmx_format::SegmentKind::Packed(members) => &members.get(p.member)?.info,
+            dmx_format::SegmentKind::Bytes => return None,
+        };
+        Some(TensorRef {
+            entry,
+            segment,
+            info,
+            offset: p.offset,
+            len: p.len,
+        })
     }
 
     /// Decodes one tensor's bytes, checking chunk checksums and the tensor's BLAKE3.

@@ -34,8 +34,8 @@ impl Archive {
     /// order). Its [`TensorRef::info`] holds the dtype and shape, [`TensorRef::len`] the byte
     /// length [`Archive::read_tensor_into`] fills.
     pub fn tensor_in(&self, file: Option<&str>, name: &str) -> Option<TensorRef<'_>> {
-        self.tensors()
-            .find(|t| t.info.name == name && file.is_none_or(|f| t.entry.path == f))
+        self.tensors_named(name)
+            .find(|t| file.is_none_or(|f| t.entry.path == f))
     }
 
     /// [`Archive::tensor_in`] of any file: the dtype, shape and byte length of a tensor.
@@ -83,6 +83,10 @@ impl Archive {
                     "{}: no safetensors file {f:?} in the archive",
                     self.path.display()
                 ),
+                None if n == 0 => format!(
+                    "{}: the archive holds no safetensors file",
+                    self.path.display()
+                ),
                 None => format!(
                     "{}: the archive holds {n} safetensors files; name one",
                     self.path.display()
@@ -118,10 +122,28 @@ impl Archive {
     /// segment of at most one chunk is decoded and checked whole). Lossy tensors give their
     /// decoded values, in their dtype.
     pub fn read_ref_into(&self, t: TensorRef<'_>, out: &mut [u8]) -> Result<()> {
+        self.read_ref_into_with(t, out, &crate::Options::default())
+    }
+
+    /// [`Archive::read_ref_into`] that checks [`crate::Options::cancel`] between windows of
+    /// chunks (a large tensor stops within a window's decoding, leaving `out` partly
+    /// written) and reports the decoded bytes to [`crate::Options::progress`] as
+    /// [`crate::Progress::advance`] (the caller starts and finishes the phase). The work
+    /// runs on the current rayon pool: [`crate::Options::threads`] is not used.
+    pub fn read_ref_into_with(
+        &self,
+        t: TensorRef<'_>,
+        out: &mut [u8],
+        opts: &crate::Options,
+    ) -> Result<()> {
         check_len(self, &t, out.len() as u64)?;
         if t.offset != 0 || t.len != t.segment.len {
+            opts.check_cancel()?;
             let data = self.read_tensor_ref(t)?;
             out.copy_from_slice(&data);
+            if let Some(p) = opts.progress.as_deref() {
+                p.advance(t.len);
+            }
             return Ok(());
         }
         let (entry, seg) = (t.entry, t.segment);
@@ -130,6 +152,7 @@ impl Archive {
         let mut rest = out;
         let mut done: &[u8] = &[];
         for w in crate::window::windows(&lens) {
+            opts.check_cancel()?;
             let bytes: u64 = lens[w.clone()].iter().sum();
             let (head, tail) = std::mem::take(&mut rest)
                 .split_at_mut_checked(bytes as usize)
@@ -143,6 +166,9 @@ impl Archive {
             );
             decoded?;
             self.release(&seg.chunks[w]);
+            if let Some(p) = opts.progress.as_deref() {
+                p.advance(bytes);
+            }
             done = head;
         }
         hasher.update(done);

@@ -29,7 +29,7 @@ use super::{AppendedEntry, ChainReport};
 pub fn chain_append(dir: &Path, checkpoints: &[PathBuf], opts: &Options) -> Result<ChainReport> {
     let start = Instant::now();
     if checkpoints.is_empty() {
-        return Err(Error::Usage(
+        return Err(Error::InvalidArgument(
             "chain-append needs at least one checkpoint".into(),
         ));
     }
@@ -133,28 +133,18 @@ pub(super) fn append_all(
     let delta = work.join("delta.dmxd");
     let mut appended = Vec::with_capacity(checkpoints.len());
     for (j, (ckpt, name)) in checkpoints.iter().zip(names).enumerate() {
+        opts.check_cancel()?;
         let t0 = Instant::now();
-        let index = m.entries.len();
         let source = input_alias(work, ckpt, name)?;
         let standalone_size =
             crate::compress_with(&source, &standalone, &lossy, &inner)?.output_bytes;
         let prev = m.entries.last();
-        let (mut delta_size, mut delta_error) = (None, None);
-        if let (Some(p), Some(base)) = (prev, &cursor.base)
-            && p.depth < m.max_depth
-        {
-            let d = DeltaOptions {
-                precision: m.precision,
-                steps: (m.precision != Precision::Lossless).then(|| cursor.grid.clone()),
-            };
-            match crate::delta_compress(base, &source, &delta, &d, &inner) {
-                Ok(r) => delta_size = Some(r.output_bytes),
-                // A delta the engine refuses to store (a usage-type error: nothing is wrong
-                // with the chain or the disk) leaves the standalone archive: an anchor.
-                Err(Error::Usage(why)) => delta_error = Some(why),
-                Err(e) => return Err(e),
+        let (delta_size, delta_error) = match (prev, &cursor.base) {
+            (Some(p), Some(base)) if p.depth < m.max_depth => {
+                try_delta(m.precision, cursor, base, &source, &delta, &inner)?
             }
-        }
+            _ => (None, None),
+        };
         // The delta only when strictly smaller: the entry never exceeds its standalone size,
         // and ties go to the anchor, which is cheaper to restore.
         let kind = match delta_size {
@@ -165,82 +155,20 @@ pub(super) fn append_all(
             ChainEntryKind::Anchor => (&standalone, &delta),
             ChainEntryKind::Delta => (&delta, &standalone),
         };
-        let archive = Archive::open(src)?;
-        let want = match kind {
-            ChainEntryKind::Anchor => EntryKind::Safetensors,
-            ChainEntryKind::Delta => EntryKind::SafetensorsDelta,
-        };
-        if archive.index().entries.first().map(|e| e.kind) != Some(want) {
-            return Err(Error::Usage(format!(
-                "{}: is no longer a valid safetensors file (it changed while being read)",
-                ckpt.display()
-            )));
-        }
-        let restored = archive.index().entries[0].sha256;
-        let original_size = archive.index().entries[0].size;
-        let original_sha256 = if m.precision == Precision::Lossless {
-            // Both archives hashed the input as they read it: they must agree.
-            if kind == ChainEntryKind::Delta
-                && Archive::open(&standalone)?.index().entries[0].sha256 != restored
-            {
-                return Err(Error::Usage(format!(
-                    "{}: the file changed while being read",
-                    ckpt.display()
-                )));
-            }
-            hex(&restored)
-        } else {
-            let (sha, size) = sha256_file(ckpt)?;
-            if size != original_size {
-                return Err(Error::Usage(format!(
-                    "{}: the file changed while being read",
-                    ckpt.display()
-                )));
-            }
-            sha
-        };
-        let steps = match (kind, m.precision) {
-            (ChainEntryKind::Anchor, Precision::Int16 | Precision::Int32) => grid_of(&archive),
-            _ => BTreeMap::new(),
-        };
-        let (stored_sha256, stored_size) = sha256_file(src)?;
-        let depth = match kind {
-            ChainEntryKind::Anchor => 0,
-            ChainEntryKind::Delta => prev.map_or(0, |p| p.depth + 1),
-        };
-        let entry = ChainEntry {
-            index,
-            name: name.clone(),
-            file: entry_file_name(index, name, kind),
-            kind,
-            parent: (kind == ChainEntryKind::Delta).then(|| index - 1),
-            depth,
-            original_sha256,
-            original_size,
-            restored_sha256: hex(&restored),
-            stored_sha256,
-            stored_size,
-            standalone_size,
-            steps,
-        };
+        let (entry, archive) = new_entry(m, kind, src, ckpt, name, &standalone, standalone_size)?;
+        let depth = entry.depth;
         // The base of the next entry, if it may be a delta.
         if j + 1 < checkpoints.len() && depth < m.max_depth {
-            if m.precision == Precision::Lossless {
-                cursor.base = Some(ckpt.clone());
-            } else {
-                let recon = work.join(format!("restored-{index:05}.safetensors"));
-                let base = match kind {
-                    ChainEntryKind::Anchor => None,
-                    ChainEntryKind::Delta => cursor.base.clone(),
-                };
-                restore_entry(&pool, opts, &archive, base.as_deref(), &recon, true, false)?;
-                if let Some(old) = cursor.base.replace(recon) {
-                    let _ = std::fs::remove_file(old);
-                }
-            }
-            if kind == ChainEntryKind::Anchor && m.precision != Precision::Lossless {
-                cursor.grid = entry.steps.clone().into_iter().collect();
-            }
+            next_base(
+                m.precision,
+                cursor,
+                &entry,
+                ckpt,
+                &archive,
+                work,
+                &pool,
+                opts,
+            )?;
         } else {
             cursor.base = None;
         }
@@ -262,8 +190,159 @@ pub(super) fn append_all(
             seconds: t0.elapsed().as_secs_f64(),
         });
     }
+    Ok(report(dir, m, entries_before, appended, start))
+}
+
+/// Stores `source` as a delta from `base` in `delta`: its size, or why the engine refused it
+/// (nothing wrong with the chain or the disk: [`Error::is_refusal`]), which leaves the
+/// standalone archive: an anchor.
+fn try_delta(
+    precision: Precision,
+    cursor: &Cursor,
+    base: &Path,
+    source: &Path,
+    delta: &Path,
+    opts: &Options,
+) -> Result<(Option<u64>, Option<String>)> {
+    let d = DeltaOptions {
+        precision,
+        steps: (precision != Precision::Lossless).then(|| cursor.grid.clone()),
+    };
+    match crate::delta_compress(base, source, delta, &d, opts) {
+        Ok(r) => Ok((Some(r.output_bytes), None)),
+        Err(e) if e.is_refusal() => Ok((None, Some(e.to_string()))),
+        Err(e) => Err(e),
+    }
+}
+
+/// The SHA-256 of checkpoint `ckpt` as it was read: lossless, the hash both archives took
+/// (which must agree); quantized, the file hashed again (its size must not have changed).
+fn original_sha256(
+    precision: Precision,
+    kind: ChainEntryKind,
+    ckpt: &Path,
+    standalone: &Path,
+    restored: &[u8; 32],
+    original_size: u64,
+) -> Result<String> {
+    if precision == Precision::Lossless {
+        if kind == ChainEntryKind::Delta
+            && Archive::open(standalone)?.index().entries[0].sha256 != *restored
+        {
+            return Err(Error::changed(ckpt, "the file changed while being read"));
+        }
+        return Ok(hex(restored));
+    }
+    let (sha, size) = sha256_file(ckpt)?;
+    if size != original_size {
+        return Err(Error::changed(ckpt, "the file changed while being read"));
+    }
+    Ok(sha)
+}
+
+/// Makes `entry` (stored in `archive`) the base of the next entry: the checkpoint itself
+/// for lossless chains, else its reconstruction (on the anchor's grid, which it records).
+#[allow(clippy::too_many_arguments)]
+fn next_base(
+    precision: Precision,
+    cursor: &mut Cursor,
+    entry: &ChainEntry,
+    ckpt: &Path,
+    archive: &Archive,
+    work: &Path,
+    pool: &rayon::ThreadPool,
+    opts: &Options,
+) -> Result<()> {
+    if precision == Precision::Lossless {
+        cursor.base = Some(ckpt.to_path_buf());
+        return Ok(());
+    }
+    let recon = work.join(format!("restored-{:05}.safetensors", entry.index));
+    let base = match entry.kind {
+        ChainEntryKind::Anchor => None,
+        ChainEntryKind::Delta => cursor.base.clone(),
+    };
+    restore_entry(pool, opts, archive, base.as_deref(), &recon, true, false)?;
+    if let Some(old) = cursor.base.replace(recon) {
+        let _ = std::fs::remove_file(old);
+    }
+    if entry.kind == ChainEntryKind::Anchor {
+        cursor.grid = entry.steps.clone().into_iter().collect();
+    }
+    Ok(())
+}
+
+/// The manifest entry for checkpoint `ckpt` stored as `kind` in `src` (with the standalone
+/// archive `standalone` of `standalone_size` bytes), and the opened archive.
+fn new_entry(
+    m: &ChainManifest,
+    kind: ChainEntryKind,
+    src: &Path,
+    ckpt: &Path,
+    name: &str,
+    standalone: &Path,
+    standalone_size: u64,
+) -> Result<(ChainEntry, Archive)> {
+    let index = m.entries.len();
+    let prev = m.entries.last();
+    let archive = Archive::open(src)?;
+    let want = match kind {
+        ChainEntryKind::Anchor => EntryKind::Safetensors,
+        ChainEntryKind::Delta => EntryKind::SafetensorsDelta,
+    };
+    if archive.index().entries.first().map(|e| e.kind) != Some(want) {
+        return Err(Error::changed(
+            ckpt,
+            "is no longer a valid safetensors file (it changed while being read)",
+        ));
+    }
+    let restored = archive.index().entries[0].sha256;
+    let original_size = archive.index().entries[0].size;
+    let original_sha256 = original_sha256(
+        m.precision,
+        kind,
+        ckpt,
+        standalone,
+        &restored,
+        original_size,
+    )?;
+    let steps = match (kind, m.precision) {
+        (ChainEntryKind::Anchor, Precision::Int16 | Precision::Int32) => grid_of(&archive),
+        _ => BTreeMap::new(),
+    };
+    let (stored_sha256, stored_size) = sha256_file(src)?;
+    let depth = match kind {
+        ChainEntryKind::Anchor => 0,
+        ChainEntryKind::Delta => prev.map_or(0, |p| p.depth + 1),
+    };
+    let entry = ChainEntry {
+        index,
+        name: name.to_string(),
+        file: entry_file_name(index, name, kind),
+        kind,
+        parent: (kind == ChainEntryKind::Delta).then(|| index - 1),
+        depth,
+        original_sha256,
+        original_size,
+        restored_sha256: hex(&restored),
+        stored_sha256,
+        stored_size,
+        standalone_size,
+        steps,
+    };
+    Ok((entry, archive))
+}
+
+/// The report of an append that added `appended` to the `entries_before` entries of `m`.
+fn report(
+    dir: &Path,
+    m: &ChainManifest,
+    entries_before: usize,
+    appended: Vec<AppendedEntry>,
+    start: Instant,
+) -> ChainReport {
     let sum = |f: fn(&AppendedEntry) -> u64| appended.iter().map(f).sum::<u64>();
-    Ok(ChainReport {
+    ChainReport {
         dir: dir.display().to_string(),
         precision: m.precision,
         max_depth: m.max_depth,
@@ -275,5 +354,5 @@ pub(super) fn append_all(
         appended,
         set_aside: Vec::new(),
         seconds: start.elapsed().as_secs_f64(),
-    })
+    }
 }

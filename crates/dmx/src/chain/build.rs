@@ -7,46 +7,29 @@ use dmx_format::{EntryKind, Root, SegmentKind};
 
 use crate::Options;
 use crate::archive::Archive;
-use crate::delta::{Base, hex, restore_delta_to, write_entry};
+use crate::delta::{Base, hex, planner_reason, restore_delta_to, write_entry};
 use crate::error::{Error, Result};
 use crate::io::AtomicFile;
 use crate::io::fs::sha256_file;
 
 use super::MANIFEST;
 use super::manifest::{ChainEntry, ChainEntryKind, ChainManifest, check_name};
-use crate::io::kind_of;
 
 /// Checks a checkpoint to append: one safetensors file. Returns its file name.
 pub(super) fn check_input(path: &Path) -> Result<String> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.is_dir() {
-        return Err(Error::Usage(format!(
+    if crate::io::check_input(path)?.is_dir() {
+        return Err(Error::Unsupported(format!(
             "{}: a chain entry must be one .safetensors file, not a folder",
             path.display()
-        )));
-    }
-    if !meta.is_file() {
-        return Err(Error::Usage(format!(
-            "{}: is {}, not a regular file; a chain entry must be one .safetensors file",
-            path.display(),
-            kind_of(&meta)
         )));
     }
     let (root, files) = crate::plan::plan_input(path)?;
     match (root, files.first()) {
         (Root::File, Some(f)) if f.kind == EntryKind::Safetensors => {}
         (_, f) => {
-            // The planner's warning says why, prefixed with the path and followed by what
-            // `compress` would do instead: keep only the reason.
-            let prefix = format!("{}: ", path.display());
-            let why = match f.and_then(|f| f.warning.as_deref()) {
-                Some(w) => {
-                    let w = w.strip_prefix(&prefix).unwrap_or(w);
-                    w.split("; stored as").next().unwrap_or(w).to_string()
-                }
-                None => "not named *.safetensors".to_string(),
-            };
-            return Err(Error::Usage(format!(
+            let warning = f.and_then(|f| f.warning.as_deref());
+            let why = planner_reason(path, warning, "not named *.safetensors");
+            return Err(Error::Unsupported(format!(
                 "{}: {why}; chain entries must be safetensors checkpoints",
                 path.display()
             )));
@@ -55,8 +38,8 @@ pub(super) fn check_input(path: &Path) -> Result<String> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::Usage(format!("{}: file name is not UTF-8", path.display())))?;
-    check_name(name).map_err(|d| Error::Usage(format!("{}: {d}", path.display())))?;
+        .ok_or_else(|| Error::Unsupported(format!("{}: file name is not UTF-8", path.display())))?;
+    check_name(name).map_err(|d| Error::Unsupported(format!("{}: {d}", path.display())))?;
     Ok(name.to_string())
 }
 
@@ -221,6 +204,7 @@ impl<'a> Chain<'a> {
         // The entry whose failure breaks the current run of deltas, with its error.
         let mut broken: Option<(usize, String)> = None;
         for &i in needed {
+            self.opts.check_cancel()?;
             let e = &self.m.entries[i];
             let base = match (e.kind, &prev) {
                 (ChainEntryKind::Anchor, _) => None,
@@ -306,7 +290,7 @@ pub(super) fn restore_entry(
         }
         None => {
             let mut out = AtomicFile::create(dest, force, sync)?;
-            write_entry(archive, entry, &[], progress, |d| out.write_all(d))?;
+            write_entry(archive, entry, &[], &o, |d| out.write_all(d))?;
             out.commit()
         }
     })?;

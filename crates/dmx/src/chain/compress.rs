@@ -12,7 +12,7 @@ use crate::io::fs::{lock_dir, sync_dir, work_dir};
 use super::append::{Cursor, append_all};
 use super::build::check_input;
 use super::manifest::{ChainManifest, check_entry_name_len, read_manifest};
-use super::orphans::{ORPHANS, clean_temps, orphans_dir, refuse_dash, set_aside};
+use super::orphans::{ORPHANS, clean_temps, orphans_dir, set_aside};
 use super::{ChainOptions, ChainReport, MANIFEST};
 
 /// Creates the chain folder `dir` and stores `checkpoints` in it, in order (see the module
@@ -30,7 +30,7 @@ pub fn chain_compress(
 ) -> Result<ChainReport> {
     let start = Instant::now();
     if checkpoints.is_empty() {
-        return Err(Error::Usage(
+        return Err(Error::InvalidArgument(
             "chain-compress needs at least one checkpoint".into(),
         ));
     }
@@ -41,19 +41,19 @@ pub fn chain_compress(
     for (i, (p, n)) in checkpoints.iter().zip(&names).enumerate() {
         check_entry_name_len(p, i, n)?;
     }
-    refuse_dash(dir)?;
+    crate::io::refuse_dash(dir, true)?;
     opts.pool()?;
     let existing = match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => true,
         Ok(_) => {
-            return Err(Error::Usage(format!(
+            return Err(Error::Destination(format!(
                 "{}: exists and is not a folder",
                 dir.display()
             )));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if dir.symlink_metadata().is_ok() {
-                return Err(Error::Usage(format!(
+                return Err(Error::Destination(format!(
                     "{}: is a symbolic link to nothing; remove it or choose another folder",
                     dir.display()
                 )));
@@ -152,7 +152,7 @@ pub(super) fn compress_into_new(
         match std::fs::rename(staging.path(), dir) {
             Ok(()) => {}
             Err(e) if dir.symlink_metadata().is_ok() => {
-                return Err(Error::Usage(format!(
+                return Err(Error::Destination(format!(
                     "{}: was created by someone else while the chain was being built ({e}); \
                      nothing was written",
                     dir.display()
@@ -200,7 +200,7 @@ pub(super) fn compress_into_existing(
             "exists and is not empty; use --force to create the chain in it anyway (files \
              other than the chain's are kept)"
         };
-        return Err(Error::Usage(format!("{}: {what}", dir.display())));
+        return Err(Error::Destination(format!("{}: {what}", dir.display())));
     }
     clean_temps(dir, None)?;
     // The chain being replaced, if the folder holds a valid one.

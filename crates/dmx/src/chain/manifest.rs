@@ -288,7 +288,7 @@ pub(super) const NAME_MAX: usize = 255;
 pub(super) fn check_entry_name_len(path: &Path, index: usize, name: &str) -> Result<()> {
     let file = entry_file_name(index, name, ChainEntryKind::Delta);
     if file.len() > NAME_MAX {
-        return Err(Error::Usage(format!(
+        return Err(Error::Limit(format!(
             "{}: the file name is too long to store in a chain: entry files are named \
              NNNNN-NAME.dmxd, which must fit in {NAME_MAX} bytes (this one would be {}); \
              rename the checkpoint",
@@ -362,7 +362,7 @@ pub fn read_manifest(dir: &Path) -> Result<ChainManifest> {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
             ) =>
         {
-            return Err(Error::Usage(format!(
+            return Err(Error::Unsupported(format!(
                 "{}: not a dmx chain (no {MANIFEST}); create one with `dmx chain-compress`",
                 dir.display()
             )));
@@ -375,7 +375,7 @@ pub fn read_manifest(dir: &Path) -> Result<ChainManifest> {
         detail: format!("not valid JSON: {e}"),
     })?;
     if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unsupported(format!(
             "{}: not a dmx chain manifest (\"format\" is not {FORMAT:?})",
             path.display()
         )));
@@ -383,7 +383,7 @@ pub fn read_manifest(dir: &Path) -> Result<ChainManifest> {
     match value.get("version").and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(VERSION) => {}
         v => {
-            return Err(Error::Usage(format!(
+            return Err(Error::Unsupported(format!(
                 "{}: chain manifest version {} is not supported (this dmx reads version \
                  {VERSION})",
                 path.display(),
@@ -408,7 +408,7 @@ pub fn is_chain_dir(path: &Path) -> bool {
 /// Replaces the manifest atomically: temporary file, fsync, rename, fsync of the folder.
 pub(super) fn write_manifest(dir: &Path, m: &ChainManifest, sync: bool) -> Result<()> {
     let mut text = serde_json::to_vec_pretty(m)
-        .map_err(|e| Error::Usage(format!("cannot encode the chain manifest: {e}")))?;
+        .map_err(|e| Error::Internal(format!("cannot encode the chain manifest: {e}")))?;
     text.push(b'\n');
     crate::io::write_file(&dir.join(MANIFEST), &text, true, sync)
 }

@@ -113,17 +113,6 @@ pub(super) fn set_aside(dir: &Path, listed: &BTreeSet<&str>, sync: bool) -> Resu
     Ok(moved)
 }
 
-/// Refuses the output folder `-`: a chain cannot go to standard output, and a folder named `-`
-/// is never created by accident (`./-` names one).
-pub(super) fn refuse_dash(dir: &Path) -> Result<()> {
-    if crate::io::is_dash(dir) {
-        return Err(Error::Usage(
-            "`-` (standard output) cannot hold a chain folder; use ./- for a folder named -".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Creates the folder `aside` (`DIR/orphans`) unless it exists as a real folder: anything else
 /// there (a file, or a symbolic link, which would move `what` out of the chain folder) is
 /// refused.
@@ -136,11 +125,13 @@ pub(super) fn orphans_dir(aside: &Path, what: &str) -> Result<()> {
         {
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::Usage(format!(
-            "{}: exists and is not a folder; dmx needs it to keep files that \
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(Error::Destination(format!(
+                "{}: exists and is not a folder; dmx needs it to keep files that \
              {MANIFEST} does not list ({what}): move it away",
-            aside.display(),
-        ))),
+                aside.display(),
+            )))
+        }
         Err(e) => Err(Error::io(aside, e)),
     }
 }

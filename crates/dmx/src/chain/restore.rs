@@ -14,7 +14,7 @@ use crate::io::kind_of;
 
 use super::build::Chain;
 use super::manifest::{ChainEntryKind, ChainManifest, read_manifest};
-use super::orphans::{find_orphans, refuse_dash};
+use super::orphans::find_orphans;
 
 /// One entry restored by [`chain_reconstruct`].
 #[derive(Debug, Clone, Serialize)]
@@ -67,7 +67,7 @@ pub fn chain_reconstruct(
     let requested: BTreeSet<usize> = match indices {
         Some(list) => {
             if let Some(&bad) = list.iter().find(|&&i| i >= n) {
-                return Err(Error::Usage(format!(
+                return Err(Error::InvalidArgument(format!(
                     "index {bad} is out of range: the chain in {} has {n} entries (0..{})",
                     dir.display(),
                     n.saturating_sub(1)
@@ -77,7 +77,7 @@ pub fn chain_reconstruct(
         }
         None => (0..n).collect(),
     };
-    refuse_dash(output)?;
+    crate::io::refuse_dash(output, true)?;
     check_output_dir(dir, output)?;
     let mut count: HashMap<&str, usize> = HashMap::new();
     for &i in &requested {
@@ -196,7 +196,7 @@ pub(super) fn check_output_dir(dir: &Path, output: &Path) -> Result<()> {
         None
     };
     if let Some((why, hint)) = why {
-        return Err(Error::Usage(format!(
+        return Err(Error::Destination(format!(
             "output folder {} {why} {}; restore into {hint}",
             output.display(),
             dir.display()
@@ -204,7 +204,7 @@ pub(super) fn check_output_dir(dir: &Path, output: &Path) -> Result<()> {
     }
     match std::fs::symlink_metadata(output) {
         Ok(_) if output.is_dir() => Ok(()),
-        Ok(meta) => Err(Error::Usage(format!(
+        Ok(meta) => Err(Error::Destination(format!(
             "output folder {}: exists and is {}, not a folder",
             output.display(),
             kind_of(&meta)
@@ -222,13 +222,10 @@ pub(super) fn check_output_file(path: &Path, force: bool) -> Result<()> {
             if force {
                 Ok(())
             } else {
-                Err(Error::Usage(format!(
-                    "{}: already exists; use --force to overwrite it",
-                    path.display()
-                )))
+                Err(Error::Exists(path.to_path_buf()))
             }
         }
-        Ok(meta) => Err(Error::Usage(format!(
+        Ok(meta) => Err(Error::Destination(format!(
             "{}: exists and is {}; dmx only replaces regular files: move it away",
             path.display(),
             kind_of(&meta)
@@ -297,6 +294,7 @@ pub fn chain_verify(dir: &Path, opts: &Options) -> Result<ChainVerifyReport> {
         })
         .collect();
     for (v, e) in entries.iter_mut().zip(&m.entries) {
+        opts.check_cancel()?;
         match chain.check_stored(e) {
             Ok(()) => v.stored_ok = true,
             Err(err) if err.is_integrity_failure() => v.error = Some(err.to_string()),

@@ -427,7 +427,7 @@ impl AtomicDir {
                 meta.file_type().is_dir()
             };
             if !ok {
-                return Err(Error::Usage(format!(
+                return Err(Error::Destination(format!(
                     "{}: is {}, where the archive restores {} {rel:?}; nothing was changed \
                      (move it away or choose another destination)",
                     at.display(),
@@ -449,7 +449,7 @@ impl AtomicDir {
                     .map_err(|e| Error::io(self.tmp.path(), e))?
                     .dev();
                 if meta.dev() != tmp_dev {
-                    return Err(Error::Usage(format!(
+                    return Err(Error::Destination(format!(
                         "{}: is on another file system than {}, so files cannot be moved \
                          into it atomically; nothing was changed",
                         at.display(),
@@ -491,7 +491,7 @@ impl AtomicDir {
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                         let m = at.symlink_metadata().map_err(|e| Error::io(&at, e))?;
                         if !m.file_type().is_dir() {
-                            return Err(Error::Usage(format!(
+                            return Err(Error::Destination(format!(
                                 "{}: is {}, not a folder",
                                 at.display(),
                                 kind_of(&m)
@@ -504,7 +504,7 @@ impl AtomicDir {
             if let Ok(m) = target.symlink_metadata()
                 && !m.file_type().is_file()
             {
-                return Err(Error::Usage(format!(
+                return Err(Error::Destination(format!(
                     "{}: is {}, not a regular file; not replaced",
                     target.display(),
                     kind_of(&m)

@@ -14,7 +14,7 @@ pub fn check_distinct(input: &Path, output: &Path) -> Result<()> {
         (Ok(a), Ok(b)) if a == b
     );
     if same_path || same_file(input, output) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Destination(format!(
             "input and output are the same path ({}); choose another output",
             output.display()
         )));
@@ -33,7 +33,7 @@ pub fn check_outside(input: &Path, output: &Path) -> Result<()> {
         return Ok(());
     };
     if o.starts_with(&i) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Destination(format!(
             "{} is a file of the input folder {}; replacing it would lose it: choose another \
              output",
             output.display(),
@@ -48,13 +48,17 @@ pub fn is_dash(path: &Path) -> bool {
     path.as_os_str() == "-"
 }
 
-/// The error for `-` where only a file path is accepted.
-fn dash_refused() -> Error {
-    Error::Usage(
-        "`-` (standard output) is accepted only by `dmx decompress ARCHIVE -`; \
-         use ./- for a file named -"
-            .into(),
-    )
+/// Refuses the output `-` (a file, or a folder when `folder`): only `dmx decompress ARCHIVE -`
+/// writes to standard output, and nothing named `-` is created by accident (`./-` names it).
+pub(crate) fn refuse_dash(output: &Path, folder: bool) -> Result<()> {
+    if !is_dash(output) {
+        return Ok(());
+    }
+    Err(Error::Destination(format!(
+        "`-` (standard output) is accepted only by `dmx decompress ARCHIVE -`; use ./- for a \
+         {} named -",
+        if folder { "folder" } else { "file" }
+    )))
 }
 
 /// What kind of non-regular file `meta` describes, for error messages.
@@ -94,9 +98,7 @@ pub(crate) fn kind_of(meta: &std::fs::Metadata) -> &'static str {
 /// (dmx never writes through or replaces a link: name its target instead), devices, FIFOs
 /// and sockets are refused, and so is `-` (see [`is_dash`]).
 pub fn check_writable(output: &Path, force: bool) -> Result<()> {
-    if is_dash(output) {
-        return Err(dash_refused());
-    }
+    refuse_dash(output, false)?;
     let Ok(meta) = output.symlink_metadata() else {
         return Ok(());
     };
@@ -106,9 +108,9 @@ pub fn check_writable(output: &Path, force: bool) -> Result<()> {
         }
         return Err(Error::Exists(output.to_path_buf()));
     }
-    Err(Error::Usage(format!(
-        "{} exists and is {}; dmx only ever replaces regular files, even with --force \
-         (choose another output{})",
+    Err(Error::Destination(format!(
+        "{} exists and is {}; dmx only ever replaces regular files, even when asked \
+         to overwrite (choose another output{})",
         output.display(),
         kind_of(&meta),
         if meta.file_type().is_symlink() {
@@ -123,14 +125,12 @@ pub fn check_writable(output: &Path, force: bool) -> Result<()> {
 /// unless `force` is set; with `force` it must be a real folder (not a symbolic link), into
 /// which a folder restore merges the restored files.
 pub fn check_writable_dir(output: &Path, force: bool) -> Result<()> {
-    if is_dash(output) {
-        return Err(dash_refused());
-    }
+    refuse_dash(output, true)?;
     let Ok(meta) = output.symlink_metadata() else {
         return Ok(());
     };
     if !meta.file_type().is_dir() {
-        return Err(Error::Usage(format!(
+        return Err(Error::Destination(format!(
             "{} exists and is {}; a folder archive restores only into a new or existing \
              folder (choose another output)",
             output.display(),
@@ -138,11 +138,7 @@ pub fn check_writable_dir(output: &Path, force: bool) -> Result<()> {
         )));
     }
     if !force {
-        return Err(Error::Usage(format!(
-            "{} already exists; use --force to restore into it (only the files the archive \
-             holds are replaced; other files are kept)",
-            output.display()
-        )));
+        return Err(Error::Exists(output.to_path_buf()));
     }
     Ok(())
 }
@@ -195,7 +191,7 @@ fn same_node(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
 /// links are compared by resolved path and by device and inode).
 pub fn check_destination(archive: &Path, output: &Path) -> Result<()> {
     let refuse = || {
-        Err(Error::Usage(format!(
+        Err(Error::Destination(format!(
             "{} is, holds or lies inside the input {}; restoring there could destroy the \
              archive itself: choose another destination",
             output.display(),

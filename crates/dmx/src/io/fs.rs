@@ -42,10 +42,7 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock> {
     let file = std::fs::File::open(dir).map_err(|e| Error::io(dir, e))?;
     match file.try_lock() {
         Ok(()) => Ok(DirLock { _file: Some(file) }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Usage(format!(
-            "{}: another dmx process is writing this chain; try again when it is done",
-            dir.display()
-        ))),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy(dir.to_path_buf())),
         Err(std::fs::TryLockError::Error(_)) => Ok(DirLock { _file: None }),
     }
 }

@@ -14,6 +14,6 @@ pub use atomic::{TEMP_PREFIX, is_temp_name, remove_temps, sweep_stale, write_fil
 pub use destination::{
     check_destination, check_distinct, check_outside, check_writable, check_writable_dir, is_dash,
 };
-pub(crate) use destination::{kind_of, resolve, same_file};
+pub(crate) use destination::{kind_of, refuse_dash, resolve, same_file};
 pub use source::check_input;
 pub(crate) use source::{Bytes, Stamp, spool_stdin};

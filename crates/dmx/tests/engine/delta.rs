@@ -289,9 +289,13 @@ fn deltas_verify_against_their_base_and_target() {
             assert_eq!(r.lossy, r.lossy_summary.is_some());
         }
         let a = dmx::Archive::open(&d).unwrap();
-        // Without the base: a usage error that says how to give it.
+        // Without the base: a typed error (the CLI adds how to give it).
         let err = dmx::verify(&a, Some(&p.target), &quiet()).unwrap_err();
-        assert!(!err.is_integrity_failure() && err.to_string().contains("--base"));
+        assert!(
+            matches!(&err, dmx::Error::BaseNeeded(path) if path == &d),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), 2);
         let v = dmx::verify_delta(&a, Some(&p.target), Some(&p.base), None, &quiet()).unwrap();
         assert!(v.ok, "{precision:?}: {:?}", v.files[0].problems);
         let v = dmx::verify_delta(&a, None, Some(&p.base), None, &quiet()).unwrap();

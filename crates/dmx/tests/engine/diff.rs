@@ -131,7 +131,7 @@ fn tensor_file_rejects_what_it_cannot_read() {
         let p = d.join(name);
         write(&p, bytes);
         let e = TensorFile::open(&p).err().expect("not a model");
-        assert!(matches!(e, dmx::Error::Usage(_)), "{e}");
+        assert!(matches!(e, dmx::Error::Unsupported(_)), "{e}");
         assert!(e.to_string().contains("safetensors"), "{e}");
     }
     // A huge header length must not allocate.
@@ -155,7 +155,7 @@ fn tensor_file_rejects_what_it_cannot_read() {
     write(&blob, b"just text");
     dmx::compress(&blob, &d.join("blob.dmx"), &opts()).unwrap();
     let e = TensorFile::open(&d.join("blob.dmx")).err().unwrap();
-    assert!(matches!(e, dmx::Error::Usage(_)), "{e}");
+    assert!(matches!(e, dmx::Error::Unsupported(_)), "{e}");
     assert!(e.to_string().contains("exactly one"), "{e}");
     let folder = d.join("folder");
     common::model_folder(&folder, 3);
@@ -738,7 +738,10 @@ fn diff_reports_metadata_and_errors() {
         threads: Some(0),
         ..opts()
     };
-    assert!(matches!(diff(&a, &b, &zero), Err(dmx::Error::Usage(_))));
+    assert!(matches!(
+        diff(&a, &b, &zero),
+        Err(dmx::Error::InvalidArgument(_))
+    ));
     let text = dir.path().join("x.txt");
     write(&text, b"no model here");
     assert!(diff(&a, &text, &opts()).is_err());

@@ -1,5 +1,6 @@
 //! The engine's integration tests, one binary (one link) for the whole suite.
 
+mod cancel;
 mod chain;
 mod corruption;
 mod crafted;
@@ -8,6 +9,7 @@ mod diff;
 mod fuzz_regressions;
 mod lossy;
 mod matrix;
+mod memory;
 mod roundtrip;
 mod vectors;
 
