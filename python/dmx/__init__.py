@@ -29,6 +29,7 @@ from ._errors import (
     DmxNotADirectoryError,
     DmxOSError,
     DmxPermissionError,
+    TensorNotFoundError,
     UsageError,
     VerificationError,
 )
@@ -320,6 +321,7 @@ __all__ = [
     "CorruptArchiveError",
     "VerificationError",
     "UsageError",
+    "TensorNotFoundError",
     "CancelledError",
     "DmxOSError",
     "DmxFileNotFoundError",

@@ -32,6 +32,13 @@ class UsageError(DmxError, ValueError):
     file that is not an archive (exit 2). Also a ``ValueError``."""
 
 
+class TensorNotFoundError(UsageError, KeyError):
+    """The archive has no tensor of that name. Also a ``KeyError``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class CancelledError(DmxError):
     """The operation was cancelled; it left no partial output."""
 
@@ -97,6 +104,7 @@ __all__ = [
     "CorruptArchiveError",
     "VerificationError",
     "UsageError",
+    "TensorNotFoundError",
     "CancelledError",
     "DmxOSError",
     "DmxFileNotFoundError",

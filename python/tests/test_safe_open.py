@@ -73,3 +73,32 @@ def test_lossy_archives_give_decoded_values_in_the_original_dtype(tmp_path, mode
             t = f.get_tensor(name)
             assert t.dtype == o.get_tensor(name).dtype
             assert torch.equal(f.get_slice(name)[0:1] if t.dim() else t, t[0:1] if t.dim() else t)
+
+
+def test_folder_archives_need_a_file_selector(tmp_path):
+    from safetensors.torch import save_file
+
+    import dmx.torch
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    a = {"x": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    b = {"y": torch.ones(4, dtype=torch.bfloat16)}
+    save_file(a, str(folder / "model-00001-of-00002.safetensors"))
+    save_file(b, str(folder / "model-00002-of-00002.safetensors"))
+    (folder / "config.json").write_text("{}")
+    dmx.compress(folder, tmp_path / "folder.dmx")
+    with pytest.raises(dmx.UsageError, match="choose one with file="):
+        dmx.safe_open(tmp_path / "folder.dmx")
+    with dmx.safe_open(tmp_path / "folder.dmx", file="model-00002-of-00002.safetensors") as f:
+        assert f.keys() == ["y"] and torch.equal(f.get_tensor("y"), b["y"])
+        assert sorted(f.files()) == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    got = dmx.torch.load_file(tmp_path / "folder.dmx", file="model-00001-of-00002.safetensors")
+    assert torch.equal(got["x"], a["x"])
+
+
+def test_unknown_tensor_is_a_key_error(archive):
+    with dmx.safe_open(archive) as f:
+        with pytest.raises(KeyError) as e:
+            f.get_tensor("nope")
+    assert isinstance(e.value, dmx.TensorNotFoundError) and "nope" in str(e.value)

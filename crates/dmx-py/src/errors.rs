@@ -7,13 +7,19 @@ use pyo3::prelude::*;
 /// The message for an error, as the CLI words it (the flag that overwrites an output is the
 /// `force=True` keyword here).
 pub fn message(e: &dmx::Error) -> String {
-    if let dmx::Error::Exists(path) = e {
-        return format!(
+    match e {
+        dmx::Error::Exists(path) if path.is_dir() => format!(
+            "{} already exists; use force=True to restore into it (only the files the archive \
+             holds are replaced; other files are kept)",
+            path.display()
+        ),
+        dmx::Error::Exists(path) => format!(
             "{} already exists; use force=True to overwrite it",
             path.display()
-        );
+        ),
+        dmx::Error::BaseNeeded(_) => format!("{e}; give the base it was made from with base="),
+        _ => e.to_string(),
     }
-    e.to_string()
 }
 
 /// The exception class (a name in `dmx._errors`) for an engine error, and for I/O errors the
@@ -42,7 +48,9 @@ fn classify(e: &dmx::Error) -> (&'static str, Option<i32>, Option<String>) {
         ),
         dmx::Error::Mismatch { .. } => ("VerificationError", None, None),
         dmx::Error::Cancelled => ("CancelledError", None, None),
-        e if e.is_integrity_failure() => ("CorruptArchiveError", None, None),
+        dmx::Error::TensorNotFound { .. } => ("TensorNotFoundError", None, None),
+        dmx::Error::Internal(_) => ("DmxError", None, None),
+        e if e.exit_code() == 1 => ("CorruptArchiveError", None, None),
         _ => ("UsageError", None, None),
     }
 }
@@ -84,5 +92,5 @@ pub fn panic_to_py(py: Python<'_>, payload: &(dyn std::any::Any + Send)) -> PyEr
 
 /// A `UsageError` with `msg` (bad arguments found by the bindings themselves).
 pub fn usage(msg: impl Into<String>) -> dmx::Error {
-    dmx::Error::Usage(msg.into())
+    dmx::Error::InvalidArgument(msg.into())
 }

@@ -11,7 +11,8 @@ use crate::run::Call;
 
 /// Serializes a report to the CLI's JSON.
 fn json<T: serde::Serialize>(value: &T) -> dmx::Result<String> {
-    serde_json::to_string(value).map_err(|e| usage(format!("cannot serialize the report: {e}")))
+    serde_json::to_string(value)
+        .map_err(|e| dmx::Error::Internal(format!("cannot serialize the report: {e}")))
 }
 
 /// The engine's lossy options from the keyword arguments of `compress`.
@@ -134,29 +135,6 @@ pub fn info(py: Python<'_>, path: PathBuf) -> PyResult<String> {
     })
 }
 
-/// The report `dmx verify` gives for an archive it cannot open (corrupt structure).
-fn unreadable(
-    archive: &std::path::Path,
-    original: Option<&std::path::Path>,
-    e: &dmx::Error,
-) -> dmx::VerifyReport {
-    dmx::VerifyReport {
-        schema: 2,
-        archive: archive.display().to_string(),
-        original: original.map(|o| o.display().to_string()),
-        ok: false,
-        files: vec![dmx::FileReport {
-            path: archive.display().to_string(),
-            size: 0,
-            ok: false,
-            bit_exact: original.map(|_| false),
-            tensors: 0,
-            problems: vec![e.to_string()],
-            tensor_errors: Vec::new(),
-        }],
-    }
-}
-
 /// `dmx verify [ORIGINAL] ARCHIVE` (an archive, a delta with `base`, or a chain folder):
 /// returns the report as JSON.
 #[pyfunction]
@@ -172,27 +150,13 @@ pub fn verify<'py>(
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<String> {
     Call::new(threads, false, progress).run(py, move |opts| {
-        if original.is_none() && archive.is_dir() {
-            if max_rel_error.is_some() {
-                return Err(usage("max_rel_error does not apply to chains"));
-            }
-            if base.is_some() {
-                return Err(usage("base applies to deltas (.dmxd), not to chains"));
-            }
-            return json(&dmx::chain_verify(&archive, opts)?);
-        }
-        let rep = match dmx::Archive::open(&archive) {
-            Ok(a) => dmx::verify_delta(
-                &a,
-                original.as_deref(),
-                base.as_deref(),
-                max_rel_error,
-                opts,
-            )?,
-            Err(e) if e.is_integrity_failure() => unreadable(&archive, original.as_deref(), &e),
-            Err(e) => return Err(e),
+        let req = dmx::VerifyRequest {
+            target: archive,
+            original,
+            base,
+            max_rel_error,
         };
-        json(&rep)
+        json(&dmx::verify_path(&req, opts)?)
     })
 }
 

@@ -118,11 +118,15 @@ impl Reader {
         self.by_name
             .get(name)
             .map(|&i| &self.tensors[i])
-            .ok_or_else(|| usage(format!("{}: no tensor named {name:?}", self.path.display())))
+            .ok_or_else(|| dmx::Error::TensorNotFound {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })
     }
 
-    /// Decodes tensor `name` into `out` (exactly its byte length).
-    fn read_one(&self, name: &str, out: &mut [u8]) -> dmx::Result<()> {
+    /// Decodes tensor `name` into `out` (exactly its byte length), checking `opts.cancel`
+    /// and reporting the decoded bytes to `opts.progress`.
+    fn read_one(&self, name: &str, out: &mut [u8], opts: &dmx::Options) -> dmx::Result<()> {
         let len = self.meta(name)?.3;
         if out.len() as u64 != len {
             return Err(usage(format!(
@@ -132,10 +136,14 @@ impl Reader {
         }
         match &self.source {
             Source::Archive { archive, file } => {
-                archive.read_ref_into(archive.find_tensor(file.as_deref(), name)?, out)
+                archive.read_ref_into_with(archive.find_tensor(file.as_deref(), name)?, out, opts)
             }
             Source::Plain(tf) => {
+                opts.check_cancel()?;
                 out.copy_from_slice(&tf.read(name)?);
+                if let Some(p) = &opts.progress {
+                    p.advance(out.len() as u64);
+                }
                 Ok(())
             }
         }
@@ -257,14 +265,8 @@ impl Reader {
                 p.start("decompress", total);
             }
             pool.install(|| {
-                jobs.par_iter_mut().try_for_each(|(name, out)| {
-                    opts.check_cancel()?;
-                    self.read_one(name, out)?;
-                    if let Some(p) = &opts.progress {
-                        p.advance(out.len() as u64);
-                    }
-                    Ok::<(), dmx::Error>(())
-                })
+                jobs.par_iter_mut()
+                    .try_for_each(|(name, out)| self.read_one(name, out, opts))
             })?;
             if let Some(p) = &opts.progress {
                 p.finish();

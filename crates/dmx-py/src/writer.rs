@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 
 use crate::buffers::Bytes;
-use crate::errors::usage;
 use crate::ops::lossy_options;
 use crate::run::Call;
 
@@ -76,6 +75,6 @@ pub fn save_tensors<'py>(
             .collect();
         let report = dmx::compress_tensors(&data, metadata.as_ref(), &dst, &lossy, opts)?;
         serde_json::to_string(&report)
-            .map_err(|e| usage(format!("cannot serialize the report: {e}")))
+            .map_err(|e| dmx::Error::Internal(format!("cannot serialize the report: {e}")))
     })
 }
