@@ -52,9 +52,10 @@ struct Cli {
 /// listed after each command's own options).
 #[derive(Args, Clone)]
 struct Common {
-    /// Print no progress, summary or report on standard output or standard error: only
-    /// errors, the JSON that --json asks for, and the report of a failed verify. The exit
-    /// status tells the outcome (`dmx info -q FILE` only checks that FILE opens).
+    /// Print no progress, summary or report (errors, --json output and the report of a
+    /// failed verify still print).
+    ///
+    /// The exit status tells the outcome: `dmx info -q FILE` only checks that FILE opens.
     #[arg(short, long, global = true, display_order = 900)]
     quiet: bool,
     /// Worker threads (default: all cores). At least 1; capped at twice the cores and, where
@@ -122,6 +123,19 @@ fn describe(e: &dmx::Error) -> String {
         dmx::Error::Exists(path) => {
             return format!(
                 "{} already exists; use --force to overwrite it",
+                path.display()
+            );
+        }
+        dmx::Error::FolderNotEmpty { path, chain: true } => {
+            return format!(
+                "{}: holds a chain; use --force to replace it, or `dmx chain-append` to add to it",
+                path.display()
+            );
+        }
+        dmx::Error::FolderNotEmpty { path, chain: false } => {
+            return format!(
+                "{}: exists and is not empty; use --force to create the chain in it anyway \
+                 (files other than the chain's are kept)",
                 path.display()
             );
         }

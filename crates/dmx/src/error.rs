@@ -83,6 +83,15 @@ pub enum Error {
     /// a regular file or folder where one is needed, it lies on another file system, ...
     #[error("{0}")]
     Destination(String),
+    /// The output folder of a new chain holds files (a chain when `chain`) and overwriting
+    /// was not asked for ([`crate::Options::force`]).
+    #[error("{}: {}", path.display(), if *chain { "holds a chain (`dmx chain-append` adds to it)" } else { "exists and is not empty" })]
+    FolderNotEmpty {
+        /// The folder.
+        path: PathBuf,
+        /// Whether it holds a chain.
+        chain: bool,
+    },
     /// Another dmx process holds the lock of this chain folder.
     #[error("{}: another dmx process is writing this chain; try again when it is done", .0.display())]
     Busy(PathBuf),
@@ -126,6 +135,7 @@ impl Error {
             | Error::WrongBase(_)
             | Error::InputChanged { .. }
             | Error::Destination(_)
+            | Error::FolderNotEmpty { .. }
             | Error::Busy(_)
             | Error::Limit(_)
             | Error::Resource(_)
@@ -200,6 +210,10 @@ mod tests {
             Error::BaseNeeded(p.clone()),
             Error::changed(&p, "the file changed while being read"),
             Error::Destination("d".into()),
+            Error::FolderNotEmpty {
+                path: p.clone(),
+                chain: true,
+            },
             Error::Busy(p.clone()),
             Error::Resource("r".into()),
             Error::Internal("i".into()),

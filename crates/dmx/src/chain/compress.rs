@@ -194,13 +194,10 @@ pub(super) fn compress_into_existing(
         }
     }
     if !busy.is_empty() && !opts.force {
-        let what = if dir.join(MANIFEST).is_file() {
-            "holds a chain; use --force to replace it, or `dmx chain-append` to add to it"
-        } else {
-            "exists and is not empty; use --force to create the chain in it anyway (files \
-             other than the chain's are kept)"
-        };
-        return Err(Error::Destination(format!("{}: {what}", dir.display())));
+        return Err(Error::FolderNotEmpty {
+            path: dir.to_path_buf(),
+            chain: dir.join(MANIFEST).is_file(),
+        });
     }
     clean_temps(dir, None)?;
     // The chain being replaced, if the folder holds a valid one.

@@ -675,7 +675,10 @@ fn leftovers_of_interrupted_runs_do_not_trip_later_runs() {
         &opts(),
     )
     .unwrap_err();
-    assert!(err.to_string().contains("--force"), "{err}");
+    assert!(
+        matches!(&err, dmx::Error::FolderNotEmpty { path, chain: true } if *path == chain),
+        "{err}"
+    );
     let forced = Options {
         force: true,
         ..opts()
