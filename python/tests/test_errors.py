@@ -65,6 +65,14 @@ def test_existing_output(tmp_path, model, archive):
     dmx.compress(model, archive, force=True)
 
 
+def test_chain_into_a_used_folder(tmp_path, model):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("x")
+    with pytest.raises(dmx.DmxFileExistsError, match="force=True") as e:
+        dmx.chain_compress([model], tmp_path / "used")
+    assert e.value.filename == str(tmp_path / "used")
+
+
 def test_bad_options_are_usage_errors(tmp_path, model):
     with pytest.raises(dmx.UsageError, match="invalid mode"):
         dmx.compress(model, tmp_path / "x.dmx", mode="zip")

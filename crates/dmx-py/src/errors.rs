@@ -17,6 +17,15 @@ pub fn message(e: &dmx::Error) -> String {
             "{} already exists; use force=True to overwrite it",
             path.display()
         ),
+        dmx::Error::FolderNotEmpty { path, chain: true } => format!(
+            "{}: holds a chain; use force=True to replace it, or chain_append to add to it",
+            path.display()
+        ),
+        dmx::Error::FolderNotEmpty { path, chain: false } => format!(
+            "{}: exists and is not empty; use force=True to create the chain in it anyway \
+             (files other than the chain's are kept)",
+            path.display()
+        ),
         dmx::Error::BaseNeeded(_) => format!("{e}; give the base it was made from with base="),
         _ => e.to_string(),
     }
@@ -42,6 +51,11 @@ fn classify(e: &dmx::Error) -> (&'static str, Option<i32>, Option<String>) {
             )
         }
         dmx::Error::Exists(path) => (
+            "DmxFileExistsError",
+            Some(17), // EEXIST
+            Some(path.display().to_string()),
+        ),
+        dmx::Error::FolderNotEmpty { path, .. } => (
             "DmxFileExistsError",
             Some(17), // EEXIST
             Some(path.display().to_string()),
