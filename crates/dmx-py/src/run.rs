@@ -121,7 +121,7 @@ impl<'py> Call<'py> {
                 });
                 let finished = !matches!(got, Err(RecvTimeoutError::Timeout));
                 if raised.is_none() {
-                    if let Err(e) = self.report(py, &shared, &mut seen) {
+                    if let Err(e) = self.report(&shared, &mut seen) {
                         raised = Some(e);
                     } else if let Err(e) = py.check_signals() {
                         raised = Some(e);
@@ -147,12 +147,7 @@ impl<'py> Call<'py> {
     }
 
     /// Calls the progress callback when the numbers changed since the last call.
-    fn report(
-        &self,
-        py: Python<'py>,
-        shared: &Shared,
-        seen: &mut (String, u64, u64, u64),
-    ) -> PyResult<()> {
+    fn report(&self, shared: &Shared, seen: &mut (String, u64, u64, u64)) -> PyResult<()> {
         let Some(cb) = &self.progress else {
             return Ok(());
         };
@@ -165,7 +160,6 @@ impl<'py> Call<'py> {
             return Ok(());
         }
         *seen = (phase.clone(), done, total, events);
-        let _ = py;
         cb.call1((phase, done, total)).map(|_| ())
     }
 }
