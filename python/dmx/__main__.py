@@ -1,0 +1,5 @@
+"""``python -m dmx``: the ``dmx`` command."""
+
+from ._cli import main
+
+main()
