@@ -67,6 +67,7 @@ pub(super) fn auto_codings(
     bytes: &Source<'_>,
     lossy: &LossyOptions,
     budget: f64,
+    opts: &crate::Options,
     warnings: &mut Vec<String>,
 ) -> Result<(Vec<Coding>, Vec<Option<f64>>)> {
     let fixed = crate::lossy::fixed_codings(file, bytes, lossy, warnings)?;
@@ -77,6 +78,7 @@ pub(super) fn auto_codings(
         .par_iter()
         .zip(fixed)
         .map(|(seg, fixed)| {
+            opts.check_cancel()?;
             let (dmx_format::SegmentKind::Tensor(t), Some(layout)) =
                 (&seg.kind, crate::lossy::lossy_layout(seg.value))
             else {
@@ -87,7 +89,7 @@ pub(super) fn auto_codings(
             }
             let m = maxes.get(&t.name).copied().unwrap_or(0.0);
             let data = bytes.segment_data(seg).ok_or_else(|| bytes.missing(seg))?;
-            let best = auto_choose(seg, data, layout, budget, m)?;
+            let best = auto_choose(seg, data, layout, budget, m, opts)?;
             if best.is_lossless() {
                 return Ok((best, None));
             }
@@ -107,10 +109,13 @@ fn auto_choose(
     layout: dmx_codec::FloatLayout,
     budget: f64,
     max_abs: f64,
+    opts: &crate::Options,
 ) -> Result<Coding> {
     let hints = seg.hints();
     let (sample, row) = auto_sample(seg, data, layout);
     let measure = |c: Coding| -> Result<(usize, f64)> {
+        // Each trial encodes a sample of up to a few MiB: a cancel stops between trials.
+        opts.check_cancel()?;
         let d = run_job(&Job {
             segment: 0,
             data: &sample,

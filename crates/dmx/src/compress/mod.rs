@@ -303,7 +303,7 @@ fn encode_planned(
     let (codings, allowances) = if lossy.is_lossless() {
         (vec![Coding::Lossless; file.segments.len()], None)
     } else if let (Mode::Auto, Some(budget)) = (lossy.mode, lossy.max_rel_error) {
-        let (c, a) = auto_codings(file, src, lossy, budget, warnings)?;
+        let (c, a) = auto_codings(file, src, lossy, budget, opts, warnings)?;
         (c, Some(a))
     } else {
         (

@@ -66,6 +66,15 @@ fn cancelled_operations_stop_and_leave_nothing() {
         &stop,
     ));
     assert!(!chain2.exists());
+    let lossy = d.join("auto.dmx");
+    let auto = dmx::lossy::LossyOptions {
+        mode: dmx::lossy::Mode::Auto,
+        max_rel_error: Some(1e-2),
+        ..Default::default()
+    };
+    cancelled(dmx::compress_with(&m1, &lossy, &auto, &stop));
+    cancelled(dmx::compress(&m1, &lossy, &stop));
+    assert!(!lossy.exists());
     cancelled(dmx::chain_verify(&chain, &stop));
     let restored = d.join("restored");
     cancelled(dmx::chain_reconstruct(&chain, &restored, None, &stop));
