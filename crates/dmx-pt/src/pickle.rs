@@ -329,7 +329,7 @@ impl<'a> Machine<'a> {
         Ok(Value::BigInt(raw.to_vec()))
     }
 
-    /// Opcodes that build containers, resolve globals or call things.
+    /// Opcodes that build containers (the rest go to [`Self::step_object`]).
     fn step_build(&mut self, r: &mut Run, op: u8) -> Result<(), PtError> {
         match op {
             b't' => {
@@ -382,6 +382,14 @@ impl<'a> Machine<'a> {
                 let target = r.top()?;
                 self.set_items(r, target, items)?;
             }
+            _ => return self.step_object(r, op),
+        }
+        Ok(())
+    }
+
+    /// The opcodes that name globals, call them, set object state or load persistent ids.
+    fn step_object(&mut self, r: &mut Run, op: u8) -> Result<(), PtError> {
+        match op {
             b'c' => {
                 let module = r.line()?.to_vec();
                 let name = r.line()?.to_vec();
