@@ -15,10 +15,10 @@ calling thread about ten times a second while the work runs.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
-from typing import Union
+from collections.abc import Iterable
+from typing import Union, Unpack
 
-from . import _dmx
+from . import _dmx, _errors
 from ._errors import (
     CancelledError,
     CorruptArchiveError,
@@ -34,6 +34,7 @@ from ._errors import (
     VerificationError,
 )
 from ._open import safe_open
+from ._options import CompressOptions, Progress, native
 from ._reports import (
     ChainInfo,
     ChainReport,
@@ -51,7 +52,6 @@ from ._reports import (
 __version__: str = _dmx.__version__
 
 PathLike = Union[str, "os.PathLike[str]"]
-Progress = Callable[[str, int, int], object]
 
 
 def _warn(report: Report) -> None:
@@ -62,32 +62,15 @@ def _warn(report: Report) -> None:
 
 
 def compress(
-    src: PathLike,
-    dst: PathLike,
-    *,
-    mode: str = "lossless",
-    mantissa_bits: int | None = None,
-    group_size: int | None = None,
-    max_rel_error: float | None = None,
-    keep_lossless: Sequence[str] = (),
-    cast: str | None = None,
-    allow_cast_overflow: bool = False,
-    threads: int | None = None,
-    force: bool = False,
-    progress: Progress | None = None,
+    src: PathLike, dst: PathLike, **options: Unpack[CompressOptions]
 ) -> CompressReport:
     """Compress a ``.safetensors`` file, any file, or a model folder into the archive
-    ``dst`` (``dmx compress``). ``mode`` is ``"lossless"`` (default, byte-identical),
+    ``dst`` (``dmx compress``). The keyword arguments are those of
+    :class:`dmx.CompressOptions`: ``mode`` is ``"lossless"`` (default, byte-identical),
     ``"bfp"``, ``"int16"``, ``"int32"`` or ``"auto"``; ``cast`` is ``"bf16"`` or ``"f16"``;
-    ``keep_lossless`` holds name globs kept exact. Warnings are issued as ``UserWarning``."""
-    r = CompressReport._from_json(
-        _dmx.compress(
-            src, dst, mode=mode, mantissa_bits=mantissa_bits, group_size=group_size,
-            max_rel_error=max_rel_error, keep_lossless=list(keep_lossless), cast=cast,
-            allow_cast_overflow=allow_cast_overflow, threads=threads, force=force,
-            progress=progress,
-        )
-    )
+    ``keep_lossless`` holds name globs kept exact; ``threads``, ``force`` (default ``False``)
+    and ``progress`` as elsewhere. Warnings are issued as ``UserWarning``."""
+    r = CompressReport._from_json(_dmx.compress(src, dst, native(options, "compress")))
     _warn(r)
     return r
 
@@ -306,6 +289,7 @@ __all__ = [
     "chain_info",
     "chain_verify",
     "safe_open",
+    "CompressOptions",
     "Report",
     "CompressReport",
     "InfoReport",
@@ -317,16 +301,5 @@ __all__ = [
     "ChainInfo",
     "ReconstructReport",
     "ChainVerifyReport",
-    "DmxError",
-    "CorruptArchiveError",
-    "VerificationError",
-    "UsageError",
-    "TensorNotFoundError",
-    "CancelledError",
-    "DmxOSError",
-    "DmxFileNotFoundError",
-    "DmxFileExistsError",
-    "DmxPermissionError",
-    "DmxIsADirectoryError",
-    "DmxNotADirectoryError",
+    *_errors.__all__,
 ]

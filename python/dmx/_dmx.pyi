@@ -11,13 +11,18 @@ _Progress = Callable[[str, int, int], object] | None
 
 __version__: str
 
-def compress(
-    src: _Path, dst: _Path, *, mode: str = "lossless", mantissa_bits: int | None = None,
-    group_size: int | None = None, max_rel_error: float | None = None,
-    keep_lossless: Sequence[str] = ..., cast: str | None = None,
-    allow_cast_overflow: bool = False, threads: int | None = None, force: bool = False,
-    progress: _Progress = None,
-) -> str: ...
+class CompressArgs:
+    """The keyword arguments of ``compress`` and ``save_tensors``, checked once."""
+
+    def __init__(
+        self, *, mode: str = "lossless", mantissa_bits: int | None = None,
+        group_size: int | None = None, max_rel_error: float | None = None,
+        keep_lossless: Sequence[str] = ..., cast: str | None = None,
+        allow_cast_overflow: bool = False, threads: int | None = None, force: bool = False,
+        progress: _Progress = None,
+    ) -> None: ...
+
+def compress(src: _Path, dst: _Path, args: CompressArgs) -> str: ...
 def decompress(
     src: _Path, dst: _Path, *, threads: int | None = None, force: bool = False,
     progress: _Progress = None,
@@ -58,11 +63,7 @@ def chain_info(dir: _Path) -> str: ...
 def chain_verify(dir: _Path, *, threads: int | None = None, progress: _Progress = None) -> str: ...
 def save_tensors(
     tensors: Sequence[tuple[str, str, Sequence[int], Any]], dst: _Path,
-    metadata: dict[str, str] | None = None, *, mode: str = "lossless",
-    mantissa_bits: int | None = None, group_size: int | None = None,
-    max_rel_error: float | None = None, keep_lossless: Sequence[str] = ...,
-    cast: str | None = None, allow_cast_overflow: bool = False, threads: int | None = None,
-    force: bool = False, progress: _Progress = None,
+    metadata: dict[str, str] | None, args: CompressArgs,
 ) -> str:
     """Compresses ``(name, dtype, shape, buffer)`` tensors read in place (C-contiguous
     buffers) into the archive ``dst``; returns the report as JSON."""

@@ -5,13 +5,14 @@ numpy has no bfloat16 or float8 types: archives holding those load with ``dmx.to
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from typing import Unpack
 
 import numpy as np
 
 from . import _dmx
 from ._dtypes import numpy_types
 from ._errors import UsageError, check_metadata
+from ._options import CompressOptions, Progress, native
 from ._reports import CompressReport
 
 __all__ = ["save_file", "load_file"]
@@ -23,22 +24,14 @@ def save_file(
     tensor_dict: dict[str, np.ndarray],
     filename: str | os.PathLike[str],
     metadata: dict[str, str] | None = None,
-    *,
-    mode: str = "lossless",
-    mantissa_bits: int | None = None,
-    group_size: int | None = None,
-    max_rel_error: float | None = None,
-    keep_lossless: Sequence[str] = (),
-    cast: str | None = None,
-    allow_cast_overflow: bool = False,
-    threads: int | None = None,
-    force: bool = True,
-    progress: Callable[[str, int, int], object] | None = None,
+    **options: Unpack[CompressOptions],
 ) -> CompressReport:
     """Compress ``tensor_dict`` into the archive ``filename``, reading each array's memory
     in place (arrays that are not C-contiguous are packed first, as
     ``safetensors.numpy.save_file`` does). An existing file is replaced atomically
-    (``force=False`` refuses instead). The lossy options are those of :func:`dmx.compress`."""
+    (``force=False`` refuses instead). The other options are
+    those of :func:`dmx.compress` (:class:`dmx.CompressOptions`)."""
+    args = native({"force": True, **options}, "save_file")
     prepared = []
     for name, a in tensor_dict.items():
         if not isinstance(name, str):
@@ -54,13 +47,7 @@ def save_file(
             a = a.copy(order="C")
         prepared.append((name, _NAMES[dt], shape, a.reshape(-1).view(np.uint8)))
     return CompressReport._from_json(
-        _dmx.save_tensors(
-            prepared, filename, check_metadata(metadata), mode=mode,
-            mantissa_bits=mantissa_bits, group_size=group_size, max_rel_error=max_rel_error,
-            keep_lossless=list(keep_lossless), cast=cast,
-            allow_cast_overflow=allow_cast_overflow, threads=threads, force=force,
-            progress=progress,
-        )
+        _dmx.save_tensors(prepared, filename, check_metadata(metadata), args)
     )
 
 
@@ -69,7 +56,7 @@ def load_file(
     *,
     file: str | None = None,
     threads: int | None = None,
-    progress: Callable[[str, int, int], object] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, np.ndarray]:
     """All tensors of the archive ``filename`` (or of a ``.safetensors`` file) as numpy
     arrays, each decoded straight into its own freshly allocated, writable array. For the

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Unpack
 
 import torch
 
 from . import _dmx
 from ._dtypes import torch_types
 from ._errors import UsageError, check_metadata
+from ._options import CompressOptions, Progress, native
 from ._reports import CompressReport
 
 __all__ = ["save_file", "load_file", "save_model", "load_model"]
@@ -66,31 +67,17 @@ def save_file(
     tensors: dict[str, torch.Tensor],
     filename: str | os.PathLike[str],
     metadata: dict[str, str] | None = None,
-    *,
-    mode: str = "lossless",
-    mantissa_bits: int | None = None,
-    group_size: int | None = None,
-    max_rel_error: float | None = None,
-    keep_lossless: Sequence[str] = (),
-    cast: str | None = None,
-    allow_cast_overflow: bool = False,
-    threads: int | None = None,
-    force: bool = True,
-    progress: Callable[[str, int, int], object] | None = None,
+    **options: Unpack[CompressOptions],
 ) -> CompressReport:
     """Compress ``tensors`` into the archive ``filename``. Like
     ``safetensors.torch.save_file``, tensors that share memory or are not contiguous are
     refused, GPU tensors are copied to the CPU, and an existing file is replaced (atomically;
-    ``force=False`` refuses instead). The lossy options are those of :func:`dmx.compress`."""
+    ``force=False`` refuses instead). The other options are
+    those of :func:`dmx.compress` (:class:`dmx.CompressOptions`)."""
+    args = native({"force": True, **options}, "save_file")
     prepared = _prepare(tensors)
     return CompressReport._from_json(
-        _dmx.save_tensors(
-            prepared, filename, check_metadata(metadata), mode=mode,
-            mantissa_bits=mantissa_bits, group_size=group_size, max_rel_error=max_rel_error,
-            keep_lossless=list(keep_lossless), cast=cast,
-            allow_cast_overflow=allow_cast_overflow, threads=threads, force=force,
-            progress=progress,
-        )
+        _dmx.save_tensors(prepared, filename, check_metadata(metadata), args)
     )
 
 
@@ -100,7 +87,7 @@ def load_file(
     *,
     file: str | None = None,
     threads: int | None = None,
-    progress: Callable[[str, int, int], object] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, torch.Tensor]:
     """All tensors of the archive ``filename`` (or of a ``.safetensors`` file), each
     decoded straight into its own freshly allocated, writable tensor; then moved to
@@ -186,7 +173,7 @@ def save_model(
     filename: str | os.PathLike[str],
     metadata: dict[str, str] | None = None,
     force_contiguous: bool = False,
-    **options: Any,
+    **options: Unpack[CompressOptions],
 ) -> CompressReport:
     """Save ``model.state_dict()`` like ``safetensors.torch.save_model``: of tensors that
     share memory (tied weights) one is kept and the metadata maps each dropped name to it;

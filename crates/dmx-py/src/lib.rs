@@ -37,6 +37,7 @@ fn _dmx(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_class::<reader::Reader>()?;
+    m.add_class::<ops::CompressArgs>()?;
     Ok(())
 }
 

@@ -10,21 +10,79 @@ use crate::errors::usage;
 use crate::run::Call;
 
 /// Serializes a report to the CLI's JSON.
-fn json<T: serde::Serialize>(value: &T) -> dmx::Result<String> {
+pub fn json<T: serde::Serialize>(value: &T) -> dmx::Result<String> {
     serde_json::to_string(value)
         .map_err(|e| dmx::Error::Internal(format!("cannot serialize the report: {e}")))
 }
 
-/// The engine's lossy options from the keyword arguments of `compress`.
-pub fn lossy_options(
+/// The keyword arguments shared by `compress` and `save_tensors` (the lossy options of
+/// `dmx.compress` and the run settings), checked by this one Python signature.
+#[pyclass(frozen, module = "dmx._dmx")]
+pub struct CompressArgs {
+    /// The lossy options, or the message of the invalid value (raised when the call runs).
+    lossy: Result<dmx::lossy::LossyOptions, String>,
+    threads: Option<usize>,
+    force: bool,
+    progress: Option<Py<PyAny>>,
+}
+
+#[pymethods]
+impl CompressArgs {
+    /// Collects the keyword arguments; names and types are checked here, values when the
+    /// call runs.
+    #[new]
+    #[pyo3(signature = (*, mode="lossless", mantissa_bits=None, group_size=None,
+        max_rel_error=None, keep_lossless=Vec::new(), cast=None, allow_cast_overflow=false,
+        threads=None, force=false, progress=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        mode: &str,
+        mantissa_bits: Option<u32>,
+        group_size: Option<u32>,
+        max_rel_error: Option<f64>,
+        keep_lossless: Vec<String>,
+        cast: Option<&str>,
+        allow_cast_overflow: bool,
+        threads: Option<usize>,
+        force: bool,
+        progress: Option<Py<PyAny>>,
+    ) -> Self {
+        let lossy = lossy_mode(mode, cast).map(|(mode, cast)| dmx::lossy::LossyOptions {
+            mode,
+            mantissa_bits,
+            group_size,
+            max_rel_error,
+            keep_lossless,
+            cast,
+            allow_cast_overflow,
+        });
+        CompressArgs {
+            lossy,
+            threads,
+            force,
+            progress,
+        }
+    }
+}
+
+impl CompressArgs {
+    /// The engine's lossy options.
+    pub fn lossy(&self) -> dmx::Result<dmx::lossy::LossyOptions> {
+        self.lossy.clone().map_err(usage)
+    }
+
+    /// The run settings (threads, force, progress callback).
+    pub fn call<'py>(&self, py: Python<'py>) -> Call<'py> {
+        let progress = self.progress.as_ref().map(|p| p.bind(py).clone());
+        Call::new(self.threads, self.force, progress)
+    }
+}
+
+/// The lossy mode and cast by name, or the message saying which name is invalid.
+fn lossy_mode(
     mode: &str,
-    mantissa_bits: Option<u32>,
-    group_size: Option<u32>,
-    max_rel_error: Option<f64>,
-    keep_lossless: Vec<String>,
     cast: Option<&str>,
-    allow_cast_overflow: bool,
-) -> dmx::Result<dmx::lossy::LossyOptions> {
+) -> Result<(dmx::lossy::Mode, Option<dmx::lossy::CastTo>), String> {
     use dmx::lossy::{CastTo, Mode};
     let mode = match mode {
         "lossless" => Mode::Lossless,
@@ -33,30 +91,18 @@ pub fn lossy_options(
         "int32" => Mode::Int32,
         "auto" => Mode::Auto,
         other => {
-            return Err(usage(format!(
+            return Err(format!(
                 "invalid mode {other:?}: expected one of 'lossless', 'bfp', 'int16', 'int32', 'auto'"
-            )));
+            ));
         }
     };
     let cast = match cast {
         None => None,
         Some("bf16") => Some(CastTo::Bf16),
         Some("f16") => Some(CastTo::F16),
-        Some(other) => {
-            return Err(usage(format!(
-                "invalid cast {other:?}: expected 'bf16' or 'f16'"
-            )));
-        }
+        Some(other) => return Err(format!("invalid cast {other:?}: expected 'bf16' or 'f16'")),
     };
-    Ok(dmx::lossy::LossyOptions {
-        mode,
-        mantissa_bits,
-        group_size,
-        max_rel_error,
-        keep_lossless,
-        cast,
-        allow_cast_overflow,
-    })
+    Ok((mode, cast))
 }
 
 /// A delta precision by name.
@@ -73,35 +119,15 @@ fn precision(name: &str) -> dmx::Result<dmx::Precision> {
 
 /// `dmx compress`: returns the report as JSON.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, mode="lossless", mantissa_bits=None, group_size=None,
-    max_rel_error=None, keep_lossless=Vec::new(), cast=None, allow_cast_overflow=false,
-    threads=None, force=false, progress=None))]
-#[allow(clippy::too_many_arguments)]
-pub fn compress<'py>(
-    py: Python<'py>,
+pub fn compress(
+    py: Python<'_>,
     src: PathBuf,
     dst: PathBuf,
-    mode: &str,
-    mantissa_bits: Option<u32>,
-    group_size: Option<u32>,
-    max_rel_error: Option<f64>,
-    keep_lossless: Vec<String>,
-    cast: Option<&str>,
-    allow_cast_overflow: bool,
-    threads: Option<usize>,
-    force: bool,
-    progress: Option<Bound<'py, PyAny>>,
+    args: &Bound<'_, CompressArgs>,
 ) -> PyResult<String> {
-    let lossy = lossy_options(
-        mode,
-        mantissa_bits,
-        group_size,
-        max_rel_error,
-        keep_lossless,
-        cast,
-        allow_cast_overflow,
-    );
-    Call::new(threads, force, progress).run(py, move |opts| {
+    let args = args.get();
+    let lossy = args.lossy();
+    args.call(py).run(py, move |opts| {
         json(&dmx::compress_with(&src, &dst, &lossy?, opts)?)
     })
 }
@@ -180,7 +206,7 @@ pub fn extract<'py>(
 
 /// `dmx delta-compress`: returns the report as JSON.
 #[pyfunction]
-#[pyo3(signature = (base, target, dst, *, precision="lossless", threads=None, force=false,
+#[pyo3(signature = (base, target, dst, *, precision="lossless".to_owned(), threads=None, force=false,
     progress=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn delta_compress<'py>(
@@ -188,15 +214,14 @@ pub fn delta_compress<'py>(
     base: PathBuf,
     target: PathBuf,
     dst: PathBuf,
-    precision: &str,
+    precision: String,
     threads: Option<usize>,
     force: bool,
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<String> {
-    let p = self::precision(precision);
     Call::new(threads, force, progress).run(py, move |opts| {
         let d = dmx::DeltaOptions {
-            precision: p?,
+            precision: self::precision(&precision)?,
             steps: None,
         };
         json(&dmx::delta_compress(&base, &target, &dst, &d, opts)?)
@@ -241,23 +266,22 @@ pub fn diff<'py>(
 
 /// `dmx chain-compress`: returns the report as JSON.
 #[pyfunction]
-#[pyo3(signature = (checkpoints, out_dir, *, precision="lossless",
+#[pyo3(signature = (checkpoints, out_dir, *, precision="lossless".to_owned(),
     max_depth=dmx::chain::DEFAULT_MAX_DEPTH, threads=None, force=false, progress=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn chain_compress<'py>(
     py: Python<'py>,
     checkpoints: Vec<PathBuf>,
     out_dir: PathBuf,
-    precision: &str,
+    precision: String,
     max_depth: usize,
     threads: Option<usize>,
     force: bool,
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<String> {
-    let p = self::precision(precision);
     Call::new(threads, force, progress).run(py, move |opts| {
         let c = dmx::ChainOptions {
-            precision: p?,
+            precision: self::precision(&precision)?,
             max_depth,
         };
         json(&dmx::chain_compress(&checkpoints, &out_dir, &c, opts)?)

@@ -7,45 +7,25 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 
 use crate::buffers::Bytes;
-use crate::ops::lossy_options;
-use crate::run::Call;
+use crate::ops::{CompressArgs, json};
 
 /// One tensor handed over by Python: name, safetensors dtype, shape, bytes.
 type TensorArg<'py> = (String, String, Vec<u64>, Bound<'py, PyAny>);
 
 /// Compresses `tensors` (`(name, dtype, shape, buffer)`, buffers C-contiguous) with
-/// `metadata` into the archive `dst`, exactly as `dmx compress` would compress the
+/// `metadata` into the archive `dst` with the options `args`, exactly as `dmx compress` would compress the
 /// safetensors file holding them; returns the report as JSON.
 #[pyfunction]
-#[pyo3(signature = (tensors, dst, metadata=None, *, mode="lossless", mantissa_bits=None,
-    group_size=None, max_rel_error=None, keep_lossless=Vec::new(), cast=None,
-    allow_cast_overflow=false, threads=None, force=false, progress=None))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (tensors, dst, metadata, args))]
 pub fn save_tensors<'py>(
     py: Python<'py>,
     tensors: Vec<TensorArg<'py>>,
     dst: PathBuf,
     metadata: Option<BTreeMap<String, String>>,
-    mode: &str,
-    mantissa_bits: Option<u32>,
-    group_size: Option<u32>,
-    max_rel_error: Option<f64>,
-    keep_lossless: Vec<String>,
-    cast: Option<&str>,
-    allow_cast_overflow: bool,
-    threads: Option<usize>,
-    force: bool,
-    progress: Option<Bound<'py, PyAny>>,
+    args: &Bound<'py, CompressArgs>,
 ) -> PyResult<String> {
-    let lossy = lossy_options(
-        mode,
-        mantissa_bits,
-        group_size,
-        max_rel_error,
-        keep_lossless,
-        cast,
-        allow_cast_overflow,
-    );
+    let args = args.get();
+    let lossy = args.lossy();
     let held = tensors
         .iter()
         .map(|(name, _, _, buf)| Bytes::get(buf, name, false))
@@ -62,7 +42,7 @@ pub fn save_tensors<'py>(
             )
         })
         .collect();
-    Call::new(threads, force, progress).run(py, move |opts| {
+    args.call(py).run(py, move |opts| {
         let lossy = lossy?;
         let data: Vec<dmx::TensorData<'_>> = views
             .iter()
@@ -73,8 +53,12 @@ pub fn save_tensors<'py>(
                 data,
             })
             .collect();
-        let report = dmx::compress_tensors(&data, metadata.as_ref(), &dst, &lossy, opts)?;
-        serde_json::to_string(&report)
-            .map_err(|e| dmx::Error::Internal(format!("cannot serialize the report: {e}")))
+        json(&dmx::compress_tensors(
+            &data,
+            metadata.as_ref(),
+            &dst,
+            &lossy,
+            opts,
+        )?)
     })
 }
