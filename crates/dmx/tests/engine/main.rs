@@ -7,7 +7,6 @@ mod delta;
 mod diff;
 mod fuzz_regressions;
 mod lossy;
-mod matrix;
 mod roundtrip;
 mod vectors;
 
