@@ -91,22 +91,29 @@ pub fn matrix(s: &Subject, plan: &Plan) -> Tally {
         s.check(&s.archive, "undamaged", Damage::Plain, true),
         Outcome::Identical
     );
+    let mut times = Vec::new();
+    let mut lap = |family: &'static str| {
+        times.push((family, format!("{:.1} s", start.elapsed().as_secs_f64())));
+    };
     flips(s, plan, &mut tally);
+    lap("flips");
     if plan.cuts > 0 {
         truncations(s, plan.cuts, &mut tally);
+        lap("cuts");
     }
     if !plan.payload.is_empty() {
         payloads(s, plan, &mut tally);
+        lap("payloads");
     }
     for &p in plan.index {
         index(s, p, &mut tally);
     }
+    lap("index");
     s.assert_clean();
     eprintln!(
-        "corruption {}: {}-byte archive, {:.1} s: {:?}",
+        "corruption {}: {}-byte archive, {times:?}: {:?}",
         s.name,
         s.archive.len(),
-        start.elapsed().as_secs_f64(),
         tally.outcomes
     );
     tally

@@ -403,7 +403,7 @@ fn packed_folder() {
         bytes: &[0xff],
         full_every: 13,
         bit_stride: 7,
-        cuts: 1,
+        cuts: 3,
         payload: &[0x01, 0xff],
         payload_stride: 6,
         index: &[0xff, 0x01],

@@ -193,18 +193,18 @@ pub fn multi_chunk() -> Subject {
     s
 }
 
-/// The plan of [`multi_chunk`]: every restore decodes 2 MiB, so fewer copies than
-/// [`super::damage::SAMPLED`]: every byte XOR 0xff (every reader on every 17th), bit flips
-/// at every 13th byte, every truncation, payload bytes behind valid checksums, index bytes
-/// behind a valid index checksum.
+/// The plan of [`multi_chunk`]: every restore decodes 2 MiB, so fewer full checks than
+/// [`super::damage::SAMPLED`]: every byte XOR 0xff (every reader on every 31st), bit flips
+/// at every 17th byte, every truncation, every 13th payload byte behind valid checksums,
+/// every index byte behind a valid index checksum.
 pub const MULTI_CHUNK: Plan = Plan {
     bytes: &[0xff],
-    full_every: 17,
-    bit_stride: 13,
+    full_every: 31,
+    bit_stride: 17,
     bits_framing: false,
     cuts: 1,
     payload: &[0x01, 0xff],
-    payload_stride: 7,
+    payload_stride: 13,
     index: &[0xff],
 };
 
