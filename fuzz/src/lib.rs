@@ -547,8 +547,9 @@ pub fn safetensors(data: &[u8]) {
         Err(e) => panic!("verify failed: {e}"),
     }
     for t in archive.tensors() {
-        let start = t.segment.offset as usize;
-        let want = &file[start..start + t.segment.len as usize];
+        // A packed tensor is a part of its segment (format 1.2).
+        let start = (t.segment.offset + t.offset) as usize;
+        let want = &file[start..start + t.len as usize];
         match archive.read_tensor(&t.info.name) {
             Ok(got) => assert!(got == want, "tensor {:?} differs", t.info.name),
             Err(e) => panic!("tensor {:?} does not read back: {e}", t.info.name),

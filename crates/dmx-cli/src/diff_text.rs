@@ -1,8 +1,7 @@
 //! The text form of `dmx diff`: the library computes the [`DiffReport`], this module lays it
 //! out for a terminal (tables, thousands separators, percentages).
 //!
-//! Self-contained (std and `dmx::diff` only): `crates/dmx/tests/diff.rs` includes it by path
-//! to check the text against the reports it builds.
+//! `crates/dmx-cli/tests/cli/diff_cli.rs` checks the text through `dmx diff`.
 
 use std::fmt::Write as _;
 

@@ -3,6 +3,8 @@
 //! small deterministic generator of tensor values, special float values included, and runners
 //! for the `dmx` binary.
 
+pub mod diff_pairs;
+
 use std::path::Path;
 
 use dmx_format::Trailer;

@@ -4,6 +4,7 @@ mod chain_cli;
 mod cli;
 mod crash;
 mod destinations;
+mod diff_cli;
 mod format12;
 mod hygiene;
 mod lossy_cli;

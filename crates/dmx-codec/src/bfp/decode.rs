@@ -78,6 +78,35 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
         return Err(CodecError::Corrupt("BFP payload tables truncated"));
     }
     pos += r.bytes_used();
+    let (words, heads) = read_lanes(payload, pos, count)?;
+    let dec = Dec {
+        g,
+        shape,
+        etab: &etab,
+        vtabs: &vtabs,
+        lo,
+        k: k as i32,
+    };
+    if b == 2 {
+        dec.run::<2>(&words, heads, out)
+    } else {
+        dec.run::<4>(&words, heads, out)
+    }
+}
+
+/// The per-lane state of a decoder: each lane's final encoder state and the range of its
+/// 16-bit words in the shared word buffer.
+type LaneHeads = [(u32, usize, usize); LANES];
+
+/// Reads the lane sizes at `pos` and splits the rest of the payload into the lanes (each
+/// lane is the final encoder state, then 16-bit words), checking that they tile the payload
+/// and that it is no larger than any encoding of `count` values. Returns the words of all
+/// lanes, with one padding word at the end, and each lane's state and word range.
+fn read_lanes(
+    payload: &[u8],
+    mut pos: usize,
+    count: usize,
+) -> Result<(Vec<u16>, LaneHeads), CodecError> {
     let mut sizes = [0usize; LANES];
     for s in &mut sizes {
         *s = usize::try_from(get_varint(payload, &mut pos)?)
@@ -104,7 +133,7 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     }
     // Each lane: the final encoder state, then 16-bit words; one padding word at the end.
     let mut words = Vec::with_capacity(body.len() / 2 + 1);
-    let mut heads = [(0u32, 0usize, 0usize); LANES];
+    let mut heads: LaneHeads = [(0, 0, 0); LANES];
     for (h, &(start, end)) in heads.iter_mut().zip(&lanes) {
         let lane = &body[start..end];
         if lane.len() < 4 || !lane.len().is_multiple_of(2) {
@@ -120,19 +149,7 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
         *h = (x, first, words.len());
     }
     words.push(0);
-    let dec = Dec {
-        g,
-        shape,
-        etab: &etab,
-        vtabs: &vtabs,
-        lo,
-        k: k as i32,
-    };
-    if b == 2 {
-        dec.run::<2>(&words, heads, out)
-    } else {
-        dec.run::<4>(&words, heads, out)
-    }
+    Ok((words, heads))
 }
 
 /// Decoder state shared by the lanes.

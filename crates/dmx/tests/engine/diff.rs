@@ -4,6 +4,7 @@ use dmx_testkit as common;
 
 use std::path::{Path, PathBuf};
 
+use common::diff_pairs::{self as pairs, sample};
 use common::{Layout, Mode, Tensor, plain, safetensors, scratch, write};
 use dmx::Options;
 use dmx::tensors::TensorFile;
@@ -15,22 +16,6 @@ fn opts() -> Options {
         no_sync: true,
         ..Options::default()
     }
-}
-
-fn sample() -> Vec<Tensor> {
-    vec![
-        Tensor::generated("model.embed.weight", "BF16", &[16, 8], Mode::Weights, 1),
-        Tensor::generated(
-            "model.layers.0.mlp.weight",
-            "F32",
-            &[8, 8],
-            Mode::Weights,
-            2,
-        ),
-        Tensor::generated("model.layers.0.ids", "I64", &[3], Mode::Weights, 3),
-        Tensor::generated("empty", "F16", &[0, 4], Mode::Weights, 4),
-        Tensor::generated("scalar", "F64", &[], Mode::Weights, 5),
-    ]
 }
 
 /// Writes `tensors` (with metadata) to `dir/name.safetensors` and compresses it to
@@ -185,45 +170,7 @@ fn tensor_file_detects_archive_damage() {
 
 use dmx::diff::{DiffReport, diff};
 
-/// The CLI's text form of the report, checked here against the reports these tests build.
-#[path = "../../../dmx-cli/src/diff_text.rs"]
-mod diff_text;
 use dmx::names::{Component, Role};
-
-fn f32s(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn f32_tensor(name: &str, shape: &[usize], values: &[f32]) -> Tensor {
-    Tensor::new(name, "F32", shape, f32s(values))
-}
-
-/// Every element of a float tensor times two (exact in every binary float format).
-fn doubled(t: &Tensor) -> Tensor {
-    let data = match t.dtype.as_str() {
-        "F32" => t
-            .data
-            .chunks_exact(4)
-            .flat_map(|c| (2.0 * f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes())
-            .collect(),
-        "BF16" => t
-            .data
-            .chunks_exact(2)
-            .flat_map(|c| {
-                let v = half::bf16::from_le_bytes(c.try_into().unwrap());
-                (v * half::bf16::from_f32(2.0)).to_le_bytes()
-            })
-            .collect(),
-        other => panic!("doubled: {other}"),
-    };
-    Tensor::new(&t.name, &t.dtype, &t.shape, data)
-}
-
-fn write_st(dir: &Path, name: &str, tensors: &[Tensor]) -> PathBuf {
-    let p = dir.join(format!("{name}.safetensors"));
-    write(&p, &plain(tensors));
-    p
-}
 
 fn json(report: &DiffReport) -> serde_json::Value {
     let mut v = serde_json::to_value(report).unwrap();
@@ -243,8 +190,7 @@ fn tensor<'a>(r: &'a DiffReport, name: &str) -> &'a dmx::diff::TensorDiff {
 fn diff_of_identical_files() {
     let dir = scratch();
     let tensors = sample();
-    let a = write_st(dir.path(), "a", &tensors);
-    let b = write_st(dir.path(), "b", &tensors);
+    let (a, b) = pairs::write(dir.path(), &(tensors.clone(), tensors.clone()));
     let r = diff(&a, &b, &opts()).unwrap();
     assert!(r.identical);
     assert_eq!(r.totals.compared, tensors.len());
@@ -270,37 +216,15 @@ fn diff_of_identical_files() {
     let names: Vec<&str> = r.tensors.iter().map(|t| t.name.as_str()).collect();
     let want: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, want);
-    let text = diff_text::render(&r, 5);
-    assert!(text.contains("identical: every tensor"), "{text}");
-    assert!(text.contains("5 compared (5 identical)"), "{text}");
     json(&r);
 }
 
 #[test]
 fn diff_of_a_scaled_tensor() {
     let dir = scratch();
-    let base = vec![
-        Tensor::generated(
-            "model.layers.0.attn.q_proj.weight",
-            "F32",
-            &[8, 8],
-            Mode::Weights,
-            1,
-        ),
-        Tensor::generated(
-            "model.layers.1.mlp.up_proj.weight",
-            "BF16",
-            &[4, 16],
-            Mode::Weights,
-            2,
-        ),
-        Tensor::generated("lm_head.weight", "F32", &[16, 4], Mode::Weights, 3),
-    ];
-    let mut tuned = base.clone();
-    tuned[0] = doubled(&base[0]);
-    tuned[1] = doubled(&base[1]);
-    let a = write_st(dir.path(), "a", &base);
-    let b = write_st(dir.path(), "b", &tuned);
+    let pair = pairs::scaled();
+    let (a, b) = pairs::write(dir.path(), &pair);
+    let base = pair.0;
     let r = diff(&a, &b, &opts()).unwrap();
     assert!(!r.identical);
     for name in [&base[0].name, &base[1].name] {
@@ -354,36 +278,13 @@ fn diff_of_a_scaled_tensor() {
     );
     let want = (na / (na + nh)).sqrt();
     assert!((r.totals.stats.relative_change.unwrap() - want).abs() < 1e-12);
-    let text = diff_text::render(&r, 2);
-    assert!(text.contains("top 2 of 3 float tensors"), "{text}");
-    assert!(text.contains("per layer"), "{text}");
-    assert!(!text.contains("lm_head.weight"), "{text}");
     json(&r);
 }
 
 #[test]
 fn diff_of_added_removed_and_reshaped_tensors() {
     let dir = scratch();
-    let a = write_st(
-        dir.path(),
-        "a",
-        &[
-            f32_tensor("kept", &[2], &[1.0, 2.0]),
-            f32_tensor("gone", &[1], &[1.0]),
-            f32_tensor("reshaped", &[2, 2], &[1.0; 4]),
-            f32_tensor("retyped", &[2], &[1.0; 2]),
-        ],
-    );
-    let b = write_st(
-        dir.path(),
-        "b",
-        &[
-            f32_tensor("new", &[1], &[3.0]),
-            f32_tensor("reshaped", &[4], &[1.0; 4]),
-            Tensor::new("retyped", "F64", &[2], vec![0; 16]),
-            f32_tensor("kept", &[2], &[1.0, 2.0]),
-        ],
-    );
+    let (a, b) = pairs::write(dir.path(), &pairs::added_removed_reshaped());
     let r = diff(&a, &b, &opts()).unwrap();
     assert!(!r.identical);
     assert_eq!(r.added, ["new"]);
@@ -413,10 +314,6 @@ fn diff_of_added_removed_and_reshaped_tensors() {
         ),
         (1, 1, 2)
     );
-    let text = diff_text::render(&r, 10);
-    assert!(text.contains("added (1): new"), "{text}");
-    assert!(text.contains("removed (1): gone"), "{text}");
-    assert!(text.contains("reshaped F32[2,2] -> F32[4]"), "{text}");
     let v = json(&r);
     assert_eq!(v["changed_shape_or_dtype"][1]["b_dtype"], "F64");
 }
@@ -424,29 +321,7 @@ fn diff_of_added_removed_and_reshaped_tensors() {
 #[test]
 fn diff_of_integer_and_bool_tensors() {
     let dir = scratch();
-    let ids: Vec<u8> = (0..10i64).flat_map(|v| v.to_le_bytes()).collect();
-    let mut ids2 = ids.clone();
-    ids2[3 * 8] = 99;
-    ids2[7 * 8 + 7] = 0x80;
-    let a = write_st(
-        dir.path(),
-        "a",
-        &[
-            Tensor::new("ids", "I64", &[10], ids),
-            Tensor::new("mask", "BOOL", &[4], vec![0, 1, 1, 0]),
-            Tensor::new("codes", "U8", &[2, 2], vec![1, 2, 3, 4]),
-        ],
-    );
-    let ids2t = Tensor::new("ids", "I64", &[10], ids2);
-    let b = write_st(
-        dir.path(),
-        "b",
-        &[
-            ids2t,
-            Tensor::new("mask", "BOOL", &[4], vec![1, 1, 1, 1]),
-            Tensor::new("codes", "U8", &[2, 2], vec![1, 2, 3, 4]),
-        ],
-    );
+    let (a, b) = pairs::write(dir.path(), &pairs::integer_and_bool());
     let r = diff(&a, &b, &opts()).unwrap();
     let ids = tensor(&r, "ids");
     assert_eq!((ids.changed, ids.params), (2, 10));
@@ -468,43 +343,12 @@ fn diff_of_integer_and_bool_tensors() {
     assert!(v["tensors"][0]["cosine"].is_null());
     assert!(v["totals"]["relative_change"].is_null());
     assert_eq!(v["totals"]["changed"], 4);
-    let text = diff_text::render(&r, 10);
-    assert!(
-        text.contains("non-float tensors changed (2): ids (I64, 20.00%)"),
-        "{text}"
-    );
-    assert!(!text.contains("float tensors by relative change"), "{text}");
 }
 
 #[test]
 fn diff_of_zero_and_special_tensors() {
     let dir = scratch();
-    let a = write_st(
-        dir.path(),
-        "a",
-        &[
-            f32_tensor("zero_zero", &[3], &[0.0; 3]),
-            f32_tensor("zero_some", &[3], &[0.0; 3]),
-            f32_tensor("some_zero", &[3], &[1.0, -2.0, 2.0]),
-            f32_tensor("signs", &[2], &[0.0, 1.0]),
-            f32_tensor("nan", &[3], &[f32::NAN, 1.0, f32::INFINITY]),
-            f32_tensor("empty", &[0], &[]),
-            f32_tensor("opposite", &[2], &[1.0, -1.0]),
-        ],
-    );
-    let b = write_st(
-        dir.path(),
-        "b",
-        &[
-            f32_tensor("zero_zero", &[3], &[0.0; 3]),
-            f32_tensor("zero_some", &[3], &[0.0, 0.5, 0.0]),
-            f32_tensor("some_zero", &[3], &[0.0; 3]),
-            f32_tensor("signs", &[2], &[-0.0, 1.0]),
-            f32_tensor("nan", &[3], &[f32::NAN, 2.0, 1.0]),
-            f32_tensor("empty", &[0], &[]),
-            f32_tensor("opposite", &[2], &[-1.0, 1.0]),
-        ],
-    );
+    let (a, b) = pairs::write(dir.path(), &pairs::zero_and_special());
     let r = diff(&a, &b, &opts()).unwrap();
     let t = tensor(&r, "zero_zero");
     assert_eq!((t.relative_change, t.cosine), (Some(0.0), Some(1.0)));
@@ -529,15 +373,6 @@ fn diff_of_zero_and_special_tensors() {
     let v = json(&r);
     assert!(v["tensors"][1]["relative_change"].is_null());
     assert_eq!(v["tensors"][1]["cosine"], 0.0);
-    let text = diff_text::render(&r, 3);
-    // The infinite change ranks first.
-    let top = text
-        .split("float tensors by relative change")
-        .nth(1)
-        .unwrap();
-    let first = top.lines().nth(2).unwrap();
-    assert!(first.trim_start().starts_with("zero_some"), "{text}");
-    assert!(first.contains("inf"), "{text}");
 }
 
 #[test]
@@ -602,44 +437,7 @@ fn diff_of_archives_matches_diff_of_safetensors() {
 #[test]
 fn diff_rolls_up_optimizer_state() {
     let dir = scratch();
-    let mut base = Vec::new();
-    for prefix in ["model.", "optim.exp_avg.", "optim.exp_avg_sq."] {
-        for l in 0..2 {
-            base.push(Tensor::generated(
-                &format!("{prefix}blocks.{l}.attn_qkv.weight"),
-                "F32",
-                &[4, 4],
-                Mode::Weights,
-                l,
-            ));
-            base.push(Tensor::generated(
-                &format!("{prefix}blocks.{l}.ln1.weight"),
-                "F32",
-                &[4],
-                Mode::Weights,
-                10 + l,
-            ));
-        }
-        base.push(Tensor::generated(
-            &format!("{prefix}wte.weight"),
-            "F32",
-            &[8, 4],
-            Mode::Weights,
-            20,
-        ));
-    }
-    let tuned: Vec<Tensor> = base
-        .iter()
-        .map(|t| {
-            if t.name.starts_with("optim.exp_avg_sq.") {
-                doubled(t)
-            } else {
-                t.clone()
-            }
-        })
-        .collect();
-    let a = write_st(dir.path(), "a", &base);
-    let b = write_st(dir.path(), "b", &tuned);
+    let (a, b) = pairs::write(dir.path(), &pairs::optimizer_state());
     let r = diff(&a, &b, &opts()).unwrap();
     let comps: Vec<(Component, usize, Option<f64>)> = r
         .components
@@ -683,41 +481,12 @@ fn diff_rolls_up_optimizer_state() {
     assert_eq!(v["components"][2]["component"], "exp_avg_sq");
     assert_eq!(v["roles"][0]["role"], "attention");
     assert_eq!(v["tensors"][0]["component"], "weights");
-    let text = diff_text::render(&r, 3);
-    assert!(text.contains("exp_avg_sq"), "{text}");
-    // One top list per component, the moved one ranked by its own changes.
-    assert!(
-        text.contains("top 3 of 5 float tensors by relative change (weights)"),
-        "{text}"
-    );
-    let sq = text.split("(exp_avg_sq)").nth(1).unwrap();
-    assert!(sq.lines().nth(2).unwrap().contains("1.000e0"), "{text}");
 }
 
 #[test]
 fn diff_reports_metadata_and_errors() {
     let dir = scratch();
-    let t = vec![f32_tensor("w", &[1], &[1.0])];
-    let a = dir.path().join("a.safetensors");
-    let b = dir.path().join("b.safetensors");
-    let meta = |pairs: &[(&str, &str)]| Layout {
-        metadata: pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Layout::default()
-    };
-    write(
-        &a,
-        &safetensors(&t, &meta(&[("step", "600"), ("same", "x")])),
-    );
-    write(
-        &b,
-        &safetensors(
-            &t,
-            &meta(&[("step", "750"), ("same", "x"), ("lr", "3e-05")]),
-        ),
-    );
+    let (a, b) = pairs::write_metadata_pair(dir.path());
     let r = diff(&a, &b, &opts()).unwrap();
     assert!(r.identical);
     let m: Vec<(&str, Option<&str>, Option<&str>)> = r
@@ -732,7 +501,6 @@ fn diff_reports_metadata_and_errors() {
             ("step", Some("600"), Some("750"))
         ]
     );
-    assert!(diff_text::render(&r, 5).contains("step: 600 -> 750"));
 
     let zero = Options {
         threads: Some(0),

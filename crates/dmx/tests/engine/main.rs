@@ -8,7 +8,6 @@ mod delta;
 mod diff;
 mod fuzz_regressions;
 mod lossy;
-mod matrix;
 mod memory;
 mod roundtrip;
 mod vectors;

@@ -1,0 +1,257 @@
+//! Round trips and refusals of the index encoding.
+
+use super::*;
+use crate::{FormatError, Limits};
+
+fn sample() -> Index {
+    Index {
+        root: Root::File,
+        entries: vec![Entry {
+            path: "dir/model.safetensors".into(),
+            kind: EntryKind::Safetensors,
+            size: 30,
+            sha256: [7; 32],
+            base: None,
+            packed: None,
+            segments: vec![
+                Segment {
+                    kind: SegmentKind::Bytes,
+                    transform: Transform::Identity,
+                    offset: 0,
+                    len: 10,
+                    blake3: [1; 32],
+                    entropy_bits: 3.5,
+                    chunks: vec![Chunk {
+                        offset: 16,
+                        stored_len: 10,
+                        raw_len: 10,
+                        codec: 0,
+                        xxh3: 9,
+                    }],
+                },
+                Segment {
+                    kind: SegmentKind::Tensor(TensorInfo {
+                        name: "w".into(),
+                        dtype: "BF16".into(),
+                        shape: vec![2, 5],
+                    }),
+                    transform: Transform::Identity,
+                    offset: 10,
+                    len: 20,
+                    blake3: [2; 32],
+                    entropy_bits: 100.0,
+                    chunks: vec![Chunk {
+                        offset: 26,
+                        stored_len: 12,
+                        raw_len: 20,
+                        codec: 2,
+                        xxh3: 1,
+                    }],
+                },
+            ],
+        }],
+    }
+}
+
+#[test]
+fn round_trip() {
+    let idx = sample();
+    let bytes = idx.to_bytes();
+    assert_eq!(
+        Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
+        idx
+    );
+}
+
+#[test]
+fn round_trip_of_lossy_and_delta_features() {
+    let mut idx = sample();
+    assert_eq!(idx.min_minor(), 0);
+    let lossy = Lossy {
+        mode: LossyMode::Int16,
+        mantissa_bits: 0,
+        group_size: 0,
+        step: 0.25,
+        error: ErrorStats {
+            max_abs: 0.1,
+            mean_abs: 0.05,
+            rel_l2: 0.01,
+            snr_db: f64::INFINITY,
+        },
+    };
+    idx.entries[0].kind = EntryKind::SafetensorsDelta;
+    idx.entries[0].base = Some(BaseRef {
+        sha256: [3; 32],
+        size: 99,
+        removed: vec!["gone".into()],
+    });
+    idx.entries[0].segments[1].transform = Transform::QuantDelta {
+        base: "w".into(),
+        lossy,
+        unchanged: 4,
+    };
+    assert_eq!(idx.min_minor(), 1);
+    let bytes = idx.to_bytes();
+    assert_eq!(
+        Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
+        idx
+    );
+    for cut in 0..bytes.len() {
+        assert!(Index::from_bytes(&bytes[..cut], 38, &Limits::default()).is_err());
+    }
+    idx.entries[0].segments[1].transform = Transform::Lossy(lossy);
+    let bytes = idx.to_bytes();
+    assert_eq!(
+        Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
+        idx
+    );
+    // A delta segment needs a base; a header segment takes no transform.
+    idx.entries[0].kind = EntryKind::Safetensors;
+    idx.entries[0].base = None;
+    idx.entries[0].segments[1].transform = Transform::Delta {
+        base: "w".into(),
+        unchanged: 0,
+    };
+    assert!(Index::from_bytes(&idx.to_bytes(), 38, &Limits::default()).is_err());
+    let mut idx = sample();
+    idx.entries[0].segments[0].transform = Transform::Lossy(lossy);
+    assert!(Index::from_bytes(&idx.to_bytes(), 38, &Limits::default()).is_err());
+}
+
+#[test]
+fn rejects_out_of_range_chunks() {
+    let bytes = sample().to_bytes();
+    assert!(matches!(
+        Index::from_bytes(&bytes, 37, &Limits::default()),
+        Err(FormatError::OutOfRange(_))
+    ));
+}
+
+/// Format 1.2: a packed tensor segment and a pack followed by the files it holds.
+fn packed_sample() -> Index {
+    let mut idx = sample();
+    idx.root = Root::Directory;
+    let seg = &mut idx.entries[0].segments[1];
+    seg.kind = SegmentKind::Packed(vec![
+        PackedTensor {
+            info: TensorInfo {
+                name: "a".into(),
+                dtype: "F32".into(),
+                shape: vec![3],
+            },
+            len: 12,
+        },
+        PackedTensor {
+            info: TensorInfo {
+                name: "b".into(),
+                dtype: "U8".into(),
+                shape: vec![2, 4],
+            },
+            len: 8,
+        },
+    ]);
+    let mut pack = idx.entries[0].clone();
+    pack.path = String::new();
+    pack.kind = EntryKind::Pack;
+    pack.segments.truncate(1);
+    pack.size = 10;
+    let file = |path: &str, size: u64, at: u64| Entry {
+        path: path.into(),
+        kind: EntryKind::Packed,
+        size,
+        sha256: [0; 32],
+        base: None,
+        segments: vec![],
+        packed: Some(at),
+    };
+    idx.entries.splice(
+        0..0,
+        [pack, file("x:1", 4, 0), file("y\\z", 0, 4), file("w", 6, 4)],
+    );
+    idx
+}
+
+#[test]
+fn round_trip_of_packs_and_packed_tensors() {
+    let idx = packed_sample();
+    assert_eq!(idx.min_minor(), 2);
+    let bytes = idx.to_bytes();
+    assert_eq!(
+        Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
+        idx
+    );
+    for cut in 0..bytes.len() {
+        assert!(Index::from_bytes(&bytes[..cut], 38, &Limits::default()).is_err());
+    }
+    let tensors = idx.entries[4].segments[1].kind.tensors(20);
+    assert_eq!(
+        tensors.iter().map(|t| (t.1, t.2)).collect::<Vec<_>>(),
+        [(0, 12), (12, 8)]
+    );
+    // Files that do not tile their pack, a pack in a single-file archive, member sizes
+    // that do not add up, a pack with a path: all refused.
+    let mut bad = packed_sample();
+    bad.entries[1].size = 5;
+    assert!(Index::from_bytes(&bad.to_bytes(), 38, &Limits::default()).is_err());
+    let mut bad = packed_sample();
+    bad.entries.remove(3);
+    assert!(Index::from_bytes(&bad.to_bytes(), 38, &Limits::default()).is_err());
+    let mut bad = packed_sample();
+    bad.entries.remove(0);
+    assert!(Index::from_bytes(&bad.to_bytes(), 38, &Limits::default()).is_err());
+    let mut bad = packed_sample();
+    bad.entries[0].path = "p".into();
+    assert!(Index::from_bytes(&bad.to_bytes(), 38, &Limits::default()).is_err());
+    let mut bad = packed_sample();
+    if let SegmentKind::Packed(m) = &mut bad.entries[4].segments[1].kind {
+        m[1].len = 9;
+    }
+    assert!(Index::from_bytes(&bad.to_bytes(), 38, &Limits::default()).is_err());
+    let mut bad = sample();
+    bad.entries.insert(0, packed_sample().entries[0].clone());
+    bad.entries[1].path = "other".into();
+    assert!(Index::from_bytes(&bad.to_bytes(), 38, &Limits::default()).is_err());
+}
+
+#[test]
+fn names_with_colons_and_backslashes_are_stored() {
+    for p in [
+        "ckpt-2024-01-01T12:00:00.safetensors",
+        "a\\b",
+        "c:x",
+        "dir/a:b",
+    ] {
+        let mut idx = sample();
+        idx.entries[0].path = p.into();
+        let parsed = Index::from_bytes(&idx.to_bytes(), 38, &Limits::default());
+        assert_eq!(parsed.is_ok(), !cfg!(windows), "{p}");
+    }
+}
+
+#[test]
+fn rejects_bad_paths() {
+    for p in ["", "/abs", "a/../b", "a//b", "./a", "a/", "a\0b", ".."] {
+        let mut idx = sample();
+        idx.entries[0].path = p.into();
+        assert!(
+            Index::from_bytes(&idx.to_bytes(), 38, &Limits::default()).is_err(),
+            "{p}"
+        );
+    }
+}
+
+#[test]
+fn every_truncation_errors() {
+    let bytes = sample().to_bytes();
+    for cut in 0..bytes.len() {
+        assert!(Index::from_bytes(&bytes[..cut], 38, &Limits::default()).is_err());
+    }
+}
+
+#[test]
+fn huge_counts_do_not_allocate() {
+    let mut bytes = vec![1u8];
+    bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+    bytes.extend_from_slice(&[0; 64]);
+    assert!(Index::from_bytes(&bytes, 38, &Limits::default()).is_err());
+}
