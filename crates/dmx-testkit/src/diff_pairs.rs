@@ -1,5 +1,5 @@
 //! Checkpoint pairs for `dmx diff`: the engine tests check the report of each field by
-//! field, the CLI tests its text. Each function returns the tensors of A and of B; [`write`]
+//! field, the CLI tests its text. Each function returns the tensors of A and of B; [`write()`]
 //! stores a pair as `a.safetensors` and `b.safetensors`.
 
 use std::path::{Path, PathBuf};
