@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._lazy import require
+
 #: Bytes per element of each safetensors dtype dmx reads and writes.
 ITEMSIZE = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E4M3FNUZ": 1,
@@ -14,8 +16,7 @@ ITEMSIZE = {
 
 def torch_types() -> dict[str, Any]:
     """Safetensors dtype name -> torch dtype, for the dtypes this torch has."""
-    import torch
-
+    torch = require("torch", "reading or writing torch tensors")
     names = {
         "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16",
         "I32": "int32", "U32": "uint32", "I64": "int64", "U64": "uint64", "F16": "float16",
@@ -29,8 +30,7 @@ def torch_types() -> dict[str, Any]:
 
 def numpy_types() -> dict[str, Any]:
     """Safetensors dtype name -> numpy dtype (numpy has no bfloat16 or float8)."""
-    import numpy as np
-
+    np = require("numpy", "reading or writing numpy arrays")
     return {
         "BOOL": np.dtype(np.bool_), "U8": np.dtype(np.uint8), "I8": np.dtype(np.int8),
         "I16": np.dtype(np.int16), "U16": np.dtype(np.uint16), "I32": np.dtype(np.int32),

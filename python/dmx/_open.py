@@ -7,6 +7,7 @@ from typing import Any
 
 from . import _dmx
 from ._dtypes import numpy_types, torch_types
+from ._lazy import require
 from ._errors import UsageError
 
 _FRAMEWORKS = {"pt": "pt", "torch": "pt", "pytorch": "pt", "np": "np", "numpy": "np"}
@@ -15,12 +16,10 @@ _FRAMEWORKS = {"pt": "pt", "torch": "pt", "pytorch": "pt", "np": "np", "numpy": 
 def _empty(framework: str, nbytes: int) -> tuple[Any, Any]:
     """A fresh byte array of ``nbytes`` for ``framework`` and a writable buffer over it."""
     if framework == "pt":
-        import torch
-
+        torch = require("torch", 'safe_open(..., framework="pt")')
         t = torch.empty(nbytes, dtype=torch.uint8)
         return t, t.numpy()
-    import numpy as np
-
+    np = require("numpy", 'safe_open(..., framework="np")')
     a = np.empty(nbytes, dtype=np.uint8)
     return a, a
 
@@ -101,8 +100,7 @@ class _Slice:
         if self._h._framework == "pt":
             part = part.contiguous()
         else:
-            import numpy as np
-
+            np = require("numpy", 'safe_open(..., framework="np")')
             if isinstance(part, np.ndarray) and not part.flags.c_contiguous:
                 part = part.copy(order="C")
         return _to_device(self._h._framework, part, self._h._device)

@@ -5,19 +5,28 @@ numpy has no bfloat16 or float8 types: archives holding those load with ``dmx.to
 from __future__ import annotations
 
 import os
-from typing import Unpack
-
-import numpy as np
+from functools import cache
+from typing import TYPE_CHECKING, Any, Unpack
 
 from . import _dmx
 from ._dtypes import numpy_types
+from ._lazy import LazyModule
 from ._errors import UsageError, check_metadata
 from ._options import CompressOptions, Progress, native
 from ._reports import CompressReport
 
 __all__ = ["save_file", "load_file"]
 
-_NAMES = {v: k for k, v in numpy_types().items()}
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = LazyModule("numpy", "dmx.numpy", "numpy")
+
+
+@cache
+def _names() -> dict[Any, str]:
+    """numpy dtype -> safetensors dtype name (imports numpy on first use)."""
+    return {v: k for k, v in numpy_types().items()}
 
 
 def save_file(
@@ -40,12 +49,12 @@ def save_file(
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
         dt = a.dtype
-        if dt not in _NAMES:
+        if dt not in _names():
             raise UsageError(f"{name!r} has dtype {a.dtype}, which safetensors cannot store")
         shape = list(a.shape)
         if not a.flags.c_contiguous:
             a = a.copy(order="C")
-        prepared.append((name, _NAMES[dt], shape, a.reshape(-1).view(np.uint8)))
+        prepared.append((name, _names()[dt], shape, a.reshape(-1).view(np.uint8)))
     return CompressReport._from_json(
         _dmx.save_tensors(prepared, filename, check_metadata(metadata), args)
     )

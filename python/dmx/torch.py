@@ -10,19 +10,28 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any, Unpack
-
-import torch
+from functools import cache
+from typing import TYPE_CHECKING, Any, Unpack
 
 from . import _dmx
 from ._dtypes import torch_types
+from ._lazy import LazyModule
 from ._errors import UsageError, check_metadata
 from ._options import CompressOptions, Progress, native
 from ._reports import CompressReport
 
 __all__ = ["save_file", "load_file", "save_model", "load_model"]
 
-_NAMES = {v: k for k, v in torch_types().items()}
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch", "dmx.torch", "torch")
+
+
+@cache
+def _names() -> dict[Any, str]:
+    """torch dtype -> safetensors dtype name (imports torch on first use)."""
+    return {v: k for k, v in torch_types().items()}
 
 
 def _bytes_of(name: str, t: torch.Tensor) -> Any:
@@ -55,11 +64,11 @@ def _prepare(tensors: dict[str, torch.Tensor]) -> list[tuple[str, str, list[int]
                 f"{name!r} is not contiguous; call .contiguous() on it (or use save_model("
                 f"..., force_contiguous=True)) before saving"
             )
-        if t.dtype not in _NAMES:
+        if t.dtype not in _names():
             raise UsageError(f"{name!r} has dtype {t.dtype}, which safetensors cannot store")
         if t.device.type != "cpu":
             t = t.to("cpu")
-        out.append((name, _NAMES[t.dtype], list(t.shape), _bytes_of(name, t)))
+        out.append((name, _names()[t.dtype], list(t.shape), _bytes_of(name, t)))
     return out
 
 

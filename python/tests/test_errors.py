@@ -110,3 +110,35 @@ def test_save_file_validation(tmp_path):
         dmx.torch.save_file([torch.zeros(1)], tmp_path / "x.dmx")  # type: ignore[arg-type]
     with pytest.raises(dmx.UsageError):
         dmx.torch.save_file({"a": torch.zeros(2).to_sparse()}, tmp_path / "x.dmx")
+
+
+def test_frameworks_are_optional_and_missing_ones_say_what_to_install(tmp_path):
+    """``import dmx.torch`` / ``dmx.numpy`` work without torch or numpy; using them raises an
+    ImportError naming the package to install (checked in a child interpreter where both
+    imports fail)."""
+    import subprocess
+    import sys
+
+    archive = tmp_path / "m.dmx"
+    dmx.torch.save_file(model_tensors(), archive)
+    code = f"""
+import sys
+sys.modules["torch"] = None
+sys.modules["numpy"] = None
+import dmx, dmx.torch, dmx.numpy
+for call, wanted in [
+    (lambda: dmx.torch.load_file({str(archive)!r}), "pip install torch"),
+    (lambda: dmx.numpy.load_file({str(archive)!r}), "pip install numpy"),
+]:
+    try:
+        call()
+    except ImportError as e:
+        assert wanted in str(e), e
+    else:
+        raise SystemExit("no ImportError")
+with dmx.safe_open({str(archive)!r}, framework="np") as f:
+    assert len(list(f.keys())) > 0
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
