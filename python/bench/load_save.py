@@ -49,6 +49,10 @@ for _ in range(reps):
         r = dmx.torch.load_file(archive, threads=threads)
     elif case == "st_load":
         r = safetensors.torch.load_file(model)
+    elif case == "st_load_read":  # the same, then every byte read once (the mapping paged in)
+        r = safetensors.torch.load_file(model)
+        for t in r.values():
+            t.reshape(-1).view(torch.uint8).max() if t.numel() else None
     elif case == "zipnn_load":
         from zipnn import ZipNN
         with open(znn, "rb") as f:
@@ -100,7 +104,7 @@ def main() -> None:
         os.makedirs(os.path.dirname(paths["out"]))
         subprocess.run([args.dmx, "compress", args.model, paths["archive"], "-q"], check=True)
         env = dict(os.environ, ZDTYPE=args.zipnn_dtype)
-        cases = ["dmx_load", "cli_load", "st_load", "dmx_save", "cli_save"]
+        cases = ["dmx_load", "cli_load", "st_load", "st_load_read", "dmx_save", "cli_save"]
         try:
             from zipnn import ZipNN
 
@@ -123,6 +127,7 @@ def main() -> None:
         "dmx_load": "`dmx.torch.load_file` (archive)",
         "cli_load": "`dmx decompress ARCHIVE -` (CLI)",
         "st_load": "`safetensors.torch.load_file` (uncompressed)",
+        "st_load_read": "`safetensors.torch.load_file`, then every byte read (uncompressed)",
         "zipnn_load": "ZipNN 0.5.4 decompress + `safetensors.torch.load`",
         "dmx_save": "`dmx.torch.save_file` (state dict)",
         "cli_save": "`dmx compress` (CLI, file)",
