@@ -17,6 +17,7 @@ def _empty(framework: str, nbytes: int) -> tuple[Any, Any]:
     """A fresh byte array of ``nbytes`` for ``framework`` and a writable buffer over it."""
     if framework == "pt":
         torch = require("torch", 'safe_open(..., framework="pt")')
+        require("numpy", 'safe_open(..., framework="pt") (tensor memory is handed over through numpy)')
         t = torch.empty(nbytes, dtype=torch.uint8)
         return t, t.numpy()
     np = require("numpy", 'safe_open(..., framework="np")')

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 from . import _dmx
 from ._dtypes import torch_types
-from ._lazy import LazyModule
+from ._lazy import LazyModule, require
 from ._errors import UsageError, check_metadata
 from ._options import CompressOptions, Progress, native
 from ._reports import CompressReport
@@ -28,6 +28,12 @@ else:
     torch = LazyModule("torch", "dmx.torch", "torch")
 
 
+def _numpy_bridge() -> None:
+    """torch hands tensor memory to dmx through ``Tensor.numpy()``, which needs numpy (torch
+    does not depend on it): a clear ImportError instead of torch's RuntimeError."""
+    require("numpy", "dmx.torch (tensor memory is handed over through numpy)")
+
+
 @cache
 def _names() -> dict[Any, str]:
     """torch dtype -> safetensors dtype name (imports torch on first use)."""
@@ -36,6 +42,7 @@ def _names() -> dict[Any, str]:
 
 def _bytes_of(name: str, t: torch.Tensor) -> Any:
     """A read-only view of the bytes of ``t`` (a CPU, contiguous tensor), without a copy."""
+    _numpy_bridge()
     flat = t.detach().reshape(-1)
     if flat.dtype != torch.uint8:
         flat = flat.view(torch.uint8)
@@ -102,8 +109,9 @@ def load_file(
     decoded straight into its own freshly allocated, writable tensor; then moved to
     ``device``. Checksums are checked. For the archive of a model folder, ``file`` names
     the safetensors file to load."""
-    reader = _dmx.Reader(filename, file)
     types = torch_types()
+    _numpy_bridge()
+    reader = _dmx.Reader(filename, file)
     names, bufs, out = [], [], {}
     for name, dtype, shape, nbytes in reader.tensors():
         if dtype not in types:

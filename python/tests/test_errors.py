@@ -142,3 +142,32 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_torch_without_numpy_says_to_install_numpy(tmp_path):
+    """torch does not depend on numpy, but dmx.torch hands memory over through it: without
+    numpy, load_file and save_file raise an ImportError naming numpy (not torch's
+    RuntimeError)."""
+    import subprocess
+    import sys
+
+    archive = tmp_path / "m.dmx"
+    dmx.torch.save_file(model_tensors(), archive)
+    code = f"""
+import sys
+sys.modules["numpy"] = None
+import torch, dmx.torch
+for call in [
+    lambda: dmx.torch.load_file({str(archive)!r}),
+    lambda: dmx.torch.save_file({{"w": torch.zeros(3)}}, {str(tmp_path / "o.dmx")!r}),
+]:
+    try:
+        call()
+    except ImportError as e:
+        assert "pip install numpy" in str(e), e
+    else:
+        raise SystemExit("no ImportError")
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
