@@ -285,7 +285,7 @@ pub fn delta_compress(
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
     out.write_all(&dmx_format::preamble_minor(1))?;
     let mut entry =
-        pool.install(|| encode_entry(&plan, &bytes, &codings, &bases, &mut out, progress))?;
+        pool.install(|| encode_entry(&plan, &bytes, &codings, &bases, &mut out, opts))?;
     entry.kind = EntryKind::SafetensorsDelta;
     entry.base = Some(BaseRef {
         sha256: base.sha256,

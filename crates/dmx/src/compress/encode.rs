@@ -8,7 +8,6 @@ use rayon::prelude::*;
 use sha2::Digest;
 
 use super::source::Source;
-use crate::Progress;
 use crate::error::{Error, Result};
 use crate::io::AtomicFile;
 use crate::io::Bytes;
@@ -193,14 +192,15 @@ pub(crate) struct BaseTensor<'a> {
 }
 
 /// Encodes the planned `file` (its bytes in `bytes`) with one coding per segment, streaming
-/// payloads to `out`; returns its index entry (kind from the plan, no base).
+/// payloads to `out`; returns its index entry (kind from the plan, no base). Progress goes to
+/// `opts.progress`; `opts.cancel` is checked between windows of chunks.
 pub(crate) fn encode_entry(
     file: &PlannedFile,
     bytes: &Bytes,
     codings: &[Coding],
     bases: &[Option<BaseTensor<'_>>],
     out: &mut AtomicFile,
-    progress: Option<&dyn Progress>,
+    opts: &crate::Options,
 ) -> Result<Entry> {
     let plan = EntryPlan {
         file,
@@ -209,7 +209,7 @@ pub(crate) fn encode_entry(
         bases,
         allowances: None,
     };
-    encode_entry_budgeted(&plan, out, progress, None)
+    encode_entry_budgeted(&plan, out, opts)
 }
 
 /// What [`encode_entry_budgeted`] encodes: a planned file, its bytes, one coding and base
@@ -235,13 +235,14 @@ struct ChunkAt {
     range: std::ops::Range<u64>,
 }
 
-/// Encodes `plan` as [`encode_entry`] does, checking `cancel` between windows.
+/// Encodes `plan` as [`encode_entry`] does (progress to `opts.progress`, `opts.cancel`
+/// checked between windows).
 pub(crate) fn encode_entry_budgeted(
     plan: &EntryPlan<'_, '_>,
     out: &mut AtomicFile,
-    progress: Option<&dyn Progress>,
-    cancel: Option<&crate::Options>,
+    opts: &crate::Options,
 ) -> Result<Entry> {
+    let progress = opts.progress.as_deref();
     let file = plan.file;
     let any_lossy = plan.codings.iter().any(|c| !c.is_lossless());
     // Cut every segment into chunks, in file order.
@@ -254,9 +255,7 @@ pub(crate) fn encode_entry_budgeted(
     let mut state = EntryState::new(file, plan.codings);
     let lens: Vec<u64> = chunks.iter().map(|c| c.range.end - c.range.start).collect();
     for range in windows(&lens) {
-        if let Some(o) = cancel {
-            o.check_cancel()?;
-        }
+        opts.check_cancel()?;
         let window = &chunks[range];
         // Chunks that span pieces of the source (packed segments) are copied together.
         let data = window

@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use dmx_format::{Entry, Index};
 
+use crate::Options;
 use crate::error::{Error, Result};
 use crate::io::AtomicFile;
 use crate::io::Bytes;
 use crate::lossy::{Coding, LossyOptions, Mode};
 use crate::plan::{PlannedFile, plan_input};
-use crate::{Options, Progress};
 
 use auto::auto_codings;
 pub(crate) use encode::{BaseTensor, encode_entry};
@@ -87,7 +87,6 @@ pub fn compress_with(
     let mut warnings = plan_warnings(&files, lossy)?;
     let total: u64 = files.iter().map(|f| f.size).sum();
     let (packing, flags, mut out) = start_archive(&mut files, total, lossy, output, opts)?;
-    let progress = opts.progress.as_deref();
     let pool = opts.pool_for(total)?;
     let mut entries = Vec::with_capacity(files.len());
     let mut i = 0;
@@ -107,7 +106,7 @@ pub fn compress_with(
             }
             opts.check_cancel()?;
             let packed =
-                pool.install(|| compress_pack(input, &files[i..i + run], &mut out, progress))?;
+                pool.install(|| compress_pack(input, &files[i..i + run], &mut out, opts))?;
             entries.extend(packed);
             i += run;
             continue;
@@ -237,7 +236,7 @@ fn compress_pack(
     dir: &Path,
     members: &[PlannedFile],
     out: &mut AtomicFile,
-    progress: Option<&dyn Progress>,
+    opts: &Options,
 ) -> Result<Vec<Entry>> {
     let mut data = Vec::with_capacity(members.iter().map(|f| f.size as usize).sum());
     let mut entries = Vec::with_capacity(members.len() + 1);
@@ -263,7 +262,7 @@ fn compress_pack(
     let plan = crate::plan::pack_plan(dir, data.len() as u64);
     let digest = crate::archive::pack_digest(members.iter().map(|f| f.size), &data);
     let bytes = Bytes::Owned(data);
-    let mut pack = encode_entry(&plan, &bytes, &[Coding::Lossless], &[None], out, progress)?;
+    let mut pack = encode_entry(&plan, &bytes, &[Coding::Lossless], &[None], out, opts)?;
     pack.sha256 = digest;
     entries.insert(0, pack);
     Ok(entries)
@@ -319,5 +318,5 @@ fn encode_planned(
         bases: &bases,
         allowances: allowances.as_deref(),
     };
-    encode_entry_budgeted(&plan, out, opts.progress.as_deref(), Some(opts))
+    encode_entry_budgeted(&plan, out, opts)
 }
