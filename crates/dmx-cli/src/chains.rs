@@ -1,6 +1,6 @@
 //! Human output of the chain commands.
 
-use dmx::chain::{ChainEntryKind, ComponentSize, precision_str};
+use dmx::chain::{ChainEntryKind, ComponentSize};
 use dmx::{ChainInfo, ChainReport, ChainVerifyReport, ReconstructReport};
 
 /// A size in B, kB, MB or GB (decimal units, as `ls -h --si`).
@@ -74,7 +74,7 @@ pub fn append_summary(r: &ChainReport) {
         r.appended.len(),
         if r.appended.len() == 1 { "y" } else { "ies" },
         r.entries,
-        precision_str(r.precision),
+        r.precision.name(),
         r.max_depth,
         mb(r.original_bytes),
         mb(r.stored_bytes),
@@ -118,7 +118,7 @@ pub fn info(i: &ChainInfo) {
     println!("chain:      {}", shown(&i.dir));
     println!(
         "precision:  {}{}",
-        precision_str(i.precision),
+        i.precision.name(),
         if i.precision == dmx::Precision::Lossless {
             " (every entry restores byte for byte)"
         } else {
@@ -263,7 +263,7 @@ pub fn verify(r: &ChainVerifyReport) {
             shown(&r.dir),
             r.entries.len(),
             if r.entries.len() == 1 { "y" } else { "ies" },
-            precision_str(r.precision),
+            r.precision.name(),
             r.seconds
         );
     } else {

@@ -84,37 +84,37 @@ fn lossy_mode(
     cast: Option<&str>,
 ) -> Result<(dmx::lossy::Mode, Option<dmx::lossy::CastTo>), String> {
     use dmx::lossy::{CastTo, Mode};
-    let mode = match mode {
-        "lossless" => Mode::Lossless,
-        "bfp" => Mode::Bfp,
-        "int16" => Mode::Int16,
-        "int32" => Mode::Int32,
-        "auto" => Mode::Auto,
-        other => {
-            return Err(format!(
-                "invalid mode {other:?}: expected one of 'lossless', 'bfp', 'int16', 'int32', 'auto'"
-            ));
-        }
-    };
+    let mode = Mode::from_name(mode).ok_or_else(|| {
+        format!(
+            "invalid mode {mode:?}: expected one of {}",
+            quoted(Mode::ALL.map(Mode::name))
+        )
+    })?;
     let cast = match cast {
         None => None,
-        Some("bf16") => Some(CastTo::Bf16),
-        Some("f16") => Some(CastTo::F16),
-        Some(other) => return Err(format!("invalid cast {other:?}: expected 'bf16' or 'f16'")),
+        Some(c) => Some(CastTo::from_name(c).ok_or_else(|| {
+            format!(
+                "invalid cast {c:?}: expected {}",
+                quoted(CastTo::ALL.map(CastTo::name)).replace(", ", " or ")
+            )
+        })?),
     };
     Ok((mode, cast))
 }
 
+/// `['a', 'b']` → `'a', 'b'`: names as Python writes string literals.
+fn quoted<const N: usize>(names: [&str; N]) -> String {
+    names.map(|n| format!("'{n}'")).join(", ")
+}
+
 /// A delta precision by name.
 fn precision(name: &str) -> dmx::Result<dmx::Precision> {
-    match name {
-        "lossless" => Ok(dmx::Precision::Lossless),
-        "int16" => Ok(dmx::Precision::Int16),
-        "int32" => Ok(dmx::Precision::Int32),
-        other => Err(usage(format!(
-            "invalid precision {other:?}: expected one of 'lossless', 'int16', 'int32'"
-        ))),
-    }
+    dmx::Precision::from_name(name).ok_or_else(|| {
+        usage(format!(
+            "invalid precision {name:?}: expected one of {}",
+            quoted(dmx::Precision::ALL.map(dmx::Precision::name))
+        ))
+    })
 }
 
 /// `dmx compress`: returns the report as JSON.

@@ -41,6 +41,23 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// Every precision, in the order its names are listed.
+    pub const ALL: [Precision; 3] = [Precision::Lossless, Precision::Int16, Precision::Int32];
+
+    /// The name the CLI, the Python package and chain manifests spell it with (`"int16"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Lossless => "lossless",
+            Precision::Int16 => "int16",
+            Precision::Int32 => "int32",
+        }
+    }
+
+    /// The precision named `name` ([`Precision::name`]), if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     /// Grid width of the quantized precisions.
     pub fn bits(self) -> Option<u32> {
         match self {

@@ -105,8 +105,7 @@ mod precision_serde {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
         let s = String::deserialize(d)?;
-        super::parse_precision(&s)
-            .ok_or_else(|| D::Error::custom(format!("unknown precision {s:?}")))
+        Precision::from_name(&s).ok_or_else(|| D::Error::custom(format!("unknown precision {s:?}")))
     }
 }
 
@@ -145,24 +144,6 @@ mod steps_serde {
                 Step::Number(x) => Ok((k, x)),
             })
             .collect()
-    }
-}
-
-pub(super) fn parse_precision(s: &str) -> Option<Precision> {
-    match s {
-        "lossless" => Some(Precision::Lossless),
-        "int16" => Some(Precision::Int16),
-        "int32" => Some(Precision::Int32),
-        _ => None,
-    }
-}
-
-/// The name of a precision as the manifest and the CLI spell it.
-pub fn precision_str(p: Precision) -> &'static str {
-    match p {
-        Precision::Lossless => "lossless",
-        Precision::Int16 => "int16",
-        Precision::Int32 => "int32",
     }
 }
 

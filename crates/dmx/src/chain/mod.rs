@@ -33,9 +33,7 @@ use crate::delta::Precision;
 pub use append::chain_append;
 pub use compress::chain_compress;
 pub use info::{ChainInfo, ChainTotals, ComponentSize, EntryInfo, chain_info};
-pub use manifest::{
-    ChainEntry, ChainEntryKind, ChainManifest, is_chain_dir, precision_str, read_manifest,
-};
+pub use manifest::{ChainEntry, ChainEntryKind, ChainManifest, is_chain_dir, read_manifest};
 pub use orphans::{ORPHANS, find_orphans};
 pub use restore::{
     ChainVerifyReport, ReconstructReport, ReconstructedEntry, VerifiedEntry, chain_reconstruct,

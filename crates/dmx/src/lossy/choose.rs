@@ -58,7 +58,7 @@ pub(crate) fn fixed_codings(
                                  would become infinite; stored exactly (lossless) instead \
                                  (--allow-cast-overflow casts it anyway)",
                                 t.name,
-                                cast_name(c)
+                                c.name()
                             ));
                             Coding::Lossless
                         } else {
@@ -67,7 +67,7 @@ pub(crate) fn fixed_codings(
                                     "tensor {:?}: {over} finite value(s) beyond the range of \
                                      {} became infinite (--allow-cast-overflow)",
                                     t.name,
-                                    cast_name(c)
+                                    c.name()
                                 ));
                             }
                             Coding::Cast(to)
@@ -89,13 +89,6 @@ pub(crate) fn fixed_codings(
             }
         })
         .collect())
-}
-
-pub(crate) fn cast_name(c: CastTo) -> &'static str {
-    match c {
-        CastTo::Bf16 => "bf16",
-        CastTo::F16 => "f16",
-    }
 }
 
 /// Checks lossy settings against the planned input: refuses `--mantissa-bits` that no float
@@ -147,7 +140,7 @@ pub(crate) fn plan_warnings(files: &[PlannedFile], opts: &LossyOptions) -> Resul
     {
         warnings.push(format!(
             "--cast {}: the input has no F32 tensor; nothing was cast",
-            cast_name(c)
+            c.name()
         ));
     }
     if opts.mode == Mode::Bfp

@@ -43,6 +43,33 @@ pub enum Mode {
     Auto,
 }
 
+impl Mode {
+    /// Every mode, in the order its names are listed.
+    pub const ALL: [Mode; 5] = [
+        Mode::Lossless,
+        Mode::Bfp,
+        Mode::Int16,
+        Mode::Int32,
+        Mode::Auto,
+    ];
+
+    /// The name the CLI and the Python package spell it with (`"bfp"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Lossless => "lossless",
+            Mode::Bfp => "bfp",
+            Mode::Int16 => "int16",
+            Mode::Int32 => "int32",
+            Mode::Auto => "auto",
+        }
+    }
+
+    /// The mode named `name` ([`Mode::name`]), if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
 /// Narrow type for [`LossyOptions::cast`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CastTo {
@@ -50,6 +77,24 @@ pub enum CastTo {
     Bf16,
     /// IEEE half.
     F16,
+}
+
+impl CastTo {
+    /// Both narrow types, in the order their names are listed.
+    pub const ALL: [CastTo; 2] = [CastTo::Bf16, CastTo::F16];
+
+    /// The name the CLI and the Python package spell it with (`"bf16"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CastTo::Bf16 => "bf16",
+            CastTo::F16 => "f16",
+        }
+    }
+
+    /// The type named `name` ([`CastTo::name`]), if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
 }
 
 /// Lossy settings of a compression run. The default is lossless.
@@ -150,7 +195,7 @@ impl LossyOptions {
         {
             return Err(Error::option(
                 "cast",
-                choose::cast_name(c),
+                c.name(),
                 "rounds F32 tensors and codes them losslessly; it cannot be combined with a \
                  lossy mode",
             ));
@@ -297,6 +342,23 @@ mod tests {
             ..Default::default()
         };
         assert!(o.is_lossless());
+    }
+
+    /// Names and values map one to one, for modes, cast types and delta precisions.
+    #[test]
+    fn names_round_trip() {
+        for m in Mode::ALL {
+            assert_eq!(Mode::from_name(m.name()), Some(m));
+        }
+        for c in CastTo::ALL {
+            assert_eq!(CastTo::from_name(c.name()), Some(c));
+        }
+        for p in crate::Precision::ALL {
+            assert_eq!(crate::Precision::from_name(p.name()), Some(p));
+        }
+        assert_eq!(Mode::from_name("BFP"), None);
+        assert_eq!(CastTo::from_name("fp16"), None);
+        assert_eq!(crate::Precision::from_name(""), None);
     }
 
     #[test]
