@@ -37,19 +37,6 @@ pub struct Reader {
     path: PathBuf,
 }
 
-/// True when the file at `path` starts with the archive magic.
-fn is_archive(path: &std::path::Path) -> dmx::Result<bool> {
-    use std::io::Read;
-    let mut magic = Vec::with_capacity(8);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(8).read_to_end(&mut magic))
-        .map_err(|e| dmx::Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
-    Ok(magic == dmx::dmx_format::MAGIC[..])
-}
-
 /// Checks the `file` selector against the archive's safetensors files.
 fn check_file(archive: &dmx::Archive, file: Option<&str>) -> dmx::Result<()> {
     let entries = archive.safetensors_entries();
@@ -73,7 +60,7 @@ fn check_file(archive: &dmx::Archive, file: Option<&str>) -> dmx::Result<()> {
 impl Reader {
     /// Opens `path`; `file` names a safetensors file inside a folder archive.
     fn open(path: PathBuf, file: Option<String>) -> dmx::Result<Self> {
-        let (source, tensors) = if is_archive(&path)? {
+        let (source, tensors) = if dmx::is_archive_file(&path)? {
             let archive = dmx::Archive::open(&path)?;
             check_file(&archive, file.as_deref())?;
             let tensors: Vec<Meta> = archive

@@ -9,7 +9,6 @@
 //! base's SHA-256 and size are recorded and checked before anything is reconstructed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
@@ -131,11 +130,7 @@ impl Base {
     /// Opens `path` (`.safetensors` or a single-file `.dmx` of one).
     pub(crate) fn open(path: &Path, opts: &Options) -> Result<Self> {
         crate::io::check_input(path)?;
-        let mut magic = [0u8; 8];
-        let n = std::fs::File::open(path)
-            .and_then(|mut f| f.read(&mut magic))
-            .map_err(|e| Error::io(path, e))?;
-        let (file, restored, sha) = if n == 8 && magic == dmx_format::MAGIC {
+        let (file, restored, sha) = if crate::io::is_archive_file(path)? {
             let archive = Archive::open(path)?;
             let index = archive.index();
             let single = index.root == Root::File

@@ -75,11 +75,11 @@ pub use delta::{
 pub use error::{Error, Result};
 pub use extract::extract;
 pub use info::{DtypeStats, FileStats, LossyStats, Stats, TensorStats};
-pub use io::check_input;
 pub use io::{
     TEMP_PREFIX, check_destination, check_distinct, check_outside, check_writable,
     check_writable_dir, is_dash, is_temp_name, remove_temps, sweep_stale, write_file,
 };
+pub use io::{check_input, is_archive_file};
 pub use plan::CHUNK_SIZE;
 pub use verify::{FileReport, TensorError, VerifyReport, verify, verify_delta, verify_with};
 pub use verify_path::{PathReport, VerifyRequest, verify_path};

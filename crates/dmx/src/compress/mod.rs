@@ -202,12 +202,7 @@ fn refuse_output_in_input(files: &[PlannedFile], output: &Path) -> Result<()> {
     let Some(f) = files.iter().find(|f| crate::io::same_file(&f.path, output)) else {
         return Ok(());
     };
-    let mut magic = [0u8; 8];
-    let is_archive = std::fs::File::open(&f.path)
-        .and_then(|mut h| std::io::Read::read_exact(&mut h, &mut magic))
-        .is_ok()
-        && magic == dmx_format::MAGIC;
-    if is_archive {
+    if crate::io::is_archive_file(&f.path).unwrap_or(false) {
         return Ok(());
     }
     Err(Error::Destination(format!(

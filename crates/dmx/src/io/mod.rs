@@ -15,5 +15,5 @@ pub use destination::{
     check_destination, check_distinct, check_outside, check_writable, check_writable_dir, is_dash,
 };
 pub(crate) use destination::{kind_of, refuse_dash, resolve, same_file};
-pub use source::check_input;
 pub(crate) use source::{Bytes, Stamp, spool_stdin};
+pub use source::{check_input, is_archive_file};

@@ -153,6 +153,16 @@ fn page_size() -> usize {
     })
 }
 
+/// Whether the file at `path` starts with the archive magic ([`dmx_format::MAGIC`]): a
+/// `.dmx` or `.dmxd` file, whatever its name. Reads at most 8 bytes.
+pub fn is_archive_file(path: &Path) -> Result<bool> {
+    let mut magic = Vec::with_capacity(8);
+    File::open(path)
+        .and_then(|f| f.take(8).read_to_end(&mut magic))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(magic == dmx_format::MAGIC)
+}
+
 /// The error for an input that is not a regular file (or folder where folders are read).
 fn not_regular(path: &Path, kind: &str) -> Error {
     Error::Unsupported(format!(
@@ -258,5 +268,23 @@ mod tests {
         std::fs::write(&p, b"").unwrap();
         assert!(Bytes::open_stable(&p).unwrap().is_empty());
         assert!(Bytes::open_stable(&dir.path().join("missing")).is_err());
+    }
+
+    /// Archives are recognised by their magic, whatever their name; short files are not.
+    #[test]
+    fn archives_are_known_by_their_magic() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        std::fs::write(&a, [&dmx_format::MAGIC[..], b"rest"].concat()).unwrap();
+        std::fs::write(&b, &dmx_format::MAGIC[..7]).unwrap();
+        std::fs::write(&c, b"{\"not\": 1}").unwrap();
+        assert!(is_archive_file(&a).unwrap());
+        assert!(!is_archive_file(&b).unwrap());
+        assert!(!is_archive_file(&c).unwrap());
+        assert!(is_archive_file(&dir.path().join("missing")).is_err());
     }
 }
