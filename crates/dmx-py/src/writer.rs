@@ -30,29 +30,18 @@ pub fn save_tensors<'py>(
         .iter()
         .map(|(name, _, _, buf)| Bytes::get(buf, name, false))
         .collect::<PyResult<Vec<_>>>()?;
-    let views: Vec<(&str, &str, &[u64], &[u8])> = tensors
+    let data: Vec<dmx::TensorData<'_>> = tensors
         .iter()
         .zip(&held)
-        .map(|((name, dtype, shape, _), b)| {
-            (
-                name.as_str(),
-                dtype.as_str(),
-                shape.as_slice(),
-                b.as_slice(),
-            )
+        .map(|((name, dtype, shape, _), b)| dmx::TensorData {
+            name,
+            dtype,
+            shape,
+            data: b.as_slice(),
         })
         .collect();
     args.call(py).run(py, move |opts| {
         let lossy = lossy?;
-        let data: Vec<dmx::TensorData<'_>> = views
-            .iter()
-            .map(|&(name, dtype, shape, data)| dmx::TensorData {
-                name,
-                dtype,
-                shape,
-                data,
-            })
-            .collect();
         json(&dmx::compress_tensors(
             &data,
             metadata.as_ref(),
