@@ -143,6 +143,7 @@ mod tests {
                     base: None,
                     segments: vec![],
                     packed: None,
+                    views: Vec::new(),
                 })
                 .collect(),
         }

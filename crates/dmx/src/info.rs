@@ -239,12 +239,7 @@ impl Stats {
             }
             files.push(FileStats {
                 path: e.path.clone(),
-                kind: match e.kind {
-                    dmx_format::EntryKind::Safetensors => "safetensors",
-                    dmx_format::EntryKind::Blob => "blob",
-                    dmx_format::EntryKind::SafetensorsDelta => "safetensors-delta",
-                    dmx_format::EntryKind::Packed | dmx_format::EntryKind::Pack => "packed",
-                },
+                kind: e.kind.name(),
                 original_bytes: e.size,
                 stored_bytes: if e.kind == dmx_format::EntryKind::Packed {
                     share(pack.1, e.size, pack.0)

@@ -52,6 +52,7 @@ pub mod names;
 mod plan;
 
 pub mod tensors;
+mod torch;
 mod verify;
 mod verify_path;
 mod window;

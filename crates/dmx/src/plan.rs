@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use dmx_codec::{FloatLayout, ValueKind};
-use dmx_format::{EntryKind, Root, SegmentKind, TensorInfo};
+use dmx_format::{EntryKind, Root, SegmentKind, TensorInfo, TorchView};
 
 use crate::error::{Error, Result};
 
@@ -37,8 +37,11 @@ pub struct PlannedFile {
     pub size: u64,
     /// Segments tiling the file.
     pub segments: Vec<PlannedSegment>,
-    /// Why a `.safetensors` file is stored as opaque bytes, if it is.
+    /// Why a `.safetensors` file is stored as opaque bytes, if it is; what the scan of a
+    /// `torch.save` file did not understand.
     pub warning: Option<String>,
+    /// The view table of a `torch.save` file ([`EntryKind::Torch`]); empty otherwise.
+    pub views: Vec<TorchView>,
 }
 
 /// One segment of a planned file.
@@ -171,9 +174,91 @@ fn plan_file(rel: String, path: PathBuf) -> Result<PlannedFile> {
     let parsed = if rel.ends_with(".safetensors") {
         Some(safetensors_segments(&path, size)?)
     } else {
+        if let Some(torch) = torch_file(&rel, &path, size)? {
+            return Ok(torch);
+        }
         None
     };
     Ok(planned(rel, path, size, parsed))
+}
+
+/// Plans `path` as a `torch.save` file when its first bytes say it may be one
+/// (docs/PT.md); `None` when it is not one. A file with a torch name (`.pt`, `.bin`, ...)
+/// that does not scan is stored as opaque bytes with a warning saying why.
+fn torch_file(rel: &str, path: &Path, size: u64) -> Result<Option<PlannedFile>> {
+    let mut head = [0u8; 4];
+    let n = File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| Error::io(path, e))?;
+    if !crate::torch::looks_like_torch(&head[..n]) {
+        return Ok(None);
+    }
+    let bytes = crate::io::Bytes::open_stable(path)?;
+    if bytes.len() as u64 != size {
+        return Err(Error::changed(path, "file changed size while being read"));
+    }
+    let plan = crate::torch::plan_torch(&bytes).and_then(|p| match torch_beyond_limits(&p) {
+        Some(why) => Err(format!("{why} (docs/FORMAT.md §6)")),
+        None => Ok(p),
+    });
+    let plan = match plan {
+        Ok(p) => p,
+        Err(why) if crate::torch::has_torch_suffix(rel) => {
+            let mut f = planned(rel.to_string(), path.to_path_buf(), size, None);
+            f.warning = Some(format!(
+                "{}: not read as a torch.save file ({why}); stored as opaque bytes, losslessly",
+                path.display()
+            ));
+            return Ok(Some(f));
+        }
+        Err(_) => return Ok(None),
+    };
+    let warning = (!plan.warnings.is_empty()).then(|| {
+        format!(
+            "{}: {}; stored byte for byte, nothing executed",
+            path.display(),
+            plan.warnings.join("; ")
+        )
+    });
+    Ok(Some(PlannedFile {
+        rel: rel.to_string(),
+        path: path.to_path_buf(),
+        kind: EntryKind::Torch,
+        size,
+        segments: plan.segments,
+        warning,
+        views: plan.views,
+    }))
+}
+
+/// Why a scanned `torch.save` file cannot be stored as tensor segments within the reader
+/// limits, if it cannot.
+fn torch_beyond_limits(p: &crate::torch::TorchPlan) -> Option<String> {
+    let limits = dmx_format::Limits::default();
+    let count = p.segments.len().max(p.views.len()) as u64;
+    if count >= limits.max_segments {
+        return Some(format!(
+            "{count} segments or views, above the limit of {}",
+            limits.max_segments - 1
+        ));
+    }
+    let names = p
+        .segments
+        .iter()
+        .filter_map(|s| match &s.kind {
+            SegmentKind::Tensor(t) => Some((t.name.as_str(), t.shape.len())),
+            _ => None,
+        })
+        .chain(p.views.iter().map(|v| (v.name.as_str(), v.shape.len())));
+    for (name, rank) in names {
+        if name.len() as u64 > u64::from(limits.max_string) {
+            return Some(format!("a tensor name of {} bytes", name.len()));
+        }
+        if rank as u64 > u64::from(limits.max_rank) {
+            return Some(format!("tensor {name:?} has rank {rank}"));
+        }
+    }
+    None
 }
 
 /// The planned file `rel` (read from `path`, `size` bytes): tensor segments when `parsed`
@@ -210,6 +295,7 @@ pub(crate) fn planned(
         size,
         segments,
         warning,
+        views: Vec::new(),
     }
 }
 
@@ -388,7 +474,12 @@ fn index_estimate(files: &[PlannedFile]) -> u64 {
                     66 + 25 * s.chunks().count() as u64 + names as u64
                 })
                 .sum();
-            53 + f.rel.len() as u64 + segments
+            let views: u64 = f
+                .views
+                .iter()
+                .map(|v| 28 + (v.name.len() + v.dtype.len() + 16 * v.shape.len()) as u64)
+                .sum();
+            53 + f.rel.len() as u64 + segments + views
         })
         .sum()
 }
@@ -471,5 +562,6 @@ pub fn pack_plan(dir: &Path, size: u64) -> PlannedFile {
         size,
         segments: bytes_segment(0, size),
         warning: None,
+        views: Vec::new(),
     }
 }

@@ -45,6 +45,83 @@ pub enum EntryKind {
     /// [`EntryKind::Pack`] entry (offset in [`Entry::packed`], format 1.2): the packed files
     /// after a pack tile it in order. It has no segments and no SHA-256 of its own.
     Packed = 4,
+    /// A `torch.save` file (format 1.3): its skeleton (zip records, pickles) as bytes
+    /// segments, each storage as a tensor segment coded by its dtype; [`Entry::views`] lists
+    /// the tensors that are views into storages (docs/FORMAT.md §5.2).
+    Torch = 5,
+    /// A `torch.save` file stored relative to a base file ([`Entry::base`], format 1.3): a
+    /// [`EntryKind::Torch`] entry whose segments may use the delta transforms.
+    TorchDelta = 6,
+}
+
+impl EntryKind {
+    /// Whether the entry is stored relative to a base file (kinds 2 and 6).
+    pub fn is_delta(self) -> bool {
+        matches!(self, Self::SafetensorsDelta | Self::TorchDelta)
+    }
+
+    /// Whether the entry is a `torch.save` file (kinds 5 and 6).
+    pub fn is_torch(self) -> bool {
+        matches!(self, Self::Torch | Self::TorchDelta)
+    }
+
+    /// Whether the entry's tensor segments are tensors of a checkpoint (kinds 0, 2, 5, 6):
+    /// what deltas, chains, `diff` and `extract` work on.
+    pub fn has_tensors(self) -> bool {
+        matches!(
+            self,
+            Self::Safetensors | Self::SafetensorsDelta | Self::Torch | Self::TorchDelta
+        )
+    }
+
+    /// The delta kind of a file kind (and the kind itself for a delta kind); `None` for
+    /// kinds that have no delta form.
+    pub fn delta(self) -> Option<Self> {
+        match self {
+            Self::Safetensors | Self::SafetensorsDelta => Some(Self::SafetensorsDelta),
+            Self::Torch | Self::TorchDelta => Some(Self::TorchDelta),
+            _ => None,
+        }
+    }
+
+    /// The standalone kind of a delta kind (and the kind itself otherwise).
+    pub fn standalone(self) -> Self {
+        match self {
+            Self::SafetensorsDelta => Self::Safetensors,
+            Self::TorchDelta => Self::Torch,
+            k => k,
+        }
+    }
+
+    /// A short lowercase name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Safetensors => "safetensors",
+            Self::Blob => "blob",
+            Self::SafetensorsDelta => "safetensors-delta",
+            Self::Pack | Self::Packed => "packed",
+            Self::Torch => "torch",
+            Self::TorchDelta => "torch-delta",
+        }
+    }
+}
+
+/// A tensor of a `torch.save` file that is a view into a storage (format 1.3): any part of it,
+/// with an offset and strides, possibly one of several views of the same storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorchView {
+    /// Name path in the checkpoint (`state.3.exp_avg`, `model.layer.0.weight`).
+    pub name: String,
+    /// Safetensors dtype string of the view's elements.
+    pub dtype: String,
+    /// Index, within the entry's segments, of the tensor segment holding its storage.
+    pub segment: u64,
+    /// Offset of the first element in the storage, in elements of `dtype`.
+    pub offset: u64,
+    /// Shape, outermost first.
+    pub shape: Vec<u64>,
+    /// Stride of each dimension, in elements (same rank as `shape`).
+    pub stride: Vec<u64>,
 }
 
 /// The base a delta entry was made from (format 1.1).
@@ -69,13 +146,17 @@ pub struct Entry {
     pub size: u64,
     /// SHA-256 of the file this entry restores (the original file, for lossless entries).
     pub sha256: [u8; 32],
-    /// The base of a [`EntryKind::SafetensorsDelta`] entry; `None` for every other kind.
+    /// The base of a delta entry ([`EntryKind::is_delta`]); `None` for every other kind.
     pub base: Option<BaseRef>,
     /// Segments tiling `0..size` in order (none for a [`EntryKind::Packed`] entry).
     pub segments: Vec<Segment>,
     /// For a [`EntryKind::Packed`] entry, the offset of its bytes in its pack (not stored:
     /// computed when the index is parsed); `None` for every other kind.
     pub packed: Option<u64>,
+    /// The views of a `torch.save` entry ([`EntryKind::is_torch`], format 1.3); empty for
+    /// every other kind. A tensor segment that some view names is a storage, whose tensors
+    /// are its views; every other tensor segment is one tensor.
+    pub views: Vec<TorchView>,
 }
 
 /// What a segment's bytes are.
@@ -322,9 +403,13 @@ pub struct Chunk {
 pub const MAX_PACK: u64 = 64 << 20;
 
 impl Index {
-    /// The lowest minor version of format 1 that can hold this index: 2 when it uses packs
-    /// or packed tensors, 1 when it uses lossy or delta features, else 0.
+    /// The lowest minor version of format 1 that can hold this index: 3 when it holds
+    /// `torch.save` entries, 2 when it uses packs or packed tensors, 1 when it uses lossy or
+    /// delta features, else 0.
     pub fn min_minor(&self) -> u16 {
+        if self.entries.iter().any(|e| e.kind.is_torch()) {
+            return 3;
+        }
         let packed = self.entries.iter().any(|e| {
             matches!(e.kind, EntryKind::Pack | EntryKind::Packed)
                 || e.segments

@@ -2,7 +2,7 @@
 
 use super::{
     BaseRef, Chunk, Entry, EntryKind, ErrorStats, Index, Lossy, LossyMode, PackedTensor, Root,
-    Segment, SegmentKind, TensorInfo, Transform, check_entry_path,
+    Segment, SegmentKind, TensorInfo, TorchView, Transform, check_entry_path,
 };
 use crate::wire::Reader;
 use crate::{FormatError, Limits, PREAMBLE_LEN};
@@ -14,6 +14,8 @@ const MIN_ENTRY: usize = 4 + 1 + 8;
 const MIN_MEMBER: usize = 4 + 4 + 4 + 8;
 const MIN_SEGMENT: usize = 2 + 8 + 8 + 32 + 8 + 8;
 const CHUNK_LEN: usize = 8 + 4 + 4 + 1 + 8;
+/// Smallest torch view record: name and dtype lengths, segment, offset, rank.
+const MIN_VIEW: usize = 4 + 4 + 8 + 8 + 4;
 
 impl Index {
     /// Parses and validates an index whose data area ends at `data_end` (the index offset).
@@ -57,6 +59,8 @@ fn read_entry(r: &mut Reader<'_>, data_end: u64, limits: &Limits) -> Result<Entr
         2 => EntryKind::SafetensorsDelta,
         3 => EntryKind::Pack,
         4 => EntryKind::Packed,
+        5 => EntryKind::Torch,
+        6 => EntryKind::TorchDelta,
         v => {
             return Err(FormatError::Unknown {
                 what: "entry kind",
@@ -82,10 +86,11 @@ fn read_entry(r: &mut Reader<'_>, data_end: u64, limits: &Limits) -> Result<Entr
             segments: Vec::new(),
             // Set by `check_packs` from the sizes of the packed files before it.
             packed: Some(0),
+            views: Vec::new(),
         });
     }
     let sha256 = r.array()?;
-    let base = if kind == EntryKind::SafetensorsDelta {
+    let base = if kind.is_delta() {
         Some(read_base(r, limits)?)
     } else {
         None
@@ -114,6 +119,11 @@ fn read_entry(r: &mut Reader<'_>, data_end: u64, limits: &Limits) -> Result<Entr
     if kind == EntryKind::Pack && segments.iter().any(|s| s.kind != SegmentKind::Bytes) {
         return Err(FormatError::Invalid("a pack entry with tensor segments"));
     }
+    let views = if kind.is_torch() {
+        read_views(r, &segments, limits)?
+    } else {
+        Vec::new()
+    };
     Ok(Entry {
         path,
         kind,
@@ -122,7 +132,51 @@ fn read_entry(r: &mut Reader<'_>, data_end: u64, limits: &Limits) -> Result<Entr
         base,
         segments,
         packed: None,
+        views,
     })
+}
+
+/// The views of a torch entry (§5.2, format 1.3), each naming one of its tensor segments.
+fn read_views(
+    r: &mut Reader<'_>,
+    segments: &[Segment],
+    limits: &Limits,
+) -> Result<Vec<TorchView>, FormatError> {
+    let n = r.count("view count", limits.max_segments, MIN_VIEW)?;
+    let mut views = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = r.str(limits.max_string)?;
+        let dtype = r.str(limits.max_string)?;
+        let segment = r.u64()?;
+        let offset = r.u64()?;
+        let rank = read_rank(r, limits)?;
+        let mut shape = Vec::with_capacity(rank);
+        for _ in 0..rank {
+            shape.push(r.u64()?);
+        }
+        let mut stride = Vec::with_capacity(rank);
+        for _ in 0..rank {
+            stride.push(r.u64()?);
+        }
+        let is_tensor = usize::try_from(segment)
+            .ok()
+            .and_then(|i| segments.get(i))
+            .is_some_and(|s| matches!(s.kind, SegmentKind::Tensor(_)));
+        if !is_tensor {
+            return Err(FormatError::Invalid(
+                "a torch view that does not name a tensor segment",
+            ));
+        }
+        views.push(TorchView {
+            name,
+            dtype,
+            segment,
+            offset,
+            shape,
+            stride,
+        });
+    }
+    Ok(views)
 }
 
 /// The base of a delta entry (§5.2): its SHA-256, size and removed tensor names.
@@ -286,6 +340,13 @@ fn read_chunks(
 fn read_tensor_info(r: &mut Reader<'_>, limits: &Limits) -> Result<TensorInfo, FormatError> {
     let name = r.str(limits.max_string)?;
     let dtype = r.str(limits.max_string)?;
+    let rank = read_rank(r, limits)?;
+    let shape = (0..rank).map(|_| r.u64()).collect::<Result<_, _>>()?;
+    Ok(TensorInfo { name, dtype, shape })
+}
+
+/// A tensor's rank (rule 5).
+fn read_rank(r: &mut Reader<'_>, limits: &Limits) -> Result<usize, FormatError> {
     let rank = r.u32()?;
     if rank > limits.max_rank {
         return Err(FormatError::LimitExceeded {
@@ -294,8 +355,7 @@ fn read_tensor_info(r: &mut Reader<'_>, limits: &Limits) -> Result<TensorInfo, F
             limit: u64::from(limits.max_rank),
         });
     }
-    let shape = (0..rank).map(|_| r.u64()).collect::<Result<_, _>>()?;
-    Ok(TensorInfo { name, dtype, shape })
+    Ok(rank as usize)
 }
 
 fn read_lossy(r: &mut Reader<'_>) -> Result<Lossy, FormatError> {

@@ -13,6 +13,7 @@ fn sample() -> Index {
             sha256: [7; 32],
             base: None,
             packed: None,
+            views: Vec::new(),
             segments: vec![
                 Segment {
                     kind: SegmentKind::Bytes,
@@ -163,6 +164,7 @@ fn packed_sample() -> Index {
         base: None,
         segments: vec![],
         packed: Some(at),
+        views: Vec::new(),
     };
     idx.entries.splice(
         0..0,
@@ -254,4 +256,86 @@ fn huge_counts_do_not_allocate() {
     bytes.extend_from_slice(&u64::MAX.to_le_bytes());
     bytes.extend_from_slice(&[0; 64]);
     assert!(Index::from_bytes(&bytes, 38, &Limits::default()).is_err());
+}
+
+/// A torch entry (format 1.3): the sample's segments with a view table into segment 1.
+fn torch_sample(kind: EntryKind) -> Index {
+    let mut idx = sample();
+    let e = &mut idx.entries[0];
+    e.path = "optimizer.pt".into();
+    e.kind = kind;
+    if kind.is_delta() {
+        e.base = Some(BaseRef {
+            sha256: [3; 32],
+            size: 30,
+            removed: vec![],
+        });
+    }
+    e.views = vec![
+        TorchView {
+            name: "state.0.exp_avg".into(),
+            dtype: "BF16".into(),
+            segment: 1,
+            offset: 2,
+            shape: vec![2, 3],
+            stride: vec![1, 2],
+        },
+        TorchView {
+            name: "scalar".into(),
+            dtype: "BF16".into(),
+            segment: 1,
+            offset: 0,
+            shape: vec![],
+            stride: vec![],
+        },
+    ];
+    idx
+}
+
+#[test]
+fn round_trip_of_torch_entries() {
+    for kind in [EntryKind::Torch, EntryKind::TorchDelta] {
+        let idx = torch_sample(kind);
+        assert_eq!(idx.min_minor(), 3);
+        let bytes = idx.to_bytes();
+        assert_eq!(
+            Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
+            idx
+        );
+        for cut in 0..bytes.len() {
+            assert!(Index::from_bytes(&bytes[..cut], 38, &Limits::default()).is_err());
+        }
+    }
+    // A view must name a tensor segment: a bytes segment or one past the end is refused.
+    for segment in [0, 2, u64::MAX] {
+        let mut bad = torch_sample(EntryKind::Torch);
+        bad.entries[0].views[0].segment = segment;
+        assert_eq!(
+            Index::from_bytes(&bad.to_bytes(), 38, &Limits::default()),
+            Err(FormatError::Invalid(
+                "a torch view that does not name a tensor segment"
+            ))
+        );
+    }
+    // A rank above the limit is refused like a tensor's.
+    let mut bad = torch_sample(EntryKind::Torch);
+    bad.entries[0].views[0].shape = vec![1; 65];
+    bad.entries[0].views[0].stride = vec![1; 65];
+    assert!(matches!(
+        Index::from_bytes(&bad.to_bytes(), 38, &Limits::default()),
+        Err(FormatError::LimitExceeded {
+            what: "tensor rank",
+            ..
+        })
+    ));
+    // A delta transform needs a base: allowed in a torch delta, refused in a torch entry.
+    let mut idx = torch_sample(EntryKind::TorchDelta);
+    idx.entries[0].segments[1].transform = Transform::Delta {
+        base: "w".into(),
+        unchanged: 1,
+    };
+    assert!(Index::from_bytes(&idx.to_bytes(), 38, &Limits::default()).is_ok());
+    idx.entries[0].kind = EntryKind::Torch;
+    idx.entries[0].base = None;
+    assert!(Index::from_bytes(&idx.to_bytes(), 38, &Limits::default()).is_err());
 }

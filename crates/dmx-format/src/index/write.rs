@@ -1,6 +1,6 @@
 //! Serializing the index (§5): the field order here is the byte layout of FORMAT.md §5.
 
-use super::{Chunk, Entry, EntryKind, Index, Lossy, Segment, SegmentKind, TensorInfo};
+use super::{Chunk, Entry, EntryKind, Index, Lossy, Segment, SegmentKind, TensorInfo, TorchView};
 use crate::wire::Writer;
 
 impl Index {
@@ -37,6 +37,24 @@ fn write_entry(w: &mut Writer, e: &Entry) {
     w.u64(e.segments.len() as u64);
     for s in &e.segments {
         write_segment(w, s);
+    }
+    if e.kind.is_torch() {
+        w.u64(e.views.len() as u64);
+        for v in &e.views {
+            write_view(w, v);
+        }
+    }
+}
+
+/// One view of a torch entry (§5.2, format 1.3).
+fn write_view(w: &mut Writer, v: &TorchView) {
+    w.str(&v.name);
+    w.str(&v.dtype);
+    w.u64(v.segment);
+    w.u64(v.offset);
+    w.u32(v.shape.len() as u32);
+    for &d in v.shape.iter().chain(&v.stride) {
+        w.u64(d);
     }
 }
 

@@ -436,6 +436,7 @@ impl EntryState {
             base: None,
             segments: self.segments,
             packed: None,
+            views: file.views.clone(),
         }
     }
 }

@@ -156,6 +156,12 @@ fn start_archive(
     } else {
         (u16::from(!lossy.is_lossless()), 0)
     };
+    // Format 1.3: `torch.save` entries.
+    let minor = if files.iter().any(|f| f.kind.is_torch()) {
+        3
+    } else {
+        minor
+    };
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
     out.write_all(&dmx_format::preamble_with(minor, flags))?;
     if let Some(p) = opts.progress.as_deref() {
@@ -251,6 +257,7 @@ fn compress_pack(
             base: None,
             segments: Vec::new(),
             packed: Some(data.len() as u64),
+            views: Vec::new(),
         });
         data.extend_from_slice(&bytes);
     }
