@@ -563,6 +563,35 @@ pub fn safetensors(data: &[u8]) {
     assert!(back == file, "the restored file differs from the input");
 }
 
+/// Fuzz target `pt_compress` (issue 14). Property: any bytes stored as a file named
+/// `model.pt` — mutated `torch.save` files reach the `torch.save` planner (format 1.3 torch
+/// entries), anything else becomes a blob — compress without error, `verify` against the input
+/// passes, and `decompress` restores a byte-identical file.
+pub fn pt_compress(data: &[u8]) {
+    let dir = scratch();
+    let input = dir.path().join("model.pt");
+    std::fs::write(&input, data).expect("write the input");
+    let packed = dir.path().join("model.dmx");
+    let opts = opts();
+    if let Err(e) = dmx::compress(&input, &packed, &opts) {
+        panic!("compress failed: {e}");
+    }
+    let archive = match dmx::Archive::open(&packed) {
+        Ok(a) => a,
+        Err(e) => panic!("the archive compress wrote does not open: {e}"),
+    };
+    match dmx::verify(&archive, Some(&input), &opts) {
+        Ok(r) => assert!(r.ok, "verify against the input failed: {:?}", r.files),
+        Err(e) => panic!("verify failed: {e}"),
+    }
+    let restored = dir.path().join("restored.pt");
+    if let Err(e) = dmx::decompress(&packed, &restored, &opts) {
+        panic!("decompress failed: {e}");
+    }
+    let back = std::fs::read(&restored).expect("read the restored file");
+    assert!(back == data, "the restored file differs from the input");
+}
+
 /// A safetensors file described by `data` (see [`safetensors`]).
 pub fn build_safetensors(data: &[u8]) -> Vec<u8> {
     let mut b = Bytes(data);

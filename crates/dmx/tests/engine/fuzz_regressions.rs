@@ -120,6 +120,28 @@ fn safetensors() {
     props::safetensors(&tiny);
 }
 
+/// The `pt_compress` property on every `torch.save` fixture of `dmx-pt`, whole and cut short
+/// or with a byte flipped in the pickle (files that then no longer scan become blobs).
+#[test]
+fn pt_compress() {
+    replay("pt_compress", props::pt_compress);
+    let dir = root().join("crates/dmx-pt/tests/fixtures");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).expect("dmx-pt fixtures") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "pt") {
+            let bytes = std::fs::read(&path).expect("read fixture");
+            props::pt_compress(&bytes);
+            props::pt_compress(&bytes[..bytes.len() / 2]);
+            let mut flipped = bytes.clone();
+            flipped[bytes.len() / 3] ^= 0x55;
+            props::pt_compress(&flipped);
+            files += 1;
+        }
+    }
+    assert!(files >= 10, "fixtures found: {files}");
+}
+
 /// Fixed bug: `Archive::read_segment` (crates/dmx/src/archive.rs, `vec![0u8; len]`) allocates a
 /// segment's declared length before decoding or checking any chunk, so this 25 KB archive,
 /// which declares a 62.5 GiB tensor whose chunks all fail their checksum, makes
