@@ -171,7 +171,7 @@ impl TensorFile {
             .collect();
         let [entry_i] = candidates[..] else {
             return Err(Error::Unsupported(format!(
-                "{}: the archive holds {} safetensors or torch.save files; expected exactly one",
+                "{}: the archive holds {} safetensors files (or torch.save files); expected exactly one",
                 path.display(),
                 candidates.len()
             )));
