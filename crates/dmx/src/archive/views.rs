@@ -111,7 +111,7 @@ pub(crate) fn check_view(entry: &Entry, view: &TorchView) -> Result<(), String> 
     }
     match view_end(view, width) {
         Some(end) if end <= seg_len => Ok(()),
-        _ => Err(format!("view {:?} outside its storage", view.name)),
+        _ => Err(format!("view outside its storage: {:?}", view.name)),
     }
 }
 
