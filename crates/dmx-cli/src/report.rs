@@ -106,6 +106,29 @@ pub fn info(path: &Path, s: &Stats, all_tensors: bool) {
             opt(d.ratio, 3)
         );
     }
+    let checkpoint = s
+        .components
+        .iter()
+        .any(|c| c.component.as_str() != "weights")
+        || s.files.iter().any(|f| f.kind.starts_with("torch"));
+    if checkpoint {
+        println!();
+        println!(
+            "{:<12} {:>8} {:>14} {:>12} {:>12} {:>9}",
+            "component", "tensors", "params", "original", "stored", "bits/p"
+        );
+        for c in &s.components {
+            println!(
+                "{:<12} {:>8} {:>14} {:>12} {:>12} {:>9}",
+                c.component.as_str(),
+                c.tensors,
+                c.params,
+                mb(c.original_bytes),
+                mb(c.stored_bytes),
+                opt(c.bits_per_param, 3)
+            );
+        }
+    }
     for f in &s.files {
         println!();
         println!(
@@ -159,9 +182,13 @@ pub fn info(path: &Path, s: &Stats, all_tensors: bool) {
                     )
                 }
             };
+            let name = match &t.view_of {
+                Some(storage) if *storage != t.name => format!("{} (view of {storage})", t.name),
+                _ => t.name.clone(),
+            };
             println!(
                 "  {:<48} {:>6} {:>18} {:>15} {:>8} {:>8}{lossy}",
-                t.name,
+                name,
                 t.dtype,
                 shape,
                 t.codec,

@@ -1,13 +1,18 @@
-//! Archive statistics for `dmx info`: per tensor, per dtype and overall sizes, bits per
-//! weight and the order-0 entropy bound recorded at compression time.
+//! Archive statistics for `dmx info`: per tensor, per dtype, per checkpoint component and
+//! overall sizes, bits per weight and the order-0 entropy bound recorded at compression time.
+//!
+//! The tensors of a `torch.save` entry are listed by name path; a storage that views share
+//! (tied weights, slices, transposes) is listed as its views, each with its shape, while the
+//! rollups (dtypes, components, params) count the storage once.
 
 use std::collections::BTreeMap;
 
 use dmx_codec::Codec;
-use dmx_format::{Index, Root, Segment};
+use dmx_format::{Index, Root, Segment, TensorInfo};
 use serde::Serialize;
 
 use crate::archive::Archive;
+use crate::names::{self, Component};
 use crate::plan::dtype_bits;
 
 /// Everything `dmx info` reports, serializable as its `--json` output.
@@ -41,6 +46,27 @@ pub struct Stats {
     pub ratio: Option<f64>,
     /// Per dtype rollup.
     pub dtypes: BTreeMap<String, DtypeStats>,
+    /// Per checkpoint component (weights, `exp_avg`, `exp_avg_sq`, other optimizer state;
+    /// classified by name as `delta-info` does), in that order; only components with
+    /// tensors.
+    pub components: Vec<ComponentStats>,
+}
+
+/// Rollup over the stored tensors (storages) of one checkpoint component.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentStats {
+    /// The component.
+    pub component: Component,
+    /// Stored tensors (a storage shared by several views counts once).
+    pub tensors: usize,
+    /// Elements.
+    pub params: u64,
+    /// Original bytes.
+    pub original_bytes: u64,
+    /// Stored bytes.
+    pub stored_bytes: u64,
+    /// Stored bits per element.
+    pub bits_per_param: Option<f64>,
 }
 
 /// One stored file.
@@ -48,8 +74,9 @@ pub struct Stats {
 pub struct FileStats {
     /// Path inside the archive.
     pub path: String,
-    /// `"safetensors"`, `"blob"`, `"safetensors-delta"` or `"packed"` (a small file stored in
-    /// a shared pack; its stored bytes are its share of the pack's).
+    /// `"safetensors"`, `"blob"`, `"safetensors-delta"`, `"torch"` (a `torch.save` file),
+    /// `"torch-delta"` or `"packed"` (a small file stored in a shared pack; its stored bytes
+    /// are its share of the pack's).
     pub kind: &'static str,
     /// Original size.
     pub original_bytes: u64,
@@ -85,6 +112,9 @@ pub struct TensorStats {
     pub entropy_bits_per_weight: Option<f64>,
     /// How a lossy tensor was stored and the error measured then (`None`: lossless).
     pub lossy: Option<LossyStats>,
+    /// For a view into a storage of a `torch.save` file: the storage's stored name (its
+    /// sizes are then the view's share of the storage's); `None` otherwise.
+    pub view_of: Option<String>,
 }
 
 /// Mode, parameters and measured error of a lossy tensor.
@@ -191,6 +221,8 @@ impl Stats {
     /// Statistics computable from an index alone.
     pub fn of_index(index: &Index) -> Self {
         let mut dtypes: BTreeMap<String, DtypeStats> = BTreeMap::new();
+        // Per component: stored tensors, params, original and stored bytes.
+        let mut components: BTreeMap<Component, (usize, u64, u64, u64)> = BTreeMap::new();
         let mut files = Vec::new();
         let mut lossless = true;
         // The current pack (format 1.2): its size and stored bytes, shared by its files.
@@ -201,40 +233,29 @@ impl Stats {
                 pack = (e.size, e.segments.iter().map(stored).sum());
                 continue;
             }
-            for seg in &e.segments {
+            let views = crate::archive::ViewTable::of(e);
+            for (i, seg) in e.segments.iter().enumerate() {
                 lossless &= seg.transform.is_lossless();
-                for (t, _, len) in seg.kind.tensors(seg.len) {
-                    let params = dtype_bits(&t.dtype)
-                        .filter(|&b| b > 0)
-                        .map_or(0, |b| len * 8 / b);
-                    let stored = share(stored(seg), len, seg.len);
-                    let entropy = seg.entropy_bits * len as f64 / seg.len.max(1) as f64;
-                    let mut codecs = seg.chunks.iter().map(|c| c.codec);
-                    let codec = match codecs.next() {
-                        None => "none".to_string(),
-                        Some(first) if codecs.all(|c| c == first) => Codec::from_id(first)
-                            .map_or("unknown", |c| c.name())
-                            .to_string(),
-                        Some(_) => "mixed".to_string(),
-                    };
+                let listed = segment_tensors(seg);
+                for (t, entropy) in &listed {
                     let d = dtypes.entry(t.dtype.clone()).or_default();
                     d.tensors += 1;
-                    d.params += params;
-                    d.original_bytes += len;
-                    d.stored_bytes += stored;
+                    d.params += t.params;
+                    d.original_bytes += t.original_bytes;
+                    d.stored_bytes += t.stored_bytes;
                     d.entropy_bits += entropy;
-                    tensors.push(TensorStats {
-                        name: t.name.clone(),
-                        dtype: t.dtype.clone(),
-                        shape: t.shape.clone(),
-                        params,
-                        original_bytes: len,
-                        stored_bytes: stored,
-                        codec,
-                        bits_per_weight: per(stored as f64 * 8.0, params),
-                        entropy_bits_per_weight: per(entropy, params),
-                        lossy: seg.transform.lossy().map(LossyStats::of),
-                    });
+                    let c = components.entry(names::component(&t.name)).or_default();
+                    c.0 += 1;
+                    c.1 += t.params;
+                    c.2 += t.original_bytes;
+                    c.3 += t.stored_bytes;
+                }
+                match (views.of_segment(i), listed.first()) {
+                    (Some(vs), Some((storage, _))) => tensors.extend(
+                        vs.iter()
+                            .map(|&v| view_stats(&views.infos[v], &e.views[v], seg, storage)),
+                    ),
+                    _ => tensors.extend(listed.into_iter().map(|(t, _)| t)),
                 }
             }
             files.push(FileStats {
@@ -294,6 +315,84 @@ impl Stats {
             ratio: None,
             files,
             dtypes,
+            components: components
+                .into_iter()
+                .map(
+                    |(component, (tensors, params, original, stored))| ComponentStats {
+                        component,
+                        tensors,
+                        params,
+                        original_bytes: original,
+                        stored_bytes: stored,
+                        bits_per_param: per(stored as f64 * 8.0, params),
+                    },
+                )
+                .collect(),
         }
+    }
+}
+
+/// The tensors a segment stores (none for bytes), as stored (a storage of a `torch.save`
+/// file as one 1-D tensor), each with its entropy bound in bits.
+fn segment_tensors(seg: &Segment) -> Vec<(TensorStats, f64)> {
+    let mut codecs = seg.chunks.iter().map(|c| c.codec);
+    let codec = match codecs.next() {
+        None => "none".to_string(),
+        Some(first) if codecs.all(|c| c == first) => Codec::from_id(first)
+            .map_or("unknown", |c| c.name())
+            .to_string(),
+        Some(_) => "mixed".to_string(),
+    };
+    seg.kind
+        .tensors(seg.len)
+        .into_iter()
+        .map(|(t, _, len)| {
+            let params = dtype_bits(&t.dtype)
+                .filter(|&b| b > 0)
+                .map_or(0, |b| len * 8 / b);
+            let stored = share(stored(seg), len, seg.len);
+            let entropy = seg.entropy_bits * len as f64 / seg.len.max(1) as f64;
+            let t = TensorStats {
+                name: t.name.clone(),
+                dtype: t.dtype.clone(),
+                shape: t.shape.clone(),
+                params,
+                original_bytes: len,
+                stored_bytes: stored,
+                codec: codec.clone(),
+                bits_per_weight: per(stored as f64 * 8.0, params),
+                entropy_bits_per_weight: per(entropy, params),
+                lossy: seg.transform.lossy().map(LossyStats::of),
+                view_of: None,
+            };
+            (t, entropy)
+        })
+        .collect()
+}
+
+/// The listing of view `v` (described by `info`) into storage segment `seg`, whose stored
+/// form is `storage`: its sizes are its share of the storage's.
+fn view_stats(
+    info: &TensorInfo,
+    v: &dmx_format::TorchView,
+    seg: &Segment,
+    s: &TensorStats,
+) -> TensorStats {
+    let width = dtype_bits(&v.dtype).map_or(0, |b| b / 8);
+    let params = v.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+    let params = params.unwrap_or(0);
+    let len = params.saturating_mul(width).min(seg.len);
+    TensorStats {
+        name: info.name.clone(),
+        dtype: info.dtype.clone(),
+        shape: info.shape.clone(),
+        params,
+        original_bytes: params.saturating_mul(width),
+        stored_bytes: share(s.stored_bytes, len, seg.len),
+        codec: s.codec.clone(),
+        bits_per_weight: s.bits_per_weight,
+        entropy_bits_per_weight: s.entropy_bits_per_weight,
+        lossy: seg.transform.lossy().map(LossyStats::of),
+        view_of: Some(s.name.clone()),
     }
 }

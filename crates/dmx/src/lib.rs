@@ -74,7 +74,7 @@ pub use delta::{
     DeltaInfo, DeltaOptions, DeltaReport, Precision, delta_compress, delta_info, delta_reconstruct,
 };
 pub use error::{Error, Result};
-pub use extract::extract;
+pub use extract::{extract, extract_from};
 pub use info::{DtypeStats, FileStats, LossyStats, Stats, TensorStats};
 pub use io::{
     TEMP_PREFIX, check_destination, check_distinct, check_outside, check_writable,

@@ -1,14 +1,16 @@
-//! A uniform reader over the tensors of one model file, given either as a `.safetensors`
-//! file or as a `.dmx` archive holding exactly one safetensors file.
+//! A uniform reader over the tensors of one model file, given as a `.safetensors` file, a
+//! `torch.save` file (`.pt`, `.bin`, ...) or a `.dmx` archive holding exactly one of either.
 //!
-//! Safetensors inputs are memory-mapped and tensors are borrowed from the map; archive inputs
-//! decode a tensor's chunks on demand, checking chunk checksums and the tensor's BLAKE3.
+//! Safetensors inputs are memory-mapped and tensors are borrowed from the map; `torch.save`
+//! files are mapped and scanned by the non-executing reader (nothing in them runs), their
+//! tensors named by name path, views gathered contiguous; archive inputs decode a tensor's
+//! chunks on demand, checking chunk checksums and the tensor's BLAKE3.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use dmx_format::{EntryKind, SegmentKind};
+use dmx_format::{EntryKind, SegmentKind, TorchView};
 use serde::Serialize;
 use sha2::Digest;
 
@@ -41,6 +43,26 @@ enum Source {
         entry: usize,
         segments: Vec<(usize, std::ops::Range<u64>)>,
     },
+    /// A mapped `torch.save` file: for each tensor (in `tensors` order) its storage's byte
+    /// range in the file and, for a view that is not the whole storage, the view.
+    Torch {
+        bytes: Bytes,
+        places: Vec<(std::ops::Range<u64>, Option<TorchView>)>,
+    },
+    /// An archive holding one `torch.save` file (entry `file`): tensors are read through
+    /// [`Archive::tensor_in`] by their stored name (`names`, in `tensors` order).
+    TorchArchive {
+        archive: Box<Archive>,
+        file: String,
+        names: Vec<String>,
+    },
+}
+
+/// The name a tensor of a `torch.save` file goes by in reports and extracted safetensors
+/// files: its name path, or `tensor` for the lone tensor of `torch.save(tensor)`, whose name
+/// path is empty.
+pub fn torch_tensor_name(name: &str) -> &str {
+    if name.is_empty() { "tensor" } else { name }
 }
 
 /// Name, dtype, shape and place of one tensor.
@@ -123,6 +145,9 @@ impl TensorFile {
             drop(bytes);
             return Self::open_archive(path);
         }
+        if crate::torch::looks_like_torch(&bytes) {
+            return Self::open_torch(path, bytes);
+        }
         let file_len = bytes.len() as u64;
         let parsed = parse_header(&bytes, file_len).map_err(|why| {
             Error::Unsupported(format!(
@@ -141,17 +166,20 @@ impl TensorFile {
     fn open_archive(path: &Path) -> Result<Self> {
         let archive = Archive::open(path)?;
         let candidates: Vec<usize> = (archive.index().entries.iter().enumerate())
-            .filter(|(_, e)| matches!(e.kind, EntryKind::Safetensors | EntryKind::SafetensorsDelta))
+            .filter(|(_, e)| e.kind.has_tensors())
             .map(|(i, _)| i)
             .collect();
         let [entry_i] = candidates[..] else {
             return Err(Error::Unsupported(format!(
-                "{}: the archive holds {} safetensors files; expected exactly one",
+                "{}: the archive holds {} safetensors files (or torch.save files); expected exactly one",
                 path.display(),
                 candidates.len()
             )));
         };
         let entry = &archive.index().entries[entry_i];
+        if entry.kind == EntryKind::Torch {
+            return Ok(Self::torch_archive(path, archive, entry_i));
+        }
         if entry.kind != EntryKind::Safetensors {
             return Err(Error::Unsupported(format!(
                 "{}: {} is stored as a delta against a base file; restore it with \
@@ -234,6 +262,93 @@ impl TensorFile {
         ))
     }
 
+    /// A mapped `torch.save` file, scanned without executing anything.
+    fn open_torch(path: &Path, bytes: Bytes) -> Result<Self> {
+        let file_len = bytes.len() as u64;
+        let plan = crate::torch::plan_torch(&bytes).map_err(|why| {
+            Error::Unsupported(format!(
+                "{}: not a torch.save file dmx can read ({why})",
+                path.display()
+            ))
+        })?;
+        let mut tensors = Vec::new();
+        let mut places = Vec::new();
+        for (s, seg) in plan.segments.iter().enumerate() {
+            let SegmentKind::Tensor(info) = &seg.kind else {
+                continue;
+            };
+            let range = seg.offset..seg.offset + seg.len;
+            let views: Vec<&TorchView> = plan
+                .views
+                .iter()
+                .filter(|v| v.segment == s as u64)
+                .collect();
+            if views.is_empty() {
+                tensors.push(TensorMeta {
+                    name: torch_tensor_name(&info.name).to_string(),
+                    dtype: info.dtype.clone(),
+                    shape: info.shape.clone(),
+                    offset: seg.offset,
+                    len: seg.len,
+                });
+                places.push((range, None));
+                continue;
+            }
+            for v in views {
+                let width = crate::archive::view_width(v).unwrap_or(1);
+                let n = v.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+                tensors.push(TensorMeta {
+                    name: torch_tensor_name(&v.name).to_string(),
+                    dtype: v.dtype.clone(),
+                    shape: v.shape.clone(),
+                    offset: seg.offset.saturating_add(v.offset.saturating_mul(width)),
+                    len: n.unwrap_or(0).saturating_mul(width),
+                });
+                places.push((range.clone(), Some(v.clone())));
+            }
+        }
+        let parsed = Parsed {
+            tensors,
+            metadata: None,
+        };
+        Ok(Self::new(
+            path,
+            Source::Torch { bytes, places },
+            parsed,
+            file_len,
+        ))
+    }
+
+    /// The torch entry `entry_i` of `archive`, its tensors (views included) by name path.
+    fn torch_archive(path: &Path, archive: Archive, entry_i: usize) -> Self {
+        let entry = &archive.index().entries[entry_i];
+        let file = entry.path.clone();
+        let file_len = entry.size;
+        let (tensors, names) = archive
+            .tensors_in(Some(&file))
+            .map(|t| {
+                let meta = TensorMeta {
+                    name: torch_tensor_name(&t.info.name).to_string(),
+                    dtype: t.info.dtype.clone(),
+                    shape: t.info.shape.clone(),
+                    offset: t.segment.offset.saturating_add(t.offset),
+                    len: t.len,
+                };
+                (meta, t.info.name.clone())
+            })
+            .unzip();
+        let parsed = Parsed {
+            tensors,
+            metadata: None,
+        };
+        let source = Source::TorchArchive {
+            archive: Box::new(archive),
+            file,
+            names,
+        };
+        Self::new(path, source, parsed, file_len)
+    }
+
     fn new(path: &Path, source: Source, parsed: Parsed, file_len: u64) -> Self {
         let by_name = parsed
             .tensors
@@ -258,7 +373,18 @@ impl TensorFile {
 
     /// True when it reads a `.dmx` archive.
     pub fn is_archive(&self) -> bool {
-        matches!(self.source, Source::Archive { .. })
+        matches!(
+            self.source,
+            Source::Archive { .. } | Source::TorchArchive { .. }
+        )
+    }
+
+    /// True when the model file is a `torch.save` file (read as such or from an archive).
+    pub fn is_torch(&self) -> bool {
+        matches!(
+            self.source,
+            Source::Torch { .. } | Source::TorchArchive { .. }
+        )
     }
 
     /// Every tensor, in file (offset) order.
@@ -308,6 +434,29 @@ impl TensorFile {
                     data[range.start as usize..range.end as usize].to_vec(),
                 ))
             }
+            Source::Torch { bytes, places } => {
+                let (range, view) = &places[i];
+                let storage = &bytes[range.start as usize..range.end as usize];
+                let Some(v) = view else {
+                    return Ok(Cow::Borrowed(storage));
+                };
+                crate::archive::gather_view(storage, v)
+                    .map(Cow::Owned)
+                    .ok_or_else(|| {
+                        Error::Unsupported(format!(
+                            "{}: tensor {name:?} lies outside its storage",
+                            self.path.display()
+                        ))
+                    })
+            }
+            Source::TorchArchive {
+                archive,
+                file,
+                names,
+            } => {
+                let t = archive.find_tensor(Some(file), &names[i])?;
+                Ok(Cow::Owned(archive.read_tensor_ref(t)?))
+            }
         }
     }
 
@@ -330,12 +479,30 @@ impl TensorFile {
                 let entry = &archive.index().entries[*entry];
                 archive.release(&entry.segments[segments[i].0].chunks);
             }
+            Source::Torch { bytes, places } => {
+                let r = &places[i].0;
+                bytes.release(r.start as usize, r.end as usize);
+            }
+            Source::TorchArchive {
+                archive,
+                file,
+                names,
+            } => {
+                if let Some(t) = archive.tensor_in(Some(file), &names[i]) {
+                    archive.release(&t.segment.chunks);
+                }
+            }
         }
     }
 
-    /// The header bytes verbatim: the 8-byte little-endian length and the JSON.
+    /// The header bytes verbatim: the 8-byte little-endian length and the JSON (an error for
+    /// a `torch.save` file, which has none).
     pub fn header(&self) -> Result<Vec<u8>> {
         match &self.source {
+            Source::Torch { .. } | Source::TorchArchive { .. } => Err(Error::Unsupported(format!(
+                "{}: a torch.save file has no safetensors header",
+                self.path.display()
+            ))),
             Source::Safetensors(bytes) => {
                 let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
                 Ok(bytes[..8 + n as usize].to_vec())
@@ -369,7 +536,7 @@ impl TensorFile {
     /// for an archive the digest its index records for the file it restores.
     pub fn sha256(&self) -> Result<[u8; 32]> {
         match &self.source {
-            Source::Safetensors(bytes) => {
+            Source::Safetensors(bytes) | Source::Torch { bytes, .. } => {
                 let mut sha = sha2::Sha256::new();
                 let step = 16 << 20;
                 for start in (0..bytes.len()).step_by(step) {
@@ -380,6 +547,12 @@ impl TensorFile {
                 Ok(sha.finalize().into())
             }
             Source::Archive { archive, entry, .. } => Ok(archive.index().entries[*entry].sha256),
+            Source::TorchArchive { archive, file, .. } => Ok(archive
+                .index()
+                .entries
+                .iter()
+                .find(|e| &e.path == file)
+                .map_or([0; 32], |e| e.sha256)),
         }
     }
 }

@@ -7,9 +7,9 @@ use crate::{Common, Outcome, diff_text, escape, options, report};
 /// The arguments of `dmx diff`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// First checkpoint (.safetensors or .dmx).
+    /// First checkpoint (.safetensors, torch.save .pt/.bin, or a .dmx of one).
     a: PathBuf,
-    /// Second checkpoint (.safetensors or .dmx).
+    /// Second checkpoint (.safetensors, torch.save .pt/.bin, or a .dmx of one).
     b: PathBuf,
     /// Print JSON.
     #[arg(long)]

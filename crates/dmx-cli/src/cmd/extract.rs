@@ -1,4 +1,5 @@
-//! `dmx extract`: write a safetensors file holding only the named tensors (decodes only those).
+//! `dmx extract`: write a safetensors file holding only the named tensors (decodes only those),
+//! or every tensor of one stored file; tensors of `.pt` files by name path.
 
 use std::path::PathBuf;
 
@@ -6,14 +7,22 @@ use crate::{Common, Outcome, options};
 
 /// The arguments of `dmx extract`.
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["tensors", "all"]))]
 pub struct Args {
-    /// Input archive.
+    /// Input archive (of a .safetensors or a torch.save .pt/.bin file, or of a folder).
     input: PathBuf,
     /// Output .safetensors file.
     output: PathBuf,
-    /// Tensor to extract (repeatable).
-    #[arg(long = "tensor", required = true, value_name = "NAME")]
+    /// Tensor to extract (repeatable); a tensor of a .pt file by its name path
+    /// (`state.0.exp_avg`; `tensor` for a lone `torch.save(tensor)`).
+    #[arg(long = "tensor", value_name = "NAME")]
     tensors: Vec<String>,
+    /// Extract every tensor of the file (with --file in an archive of a folder).
+    #[arg(long, conflicts_with = "tensors")]
+    all: bool,
+    /// The stored file to extract from, in an archive of a folder (its relative path).
+    #[arg(long, value_name = "PATH")]
+    file: Option<String>,
     /// Overwrite the output if it exists.
     #[arg(short, long)]
     force: bool,
@@ -25,12 +34,19 @@ pub fn run(args: Args, common: &Common) -> Result<Outcome, dmx::Error> {
         input,
         output,
         tensors,
+        file,
         force,
+        all: _,
     } = args;
     let archive = dmx::Archive::open(&input)?;
-    dmx::extract(&archive, &tensors, &output, &options(common, force))?;
+    let opts = options(common, force);
+    dmx::extract_from(&archive, file.as_deref(), &tensors, &output, &opts)?;
     if !common.quiet {
-        eprintln!("{} tensor(s) -> {}", tensors.len(), output.display());
+        if tensors.is_empty() {
+            eprintln!("all tensors -> {}", output.display());
+        } else {
+            eprintln!("{} tensor(s) -> {}", tensors.len(), output.display());
+        }
     }
     Ok(Outcome::Ok)
 }

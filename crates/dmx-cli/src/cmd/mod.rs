@@ -32,7 +32,8 @@ pub enum Command {
     DeltaReconstruct(delta_reconstruct::Args),
     /// Sizes of a delta per checkpoint component and role, and the fraction of unchanged values.
     DeltaInfo(delta_info::Args),
-    /// How far checkpoint B moved from A: per tensor, layer, component and role.
+    /// How far checkpoint B moved from A (.safetensors, .pt or .dmx): per tensor, layer,
+    /// component and role.
     Diff(diff::Args),
     /// Store checkpoints of a training run, in order, as anchors and deltas in a new folder.
     ///
@@ -48,7 +49,8 @@ pub enum Command {
     ChainInfo(chain_info::Args),
     /// Restore the original file or folder from an archive, byte for byte.
     Decompress(decompress::Args),
-    /// Show the tensors, codecs, sizes and bits per weight of an archive.
+    /// Show the tensors, codecs, sizes and bits per weight of an archive (of .pt files too:
+    /// tensors by name path, and a summary per checkpoint component).
     Info(info::Args),
     /// Decode everything and check every checksum; with an ORIGINAL, compare every byte.
     ///
@@ -57,7 +59,8 @@ pub enum Command {
     Verify(verify::Args),
     /// Measure dmx in memory on files: bits/weight per dtype, entropy bound, MB/s both ways.
     Bench(bench::Args),
-    /// Write a safetensors file holding only the named tensors (decodes only those).
+    /// Write a safetensors file holding the named tensors, or all of one file (decodes only
+    /// those); tensors of .pt files by name path, views made contiguous.
     Extract(extract::Args),
 }
 

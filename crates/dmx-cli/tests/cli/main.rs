@@ -8,4 +8,5 @@ mod diff_cli;
 mod format12;
 mod hygiene;
 mod lossy_cli;
+mod pt_cli;
 mod support;

@@ -2,13 +2,16 @@
 //! (into caller memory: [`read`]).
 
 mod read;
+mod views;
+
+pub(crate) use views::ViewTable;
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use dmx_codec::Codec;
-use dmx_format::{Chunk, Entry, Index, Limits, Segment, TensorInfo, Trailer};
+use dmx_format::{Chunk, Entry, Index, Limits, Segment, TensorInfo, TorchView, Trailer};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -25,15 +28,18 @@ pub struct Archive {
     index_len: u64,
     /// Where each tensor name is, built on the first lookup by name.
     names: std::sync::OnceLock<HashMap<String, Vec<Place>>>,
+    /// Per entry, its views into storages (empty but for `torch.save` entries).
+    views: Vec<views::ViewTable>,
 }
 
-/// Where a tensor is in the index: entry, segment, member of a packed segment (0 otherwise),
-/// and its offset and length within the segment.
+/// Where a tensor is in the index: entry, segment, member of a packed segment (0 otherwise)
+/// or view into a storage segment, and its offset and length within the segment.
 #[derive(Debug, Clone, Copy)]
 struct Place {
     entry: usize,
     segment: usize,
     member: usize,
+    view: Option<usize>,
     offset: u64,
     len: u64,
 }
@@ -49,8 +55,20 @@ pub struct TensorRef<'a> {
     pub info: &'a TensorInfo,
     /// Offset of its data from the start of the segment (0 unless packed).
     pub offset: u64,
-    /// Length of its data in bytes (the segment's length unless packed).
+    /// Length of its data in bytes (the segment's length unless packed or a view).
     pub len: u64,
+    /// For a tensor of a `torch.save` entry that is a view into a storage segment: its
+    /// offset and strides (`offset` above is then where its first element starts, `len` the
+    /// bytes of its elements gathered contiguously). `None` for every other tensor.
+    pub view: Option<&'a TorchView>,
+}
+
+impl TensorRef<'_> {
+    /// Whether its bytes are the segment's bytes `offset..offset + len` as stored; `false`
+    /// for a view whose elements must be gathered (strided, transposed).
+    pub fn is_contiguous(&self) -> bool {
+        self.view.is_none_or(views::is_contiguous)
+    }
 }
 
 impl Archive {
@@ -101,6 +119,7 @@ impl Archive {
         let flags = dmx_format::preamble_flags(&bytes);
         let index =
             Index::from_stored(index_bytes, flags, trailer.index_offset, limits).map_err(fmt)?;
+        let views = index.entries.iter().map(views::ViewTable::of).collect();
         let archive = Self {
             path: path.to_path_buf(),
             bytes,
@@ -108,15 +127,21 @@ impl Archive {
             version,
             index_len: trailer.index_len,
             names: std::sync::OnceLock::new(),
+            views,
         };
         archive.validate()?;
         Ok(archive)
     }
 
     /// Rules the engine adds to the container's: known codec ids, tensor sizes that match
-    /// their dtype and shape.
+    /// their dtype and shape, views of `torch.save` entries inside their storages.
     fn validate(&self) -> Result<()> {
         for entry in &self.index.entries {
+            if entry.kind.is_torch() {
+                for v in &entry.views {
+                    views::check_view(entry, v).map_err(|e| self.corrupt_entry(entry, &e))?;
+                }
+            }
             for seg in &entry.segments {
                 for c in &seg.chunks {
                     let codec =
@@ -181,23 +206,54 @@ impl Archive {
         self.index_len
     }
 
-    /// Every tensor, in archive order (the members of packed segments one by one).
+    /// Every tensor, in archive order (the members of packed segments one by one; for a
+    /// storage of a `torch.save` entry that views name, those views in table order).
     pub fn tensors(&self) -> impl Iterator<Item = TensorRef<'_>> {
-        self.index.entries.iter().flat_map(|entry| {
-            entry.segments.iter().flat_map(move |segment| {
-                segment
-                    .kind
-                    .tensors(segment.len)
+        (0..self.index.entries.len()).flat_map(move |e| {
+            (0..self.index.entries[e].segments.len()).flat_map(move |s| {
+                self.places(e, s)
                     .into_iter()
-                    .map(move |(info, offset, len)| TensorRef {
-                        entry,
-                        segment,
-                        info,
-                        offset,
-                        len,
-                    })
+                    .filter_map(move |p| self.tensor_at(p))
             })
         })
+    }
+
+    /// The places of the tensors of segment `s` of entry `e`.
+    fn places(&self, e: usize, s: usize) -> Vec<Place> {
+        let entry = &self.index.entries[e];
+        let seg = &entry.segments[s];
+        if let Some(vs) = self.views.get(e).and_then(|t| t.of_segment(s)) {
+            return vs
+                .iter()
+                .map(|&v| {
+                    let view = &entry.views[v];
+                    // Validated at open: width known, extent inside the segment.
+                    let w = views::elem_bytes(&view.dtype).unwrap_or(1);
+                    let n = views::numel(&view.shape).unwrap_or(0);
+                    Place {
+                        entry: e,
+                        segment: s,
+                        member: 0,
+                        view: Some(v),
+                        offset: view.offset.saturating_mul(w),
+                        len: n.saturating_mul(w),
+                    }
+                })
+                .collect();
+        }
+        seg.kind
+            .tensors(seg.len)
+            .into_iter()
+            .enumerate()
+            .map(|(m, (_, offset, len))| Place {
+                entry: e,
+                segment: s,
+                member: m,
+                view: None,
+                offset,
+                len,
+            })
+            .collect()
     }
 
     /// Finds a tensor by name (the first match in archive order).
@@ -219,15 +275,11 @@ impl Archive {
     fn name_index(&self) -> HashMap<String, Vec<Place>> {
         let mut names: HashMap<String, Vec<Place>> = HashMap::new();
         for (e, entry) in self.index.entries.iter().enumerate() {
-            for (s, seg) in entry.segments.iter().enumerate() {
-                for (m, (info, offset, len)) in seg.kind.tensors(seg.len).into_iter().enumerate() {
-                    names.entry(info.name.clone()).or_default().push(Place {
-                        entry: e,
-                        segment: s,
-                        member: m,
-                        offset,
-                        len,
-                    });
+            for s in 0..entry.segments.len() {
+                for p in self.places(e, s) {
+                    if let Some(t) = self.tensor_at(p) {
+                        names.entry(t.info.name.clone()).or_default().push(p);
+                    }
                 }
             }
         }
@@ -237,6 +289,16 @@ impl Archive {
     fn tensor_at(&self, p: Place) -> Option<TensorRef<'_>> {
         let entry = self.index.entries.get(p.entry)?;
         let segment = entry.segments.get(p.segment)?;
+        if let Some(v) = p.view {
+            return Some(TensorRef {
+                entry,
+                segment,
+                info: self.views.get(p.entry)?.infos.get(v)?,
+                offset: p.offset,
+                len: p.len,
+                view: Some(entry.views.get(v)?),
+            });
+        }
         let info = match &segment.kind {
             dmx_format::SegmentKind::Tensor(t) => t,
             dmx_format::SegmentKind::Packed(members) => &members.get(p.member)?.info,
@@ -248,6 +310,7 @@ impl Archive {
             info,
             offset: p.offset,
             len: p.len,
+            view: None,
         })
     }
 
@@ -273,10 +336,20 @@ impl Archive {
                 ),
             });
         }
+        if let Some(v) = t.view.filter(|_| !t.is_contiguous()) {
+            let width = views::elem_bytes(&v.dtype).unwrap_or(1);
+            return views::gather(&data, v, width)
+                .ok_or_else(|| self.corrupt_entry(t.entry, "view outside its storage"));
+        }
         if t.offset == 0 && t.len == t.segment.len {
             return Ok(data);
         }
-        Ok(data[t.offset as usize..(t.offset + t.len) as usize].to_vec())
+        let range = usize::try_from(t.offset)
+            .ok()
+            .zip(usize::try_from(t.offset.saturating_add(t.len)).ok())
+            .and_then(|(a, b)| data.get(a..b))
+            .ok_or_else(|| self.corrupt_entry(t.entry, "tensor outside its segment"))?;
+        Ok(range.to_vec())
     }
 
     /// Decodes a whole pack entry (format 1.2, at most [`dmx_format::MAX_PACK`] bytes),
@@ -481,4 +554,15 @@ pub(crate) fn pack_digest(sizes: impl Iterator<Item = u64>, data: &[u8]) -> [u8;
         at = end;
     }
     sha.finalize().into()
+}
+
+/// Bytes per element of a `torch.save` view's dtype (`None` for an unknown or sub-byte one).
+pub(crate) fn view_width(view: &TorchView) -> Option<u64> {
+    views::elem_bytes(&view.dtype)
+}
+
+/// The elements of `view` gathered contiguous from the bytes of its `storage` (`None` when
+/// the view does not fit the storage or its dtype is unknown).
+pub(crate) fn gather_view(storage: &[u8], view: &TorchView) -> Option<Vec<u8>> {
+    views::gather(storage, view, view_width(view)?)
 }

@@ -139,7 +139,7 @@ impl Archive {
         opts: &crate::Options,
     ) -> Result<()> {
         check_len(self, &t, out.len() as u64)?;
-        if t.offset != 0 || t.len != t.segment.len {
+        if t.offset != 0 || t.len != t.segment.len || !t.is_contiguous() {
             opts.check_cancel()?;
             let data = self.read_tensor_ref(t)?;
             out.copy_from_slice(&data);
@@ -226,6 +226,13 @@ impl Archive {
         }
         if rows.start == 0 && rows.end == n {
             return self.read_ref_into(t, out);
+        }
+        if !t.is_contiguous() {
+            // A strided view: its rows are not one byte range of the storage.
+            let whole = self.read_tensor_ref(t)?;
+            let from = (rows.start * row_bytes) as usize;
+            out.copy_from_slice(&whole[from..from + out.len()]);
+            return Ok(());
         }
         let start = t.offset + rows.start * row_bytes;
         self.read_range_into(t, start..start + want, out)

@@ -11,6 +11,8 @@
 //! * `lossy.safetensors` and `lossy-target.safetensors` ([`lossy_model`]), and their archives
 //!   of every kind ([`ARCHIVE_KINDS`]: lossy BFP, int16 and cast archives, lossless and int16
 //!   `.dmxd` deltas) and the chain folder `chain/`;
+//! * `torch-*.pt` and `torch-*.dmx`: `torch.save` files and their archives (format 1.3;
+//!   made and checked in `torch.rs`);
 //! * `expected.txt`, what each chunk and lossy or delta archive must decode to (BLAKE3);
 //! * `vectors.txt`, the BLAKE3 of every file above; `README.md` describes the folder.
 //!
@@ -281,7 +283,7 @@ fn broken(good: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// With `DMX_BLESS=1`, rewrites every vector once, before any test reads them.
-fn vectors() -> &'static Path {
+pub(crate) fn vectors() -> &'static Path {
     static BLESSED: OnceLock<()> = OnceLock::new();
     BLESSED.get_or_init(|| {
         if std::env::var_os("DMX_BLESS").is_none_or(|v| v.is_empty() || v == "0") {
@@ -331,7 +333,8 @@ fn vectors() -> &'static Path {
         ] {
             list.push_str(&format!("{name}: {}\n", blake3_hex(&bytes)));
         }
-        let (expected, files) = bless_more(&d);
+        let (expected, mut files) = bless_more(&d);
+        files.extend(crate::torch::bless_vectors(&d));
         for name in files {
             let bytes = std::fs::read(d.join(&name)).expect("read vector");
             list.push_str(&format!("{name}: {}\n", blake3_hex(&bytes)));
@@ -379,6 +382,11 @@ fn listed_files_are_the_committed_ones() {
     want.extend(chunks.iter().map(String::as_str));
     want.extend([LOSSY_INPUT, LOSSY_TARGET]);
     want.extend(ARCHIVE_KINDS.iter().map(|(n, _)| *n));
+    want.extend(
+        crate::torch::VECTORS
+            .iter()
+            .flat_map(|(pt, dmx)| [*pt, *dmx]),
+    );
     let chain = chain_files(&vectors().join(CHAIN_DIR));
     assert!(
         chain.len() >= 3,
