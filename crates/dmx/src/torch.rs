@@ -102,28 +102,34 @@ pub(crate) fn plan_layout(layout: &PtLayout, len: u64) -> TorchPlan {
             })
         })
         .collect();
+    // Storages lie in file order without overlapping (`PtLayout::invariants`); the bytes
+    // between them are skeleton. An empty storage becomes a zero-length tensor segment where
+    // it lies, so that its (zero-element) tensors are listed too.
     let mut segments = Vec::new();
     let mut segment_of = vec![None; layout.storages.len()];
-    for piece in layout.segments(len) {
-        match piece {
-            dmx_pt::Segment::Skeleton(r) => segments.push(bytes(r.start, r.end - r.start)),
-            dmx_pt::Segment::Storage(i) => {
-                let s = &layout.storages[i];
-                let (start, n) = (s.range.start, s.range.end - s.range.start);
-                match &codings[i] {
-                    Some(c) => {
-                        segment_of[i] = Some(segments.len() as u64);
-                        segments.push(PlannedSegment {
-                            value: value_kind(&c.info.dtype),
-                            kind: SegmentKind::Tensor(c.info.clone()),
-                            offset: start,
-                            len: n,
-                        });
-                    }
-                    None => segments.push(bytes(start, n)),
-                }
-            }
+    let mut at = 0;
+    for (i, s) in layout.storages.iter().enumerate() {
+        let (start, n) = (s.range.start, s.range.end - s.range.start);
+        if start > at {
+            segments.push(bytes(at, start - at));
         }
+        match &codings[i] {
+            Some(c) => {
+                segment_of[i] = Some(segments.len() as u64);
+                segments.push(PlannedSegment {
+                    value: value_kind(&c.info.dtype),
+                    kind: SegmentKind::Tensor(c.info.clone()),
+                    offset: start,
+                    len: n,
+                });
+            }
+            None if n > 0 => segments.push(bytes(start, n)),
+            None => {}
+        }
+        at = at.max(s.range.end);
+    }
+    if len > at {
+        segments.push(bytes(at, len - at));
     }
     let views = layout
         .tensors
@@ -155,7 +161,7 @@ pub(crate) fn plan_layout(layout: &PtLayout, len: u64) -> TorchPlan {
 }
 
 /// Whether view `t` is the whole storage of `numel` elements of `dtype`, in row-major order
-/// from its first element.
+/// from its first element (an empty view of an empty storage is).
 fn covers(t: &TensorView, numel: u64, dtype: dmx_pt::Dtype) -> bool {
     if t.dtype != dtype || t.offset != 0 {
         return false;
@@ -163,7 +169,7 @@ fn covers(t: &TensorView, numel: u64, dtype: dmx_pt::Dtype) -> bool {
     let Some(n) = t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)) else {
         return false;
     };
-    n == numel && n > 0 && is_contiguous(&t.shape, &t.stride)
+    n == numel && is_contiguous(&t.shape, &t.stride)
 }
 
 /// Whether `stride` is the row-major stride of `shape` (dimensions of size 1 may have any
