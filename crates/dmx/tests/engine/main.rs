@@ -9,6 +9,7 @@ mod diff;
 mod fuzz_regressions;
 mod lossy;
 mod memory;
+mod pt_safety;
 mod roundtrip;
 mod trainer;
 mod vectors;
