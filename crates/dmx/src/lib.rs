@@ -53,6 +53,7 @@ mod plan;
 
 pub mod tensors;
 mod torch;
+mod torch_crc;
 mod verify;
 mod verify_path;
 mod window;

@@ -367,6 +367,13 @@ fn check_entry(
     let mut hashes = vec![blake3::hash(&[]); entry.segments.len()];
     let mut pos = 0usize;
     let mut first_diff: Option<usize> = None;
+    // A lossy torch zip records the CRC-32s of its restored storages (torch_crc.rs).
+    let crc_mask = match original {
+        Some(o) if lossy_entry && entry.kind.is_torch() => {
+            crate::torch_crc::lossy_crc_mask(entry, o)
+        }
+        _ => Vec::new(),
+    };
     let result = stream_entry_with(archive, entry, bases, opts, |s, data| {
         sha.update(data);
         if let Some((done, h)) = hasher.update(s, data) {
@@ -389,12 +396,9 @@ fn check_entry(
             && let Some(o) = original
         {
             let theirs = o.get(pos..pos + data.len()).unwrap_or(&[]);
-            if theirs != data {
-                let k = data
-                    .iter()
-                    .zip(theirs)
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(theirs.len());
+            if theirs != data
+                && let Some(k) = crate::torch_crc::first_difference(theirs, data, pos, &crc_mask)
+            {
                 first_diff = Some(pos + k);
             }
         }

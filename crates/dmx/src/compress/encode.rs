@@ -229,6 +229,40 @@ pub(crate) struct EntryPlan<'p, 'a> {
     pub allowances: Option<&'p [Option<f64>]>,
 }
 
+/// Where encoded payloads go: the archive being written, or nowhere (a dry run that only
+/// learns what decompression will produce).
+pub(crate) trait Sink {
+    /// Bytes written so far.
+    fn position(&self) -> u64;
+    /// Appends bytes.
+    fn write_all(&mut self, data: &[u8]) -> Result<()>;
+}
+
+impl Sink for AtomicFile {
+    fn position(&self) -> u64 {
+        AtomicFile::position(self)
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> Result<()> {
+        AtomicFile::write_all(self, data)
+    }
+}
+
+/// A sink that keeps nothing.
+#[derive(Default)]
+pub(crate) struct Discard(u64);
+
+impl Sink for Discard {
+    fn position(&self) -> u64 {
+        self.0
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> Result<()> {
+        self.0 += data.len() as u64;
+        Ok(())
+    }
+}
+
 /// One chunk of a planned file: its segment and byte range.
 struct ChunkAt {
     segment: usize,
@@ -242,6 +276,30 @@ pub(crate) fn encode_entry_budgeted(
     out: &mut AtomicFile,
     opts: &crate::Options,
 ) -> Result<Entry> {
+    if super::torch::needs_crc_patch(plan) {
+        // A lossy torch zip: its CRC-32 fields are rewritten for the restored storages.
+        return super::torch::encode_torch_lossy(plan, out, opts);
+    }
+    encode_inner(plan, out, opts, false).map(|(entry, _)| entry)
+}
+
+/// [`encode_entry_budgeted`] into any sink, also returning the CRC-32 (as zip computes it)
+/// of each segment's restored bytes: what decompression will produce.
+pub(crate) fn encode_entry_crc(
+    plan: &EntryPlan<'_, '_>,
+    out: &mut impl Sink,
+    opts: &crate::Options,
+) -> Result<(Entry, Vec<u32>)> {
+    encode_inner(plan, out, opts, true)
+}
+
+/// [`encode_entry_crc`]; the CRC-32s are only computed (else empty) when `crc` is set.
+fn encode_inner(
+    plan: &EntryPlan<'_, '_>,
+    out: &mut impl Sink,
+    opts: &crate::Options,
+    crc: bool,
+) -> Result<(Entry, Vec<u32>)> {
     let progress = opts.progress.as_deref();
     let file = plan.file;
     let any_lossy = plan.codings.iter().any(|c| !c.is_lossless());
@@ -252,7 +310,7 @@ pub(crate) fn encode_entry_budgeted(
         .enumerate()
         .flat_map(|(i, seg)| seg.chunks().map(move |range| ChunkAt { segment: i, range }))
         .collect();
-    let mut state = EntryState::new(file, plan.codings);
+    let mut state = EntryState::new(file, plan.codings, crc);
     let lens: Vec<u64> = chunks.iter().map(|c| c.range.end - c.range.start).collect();
     for range in windows(&lens) {
         opts.check_cancel()?;
@@ -305,7 +363,8 @@ pub(crate) fn encode_entry_budgeted(
             p.advance(raw);
         }
     }
-    Ok(state.finish(file, plan.bases))
+    let crcs = state.crcs.iter().map(|h| h.clone().finalize()).collect();
+    Ok((state.finish(file, plan.bases), crcs))
 }
 
 impl<'a> EntryPlan<'_, 'a> {
@@ -342,10 +401,12 @@ struct EntryState {
     spent: Vec<f64>,
     sha: sha2::Sha256,
     hasher: SegmentHasher,
+    /// CRC-32 of each segment's restored bytes (empty when not wanted).
+    crcs: Vec<crc32fast::Hasher>,
 }
 
 impl EntryState {
-    fn new(file: &PlannedFile, codings: &[Coding]) -> Self {
+    fn new(file: &PlannedFile, codings: &[Coding], crc: bool) -> Self {
         let n = file.segments.len();
         let segments = file
             .segments
@@ -369,19 +430,23 @@ impl EntryState {
             spent: vec![0.0; n],
             sha: sha2::Sha256::new(),
             hasher: SegmentHasher::default(),
+            crcs: vec![crc32fast::Hasher::new(); if crc { n } else { 0 }],
         }
     }
 
     /// Feeds the file's hashes with the next bytes (of `segment`), in file order.
     fn hash(&mut self, segment: usize, data: &[u8]) {
         self.sha.update(data);
+        if let Some(h) = self.crcs.get_mut(segment) {
+            h.update(data);
+        }
         if let Some((s, h)) = self.hasher.update(segment, data) {
             self.segments[s].blake3 = *h.as_bytes();
         }
     }
 
     /// Writes an encoded chunk's payload to `out` and records it.
-    fn store(&mut self, j: &Job<'_>, done: Done, out: &mut AtomicFile) -> Result<()> {
+    fn store(&mut self, j: &Job<'_>, done: Done, out: &mut impl Sink) -> Result<()> {
         let enc = done.enc;
         if let Some((_, acc)) = &done.lossy {
             self.errors[j.segment].merge(acc);

@@ -6,6 +6,7 @@ mod encode;
 mod finish;
 mod source;
 mod tensors;
+mod torch;
 
 use std::path::Path;
 use std::time::Instant;

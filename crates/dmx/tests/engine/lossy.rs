@@ -342,3 +342,165 @@ fn overflowing_casts_are_stored_exactly_unless_allowed() {
     assert!(!v.ok, "an infinite error never passes");
     assert_eq!(v.files[0].tensor_errors[0].rel_l2, f64::INFINITY);
 }
+
+/// The value of one little-endian float of `dtype` (`F32`, `F16`, `BF16`).
+fn float_at(dtype: &str, b: &[u8]) -> f64 {
+    match dtype {
+        "F32" => f64::from(f32::from_le_bytes(b.try_into().unwrap())),
+        "F16" => half::f16::from_le_bytes(b.try_into().unwrap()).to_f64(),
+        "BF16" => half::bf16::from_le_bytes(b.try_into().unwrap()).to_f64(),
+        _ => unreachable!("{dtype}"),
+    }
+}
+
+/// The file offsets of every CRC-32 field of the zip `file`, after checking that each one
+/// holds the CRC-32 of its member's data (the file is a valid zip).
+fn checked_crc_fields(file: &[u8], tag: &str) -> Vec<usize> {
+    let mut fields = Vec::new();
+    let u32_at = |at: usize| u32::from_le_bytes(file[at..at + 4].try_into().unwrap());
+    for m in crate::trainer::zip_members(file) {
+        let crc = dmx_pt::zip::crc32(&file[m.data..m.data + m.size]);
+        assert_eq!(u32_at(m.central + 16), crc, "{tag}: {} central CRC", m.name);
+        fields.push(m.central + 16);
+        let local = m.local + 14;
+        assert!(
+            u32_at(local) == 0 || u32_at(local) == crc,
+            "{tag}: {}",
+            m.name
+        );
+        fields.push(local);
+        let flags = u16::from_le_bytes([file[m.local + 6], file[m.local + 7]]);
+        if flags & 8 != 0 {
+            let d = m.data + m.size;
+            let d = if file[d..d + 4] == *b"PK\x07\x08" {
+                d + 4
+            } else {
+                d
+            };
+            assert_eq!(u32_at(d), crc, "{tag}: {} descriptor CRC", m.name);
+            fields.push(d);
+        }
+    }
+    fields
+}
+
+/// Compresses the `torch.save` file `input` with `lossy` and restores it: a valid zip with
+/// the same skeleton (pickle included) but for the CRC-32 fields, exact non-float and
+/// exactly stored storages, lossy storages within the recorded error, and `verify` passing
+/// against the original.
+fn pt_round_trip(dir: &Path, input: &Path, lossy: &LossyOptions, tag: &str) -> usize {
+    let packed = dir.join(format!("{tag}.dmx"));
+    dmx::compress_with(input, &packed, lossy, &quiet()).unwrap();
+    let restored = dir.join(format!("{tag}.pt"));
+    dmx::decompress(&packed, &restored, &quiet()).unwrap();
+    let (orig, out) = (
+        std::fs::read(input).unwrap(),
+        std::fs::read(&restored).unwrap(),
+    );
+    assert_eq!(orig.len(), out.len(), "{tag}: size");
+    let archive = Archive::open(&packed).unwrap();
+    let entry = &archive.index().entries[0];
+    assert!(entry.kind.is_torch(), "{tag}");
+    let is_zip = orig.starts_with(b"PK\x03\x04");
+    let crc_fields = if is_zip {
+        checked_crc_fields(&out, tag)
+    } else {
+        Vec::new()
+    };
+    let mut lossy_segments = 0;
+    let mut in_storage = vec![false; orig.len()];
+    for seg in &entry.segments {
+        let (a, b) = (seg.offset as usize, (seg.offset + seg.len) as usize);
+        let dmx::dmx_format::SegmentKind::Tensor(t) = &seg.kind else {
+            continue;
+        };
+        in_storage[a..b].iter_mut().for_each(|x| *x = true);
+        let Some(l) = seg.transform.lossy() else {
+            assert_eq!(orig[a..b], out[a..b], "{tag}: {} must be exact", t.name);
+            continue;
+        };
+        lossy_segments += 1;
+        let w = common::dtype_size(&t.dtype);
+        let mut max_abs = 0f64;
+        for (x, y) in orig[a..b].chunks(w).zip(out[a..b].chunks(w)) {
+            let (x, y) = (float_at(&t.dtype, x), float_at(&t.dtype, y));
+            if x.is_finite() {
+                max_abs = max_abs.max((x - y).abs());
+            } else {
+                assert!(
+                    x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                    "{tag}"
+                );
+            }
+        }
+        assert!(
+            max_abs <= l.error.max_abs,
+            "{tag}: {}: {max_abs} > {}",
+            t.name,
+            l.error.max_abs
+        );
+    }
+    // Outside the storages only the CRC-32 fields may differ.
+    for (i, (x, y)) in orig.iter().zip(&out).enumerate() {
+        if !in_storage[i] && x != y {
+            assert!(
+                crc_fields.iter().any(|&f| (f..f + 4).contains(&i)),
+                "{tag}: skeleton byte {i} changed"
+            );
+        }
+    }
+    let report = dmx::verify(&archive, Some(input), &quiet()).unwrap();
+    assert!(report.ok, "{tag}: {report:#?}");
+    assert!(dmx::verify(&archive, None, &quiet()).unwrap().ok, "{tag}");
+    lossy_segments
+}
+
+/// The `torch.save` files the lossy `.pt` tests use: dmx-pt's fixtures (F32, BF16, F16
+/// models, an AdamW state, views, the legacy format) and a Trainer run's optimizer.pt.
+fn pt_inputs() -> Vec<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let pt = root.join("crates/dmx-pt/tests/fixtures");
+    let mut out: Vec<_> = [
+        "model_f32.pt",
+        "model_bf16.pt",
+        "model_f16.pt",
+        "adamw.pt",
+        "views.pt",
+        "legacy.pt",
+    ]
+    .iter()
+    .map(|n| pt.join(n))
+    .collect();
+    out.push(root.join("tests/fixtures/trainer/checkpoint-4/optimizer.pt"));
+    out
+}
+
+#[test]
+fn lossy_torch_files_restore_as_valid_zips_within_the_recorded_error() {
+    let dir = scratch();
+    let modes = [
+        ("bfp", LossyMode::Bfp, None, None),
+        ("bfp2", LossyMode::Bfp, None, None),
+        ("int16", LossyMode::Int16, None, None),
+        ("int32", LossyMode::Int32, None, None),
+        ("auto", LossyMode::Auto, Some(1e-3), None),
+        ("cast", LossyMode::Lossless, None, Some(CastTo::Bf16)),
+    ];
+    for input in pt_inputs() {
+        let stem = input.file_stem().unwrap().to_string_lossy().into_owned();
+        let mut lossy_total = 0;
+        for (name, mode, max_rel_error, cast) in modes {
+            // Two magnitude bits make even the fixtures' small BF16/F16 tensors smaller
+            // lossy than exact, so they are coded lossily.
+            let lossy = LossyOptions {
+                mode,
+                max_rel_error,
+                cast,
+                mantissa_bits: (name == "bfp2").then_some(2),
+                ..LossyOptions::default()
+            };
+            lossy_total += pt_round_trip(dir.path(), &input, &lossy, &format!("{stem}-{name}"));
+        }
+        assert!(lossy_total > 0, "{stem}: nothing was coded lossily");
+    }
+}

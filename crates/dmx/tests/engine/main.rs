@@ -9,8 +9,10 @@ mod diff;
 mod fuzz_regressions;
 mod lossy;
 mod memory;
+mod pt_safety;
 mod roundtrip;
 mod torch;
+mod trainer;
 mod vectors;
 
 /// Proptest settings: `default_cases` cases per property unless `PROPTEST_CASES` says otherwise.
