@@ -17,8 +17,9 @@ from dmx.lightning import DmxCheckpointIO  # noqa: E402
 
 
 class Tiny(pl.LightningModule):
-    def __init__(self) -> None:
+    def __init__(self, lr: float = 0.05, widths: tuple = (8, 16)) -> None:
         super().__init__()
+        self.save_hyperparameters()
         self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
                                        torch.nn.Linear(16, 1))
         self.losses: list[float] = []
@@ -31,7 +32,7 @@ class Tiny(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=0.05)
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.7)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -70,6 +71,7 @@ def test_fit_then_resume_continues_identically(tmp_path: pathlib.Path) -> None:
     state = DmxCheckpointIO().load_checkpoint(last)
     assert state["global_step"] == trainer.global_step == 8
     assert "optimizer_states" in state and "loops" in state
+    assert state["hyper_parameters"] == {"lr": 0.05, "widths": (8, 16)}
     resumed, _ = fit(tmp_path / "a", epochs=4, ckpt_path=str(last))
     assert first.losses + resumed.losses == full.losses
     for (k, v), (k2, v2) in zip(full.state_dict().items(), resumed.state_dict().items()):
