@@ -15,7 +15,7 @@ reference (SHA-256 of the final weights of both), the final loss difference of t
 quantized runs, the chain's bytes against the sum of the torch.save files and ZipNN on
 them, and the time added per checkpoint.
 
-    python bench/resume_experiment.py [--steps 600] [--every 25] [--resumes 5] [--out DIR]
+    python bench/resume_experiment.py [--steps 300] [--every 20] [--resumes 5] [--out DIR]
 """
 
 from __future__ import annotations
@@ -199,17 +199,17 @@ def mean(xs: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--every", type=int, default=25)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--every", type=int, default=20)
     ap.add_argument("--resumes", type=int, default=5)
-    ap.add_argument("--d", type=int, default=128)
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--d", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--ctx", type=int, default=128)
+    ap.add_argument("--ctx", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--json", default=None, help="write the results here too")
     a = ap.parse_args()

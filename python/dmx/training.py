@@ -20,7 +20,6 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from . import _dmx
 from ._errors import UsageError
 from ._reports import ChainInfo, ChainReport, ChainVerifyReport
 from .checkpoint import apply_state, decode, encode, read_raw, training_state

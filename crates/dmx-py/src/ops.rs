@@ -356,7 +356,6 @@ pub fn chain_prune<'py>(
     threads: Option<usize>,
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<String> {
-    Call::new(threads, false, progress).run(py, move |opts| {
-        json(&dmx::chain_prune(&dir, &keep, opts)?)
-    })
+    Call::new(threads, false, progress)
+        .run(py, move |opts| json(&dmx::chain_prune(&dir, &keep, opts)?))
 }

@@ -43,7 +43,10 @@ pub fn run(args: Args, common: &Common) -> Result<Outcome, dmx::Error> {
     };
     let r = dmx::chain_prune(&dir, &keep, &options(common, false))?;
     for f in &r.set_aside {
-        eprintln!("warning: {}: set aside {f} (not listed in the manifest)", r.dir);
+        eprintln!(
+            "warning: {}: set aside {f} (not listed in the manifest)",
+            r.dir
+        );
     }
     super::emit(&r, json, common.quiet, |r| {
         println!(
