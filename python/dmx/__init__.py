@@ -272,6 +272,22 @@ def chain_verify(
     return r
 
 
+def chain_prune(
+    dir: PathLike,
+    keep: Iterable[int],
+    *,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Keep only the entries ``keep`` (indices) of a chain (``dmx chain-prune``): a kept
+    delta whose parent goes is re-anchored (lossless chains) or keeps its parents (quantized
+    chains); kept entries are renumbered from 0. Crash-safe: the new manifest is written
+    before any file is removed."""
+    return Report._from_json(
+        _dmx.chain_prune(dir, [int(i) for i in keep], threads=threads, progress=progress)
+    )
+
+
 __all__ = [
     "__version__",
     "compress",
@@ -288,6 +304,7 @@ __all__ = [
     "chain_reconstruct",
     "chain_info",
     "chain_verify",
+    "chain_prune",
     "safe_open",
     "CompressOptions",
     "Report",

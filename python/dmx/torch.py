@@ -239,3 +239,9 @@ def load_model(
             f"error(s) loading the state dict for {type(model).__name__}: " + "; ".join(parts)
         )
     return sorted(missing), unexpected
+
+
+from .checkpoint import load_checkpoint, load_state, save_checkpoint, save_state  # noqa: E402
+from .training import CheckpointChain  # noqa: E402
+
+__all__ += ["save_checkpoint", "load_checkpoint", "save_state", "load_state", "CheckpointChain"]

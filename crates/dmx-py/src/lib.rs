@@ -33,6 +33,7 @@ fn _dmx(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ops::chain_reconstruct, m)?)?;
     m.add_function(wrap_pyfunction!(ops::chain_info, m)?)?;
     m.add_function(wrap_pyfunction!(ops::chain_verify, m)?)?;
+    m.add_function(wrap_pyfunction!(ops::chain_prune, m)?)?;
     m.add_function(wrap_pyfunction!(writer::save_tensors, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;

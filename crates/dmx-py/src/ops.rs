@@ -344,3 +344,18 @@ pub fn chain_verify<'py>(
 ) -> PyResult<String> {
     Call::new(threads, false, progress).run(py, move |opts| json(&dmx::chain_verify(&dir, opts)?))
 }
+
+/// `dmx chain-prune`: keeps the entries `keep` (and what they depend on); returns the report
+/// as JSON.
+#[pyfunction]
+#[pyo3(signature = (dir, keep, *, threads=None, progress=None))]
+pub fn chain_prune<'py>(
+    py: Python<'py>,
+    dir: PathBuf,
+    keep: Vec<usize>,
+    threads: Option<usize>,
+    progress: Option<Bound<'py, PyAny>>,
+) -> PyResult<String> {
+    Call::new(threads, false, progress)
+        .run(py, move |opts| json(&dmx::chain_prune(&dir, &keep, opts)?))
+}

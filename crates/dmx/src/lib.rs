@@ -64,7 +64,7 @@ pub use archive::{Archive, TensorRef};
 pub use bench::{BenchDtype, BenchResult, bench};
 pub use chain::{
     ChainInfo, ChainOptions, ChainReport, ChainVerifyReport, ReconstructReport, chain_append,
-    chain_compress, chain_info, chain_reconstruct, chain_verify,
+    chain_compress, chain_info, chain_prune, chain_reconstruct, chain_verify,
 };
 pub use compress::{
     CompressReport, TensorData, compress, compress_tensors, compress_with, safetensors_layout,

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod chain_append;
 pub mod chain_compress;
 pub mod chain_info;
+pub mod chain_prune;
 pub mod chain_reconstruct;
 pub mod compress;
 pub mod decompress;
@@ -47,6 +48,8 @@ pub enum Command {
     ChainReconstruct(chain_reconstruct::Args),
     /// Entries of a chain (anchor or delta, parent, sizes, savings, per component) and totals.
     ChainInfo(chain_info::Args),
+    /// Remove old entries of a chain; entries a kept entry depends on are re-anchored or kept.
+    ChainPrune(chain_prune::Args),
     /// Restore the original file or folder from an archive, byte for byte.
     Decompress(decompress::Args),
     /// Show the tensors, codecs, sizes and bits per weight of an archive (of .pt files too:
@@ -77,6 +80,7 @@ impl Command {
             Command::ChainAppend(args) => chain_append::run(args, common),
             Command::ChainReconstruct(args) => chain_reconstruct::run(args, common),
             Command::ChainInfo(args) => chain_info::run(args, common),
+            Command::ChainPrune(args) => chain_prune::run(args, common),
             Command::Decompress(args) => decompress::run(args, common),
             Command::Info(args) => info::run(args, common),
             Command::Verify(args) => verify::run(args, common),

@@ -24,6 +24,7 @@ mod compress;
 mod info;
 mod manifest;
 mod orphans;
+mod prune;
 mod restore;
 
 use serde::Serialize;
@@ -35,6 +36,7 @@ pub use compress::chain_compress;
 pub use info::{ChainInfo, ChainTotals, ComponentSize, EntryInfo, chain_info};
 pub use manifest::{ChainEntry, ChainEntryKind, ChainManifest, is_chain_dir, read_manifest};
 pub use orphans::{ORPHANS, find_orphans};
+pub use prune::{PruneReport, PrunedKeptEntry, chain_prune};
 pub use restore::{
     ChainVerifyReport, ReconstructReport, ReconstructedEntry, VerifiedEntry, chain_reconstruct,
     chain_verify,

@@ -2,6 +2,7 @@
 
 mod cancel;
 mod chain;
+mod chain_prune;
 mod corruption;
 mod crafted;
 mod delta;
