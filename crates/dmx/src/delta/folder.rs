@@ -53,6 +53,17 @@ pub(super) fn compress_dirs(
     let base_bytes: u64 = base_files.iter().map(|f| f.size).sum();
     let mut base_files: BTreeMap<String, PlannedFile> =
         base_files.into_iter().map(|f| (f.rel.clone(), f)).collect();
+    let pairs = files.iter().filter(|f| {
+        f.kind.has_tensors() && base_files.get(&f.rel).is_some_and(|b| b.kind.has_tensors())
+    });
+    if pairs.count() == 0 {
+        return Err(Error::Unsupported(format!(
+            "no checkpoint file of {} (safetensors or torch.save) has one of the same path in \
+             {}: nothing to store as a delta",
+            target.display(),
+            base.display()
+        )));
+    }
     let removed_files: Vec<String> = base_files
         .keys()
         .filter(|rel| !files.iter().any(|f| &f.rel == *rel))
@@ -160,7 +171,7 @@ fn store_file(
 /// files are moved). Every delta entry's base file must be the one it was made from (SHA-256
 /// and size); every file restored is checked (chunks, BLAKE3, SHA-256) before the folder is
 /// moved into place, so a failed run leaves nothing.
-pub(super) fn reconstruct_dirs(
+pub(crate) fn reconstruct_dirs(
     base: &Path,
     archive: &Archive,
     output: &Path,

@@ -17,6 +17,8 @@
 mod folder;
 mod info;
 
+pub(crate) use folder::reconstruct_dirs;
+
 pub use info::{DeltaGroup, DeltaInfo, DeltaInfoFile, delta_info};
 
 use std::collections::{BTreeMap, HashMap};
