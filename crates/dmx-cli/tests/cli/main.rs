@@ -9,3 +9,4 @@ mod format12;
 mod hygiene;
 mod lossy_cli;
 mod support;
+mod torch_cli;

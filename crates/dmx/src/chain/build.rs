@@ -13,7 +13,7 @@ use crate::io::AtomicFile;
 use crate::io::fs::sha256_file;
 
 use super::MANIFEST;
-use super::folder::{folder_hash, remove_scratch};
+use super::folder::{hash_files, remove_scratch};
 use super::manifest::{ChainEntry, ChainEntryKind, ChainManifest, check_name};
 
 /// Checks a checkpoint to append: one safetensors or `torch.save` file, or a checkpoint
@@ -238,9 +238,19 @@ impl<'a> Chain<'a> {
         Ok(archive)
     }
 
-    /// A restored folder entry at `path` hashes to the manifest's `restored_sha256`.
-    fn check_folder(&self, e: &ChainEntry, path: &Path) -> Result<()> {
-        if !e.folder || folder_hash(path)?.sha256 == e.restored_sha256 {
+    /// A restored folder entry at `path` (the files of `archive`) hashes to the manifest's
+    /// `restored_sha256`.
+    fn check_folder(&self, e: &ChainEntry, archive: &Archive, path: &Path) -> Result<()> {
+        if !e.folder {
+            return Ok(());
+        }
+        let rels = archive
+            .index()
+            .entries
+            .iter()
+            .filter(|x| x.kind != EntryKind::Pack)
+            .map(|x| x.path.clone());
+        if hash_files(path, rels)?.sha256 == e.restored_sha256 {
             return Ok(());
         }
         Err(self.corrupt(
@@ -316,8 +326,10 @@ impl<'a> Chain<'a> {
             };
             let result = self
                 .load(e, hashed(i))
-                .and_then(|a| self.restore(&a, base.as_deref(), &path, force, sync))
-                .and_then(|()| self.check_folder(e, &path))
+                .and_then(|a| {
+                    self.restore(&a, base.as_deref(), &path, force, sync)?;
+                    self.check_folder(e, &a, &path)
+                })
                 .map_err(|err| match err {
                     // The parent's reconstruction is not this delta's base: the chain is
                     // damaged (for folder deltas, checked file by file while restoring).

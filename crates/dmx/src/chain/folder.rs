@@ -31,10 +31,16 @@ pub(super) struct FolderHash {
 /// Hashes the folder `dir` as the module docs define.
 pub(super) fn folder_hash(dir: &Path) -> Result<FolderHash> {
     let (_, planned) = crate::plan::plan_input(dir)?;
-    let mut files = Vec::with_capacity(planned.len());
-    for f in planned {
-        let (sha, size) = sha256_file(&f.path)?;
-        files.push((f.rel, size, sha));
+    hash_files(dir, planned.into_iter().map(|f| f.rel))
+}
+
+/// The hash of the files `rels` of the folder `dir` (a restored folder entry: only the files
+/// its archive holds, whatever else the folder has).
+pub(super) fn hash_files(dir: &Path, rels: impl Iterator<Item = String>) -> Result<FolderHash> {
+    let mut files = Vec::new();
+    for rel in rels {
+        let (sha, size) = sha256_file(&dir.join(&rel))?;
+        files.push((rel, size, sha));
     }
     files.sort();
     let mut digest = sha2::Sha256::new();

@@ -319,3 +319,157 @@ fn folder_reconstruct_refuses_wrong_bases_and_writes_atomically() {
         "{names:?}"
     );
 }
+
+/// Three checkpoint folders whose consecutive deltas are small: `a` (step 2), `b` (the same
+/// tensors, another trainer_state.json), `c` (`b` with step 3's optimizer state).
+fn folder_steps(root: &Path) -> Vec<PathBuf> {
+    let (a, b, c) = (root.join("a"), root.join("b"), root.join("c"));
+    copy_dir(&fx("ckpt_2"), &a);
+    copy_dir(&fx("ckpt_2"), &b);
+    std::fs::write(b.join("trainer_state.json"), b"{\"global_step\": 2.5}").unwrap();
+    copy_dir(&b, &c);
+    std::fs::copy(fx("ckpt_3/optimizer.pt"), c.join("optimizer.pt")).unwrap();
+    vec![a, b, c]
+}
+
+#[test]
+fn chains_of_folders_restore_every_folder_and_verify() {
+    let dir = scratch();
+    let steps = folder_steps(dir.path());
+    let chain = dir.path().join("chain");
+    let c = dmx::chain::ChainOptions::default();
+    let r = dmx::chain::chain_compress(&steps[..2], &chain, &c, &quiet()).unwrap();
+    assert_eq!(r.entries, 2);
+    let r = dmx::chain::chain_append(&chain, &steps[2..], &quiet()).unwrap();
+    assert_eq!(r.entries, 3);
+    let m = dmx::chain::read_manifest(&chain).unwrap();
+    assert!(m.entries.iter().all(|e| e.folder));
+    assert_eq!(m.entries[1].kind, dmx::chain::ChainEntryKind::Delta);
+    for e in &m.entries {
+        assert!(e.stored_size <= e.standalone_size, "{e:?}");
+    }
+    // The delta entry is a folder delta whose optimizer.pt is a torch delta.
+    let index = index_of(&chain.join(&m.entries[1].file));
+    assert_eq!(index.root, Root::Directory);
+    assert!(
+        index
+            .entries
+            .iter()
+            .any(|e| e.path == "optimizer.pt" && e.kind == EntryKind::TorchDelta)
+    );
+    let v = dmx::chain::chain_verify(&chain, &quiet()).unwrap();
+    assert!(v.ok, "{v:?}");
+    let out = dir.path().join("out");
+    let rr = dmx::chain::chain_reconstruct(&chain, &out, None, &quiet()).unwrap();
+    assert!(rr.ok, "{rr:?}");
+    for s in &steps {
+        let name = s.file_name().unwrap();
+        assert_eq!(files_of(&out.join(name)), files_of(s), "{name:?}");
+    }
+    // Restoring over existing folders needs --force, which keeps their other files.
+    let err = dmx::chain::chain_reconstruct(&chain, &out, Some(&[2]), &quiet()).unwrap_err();
+    assert!(matches!(err, Error::Exists(_)), "{err}");
+    std::fs::write(out.join("c/notes.txt"), b"mine").unwrap();
+    let rr = dmx::chain::chain_reconstruct(&chain, &out, Some(&[2]), &forced()).unwrap();
+    assert!(rr.ok);
+    assert_eq!(std::fs::read(out.join("c/notes.txt")).unwrap(), b"mine");
+}
+
+#[test]
+fn folder_chain_damage_is_found() {
+    let dir = scratch();
+    let steps = folder_steps(dir.path());
+    let chain = dir.path().join("chain");
+    let c = dmx::chain::ChainOptions::default();
+    dmx::chain::chain_compress(&steps, &chain, &c, &quiet()).unwrap();
+    // A manifest whose folder hash is another folder's: every restore of it fails.
+    let path = chain.join("manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let m = dmx::chain::read_manifest(&chain).unwrap();
+    let (good, other) = (&m.entries[1].original_sha256, &m.entries[0].original_sha256);
+    std::fs::write(&path, text.replace(good.as_str(), other)).unwrap();
+    let v = dmx::chain::chain_verify(&chain, &quiet()).unwrap();
+    assert!(!v.ok);
+    assert!(
+        v.entries[0].restored_ok && !v.entries[1].restored_ok,
+        "{v:?}"
+    );
+    let why = v.entries[1].error.clone().unwrap();
+    assert!(why.contains("another folder"), "{why}");
+    std::fs::write(&path, text).unwrap();
+    // A stored delta swapped for another entry's file: refused as corrupt.
+    let last = chain.join(&m.entries[2].file);
+    std::fs::copy(chain.join(&m.entries[0].file), &last).unwrap();
+    let v = dmx::chain::chain_verify(&chain, &quiet()).unwrap();
+    assert!(!v.ok && !v.entries[2].stored_ok);
+}
+
+#[test]
+fn chains_of_pt_files() {
+    let dir = scratch();
+    let (x, y) = (dir.path().join("x.pt"), dir.path().join("y.pt"));
+    std::fs::copy(fx("step_2.pt"), &x).unwrap();
+    std::fs::copy(fx("step_2.pt"), &y).unwrap();
+    let steps = vec![x, y, fx("step_3.pt")];
+    let chain = dir.path().join("chain");
+    let c = dmx::chain::ChainOptions {
+        max_depth: 1,
+        ..Default::default()
+    };
+    dmx::chain::chain_compress(&steps, &chain, &c, &quiet()).unwrap();
+    let m = dmx::chain::read_manifest(&chain).unwrap();
+    use dmx::chain::ChainEntryKind::{Anchor, Delta};
+    let kinds: Vec<_> = m.entries.iter().map(|e| e.kind).collect();
+    // The depth limit forces the third entry to be an anchor.
+    assert_eq!(kinds, [Anchor, Delta, Anchor]);
+    assert!(m.entries.iter().all(|e| !e.folder));
+    let index = index_of(&chain.join(&m.entries[1].file));
+    assert_eq!(index.entries[0].kind, EntryKind::TorchDelta);
+    let out = dir.path().join("out");
+    assert!(
+        dmx::chain::chain_reconstruct(&chain, &out, None, &quiet())
+            .unwrap()
+            .ok
+    );
+    for s in &steps {
+        let name = s.file_name().unwrap();
+        assert_eq!(
+            std::fs::read(out.join(name)).unwrap(),
+            std::fs::read(s).unwrap()
+        );
+    }
+    assert!(dmx::chain::chain_verify(&chain, &quiet()).unwrap().ok);
+}
+
+#[test]
+fn chains_refuse_mixed_and_quantized_torch_checkpoints() {
+    let dir = scratch();
+    let chain = dir.path().join("chain");
+    let c = dmx::chain::ChainOptions::default();
+    let err = dmx::chain::chain_compress(&[fx("ckpt_1"), fx("step_2.pt")], &chain, &c, &quiet())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("all files or all folders"),
+        "{err}"
+    );
+    assert!(!chain.exists());
+    let q = dmx::chain::ChainOptions {
+        precision: Precision::Int16,
+        ..Default::default()
+    };
+    for input in [fx("ckpt_1"), fx("step_1.pt")] {
+        let err = dmx::chain::chain_compress(std::slice::from_ref(&input), &chain, &q, &quiet())
+            .unwrap_err();
+        assert!(matches!(err, Error::Unsupported(_)), "{err}");
+        assert!(err.to_string().contains("lossless"), "{err}");
+        assert!(!chain.exists());
+    }
+    // A folder chain takes no file, and the reverse.
+    dmx::chain::chain_compress(&[fx("ckpt_1")], &chain, &c, &quiet()).unwrap();
+    let err = dmx::chain::chain_append(&chain, &[fx("step_1.pt")], &quiet()).unwrap_err();
+    assert!(
+        err.to_string().contains("all files or all folders"),
+        "{err}"
+    );
+    assert_eq!(dmx::chain::read_manifest(&chain).unwrap().entries.len(), 1);
+}
