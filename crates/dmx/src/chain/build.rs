@@ -29,7 +29,9 @@ pub(super) fn check_input(path: &Path, precision: Precision) -> Result<(String, 
             precision.name()
         )));
     }
-    if !folder {
+    if folder {
+        check_checkpoint_folder(path)?;
+    } else {
         let (root, files) = crate::plan::plan_input(path)?;
         match (root, files.first()) {
             (Root::File, Some(f)) if f.kind.has_tensors() && !f.kind.is_delta() => {
@@ -56,6 +58,26 @@ pub(super) fn check_input(path: &Path, precision: Precision) -> Result<(String, 
         .ok_or_else(|| Error::Unsupported(format!("{}: file name is not UTF-8", path.display())))?;
     check_name(name).map_err(|d| Error::Unsupported(format!("{}: {d}", path.display())))?;
     Ok((name.to_string(), folder))
+}
+
+/// A checkpoint folder holds at least one checkpoint file (safetensors or `torch.save`) and
+/// is not a chain.
+fn check_checkpoint_folder(path: &Path) -> Result<()> {
+    if super::is_chain_dir(path) {
+        return Err(Error::Unsupported(format!(
+            "{}: is a dmx chain, not a checkpoint folder",
+            path.display()
+        )));
+    }
+    let (_, files) = crate::plan::plan_input(path)?;
+    if !files.iter().any(|f| f.kind.has_tensors()) {
+        return Err(Error::Unsupported(format!(
+            "{}: holds no safetensors or torch.save file; a checkpoint folder must hold at \
+             least one",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that `checkpoints` (with their folder flags) are all files or all folders, and of

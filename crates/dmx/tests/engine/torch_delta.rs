@@ -473,3 +473,21 @@ fn chains_refuse_mixed_and_quantized_torch_checkpoints() {
     );
     assert_eq!(dmx::chain::read_manifest(&chain).unwrap().entries.len(), 1);
 }
+
+#[test]
+fn chains_refuse_folders_that_are_not_checkpoints() {
+    let dir = scratch();
+    let c = dmx::chain::ChainOptions::default();
+    let chain = dir.path().join("chain");
+    dmx::chain::chain_compress(&[fx("step_1.pt")], &chain, &c, &quiet()).unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("notes.txt"), b"no tensors").unwrap();
+    for (input, why) in [(&chain, "is a dmx chain"), (&empty, "holds no")] {
+        let out = dir.path().join("c2");
+        let err = dmx::chain::chain_compress(std::slice::from_ref(input), &out, &c, &quiet())
+            .unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+        assert!(!out.exists());
+    }
+}
