@@ -10,3 +10,4 @@ mod hygiene;
 mod lossy_cli;
 mod pt_cli;
 mod support;
+mod torch_cli;

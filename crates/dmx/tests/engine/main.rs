@@ -14,6 +14,7 @@ mod pt_safety;
 mod roundtrip;
 mod torch;
 mod trainer;
+mod torch_delta;
 mod vectors;
 
 /// Proptest settings: `default_cases` cases per property unless `PROPTEST_CASES` says otherwise.
