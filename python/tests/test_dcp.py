@@ -60,16 +60,29 @@ def _rank_main(rank: int, world: int, init: str, out: str) -> None:
         root = pathlib.Path(out)
         dcp.save(sharded(1, mesh), storage_writer=DmxWriter(root / "step1"))
         dcp.save(sharded(2, mesh), storage_writer=DmxWriter(root / "step2", base=root / "step1"))
+        # resharding the other way: a checkpoint saved by one process, loaded as shards
+        sd = sharded(0, mesh)
+        dcp.load(sd, storage_reader=DmxReader(root / "single"))
+        for k, v in full_state(3).items():
+            local = sd["state"][k].to_local()
+            rows = ROWS // world
+            assert torch.equal(local, v[rank * rows:(rank + 1) * rows]), k
+        assert sd["meta"]["step"] == 3
     finally:
         dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """Checkpoints of steps 1 (full) and 2 (deltas from 1), saved by two gloo ranks."""
+    """Checkpoints of steps 1 (full) and 2 (deltas from 1), saved by two gloo ranks, which
+    also load (as shards) a checkpoint of step 3 saved by this single process."""
     import torch.multiprocessing as mp
 
     root = tmp_path_factory.mktemp("dcp")
+    single = {"state": full_state(3), "meta": {"step": 3, "lr": [1e-3, 0.9], "tag": "run"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save(single, storage_writer=DmxWriter(root / "single"))
     init = f"file://{root / 'pg'}"
     mp.spawn(_rank_main, args=(2, init, str(root)), nprocs=2, join=True)
     return root
