@@ -29,6 +29,20 @@ pub fn compress_summary(target: &Path, output: &Path, r: &DeltaReport) {
         r.reshaped.len(),
         r.removed.len()
     );
+    if !r.files.is_empty() {
+        let deltas = r
+            .files
+            .iter()
+            .filter(|f| f.kind.ends_with("-delta"))
+            .count();
+        eprintln!(
+            "  {} files: {deltas} stored as deltas from the base folder's, {} whole; {} files \
+             of the base folder not in the target",
+            r.files.len(),
+            r.files.len() - deltas,
+            r.removed_files.len()
+        );
+    }
     if let Some(l) = &r.lossy_summary {
         eprintln!("  {}", l.line());
     }
@@ -37,14 +51,17 @@ pub fn compress_summary(target: &Path, output: &Path, r: &DeltaReport) {
 /// `delta-info` in human form.
 pub fn info(i: &DeltaInfo) {
     println!("delta:     {}", i.delta);
+    let sha = |s: &str| match s {
+        "" => String::new(),
+        s => format!(", sha256 {s}"),
+    };
     println!(
-        "target:    {} ({} bytes, sha256 {})",
-        i.target, i.target_bytes, i.target_sha256
+        "target:    {} ({} bytes{})",
+        i.target,
+        i.target_bytes,
+        sha(&i.target_sha256)
     );
-    println!(
-        "base:      {} bytes, sha256 {}",
-        i.base_bytes, i.base_sha256
-    );
+    println!("base:      {} bytes{}", i.base_bytes, sha(&i.base_sha256));
     println!(
         "lossless:  {}",
         if i.lossless {
@@ -64,6 +81,17 @@ pub fn info(i: &DeltaInfo) {
     );
     if !i.removed.is_empty() {
         println!("removed:   {}", i.removed.join(", "));
+    }
+    for f in &i.files {
+        println!(
+            "file:      {} ({}, {} bytes{})",
+            f.path,
+            f.kind,
+            f.size,
+            f.base_sha256
+                .as_ref()
+                .map_or(String::new(), |b| format!(", base sha256 {b}"))
+        );
     }
     let header = |title: &str| {
         println!();

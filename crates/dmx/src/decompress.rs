@@ -204,55 +204,63 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
                 restore_entry(&archive, entry, opts, |data| out.write_all(data))?;
                 out.commit()
             }
-            Root::Directory => {
-                let dir = AtomicDir::create(output, opts.force, !opts.no_sync)?;
-                // Refuse before decoding anything if a path cannot be restored into place
-                // (packs of small files have no path of their own: their members do).
-                dir.check_paths(
-                    archive
-                        .index()
-                        .entries
-                        .iter()
-                        .filter(|e| e.kind != dmx_format::EntryKind::Pack)
-                        .map(|e| e.path.as_str()),
-                )?;
-                let mut pack = Vec::new();
-                for entry in &archive.index().entries {
-                    opts.check_cancel()?;
-                    let sync = !opts.no_sync;
-                    if crate::archive::restore_packed(
-                        &archive,
-                        entry,
-                        &mut pack,
-                        dir.path(),
-                        sync,
-                        progress,
-                    )? {
-                        continue;
-                    }
-                    let path = dir.path().join(&entry.path);
-                    // Errors name the file the user asked for, not the temporary folder.
-                    let shown = output.join(&entry.path);
-                    let mut w = write_plain(&path).map_err(|e| match e {
-                        Error::Io { source, .. } => Error::io(&shown, source),
-                        e => e,
-                    })?;
-                    restore_entry(&archive, entry, opts, |data| {
-                        w.write_all(data).map_err(|e| Error::io(&shown, e))
-                    })?;
-                    w.flush().map_err(|e| Error::io(&shown, e))?;
-                    if !opts.no_sync {
-                        w.get_ref().sync_all().map_err(|e| Error::io(&shown, e))?;
-                    }
-                }
-                dir.commit()
-            }
+            Root::Directory => restore_tree(&archive, output, opts, |entry, write| {
+                restore_entry(&archive, entry, opts, write)
+            }),
         }
     })?;
     if let Some(p) = progress {
         p.finish();
     }
     Ok(())
+}
+
+/// Restores the folder archive `archive` into the folder `output` (new, or existing with
+/// `opts.force`) safely: everything is written into a temporary folder and moved into place
+/// only when every file was restored and checked (see [`AtomicDir`]); a failed run leaves
+/// nothing. Packs of small files are unpacked here; every other entry is handed to
+/// `restore_file` with a writer for its bytes (which must check them).
+pub(crate) fn restore_tree(
+    archive: &Archive,
+    output: &Path,
+    opts: &Options,
+    mut restore_file: impl FnMut(&Entry, &mut (dyn FnMut(&[u8]) -> Result<()> + Send)) -> Result<()>,
+) -> Result<()> {
+    let progress = opts.progress.as_deref();
+    let dir = AtomicDir::create(output, opts.force, !opts.no_sync)?;
+    // Refuse before decoding anything if a path cannot be restored into place (packs of
+    // small files have no path of their own: their members do).
+    dir.check_paths(
+        archive
+            .index()
+            .entries
+            .iter()
+            .filter(|e| e.kind != dmx_format::EntryKind::Pack)
+            .map(|e| e.path.as_str()),
+    )?;
+    let mut pack = Vec::new();
+    for entry in &archive.index().entries {
+        opts.check_cancel()?;
+        let sync = !opts.no_sync;
+        if crate::archive::restore_packed(archive, entry, &mut pack, dir.path(), sync, progress)? {
+            continue;
+        }
+        let path = dir.path().join(&entry.path);
+        // Errors name the file the user asked for, not the temporary folder.
+        let shown = output.join(&entry.path);
+        let mut w = write_plain(&path).map_err(|e| match e {
+            Error::Io { source, .. } => Error::io(&shown, source),
+            e => e,
+        })?;
+        restore_file(entry, &mut |data: &[u8]| {
+            w.write_all(data).map_err(|e| Error::io(&shown, e))
+        })?;
+        w.flush().map_err(|e| Error::io(&shown, e))?;
+        if sync {
+            w.get_ref().sync_all().map_err(|e| Error::io(&shown, e))?;
+        }
+    }
+    dir.commit()
 }
 
 /// Archives are read from files only (they are memory-mapped and read out of order).

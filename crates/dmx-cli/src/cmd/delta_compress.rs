@@ -1,4 +1,5 @@
-//! `dmx delta-compress`: store TARGET as a delta from BASE (both safetensors; BASE may be a .dmx).
+//! `dmx delta-compress`: store TARGET as a delta from BASE (safetensors or torch.save files,
+//! BASE may be a .dmx of one; or two checkpoint folders).
 
 use std::path::PathBuf;
 
@@ -8,9 +9,11 @@ use crate::{Common, Outcome, deltas, options};
 /// The arguments of `dmx delta-compress`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Base model (.safetensors or .dmx).
+    /// Base model (.safetensors, a torch.save file such as .pt, or .dmx), or base checkpoint
+    /// folder.
     base: PathBuf,
-    /// Target checkpoint or fine-tune (.safetensors).
+    /// Target checkpoint or fine-tune (.safetensors or torch.save file), or target checkpoint
+    /// folder (files paired with the base folder's by relative path).
     target: PathBuf,
     /// Output delta (.dmxd).
     output: PathBuf,

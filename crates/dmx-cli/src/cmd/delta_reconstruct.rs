@@ -7,11 +7,12 @@ use crate::{Common, Outcome, options};
 /// The arguments of `dmx delta-reconstruct`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The base the delta was made from (.safetensors or .dmx).
+    /// The base the delta was made from (.safetensors, torch.save file or .dmx; the base folder
+    /// for a folder delta).
     base: PathBuf,
     /// The delta (.dmxd).
     delta: PathBuf,
-    /// Output .safetensors file.
+    /// Output file (a folder for a folder delta).
     output: PathBuf,
     /// Overwrite the output if it exists.
     #[arg(short, long)]

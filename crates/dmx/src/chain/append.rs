@@ -4,8 +4,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use dmx_format::EntryKind;
-
 use crate::Options;
 use crate::archive::Archive;
 use crate::delta::{DeltaOptions, Precision, hex};
@@ -13,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::io::fs::{lock_dir, sha256_file, sync_dir, work_dir};
 use crate::lossy::{LossyOptions, Mode};
 
-use super::build::{Chain, check_input, grid_of, restore_entry};
+use super::build::{Chain, check_input, check_uniform, grid_of, restore_entry};
 use super::compress::unstage;
 use super::manifest::{
     ChainEntry, ChainEntryKind, ChainManifest, check_entry_name_len, entry_file_name, input_alias,
@@ -33,11 +31,14 @@ pub fn chain_append(dir: &Path, checkpoints: &[PathBuf], opts: &Options) -> Resu
             "chain-append needs at least one checkpoint".into(),
         ));
     }
-    read_manifest(dir)?;
-    let names = checkpoints
+    let m = read_manifest(dir)?;
+    let (names, folders): (Vec<String>, Vec<bool>) = checkpoints
         .iter()
-        .map(|p| check_input(p))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|p| check_input(p, m.precision))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    check_uniform(checkpoints, &folders, m.entries.first().map(|e| e.folder))?;
     let _lock = lock_dir(dir)?;
     // Read again under the lock: another writer may have appended meanwhile.
     let mut m = read_manifest(dir)?;
@@ -286,26 +287,33 @@ fn new_entry(
     let index = m.entries.len();
     let prev = m.entries.last();
     let archive = Archive::open(src)?;
-    let want = match kind {
-        ChainEntryKind::Anchor => EntryKind::Safetensors,
-        ChainEntryKind::Delta => EntryKind::SafetensorsDelta,
-    };
-    if archive.index().entries.first().map(|e| e.kind) != Some(want) {
-        return Err(Error::changed(
+    let (restored_sha256, original_size, original_sha256) = if ckpt.is_dir() {
+        // Folders: lossless chains only (checked before anything was stored).
+        let h = super::folder::folder_hash(ckpt)?;
+        super::folder::check_archive(&archive, &h, ckpt)?;
+        (h.sha256.clone(), h.size, h.sha256)
+    } else {
+        let fits = archive.index().entries.first().is_some_and(|e| {
+            e.kind.has_tensors() && e.kind.is_delta() == (kind == ChainEntryKind::Delta)
+        });
+        if !fits {
+            return Err(Error::changed(
+                ckpt,
+                "is no longer a valid checkpoint file (it changed while being read)",
+            ));
+        }
+        let restored = archive.index().entries[0].sha256;
+        let original_size = archive.index().entries[0].size;
+        let original_sha256 = original_sha256(
+            m.precision,
+            kind,
             ckpt,
-            "is no longer a valid safetensors file (it changed while being read)",
-        ));
-    }
-    let restored = archive.index().entries[0].sha256;
-    let original_size = archive.index().entries[0].size;
-    let original_sha256 = original_sha256(
-        m.precision,
-        kind,
-        ckpt,
-        standalone,
-        &restored,
-        original_size,
-    )?;
+            standalone,
+            &restored,
+            original_size,
+        )?;
+        (hex(&restored), original_size, original_sha256)
+    };
     let steps = match (kind, m.precision) {
         (ChainEntryKind::Anchor, Precision::Int16 | Precision::Int32) => grid_of(&archive),
         _ => BTreeMap::new(),
@@ -324,10 +332,11 @@ fn new_entry(
         depth,
         original_sha256,
         original_size,
-        restored_sha256: hex(&restored),
+        restored_sha256,
         stored_sha256,
         stored_size,
         standalone_size,
+        folder: ckpt.is_dir(),
         steps,
     };
     Ok((entry, archive))

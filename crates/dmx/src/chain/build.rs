@@ -7,32 +7,47 @@ use dmx_format::{EntryKind, Root, SegmentKind};
 
 use crate::Options;
 use crate::archive::Archive;
-use crate::delta::{Base, hex, planner_reason, restore_delta_to, write_entry};
+use crate::delta::{Base, Precision, hex, planner_reason, restore_delta_to, write_entry};
 use crate::error::{Error, Result};
 use crate::io::AtomicFile;
 use crate::io::fs::sha256_file;
 
 use super::MANIFEST;
+use super::folder::{folder_hash, remove_scratch};
 use super::manifest::{ChainEntry, ChainEntryKind, ChainManifest, check_name};
 
-/// Checks a checkpoint to append: one safetensors file. Returns its file name.
-pub(super) fn check_input(path: &Path) -> Result<String> {
-    if crate::io::check_input(path)?.is_dir() {
+/// Checks a checkpoint to append: one safetensors or `torch.save` file, or a checkpoint
+/// folder (lossless chains only for `torch.save` files and folders: see
+/// [`crate::delta::refuse_quantized_torch`]). Returns its name and whether it is a folder.
+pub(super) fn check_input(path: &Path, precision: Precision) -> Result<(String, bool)> {
+    let folder = crate::io::check_input(path)?.is_dir();
+    if folder && precision != Precision::Lossless {
         return Err(Error::Unsupported(format!(
-            "{}: a chain entry must be one .safetensors file, not a folder",
-            path.display()
+            "{}: --precision {} is not available for chains of checkpoint folders yet; use \
+             --precision lossless",
+            path.display(),
+            precision.name()
         )));
     }
-    let (root, files) = crate::plan::plan_input(path)?;
-    match (root, files.first()) {
-        (Root::File, Some(f)) if f.kind == EntryKind::Safetensors => {}
-        (_, f) => {
-            let warning = f.and_then(|f| f.warning.as_deref());
-            let why = planner_reason(path, warning, "not named *.safetensors");
-            return Err(Error::Unsupported(format!(
-                "{}: {why}; chain entries must be safetensors checkpoints",
-                path.display()
-            )));
+    if !folder {
+        let (root, files) = crate::plan::plan_input(path)?;
+        match (root, files.first()) {
+            (Root::File, Some(f)) if f.kind.has_tensors() && !f.kind.is_delta() => {
+                let d = crate::delta::DeltaOptions {
+                    precision,
+                    steps: None,
+                };
+                crate::delta::refuse_quantized_torch(&d, f)?;
+            }
+            (_, f) => {
+                let warning = f.and_then(|f| f.warning.as_deref());
+                let why = planner_reason(path, warning, "not named *.safetensors");
+                return Err(Error::Unsupported(format!(
+                    "{}: {why}; chain entries must be safetensors or torch.save checkpoints, \
+                     or checkpoint folders",
+                    path.display()
+                )));
+            }
         }
     }
     let name = path
@@ -40,7 +55,29 @@ pub(super) fn check_input(path: &Path) -> Result<String> {
         .and_then(|n| n.to_str())
         .ok_or_else(|| Error::Unsupported(format!("{}: file name is not UTF-8", path.display())))?;
     check_name(name).map_err(|d| Error::Unsupported(format!("{}: {d}", path.display())))?;
-    Ok(name.to_string())
+    Ok((name.to_string(), folder))
+}
+
+/// Checks that `checkpoints` (with their folder flags) are all files or all folders, and of
+/// the same kind as the chain's entries `existing`.
+pub(super) fn check_uniform(
+    checkpoints: &[PathBuf],
+    folders: &[bool],
+    existing: Option<bool>,
+) -> Result<()> {
+    let first = existing.or(folders.first().copied()).unwrap_or(false);
+    match folders.iter().position(|&f| f != first) {
+        None => Ok(()),
+        Some(i) => Err(Error::InvalidArgument(format!(
+            "{} is {}, but {}: a chain's checkpoints are all files or all folders",
+            checkpoints[i].display(),
+            if folders[i] { "a folder" } else { "a file" },
+            match existing {
+                Some(_) => "the chain's checkpoints are not".to_string(),
+                None => format!("{} is not", checkpoints[0].display()),
+            }
+        ))),
+    }
 }
 
 /// Grid steps of the quantized tensors of an anchor archive.
@@ -140,11 +177,15 @@ impl<'a> Chain<'a> {
         let archive =
             Archive::open(&self.path_of(e)).map_err(|err| self.corrupt(e, detail_of(&err)))?;
         let index = archive.index();
-        let want = match e.kind {
-            ChainEntryKind::Anchor => EntryKind::Safetensors,
-            ChainEntryKind::Delta => EntryKind::SafetensorsDelta,
-        };
-        if index.root != Root::File || index.entries.len() != 1 || index.entries[0].kind != want {
+        if e.folder {
+            return self.check_folder_archive(e, archive);
+        }
+        let delta = e.kind == ChainEntryKind::Delta;
+        let fits = index.root == Root::File
+            && index.entries.len() == 1
+            && index.entries[0].kind.has_tensors()
+            && index.entries[0].kind.is_delta() == delta;
+        if !fits {
             return Err(self.corrupt(
                 e,
                 format!("is not a single-file {} archive", e.kind.as_str()),
@@ -170,6 +211,42 @@ impl<'a> Chain<'a> {
             }
         }
         Ok(archive)
+    }
+
+    /// A folder entry's archive: a folder root, delta entries exactly when the entry is a
+    /// delta, and the size the manifest records. (Its hash is checked on the restored
+    /// folder, [`Chain::check_folder`].)
+    fn check_folder_archive(&self, e: &ChainEntry, archive: Archive) -> Result<Archive> {
+        let index = archive.index();
+        let delta = e.kind == ChainEntryKind::Delta;
+        if index.root != Root::Directory || index.entries.iter().any(|x| x.base.is_some()) != delta
+        {
+            return Err(self.corrupt(e, format!("is not a folder {} archive", e.kind.as_str())));
+        }
+        let size: u64 = index
+            .entries
+            .iter()
+            .filter(|x| x.kind != EntryKind::Pack)
+            .map(|x| x.size)
+            .sum();
+        if size != e.original_size {
+            return Err(self.corrupt(
+                e,
+                format!("restores another folder than {MANIFEST} records (sizes differ)"),
+            ));
+        }
+        Ok(archive)
+    }
+
+    /// A restored folder entry at `path` hashes to the manifest's `restored_sha256`.
+    fn check_folder(&self, e: &ChainEntry, path: &Path) -> Result<()> {
+        if !e.folder || folder_hash(path)?.sha256 == e.restored_sha256 {
+            return Ok(());
+        }
+        Err(self.corrupt(
+            e,
+            format!("restores another folder than {MANIFEST} records (its hash differs)"),
+        ))
     }
 
     /// Restores an opened entry to `dest`: see [`restore_entry`].
@@ -239,9 +316,19 @@ impl<'a> Chain<'a> {
             };
             let result = self
                 .load(e, hashed(i))
-                .and_then(|a| self.restore(&a, base.as_deref(), &path, force, sync));
+                .and_then(|a| self.restore(&a, base.as_deref(), &path, force, sync))
+                .and_then(|()| self.check_folder(e, &path))
+                .map_err(|err| match err {
+                    // The parent's reconstruction is not this delta's base: the chain is
+                    // damaged (for folder deltas, checked file by file while restoring).
+                    Error::WrongBase(_) => self.corrupt(
+                        e,
+                        format!("was not made from entry {} (a wrong base)", i - 1),
+                    ),
+                    err => err,
+                });
             if let Some((_, p, true)) = prev.take() {
-                let _ = std::fs::remove_file(p);
+                remove_scratch(&p);
             }
             match result {
                 Ok(()) => {
@@ -278,6 +365,13 @@ pub(super) fn restore_entry(
         progress: opts.progress.clone(),
         cancel: opts.cancel.clone(),
     };
+    if entry_is_folder(archive) {
+        // Folder restores report their own progress.
+        return pool.install(|| match base {
+            Some(b) => crate::delta::reconstruct_dirs(b, archive, dest, &o),
+            None => crate::decompress(archive.path(), dest, &o),
+        });
+    }
     let progress = o.progress.as_deref();
     let entry = &archive.index().entries[0];
     if let Some(p) = progress {
@@ -298,4 +392,9 @@ pub(super) fn restore_entry(
         p.finish();
     }
     Ok(())
+}
+
+/// Whether a chain entry's archive holds a folder checkpoint.
+fn entry_is_folder(archive: &Archive) -> bool {
+    archive.index().root == Root::Directory
 }

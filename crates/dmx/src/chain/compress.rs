@@ -10,7 +10,7 @@ use crate::io::TEMP_PREFIX;
 use crate::io::fs::{lock_dir, sync_dir, work_dir};
 
 use super::append::{Cursor, append_all};
-use super::build::check_input;
+use super::build::{check_input, check_uniform};
 use super::manifest::{ChainManifest, check_entry_name_len, read_manifest};
 use super::orphans::{ORPHANS, clean_temps, orphans_dir, set_aside};
 use super::{ChainOptions, ChainReport, MANIFEST};
@@ -34,10 +34,13 @@ pub fn chain_compress(
             "chain-compress needs at least one checkpoint".into(),
         ));
     }
-    let names = checkpoints
+    let (names, folders): (Vec<String>, Vec<bool>) = checkpoints
         .iter()
-        .map(|p| check_input(p))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|p| check_input(p, c.precision))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    check_uniform(checkpoints, &folders, None)?;
     for (i, (p, n)) in checkpoints.iter().zip(&names).enumerate() {
         check_entry_name_len(p, i, n)?;
     }

@@ -67,6 +67,11 @@ pub struct ChainEntry {
     /// Size of `dmx compress` of this checkpoint alone in the chain's precision (the entry is
     /// never larger).
     pub standalone_size: u64,
+    /// The checkpoint is a folder (a Trainer checkpoint folder): its anchor is a folder
+    /// archive, its delta a folder delta, and its hashes and size are those of
+    /// docs/CHAINS.md ("Folder checkpoints"). Absent (false) for file checkpoints.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub folder: bool,
     /// Anchors of quantized chains: the grid step of every quantized tensor, as recorded in
     /// the anchor archive's index. Written as strings holding the shortest decimal that reads
     /// back to the same `f64` (JSON readers need not round-trip numbers bit for bit).
@@ -76,6 +81,10 @@ pub struct ChainEntry {
         with = "steps_serde"
     )]
     pub steps: BTreeMap<String, f64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The content of a chain's `manifest.json`.
@@ -229,6 +238,12 @@ impl ChainManifest {
                 if !is_hex(h) {
                     return Err(bad(i, format!("{h:?} is not a SHA-256")));
                 }
+            }
+            if e.folder != self.entries[0].folder {
+                return Err(bad(
+                    i,
+                    "a chain's checkpoints are all files or all folders".into(),
+                ));
             }
             if self.precision == Precision::Lossless && e.restored_sha256 != e.original_sha256 {
                 return Err(bad(
@@ -467,6 +482,7 @@ mod tests {
             stored_sha256: h,
             stored_size: 1,
             standalone_size: 1,
+            folder: false,
             steps: BTreeMap::new(),
         }
     }

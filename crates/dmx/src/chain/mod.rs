@@ -21,6 +21,7 @@
 mod append;
 mod build;
 mod compress;
+mod folder;
 mod info;
 mod manifest;
 mod orphans;

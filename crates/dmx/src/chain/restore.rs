@@ -102,8 +102,13 @@ pub fn chain_reconstruct(
         }
     }
     let chain = Chain::new(dir, &m, opts)?;
-    for n in out_name.values() {
-        check_output_file(&output.join(n), opts.force)?;
+    for (&i, n) in &out_name {
+        let path = output.join(n);
+        if m.entries[i].folder {
+            check_output_folder(&path, opts.force)?;
+        } else {
+            check_output_file(&path, opts.force)?;
+        }
     }
     let created = match std::fs::metadata(output) {
         Ok(_) => false,
@@ -227,6 +232,27 @@ pub(super) fn check_output_file(path: &Path, force: bool) -> Result<()> {
         }
         Ok(meta) => Err(Error::Destination(format!(
             "{}: exists and is {}; dmx only replaces regular files: move it away",
+            path.display(),
+            kind_of(&meta)
+        ))),
+    }
+}
+
+/// An output folder of a restore (a folder checkpoint) may be written: it does not exist, or
+/// is a folder (not a symbolic link) and `force` is set (its other files are kept).
+fn check_output_folder(path: &Path, force: bool) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(meta) if meta.file_type().is_dir() => {
+            if force {
+                Ok(())
+            } else {
+                Err(Error::Exists(path.to_path_buf()))
+            }
+        }
+        Ok(meta) => Err(Error::Destination(format!(
+            "{}: exists and is {}; a folder checkpoint restores only into a new or existing \
+             folder: move it away",
             path.display(),
             kind_of(&meta)
         ))),

@@ -10,6 +10,7 @@ mod fuzz_regressions;
 mod lossy;
 mod memory;
 mod roundtrip;
+mod torch_delta;
 mod vectors;
 
 /// Proptest settings: `default_cases` cases per property unless `PROPTEST_CASES` says otherwise.

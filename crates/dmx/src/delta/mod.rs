@@ -1,12 +1,25 @@
-//! Deltas between related checkpoints: `delta-compress` stores a target safetensors file
-//! relative to a base, `delta-reconstruct` rebuilds it, `delta-info` describes a delta.
+//! Deltas between related checkpoints: `delta-compress` stores a target checkpoint relative
+//! to a base, `delta-reconstruct` rebuilds it, `delta-info` describes a delta.
 //!
-//! A delta is a `.dmx` container (format 1.1) holding one [`EntryKind::SafetensorsDelta`]
-//! entry: the target's header and tensors as segments, where a tensor that the base also has
-//! (same name, dtype and shape) is coded against it, chunk by chunk, with whichever is smaller
-//! of the delta codec and the standalone codec. Tensors the base lacks, or whose dtype or
-//! shape changed, are stored whole; tensors only the base has are listed as removed. The
-//! base's SHA-256 and size are recorded and checked before anything is reconstructed.
+//! A delta of one file is a `.dmx` container (format 1.1, or 1.3 for `torch.save` files)
+//! holding one delta entry ([`EntryKind::SafetensorsDelta`] or [`EntryKind::TorchDelta`]):
+//! the target's header (or skeleton) and tensors (or storages) as segments, where a tensor
+//! that the base also has (same segment name, dtype and shape) is coded against it, chunk by
+//! chunk, with whichever is smaller of the delta codec and the standalone codec. Tensors the
+//! base lacks, or whose dtype or shape changed, are stored whole; tensors only the base has
+//! are listed as removed. The base's SHA-256 and size are recorded and checked before
+//! anything is reconstructed.
+//!
+//! A delta of a checkpoint folder ([`folder`]) has a folder root: every file of the target
+//! that has a checkpoint file of the same relative path in the base folder is a delta entry
+//! with its own base reference; every other file is stored as `compress` stores it.
+
+mod folder;
+mod info;
+
+pub(crate) use folder::reconstruct_dirs;
+
+pub use info::{DeltaGroup, DeltaInfo, DeltaInfoFile, delta_info};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -110,10 +123,29 @@ pub struct DeltaReport {
     /// Lossy tensors: how many, and the worst recorded error among them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lossy_summary: Option<crate::lossy::LossySummary>,
+    /// Folder deltas: how each file of the target was stored (empty for a file delta).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<DeltaFile>,
+    /// Folder deltas: files of the base folder that the target folder does not have.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed_files: Vec<String>,
 }
 
-/// A base model opened for reading: a safetensors file, mapped; a `.dmx` base is first
-/// restored (verified) into a temporary file.
+/// How one file of a folder delta was stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeltaFile {
+    /// Path relative to the folder.
+    pub path: String,
+    /// Entry kind name (`safetensors-delta`, `torch-delta`, `safetensors`, `torch`, `blob`).
+    pub kind: String,
+    /// Size of the file.
+    pub size: u64,
+    /// Tensors coded against the base file (0 for a file stored whole).
+    pub delta_tensors: usize,
+}
+
+/// A base model opened for reading: a safetensors or `torch.save` file, mapped; a `.dmx` base
+/// is first restored (verified) into a temporary file.
 pub(crate) struct Base {
     /// SHA-256 of the base file.
     pub sha256: [u8; 32],
@@ -127,7 +159,7 @@ pub(crate) struct Base {
 }
 
 impl Base {
-    /// Opens `path` (`.safetensors` or a single-file `.dmx` of one).
+    /// Opens `path` (a safetensors or `torch.save` file, or a single-file `.dmx` of one).
     pub(crate) fn open(path: &Path, opts: &Options) -> Result<Self> {
         crate::io::check_input(path)?;
         let (file, restored, sha) = if crate::io::is_archive_file(path)? {
@@ -135,11 +167,14 @@ impl Base {
             let index = archive.index();
             let single = index.root == Root::File
                 && index.entries.len() == 1
-                && index.entries[0].kind == EntryKind::Safetensors;
+                && matches!(
+                    index.entries[0].kind,
+                    EntryKind::Safetensors | EntryKind::Torch
+                );
             if !single {
                 return Err(Error::Unsupported(format!(
-                    "{}: a base archive must hold exactly one safetensors file (not a folder \
-                     or a delta)",
+                    "{}: a base archive must hold exactly one safetensors or torch.save file \
+                     (not a folder or a delta)",
                     path.display()
                 )));
             }
@@ -156,7 +191,7 @@ impl Base {
         } else {
             (path.to_path_buf(), None, None)
         };
-        let plan = single_safetensors(&file)?;
+        let plan = single_model(&file)?;
         let bytes = Bytes::open_stable(&file)?;
         let sha256 = match sha {
             Some(s) => s,
@@ -168,6 +203,29 @@ impl Base {
             bytes,
             plan,
             _restored: restored,
+        })
+    }
+
+    /// Opens the checkpoint file `path` (never an archive).
+    pub(crate) fn open_file(path: &Path) -> Result<Self> {
+        Self::of_plan(single_model(path)?)
+    }
+
+    /// The base whose file `plan` planned (mapped and hashed).
+    pub(crate) fn of_plan(plan: PlannedFile) -> Result<Self> {
+        let bytes = Bytes::open_stable(&plan.path)?;
+        if bytes.len() as u64 != plan.size {
+            return Err(Error::changed(
+                &plan.path,
+                "file changed size while being read",
+            ));
+        }
+        Ok(Self {
+            sha256: sha2::Sha256::digest(&bytes[..]).into(),
+            size: bytes.len() as u64,
+            bytes,
+            plan,
+            _restored: None,
         })
     }
 
@@ -204,33 +262,40 @@ pub(crate) fn planner_reason(path: &Path, warning: Option<&str>, default: &str) 
     w.split("; stored as").next().unwrap_or(w).to_string()
 }
 
-/// Plans `path`, which must be one valid safetensors file.
-fn single_safetensors(path: &Path) -> Result<PlannedFile> {
+/// Plans `path`, which must be one valid safetensors or `torch.save` file (detected by
+/// content, whatever its name).
+pub(crate) fn single_model(path: &Path) -> Result<PlannedFile> {
     let (root, mut files) = plan_input(path)?;
     // Detected by content: a valid safetensors file is accepted whatever its name.
     if let (Root::File, Some(f)) = (root, files.last_mut())
-        && f.kind != EntryKind::Safetensors
+        && f.kind == EntryKind::Blob
         && !f.rel.ends_with(".safetensors")
     {
         *f = crate::plan::plan_file_by_content(f.rel.clone(), f.path.clone())?;
     }
     match (root, files.pop()) {
-        (Root::File, Some(f)) if f.kind == EntryKind::Safetensors => Ok(f),
+        (Root::File, Some(f)) if f.kind.has_tensors() => Ok(f),
         (Root::File, Some(f)) => {
-            let why = planner_reason(path, f.warning.as_deref(), "not a .safetensors file");
+            let why = planner_reason(
+                path,
+                f.warning.as_deref(),
+                "neither a .safetensors file nor a torch.save file",
+            );
             Err(Error::Unsupported(format!(
-                "{}: {why}; deltas take safetensors files",
+                "{}: {why}; deltas take safetensors or torch.save files",
                 path.display()
             )))
         }
         _ => Err(Error::Unsupported(format!(
-            "{}: deltas take one safetensors file, not a folder",
+            "{}: a folder; deltas take two files or two checkpoint folders",
             path.display()
         ))),
     }
 }
 
-/// Stores `target` relative to `base` in `output` (a `.dmxd` by convention).
+/// Stores `target` relative to `base` in `output` (a `.dmxd` by convention): two
+/// checkpoint files (safetensors or `torch.save`; a base may also be a single-file `.dmx` of
+/// one), or two checkpoint folders ([`folder`]).
 pub fn delta_compress(
     base: &Path,
     target: &Path,
@@ -242,68 +307,37 @@ pub fn delta_compress(
     check_distinct(target, output)?;
     check_distinct(base, output)?;
     crate::io::check_writable(output, opts.force)?;
+    let base_meta = crate::io::check_input(base)?;
+    match (base_meta.is_dir(), crate::io::check_input(target)?.is_dir()) {
+        (true, true) => return folder::compress_dirs(base, target, output, d, opts, start),
+        (false, false) => {}
+        (b, _) => {
+            let (dir, file) = if b { (base, target) } else { (target, base) };
+            return Err(Error::Unsupported(format!(
+                "{} is a folder but {} is not; deltas take two checkpoint files or two \
+                 checkpoint folders",
+                dir.display(),
+                file.display()
+            )));
+        }
+    }
     let pool = opts.pool()?;
     let base = pool.install(|| Base::open(base, opts))?;
-    let plan = single_safetensors(target)?;
+    let plan = single_model(target)?;
+    refuse_quantized_torch(d, &plan)?;
     let bytes = Bytes::open_stable(&plan.path)?;
     if bytes.len() as u64 != plan.size {
         return Err(Error::changed(target, "file changed size while being read"));
     }
-    let base_tensors = base.tensors();
     let mut steps = shared_grid(d, &base, &plan, &bytes);
-    let mut codings = Vec::with_capacity(plan.segments.len());
-    let mut bases = Vec::with_capacity(plan.segments.len());
-    let (mut added, mut reshaped, mut delta_tensors) = (Vec::new(), Vec::new(), 0);
-    for seg in &plan.segments {
-        opts.check_cancel()?;
-        let SegmentKind::Tensor(t) = &seg.kind else {
-            codings.push(Coding::Lossless);
-            bases.push(None);
-            continue;
-        };
-        match base_tensors.get(t.name.as_str()) {
-            Some(&(dtype, shape, data)) if dtype == t.dtype && shape == t.shape.as_slice() => {
-                delta_tensors += 1;
-                let coding = match (d.precision.bits(), lossy_layout(seg.value)) {
-                    (Some(bits), Some(_)) => Coding::QuantDelta {
-                        step: steps.get(&t.name).copied().unwrap_or(1.0),
-                        bits,
-                    },
-                    _ => Coding::Delta,
-                };
-                codings.push(coding);
-                bases.push(Some(BaseTensor {
-                    name: &t.name,
-                    data,
-                }));
-            }
-            Some(_) => {
-                reshaped.push(t.name.clone());
-                codings.push(Coding::Lossless);
-                bases.push(None);
-            }
-            None => {
-                added.push(t.name.clone());
-                codings.push(Coding::Lossless);
-                bases.push(None);
-            }
-        }
-    }
-    let removed = removed_tensors(&base.plan, &plan);
     let progress = opts.progress.as_deref();
     if let Some(p) = progress {
         p.start("delta-compressing", plan.size);
     }
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-    out.write_all(&dmx_format::preamble_minor(1))?;
-    let mut entry =
-        pool.install(|| encode_entry(&plan, &bytes, &codings, &bases, &mut out, opts))?;
-    entry.kind = EntryKind::SafetensorsDelta;
-    entry.base = Some(BaseRef {
-        sha256: base.sha256,
-        size: base.size,
-        removed: removed.clone(),
-    });
+    out.write_all(&dmx_format::preamble_minor(minor_for(&[&plan])))?;
+    let (entry, pairing) =
+        pool.install(|| encode_delta(&base, &plan, &bytes, d, &steps, &mut out, opts))?;
     let index = Index {
         root: Root::File,
         entries: vec![entry],
@@ -326,15 +360,113 @@ pub fn delta_compress(
         precision: d.precision,
         params,
         bits_per_param: (params > 0).then(|| output_bytes as f64 * 8.0 / params as f64),
-        delta_tensors,
-        added,
-        reshaped,
-        removed,
+        delta_tensors: pairing.delta_tensors,
+        added: pairing.added,
+        reshaped: pairing.reshaped,
+        removed: pairing.removed,
         steps,
         seconds: start.elapsed().as_secs_f64(),
         lossy: lossy_summary.is_some(),
         lossy_summary,
+        files: Vec::new(),
+        removed_files: Vec::new(),
     })
+}
+
+/// The format minor version a delta of `files` needs: 3 with a `torch.save` file, else 1.
+pub(crate) fn minor_for(files: &[&PlannedFile]) -> u16 {
+    if files.iter().any(|f| f.kind.is_torch()) {
+        3
+    } else {
+        1
+    }
+}
+
+/// Refuses a quantized delta of a `torch.save` target: its restored storages would no longer
+/// match the CRC-32 the zip records for them.
+pub(crate) fn refuse_quantized_torch(d: &DeltaOptions, plan: &PlannedFile) -> Result<()> {
+    if d.precision == Precision::Lossless || !plan.kind.is_torch() {
+        return Ok(());
+    }
+    Err(Error::Unsupported(format!(
+        "{}: --precision {} is not available for torch.save files yet (their zip records a \
+         CRC-32 of every storage, which quantized values would break); use --precision \
+         lossless",
+        plan.path.display(),
+        d.precision.name()
+    )))
+}
+
+/// How the tensors of one target file paired with its base's.
+#[derive(Debug, Default)]
+pub(crate) struct Pairing {
+    /// Tensors coded against the base.
+    pub delta_tensors: usize,
+    /// Tensors the base lacks.
+    pub added: Vec<String>,
+    /// Tensors whose dtype or shape changed.
+    pub reshaped: Vec<String>,
+    /// Base tensors the target lacks.
+    pub removed: Vec<String>,
+}
+
+/// Encodes the target `plan` (its bytes in `bytes`) against `base` into `out`: a delta entry
+/// (kind 2 or 6) whose base reference is `base`'s. `steps` is the grid of quantized
+/// precisions. Runs in the caller's thread pool.
+pub(crate) fn encode_delta(
+    base: &Base,
+    plan: &PlannedFile,
+    bytes: &Bytes,
+    d: &DeltaOptions,
+    steps: &BTreeMap<String, f64>,
+    out: &mut AtomicFile,
+    opts: &Options,
+) -> Result<(dmx_format::Entry, Pairing)> {
+    let base_tensors = base.tensors();
+    let mut codings = Vec::with_capacity(plan.segments.len());
+    let mut bases = Vec::with_capacity(plan.segments.len());
+    let mut pairing = Pairing::default();
+    for seg in &plan.segments {
+        opts.check_cancel()?;
+        let SegmentKind::Tensor(t) = &seg.kind else {
+            codings.push(Coding::Lossless);
+            bases.push(None);
+            continue;
+        };
+        match base_tensors.get(t.name.as_str()) {
+            Some(&(dtype, shape, data)) if dtype == t.dtype && shape == t.shape.as_slice() => {
+                pairing.delta_tensors += 1;
+                let coding = match (d.precision.bits(), lossy_layout(seg.value)) {
+                    (Some(bits), Some(_)) => Coding::QuantDelta {
+                        step: steps.get(&t.name).copied().unwrap_or(1.0),
+                        bits,
+                    },
+                    _ => Coding::Delta,
+                };
+                codings.push(coding);
+                bases.push(Some(BaseTensor {
+                    name: &t.name,
+                    data,
+                }));
+                continue;
+            }
+            Some(_) => pairing.reshaped.push(t.name.clone()),
+            None => pairing.added.push(t.name.clone()),
+        }
+        codings.push(Coding::Lossless);
+        bases.push(None);
+    }
+    pairing.removed = removed_tensors(&base.plan, plan);
+    let mut entry = encode_entry(plan, bytes, &codings, &bases, out, opts)?;
+    entry.kind = plan.kind.delta().ok_or_else(|| {
+        Error::Internal(format!("{}: a delta of a file without tensors", plan.rel))
+    })?;
+    entry.base = Some(BaseRef {
+        sha256: base.sha256,
+        size: base.size,
+        removed: pairing.removed.clone(),
+    });
+    Ok((entry, pairing))
 }
 
 /// Quantized precisions: one grid for base and target, shared by role (lossy module docs),
@@ -435,16 +567,21 @@ pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Rebuilds the target of `delta` from `base` into `output`. Refuses a base whose SHA-256 or
+/// Rebuilds the target of `delta` from `base` into `output` (for a folder delta, the target
+/// folder from the base folder; see [`folder`]). Refuses a base whose SHA-256 or
 /// size differ from the recorded ones; checks every chunk checksum, every tensor's BLAKE3 and
 /// the file's SHA-256 before renaming the output into place.
 pub fn delta_reconstruct(base: &Path, delta: &Path, output: &Path, opts: &Options) -> Result<()> {
     check_distinct(delta, output)?;
     check_distinct(base, output)?;
-    crate::io::check_writable(output, opts.force)?;
     let archive = Archive::open(delta)?;
-    let entry = &archive.index().entries[0];
-    if entry.kind != EntryKind::SafetensorsDelta || archive.index().entries.len() != 1 {
+    let index = archive.index();
+    if index.root == Root::Directory && index.entries.iter().any(|e| e.base.is_some()) {
+        return folder::reconstruct_dirs(base, &archive, output, opts);
+    }
+    crate::io::check_writable(output, opts.force)?;
+    let entry = &index.entries[0];
+    if !entry.kind.is_delta() || index.entries.len() != 1 {
         return Err(Error::Unsupported(format!(
             "{} is not a delta; restore it with `dmx decompress`",
             delta.display()
@@ -493,160 +630,6 @@ pub(crate) fn write_entry(
         });
     }
     Ok(())
-}
-
-/// Per-group statistics of a delta.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct DeltaGroup {
-    /// Tensors.
-    pub tensors: usize,
-    /// Tensor elements.
-    pub params: u64,
-    /// Stored bytes.
-    pub stored_bytes: u64,
-    /// Stored bits per element.
-    pub bits_per_param: Option<f64>,
-    /// Elements equal to the base's (bit for bit, or on the grid), over tensors coded as
-    /// deltas.
-    pub unchanged_fraction: Option<f64>,
-    #[serde(skip)]
-    delta_params: u64,
-    #[serde(skip)]
-    unchanged: u64,
-}
-
-impl DeltaGroup {
-    fn add(&mut self, params: u64, stored: u64, unchanged: Option<u64>) {
-        self.tensors += 1;
-        self.params += params;
-        self.stored_bytes += stored;
-        if let Some(u) = unchanged {
-            self.delta_params += params;
-            self.unchanged += u;
-        }
-    }
-
-    fn finish(&mut self) {
-        self.bits_per_param =
-            (self.params > 0).then(|| self.stored_bytes as f64 * 8.0 / self.params as f64);
-        self.unchanged_fraction =
-            (self.delta_params > 0).then(|| self.unchanged as f64 / self.delta_params as f64);
-    }
-}
-
-/// What `dmx delta-info` shows.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeltaInfo {
-    /// The delta file.
-    pub delta: String,
-    /// File name of the target.
-    pub target: String,
-    /// Size of the target it restores.
-    pub target_bytes: u64,
-    /// Size of the delta file.
-    pub delta_bytes: u64,
-    /// target_bytes / delta_bytes.
-    pub ratio: Option<f64>,
-    /// SHA-256 of the required base.
-    pub base_sha256: String,
-    /// Size of the required base.
-    pub base_bytes: u64,
-    /// SHA-256 of the file it restores.
-    pub target_sha256: String,
-    /// Whether reconstruction is byte-identical to the original target.
-    pub lossless: bool,
-    /// Total over all tensors.
-    pub total: DeltaGroup,
-    /// Per checkpoint component: weights, exp_avg, exp_avg_sq, other_state.
-    pub components: BTreeMap<String, DeltaGroup>,
-    /// Per role: attention, mlp, embedding, norm, output, other.
-    pub roles: BTreeMap<String, DeltaGroup>,
-    /// Per storage: "delta" (coded against the base) or "whole" (added or reshaped).
-    pub storage: BTreeMap<String, DeltaGroup>,
-    /// Base tensors the target does not have.
-    pub removed: Vec<String>,
-    /// Lossy tensors: how many, and the worst recorded error among them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lossy_summary: Option<crate::lossy::LossySummary>,
-}
-
-fn label<T: Serialize>(v: T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| "other".into())
-}
-
-/// Describes a delta file from its index alone.
-pub fn delta_info(path: &Path) -> Result<DeltaInfo> {
-    let archive = Archive::open(path)?;
-    let entry = &archive.index().entries[0];
-    let Some(base) = entry
-        .base
-        .as_ref()
-        .filter(|_| archive.index().entries.len() == 1)
-    else {
-        return Err(Error::Unsupported(format!(
-            "{} is not a delta; see `dmx info`",
-            path.display()
-        )));
-    };
-    let mut total = DeltaGroup::default();
-    let mut components: BTreeMap<String, DeltaGroup> = BTreeMap::new();
-    let mut roles: BTreeMap<String, DeltaGroup> = BTreeMap::new();
-    let mut storage: BTreeMap<String, DeltaGroup> = BTreeMap::new();
-    let mut lossless = true;
-    for seg in &entry.segments {
-        lossless &= seg.transform.is_lossless();
-        let SegmentKind::Tensor(t) = &seg.kind else {
-            continue;
-        };
-        let params = dtype_bits(&t.dtype).map_or(0, |b| seg.len * 8 / b);
-        let stored: u64 = seg.chunks.iter().map(|c| u64::from(c.stored_len)).sum();
-        let unchanged = seg.transform.unchanged();
-        total.add(params, stored, unchanged);
-        for (map, key) in [
-            (&mut components, label(crate::names::component(&t.name))),
-            (&mut roles, label(crate::names::role(&t.name))),
-            (
-                &mut storage,
-                if unchanged.is_some() {
-                    "delta"
-                } else {
-                    "whole"
-                }
-                .to_string(),
-            ),
-        ] {
-            map.entry(key).or_default().add(params, stored, unchanged);
-        }
-    }
-    total.finish();
-    for g in components
-        .values_mut()
-        .chain(roles.values_mut())
-        .chain(storage.values_mut())
-    {
-        g.finish();
-    }
-    let delta_bytes = archive.archive_len();
-    Ok(DeltaInfo {
-        delta: path.display().to_string(),
-        target: entry.path.clone(),
-        target_bytes: entry.size,
-        delta_bytes,
-        ratio: (delta_bytes > 0).then(|| entry.size as f64 / delta_bytes as f64),
-        base_sha256: hex(&base.sha256),
-        base_bytes: base.size,
-        target_sha256: hex(&entry.sha256),
-        lossless,
-        total,
-        components,
-        roles,
-        storage,
-        removed: base.removed.clone(),
-        lossy_summary: crate::lossy::LossySummary::of_index(archive.index()),
-    })
 }
 
 /// Where a delta entry's segments are taken from when it is restored: used by chains.
