@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -210,8 +211,11 @@ class DmxCheckpointCallback(TrainerCallback):
         else:
             self.chain_dir.mkdir(parents=True, exist_ok=True)
             mode = "lossless" if self.precision == "lossless" else self.precision
-            compress(folder, self.chain_dir / f"{folder.name}.dmx", mode=mode,
-                     threads=self.threads)
+            with warnings.catch_warnings():
+                # pickles in training_args.bin / rng_state.pth are stored inert: not news
+                warnings.filterwarnings("ignore", message=".*kept inert.*")
+                compress(folder, self.chain_dir / f"{folder.name}.dmx", mode=mode,
+                         threads=self.threads)
         if not self.keep_original:
             self._verify_and_remove(folder, step)
 

@@ -128,3 +128,38 @@ def test_store_refuses_duplicates_and_misnamed(run: dict, tmp_path: pathlib.Path
         cb.store(run["root"] / "out" / "checkpoint-4", 4)
     with pytest.raises(dmx.UsageError, match="expected a folder named"):
         cb.store(run["root"] / "out" / "checkpoint-4", 8)
+
+
+def test_layout_follows_the_engine(run: dict) -> None:
+    import dmx.hf
+
+    chain = run["root"] / "chain"
+    if dmx.hf._chains_take_folders():
+        info = dmx.chain_info(chain).to_dict()
+        assert [e["name"] for e in info["entries"]] == ["checkpoint-2", "checkpoint-4",
+                                                        "checkpoint-6"]
+        assert dmx.chain_verify(chain).ok
+    else:
+        assert sorted(p.name for p in chain.iterdir()) == [
+            "checkpoint-2.dmx", "checkpoint-4.dmx", "checkpoint-6.dmx"]
+
+
+def test_archive_layout_without_folder_chains(
+    run: dict, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Engines without folder chains: one standalone archive per step, same API."""
+    import dmx.hf
+
+    monkeypatch.setattr(dmx.hf, "_FOLDER_CHAINS", False)
+    cb = DmxCheckpointCallback(tmp_path / "chain")
+    for step in (2, 4):
+        cb.store(run["root"] / "out" / f"checkpoint-{step}", step)
+    assert sorted(p.name for p in (tmp_path / "chain").iterdir()) == [
+        "checkpoint-2.dmx", "checkpoint-4.dmx"]
+    assert steps(tmp_path / "chain") == [2, 4]
+    out = materialize(tmp_path / "chain", 4, tmp_path / "r4")
+    assert same_folder(out, run["root"] / "out" / "checkpoint-4")
+    # a folder chain already started keeps its layout whatever the engine says
+    monkeypatch.setattr(dmx.hf, "_FOLDER_CHAINS", True)
+    cb.store(run["root"] / "out" / "checkpoint-6", 6)
+    assert (tmp_path / "chain" / "checkpoint-6.dmx").is_file()
