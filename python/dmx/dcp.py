@@ -366,6 +366,7 @@ class DmxReader(StorageReader):
         self.storage_data: dict[Any, _Item] = {}
         self.load_id = uuid.uuid4().hex
         self._base: str | None = None
+        self._base_known = False
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         """Starts a new load, from ``checkpoint_id`` when given."""
@@ -373,12 +374,13 @@ class DmxReader(StorageReader):
         if checkpoint_id:
             self.path = Path(checkpoint_id)
         self.load_id = uuid.uuid4().hex
+        self._base, self._base_known = None, False
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
         """The checkpoint's DCP ``Metadata``, from its JSON file (unknown content refused)."""
         doc = _read_doc(self.path, _metadata_name(kwargs.get("rank")))
         meta = _metadata_from_json(doc)
-        self._base = doc["base"]
+        self._base, self._base_known = doc["base"], True
         meta.storage_meta.load_id = self.load_id
         return meta
 
@@ -404,6 +406,8 @@ class DmxReader(StorageReader):
         _check_file(path, item)
         if item.kind == "dmx":
             return path
+        if not self._base_known:  # metadata read by another rank only
+            self._base, self._base_known = _read_doc(self.path)["base"], True
         base_dir = _resolve_base(self.path, self._base)
         if base_dir is None:
             raise _bad(f"{path} is a delta but the checkpoint names no base")
