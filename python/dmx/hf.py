@@ -172,6 +172,8 @@ class DmxCheckpointCallback(TrainerCallback):
         keep_original: bool = True,
         threads: int | None = None,
     ) -> None:
+        if precision not in ("lossless", "int16", "int32"):
+            raise UsageError(f"precision must be 'lossless', 'int16' or 'int32', not {precision!r}")
         self.chain_dir = Path(chain_dir)
         self.precision = precision
         self.max_depth = max_depth

@@ -128,6 +128,8 @@ def test_store_refuses_duplicates_and_misnamed(run: dict, tmp_path: pathlib.Path
         cb.store(run["root"] / "out" / "checkpoint-4", 4)
     with pytest.raises(dmx.UsageError, match="expected a folder named"):
         cb.store(run["root"] / "out" / "checkpoint-4", 8)
+    with pytest.raises(dmx.UsageError, match="precision"):
+        DmxCheckpointCallback(tmp_path / "c", precision="int8")
 
 
 def test_layout_follows_the_engine(run: dict) -> None:
