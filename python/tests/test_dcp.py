@@ -238,3 +238,23 @@ def test_overwrite_false_and_bad_options(tmp_path: pathlib.Path) -> None:
             dcp.save(sd, storage_writer=DmxWriter(tmp_path / "ck", base=tmp_path / "ck"))
     with pytest.raises(TypeError, match="bogus"):
         DmxWriter(tmp_path / "x", bogus=1)
+
+
+def test_rank_files_are_plain_archives(saved: pathlib.Path) -> None:
+    for f in ("__0_0.dmx", "__1_0.dmx"):
+        assert dmx.verify(saved / "step1" / f).ok
+    with dmx.safe_open(saved / "step1" / "__1_0.dmx") as f:
+        assert "state.model.embed.weight@24,0" in f.keys()  # rank 1's rows start at 24
+        want = full_state(1)["model.embed.weight"][24:]
+        assert torch.equal(f.get_tensor("state.model.embed.weight@24,0"), want)
+
+
+def test_lossy_mode_passes_through(tmp_path: pathlib.Path) -> None:
+    w = torch.randn(256, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save({"w": w}, storage_writer=DmxWriter(tmp_path / "ck", mode="int16"))
+        out = {"w": torch.zeros_like(w)}
+        dcp.load(out, storage_reader=DmxReader(tmp_path / "ck"))
+    assert not torch.equal(out["w"], w)
+    assert torch.allclose(out["w"], w, atol=w.abs().max().item() / 2**14)
