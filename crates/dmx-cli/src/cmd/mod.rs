@@ -13,6 +13,7 @@ pub mod delta_info;
 pub mod delta_reconstruct;
 pub mod diff;
 pub mod extract;
+pub mod import;
 pub mod info;
 pub mod verify;
 
@@ -59,6 +60,9 @@ pub enum Command {
     Bench(bench::Args),
     /// Write a safetensors file holding only the named tensors (decodes only those).
     Extract(extract::Args),
+    /// Convert a file of dmx-compress (the Python tool dmx replaces) to dmx: a .dmx to a
+    /// .dmx, a .dmxd (with --base) to a .dmxd, a chain folder to a chain folder.
+    Import(import::Args),
 }
 
 impl Command {
@@ -79,6 +83,7 @@ impl Command {
             Command::Verify(args) => verify::run(args, common),
             Command::Bench(args) => bench::run(args, common),
             Command::Extract(args) => extract::run(args, common),
+            Command::Import(args) => import::run(args, common),
         }
     }
 }
