@@ -23,3 +23,4 @@ fn proptest_config(default_cases: u32) -> proptest::prelude::ProptestConfig {
         ..proptest::prelude::ProptestConfig::default()
     }
 }
+mod legacy;
