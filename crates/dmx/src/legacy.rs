@@ -39,17 +39,16 @@ fn legacy_err(path: &Path, e: dmx_legacy::Error) -> Error {
 /// Turns "not a dmx archive" about `bytes` into [`Error::Legacy`] when they are a file of
 /// the old tool; any other error passes through unchanged.
 pub(crate) fn explain_not_archive(path: &Path, bytes: &[u8], e: dmx_format::FormatError) -> Error {
-    if e == dmx_format::FormatError::NotAnArchive {
-        if let Some(kind) = dmx_legacy::detect(bytes) {
-            let summary = describe_bytes(bytes, kind).map_or_else(
-                |_| format!("written by dmx-compress, {}", kind.describe()),
-                |f| f.summary,
-            );
-            return Error::Legacy {
-                path: path.to_path_buf(),
-                summary,
-            };
-        }
+    let legacy = dmx_legacy::detect(bytes).filter(|_| e == dmx_format::FormatError::NotAnArchive);
+    if let Some(kind) = legacy {
+        let summary = describe_bytes(bytes, kind).map_or_else(
+            |_| format!("written by dmx-compress, {}", kind.describe()),
+            |f| f.summary,
+        );
+        return Error::Legacy {
+            path: path.to_path_buf(),
+            summary,
+        };
     }
     Error::Format {
         path: path.to_path_buf(),
