@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use dmx_legacy::{BaseTensor, ChainManifest, Container, DeltaFile, LegacyKind, Limits, Tensor};
 
+/// The reader crate itself, for callers that decode from memory (the fuzz target).
+pub use dmx_legacy as reader;
+
 use crate::lossy::LossyOptions;
 use crate::{Error, Options, Result, TensorData};
 
