@@ -964,7 +964,10 @@ pub fn legacy(data: &[u8]) {
         let _ = c.summary();
         for t in &c.tensors {
             if let Ok(d) = c.decode(t) {
-                assert!(d.data.len() as u64 <= limits.max_tensor_bytes, "tensor beyond the limit");
+                assert!(
+                    d.data.len() as u64 <= limits.max_tensor_bytes,
+                    "tensor beyond the limit"
+                );
             }
         }
     }
@@ -972,7 +975,13 @@ pub fn legacy(data: &[u8]) {
     let shape = [16u64];
     if let Ok(d) = DeltaFile::parse(&bytes, &limits) {
         let _ = d.summary();
-        let _ = d.reconstruct(|_| Some(BaseTensor { dtype: "F32", shape: &shape, data: &base }));
+        let _ = d.reconstruct(|_| {
+            Some(BaseTensor {
+                dtype: "F32",
+                shape: &shape,
+                data: &base,
+            })
+        });
     }
     let _ = ChainManifest::parse(&bytes, &limits);
 }

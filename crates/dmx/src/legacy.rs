@@ -31,6 +31,9 @@ fn legacy_err(path: &Path, e: dmx_legacy::Error) -> Error {
         }
         dmx_legacy::Error::Limit(m) => Error::Limit(format!("{}: {m}", path.display())),
         dmx_legacy::Error::Base(m) => Error::WrongBase(format!("{}: {m}", path.display())),
+        e @ (dmx_legacy::Error::Unsupported(_) | dmx_legacy::Error::Version { .. }) => {
+            Error::Unsupported(format!("{}: {e}", path.display()))
+        }
         other => Error::Corrupt {
             path: path.to_path_buf(),
             what: "dmx-compress file".into(),
@@ -306,8 +309,25 @@ pub fn import(old: &Path, new: &Path, base: Option<&Path>, opts: &Options) -> Re
                 ..opts.clone()
             },
         )?;
-        let base = base.ok_or_else(|| Error::BaseNeeded(old.to_path_buf()))?;
-        crate::delta_compress(base, &target, new, &crate::DeltaOptions::default(), opts)?;
+        let mut base = base
+            .ok_or_else(|| Error::BaseNeeded(old.to_path_buf()))?
+            .to_path_buf();
+        if legacy_file(&base)?.is_some() {
+            // An old .dmx base: the new delta is made against its restored file.
+            let restored = tmp.path().join("base.safetensors");
+            let (b, _, _) = decode_file(&base, None)?;
+            write_safetensors(
+                &b,
+                None,
+                &restored,
+                &Options {
+                    force: true,
+                    ..opts.clone()
+                },
+            )?;
+            base = restored;
+        }
+        crate::delta_compress(&base, &target, new, &crate::DeltaOptions::default(), opts)?;
     } else {
         crate::compress_tensors(
             &data_of(&tensors),

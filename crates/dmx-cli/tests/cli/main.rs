@@ -7,5 +7,6 @@ mod destinations;
 mod diff_cli;
 mod format12;
 mod hygiene;
+mod legacy_cli;
 mod lossy_cli;
 mod support;
