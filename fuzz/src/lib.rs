@@ -936,3 +936,52 @@ pub fn delta(data: &[u8]) {
     apply_edits(&mut payload, &edits);
     let _ = delta::decode(&payload, base, &mut out);
 }
+
+/// Fuzz target `legacy`. Property: arbitrary bytes as a file of dmx-compress (the first byte
+/// picks the magic prepended: none, "DMX1" v2, "DMX\0" envelope, "DMXD"): `detect`, parsing as
+/// container, delta and chain manifest, decoding every tensor and reconstructing a delta
+/// against a small base never panic and never decode a tensor beyond the limits given.
+pub fn legacy(data: &[u8]) {
+    use dmx::legacy::reader::{BaseTensor, ChainManifest, Container, DeltaFile, Limits, detect};
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let mut bytes = match pick % 4 {
+        0 => Vec::new(),
+        1 => b"DMX1\x02\0\0\0".to_vec(),
+        2 => b"DMX\0".to_vec(),
+        _ => b"DMXD\x01\0\0\0".to_vec(),
+    };
+    bytes.extend_from_slice(rest);
+    let limits = Limits {
+        max_manifest_bytes: 1 << 20,
+        max_tensors: 1 << 12,
+        max_tensor_bytes: 1 << 22,
+        max_ndim: 16,
+    };
+    let _ = detect(&bytes);
+    if let Ok(c) = Container::parse(&bytes, &limits) {
+        let _ = c.summary();
+        for t in &c.tensors {
+            if let Ok(d) = c.decode(t) {
+                assert!(
+                    d.data.len() as u64 <= limits.max_tensor_bytes,
+                    "tensor beyond the limit"
+                );
+            }
+        }
+    }
+    let base = [0u8; 64];
+    let shape = [16u64];
+    if let Ok(d) = DeltaFile::parse(&bytes, &limits) {
+        let _ = d.summary();
+        let _ = d.reconstruct(|_| {
+            Some(BaseTensor {
+                dtype: "F32",
+                shape: &shape,
+                data: &base,
+            })
+        });
+    }
+    let _ = ChainManifest::parse(&bytes, &limits);
+}

@@ -116,6 +116,15 @@ pub enum Error {
     /// The output exists and overwriting it was not asked for ([`crate::Options::force`]).
     #[error("{} already exists", .0.display())]
     Exists(PathBuf),
+    /// The file was written by dmx-compress, the Python tool dmx replaces (`dmx import`
+    /// converts it; `dmx decompress` restores it).
+    #[error("{}: not a dmx archive: {summary} (convert it with `dmx import`)", path.display())]
+    Legacy {
+        /// The file.
+        path: PathBuf,
+        /// What it is ("written by dmx-compress, format v3, mode bfp — lossy").
+        summary: String,
+    },
     /// The operation was stopped through [`crate::Options::cancel`]; no partial output is
     /// left behind.
     #[error("cancelled")]
@@ -148,6 +157,7 @@ impl Error {
             | Error::Limit(_)
             | Error::Resource(_)
             | Error::Internal(_)
+            | Error::Legacy { .. }
             | Error::Exists(_)
             | Error::Cancelled => false,
         }

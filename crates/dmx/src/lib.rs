@@ -46,6 +46,7 @@ mod error;
 mod extract;
 mod info;
 mod io;
+pub mod legacy;
 pub mod lossy;
 pub mod names;
 

@@ -50,6 +50,11 @@ pub fn run(args: Args, common: &Common) -> Result<Outcome, dmx::Error> {
             }
             r => r?,
         }
+    } else if let Some(old) = dmx::legacy::legacy_file(&input)?.filter(|f| !f.kind.is_delta()) {
+        dmx::legacy::restore(&input, None, &output, &options(common, force))?;
+        if !common.quiet {
+            eprintln!("{}: {}", input.display(), old.summary);
+        }
     } else {
         dmx::decompress(&input, &output, &options(common, force))?;
     }

@@ -28,6 +28,13 @@ pub fn run(args: Args, common: &Common) -> Result<Outcome, dmx::Error> {
         force,
     } = args;
     let start = std::time::Instant::now();
+    if let Some(old) = dmx::legacy::legacy_file(&delta)?.filter(|f| f.kind.is_delta()) {
+        dmx::legacy::restore(&delta, Some(&base), &output, &options(common, force))?;
+        if !common.quiet {
+            eprintln!("{}: {}", delta.display(), old.summary);
+        }
+        return Ok(Outcome::Ok);
+    }
     dmx::delta_reconstruct(&base, &delta, &output, &options(common, force))?;
     if !common.quiet {
         eprintln!(

@@ -14,6 +14,7 @@ pub mod delta_info;
 pub mod delta_reconstruct;
 pub mod diff;
 pub mod extract;
+pub mod import;
 pub mod info;
 pub mod verify;
 
@@ -65,6 +66,9 @@ pub enum Command {
     /// Write a safetensors file holding the named tensors, or all of one file (decodes only
     /// those); tensors of .pt files by name path, views made contiguous.
     Extract(extract::Args),
+    /// Convert a file of dmx-compress (the Python tool dmx replaces) to dmx: a .dmx to a
+    /// .dmx, a .dmxd (with --base) to a .dmxd, a chain folder to a chain folder.
+    Import(import::Args),
 }
 
 impl Command {
@@ -86,6 +90,7 @@ impl Command {
             Command::Verify(args) => verify::run(args, common),
             Command::Bench(args) => bench::run(args, common),
             Command::Extract(args) => extract::run(args, common),
+            Command::Import(args) => import::run(args, common),
         }
     }
 }

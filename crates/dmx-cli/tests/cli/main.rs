@@ -7,6 +7,7 @@ mod destinations;
 mod diff_cli;
 mod format12;
 mod hygiene;
+mod legacy_cli;
 mod lossy_cli;
 mod pt_cli;
 mod support;

@@ -95,7 +95,8 @@ impl Archive {
             path: path.to_path_buf(),
             source,
         };
-        let version = dmx_format::check_preamble(&bytes).map_err(fmt)?;
+        let version = dmx_format::check_preamble(&bytes)
+            .map_err(|e| crate::legacy::explain_not_archive(path, &bytes, e))?;
         let len = bytes.len() as u64;
         if len < dmx_format::PREAMBLE_LEN + dmx_format::TRAILER_LEN {
             return Err(fmt(dmx_format::FormatError::Truncated("archive")));

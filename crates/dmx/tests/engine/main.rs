@@ -28,3 +28,4 @@ fn proptest_config(default_cases: u32) -> proptest::prelude::ProptestConfig {
         ..proptest::prelude::ProptestConfig::default()
     }
 }
+mod legacy;
