@@ -13,8 +13,8 @@ mod memory;
 mod pt_safety;
 mod roundtrip;
 mod torch;
-mod trainer;
 mod torch_delta;
+mod trainer;
 mod vectors;
 
 /// Proptest settings: `default_cases` cases per property unless `PROPTEST_CASES` says otherwise.
