@@ -53,7 +53,8 @@ fn extract_all_or_named_tensors_of_a_pt_archive() {
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
     let header = json(std::str::from_utf8(&bytes[8..8 + n]).expect("utf-8"));
     let tensors = header.as_object().expect("header object");
-    assert_eq!(tensors.len(), 14, "{header}");
+    assert_eq!(tensors.len(), 15, "{header}");
+    assert_eq!(header["empty"]["shape"], serde_json::json!([0, 3]));
     assert_eq!(header["transposed"]["shape"], serde_json::json!([8, 8]));
     let end = tensors
         .values()
