@@ -53,18 +53,7 @@ pub fn chain_append(dir: &Path, checkpoints: &[PathBuf], opts: &Options) -> Resu
         // The next entry may be a delta: its base is the last entry's reconstruction.
         let chain = Chain::new(dir, &m, opts)?;
         let needed: Vec<usize> = m.needed_for(last.index).collect();
-        let mut failure = None;
-        let rebuilt = chain.rebuild(&needed, work.path(), &|_| false, &|_| None, &mut |_, r| {
-            if let Err(e) = r
-                && failure.is_none()
-            {
-                failure = Some(e);
-            }
-        })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        cursor.base = rebuilt.map(|(_, p)| p);
+        cursor.base = chain.restore_one(last.index, work.path())?;
         if m.precision != Precision::Lossless {
             let anchor = &m.entries[needed[0]];
             let archive = Archive::open(&dir.join(&anchor.file))?;

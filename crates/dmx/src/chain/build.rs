@@ -293,6 +293,24 @@ impl<'a> Chain<'a> {
         restore_entry(&self.pool, self.opts, archive, base, dest, force, sync)
     }
 
+    /// Restores entry `index` of the chain (and the entries it depends on) into scratch files
+    /// under `scratch`: its reconstruction, or the first error met on the way.
+    pub(super) fn restore_one(&self, index: usize, scratch: &Path) -> Result<Option<PathBuf>> {
+        let needed: Vec<usize> = self.m.needed_for(index).collect();
+        let mut failure = None;
+        let rebuilt = self.rebuild(&needed, scratch, &|_| false, &|_| None, &mut |_, r| {
+            if let Err(e) = r
+                && failure.is_none()
+            {
+                failure = Some(e);
+            }
+        })?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(rebuilt.map(|(_, p)| p)),
+        }
+    }
+
     /// Restores the entries `needed` (ascending, closed under parents) one by one, each from
     /// its parent's reconstruction. `dest(i)` is the output of entry `i`, or `None` for a
     /// scratch file in `scratch` (removed once the next entry is built). `done` gets every

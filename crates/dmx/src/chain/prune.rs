@@ -258,19 +258,7 @@ fn reanchor(
     opts: &Options,
 ) -> Result<PathBuf> {
     let e = &m.entries[i];
-    let needed: Vec<usize> = m.needed_for(i).collect();
-    let mut failure = None;
-    let rebuilt = chain.rebuild(&needed, work, &|_| false, &|_| None, &mut |_, r| {
-        if let Err(err) = r
-            && failure.is_none()
-        {
-            failure = Some(err);
-        }
-    })?;
-    if let Some(err) = failure {
-        return Err(err);
-    }
-    let Some((_, restored)) = rebuilt else {
+    let Some(restored) = chain.restore_one(i, work)? else {
         return Err(Error::Internal(format!("entry {i} was not restored")));
     };
     // Compress it under its own name, as `dmx compress` of the checkpoint would store it.
