@@ -10,7 +10,7 @@
 //! are listed as removed. The base's SHA-256 and size are recorded and checked before
 //! anything is reconstructed.
 //!
-//! A delta of a checkpoint folder ([`folder`]) has a folder root: every file of the target
+//! A delta of a checkpoint folder (`delta::folder`) has a folder root: every file of the target
 //! that has a checkpoint file of the same relative path in the base folder is a delta entry
 //! with its own base reference; every other file is stored as `compress` stores it.
 
@@ -295,7 +295,7 @@ pub(crate) fn single_model(path: &Path) -> Result<PlannedFile> {
 
 /// Stores `target` relative to `base` in `output` (a `.dmxd` by convention): two
 /// checkpoint files (safetensors or `torch.save`; a base may also be a single-file `.dmx` of
-/// one), or two checkpoint folders ([`folder`]).
+/// one), or two checkpoint folders (`delta::folder`).
 pub fn delta_compress(
     base: &Path,
     target: &Path,
@@ -568,7 +568,7 @@ pub(crate) fn hex(b: &[u8]) -> String {
 }
 
 /// Rebuilds the target of `delta` from `base` into `output` (for a folder delta, the target
-/// folder from the base folder; see [`folder`]). Refuses a base whose SHA-256 or
+/// folder from the base folder; see `delta::folder`). Refuses a base whose SHA-256 or
 /// size differ from the recorded ones; checks every chunk checksum, every tensor's BLAKE3 and
 /// the file's SHA-256 before renaming the output into place.
 pub fn delta_reconstruct(base: &Path, delta: &Path, output: &Path, opts: &Options) -> Result<()> {
