@@ -530,9 +530,26 @@ pub fn safetensors(data: &[u8]) {
         Some((&mode, rest)) if mode & 1 == 1 => build_safetensors(rest),
         _ => data.to_vec(),
     };
+    compress_verify_restore(&file, "model.safetensors", |archive| {
+        for t in archive.tensors() {
+            // A packed tensor is a part of its segment (format 1.2).
+            let start = (t.segment.offset + t.offset) as usize;
+            let want = &file[start..start + t.len as usize];
+            match archive.read_tensor(&t.info.name) {
+                Ok(got) => assert!(got == want, "tensor {:?} differs", t.info.name),
+                Err(e) => panic!("tensor {:?} does not read back: {e}", t.info.name),
+            }
+        }
+    });
+}
+
+/// The shared part of the `safetensors` and `pt_compress` properties: `file`, stored under
+/// `name`, compresses without error, `verify` against it passes, `check` accepts the archive,
+/// and `decompress` restores it byte for byte.
+fn compress_verify_restore(file: &[u8], name: &str, check: impl FnOnce(&dmx::Archive)) {
     let dir = scratch();
-    let input = dir.path().join("model.safetensors");
-    std::fs::write(&input, &file).expect("write the input");
+    let input = dir.path().join(name);
+    std::fs::write(&input, file).expect("write the input");
     let packed = dir.path().join("model.dmx");
     let opts = opts();
     if let Err(e) = dmx::compress(&input, &packed, &opts) {
@@ -546,16 +563,8 @@ pub fn safetensors(data: &[u8]) {
         Ok(r) => assert!(r.ok, "verify against the input failed: {:?}", r.files),
         Err(e) => panic!("verify failed: {e}"),
     }
-    for t in archive.tensors() {
-        // A packed tensor is a part of its segment (format 1.2).
-        let start = (t.segment.offset + t.offset) as usize;
-        let want = &file[start..start + t.len as usize];
-        match archive.read_tensor(&t.info.name) {
-            Ok(got) => assert!(got == want, "tensor {:?} differs", t.info.name),
-            Err(e) => panic!("tensor {:?} does not read back: {e}", t.info.name),
-        }
-    }
-    let restored = dir.path().join("restored.safetensors");
+    check(&archive);
+    let restored = dir.path().join(format!("restored-{name}"));
     if let Err(e) = dmx::decompress(&packed, &restored, &opts) {
         panic!("decompress failed: {e}");
     }
@@ -568,28 +577,7 @@ pub fn safetensors(data: &[u8]) {
 /// entries), anything else becomes a blob — compress without error, `verify` against the input
 /// passes, and `decompress` restores a byte-identical file.
 pub fn pt_compress(data: &[u8]) {
-    let dir = scratch();
-    let input = dir.path().join("model.pt");
-    std::fs::write(&input, data).expect("write the input");
-    let packed = dir.path().join("model.dmx");
-    let opts = opts();
-    if let Err(e) = dmx::compress(&input, &packed, &opts) {
-        panic!("compress failed: {e}");
-    }
-    let archive = match dmx::Archive::open(&packed) {
-        Ok(a) => a,
-        Err(e) => panic!("the archive compress wrote does not open: {e}"),
-    };
-    match dmx::verify(&archive, Some(&input), &opts) {
-        Ok(r) => assert!(r.ok, "verify against the input failed: {:?}", r.files),
-        Err(e) => panic!("verify failed: {e}"),
-    }
-    let restored = dir.path().join("restored.pt");
-    if let Err(e) = dmx::decompress(&packed, &restored, &opts) {
-        panic!("decompress failed: {e}");
-    }
-    let back = std::fs::read(&restored).expect("read the restored file");
-    assert!(back == data, "the restored file differs from the input");
+    compress_verify_restore(data, "model.pt", |_| {});
 }
 
 /// A safetensors file described by `data` (see [`safetensors`]).

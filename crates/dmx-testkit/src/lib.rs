@@ -7,7 +7,7 @@ pub mod diff_pairs;
 
 use std::path::Path;
 
-use dmx_format::Trailer;
+use dmx_format::{Index, Limits, Trailer, preamble_flags};
 
 /// Every safetensors dtype the tests exercise, with its element size in bytes.
 pub const DTYPES: &[(&str, usize)] = &[
@@ -547,6 +547,30 @@ pub fn fix_index_checksum(archive: &mut [u8]) {
     let (o, l) = (t.index_offset as usize, t.index_len as usize);
     let fixed = Trailer::for_index(t.index_offset, &archive[o..o + l]);
     archive[n - 32..].copy_from_slice(&fixed.to_bytes());
+}
+
+/// Writes to `out` the archive `archive` with its index rewritten by `edit` (same preamble
+/// flags, so a compressed index stays compressed; trailer recomputed): crafted archives that
+/// only a hostile or buggy writer would produce.
+pub fn craft_index(archive: &Path, out: &Path, edit: impl FnOnce(&mut Index)) {
+    let bytes = std::fs::read(archive).expect("read the archive");
+    let n = bytes.len();
+    let t = Trailer::from_bytes(&bytes[n - 32..]).expect("trailer");
+    let flags = preamble_flags(&bytes);
+    let (off, len) = (t.index_offset as usize, t.index_len as usize);
+    let mut index = Index::from_stored(
+        &bytes[off..off + len],
+        flags,
+        off as u64,
+        &Limits::default(),
+    )
+    .expect("index");
+    edit(&mut index);
+    let raw = index.to_stored(flags);
+    let mut out_bytes = bytes[..off].to_vec();
+    out_bytes.extend_from_slice(&raw);
+    out_bytes.extend_from_slice(&Trailer::for_index(off as u64, &raw).to_bytes());
+    std::fs::write(out, out_bytes).expect("write the crafted archive");
 }
 
 /// Little-endian bytes of `v`.

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use dmx::dmx_format::{Index, Limits, Trailer, preamble_flags};
 use dmx_testkit::scratch;
 
 use crate::support::{json, run};
@@ -111,33 +110,11 @@ fn extract_all_or_named_tensors_of_a_pt_archive() {
     assert_eq!(json(&out)["identical"], true);
 }
 
-/// Rewrites the index of `archive` through `edit` into `out`.
-fn craft(archive: &Path, out: &Path, edit: impl FnOnce(&mut Index)) {
-    let bytes = std::fs::read(archive).expect("read");
-    let n = bytes.len();
-    let t = Trailer::from_bytes(&bytes[n - 32..]).expect("trailer");
-    let flags = preamble_flags(&bytes);
-    let (off, len) = (t.index_offset as usize, t.index_len as usize);
-    let mut index = Index::from_stored(
-        &bytes[off..off + len],
-        flags,
-        off as u64,
-        &Limits::default(),
-    )
-    .expect("index");
-    edit(&mut index);
-    let raw = index.to_stored(flags);
-    let mut out_bytes = bytes[..off].to_vec();
-    out_bytes.extend_from_slice(&raw);
-    out_bytes.extend_from_slice(&Trailer::for_index(off as u64, &raw).to_bytes());
-    std::fs::write(out, out_bytes).expect("write");
-}
-
 #[test]
 fn a_view_outside_its_storage_fails_with_status_1() {
     let dir = scratch();
     let good = pt_archive(dir.path(), "views.pt");
-    craft(&good, &dir.path().join("bad.dmx"), |index| {
+    dmx_testkit::craft_index(&good, &dir.path().join("bad.dmx"), |index| {
         let v = (index.entries[0].views.iter_mut())
             .find(|v| v.name == "strided")
             .expect("view");

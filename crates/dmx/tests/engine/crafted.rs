@@ -8,7 +8,7 @@ use dmx_testkit as common;
 use std::path::{Path, PathBuf};
 
 use common::{Layout, Mode, Tensor};
-use dmx::dmx_format::{EntryKind, Index, Limits, SegmentKind, Trailer, preamble_flags};
+use dmx::dmx_format::{EntryKind, Index, SegmentKind};
 use dmx::{Archive, Options};
 
 fn opts() -> Options {
@@ -39,28 +39,6 @@ fn packed() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let archive = dir.path().join("a.dmx");
     dmx::compress(&folder, &archive, &opts()).unwrap();
     (dir, folder, archive)
-}
-
-/// Rewrites the index of `archive` through `edit` (keeping the flags) into `out`.
-fn craft(archive: &Path, out: &Path, edit: impl FnOnce(&mut Index)) {
-    let bytes = std::fs::read(archive).unwrap();
-    let n = bytes.len();
-    let t = Trailer::from_bytes(&bytes[n - 32..]).unwrap();
-    let flags = preamble_flags(&bytes);
-    let (off, len) = (t.index_offset as usize, t.index_len as usize);
-    let mut index = Index::from_stored(
-        &bytes[off..off + len],
-        flags,
-        off as u64,
-        &Limits::default(),
-    )
-    .unwrap();
-    edit(&mut index);
-    let raw = index.to_stored(flags);
-    let mut out_bytes = bytes[..off].to_vec();
-    out_bytes.extend_from_slice(&raw);
-    out_bytes.extend_from_slice(&Trailer::for_index(off as u64, &raw).to_bytes());
-    std::fs::write(out, out_bytes).unwrap();
 }
 
 /// What each reader made of a crafted archive.
@@ -143,7 +121,7 @@ fn first_packed_file(index: &Index) -> usize {
 fn crafted(edit: impl FnOnce(&mut Index), name: &str) -> Outcome {
     let (dir, folder, archive) = packed();
     let out = dir.path().join("crafted.dmx");
-    craft(&archive, &out, edit);
+    common::craft_index(&archive, &out, edit);
     outcome(&out, &folder, name)
 }
 

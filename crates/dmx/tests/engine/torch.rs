@@ -7,7 +7,7 @@ use dmx_testkit as common;
 
 use std::path::{Path, PathBuf};
 
-use dmx::dmx_format::{EntryKind, Index, Limits, Trailer, preamble_flags};
+use dmx::dmx_format::EntryKind;
 use dmx::tensors::TensorFile;
 use dmx::{Archive, Options};
 
@@ -285,28 +285,6 @@ fn folder_of_pt_and_bin_files_round_trips_and_extracts_per_file() {
     assert_eq!(dmx::Stats::of_archive(&a).files.len(), 5);
 }
 
-/// Rewrites the index of `archive` through `edit` into `out`.
-fn craft(archive: &Path, out: &Path, edit: impl FnOnce(&mut Index)) {
-    let bytes = std::fs::read(archive).unwrap();
-    let n = bytes.len();
-    let t = Trailer::from_bytes(&bytes[n - 32..]).unwrap();
-    let flags = preamble_flags(&bytes);
-    let (off, len) = (t.index_offset as usize, t.index_len as usize);
-    let mut index = Index::from_stored(
-        &bytes[off..off + len],
-        flags,
-        off as u64,
-        &Limits::default(),
-    )
-    .unwrap();
-    edit(&mut index);
-    let raw = index.to_stored(flags);
-    let mut out_bytes = bytes[..off].to_vec();
-    out_bytes.extend_from_slice(&raw);
-    out_bytes.extend_from_slice(&Trailer::for_index(off as u64, &raw).to_bytes());
-    std::fs::write(out, out_bytes).unwrap();
-}
-
 #[test]
 fn a_view_outside_its_storage_is_corrupt() {
     let dir = common::scratch();
@@ -324,7 +302,7 @@ fn a_view_outside_its_storage_is_corrupt() {
     ];
     for (i, (name, edit)) in cases.into_iter().enumerate() {
         let bad = dir.path().join(format!("bad{i}.dmx"));
-        craft(&dmx, &bad, |index| {
+        common::craft_index(&dmx, &bad, |index| {
             let v = index.entries[0]
                 .views
                 .iter_mut()
@@ -339,7 +317,7 @@ fn a_view_outside_its_storage_is_corrupt() {
     }
     // The largest view that fits still opens: base[54..64].
     let ok = dir.path().join("ok.dmx");
-    craft(&dmx, &ok, |index| {
+    common::craft_index(&dmx, &ok, |index| {
         let v = index.entries[0]
             .views
             .iter_mut()
