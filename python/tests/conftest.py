@@ -22,6 +22,19 @@ def model_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
+def name_paths(obj, prefix: str, out: dict[str, torch.Tensor]) -> None:
+    """The tensors of a loaded ``torch.save`` object by name path, as dmx names them: dict keys
+    and list/tuple indices joined by '.'."""
+    if isinstance(obj, torch.Tensor):
+        out[prefix] = obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            name_paths(v, f"{prefix}.{k}" if prefix else str(k), out)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            name_paths(v, f"{prefix}.{i}" if prefix else str(i), out)
+
+
 @pytest.fixture
 def model(tmp_path: pathlib.Path) -> pathlib.Path:
     """A safetensors file with metadata."""

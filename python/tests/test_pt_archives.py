@@ -13,21 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 import dmx
+from conftest import name_paths
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "crates" / "dmx-pt" / "tests" / "fixtures"
 NAMES = sorted(p.name for p in FIXTURES.glob("*.pt"))
-
-
-def walk(obj, prefix: str, out: dict[str, torch.Tensor]) -> None:
-    """Name paths as dmx names them: dict keys and list/tuple indices joined by '.'."""
-    if isinstance(obj, torch.Tensor):
-        out[prefix] = obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            walk(v, f"{prefix}.{k}" if prefix else str(k), out)
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            walk(v, f"{prefix}.{i}" if prefix else str(i), out)
 
 
 def raw(t: torch.Tensor) -> bytes:
@@ -65,7 +54,7 @@ def test_extract_equals_torch_load(tmp_path: pathlib.Path, name: str):
     # protocol 4 (FRAME) is beyond torch's weights_only reader; the fixture holds no code.
     obj = torch.load(src, weights_only=name != "protocol4.pt")
     want: dict[str, torch.Tensor] = {}
-    walk(obj, "", want)
+    name_paths(obj, "", want)
     want = {("tensor" if n == "" else n): t for n, t in want.items()}
     # Every tensor, zero-element ones (an empty storage) included, is listed and extracted.
     stored = want

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import dmx
+from conftest import name_paths
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PT_FIXTURES = ROOT / "crates" / "dmx-pt" / "tests" / "fixtures"
@@ -33,21 +34,9 @@ MODES = {
 }
 
 
-def flatten(obj, prefix: str, out: dict[str, torch.Tensor]) -> None:
-    """Tensors by name path, as dmx names them: dict keys and list indices joined by '.'."""
-    if isinstance(obj, torch.Tensor):
-        out[prefix] = obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            flatten(v, f"{prefix}.{i}" if prefix else str(i), out)
-
-
 def load(path: pathlib.Path) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
-    flatten(torch.load(path, weights_only=True), "", out)
+    name_paths(torch.load(path, weights_only=True), "", out)
     return out
 
 
