@@ -232,17 +232,10 @@ fn torch_file(rel: &str, path: &Path, size: u64) -> Result<Option<PlannedFile>> 
 }
 
 /// Why a scanned `torch.save` file cannot be stored as tensor segments within the reader
-/// limits, if it cannot.
+/// limits, if it cannot: its segment and view counts and every tensor's name and rank.
 fn torch_beyond_limits(p: &crate::torch::TorchPlan) -> Option<String> {
-    let limits = dmx_format::Limits::default();
-    let count = p.segments.len().max(p.views.len()) as u64;
-    if count >= limits.max_segments {
-        return Some(format!(
-            "{count} segments or views, above the limit of {}",
-            limits.max_segments - 1
-        ));
-    }
-    let names = p
+    let count = p.segments.len().max(p.views.len());
+    let tensors = p
         .segments
         .iter()
         .filter_map(|s| match &s.kind {
@@ -250,15 +243,7 @@ fn torch_beyond_limits(p: &crate::torch::TorchPlan) -> Option<String> {
             _ => None,
         })
         .chain(p.views.iter().map(|v| (v.name.as_str(), v.shape.len())));
-    for (name, rank) in names {
-        if name.len() as u64 > u64::from(limits.max_string) {
-            return Some(format!("a tensor name of {} bytes", name.len()));
-        }
-        if rank as u64 > u64::from(limits.max_rank) {
-            return Some(format!("tensor {name:?} has rank {rank}"));
-        }
-    }
-    None
+    beyond_limits(count, "segments or views", tensors)
 }
 
 /// The planned file `rel` (read from `path`, `size` bytes): tensor segments when `parsed`
@@ -310,22 +295,25 @@ pub(crate) fn check_name(rel: &str, path: &Path) -> Result<()> {
     })
 }
 
-/// Why a parsed safetensors file cannot be stored as tensor segments within the reader
-/// limits (docs/FORMAT.md §6), if it cannot: such a file is stored as a blob instead.
-fn beyond_limits(tensors: &[(String, &safetensors::tensor::TensorInfo)]) -> Option<String> {
+/// Why a file of `count` records (`what`: "tensors", ...) whose tensors have these names
+/// and ranks cannot be stored as tensor segments within the reader limits (docs/FORMAT.md
+/// §6), if it cannot: such a file is stored as a blob instead.
+fn beyond_limits<'a>(
+    count: usize,
+    what: &str,
+    tensors: impl IntoIterator<Item = (&'a str, usize)>,
+) -> Option<String> {
     let limits = dmx_format::Limits::default();
-    if tensors.len() as u64 >= limits.max_segments {
+    if count as u64 >= limits.max_segments {
         return Some(format!(
-            "{} tensors, above the limit of {}",
-            tensors.len(),
+            "{count} {what}, above the limit of {}",
             limits.max_segments - 1
         ));
     }
-    for (name, info) in tensors {
-        if info.shape.len() as u64 > u64::from(limits.max_rank) {
+    for (name, rank) in tensors {
+        if rank as u64 > u64::from(limits.max_rank) {
             return Some(format!(
-                "tensor {name:?} has rank {}, above the limit of {}",
-                info.shape.len(),
+                "tensor {name:?} has rank {rank}, above the limit of {}",
                 limits.max_rank
             ));
         }
@@ -344,12 +332,17 @@ fn beyond_limits(tensors: &[(String, &safetensors::tensor::TensorInfo)]) -> Opti
 const LIMITED: &str = "limit: ";
 
 fn bytes_segment(offset: u64, len: u64) -> Vec<PlannedSegment> {
-    vec![PlannedSegment {
+    vec![bytes_piece(offset, len)]
+}
+
+/// A bytes segment of `len` bytes at `offset`.
+pub(crate) fn bytes_piece(offset: u64, len: u64) -> PlannedSegment {
+    PlannedSegment {
         kind: SegmentKind::Bytes,
         offset,
         len,
         value: ValueKind::Bytes,
-    }]
+    }
 }
 
 /// Parses a safetensors header; the inner error says why the file is not valid safetensors.
@@ -391,7 +384,8 @@ pub(crate) fn header_segments(
     // Sort by offset, then name: zero-length tensors share offsets and the archive must not
     // depend on hash-map order.
     tensors.sort_by(|a, b| (a.1.data_offsets, &a.0).cmp(&(b.1.data_offsets, &b.0)));
-    if let Some(why) = beyond_limits(&tensors) {
+    let names = tensors.iter().map(|(n, i)| (n.as_str(), i.shape.len()));
+    if let Some(why) = beyond_limits(tensors.len(), "tensors", names) {
         return Err(format!("{LIMITED}{why} (docs/FORMAT.md §6)"));
     }
     let mut segments = bytes_segment(0, data_start);

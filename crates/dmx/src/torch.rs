@@ -7,11 +7,10 @@
 //! that tensor (its name and shape); any other storage is stored one-dimensional under the
 //! name of its first view, and all its views are listed in the entry's view table.
 
-use dmx_codec::ValueKind;
 use dmx_format::{SegmentKind, TensorInfo, TorchView};
 use dmx_pt::{PtLayout, TensorView};
 
-use crate::plan::{PlannedSegment, value_kind};
+use crate::plan::{PlannedSegment, bytes_piece, value_kind};
 
 /// First bytes of a zip file (a local file header).
 const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
@@ -111,7 +110,7 @@ pub(crate) fn plan_layout(layout: &PtLayout, len: u64) -> TorchPlan {
     for (i, s) in layout.storages.iter().enumerate() {
         let (start, n) = (s.range.start, s.range.end - s.range.start);
         if start > at {
-            segments.push(bytes(at, start - at));
+            segments.push(bytes_piece(at, start - at));
         }
         match &codings[i] {
             Some(c) => {
@@ -123,13 +122,13 @@ pub(crate) fn plan_layout(layout: &PtLayout, len: u64) -> TorchPlan {
                     len: n,
                 });
             }
-            None if n > 0 => segments.push(bytes(start, n)),
+            None if n > 0 => segments.push(bytes_piece(start, n)),
             None => {}
         }
         at = at.max(s.range.end);
     }
     if len > at {
-        segments.push(bytes(at, len - at));
+        segments.push(bytes_piece(at, len - at));
     }
     let views = layout
         .tensors
@@ -195,15 +194,6 @@ fn unique(name: String, used: &mut std::collections::HashSet<String>) -> String 
     }
     used.insert(candidate.clone());
     candidate
-}
-
-fn bytes(offset: u64, len: u64) -> PlannedSegment {
-    PlannedSegment {
-        kind: SegmentKind::Bytes,
-        offset,
-        len,
-        value: ValueKind::Bytes,
-    }
 }
 
 #[cfg(test)]
