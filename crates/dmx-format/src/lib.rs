@@ -25,7 +25,7 @@ mod wire;
 pub use error::FormatError;
 pub use index::{
     BaseRef, Chunk, Entry, EntryKind, ErrorStats, Index, Lossy, LossyMode, MAX_PACK, PackedTensor,
-    Root, Segment, SegmentKind, TensorInfo, TorchView, Transform, check_entry_path,
+    Root, Segment, SegmentKind, TensorInfo, TorchView, Transform, ValueErrors, check_entry_path,
 };
 pub use stored::{FLAG_COMPRESSED_INDEX, KNOWN_FLAGS, preamble_flags, preamble_with};
 
@@ -37,9 +37,10 @@ pub const END_MAGIC: [u8; 8] = *b"DMXINDEX";
 pub const VERSION_MAJOR: u16 = 1;
 /// Highest minor format version written by this crate (1.1 adds lossy segments and delta
 /// entries, 1.2 packed tensors, packs of small files and the compressed index, 1.3
-/// `torch.save` entries; an archive that uses none of them is written as 1.0). Readers accept any minor of their major and
-/// reject the ids (transforms, codecs, kinds, flags) they do not know.
-pub const VERSION_MINOR: u16 = 3;
+/// `torch.save` entries, 1.4 the lossy records with per-value errors and the floating grid;
+/// an archive that uses none of them is written as 1.0). Readers accept any minor of their
+/// major and reject the ids (transforms, codecs, kinds, flags) they do not know.
+pub const VERSION_MINOR: u16 = 4;
 /// Size of the preamble (§2).
 pub const PREAMBLE_LEN: u64 = 16;
 /// Size of the trailer (§4).

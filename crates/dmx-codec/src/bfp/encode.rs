@@ -2,7 +2,7 @@
 
 use super::{
     CLASS_LO, CLASSES, Geo, History, LANES, MAX_TABLES, Params, Shape, VERSION, check,
-    group_exponent, max_magnitude, norm_row, quantize_at, quantize_narrow, table_cost, vsym,
+    group_exponent, norm_row, quantize_at, quantize_narrow, table_cost, vsym,
 };
 use crate::FloatLayout;
 use crate::bits::BitVec;
@@ -141,7 +141,7 @@ fn pass1<const B: usize>(g: &Geo, data: &[u8], shape: Shape) -> Pass1 {
                 *v = load::<B>(b);
             }
             let s = &mut syms[start..start + len];
-            let Some(e) = group_exponent(g, max_magnitude(g, vals)) else {
+            let Some(e) = group_exponent(g, vals) else {
                 eh[0] += 1;
                 raw_bits += (len * B * 8) as u64;
                 codes.push(GroupCode { esym: 0, class: 0 });

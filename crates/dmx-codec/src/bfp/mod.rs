@@ -15,22 +15,25 @@
 //!
 //! so **`M` counts the magnitude bits including the leading 1 of the group maximum**: the
 //! largest value keeps its implicit bit and `M − 1` fraction bits, smaller values keep fewer.
-//! If rounding carries a magnitude to `2^M`, the group exponent is raised by one and the
-//! whole group re-quantized from the original values at the coarser step (no saturation).
+//! If rounding carries a magnitude to `2^M`, the encoder either saturates it to `2^M − 1`
+//! (keeping the finer step for the rest of the group) or raises the group exponent by one and
+//! re-quantizes the whole group from the original values at the coarser step, whichever has
+//! the smaller squared error over the group (the decoder does not know which).
 //! Every `x̂` is exactly representable in the dtype (normal or subnormal), so decoding
 //! involves no second rounding and returns the original dtype.
 //!
 //! Guarantees:
 //! - **Error bound**: for every value of a coded group, `|x − x̂| ≤ 2^(E − bias − M)`, half a
-//!   step, with `E` the group's final exponent (after a carry).
+//!   step, with `E` the group's final exponent (after a carry), except a saturated maximum,
+//!   whose error is at most one step (`2^(E − bias − M + 1)`, still half a step of `E + 1`).
 //! - Values below half a step round to zero. A zero result keeps the sign only when the input
 //!   was itself `±0` (`−0` stays `−0`; a tiny negative value becomes `+0`).
 //! - Subnormal inputs are on the same grid as everything else (their exponent counts as 1, as
 //!   in IEEE): no flush to zero, no special case. Outputs may be subnormal; a value is kept
 //!   exactly whenever it is a multiple of the step (e.g. BF16 at `M = 8` keeps every value of
 //!   the group's top binade, and all of a group of subnormals).
-//! - A group holding NaN or ±Inf, or whose carry would push `E` past the largest finite
-//!   exponent (so that `x̂` could become Inf), is stored raw: bit-exact, NaN payloads included,
+//! - A group holding NaN or ±Inf is stored raw (a carry at the largest finite exponent
+//!   saturates, so `x̂` never becomes Inf): bit-exact, NaN payloads included,
 //!   and it never affects its neighbours.
 //! - **Idempotence**: decoded values are on their group's grid with the same `E`, so encoding
 //!   them again with the same `M`, `G` and `row_len` decodes to the same bits.
@@ -222,25 +225,38 @@ fn rne(sig: u32, s: u32) -> u32 {
     (x + (1u32 << s) - 1 + ((sig >> s) & 1)) >> (s + 1)
 }
 
-/// The exponent of a group whose largest magnitude (value bits without the sign) is
-/// `max_mag`, or `None` when the group must be stored raw: it holds NaN/Inf, or its maximum
-/// would carry past the largest finite exponent. Rounding is monotonic in the magnitude, so
-/// only the maximum can carry to `2^M`; then the group takes the next exponent.
+/// The exponent of a group, or `None` when the group must be stored raw (it holds NaN or
+/// ±Inf). `E₀` is the exponent of the largest magnitude. Rounding is monotonic in the
+/// magnitude, so only values near the maximum can round up to `2^M`; when that happens the
+/// group either keeps `E₀` with those magnitudes saturated to `2^M − 1`, or takes `E₀ + 1`
+/// and re-quantizes at the coarser step, whichever gives the smaller squared error (the
+/// coarser step on a tie; saturation whenever `E₀` is the largest finite exponent).
 #[inline]
-fn group_exponent(g: &Geo, max_mag: u32) -> Option<u32> {
+fn group_exponent(g: &Geo, vals: &[u32]) -> Option<u32> {
+    let max_mag = max_magnitude(g, vals);
     let e = max_mag >> g.f;
     if e >= g.exp_ones {
         return None;
     }
     let sig = (max_mag & ((1u32 << g.f) - 1)) | (u32::from(e != 0) << g.f);
     let top = e.max(1);
-    if rne(sig, g.f + 1 - g.m) >> g.m == 0 {
-        Some(top)
-    } else if top < g.emax {
-        Some(top + 1)
-    } else {
-        None
+    if rne(sig, g.f + 1 - g.m) >> g.m == 0 || top == g.emax {
+        return Some(top);
     }
+    // In units of the step at `top`: saturating costs (y − min(rne(y), 2^M − 1))², the next
+    // exponent (y − 2·rne(y / 2))².
+    let inv = inv_step(g, top);
+    let qmax = f64::from((1u32 << g.m) - 1);
+    let mag_mask = (1u32 << g.sign_shift) - 1;
+    let (mut sat, mut up) = (0f64, 0f64);
+    for &v in vals {
+        let y = f64::from(f32::from_bits((v & mag_mask) << g.s32)) * inv;
+        let a = y - y.round_ties_even().min(qmax);
+        let b = y - 2.0 * (y / 2.0).round_ties_even();
+        sat += a * a;
+        up += b * b;
+    }
+    Some(if sat < up { top } else { top + 1 })
 }
 
 /// `1 / step` of group exponent `e_grp`, relative to the `f32` image of the magnitudes.
@@ -268,8 +284,9 @@ fn qmag(g: &Geo, v: u32, inv: f64) -> u32 {
 fn quantize_at(g: &Geo, vals: &[u32], e_grp: u32, syms: &mut [u32]) {
     let inv = inv_step(g, e_grp);
     let mag_mask = (1u32 << g.sign_shift) - 1;
+    let qmax = (1u32 << g.m) - 1;
     for (&v, s) in vals.iter().zip(syms.iter_mut()) {
-        let q = qmag(g, v, inv);
+        let q = qmag(g, v, inv).min(qmax);
         let keep = u32::from(q != 0 || v & mag_mask == 0);
         *s = q << 1 | ((v >> g.sign_shift) & keep);
     }
@@ -296,9 +313,10 @@ fn quantize_narrow(
     let neg_zero = 1u32 << g.sign_shift;
     let mag_mask = neg_zero - 1;
     let (s32, sign_shift, neg0) = (g.s32, g.sign_shift, g.neg0 << 1);
+    let qmax = (1u32 << g.m) - 1;
     for (&v, s) in vals.iter().zip(syms.iter_mut()) {
         let y = f32::from_bits((v & mag_mask) << s32) * a * b;
-        let q = (y + MAGIC).to_bits() - MAGIC.to_bits();
+        let q = ((y + MAGIC).to_bits() - MAGIC.to_bits()).min(qmax);
         let signed = u32::from(q != 0);
         let sv = q << 1 | (v >> sign_shift & signed);
         *s = if v == neg_zero { neg0 } else { sv };

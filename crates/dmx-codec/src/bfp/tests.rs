@@ -33,40 +33,61 @@ fn reference_group(layout: FloatLayout, vals: &[u32], m: u32) -> Option<Vec<u32>
         return None;
     }
     let e0 = exps.iter().copied().max().unwrap_or(0).max(1);
-    for e in [e0, e0 + 1] {
-        if e > emax {
-            return None;
-        }
+    let xs: Vec<f64> = vals
+        .iter()
+        .map(|&v| grid::to_f64(layout, u64::from(v)))
+        .collect();
+    let qmax = 2f64.powi(m as i32) - 1.0;
+    // Candidates: E₀ with magnitudes saturated at 2^M − 1, and E₀ + 1 when a value carries.
+    let at = |e: u32| -> (f64, Vec<f64>) {
         let step = 2f64.powi(e as i32 - bias - m as i32 + 1);
-        let xs: Vec<f64> = vals
+        let ys: Vec<f64> = xs
             .iter()
-            .map(|&v| grid::to_f64(layout, u64::from(v)))
+            .map(|&x| {
+                let q = (x.abs() / step).round_ties_even().min(qmax);
+                if q == 0.0 {
+                    if x == 0.0 { x } else { 0.0 }
+                } else {
+                    q * step * x.signum()
+                }
+            })
             .collect();
-        let qs: Vec<f64> = xs
-            .iter()
-            .map(|x| (x.abs() / step).round_ties_even())
-            .collect();
-        if qs.iter().any(|&q| q >= 2f64.powi(m as i32)) {
-            continue;
+        let sse = xs.iter().zip(&ys).map(|(x, y)| (x - y) * (x - y)).sum();
+        (sse, ys)
+    };
+    let step0 = 2f64.powi(e0 as i32 - bias - m as i32 + 1);
+    let carry = xs
+        .iter()
+        .any(|x| (x.abs() / step0).round_ties_even() > qmax);
+    let (sse0, ys0) = at(e0);
+    let (e, ys) = if carry && e0 < emax {
+        let (sse1, ys1) = at(e0 + 1);
+        if sse0 < sse1 {
+            (e0, ys0)
+        } else {
+            (e0 + 1, ys1)
         }
-        return Some(
-            xs.iter()
-                .zip(&qs)
-                .map(|(&x, &q)| {
-                    let y = if q == 0.0 {
-                        if x == 0.0 { x } else { 0.0 }
-                    } else {
-                        q * step * x.signum()
-                    };
-                    assert!((x - y).abs() <= step / 2.0, "error bound {x} {y} {step}");
-                    let b = grid::from_f64(layout, y) as u32;
-                    assert_eq!(grid::to_f64(layout, u64::from(b)), y, "representable");
-                    b
-                })
-                .collect(),
-        );
-    }
-    unreachable!("a carry leaves every magnitude below 2^M")
+    } else {
+        (e0, ys0)
+    };
+    // Half a step at the final exponent, or one step at E₀ for a saturated maximum.
+    let bound = 2f64.powi(e0 as i32 - bias - m as i32 + 1);
+    let half = 2f64.powi(e as i32 - bias - m as i32);
+    Some(
+        xs.iter()
+            .zip(&ys)
+            .map(|(&x, &y)| {
+                let err = (x - y).abs();
+                assert!(
+                    err <= half || (e == e0 && err <= bound),
+                    "error bound {x} {y} {half}"
+                );
+                let b = grid::from_f64(layout, y) as u32;
+                assert_eq!(grid::to_f64(layout, u64::from(b)), y, "representable");
+                b
+            })
+            .collect(),
+    )
 }
 
 fn reference(layout: FloatLayout, vals: &[u32], row: usize, p: Params) -> Vec<u32> {
@@ -231,7 +252,8 @@ fn escapes_are_exact_and_local() {
         let got = from_bytes(layout, &out);
         assert_eq!(got[32..64], v[32..64], "the NaN group is exact");
         assert_ne!(got[..32], v[..32], "neighbours are still quantized");
-        // Max finite with all-ones fraction would round up to Inf: stored raw.
+        // Max finite with all-ones fraction would round up to Inf: it saturates to the
+        // largest magnitude of the grid instead (finite, M − 1 fraction bits set).
         let max = (ones - 1) << f | ((1 << f) - 1);
         let w = vec![max, 1 << f, max - 3, 0];
         check_round_trip(layout, &w, 0, p);
@@ -239,13 +261,18 @@ fn escapes_are_exact_and_local() {
         let (enc, _) = encode(layout, &data, 0, p);
         let mut out = vec![0u8; data.len()];
         decode(&enc, &mut out).unwrap();
-        assert_eq!(from_bytes(layout, &out), w);
+        let got = from_bytes(layout, &out);
+        let saturated =
+            (ones - 1) << f | (((1 << (p.mantissa_bits - 1)) - 1) << (f + 1 - p.mantissa_bits));
+        assert_eq!(got[0], saturated);
+        assert_eq!(got[2], saturated);
     }
 }
 
 #[test]
-fn carry_raises_the_group_exponent() {
-    // BF16 1.9921875 (0x3fff) at M=4: rounds to 2.0, not saturating to 1.875.
+fn carry_raises_the_group_exponent_or_saturates() {
+    // BF16 1.9921875 (0x3fff) at M=4 with 1.0: rounding to 2.0 at the coarser step (errors
+    // 0.0078 and 0) beats saturating to 1.875 (error 0.117).
     let v = vec![0x3fffu32, 0x3f80];
     let data = to_bytes(FloatLayout::BF16, &v);
     let p = Params {
@@ -256,6 +283,21 @@ fn carry_raises_the_group_exponent() {
     let mut out = vec![0u8; 4];
     decode(&enc, &mut out).unwrap();
     assert_eq!(from_bytes(FloatLayout::BF16, &out), vec![0x4000, 0x3f80]);
+    // With values the coarser step would hurt (1.125 and 1.375 are on the fine grid only),
+    // the maximum saturates to 1.875 instead.
+    let v = vec![0x3fffu32, 0x3f90, 0x3fb0];
+    let data = to_bytes(FloatLayout::BF16, &v);
+    let p = Params {
+        mantissa_bits: 4,
+        group_size: 3,
+    };
+    let (enc, _) = encode(FloatLayout::BF16, &data, 0, p);
+    let mut out = vec![0u8; 6];
+    decode(&enc, &mut out).unwrap();
+    assert_eq!(
+        from_bytes(FloatLayout::BF16, &out),
+        vec![0x3ff0, 0x3f90, 0x3fb0]
+    );
 }
 
 #[test]

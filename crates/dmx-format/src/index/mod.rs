@@ -259,10 +259,18 @@ impl Transform {
     pub fn id(&self) -> u8 {
         match self {
             Self::Identity => 0,
+            Self::Lossy(l) if Self::extended(l) => 4,
             Self::Lossy(_) => 1,
             Self::Delta { .. } => 2,
+            Self::QuantDelta { lossy, .. } if Self::extended(lossy) => 5,
             Self::QuantDelta { .. } => 3,
         }
+    }
+
+    /// Whether the lossy record is the extended one of format 1.4 (transforms 4 and 5): it
+    /// has per-value errors or a floating grid.
+    fn extended(l: &Lossy) -> bool {
+        l.float_grid || l.error.values.is_some()
     }
 
     /// Whether decoded bytes equal the original bytes.
@@ -345,8 +353,11 @@ pub struct Lossy {
     pub mantissa_bits: u8,
     /// BFP group size in values (0 for other modes).
     pub group_size: u32,
-    /// Grid step of integer modes (0 for other modes).
+    /// Grid step of integer modes on a linear grid (0 for other modes and the floating grid).
     pub step: f64,
+    /// Integer modes (format 1.4): the values are on the floating grid of codec 9, with
+    /// [`Lossy::mantissa_bits`] fraction bits, instead of a linear grid of [`Lossy::step`].
+    pub float_grid: bool,
     /// Error of the decoded values against the original.
     pub error: ErrorStats,
 }
@@ -363,6 +374,20 @@ pub struct ErrorStats {
     pub rel_l2: f64,
     /// Signal-to-noise ratio in dB, 10·log10(‖x‖² / ‖x − x̂‖²) (+Inf when exact).
     pub snr_db: f64,
+    /// Per-value errors (format 1.4; `None` in records written before).
+    pub values: Option<ValueErrors>,
+}
+
+/// Per-value errors of a lossy segment (format 1.4): what the norms of [`ErrorStats`] hide
+/// when values span many binades.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ValueErrors {
+    /// Largest `|x − x̂| / |x|` over the finite non-zero original values (0 when none).
+    pub max_rel: f64,
+    /// Finite non-zero original values.
+    pub nonzero: u64,
+    /// Of those, the values restored as zero.
+    pub zeroed: u64,
 }
 
 /// A contiguous byte range of an original file.
@@ -403,10 +428,18 @@ pub struct Chunk {
 pub const MAX_PACK: u64 = 64 << 20;
 
 impl Index {
-    /// The lowest minor version of format 1 that can hold this index: 3 when it holds
-    /// `torch.save` entries, 2 when it uses packs or packed tensors, 1 when it uses lossy or
-    /// delta features, else 0.
+    /// The lowest minor version of format 1 that can hold this index: 4 when it holds the
+    /// extended lossy records (transforms 4 and 5), 3 when it holds `torch.save` entries, 2
+    /// when it uses packs or packed tensors, 1 when it uses lossy or delta features, else 0.
     pub fn min_minor(&self) -> u16 {
+        if self
+            .entries
+            .iter()
+            .flat_map(|e| &e.segments)
+            .any(|s| s.transform.id() >= 4)
+        {
+            return 4;
+        }
         if self.entries.iter().any(|e| e.kind.is_torch()) {
             return 3;
         }

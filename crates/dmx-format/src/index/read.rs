@@ -2,7 +2,7 @@
 
 use super::{
     BaseRef, Chunk, Entry, EntryKind, ErrorStats, Index, Lossy, LossyMode, PackedTensor, Root,
-    Segment, SegmentKind, TensorInfo, TorchView, Transform, check_entry_path,
+    Segment, SegmentKind, TensorInfo, TorchView, Transform, ValueErrors, check_entry_path,
 };
 use crate::wire::Reader;
 use crate::{FormatError, Limits, PREAMBLE_LEN};
@@ -273,14 +273,15 @@ fn read_segment_kind(r: &mut Reader<'_>, limits: &Limits) -> Result<SegmentKind,
 fn read_transform(r: &mut Reader<'_>, limits: &Limits) -> Result<Transform, FormatError> {
     Ok(match r.u8()? {
         0 => Transform::Identity,
-        1 => Transform::Lossy(read_lossy(r)?),
+        1 => Transform::Lossy(read_lossy(r, false)?),
+        4 => Transform::Lossy(read_lossy(r, true)?),
         2 => Transform::Delta {
             base: r.str(limits.max_string)?,
             unchanged: r.u64()?,
         },
-        3 => {
+        t @ (3 | 5) => {
             let base = r.str(limits.max_string)?;
-            let lossy = read_lossy(r)?;
+            let lossy = read_lossy(r, t == 5)?;
             Transform::QuantDelta {
                 base,
                 lossy,
@@ -358,22 +359,44 @@ fn read_rank(r: &mut Reader<'_>, limits: &Limits) -> Result<usize, FormatError> 
     Ok(rank as usize)
 }
 
-fn read_lossy(r: &mut Reader<'_>) -> Result<Lossy, FormatError> {
+/// A lossy record (§5.3): the 61 bytes of format 1.1, and with `extended` (transforms 4
+/// and 5, format 1.4) the grid kind and the per-value errors.
+fn read_lossy(r: &mut Reader<'_>, extended: bool) -> Result<Lossy, FormatError> {
     let id = r.u8()?;
     let mode = LossyMode::from_id(id).ok_or(FormatError::Unknown {
         what: "lossy mode",
         value: u64::from(id),
     })?;
-    Ok(Lossy {
+    let mut l = Lossy {
         mode,
         mantissa_bits: r.u8()?,
         group_size: r.u32()?,
         step: r.f64()?,
+        float_grid: false,
         error: ErrorStats {
             max_abs: r.f64()?,
             mean_abs: r.f64()?,
             rel_l2: r.f64()?,
             snr_db: r.f64()?,
+            values: None,
         },
-    })
+    };
+    if extended {
+        l.float_grid = match r.u8()? {
+            0 => false,
+            1 if matches!(mode, LossyMode::Int16 | LossyMode::Int32) => true,
+            v => {
+                return Err(FormatError::Unknown {
+                    what: "lossy grid",
+                    value: u64::from(v),
+                });
+            }
+        };
+        l.error.values = Some(ValueErrors {
+            max_rel: r.f64()?,
+            nonzero: r.u64()?,
+            zeroed: r.u64()?,
+        });
+    }
+    Ok(l)
 }

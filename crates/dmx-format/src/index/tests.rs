@@ -73,11 +73,13 @@ fn round_trip_of_lossy_and_delta_features() {
         mantissa_bits: 0,
         group_size: 0,
         step: 0.25,
+        float_grid: false,
         error: ErrorStats {
             max_abs: 0.1,
             mean_abs: 0.05,
             rel_l2: 0.01,
             snr_db: f64::INFINITY,
+            values: None,
         },
     };
     idx.entries[0].kind = EntryKind::SafetensorsDelta;
@@ -117,6 +119,102 @@ fn round_trip_of_lossy_and_delta_features() {
     let mut idx = sample();
     idx.entries[0].segments[0].transform = Transform::Lossy(lossy);
     assert!(Index::from_bytes(&idx.to_bytes(), 38, &Limits::default()).is_err());
+}
+
+/// Format 1.4: transforms 4 and 5 carry the extended record (grid kind, per-value errors);
+/// an unknown grid kind, or the floating grid on a non-integer mode, is rejected.
+#[test]
+fn round_trip_of_extended_lossy_records() {
+    let mut idx = sample();
+    let lossy = Lossy {
+        mode: LossyMode::Int16,
+        mantissa_bits: 10,
+        group_size: 0,
+        step: 0.0,
+        float_grid: true,
+        error: ErrorStats {
+            max_abs: 0.1,
+            mean_abs: 0.05,
+            rel_l2: 0.01,
+            snr_db: 40.0,
+            values: Some(ValueErrors {
+                max_rel: 4.8e-4,
+                nonzero: 17,
+                zeroed: 0,
+            }),
+        },
+    };
+    idx.entries[0].segments[1].transform = Transform::Lossy(lossy);
+    assert_eq!(idx.entries[0].segments[1].transform.id(), 4);
+    assert_eq!(idx.min_minor(), 4);
+    let bytes = idx.to_bytes();
+    assert_eq!(
+        Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
+        idx
+    );
+    for cut in 0..bytes.len() {
+        assert!(Index::from_bytes(&bytes[..cut], 38, &Limits::default()).is_err());
+    }
+    // Per-value errors alone also make the record extended; without either it is 1.1's.
+    let linear = Lossy {
+        float_grid: false,
+        mantissa_bits: 0,
+        step: 0.5,
+        ..lossy
+    };
+    idx.entries[0].kind = EntryKind::SafetensorsDelta;
+    idx.entries[0].base = Some(BaseRef {
+        sha256: [3; 32],
+        size: 99,
+        removed: vec![],
+    });
+    idx.entries[0].segments[1].transform = Transform::QuantDelta {
+        base: "w".into(),
+        lossy: linear,
+        unchanged: 4,
+    };
+    assert_eq!(idx.entries[0].segments[1].transform.id(), 5);
+    let bytes = idx.to_bytes();
+    assert_eq!(
+        Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
+        idx
+    );
+    let old = Lossy {
+        error: ErrorStats {
+            values: None,
+            ..linear.error
+        },
+        ..linear
+    };
+    idx.entries[0].segments[1].transform = Transform::QuantDelta {
+        base: "w".into(),
+        lossy: old,
+        unchanged: 4,
+    };
+    assert_eq!(idx.entries[0].segments[1].transform.id(), 3);
+    assert_eq!(idx.min_minor(), 1);
+    // The grid byte follows the 61 bytes of the 1.1 record: a BFP record with the floating
+    // grid, and a grid kind of 2, are unknown.
+    let bfp = Lossy {
+        mode: LossyMode::Bfp,
+        ..lossy
+    };
+    let mut idx = sample();
+    idx.entries[0].segments[1].transform = Transform::Lossy(bfp);
+    let err = Index::from_bytes(&idx.to_bytes(), 38, &Limits::default()).unwrap_err();
+    assert!(err.to_string().contains("lossy grid"), "{err}");
+    idx.entries[0].segments[1].transform = Transform::Lossy(lossy);
+    let mut bytes = idx.to_bytes();
+    // Transform 4, mode 2 (int16), 10 fraction bits, group size 0; then step and 4 errors.
+    let grid_at = find(&bytes, &[4u8, 2, 10, 0, 0, 0, 0]).expect("record") + 7 + 8 * 5;
+    assert_eq!(bytes[grid_at], 1);
+    bytes[grid_at] = 2;
+    let err = Index::from_bytes(&bytes, 38, &Limits::default()).unwrap_err();
+    assert!(err.to_string().contains("lossy grid"), "{err}");
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 #[test]

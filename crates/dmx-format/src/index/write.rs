@@ -80,7 +80,7 @@ fn write_segment(w: &mut Writer, s: &Segment) {
         w.str(base);
     }
     if let Some(l) = s.transform.lossy() {
-        write_lossy(w, l);
+        write_lossy(w, l, s.transform.id() >= 4);
     }
     if let Some(u) = s.transform.unchanged() {
         w.u64(u);
@@ -104,7 +104,10 @@ fn write_tensor_info(w: &mut Writer, t: &TensorInfo) {
     }
 }
 
-fn write_lossy(w: &mut Writer, l: &Lossy) {
+/// A lossy record; `extended` (transforms 4 and 5) adds the grid kind and the per-value
+/// errors (zeros when a record without them is written as extended: never by
+/// [`Transform::id`]).
+fn write_lossy(w: &mut Writer, l: &Lossy, extended: bool) {
     w.u8(l.mode as u8);
     w.u8(l.mantissa_bits);
     w.u32(l.group_size);
@@ -113,6 +116,13 @@ fn write_lossy(w: &mut Writer, l: &Lossy) {
     w.f64(l.error.mean_abs);
     w.f64(l.error.rel_l2);
     w.f64(l.error.snr_db);
+    if extended {
+        w.u8(u8::from(l.float_grid));
+        let v = l.error.values.unwrap_or_default();
+        w.f64(v.max_rel);
+        w.u64(v.nonzero);
+        w.u64(v.zeroed);
+    }
 }
 
 fn write_chunk(w: &mut Writer, c: &Chunk) {

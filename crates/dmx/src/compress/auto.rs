@@ -15,43 +15,25 @@ const AUTO_SAMPLE: usize = 1 << 16;
 /// Tensors up to this many values are measured whole in `Mode::Auto`.
 const AUTO_SAMPLE_MIN: usize = 1 << 14;
 
-/// A sample of segment `seg` for `Mode::Auto`: the whole tensor when small, else evenly
-/// spaced blocks of whole rows; and the BFP row length to code it with.
-fn auto_sample<'a>(
-    seg: &PlannedSegment,
-    data: &'a [u8],
-    layout: dmx_codec::FloatLayout,
-) -> (std::borrow::Cow<'a, [u8]>, usize) {
+/// A sample of a tensor's `data` for `Mode::Auto`: the whole tensor when small, else evenly
+/// spaced blocks of 4096 values (a multiple of the BFP group size, so the sample's groups are
+/// groups of the whole tensor).
+fn auto_sample(data: &[u8], layout: dmx_codec::FloatLayout) -> std::borrow::Cow<'_, [u8]> {
+    const BLOCK: usize = 4096;
     let w = layout.bytes();
     let n = data.len() / w;
-    let row = match &seg.kind {
-        dmx_format::SegmentKind::Tensor(t) if t.shape.len() >= 2 => {
-            t.shape.last().map_or(0, |&l| l as usize)
-        }
-        _ => 0,
-    };
     let target = (n / 8).clamp(AUTO_SAMPLE_MIN, AUTO_SAMPLE);
-    let (block, row) = if row > 0 && row <= AUTO_SAMPLE_MIN / 4 {
-        (4096usize.div_ceil(row) * row, row)
-    } else {
-        (4096, 0)
-    };
-    if n <= 2 * target || n / block < 2 {
-        let row = if row > 0 && n.is_multiple_of(row) {
-            row
-        } else {
-            0
-        };
-        return (std::borrow::Cow::Borrowed(data), row);
+    if n <= 2 * target || n / BLOCK < 2 {
+        return std::borrow::Cow::Borrowed(data);
     }
-    let blocks_total = n / block;
-    let k = (target / block).clamp(1, blocks_total);
-    let mut out = Vec::with_capacity(k * block * w);
+    let blocks_total = n / BLOCK;
+    let k = (target / BLOCK).clamp(1, blocks_total);
+    let mut out = Vec::with_capacity(k * BLOCK * w);
     for i in 0..k {
         let b = i * blocks_total / k;
-        out.extend_from_slice(&data[b * block * w..(b + 1) * block * w]);
+        out.extend_from_slice(&data[b * BLOCK * w..(b + 1) * BLOCK * w]);
     }
-    (std::borrow::Cow::Owned(out), row)
+    std::borrow::Cow::Owned(out)
 }
 
 /// Per segment, the smallest coding whose relative L2 error is within `budget`, and the
@@ -71,7 +53,7 @@ pub(super) fn auto_codings(
     warnings: &mut Vec<String>,
 ) -> Result<(Vec<Coding>, Vec<Option<f64>>)> {
     let fixed = crate::lossy::fixed_codings(file, bytes, lossy, warnings)?;
-    let maxes = crate::lossy::shared_max(crate::lossy::float_tensors(file, bytes));
+
     let keep = lossy.keep_set()?;
     let chosen = file
         .segments
@@ -87,8 +69,8 @@ pub(super) fn auto_codings(
             if seg.len == 0 || keep.is_match(&t.name) {
                 return Ok((fixed, None));
             }
-            let m = maxes.get(&t.name).copied().unwrap_or(0.0);
             let data = bytes.segment_data(seg).ok_or_else(|| bytes.missing(seg))?;
+            let m = crate::lossy::max_abs(layout, data);
             let best = auto_choose(seg, data, layout, budget, m, opts)?;
             if best.is_lossless() {
                 return Ok((best, None));
@@ -112,7 +94,7 @@ fn auto_choose(
     opts: &crate::Options,
 ) -> Result<Coding> {
     let hints = seg.hints();
-    let (sample, row) = auto_sample(seg, data, layout);
+    let sample = auto_sample(data, layout);
     let measure = |c: Coding| -> Result<(usize, f64)> {
         // Each trial encodes a sample of up to a few MiB: a cancel stops between trials.
         opts.check_cancel()?;
@@ -122,7 +104,6 @@ fn auto_choose(
             value: seg.value,
             hints,
             coding: c,
-            bfp_row: row,
             base: None,
             never_larger: false,
         })?;

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::io::AtomicFile;
 use crate::io::Bytes;
 use crate::lossy::{Coding, ErrorAcc};
-use crate::plan::{PlannedFile, PlannedSegment};
+use crate::plan::PlannedFile;
 use crate::window::{SegmentHasher, windows};
 
 /// One chunk to encode.
@@ -22,7 +22,6 @@ pub(super) struct Job<'a> {
     pub(super) value: ValueKind,
     pub(super) hints: dmx_codec::Hints,
     pub(super) coding: Coding,
-    pub(super) bfp_row: usize,
     pub(super) base: Option<&'a [u8]>,
     /// Store the chunk exactly when that is no larger than its lossy form.
     pub(super) never_larger: bool,
@@ -42,7 +41,7 @@ pub(super) struct Done {
 /// Encodes one chunk; a lossy chunk is decoded again so that its checksums and error are
 /// those of what decompression will produce.
 pub(super) fn run_job(j: &Job<'_>) -> Result<Done> {
-    let enc = j.coding.encode(j.value, j.data, j.hints, j.bfp_row, j.base);
+    let enc = j.coding.encode(j.value, j.data, j.hints, j.base);
     let unchanged = j
         .base
         .map_or(0, |b| unchanged(j.coding, j.value, b, j.data));
@@ -61,7 +60,7 @@ pub(super) fn run_job(j: &Job<'_>) -> Result<Done> {
         } else {
             Coding::Lossless
         };
-        let exact = exact_coding.encode(j.value, j.data, j.hints, j.bfp_row, j.base);
+        let exact = exact_coding.encode(j.value, j.data, j.hints, j.base);
         if exact.payload.len() <= enc.payload.len() {
             let mut acc = ErrorAcc::default();
             if let Some(layout) = crate::lossy::lossy_layout(j.value) {
@@ -156,29 +155,6 @@ fn unchanged(coding: Coding, value: ValueKind, base: &[u8], data: &[u8]) -> u64 
             .filter(|(a, b)| a == b)
             .count() as u64,
         _ => base.iter().zip(data).filter(|(a, b)| a == b).count() as u64,
-    }
-}
-
-/// The BFP row length for chunks of `seg`: its last dimension when every chunk starts at a
-/// row, else 0 (groups then restart at chunk starts).
-fn bfp_row(seg: &PlannedSegment) -> usize {
-    let (dmx_format::SegmentKind::Tensor(t), Some(layout)) =
-        (&seg.kind, crate::lossy::lossy_layout(seg.value))
-    else {
-        return 0;
-    };
-    let Some(&last) = t.shape.last() else {
-        return 0;
-    };
-    if t.shape.len() < 2 || last == 0 {
-        return 0;
-    }
-    let (chunk, _) = seg.chunking();
-    let chunk_values = chunk / layout.bytes() as u64;
-    if chunk_values.is_multiple_of(last) {
-        last as usize
-    } else {
-        0
     }
 }
 
@@ -380,7 +356,6 @@ impl<'a> EntryPlan<'_, 'a> {
             value: seg.value,
             hints: seg.hints(),
             coding: self.codings[c.segment],
-            bfp_row: bfp_row(seg),
             base: self.bases[c.segment].map(|b| {
                 &b.data[(c.range.start - seg.offset) as usize..(c.range.end - seg.offset) as usize]
             }),

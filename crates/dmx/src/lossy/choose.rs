@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use dmx_codec::{FloatLayout, bfp};
 use dmx_format::SegmentKind;
 
-use super::values::{float_tensors, lossy_layout, shared_steps};
+use super::values::{float_tensors, lossy_layout, own_steps};
 use super::{CastTo, Coding, DEFAULT_GROUP_SIZE, DEFAULT_MANTISSA_BITS, LossyOptions, Mode};
 use crate::compress::SegmentData;
 use crate::error::{Error, Result};
@@ -26,7 +26,7 @@ pub(crate) fn fixed_codings(
     let steps = match opts.mode {
         Mode::Int16 | Mode::Int32 => {
             let bits = if opts.mode == Mode::Int16 { 16 } else { 32 };
-            shared_steps(float_tensors(file, bytes), bits)
+            own_steps(float_tensors(file, bytes), bits)
         }
         _ => HashMap::new(),
     };

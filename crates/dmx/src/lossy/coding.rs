@@ -71,18 +71,20 @@ impl Coding {
             mantissa_bits,
             group_size,
             step,
+            float_grid: false,
             error,
         })
     }
 
-    /// Encodes one chunk; `row_len` is the BFP row (last dimension) or 0; `base` is the same
-    /// range of the base tensor for the delta codings.
+    /// Encodes one chunk; `base` is the same range of the base tensor for the delta codings.
+    /// BFP groups run over the chunk's values in order, across rows, so no group is shorter
+    /// than its size unless the chunk ends it (a convolution kernel `[O, I, 3, 3]` gets groups
+    /// of 32, not 3).
     pub(crate) fn encode(
         self,
         value: ValueKind,
         data: &[u8],
         hints: dmx_codec::Hints,
-        bfp_row: usize,
         base: Option<&[u8]>,
     ) -> dmx_codec::Encoded {
         let smaller = |a: dmx_codec::Encoded, b: dmx_codec::Encoded| {
@@ -135,7 +137,7 @@ impl Coding {
                     }
                 }
             }
-            Coding::Bfp(p) => (dmx_codec::Codec::Bfp, bfp::encode(layout, data, bfp_row, p)),
+            Coding::Bfp(p) => (dmx_codec::Codec::Bfp, bfp::encode(layout, data, 0, p)),
             Coding::Quant { step, bits } => (
                 dmx_codec::Codec::Quant,
                 dmx_codec::quant::encode(layout, data, step, bits),

@@ -1,7 +1,7 @@
 //! The error of decoded values against the originals ([`ErrorAcc`]).
 
 use dmx_codec::FloatLayout;
-use dmx_format::ErrorStats;
+use dmx_format::{ErrorStats, ValueErrors};
 
 /// Running error of decoded values against the originals.
 #[derive(Debug, Clone, Copy, Default)]
@@ -12,6 +12,12 @@ pub(crate) struct ErrorAcc {
     dot: f64,
     sum_abs_err: f64,
     max_abs: f64,
+    /// Largest `|x − x̂| / |x|` over finite non-zero originals.
+    max_rel: f64,
+    /// Finite non-zero originals.
+    nonzero: u64,
+    /// Of those, the values restored as zero.
+    zeroed: u64,
     count: u64,
     /// Values whose bits are identical (NaN included).
     pub(crate) identical: u64,
@@ -76,6 +82,14 @@ impl ErrorAcc {
                     self.max_abs = e;
                 }
                 self.count += 1;
+                if x != 0.0 {
+                    self.nonzero += 1;
+                    self.zeroed += u64::from(y == 0.0);
+                    // Rarely taken: no division per value.
+                    if e > self.max_rel * x.abs() {
+                        self.max_rel = e / x.abs();
+                    }
+                }
                 continue;
             }
             if x.is_nan() {
@@ -94,6 +108,11 @@ impl ErrorAcc {
             self.sum_abs_err += e;
             self.max_abs = self.max_abs.max(e);
             self.count += 1;
+            if x.is_finite() && x != 0.0 {
+                // The original is finite and the restored value is not (or NaN).
+                self.nonzero += 1;
+                self.max_rel = f64::INFINITY;
+            }
         }
     }
 
@@ -106,6 +125,9 @@ impl ErrorAcc {
         self.values += o.values;
         self.sum_abs_err += o.sum_abs_err;
         self.max_abs = self.max_abs.max(o.max_abs);
+        self.max_rel = self.max_rel.max(o.max_rel);
+        self.nonzero += o.nonzero;
+        self.zeroed += o.zeroed;
         self.count += o.count;
     }
 
@@ -147,6 +169,11 @@ impl ErrorAcc {
             } else {
                 10.0 * (self.sum_sq / self.sum_sq_err).log10()
             },
+            values: Some(ValueErrors {
+                max_rel: self.max_rel,
+                nonzero: self.nonzero,
+                zeroed: self.zeroed,
+            }),
         }
     }
 }
@@ -183,5 +210,29 @@ mod tests {
         e.add(FloatLayout::F32, &2.0f32.to_le_bytes(), &one);
         assert_eq!(e.rel_l2(), 0.5);
         assert_eq!(e.stats().max_abs, 1.0);
+        assert_eq!(e.stats().values.unwrap().max_rel, 0.5);
+    }
+
+    /// Per-value errors: the largest relative error over non-zero originals and the count of
+    /// non-zero values restored as zero, which the norms hide.
+    #[test]
+    fn per_value_errors() {
+        let f = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let mut e = ErrorAcc::default();
+        e.add(
+            FloatLayout::F32,
+            &f(&[1000.0, 1e-6, 0.0, -2.0, 3.0]),
+            &f(&[1000.0, 0.0, 0.0, -2.5, 3.0]),
+        );
+        let v = e.stats().values.unwrap();
+        assert_eq!((v.nonzero, v.zeroed), (4, 1));
+        assert_eq!(v.max_rel, 1.0);
+        assert!(e.rel_l2() < 1e-3, "the norm hides both");
+        let mut other = ErrorAcc::default();
+        other.add(FloatLayout::F32, &f(&[4.0]), &f(&[f32::INFINITY]));
+        e.merge(&other);
+        let v = e.stats().values.unwrap();
+        assert_eq!((v.nonzero, v.zeroed), (5, 1));
+        assert_eq!(v.max_rel, f64::INFINITY);
     }
 }

@@ -2,10 +2,13 @@
 //! (block floating point, aligned integer quantization, a cast to 16 bits, or lossless) and the
 //! error of what was stored.
 //!
-//! Integer modes share one grid step across the tensors of a role: tensors whose names differ
-//! only in a layer index ([`crate::names::role_key`]) and that have the same dtype and
-//! checkpoint component get the step `max |x| / qmax` over all of them, so every layer of that
-//! role sits on the same grid. Tensors under [`OWN_STEP_BELOW`] values get a step of their own.
+//! Integer modes put each tensor of a single file on a grid of its own (step `max |x| / qmax`:
+//! the smallest error for the width). Deltas and chains need values to keep their integer
+//! coordinates from one file to the next, so there the tensors of a role share one step:
+//! tensors whose names differ only in a layer index ([`crate::names::role_key`]) and that have
+//! the same dtype and checkpoint component get the step `max |x| / qmax` over all of them (and
+//! over the base), so every layer of that role sits on the same grid. Tensors under
+//! [`OWN_STEP_BELOW`] values get a step of their own.
 
 mod choose;
 mod coding;
@@ -319,7 +322,7 @@ pub fn json_opt_f64<S: serde::Serializer>(
 pub(crate) use choose::{fixed_codings, plan_warnings};
 pub(crate) use coding::Coding;
 pub(crate) use measure::ErrorAcc;
-pub(crate) use values::{float_tensors, lossy_layout, raw, shared_max, shared_steps, sum_sq};
+pub(crate) use values::{float_tensors, lossy_layout, max_abs, raw, shared_steps, sum_sq};
 
 #[cfg(test)]
 mod tests {
