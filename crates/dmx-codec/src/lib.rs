@@ -25,6 +25,7 @@ pub mod bits;
 pub mod cast;
 pub mod delta;
 mod entropy;
+mod escapes;
 pub mod float;
 pub mod grid;
 pub mod huffman;
@@ -361,6 +362,25 @@ pub(crate) fn pseudo_u64(n: usize, seed: u64) -> impl Iterator<Item = u64> {
         x ^= x << 17;
         x
     })
+}
+
+/// Checks a decoder on damaged copies of the good payload `enc`: every truncation and one
+/// extra byte give an error; flipped bytes never panic.
+#[cfg(test)]
+pub(crate) fn check_damaged(enc: &[u8], mut decode: impl FnMut(&[u8]) -> Result<(), CodecError>) {
+    for cut in 0..enc.len() {
+        assert!(decode(&enc[..cut]).is_err(), "cut {cut}");
+    }
+    let mut longer = enc.to_vec();
+    longer.push(0);
+    assert!(decode(&longer).is_err());
+    for i in 0..enc.len() {
+        for flip in [1u8, 0x80, 0xFF] {
+            let mut bad = enc.to_vec();
+            bad[i] ^= flip;
+            let _ = decode(&bad);
+        }
+    }
 }
 
 /// Deterministic pseudo-random bytes for the unit tests: the low bytes of [`pseudo_u64`].
