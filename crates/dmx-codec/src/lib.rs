@@ -26,6 +26,7 @@ pub mod cast;
 pub mod delta;
 mod entropy;
 mod escapes;
+pub mod fgrid;
 pub mod float;
 pub mod grid;
 pub mod huffman;
