@@ -28,6 +28,7 @@ mod entropy;
 mod escapes;
 pub mod fgrid;
 pub mod float;
+pub mod fquant;
 pub mod grid;
 pub mod huffman;
 pub mod ints;
@@ -73,6 +74,8 @@ pub enum Codec {
     QuantDelta = 7,
     /// Rounded to a 16-bit float and restored in 32 bits, module [`cast`] (lossy).
     Cast = 8,
+    /// Floating-grid quantization, module [`fquant`] (lossy).
+    FloatQuant = 9,
 }
 
 impl Codec {
@@ -88,6 +91,7 @@ impl Codec {
             6 => Ok(Self::Delta),
             7 => Ok(Self::QuantDelta),
             8 => Ok(Self::Cast),
+            9 => Ok(Self::FloatQuant),
             other => Err(CodecError::UnknownCodec(other)),
         }
     }
@@ -104,6 +108,7 @@ impl Codec {
             Self::Delta => "delta",
             Self::QuantDelta => "quant-delta",
             Self::Cast => "cast",
+            Self::FloatQuant => "fquant",
         }
     }
 
@@ -116,7 +121,7 @@ impl Codec {
     pub fn is_lossless(self) -> bool {
         !matches!(
             self,
-            Self::Bfp | Self::Quant | Self::QuantDelta | Self::Cast
+            Self::Bfp | Self::Quant | Self::QuantDelta | Self::Cast | Self::FloatQuant
         )
     }
 }
@@ -327,6 +332,7 @@ pub fn decode_with_base(
     match codec {
         Codec::Bfp => bfp::decode(payload, out),
         Codec::Quant => quant::decode(payload, out),
+        Codec::FloatQuant => fquant::decode(payload, out),
         Codec::Cast => cast::decode(payload, out),
         Codec::Delta => delta::decode(payload, need_base()?, out),
         Codec::QuantDelta => delta::decode_quantized(payload, need_base()?, out),
@@ -396,7 +402,9 @@ mod tests {
 
     #[test]
     fn unknown_codec_is_rejected() {
-        assert_eq!(Codec::from_id(9), Err(CodecError::UnknownCodec(9)));
+        assert_eq!(Codec::from_id(10), Err(CodecError::UnknownCodec(10)));
+        assert_eq!(Codec::from_id(9), Ok(Codec::FloatQuant));
+        assert!(!Codec::FloatQuant.is_lossless());
     }
 
     #[test]
