@@ -96,8 +96,8 @@ pub fn encode(kind: ValueKind, base: &[u8], target: &[u8]) -> (Vec<u8>, f64) {
     }
 }
 
-/// Decodes a payload of [`encode`] or [`encode_quantized`] against `base` into `out` (the
-/// chunk's size, equal to the base's).
+/// Decodes a payload of [`encode`], [`encode_quantized`] or [`encode_float_quantized`] against
+/// `base` into `out` (the chunk's size, equal to the base's).
 pub fn decode(payload: &[u8], base: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     if base.len() != out.len() {
         return Err(CodecError::Corrupt(
