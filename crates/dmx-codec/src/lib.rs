@@ -25,7 +25,10 @@ pub mod bits;
 pub mod cast;
 pub mod delta;
 mod entropy;
+mod escapes;
+pub mod fgrid;
 pub mod float;
+pub mod fquant;
 pub mod grid;
 pub mod huffman;
 pub mod ints;
@@ -71,6 +74,8 @@ pub enum Codec {
     QuantDelta = 7,
     /// Rounded to a 16-bit float and restored in 32 bits, module [`cast`] (lossy).
     Cast = 8,
+    /// Floating-grid quantization, module [`fquant`] (lossy).
+    FloatQuant = 9,
 }
 
 impl Codec {
@@ -86,6 +91,7 @@ impl Codec {
             6 => Ok(Self::Delta),
             7 => Ok(Self::QuantDelta),
             8 => Ok(Self::Cast),
+            9 => Ok(Self::FloatQuant),
             other => Err(CodecError::UnknownCodec(other)),
         }
     }
@@ -102,6 +108,7 @@ impl Codec {
             Self::Delta => "delta",
             Self::QuantDelta => "quant-delta",
             Self::Cast => "cast",
+            Self::FloatQuant => "fquant",
         }
     }
 
@@ -114,7 +121,7 @@ impl Codec {
     pub fn is_lossless(self) -> bool {
         !matches!(
             self,
-            Self::Bfp | Self::Quant | Self::QuantDelta | Self::Cast
+            Self::Bfp | Self::Quant | Self::QuantDelta | Self::Cast | Self::FloatQuant
         )
     }
 }
@@ -325,6 +332,7 @@ pub fn decode_with_base(
     match codec {
         Codec::Bfp => bfp::decode(payload, out),
         Codec::Quant => quant::decode(payload, out),
+        Codec::FloatQuant => fquant::decode(payload, out),
         Codec::Cast => cast::decode(payload, out),
         Codec::Delta => delta::decode(payload, need_base()?, out),
         Codec::QuantDelta => delta::decode_quantized(payload, need_base()?, out),
@@ -363,6 +371,25 @@ pub(crate) fn pseudo_u64(n: usize, seed: u64) -> impl Iterator<Item = u64> {
     })
 }
 
+/// Checks a decoder on damaged copies of the good payload `enc`: every truncation and one
+/// extra byte give an error; flipped bytes never panic.
+#[cfg(test)]
+pub(crate) fn check_damaged(enc: &[u8], mut decode: impl FnMut(&[u8]) -> Result<(), CodecError>) {
+    for cut in 0..enc.len() {
+        assert!(decode(&enc[..cut]).is_err(), "cut {cut}");
+    }
+    let mut longer = enc.to_vec();
+    longer.push(0);
+    assert!(decode(&longer).is_err());
+    for i in 0..enc.len() {
+        for flip in [1u8, 0x80, 0xFF] {
+            let mut bad = enc.to_vec();
+            bad[i] ^= flip;
+            let _ = decode(&bad);
+        }
+    }
+}
+
 /// Deterministic pseudo-random bytes for the unit tests: the low bytes of [`pseudo_u64`].
 #[cfg(test)]
 pub(crate) fn pseudo_bytes(n: usize, seed: u64) -> Vec<u8> {
@@ -375,7 +402,9 @@ mod tests {
 
     #[test]
     fn unknown_codec_is_rejected() {
-        assert_eq!(Codec::from_id(9), Err(CodecError::UnknownCodec(9)));
+        assert_eq!(Codec::from_id(10), Err(CodecError::UnknownCodec(10)));
+        assert_eq!(Codec::from_id(9), Ok(Codec::FloatQuant));
+        assert!(!Codec::FloatQuant.is_lossless());
     }
 
     #[test]

@@ -16,39 +16,17 @@
 //! ints::encode_signed block of the integers of the other values, in order
 //! ```
 
-use crate::entropy::varint::{get_varint, put_varint};
-use crate::{CodecError, FloatLayout, grid, ints};
+use crate::{CodecError, FloatLayout, escapes, grid};
 
-/// Quantizes values of width `B` (`F16` selects F16 among 2-byte layouts): the zigzagged
-/// grid integers, the gaps before escapes and the escaped bytes.
-fn scan<const B: usize, const F16: bool>(
-    data: &[u8],
-    step: f64,
-    m: f64,
-) -> (Vec<u64>, Vec<u64>, Vec<u8>) {
+/// The body of the values of width `B` (`F16` selects F16 among 2-byte layouts).
+fn scan<const B: usize, const F16: bool>(data: &[u8], step: f64, m: f64) -> escapes::Split {
     let layout = match (B, F16) {
         (2, false) => FloatLayout::BF16,
         (2, true) => FloatLayout::F16,
         (4, _) => FloatLayout::F32,
         _ => FloatLayout::F64,
     };
-    let mut qs = Vec::with_capacity(data.len() / B);
-    let mut gaps = Vec::new();
-    let mut escaped = Vec::new();
-    let mut next = 0usize;
-    for (i, v) in data.chunks_exact(B).enumerate() {
-        let mut w = [0u8; 8];
-        w[..B].copy_from_slice(v);
-        match quantize(layout, u64::from_le_bytes(w), step, m) {
-            Some(q) => qs.push(ints::zigzag(q)),
-            None => {
-                gaps.push((i - next) as u64);
-                next = i + 1;
-                escaped.extend_from_slice(v);
-            }
-        }
-    }
-    (qs, gaps, escaped)
+    escapes::scan::<B>(data, |raw| quantize(layout, raw, step, m))
 }
 
 /// `grid::quantize(grid::to_f64(layout, raw), step, bits)` with `m = grid::qmax(bits)`, without
@@ -115,7 +93,7 @@ pub fn encode(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> (Vec<u8
     );
     let count = data.len() / b;
     let m = grid::qmax(bits) as f64;
-    let (qs, gaps, escaped) = match (b, layout.exp_bits) {
+    let split = match (b, layout.exp_bits) {
         (2, 8) => scan::<2, false>(data, step, m),
         (2, _) => scan::<2, true>(data, step, m),
         (4, _) => scan::<4, false>(data, step, m),
@@ -124,19 +102,7 @@ pub fn encode(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> (Vec<u8
     let mut out = Vec::with_capacity(HEADER + 16 + count * bits as usize / 16);
     out.extend_from_slice(&[VERSION, b as u8, layout.exp_bits as u8, bits as u8]);
     out.extend_from_slice(&step.to_bits().to_le_bytes());
-    put_varint(&mut out, count as u64);
-    put_varint(&mut out, gaps.len() as u64);
-    let mut entropy = 0.0;
-    if !gaps.is_empty() {
-        let block = ints::encode_unsigned(&gaps);
-        let signed: Vec<i64> = gaps.iter().map(|&g| g as i64).collect();
-        entropy += ints::entropy_bits_signed(&signed).min(block.len() as f64 * 8.0);
-        entropy += escaped.len() as f64 * 8.0;
-        out.extend_from_slice(&block);
-        out.extend_from_slice(&escaped);
-    }
-    // The block of `ints::encode_signed`, from the zigzagged values directly.
-    entropy += ints::encode_ctx(&qs, None, 1, &mut out);
+    let entropy = escapes::put(&split, &mut out);
     (out, entropy)
 }
 
@@ -144,19 +110,7 @@ pub fn encode(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> (Vec<u8
 /// `grid::dequantize(layout, q, step)` or its exact escaped bits. Never panics; allocates
 /// `O(out.len())`; corrupt input gives [`CodecError::Corrupt`].
 pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
-    let head = payload
-        .get(..HEADER)
-        .ok_or(CodecError::Corrupt("quant payload header truncated"))?;
-    if head[0] != VERSION {
-        return Err(CodecError::Corrupt("unknown quant payload version"));
-    }
-    let layout = match (head[1], head[2]) {
-        (2, 8) => FloatLayout::BF16,
-        (2, 5) => FloatLayout::F16,
-        (4, 8) => FloatLayout::F32,
-        (8, 11) => FloatLayout::F64,
-        _ => return Err(CodecError::Corrupt("quant payload has an unknown dtype")),
-    };
+    let (head, layout) = escapes::head(payload, HEADER, VERSION, supports, &MESSAGES)?;
     let bits = u32::from(head[3]);
     if !(2..=32).contains(&bits) {
         return Err(CodecError::Corrupt(
@@ -166,68 +120,38 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     let mut sb = [0u8; 8];
     sb.copy_from_slice(&head[4..12]);
     let step = f64::from_bits(u64::from_le_bytes(sb));
-    let mut pos = HEADER;
-    let count = get_varint(payload, &mut pos)?;
-    let nesc = get_varint(payload, &mut pos)?;
     let b = layout.bytes();
-    if usize::try_from(count).ok().and_then(|c| c.checked_mul(b)) != Some(out.len()) {
-        return Err(CodecError::Corrupt(
-            "quant payload value count disagrees with chunk size",
-        ));
-    }
-    let count = count as usize;
-    if nesc > count as u64 {
-        return Err(CodecError::Corrupt("quant payload has too many escapes"));
-    }
-    let nesc = nesc as usize;
-    let mut positions = vec![0u64; nesc];
-    let mut escaped: &[u8] = &[];
-    if nesc > 0 {
-        pos += ints::decode_unsigned(&payload[pos..], &mut positions)?;
-        // Gaps to positions.
-        let mut next = 0u64;
-        for p in &mut positions {
-            let at = next
-                .checked_add(*p)
-                .filter(|&at| at < count as u64)
-                .ok_or(CodecError::Corrupt("quant escape position out of range"))?;
-            *p = at;
-            next = at + 1;
-        }
-        escaped = payload
-            .get(pos..pos + nesc * b)
-            .ok_or(CodecError::Corrupt("quant escaped values truncated"))?;
-        pos += nesc * b;
-    }
-    let mut qs = vec![0i64; count - nesc];
-    pos += ints::decode_signed(&payload[pos..], &mut qs)?;
-    if pos != payload.len() {
-        return Err(CodecError::Corrupt("quant payload has trailing bytes"));
-    }
+    let body = escapes::get(payload, HEADER, b, out.len(), &MESSAGES)?;
     let qmax = grid::qmax(bits);
-    if qs.iter().any(|q| q.unsigned_abs() > qmax as u64) {
+    if body.qs.iter().any(|q| q.unsigned_abs() > qmax as u64) {
         return Err(CodecError::Corrupt("quant integer beyond the grid"));
     }
     match b {
-        2 => fill::<2>(layout, &qs, &positions, escaped, step, out),
-        4 => fill::<4>(layout, &qs, &positions, escaped, step, out),
-        _ => fill::<8>(layout, &qs, &positions, escaped, step, out),
+        2 => fill::<2>(layout, &body, step, out),
+        4 => fill::<4>(layout, &body, step, out),
+        _ => fill::<8>(layout, &body, step, out),
     }
     Ok(())
 }
+
+/// The reader's messages for the escapes and integers.
+const MESSAGES: escapes::Messages = escapes::Messages {
+    header: "quant payload header truncated",
+    version: "unknown quant payload version",
+    dtype: "quant payload has an unknown dtype",
+    count: "quant payload value count disagrees with chunk size",
+    too_many: "quant payload has too many escapes",
+    position: "quant escape position out of range",
+    truncated: "quant escaped values truncated",
+    trailing: "quant payload has trailing bytes",
+};
 
 /// Writes the values: the escapes at their positions, `grid::dequantize` of the integers in
 /// order elsewhere. F32 and F64 convert inline (the same expression as the grid); 2-byte
 /// layouts look the integers present up in a table of the grid's values when that is cheaper
 /// than converting each value.
-fn fill<const B: usize>(
-    layout: FloatLayout,
-    qs: &[i64],
-    positions: &[u64],
-    escaped: &[u8],
-    step: f64,
-    out: &mut [u8],
-) {
+fn fill<const B: usize>(layout: FloatLayout, body: &escapes::Body<'_>, step: f64, out: &mut [u8]) {
+    let qs = &body.qs;
     let (lo, hi) = qs
         .iter()
         .fold((i64::MAX, i64::MIN), |(a, b), &q| (a.min(q), b.max(q)));
@@ -238,33 +162,20 @@ fn fill<const B: usize>(
     } else {
         Vec::new()
     };
-    let deq = |q: i64| -> u64 {
+    escapes::fill::<B>(body, out, |q: i64| -> u64 {
         match B {
             4 => u64::from(((q as f64 * step) as f32).to_bits()),
             8 => (q as f64 * step).to_bits(),
             _ if !table.is_empty() => table[(q - lo) as usize],
             _ => grid::dequantize(layout, q, step),
         }
-    };
-    let mut qi = qs.iter();
-    let mut run = |out: &mut [u8]| {
-        for (v, &q) in out.chunks_exact_mut(B).zip(&mut qi) {
-            v.copy_from_slice(&deq(q).to_le_bytes()[..B]);
-        }
-    };
-    let mut at = 0usize;
-    for (&p, raw) in positions.iter().zip(escaped.chunks_exact(B)) {
-        let p = p as usize;
-        run(&mut out[at * B..p * B]);
-        out[p * B..(p + 1) * B].copy_from_slice(raw);
-        at = p + 1;
-    }
-    run(&mut out[at * B..]);
+    });
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::ints;
     use proptest::prelude::*;
 
     const LAYOUTS: [FloatLayout; 4] = [
@@ -280,7 +191,8 @@ mod tests {
             .collect()
     }
 
-    fn raw_values(layout: FloatLayout, data: &[u8]) -> Vec<u64> {
+    /// The raw bits of the values of `data`.
+    pub(crate) fn raw_values(layout: FloatLayout, data: &[u8]) -> Vec<u64> {
         data.chunks_exact(layout.bytes())
             .map(|c| {
                 let mut w = [0u8; 8];
@@ -411,19 +323,7 @@ mod tests {
         let data = to_bytes(FloatLayout::BF16, &w);
         let (enc, _) = encode(FloatLayout::BF16, &data, grid::step_for(1.0, 16), 16);
         let mut out = vec![0u8; data.len()];
-        for cut in 0..enc.len() {
-            assert!(decode(&enc[..cut], &mut out).is_err(), "cut {cut}");
-        }
-        let mut longer = enc.clone();
-        longer.push(0);
-        assert!(decode(&longer, &mut out).is_err());
-        for i in 0..enc.len() {
-            for flip in [1u8, 0x80, 0xFF] {
-                let mut bad = enc.clone();
-                bad[i] ^= flip;
-                let _ = decode(&bad, &mut out);
-            }
-        }
+        crate::check_damaged(&enc, |p| decode(p, &mut out));
         for seed in 0..200u64 {
             let mut junk = crate::pseudo_bytes(30 + seed as usize, seed + 1);
             junk[0] = VERSION;

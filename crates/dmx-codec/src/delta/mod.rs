@@ -18,7 +18,8 @@
 //!
 //! Quantized variant ([`encode_quantized`]): base and target on the shared integer grid of
 //! [`crate::grid`]; the residual `q_target − q_base` per value is coded by [`crate::ints`],
-//! values off the grid are stored exactly (escapes).
+//! values off the grid are stored exactly (escapes). [`encode_float_quantized`] does the same
+//! on the floating grid of [`crate::fgrid`].
 //!
 //! Payload layouts (first byte = variant; varints are LEB128):
 //!
@@ -33,6 +34,8 @@
 //!              | escapes > 0: ints block of index gaps (first index, then differences − 1)
 //!              | ints block of zigzag residuals of the non-escaped values (context: bit
 //!              length of |q_base| when nctx > 1) | escapes × bytes raw target values
+//! 9 float-grid quantized: u8 bytes | u8 exp_bits | u8 m | u8 nctx | varint escapes | then as 8,
+//!              on the floating grid of crate::fgrid (coordinates instead of grid integers)
 //! ```
 //!
 //! Decoding depends only on the payload and the base bytes, so chains of deltas reproduce bit
@@ -47,14 +50,15 @@ mod quant;
 #[cfg(test)]
 mod tests;
 
-use quant::decode_quant;
-pub use quant::{decode_quantized, encode_quantized};
+use quant::{decode_float_quant, decode_quant};
+pub use quant::{decode_quantized, encode_float_quantized, encode_quantized};
 
 const SAME: u8 = 0;
 const ORDER: u8 = 1;
 const XOR_FLOAT: u8 = 2;
 const ZSTD: u8 = 3;
 const QUANT: u8 = 8;
+const FQUANT: u8 = 9;
 
 /// zstd level of the zstd variants.
 const ZSTD_LEVEL: i32 = 3;
@@ -92,8 +96,8 @@ pub fn encode(kind: ValueKind, base: &[u8], target: &[u8]) -> (Vec<u8>, f64) {
     }
 }
 
-/// Decodes a payload of [`encode`] or [`encode_quantized`] against `base` into `out` (the
-/// chunk's size, equal to the base's).
+/// Decodes a payload of [`encode`], [`encode_quantized`] or [`encode_float_quantized`] against
+/// `base` into `out` (the chunk's size, equal to the base's).
 pub fn decode(payload: &[u8], base: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     if base.len() != out.len() {
         return Err(CodecError::Corrupt(
@@ -121,6 +125,7 @@ pub fn decode(payload: &[u8], base: &[u8], out: &mut [u8]) -> Result<(), CodecEr
         }
         ZSTD => decode_zstd(rest, base, out),
         QUANT => decode_quant(rest, base, out),
+        FQUANT => decode_float_quant(rest, base, out),
         _ => Err(CodecError::Corrupt("unknown delta variant")),
     }
 }

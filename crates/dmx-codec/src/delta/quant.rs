@@ -1,7 +1,9 @@
-//! The quantized delta variant: residuals on the shared integer grid of [`crate::grid`].
+//! The quantized delta variants: residuals on the shared integer grid of [`crate::grid`]
+//! (variant 8) or on the floating grid of [`crate::fgrid`] (variant 9).
 
-use super::{QUANT, decode};
+use super::{FQUANT, QUANT, decode};
 use crate::entropy::varint::{get_varint, put_varint};
+use crate::fgrid::FloatGrid;
 use crate::float::load;
 use crate::grid;
 use crate::ints::{self, Hist, Plan, unzigzag, zigzag};
@@ -33,12 +35,54 @@ pub fn encode_quantized(
     assert!((2..=32).contains(&bits), "grid width must be 2..=32 bits");
     let b = layout.bytes();
     assert!(target.len().is_multiple_of(b), "partial value in chunk");
-    let q = match b {
-        1 => quant_residuals::<1>(layout, base, target, step, bits),
-        2 => quant_residuals::<2>(layout, base, target, step, bits),
-        4 => quant_residuals::<4>(layout, base, target, step, bits),
-        _ => quant_residuals::<8>(layout, base, target, step, bits),
+    let g = StepGrid::new(layout, step, bits);
+    let split = match b {
+        1 => residuals::<1, _>(g, base, target),
+        2 => residuals::<2, _>(g, base, target),
+        4 => residuals::<4, _>(g, base, target),
+        _ => residuals::<8, _>(g, base, target),
     };
+    let head = [QUANT, b as u8, layout.exp_bits as u8, bits as u8];
+    finish(head, &step.to_bits().to_le_bytes(), split)
+}
+
+/// Quantized delta on the floating grid of [`crate::fgrid`] with `m` kept fraction bits
+/// (variant 9): `q_b = fgrid::coordinate(base)`, or 0 where the base value is off the grid; a
+/// target value with coordinate `q_t` stores `q_t − q_b`, any other is stored exactly. Decodes
+/// to the same values as [`crate::fquant`] of the target alone. Returns the payload and its
+/// entropy bound in bits.
+///
+/// # Panics
+/// If `layout` is not supported ([`crate::fgrid::supports`]), `m` exceeds its fraction bits,
+/// `base` and `target` differ in length, or their length is not whole values.
+pub fn encode_float_quantized(
+    layout: FloatLayout,
+    base: &[u8],
+    target: &[u8],
+    m: u32,
+) -> (Vec<u8>, f64) {
+    assert_eq!(
+        base.len(),
+        target.len(),
+        "delta of chunks of different sizes"
+    );
+    let g = FloatGrid::new(layout, m).expect("float-grid delta: unsupported dtype or width");
+    let b = layout.bytes();
+    assert!(target.len().is_multiple_of(b), "partial value in chunk");
+    let split = match b {
+        2 => residuals::<2, _>(g, base, target),
+        _ => residuals::<4, _>(g, base, target),
+    };
+    finish(
+        [FQUANT, b as u8, layout.exp_bits as u8, m as u8],
+        &[],
+        split,
+    )
+}
+
+/// The payload: `head`, the context count, `extra`, then the escapes, residuals and escaped
+/// bytes of `q`, with one table or one per [`quant_class`], whichever is smaller.
+fn finish(head: [u8; 4], extra: &[u8], q: QuantSplit) -> (Vec<u8>, f64) {
     let QuantSplit {
         residuals,
         res_ctx,
@@ -54,14 +98,9 @@ pub fn encode_quantized(
         (plain, None, 1)
     };
     let mut out = Vec::with_capacity(plan.size + escapes.len() + 32);
-    out.extend_from_slice(&[
-        QUANT,
-        b as u8,
-        layout.exp_bits as u8,
-        bits as u8,
-        nctx as u8,
-    ]);
-    out.extend_from_slice(&step.to_bits().to_le_bytes());
+    out.extend_from_slice(&head);
+    out.push(nctx as u8);
+    out.extend_from_slice(extra);
     put_varint(&mut out, gaps.len() as u64);
     let mut entropy_bits = plan.entropy_bits + 8.0 * escapes.len() as f64;
     if !gaps.is_empty() {
@@ -84,13 +123,7 @@ struct QuantSplit {
     gaps: Vec<u64>,
 }
 
-fn quant_residuals<const B: usize>(
-    layout: FloatLayout,
-    base: &[u8],
-    target: &[u8],
-    step: f64,
-    bits: u32,
-) -> QuantSplit {
+fn residuals<const B: usize, G: DeltaGrid>(g: G, base: &[u8], target: &[u8]) -> QuantSplit {
     let count = target.len() / B;
     let mut q = QuantSplit {
         residuals: Vec::with_capacity(count),
@@ -100,8 +133,8 @@ fn quant_residuals<const B: usize>(
     };
     let mut next = 0usize;
     for (i, (bv, tv)) in base.chunks_exact(B).zip(target.chunks_exact(B)).enumerate() {
-        let qb = grid::quantize(grid::to_f64(layout, load::<B>(bv)), step, bits).unwrap_or(0);
-        match grid::quantize(grid::to_f64(layout, load::<B>(tv)), step, bits) {
+        let qb = g.coordinate(load::<B>(bv)).unwrap_or(0);
+        match g.coordinate(load::<B>(tv)) {
             Some(qt) => {
                 q.residuals.push(zigzag(qt - qb));
                 q.res_ctx.push(quant_class(qb));
@@ -126,6 +159,75 @@ fn quant_class(qb: i64) -> u8 {
     (64 - qb.unsigned_abs().leading_zeros()).min(32) as u8
 }
 
+/// A grid of quantized deltas: the coordinates of values and the values of coordinates.
+trait DeltaGrid: Copy {
+    /// The coordinate of value bits `raw`, `None` when the value is off the grid.
+    fn coordinate(&self, raw: u64) -> Option<i64>;
+    /// The bits of coordinate `q`, `None` when it is off the grid.
+    fn value(&self, q: i64) -> Option<u64>;
+}
+
+/// The aligned grid of [`crate::grid`] (variant 8).
+#[derive(Clone, Copy)]
+struct StepGrid {
+    layout: FloatLayout,
+    step: f64,
+    bits: u32,
+    qmax: u64,
+}
+
+impl StepGrid {
+    fn new(layout: FloatLayout, step: f64, bits: u32) -> Self {
+        Self {
+            layout,
+            step,
+            bits,
+            qmax: grid::qmax(bits) as u64,
+        }
+    }
+}
+
+impl DeltaGrid for StepGrid {
+    #[inline(always)]
+    fn coordinate(&self, raw: u64) -> Option<i64> {
+        grid::quantize(grid::to_f64(self.layout, raw), self.step, self.bits)
+    }
+
+    #[inline(always)]
+    fn value(&self, q: i64) -> Option<u64> {
+        (q.unsigned_abs() <= self.qmax).then(|| grid::dequantize(self.layout, q, self.step))
+    }
+}
+
+/// The floating grid of [`crate::fgrid`] (variant 9).
+impl DeltaGrid for FloatGrid {
+    #[inline(always)]
+    fn coordinate(&self, raw: u64) -> Option<i64> {
+        FloatGrid::coordinate(*self, raw)
+    }
+
+    #[inline(always)]
+    fn value(&self, q: i64) -> Option<u64> {
+        FloatGrid::value(*self, q)
+    }
+}
+
+/// Checks the context count and the element width of a quantized delta.
+fn check_params(nctx: usize, b: usize, len: usize) -> Result<(), CodecError> {
+    if !(nctx == 1 || nctx == QUANT_CLASSES) {
+        return Err(CodecError::Corrupt(
+            "quantized delta has invalid parameters",
+        ));
+    }
+    if !len.is_multiple_of(b) {
+        return Err(CodecError::Corrupt(
+            "quantized delta size is not whole values",
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes variant 8 (after the variant byte).
 pub(super) fn decode_quant(rest: &[u8], base: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     let head = rest
         .get(..12)
@@ -142,22 +244,61 @@ pub(super) fn decode_quant(rest: &[u8], base: &[u8], out: &mut [u8]) -> Result<(
     if !matches!(b, 1 | 2 | 4 | 8) || exp_bits == 0 || exp_bits + 1 >= 8 * b as u32 {
         return Err(CodecError::Corrupt("quantized delta has an invalid layout"));
     }
-    if !(2..=32).contains(&bits) || !(nctx == 1 || nctx == QUANT_CLASSES) {
+    if !(2..=32).contains(&bits) {
         return Err(CodecError::Corrupt(
             "quantized delta has invalid parameters",
         ));
     }
-    if !out.len().is_multiple_of(b) {
-        return Err(CodecError::Corrupt(
-            "quantized delta size is not whole values",
-        ));
-    }
+    check_params(nctx, b, out.len())?;
     let layout = FloatLayout {
         bytes: b as u8,
         exp_bits,
     };
-    let count = out.len() / b;
-    let mut pos = 12;
+    let g = StepGrid::new(layout, step, bits);
+    match b {
+        1 => decode_body::<1, _>(rest, 12, nctx, base, out, g),
+        2 => decode_body::<2, _>(rest, 12, nctx, base, out, g),
+        4 => decode_body::<4, _>(rest, 12, nctx, base, out, g),
+        _ => decode_body::<8, _>(rest, 12, nctx, base, out, g),
+    }
+}
+
+/// Decodes variant 9 (after the variant byte).
+pub(super) fn decode_float_quant(
+    rest: &[u8],
+    base: &[u8],
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    let head = rest
+        .get(..4)
+        .ok_or(CodecError::Corrupt("quantized delta header truncated"))?;
+    let layout = match (head[0], head[1]) {
+        (2, 8) => FloatLayout::BF16,
+        (2, 5) => FloatLayout::F16,
+        (4, 8) => FloatLayout::F32,
+        _ => return Err(CodecError::Corrupt("quantized delta has an invalid layout")),
+    };
+    let nctx = usize::from(head[3]);
+    let g = FloatGrid::new(layout, u32::from(head[2])).ok_or(CodecError::Corrupt(
+        "quantized delta has invalid parameters",
+    ))?;
+    check_params(nctx, layout.bytes(), out.len())?;
+    match layout.bytes() {
+        2 => decode_body::<2, _>(rest, 4, nctx, base, out, g),
+        _ => decode_body::<4, _>(rest, 4, nctx, base, out, g),
+    }
+}
+
+/// Decodes the escapes, residuals and escaped bytes at `rest[pos..]` on grid `g`.
+fn decode_body<const B: usize, G: DeltaGrid>(
+    rest: &[u8],
+    mut pos: usize,
+    nctx: usize,
+    base: &[u8],
+    out: &mut [u8],
+    g: G,
+) -> Result<(), CodecError> {
+    let count = out.len() / B;
     let n_esc = get_varint(rest, &mut pos)?;
     if n_esc > count as u64 {
         return Err(CodecError::Corrupt("quantized delta has too many escapes"));
@@ -181,25 +322,14 @@ pub(super) fn decode_quant(rest: &[u8], base: &[u8], out: &mut [u8]) -> Result<(
     }
     // Element index of every residual (identity when nothing is escaped).
     let map: Option<Vec<usize>> = (n_esc > 0).then(|| (0..count).filter(|&i| !is_esc[i]).collect());
-    let g = Grid {
-        layout,
-        step,
-        bits,
-        classes: nctx > 1,
-    };
     let data = rest.get(pos..).unwrap_or(&[]);
-    pos += match b {
-        1 => decode_residuals::<1>(data, nctx, base, out, map.as_deref(), g)?,
-        2 => decode_residuals::<2>(data, nctx, base, out, map.as_deref(), g)?,
-        4 => decode_residuals::<4>(data, nctx, base, out, map.as_deref(), g)?,
-        _ => decode_residuals::<8>(data, nctx, base, out, map.as_deref(), g)?,
-    };
+    pos += decode_residuals::<B, G>(data, nctx, base, out, map.as_deref(), g)?;
     let raw = rest
         .get(pos..)
-        .filter(|r| r.len() == n_esc * b)
+        .filter(|r| r.len() == n_esc * B)
         .ok_or(CodecError::Corrupt("quantized delta escape bytes mismatch"))?;
-    let mut e_iter = raw.chunks_exact(b);
-    for (ov, &esc) in out.chunks_exact_mut(b).zip(&is_esc) {
+    let mut e_iter = raw.chunks_exact(B);
+    for (ov, &esc) in out.chunks_exact_mut(B).zip(&is_esc) {
         if esc && let Some(e) = e_iter.next() {
             ov.copy_from_slice(e);
         }
@@ -207,33 +337,24 @@ pub(super) fn decode_quant(rest: &[u8], base: &[u8], out: &mut [u8]) -> Result<(
     Ok(())
 }
 
-/// Grid parameters of a quantized delta.
-#[derive(Clone, Copy)]
-struct Grid {
-    layout: FloatLayout,
-    step: f64,
-    bits: u32,
-    classes: bool,
-}
-
 /// Decodes the residual block `data` into the non-escaped values of `out` (element `map[j]`
 /// for residual `j`, or `j` without a map); returns the bytes consumed.
-fn decode_residuals<const B: usize>(
+fn decode_residuals<const B: usize, G: DeltaGrid>(
     data: &[u8],
     nctx: usize,
     base: &[u8],
     out: &mut [u8],
     map: Option<&[usize]>,
-    g: Grid,
+    g: G,
 ) -> Result<usize, CodecError> {
     let n = map.map_or(out.len() / B, <[usize]>::len);
-    let mut sink = QuantOut::<B> {
+    let mut sink = QuantOut::<B, G> {
         base,
         map,
         out,
         n,
         g,
-        qmax: grid::qmax(g.bits),
+        classes: nctx > 1,
         group: [0; 4],
         bad: false,
     };
@@ -245,21 +366,22 @@ fn decode_residuals<const B: usize>(
 }
 
 /// Decoded residuals applied to the base grid integers as they come.
-struct QuantOut<'a, const B: usize> {
+struct QuantOut<'a, const B: usize, G> {
     base: &'a [u8],
     /// Element index per residual; `None` for the identity.
     map: Option<&'a [usize]>,
     out: &'a mut [u8],
     n: usize,
-    g: Grid,
-    qmax: i64,
+    g: G,
+    /// One context per [`quant_class`] (else one context).
+    classes: bool,
     /// Base grid integers of the group of four from the last [`ints::Values::ctx4`].
     group: [i64; 4],
     /// Set when a residual leaves the grid (corrupt payload).
     bad: bool,
 }
 
-impl<const B: usize> QuantOut<'_, B> {
+impl<const B: usize, G: DeltaGrid> QuantOut<'_, B, G> {
     #[inline(always)]
     fn index(&self, j: usize) -> usize {
         match self.map {
@@ -271,13 +393,14 @@ impl<const B: usize> QuantOut<'_, B> {
     /// The base grid integer of element `i`.
     #[inline(always)]
     fn qb(&self, i: usize) -> i64 {
-        let raw = load::<B>(&self.base[i * B..(i + 1) * B]);
-        grid::quantize(grid::to_f64(self.g.layout, raw), self.g.step, self.g.bits).unwrap_or(0)
+        self.g
+            .coordinate(load::<B>(&self.base[i * B..(i + 1) * B]))
+            .unwrap_or(0)
     }
 
     #[inline(always)]
     fn ctx_of(&self, qb: i64) -> usize {
-        if self.g.classes {
+        if self.classes {
             usize::from(quant_class(qb))
         } else {
             0
@@ -287,16 +410,14 @@ impl<const B: usize> QuantOut<'_, B> {
     /// Stores grid point `qb + r` as element `i`.
     #[inline(always)]
     fn store(&mut self, i: usize, qb: i64, z: u64) {
-        let q = qb
-            .checked_add(unzigzag(z))
-            .filter(|q| q.unsigned_abs() <= self.qmax as u64);
-        self.bad |= q.is_none();
-        let v = grid::dequantize(self.g.layout, q.unwrap_or(0), self.g.step);
+        let v = qb.checked_add(unzigzag(z)).and_then(|q| self.g.value(q));
+        self.bad |= v.is_none();
+        let v = v.unwrap_or(0);
         self.out[i * B..(i + 1) * B].copy_from_slice(&v.to_le_bytes()[..B]);
     }
 }
 
-impl<const B: usize> ints::Values for QuantOut<'_, B> {
+impl<const B: usize, G: DeltaGrid> ints::Values for QuantOut<'_, B, G> {
     #[inline(always)]
     fn count(&self) -> usize {
         self.n

@@ -278,6 +278,140 @@ fn chained_quantized_deltas_are_route_independent() {
     assert_eq!(c2, expected_quant(layout, &c, step, 16));
 }
 
+const FLOAT_GRID: [FloatLayout; 3] = [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32];
+
+/// Encodes a float-grid delta and checks that it decodes to `fquant` of the target alone.
+fn fgrid_round_trip(layout: FloatLayout, b: &[u8], t: &[u8], m: u32) -> Vec<u8> {
+    let (p, bits) = encode_float_quantized(layout, b, t, m);
+    assert!(bits >= 0.0);
+    assert_eq!(p[0], FQUANT);
+    let mut out = vec![0xA5u8; t.len()];
+    decode_quantized(&p, b, &mut out).unwrap();
+    assert!(
+        out == crate::fquant::tests::expected(layout, m, t),
+        "{layout:?} m {m}"
+    );
+    p
+}
+
+#[test]
+fn float_quantized_deltas() {
+    for layout in FLOAT_GRID {
+        let s = crate::fquant::tests::to_bytes(layout, &crate::fquant::tests::specials(layout));
+        let mut rev: Vec<u8> = s.chunks(layout.bytes()).rev().flatten().copied().collect();
+        for m in 0..=crate::fgrid::max_fraction_bits(layout) {
+            for n in [0usize, 1, 3, 1001] {
+                let (b, t) = pair(layout, n, 40 + n as u64);
+                fgrid_round_trip(layout, &b, &t, m);
+                fgrid_round_trip(layout, &b, &b, m);
+            }
+            // Base values off the grid (NaN, Inf, -0, subnormals) count as coordinate 0.
+            fgrid_round_trip(layout, &s, &rev, m);
+            fgrid_round_trip(layout, &rev, &s, m);
+            rev.rotate_left(layout.bytes());
+            fgrid_round_trip(layout, &s, &rev, m);
+        }
+    }
+}
+
+#[test]
+fn float_quantized_adam_like_deltas() {
+    let base = crate::fquant::tests::adam_like(50_000, 3);
+    // The next step's second moment: 0.999 · v + 0.001 · g².
+    let g = crate::fquant::tests::adam_like(50_000, 4);
+    let target: Vec<u8> = base
+        .chunks_exact(4)
+        .zip(g.chunks_exact(4))
+        .flat_map(|(v, g)| {
+            let v = f32::from_le_bytes(v.try_into().unwrap());
+            let g = f32::from_le_bytes(g.try_into().unwrap());
+            (0.999 * v + 0.001 * g).to_le_bytes()
+        })
+        .collect();
+    let p = fgrid_round_trip(FloatLayout::F32, &base, &target, 10);
+    let (alone, _) = crate::fquant::encode(FloatLayout::F32, &target, 10);
+    assert!(p.len() < alone.len(), "{} vs {}", p.len(), alone.len());
+}
+
+#[test]
+fn chained_float_quantized_deltas_are_route_independent() {
+    let layout = FloatLayout::F16;
+    let (a, b) = pair(layout, 999, 23);
+    let (_, c) = pair(layout, 999, 24);
+    let (p_ab, _) = encode_float_quantized(layout, &a, &b, 5);
+    let mut b2 = vec![0u8; b.len()];
+    decode_quantized(&p_ab, &a, &mut b2).unwrap();
+    let (p_bc, _) = encode_float_quantized(layout, &b2, &c, 5);
+    let mut c2 = vec![0u8; c.len()];
+    decode_quantized(&p_bc, &b2, &mut c2).unwrap();
+    assert_eq!(c2, crate::fquant::tests::expected(layout, 5, &c));
+}
+
+#[test]
+fn corrupt_float_quantized_deltas_error() {
+    for layout in FLOAT_GRID {
+        let (b, mut t) = pair(layout, 301, 6);
+        let s = crate::fquant::tests::to_bytes(layout, &crate::fquant::tests::specials(layout));
+        t[..s.len()].copy_from_slice(&s);
+        let p = fgrid_round_trip(layout, &b, &t, 4);
+        check_corruption(&p, &b, t.len());
+    }
+    let mut out = vec![0u8; 8];
+    let base = vec![0u8; 8];
+    for (p, msg) in [
+        (vec![FQUANT, 2, 8, 3], "quantized delta header truncated"),
+        (
+            vec![FQUANT, 8, 11, 3, 1, 0],
+            "quantized delta has an invalid layout",
+        ),
+        (
+            vec![FQUANT, 2, 8, 8, 1, 0],
+            "quantized delta has invalid parameters",
+        ),
+        (
+            vec![FQUANT, 2, 8, 7, 2, 0],
+            "quantized delta has invalid parameters",
+        ),
+        (
+            vec![FQUANT, 4, 8, 7, 1, 3],
+            "quantized delta has too many escapes",
+        ),
+    ] {
+        assert_eq!(decode(&p, &base, &mut out), Err(CodecError::Corrupt(msg)));
+    }
+    assert_eq!(
+        decode(&[FQUANT, 4, 8, 7, 1, 0], &base[..6], &mut [0u8; 6]),
+        Err(CodecError::Corrupt(
+            "quantized delta size is not whole values"
+        ))
+    );
+    // BF16 m = 0: coordinate 255 is Inf, beyond the grid.
+    let mut p = vec![FQUANT, 2, 8, 0, 1, 0];
+    p.extend(ints::encode_signed(&[255]));
+    assert_eq!(
+        decode(&p, &[0u8; 2], &mut [0u8; 2]),
+        Err(CodecError::Corrupt("quantized delta value off the grid"))
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn random_float_grid_pairs_round_trip(
+        bytes in prop::collection::vec(any::<u8>(), 0..600),
+        mask in prop::collection::vec(any::<u8>(), 600),
+        li in 0usize..3,
+        m in 0u32..24,
+    ) {
+        let layout = FLOAT_GRID[li];
+        let m = m.min(crate::fgrid::max_fraction_bits(layout));
+        let n = bytes.len() / layout.bytes() * layout.bytes();
+        let b = &bytes[..n];
+        let t: Vec<u8> = b.iter().zip(&mask).map(|(x, m)| x ^ m).collect();
+        fgrid_round_trip(layout, b, &t, m);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
@@ -303,7 +437,7 @@ proptest! {
     #[test]
     fn random_payloads_never_panic(
         p in prop::collection::vec(any::<u8>(), 0..300),
-        v in 0u8..9,
+        v in 0u8..10,
         n in 0usize..64,
     ) {
         let mut p = p;

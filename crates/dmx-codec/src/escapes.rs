@@ -1,0 +1,192 @@
+//! The body shared by the grid codecs 5 (`quant`) and 9 (`fquant`): the escapes (values off
+//! the grid, stored exactly) located by the gaps between their positions, then the integers of
+//! the other values.
+//!
+//! ```text
+//! u8 version | u8 value bytes | u8 exponent bits | the codec's parameters
+//! varint count | varint escapes
+//! escapes > 0: ints::encode_unsigned block of the gaps before each escape
+//!              (position − end of the previous escape), then the escaped values' bytes
+//! ints::encode_signed block of the integers of the other values, in order
+//! ```
+
+use crate::entropy::varint::{get_varint, put_varint};
+use crate::float::load;
+use crate::{CodecError, FloatLayout, ints};
+
+/// A chunk split into grid integers and escapes.
+pub(crate) struct Split {
+    /// Zigzagged integers of the values on the grid, in order.
+    qs: Vec<u64>,
+    /// The gap before each escape: its position minus the end of the previous escape.
+    gaps: Vec<u64>,
+    /// The escapes' bytes, in order.
+    escaped: Vec<u8>,
+}
+
+/// Splits the `B`-byte values of `data`: `coord` gives a value's grid integer, or `None` for
+/// an escape.
+#[inline(always)]
+pub(crate) fn scan<const B: usize>(data: &[u8], coord: impl Fn(u64) -> Option<i64>) -> Split {
+    let mut s = Split {
+        qs: Vec::with_capacity(data.len() / B),
+        gaps: Vec::new(),
+        escaped: Vec::new(),
+    };
+    let mut next = 0usize;
+    for (i, v) in data.chunks_exact(B).enumerate() {
+        match coord(load::<B>(v)) {
+            Some(q) => s.qs.push(ints::zigzag(q)),
+            None => {
+                s.gaps.push((i - next) as u64);
+                next = i + 1;
+                s.escaped.extend_from_slice(v);
+            }
+        }
+    }
+    s
+}
+
+/// Appends the count and the body of `split` to `out`; returns its order-0 entropy bound in
+/// bits (integer coder bound plus the raw escape bits and their positions).
+pub(crate) fn put(split: &Split, out: &mut Vec<u8>) -> f64 {
+    put_varint(out, (split.qs.len() + split.gaps.len()) as u64);
+    put_varint(out, split.gaps.len() as u64);
+    let mut entropy = 0.0;
+    if !split.gaps.is_empty() {
+        let block = ints::encode_unsigned(&split.gaps);
+        let signed: Vec<i64> = split.gaps.iter().map(|&g| g as i64).collect();
+        entropy += ints::entropy_bits_signed(&signed).min(block.len() as f64 * 8.0);
+        entropy += split.escaped.len() as f64 * 8.0;
+        out.extend_from_slice(&block);
+        out.extend_from_slice(&split.escaped);
+    }
+    // The block of `ints::encode_signed`, from the zigzagged values directly.
+    entropy + ints::encode_ctx(&split.qs, None, 1, out)
+}
+
+/// The error messages of one codec's reader.
+pub(crate) struct Messages {
+    /// The payload is shorter than the fixed header.
+    pub(crate) header: &'static str,
+    /// The version byte is not the codec's.
+    pub(crate) version: &'static str,
+    /// The dtype is not one the codec supports.
+    pub(crate) dtype: &'static str,
+    /// The count disagrees with the chunk size.
+    pub(crate) count: &'static str,
+    /// More escapes than values.
+    pub(crate) too_many: &'static str,
+    /// An escape position overflows or is not below the count.
+    pub(crate) position: &'static str,
+    /// The escaped bytes are cut short.
+    pub(crate) truncated: &'static str,
+    /// Bytes follow the integers block.
+    pub(crate) trailing: &'static str,
+}
+
+/// A decoded body: escape positions, their bytes, and the integers of the other values.
+pub(crate) struct Body<'a> {
+    /// Escape positions, increasing, each below the count.
+    pub(crate) positions: Vec<u64>,
+    /// `B` bytes per escape.
+    pub(crate) escaped: &'a [u8],
+    /// The grid integers of the other values, in order.
+    pub(crate) qs: Vec<i64>,
+}
+
+/// The fixed header of `len` bytes: `version`, then a dtype (`B`, `eb`) that `supports`;
+/// returns the header and the dtype.
+pub(crate) fn head<'a>(
+    payload: &'a [u8],
+    len: usize,
+    version: u8,
+    supports: fn(FloatLayout) -> bool,
+    msg: &Messages,
+) -> Result<(&'a [u8], FloatLayout), CodecError> {
+    let head = payload.get(..len).ok_or(CodecError::Corrupt(msg.header))?;
+    if head[0] != version {
+        return Err(CodecError::Corrupt(msg.version));
+    }
+    let layout = match (head[1], head[2]) {
+        (2, 8) => FloatLayout::BF16,
+        (2, 5) => FloatLayout::F16,
+        (4, 8) => FloatLayout::F32,
+        (8, 11) => FloatLayout::F64,
+        _ => return Err(CodecError::Corrupt(msg.dtype)),
+    };
+    if !supports(layout) {
+        return Err(CodecError::Corrupt(msg.dtype));
+    }
+    Ok((head, layout))
+}
+
+/// Reads the count and the body at `payload[pos..]` for values of `b` bytes filling
+/// `out_len` bytes; the payload must end after it. Allocates `O(out_len / b)`.
+pub(crate) fn get<'a>(
+    payload: &'a [u8],
+    mut pos: usize,
+    b: usize,
+    out_len: usize,
+    msg: &Messages,
+) -> Result<Body<'a>, CodecError> {
+    let count = get_varint(payload, &mut pos)?;
+    if usize::try_from(count).ok().and_then(|c| c.checked_mul(b)) != Some(out_len) {
+        return Err(CodecError::Corrupt(msg.count));
+    }
+    let count = count as usize;
+    let nesc = get_varint(payload, &mut pos)?;
+    if nesc > count as u64 {
+        return Err(CodecError::Corrupt(msg.too_many));
+    }
+    let nesc = nesc as usize;
+    let mut positions = vec![0u64; nesc];
+    let mut escaped: &[u8] = &[];
+    if nesc > 0 {
+        pos += ints::decode_unsigned(&payload[pos..], &mut positions)?;
+        // Gaps to positions.
+        let mut next = 0u64;
+        for p in &mut positions {
+            let at = next
+                .checked_add(*p)
+                .filter(|&at| at < count as u64)
+                .ok_or(CodecError::Corrupt(msg.position))?;
+            *p = at;
+            next = at + 1;
+        }
+        escaped = payload
+            .get(pos..pos + nesc * b)
+            .ok_or(CodecError::Corrupt(msg.truncated))?;
+        pos += nesc * b;
+    }
+    let mut qs = vec![0i64; count - nesc];
+    pos += ints::decode_signed(&payload[pos..], &mut qs)?;
+    if pos != payload.len() {
+        return Err(CodecError::Corrupt(msg.trailing));
+    }
+    Ok(Body {
+        positions,
+        escaped,
+        qs,
+    })
+}
+
+/// Writes the values of `body` as `B`-byte little-endian values: the escapes at their
+/// positions, `value(q)` of the integers in order elsewhere.
+#[inline(always)]
+pub(crate) fn fill<const B: usize>(body: &Body<'_>, out: &mut [u8], value: impl Fn(i64) -> u64) {
+    let mut qi = body.qs.iter();
+    let mut run = |out: &mut [u8]| {
+        for (v, &q) in out.chunks_exact_mut(B).zip(&mut qi) {
+            v.copy_from_slice(&value(q).to_le_bytes()[..B]);
+        }
+    };
+    let mut at = 0usize;
+    for (&p, raw) in body.positions.iter().zip(body.escaped.chunks_exact(B)) {
+        let p = p as usize;
+        run(&mut out[at * B..p * B]);
+        out[p * B..(p + 1) * B].copy_from_slice(raw);
+        at = p + 1;
+    }
+    run(&mut out[at * B..]);
+}
