@@ -53,6 +53,7 @@ impl CompressArgs {
             group_size,
             max_rel_error,
             keep_lossless,
+            shared_grids: false,
             cast,
             allow_cast_overflow,
         });

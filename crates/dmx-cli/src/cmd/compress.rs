@@ -75,7 +75,8 @@ pub struct LossyArgs {
     /// 16-bit tensors, up to 24 for F32; default 7).
     #[arg(long, value_name = "M")]
     mantissa_bits: Option<u32>,
-    /// BFP: values per shared exponent along the last dimension (default 32).
+    /// BFP: values per shared exponent: consecutive values of the tensor, across rows and
+    /// kernel dimensions (default 32).
     #[arg(long, value_name = "G")]
     group_size: Option<u32>,
     /// auto: largest relative L2 error ‖x−x̂‖/‖x‖ allowed per tensor.
@@ -84,6 +85,10 @@ pub struct LossyArgs {
     /// Keep tensors whose names match this glob lossless (repeatable; e.g. '*norm*').
     #[arg(long, value_name = "GLOB")]
     keep_lossless: Vec<String>,
+    /// int16/int32: one grid step per role (the layers of a role share it, as chains do)
+    /// instead of one per tensor.
+    #[arg(long)]
+    shared_grids: bool,
     /// Round F32 tensors to bf16 or f16 before coding (restored as F32; lossy). Tensors
     /// with finite values beyond the narrow type's range are kept exact, with a warning.
     #[arg(long, value_enum)]
@@ -109,6 +114,7 @@ impl LossyArgs {
             group_size: self.group_size,
             max_rel_error: self.max_rel_error,
             keep_lossless: self.keep_lossless.clone(),
+            shared_grids: self.shared_grids,
             cast: self.cast.map(|c| match c {
                 CastArg::Bf16 => CastTo::Bf16,
                 CastArg::F16 => CastTo::F16,

@@ -9,6 +9,7 @@ use crate::archive::Archive;
 use crate::delta::{DeltaOptions, Precision, hex};
 use crate::error::{Error, Result};
 use crate::io::fs::{lock_dir, sha256_file, sync_dir, work_dir};
+use crate::lossy::Grid;
 use crate::lossy::{LossyOptions, Mode};
 
 use super::build::{Chain, check_input, check_uniform, grid_of, restore_entry};
@@ -84,7 +85,7 @@ pub(super) struct Cursor {
     /// entry may be a delta.
     base: Option<PathBuf>,
     /// The current anchor's grid (quantized chains).
-    grid: HashMap<String, f64>,
+    grid: HashMap<String, Grid>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -116,6 +117,9 @@ pub(super) fn append_all(
             Precision::Int16 => Mode::Int16,
             Precision::Int32 => Mode::Int32,
         },
+        // Later checkpoints keep the anchor's coordinates: a step shared by role leaves the
+        // smaller layers headroom.
+        shared_grids: true,
         ..LossyOptions::default()
     };
     let pool = opts.pool()?;

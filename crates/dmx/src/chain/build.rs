@@ -11,6 +11,7 @@ use crate::delta::{Base, Precision, hex, planner_reason, restore_delta_to, write
 use crate::error::{Error, Result};
 use crate::io::AtomicFile;
 use crate::io::fs::sha256_file;
+use crate::lossy::Grid;
 
 use super::MANIFEST;
 use super::folder::{hash_files, remove_scratch};
@@ -102,13 +103,18 @@ pub(super) fn check_uniform(
     }
 }
 
-/// Grid steps of the quantized tensors of an anchor archive.
-pub(super) fn grid_of(archive: &Archive) -> BTreeMap<String, f64> {
+/// Grids of the quantized tensors of an anchor archive, from their lossy records.
+pub(super) fn grid_of(archive: &Archive) -> BTreeMap<String, Grid> {
     archive.index().entries[0]
         .segments
         .iter()
         .filter_map(|s| match (&s.kind, s.transform.lossy()) {
-            (SegmentKind::Tensor(t), Some(l)) if l.step > 0.0 => Some((t.name.clone(), l.step)),
+            (SegmentKind::Tensor(t), Some(l)) if l.float_grid => {
+                Some((t.name.clone(), Grid::Float(u32::from(l.mantissa_bits))))
+            }
+            (SegmentKind::Tensor(t), Some(l)) if l.step > 0.0 => {
+                Some((t.name.clone(), Grid::Linear(l.step)))
+            }
             _ => None,
         })
         .collect()

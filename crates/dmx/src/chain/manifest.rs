@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::delta::Precision;
 use crate::error::{Error, Result};
 use crate::io::TEMP_PREFIX;
+use crate::lossy::Grid;
 
 use super::{ChainOptions, FORMAT, MANIFEST, VERSION};
 
@@ -72,15 +73,16 @@ pub struct ChainEntry {
     /// docs/CHAINS.md ("Folder checkpoints"). Absent (false) for file checkpoints.
     #[serde(default, skip_serializing_if = "is_false")]
     pub folder: bool,
-    /// Anchors of quantized chains: the grid step of every quantized tensor, as recorded in
-    /// the anchor archive's index. Written as strings holding the shortest decimal that reads
-    /// back to the same `f64` (JSON readers need not round-trip numbers bit for bit).
+    /// Anchors of quantized chains: the grid of every quantized tensor, as recorded in the
+    /// anchor archive's index. Written as strings: a linear grid's step as the shortest
+    /// decimal that reads back to the same `f64` (JSON readers need not round-trip numbers bit
+    /// for bit), the floating grid as `"float:M"`.
     #[serde(
         default,
         skip_serializing_if = "BTreeMap::is_empty",
         with = "steps_serde"
     )]
-    pub steps: BTreeMap<String, f64>,
+    pub steps: BTreeMap<String, Grid>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -118,17 +120,19 @@ mod precision_serde {
     }
 }
 
-/// Grid steps as exact decimal strings (numbers are accepted on input).
+/// Grids as text ([`Grid::to_text`]; numbers are accepted on input as linear steps).
 mod steps_serde {
     use std::collections::BTreeMap;
 
     use serde::ser::SerializeMap;
     use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
 
-    pub fn serialize<S: Serializer>(m: &BTreeMap<String, f64>, s: S) -> Result<S::Ok, S::Error> {
+    use crate::lossy::Grid;
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<String, Grid>, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(m.len()))?;
         for (k, v) in m {
-            map.serialize_entry(k, &format!("{v:?}"))?;
+            map.serialize_entry(k, &v.to_text())?;
         }
         map.end()
     }
@@ -140,17 +144,25 @@ mod steps_serde {
         Number(f64),
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Grid>, D::Error> {
         BTreeMap::<String, Step>::deserialize(d)?
             .into_iter()
-            .map(|(k, v)| match v {
-                Step::Text(t) => match t.parse::<f64>() {
-                    Ok(x) => Ok((k, x)),
-                    Err(_) => Err(D::Error::custom(format!(
-                        "step of {k:?}: {t:?} is not a number"
-                    ))),
-                },
-                Step::Number(x) => Ok((k, x)),
+            .map(|(k, v)| {
+                let grid = match &v {
+                    Step::Text(t) => Grid::from_text(t),
+                    Step::Number(x) => Grid::from_text(&format!("{x:?}")),
+                };
+                grid.map(|g| (k.clone(), g)).ok_or_else(|| {
+                    let shown = match v {
+                        Step::Text(t) => format!("{t:?}"),
+                        Step::Number(x) => x.to_string(),
+                    };
+                    D::Error::custom(format!(
+                        "grid of {k:?}: {shown} is neither a positive step nor float:M"
+                    ))
+                })
             })
             .collect()
     }
@@ -528,8 +540,9 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            e.steps.insert(format!("t{i}"), x);
+            e.steps.insert(format!("t{i}"), Grid::Linear(x));
         }
+        e.steps.insert("v".into(), Grid::Float(10));
         m.entries.push(e);
         let mut text = serde_json::to_string_pretty(&m).unwrap();
         for _ in 0..3 {
@@ -544,6 +557,13 @@ mod tests {
         // Numbers are accepted too.
         let numeric = text.replace("\"4.6545541748124875e-11\"", "0.5");
         let back: ChainManifest = serde_json::from_str(&numeric).unwrap();
-        assert_eq!(back.entries[0].steps["t0"], 0.5);
+        assert_eq!(back.entries[0].steps["t0"], Grid::Linear(0.5));
+        assert_eq!(back.entries[0].steps["v"], Grid::Float(10));
+        assert!(text.contains("\"v\": \"float:10\""), "{text}");
+        for bad in ["\"float:x\"", "\"-1\"", "0"] {
+            let t = text.replace("\"float:10\"", bad);
+            let err = serde_json::from_str::<ChainManifest>(&t).unwrap_err();
+            assert!(err.to_string().contains("grid of \"v\""), "{err}");
+        }
     }
 }

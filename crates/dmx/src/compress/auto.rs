@@ -70,8 +70,7 @@ pub(super) fn auto_codings(
                 return Ok((fixed, None));
             }
             let data = bytes.segment_data(seg).ok_or_else(|| bytes.missing(seg))?;
-            let m = crate::lossy::max_abs(layout, data);
-            let best = auto_choose(seg, data, layout, budget, m, opts)?;
+            let best = auto_choose(seg, &t.name, data, layout, budget, opts)?;
             if best.is_lossless() {
                 return Ok((best, None));
             }
@@ -83,14 +82,14 @@ pub(super) fn auto_codings(
     Ok(chosen.into_iter().unzip())
 }
 
-/// The coding [`auto_codings`] picks for one tensor from its sample; `max_abs` is the
-/// magnitude its integer grids are scaled to.
+/// The coding [`auto_codings`] picks for tensor `name` (all its values in `data`) from its
+/// sample; its integer grids are those of single files ([`crate::lossy::own_grid`]).
 fn auto_choose(
     seg: &PlannedSegment,
+    name: &str,
     data: &[u8],
     layout: dmx_codec::FloatLayout,
     budget: f64,
-    max_abs: f64,
     opts: &crate::Options,
 ) -> Result<Coding> {
     let hints = seg.hints();
@@ -154,12 +153,12 @@ fn auto_choose(
         best_size = hi_size;
     }
     let mut others = vec![Coding::Quant {
-        step: dmx_codec::grid::step_for(max_abs, 16),
+        grid: crate::lossy::own_grid(name, layout, data, 16),
         bits: 16,
     }];
     if layout == dmx_codec::FloatLayout::F32 {
         others.push(Coding::Quant {
-            step: dmx_codec::grid::step_for(max_abs, 32),
+            grid: crate::lossy::own_grid(name, layout, data, 32),
             bits: 32,
         });
         others.push(Coding::Cast(dmx_codec::FloatLayout::BF16));

@@ -135,17 +135,11 @@ fn hold_budget(
 /// Values of `data` equal to the base's: bit for bit, or on the grid for quantized deltas.
 fn unchanged(coding: Coding, value: ValueKind, base: &[u8], data: &[u8]) -> u64 {
     match (coding, value) {
-        (Coding::QuantDelta { step, bits }, ValueKind::Float(l)) => base
+        (Coding::QuantDelta { grid, bits }, ValueKind::Float(l)) => base
             .chunks_exact(l.bytes())
             .zip(data.chunks_exact(l.bytes()))
             .filter(|(a, b)| {
-                let q = |c: &[u8]| {
-                    dmx_codec::grid::quantize(
-                        dmx_codec::grid::to_f64(l, crate::lossy::raw(c)),
-                        step,
-                        bits,
-                    )
-                };
+                let q = |c: &[u8]| grid.coordinate(l, bits, crate::lossy::raw(c));
                 a == b || q(a).is_some_and(|qa| q(b) == Some(qa))
             })
             .count() as u64,

@@ -157,8 +157,11 @@ fn start_archive(
     } else {
         (u16::from(!lossy.is_lossless()), 0)
     };
-    // Format 1.3: `torch.save` entries.
-    let minor = if files.iter().any(|f| f.kind.is_torch()) {
+    // Format 1.3: `torch.save` entries; 1.4: lossy records with per-value errors (every lossy
+    // option, even if every tensor ends up stored exactly).
+    let minor = if !lossy.is_lossless() {
+        4
+    } else if files.iter().any(|f| f.kind.is_torch()) {
         3
     } else {
         minor

@@ -77,7 +77,10 @@ pub(super) fn compress_dirs(
     }
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
     let refs: Vec<&PlannedFile> = files.iter().collect();
-    out.write_all(&dmx_format::preamble_minor(minor_for(&refs)))?;
+    out.write_all(&dmx_format::preamble_minor(minor_for(
+        &refs,
+        Precision::Lossless,
+    )))?;
     let mut report = DeltaReport {
         base_bytes,
         target_bytes: total,

@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
 
+use dmx_codec::FloatLayout;
 use dmx_format::{BaseRef, EntryKind, Index, Root, SegmentKind};
 use serde::Serialize;
 use sha2::Digest;
@@ -35,7 +36,9 @@ use crate::compress::{BaseTensor, encode_entry, finish_archive};
 use crate::error::{Error, Result};
 use crate::io::Bytes;
 use crate::io::{AtomicFile, check_distinct};
-use crate::lossy::{Coding, float_tensors, lossy_layout, shared_steps};
+use crate::lossy::{
+    Coding, Grid, float_for, float_tensors, lossy_layout, shared_steps, wants_float,
+};
 use crate::plan::{PlannedFile, dtype_bits, plan_input};
 
 /// How the target's float tensors are stored.
@@ -85,9 +88,9 @@ impl Precision {
 pub struct DeltaOptions {
     /// Lossless or a quantized grid.
     pub precision: Precision,
-    /// Grid steps per tensor name to use instead of computing them (a chain keeps its anchor's
-    /// grid this way). Tensors not listed get computed steps.
-    pub steps: Option<HashMap<String, f64>>,
+    /// Grids per tensor name to use instead of choosing them (a chain keeps its anchor's
+    /// grids this way). Tensors not listed get chosen grids.
+    pub steps: Option<HashMap<String, Grid>>,
 }
 
 /// What [`delta_compress`] did.
@@ -113,9 +116,10 @@ pub struct DeltaReport {
     pub reshaped: Vec<String>,
     /// Base tensors the target does not have.
     pub removed: Vec<String>,
-    /// Grid steps used per tensor (quantized precisions).
+    /// Grids used per tensor (quantized precisions): a linear grid's step as a number, the
+    /// floating grid as `"float:M"`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub steps: BTreeMap<String, f64>,
+    pub steps: BTreeMap<String, Grid>,
     /// Wall time in seconds.
     pub seconds: f64,
     /// True when some tensor restores as an approximation (quantized precisions).
@@ -335,7 +339,10 @@ pub fn delta_compress(
         p.start("delta-compressing", plan.size);
     }
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-    out.write_all(&dmx_format::preamble_minor(minor_for(&[&plan])))?;
+    out.write_all(&dmx_format::preamble_minor(minor_for(
+        &[&plan],
+        d.precision,
+    )))?;
     let (entry, pairing) =
         pool.install(|| encode_delta(&base, &plan, &bytes, d, &steps, &mut out, opts))?;
     let index = Index {
@@ -373,9 +380,13 @@ pub fn delta_compress(
     })
 }
 
-/// The format minor version a delta of `files` needs: 3 with a `torch.save` file, else 1.
-pub(crate) fn minor_for(files: &[&PlannedFile]) -> u16 {
-    if files.iter().any(|f| f.kind.is_torch()) {
+/// The format minor version a delta of `files` needs: 4 when quantized, 3 with a
+/// `torch.save` file, else 1.
+pub(crate) fn minor_for(files: &[&PlannedFile], precision: Precision) -> u16 {
+    if precision != Precision::Lossless {
+        // Quantized deltas record per-value errors (format 1.4).
+        4
+    } else if files.iter().any(|f| f.kind.is_torch()) {
         3
     } else {
         1
@@ -418,7 +429,7 @@ pub(crate) fn encode_delta(
     plan: &PlannedFile,
     bytes: &Bytes,
     d: &DeltaOptions,
-    steps: &BTreeMap<String, f64>,
+    steps: &BTreeMap<String, Grid>,
     out: &mut AtomicFile,
     opts: &Options,
 ) -> Result<(dmx_format::Entry, Pairing)> {
@@ -438,7 +449,7 @@ pub(crate) fn encode_delta(
                 pairing.delta_tensors += 1;
                 let coding = match (d.precision.bits(), lossy_layout(seg.value)) {
                     (Some(bits), Some(_)) => Coding::QuantDelta {
-                        step: steps.get(&t.name).copied().unwrap_or(1.0),
+                        grid: steps.get(&t.name).copied().unwrap_or(Grid::Linear(1.0)),
                         bits,
                     },
                     _ => Coding::Delta,
@@ -469,27 +480,46 @@ pub(crate) fn encode_delta(
     Ok((entry, pairing))
 }
 
-/// Quantized precisions: one grid for base and target, shared by role (lossy module docs),
-/// from the larger range of the two (or the grid `d` gives); empty when lossless.
+/// Quantized precisions: one grid for base and target (or the grid `d` gives); empty when
+/// lossless. Linear grids are shared by role (lossy module docs), from the larger range of the
+/// two; a tensor whose values span many binades in the target or the base takes the floating
+/// grid ([`crate::lossy::own_grid`]), whose coordinates need no shared step.
 fn shared_grid(
     d: &DeltaOptions,
     base: &Base,
     plan: &PlannedFile,
     bytes: &[u8],
-) -> BTreeMap<String, f64> {
-    let mut steps: BTreeMap<String, f64> = BTreeMap::new();
-    if let Some(bits) = d.precision.bits() {
-        let from_base = shared_steps(float_tensors(&base.plan, &base.bytes), bits);
-        let from_target = shared_steps(float_tensors(plan, bytes), bits);
-        for (name, s) in from_target {
-            let s = match d.steps.as_ref().and_then(|m| m.get(&name)) {
-                Some(&given) => given,
-                None => s.max(from_base.get(&name).copied().unwrap_or(0.0)),
-            };
-            steps.insert(name, s);
+) -> BTreeMap<String, Grid> {
+    let mut grids = BTreeMap::new();
+    let Some(bits) = d.precision.bits() else {
+        return grids;
+    };
+    let from_base = shared_steps(float_tensors(&base.plan, &base.bytes), bits);
+    let from_target = shared_steps(float_tensors(plan, bytes), bits);
+    let base_data: HashMap<&str, (FloatLayout, &[u8])> = float_tensors(&base.plan, &base.bytes)
+        .map(|(name, _, layout, data)| (name, (layout, data)))
+        .collect();
+    for (name, _, layout, data) in float_tensors(plan, bytes) {
+        if let Some(&given) = d.steps.as_ref().and_then(|m| m.get(name)) {
+            grids.insert(name.to_string(), given);
+            continue;
         }
+        let Some(&target_step) = from_target.get(name) else {
+            continue;
+        };
+        let step = target_step.max(from_base.get(name).copied().unwrap_or(0.0));
+        let float = wants_float(name, layout, data, bits, step)
+            || base_data
+                .get(name)
+                .is_some_and(|&(bl, bd)| bl == layout && wants_float(name, layout, bd, bits, step));
+        let grid = if float {
+            float_for(layout, bits)
+        } else {
+            Grid::Linear(step)
+        };
+        grids.insert(name.to_string(), grid);
     }
-    steps
+    grids
 }
 
 /// The tensors of the base that the target does not have.

@@ -1,12 +1,10 @@
 //! The per-tensor codings of fixed lossy modes, and the checks of lossy settings against
 //! the planned input.
 
-use std::collections::HashMap;
-
 use dmx_codec::{FloatLayout, bfp};
 use dmx_format::SegmentKind;
 
-use super::values::{float_tensors, lossy_layout, own_steps};
+use super::values::lossy_layout;
 use super::{CastTo, Coding, DEFAULT_GROUP_SIZE, DEFAULT_MANTISSA_BITS, LossyOptions, Mode};
 use crate::compress::SegmentData;
 use crate::error::{Error, Result};
@@ -23,12 +21,12 @@ pub(crate) fn fixed_codings(
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Coding>> {
     let keep = opts.keep_set()?;
-    let steps = match opts.mode {
-        Mode::Int16 | Mode::Int32 => {
+    let shared = match opts.mode {
+        Mode::Int16 | Mode::Int32 if opts.shared_grids => {
             let bits = if opts.mode == Mode::Int16 { 16 } else { 32 };
-            own_steps(float_tensors(file, bytes), bits)
+            super::shared_steps(super::float_tensors(file, bytes), bits)
         }
-        _ => HashMap::new(),
+        _ => std::collections::HashMap::new(),
     };
     Ok(file
         .segments
@@ -82,10 +80,15 @@ pub(crate) fn fixed_codings(
                         .min(bfp::max_mantissa_bits(layout)),
                     group_size: opts.group_size.unwrap_or(DEFAULT_GROUP_SIZE),
                 }),
-                Mode::Int16 | Mode::Int32 => Coding::Quant {
-                    step: steps.get(&t.name).copied().unwrap_or(1.0),
-                    bits: if opts.mode == Mode::Int16 { 16 } else { 32 },
-                },
+                Mode::Int16 | Mode::Int32 => {
+                    let bits = if opts.mode == Mode::Int16 { 16 } else { 32 };
+                    let data = bytes.segment_data(s).unwrap_or_default();
+                    let grid = match shared.get(&t.name) {
+                        Some(&step) => super::grid_with_step(&t.name, layout, data, bits, step),
+                        None => super::own_grid(&t.name, layout, data, bits),
+                    };
+                    Coding::Quant { grid, bits }
+                }
             }
         })
         .collect())

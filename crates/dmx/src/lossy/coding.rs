@@ -3,6 +3,8 @@
 use dmx_codec::{FloatLayout, ValueKind, bfp};
 use dmx_format::{ErrorStats, Lossy, LossyMode};
 
+use super::Grid;
+
 /// How one segment is encoded.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Coding {
@@ -10,15 +12,15 @@ pub(crate) enum Coding {
     Lossless,
     /// Block floating point.
     Bfp(bfp::Params),
-    /// Integer grid with this step and width.
-    Quant { step: f64, bits: u32 },
+    /// On an integer grid of this width.
+    Quant { grid: Grid, bits: u32 },
     /// Rounded to a 16-bit layout.
     Cast(FloatLayout),
     /// Lossless, relative to the base tensor (or standalone, per chunk, when smaller).
     Delta,
     /// On an integer grid, relative to the base tensor (or standalone, per chunk, when
     /// smaller: both decode to the same values).
-    QuantDelta { step: f64, bits: u32 },
+    QuantDelta { grid: Grid, bits: u32 },
 }
 
 impl Coding {
@@ -42,19 +44,24 @@ impl Coding {
 
     /// The index record of a lossy coding with its measured error.
     pub(crate) fn record(self, error: ErrorStats) -> Option<Lossy> {
+        let mut float_grid = false;
         let (mode, mantissa_bits, group_size, step) = match self {
             Coding::Lossless | Coding::Delta => return None,
             Coding::Bfp(p) => (LossyMode::Bfp, p.mantissa_bits as u8, p.group_size, 0.0),
-            Coding::Quant { step, bits } | Coding::QuantDelta { step, bits } => (
-                if bits == 16 {
+            Coding::Quant { grid, bits } | Coding::QuantDelta { grid, bits } => {
+                let mode = if bits == 16 {
                     LossyMode::Int16
                 } else {
                     LossyMode::Int32
-                },
-                0,
-                0,
-                step,
-            ),
+                };
+                match grid {
+                    Grid::Linear(step) => (mode, 0, 0, step),
+                    Grid::Float(m) => {
+                        float_grid = true;
+                        (mode, m as u8, 0, 0.0)
+                    }
+                }
+            }
             Coding::Cast(l) => (
                 if l == FloatLayout::BF16 {
                     LossyMode::CastBf16
@@ -71,7 +78,7 @@ impl Coding {
             mantissa_bits,
             group_size,
             step,
-            float_grid: false,
+            float_grid,
             error,
         })
     }
@@ -113,18 +120,28 @@ impl Coding {
             Coding::Lossless | Coding::Delta => {
                 return dmx_codec::encode_with(value, data, hints);
             }
-            Coding::QuantDelta { step, bits } => {
-                let (payload, entropy_bits) = dmx_codec::quant::encode(layout, data, step, bits);
+            Coding::QuantDelta { grid, bits } => {
+                let (codec, (payload, entropy_bits)) = quantize(layout, data, grid, bits);
                 let alone = dmx_codec::Encoded {
-                    codec: dmx_codec::Codec::Quant,
+                    codec,
                     payload,
                     entropy_bits,
                 };
                 match base {
                     None => (alone.codec, (alone.payload, alone.entropy_bits)),
                     Some(base) => {
-                        let (payload, entropy_bits) =
-                            dmx_codec::delta::encode_quantized(layout, base, data, step, bits);
+                        let (payload, entropy_bits) = match grid.fraction_bits(layout) {
+                            None => dmx_codec::delta::encode_quantized(
+                                layout,
+                                base,
+                                data,
+                                step_of(grid),
+                                bits,
+                            ),
+                            Some(m) => {
+                                dmx_codec::delta::encode_float_quantized(layout, base, data, m)
+                            }
+                        };
                         let best = smaller(
                             alone,
                             dmx_codec::Encoded {
@@ -138,10 +155,7 @@ impl Coding {
                 }
             }
             Coding::Bfp(p) => (dmx_codec::Codec::Bfp, bfp::encode(layout, data, 0, p)),
-            Coding::Quant { step, bits } => (
-                dmx_codec::Codec::Quant,
-                dmx_codec::quant::encode(layout, data, step, bits),
-            ),
+            Coding::Quant { grid, bits } => quantize(layout, data, grid, bits),
             Coding::Cast(to) => (
                 dmx_codec::Codec::Cast,
                 dmx_codec::cast::encode(to, data, hints),
@@ -160,5 +174,32 @@ impl Coding {
             payload,
             entropy_bits,
         }
+    }
+}
+
+/// A chunk on `grid` alone: codec 5 (linear) or 9 (floating).
+fn quantize(
+    layout: FloatLayout,
+    data: &[u8],
+    grid: Grid,
+    bits: u32,
+) -> (dmx_codec::Codec, (Vec<u8>, f64)) {
+    match grid.fraction_bits(layout) {
+        None => (
+            dmx_codec::Codec::Quant,
+            dmx_codec::quant::encode(layout, data, step_of(grid), bits),
+        ),
+        Some(m) => (
+            dmx_codec::Codec::FloatQuant,
+            dmx_codec::fquant::encode(layout, data, m),
+        ),
+    }
+}
+
+/// The step of a linear grid (unused for the floating one).
+fn step_of(grid: Grid) -> f64 {
+    match grid {
+        Grid::Linear(step) => step,
+        Grid::Float(_) => 0.0,
     }
 }

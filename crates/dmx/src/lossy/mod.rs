@@ -12,6 +12,7 @@
 
 mod choose;
 mod coding;
+mod grid;
 mod measure;
 mod values;
 
@@ -111,6 +112,10 @@ pub struct LossyOptions {
     pub group_size: Option<u32>,
     /// Largest relative L2 error a tensor may get in [`Mode::Auto`].
     pub max_rel_error: Option<f64>,
+    /// Integer modes: the tensors of a role share one linear grid step (as in deltas and
+    /// chains, which set it for their anchors) instead of each tensor getting its own. Tensors
+    /// that take the floating grid are unaffected.
+    pub shared_grids: bool,
     /// Glob patterns of tensor names that stay lossless whatever the mode.
     pub keep_lossless: Vec<String>,
     /// Round F32 tensors to a 16-bit type before coding (restored as F32).
@@ -185,6 +190,13 @@ impl LossyOptions {
                     "applies only to mode auto",
                 ));
             }
+        }
+        if self.shared_grids && !matches!(self.mode, Mode::Int16 | Mode::Int32) {
+            return Err(Error::option(
+                "shared_grids",
+                true,
+                "applies only to modes int16 and int32",
+            ));
         }
         if self.allow_cast_overflow && self.cast.is_none() {
             return Err(Error::option(
@@ -321,8 +333,10 @@ pub fn json_opt_f64<S: serde::Serializer>(
 
 pub(crate) use choose::{fixed_codings, plan_warnings};
 pub(crate) use coding::Coding;
+pub use grid::Grid;
+pub(crate) use grid::{float_for, grid_with_step, own_grid, wants_float};
 pub(crate) use measure::ErrorAcc;
-pub(crate) use values::{float_tensors, lossy_layout, max_abs, raw, shared_steps, sum_sq};
+pub(crate) use values::{float_tensors, lossy_layout, raw, shared_steps, sum_sq};
 
 #[cfg(test)]
 mod tests {

@@ -143,23 +143,6 @@ pub(crate) fn step_group(name: &str, dtype: &str, values: u64) -> Option<String>
     })
 }
 
-/// Integer steps per tensor name for `bits`, each tensor on a grid of its own
-/// (`max |x| / qmax`): what single files use, where no other file's values need the same
-/// integer coordinates.
-pub(crate) fn own_steps<'a>(
-    tensors: impl Iterator<Item = (&'a str, &'a str, FloatLayout, &'a [u8])>,
-    bits: u32,
-) -> HashMap<String, f64> {
-    tensors
-        .map(|(name, _, layout, data)| {
-            (
-                name.to_string(),
-                grid::step_for(max_abs(layout, data), bits),
-            )
-        })
-        .collect()
-}
-
 /// Integer steps per tensor name for `bits`, shared by role (see the module docs), computed
 /// from the data of `files` (`read` gives a tensor's bytes).
 pub(crate) fn shared_steps<'a>(

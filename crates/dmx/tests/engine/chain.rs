@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use common::{Rng, Tensor};
 use dmx::chain::{ChainEntryKind, ChainManifest, read_manifest};
-use dmx::dmx_codec::{FloatLayout, ValueKind, grid};
+use dmx::dmx_codec::{FloatLayout, ValueKind};
+use dmx::lossy::Grid;
 use dmx::{Archive, ChainOptions, Options, Precision};
 use proptest::prelude::*;
 
@@ -168,13 +169,18 @@ fn restore_all(dir: &Path, out: &Path) -> Vec<Vec<u8>> {
 }
 
 /// Grid steps of a quantized anchor, exact, from its archive's index.
-fn anchor_grid(dir: &Path, m: &ChainManifest, index: usize) -> BTreeMap<String, f64> {
+fn anchor_grid(dir: &Path, m: &ChainManifest, index: usize) -> BTreeMap<String, Grid> {
     let anchor = &m.entries[m.anchor_of(index)];
     let archive = Archive::open(&dir.join(&anchor.file)).unwrap();
     let mut steps = BTreeMap::new();
     for t in archive.tensors() {
         if let Some(l) = t.segment.transform.lossy() {
-            steps.insert(t.info.name.clone(), l.step);
+            let grid = if l.float_grid {
+                Grid::Float(u32::from(l.mantissa_bits))
+            } else {
+                Grid::Linear(l.step)
+            };
+            steps.insert(t.info.name.clone(), grid);
         }
     }
     // The manifest records the same steps, exactly.
@@ -184,11 +190,11 @@ fn anchor_grid(dir: &Path, m: &ChainManifest, index: usize) -> BTreeMap<String, 
 
 /// `tensors` with every value of a tensor listed in `steps` replaced by its grid point
 /// (values off the grid's range kept exactly), as a safetensors file.
-fn quantized(tensors: &[Tensor], steps: &BTreeMap<String, f64>, bits: u32) -> Vec<u8> {
+fn quantized(tensors: &[Tensor], steps: &BTreeMap<String, Grid>, bits: u32) -> Vec<u8> {
     let mapped: Vec<Tensor> = tensors
         .iter()
         .map(|t| {
-            let Some(&step) = steps.get(&t.name) else {
+            let Some(&g) = steps.get(&t.name) else {
                 return t.clone();
             };
             let layout = match t.dtype.as_str() {
@@ -202,10 +208,7 @@ fn quantized(tensors: &[Tensor], steps: &BTreeMap<String, f64>, bits: u32) -> Ve
                 let mut raw = [0u8; 8];
                 raw[..w].copy_from_slice(c);
                 let raw = u64::from_le_bytes(raw);
-                let out = match grid::quantize(grid::to_f64(layout, raw), step, bits) {
-                    Some(q) => grid::dequantize(layout, q, step),
-                    None => raw,
-                };
+                let out = g.snap(layout, bits, raw);
                 data.extend_from_slice(&out.to_le_bytes()[..w]);
             }
             Tensor::new(&t.name, &t.dtype, &t.shape.clone(), data)

@@ -7,6 +7,7 @@ use dmx_testkit as common;
 use std::path::{Path, PathBuf};
 
 use common::{Layout, Mode, Tensor, plain, safetensors, scratch, write};
+use dmx::lossy::Grid;
 use dmx::{DeltaOptions, Options, Precision};
 
 fn quiet() -> Options {
@@ -229,7 +230,7 @@ fn corrupt_or_truncated_deltas_fail_without_output() {
 }
 
 /// The grid value of every element of `t` (escapes exact), as the quantized delta restores it.
-fn on_grid(t: &Tensor, step: f64, bits: u32) -> Vec<u8> {
+fn on_grid(t: &Tensor, grid: Grid, bits: u32) -> Vec<u8> {
     let layout = match t.dtype.as_str() {
         "F32" => dmx::dmx_codec::FloatLayout::F32,
         "BF16" => dmx::dmx_codec::FloatLayout::BF16,
@@ -242,9 +243,7 @@ fn on_grid(t: &Tensor, step: f64, bits: u32) -> Vec<u8> {
         let mut x = [0u8; 8];
         x[..w].copy_from_slice(c);
         let raw = u64::from_le_bytes(x);
-        let v = dmx::dmx_codec::grid::to_f64(layout, raw);
-        let q = dmx::dmx_codec::grid::quantize(v, step, bits);
-        let r = q.map_or(raw, |q| dmx::dmx_codec::grid::dequantize(layout, q, step));
+        let r = grid.snap(layout, bits, raw);
         out.extend_from_slice(&r.to_le_bytes()[..w]);
     }
     out
@@ -266,8 +265,13 @@ fn quantized_deltas_restore_the_targets_grid_values() {
             let range = seg.offset as usize..(seg.offset + seg.len) as usize;
             let want = match seg.transform.lossy() {
                 Some(l) => {
-                    assert_eq!(r.steps.get(&t.name), Some(&l.step), "{}", t.name);
-                    on_grid(t, l.step, bits)
+                    let grid = if l.float_grid {
+                        Grid::Float(u32::from(l.mantissa_bits))
+                    } else {
+                        Grid::Linear(l.step)
+                    };
+                    assert_eq!(r.steps.get(&t.name), Some(&grid), "{}", t.name);
+                    on_grid(t, grid, bits)
                 }
                 None => t.data.clone(),
             };

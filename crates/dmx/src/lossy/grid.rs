@@ -1,0 +1,222 @@
+//! The integer grids of quantized tensors, and which one a tensor gets.
+//!
+//! A *linear* grid holds the integer multiples of a step (codecs 5 and 7 variant 8): the
+//! absolute error is at most half a step everywhere, so small values lose their relative
+//! precision and values below half a step become 0. A *floating* grid keeps `m` fraction bits
+//! of every value (codecs 9 and 7 variant 9): the relative error is at most `2^−(m+1)`
+//! everywhere and no non-zero value becomes 0. Weights sit in a few binades and take the linear
+//! grid (fewer bits for the same norm error); tensors whose values span many binades — Adam
+//! second moments, running variances, heavy-tailed first moments — take the floating one.
+
+use dmx_codec::{FloatLayout, fgrid, grid};
+
+use super::values::max_abs;
+use crate::names::{Component, component};
+
+/// The integer grid of one quantized tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Grid {
+    /// Integer multiples of this step (codec 5; codec 7 variant 8).
+    Linear(f64),
+    /// This many fraction bits of every value kept (codec 9; codec 7 variant 9).
+    Float(u32),
+}
+
+impl Grid {
+    /// The text form used in chain manifests and reports: the step as an exact decimal
+    /// (`"0.000030518509475997192"`), or `"float:M"`.
+    pub fn to_text(self) -> String {
+        match self {
+            Grid::Linear(step) => format!("{step:?}"),
+            Grid::Float(m) => format!("float:{m}"),
+        }
+    }
+
+    /// Parses [`Grid::to_text`]; `None` for anything else (a step must be finite and > 0).
+    pub fn from_text(s: &str) -> Option<Grid> {
+        if let Some(m) = s.strip_prefix("float:") {
+            return m.parse().ok().filter(|&m| m <= 52).map(Grid::Float);
+        }
+        s.parse()
+            .ok()
+            .filter(|x: &f64| x.is_finite() && *x > 0.0)
+            .map(Grid::Linear)
+    }
+
+    /// The integer coordinate of a value of bits `raw` on this grid of width `bits`, `None`
+    /// when the value is off the grid (stored exactly).
+    pub(crate) fn coordinate(self, layout: FloatLayout, bits: u32, raw: u64) -> Option<i64> {
+        match self {
+            Grid::Linear(step) => grid::quantize(grid::to_f64(layout, raw), step, bits),
+            Grid::Float(m) => fgrid::coordinate(layout, m, raw),
+        }
+    }
+
+    /// What a value of bits `raw` restores as on this grid of width `bits`: its grid point, or
+    /// itself when it is off the grid (stored exactly).
+    pub fn snap(self, layout: FloatLayout, bits: u32, raw: u64) -> u64 {
+        match self {
+            Grid::Linear(step) => grid::quantize(grid::to_f64(layout, raw), step, bits)
+                .map_or(raw, |q| grid::dequantize(layout, q, step)),
+            Grid::Float(m) => fgrid::coordinate(layout, m, raw)
+                .and_then(|q| fgrid::value(layout, m, q))
+                .unwrap_or(raw),
+        }
+    }
+
+    /// The floating grid's fraction bits for this layout, capped at what the layout has.
+    pub(crate) fn fraction_bits(self, layout: FloatLayout) -> Option<u32> {
+        match self {
+            Grid::Float(m) => Some(m.min(fgrid::max_fraction_bits(layout))),
+            Grid::Linear(_) => None,
+        }
+    }
+}
+
+impl serde::Serialize for Grid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Grid::Linear(step) => s.serialize_f64(step),
+            Grid::Float(m) => s.serialize_str(&format!("float:{m}")),
+        }
+    }
+}
+
+/// Fraction bits of the floating grid for an integer width: 16-bit grids keep 10 (relative
+/// error at most 2^−11, about 4.9e-4, on every value), 32-bit grids every bit of the dtype.
+pub fn float_fraction_bits(bits: u32) -> u32 {
+    if bits >= 32 {
+        23
+    } else {
+        bits.saturating_sub(6)
+    }
+}
+
+/// The grid a tensor of `layout` values gets at width `bits` when no other file needs the
+/// same coordinates: the floating grid for second moments (whatever their values: none may
+/// become 0) and for values that span so many binades that the linear grid would give the
+/// median non-zero magnitude fewer significant bits than the floating grid gives every value;
+/// else the linear grid of step `max |x| / qmax`.
+pub(crate) fn own_grid(name: &str, layout: FloatLayout, data: &[u8], bits: u32) -> Grid {
+    let step = grid::step_for(max_abs(layout, data), bits);
+    grid_with_step(name, layout, data, bits, step)
+}
+
+/// The linear grid of `step`, or the floating grid when the tensor wants it
+/// ([`wants_float`]).
+pub(crate) fn grid_with_step(
+    name: &str,
+    layout: FloatLayout,
+    data: &[u8],
+    bits: u32,
+    step: f64,
+) -> Grid {
+    if wants_float(name, layout, data, bits, step) {
+        float_for(layout, bits)
+    } else {
+        Grid::Linear(step)
+    }
+}
+
+/// The floating grid of width `bits` for `layout`.
+pub(crate) fn float_for(layout: FloatLayout, bits: u32) -> Grid {
+    Grid::Float(float_fraction_bits(bits).min(fgrid::max_fraction_bits(layout)))
+}
+
+/// Whether a tensor takes the floating grid rather than a linear one of `step` (see
+/// [`own_grid`]).
+pub(crate) fn wants_float(
+    name: &str,
+    layout: FloatLayout,
+    data: &[u8],
+    bits: u32,
+    step: f64,
+) -> bool {
+    if !fgrid::supports(layout) || data.is_empty() {
+        return false;
+    }
+    if component(name) == Component::ExpAvgSq {
+        return true;
+    }
+    let Some(median) = median_nonzero(layout, data) else {
+        return false;
+    };
+    // Significant bits of the median on the linear grid: log2(median / step).
+    median / step < f64::from(1u32 << float_fraction_bits(bits).min(30))
+}
+
+/// The median finite non-zero magnitude of a sample of at most 65,536 evenly spaced values.
+fn median_nonzero(layout: FloatLayout, data: &[u8]) -> Option<f64> {
+    const SAMPLE: usize = 1 << 16;
+    let w = layout.bytes();
+    let n = data.len() / w;
+    let stride = n.div_ceil(SAMPLE).max(1);
+    let mut mags: Vec<f64> = (0..n)
+        .step_by(stride)
+        .map(|i| grid::to_f64(layout, super::raw(&data[i * w..(i + 1) * w])).abs())
+        .filter(|x| x.is_finite() && *x > 0.0)
+        .collect();
+    if mags.is_empty() {
+        return None;
+    }
+    let mid = mags.len() / 2;
+    let (_, m, _) = mags.select_nth_unstable_by(mid, f64::total_cmp);
+    Some(*m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32s(v: impl IntoIterator<Item = f32>) -> Vec<u8> {
+        v.into_iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn text_form_round_trips() {
+        for g in [
+            Grid::Linear(3.0 / 32767.0),
+            Grid::Linear(0.5),
+            Grid::Float(10),
+        ] {
+            assert_eq!(Grid::from_text(&g.to_text()), Some(g));
+        }
+        for bad in ["", "float:", "float:99", "0", "-1", "inf", "NaN", "x"] {
+            assert_eq!(Grid::from_text(bad), None, "{bad}");
+        }
+    }
+
+    /// Weight-like values take a linear grid; values spanning many binades, and every second
+    /// moment, take the floating one.
+    #[test]
+    fn grid_choice() {
+        let mut s = 1u64;
+        let mut next = move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let weights: Vec<f32> = (0..10_000).map(|_| (next() as f32 - 0.5) * 0.1).collect();
+        let wide: Vec<f32> = (0..10_000)
+            .map(|_| 10f32.powf(-(next() as f32) * 12.0))
+            .collect();
+        let w = f32s(weights);
+        let v = f32s(wide);
+        let l = FloatLayout::F32;
+        assert!(matches!(
+            own_grid("h.0.mlp.weight", l, &w, 16),
+            Grid::Linear(_)
+        ));
+        assert_eq!(own_grid("h.0.mlp.weight", l, &v, 16), Grid::Float(10));
+        assert_eq!(
+            own_grid("optimizer.state.3.exp_avg_sq", l, &w, 16),
+            Grid::Float(10)
+        );
+        assert!(matches!(
+            own_grid("x", l, &f32s([0.0; 8]), 16),
+            Grid::Linear(_)
+        ));
+        assert_eq!(own_grid("x", l, &v, 32), Grid::Float(23));
+    }
+}
