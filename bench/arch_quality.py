@@ -354,8 +354,11 @@ def run_cmd(cmd, timeout):
     dt = time.perf_counter() - t
     err = None
     if p.returncode != 0:
-        tail = " | ".join((p.stderr or p.stdout).strip().splitlines()[-2:])
-        err = f"exit {p.returncode}: {tail}"
+        # The last two meaningful lines (Python tracebacks end with a `^^^^` marker line);
+        # no `|`, which would break the Markdown table.
+        lines = [ln.strip() for ln in (p.stderr or p.stdout).splitlines()
+                 if ln.strip() and set(ln.strip()) - set("^~ ")]
+        err = f"exit {p.returncode}: " + " / ".join(lines[-2:]).replace("|", "/")
     return dt, err
 
 

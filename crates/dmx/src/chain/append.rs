@@ -119,7 +119,7 @@ pub(super) fn append_all(
         },
         // Later checkpoints keep the anchor's coordinates: a step shared by role leaves the
         // smaller layers headroom.
-        shared_grids: true,
+        shared_grids: m.precision != Precision::Lossless,
         ..LossyOptions::default()
     };
     let pool = opts.pool()?;

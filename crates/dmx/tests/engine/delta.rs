@@ -277,7 +277,11 @@ fn quantized_deltas_restore_the_targets_grid_values() {
             };
             assert_eq!(&got[range], &want[..], "{precision:?}: {}", t.name);
         }
-        assert!(!dmx::delta_info(&d).unwrap().lossless);
+        // At int32 the floating grid keeps every bit of an F32: a tensor on it is stored
+        // exactly, and may make the whole delta exact.
+        if precision == Precision::Int16 {
+            assert!(!dmx::delta_info(&d).unwrap().lossless);
+        }
     }
 }
 

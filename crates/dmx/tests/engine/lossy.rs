@@ -158,7 +158,7 @@ fn integer_modes_and_cast_round_trip() {
 }
 
 #[test]
-fn integer_steps_are_shared_by_role() {
+fn integer_steps_are_per_tensor_or_shared_by_role() {
     let dir = scratch();
     let tensors = vec![
         Tensor::generated("h.0.mlp.w", "F32", &[64, 100], Mode::Weights, 1),
@@ -168,15 +168,47 @@ fn integer_steps_are_shared_by_role() {
     let input = dir.path().join("m.safetensors");
     write(&input, &plain(&tensors));
     let packed = dir.path().join("m.dmx");
-    let lossy = LossyOptions {
-        mode: LossyMode::Int16,
-        ..Default::default()
+    let steps = |shared_grids: bool| {
+        let lossy = LossyOptions {
+            mode: LossyMode::Int16,
+            shared_grids,
+            ..Default::default()
+        };
+        let _ = std::fs::remove_file(&packed);
+        dmx::compress_with(&input, &packed, &lossy, &quiet()).unwrap();
+        let a = Archive::open(&packed).unwrap();
+        ["h.0.mlp.w", "h.1.mlp.w", "h.1.attn.w"].map(|n| {
+            let l = a
+                .tensor(n)
+                .unwrap()
+                .segment
+                .transform
+                .lossy()
+                .unwrap()
+                .clone();
+            assert!(
+                !l.float_grid && l.step > 0.0,
+                "{n}: weights take a linear grid"
+            );
+            l.step
+        })
     };
-    dmx::compress_with(&input, &packed, &lossy, &quiet()).unwrap();
-    let a = Archive::open(&packed).unwrap();
-    let step = |n: &str| a.tensor(n).unwrap().segment.transform.lossy().unwrap().step;
-    assert_eq!(step("h.0.mlp.w"), step("h.1.mlp.w"));
-    assert!(step("h.0.mlp.w") > 0.0);
+    // Single files: each tensor on its own grid, max |x| / 32767.
+    let own = steps(false);
+    assert_ne!(own[0], own[1]);
+    for (t, step) in tensors.iter().zip(own) {
+        let max = t
+            .data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()).abs())
+            .fold(0f32, f32::max);
+        assert_eq!(step, f64::from(max) / 32767.0, "{}", t.name);
+    }
+    // Shared by role: the two layers of `mlp.w` share the larger step.
+    let shared = steps(true);
+    assert_eq!(shared[0], shared[1]);
+    assert_eq!(shared[0], own[0].max(own[1]));
+    assert_eq!(shared[2], own[2]);
 }
 
 #[test]

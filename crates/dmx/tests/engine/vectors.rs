@@ -51,7 +51,7 @@ const BROKEN: &[(&str, &str)] = &[
     ("x-version-2.dmx", "unsupported major version 2"),
     (
         "x-unknown-codec.dmx",
-        "unknown codec id 9 (index checksum fixed up)",
+        "unknown codec id 250 (index checksum fixed up)",
     ),
     ("x-truncated.dmx", "truncated to half its length"),
     (
@@ -269,7 +269,7 @@ fn broken(good: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
                     .iter_mut()
                     .find(|s| !s.chunks.is_empty())
                     .expect("a chunk");
-                seg.chunks[0].codec = 9;
+                seg.chunks[0].codec = 250;
                 b[o..o + l].copy_from_slice(&index.to_bytes());
                 fix_index_checksum(&mut b);
             }
@@ -422,7 +422,8 @@ fn listed_files_are_the_committed_ones() {
                     name.as_str(),
                     "vectors.txt" | "expected.txt" | "README.md" | ".gitattributes"
                 )
-                || name == CHAIN_DIR,
+                || name == CHAIN_DIR
+                || name == OLD_DIR,
             "tests/vectors/{name} is not listed in vectors.txt"
         );
     }
@@ -558,7 +559,7 @@ fn broken_vectors_fail_to_open() {
                 FormatError::UnsupportedVersion { major: 2, minor: 0 }
             ),
             ("x-unknown-codec.dmx", dmx::Error::Corrupt { .. }) => {
-                msg.contains("unknown codec id 9")
+                msg.contains("unknown codec id 250")
             }
             ("x-truncated.dmx", dmx::Error::Format { source, .. }) => {
                 *source == FormatError::NoTrailer
@@ -1062,6 +1063,38 @@ fn chunk_cases() -> Vec<ChunkCase> {
             &[8],
         );
     }
+    // Codec 7 variant 9: a quantized delta on the floating grid (Adam-like second moments:
+    // values over 24 binades, each moved a little), with escapes.
+    let moments = |seed: u64| -> Vec<f32> {
+        let mut next = rng(seed);
+        (0..512)
+            .map(|_| {
+                let u = (next() % 1_000_000) as f32 / 1_000_000.0;
+                let w = (next() % 1000 + 1) as f32 / 1000.0;
+                w * w * 10f32.powf(-u * 24.0)
+            })
+            .collect()
+    };
+    let v_base = f32_bytes(&moments(90));
+    let v_target = f32_bytes(
+        &moments(90)
+            .iter()
+            .zip(moments(91))
+            .map(|(b, g)| 0.999 * b + 0.001 * g)
+            .collect::<Vec<_>>(),
+    );
+    let mut v_target_esc = v_target.clone();
+    put_specials(&mut v_target_esc, 4, &esc, F32_SPECIALS);
+    let (payload, _) = delta::encode_float_quantized(FloatLayout::F32, &v_base, &v_target_esc, 10);
+    add(
+        "quant-delta-f32-float10",
+        Codec::QuantDelta,
+        Some(v_base.clone()),
+        v_target_esc,
+        payload,
+        (4, esc.clone()),
+        &[9],
+    );
     // Codec 8, cast to bfloat16 and to half.
     for (i, (name, to)) in [
         ("cast-bf16", FloatLayout::BF16),
@@ -1091,6 +1124,30 @@ fn chunk_cases() -> Vec<ChunkCase> {
             &[],
         );
     }
+    // Codec 9, the floating grid alone: F32 second moments at 10 fraction bits, BF16 at 4,
+    // with escapes (NaN, ±Inf, a subnormal).
+    let mut data = v_target.clone();
+    put_specials(&mut data, 4, &esc, F32_SPECIALS);
+    add(
+        "fquant-f32-m10",
+        Codec::FloatQuant,
+        None,
+        data.clone(),
+        codec::fquant::encode(FloatLayout::F32, &data, 10).0,
+        (4, esc.clone()),
+        &[],
+    );
+    let mut data = bf16_bytes(&moments(92));
+    put_specials(&mut data, 2, &esc, BF16_SPECIALS);
+    add(
+        "fquant-bf16-m4",
+        Codec::FloatQuant,
+        None,
+        data.clone(),
+        codec::fquant::encode(FloatLayout::BF16, &data, 4).0,
+        (2, esc.clone()),
+        &[],
+    );
     cases
 }
 
@@ -1303,6 +1360,60 @@ fn require_same(what: &str, fresh: &[u8], committed: &[u8]) {
     }
 }
 
+/// Lossy vectors written by format 1.3 writers (before the BFP encoder's saturation, the
+/// per-tensor integer steps and the extended lossy records of 1.4), kept as they were: they
+/// are never blessed again.
+const OLD_DIR: &str = "v1.3";
+
+/// Archives and chunks written by earlier versions still decode to what they decoded to then.
+#[test]
+fn lossy_vectors_of_format_1_3_still_decode() {
+    let dir = vectors().join(OLD_DIR);
+    let text = std::fs::read_to_string(dir.join("expected.txt")).expect("v1.3/expected.txt");
+    let cases = chunk_cases();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let mut seen = 0;
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name, fields) = line.split_once(": ").expect("name: fields");
+        let want = fields
+            .split(' ')
+            .find_map(|f| f.strip_prefix("decoded="))
+            .expect("decoded=");
+        let committed = std::fs::read(dir.join(name)).expect("old vector");
+        let decoded = if name.starts_with("chunk-") {
+            let case = cases
+                .iter()
+                .find(|c| c.file == name)
+                .unwrap_or_else(|| panic!("{name}: no chunk case of that name"));
+            let mut out = vec![0u8; case.input.len()];
+            codec::decode_with_base(case.codec, &committed, case.base.as_deref(), &mut out)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            out
+        } else {
+            let out = scratch.path().join(name);
+            if name.ends_with(".dmxd") {
+                dmx::delta_reconstruct(
+                    &vectors().join(LOSSY_INPUT),
+                    &dir.join(name),
+                    &out,
+                    &opts(),
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            } else {
+                dmx::decompress(&dir.join(name), &out, &opts())
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            std::fs::read(&out).expect("restored")
+        };
+        assert_eq!(blake3_hex(&decoded), want, "v1.3/{name}");
+        seen += 1;
+    }
+    assert_eq!(seen, 10, "every old vector was checked");
+}
+
 #[test]
 fn chunk_vectors_of_codecs_4_to_8_decode_and_are_reproduced() {
     let exp = expected();
@@ -1311,7 +1422,7 @@ fn chunk_vectors_of_codecs_4_to_8_decode_and_are_reproduced() {
     codecs.dedup();
     assert_eq!(
         codecs,
-        [4, 5, 6, 7, 8],
+        [4, 5, 6, 7, 8, 9],
         "every lossy and delta codec has chunk vectors"
     );
     for case in &cases {
