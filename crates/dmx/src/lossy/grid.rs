@@ -5,8 +5,9 @@
 //! precision and values below half a step become 0. A *floating* grid keeps `m` fraction bits
 //! of every value (codecs 9 and 7 variant 9): the relative error is at most `2^−(m+1)`
 //! everywhere and no non-zero value becomes 0. Weights sit in a few binades and take the linear
-//! grid (fewer bits for the same norm error); tensors whose values span many binades — Adam
-//! second moments, running variances, heavy-tailed first moments — take the floating one.
+//! grid (fewer bits for the same norm error); Adam's moments (read in the ratio
+//! `m / (√v + ε)`) and tensors whose values span many binades — running variances,
+//! heavy-tailed activations statistics — take the floating one.
 
 use dmx_codec::{FloatLayout, fgrid, grid};
 
@@ -93,8 +94,8 @@ pub fn float_fraction_bits(bits: u32) -> u32 {
 }
 
 /// The grid a tensor of `layout` values gets at width `bits` when no other file needs the
-/// same coordinates: the floating grid for second moments (whatever their values: none may
-/// become 0) and for values that span so many binades that the linear grid would give the
+/// same coordinates: the floating grid for Adam's moments (whatever their values: the update
+/// `m / (√v + ε)` needs each value's relative precision, and none may become 0) and for values that span so many binades that the linear grid would give the
 /// median non-zero magnitude fewer significant bits than the floating grid gives every value;
 /// else the linear grid of step `max |x| / qmax`.
 pub(crate) fn own_grid(name: &str, layout: FloatLayout, data: &[u8], bits: u32) -> Grid {
@@ -135,7 +136,7 @@ pub(crate) fn wants_float(
     if !fgrid::supports(layout) || data.is_empty() {
         return false;
     }
-    if component(name) == Component::ExpAvgSq {
+    if matches!(component(name), Component::ExpAvg | Component::ExpAvgSq) {
         return true;
     }
     let Some(median) = median_nonzero(layout, data) else {
