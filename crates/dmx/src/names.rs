@@ -105,7 +105,7 @@ const OTHER_STATE: &[&str] = &[
     "state_steps",
 ];
 
-fn segments(name: &str) -> Vec<String> {
+pub(crate) fn segments(name: &str) -> Vec<String> {
     name.split(['.', '/'])
         .filter(|s| !s.is_empty())
         .map(str::to_ascii_lowercase)

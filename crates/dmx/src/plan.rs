@@ -451,7 +451,7 @@ pub const PACK_SIZE: u64 = 4 << 20;
 
 /// Size of the 1.0 index of a lossless archive of `files`, less its 9-byte start: what each
 /// entry, segment and chunk record costs, names included.
-fn index_estimate(files: &[PlannedFile]) -> u64 {
+pub(crate) fn index_estimate(files: &[PlannedFile]) -> u64 {
     files
         .iter()
         .map(|f| {

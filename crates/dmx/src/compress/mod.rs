@@ -152,7 +152,11 @@ fn start_archive(
             }
         }
     }
-    let (minor, flags) = if big_index {
+    // Lossy archives (format 1.4, which every reader of lossy records reads) compress any index
+    // that is not tiny: lossy records add 86 bytes per tensor.
+    let compress_index =
+        big_index || (!lossy.is_lossless() && crate::plan::index_estimate(files) > 4000);
+    let (minor, flags) = if compress_index {
         (2, dmx_format::FLAG_COMPRESSED_INDEX)
     } else {
         (u16::from(!lossy.is_lossless()), 0)

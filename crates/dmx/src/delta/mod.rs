@@ -36,9 +36,7 @@ use crate::compress::{BaseTensor, encode_entry, finish_archive};
 use crate::error::{Error, Result};
 use crate::io::Bytes;
 use crate::io::{AtomicFile, check_distinct};
-use crate::lossy::{
-    Coding, Grid, float_for, float_tensors, lossy_layout, shared_steps, wants_float,
-};
+use crate::lossy::{Coding, Grid, float_bits, float_tensors, lossy_layout, shared_steps};
 use crate::plan::{PlannedFile, dtype_bits, plan_input};
 
 /// How the target's float tensors are stored.
@@ -508,14 +506,14 @@ fn shared_grid(
             continue;
         };
         let step = target_step.max(from_base.get(name).copied().unwrap_or(0.0));
-        let float = wants_float(name, layout, data, bits, step)
-            || base_data
-                .get(name)
-                .is_some_and(|&(bl, bd)| bl == layout && wants_float(name, layout, bd, bits, step));
-        let grid = if float {
-            float_for(layout, bits)
-        } else {
-            Grid::Linear(step)
+        // The finer floating grid of the two, when either file wants one.
+        let from_base = base_data
+            .get(name)
+            .filter(|&&(bl, _)| bl == layout)
+            .and_then(|&(_, bd)| float_bits(name, layout, bd, bits, step));
+        let grid = match float_bits(name, layout, data, bits, step).max(from_base) {
+            Some(m) => Grid::Float(m),
+            None => Grid::Linear(step),
         };
         grids.insert(name.to_string(), grid);
     }

@@ -94,17 +94,14 @@ pub fn float_fraction_bits(bits: u32) -> u32 {
 }
 
 /// The grid a tensor of `layout` values gets at width `bits` when no other file needs the
-/// same coordinates: the floating grid for Adam's moments (whatever their values: the update
-/// `m / (√v + ε)` needs each value's relative precision, and none may become 0) and for values that span so many binades that the linear grid would give the
-/// median non-zero magnitude fewer significant bits than the floating grid gives every value;
-/// else the linear grid of step `max |x| / qmax`.
+/// same coordinates: the floating grid where [`float_bits`] wants it, else the linear grid of
+/// step `max |x| / qmax`, which gives weights a smaller error for fewer bits.
 pub(crate) fn own_grid(name: &str, layout: FloatLayout, data: &[u8], bits: u32) -> Grid {
     let step = grid::step_for(max_abs(layout, data), bits);
     grid_with_step(name, layout, data, bits, step)
 }
 
-/// The linear grid of `step`, or the floating grid when the tensor wants it
-/// ([`wants_float`]).
+/// The linear grid of `step`, or the floating grid when the tensor wants it ([`float_bits`]).
 pub(crate) fn grid_with_step(
     name: &str,
     layout: FloatLayout,
@@ -112,38 +109,55 @@ pub(crate) fn grid_with_step(
     bits: u32,
     step: f64,
 ) -> Grid {
-    if wants_float(name, layout, data, bits, step) {
-        float_for(layout, bits)
-    } else {
-        Grid::Linear(step)
+    match float_bits(name, layout, data, bits, step) {
+        Some(m) => Grid::Float(m),
+        None => Grid::Linear(step),
     }
 }
 
-/// The floating grid of width `bits` for `layout`.
-pub(crate) fn float_for(layout: FloatLayout, bits: u32) -> Grid {
-    Grid::Float(float_fraction_bits(bits).min(fgrid::max_fraction_bits(layout)))
-}
+/// Name segments of running variances (batch norm): small tensors read as `x / √(var + ε)`.
+const RUNNING_VARIANCES: &[&str] = &["running_var", "moving_variance"];
 
-/// Whether a tensor takes the floating grid rather than a linear one of `step` (see
-/// [`own_grid`]).
-pub(crate) fn wants_float(
+/// Name segments of other optimizers' squared averages, moments like Adam's `exp_avg_sq`
+/// (which [`component`] recognises).
+const OPTIMIZER_SQUARES: &[&str] = &["square_avg", "max_exp_avg_sq", "max_exp_avg_sqs"];
+
+/// The fraction bits of the floating grid a tensor takes at width `bits`, or `None` for the
+/// linear grid of `step`:
+/// - running variances keep `bits − 1` (15 at int16): every value's error is then at most
+///   `2^−bits · |x|`, no more than the linear grid's `step / 2` and far less for small values;
+/// - Adam's moments (and other optimizers' squared averages) keep `bits − 6` (10 at int16): the
+///   update `m / (√v + ε)` needs every value's relative precision, and a second moment restored
+///   as 0 makes it divide by `ε`;
+/// - so do tensors whose values span so many binades that the linear grid would leave the
+///   median non-zero magnitude fewer than `bits − 12` significant bits (4 at int16).
+///
+/// Capped at the dtype's fraction bits (int32 keeps F32 exactly).
+pub(crate) fn float_bits(
     name: &str,
     layout: FloatLayout,
     data: &[u8],
     bits: u32,
     step: f64,
-) -> bool {
+) -> Option<u32> {
     if !fgrid::supports(layout) || data.is_empty() {
-        return false;
+        return None;
     }
-    if matches!(component(name), Component::ExpAvg | Component::ExpAvgSq) {
-        return true;
+    let cap = |m: u32| Some(m.min(fgrid::max_fraction_bits(layout)));
+    let segments = crate::names::segments(name);
+    let named = |list: &[&str]| segments.iter().any(|s| list.contains(&s.as_str()));
+    if named(RUNNING_VARIANCES) {
+        return cap(bits.saturating_sub(1));
     }
-    let Some(median) = median_nonzero(layout, data) else {
-        return false;
-    };
+    let m = float_fraction_bits(bits);
+    if matches!(component(name), Component::ExpAvg | Component::ExpAvgSq)
+        || named(OPTIMIZER_SQUARES)
+    {
+        return cap(m);
+    }
+    let median = median_nonzero(layout, data)?;
     // Significant bits of the median on the linear grid: log2(median / step).
-    median / step < f64::from(1u32 << float_fraction_bits(bits).min(30))
+    (median / step < f64::from(1u32 << m.min(30).saturating_sub(6))).then(|| cap(m))?
 }
 
 /// The median finite non-zero magnitude of a sample of at most 65,536 evenly spaced values.
