@@ -124,4 +124,35 @@ pub fn info(i: &DeltaInfo) {
         row(k, g);
     }
     row("total", &i.total);
+    if !i.lossless {
+        println!();
+        crate::report::lossy_components(
+            i.components
+                .iter()
+                .filter_map(|(k, g)| Some((k.as_str(), g.lossy.as_ref()?))),
+        );
+        if !i.lossy_tensors.is_empty() {
+            println!();
+            println!(
+                "{:<48} {:<18} {:>9} {:>10} {:>10} {:>7}",
+                "lossy tensor", "mode", "rel L2", "max abs", "max rel", "→0 %"
+            );
+            for t in &i.lossy_tensors {
+                let l = &t.lossy;
+                let mode = match (l.mantissa_bits, l.grid) {
+                    (Some(m), Some("float")) => format!("{} float m{m}", l.mode),
+                    _ => l.mode.to_string(),
+                };
+                println!(
+                    "{:<48} {mode:<18} {:>9.2e} {:>10.3e} {:>10} {:>7}",
+                    t.name,
+                    l.rel_l2,
+                    l.max_abs_error,
+                    l.max_rel_error
+                        .map_or("-".to_string(), |x| format!("{x:.2e}")),
+                    l.zeroed_pct.map_or("-".to_string(), |x| format!("{x:.2}")),
+                );
+            }
+        }
+    }
 }

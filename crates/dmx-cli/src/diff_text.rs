@@ -76,12 +76,19 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>], left: usize) {
     }
 }
 
-fn rollup_cells(r: &Rollup) -> [String; 4] {
+/// A count of float elements: `-` without float data.
+fn count(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".into(), thousands)
+}
+
+fn rollup_cells(r: &Rollup) -> [String; 6] {
     [
         r.tensors.to_string(),
         thousands(r.params),
         percent(r.fraction_changed),
         rel(r.relative_change, r.is_float()),
+        rel(r.max_rel_change, r.is_float()),
+        count(r.zeroed),
     ]
 }
 
@@ -141,6 +148,15 @@ fn summary(out: &mut String, report: &DiffReport, max_names: usize) {
         percent(t.stats.fraction_changed),
         rel(t.stats.relative_change, t.stats.is_float()),
     );
+    if let (Some(nonzero), Some(zeroed)) = (t.stats.nonzero_a, t.stats.zeroed) {
+        let _ = writeln!(
+            out,
+            "per value: largest |B-A|/|A| {}; {} of {} non-zero values of A are 0 in B",
+            rel(t.stats.max_rel_change, true),
+            thousands(zeroed),
+            thousands(nonzero),
+        );
+    }
     if report.identical {
         out.push_str("identical: every tensor has the same name, dtype, shape and bytes\n");
     }
@@ -186,7 +202,15 @@ fn rollups(out: &mut String, report: &DiffReport) {
         .collect();
     table(
         out,
-        &["component", "tensors", "params", "changed", "rel.change"],
+        &[
+            "component",
+            "tensors",
+            "params",
+            "changed",
+            "rel.change",
+            "max rel",
+            "→0",
+        ],
         &rows,
         1,
     );
@@ -210,6 +234,8 @@ fn rollups(out: &mut String, report: &DiffReport) {
             "params",
             "changed",
             "rel.change",
+            "max rel",
+            "→0",
         ],
         &rows,
         2,
@@ -235,6 +261,8 @@ fn rollups(out: &mut String, report: &DiffReport) {
                 "params",
                 "changed",
                 "rel.change",
+                "max rel",
+                "→0",
             ],
             &rows,
             1,
@@ -280,6 +308,8 @@ fn top_lists(out: &mut String, report: &DiffReport, top: usize) {
                     rel(t.relative_change, true),
                     opt(t.cosine, |c| format!("{c:.6}")),
                     opt(t.max_abs_change, |m| format!("{m:.3e}")),
+                    rel(t.max_rel_change, true),
+                    count(t.zeroed),
                 ]
             })
             .collect();
@@ -294,6 +324,8 @@ fn top_lists(out: &mut String, report: &DiffReport, top: usize) {
                 "rel.change",
                 "cosine",
                 "max|B-A|",
+                "max rel",
+                "→0",
             ],
             &rows,
             3,

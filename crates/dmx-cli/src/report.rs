@@ -12,6 +12,36 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_string(), |x| format!("{x:.digits$}"))
 }
 
+/// A relative error or bound in short scientific form (`-` when unknown).
+fn sci(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |x| format!("{x:.2e}"))
+}
+
+/// A percentage of zeroed values (`-` when unknown).
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |x| format!("{x:.2}"))
+}
+
+/// The per-component block of lossy errors: worst relative L2, max abs, max relative
+/// error and the share of non-zero values restored as 0.
+pub fn lossy_components<'a>(rows: impl IntoIterator<Item = (&'a str, &'a dmx::LossyRollup)>) {
+    println!(
+        "{:<12} {:>7} {:>10} {:>10} {:>10} {:>8}",
+        "component", "lossy", "rel L2", "max abs", "max rel", "→0 %"
+    );
+    for (name, l) in rows {
+        println!(
+            "{:<12} {:>7} {:>10} {:>10} {:>10} {:>8}",
+            name,
+            l.tensors,
+            sci(Some(l.max_rel_l2)),
+            sci(Some(l.max_abs_error)),
+            sci(l.max_rel_error),
+            pct(l.zeroed_pct)
+        );
+    }
+}
+
 /// Prints any serializable value as pretty JSON on stdout, exactly (not escaped: serde's
 /// escapes keep it safe and exact).
 pub fn print_json<T: serde::Serialize>(value: &T) {
@@ -129,6 +159,14 @@ pub fn info(path: &Path, s: &Stats, all_tensors: bool) {
             );
         }
     }
+    if !s.lossless {
+        println!();
+        lossy_components(
+            s.components
+                .iter()
+                .filter_map(|c| Some((c.component.as_str(), c.lossy.as_ref()?))),
+        );
+    }
     for f in &s.files {
         println!();
         println!(
@@ -159,26 +197,38 @@ pub fn info(path: &Path, s: &Stats, all_tensors: bool) {
             "bits/w",
             "entropy",
             if s.lossless {
-                ""
+                String::new()
             } else {
-                "  lossy mode     rel L2    max abs   SNR dB"
+                format!(
+                    "  {:<18} {:>9} {:>10} {:>8} {:>10} {:>7} {:>12}",
+                    "lossy mode", "rel L2", "max abs", "SNR dB", "max rel", "→0 %", "bound"
+                )
             }
         );
         for t in &f.tensors {
             let shape = format!("{:?}", t.shape);
             let lossy = match (&t.lossy, s.lossless) {
                 (_, true) => String::new(),
-                (None, false) => format!("  {:<10}", "lossless"),
+                (None, false) => format!("  {:<18}", "lossless"),
                 (Some(l), false) => {
-                    let mode = match (l.mantissa_bits, l.group_size) {
-                        (Some(m), Some(g)) => format!("bfp M{m} G{g}"),
+                    let mode = match (l.mantissa_bits, l.group_size, l.grid) {
+                        (Some(m), Some(g), _) => format!("bfp M{m} G{g}"),
+                        (Some(m), None, Some("float")) => format!("{} float m{m}", l.mode),
                         _ => l.mode.to_string(),
                     };
+                    let bound = match (l.abs_bound, l.rel_bound, l.group_rel_bound) {
+                        (Some(a), _, _) => format!("abs {a:.2e}"),
+                        (_, Some(r), _) => format!("rel {r:.2e}"),
+                        (_, _, Some(g)) => format!("grp {g:.2e}"),
+                        _ => "-".to_string(),
+                    };
                     format!(
-                        "  {mode:<12} {:>9.2e} {:>10.3e} {:>8}",
+                        "  {mode:<18} {:>9.2e} {:>10.3e} {:>8} {:>10} {:>7} {bound:>12}",
                         l.rel_l2,
                         l.max_abs_error,
-                        opt(Some(l.snr_db), 1)
+                        opt(Some(l.snr_db), 1),
+                        sci(l.max_rel_error),
+                        pct(l.zeroed_pct)
                     )
                 }
             };
@@ -212,6 +262,13 @@ pub fn verify(r: &VerifyReport) {
         for p in &f.problems {
             println!("     {p}");
         }
+    }
+    if !r.components.is_empty() {
+        lossy_components(
+            r.components
+                .iter()
+                .map(|c| (c.component.as_str(), &c.errors)),
+        );
     }
     println!(
         "{}",

@@ -98,6 +98,13 @@ pub struct Rollup {
     pub norm_a: Option<f64>,
     /// `‖B−A‖` of the concatenated float tensors.
     pub norm_diff: Option<f64>,
+    /// Largest `|B−A| / |A|` over the finite non-zero elements of `A` of the float tensors
+    /// (`null` without float tensors, or when infinite).
+    pub max_rel_change: Option<f64>,
+    /// Finite non-zero elements of `A` in the float tensors.
+    pub nonzero_a: Option<u64>,
+    /// Of those, the elements that are exactly 0 in `B`.
+    pub zeroed: Option<u64>,
     #[serde(skip)]
     sums: Option<Sums>,
 }
@@ -169,6 +176,14 @@ pub struct TensorDiff {
     pub norm_b: Option<f64>,
     /// `‖B−A‖`; `null` for non-float dtypes.
     pub norm_diff: Option<f64>,
+    /// Largest `|B−A| / |A|` over the finite non-zero elements of `A` (0 when none); `null`
+    /// for non-float dtypes and when infinite.
+    pub max_rel_change: Option<f64>,
+    /// Finite non-zero elements of `A` (with a finite `B`); `null` for non-float dtypes.
+    pub nonzero_a: Option<u64>,
+    /// Of those, the elements that are exactly 0 in `B` (`±0`); `null` for non-float
+    /// dtypes.
+    pub zeroed: Option<u64>,
     /// Elements left out of the float measures because they are NaN or infinite in `A` or
     /// `B`.
     pub nonfinite: u64,
@@ -210,6 +225,12 @@ struct Sums {
     d2: f64,
     ab: f64,
     max_abs: f64,
+    /// Largest `|b − a| / |a|` over finite non-zero `a`.
+    max_rel: f64,
+    /// Finite non-zero `a`.
+    nonzero_a: u64,
+    /// Of those, `b == 0`.
+    zeroed: u64,
     nonfinite: u64,
 }
 
@@ -220,6 +241,9 @@ impl Sums {
         self.d2 += o.d2;
         self.ab += o.ab;
         self.max_abs = self.max_abs.max(o.max_abs);
+        self.max_rel = self.max_rel.max(o.max_rel);
+        self.nonzero_a += o.nonzero_a;
+        self.zeroed += o.zeroed;
         self.nonfinite += o.nonfinite;
     }
 }
@@ -286,7 +310,16 @@ fn float_sums<const N: usize>(a: &[u8], b: &[u8], value: impl Fn([u8; N]) -> f64
             s.b2 += y * y;
             s.ab += x * y;
             s.d2 += d * d;
-            s.max_abs = s.max_abs.max(d.abs());
+            let ad = d.abs();
+            s.max_abs = s.max_abs.max(ad);
+            if x != 0.0 {
+                s.nonzero_a += 1;
+                s.zeroed += u64::from(y == 0.0);
+                // Rarely taken: no division per element.
+                if ad > s.max_rel * x.abs() {
+                    s.max_rel = ad / x.abs();
+                }
+            }
         }
         total.add(&s);
     }
@@ -382,6 +415,9 @@ impl TensorDiff {
             norm_a: sums.and_then(|s| finite(s.a2.sqrt())),
             norm_b: sums.and_then(|s| finite(s.b2.sqrt())),
             norm_diff: sums.and_then(|s| finite(s.d2.sqrt())),
+            max_rel_change: sums.and_then(|s| finite(s.max_rel)),
+            nonzero_a: sums.map(|s| s.nonzero_a),
+            zeroed: sums.map(|s| s.zeroed),
             nonfinite: sums.map_or(0, |s| s.nonfinite),
             sums,
         }
@@ -414,6 +450,9 @@ impl Rollup {
             self.relative_change = relative(s.a2, s.d2);
             self.norm_a = finite(s.a2.sqrt());
             self.norm_diff = finite(s.d2.sqrt());
+            self.max_rel_change = finite(s.max_rel);
+            self.nonzero_a = Some(s.nonzero_a);
+            self.zeroed = Some(s.zeroed);
         }
         self
     }

@@ -67,6 +67,69 @@ pub struct ComponentStats {
     pub stored_bytes: u64,
     /// Stored bits per element.
     pub bits_per_param: Option<f64>,
+    /// The errors of its lossy tensors (`None` when it has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lossy: Option<LossyRollup>,
+}
+
+/// The worst errors over a group of lossy tensors (a checkpoint component).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LossyRollup {
+    /// Lossy tensors in the group.
+    pub tensors: usize,
+    /// Largest relative L2 error of a tensor (`"inf"` when infinite).
+    #[serde(serialize_with = "crate::lossy::json_f64")]
+    pub max_rel_l2: f64,
+    /// Largest absolute error of a value (`"inf"` when infinite).
+    #[serde(serialize_with = "crate::lossy::json_f64")]
+    pub max_abs_error: f64,
+    /// Largest `|x − x̂| / |x|` over finite non-zero values, over the tensors with per-value
+    /// errors (`null` when none has them: records written before format 1.4).
+    #[serde(serialize_with = "crate::lossy::json_opt_f64")]
+    pub max_rel_error: Option<f64>,
+    /// Finite non-zero original values of the tensors with per-value errors.
+    pub nonzero: Option<u64>,
+    /// Of those, the values restored as exactly 0.
+    pub zeroed: Option<u64>,
+    /// `100 · zeroed / nonzero` (0 when `nonzero` is 0).
+    #[serde(serialize_with = "crate::lossy::json_opt_f64")]
+    pub zeroed_pct: Option<f64>,
+}
+
+impl LossyRollup {
+    /// Adds one lossy tensor: its relative L2 error, largest absolute error and per-value
+    /// errors when known.
+    pub fn push(&mut self, rel_l2: f64, max_abs: f64, values: Option<dmx_format::ValueErrors>) {
+        self.tensors += 1;
+        self.max_rel_l2 = nan_max(self.max_rel_l2, rel_l2);
+        self.max_abs_error = nan_max(self.max_abs_error, max_abs);
+        if let Some(v) = values {
+            self.max_rel_error = Some(nan_max(self.max_rel_error.unwrap_or(0.0), v.max_rel));
+            let nonzero = self.nonzero.unwrap_or(0) + v.nonzero;
+            let zeroed = self.zeroed.unwrap_or(0) + v.zeroed;
+            self.nonzero = Some(nonzero);
+            self.zeroed = Some(zeroed);
+            self.zeroed_pct = Some(pct(zeroed, nonzero));
+        }
+    }
+}
+
+/// The larger of two errors, NaN winning (an undefined error must not hide).
+fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+/// `100 · part / whole` (0 when `whole` is 0).
+pub(crate) fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
 }
 
 /// One stored file.
@@ -122,15 +185,39 @@ pub struct TensorStats {
 pub struct LossyStats {
     /// `"bfp"`, `"int16"`, `"int32"`, `"cast-bf16"` or `"cast-f16"`.
     pub mode: &'static str,
-    /// BFP magnitude bits.
+    /// Integer modes: `"linear"` (a grid of [`LossyStats::step`]) or `"float"` (the floating
+    /// grid, with [`LossyStats::mantissa_bits`] fraction bits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grid: Option<&'static str>,
+    /// BFP magnitude bits, or the fraction bits `m` of a floating grid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mantissa_bits: Option<u8>,
     /// BFP group size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_size: Option<u32>,
-    /// Integer grid step.
+    /// Step of a linear integer grid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<f64>,
+    /// Guaranteed bound on `|x − x̂|` of a value on a linear integer grid: `step / 2`.
+    /// The restored value `q · step` is also rounded to the dtype, which adds at most half
+    /// an ulp of `x̂` (docs/CODECS.md §8.5); values off the grid are stored exactly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abs_bound: Option<f64>,
+    /// Guaranteed bound on `|x − x̂| / |x|` of a normal value: `2^−(m+1)` on a floating
+    /// grid of `m` fraction bits (no non-zero value becomes 0; subnormals are stored
+    /// exactly); `2^−8` for `cast-bf16` and `2^−11` for `cast-f16` (half an ulp of the
+    /// narrow type, 7 and 10 fraction bits; values that become subnormal in the narrow type
+    /// lose more).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rel_bound: Option<f64>,
+    /// BFP: guaranteed bound on `|x − x̂|` relative to the largest magnitude of the value's
+    /// group, `2^(1−M)`. The step is `2^(E − bias − M + 1)` for the group exponent `E`, and
+    /// the largest magnitude is at least `2^(E − bias)`; a value is off by at most half a
+    /// step of the final exponent (`E` or `E + 1` after a carry) or one step for a saturated
+    /// maximum, so by at most `2^(E − bias − M + 1)`. Groups whose largest magnitude is
+    /// subnormal are held to the same absolute step; raw groups are exact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_rel_bound: Option<f64>,
     /// Largest absolute error (`"inf"` when infinite).
     #[serde(serialize_with = "crate::lossy::json_f64")]
     pub max_abs_error: f64,
@@ -144,6 +231,17 @@ pub struct LossyStats {
     /// is infinite or undefined: never `null`, which would hide it).
     #[serde(serialize_with = "crate::lossy::json_f64")]
     pub snr_db: f64,
+    /// Largest `|x − x̂| / |x|` over the finite non-zero values (`"inf"` when infinite;
+    /// `null` in records written before format 1.4).
+    #[serde(serialize_with = "crate::lossy::json_opt_f64")]
+    pub max_rel_error: Option<f64>,
+    /// Finite non-zero original values (`null` before format 1.4).
+    pub nonzero: Option<u64>,
+    /// Of those, the values restored as exactly 0 (`null` before format 1.4).
+    pub zeroed: Option<u64>,
+    /// `100 · zeroed / nonzero` (`null` before format 1.4).
+    #[serde(serialize_with = "crate::lossy::json_opt_f64")]
+    pub zeroed_pct: Option<f64>,
 }
 
 impl LossyStats {
@@ -154,17 +252,38 @@ impl LossyStats {
             l.mode,
             dmx_format::LossyMode::Int16 | dmx_format::LossyMode::Int32
         );
+        let float = int && l.float_grid;
+        let linear = int && !l.float_grid;
+        let v = l.error.values;
         Self {
             mode: l.mode.name(),
-            mantissa_bits: bfp.then_some(l.mantissa_bits),
+            grid: int.then_some(if float { "float" } else { "linear" }),
+            mantissa_bits: (bfp || float).then_some(l.mantissa_bits),
             group_size: bfp.then_some(l.group_size),
-            step: int.then_some(l.step),
+            step: linear.then_some(l.step),
+            abs_bound: (linear && l.step.is_finite() && l.step > 0.0).then(|| l.step / 2.0),
+            rel_bound: match l.mode {
+                _ if float => Some(pow2(-(i32::from(l.mantissa_bits) + 1))),
+                dmx_format::LossyMode::CastBf16 => Some(pow2(-8)),
+                dmx_format::LossyMode::CastF16 => Some(pow2(-11)),
+                _ => None,
+            },
+            group_rel_bound: bfp.then(|| pow2(1 - i32::from(l.mantissa_bits))),
             max_abs_error: l.error.max_abs,
             mean_abs_error: l.error.mean_abs,
             rel_l2: l.error.rel_l2,
             snr_db: l.error.snr_db,
+            max_rel_error: v.map(|v| v.max_rel),
+            nonzero: v.map(|v| v.nonzero),
+            zeroed: v.map(|v| v.zeroed),
+            zeroed_pct: v.map(|v| pct(v.zeroed, v.nonzero)),
         }
     }
+}
+
+/// `2^e` for the small exponents of the error bounds.
+fn pow2(e: i32) -> f64 {
+    2f64.powi(e)
 }
 
 /// Rollup over the tensors of one dtype.
@@ -223,6 +342,7 @@ impl Stats {
         let mut dtypes: BTreeMap<String, DtypeStats> = BTreeMap::new();
         // Per component: stored tensors, params, original and stored bytes.
         let mut components: BTreeMap<Component, (usize, u64, u64, u64)> = BTreeMap::new();
+        let mut lossy_components: BTreeMap<Component, LossyRollup> = BTreeMap::new();
         let mut files = Vec::new();
         let mut lossless = true;
         // The current pack (format 1.2): its size and stored bytes, shared by its files.
@@ -249,6 +369,12 @@ impl Stats {
                     c.1 += t.params;
                     c.2 += t.original_bytes;
                     c.3 += t.stored_bytes;
+                    if let Some(l) = seg.transform.lossy() {
+                        lossy_components
+                            .entry(names::component(&t.name))
+                            .or_default()
+                            .push(l.error.rel_l2, l.error.max_abs, l.error.values);
+                    }
                 }
                 match (views.of_segment(i), listed.first()) {
                     (Some(vs), Some((storage, _))) => tensors.extend(
@@ -325,6 +451,7 @@ impl Stats {
                         original_bytes: original,
                         stored_bytes: stored,
                         bits_per_param: per(stored as f64 * 8.0, params),
+                        lossy: lossy_components.remove(&component),
                     },
                 )
                 .collect(),

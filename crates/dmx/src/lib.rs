@@ -77,14 +77,18 @@ pub use delta::{
 };
 pub use error::{Error, Result};
 pub use extract::{extract, extract_from};
-pub use info::{DtypeStats, FileStats, LossyStats, Stats, TensorStats};
+pub use info::{
+    ComponentStats, DtypeStats, FileStats, LossyRollup, LossyStats, Stats, TensorStats,
+};
 pub use io::{
     TEMP_PREFIX, check_destination, check_distinct, check_outside, check_writable,
     check_writable_dir, is_dash, is_temp_name, remove_temps, sweep_stale, write_file,
 };
 pub use io::{check_input, is_archive_file};
 pub use plan::CHUNK_SIZE;
-pub use verify::{FileReport, TensorError, VerifyReport, verify, verify_delta, verify_with};
+pub use verify::{
+    ComponentErrors, FileReport, TensorError, VerifyReport, verify, verify_delta, verify_with,
+};
 pub use verify_path::{PathReport, VerifyRequest, verify_path};
 
 pub use dmx_codec;

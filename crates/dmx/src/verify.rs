@@ -29,6 +29,48 @@ pub struct VerifyReport {
     pub ok: bool,
     /// Per-file results.
     pub files: Vec<FileReport>,
+    /// Lossy archives compared with their original: the measured errors per checkpoint
+    /// component (weights, `exp_avg`, `exp_avg_sq`, other optimizer state), in that order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<ComponentErrors>,
+}
+
+/// The measured errors of the lossy tensors of one checkpoint component.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentErrors {
+    /// The component.
+    pub component: crate::names::Component,
+    /// Its worst errors.
+    #[serde(flatten)]
+    pub errors: crate::info::LossyRollup,
+}
+
+impl VerifyReport {
+    /// Fills [`VerifyReport::components`] from the lossy tensors' measured errors.
+    fn roll_up(&mut self) {
+        let mut by: std::collections::BTreeMap<crate::names::Component, crate::info::LossyRollup> =
+            Default::default();
+        for e in self.files.iter().flat_map(|f| &f.tensor_errors) {
+            if e.mode == "lossless" {
+                continue;
+            }
+            by.entry(crate::names::component(&e.name))
+                .or_default()
+                .push(
+                    e.rel_l2,
+                    e.max_abs_error,
+                    Some(dmx_format::ValueErrors {
+                        max_rel: e.max_rel_error,
+                        nonzero: e.nonzero,
+                        zeroed: e.zeroed,
+                    }),
+                );
+        }
+        self.components = by
+            .into_iter()
+            .map(|(component, errors)| ComponentErrors { component, errors })
+            .collect();
+    }
 }
 
 /// Verification result of one file.
@@ -80,6 +122,17 @@ pub struct TensorError {
     /// Signal-to-noise ratio in dB: a number, or the string `"inf"` when exact.
     #[serde(serialize_with = "crate::lossy::json_f64")]
     pub snr_db: f64,
+    /// Largest `|x − x̂| / |x|` over the finite non-zero original values (0 when none; a
+    /// number, or `"inf"`).
+    #[serde(serialize_with = "crate::lossy::json_f64")]
+    pub max_rel_error: f64,
+    /// Finite non-zero original values.
+    pub nonzero: u64,
+    /// Of those, the values restored as exactly 0.
+    pub zeroed: u64,
+    /// `100 · zeroed / nonzero` (0 when `nonzero` is 0).
+    #[serde(serialize_with = "crate::lossy::json_f64")]
+    pub zeroed_pct: f64,
     /// The relative L2 error the archive records for this tensor (0 for lossless ones; the
     /// string `"inf"` when infinite).
     #[serde(serialize_with = "crate::lossy::json_f64")]
@@ -228,13 +281,16 @@ fn verify_inner(
     if let Some(p) = progress {
         p.finish();
     }
-    Ok(VerifyReport {
+    let mut r = VerifyReport {
         schema: 2,
         archive: archive.path().display().to_string(),
         original: original.map(|o| o.display().to_string()),
         ok: files.iter().all(|f| f.ok),
         files,
-    })
+        components: Vec::new(),
+    };
+    r.roll_up();
+    Ok(r)
 }
 
 /// The original path of every archive entry (`None` when missing), followed by original
@@ -469,6 +525,24 @@ fn measured_errors(
             continue;
         }
         let e = tensor_error(t, seg, &errors[s], max_rel_error);
+        // Format 1.4 records the per-value errors too: the restored values must not exceed
+        // them.
+        if let Some(v) = seg.transform.lossy().and_then(|l| l.error.values) {
+            if e.zeroed > v.zeroed {
+                problems.push(format!(
+                    "tensor {:?}: {} non-zero values restore as 0, the archive records {}",
+                    t.name, e.zeroed, v.zeroed
+                ));
+            }
+            if e.max_rel_error.is_nan() || e.max_rel_error > v.max_rel * (1.0 + 1e-9) {
+                problems.push(format!(
+                    "tensor {:?}: largest relative error of a value {} above the recorded {}",
+                    t.name,
+                    crate::lossy::fmt_err(e.max_rel_error),
+                    crate::lossy::fmt_err(v.max_rel)
+                ));
+            }
+        }
         if !e.ok {
             problems.push(format!(
                 "tensor {:?}: relative L2 error {} above the limit {}{}",
@@ -528,6 +602,7 @@ fn tensor_error(
     max_rel_error: Option<f64>,
 ) -> TensorError {
     let stats = acc.stats();
+    let values = stats.values.unwrap_or_default();
     let claimed = seg.transform.lossy().map_or(0.0, |l| l.error.rel_l2);
     // The claim was summed chunk by chunk at compression; allow for summation order.
     let limit = max_rel_error.unwrap_or(claimed * (1.0 + 1e-9) + f64::MIN_POSITIVE);
@@ -548,6 +623,10 @@ fn tensor_error(
         rel_l2: rel,
         cosine: acc.cosine(),
         snr_db: stats.snr_db,
+        max_rel_error: values.max_rel,
+        nonzero: values.nonzero,
+        zeroed: values.zeroed,
+        zeroed_pct: crate::info::pct(values.zeroed, values.nonzero),
         claimed_rel_l2: claimed,
         limit,
         // An infinite or NaN error never passes, whatever the archive claims.

@@ -100,6 +100,7 @@ impl VerifyReport {
                 problems: vec![e.to_string()],
                 tensor_errors: Vec::new(),
             }],
+            components: Vec::new(),
         }
     }
 }

@@ -525,3 +525,125 @@ fn deltas_detect_safetensors_by_content_not_name() {
     assert!(!err.contains("stored as"), "{err}");
     assert!(!env.path("e.dmxd").exists());
 }
+
+/// `info`, `verify` and `diff` report the per-value errors the norms hide: the largest
+/// relative error over non-zero values and the share of non-zero values restored as 0, per
+/// tensor and per component, with each tensor's guaranteed bound.
+#[test]
+fn per_value_errors_are_reported_by_info_verify_and_diff() {
+    let env = Env::new();
+    let n = 64 * 64;
+    // Second moments spanning 20 binades: int16 puts them on the floating grid.
+    let sq: Vec<f32> = (0..n)
+        .map(|i| {
+            (2f64.powf(-30.0 + 20.0 * i as f64 / n as f64) * (1.0 + (i % 7) as f64 / 9.0)) as f32
+        })
+        .collect();
+    env.write(
+        "m.safetensors",
+        &[
+            Tensor::new("layer.w", "F32", &[64, 64], f32_bytes(&gauss(n, 5, 0.02))),
+            Tensor::new("layer.w.exp_avg_sq", "F32", &[64, 64], f32_bytes(&sq)),
+        ],
+    );
+    env.run(
+        &[
+            "compress",
+            "m.safetensors",
+            "q.dmx",
+            "-f",
+            "--mode",
+            "int16",
+        ],
+        0,
+    );
+    let info = env.json(&["info", "q.dmx", "--json"], 0);
+    let tensors = info["files"][0]["tensors"].as_array().unwrap();
+    let t = tensors
+        .iter()
+        .find(|t| t["name"] == "layer.w.exp_avg_sq")
+        .unwrap();
+    let l = &t["lossy"];
+    assert_eq!(l["grid"], "float", "{l}");
+    assert_eq!(l["zeroed"], 0, "{l}");
+    assert_eq!(l["nonzero"], n as u64, "{l}");
+    let max_rel = l["max_rel_error"].as_f64().unwrap();
+    let bound = l["rel_bound"].as_f64().unwrap();
+    let m = l["mantissa_bits"].as_u64().unwrap() as i32;
+    assert_eq!(bound, 2f64.powi(-(m + 1)));
+    assert!(max_rel > 0.0 && max_rel <= bound, "{l}");
+    let comps = info["components"].as_array().unwrap();
+    let sq_comp = comps
+        .iter()
+        .find(|c| c["component"] == "exp_avg_sq")
+        .unwrap();
+    assert_eq!(sq_comp["lossy"]["zeroed"], 0, "{sq_comp}");
+    assert_eq!(sq_comp["lossy"]["max_rel_error"].as_f64().unwrap(), max_rel);
+    let (out, _) = env.run(&["info", "q.dmx"], 0);
+    assert!(
+        out.contains("float m") && out.contains("max rel") && out.contains("→0 %"),
+        "{out}"
+    );
+
+    let rep = env.json(&["verify", "m.safetensors", "q.dmx", "--json"], 0);
+    let errors = rep["files"][0]["tensor_errors"].as_array().unwrap();
+    let e = errors
+        .iter()
+        .find(|e| e["name"] == "layer.w.exp_avg_sq")
+        .unwrap();
+    assert_eq!(e["zeroed"], 0, "{e}");
+    assert_eq!(e["nonzero"], n as u64, "{e}");
+    assert_eq!(e["max_rel_error"].as_f64().unwrap(), max_rel, "{e}");
+    let vc = rep["components"].as_array().unwrap();
+    assert!(
+        vc.iter()
+            .any(|c| c["component"] == "exp_avg_sq" && c["zeroed"] == 0),
+        "{rep}"
+    );
+    assert!(vc.iter().any(|c| c["component"] == "weights"), "{rep}");
+
+    env.run(&["decompress", "q.dmx", "back.safetensors"], 0);
+    let diff = env.json(&["diff", "m.safetensors", "back.safetensors", "--json"], 0);
+    let d = diff["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "layer.w.exp_avg_sq")
+        .unwrap();
+    assert_eq!(d["zeroed"], 0, "{d}");
+    assert_eq!(d["nonzero_a"], n as u64, "{d}");
+    assert_eq!(d["max_rel_change"].as_f64().unwrap(), max_rel, "{d}");
+    assert!(
+        diff["totals"]["max_rel_change"].as_f64().is_some(),
+        "{diff}"
+    );
+    let (out, _) = env.run(&["diff", "m.safetensors", "back.safetensors"], 0);
+    assert!(out.contains("max rel") && out.contains("→0"), "{out}");
+
+    // BFP: values far below their group's largest become 0, within the group bound.
+    let small = gauss(n, 9, 1e-4);
+    let mixed: Vec<f32> = (0..n)
+        .map(|i| if i % 8 == 0 { 1.0 } else { small[i] })
+        .collect();
+    env.write(
+        "b.safetensors",
+        &[Tensor::new("layer.b", "F32", &[64, 64], f32_bytes(&mixed))],
+    );
+    env.run(
+        &["compress", "b.safetensors", "b.dmx", "-f", "--mode", "bfp"],
+        0,
+    );
+    let info = env.json(&["info", "b.dmx", "--json"], 0);
+    let l = &info["files"][0]["tensors"][0]["lossy"];
+    assert!(l["zeroed"].as_u64().unwrap() > 0, "{l}");
+    assert!(l["zeroed_pct"].as_f64().unwrap() > 0.0, "{l}");
+    let m = l["mantissa_bits"].as_u64().unwrap() as i32;
+    assert_eq!(l["group_rel_bound"].as_f64().unwrap(), 2f64.powi(1 - m));
+    assert!(
+        l["max_abs_error"].as_f64().unwrap() <= 2f64.powi(1 - m),
+        "{l}"
+    );
+    let rep = env.json(&["verify", "b.safetensors", "b.dmx", "--json"], 0);
+    let e = &rep["files"][0]["tensor_errors"][0];
+    assert_eq!(e["zeroed"], l["zeroed"], "{e}");
+}

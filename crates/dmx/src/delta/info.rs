@@ -25,6 +25,9 @@ pub struct DeltaGroup {
     /// Elements equal to the base's (bit for bit, or on the grid), over tensors coded as
     /// deltas.
     pub unchanged_fraction: Option<f64>,
+    /// The recorded errors of its quantized (lossy) tensors; `None` when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lossy: Option<crate::info::LossyRollup>,
     #[serde(skip)]
     delta_params: u64,
     #[serde(skip)]
@@ -32,7 +35,20 @@ pub struct DeltaGroup {
 }
 
 impl DeltaGroup {
-    fn add(&mut self, params: u64, stored: u64, unchanged: Option<u64>) {
+    fn add(
+        &mut self,
+        params: u64,
+        stored: u64,
+        unchanged: Option<u64>,
+        lossy: Option<&dmx_format::Lossy>,
+    ) {
+        if let Some(l) = lossy {
+            self.lossy.get_or_insert_with(Default::default).push(
+                l.error.rel_l2,
+                l.error.max_abs,
+                l.error.values,
+            );
+        }
         self.tensors += 1;
         self.params += params;
         self.stored_bytes += stored;
@@ -84,9 +100,26 @@ pub struct DeltaInfo {
     /// Folder deltas: every file of the target folder (empty for a file delta).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<DeltaInfoFile>,
+    /// Every quantized (lossy) tensor with its mode, error bound and recorded errors.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lossy_tensors: Vec<LossyTensor>,
     /// Lossy tensors: how many, and the worst recorded error among them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lossy_summary: Option<crate::lossy::LossySummary>,
+}
+
+/// A quantized tensor of a delta, as `dmx delta-info` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LossyTensor {
+    /// Path of its file inside the delta.
+    pub path: String,
+    /// Tensor name.
+    pub name: String,
+    /// Checkpoint component.
+    pub component: crate::names::Component,
+    /// Mode, bound and recorded errors.
+    #[serde(flatten)]
+    pub lossy: crate::info::LossyStats,
 }
 
 /// One file of a folder delta, as `dmx delta-info` lists it.
@@ -108,6 +141,7 @@ fn add_segments(
     entry: &dmx_format::Entry,
     total: &mut DeltaGroup,
     [components, roles, storage]: [&mut BTreeMap<String, DeltaGroup>; 3],
+    tensors: &mut Vec<LossyTensor>,
 ) {
     for seg in &entry.segments {
         let SegmentKind::Tensor(t) = &seg.kind else {
@@ -116,7 +150,16 @@ fn add_segments(
         let params = dtype_bits(&t.dtype).map_or(0, |b| seg.len * 8 / b);
         let stored: u64 = seg.chunks.iter().map(|c| u64::from(c.stored_len)).sum();
         let unchanged = seg.transform.unchanged();
-        total.add(params, stored, unchanged);
+        let lossy = seg.transform.lossy();
+        total.add(params, stored, unchanged, lossy);
+        if let Some(l) = lossy {
+            tensors.push(LossyTensor {
+                path: entry.path.clone(),
+                name: t.name.clone(),
+                component: crate::names::component(&t.name),
+                lossy: crate::info::LossyStats::of(l),
+            });
+        }
         let how = if unchanged.is_some() {
             "delta"
         } else {
@@ -127,7 +170,9 @@ fn add_segments(
             (&mut *roles, label(crate::names::role(&t.name))),
             (&mut *storage, how.to_string()),
         ] {
-            map.entry(key).or_default().add(params, stored, unchanged);
+            map.entry(key)
+                .or_default()
+                .add(params, stored, unchanged, lossy);
         }
     }
 }
@@ -157,6 +202,7 @@ pub fn delta_info(path: &Path) -> Result<DeltaInfo> {
     let mut storage: BTreeMap<String, DeltaGroup> = BTreeMap::new();
     let mut lossless = true;
     let mut files = Vec::new();
+    let mut lossy_tensors = Vec::new();
     for entry in &index.entries {
         if folder && entry.kind != EntryKind::Packed {
             files.push(DeltaInfoFile {
@@ -168,7 +214,7 @@ pub fn delta_info(path: &Path) -> Result<DeltaInfo> {
         }
         lossless &= entry.segments.iter().all(|s| s.transform.is_lossless());
         let groups = [&mut components, &mut roles, &mut storage];
-        add_segments(entry, &mut total, groups);
+        add_segments(entry, &mut total, groups, &mut lossy_tensors);
     }
     total.finish();
     for g in components
@@ -222,6 +268,7 @@ pub fn delta_info(path: &Path) -> Result<DeltaInfo> {
         storage,
         removed,
         files,
+        lossy_tensors,
         lossy_summary: crate::lossy::LossySummary::of_index(archive.index()),
     })
 }

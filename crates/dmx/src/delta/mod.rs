@@ -19,7 +19,7 @@ mod info;
 
 pub(crate) use folder::reconstruct_dirs;
 
-pub use info::{DeltaGroup, DeltaInfo, DeltaInfoFile, delta_info};
+pub use info::{DeltaGroup, DeltaInfo, DeltaInfoFile, LossyTensor, delta_info};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -184,8 +184,8 @@ fn integer_steps_are_per_tensor_or_shared_by_role() {
                 .segment
                 .transform
                 .lossy()
-                .unwrap()
-                .clone();
+                .copied()
+                .unwrap();
             assert!(
                 !l.float_grid && l.step > 0.0,
                 "{n}: weights take a linear grid"
