@@ -73,13 +73,23 @@ pub(crate) fn fixed_codings(
                     }
                     _ => Coding::Lossless,
                 },
-                Mode::Bfp => Coding::Bfp(bfp::Params {
-                    mantissa_bits: opts
-                        .mantissa_bits
-                        .unwrap_or(DEFAULT_MANTISSA_BITS)
-                        .min(bfp::max_mantissa_bits(layout)),
-                    group_size: opts.group_size.unwrap_or(DEFAULT_GROUP_SIZE),
-                }),
+                Mode::Bfp => {
+                    let data = bytes.segment_data(s).unwrap_or_default();
+                    Coding::Bfp(bfp::Params {
+                        mantissa_bits: opts
+                            .mantissa_bits
+                            .unwrap_or(DEFAULT_MANTISSA_BITS)
+                            .min(bfp::max_mantissa_bits(layout)),
+                        // Variances, moments and values over many binades: a shared exponent
+                        // would flush their small values to 0 (a running variance of 0 makes a
+                        // batch norm divide by √ε), so each value keeps its own exponent.
+                        group_size: if super::spans_binades(&t.name, layout, data) {
+                            1
+                        } else {
+                            opts.group_size.unwrap_or(DEFAULT_GROUP_SIZE)
+                        },
+                    })
+                }
                 Mode::Int16 | Mode::Int32 => {
                     let bits = if opts.mode == Mode::Int16 { 16 } else { 32 };
                     let data = bytes.segment_data(s).unwrap_or_default();

@@ -160,6 +160,14 @@ pub(crate) fn float_bits(
     (median / step < f64::from(1u32 << m.min(30).saturating_sub(6))).then(|| cap(m))?
 }
 
+/// Whether a tensor is one whose small values matter as much as its large ones (a variance,
+/// a moment, or values over many binades: what takes the floating grid at int16); BFP then
+/// gives each value its own exponent.
+pub(crate) fn spans_binades(name: &str, layout: FloatLayout, data: &[u8]) -> bool {
+    let step = grid::step_for(max_abs(layout, data), 16);
+    float_bits(name, layout, data, 16, step).is_some()
+}
+
 /// The median finite non-zero magnitude of a sample of at most 65,536 evenly spaced values.
 fn median_nonzero(layout: FloatLayout, data: &[u8]) -> Option<f64> {
     const SAMPLE: usize = 1 << 16;

@@ -536,3 +536,65 @@ fn lossy_torch_files_restore_as_valid_zips_within_the_recorded_error() {
         assert!(lossy_total > 0, "{stem}: nothing was coded lossily");
     }
 }
+
+/// Variances and moments keep every value's exponent in BFP (group size 1) and take the
+/// floating grid in int16: no non-zero value is restored as 0, and the archive records it.
+#[test]
+fn variances_survive_bfp_and_int16() {
+    let dir = scratch();
+    // 4096 variances over 24 binades, and weights beside them.
+    let vars: Vec<u8> = (0..4096u32)
+        .flat_map(|i| {
+            let u = (i.wrapping_mul(2_654_435_761) % 10_000) as f32 / 10_000.0;
+            (1e-12f32 * 10f32.powf(u * 24.0)).to_le_bytes()
+        })
+        .collect();
+    let tensors = vec![
+        Tensor::new("bn1.running_var", "F32", &[4096], vars.clone()),
+        Tensor::generated("conv1.weight", "F32", &[64, 16, 3, 3], Mode::Weights, 5),
+    ];
+    let input = dir.path().join("m.safetensors");
+    write(&input, &plain(&tensors));
+    for (tag, mode) in [("bfp", LossyMode::Bfp), ("int16", LossyMode::Int16)] {
+        let packed = dir.path().join(format!("{tag}.dmx"));
+        let lossy = LossyOptions {
+            mode,
+            ..Default::default()
+        };
+        dmx::compress_with(&input, &packed, &lossy, &quiet()).unwrap();
+        let a = Archive::open(&packed).unwrap();
+        let l = *a
+            .tensor("bn1.running_var")
+            .unwrap()
+            .segment
+            .transform
+            .lossy()
+            .unwrap();
+        let v = l.error.values.expect("format 1.4 records per-value errors");
+        assert_eq!(v.nonzero, 4096, "{tag}");
+        assert_eq!(v.zeroed, 0, "{tag}: no variance restored as 0");
+        match mode {
+            LossyMode::Bfp => {
+                assert_eq!(l.group_size, 1);
+                assert!(v.max_rel <= 2f64.powi(-6), "{tag}: {}", v.max_rel);
+            }
+            _ => {
+                assert!(l.float_grid);
+                assert_eq!(l.mantissa_bits, 15);
+                assert!(v.max_rel <= 2f64.powi(-16), "{tag}: {}", v.max_rel);
+            }
+        }
+        // The weights keep full groups and the linear grid.
+        let w = *a
+            .tensor("conv1.weight")
+            .unwrap()
+            .segment
+            .transform
+            .lossy()
+            .unwrap();
+        assert!(
+            w.group_size == 32 || (!w.float_grid && w.step > 0.0),
+            "{tag}"
+        );
+    }
+}
