@@ -6,7 +6,11 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let limits = dmx_pt::Limits { max_alloc: 64 << 20, max_nodes: 1 << 20, ..Default::default() };
+    let limits = dmx_pt::Limits {
+        max_alloc: 64 << 20,
+        max_nodes: 1 << 20,
+        ..Default::default()
+    };
     if let Ok(layout) = dmx_pt::scan_with(data, &limits) {
         if let Err(e) = layout.invariants(data.len() as u64) {
             panic!("{e}");

@@ -768,7 +768,10 @@ fn check_non_finite_exact(layout: FloatLayout, original: &[u8], decoded: &[u8], 
 /// Mode bit 7 clear: the rest is the payload. Set: values of BF16/F16/F32/F64 are quantized
 /// with a step (any `f64`, NaN and zero included) and a grid width (2..=32) read from the
 /// input; the undamaged payload decodes, restores every NaN and ±Inf exactly and refuses a
-/// buffer one byte too long; the damaged payload (edits, length nudge) must not panic.
+/// buffer one byte too long; the damaged payload (edits, length nudge) must not panic. The
+/// same values also go through the floating grid (`fquant`, codec 9, BF16/F16/F32 with
+/// `m = bits mod (F + 1)`): it decodes, keeps NaN and ±Inf exact and restores no non-zero
+/// value as 0.
 pub fn quant(data: &[u8]) {
     use dmx_codec::quant;
     let mut b = Bytes(data);
@@ -800,6 +803,34 @@ pub fn quant(data: &[u8]) {
     apply_edits(&mut payload, &edits);
     let mut out = vec![0u8; nudged(values.len(), nudge)];
     let _ = quant::decode(&payload, &mut out);
+    // The floating grid (codec 9, format 1.4) on the same values: decodes, keeps NaN and ±Inf
+    // exact, restores no non-zero value as 0; a damaged copy must not panic.
+    use dmx_codec::{fgrid, fquant};
+    if fgrid::supports(layout) {
+        let m = bits % (fgrid::max_fraction_bits(layout) + 1);
+        let (mut payload, entropy) = fquant::encode(layout, values, m);
+        assert!(!entropy.is_nan(), "fquant entropy bound is NaN");
+        let mut out = vec![0u8; values.len()];
+        if let Err(e) = fquant::decode(&payload, &mut out) {
+            panic!("an undamaged fquant payload does not decode: {e}");
+        }
+        check_non_finite_exact(layout, values, &out, "fquant");
+        let w = layout.bytes();
+        let mag = |c: &[u8]| {
+            let mut v = [0u8; 8];
+            v[..w].copy_from_slice(c);
+            u64::from_le_bytes(v) & ((1u64 << (8 * w - 1)) - 1)
+        };
+        for (x, y) in values.chunks_exact(w).zip(out.chunks_exact(w)) {
+            assert!(
+                mag(x) == 0 || mag(y) != 0,
+                "fquant restored a non-zero value as 0"
+            );
+        }
+        apply_edits(&mut payload, &edits);
+        let mut out = vec![0u8; nudged(values.len(), nudge)];
+        let _ = fquant::decode(&payload, &mut out);
+    }
 }
 
 /// **ints** — `dmx_codec::ints::decode_signed` / `decode_unsigned` never panic, and report
