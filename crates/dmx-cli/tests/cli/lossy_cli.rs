@@ -620,10 +620,12 @@ fn per_value_errors_are_reported_by_info_verify_and_diff() {
     let (out, _) = env.run(&["diff", "m.safetensors", "back.safetensors"], 0);
     assert!(out.contains("max rel") && out.contains("→0"), "{out}");
 
-    // BFP: values far below their group's largest become 0, within the group bound.
-    let small = gauss(n, 9, 1e-4);
+    // BFP: weights with a few values far below their group's largest: those become 0, within
+    // the group bound. (A tensor whose typical value is that small would keep every exponent:
+    // see the variance test in the engine's lossy tests.)
+    let w = gauss(n, 9, 0.02);
     let mixed: Vec<f32> = (0..n)
-        .map(|i| if i % 8 == 0 { 1.0 } else { small[i] })
+        .map(|i| if i % 16 == 0 { 1e-6 } else { w[i] })
         .collect();
     env.write(
         "b.safetensors",
