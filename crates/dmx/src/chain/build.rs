@@ -109,12 +109,7 @@ pub(super) fn grid_of(archive: &Archive) -> BTreeMap<String, Grid> {
         .segments
         .iter()
         .filter_map(|s| match (&s.kind, s.transform.lossy()) {
-            (SegmentKind::Tensor(t), Some(l)) if l.float_grid => {
-                Some((t.name.clone(), Grid::Float(u32::from(l.mantissa_bits))))
-            }
-            (SegmentKind::Tensor(t), Some(l)) if l.step > 0.0 => {
-                Some((t.name.clone(), Grid::Linear(l.step)))
-            }
+            (SegmentKind::Tensor(t), Some(l)) => Some((t.name.clone(), Grid::of_record(l)?)),
             _ => None,
         })
         .collect()

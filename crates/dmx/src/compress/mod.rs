@@ -159,7 +159,7 @@ fn start_archive(
     let (minor, flags) = if compress_index {
         (2, dmx_format::FLAG_COMPRESSED_INDEX)
     } else {
-        (u16::from(!lossy.is_lossless()), 0)
+        (0, 0)
     };
     // Format 1.3: `torch.save` entries; 1.4: lossy records with per-value errors (every lossy
     // option, even if every tensor ends up stored exactly).

@@ -130,15 +130,11 @@ impl Coding {
                 match base {
                     None => (alone.codec, (alone.payload, alone.entropy_bits)),
                     Some(base) => {
-                        let (payload, entropy_bits) = match grid.fraction_bits(layout) {
-                            None => dmx_codec::delta::encode_quantized(
-                                layout,
-                                base,
-                                data,
-                                step_of(grid),
-                                bits,
-                            ),
-                            Some(m) => {
+                        let (payload, entropy_bits) = match grid.capped(layout) {
+                            Grid::Linear(step) => {
+                                dmx_codec::delta::encode_quantized(layout, base, data, step, bits)
+                            }
+                            Grid::Float(m) => {
                                 dmx_codec::delta::encode_float_quantized(layout, base, data, m)
                             }
                         };
@@ -184,22 +180,14 @@ fn quantize(
     grid: Grid,
     bits: u32,
 ) -> (dmx_codec::Codec, (Vec<u8>, f64)) {
-    match grid.fraction_bits(layout) {
-        None => (
+    match grid.capped(layout) {
+        Grid::Linear(step) => (
             dmx_codec::Codec::Quant,
-            dmx_codec::quant::encode(layout, data, step_of(grid), bits),
+            dmx_codec::quant::encode(layout, data, step, bits),
         ),
-        Some(m) => (
+        Grid::Float(m) => (
             dmx_codec::Codec::FloatQuant,
             dmx_codec::fquant::encode(layout, data, m),
         ),
-    }
-}
-
-/// The step of a linear grid (unused for the floating one).
-fn step_of(grid: Grid) -> f64 {
-    match grid {
-        Grid::Linear(step) => step,
-        Grid::Float(_) => 0.0,
     }
 }

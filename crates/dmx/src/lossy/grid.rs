@@ -65,11 +65,24 @@ impl Grid {
         }
     }
 
-    /// The floating grid's fraction bits for this layout, capped at what the layout has.
-    pub(crate) fn fraction_bits(self, layout: FloatLayout) -> Option<u32> {
+    /// This grid for `layout`: a floating grid's fraction bits capped at what the layout has
+    /// (a chain manifest may name more), a linear grid as it is.
+    pub(crate) fn capped(self, layout: FloatLayout) -> Grid {
         match self {
-            Grid::Float(m) => Some(m.min(fgrid::max_fraction_bits(layout))),
-            Grid::Linear(_) => None,
+            Grid::Float(m) => Grid::Float(m.min(fgrid::max_fraction_bits(layout))),
+            linear => linear,
+        }
+    }
+
+    /// The grid a lossy record of an integer mode names (`None` for BFP, casts, and records
+    /// without a grid).
+    pub fn of_record(l: &dmx_format::Lossy) -> Option<Grid> {
+        if l.float_grid {
+            Some(Grid::Float(u32::from(l.mantissa_bits)))
+        } else if l.step > 0.0 {
+            Some(Grid::Linear(l.step))
+        } else {
+            None
         }
     }
 }

@@ -175,12 +175,10 @@ fn anchor_grid(dir: &Path, m: &ChainManifest, index: usize) -> BTreeMap<String, 
     let mut steps = BTreeMap::new();
     for t in archive.tensors() {
         if let Some(l) = t.segment.transform.lossy() {
-            let grid = if l.float_grid {
-                Grid::Float(u32::from(l.mantissa_bits))
-            } else {
-                Grid::Linear(l.step)
-            };
-            steps.insert(t.info.name.clone(), grid);
+            steps.insert(
+                t.info.name.clone(),
+                Grid::of_record(l).expect("an integer grid"),
+            );
         }
     }
     // The manifest records the same steps, exactly.

@@ -265,11 +265,7 @@ fn quantized_deltas_restore_the_targets_grid_values() {
             let range = seg.offset as usize..(seg.offset + seg.len) as usize;
             let want = match seg.transform.lossy() {
                 Some(l) => {
-                    let grid = if l.float_grid {
-                        Grid::Float(u32::from(l.mantissa_bits))
-                    } else {
-                        Grid::Linear(l.step)
-                    };
+                    let grid = Grid::of_record(l).expect("an integer grid");
                     assert_eq!(r.steps.get(&t.name), Some(&grid), "{}", t.name);
                     on_grid(t, grid, bits)
                 }
