@@ -3,6 +3,24 @@
 use super::*;
 use crate::{FormatError, Limits};
 
+/// Writes `idx`, checks that it reads back equal, and returns its bytes.
+fn round_trips(idx: &Index) -> Vec<u8> {
+    let bytes = idx.to_bytes();
+    assert_eq!(
+        &Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
+        idx
+    );
+    bytes
+}
+
+/// [`round_trips`], and every truncation of the bytes fails to parse.
+fn round_trips_and_truncations_fail(idx: &Index) {
+    let bytes = round_trips(idx);
+    for cut in 0..bytes.len() {
+        assert!(Index::from_bytes(&bytes[..cut], 38, &Limits::default()).is_err());
+    }
+}
+
 fn sample() -> Index {
     Index {
         root: Root::File,
@@ -57,11 +75,7 @@ fn sample() -> Index {
 #[test]
 fn round_trip() {
     let idx = sample();
-    let bytes = idx.to_bytes();
-    assert_eq!(
-        Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
-        idx
-    );
+    round_trips(&idx);
 }
 
 #[test]
@@ -94,20 +108,9 @@ fn round_trip_of_lossy_and_delta_features() {
         unchanged: 4,
     };
     assert_eq!(idx.min_minor(), 1);
-    let bytes = idx.to_bytes();
-    assert_eq!(
-        Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
-        idx
-    );
-    for cut in 0..bytes.len() {
-        assert!(Index::from_bytes(&bytes[..cut], 38, &Limits::default()).is_err());
-    }
+    round_trips_and_truncations_fail(&idx);
     idx.entries[0].segments[1].transform = Transform::Lossy(lossy);
-    let bytes = idx.to_bytes();
-    assert_eq!(
-        Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
-        idx
-    );
+    round_trips(&idx);
     // A delta segment needs a base; a header segment takes no transform.
     idx.entries[0].kind = EntryKind::Safetensors;
     idx.entries[0].base = None;
@@ -147,14 +150,7 @@ fn round_trip_of_extended_lossy_records() {
     idx.entries[0].segments[1].transform = Transform::Lossy(lossy);
     assert_eq!(idx.entries[0].segments[1].transform.id(), 4);
     assert_eq!(idx.min_minor(), 4);
-    let bytes = idx.to_bytes();
-    assert_eq!(
-        Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
-        idx
-    );
-    for cut in 0..bytes.len() {
-        assert!(Index::from_bytes(&bytes[..cut], 38, &Limits::default()).is_err());
-    }
+    round_trips_and_truncations_fail(&idx);
     // Per-value errors alone also make the record extended; without either it is 1.1's.
     let linear = Lossy {
         float_grid: false,
@@ -174,11 +170,7 @@ fn round_trip_of_extended_lossy_records() {
         unchanged: 4,
     };
     assert_eq!(idx.entries[0].segments[1].transform.id(), 5);
-    let bytes = idx.to_bytes();
-    assert_eq!(
-        Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
-        idx
-    );
+    round_trips(&idx);
     let old = Lossy {
         error: ErrorStats {
             values: None,
@@ -275,14 +267,7 @@ fn packed_sample() -> Index {
 fn round_trip_of_packs_and_packed_tensors() {
     let idx = packed_sample();
     assert_eq!(idx.min_minor(), 2);
-    let bytes = idx.to_bytes();
-    assert_eq!(
-        Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
-        idx
-    );
-    for cut in 0..bytes.len() {
-        assert!(Index::from_bytes(&bytes[..cut], 38, &Limits::default()).is_err());
-    }
+    round_trips_and_truncations_fail(&idx);
     let tensors = idx.entries[4].segments[1].kind.tensors(20);
     assert_eq!(
         tensors.iter().map(|t| (t.1, t.2)).collect::<Vec<_>>(),
@@ -395,14 +380,7 @@ fn round_trip_of_torch_entries() {
     for kind in [EntryKind::Torch, EntryKind::TorchDelta] {
         let idx = torch_sample(kind);
         assert_eq!(idx.min_minor(), 3);
-        let bytes = idx.to_bytes();
-        assert_eq!(
-            Index::from_bytes(&bytes, 38, &Limits::default()).unwrap(),
-            idx
-        );
-        for cut in 0..bytes.len() {
-            assert!(Index::from_bytes(&bytes[..cut], 38, &Limits::default()).is_err());
-        }
+        round_trips_and_truncations_fail(&idx);
     }
     // A view must name a tensor segment: a bytes segment or one past the end is refused.
     for segment in [0, 2, u64::MAX] {
