@@ -43,6 +43,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import models  # noqa: E402
+from common import eval_losses  # noqa: E402
 
 SEED_VERSION = "1.2.0"
 SEED_CANDIDATES = [BENCH / ".venv-seed12" / "bin" / "dmx", Path("/work/seedvenv12/bin/dmx")]
@@ -432,14 +433,7 @@ def eval_gpt(args, original: Path, kept: dict, log) -> tuple[float | None, dict,
     p = subprocess.run([sys.executable, str(tool), str(original), *paths,
                         "--batches", str(args.eval_batches)], capture_output=True, text=True,
                        env=env)
-    losses = {}
-    for line in p.stdout.splitlines():
-        parts = line.rsplit(" ", 1)
-        if len(parts) == 2:
-            try:
-                losses[parts[0]] = float(parts[1])
-            except ValueError:
-                pass
+    losses = eval_losses(p.stdout)
     if p.returncode != 0 or str(original) not in losses:
         return None, {}, f"eval_gpt.py exit {p.returncode}: " + " | ".join(
             p.stderr.strip().splitlines()[-2:])

@@ -89,6 +89,20 @@ def compare_files(original: Path, restored: Path, chunk: int = 1 << 24) -> str |
     return f"{differing} of {a_size} bytes differ ({100 * differing / a_size:.1f}%)"
 
 
+def eval_losses(stdout: str) -> dict[str, float]:
+    """The `PATH LOSS` lines that ../shared/corpus/tools/eval_gpt.py prints, as {path: loss};
+    other lines are ignored."""
+    losses = {}
+    for line in stdout.splitlines():
+        parts = line.rsplit(" ", 1)
+        if len(parts) == 2:
+            try:
+                losses[parts[0]] = float(parts[1])
+            except ValueError:
+                pass
+    return losses
+
+
 def fmt(value, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 

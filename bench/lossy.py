@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import fmt, md_table, median, python_cmd, run_measured
+from common import eval_losses, fmt, md_table, median, python_cmd, run_measured
 from stinfo import compare_values, read_safetensors
 
 FILES = ["models/minilm_l6_bf16", "models/wordllama_l2_256_fp16", "gpt/run/step_00600"]
@@ -174,14 +174,7 @@ def evaluate(args, original: Path, rows: list[LossyRow], log) -> tuple[float | N
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     log(f"eval_gpt.py took {time.perf_counter() - started:.0f} s")
-    losses = {}
-    for line in proc.stdout.splitlines():
-        parts = line.rsplit(" ", 1)
-        if len(parts) == 2:
-            try:
-                losses[parts[0]] = float(parts[1])
-            except ValueError:
-                pass
+    losses = eval_losses(proc.stdout)
     if proc.returncode != 0 or str(original) not in losses:
         tail = " | ".join(proc.stderr.strip().splitlines()[-2:])
         return None, f"eval_gpt.py exit {proc.returncode}: {tail}"
