@@ -48,6 +48,21 @@ pub fn encode(to: FloatLayout, data: &[u8], hints: Hints) -> (Vec<u8>, f64) {
     (payload, inner.entropy_bits)
 }
 
+/// [`encode`], also returning the bytes that [`decode`] of the payload restores: the narrow
+/// values widened back (the inner codec is lossless), without decoding the payload. Tests check
+/// it against the decoder.
+pub fn encode_restored(to: FloatLayout, data: &[u8], hints: Hints) -> (Vec<u8>, f64, Vec<u8>) {
+    let (payload, bits) = encode(to, data, hints);
+    let restored = data
+        .chunks_exact(4)
+        .flat_map(|c| {
+            let n = narrow(to, f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            widen(to, n).to_le_bytes()
+        })
+        .collect();
+    (payload, bits, restored)
+}
+
 /// How many finite little-endian `f32` values of `data` become ±Inf when cast to `to`.
 pub fn overflows(to: FloatLayout, data: &[u8]) -> u64 {
     data.chunks_exact(4)
@@ -125,6 +140,38 @@ mod tests {
                 let got = f32::from_le_bytes([o[0], o[1], o[2], o[3]]);
                 assert_eq!(got.to_bits(), widen(to, narrow(to, *x)).to_bits());
             }
+        }
+    }
+
+    /// The encoder's restored bytes are the decoder's, NaN payloads and overflows included.
+    #[test]
+    fn restored_is_what_decode_gives() {
+        let mut data: Vec<u8> = crate::pseudo_bytes(4 * 3000, 9);
+        data.extend(
+            [
+                0.0f32,
+                -0.0,
+                1e-40,
+                70000.0,
+                3.4e38,
+                f32::NAN,
+                -f32::INFINITY,
+            ]
+            .iter()
+            .flat_map(|x| x.to_le_bytes()),
+        );
+        data.extend(0x7F80_0001u32.to_le_bytes());
+        data.extend(0xFFC1_2345u32.to_le_bytes());
+        for to in [FloatLayout::BF16, FloatLayout::F16] {
+            let (p, bits, restored) = encode_restored(to, &data, hints());
+            let (p2, bits2) = encode(to, &data, hints());
+            assert_eq!(
+                (p.as_slice(), bits.to_bits()),
+                (p2.as_slice(), bits2.to_bits())
+            );
+            let mut out = vec![0u8; data.len()];
+            decode(&p, &mut out).unwrap();
+            assert!(restored == out, "{to:?}");
         }
     }
 

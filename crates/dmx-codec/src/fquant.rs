@@ -49,6 +49,37 @@ pub fn encode(layout: FloatLayout, data: &[u8], m: u32) -> (Vec<u8>, f64) {
     (out, entropy)
 }
 
+/// The bytes that [`decode`] of [`encode`]`(layout, data, m)` restores, computed from the
+/// values directly (no payload): every value on the grid becomes the value of its coordinate,
+/// every escape keeps its bits. Also what a float-grid quantized delta restores
+/// ([`crate::delta::encode_float_quantized`]). Tests check it against the decoder.
+///
+/// # Panics
+/// As [`encode`].
+pub fn restore(layout: FloatLayout, data: &[u8], m: u32) -> Vec<u8> {
+    let g =
+        FloatGrid::new(layout, m).expect("fquant::restore: unsupported dtype or fraction width");
+    let b = layout.bytes();
+    assert!(
+        data.len().is_multiple_of(b),
+        "fquant::restore: data is not whole values"
+    );
+    let mut out = vec![0u8; data.len()];
+    match b {
+        2 => restore_width::<2>(g, data, &mut out),
+        _ => restore_width::<4>(g, data, &mut out),
+    }
+    out
+}
+
+fn restore_width<const B: usize>(g: FloatGrid, data: &[u8], out: &mut [u8]) {
+    for (v, o) in data.chunks_exact(B).zip(out.chunks_exact_mut(B)) {
+        let raw = crate::float::load::<B>(v);
+        let r = g.coordinate(raw).and_then(|q| g.value(q)).unwrap_or(raw);
+        o.copy_from_slice(&r.to_le_bytes()[..B]);
+    }
+}
+
 /// Decodes a payload of [`encode`] into `out` (the chunk's raw length): every value is
 /// [`crate::fgrid::value`] of its coordinate or its exact escaped bits. Never panics; allocates
 /// `O(out.len())`; corrupt input gives [`CodecError::Corrupt`].
@@ -115,6 +146,7 @@ pub(crate) mod tests {
         let mut out = vec![0xA5u8; data.len()];
         decode(&enc, &mut out).unwrap();
         assert!(out == expected(layout, m, data), "{layout:?} m {m}");
+        assert!(restore(layout, data, m) == out, "restore {layout:?} m {m}");
         let (again, _) = encode(layout, &out, m);
         let mut twice = vec![0u8; data.len()];
         decode(&again, &mut twice).unwrap();

@@ -106,6 +106,57 @@ pub fn encode(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> (Vec<u8
     (out, entropy)
 }
 
+/// The bytes that [`decode`] of [`encode`]`(layout, data, step, bits)` restores, computed
+/// from the values directly (no payload): every value on the grid becomes its grid point,
+/// every escape keeps its bits. Also what a quantized delta on the same grid restores
+/// ([`crate::delta::encode_quantized`]). Tests check it against the decoder.
+///
+/// # Panics
+/// As [`encode`].
+pub fn restore(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> Vec<u8> {
+    assert!(supports(layout), "quant::restore: unsupported dtype");
+    assert!(
+        (2..=32).contains(&bits),
+        "quant::restore: bits must be in 2..=32"
+    );
+    assert!(
+        data.len().is_multiple_of(layout.bytes()),
+        "quant::restore: data is not whole values"
+    );
+    let m = grid::qmax(bits) as f64;
+    let mut out = vec![0u8; data.len()];
+    match (layout.bytes(), layout.exp_bits) {
+        (2, 8) => restore_width::<2, false>(data, step, m, &mut out),
+        (2, _) => restore_width::<2, true>(data, step, m, &mut out),
+        (4, _) => restore_width::<4, false>(data, step, m, &mut out),
+        _ => restore_width::<8, false>(data, step, m, &mut out),
+    }
+    out
+}
+
+/// [`restore`] of values of width `B` (`F16` selects F16 among 2-byte layouts); the grid
+/// points as [`fill`] computes them.
+fn restore_width<const B: usize, const F16: bool>(data: &[u8], step: f64, m: f64, out: &mut [u8]) {
+    let layout = match (B, F16) {
+        (2, false) => FloatLayout::BF16,
+        (2, true) => FloatLayout::F16,
+        (4, _) => FloatLayout::F32,
+        _ => FloatLayout::F64,
+    };
+    for (v, o) in data.chunks_exact(B).zip(out.chunks_exact_mut(B)) {
+        let raw = crate::float::load::<B>(v);
+        let r = match quantize(layout, raw, step, m) {
+            None => raw,
+            Some(q) => match B {
+                4 => u64::from(((q as f64 * step) as f32).to_bits()),
+                8 => (q as f64 * step).to_bits(),
+                _ => grid::dequantize(layout, q, step),
+            },
+        };
+        o.copy_from_slice(&r.to_le_bytes()[..B]);
+    }
+}
+
 /// Decodes a payload of [`encode`] into `out` (the chunk's raw length): every value is
 /// `grid::dequantize(layout, q, step)` or its exact escaped bits. Never panics; allocates
 /// `O(out.len())`; corrupt input gives [`CodecError::Corrupt`].
@@ -208,6 +259,10 @@ pub(crate) mod tests {
         assert!(entropy >= 0.0);
         let mut out = vec![0u8; data.len()];
         decode(&enc, &mut out).unwrap();
+        assert!(
+            restore(layout, data, step, bits) == out,
+            "restore {layout:?} {bits}"
+        );
         for (&x, &y) in raw_values(layout, data)
             .iter()
             .zip(&raw_values(layout, &out))

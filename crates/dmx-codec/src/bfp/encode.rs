@@ -2,7 +2,7 @@
 
 use super::{
     CLASS_LO, CLASSES, Geo, History, LANES, MAX_TABLES, Params, Shape, VERSION, check,
-    group_exponent, norm_row, quantize_at, quantize_narrow, table_cost, vsym,
+    group_exponent, mag_bits, norm_row, quantize_at, quantize_narrow, table_cost, vsym,
 };
 use crate::FloatLayout;
 use crate::bits::BitVec;
@@ -19,6 +19,34 @@ use crate::entropy::zigzag_i32;
 /// # Panics
 /// If [`check`] rejects `layout` and `p`, or `data` is not whole values.
 pub fn encode(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> (Vec<u8>, f64) {
+    encode_inner(layout, data, row_len, p, None)
+}
+
+/// [`encode`], also returning the bytes that [`decode`](super::decode) of the payload
+/// restores (the same length as `data`), computed from the quantized values as the encoder
+/// makes them instead of decoding the payload again: what a lossy writer needs for its
+/// checksums and error. Tests check that they equal the decoder's output.
+///
+/// # Panics
+/// As [`encode`].
+pub fn encode_restored(
+    layout: FloatLayout,
+    data: &[u8],
+    row_len: usize,
+    p: Params,
+) -> (Vec<u8>, f64, Vec<u8>) {
+    let mut restored = vec![0u8; data.len()];
+    let (payload, bits) = encode_inner(layout, data, row_len, p, Some(&mut restored));
+    (payload, bits, restored)
+}
+
+fn encode_inner(
+    layout: FloatLayout,
+    data: &[u8],
+    row_len: usize,
+    p: Params,
+    restored: Option<&mut [u8]>,
+) -> (Vec<u8>, f64) {
     if let Err(e) = check(layout, p) {
         panic!("bfp::encode: {e}");
     }
@@ -30,9 +58,9 @@ pub fn encode(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> (V
     let count = data.len() / layout.bytes();
     let shape = Shape::new(count, norm_row(count, row_len), p.group_size as usize);
     if layout.bytes() == 2 {
-        encode_width::<2>(&g, data, shape)
+        encode_width::<2>(&g, data, shape, restored)
     } else {
-        encode_width::<4>(&g, data, shape)
+        encode_width::<4>(&g, data, shape, restored)
     }
 }
 
@@ -68,9 +96,14 @@ struct Pass1 {
     raw_bits: u64,
 }
 
-fn encode_width<const B: usize>(g: &Geo, data: &[u8], shape: Shape) -> (Vec<u8>, f64) {
+fn encode_width<const B: usize>(
+    g: &Geo,
+    data: &[u8],
+    shape: Shape,
+    restored: Option<&mut [u8]>,
+) -> (Vec<u8>, f64) {
     let alpha = g.alpha();
-    let p1 = pass1::<B>(g, data, shape);
+    let p1 = pass1::<B>(g, data, shape, restored);
     let (vh, eh) = (&p1.vh, &p1.eh);
     let (lo, k) = choose_window(vh, alpha);
     let class_of = |c: i8| (i32::from(c).clamp(lo, lo + k as i32 - 1) - lo) as usize;
@@ -123,7 +156,14 @@ fn encode_width<const B: usize>(g: &Geo, data: &[u8], shape: Shape) -> (Vec<u8>,
 
 /// Pass 1: quantizes every group, picks its exponent symbol and context class, and counts
 /// the symbols.
-fn pass1<const B: usize>(g: &Geo, data: &[u8], shape: Shape) -> Pass1 {
+/// With `restored`, also writes there the values the decoder restores: raw groups as they
+/// are, coded groups from their quantized values (as `Dec::value` computes them).
+fn pass1<const B: usize>(
+    g: &Geo,
+    data: &[u8],
+    shape: Shape,
+    mut restored: Option<&mut [u8]>,
+) -> Pass1 {
     let alpha = g.alpha();
     let mut syms = vec![0u32; shape.count];
     let mut codes = Vec::with_capacity(shape.groups);
@@ -142,6 +182,10 @@ fn pass1<const B: usize>(g: &Geo, data: &[u8], shape: Shape) -> Pass1 {
             }
             let s = &mut syms[start..start + len];
             let Some(e) = group_exponent(g, vals) else {
+                if let Some(r) = restored.as_deref_mut() {
+                    r[start * B..(start + len) * B]
+                        .copy_from_slice(&data[start * B..(start + len) * B]);
+                }
                 eh[0] += 1;
                 raw_bits += (len * B * 8) as u64;
                 codes.push(GroupCode { esym: 0, class: 0 });
@@ -171,6 +215,9 @@ fn pass1<const B: usize>(g: &Geo, data: &[u8], shape: Shape) -> Pass1 {
                 (sum_q, nz)
             };
             raw_bits += nz;
+            if let Some(r) = restored.as_deref_mut() {
+                restore_group::<B>(g, e, s, &mut r[start * B..(start + len) * B]);
+            }
             hist.push(e, sum_q, len);
             codes.push(GroupCode {
                 esym: esym as u16,
@@ -185,6 +232,27 @@ fn pass1<const B: usize>(g: &Geo, data: &[u8], shape: Shape) -> Pass1 {
         vh,
         eh,
         raw_bits,
+    }
+}
+
+/// The values a coded group of exponent `e` restores to, from its quantized values `s`
+/// (`q << 1 | sign`, or for `M <= 8` the narrow form `symbol << 1 | sign` with the symbol
+/// `neg0` for `−0`): `sign | mag_bits(q)` at the group's step, exactly as the decoder.
+#[inline(always)]
+fn restore_group<const B: usize>(g: &Geo, e: u32, s: &[u32], out: &mut [u8]) {
+    // The step, times 2^-adj, as the decoder computes it.
+    let k = e as i64 - g.bias as i64 - g.m as i64 + 1 - g.adj as i64;
+    let scale = f64::from_bits(((1023 + k) as u64) << 52);
+    let narrow = g.low == 0;
+    for (&x, o) in s.iter().zip(out.chunks_exact_mut(B)) {
+        let mut q = x >> 1;
+        let mut sign = x & 1;
+        if narrow && q == g.neg0 {
+            q = 0;
+            sign = 1;
+        }
+        let v = sign << g.sign_shift | mag_bits(g, q, scale);
+        o.copy_from_slice(&v.to_le_bytes()[..B]);
     }
 }
 

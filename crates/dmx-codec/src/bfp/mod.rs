@@ -75,7 +75,7 @@ mod encode;
 mod tests;
 
 pub use decode::decode;
-pub use encode::encode;
+pub use encode::{encode, encode_restored};
 
 /// BFP parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -112,6 +112,10 @@ fn check_round_trip(layout: FloatLayout, vals: &[u32], row: usize, p: Params) ->
     assert!(bits >= 0.0);
     let mut out = vec![0u8; data.len()];
     decode(&enc, &mut out).unwrap();
+    // The fused restore of the encoder is what the decoder produces, payload included.
+    let (enc_r, bits_r, restored) = super::encode_restored(layout, &data, row, p);
+    assert_eq!((&enc_r, bits_r.to_bits()), (&enc, bits.to_bits()));
+    assert_eq!(restored, out, "restored {layout:?} {p:?} row {row}");
     let got = from_bytes(layout, &out);
     let want = reference(layout, vals, row, p);
     assert_eq!(got, want, "{layout:?} {p:?} row {row}");
