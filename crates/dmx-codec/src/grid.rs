@@ -25,6 +25,7 @@ pub fn step_for(max_abs: f64, bits: u32) -> f64 {
 
 /// The value of the little-endian element `bits_le` (the raw bits, zero-extended) of `layout`
 /// as an `f64`. Supports BF16, F16, F32 and F64.
+#[inline]
 pub fn to_f64(layout: FloatLayout, raw: u64) -> f64 {
     match (layout.bytes, layout.exp_bits) {
         (2, 8) => f64::from(half::bf16::from_bits(raw as u16)),
@@ -66,16 +67,20 @@ fn round_to_odd_f32(x: f64) -> f32 {
 
 /// The grid integer of `x`, or `None` when `x` must be escaped (NaN, ±Inf, or beyond
 /// `qmax(bits)` steps).
+#[inline]
 pub fn quantize(x: f64, step: f64, bits: u32) -> Option<i64> {
+    // Adding and subtracting 1.5 · 2^52 rounds half to even for |t| < 2^51 (no library
+    // call); larger quotients are beyond every grid (qmax < 2^31), as are NaN quotients.
+    const MAGIC: f64 = 6_755_399_441_055_744.0;
     if !x.is_finite() {
         return None;
     }
-    let q = (x / step).round_ties_even();
-    let m = qmax(bits) as f64;
-    if q.is_nan() || q > m || q < -m {
+    let t = x / step;
+    if t.is_nan() || t.abs() >= 2_251_799_813_685_248.0 {
         return None;
     }
-    Some(q as i64)
+    let q = (t + MAGIC) - MAGIC;
+    (q.abs() <= qmax(bits) as f64).then_some(q as i64)
 }
 
 /// The raw bits of grid point `q` in `layout`.
@@ -86,6 +91,65 @@ pub fn dequantize(layout: FloatLayout, q: i64, step: f64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The library-free rounding of [`quantize`] is `round_ties_even`, on every kind of input.
+    #[test]
+    fn quantize_is_round_half_even() {
+        let reference = |x: f64, step: f64, bits: u32| -> Option<i64> {
+            if !x.is_finite() {
+                return None;
+            }
+            let q = (x / step).round_ties_even();
+            let m = qmax(bits) as f64;
+            if q.is_nan() || q > m || q < -m {
+                return None;
+            }
+            Some(q as i64)
+        };
+        let mut xs: Vec<f64> = crate::pseudo_u64(20_000, 3)
+            .map(|r| f64::from(f32::from_bits(r as u32)))
+            .collect();
+        xs.extend(crate::pseudo_u64(5_000, 4).map(|r| (r >> 11) as f64 / 1024.0 - 4e12));
+        xs.extend([
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -2.5,
+            32767.5,
+            -32767.5,
+            32766.5,
+            2.5e15,
+            -2.5e15,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            5e-324,
+            f64::INFINITY,
+            f64::NAN,
+        ]);
+        for bits in [2u32, 8, 16, 32] {
+            for step in [
+                1.0,
+                0.5,
+                3.0 / 32767.0,
+                1e-30,
+                1e30,
+                0.0,
+                -0.25,
+                f64::NAN,
+                f64::INFINITY,
+            ] {
+                for &x in &xs {
+                    assert_eq!(
+                        quantize(x, step, bits),
+                        reference(x, step, bits),
+                        "{x} {step} {bits}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn grid_round_trips_its_points() {

@@ -51,7 +51,10 @@ mod quant;
 mod tests;
 
 use quant::{decode_float_quant, decode_quant};
-pub use quant::{decode_quantized, encode_float_quantized, encode_quantized};
+pub use quant::{
+    decode_quantized, encode_float_quantized, encode_float_quantized_counted, encode_quantized,
+    encode_quantized_counted,
+};
 
 const SAME: u8 = 0;
 const ORDER: u8 = 1;

@@ -27,6 +27,23 @@ pub fn encode_quantized(
     step: f64,
     bits: u32,
 ) -> (Vec<u8>, f64) {
+    let (payload, bits, _) = encode_quantized_counted(layout, base, target, step, bits);
+    (payload, bits)
+}
+
+/// [`encode_quantized`], also returning how many target values are *unchanged*: equal to the
+/// base value bit for bit, or on the grid at the base value's grid integer (the base value on
+/// the grid too), counted in the same pass.
+///
+/// # Panics
+/// As [`encode_quantized`].
+pub fn encode_quantized_counted(
+    layout: FloatLayout,
+    base: &[u8],
+    target: &[u8],
+    step: f64,
+    bits: u32,
+) -> (Vec<u8>, f64, u64) {
     assert_eq!(
         base.len(),
         target.len(),
@@ -43,7 +60,9 @@ pub fn encode_quantized(
         _ => residuals::<8, _>(g, base, target),
     };
     let head = [QUANT, b as u8, layout.exp_bits as u8, bits as u8];
-    finish(head, &step.to_bits().to_le_bytes(), split)
+    let unchanged = split.unchanged;
+    let (payload, entropy_bits) = finish(head, &step.to_bits().to_le_bytes(), split);
+    (payload, entropy_bits, unchanged)
 }
 
 /// Quantized delta on the floating grid of [`crate::fgrid`] with `m` kept fraction bits
@@ -61,6 +80,21 @@ pub fn encode_float_quantized(
     target: &[u8],
     m: u32,
 ) -> (Vec<u8>, f64) {
+    let (payload, bits, _) = encode_float_quantized_counted(layout, base, target, m);
+    (payload, bits)
+}
+
+/// [`encode_float_quantized`], also returning the count of unchanged target values (as
+/// [`encode_quantized_counted`], on the floating grid).
+///
+/// # Panics
+/// As [`encode_float_quantized`].
+pub fn encode_float_quantized_counted(
+    layout: FloatLayout,
+    base: &[u8],
+    target: &[u8],
+    m: u32,
+) -> (Vec<u8>, f64, u64) {
     assert_eq!(
         base.len(),
         target.len(),
@@ -73,11 +107,13 @@ pub fn encode_float_quantized(
         2 => residuals::<2, _>(g, base, target),
         _ => residuals::<4, _>(g, base, target),
     };
-    finish(
+    let unchanged = split.unchanged;
+    let (payload, entropy_bits) = finish(
         [FQUANT, b as u8, layout.exp_bits as u8, m as u8],
         &[],
         split,
-    )
+    );
+    (payload, entropy_bits, unchanged)
 }
 
 /// The payload: `head`, the context count, `extra`, then the escapes, residuals and escaped
@@ -88,6 +124,7 @@ fn finish(head: [u8; 4], extra: &[u8], q: QuantSplit) -> (Vec<u8>, f64) {
         res_ctx,
         escapes,
         gaps,
+        ..
     } = q;
     let hist = Hist::new(&residuals, Some(&res_ctx), QUANT_CLASSES);
     let plain = Plan::from_hist(&hist.merged());
@@ -121,6 +158,8 @@ struct QuantSplit {
     escapes: Vec<u8>,
     /// Escape positions: the first index, then the differences minus one.
     gaps: Vec<u64>,
+    /// Target values equal to the base's bits, or on the grid at the base's coordinate.
+    unchanged: u64,
 }
 
 fn residuals<const B: usize, G: DeltaGrid>(g: G, base: &[u8], target: &[u8]) -> QuantSplit {
@@ -130,11 +169,16 @@ fn residuals<const B: usize, G: DeltaGrid>(g: G, base: &[u8], target: &[u8]) -> 
         res_ctx: Vec::with_capacity(count),
         escapes: Vec::new(),
         gaps: Vec::new(),
+        unchanged: 0,
     };
     let mut next = 0usize;
     for (i, (bv, tv)) in base.chunks_exact(B).zip(target.chunks_exact(B)).enumerate() {
-        let qb = g.coordinate(load::<B>(bv)).unwrap_or(0);
-        match g.coordinate(load::<B>(tv)) {
+        let (bu, tu) = (load::<B>(bv), load::<B>(tv));
+        let cb = g.coordinate(bu);
+        let ct = g.coordinate(tu);
+        q.unchanged += u64::from(bu == tu || (cb.is_some() && ct == cb));
+        let qb = cb.unwrap_or(0);
+        match ct {
             Some(qt) => {
                 q.residuals.push(zigzag(qt - qb));
                 q.res_ctx.push(quant_class(qb));

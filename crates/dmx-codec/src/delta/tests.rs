@@ -222,11 +222,29 @@ fn expected_quant(layout: FloatLayout, t: &[u8], step: f64, bits: u32) -> Vec<u8
         .collect()
 }
 
+/// Values of `t` equal to `b`'s bits, or at the same coordinate (both on the grid), counted
+/// separately from the encoder.
+fn unchanged(layout: FloatLayout, b: &[u8], t: &[u8], coord: impl Fn(u64) -> Option<i64>) -> u64 {
+    b.chunks_exact(layout.bytes())
+        .zip(t.chunks_exact(layout.bytes()))
+        .filter(|(x, y)| {
+            let (x, y) = (load_any(x), load_any(y));
+            x == y || coord(x).is_some_and(|q| coord(y) == Some(q))
+        })
+        .count() as u64
+}
+
 fn quant_round_trip(layout: FloatLayout, b: &[u8], t: &[u8], step: f64, bits: u32) -> usize {
-    let (p, _) = encode_quantized(layout, b, t, step, bits);
+    let (p, e) = encode_quantized(layout, b, t, step, bits);
+    let (p2, e2, same) = encode_quantized_counted(layout, b, t, step, bits);
+    assert_eq!((&p, e.to_bits()), (&p2, e2.to_bits()));
+    let coord = |raw| grid::quantize(grid::to_f64(layout, raw), step, bits);
+    assert_eq!(same, unchanged(layout, b, t, coord));
     let mut out = vec![0u8; t.len()];
     decode_quantized(&p, b, &mut out).unwrap();
     assert_eq!(out, expected_quant(layout, t, step, bits));
+    // The same values as the target quantized alone.
+    assert_eq!(out, crate::quant::restore(layout, t, step, bits));
     p.len()
 }
 
@@ -284,6 +302,13 @@ const FLOAT_GRID: [FloatLayout; 3] = [FloatLayout::BF16, FloatLayout::F16, Float
 fn fgrid_round_trip(layout: FloatLayout, b: &[u8], t: &[u8], m: u32) -> Vec<u8> {
     let (p, bits) = encode_float_quantized(layout, b, t, m);
     assert!(bits >= 0.0);
+    let (p2, bits2, same) = encode_float_quantized_counted(layout, b, t, m);
+    assert_eq!((&p, bits.to_bits()), (&p2, bits2.to_bits()));
+    let coord = |raw| crate::fgrid::coordinate(layout, m, raw);
+    assert_eq!(same, unchanged(layout, b, t, coord));
+    let mut alone = vec![0u8; t.len()];
+    decode_quantized(&p, b, &mut alone).unwrap();
+    assert!(alone == crate::fquant::restore(layout, t, m));
     assert_eq!(p[0], FQUANT);
     let mut out = vec![0xA5u8; t.len()];
     decode_quantized(&p, b, &mut out).unwrap();
