@@ -99,6 +99,63 @@ pub fn encode(kind: ValueKind, base: &[u8], target: &[u8]) -> (Vec<u8>, f64) {
     }
 }
 
+/// Bytes an integer block can come out below its plan's size bound: one byte per stream, and
+/// the stream-size varints, estimated from the total (with room to spare).
+const PLAN_SLACK: usize = 64;
+
+/// [`encode`] when its payload would be at most `limit` bytes, else `None`: what a writer that
+/// keeps another encoding of `limit` bytes unless this one is no larger needs. Skips the
+/// coding (and the variants' trials) whenever size bounds show that no candidate can reach
+/// `limit`; whenever one might, the result is [`encode`]'s, so `Some` is always exactly
+/// [`encode`]'s output.
+///
+/// # Panics
+/// If `base` and `target` differ in length.
+pub fn encode_within(
+    kind: ValueKind,
+    base: &[u8],
+    target: &[u8],
+    limit: usize,
+) -> Option<(Vec<u8>, f64)> {
+    let full = || Some(encode(kind, base, target)).filter(|e| e.0.len() <= limit);
+    let ValueKind::Float(layout) = kind else {
+        return full();
+    };
+    if !(matches!(layout.bytes(), 1 | 2 | 4 | 8)
+        && layout.exp_bits >= 1
+        && layout.exp_bits + 1 < layout.bits()
+        && target.len().is_multiple_of(layout.bytes()))
+        || base == target
+    {
+        return full();
+    }
+    // The order variant without its coding: its size within PLAN_SLACK below the bound.
+    let order = order_plan(layout, base, target);
+    let order_hi = ORDER_HEAD + order.plan.size;
+    if order_hi <= limit.saturating_add(PLAN_SLACK) {
+        return full();
+    }
+    // The other variants are tried when a sample predicts them within 3 % of the order
+    // variant's size (at most `order_hi`); one that is tried may win when it reaches `limit`.
+    let sample = sample_xor(base, target, layout.bytes());
+    let scale = target.len() as f64 / sample.len().max(1) as f64;
+    let predicted = float::Analysis::new(layout, &sample).best_plan().size as f64 * scale;
+    if predicted < order_hi as f64 * 1.03 {
+        let xor: Vec<u8> = base.iter().zip(target).map(|(a, b)| a ^ b).collect();
+        let plan = float::Analysis::new(layout, &xor).best_plan();
+        if 1 + plan.size <= limit.saturating_add(PLAN_SLACK) {
+            return full();
+        }
+    }
+    let z = zstd::bulk::compress(&sample, 1).map_or(usize::MAX, |z| z.len());
+    if z as f64 * scale < order_hi as f64 * 1.03
+        && encode_zstd(base, target, &[layout.bytes()]).0.len() <= limit
+    {
+        return full();
+    }
+    None
+}
+
 /// Decodes a payload of [`encode`], [`encode_quantized`] or [`encode_float_quantized`] against
 /// `base` into `out` (the chunk's size, equal to the base's).
 pub fn decode(payload: &[u8], base: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
@@ -275,7 +332,18 @@ fn sample_xor(base: &[u8], target: &[u8], b: usize) -> Vec<u8> {
     out
 }
 
-fn encode_order(layout: FloatLayout, base: &[u8], target: &[u8]) -> (Vec<u8>, f64) {
+/// Header bytes of the order variant before its integer block.
+const ORDER_HEAD: usize = 6;
+
+/// The order variant before coding: differences, contexts and the chosen plan.
+struct OrderPlan {
+    z: Vec<u64>,
+    ctx: Option<Vec<u8>>,
+    plan: Plan,
+    used: Option<Classes>,
+}
+
+fn order_plan(layout: FloatLayout, base: &[u8], target: &[u8]) -> OrderPlan {
     let b = layout.bytes();
     let n = target.len() / b;
     let (z, exp_hist) = match b {
@@ -301,6 +369,12 @@ fn encode_order(layout: FloatLayout, base: &[u8], target: &[u8]) -> (Vec<u8>, f6
             used = None;
         }
     }
+    OrderPlan { z, ctx, plan, used }
+}
+
+fn encode_order(layout: FloatLayout, base: &[u8], target: &[u8]) -> (Vec<u8>, f64) {
+    let b = layout.bytes();
+    let OrderPlan { z, ctx, plan, used } = order_plan(layout, base, target);
     let mut out = Vec::with_capacity(plan.size + 8);
     out.push(ORDER);
     out.push(b as u8);

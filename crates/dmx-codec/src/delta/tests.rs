@@ -17,6 +17,17 @@ fn round_trip(kind: ValueKind, base: &[u8], target: &[u8]) -> usize {
     let mut out = vec![0xA5u8; target.len()];
     decode(&payload, base, &mut out).unwrap();
     assert!(out == target, "variant {} mismatch", payload[0]);
+    // Within a limit: exactly `encode`'s payload when it fits, else nothing.
+    let n = payload.len();
+    for limit in [0, n / 2, n.saturating_sub(1), n, n + 1, n + 100, usize::MAX] {
+        match encode_within(kind, base, target, limit) {
+            Some((p, b)) => {
+                assert!(n <= limit, "limit {limit}, size {n}");
+                assert_eq!((p, b.to_bits()), (payload.clone(), bits.to_bits()));
+            }
+            None => assert!(n > limit, "limit {limit}, size {n}"),
+        }
+    }
     payload.len()
 }
 
