@@ -102,10 +102,9 @@ impl Coding {
             }
         };
         if let (Coding::Delta, Some(base)) = (self, base) {
-            let plain = dmx_codec::encode_with(value, data, hints);
             let (payload, entropy_bits) = dmx_codec::delta::encode(value, base, data);
-            return smaller(
-                plain,
+            // The chunk alone wins when it is no larger: coded only when it can be.
+            return super::within::lossless_within(value, data, hints, payload.len()).unwrap_or(
                 dmx_codec::Encoded {
                     codec: dmx_codec::Codec::Delta,
                     payload,
@@ -170,6 +169,132 @@ impl Coding {
             payload,
             entropy_bits,
         }
+    }
+}
+
+/// A lossy chunk as [`Coding::encode_lossy`] codes it.
+pub(crate) struct LossyChunk {
+    /// The stored chunk.
+    pub(crate) enc: dmx_codec::Encoded,
+    /// The bytes its decoder restores.
+    pub(crate) restored: Vec<u8>,
+    /// Values equal to the base's (bit for bit, or on the grid), when the encoder counted
+    /// them.
+    pub(crate) unchanged: Option<u64>,
+}
+
+impl Coding {
+    /// [`Coding::encode`] of a lossy coding in one pass per chunk: also returns the bytes
+    /// decompression will restore, computed from the quantized values the encoder made (the
+    /// codecs' `encode_restored` / `restore`, checked against their decoders by their tests)
+    /// instead of decoding the payload again, and for quantized deltas the count of unchanged
+    /// values from the same pass.
+    pub(crate) fn encode_lossy(
+        self,
+        value: ValueKind,
+        data: &[u8],
+        hints: dmx_codec::Hints,
+        base: Option<&[u8]>,
+    ) -> LossyChunk {
+        let exact = |enc: dmx_codec::Encoded| LossyChunk {
+            enc,
+            restored: data.to_vec(),
+            unchanged: None,
+        };
+        let ValueKind::Float(layout) = value else {
+            return exact(self.encode(value, data, hints, base));
+        };
+        let mut unchanged = None;
+        let (codec, (payload, entropy_bits), restored) = match self {
+            Coding::Lossless | Coding::Delta => {
+                return exact(self.encode(value, data, hints, base));
+            }
+            Coding::QuantDelta { grid, bits } => {
+                let capped = grid.capped(layout);
+                let (codec, (payload, entropy_bits)) = quantize(layout, data, grid, bits);
+                let alone = dmx_codec::Encoded {
+                    codec,
+                    payload,
+                    entropy_bits,
+                };
+                let best = match base {
+                    None => alone,
+                    Some(base) => {
+                        let (payload, entropy_bits, same) = match capped {
+                            Grid::Linear(step) => dmx_codec::delta::encode_quantized_counted(
+                                layout, base, data, step, bits,
+                            ),
+                            Grid::Float(m) => dmx_codec::delta::encode_float_quantized_counted(
+                                layout, base, data, m,
+                            ),
+                        };
+                        // The count is on the grid the chunk was coded on (the record's may
+                        // name more fraction bits than the dtype has: counted as before).
+                        if capped == grid {
+                            unchanged = Some(same);
+                        }
+                        let delta = dmx_codec::Encoded {
+                            codec: dmx_codec::Codec::QuantDelta,
+                            payload,
+                            entropy_bits,
+                        };
+                        if delta.payload.len() < alone.payload.len() {
+                            delta
+                        } else {
+                            alone
+                        }
+                    }
+                };
+                // Both forms restore the target's own grid values.
+                (
+                    best.codec,
+                    (best.payload, best.entropy_bits),
+                    restore(layout, data, capped, bits),
+                )
+            }
+            Coding::Bfp(p) => {
+                let (payload, bits, restored) = bfp::encode_restored(layout, data, 0, p);
+                (dmx_codec::Codec::Bfp, (payload, bits), restored)
+            }
+            Coding::Quant { grid, bits } => {
+                let (codec, enc) = quantize(layout, data, grid, bits);
+                (codec, enc, restore(layout, data, grid.capped(layout), bits))
+            }
+            Coding::Cast(to) => {
+                let (payload, bits, restored) = dmx_codec::cast::encode_restored(to, data, hints);
+                (dmx_codec::Codec::Cast, (payload, bits), restored)
+            }
+        };
+        if payload.len() >= data.len() {
+            // Never larger than the input: such a chunk is stored exactly.
+            return LossyChunk {
+                enc: dmx_codec::Encoded {
+                    codec: dmx_codec::Codec::Raw,
+                    payload: data.to_vec(),
+                    entropy_bits,
+                },
+                restored: data.to_vec(),
+                unchanged,
+            };
+        }
+        LossyChunk {
+            enc: dmx_codec::Encoded {
+                codec,
+                payload,
+                entropy_bits,
+            },
+            restored,
+            unchanged,
+        }
+    }
+}
+
+/// What a chunk on `grid` (capped to the layout) restores: codecs 5 and 9, and the quantized
+/// deltas on the same grid.
+fn restore(layout: FloatLayout, data: &[u8], grid: Grid, bits: u32) -> Vec<u8> {
+    match grid {
+        Grid::Linear(step) => dmx_codec::quant::restore(layout, data, step, bits),
+        Grid::Float(m) => dmx_codec::fquant::restore(layout, data, m),
     }
 }
 

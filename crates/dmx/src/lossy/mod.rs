@@ -15,6 +15,7 @@ mod coding;
 mod grid;
 mod measure;
 mod values;
+mod within;
 
 use dmx_codec::{FloatLayout, bfp};
 use dmx_format::SegmentKind;
@@ -332,11 +333,12 @@ pub fn json_opt_f64<S: serde::Serializer>(
 }
 
 pub(crate) use choose::{fixed_codings, plan_warnings};
-pub(crate) use coding::Coding;
+pub(crate) use coding::{Coding, LossyChunk};
 pub use grid::Grid;
 pub(crate) use grid::{float_bits, grid_with_step, own_grid, spans_binades};
 pub(crate) use measure::ErrorAcc;
 pub(crate) use values::{float_tensors, lossy_layout, raw, shared_steps, sum_sq};
+pub(crate) use within::lossless_within;
 
 #[cfg(test)]
 mod tests {
