@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use sha2::Digest;
 
 use super::source::Source;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::io::AtomicFile;
 use crate::io::Bytes;
 use crate::lossy::{Coding, ErrorAcc, LossyChunk};
@@ -93,7 +93,7 @@ pub(super) fn run_job(j: &Job<'_>) -> Result<Done> {
         let mut decoded = vec![0u8; j.data.len()];
         dmx_codec::decode_with_base(enc.codec, &enc.payload, j.base, &mut decoded).map_err(
             |e| {
-                Error::Internal(format!(
+                crate::error::Error::Internal(format!(
                     "a {} chunk failed to decode right after encoding ({e}); please report this",
                     enc.codec.name()
                 ))

@@ -182,22 +182,27 @@ pub(crate) fn spans_binades(name: &str, layout: FloatLayout, data: &[u8]) -> boo
 }
 
 /// The median finite non-zero magnitude of a sample of at most 65,536 evenly spaced values.
+/// Selected on the magnitude bits (sign cleared), which order finite values like their
+/// magnitudes, so no value is converted but the median.
 fn median_nonzero(layout: FloatLayout, data: &[u8]) -> Option<f64> {
     const SAMPLE: usize = 1 << 16;
     let w = layout.bytes();
     let n = data.len() / w;
     let stride = n.div_ceil(SAMPLE).max(1);
-    let mut mags: Vec<f64> = (0..n)
+    let bits = layout.bits();
+    let mag_mask = u64::MAX >> (65 - bits);
+    let inf = ((1u64 << layout.exp_bits) - 1) << (bits - 1 - layout.exp_bits);
+    let mut mags: Vec<u64> = (0..n)
         .step_by(stride)
-        .map(|i| grid::to_f64(layout, super::raw(&data[i * w..(i + 1) * w])).abs())
-        .filter(|x| x.is_finite() && *x > 0.0)
+        .map(|i| super::raw(&data[i * w..(i + 1) * w]) & mag_mask)
+        .filter(|&m| m != 0 && m < inf)
         .collect();
     if mags.is_empty() {
         return None;
     }
     let mid = mags.len() / 2;
-    let (_, m, _) = mags.select_nth_unstable_by(mid, f64::total_cmp);
-    Some(*m)
+    let (_, m, _) = mags.select_nth_unstable(mid);
+    Some(grid::to_f64(layout, *m))
 }
 
 #[cfg(test)]
@@ -219,6 +224,45 @@ mod tests {
         }
         for bad in ["", "float:", "float:99", "0", "-1", "inf", "NaN", "x"] {
             assert_eq!(Grid::from_text(bad), None, "{bad}");
+        }
+    }
+
+    /// The median on the bits is the median of the magnitudes as numbers.
+    #[test]
+    fn median_on_bits_is_the_numeric_median() {
+        let reference = |layout: FloatLayout, data: &[u8]| -> Option<f64> {
+            let w = layout.bytes();
+            let n = data.len() / w;
+            let stride = n.div_ceil(1 << 16).max(1);
+            let mut mags: Vec<f64> = (0..n)
+                .step_by(stride)
+                .map(|i| grid::to_f64(layout, crate::lossy::raw(&data[i * w..(i + 1) * w])).abs())
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .collect();
+            if mags.is_empty() {
+                return None;
+            }
+            let mid = mags.len() / 2;
+            Some(*mags.select_nth_unstable_by(mid, f64::total_cmp).1)
+        };
+        let mut x = 7u64;
+        for layout in [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32] {
+            for n in [0usize, 1, 2, 5, 1000, 70_000, 200_001] {
+                let data: Vec<u8> = (0..n * layout.bytes())
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                let got = median_nonzero(layout, &data).map(f64::to_bits);
+                assert_eq!(
+                    got,
+                    reference(layout, &data).map(f64::to_bits),
+                    "{layout:?} {n}"
+                );
+            }
         }
     }
 

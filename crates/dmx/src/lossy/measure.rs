@@ -59,61 +59,75 @@ impl ErrorAcc {
         decoded: &[u8],
         conv: impl Fn([u8; W]) -> f64,
     ) {
+        // The sums run in the same order and with the same operations as one value at a
+        // time; the counts that follow from others are derived once per call: every pair is
+        // a value, every original but NaN a counted one.
+        let mut a_ = *self;
+        let mut nan = 0u64;
+        let mut pairs = 0u64;
         for (a, b) in original.chunks_exact(W).zip(decoded.chunks_exact(W)) {
             let (a, b): ([u8; W], [u8; W]) = (
                 a.try_into().expect("chunks_exact"),
                 b.try_into().expect("chunks_exact"),
             );
-            self.values += 1;
-            if a == b {
-                self.identical += 1;
-            }
+            pairs += 1;
+            a_.identical += u64::from(a == b);
             let x = conv(a);
             let y = conv(b);
-            if x.is_finite() && y.is_finite() {
+            let d = x - y;
+            // Both finite: for 16- and 32-bit values (far from the f64 range) exactly when
+            // their difference is.
+            let finite = if W < 8 {
+                d.is_finite()
+            } else {
+                x.is_finite() && y.is_finite()
+            };
+            if finite {
                 // The common case, straight-line.
-                let e = (x - y).abs();
-                self.dot += x * y;
-                self.sum_sq_decoded += y * y;
-                self.sum_sq += x * x;
-                self.sum_sq_err += e * e;
-                self.sum_abs_err += e;
-                if e > self.max_abs {
-                    self.max_abs = e;
+                let e = d.abs();
+                a_.dot += x * y;
+                a_.sum_sq_decoded += y * y;
+                a_.sum_sq += x * x;
+                a_.sum_sq_err += e * e;
+                a_.sum_abs_err += e;
+                if e > a_.max_abs {
+                    a_.max_abs = e;
                 }
-                self.count += 1;
                 if x != 0.0 {
-                    self.nonzero += 1;
-                    self.zeroed += u64::from(y == 0.0);
+                    a_.nonzero += 1;
+                    a_.zeroed += u64::from(y == 0.0);
                     // Rarely taken: no division per value.
-                    if e > self.max_rel * x.abs() {
-                        self.max_rel = e / x.abs();
+                    if e > a_.max_rel * x.abs() {
+                        a_.max_rel = e / x.abs();
                     }
                 }
                 continue;
             }
             if x.is_nan() {
+                nan += 1;
                 continue;
             }
             if x.is_finite() && y.is_finite() {
-                self.dot += x * y;
-                self.sum_sq_decoded += y * y;
+                a_.dot += x * y;
+                a_.sum_sq_decoded += y * y;
             }
             let e = if x == y { 0.0 } else { (x - y).abs() };
             let e = if e.is_nan() { f64::INFINITY } else { e };
             if x.is_finite() {
-                self.sum_sq += x * x;
+                a_.sum_sq += x * x;
             }
-            self.sum_sq_err += e * e;
-            self.sum_abs_err += e;
-            self.max_abs = self.max_abs.max(e);
-            self.count += 1;
+            a_.sum_sq_err += e * e;
+            a_.sum_abs_err += e;
+            a_.max_abs = a_.max_abs.max(e);
             if x.is_finite() && x != 0.0 {
                 // The original is finite and the restored value is not (or NaN).
-                self.nonzero += 1;
-                self.max_rel = f64::INFINITY;
+                a_.nonzero += 1;
+                a_.max_rel = f64::INFINITY;
             }
         }
+        a_.values += pairs;
+        a_.count += pairs - nan;
+        *self = a_;
     }
 
     pub(crate) fn merge(&mut self, o: &ErrorAcc) {
@@ -211,6 +225,122 @@ mod tests {
         assert_eq!(e.rel_l2(), 0.5);
         assert_eq!(e.stats().max_abs, 1.0);
         assert_eq!(e.stats().values.unwrap().max_rel, 0.5);
+    }
+
+    /// The one-value-at-a-time accumulation of earlier versions: the sums and counts
+    /// [`ErrorAcc::add`] must reproduce bit for bit.
+    fn reference(s: &mut ErrorAcc, layout: FloatLayout, original: &[u8], decoded: &[u8]) {
+        let w = layout.bytes();
+        let conv = |r: &[u8]| dmx_codec::grid::to_f64(layout, crate::lossy::raw(r));
+        for (a, b) in original.chunks_exact(w).zip(decoded.chunks_exact(w)) {
+            s.values += 1;
+            if a == b {
+                s.identical += 1;
+            }
+            let (x, y) = (conv(a), conv(b));
+            if x.is_finite() && y.is_finite() {
+                let e = (x - y).abs();
+                s.dot += x * y;
+                s.sum_sq_decoded += y * y;
+                s.sum_sq += x * x;
+                s.sum_sq_err += e * e;
+                s.sum_abs_err += e;
+                if e > s.max_abs {
+                    s.max_abs = e;
+                }
+                s.count += 1;
+                if x != 0.0 {
+                    s.nonzero += 1;
+                    s.zeroed += u64::from(y == 0.0);
+                    if e > s.max_rel * x.abs() {
+                        s.max_rel = e / x.abs();
+                    }
+                }
+                continue;
+            }
+            if x.is_nan() {
+                continue;
+            }
+            if x.is_finite() && y.is_finite() {
+                s.dot += x * y;
+                s.sum_sq_decoded += y * y;
+            }
+            let e = if x == y { 0.0 } else { (x - y).abs() };
+            let e = if e.is_nan() { f64::INFINITY } else { e };
+            if x.is_finite() {
+                s.sum_sq += x * x;
+            }
+            s.sum_sq_err += e * e;
+            s.sum_abs_err += e;
+            s.max_abs = s.max_abs.max(e);
+            s.count += 1;
+            if x.is_finite() && x != 0.0 {
+                s.nonzero += 1;
+                s.max_rel = f64::INFINITY;
+            }
+        }
+    }
+
+    /// Bit for bit the reference on random bits (NaN, Inf, subnormals included) and on close
+    /// pairs, for every layout.
+    #[test]
+    fn add_is_the_reference() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for layout in [
+            FloatLayout::BF16,
+            FloatLayout::F16,
+            FloatLayout::F32,
+            FloatLayout::F64,
+        ] {
+            let w = layout.bytes();
+            for case in 0..3 {
+                let orig: Vec<u8> = (0..5000 * w).map(|_| next() as u8).collect();
+                let dec: Vec<u8> = match case {
+                    0 => (0..5000 * w).map(|_| next() as u8).collect(),
+                    1 => orig.clone(),
+                    // The low byte of each value changed: close values.
+                    _ => orig
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &b)| {
+                            if i % w == 0 {
+                                b ^ (next() as u8 & 7)
+                            } else {
+                                b
+                            }
+                        })
+                        .collect(),
+                };
+                let mut got = ErrorAcc::default();
+                got.add(layout, &orig[..2000 * w], &dec[..2000 * w]);
+                got.add(layout, &orig[2000 * w..], &dec[2000 * w..]);
+                let mut want = ErrorAcc::default();
+                reference(&mut want, layout, &orig[..2000 * w], &dec[..2000 * w]);
+                reference(&mut want, layout, &orig[2000 * w..], &dec[2000 * w..]);
+                let bits = |e: &ErrorAcc| {
+                    (
+                        [
+                            e.sum_sq_err,
+                            e.sum_sq,
+                            e.sum_sq_decoded,
+                            e.dot,
+                            e.sum_abs_err,
+                            e.max_abs,
+                            e.max_rel,
+                        ]
+                        .map(f64::to_bits),
+                        [e.nonzero, e.zeroed, e.count, e.identical, e.values],
+                    )
+                };
+                assert_eq!(bits(&got), bits(&want), "{layout:?} case {case}");
+            }
+        }
     }
 
     /// Per-value errors: the largest relative error over non-zero originals and the count of

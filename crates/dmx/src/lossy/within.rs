@@ -70,7 +70,9 @@ fn zstd_may_be_tried(data: &[u8], float_size: usize) -> bool {
     }
     // zstd level 1 as `encode_with` probes (capped at the sample's size: a lower estimate,
     // so the test stays conservative).
-    let z = dmx_codec::encode(ValueKind::Bytes, &sample, 1).payload.len() as f64;
+    let z = dmx_codec::encode(ValueKind::Bytes, &sample, 1)
+        .payload
+        .len() as f64;
     let predicted = z * data.len() as f64 / sample.len() as f64;
     predicted < float_size as f64 * 1.02
 }
