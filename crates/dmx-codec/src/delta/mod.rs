@@ -253,33 +253,43 @@ fn choose_classes(layout: FloatLayout, hist: &[usize], n: usize) -> Option<Class
     })
 }
 
-/// Zigzagged order-preserving differences of values of `B` bytes, and the histogram of the
-/// base exponents.
+/// Zigzagged order-preserving differences of values of `B` bytes, their bitwise OR, and the
+/// histogram of the base exponents (one pass).
 fn order_diffs<const B: usize>(
     layout: FloatLayout,
     base: &[u8],
     target: &[u8],
-) -> (Vec<u64>, Vec<usize>) {
+) -> (Vec<u64>, u64, Vec<usize>) {
     let w = 8 * B as u32;
     let shift = w - 1 - layout.exp_bits;
     let emask = (1usize << layout.exp_bits) - 1;
     let wmask = u64::MAX >> (64 - w);
     let mut hist = vec![0usize; emask + 1];
-    let z = base
-        .chunks_exact(B)
-        .zip(target.chunks_exact(B))
-        .map(|(bv, tv)| {
-            let bu = load::<B>(bv);
-            hist[(bu >> shift) as usize & emask] += 1;
-            let d = key(load::<B>(tv), w).wrapping_sub(key(bu, w)) & wmask;
-            zigzag(sext(d, w))
-        })
-        .collect();
-    (z, hist)
+    let mut z = Vec::with_capacity(target.len() / B);
+    let mut or = 0u64;
+    for (bv, tv) in base.chunks_exact(B).zip(target.chunks_exact(B)) {
+        let bu = load::<B>(bv);
+        hist[(bu >> shift) as usize & emask] += 1;
+        let d = key(load::<B>(tv), w).wrapping_sub(key(bu, w)) & wmask;
+        let v = zigzag(sext(d, w));
+        or |= v;
+        z.push(v);
+    }
+    (z, or, hist)
 }
 
-fn order_classes<const B: usize>(base: &[u8], c: Classes) -> Vec<u8> {
-    base.chunks_exact(B).map(|v| c.of(load::<B>(v))).collect()
+/// The contexts of the order variant and the histogram of `z` under them (one pass; the
+/// histogram [`Hist::new`] gives).
+fn order_classes<const B: usize>(base: &[u8], z: &[u64], or: u64, c: Classes) -> (Vec<u8>, Hist) {
+    let width = Hist::width_for(or);
+    let mut counts = vec![0u64; c.nctx * width];
+    let mut ctx = Vec::with_capacity(z.len());
+    for (v, &x) in base.chunks_exact(B).zip(z) {
+        let k = c.of(load::<B>(v));
+        ctx.push(k);
+        Hist::count(&mut counts, width, usize::from(k), x);
+    }
+    (ctx, Hist::from_counts(counts, width, c.nctx, z.len()))
 }
 
 fn encode_float(layout: FloatLayout, base: &[u8], target: &[u8]) -> (Vec<u8>, f64) {
@@ -346,20 +356,25 @@ struct OrderPlan {
 fn order_plan(layout: FloatLayout, base: &[u8], target: &[u8]) -> OrderPlan {
     let b = layout.bytes();
     let n = target.len() / b;
-    let (z, exp_hist) = match b {
+    let (z, or, exp_hist) = match b {
         1 => order_diffs::<1>(layout, base, target),
         2 => order_diffs::<2>(layout, base, target),
         4 => order_diffs::<4>(layout, base, target),
         _ => order_diffs::<8>(layout, base, target),
     };
     let classes = choose_classes(layout, &exp_hist, n);
-    let ctx: Option<Vec<u8>> = classes.map(|c| match b {
-        1 => order_classes::<1>(base, c),
-        2 => order_classes::<2>(base, c),
-        4 => order_classes::<4>(base, c),
-        _ => order_classes::<8>(base, c),
-    });
-    let hist = Hist::new(&z, ctx.as_deref(), classes.map_or(1, |c| c.nctx));
+    let (ctx, hist) = match classes {
+        Some(c) => {
+            let (ctx, hist) = match b {
+                1 => order_classes::<1>(base, &z, or, c),
+                2 => order_classes::<2>(base, &z, or, c),
+                4 => order_classes::<4>(base, &z, or, c),
+                _ => order_classes::<8>(base, &z, or, c),
+            };
+            (Some(ctx), hist)
+        }
+        None => (None, Hist::new(&z, None, 1)),
+    };
     let mut plan = Plan::from_hist(&hist);
     let mut used = classes;
     if used.is_some() {

@@ -161,6 +161,29 @@ impl Hist {
         }
     }
 
+    /// The row width [`Hist::new`] gives values whose bitwise OR is `or`.
+    pub(crate) fn width_for(or: u64) -> usize {
+        token(or, MAX_K) as usize + 1
+    }
+
+    /// Counts one value of context `c` into `counts` (rows of `width`, as [`Hist::new`]).
+    #[inline(always)]
+    pub(crate) fn count(counts: &mut [u64], width: usize, c: usize, v: u64) {
+        counts[c * width + token(v, MAX_K) as usize] += 1;
+    }
+
+    /// The histogram of `n` values counted with [`Hist::count`] into `counts`
+    /// (`nctx` rows of [`Hist::width_for`] the values' OR): what [`Hist::new`] gives them.
+    pub(crate) fn from_counts(counts: Vec<u64>, width: usize, nctx: usize, n: usize) -> Self {
+        debug_assert_eq!(counts.len(), nctx * width);
+        Self {
+            counts,
+            width,
+            nctx,
+            lane_values: std::array::from_fn(|j| (n + LANES - 1 - j) / LANES),
+        }
+    }
+
     /// The same values under a single context.
     pub(crate) fn merged(&self) -> Self {
         let mut counts = vec![0u64; self.width];
