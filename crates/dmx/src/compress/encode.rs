@@ -1,6 +1,6 @@
-//! Encoding a planned file: chunks cut from its segments, encoded in parallel windows
-//! (lossy chunks decoded again for their checksums and error), payloads streamed to the
-//! archive, and the entry's segment records.
+//! Encoding a planned file: chunks cut from its segments, encoded in parallel windows (lossy
+//! chunks in one pass that also gives the bytes they restore, for their checksums and error),
+//! payloads streamed to the archive, and the entry's segment records.
 
 use dmx_codec::ValueKind;
 use dmx_format::{Chunk, Entry, Segment, Transform};
