@@ -66,16 +66,53 @@ pub fn restore(layout: FloatLayout, data: &[u8], m: u32) -> Vec<u8> {
     );
     let mut out = vec![0u8; data.len()];
     match b {
-        2 => restore_width::<2>(g, data, &mut out),
-        _ => restore_width::<4>(g, data, &mut out),
+        2 => restore_width::<2>(g, data, &mut out, None),
+        _ => restore_width::<4>(g, data, &mut out, None),
     }
     out
 }
 
-fn restore_width<const B: usize>(g: FloatGrid, data: &[u8], out: &mut [u8]) {
+/// [`restore`], and in the same pass a lower bound on the size of [`encode`]'s payload (as
+/// [`crate::quant::restore_bounded`]).
+///
+/// # Panics
+/// As [`encode`].
+pub fn restore_bounded(layout: FloatLayout, data: &[u8], m: u32) -> (Vec<u8>, usize) {
+    let g =
+        FloatGrid::new(layout, m).expect("fquant::restore: unsupported dtype or fraction width");
+    let b = layout.bytes();
+    assert!(
+        data.len().is_multiple_of(b),
+        "fquant::restore: data is not whole values"
+    );
+    let mut out = vec![0u8; data.len()];
+    let mut qs = Vec::with_capacity(data.len() / b);
+    match b {
+        2 => restore_width::<2>(g, data, &mut out, Some(&mut qs)),
+        _ => restore_width::<4>(g, data, &mut out, Some(&mut qs)),
+    }
+    let bound = HEADER + crate::quant::body_lower_bound(&qs, data.len() / b, b);
+    (out, bound)
+}
+
+/// With `qs`, also collects the zigzagged coordinates of the values on the grid.
+fn restore_width<const B: usize>(
+    g: FloatGrid,
+    data: &[u8],
+    out: &mut [u8],
+    mut qs: Option<&mut Vec<u64>>,
+) {
     for (v, o) in data.chunks_exact(B).zip(out.chunks_exact_mut(B)) {
         let raw = crate::float::load::<B>(v);
-        let r = g.coordinate(raw).and_then(|q| g.value(q)).unwrap_or(raw);
+        let r = match g.coordinate(raw) {
+            Some(q) => {
+                if let Some(qs) = qs.as_deref_mut() {
+                    qs.push(crate::ints::zigzag(q));
+                }
+                g.value(q).unwrap_or(raw)
+            }
+            None => raw,
+        };
         o.copy_from_slice(&r.to_le_bytes()[..B]);
     }
 }
@@ -147,6 +184,12 @@ pub(crate) mod tests {
         decode(&enc, &mut out).unwrap();
         assert!(out == expected(layout, m, data), "{layout:?} m {m}");
         assert!(restore(layout, data, m) == out, "restore {layout:?} m {m}");
+        let (restored, bound) = restore_bounded(layout, data, m);
+        assert!(
+            restored == out && bound <= enc.len(),
+            "{bound} {}",
+            enc.len()
+        );
         let (again, _) = encode(layout, &out, m);
         let mut twice = vec![0u8; data.len()];
         decode(&again, &mut twice).unwrap();

@@ -126,17 +126,68 @@ pub fn restore(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> Vec<u8
     let m = grid::qmax(bits) as f64;
     let mut out = vec![0u8; data.len()];
     match (layout.bytes(), layout.exp_bits) {
-        (2, 8) => restore_width::<2, false>(data, step, m, &mut out),
-        (2, _) => restore_width::<2, true>(data, step, m, &mut out),
-        (4, _) => restore_width::<4, false>(data, step, m, &mut out),
-        _ => restore_width::<8, false>(data, step, m, &mut out),
+        (2, 8) => restore_width::<2, false>(data, step, m, &mut out, None),
+        (2, _) => restore_width::<2, true>(data, step, m, &mut out, None),
+        (4, _) => restore_width::<4, false>(data, step, m, &mut out, None),
+        _ => restore_width::<8, false>(data, step, m, &mut out, None),
     }
     out
 }
 
+/// [`restore`], and in the same pass a lower bound on the size of [`encode`]'s payload (from
+/// the integer coder's plan, without coding): what a writer comparing it with another form
+/// needs to know whether to code it at all.
+///
+/// # Panics
+/// As [`encode`].
+pub fn restore_bounded(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> (Vec<u8>, usize) {
+    assert!(supports(layout), "quant::restore: unsupported dtype");
+    assert!(
+        (2..=32).contains(&bits),
+        "quant::restore: bits must be in 2..=32"
+    );
+    assert!(
+        data.len().is_multiple_of(layout.bytes()),
+        "quant::restore: data is not whole values"
+    );
+    let m = grid::qmax(bits) as f64;
+    let mut out = vec![0u8; data.len()];
+    let mut qs = Vec::with_capacity(data.len() / layout.bytes());
+    match (layout.bytes(), layout.exp_bits) {
+        (2, 8) => restore_width::<2, false>(data, step, m, &mut out, Some(&mut qs)),
+        (2, _) => restore_width::<2, true>(data, step, m, &mut out, Some(&mut qs)),
+        (4, _) => restore_width::<4, false>(data, step, m, &mut out, Some(&mut qs)),
+        _ => restore_width::<8, false>(data, step, m, &mut out, Some(&mut qs)),
+    }
+    let bound = HEADER + body_lower_bound(&qs, data.len() / layout.bytes(), layout.bytes());
+    (out, bound)
+}
+
+/// A lower bound on the bytes `escapes::put` writes for `count` values of `b` bytes whose
+/// grid integers (zigzagged) are `qs`, the others escaped: the counts, at least one byte of
+/// gaps and the escaped bytes, and the integer block's plan less its slack.
+pub(crate) fn body_lower_bound(qs: &[u64], count: usize, b: usize) -> usize {
+    use crate::entropy::varint::varint_len;
+    /// Bytes an integer block can come out below its plan's size bound.
+    const PLAN_SLACK: usize = 64;
+    let nesc = count - qs.len();
+    let plan = crate::ints::Plan::new(qs, None, 1);
+    varint_len(count as u64)
+        + varint_len(nesc as u64)
+        + if nesc > 0 { 1 + nesc * b } else { 0 }
+        + plan.size.saturating_sub(PLAN_SLACK)
+}
+
 /// [`restore`] of values of width `B` (`F16` selects F16 among 2-byte layouts); the grid
 /// points as [`fill`] computes them.
-fn restore_width<const B: usize, const F16: bool>(data: &[u8], step: f64, m: f64, out: &mut [u8]) {
+/// With `qs`, also collects the zigzagged integers of the values on the grid.
+fn restore_width<const B: usize, const F16: bool>(
+    data: &[u8],
+    step: f64,
+    m: f64,
+    out: &mut [u8],
+    mut qs: Option<&mut Vec<u64>>,
+) {
     let layout = match (B, F16) {
         (2, false) => FloatLayout::BF16,
         (2, true) => FloatLayout::F16,
@@ -147,11 +198,16 @@ fn restore_width<const B: usize, const F16: bool>(data: &[u8], step: f64, m: f64
         let raw = crate::float::load::<B>(v);
         let r = match quantize(layout, raw, step, m) {
             None => raw,
-            Some(q) => match B {
-                4 => u64::from(((q as f64 * step) as f32).to_bits()),
-                8 => (q as f64 * step).to_bits(),
-                _ => grid::dequantize(layout, q, step),
-            },
+            Some(q) => {
+                if let Some(qs) = qs.as_deref_mut() {
+                    qs.push(crate::ints::zigzag(q));
+                }
+                match B {
+                    4 => u64::from(((q as f64 * step) as f32).to_bits()),
+                    8 => (q as f64 * step).to_bits(),
+                    _ => grid::dequantize(layout, q, step),
+                }
+            }
         };
         o.copy_from_slice(&r.to_le_bytes()[..B]);
     }

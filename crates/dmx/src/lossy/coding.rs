@@ -211,14 +211,24 @@ impl Coding {
             }
             Coding::QuantDelta { grid, bits } => {
                 let capped = grid.capped(layout);
-                let (codec, (payload, entropy_bits)) = quantize(layout, data, grid, bits);
-                let alone = dmx_codec::Encoded {
-                    codec,
-                    payload,
-                    entropy_bits,
+                // Both forms restore the target's own grid values; the chunk alone is coded
+                // only when it can be no larger than the delta (which it wins then).
+                let (restored, alone_at_least) = match capped {
+                    Grid::Linear(step) => {
+                        dmx_codec::quant::restore_bounded(layout, data, step, bits)
+                    }
+                    Grid::Float(m) => dmx_codec::fquant::restore_bounded(layout, data, m),
+                };
+                let alone = || {
+                    let (codec, (payload, entropy_bits)) = quantize(layout, data, grid, bits);
+                    dmx_codec::Encoded {
+                        codec,
+                        payload,
+                        entropy_bits,
+                    }
                 };
                 let best = match base {
-                    None => alone,
+                    None => alone(),
                     Some(base) => {
                         let (payload, entropy_bits, same) = match capped {
                             Grid::Linear(step) => dmx_codec::delta::encode_quantized_counted(
@@ -238,19 +248,19 @@ impl Coding {
                             payload,
                             entropy_bits,
                         };
-                        if delta.payload.len() < alone.payload.len() {
+                        if alone_at_least > delta.payload.len() {
                             delta
                         } else {
-                            alone
+                            let alone = alone();
+                            if delta.payload.len() < alone.payload.len() {
+                                delta
+                            } else {
+                                alone
+                            }
                         }
                     }
                 };
-                // Both forms restore the target's own grid values.
-                (
-                    best.codec,
-                    (best.payload, best.entropy_bits),
-                    restore(layout, data, capped, bits),
-                )
+                (best.codec, (best.payload, best.entropy_bits), restored)
             }
             Coding::Bfp(p) => {
                 let (payload, bits, restored) = bfp::encode_restored(layout, data, 0, p);

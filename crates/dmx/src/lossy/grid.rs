@@ -192,11 +192,25 @@ fn median_nonzero(layout: FloatLayout, data: &[u8]) -> Option<f64> {
     let bits = layout.bits();
     let mag_mask = u64::MAX >> (65 - bits);
     let inf = ((1u64 << layout.exp_bits) - 1) << (bits - 1 - layout.exp_bits);
-    let mut mags: Vec<u64> = (0..n)
-        .step_by(stride)
-        .map(|i| super::raw(&data[i * w..(i + 1) * w]) & mag_mask)
-        .filter(|&m| m != 0 && m < inf)
-        .collect();
+    #[inline(always)]
+    fn sample<const W: usize>(data: &[u8], stride: usize, mask: u64, inf: u64) -> Vec<u64> {
+        let n = data.len() / W;
+        let mut mags = Vec::with_capacity(n.div_ceil(stride));
+        let mut i = 0;
+        while i < n {
+            let m = super::raw(&data[i * W..(i + 1) * W]) & mask;
+            if m != 0 && m < inf {
+                mags.push(m);
+            }
+            i += stride;
+        }
+        mags
+    }
+    let mut mags = match w {
+        2 => sample::<2>(data, stride, mag_mask, inf),
+        4 => sample::<4>(data, stride, mag_mask, inf),
+        _ => sample::<8>(data, stride, mag_mask, inf),
+    };
     if mags.is_empty() {
         return None;
     }
