@@ -134,6 +134,119 @@ pub fn restore(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> Vec<u8
     out
 }
 
+/// [`encode`], also returning the bytes [`decode`] of the payload restores ([`restore`]),
+/// from one quantization pass over the values.
+///
+/// # Panics
+/// As [`encode`].
+pub fn encode_restored(
+    layout: FloatLayout,
+    data: &[u8],
+    step: f64,
+    bits: u32,
+) -> (Vec<u8>, f64, Vec<u8>) {
+    assert!(supports(layout), "quant::encode: unsupported dtype");
+    assert!(
+        (2..=32).contains(&bits),
+        "quant::encode: bits must be in 2..=32"
+    );
+    let b = layout.bytes();
+    assert!(
+        data.len().is_multiple_of(b),
+        "quant::encode: data is not whole values"
+    );
+    let count = data.len() / b;
+    let m = grid::qmax(bits) as f64;
+    let mut restored = vec![0u8; data.len()];
+    let mut body = Body {
+        qs: Vec::with_capacity(count),
+        gaps: Vec::new(),
+        escaped: Vec::new(),
+    };
+    match (b, layout.exp_bits) {
+        (2, 8) => split_width::<2, false>(data, step, m, &mut restored, &mut body),
+        (2, _) => split_width::<2, true>(data, step, m, &mut restored, &mut body),
+        (4, _) => split_width::<4, false>(data, step, m, &mut restored, &mut body),
+        _ => split_width::<8, false>(data, step, m, &mut restored, &mut body),
+    }
+    let mut out = Vec::with_capacity(HEADER + 16 + count * bits as usize / 16);
+    out.extend_from_slice(&[VERSION, b as u8, layout.exp_bits as u8, bits as u8]);
+    out.extend_from_slice(&step.to_bits().to_le_bytes());
+    let entropy = body.put(&mut out);
+    (out, entropy, restored)
+}
+
+/// A chunk split as `escapes::scan` splits it: the grid integers (zigzagged), the gap before
+/// each escape, the escapes' bytes.
+struct Body {
+    qs: Vec<u64>,
+    gaps: Vec<u64>,
+    escaped: Vec<u8>,
+}
+
+impl Body {
+    /// Writes the body as `escapes::put` does (the same bytes: the codec tests compare
+    /// [`encode_restored`] with [`encode`]); returns its entropy bound in bits.
+    fn put(&self, out: &mut Vec<u8>) -> f64 {
+        use crate::entropy::varint::put_varint;
+        use crate::ints;
+        put_varint(out, (self.qs.len() + self.gaps.len()) as u64);
+        put_varint(out, self.gaps.len() as u64);
+        let mut entropy = 0.0;
+        if !self.gaps.is_empty() {
+            let block = ints::encode_unsigned(&self.gaps);
+            let signed: Vec<i64> = self.gaps.iter().map(|&g| g as i64).collect();
+            entropy += ints::entropy_bits_signed(&signed).min(block.len() as f64 * 8.0);
+            entropy += self.escaped.len() as f64 * 8.0;
+            out.extend_from_slice(&block);
+            out.extend_from_slice(&self.escaped);
+        }
+        entropy + ints::encode_ctx(&self.qs, None, 1, out)
+    }
+}
+
+/// The split of values of width `B` (`F16` selects F16 among 2-byte layouts) and, into
+/// `out`, what they restore (as [`restore_width`]).
+fn split_width<const B: usize, const F16: bool>(
+    data: &[u8],
+    step: f64,
+    m: f64,
+    out: &mut [u8],
+    body: &mut Body,
+) {
+    let layout = match (B, F16) {
+        (2, false) => FloatLayout::BF16,
+        (2, true) => FloatLayout::F16,
+        (4, _) => FloatLayout::F32,
+        _ => FloatLayout::F64,
+    };
+    let mut next = 0usize;
+    for (i, (v, o)) in data
+        .chunks_exact(B)
+        .zip(out.chunks_exact_mut(B))
+        .enumerate()
+    {
+        let raw = crate::float::load::<B>(v);
+        let r = match quantize(layout, raw, step, m) {
+            None => {
+                body.gaps.push((i - next) as u64);
+                next = i + 1;
+                body.escaped.extend_from_slice(v);
+                raw
+            }
+            Some(q) => {
+                body.qs.push(crate::ints::zigzag(q));
+                match B {
+                    4 => u64::from(((q as f64 * step) as f32).to_bits()),
+                    8 => (q as f64 * step).to_bits(),
+                    _ => grid::dequantize(layout, q, step),
+                }
+            }
+        };
+        o.copy_from_slice(&r.to_le_bytes()[..B]);
+    }
+}
+
 /// [`restore`], and in the same pass a lower bound on the size of [`encode`]'s payload (from
 /// the integer coder's plan, without coding): what a writer comparing it with another form
 /// needs to know whether to code it at all.
@@ -318,6 +431,14 @@ pub(crate) mod tests {
         assert!(
             restore(layout, data, step, bits) == out,
             "restore {layout:?} {bits}"
+        );
+        let (enc_r, entropy_r, restored_r) = encode_restored(layout, data, step, bits);
+        assert!(enc_r == enc && entropy_r.to_bits() == entropy.to_bits() && restored_r == out);
+        let (restored, bound) = restore_bounded(layout, data, step, bits);
+        assert!(
+            restored == out && bound <= enc.len(),
+            "{bound} {}",
+            enc.len()
         );
         for (&x, &y) in raw_values(layout, data)
             .iter()

@@ -266,10 +266,18 @@ impl Coding {
                 let (payload, bits, restored) = bfp::encode_restored(layout, data, 0, p);
                 (dmx_codec::Codec::Bfp, (payload, bits), restored)
             }
-            Coding::Quant { grid, bits } => {
-                let (codec, enc) = quantize(layout, data, grid, bits);
-                (codec, enc, restore(layout, data, grid.capped(layout), bits))
-            }
+            Coding::Quant { grid, bits } => match grid.capped(layout) {
+                Grid::Linear(step) => {
+                    let (payload, entropy_bits, restored) =
+                        dmx_codec::quant::encode_restored(layout, data, step, bits);
+                    (dmx_codec::Codec::Quant, (payload, entropy_bits), restored)
+                }
+                Grid::Float(m) => (
+                    dmx_codec::Codec::FloatQuant,
+                    dmx_codec::fquant::encode(layout, data, m),
+                    dmx_codec::fquant::restore(layout, data, m),
+                ),
+            },
             Coding::Cast(to) => {
                 let (payload, bits, restored) = dmx_codec::cast::encode_restored(to, data, hints);
                 (dmx_codec::Codec::Cast, (payload, bits), restored)
@@ -296,15 +304,6 @@ impl Coding {
             restored,
             unchanged,
         }
-    }
-}
-
-/// What a chunk on `grid` (capped to the layout) restores: codecs 5 and 9, and the quantized
-/// deltas on the same grid.
-fn restore(layout: FloatLayout, data: &[u8], grid: Grid, bits: u32) -> Vec<u8> {
-    match grid {
-        Grid::Linear(step) => dmx_codec::quant::restore(layout, data, step, bits),
-        Grid::Float(m) => dmx_codec::fquant::restore(layout, data, m),
     }
 }
 
