@@ -143,7 +143,7 @@ pub fn encode_within(
     if predicted < order_hi as f64 * 1.03 {
         let xor: Vec<u8> = base.iter().zip(target).map(|(a, b)| a ^ b).collect();
         let plan = float::Analysis::new(layout, &xor).best_plan();
-        if 1 + plan.size <= limit.saturating_add(PLAN_SLACK) {
+        if plan.size < limit.saturating_add(PLAN_SLACK) {
             return full();
         }
     }
