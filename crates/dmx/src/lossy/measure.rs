@@ -71,8 +71,23 @@ impl ErrorAcc {
                 b.try_into().expect("chunks_exact"),
             );
             pairs += 1;
-            a_.identical += u64::from(a == b);
             let x = conv(a);
+            if a == b {
+                // Restored exactly: the error terms are +0.0, which leave their (non-negative)
+                // sums and maxima as they are, so only the norms move (the same products
+                // added in the same order). NaN is skipped and ±Inf adds nothing, as below.
+                a_.identical += 1;
+                if x.is_nan() {
+                    nan += 1;
+                } else if x.is_finite() {
+                    let p = x * x;
+                    a_.dot += p;
+                    a_.sum_sq_decoded += p;
+                    a_.sum_sq += p;
+                    a_.nonzero += u64::from(x != 0.0);
+                }
+                continue;
+            }
             let y = conv(b);
             let d = x - y;
             // Both finite: for 16- and 32-bit values (far from the f64 range) exactly when
