@@ -70,7 +70,7 @@ pub(super) fn run_job(j: &Job<'_>) -> Result<Done> {
         if let Some(exact) = exact_within(j, enc.payload.len()) {
             let mut acc = ErrorAcc::default();
             if let Some(layout) = crate::lossy::lossy_layout(j.value) {
-                acc.add(layout, j.data, j.data);
+                acc.add_recorded(layout, j.data, j.data);
             }
             return Ok(Done {
                 enc: exact,
@@ -113,7 +113,7 @@ pub(super) fn run_job(j: &Job<'_>) -> Result<Done> {
     }
     let mut acc = ErrorAcc::default();
     if let Some(layout) = crate::lossy::lossy_layout(j.value) {
-        acc.add(layout, j.data, &restored);
+        acc.add_recorded(layout, j.data, &restored);
     }
     Ok(Done {
         enc,
@@ -174,7 +174,7 @@ fn hold_budget(
         if coding.is_lossless() {
             // Exact: no error, but its values still count in the tensor's norm.
             let mut acc = ErrorAcc::default();
-            acc.add(layout, j.data, j.data);
+            acc.add_recorded(layout, j.data, j.data);
             d.lossy = Some((j.data.to_vec(), acc));
         }
     }

@@ -29,21 +29,38 @@ impl ErrorAcc {
     /// Accumulates the error of `decoded` against `original` (both little-endian `layout`).
     /// Values that are NaN in the original are skipped (they are stored exactly).
     pub(crate) fn add(&mut self, layout: FloatLayout, original: &[u8], decoded: &[u8]) {
+        self.add_terms::<true>(layout, original, decoded);
+    }
+
+    /// [`ErrorAcc::add`] of the figures an index record holds ([`ErrorAcc::stats`],
+    /// [`ErrorAcc::rel_l2`], [`ErrorAcc::sum_sq_err`]): without the terms of
+    /// [`ErrorAcc::cosine`] (the dot product and the norm of the decoded values), which stay
+    /// 0: what the writer needs. Every figure it does sum is bit for bit [`ErrorAcc::add`]'s.
+    pub(crate) fn add_recorded(&mut self, layout: FloatLayout, original: &[u8], decoded: &[u8]) {
+        self.add_terms::<false>(layout, original, decoded);
+    }
+
+    fn add_terms<const COSINE: bool>(
+        &mut self,
+        layout: FloatLayout,
+        original: &[u8],
+        decoded: &[u8],
+    ) {
         // Monomorphized per layout with a cheap conversion: this runs over every value of
         // every lossy tensor (and of every candidate in auto mode).
         if layout == FloatLayout::BF16 {
-            self.add_with::<2>(original, decoded, |r| {
+            self.add_with::<2, COSINE>(original, decoded, |r| {
                 f64::from(f32::from_bits(u32::from(u16::from_le_bytes(r)) << 16))
             });
         } else if layout == FloatLayout::F16 {
             let lut = f16_table();
-            self.add_with::<2>(original, decoded, |r| {
+            self.add_with::<2, COSINE>(original, decoded, |r| {
                 f64::from(lut[usize::from(u16::from_le_bytes(r))])
             });
         } else if layout == FloatLayout::F32 {
-            self.add_with::<4>(original, decoded, |r| f64::from(f32::from_le_bytes(r)));
+            self.add_with::<4, COSINE>(original, decoded, |r| f64::from(f32::from_le_bytes(r)));
         } else {
-            self.add_with::<8>(original, decoded, f64::from_le_bytes);
+            self.add_with::<8, COSINE>(original, decoded, f64::from_le_bytes);
         }
     }
 
@@ -53,7 +70,7 @@ impl ErrorAcc {
     }
 
     #[inline(always)]
-    fn add_with<const W: usize>(
+    fn add_with<const W: usize, const COSINE: bool>(
         &mut self,
         original: &[u8],
         decoded: &[u8],
@@ -81,8 +98,10 @@ impl ErrorAcc {
                     nan += 1;
                 } else if x.is_finite() {
                     let p = x * x;
-                    a_.dot += p;
-                    a_.sum_sq_decoded += p;
+                    if COSINE {
+                        a_.dot += p;
+                        a_.sum_sq_decoded += p;
+                    }
                     a_.sum_sq += p;
                     a_.nonzero += u64::from(x != 0.0);
                 }
@@ -100,8 +119,10 @@ impl ErrorAcc {
             if finite {
                 // The common case, straight-line.
                 let e = d.abs();
-                a_.dot += x * y;
-                a_.sum_sq_decoded += y * y;
+                if COSINE {
+                    a_.dot += x * y;
+                    a_.sum_sq_decoded += y * y;
+                }
                 a_.sum_sq += x * x;
                 a_.sum_sq_err += e * e;
                 a_.sum_abs_err += e;
@@ -122,7 +143,7 @@ impl ErrorAcc {
                 nan += 1;
                 continue;
             }
-            if x.is_finite() && y.is_finite() {
+            if COSINE && x.is_finite() && y.is_finite() {
                 a_.dot += x * y;
                 a_.sum_sq_decoded += y * y;
             }
@@ -354,6 +375,12 @@ mod tests {
                     )
                 };
                 assert_eq!(bits(&got), bits(&want), "{layout:?} case {case}");
+                let mut rec = ErrorAcc::default();
+                rec.add_recorded(layout, &orig[..2000 * w], &dec[..2000 * w]);
+                rec.add_recorded(layout, &orig[2000 * w..], &dec[2000 * w..]);
+                rec.dot = want.dot;
+                rec.sum_sq_decoded = want.sum_sq_decoded;
+                assert_eq!(bits(&rec), bits(&want), "recorded {layout:?} case {case}");
             }
         }
     }
