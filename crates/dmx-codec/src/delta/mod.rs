@@ -129,9 +129,15 @@ pub fn encode_within(
     {
         return full();
     }
-    // The order variant without its coding: its size within PLAN_SLACK below the bound.
-    let order = order_plan(layout, base, target);
-    let order_hi = ORDER_HEAD + order.plan.size;
+    // The order variant's plan, counted without its coding or its vectors: its size is
+    // within PLAN_SLACK below the bound.
+    let order_hi = ORDER_HEAD
+        + match layout.bytes() {
+            1 => order_plan_size::<1>(layout, base, target),
+            2 => order_plan_size::<2>(layout, base, target),
+            4 => order_plan_size::<4>(layout, base, target),
+            _ => order_plan_size::<8>(layout, base, target),
+        };
     if order_hi <= limit.saturating_add(PLAN_SLACK) {
         return full();
     }
@@ -385,6 +391,45 @@ fn order_plan(layout: FloatLayout, base: &[u8], target: &[u8]) -> OrderPlan {
         }
     }
     OrderPlan { z, ctx, plan, used }
+}
+
+/// The `size` of the plan [`order_plan`] chooses, from two counting passes that store no
+/// difference or context (the same histograms: `tests` compare the two).
+fn order_plan_size<const B: usize>(layout: FloatLayout, base: &[u8], target: &[u8]) -> usize {
+    let w = 8 * B as u32;
+    let shift = w - 1 - layout.exp_bits;
+    let emask = (1usize << layout.exp_bits) - 1;
+    let wmask = u64::MAX >> (64 - w);
+    let diff = |bu: u64, tv: &[u8]| {
+        let d = key(load::<B>(tv), w).wrapping_sub(key(bu, w)) & wmask;
+        zigzag(sext(d, w))
+    };
+    let n = target.len() / B;
+    let mut exp_hist = vec![0usize; emask + 1];
+    let mut or = 0u64;
+    for (bv, tv) in base.chunks_exact(B).zip(target.chunks_exact(B)) {
+        let bu = load::<B>(bv);
+        exp_hist[(bu >> shift) as usize & emask] += 1;
+        or |= diff(bu, tv);
+    }
+    let classes = choose_classes(layout, &exp_hist, n);
+    let width = Hist::width_for(or);
+    let nctx = classes.map_or(1, |c| c.nctx);
+    let mut counts = vec![0u64; nctx * width];
+    for (bv, tv) in base.chunks_exact(B).zip(target.chunks_exact(B)) {
+        let bu = load::<B>(bv);
+        let c = classes.map_or(0, |c| usize::from(c.of(bu)));
+        Hist::count(&mut counts, width, c, diff(bu, tv));
+    }
+    let hist = Hist::from_counts(counts, width, nctx, n);
+    let plan = Plan::from_hist(&hist);
+    if classes.is_some() {
+        let single = Plan::from_hist(&hist.merged());
+        if single.size <= plan.size {
+            return single.size;
+        }
+    }
+    plan.size
 }
 
 fn encode_order(layout: FloatLayout, base: &[u8], target: &[u8]) -> (Vec<u8>, f64) {

@@ -17,6 +17,21 @@ fn round_trip(kind: ValueKind, base: &[u8], target: &[u8]) -> usize {
     let mut out = vec![0xA5u8; target.len()];
     decode(&payload, base, &mut out).unwrap();
     assert!(out == target, "variant {} mismatch", payload[0]);
+    // The counted plan size is the plan's.
+    if let ValueKind::Float(layout) = kind
+        && matches!(layout.bytes(), 1 | 2 | 4 | 8)
+        && layout.exp_bits >= 1
+        && layout.exp_bits + 1 < layout.bits()
+        && target.len().is_multiple_of(layout.bytes())
+    {
+        let counted = match layout.bytes() {
+            1 => order_plan_size::<1>(layout, base, target),
+            2 => order_plan_size::<2>(layout, base, target),
+            4 => order_plan_size::<4>(layout, base, target),
+            _ => order_plan_size::<8>(layout, base, target),
+        };
+        assert_eq!(counted, order_plan(layout, base, target).plan.size);
+    }
     // Within a limit: exactly `encode`'s payload when it fits, else nothing.
     let n = payload.len();
     for limit in [0, n / 2, n.saturating_sub(1), n, n + 1, n + 100, usize::MAX] {
