@@ -168,9 +168,9 @@ pub(crate) fn float_bits(
     {
         return cap(m);
     }
-    let median = median_nonzero(layout, data)?;
     // Significant bits of the median on the linear grid: log2(median / step).
-    (median / step < f64::from(1u32 << m.min(30).saturating_sub(6))).then(|| cap(m))?
+    let limit = f64::from(1u32 << m.min(30).saturating_sub(6));
+    median_nonzero_below(layout, data, |median| median / step < limit)?.then(|| cap(m))?
 }
 
 /// Whether a tensor is one whose small values matter as much as its large ones (a variance,
@@ -179,6 +179,72 @@ pub(crate) fn float_bits(
 pub(crate) fn spans_binades(name: &str, layout: FloatLayout, data: &[u8]) -> bool {
     let step = grid::step_for(max_abs(layout, data), 16);
     float_bits(name, layout, data, 16, step).is_some()
+}
+
+/// Whether `below` holds for [`median_nonzero`] (`None` when there is no median), for a
+/// `below` that holds for every magnitude under some bound and for none above it (such as
+/// `x / step < limit` with `step > 0`): counts the sampled magnitudes it holds for, on their
+/// bits, instead of selecting the median. Falls back to the median itself for any other
+/// `below` it cannot bracket.
+fn median_nonzero_below(
+    layout: FloatLayout,
+    data: &[u8],
+    below: impl Fn(f64) -> bool,
+) -> Option<bool> {
+    let bits = layout.bits();
+    if bits > 32 {
+        return median_nonzero(layout, data).map(below);
+    }
+    let inf = ((1u64 << layout.exp_bits) - 1) << (bits - 1 - layout.exp_bits);
+    let value = |b: u64| grid::to_f64(layout, b);
+    // The first magnitude (bits) for which `below` fails: 1..=inf, by bisection (monotone).
+    let (mut lo, mut hi) = (1u64, inf);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if below(value(mid)) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    let cut = lo;
+    // Check the bracket at its ends: `below` true just under `cut`, false at it.
+    if (cut > 1 && !below(value(cut - 1))) || (cut < inf && below(value(cut))) {
+        return median_nonzero(layout, data).map(below);
+    }
+    const SAMPLE: usize = 1 << 16;
+    let w = layout.bytes();
+    let n = data.len() / w;
+    let stride = n.div_ceil(SAMPLE).max(1);
+    let mag_mask = u64::MAX >> (65 - bits);
+    #[inline(always)]
+    fn count<const W: usize>(
+        data: &[u8],
+        stride: usize,
+        mask: u64,
+        inf: u64,
+        cut: u64,
+    ) -> (usize, usize) {
+        let n = data.len() / W;
+        let (mut total, mut under) = (0usize, 0usize);
+        let mut i = 0;
+        while i < n {
+            let m = super::raw(&data[i * W..(i + 1) * W]) & mask;
+            let ok = m != 0 && m < inf;
+            total += usize::from(ok);
+            under += usize::from(ok && m < cut);
+            i += stride;
+        }
+        (total, under)
+    }
+    let (total, under) = if w == 2 {
+        count::<2>(data, stride, mag_mask, inf, cut)
+    } else {
+        count::<4>(data, stride, mag_mask, inf, cut)
+    };
+    // The median is the sorted sample's element `total / 2`: `below` holds for it exactly
+    // when it holds for more than `total / 2` of them.
+    (total > 0).then_some(under > total / 2)
 }
 
 /// The median finite non-zero magnitude of a sample of at most 65,536 evenly spaced values.
@@ -276,6 +342,40 @@ mod tests {
                     reference(layout, &data).map(f64::to_bits),
                     "{layout:?} {n}"
                 );
+            }
+        }
+    }
+
+    /// Counting against the bracket is the median's test, on every layout and many steps.
+    #[test]
+    fn median_below_is_the_median_test() {
+        let mut x = 11u64;
+        for layout in [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32] {
+            for n in [0usize, 1, 2, 5, 1000, 70_000] {
+                let data: Vec<u8> = (0..n * layout.bytes())
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                let median = median_nonzero(layout, &data);
+                for step in [1e-30, 1e-5, 3.0 / 32767.0, 0.5, 7.0, 1e20] {
+                    for limit in [1.0, 16.0, 1024.0] {
+                        let below = |m: f64| m / step < limit;
+                        assert_eq!(
+                            median_nonzero_below(layout, &data, below),
+                            median.map(below),
+                            "{layout:?} {n} {step} {limit}"
+                        );
+                    }
+                }
+                if let Some(m) = median {
+                    // At the median itself: strict and not.
+                    assert_eq!(median_nonzero_below(layout, &data, |v| v < m), Some(false));
+                    assert_eq!(median_nonzero_below(layout, &data, |v| v <= m), Some(true));
+                }
             }
         }
     }
