@@ -162,7 +162,9 @@ pub fn encode_restored(
         qs: Vec::with_capacity(count),
         gaps: Vec::new(),
         escaped: Vec::new(),
+        counts: vec![0u64; Body::WIDTH],
     };
+    debug_assert_eq!(Body::WIDTH, crate::ints::Hist::width_for(u64::MAX));
     match (b, layout.exp_bits) {
         (2, 8) => split_width::<2, false>(data, step, m, &mut restored, &mut body),
         (2, _) => split_width::<2, true>(data, step, m, &mut restored, &mut body),
@@ -182,9 +184,15 @@ struct Body {
     qs: Vec<u64>,
     gaps: Vec<u64>,
     escaped: Vec<u8>,
+    /// The token histogram of `qs` at the widest row ([`Body::WIDTH`]), counted as they come.
+    counts: Vec<u64>,
 }
 
 impl Body {
+    /// A histogram row holding every token: the plan of the integers does not depend on the
+    /// row width (`ints::Hist::new` takes the narrowest).
+    const WIDTH: usize = 3776;
+
     /// Writes the body as `escapes::put` does (the same bytes: the codec tests compare
     /// [`encode_restored`] with [`encode`]); returns its entropy bound in bits.
     fn put(&self, out: &mut Vec<u8>) -> f64 {
@@ -201,7 +209,11 @@ impl Body {
             out.extend_from_slice(&block);
             out.extend_from_slice(&self.escaped);
         }
-        entropy + ints::encode_ctx(&self.qs, None, 1, out)
+        // `ints::encode_ctx(&self.qs, None, 1, out)`, with the histogram already counted.
+        let hist = ints::Hist::from_counts(self.counts.clone(), Self::WIDTH, 1, self.qs.len());
+        let plan = ints::Plan::from_hist(&hist);
+        ints::encode_with_plan(&self.qs, None, &plan, out);
+        entropy + plan.entropy_bits
     }
 }
 
@@ -235,7 +247,9 @@ fn split_width<const B: usize, const F16: bool>(
                 raw
             }
             Some(q) => {
-                body.qs.push(crate::ints::zigzag(q));
+                let z = crate::ints::zigzag(q);
+                body.qs.push(z);
+                crate::ints::Hist::count(&mut body.counts, Body::WIDTH, 0, z);
                 match B {
                     4 => u64::from(((q as f64 * step) as f32).to_bits()),
                     8 => (q as f64 * step).to_bits(),
