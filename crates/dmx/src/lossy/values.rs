@@ -29,10 +29,25 @@ pub(crate) fn max_abs(layout: FloatLayout, data: &[u8]) -> f64 {
         inf: u32,
         load: impl Fn([u8; W]) -> u32,
     ) -> u32 {
-        // Branch-free (NaN and ±Inf count as 0), so that it vectorizes.
-        data.chunks_exact(W)
-            .map(|c| load(c.try_into().expect("chunks_exact")) & !sign)
-            .fold(0, |a, m| a.max(if m < inf { m } else { 0 }))
+        // Branch-free (NaN and ±Inf count as 0), 16 running maxima: it vectorizes.
+        let mag = |c: &[u8]| {
+            let m = load(c.try_into().expect("chunks_exact")) & !sign;
+            if m < inf { m } else { 0 }
+        };
+        let mut acc = [0u32; 16];
+        let mut blocks = data.chunks_exact(16 * W);
+        for block in &mut blocks {
+            for (a, c) in acc.iter_mut().zip(block.chunks_exact(W)) {
+                *a = (*a).max(mag(c));
+            }
+        }
+        let rest = blocks
+            .remainder()
+            .chunks_exact(W)
+            .map(mag)
+            .max()
+            .unwrap_or(0);
+        acc.into_iter().max().unwrap_or(0).max(rest)
     }
     if layout == FloatLayout::BF16 || layout == FloatLayout::F16 {
         let inf = if layout == FloatLayout::BF16 {
@@ -182,6 +197,30 @@ pub(crate) fn shared_max<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The blocked maximum is the largest finite magnitude, on random bits of every length.
+    #[test]
+    fn max_abs_is_the_largest_finite_magnitude() {
+        let mut x = 5u64;
+        for layout in [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32] {
+            for n in [0usize, 1, 15, 16, 17, 100, 1001] {
+                let data: Vec<u8> = (0..n * layout.bytes())
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                let want = data
+                    .chunks_exact(layout.bytes())
+                    .map(|c| grid::to_f64(layout, raw(c)).abs())
+                    .filter(|v| v.is_finite())
+                    .fold(0f64, f64::max);
+                assert_eq!(max_abs(layout, &data), want, "{layout:?} {n}");
+            }
+        }
+    }
 
     #[test]
     fn steps_are_shared_by_role() {
