@@ -12,6 +12,7 @@
 //! payload of the transformed values. See docs/CODECS.md.
 
 use crate::float::{self, load};
+use crate::split;
 use crate::{Codec, CodecError, FloatLayout};
 
 /// Largest exponent width the transform handles (bases are stored as bytes).
@@ -158,7 +159,16 @@ pub fn encode(
         return None;
     }
     let (bases, _) = row_bases(layout, data, row_len, 1, true);
-    encode_bases(layout, data, row_len, &bases, plain_size)
+    encode_bases(layout, data, row_len, &bases, plain_size, Inner::Split)
+}
+
+/// The codec of the transformed values: 10 (written, codec 11) or 2 (codec 3, read only;
+/// written by tests to check the reader).
+#[derive(Clone, Copy)]
+enum Inner {
+    Split,
+    #[cfg(test)]
+    Huff,
 }
 
 /// Encodes with the given row bases when that beats `plain_size`.
@@ -168,12 +178,36 @@ fn encode_bases(
     row_len: usize,
     bases: &[u8],
     plain_size: usize,
+    inner: Inner,
 ) -> Option<(Vec<u8>, f64)> {
     let mut moved = data.to_vec();
     apply(layout, &mut moved, row_len, bases, true);
-    let plan = float::Analysis::new(layout, &moved).best_plan();
+    let analysis = float::Analysis::new(layout, &moved);
+    let (values, plan_size, entropy_bits): (Box<dyn Fn() -> Vec<u8>>, usize, f64) = match inner {
+        Inner::Split => {
+            let plan = split::best_plan(&analysis, Some(&moved));
+            let (size, bits) = (plan.size, plan.entropy_bits);
+            let moved = &moved;
+            (
+                Box::new(move || split::encode(layout, moved, &plan)),
+                size,
+                bits,
+            )
+        }
+        #[cfg(test)]
+        Inner::Huff => {
+            let plan = analysis.best_plan();
+            let (size, bits) = (plan.size, plan.entropy_bits);
+            let moved = &moved;
+            (
+                Box::new(move || float::encode(layout, moved, &plan)),
+                size,
+                bits,
+            )
+        }
+    };
     let side = crate::encode(crate::ValueKind::Bytes, bases, 3);
-    let size = HEADER + side.payload.len() + plan.size;
+    let size = HEADER + side.payload.len() + plan_size;
     if size >= plain_size {
         return None;
     }
@@ -183,15 +217,30 @@ fn encode_bases(
     out.push(side.codec as u8);
     out.extend_from_slice(&(side.payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&side.payload);
-    out.extend_from_slice(&float::encode(layout, &moved, &plan));
-    Some((out, plan.entropy_bits + side.payload.len() as f64 * 8.0))
+    out.extend_from_slice(&values());
+    Some((out, entropy_bits + side.payload.len() as f64 * 8.0))
 }
 
-/// Fixed header bytes of a codec-3 payload.
+/// Fixed header bytes of a codec-3 or codec-11 payload.
 const HEADER: usize = 10;
 
-/// Decodes a codec-3 payload into `out` (its raw length).
+/// Decodes a codec-3 payload (the transform over a codec-2 payload) into `out` (its raw
+/// length).
 pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    decode_inner(payload, out, float::decode)
+}
+
+/// Decodes a codec-11 payload (the transform over a codec-10 payload) into `out` (its raw
+/// length).
+pub fn decode_split(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    decode_inner(payload, out, split::decode)
+}
+
+fn decode_inner(
+    payload: &[u8],
+    out: &mut [u8],
+    inner_decode: fn(&[u8], &mut [u8]) -> Result<(), CodecError>,
+) -> Result<(), CodecError> {
     let head = payload
         .get(..HEADER)
         .ok_or(CodecError::Corrupt("row payload header truncated"))?;
@@ -228,7 +277,7 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     }
     let mut bases = vec![0u8; out.len() / row_bytes];
     crate::decode(side_codec, side, &mut bases)?;
-    float::decode(inner, out)?;
+    inner_decode(inner, out)?;
     apply(layout, out, row_len, &bases, false);
     Ok(())
 }
@@ -289,8 +338,15 @@ mod tests {
         let (payload, _) = encode(layout, &data, 128, usize::MAX).unwrap();
         assert!(payload.len() < plain, "{} vs {plain}", payload.len());
         let mut out = vec![0u8; data.len()];
-        decode(&payload, &mut out).unwrap();
+        decode_split(&payload, &mut out).unwrap();
         assert_eq!(out, data);
+        // The same transform over codec 2 (codec 3, written by earlier versions) still reads.
+        let (bases, _) = row_bases(layout, &data, 128, 1, true);
+        let (old, _) = encode_bases(layout, &data, 128, &bases, usize::MAX, Inner::Huff).unwrap();
+        let mut out = vec![0u8; data.len()];
+        decode(&old, &mut out).unwrap();
+        assert_eq!(out, data);
+        assert!(decode_split(&old, &mut out).is_err());
     }
 
     #[test]
@@ -311,10 +367,15 @@ mod tests {
             .collect();
         let layout = FloatLayout::F32;
         let (bases, _) = row_bases(layout, &data, 16, 1, true);
-        let (payload, _) = encode_bases(layout, &data, 16, &bases, usize::MAX).unwrap();
-        let mut out = vec![0u8; data.len()];
-        decode(&payload, &mut out).unwrap();
-        assert_eq!(out, data);
+        for inner in [Inner::Split, Inner::Huff] {
+            let (payload, _) = encode_bases(layout, &data, 16, &bases, usize::MAX, inner).unwrap();
+            let mut out = vec![0u8; data.len()];
+            match inner {
+                Inner::Split => decode_split(&payload, &mut out).unwrap(),
+                Inner::Huff => decode(&payload, &mut out).unwrap(),
+            }
+            assert_eq!(out, data);
+        }
     }
 
     #[test]
@@ -323,14 +384,15 @@ mod tests {
         let (payload, _) = encode(FloatLayout::BF16, &data, 64, usize::MAX).unwrap();
         let mut out = vec![0u8; data.len()];
         for cut in 0..payload.len() {
-            assert!(decode(&payload[..cut], &mut out).is_err());
+            assert!(decode_split(&payload[..cut], &mut out).is_err());
         }
         for i in 0..payload.len().min(400) {
             let mut bad = payload.clone();
             bad[i] ^= 0xA5;
+            let _ = decode_split(&bad, &mut out);
             let _ = decode(&bad, &mut out);
         }
         let mut short = vec![0u8; data.len() - 2];
-        assert!(decode(&payload, &mut short).is_err());
+        assert!(decode_split(&payload, &mut short).is_err());
     }
 }
