@@ -39,7 +39,8 @@ fn field(layout: FloatLayout) -> (u32, u64) {
 /// The median exponent of every `stride`-th row, and the estimated saving in bits per value of
 /// coding exponents relative to them (order-0 exponent entropy before minus after, less the
 /// bases' entropy) over those rows. Unless `exact`, each median and the estimate use about
-/// 64 values spread over the row. `layout` must satisfy [`supports`].
+/// 64 values spread over the row; with `exact`, the medians use every value and no estimate
+/// is made (0 is returned for it). `layout` must satisfy [`supports`].
 pub fn row_bases(
     layout: FloatLayout,
     data: &[u8],
@@ -94,17 +95,48 @@ fn row_bases_width<const B: usize>(
                 plain[lo + e] += u64::from(*h);
                 *h = 0;
             }
-            for v in row.chunks_exact(B).step_by(step) {
-                let e = ((load::<B>(v) & mask) >> shift) as usize;
-                moved[e.wrapping_sub(median) & top] += 1;
+            // The exact bases are used as they are: no estimate needed.
+            if !exact {
+                for v in row.chunks_exact(B).step_by(step) {
+                    let e = ((load::<B>(v) & mask) >> shift) as usize;
+                    moved[e.wrapping_sub(median) & top] += 1;
+                }
             }
             base_hist[median] += 1;
             median as u8
         })
         .collect();
+    if exact {
+        return (bases, 0.0);
+    }
     let values = (bases.len() * row_len.div_ceil(step)).max(1) as f64;
     let gain = float::entropy(&plain) - float::entropy(&moved) - float::entropy(&base_hist);
     (bases, gain / values)
+}
+
+/// `data` with each row's base subtracted from the exponent field (the forward transform of
+/// [`apply`], into a new buffer).
+fn transformed(layout: FloatLayout, data: &[u8], row_len: usize, bases: &[u8]) -> Vec<u8> {
+    let (shift, mask) = field(layout);
+    let modulus = 1u64 << layout.exp_bits;
+    let mut out = Vec::with_capacity(data.len());
+    let b = layout.bytes();
+    for (row, &base) in data.chunks_exact(row_len * b).zip(bases) {
+        let delta = (modulus - u64::from(base) % modulus) << shift;
+        let moved = |x: u64| (x & !mask) | ((x & mask).wrapping_add(delta) & mask);
+        if b == 2 {
+            for v in row.chunks_exact(2) {
+                let x = u64::from(u16::from_le_bytes([v[0], v[1]]));
+                out.extend_from_slice(&(moved(x) as u16).to_le_bytes());
+            }
+        } else {
+            for v in row.chunks_exact(4) {
+                let x = u64::from(u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+                out.extend_from_slice(&(moved(x) as u32).to_le_bytes());
+            }
+        }
+    }
+    out
 }
 
 /// Subtracts (`forward`) or adds back each row's base from the exponent field, in place.
@@ -180,8 +212,7 @@ fn encode_bases(
     plain_size: usize,
     inner: Inner,
 ) -> Option<(Vec<u8>, f64)> {
-    let mut moved = data.to_vec();
-    apply(layout, &mut moved, row_len, bases, true);
+    let moved = transformed(layout, data, row_len, bases);
     let analysis = float::Analysis::new(layout, &moved);
     let (values, plan_size, entropy_bits): (Box<dyn Fn() -> Vec<u8>>, usize, f64) = match inner {
         Inner::Split => {
@@ -325,6 +356,7 @@ mod tests {
             let (bases, _) = row_bases(layout, &data, 64, 1, true);
             let mut t = data.clone();
             apply(layout, &mut t, 64, &bases, true);
+            assert_eq!(t, transformed(layout, &data, 64, &bases));
             apply(layout, &mut t, 64, &bases, false);
             assert_eq!(t, data);
         }
