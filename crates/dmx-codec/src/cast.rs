@@ -86,7 +86,12 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
         .map_err(|_| CodecError::Corrupt("cast payload names an unknown inner codec"))?;
     if !matches!(
         codec,
-        Codec::Raw | Codec::Zstd | Codec::FloatHuff | Codec::FloatHuffRows
+        Codec::Raw
+            | Codec::Zstd
+            | Codec::FloatHuff
+            | Codec::FloatHuffRows
+            | Codec::FloatSplit
+            | Codec::FloatSplitRows
     ) {
         return Err(CodecError::Corrupt(
             "cast payload nests a non-lossless codec",

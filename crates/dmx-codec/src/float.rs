@@ -11,6 +11,7 @@
 //! parallelism. `w` is chosen per chunk by exact coded size. See docs/CODECS.md.
 
 use crate::bits::{Bits, Lane, MAX_PUT_BITS};
+use crate::cpu::{Level, dispatch};
 use crate::huffman::{self, DecodeTable, MAX_CODE_LEN, MAX_SYMBOLS};
 use crate::{CodecError, FloatLayout};
 
@@ -54,11 +55,29 @@ impl Analysis {
         let mut hist = vec![0u64; 1 << hist_bits];
         let mut or = 0u64;
         let count = data.len() / layout.bytes();
+        let (h, o) = (&mut hist, &mut or);
+        let level = Level::detected();
         match layout.bytes() {
-            1 => scan::<1>(data, shift, &mut hist, &mut or),
-            2 => scan::<2>(data, shift, &mut hist, &mut or),
-            4 => scan::<4>(data, shift, &mut hist, &mut or),
-            _ => scan::<8>(data, shift, &mut hist, &mut or),
+            1 => dispatch(
+                level,
+                #[inline(always)]
+                || scan::<1>(data, shift, h, o),
+            ),
+            2 => dispatch(
+                level,
+                #[inline(always)]
+                || scan::<2>(data, shift, h, o),
+            ),
+            4 => dispatch(
+                level,
+                #[inline(always)]
+                || scan::<4>(data, shift, h, o),
+            ),
+            _ => dispatch(
+                level,
+                #[inline(always)]
+                || scan::<8>(data, shift, h, o),
+            ),
         }
         let tz = if or == 0 {
             bits
@@ -106,12 +125,34 @@ impl Analysis {
         best.expect("at least one symbol width")
     }
 
-    fn symbol_hist(&self, w: u32) -> Vec<u64> {
+    /// The value layout scanned.
+    pub fn layout(&self) -> FloatLayout {
+        self.layout
+    }
+
+    /// Widest symbol the histogram resolves (12 bits, or the value width if smaller).
+    pub fn hist_bits(&self) -> u32 {
+        self.hist_bits
+    }
+
+    /// Trailing bits that are zero in every value.
+    pub fn trailing_zeros(&self) -> u32 {
+        self.tz
+    }
+
+    /// Values scanned.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Histogram of the top `w` bits (`w` ≤ [`Self::hist_bits`]).
+    pub fn symbol_hist(&self, w: u32) -> Vec<u64> {
         let group = 1usize << (self.hist_bits - w);
         self.hist.chunks(group).map(|c| c.iter().sum()).collect()
     }
 }
 
+#[inline(always)]
 fn scan<const B: usize>(data: &[u8], shift: u32, hist: &mut [u64], or: &mut u64) {
     let mask = hist.len() - 1;
     let mut acc = 0u64;

@@ -18,7 +18,15 @@ pub const LONG: u32 = 0x40;
 ///
 /// `freq.len()` must be at most `MAX_SYMBOLS`. A single used symbol gets length 1.
 pub fn code_lengths(freq: &[u64]) -> Vec<u8> {
+    code_lengths_limited(freq, MAX_CODE_LEN)
+}
+
+/// [`code_lengths`] with codes of at most `limit` bits (`limit` ≤ [`MAX_CODE_LEN`], and
+/// `freq` has at most `2^limit` used symbols). With two or more used symbols the code is
+/// complete: its Kraft sum is exactly 1.
+pub fn code_lengths_limited(freq: &[u64], limit: u32) -> Vec<u8> {
     assert!(freq.len() <= MAX_SYMBOLS, "alphabet too large");
+    assert!(limit <= MAX_CODE_LEN, "code length limit too large");
     let mut lengths = vec![0u8; freq.len()];
     let mut used: Vec<(u64, u32)> = freq
         .iter()
@@ -37,7 +45,7 @@ pub fn code_lengths(freq: &[u64]) -> Vec<u8> {
     used.sort_unstable();
     let depth = huffman_depths(&used);
     let mut lens: Vec<u32> = depth;
-    limit_lengths(&mut lens, MAX_CODE_LEN);
+    limit_lengths(&mut lens, limit);
     for (&(_, s), &l) in used.iter().zip(&lens) {
         lengths[s as usize] = l as u8;
     }
@@ -119,6 +127,16 @@ fn limit_lengths(lens: &mut [u32], limit: u32) {
             i += 1;
         }
     }
+}
+
+/// Kraft sum of `lengths` in units of `2^-MAX_CODE_LEN` (a complete code sums to
+/// `2^MAX_CODE_LEN`). Lengths must be at most [`MAX_CODE_LEN`].
+pub fn kraft_units(lengths: &[u8]) -> u64 {
+    lengths
+        .iter()
+        .filter(|&&l| l > 0)
+        .map(|&l| 1u64 << (MAX_CODE_LEN - u32::from(l).min(MAX_CODE_LEN)))
+        .sum()
 }
 
 /// Canonical codes (bit-reversed for LSB-first writing) for the given lengths.
@@ -350,6 +368,36 @@ mod tests {
         let lens = code_lengths(&freq);
         assert!(lens.iter().all(|&l| (1..=14).contains(&l)));
         assert!((kraft(&lens) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn limited_codes_are_complete_and_within_the_limit() {
+        // Skewed, flat and Fibonacci-like histograms over alphabets up to 2^limit.
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for limit in [8u32, 11, 12] {
+            for case in 0..60 {
+                let n = 2 + (case * 37) % ((1usize << limit) - 1);
+                let freq: Vec<u64> = (0..n)
+                    .map(|i| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        match case % 3 {
+                            0 => 1 + (seed % 1000),
+                            1 => 1u64 << (i % 40).min(40),
+                            _ => 1 + (seed % 7) * (i as u64 % 5),
+                        }
+                    })
+                    .collect();
+                let lens = code_lengths_limited(&freq, limit);
+                assert!(lens.iter().all(|&l| (1..=limit as u8).contains(&l)));
+                assert_eq!(
+                    kraft_units(&lens),
+                    1 << MAX_CODE_LEN,
+                    "limit {limit} case {case}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -18,11 +18,13 @@
 //! assert_eq!(back, values);
 //! ```
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+// `unsafe` is fenced in module `cpu` (run-time CPU dispatch), which allows it.
+#![deny(unsafe_code)]
 
 pub mod bfp;
 pub mod bits;
 pub mod cast;
+pub mod cpu;
 pub mod delta;
 mod entropy;
 mod escapes;
@@ -34,6 +36,7 @@ pub mod huffman;
 pub mod ints;
 pub mod quant;
 pub mod rows;
+pub mod split;
 
 use thiserror::Error;
 
@@ -76,6 +79,10 @@ pub enum Codec {
     Cast = 8,
     /// Floating-grid quantization, module [`fquant`] (lossy).
     FloatQuant = 9,
+    /// The split-stream float codec of module [`split`] (codes and residuals apart).
+    FloatSplit = 10,
+    /// Codec 10 after the row-relative exponent transform of module [`rows`].
+    FloatSplitRows = 11,
 }
 
 impl Codec {
@@ -92,6 +99,8 @@ impl Codec {
             7 => Ok(Self::QuantDelta),
             8 => Ok(Self::Cast),
             9 => Ok(Self::FloatQuant),
+            10 => Ok(Self::FloatSplit),
+            11 => Ok(Self::FloatSplitRows),
             other => Err(CodecError::UnknownCodec(other)),
         }
     }
@@ -109,6 +118,8 @@ impl Codec {
             Self::QuantDelta => "quant-delta",
             Self::Cast => "cast",
             Self::FloatQuant => "fquant",
+            Self::FloatSplit => "float-split",
+            Self::FloatSplitRows => "float-split-rows",
         }
     }
 
@@ -252,16 +263,59 @@ pub fn encode_with(kind: ValueKind, data: &[u8], hints: Hints) -> Encoded {
     best
 }
 
+/// The plain float candidate of a chunk: codec 10 where it applies, else codec 2.
+enum FloatPlan {
+    Split(split::Plan),
+    Huff(float::Plan),
+}
+
+impl FloatPlan {
+    fn new(layout: FloatLayout, data: &[u8]) -> Self {
+        let a = float::Analysis::new(layout, data);
+        if split::supports(layout) {
+            Self::Split(split::best_plan(&a, Some(data)))
+        } else {
+            Self::Huff(a.best_plan())
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Self::Split(p) => p.size,
+            Self::Huff(p) => p.size,
+        }
+    }
+
+    fn entropy_bits(&self) -> f64 {
+        match self {
+            Self::Split(p) => p.entropy_bits,
+            Self::Huff(p) => p.entropy_bits,
+        }
+    }
+
+    fn encode(&self, layout: FloatLayout, data: &[u8]) -> Encoded {
+        let (codec, payload) = match self {
+            Self::Split(p) => (Codec::FloatSplit, split::encode(layout, data, p)),
+            Self::Huff(p) => (Codec::FloatHuff, float::encode(layout, data, p)),
+        };
+        Encoded {
+            codec,
+            payload,
+            entropy_bits: self.entropy_bits(),
+        }
+    }
+}
+
 fn encode_float(layout: FloatLayout, data: &[u8], row_len: usize) -> Encoded {
-    let plan = float::Analysis::new(layout, data).best_plan();
+    let plan = FloatPlan::new(layout, data);
     let mut best: Option<Encoded> = None;
-    let mut best_size = plan.size;
+    let mut best_size = plan.size();
     if rows::applies(layout, row_len, data.len() / layout.bytes())
         && let Some((payload, entropy_bits)) = rows::encode(layout, data, row_len, best_size)
     {
         best_size = payload.len();
         best = Some(Encoded {
-            codec: Codec::FloatHuffRows,
+            codec: Codec::FloatSplitRows,
             payload,
             entropy_bits,
         });
@@ -272,15 +326,11 @@ fn encode_float(layout: FloatLayout, data: &[u8], row_len: usize) -> Encoded {
             best = Some(Encoded {
                 codec: Codec::Zstd,
                 payload: z,
-                entropy_bits: plan.entropy_bits,
+                entropy_bits: plan.entropy_bits(),
             });
         }
     }
-    best.unwrap_or_else(|| Encoded {
-        codec: Codec::FloatHuff,
-        payload: float::encode(layout, data, &plan),
-        entropy_bits: plan.entropy_bits,
-    })
+    best.unwrap_or_else(|| plan.encode(layout, data))
 }
 
 /// Compresses four slices of the chunk at zstd level 1 and extrapolates.
@@ -355,6 +405,8 @@ pub fn decode_with_base(
         }
         Codec::FloatHuff => float::decode(payload, out),
         Codec::FloatHuffRows => rows::decode(payload, out),
+        Codec::FloatSplit => split::decode(payload, out),
+        Codec::FloatSplitRows => rows::decode_split(payload, out),
     }
 }
 
@@ -402,7 +454,9 @@ mod tests {
 
     #[test]
     fn unknown_codec_is_rejected() {
-        assert_eq!(Codec::from_id(10), Err(CodecError::UnknownCodec(10)));
+        assert_eq!(Codec::from_id(12), Err(CodecError::UnknownCodec(12)));
+        assert_eq!(Codec::from_id(10), Ok(Codec::FloatSplit));
+        assert_eq!(Codec::from_id(11), Ok(Codec::FloatSplitRows));
         assert_eq!(Codec::from_id(9), Ok(Codec::FloatQuant));
         assert!(!Codec::FloatQuant.is_lossless());
     }
@@ -424,9 +478,14 @@ mod tests {
     }
 
     #[test]
-    fn zero_float_chunk_uses_zstd() {
+    fn constant_float_chunks_take_a_few_bytes() {
+        // Codec 10 codes a single symbol with zero bits: smaller than zstd's frame.
         let data = vec![0u8; 1 << 20];
         let enc = encode(ValueKind::Float(FloatLayout::F32), &data, 3);
+        assert_eq!(enc.codec, Codec::FloatSplit);
+        assert!(enc.payload.len() < 40, "{}", enc.payload.len());
+        // F64 stays on codec 2, where zstd wins.
+        let enc = encode(ValueKind::Float(FloatLayout::F64), &data, 3);
         assert_eq!(enc.codec, Codec::Zstd);
         assert!(enc.payload.len() < 1000);
     }

@@ -12,6 +12,7 @@
 //! payload of the transformed values. See docs/CODECS.md.
 
 use crate::float::{self, load};
+use crate::split;
 use crate::{Codec, CodecError, FloatLayout};
 
 /// Largest exponent width the transform handles (bases are stored as bytes).
@@ -38,7 +39,8 @@ fn field(layout: FloatLayout) -> (u32, u64) {
 /// The median exponent of every `stride`-th row, and the estimated saving in bits per value of
 /// coding exponents relative to them (order-0 exponent entropy before minus after, less the
 /// bases' entropy) over those rows. Unless `exact`, each median and the estimate use about
-/// 64 values spread over the row. `layout` must satisfy [`supports`].
+/// 64 values spread over the row; with `exact`, the medians use every value and no estimate
+/// is made (0 is returned for it). `layout` must satisfy [`supports`].
 pub fn row_bases(
     layout: FloatLayout,
     data: &[u8],
@@ -93,17 +95,48 @@ fn row_bases_width<const B: usize>(
                 plain[lo + e] += u64::from(*h);
                 *h = 0;
             }
-            for v in row.chunks_exact(B).step_by(step) {
-                let e = ((load::<B>(v) & mask) >> shift) as usize;
-                moved[e.wrapping_sub(median) & top] += 1;
+            // The exact bases are used as they are: no estimate needed.
+            if !exact {
+                for v in row.chunks_exact(B).step_by(step) {
+                    let e = ((load::<B>(v) & mask) >> shift) as usize;
+                    moved[e.wrapping_sub(median) & top] += 1;
+                }
             }
             base_hist[median] += 1;
             median as u8
         })
         .collect();
+    if exact {
+        return (bases, 0.0);
+    }
     let values = (bases.len() * row_len.div_ceil(step)).max(1) as f64;
     let gain = float::entropy(&plain) - float::entropy(&moved) - float::entropy(&base_hist);
     (bases, gain / values)
+}
+
+/// `data` with each row's base subtracted from the exponent field (the forward transform of
+/// [`apply`], into a new buffer).
+fn transformed(layout: FloatLayout, data: &[u8], row_len: usize, bases: &[u8]) -> Vec<u8> {
+    let (shift, mask) = field(layout);
+    let modulus = 1u64 << layout.exp_bits;
+    let mut out = Vec::with_capacity(data.len());
+    let b = layout.bytes();
+    for (row, &base) in data.chunks_exact(row_len * b).zip(bases) {
+        let delta = (modulus - u64::from(base) % modulus) << shift;
+        let moved = |x: u64| (x & !mask) | ((x & mask).wrapping_add(delta) & mask);
+        if b == 2 {
+            for v in row.chunks_exact(2) {
+                let x = u64::from(u16::from_le_bytes([v[0], v[1]]));
+                out.extend_from_slice(&(moved(x) as u16).to_le_bytes());
+            }
+        } else {
+            for v in row.chunks_exact(4) {
+                let x = u64::from(u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+                out.extend_from_slice(&(moved(x) as u32).to_le_bytes());
+            }
+        }
+    }
+    out
 }
 
 /// Subtracts (`forward`) or adds back each row's base from the exponent field, in place.
@@ -158,7 +191,16 @@ pub fn encode(
         return None;
     }
     let (bases, _) = row_bases(layout, data, row_len, 1, true);
-    encode_bases(layout, data, row_len, &bases, plain_size)
+    encode_bases(layout, data, row_len, &bases, plain_size, Inner::Split)
+}
+
+/// The codec of the transformed values: 10 (written, codec 11) or 2 (codec 3, read only;
+/// written by tests to check the reader).
+#[derive(Clone, Copy)]
+enum Inner {
+    Split,
+    #[cfg(test)]
+    Huff,
 }
 
 /// Encodes with the given row bases when that beats `plain_size`.
@@ -168,12 +210,35 @@ fn encode_bases(
     row_len: usize,
     bases: &[u8],
     plain_size: usize,
+    inner: Inner,
 ) -> Option<(Vec<u8>, f64)> {
-    let mut moved = data.to_vec();
-    apply(layout, &mut moved, row_len, bases, true);
-    let plan = float::Analysis::new(layout, &moved).best_plan();
+    let moved = transformed(layout, data, row_len, bases);
+    let analysis = float::Analysis::new(layout, &moved);
+    let (values, plan_size, entropy_bits): (Box<dyn Fn() -> Vec<u8>>, usize, f64) = match inner {
+        Inner::Split => {
+            let plan = split::best_plan(&analysis, Some(&moved));
+            let (size, bits) = (plan.size, plan.entropy_bits);
+            let moved = &moved;
+            (
+                Box::new(move || split::encode(layout, moved, &plan)),
+                size,
+                bits,
+            )
+        }
+        #[cfg(test)]
+        Inner::Huff => {
+            let plan = analysis.best_plan();
+            let (size, bits) = (plan.size, plan.entropy_bits);
+            let moved = &moved;
+            (
+                Box::new(move || float::encode(layout, moved, &plan)),
+                size,
+                bits,
+            )
+        }
+    };
     let side = crate::encode(crate::ValueKind::Bytes, bases, 3);
-    let size = HEADER + side.payload.len() + plan.size;
+    let size = HEADER + side.payload.len() + plan_size;
     if size >= plain_size {
         return None;
     }
@@ -183,15 +248,30 @@ fn encode_bases(
     out.push(side.codec as u8);
     out.extend_from_slice(&(side.payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&side.payload);
-    out.extend_from_slice(&float::encode(layout, &moved, &plan));
-    Some((out, plan.entropy_bits + side.payload.len() as f64 * 8.0))
+    out.extend_from_slice(&values());
+    Some((out, entropy_bits + side.payload.len() as f64 * 8.0))
 }
 
-/// Fixed header bytes of a codec-3 payload.
+/// Fixed header bytes of a codec-3 or codec-11 payload.
 const HEADER: usize = 10;
 
-/// Decodes a codec-3 payload into `out` (its raw length).
+/// Decodes a codec-3 payload (the transform over a codec-2 payload) into `out` (its raw
+/// length).
 pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    decode_inner(payload, out, float::decode)
+}
+
+/// Decodes a codec-11 payload (the transform over a codec-10 payload) into `out` (its raw
+/// length).
+pub fn decode_split(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    decode_inner(payload, out, split::decode)
+}
+
+fn decode_inner(
+    payload: &[u8],
+    out: &mut [u8],
+    inner_decode: fn(&[u8], &mut [u8]) -> Result<(), CodecError>,
+) -> Result<(), CodecError> {
     let head = payload
         .get(..HEADER)
         .ok_or(CodecError::Corrupt("row payload header truncated"))?;
@@ -228,7 +308,7 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     }
     let mut bases = vec![0u8; out.len() / row_bytes];
     crate::decode(side_codec, side, &mut bases)?;
-    float::decode(inner, out)?;
+    inner_decode(inner, out)?;
     apply(layout, out, row_len, &bases, false);
     Ok(())
 }
@@ -276,6 +356,7 @@ mod tests {
             let (bases, _) = row_bases(layout, &data, 64, 1, true);
             let mut t = data.clone();
             apply(layout, &mut t, 64, &bases, true);
+            assert_eq!(t, transformed(layout, &data, 64, &bases));
             apply(layout, &mut t, 64, &bases, false);
             assert_eq!(t, data);
         }
@@ -289,8 +370,15 @@ mod tests {
         let (payload, _) = encode(layout, &data, 128, usize::MAX).unwrap();
         assert!(payload.len() < plain, "{} vs {plain}", payload.len());
         let mut out = vec![0u8; data.len()];
-        decode(&payload, &mut out).unwrap();
+        decode_split(&payload, &mut out).unwrap();
         assert_eq!(out, data);
+        // The same transform over codec 2 (codec 3, written by earlier versions) still reads.
+        let (bases, _) = row_bases(layout, &data, 128, 1, true);
+        let (old, _) = encode_bases(layout, &data, 128, &bases, usize::MAX, Inner::Huff).unwrap();
+        let mut out = vec![0u8; data.len()];
+        decode(&old, &mut out).unwrap();
+        assert_eq!(out, data);
+        assert!(decode_split(&old, &mut out).is_err());
     }
 
     #[test]
@@ -311,10 +399,15 @@ mod tests {
             .collect();
         let layout = FloatLayout::F32;
         let (bases, _) = row_bases(layout, &data, 16, 1, true);
-        let (payload, _) = encode_bases(layout, &data, 16, &bases, usize::MAX).unwrap();
-        let mut out = vec![0u8; data.len()];
-        decode(&payload, &mut out).unwrap();
-        assert_eq!(out, data);
+        for inner in [Inner::Split, Inner::Huff] {
+            let (payload, _) = encode_bases(layout, &data, 16, &bases, usize::MAX, inner).unwrap();
+            let mut out = vec![0u8; data.len()];
+            match inner {
+                Inner::Split => decode_split(&payload, &mut out).unwrap(),
+                Inner::Huff => decode(&payload, &mut out).unwrap(),
+            }
+            assert_eq!(out, data);
+        }
     }
 
     #[test]
@@ -323,14 +416,15 @@ mod tests {
         let (payload, _) = encode(FloatLayout::BF16, &data, 64, usize::MAX).unwrap();
         let mut out = vec![0u8; data.len()];
         for cut in 0..payload.len() {
-            assert!(decode(&payload[..cut], &mut out).is_err());
+            assert!(decode_split(&payload[..cut], &mut out).is_err());
         }
         for i in 0..payload.len().min(400) {
             let mut bad = payload.clone();
             bad[i] ^= 0xA5;
+            let _ = decode_split(&bad, &mut out);
             let _ = decode(&bad, &mut out);
         }
         let mut short = vec![0u8; data.len() - 2];
-        assert!(decode(&payload, &mut short).is_err());
+        assert!(decode_split(&payload, &mut short).is_err());
     }
 }

@@ -530,7 +530,7 @@ fn a_payload_byte_is_not_reported_as_the_codec_id() {
         0,
     );
     // (tensor, codec id in the chunk record, offset in the payload of an inner codec id)
-    for (name, codec, at) in [("rows", 3u8, 5usize), ("f32", 8, 1)] {
+    for (name, codec, at) in [("rows", 11u8, 5usize), ("f32", 8, 1)] {
         let mut bytes = std::fs::read(d.join("m.dmx")).unwrap();
         let archive = dmx::Archive::open(&d.join("m.dmx")).expect("open");
         let mut index = archive.index().clone();

@@ -327,6 +327,26 @@ impl AtomicFile {
         Ok(())
     }
 
+    /// Overwrites `data.len()` bytes already written at `offset` (the preamble's minor
+    /// version, known only once every chunk is encoded); later writes still append.
+    pub fn rewrite_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        if offset + data.len() as u64 > self.pos {
+            return Err(Error::Resource(format!(
+                "{}: internal error: rewriting bytes not written yet",
+                self.dest.display()
+            )));
+        }
+        let dest = &self.dest;
+        (|| {
+            self.writer.seek(SeekFrom::Start(offset))?;
+            self.writer.write_all(data)?;
+            self.writer.seek(SeekFrom::Start(self.pos))?;
+            Ok(())
+        })()
+        .map_err(|e: std::io::Error| Error::io(dest, e))
+    }
+
     /// Flushes, syncs and renames the file into place (checking again that the destination
     /// is still absent, or a regular file when forced).
     pub fn commit(self) -> Result<()> {

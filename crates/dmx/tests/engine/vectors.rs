@@ -79,8 +79,8 @@ fn blake3_hex(bytes: &[u8]) -> String {
     hex(blake3::hash(bytes).as_bytes())
 }
 
-/// A tiny deterministic safetensors file touching every codec (float-huff for the float
-/// weights, float-huff-rows for a matrix whose rows differ in scale, zstd for integers and
+/// A tiny deterministic safetensors file touching every codec (float-split for the float
+/// weights, float-split-rows for a matrix whose rows differ in scale, zstd for integers and
 /// the header, raw for noise), special float values, a
 /// scalar, an empty tensor and `__metadata__`. Self-contained on purpose: the shared test
 /// helpers may change without changing the vectors.
@@ -103,7 +103,7 @@ pub fn tiny_model() -> Vec<u8> {
         bf16.extend_from_slice(&(v as u16).to_le_bytes());
     }
     tensors.push(("model.embed.weight", "BF16", vec![32, 24], bf16));
-    // Rows whose exponents cluster around a level of their own (codec 3, float-huff-rows).
+    // Rows whose exponents cluster around a level of their own (codec 11, float-split-rows; codec 3 in v1.4/tiny.dmx).
     let mut rows = Vec::new();
     for _ in 0..16 {
         let level = 124 - next() % 10;
@@ -423,7 +423,8 @@ fn listed_files_are_the_committed_ones() {
                     "vectors.txt" | "expected.txt" | "README.md" | ".gitattributes"
                 )
                 || name == CHAIN_DIR
-                || name == OLD_DIR,
+                || name == V1_3
+                || name == V1_4,
             "tests/vectors/{name} is not listed in vectors.txt"
         );
     }
@@ -488,8 +489,8 @@ fn committed_archive_decodes_to_the_committed_input() {
     codecs.dedup();
     assert_eq!(
         codecs,
-        [0, 1, 2, 3],
-        "raw, zstd, float-huff and float-huff-rows chunks"
+        [0, 1, 10, 11],
+        "raw, zstd, float-split and float-split-rows chunks"
     );
     assert_eq!(archive.index().entries[0].path, INPUT);
     assert_eq!(
@@ -556,7 +557,7 @@ fn broken_vectors_fail_to_open() {
             }
             ("x-version-2.dmx", dmx::Error::Format { source, .. }) => matches!(
                 source,
-                FormatError::UnsupportedVersion { major: 2, minor: 0 }
+                FormatError::UnsupportedVersion { major: 2, minor: 5 }
             ),
             ("x-unknown-codec.dmx", dmx::Error::Corrupt { .. }) => {
                 msg.contains("unknown codec id 250")
@@ -1148,6 +1149,88 @@ fn chunk_cases() -> Vec<ChunkCase> {
         (2, esc.clone()),
         &[],
     );
+    // Codecs 10 and 11, the split-stream float codec, as the lossless encoder picks them:
+    // BF16, F16 and F32 weights with ±0, NaN payloads, ±Inf and subnormals; F32 holding
+    // BF16 values (trailing zero bits dropped); FP8; a constant chunk (zero code bits);
+    // row-scaled F16 rows (the row transform, codec 11).
+    let lossless = |layout: FloatLayout, data: &[u8], row_len: usize| {
+        let hints = Hints {
+            zstd_level: 3,
+            row_len,
+        };
+        codec::encode_with(codec::ValueKind::Float(layout), data, hints)
+    };
+    let specials_of = |layout: FloatLayout| match layout.bytes() {
+        4 => F32_SPECIALS,
+        _ if layout == FloatLayout::F16 => F16_SPECIALS,
+        _ => BF16_SPECIALS,
+    };
+    let mut split_cases: Vec<(&str, FloatLayout, Vec<u8>, usize)> = Vec::new();
+    for (i, (name, layout)) in [
+        ("split-bf16", FloatLayout::BF16),
+        ("split-f16", FloatLayout::F16),
+        ("split-f32", FloatLayout::F32),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let v = weights(100 + i as u64, 1003);
+        let mut data = match layout.bytes() {
+            4 => f32_bytes(&v),
+            _ if layout == FloatLayout::F16 => f16_bytes(&v),
+            _ => bf16_bytes(&v),
+        };
+        put_specials(&mut data, layout.bytes(), &esc, specials_of(layout));
+        split_cases.push((name, layout, data, 0));
+    }
+    let bf16_in_f32: Vec<u8> = bf16_bytes(&weights(110, 777))
+        .chunks_exact(2)
+        .flat_map(|b| (u32::from(u16::from_le_bytes([b[0], b[1]])) << 16).to_le_bytes())
+        .collect();
+    split_cases.push(("split-f32-tz16", FloatLayout::F32, bf16_in_f32, 0));
+    let fp8: Vec<u8> = bf16_bytes(&weights(111, 999))
+        .chunks_exact(2)
+        .map(|b| b[1] & 0x87 | 0x30)
+        .collect();
+    split_cases.push(("split-f8e4m3", FloatLayout::F8_E4M3, fp8, 0));
+    // F32 weights whose low two bytes take a few patterns: codes of their own (`c = 2`).
+    let lowbytes: Vec<u8> = f32_bytes(&weights(113, 6000))
+        .chunks_exact(4)
+        .enumerate()
+        .flat_map(|(i, b)| [(i % 5) as u8 * 3, (i % 3) as u8, b[2], b[3]])
+        .collect();
+    split_cases.push(("split-f32-lowbytes", FloatLayout::F32, lowbytes, 0));
+    split_cases.push((
+        "split-bf16-constant",
+        FloatLayout::BF16,
+        [0x80, 0x3f].repeat(40_000),
+        0,
+    ));
+    let rows: Vec<f32> = weights(112, 64 * 48)
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x * 2f32.powi((i / 64) as i32 % 9 - 4))
+        .collect();
+    split_cases.push(("split-rows-f16", FloatLayout::F16, f16_bytes(&rows), 64));
+    for (name, layout, data, row_len) in split_cases {
+        let enc = lossless(layout, &data, row_len);
+        let want = if row_len > 0 {
+            Codec::FloatSplitRows
+        } else {
+            Codec::FloatSplit
+        };
+        assert_eq!(
+            enc.codec, want,
+            "{name}: the encoder picks codec {}",
+            want as u8
+        );
+        if name.ends_with("lowbytes") {
+            assert_eq!(enc.payload[3], 2, "{name}: both low bytes get codes");
+        }
+        let name = name.replacen("split-rows", "rows", 1);
+        let exact = (layout.bytes(), (0..data.len() / layout.bytes()).collect());
+        add(&name, enc.codec, None, data, enc.payload, exact, &[]);
+    }
     cases
 }
 
@@ -1363,13 +1446,17 @@ fn require_same(what: &str, fresh: &[u8], committed: &[u8]) {
 /// Lossy vectors written by format 1.3 writers (before the BFP encoder's saturation, the
 /// per-tensor integer steps and the extended lossy records of 1.4), kept as they were: they
 /// are never blessed again.
-const OLD_DIR: &str = "v1.3";
+const V1_3: &str = "v1.3";
+/// Vectors written by format 1.4 writers (lossless chunks of codecs 2 and 3, before the
+/// split-stream codecs 10 and 11 of 1.5), kept as they were.
+const V1_4: &str = "v1.4";
 
-/// Archives and chunks written by earlier versions still decode to what they decoded to then.
-#[test]
-fn lossy_vectors_of_format_1_3_still_decode() {
-    let dir = vectors().join(OLD_DIR);
-    let text = std::fs::read_to_string(dir.join("expected.txt")).expect("v1.3/expected.txt");
+/// Decodes every vector listed in `old/expected.txt` and checks it against its `decoded=`
+/// BLAKE3 or its `same=` file; returns how many were checked.
+fn old_vectors_decode(old: &str) -> usize {
+    let dir = vectors().join(old);
+    let text = std::fs::read_to_string(dir.join("expected.txt"))
+        .unwrap_or_else(|e| panic!("{old}/expected.txt: {e}"));
     let cases = chunk_cases();
     let scratch = tempfile::tempdir().expect("tempdir");
     let mut seen = 0;
@@ -1378,10 +1465,6 @@ fn lossy_vectors_of_format_1_3_still_decode() {
         .filter(|l| !l.starts_with('#') && !l.is_empty())
     {
         let (name, fields) = line.split_once(": ").expect("name: fields");
-        let want = fields
-            .split(' ')
-            .find_map(|f| f.strip_prefix("decoded="))
-            .expect("decoded=");
         let committed = std::fs::read(dir.join(name)).expect("old vector");
         let decoded = if name.starts_with("chunk-") {
             let case = cases
@@ -1408,22 +1491,60 @@ fn lossy_vectors_of_format_1_3_still_decode() {
             }
             std::fs::read(&out).expect("restored")
         };
-        assert_eq!(blake3_hex(&decoded), want, "v1.3/{name}");
+        if let Some(same) = fields.strip_prefix("same=") {
+            let want = std::fs::read(vectors().join(same)).expect("original");
+            assert!(decoded == want, "{old}/{name} decodes to {same}");
+        } else {
+            let want = fields
+                .split(' ')
+                .find_map(|f| f.strip_prefix("decoded="))
+                .expect("decoded=");
+            assert_eq!(blake3_hex(&decoded), want, "{old}/{name}");
+        }
         seen += 1;
     }
-    assert_eq!(seen, 10, "every old vector was checked");
+    seen
+}
+
+/// Archives and chunks written by earlier versions still decode to what they decoded to then.
+#[test]
+fn lossy_vectors_of_format_1_3_still_decode() {
+    assert_eq!(old_vectors_decode(V1_3), 10, "every old vector was checked");
+}
+
+/// The lossless archives of format 1.4 (codecs 2 and 3), its torch archives and the cast
+/// chunks that nest codec 2 still decode.
+#[test]
+fn vectors_of_format_1_4_still_decode() {
+    assert_eq!(old_vectors_decode(V1_4), 8, "every old vector was checked");
+    let archive = dmx::Archive::open(&vectors().join(V1_4).join("tiny.dmx")).expect("open");
+    let mut codecs: Vec<u8> = archive
+        .index()
+        .entries
+        .iter()
+        .flat_map(|e| &e.segments)
+        .flat_map(|s| &s.chunks)
+        .map(|c| c.codec)
+        .collect();
+    codecs.sort_unstable();
+    codecs.dedup();
+    assert_eq!(
+        codecs,
+        [0, 1, 2, 3],
+        "the old tiny archive covers codecs 2 and 3"
+    );
 }
 
 #[test]
-fn chunk_vectors_of_codecs_4_to_8_decode_and_are_reproduced() {
+fn chunk_vectors_of_codecs_4_to_11_decode_and_are_reproduced() {
     let exp = expected();
     let cases = chunk_cases();
     let mut codecs: Vec<u8> = cases.iter().map(|c| c.codec as u8).collect();
     codecs.dedup();
     assert_eq!(
         codecs,
-        [4, 5, 6, 7, 8, 9],
-        "every lossy and delta codec has chunk vectors"
+        [4, 5, 6, 7, 8, 9, 10, 11],
+        "every lossy and delta codec and the split-stream codecs have chunk vectors"
     );
     for case in &cases {
         let f = &case.file;
