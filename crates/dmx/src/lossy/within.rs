@@ -6,7 +6,7 @@
 //! it out in the common case without coding anything; whenever they cannot, the full
 //! [`dmx_codec::encode_with`] runs, so a result is always exactly its output.
 
-use dmx_codec::{Encoded, Hints, ValueKind, float, rows};
+use dmx_codec::{Encoded, Hints, ValueKind, float, rows, split};
 
 /// Bytes a float-codec payload can come out below its plan's size bound (one per stream;
 /// with room to spare).
@@ -37,8 +37,15 @@ pub(crate) fn lossless_within(
     if data.is_empty() || !data.len().is_multiple_of(layout.bytes()) || data.len() <= slack {
         return full();
     }
-    let plan = float::Analysis::new(layout, data).best_plan();
-    if plan.size <= slack {
+    // The plain float candidate of `encode_with`: codec 10 where it applies, else codec 2
+    // (both sizes exact but for one byte per stream).
+    let a = float::Analysis::new(layout, data);
+    let plain_size = if split::supports(layout) {
+        split::best_plan(&a, Some(data)).size
+    } else {
+        a.best_plan().size
+    };
+    if plain_size <= slack {
         return full();
     }
     let count = data.len() / layout.bytes();
@@ -50,7 +57,7 @@ pub(crate) fn lossless_within(
             return full();
         }
     }
-    if zstd_may_be_tried(data, plan.size) {
+    if zstd_may_be_tried(data, plain_size) {
         return full();
     }
     None
