@@ -244,7 +244,7 @@ pub fn encode_with(kind: ValueKind, data: &[u8], hints: Hints) -> Encoded {
         ValueKind::Float(layout)
             if data.len().is_multiple_of(layout.bytes()) && !data.is_empty() =>
         {
-            encode_float(layout, data, hints.row_len)
+            encode_float(layout, data, hints.row_len, usize::MAX).expect("no size limit")
         }
         _ => {
             let entropy_bits = float::entropy(&byte_histogram(data));
@@ -306,7 +306,35 @@ impl FloatPlan {
     }
 }
 
-fn encode_float(layout: FloatLayout, data: &[u8], row_len: usize) -> Encoded {
+/// [`encode_with`] when its payload is at most `limit` bytes, else `None`: what a lossy
+/// writer needs to know whether the exact form of a chunk is no larger than its lossy one.
+/// The float coder's plan gives its size before anything is coded, so when neither the row
+/// transform nor zstd is tried and the plan's size is above `limit`, nothing is coded. A
+/// result is always exactly [`encode_with`]'s.
+pub fn encode_within(kind: ValueKind, data: &[u8], hints: Hints, limit: usize) -> Option<Encoded> {
+    let mut best = match kind {
+        ValueKind::Float(layout)
+            if data.len().is_multiple_of(layout.bytes()) && !data.is_empty() =>
+        {
+            encode_float(layout, data, hints.row_len, limit)?
+        }
+        _ => return Some(encode_with(kind, data, hints)).filter(|e| e.payload.len() <= limit),
+    };
+    if best.payload.len() >= data.len() {
+        best.codec = Codec::Raw;
+        best.payload = data.to_vec();
+    }
+    (best.payload.len() <= limit).then_some(best)
+}
+
+/// Bytes a float payload can come out below its plan's size bound (at most one per code
+/// stream, three fields of four streams; with room to spare).
+const PLAN_SLACK: usize = 16;
+
+/// The float candidates of a chunk, the smallest kept. `None` only when the plain candidate
+/// won, its plan shows it above `limit` and the raw chunk is above `limit` too (so it is not
+/// coded).
+fn encode_float(layout: FloatLayout, data: &[u8], row_len: usize, limit: usize) -> Option<Encoded> {
     let plan = FloatPlan::new(layout, data);
     let mut best: Option<Encoded> = None;
     let mut best_size = plan.size();
@@ -330,7 +358,13 @@ fn encode_float(layout: FloatLayout, data: &[u8], row_len: usize) -> Encoded {
             });
         }
     }
-    best.unwrap_or_else(|| plan.encode(layout, data))
+    if best.is_some() {
+        return best;
+    }
+    if plan.size().saturating_sub(PLAN_SLACK) > limit && data.len() > limit {
+        return None;
+    }
+    Some(plan.encode(layout, data))
 }
 
 /// Compresses four slices of the chunk at zstd level 1 and extrapolates.
@@ -474,6 +508,92 @@ mod tests {
             let mut out = vec![0u8; data.len()];
             decode(enc.codec, &enc.payload, &mut out).unwrap();
             assert_eq!(out, data);
+        }
+    }
+
+    /// Inputs of every kind the lossless writer handles differently: weights (float codec),
+    /// rows of different scales (row transform), repeated and zero values (zstd), noise (raw).
+    fn within_inputs() -> Vec<(ValueKind, Vec<u8>, Hints)> {
+        let hints = |row_len| Hints {
+            zstd_level: 3,
+            row_len,
+        };
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut out = Vec::new();
+        for layout in [
+            FloatLayout::BF16,
+            FloatLayout::F16,
+            FloatLayout::F32,
+            FloatLayout::F64,
+        ] {
+            let b = layout.bytes();
+            for n in [1usize, 7, 1000, 40_000, 300_000] {
+                let weights: Vec<u8> = (0..n)
+                    .flat_map(|i| {
+                        let r = (next() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+                        let scale = if (i / 512) % 2 == 0 { 0.02 } else { 3.0 };
+                        let v = if b == 8 {
+                            (r * scale).to_bits()
+                        } else {
+                            crate::grid::from_f64(layout, r * scale)
+                        };
+                        v.to_le_bytes()[..b].to_vec()
+                    })
+                    .collect();
+                out.push((ValueKind::Float(layout), weights.clone(), hints(0)));
+                out.push((ValueKind::Float(layout), weights.clone(), hints(512)));
+                let repeated: Vec<u8> = weights
+                    .chunks(64)
+                    .flat_map(|_| weights[..64.min(weights.len())].to_vec())
+                    .take(weights.len())
+                    .collect();
+                out.push((ValueKind::Float(layout), repeated, hints(0)));
+                out.push((ValueKind::Float(layout), vec![0u8; n * b], hints(0)));
+                let noise: Vec<u8> = (0..n * b).map(|_| next() as u8).collect();
+                out.push((ValueKind::Float(layout), noise, hints(64)));
+            }
+        }
+        out.push((
+            ValueKind::Bytes,
+            (0..5000u32).map(|i| (i % 7) as u8).collect(),
+            hints(0),
+        ));
+        out
+    }
+
+    /// Within a limit: exactly `encode_with`'s output when it fits, else nothing.
+    #[test]
+    fn encode_within_is_encode_with_when_it_fits() {
+        for (kind, data, hints) in within_inputs() {
+            let e = encode_with(kind, &data, hints);
+            let n = e.payload.len();
+            for limit in [
+                0,
+                n / 2,
+                n * 9 / 10,
+                n.saturating_sub(1),
+                n,
+                n + 1,
+                n + 50,
+                usize::MAX,
+            ] {
+                match encode_within(kind, &data, hints, limit) {
+                    Some(w) => {
+                        assert!(n <= limit);
+                        assert_eq!(
+                            (w.codec, &w.payload, w.entropy_bits.to_bits()),
+                            (e.codec, &e.payload, e.entropy_bits.to_bits())
+                        );
+                    }
+                    None => assert!(n > limit, "{kind:?} {} limit {limit} size {n}", data.len()),
+                }
+            }
         }
     }
 

@@ -128,12 +128,12 @@ pub(super) fn run_job(j: &Job<'_>) -> Result<Done> {
 /// then, coded only when bounds cannot rule it out.
 fn exact_within(j: &Job<'_>, limit: usize) -> Option<dmx_codec::Encoded> {
     let Some(base) = j.base else {
-        return crate::lossy::lossless_within(j.value, j.data, j.hints, limit);
+        return dmx_codec::encode_within(j.value, j.data, j.hints, limit);
     };
     // `Coding::Delta`: the delta, unless the chunk alone is no larger.
     let delta = dmx_codec::delta::encode_within(j.value, base, j.data, limit);
     let plain_limit = delta.as_ref().map_or(limit, |d| d.0.len());
-    if let Some(plain) = crate::lossy::lossless_within(j.value, j.data, j.hints, plain_limit) {
+    if let Some(plain) = dmx_codec::encode_within(j.value, j.data, j.hints, plain_limit) {
         return Some(plain);
     }
     delta.map(|(payload, entropy_bits)| dmx_codec::Encoded {

@@ -104,7 +104,7 @@ impl Coding {
         if let (Coding::Delta, Some(base)) = (self, base) {
             let (payload, entropy_bits) = dmx_codec::delta::encode(value, base, data);
             // The chunk alone wins when it is no larger: coded only when it can be.
-            return super::within::lossless_within(value, data, hints, payload.len()).unwrap_or(
+            return dmx_codec::encode_within(value, data, hints, payload.len()).unwrap_or(
                 dmx_codec::Encoded {
                     codec: dmx_codec::Codec::Delta,
                     payload,

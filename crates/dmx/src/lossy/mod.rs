@@ -15,7 +15,6 @@ mod coding;
 mod grid;
 mod measure;
 mod values;
-mod within;
 
 use dmx_codec::{FloatLayout, bfp};
 use dmx_format::SegmentKind;
@@ -338,7 +337,6 @@ pub use grid::Grid;
 pub(crate) use grid::{float_bits, grid_with_step, own_grid, spans_binades};
 pub(crate) use measure::ErrorAcc;
 pub(crate) use values::{float_tensors, lossy_layout, raw, shared_steps, sum_sq};
-pub(crate) use within::lossless_within;
 
 #[cfg(test)]
 mod tests {
