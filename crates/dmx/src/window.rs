@@ -3,14 +3,15 @@
 
 use std::ops::Range;
 
-/// Raw bytes per window (at least four chunks per worker): bounds memory whatever the model
-/// size.
-pub(crate) const WINDOW: u64 = 16 << 20;
+/// Raw bytes per window (at least two chunks per worker): bounds memory whatever the model
+/// size, and is small enough that hashing and writing one window overlap decoding the next
+/// (16 MiB windows left most of a 20 MB file to a serial tail).
+pub(crate) const WINDOW: u64 = 4 << 20;
 
 /// Consecutive ranges of `lens` (chunk sizes in file order), each holding at least one chunk
 /// and about one window of bytes for the current rayon pool.
 pub(crate) fn windows(lens: &[u64]) -> Vec<Range<usize>> {
-    let limit = WINDOW.max(rayon::current_num_threads() as u64 * 4 * crate::CHUNK_SIZE);
+    let limit = WINDOW.max(rayon::current_num_threads() as u64 * 2 * crate::CHUNK_SIZE);
     let mut out = Vec::new();
     let mut start = 0;
     while start < lens.len() {
