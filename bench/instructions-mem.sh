@@ -40,15 +40,16 @@ f=open(sys.argv[1],'rb'); n=struct.unpack('<Q',f.read(8))[0]; h=json.loads(f.rea
 print(sum(math.prod(v['shape']) for k,v in h.items() if k!='__metadata__'))" "$1"
 }
 printf '%-40s %-5s %10s %10s %10s\n' binary input total decode rest
-for bin in "${BINS[@]}"; do
+for i in "${!BINS[@]}"; do
+    bin=${BINS[$i]}
     for f in bf16 f16 f32; do
-        cg="$OUT/$(basename "$bin").$f.cg"
+        cg="$OUT/bin$i.$f.cg"
         valgrind --tool=callgrind --dump-instr=no --collect-jumps=no --callgrind-out-file="$cg" \
             "$bin" bench --threads 1 --reps 1 "$OUT/$f.safetensors" >/dev/null 2>&1
         n=$(values "$OUT/$f.safetensors")
         tot=$(callgrind_annotate "$cg" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
         dec=$(callgrind_annotate --inclusive=yes "$cg" 2>/dev/null \
-            | awk '/:dmx_codec::decode_with_base \[/ {gsub(",","",$1); print $1; exit}')
+            | awk '/:dmx_codec::decode_with_base \[/ && !done {gsub(",","",$1); print $1; done=1}')
         python3 -c "import sys; n,t,d=map(float,sys.argv[1:4]); print(f'{sys.argv[4]:<40} {sys.argv[5]:<5} {t/n:10.1f} {d/n:10.1f} {(t-d)/n:10.1f}')" \
             "$n" "$tot" "${dec:-0}" "$bin" "$f"
     done
