@@ -1,6 +1,6 @@
 //! Run-time CPU dispatch for the hot loops: the only module of this crate with `unsafe` code.
 //!
-//! The codecs are written once, in portable Rust. [`dispatch`] runs such a loop either as
+//! The codecs are written once, in portable Rust. `dispatch` runs such a loop either as
 //! compiled for the baseline target (the scalar fallback) or, on an x86-64 CPU that has them,
 //! compiled again with the x86-64-v3 instruction set enabled (AVX2, BMI1/BMI2, LZCNT,
 //! POPCNT): BMI2's flag-free shifts by a register (`shlx`/`shrx`) suit the bit-stream code, and
