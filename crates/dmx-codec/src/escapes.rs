@@ -17,11 +17,32 @@ use crate::{CodecError, FloatLayout, ints};
 /// A chunk split into grid integers and escapes.
 pub(crate) struct Split {
     /// Zigzagged integers of the values on the grid, in order.
-    qs: Vec<u64>,
+    pub(crate) qs: Vec<u64>,
     /// The gap before each escape: its position minus the end of the previous escape.
-    gaps: Vec<u64>,
+    pub(crate) gaps: Vec<u64>,
     /// The escapes' bytes, in order.
-    escaped: Vec<u8>,
+    pub(crate) escaped: Vec<u8>,
+    /// The token histogram of `qs` at [`Split::WIDTH`] when a writer counted it as the values
+    /// came (`ints::Hist::count`); else [`put`] counts it.
+    pub(crate) counts: Option<Vec<u64>>,
+}
+
+impl Split {
+    /// A histogram row holding every token: the plan of the integers does not depend on the
+    /// row width (`ints::Hist::new` takes the narrowest).
+    pub(crate) const WIDTH: usize = 3776;
+
+    /// An empty split of up to `count` values, counting the integers' histogram as they are
+    /// pushed.
+    pub(crate) fn counted(count: usize) -> Self {
+        debug_assert_eq!(Self::WIDTH, ints::Hist::width_for(u64::MAX));
+        Self {
+            qs: Vec::with_capacity(count),
+            gaps: Vec::new(),
+            escaped: Vec::new(),
+            counts: Some(vec![0u64; Self::WIDTH]),
+        }
+    }
 }
 
 /// Splits the `B`-byte values of `data`: `coord` gives a value's grid integer, or `None` for
@@ -32,6 +53,7 @@ pub(crate) fn scan<const B: usize>(data: &[u8], coord: impl Fn(u64) -> Option<i6
         qs: Vec::with_capacity(data.len() / B),
         gaps: Vec::new(),
         escaped: Vec::new(),
+        counts: None,
     };
     let mut next = 0usize;
     for (i, v) in data.chunks_exact(B).enumerate() {
@@ -62,7 +84,16 @@ pub(crate) fn put(split: &Split, out: &mut Vec<u8>) -> f64 {
         out.extend_from_slice(&split.escaped);
     }
     // The block of `ints::encode_signed`, from the zigzagged values directly.
-    entropy + ints::encode_ctx(&split.qs, None, 1, out)
+    match &split.counts {
+        None => entropy + ints::encode_ctx(&split.qs, None, 1, out),
+        // `ints::encode_ctx(&split.qs, None, 1, out)`, with the histogram already counted.
+        Some(counts) => {
+            let hist = ints::Hist::from_counts(counts.clone(), Split::WIDTH, 1, split.qs.len());
+            let plan = ints::Plan::from_hist(&hist);
+            ints::encode_with_plan(&split.qs, None, &plan, out);
+            entropy + plan.entropy_bits
+        }
+    }
 }
 
 /// The error messages of one codec's reader.

@@ -32,12 +32,7 @@ const HEADER: usize = 4;
 /// If `layout` is not supported ([`crate::fgrid::supports`]), `m` exceeds its fraction bits, or
 /// `data` is not whole values.
 pub fn encode(layout: FloatLayout, data: &[u8], m: u32) -> (Vec<u8>, f64) {
-    let g = FloatGrid::new(layout, m).expect("fquant::encode: unsupported dtype or fraction width");
-    let b = layout.bytes();
-    assert!(
-        data.len().is_multiple_of(b),
-        "fquant::encode: data is not whole values"
-    );
+    let (g, b) = grid_for(layout, data, m, "fquant::encode");
     let count = data.len() / b;
     let split = match b {
         2 => escapes::scan::<2>(data, |raw| g.coordinate(raw)),
@@ -49,6 +44,19 @@ pub fn encode(layout: FloatLayout, data: &[u8], m: u32) -> (Vec<u8>, f64) {
     (out, entropy)
 }
 
+/// The grid of the public encoders and restorers, after checking their arguments (`what`
+/// names the caller in the panic message); also the value width in bytes.
+fn grid_for(layout: FloatLayout, data: &[u8], m: u32, what: &str) -> (FloatGrid, usize) {
+    let g = FloatGrid::new(layout, m)
+        .unwrap_or_else(|| panic!("{what}: unsupported dtype or fraction width"));
+    let b = layout.bytes();
+    assert!(
+        data.len().is_multiple_of(b),
+        "{what}: data is not whole values"
+    );
+    (g, b)
+}
+
 /// The bytes that [`decode`] of [`encode`]`(layout, data, m)` restores, computed from the
 /// values directly (no payload): every value on the grid becomes the value of its coordinate,
 /// every escape keeps its bits. Also what a float-grid quantized delta restores
@@ -57,13 +65,7 @@ pub fn encode(layout: FloatLayout, data: &[u8], m: u32) -> (Vec<u8>, f64) {
 /// # Panics
 /// As [`encode`].
 pub fn restore(layout: FloatLayout, data: &[u8], m: u32) -> Vec<u8> {
-    let g =
-        FloatGrid::new(layout, m).expect("fquant::restore: unsupported dtype or fraction width");
-    let b = layout.bytes();
-    assert!(
-        data.len().is_multiple_of(b),
-        "fquant::restore: data is not whole values"
-    );
+    let (g, b) = grid_for(layout, data, m, "fquant::restore");
     let mut out = vec![0u8; data.len()];
     match b {
         2 => restore_width::<2>(g, data, &mut out, None),
@@ -78,13 +80,7 @@ pub fn restore(layout: FloatLayout, data: &[u8], m: u32) -> Vec<u8> {
 /// # Panics
 /// As [`encode`].
 pub fn restore_bounded(layout: FloatLayout, data: &[u8], m: u32) -> (Vec<u8>, usize) {
-    let g =
-        FloatGrid::new(layout, m).expect("fquant::restore: unsupported dtype or fraction width");
-    let b = layout.bytes();
-    assert!(
-        data.len().is_multiple_of(b),
-        "fquant::restore: data is not whole values"
-    );
+    let (g, b) = grid_for(layout, data, m, "fquant::restore");
     let mut out = vec![0u8; data.len()];
     let mut qs = Vec::with_capacity(data.len() / b);
     match b {

@@ -81,16 +81,7 @@ pub fn supports(layout: FloatLayout) -> bool {
 /// # Panics
 /// If `layout` is not supported, `bits` is outside 2..=32, or `data` is not whole values.
 pub fn encode(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> (Vec<u8>, f64) {
-    assert!(supports(layout), "quant::encode: unsupported dtype");
-    assert!(
-        (2..=32).contains(&bits),
-        "quant::encode: bits must be in 2..=32"
-    );
-    let b = layout.bytes();
-    assert!(
-        data.len().is_multiple_of(b),
-        "quant::encode: data is not whole values"
-    );
+    let b = check_args(layout, data, bits, "quant::encode");
     let count = data.len() / b;
     let m = grid::qmax(bits) as f64;
     let split = match (b, layout.exp_bits) {
@@ -106,6 +97,19 @@ pub fn encode(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> (Vec<u8
     (out, entropy)
 }
 
+/// Checks the arguments of the public encoders and restorers (`what` names the caller in the
+/// panic message); returns the value width in bytes.
+fn check_args(layout: FloatLayout, data: &[u8], bits: u32, what: &str) -> usize {
+    assert!(supports(layout), "{what}: unsupported dtype");
+    assert!((2..=32).contains(&bits), "{what}: bits must be in 2..=32");
+    let b = layout.bytes();
+    assert!(
+        data.len().is_multiple_of(b),
+        "{what}: data is not whole values"
+    );
+    b
+}
+
 /// The bytes that [`decode`] of [`encode`]`(layout, data, step, bits)` restores, computed
 /// from the values directly (no payload): every value on the grid becomes its grid point,
 /// every escape keeps its bits. Also what a quantized delta on the same grid restores
@@ -114,15 +118,7 @@ pub fn encode(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> (Vec<u8
 /// # Panics
 /// As [`encode`].
 pub fn restore(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> Vec<u8> {
-    assert!(supports(layout), "quant::restore: unsupported dtype");
-    assert!(
-        (2..=32).contains(&bits),
-        "quant::restore: bits must be in 2..=32"
-    );
-    assert!(
-        data.len().is_multiple_of(layout.bytes()),
-        "quant::restore: data is not whole values"
-    );
+    check_args(layout, data, bits, "quant::restore");
     let m = grid::qmax(bits) as f64;
     let mut out = vec![0u8; data.len()];
     match (layout.bytes(), layout.exp_bits) {
@@ -145,26 +141,11 @@ pub fn encode_restored(
     step: f64,
     bits: u32,
 ) -> (Vec<u8>, f64, Vec<u8>) {
-    assert!(supports(layout), "quant::encode: unsupported dtype");
-    assert!(
-        (2..=32).contains(&bits),
-        "quant::encode: bits must be in 2..=32"
-    );
-    let b = layout.bytes();
-    assert!(
-        data.len().is_multiple_of(b),
-        "quant::encode: data is not whole values"
-    );
+    let b = check_args(layout, data, bits, "quant::encode");
     let count = data.len() / b;
     let m = grid::qmax(bits) as f64;
     let mut restored = vec![0u8; data.len()];
-    let mut body = Body {
-        qs: Vec::with_capacity(count),
-        gaps: Vec::new(),
-        escaped: Vec::new(),
-        counts: vec![0u64; Body::WIDTH],
-    };
-    debug_assert_eq!(Body::WIDTH, crate::ints::Hist::width_for(u64::MAX));
+    let mut body = escapes::Split::counted(count);
     match (b, layout.exp_bits) {
         (2, 8) => split_width::<2, false>(data, step, m, &mut restored, &mut body),
         (2, _) => split_width::<2, true>(data, step, m, &mut restored, &mut body),
@@ -174,57 +155,18 @@ pub fn encode_restored(
     let mut out = Vec::with_capacity(HEADER + 16 + count * bits as usize / 16);
     out.extend_from_slice(&[VERSION, b as u8, layout.exp_bits as u8, bits as u8]);
     out.extend_from_slice(&step.to_bits().to_le_bytes());
-    let entropy = body.put(&mut out);
+    let entropy = escapes::put(&body, &mut out);
     (out, entropy, restored)
 }
 
-/// A chunk split as `escapes::scan` splits it: the grid integers (zigzagged), the gap before
-/// each escape, the escapes' bytes.
-struct Body {
-    qs: Vec<u64>,
-    gaps: Vec<u64>,
-    escaped: Vec<u8>,
-    /// The token histogram of `qs` at the widest row ([`Body::WIDTH`]), counted as they come.
-    counts: Vec<u64>,
-}
-
-impl Body {
-    /// A histogram row holding every token: the plan of the integers does not depend on the
-    /// row width (`ints::Hist::new` takes the narrowest).
-    const WIDTH: usize = 3776;
-
-    /// Writes the body as `escapes::put` does (the same bytes: the codec tests compare
-    /// [`encode_restored`] with [`encode`]); returns its entropy bound in bits.
-    fn put(&self, out: &mut Vec<u8>) -> f64 {
-        use crate::entropy::varint::put_varint;
-        use crate::ints;
-        put_varint(out, (self.qs.len() + self.gaps.len()) as u64);
-        put_varint(out, self.gaps.len() as u64);
-        let mut entropy = 0.0;
-        if !self.gaps.is_empty() {
-            let block = ints::encode_unsigned(&self.gaps);
-            let signed: Vec<i64> = self.gaps.iter().map(|&g| g as i64).collect();
-            entropy += ints::entropy_bits_signed(&signed).min(block.len() as f64 * 8.0);
-            entropy += self.escaped.len() as f64 * 8.0;
-            out.extend_from_slice(&block);
-            out.extend_from_slice(&self.escaped);
-        }
-        // `ints::encode_ctx(&self.qs, None, 1, out)`, with the histogram already counted.
-        let hist = ints::Hist::from_counts(self.counts.clone(), Self::WIDTH, 1, self.qs.len());
-        let plan = ints::Plan::from_hist(&hist);
-        ints::encode_with_plan(&self.qs, None, &plan, out);
-        entropy + plan.entropy_bits
-    }
-}
-
-/// The split of values of width `B` (`F16` selects F16 among 2-byte layouts) and, into
-/// `out`, what they restore (as [`restore_width`]).
+/// The split of values of width `B` (`F16` selects F16 among 2-byte layouts) into `body` (an
+/// [`escapes::Split::counted`]) and, into `out`, what they restore (as [`restore_width`]).
 fn split_width<const B: usize, const F16: bool>(
     data: &[u8],
     step: f64,
     m: f64,
     out: &mut [u8],
-    body: &mut Body,
+    body: &mut escapes::Split,
 ) {
     let layout = match (B, F16) {
         (2, false) => FloatLayout::BF16,
@@ -232,6 +174,10 @@ fn split_width<const B: usize, const F16: bool>(
         (4, _) => FloatLayout::F32,
         _ => FloatLayout::F64,
     };
+    let counts = body
+        .counts
+        .as_mut()
+        .expect("split_width counts the histogram");
     let mut next = 0usize;
     for (i, (v, o)) in data
         .chunks_exact(B)
@@ -249,7 +195,7 @@ fn split_width<const B: usize, const F16: bool>(
             Some(q) => {
                 let z = crate::ints::zigzag(q);
                 body.qs.push(z);
-                crate::ints::Hist::count(&mut body.counts, Body::WIDTH, 0, z);
+                crate::ints::Hist::count(counts, escapes::Split::WIDTH, 0, z);
                 match B {
                     4 => u64::from(((q as f64 * step) as f32).to_bits()),
                     8 => (q as f64 * step).to_bits(),
@@ -268,15 +214,7 @@ fn split_width<const B: usize, const F16: bool>(
 /// # Panics
 /// As [`encode`].
 pub fn restore_bounded(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> (Vec<u8>, usize) {
-    assert!(supports(layout), "quant::restore: unsupported dtype");
-    assert!(
-        (2..=32).contains(&bits),
-        "quant::restore: bits must be in 2..=32"
-    );
-    assert!(
-        data.len().is_multiple_of(layout.bytes()),
-        "quant::restore: data is not whole values"
-    );
+    check_args(layout, data, bits, "quant::restore");
     let m = grid::qmax(bits) as f64;
     let mut out = vec![0u8; data.len()];
     let mut qs = Vec::with_capacity(data.len() / layout.bytes());
