@@ -54,6 +54,47 @@ impl Lane {
     }
 }
 
+/// `N` bit streams written side by side and stored back to back, each after its `u32` byte
+/// length: [`Streams::open`] appends the `N` length slots and a worst-case region per stream
+/// (one [`Lane`] each), [`Streams::close`] finishes the lanes, packs the streams together and
+/// fills in the lengths.
+pub(crate) struct Streams<const N: usize> {
+    sizes_at: usize,
+    starts: [usize; N],
+}
+
+impl<const N: usize> Streams<N> {
+    /// Appends the length slots and regions of `region_bytes[k]` bytes of stream data each
+    /// (8 bytes of slack are added, as [`Lane`] needs); returns the lanes to write.
+    pub(crate) fn open(out: &mut Vec<u8>, region_bytes: [usize; N]) -> (Self, [Lane; N]) {
+        let sizes_at = out.len();
+        out.resize(sizes_at + 4 * N, 0);
+        let mut end = out.len();
+        let starts = region_bytes.map(|bytes| {
+            let start = end;
+            end += bytes + 8;
+            start
+        });
+        out.resize(end, 0);
+        (Self { sizes_at, starts }, starts.map(Lane::new))
+    }
+
+    /// Finishes `lanes` (from [`Streams::open`], written), moves the streams back to back after
+    /// their lengths and truncates `out` after the last.
+    pub(crate) fn close(self, out: &mut Vec<u8>, lanes: [Lane; N]) {
+        let mut write = self.starts.first().copied().unwrap_or(out.len());
+        for (k, (lane, &start)) in lanes.into_iter().zip(&self.starts).enumerate() {
+            let stop = lane.finish(out);
+            let len = stop - start;
+            out.copy_within(start..stop, write);
+            let at = self.sizes_at + 4 * k;
+            out[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
+            write += len;
+        }
+        out.truncate(write);
+    }
+}
+
 /// A growable bit stream: a [`Lane`] over a buffer that grows as needed.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct BitVec {

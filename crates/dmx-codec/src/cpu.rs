@@ -43,9 +43,10 @@ impl Level {
 
     /// Every level this CPU supports, the fallback first.
     pub fn available() -> Vec<Self> {
+        let best = Self::best();
         let mut all = vec![Self::SCALAR];
-        if Self::best() != Self::SCALAR {
-            all.push(Self::best());
+        if best != Self::SCALAR {
+            all.push(best);
         }
         all
     }

@@ -10,7 +10,7 @@
 //! independent bit streams, which the decoder advances in lockstep for instruction-level
 //! parallelism. `w` is chosen per chunk by exact coded size. See docs/CODECS.md.
 
-use crate::bits::{Bits, Lane, MAX_PUT_BITS};
+use crate::bits::{Bits, Lane, MAX_PUT_BITS, Streams};
 use crate::cpu::{Level, dispatch};
 use crate::huffman::{self, DecodeTable, MAX_CODE_LEN, MAX_SYMBOLS};
 use crate::{CodecError, FloatLayout};
@@ -223,7 +223,7 @@ pub fn encode(layout: FloatLayout, data: &[u8], plan: &Plan) -> Vec<u8> {
 }
 
 /// Value ranges `[start, end)` of the four streams.
-fn quarters(count: usize) -> [(usize, usize); STREAMS] {
+pub(crate) fn quarters(count: usize) -> [(usize, usize); STREAMS] {
     let q = count.div_ceil(STREAMS);
     std::array::from_fn(|i| ((i * q).min(count), ((i + 1) * q).min(count)))
 }
@@ -281,17 +281,11 @@ fn encode_streams<const B: usize>(
         *t = u32::from(c) | u32::from(l) << 16;
     }
     let ranges = quarters(data.len() / B);
-    // Worst-case regions: codes are at most MAX_CODE_LEN bits; 8 bytes of slack each.
-    let sizes_at = out.len();
-    out.extend_from_slice(&[0u8; 4 * STREAMS]);
-    let base = out.len();
-    let mut lanes = [Lane::new(0); STREAMS];
-    let mut end = base;
-    for (lane, &(s, e)) in lanes.iter_mut().zip(&ranges) {
-        *lane = Lane::new(end);
-        end += ((e - s) * (MAX_CODE_LEN + rbits) as usize).div_ceil(8) + 8;
-    }
-    out.resize(end, 0);
+    // Worst-case regions: codes are at most MAX_CODE_LEN bits.
+    let (streams, mut lanes) = Streams::open(
+        out,
+        ranges.map(|(s, e)| ((e - s) * (MAX_CODE_LEN + rbits) as usize).div_ceil(8)),
+    );
     let buf = out.as_mut_slice();
     let f = Fields {
         table: &table,
@@ -324,18 +318,7 @@ fn encode_streams<const B: usize>(
             one(lane, buf, v);
         }
     }
-    // Close the streams and pack them back to back.
-    let mut write = base;
-    let mut region = base;
-    for (k, (lane, &(s, e))) in lanes.into_iter().zip(&ranges).enumerate() {
-        let stop = lane.finish(out);
-        let len = stop - region;
-        out.copy_within(region..stop, write);
-        out[sizes_at + 4 * k..sizes_at + 4 * k + 4].copy_from_slice(&(len as u32).to_le_bytes());
-        write += len;
-        region += ((e - s) * (MAX_CODE_LEN + rbits) as usize).div_ceil(8) + 8;
-    }
-    out.truncate(write);
+    streams.close(out, lanes);
 }
 
 /// Decodes a payload produced by [`encode`] into `out`, whose length is the raw size.

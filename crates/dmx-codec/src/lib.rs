@@ -264,22 +264,29 @@ pub fn encode_with(kind: ValueKind, data: &[u8], hints: Hints) -> Encoded {
 }
 
 /// The plain float candidate of a chunk: codec 10 where it applies, else codec 2.
-enum FloatPlan {
+pub(crate) enum FloatPlan {
     Split(split::Plan),
     Huff(float::Plan),
 }
 
 impl FloatPlan {
     fn new(layout: FloatLayout, data: &[u8]) -> Self {
-        let a = float::Analysis::new(layout, data);
         if split::supports(layout) {
-            Self::Split(split::best_plan(&a, Some(data)))
+            Self::split(layout, data)
         } else {
-            Self::Huff(a.best_plan())
+            Self::Huff(float::Analysis::new(layout, data).best_plan())
         }
     }
 
-    fn size(&self) -> usize {
+    /// The codec-10 plan (`layout` must satisfy [`split::supports`]).
+    pub(crate) fn split(layout: FloatLayout, data: &[u8]) -> Self {
+        Self::Split(split::best_plan(
+            &float::Analysis::new(layout, data),
+            Some(data),
+        ))
+    }
+
+    pub(crate) fn size(&self) -> usize {
         match self {
             Self::Split(p) => p.size,
             Self::Huff(p) => p.size,
@@ -293,7 +300,7 @@ impl FloatPlan {
         }
     }
 
-    fn encode(&self, layout: FloatLayout, data: &[u8]) -> Encoded {
+    pub(crate) fn encode(&self, layout: FloatLayout, data: &[u8]) -> Encoded {
         let (codec, payload) = match self {
             Self::Split(p) => (Codec::FloatSplit, split::encode(layout, data, p)),
             Self::Huff(p) => (Codec::FloatHuff, float::encode(layout, data, p)),
@@ -476,6 +483,20 @@ pub(crate) fn check_damaged(enc: &[u8], mut decode: impl FnMut(&[u8]) -> Result<
     }
 }
 
+/// F32 bit patterns every float codec must restore exactly, for the unit tests: a NaN with a
+/// payload, -Inf, +Inf, +0, -0, the smallest subnormal, the largest negative subnormal, 1.0.
+#[cfg(test)]
+pub(crate) const F32_SPECIALS: [u32; 8] = [
+    0x7fc0_0001,
+    0xff80_0000,
+    0x7f80_0000,
+    0,
+    0x8000_0000,
+    1,
+    0x807f_ffff,
+    0x3f80_0000,
+];
+
 /// Deterministic pseudo-random bytes for the unit tests: the low bytes of [`pseudo_u64`].
 #[cfg(test)]
 pub(crate) fn pseudo_bytes(n: usize, seed: u64) -> Vec<u8> {
@@ -518,13 +539,8 @@ mod tests {
             zstd_level: 3,
             row_len,
         };
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut bits = pseudo_u64(usize::MAX, 0x9E37_79B9_7F4A_7C15);
+        let mut next = move || bits.next().expect("endless");
         let mut out = Vec::new();
         for layout in [
             FloatLayout::BF16,

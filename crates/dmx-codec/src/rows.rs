@@ -12,8 +12,8 @@
 //! payload of the transformed values. See docs/CODECS.md.
 
 use crate::float::{self, load};
-use crate::split;
 use crate::{Codec, CodecError, FloatLayout};
+use crate::{FloatPlan, split};
 
 /// Largest exponent width the transform handles (bases are stored as bytes).
 const MAX_EXP_BITS: u32 = 8;
@@ -117,26 +117,49 @@ fn row_bases_width<const B: usize>(
 /// `data` with each row's base subtracted from the exponent field (the forward transform of
 /// [`apply`], into a new buffer).
 fn transformed(layout: FloatLayout, data: &[u8], row_len: usize, bases: &[u8]) -> Vec<u8> {
-    let (shift, mask) = field(layout);
-    let modulus = 1u64 << layout.exp_bits;
-    let mut out = Vec::with_capacity(data.len());
-    let b = layout.bytes();
-    for (row, &base) in data.chunks_exact(row_len * b).zip(bases) {
-        let delta = (modulus - u64::from(base) % modulus) << shift;
-        let moved = |x: u64| (x & !mask) | ((x & mask).wrapping_add(delta) & mask);
-        if b == 2 {
-            for v in row.chunks_exact(2) {
-                let x = u64::from(u16::from_le_bytes([v[0], v[1]]));
-                out.extend_from_slice(&(moved(x) as u16).to_le_bytes());
-            }
-        } else {
-            for v in row.chunks_exact(4) {
-                let x = u64::from(u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
-                out.extend_from_slice(&(moved(x) as u32).to_le_bytes());
-            }
-        }
+    debug_assert!(supports(layout));
+    let mut out = vec![0u8; data.len()];
+    if layout.bytes() == 2 {
+        transformed_width::<2>(layout, data, row_len, bases, &mut out);
+    } else {
+        transformed_width::<4>(layout, data, row_len, bases, &mut out);
     }
     out
+}
+
+fn transformed_width<const B: usize>(
+    layout: FloatLayout,
+    data: &[u8],
+    row_len: usize,
+    bases: &[u8],
+    out: &mut [u8],
+) {
+    let (_, mask) = field(layout);
+    let rows = data
+        .chunks_exact(row_len * B)
+        .zip(out.chunks_exact_mut(row_len * B));
+    for ((row, dst), &base) in rows.zip(bases) {
+        let delta = row_delta(layout, base, true);
+        for (v, d) in row.chunks_exact(B).zip(dst.chunks_exact_mut(B)) {
+            d.copy_from_slice(&moved(load::<B>(v), mask, delta).to_le_bytes()[..B]);
+        }
+    }
+}
+
+/// What is added to the exponent field (`field`'s mask) of every value of a row with `base`:
+/// adding `2^E - base` subtracts `base` modulo `2^E` (`forward`), adding `base` restores.
+fn row_delta(layout: FloatLayout, base: u8, forward: bool) -> u64 {
+    let (shift, _) = field(layout);
+    let modulus = 1u64 << layout.exp_bits;
+    let base = u64::from(base) % modulus;
+    (if forward { modulus - base } else { base }) << shift
+}
+
+/// `x` with `delta` added to its exponent field (`mask`); carries out of the field are masked
+/// off.
+#[inline(always)]
+fn moved(x: u64, mask: u64, delta: u64) -> u64 {
+    (x & !mask) | ((x & mask).wrapping_add(delta) & mask)
 }
 
 /// Subtracts (`forward`) or adds back each row's base from the exponent field, in place.
@@ -157,18 +180,11 @@ fn apply_width<const B: usize>(
     bases: &[u8],
     forward: bool,
 ) {
-    let (shift, mask) = field(layout);
-    let modulus = 1u64 << layout.exp_bits;
+    let (_, mask) = field(layout);
     for (row, &base) in data.chunks_exact_mut(row_len * B).zip(bases) {
-        let base = u64::from(base) % modulus;
-        // Adding (modulus - base) subtracts base modulo 2^E; carries out of the field are
-        // masked off.
-        let delta = if forward { modulus - base } else { base } << shift;
+        let delta = row_delta(layout, base, forward);
         for v in row.chunks_exact_mut(B) {
-            let mut w = [0u8; 8];
-            w[..B].copy_from_slice(v);
-            let x = u64::from_le_bytes(w);
-            let y = (x & !mask) | ((x & mask).wrapping_add(delta) & mask);
+            let y = moved(load::<B>(v), mask, delta);
             v.copy_from_slice(&y.to_le_bytes()[..B]);
         }
     }
@@ -213,32 +229,13 @@ fn encode_bases(
     inner: Inner,
 ) -> Option<(Vec<u8>, f64)> {
     let moved = transformed(layout, data, row_len, bases);
-    let analysis = float::Analysis::new(layout, &moved);
-    let (values, plan_size, entropy_bits): (Box<dyn Fn() -> Vec<u8>>, usize, f64) = match inner {
-        Inner::Split => {
-            let plan = split::best_plan(&analysis, Some(&moved));
-            let (size, bits) = (plan.size, plan.entropy_bits);
-            let moved = &moved;
-            (
-                Box::new(move || split::encode(layout, moved, &plan)),
-                size,
-                bits,
-            )
-        }
+    let plan = match inner {
+        Inner::Split => FloatPlan::split(layout, &moved),
         #[cfg(test)]
-        Inner::Huff => {
-            let plan = analysis.best_plan();
-            let (size, bits) = (plan.size, plan.entropy_bits);
-            let moved = &moved;
-            (
-                Box::new(move || float::encode(layout, moved, &plan)),
-                size,
-                bits,
-            )
-        }
+        Inner::Huff => FloatPlan::Huff(float::Analysis::new(layout, &moved).best_plan()),
     };
     let side = crate::encode(crate::ValueKind::Bytes, bases, 3);
-    let size = HEADER + side.payload.len() + plan_size;
+    let size = HEADER + side.payload.len() + plan.size();
     if size >= plain_size {
         return None;
     }
@@ -248,8 +245,9 @@ fn encode_bases(
     out.push(side.codec as u8);
     out.extend_from_slice(&(side.payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&side.payload);
-    out.extend_from_slice(&values());
-    Some((out, entropy_bits + side.payload.len() as f64 * 8.0))
+    let values = plan.encode(layout, &moved);
+    out.extend_from_slice(&values.payload);
+    Some((out, values.entropy_bits + side.payload.len() as f64 * 8.0))
 }
 
 /// Fixed header bytes of a codec-3 or codec-11 payload.
@@ -384,16 +382,7 @@ mod tests {
     #[test]
     fn special_values_survive() {
         // NaN payloads, infinities, zeros and subnormals in every row.
-        let specials: [u32; 8] = [
-            0x7fc0_0001,
-            0xff80_0000,
-            0x7f80_0000,
-            0,
-            0x8000_0000,
-            1,
-            0x807f_ffff,
-            0x3f80_0000,
-        ];
+        let specials = crate::F32_SPECIALS;
         let data: Vec<u8> = (0..32 * 16)
             .flat_map(|i| specials[i % 8].to_le_bytes())
             .collect();

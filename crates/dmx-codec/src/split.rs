@@ -18,9 +18,9 @@
 //! Values of 1, 2 and 4 bytes only (FP8, BF16, F16, F32); F64 stays on codec 2. See
 //! docs/CODECS.md §9.
 
-use crate::bits::{Lane, peek};
+use crate::bits::{Lane, MAX_PUT_BITS, Streams, peek};
 use crate::cpu::{Level, dispatch};
-use crate::float::{self, Analysis, load};
+use crate::float::{self, Analysis, load, quarters};
 use crate::huffman::{self, MAX_CODE_LEN};
 use crate::{CodecError, FloatLayout};
 
@@ -59,12 +59,6 @@ pub struct Plan {
     pub size: usize,
     /// Order-0 entropy bound in bits for this split (symbol entropy + residual bits).
     pub entropy_bits: f64,
-}
-
-/// Value ranges `[start, end)` of the four quarters (as codec 2).
-fn quarters(count: usize) -> [(usize, usize); STREAMS] {
-    let q = count.div_ceil(STREAMS);
-    std::array::from_fn(|i| ((i * q).min(count), ((i + 1) * q).min(count)))
 }
 
 /// Bytes of the residual area of `count` values of `r` bits: one bit stream, padded to a
@@ -289,18 +283,11 @@ fn encode_codes<const B: usize>(
     coder: &Coder,
     out: &mut Vec<u8>,
 ) {
-    let sizes_at = out.len();
-    out.extend_from_slice(&[0u8; 4 * STREAMS]);
-    // Worst-case regions for the code streams, 8 bytes of slack each.
-    let region = |k: usize| (ranges[k].1 - ranges[k].0) * MAX_LEN as usize / 8 + 16;
-    let base = out.len();
-    let mut lanes = [Lane::new(0); STREAMS];
-    let mut end = base;
-    for (k, lane) in lanes.iter_mut().enumerate() {
-        *lane = Lane::new(end);
-        end += region(k);
-    }
-    out.resize(end, 0);
+    // Worst-case regions: codes are at most MAX_LEN bits.
+    let (streams, mut lanes) = Streams::open(
+        out,
+        ranges.map(|(a, b)| ((b - a) * MAX_LEN as usize).div_ceil(8)),
+    );
     let common = ranges.iter().map(|(a, b)| b - a).min().unwrap_or(0) / ROUND * ROUND;
     {
         let buf = out.as_mut_slice();
@@ -325,18 +312,7 @@ fn encode_codes<const B: usize>(
             }
         }
     }
-    // Close the code streams and pack them back to back.
-    let mut write = base;
-    let mut at = base;
-    for (k, lane) in lanes.into_iter().enumerate() {
-        let stop = lane.finish(out);
-        let len = stop - at;
-        out.copy_within(at..stop, write);
-        out[sizes_at + 4 * k..sizes_at + 4 * k + 4].copy_from_slice(&(len as u32).to_le_bytes());
-        write += len;
-        at += region(k);
-    }
-    out.truncate(write);
+    streams.close(out, lanes);
 }
 
 /// The codes of one field of each value (the symbol, or a low byte): a table lookup of the
@@ -400,7 +376,7 @@ fn encode_residuals<const B: usize>(data: &[u8], s: Shape, out: &mut Vec<u8>) {
     let buf = out.as_mut_slice();
     let tz = s.tz;
     let mut lane = Lane::new(start);
-    if 4 * r <= bits_per_put() {
+    if 4 * r <= MAX_PUT_BITS {
         let mut it = data.chunks_exact(4 * B);
         for v in &mut it {
             let [x0, x1, x2, x3] = four::<B>(v);
@@ -413,7 +389,7 @@ fn encode_residuals<const B: usize>(data: &[u8], s: Shape, out: &mut Vec<u8>) {
         for v in it.remainder().chunks_exact(B) {
             lane.put(buf, res(load::<B>(v), tz, mask), r);
         }
-    } else if 2 * r <= bits_per_put() {
+    } else if 2 * r <= MAX_PUT_BITS {
         let mut it = data.chunks_exact(2 * B);
         for v in &mut it {
             let f = res(load::<B>(&v[..B]), tz, mask) | res(load::<B>(&v[B..]), tz, mask) << r;
@@ -430,11 +406,6 @@ fn encode_residuals<const B: usize>(data: &[u8], s: Shape, out: &mut Vec<u8>) {
     let stop = lane.finish(buf);
     debug_assert_eq!(stop - start, residual_bytes(data.len() / B, r));
     out.truncate(stop);
-}
-
-/// Largest field one [`Lane::put`] carries.
-const fn bits_per_put() -> u32 {
-    crate::bits::MAX_PUT_BITS
 }
 
 /// Decodes a payload produced by [`encode`] into `out`, whose length is the raw size.
@@ -502,9 +473,9 @@ pub fn decode_at(payload: &[u8], out: &mut [u8], level: Level) -> Result<(), Cod
     let ranges = quarters(count);
     // Quarter k's residuals start at bit `start_k · r` of the one residual stream.
     let res_starts = ranges.map(|(a, _)| a * r as usize);
-    let (main, sizes) = fields[0];
+    let main = fields[0];
     let d = Dec {
-        codes: &payload[main[0]..],
+        codes: &payload[main.at..],
         res: &payload[pos..],
         table: &tables[0].entries,
         mask: tables[0].mask,
@@ -512,14 +483,7 @@ pub fn decode_at(payload: &[u8], out: &mut [u8], level: Level) -> Result<(), Cod
         r,
         rmask: (1u64 << r) - 1,
     };
-    let mut cpos = [
-        0,
-        sizes[0],
-        sizes[0] + sizes[1],
-        sizes[0] + sizes[1] + sizes[2],
-    ]
-    .map(|b| b * 8);
-    let starts = cpos;
+    let mut cpos = main.start_bits;
     let c = &mut cpos;
     match (bytes, r) {
         (1, _) => dispatch(
@@ -553,11 +517,11 @@ pub fn decode_at(payload: &[u8], out: &mut [u8], level: Level) -> Result<(), Cod
             || d.run::<4, 1>(&ranges, c, res_starts, out),
         ),
     }
-    check_ends(&cpos, &starts, &sizes)?;
+    check_ends(&main, &cpos)?;
     // The coded low bytes: the main pass left them zero.
-    for (j, (table, &(at, sizes))) in tables[1..].iter().zip(&fields[1..]).enumerate() {
+    for (j, (table, field)) in tables[1..].iter().zip(&fields[1..]).enumerate() {
         let d = Dec {
-            codes: &payload[at[0]..],
+            codes: &payload[field.at..],
             res: &[],
             table: &table.entries,
             mask: table.mask,
@@ -565,31 +529,31 @@ pub fn decode_at(payload: &[u8], out: &mut [u8], level: Level) -> Result<(), Cod
             r: 0,
             rmask: 0,
         };
-        let mut cpos = [
-            0,
-            sizes[0],
-            sizes[0] + sizes[1],
-            sizes[0] + sizes[1] + sizes[2],
-        ]
-        .map(|b| b * 8);
-        let starts = cpos;
+        let mut cpos = field.start_bits;
         let c = &mut cpos;
         dispatch(
             level,
             #[inline(always)]
             || d.run_bytes(&ranges, c, j, out),
         );
-        check_ends(&cpos, &starts, &sizes)?;
+        check_ends(field, &cpos)?;
     }
     Ok(())
 }
 
-/// Reads four stream sizes at `*pos` and skips the streams; returns the streams' absolute
-/// starts and their sizes.
-fn read_streams(
-    payload: &[u8],
-    pos: &mut usize,
-) -> Result<([usize; STREAMS], [usize; STREAMS]), CodecError> {
+/// The code streams of one field, as [`read_streams`] finds them.
+#[derive(Clone, Copy)]
+struct FieldStreams {
+    /// Payload offset of the first stream.
+    at: usize,
+    /// Each stream's first bit, counted from `at`.
+    start_bits: [usize; STREAMS],
+    /// Each stream's length in bytes.
+    sizes: [usize; STREAMS],
+}
+
+/// Reads four stream sizes at `*pos` and skips the streams.
+fn read_streams(payload: &[u8], pos: &mut usize) -> Result<FieldStreams, CodecError> {
     let mut sizes = [0usize; STREAMS];
     for s in &mut sizes {
         let b = payload
@@ -598,9 +562,10 @@ fn read_streams(
         *s = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
         *pos += 4;
     }
-    let mut starts = [0usize; STREAMS];
-    for (start, &size) in starts.iter_mut().zip(&sizes) {
-        *start = *pos;
+    let at = *pos;
+    let mut start_bits = [0usize; STREAMS];
+    for (start, &size) in start_bits.iter_mut().zip(&sizes) {
+        *start = (*pos - at) * 8;
         *pos = pos
             .checked_add(size)
             .filter(|&end| end <= payload.len())
@@ -608,16 +573,17 @@ fn read_streams(
                 "split payload code stream exceeds the payload",
             ))?;
     }
-    Ok((starts, sizes))
+    Ok(FieldStreams {
+        at,
+        start_bits,
+        sizes,
+    })
 }
 
-/// Fails if a code stream's values needed more bits than it holds.
-fn check_ends(
-    end_bits: &[usize; STREAMS],
-    start_bits: &[usize; STREAMS],
-    sizes: &[usize; STREAMS],
-) -> Result<(), CodecError> {
-    for ((&end, &start), &size) in end_bits.iter().zip(start_bits).zip(sizes) {
+/// Fails if a code stream of `f` needed more bits than it holds (`end_bits` are where its
+/// decoding stopped).
+fn check_ends(f: &FieldStreams, end_bits: &[usize; STREAMS]) -> Result<(), CodecError> {
+    for ((&end, &start), &size) in end_bits.iter().zip(&f.start_bits).zip(&f.sizes) {
         if end > start + size * 8 {
             return Err(CodecError::Corrupt("split payload code stream ended early"));
         }
@@ -1011,9 +977,7 @@ mod tests {
             bad[at] = value;
             assert!(decode(&bad, &mut out).is_err(), "byte {at} = {value}");
         }
-        for cut in 0..enc.len() {
-            assert!(decode(&enc[..cut], &mut out).is_err(), "cut {cut}");
-        }
+        crate::check_damaged(&enc, |p| decode(p, &mut out));
     }
 
     #[test]
@@ -1027,16 +991,7 @@ mod tests {
 
     #[test]
     fn special_values_survive() {
-        let specials: [u32; 8] = [
-            0x7fc0_0001,
-            0xff80_0000,
-            0x7f80_0000,
-            0,
-            0x8000_0000,
-            1,
-            0x807f_ffff,
-            0x3f80_0000,
-        ];
+        let specials = crate::F32_SPECIALS;
         let data: Vec<u8> = (0..1001)
             .flat_map(|i| specials[i % 8].to_le_bytes())
             .collect();
@@ -1103,14 +1058,7 @@ mod tests {
         let plan = best_plan(&Analysis::new(FloatLayout::BF16, &data), Some(&data));
         let enc = encode(FloatLayout::BF16, &data, &plan);
         let mut out = vec![0u8; data.len()];
-        for cut in 0..enc.len() {
-            assert!(decode(&enc[..cut], &mut out).is_err(), "cut {cut}");
-        }
-        for i in 0..enc.len() {
-            let mut bad = enc.clone();
-            bad[i] ^= 0x55;
-            let _ = decode(&bad, &mut out);
-        }
+        crate::check_damaged(&enc, |p| decode(p, &mut out));
         let mut short = vec![0u8; data.len() - 2];
         assert!(decode(&enc, &mut short).is_err());
     }

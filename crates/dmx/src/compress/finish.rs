@@ -62,8 +62,9 @@ pub(super) fn finish_archive_with(
     out.write_all(&dmx_format::Trailer::for_index(index_offset, &index_bytes).to_bytes())?;
     // The preamble was written before the chunks were coded, with the minor version of the
     // archive's planned features; a chunk of codec 10 or 11 (format 1.5) raises it.
-    if index.min_minor() >= 5 {
-        out.rewrite_at(10, &index.min_minor().to_le_bytes())?;
+    let minor = index.min_minor();
+    if minor >= 5 {
+        out.rewrite_at(10, &minor.to_le_bytes())?;
     }
     Ok(())
 }
