@@ -325,17 +325,10 @@ mod tests {
             let mid = mags.len() / 2;
             Some(*mags.select_nth_unstable_by(mid, f64::total_cmp).1)
         };
-        let mut x = 7u64;
+        let mut rng = dmx_testkit::Rng(7u64);
         for layout in [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32] {
             for n in [0usize, 1, 2, 5, 1000, 70_000, 200_001] {
-                let data: Vec<u8> = (0..n * layout.bytes())
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect();
+                let data = rng.bytes(n * layout.bytes());
                 let got = median_nonzero(layout, &data).map(f64::to_bits);
                 assert_eq!(
                     got,
@@ -349,17 +342,10 @@ mod tests {
     /// Counting against the bracket is the median's test, on every layout and many steps.
     #[test]
     fn median_below_is_the_median_test() {
-        let mut x = 11u64;
+        let mut rng = dmx_testkit::Rng(11u64);
         for layout in [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32] {
             for n in [0usize, 1, 2, 5, 1000, 70_000] {
-                let data: Vec<u8> = (0..n * layout.bytes())
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect();
+                let data = rng.bytes(n * layout.bytes());
                 let median = median_nonzero(layout, &data);
                 for step in [1e-30, 1e-5, 3.0 / 32767.0, 0.5, 7.0, 1e20] {
                     for limit in [1.0, 16.0, 1024.0] {

@@ -321,13 +321,8 @@ mod tests {
     /// pairs, for every layout.
     #[test]
     fn add_is_the_reference() {
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = dmx_testkit::Rng(0x2545_F491_4F6C_DD1D);
+        let mut next = move || rng.next_u64();
         for layout in [
             FloatLayout::BF16,
             FloatLayout::F16,

@@ -201,17 +201,10 @@ mod tests {
     /// The blocked maximum is the largest finite magnitude, on random bits of every length.
     #[test]
     fn max_abs_is_the_largest_finite_magnitude() {
-        let mut x = 5u64;
+        let mut rng = dmx_testkit::Rng(5u64);
         for layout in [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32] {
             for n in [0usize, 1, 15, 16, 17, 100, 1001] {
-                let data: Vec<u8> = (0..n * layout.bytes())
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect();
+                let data = rng.bytes(n * layout.bytes());
                 let want = data
                     .chunks_exact(layout.bytes())
                     .map(|c| grid::to_f64(layout, raw(c)).abs())

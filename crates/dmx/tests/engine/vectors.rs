@@ -348,6 +348,19 @@ pub(crate) fn vectors() -> &'static Path {
 }
 
 /// `vectors.txt` as file name to BLAKE3 hex.
+/// The distinct codec ids of an archive's chunks, in increasing order.
+fn codecs_of(archive: &Archive) -> Vec<u8> {
+    let ids: std::collections::BTreeSet<u8> = archive
+        .index()
+        .entries
+        .iter()
+        .flat_map(|e| &e.segments)
+        .flat_map(|s| &s.chunks)
+        .map(|c| c.codec)
+        .collect();
+    ids.into_iter().collect()
+}
+
 fn listed() -> BTreeMap<String, String> {
     let path = vectors().join("vectors.txt");
     let text = std::fs::read_to_string(&path)
@@ -477,16 +490,7 @@ fn committed_archive_decodes_to_the_committed_input() {
     );
     // The lossless codecs are pinned by this vector; codecs 4–8 by the chunk and archive
     // vectors below (`chunk-*.bin`, `lossy-*.dmx`, `delta*.dmxd`, `chain/`).
-    let mut codecs: Vec<u8> = archive
-        .index()
-        .entries
-        .iter()
-        .flat_map(|e| &e.segments)
-        .flat_map(|s| &s.chunks)
-        .map(|c| c.codec)
-        .collect();
-    codecs.sort_unstable();
-    codecs.dedup();
+    let codecs = codecs_of(&archive);
     assert_eq!(
         codecs,
         [0, 1, 10, 11],
@@ -1518,16 +1522,7 @@ fn lossy_vectors_of_format_1_3_still_decode() {
 fn vectors_of_format_1_4_still_decode() {
     assert_eq!(old_vectors_decode(V1_4), 8, "every old vector was checked");
     let archive = dmx::Archive::open(&vectors().join(V1_4).join("tiny.dmx")).expect("open");
-    let mut codecs: Vec<u8> = archive
-        .index()
-        .entries
-        .iter()
-        .flat_map(|e| &e.segments)
-        .flat_map(|s| &s.chunks)
-        .map(|c| c.codec)
-        .collect();
-    codecs.sort_unstable();
-    codecs.dedup();
+    let codecs = codecs_of(&archive);
     assert_eq!(
         codecs,
         [0, 1, 2, 3],
@@ -1625,14 +1620,7 @@ fn archive_vectors_of_every_kind_decode_and_are_reproduced() {
         }
         // The archive holds the codec of its kind.
         let archive = Archive::open(&d.join(name)).expect("open");
-        let codecs: std::collections::BTreeSet<u8> = archive
-            .index()
-            .entries
-            .iter()
-            .flat_map(|e| &e.segments)
-            .flat_map(|s| &s.chunks)
-            .map(|c| c.codec)
-            .collect();
+        let codecs = codecs_of(&archive);
         let want = match *name {
             n if n.starts_with("lossy-bfp") => 4,
             n if n.starts_with("lossy-int") => 5,
