@@ -12,7 +12,7 @@ use crate::archive::Archive;
 use crate::error::{Error, Result};
 use crate::io::{
     AtomicDir, AtomicFile, check_destination, check_distinct, check_writable, check_writable_dir,
-    temp_file_in, write_plain,
+    temp_file_in, write_plain, write_through,
 };
 use crate::window::{SegmentHasher, windows};
 
@@ -68,9 +68,14 @@ pub(crate) fn stream_entry_with(
     let windows = windows(&jobs.iter().map(raw_len).collect::<Vec<_>>());
     let decode = |range: &std::ops::Range<usize>, buf: &mut Vec<u8>| -> Result<()> {
         let jobs = &jobs[range.clone()];
-        buf.resize(jobs.iter().map(raw_len).sum::<u64>() as usize, 0);
+        // Never shrunk: a window shorter than the last one reuses its bytes (every byte
+        // handed on is decoded first) instead of zero-filling them again.
+        let len = jobs.iter().map(raw_len).sum::<u64>() as usize;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
         let mut pieces = Vec::with_capacity(jobs.len());
-        let mut rest = buf.as_mut_slice();
+        let mut rest = &mut buf[..len];
         for &(s, c) in jobs {
             let (head, tail) = rest.split_at_mut(entry.segments[s].chunks[c].raw_len as usize);
             pieces.push((s, c, head));
@@ -253,7 +258,7 @@ pub(crate) fn restore_tree(
             e => e,
         })?;
         restore_file(entry, &mut |data: &[u8]| {
-            w.write_all(data).map_err(|e| Error::io(&shown, e))
+            write_through(&mut w, data).map_err(|e| Error::io(&shown, e))
         })?;
         w.flush().map_err(|e| Error::io(&shown, e))?;
         if sync {
@@ -337,7 +342,7 @@ pub fn decompress_to(archive_path: &Path, out: &mut dyn Write, opts: &Options) -
         let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.file.as_file_mut());
         pool.install(|| {
             restore_entry(&archive, entry, opts, |data| {
-                w.write_all(data).map_err(|e| Error::io(&tmp_path, e))
+                write_through(&mut w, data).map_err(|e| Error::io(&tmp_path, e))
             })
         })?;
         w.flush().map_err(|e| Error::io(&tmp_path, e))?;

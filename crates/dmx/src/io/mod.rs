@@ -10,7 +10,9 @@ mod source;
 pub(crate) use atomic::{
     AtomicDir, AtomicFile, TempDir, commit_guard, create_plain, temp_dir_in, temp_file_in,
 };
-pub use atomic::{TEMP_PREFIX, is_temp_name, remove_temps, sweep_stale, write_file, write_plain};
+pub use atomic::{
+    TEMP_PREFIX, is_temp_name, remove_temps, sweep_stale, write_file, write_plain, write_through,
+};
 pub use destination::{
     check_destination, check_distinct, check_outside, check_writable, check_writable_dir, is_dash,
 };
