@@ -37,6 +37,7 @@ pub mod ints;
 pub mod quant;
 pub mod rows;
 pub mod split;
+mod zstd_ctx;
 
 use thiserror::Error;
 
@@ -393,7 +394,7 @@ fn zstd_may_win(data: &[u8], float_size: usize) -> bool {
 fn zstd_compress(data: &[u8], level: i32) -> Vec<u8> {
     // Compressing into memory cannot fail for valid levels; fall back to raw on the
     // impossible error so encoding stays infallible.
-    zstd::bulk::compress(data, level).unwrap_or_else(|_| data.to_vec())
+    zstd_ctx::compress(data, level).unwrap_or_else(|| data.to_vec())
 }
 
 fn byte_histogram(data: &[u8]) -> [u64; 256] {

@@ -153,7 +153,7 @@ pub fn encode_within(
             return full();
         }
     }
-    let z = zstd::bulk::compress(&sample, 1).map_or(usize::MAX, |z| z.len());
+    let z = crate::zstd_ctx::compress(&sample, 1).map_or(usize::MAX, |z| z.len());
     if z as f64 * scale < order_hi as f64 * 1.03
         && encode_zstd(base, target, &[layout.bytes()]).0.len() <= limit
     {
@@ -315,7 +315,7 @@ fn encode_float(layout: FloatLayout, base: &[u8], target: &[u8]) -> (Vec<u8>, f6
             }
         }
     }
-    let z = zstd::bulk::compress(&sample, 1).map_or(usize::MAX, |z| z.len());
+    let z = crate::zstd_ctx::compress(&sample, 1).map_or(usize::MAX, |z| z.len());
     if z as f64 * scale < best.0.len() as f64 * 1.03 {
         let z = encode_zstd(base, target, &[layout.bytes()]);
         if z.0.len() < best.0.len() {
@@ -562,7 +562,7 @@ fn encode_zstd(base: &[u8], target: &[u8], widths: &[usize]) -> (Vec<u8>, f64) {
             .iter()
             .enumerate()
             .map(|(i, &(op, w))| {
-                let z = zstd::bulk::compress(&transform(op, w, &sb, &st), 1)
+                let z = crate::zstd_ctx::compress(&transform(op, w, &sb, &st), 1)
                     .map_or(usize::MAX, |z| z.len());
                 (z, i, (op, w))
             })
@@ -573,7 +573,7 @@ fn encode_zstd(base: &[u8], target: &[u8], widths: &[usize]) -> (Vec<u8>, f64) {
     let mut best: Option<(Vec<u8>, f64)> = None;
     for (op, w) in cands {
         let t = transform(op, w, base, target);
-        let z = zstd::bulk::compress(&t, ZSTD_LEVEL).unwrap_or_default();
+        let z = crate::zstd_ctx::compress(&t, ZSTD_LEVEL).unwrap_or_default();
         if best.as_ref().is_none_or(|b| z.len() + 3 < b.0.len()) {
             let mut hist = [0u64; 256];
             for &x in &t {

@@ -301,6 +301,25 @@ fn tensors_larger_than_a_chunk_span_several_chunks() {
     );
 }
 
+/// A file of several decode windows whose last window is shorter than the one before:
+/// decompression reuses the longer window's buffer without zero-filling it again, and every
+/// byte it hands on must still be the decoded one.
+#[test]
+fn windows_of_decreasing_size_restore_every_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunk = dmx::CHUNK_SIZE as usize;
+    // Five 1 MiB chunks of BF16 (rows of half a chunk) and a small tail: with two threads,
+    // windows of four chunks and then of one and a half.
+    let tensors = vec![
+        Tensor::generated("w", "BF16", &[10, chunk / 4], Mode::Weights, 7),
+        Tensor::generated("tail", "F32", &[chunk / 16 + 5], Mode::Weights, 8),
+    ];
+    let file = common::plain(&tensors);
+    round_trip_file(dir.path(), "windows.safetensors", &file, &tensors);
+    let archive = Archive::open(&dir.path().join("windows.safetensors.dmx")).unwrap();
+    assert_eq!(archive.tensor("w").unwrap().segment.chunks.len(), 5);
+}
+
 #[test]
 fn row_scaled_matrices_round_trip_through_codec_11() {
     let dir = tempfile::tempdir().unwrap();
