@@ -191,83 +191,54 @@ fn summary(out: &mut String, report: &DiffReport, max_names: usize) {
 /// The tables per component, role and layer.
 fn rollups(out: &mut String, report: &DiffReport) {
     out.push_str("\nper component\n");
-    let rows: Vec<Vec<String>> = report
+    let rows = report
         .components
         .iter()
-        .map(|c| {
-            let mut row = vec![c.component.to_string()];
-            row.extend(rollup_cells(&c.stats));
-            row
-        })
-        .collect();
-    table(
-        out,
-        &[
-            "component",
-            "tensors",
-            "params",
-            "changed",
-            "rel.change",
-            "max rel",
-            "→0",
-        ],
-        &rows,
-        1,
-    );
+        .map(|c| (vec![c.component.to_string()], &c.stats));
+    rollup_table(out, &["component"], 1, rows);
 
     out.push_str("\nper role\n");
-    let rows: Vec<Vec<String>> = report
+    let rows = report
         .roles
         .iter()
-        .map(|r| {
-            let mut row = vec![r.component.to_string(), r.role.to_string()];
-            row.extend(rollup_cells(&r.stats));
-            row
-        })
-        .collect();
-    table(
-        out,
-        &[
-            "component",
-            "role",
-            "tensors",
-            "params",
-            "changed",
-            "rel.change",
-            "max rel",
-            "→0",
-        ],
-        &rows,
-        2,
-    );
+        .map(|r| (vec![r.component.to_string(), r.role.to_string()], &r.stats));
+    rollup_table(out, &["component", "role"], 2, rows);
 
     if !report.layers.is_empty() {
         out.push_str("\nper layer\n");
-        let rows: Vec<Vec<String>> = report
+        let rows = report
             .layers
             .iter()
-            .map(|l| {
-                let mut row = vec![l.component.to_string(), l.layer.to_string()];
-                row.extend(rollup_cells(&l.stats));
-                row
-            })
-            .collect();
-        table(
-            out,
-            &[
-                "component",
-                "layer",
-                "tensors",
-                "params",
-                "changed",
-                "rel.change",
-                "max rel",
-                "→0",
-            ],
-            &rows,
-            1,
-        );
+            .map(|l| (vec![l.component.to_string(), l.layer.to_string()], &l.stats));
+        // The layer number is right-aligned.
+        rollup_table(out, &["component", "layer"], 1, rows);
     }
+}
+
+/// A table of rollups: the columns `keys` (the first `left` of all columns left-aligned),
+/// then [`rollup_cells`]; each row gives its key cells and its rollup.
+fn rollup_table<'r>(
+    out: &mut String,
+    keys: &[&str],
+    left: usize,
+    rows: impl Iterator<Item = (Vec<String>, &'r Rollup)>,
+) {
+    let rows: Vec<Vec<String>> = rows
+        .map(|(mut row, stats)| {
+            row.extend(rollup_cells(stats));
+            row
+        })
+        .collect();
+    let mut header = keys.to_vec();
+    header.extend([
+        "tensors",
+        "params",
+        "changed",
+        "rel.change",
+        "max rel",
+        "→0",
+    ]);
+    table(out, &header, &rows, left);
 }
 
 /// The `top` most changed float tensors by relative change, per component: optimizer
