@@ -4,24 +4,39 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::ops::Deref;
+use std::ops::{Deref, Range};
 use std::path::Path;
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
 /// The bytes of a file, mapped or read.
 pub enum Bytes {
     /// A read-only memory map.
-    Mapped(memmap2::Mmap),
+    Mapped(Mapped),
     /// The file read into memory (empty files, or where mapping failed).
     Owned(Vec<u8>),
 }
+
+/// A read-only memory map whose processed ranges are released in batches
+/// ([`Bytes::release`]).
+pub struct Mapped {
+    map: memmap2::Mmap,
+    /// Released by the callers but not yet given back to the kernel.
+    pending: Mutex<Option<Range<usize>>>,
+}
+
+/// Released bytes gathered before one `madvise`: each call unmaps pages on every core (a
+/// TLB shootdown), so one per chunk or per window cost more than the unmapping itself
+/// (about 6 % of decompress time, BENCHMARKS.md §17.4), while this bounds the mapped pages
+/// kept resident to a few tens of MiB whatever the file size.
+const RELEASE_BATCH: usize = 32 << 20;
 
 impl Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Bytes::Mapped(m) => m,
+            Bytes::Mapped(m) => &m.map,
             Bytes::Owned(v) => v,
         }
     }
@@ -59,7 +74,10 @@ impl Bytes {
             // every stored chunk carries checksums of its bytes.
             if let Ok(map) = unsafe { memmap2::MmapOptions::new().map(&file) } {
                 let _ = map.advise(memmap2::Advice::Sequential);
-                return Ok(Bytes::Mapped(map));
+                return Ok(Bytes::Mapped(Mapped {
+                    map,
+                    pending: Mutex::new(None),
+                }));
             }
         }
         // Read at most one byte more than the size reported, so a file that reports a wrong
@@ -81,25 +99,55 @@ impl Bytes {
         Ok(Bytes::Owned(data))
     }
 
-    /// Tells the kernel that `range` will not be needed again, so mapped pages already
-    /// processed do not accumulate in the resident set. A no-op for read buffers.
+    /// Tells the kernel that bytes `start..end` will not be needed again, so mapped pages
+    /// already processed do not accumulate in the resident set. Ranges released one after
+    /// the other are gathered and given back together once they reach [`RELEASE_BATCH`]
+    /// bytes (a range that does not touch the gathered one sends that one off first). A
+    /// no-op for read buffers.
     pub fn release(&self, start: usize, end: usize) {
-        if let Bytes::Mapped(map) = self {
-            let page = page_size();
-            let start = start.div_ceil(page) * page;
-            let end = (end / page) * page;
-            if end > start && end <= map.len() {
-                // SAFETY: MADV_DONTNEED on a read-only private file mapping only drops the
-                // cached pages; a later access re-reads them from the file, so no data the
-                // program can observe changes.
-                let _ = unsafe {
-                    map.unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        start,
-                        end - start,
-                    )
-                };
+        let Bytes::Mapped(m) = self else {
+            return;
+        };
+        if end <= start {
+            return;
+        }
+        let mut pending = m
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let range = match pending.take() {
+            Some(p) if start <= p.end && end >= p.start => p.start.min(start)..p.end.max(end),
+            Some(p) => {
+                m.drop_pages(p);
+                start..end
             }
+            None => start..end,
+        };
+        if range.len() >= RELEASE_BATCH {
+            m.drop_pages(range);
+        } else {
+            *pending = Some(range);
+        }
+    }
+}
+
+impl Mapped {
+    /// `MADV_DONTNEED` on the whole pages inside `range`.
+    fn drop_pages(&self, range: Range<usize>) {
+        let page = page_size();
+        let start = range.start.div_ceil(page) * page;
+        let end = (range.end / page) * page;
+        if end > start && end <= self.map.len() {
+            // SAFETY: MADV_DONTNEED on a read-only private file mapping only drops the
+            // cached pages; a later access re-reads them from the file, so no data the
+            // program can observe changes.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
         }
     }
 }
@@ -268,6 +316,38 @@ mod tests {
         std::fs::write(&p, b"").unwrap();
         assert!(Bytes::open_stable(&p).unwrap().is_empty());
         assert!(Bytes::open_stable(&dir.path().join("missing")).is_err());
+    }
+
+    /// Released ranges are gathered while they touch, sent off when they reach the batch
+    /// size or when a range elsewhere arrives; the bytes read the same before and after.
+    #[test]
+    fn releases_are_gathered_into_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let len = RELEASE_BATCH + (3 << 20);
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let b = Bytes::open_stable(&p).unwrap();
+        let Bytes::Mapped(m) = &b else {
+            panic!("a regular file is mapped");
+        };
+        let pending = || m.pending.lock().unwrap().clone();
+        b.release(0, 1 << 20);
+        b.release(1 << 20, 2 << 20);
+        assert_eq!(pending(), Some(0..2 << 20), "touching ranges merge");
+        b.release(0, 0);
+        assert_eq!(pending(), Some(0..2 << 20), "empty ranges change nothing");
+        b.release(5 << 20, 6 << 20);
+        assert_eq!(
+            pending(),
+            Some(5 << 20..6 << 20),
+            "a range elsewhere sends the other"
+        );
+        b.release(2 << 20, RELEASE_BATCH + (2 << 20));
+        assert_eq!(pending(), None, "a batch is sent at once");
+        assert!(*b == data[..], "the bytes read back the same");
+        b.release(len - 10, len);
+        assert_eq!(pending(), Some(len - 10..len));
     }
 
     /// Archives are recognised by their magic, whatever their name; short files are not.
