@@ -240,28 +240,7 @@ pub fn encode(kind: ValueKind, data: &[u8], zstd_level: i32) -> Encoded {
 
 /// [`encode`] with [`Hints`].
 pub fn encode_with(kind: ValueKind, data: &[u8], hints: Hints) -> Encoded {
-    let zstd_level = hints.zstd_level;
-    let mut best = match kind {
-        ValueKind::Float(layout)
-            if data.len().is_multiple_of(layout.bytes()) && !data.is_empty() =>
-        {
-            encode_float(layout, data, hints.row_len, usize::MAX).expect("no size limit")
-        }
-        _ => {
-            let entropy_bits = float::entropy(&byte_histogram(data));
-            let payload = zstd_compress(data, zstd_level);
-            Encoded {
-                codec: Codec::Zstd,
-                payload,
-                entropy_bits,
-            }
-        }
-    };
-    if best.payload.len() >= data.len() {
-        best.codec = Codec::Raw;
-        best.payload = data.to_vec();
-    }
-    best
+    encode_within(kind, data, hints, usize::MAX).expect("no size limit")
 }
 
 /// The plain float candidate of a chunk: codec 10 where it applies, else codec 2.
@@ -326,7 +305,11 @@ pub fn encode_within(kind: ValueKind, data: &[u8], hints: Hints, limit: usize) -
         {
             encode_float(layout, data, hints.row_len, limit)?
         }
-        _ => return Some(encode_with(kind, data, hints)).filter(|e| e.payload.len() <= limit),
+        _ => Encoded {
+            codec: Codec::Zstd,
+            payload: zstd_compress(data, hints.zstd_level),
+            entropy_bits: float::entropy(&byte_histogram(data)),
+        },
     };
     if best.payload.len() >= data.len() {
         best.codec = Codec::Raw;
