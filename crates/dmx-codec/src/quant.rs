@@ -20,13 +20,31 @@ use crate::{CodecError, FloatLayout, escapes, grid};
 
 /// The body of the values of width `B` (`F16` selects F16 among 2-byte layouts).
 fn scan<const B: usize, const F16: bool>(data: &[u8], step: f64, m: f64) -> escapes::Split {
-    let layout = match (B, F16) {
+    let layout = width_layout::<B, F16>();
+    escapes::scan::<B>(data, |raw| quantize(layout, raw, step, m))
+}
+
+/// The layout of the monomorphized loops: values of width `B`, `F16` selecting F16 among
+/// 2-byte layouts.
+#[inline(always)]
+fn width_layout<const B: usize, const F16: bool>() -> FloatLayout {
+    match (B, F16) {
         (2, false) => FloatLayout::BF16,
         (2, true) => FloatLayout::F16,
         (4, _) => FloatLayout::F32,
         _ => FloatLayout::F64,
-    };
-    escapes::scan::<B>(data, |raw| quantize(layout, raw, step, m))
+    }
+}
+
+/// The bits of grid point `q` of a `B`-byte layout: `grid::dequantize`, with F32 and F64
+/// converted inline (the same expression as the grid).
+#[inline(always)]
+fn point<const B: usize>(layout: FloatLayout, q: i64, step: f64) -> u64 {
+    match B {
+        4 => u64::from(((q as f64 * step) as f32).to_bits()),
+        8 => (q as f64 * step).to_bits(),
+        _ => grid::dequantize(layout, q, step),
+    }
 }
 
 /// `grid::quantize(grid::to_f64(layout, raw), step, bits)` with `m = grid::qmax(bits)`, without
@@ -118,14 +136,26 @@ fn check_args(layout: FloatLayout, data: &[u8], bits: u32, what: &str) -> usize 
 /// # Panics
 /// As [`encode`].
 pub fn restore(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> Vec<u8> {
+    restore_into(layout, data, step, bits, None)
+}
+
+/// [`restore`] after checking its arguments; with `qs`, also collects the zigzagged integers
+/// of the values on the grid.
+fn restore_into(
+    layout: FloatLayout,
+    data: &[u8],
+    step: f64,
+    bits: u32,
+    qs: Option<&mut Vec<u64>>,
+) -> Vec<u8> {
     check_args(layout, data, bits, "quant::restore");
     let m = grid::qmax(bits) as f64;
     let mut out = vec![0u8; data.len()];
     match (layout.bytes(), layout.exp_bits) {
-        (2, 8) => restore_width::<2, false>(data, step, m, &mut out, None),
-        (2, _) => restore_width::<2, true>(data, step, m, &mut out, None),
-        (4, _) => restore_width::<4, false>(data, step, m, &mut out, None),
-        _ => restore_width::<8, false>(data, step, m, &mut out, None),
+        (2, 8) => restore_width::<2, false>(data, step, m, &mut out, qs),
+        (2, _) => restore_width::<2, true>(data, step, m, &mut out, qs),
+        (4, _) => restore_width::<4, false>(data, step, m, &mut out, qs),
+        _ => restore_width::<8, false>(data, step, m, &mut out, qs),
     }
     out
 }
@@ -168,12 +198,7 @@ fn split_width<const B: usize, const F16: bool>(
     out: &mut [u8],
     body: &mut escapes::Split,
 ) {
-    let layout = match (B, F16) {
-        (2, false) => FloatLayout::BF16,
-        (2, true) => FloatLayout::F16,
-        (4, _) => FloatLayout::F32,
-        _ => FloatLayout::F64,
-    };
+    let layout = width_layout::<B, F16>();
     let counts = body
         .counts
         .as_mut()
@@ -196,11 +221,7 @@ fn split_width<const B: usize, const F16: bool>(
                 let z = crate::ints::zigzag(q);
                 body.qs.push(z);
                 crate::ints::Hist::count(counts, escapes::Split::WIDTH, 0, z);
-                match B {
-                    4 => u64::from(((q as f64 * step) as f32).to_bits()),
-                    8 => (q as f64 * step).to_bits(),
-                    _ => grid::dequantize(layout, q, step),
-                }
+                point::<B>(layout, q, step)
             }
         };
         o.copy_from_slice(&r.to_le_bytes()[..B]);
@@ -214,16 +235,8 @@ fn split_width<const B: usize, const F16: bool>(
 /// # Panics
 /// As [`encode`].
 pub fn restore_bounded(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> (Vec<u8>, usize) {
-    check_args(layout, data, bits, "quant::restore");
-    let m = grid::qmax(bits) as f64;
-    let mut out = vec![0u8; data.len()];
     let mut qs = Vec::with_capacity(data.len() / layout.bytes());
-    match (layout.bytes(), layout.exp_bits) {
-        (2, 8) => restore_width::<2, false>(data, step, m, &mut out, Some(&mut qs)),
-        (2, _) => restore_width::<2, true>(data, step, m, &mut out, Some(&mut qs)),
-        (4, _) => restore_width::<4, false>(data, step, m, &mut out, Some(&mut qs)),
-        _ => restore_width::<8, false>(data, step, m, &mut out, Some(&mut qs)),
-    }
+    let out = restore_into(layout, data, step, bits, Some(&mut qs));
     let bound = HEADER + body_lower_bound(&qs, data.len() / layout.bytes(), layout.bytes());
     (out, bound)
 }
@@ -253,12 +266,7 @@ fn restore_width<const B: usize, const F16: bool>(
     out: &mut [u8],
     mut qs: Option<&mut Vec<u64>>,
 ) {
-    let layout = match (B, F16) {
-        (2, false) => FloatLayout::BF16,
-        (2, true) => FloatLayout::F16,
-        (4, _) => FloatLayout::F32,
-        _ => FloatLayout::F64,
-    };
+    let layout = width_layout::<B, F16>();
     for (v, o) in data.chunks_exact(B).zip(out.chunks_exact_mut(B)) {
         let raw = crate::float::load::<B>(v);
         let r = match quantize(layout, raw, step, m) {
@@ -267,11 +275,7 @@ fn restore_width<const B: usize, const F16: bool>(
                 if let Some(qs) = qs.as_deref_mut() {
                     qs.push(crate::ints::zigzag(q));
                 }
-                match B {
-                    4 => u64::from(((q as f64 * step) as f32).to_bits()),
-                    8 => (q as f64 * step).to_bits(),
-                    _ => grid::dequantize(layout, q, step),
-                }
+                point::<B>(layout, q, step)
             }
         };
         o.copy_from_slice(&r.to_le_bytes()[..B]);
@@ -335,11 +339,10 @@ fn fill<const B: usize>(layout: FloatLayout, body: &escapes::Body<'_>, step: f64
         Vec::new()
     };
     escapes::fill::<B>(body, out, |q: i64| -> u64 {
-        match B {
-            4 => u64::from(((q as f64 * step) as f32).to_bits()),
-            8 => (q as f64 * step).to_bits(),
-            _ if !table.is_empty() => table[(q - lo) as usize],
-            _ => grid::dequantize(layout, q, step),
+        if B == 2 && !table.is_empty() {
+            table[(q - lo) as usize]
+        } else {
+            point::<B>(layout, q, step)
         }
     });
 }
