@@ -131,13 +131,7 @@ pub fn encode_within(
     }
     // The order variant's plan, counted without its coding or its vectors: its size is
     // within PLAN_SLACK below the bound.
-    let order_hi = ORDER_HEAD
-        + match layout.bytes() {
-            1 => order_plan_size::<1>(layout, base, target),
-            2 => order_plan_size::<2>(layout, base, target),
-            4 => order_plan_size::<4>(layout, base, target),
-            _ => order_plan_size::<8>(layout, base, target),
-        };
+    let order_hi = ORDER_HEAD + order_plan_size(layout, base, target);
     if order_hi <= limit.saturating_add(PLAN_SLACK) {
         return full();
     }
@@ -266,22 +260,28 @@ fn order_diffs<const B: usize>(
     base: &[u8],
     target: &[u8],
 ) -> (Vec<u64>, u64, Vec<usize>) {
-    let w = 8 * B as u32;
-    let shift = w - 1 - layout.exp_bits;
+    let shift = 8 * B as u32 - 1 - layout.exp_bits;
     let emask = (1usize << layout.exp_bits) - 1;
-    let wmask = u64::MAX >> (64 - w);
     let mut hist = vec![0usize; emask + 1];
     let mut z = Vec::with_capacity(target.len() / B);
     let mut or = 0u64;
     for (bv, tv) in base.chunks_exact(B).zip(target.chunks_exact(B)) {
         let bu = load::<B>(bv);
         hist[(bu >> shift) as usize & emask] += 1;
-        let d = key(load::<B>(tv), w).wrapping_sub(key(bu, w)) & wmask;
-        let v = zigzag(sext(d, w));
+        let v = order_diff::<B>(bu, tv);
         or |= v;
         z.push(v);
     }
     (z, or, hist)
+}
+
+/// The zigzagged order-preserving difference of target value `tv` (`B` bytes) from base value
+/// bits `bu`.
+#[inline(always)]
+fn order_diff<const B: usize>(bu: u64, tv: &[u8]) -> u64 {
+    let w = 8 * B as u32;
+    let d = key(load::<B>(tv), w).wrapping_sub(key(bu, w)) & (u64::MAX >> (64 - w));
+    zigzag(sext(d, w))
 }
 
 /// The contexts of the order variant and the histogram of `z` under them (one pass; the
@@ -381,36 +381,44 @@ fn order_plan(layout: FloatLayout, base: &[u8], target: &[u8]) -> OrderPlan {
         }
         None => (None, Hist::new(&z, None, 1)),
     };
-    let mut plan = Plan::from_hist(&hist);
-    let mut used = classes;
-    if used.is_some() {
+    let (plan, used) = choose_order_plan(&hist, classes);
+    OrderPlan { z, ctx, plan, used }
+}
+
+/// The plan of the order variant for `hist` (counted under `classes`, if any): the classed
+/// one, or the single-context one when it is no larger (then no classes are used).
+fn choose_order_plan(hist: &Hist, classes: Option<Classes>) -> (Plan, Option<Classes>) {
+    let plan = Plan::from_hist(hist);
+    if classes.is_some() {
         let single = Plan::from_hist(&hist.merged());
         if single.size <= plan.size {
-            plan = single;
-            used = None;
+            return (single, None);
         }
     }
-    OrderPlan { z, ctx, plan, used }
+    (plan, classes)
 }
 
 /// The `size` of the plan [`order_plan`] chooses, from two counting passes that store no
 /// difference or context (the same histograms: `tests` compare the two).
-fn order_plan_size<const B: usize>(layout: FloatLayout, base: &[u8], target: &[u8]) -> usize {
-    let w = 8 * B as u32;
-    let shift = w - 1 - layout.exp_bits;
+fn order_plan_size(layout: FloatLayout, base: &[u8], target: &[u8]) -> usize {
+    match layout.bytes() {
+        1 => order_plan_size_of::<1>(layout, base, target),
+        2 => order_plan_size_of::<2>(layout, base, target),
+        4 => order_plan_size_of::<4>(layout, base, target),
+        _ => order_plan_size_of::<8>(layout, base, target),
+    }
+}
+
+fn order_plan_size_of<const B: usize>(layout: FloatLayout, base: &[u8], target: &[u8]) -> usize {
+    let shift = 8 * B as u32 - 1 - layout.exp_bits;
     let emask = (1usize << layout.exp_bits) - 1;
-    let wmask = u64::MAX >> (64 - w);
-    let diff = |bu: u64, tv: &[u8]| {
-        let d = key(load::<B>(tv), w).wrapping_sub(key(bu, w)) & wmask;
-        zigzag(sext(d, w))
-    };
     let n = target.len() / B;
     let mut exp_hist = vec![0usize; emask + 1];
     let mut or = 0u64;
     for (bv, tv) in base.chunks_exact(B).zip(target.chunks_exact(B)) {
         let bu = load::<B>(bv);
         exp_hist[(bu >> shift) as usize & emask] += 1;
-        or |= diff(bu, tv);
+        or |= order_diff::<B>(bu, tv);
     }
     let classes = choose_classes(layout, &exp_hist, n);
     let width = Hist::width_for(or);
@@ -419,17 +427,10 @@ fn order_plan_size<const B: usize>(layout: FloatLayout, base: &[u8], target: &[u
     for (bv, tv) in base.chunks_exact(B).zip(target.chunks_exact(B)) {
         let bu = load::<B>(bv);
         let c = classes.map_or(0, |c| usize::from(c.of(bu)));
-        Hist::count(&mut counts, width, c, diff(bu, tv));
+        Hist::count(&mut counts, width, c, order_diff::<B>(bu, tv));
     }
     let hist = Hist::from_counts(counts, width, nctx, n);
-    let plan = Plan::from_hist(&hist);
-    if classes.is_some() {
-        let single = Plan::from_hist(&hist.merged());
-        if single.size <= plan.size {
-            return single.size;
-        }
-    }
-    plan.size
+    choose_order_plan(&hist, classes).0.size
 }
 
 fn encode_order(layout: FloatLayout, base: &[u8], target: &[u8]) -> (Vec<u8>, f64) {

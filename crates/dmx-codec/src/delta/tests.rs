@@ -24,12 +24,7 @@ fn round_trip(kind: ValueKind, base: &[u8], target: &[u8]) -> usize {
         && layout.exp_bits + 1 < layout.bits()
         && target.len().is_multiple_of(layout.bytes())
     {
-        let counted = match layout.bytes() {
-            1 => order_plan_size::<1>(layout, base, target),
-            2 => order_plan_size::<2>(layout, base, target),
-            4 => order_plan_size::<4>(layout, base, target),
-            _ => order_plan_size::<8>(layout, base, target),
-        };
+        let counted = order_plan_size(layout, base, target);
         assert_eq!(counted, order_plan(layout, base, target).plan.size);
     }
     // Within a limit: exactly `encode`'s payload when it fits, else nothing.
