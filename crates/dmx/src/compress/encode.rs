@@ -104,11 +104,8 @@ pub(super) fn run_job(j: &Job<'_>) -> Result<Done> {
             "a {} chunk restores other bytes than its encoder computed",
             enc.codec.name()
         );
-        if j.base.is_some() {
-            assert_eq!(
-                unchanged,
-                self::unchanged(j.coding, j.value, j.base.unwrap_or_default(), j.data)
-            );
+        if let Some(base) = j.base {
+            assert_eq!(unchanged, self::unchanged(j.coding, j.value, base, j.data));
         }
     }
     let mut acc = ErrorAcc::default();

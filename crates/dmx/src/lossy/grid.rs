@@ -212,36 +212,11 @@ fn median_nonzero_below(
     if (cut > 1 && !below(value(cut - 1))) || (cut < inf && below(value(cut))) {
         return median_nonzero(layout, data).map(below);
     }
-    const SAMPLE: usize = 1 << 16;
-    let w = layout.bytes();
-    let n = data.len() / w;
-    let stride = n.div_ceil(SAMPLE).max(1);
-    let mag_mask = u64::MAX >> (65 - bits);
-    #[inline(always)]
-    fn count<const W: usize>(
-        data: &[u8],
-        stride: usize,
-        mask: u64,
-        inf: u64,
-        cut: u64,
-    ) -> (usize, usize) {
-        let n = data.len() / W;
-        let (mut total, mut under) = (0usize, 0usize);
-        let mut i = 0;
-        while i < n {
-            let m = super::raw(&data[i * W..(i + 1) * W]) & mask;
-            let ok = m != 0 && m < inf;
-            total += usize::from(ok);
-            under += usize::from(ok && m < cut);
-            i += stride;
-        }
-        (total, under)
-    }
-    let (total, under) = if w == 2 {
-        count::<2>(data, stride, mag_mask, inf, cut)
-    } else {
-        count::<4>(data, stride, mag_mask, inf, cut)
-    };
+    let (mut total, mut under) = (0usize, 0usize);
+    for_each_sampled(layout, data, |m| {
+        total += 1;
+        under += usize::from(m < cut);
+    });
     // The median is the sorted sample's element `total / 2`: `below` holds for it exactly
     // when it holds for more than `total / 2` of them.
     (total > 0).then_some(under > total / 2)
@@ -251,38 +226,50 @@ fn median_nonzero_below(
 /// Selected on the magnitude bits (sign cleared), which order finite values like their
 /// magnitudes, so no value is converted but the median.
 fn median_nonzero(layout: FloatLayout, data: &[u8]) -> Option<f64> {
-    const SAMPLE: usize = 1 << 16;
-    let w = layout.bytes();
-    let n = data.len() / w;
-    let stride = n.div_ceil(SAMPLE).max(1);
-    let bits = layout.bits();
-    let mag_mask = u64::MAX >> (65 - bits);
-    let inf = ((1u64 << layout.exp_bits) - 1) << (bits - 1 - layout.exp_bits);
-    #[inline(always)]
-    fn sample<const W: usize>(data: &[u8], stride: usize, mask: u64, inf: u64) -> Vec<u64> {
-        let n = data.len() / W;
-        let mut mags = Vec::with_capacity(n.div_ceil(stride));
-        let mut i = 0;
-        while i < n {
-            let m = super::raw(&data[i * W..(i + 1) * W]) & mask;
-            if m != 0 && m < inf {
-                mags.push(m);
-            }
-            i += stride;
-        }
-        mags
-    }
-    let mut mags = match w {
-        2 => sample::<2>(data, stride, mag_mask, inf),
-        4 => sample::<4>(data, stride, mag_mask, inf),
-        _ => sample::<8>(data, stride, mag_mask, inf),
-    };
+    let mut mags = Vec::with_capacity((data.len() / layout.bytes()).min(SAMPLE));
+    for_each_sampled(layout, data, |m| mags.push(m));
     if mags.is_empty() {
         return None;
     }
     let mid = mags.len() / 2;
     let (_, m, _) = mags.select_nth_unstable(mid);
     Some(grid::to_f64(layout, *m))
+}
+
+/// Values in the sample of [`median_nonzero`] (at most this many, evenly spaced).
+const SAMPLE: usize = 1 << 16;
+
+/// Calls `f` with the magnitude bits (sign cleared) of every finite non-zero value of the
+/// evenly spaced sample of `data`, in order.
+fn for_each_sampled(layout: FloatLayout, data: &[u8], f: impl FnMut(u64)) {
+    let w = layout.bytes();
+    let stride = (data.len() / w).div_ceil(SAMPLE).max(1);
+    let bits = layout.bits();
+    let mag_mask = u64::MAX >> (65 - bits);
+    let inf = ((1u64 << layout.exp_bits) - 1) << (bits - 1 - layout.exp_bits);
+    #[inline(always)]
+    fn walk<const W: usize>(
+        data: &[u8],
+        stride: usize,
+        mask: u64,
+        inf: u64,
+        mut f: impl FnMut(u64),
+    ) {
+        let n = data.len() / W;
+        let mut i = 0;
+        while i < n {
+            let m = super::raw(&data[i * W..(i + 1) * W]) & mask;
+            if m != 0 && m < inf {
+                f(m);
+            }
+            i += stride;
+        }
+    }
+    match w {
+        2 => walk::<2>(data, stride, mag_mask, inf, f),
+        4 => walk::<4>(data, stride, mag_mask, inf, f),
+        _ => walk::<8>(data, stride, mag_mask, inf, f),
+    }
 }
 
 #[cfg(test)]
