@@ -19,7 +19,7 @@ use crate::entropy::zigzag_i32;
 /// # Panics
 /// If [`check`] rejects `layout` and `p`, or `data` is not whole values.
 pub fn encode(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> (Vec<u8>, f64) {
-    encode_inner(layout, data, row_len, p, None)
+    encode_inner(layout, data, row_len, p, None, None)
 }
 
 /// [`encode`], also returning the bytes that [`decode`](super::decode) of the payload
@@ -36,15 +36,18 @@ pub fn encode_restored(
     p: Params,
 ) -> (Vec<u8>, f64, Vec<u8>) {
     let mut restored = vec![0u8; data.len()];
-    let (payload, bits) = encode_inner(layout, data, row_len, p, Some(&mut restored));
+    let (payload, bits) = encode_inner(layout, data, row_len, p, None, Some(&mut restored));
     (payload, bits, restored)
 }
 
-fn encode_inner(
+/// `raise`: per group, how many binades to raise its exponent above the largest value's
+/// (see [`super::rd`]); `None` raises none.
+pub(super) fn encode_inner(
     layout: FloatLayout,
     data: &[u8],
     row_len: usize,
     p: Params,
+    raise: Option<&[u8]>,
     restored: Option<&mut [u8]>,
 ) -> (Vec<u8>, f64) {
     if let Err(e) = check(layout, p) {
@@ -58,9 +61,9 @@ fn encode_inner(
     let count = data.len() / layout.bytes();
     let shape = Shape::new(count, norm_row(count, row_len), p.group_size as usize);
     if layout.bytes() == 2 {
-        encode_width::<2>(&g, data, shape, restored)
+        encode_width::<2>(&g, data, shape, raise, restored)
     } else {
-        encode_width::<4>(&g, data, shape, restored)
+        encode_width::<4>(&g, data, shape, raise, restored)
     }
 }
 
@@ -100,10 +103,11 @@ fn encode_width<const B: usize>(
     g: &Geo,
     data: &[u8],
     shape: Shape,
+    raise: Option<&[u8]>,
     restored: Option<&mut [u8]>,
 ) -> (Vec<u8>, f64) {
     let alpha = g.alpha();
-    let p1 = pass1::<B>(g, data, shape, restored);
+    let p1 = pass1::<B>(g, data, shape, raise, restored);
     let (vh, eh) = (&p1.vh, &p1.eh);
     let (lo, k) = choose_window(vh, alpha);
     let class_of = |c: i8| (i32::from(c).clamp(lo, lo + k as i32 - 1) - lo) as usize;
@@ -162,6 +166,7 @@ fn pass1<const B: usize>(
     g: &Geo,
     data: &[u8],
     shape: Shape,
+    raise: Option<&[u8]>,
     mut restored: Option<&mut [u8]>,
 ) -> Pass1 {
     let alpha = g.alpha();
@@ -190,6 +195,10 @@ fn pass1<const B: usize>(
                 raw_bits += (len * B * 8) as u64;
                 codes.push(GroupCode { esym: 0, class: 0 });
                 continue;
+            };
+            let e = match raise {
+                Some(r) => (e + u32::from(r[i])).min(g.emax),
+                None => e,
             };
             let pred = hist.pred(g);
             hist.start(g, e);

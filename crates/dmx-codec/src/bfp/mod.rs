@@ -38,6 +38,13 @@
 //! - **Idempotence**: decoded values are on their group's grid with the same `E`, so encoding
 //!   them again with the same `M`, `G` and `row_len` decodes to the same bits.
 //!
+//! [`encode_rd`] and [`encode_rd_restored`] (what `dmx compress --mode bfp` uses) write the
+//! same payload format with rate–distortion grouping: groups of `G / 2` values, some with an
+//! exponent one above their largest value's, chosen so that the chunk's squared error is at
+//! most that of [`encode`] at `(M, G)` (see `rd.rs`). Every value's error stays within
+//! `2^(1−M)` of its group's largest magnitude; encoding their output again may spend the
+//! error budget of the new input again (it is not idempotent).
+//!
 //! # Entropy coding
 //!
 //! Each group codes its exponent, then its values, with a static rANS coder (32-bit state,
@@ -71,11 +78,13 @@ use crate::FloatLayout;
 
 mod decode;
 mod encode;
+mod rd;
 #[cfg(test)]
 mod tests;
 
 pub use decode::decode;
 pub use encode::{encode, encode_restored};
+pub use rd::{encode_rd, encode_rd_restored};
 
 /// BFP parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,7 +242,12 @@ fn rne(sig: u32, s: u32) -> u32 {
 /// coarser step on a tie; saturation whenever `E₀` is the largest finite exponent).
 #[inline]
 fn group_exponent(g: &Geo, vals: &[u32]) -> Option<u32> {
-    let max_mag = max_magnitude(g, vals);
+    group_exponent_of(g, vals, max_magnitude(g, vals))
+}
+
+/// [`group_exponent`] when the largest magnitude bits `max_mag` are known.
+#[inline]
+fn group_exponent_of(g: &Geo, vals: &[u32], max_mag: u32) -> Option<u32> {
     let e = max_mag >> g.f;
     if e >= g.exp_ones {
         return None;

@@ -457,3 +457,199 @@ proptest! {
         check_round_trip(layout, &vals, row, Params { mantissa_bits: m, group_size: gs });
     }
 }
+
+/// Rate–distortion grouping: decodes to what it reports, never has more squared error than
+/// plain BFP at the same `(M, G)`, keeps NaN/±Inf exact and every other error within
+/// `2^(1−M)` of its group of `G`'s largest magnitude.
+fn check_rd(layout: FloatLayout, vals: &[u32], row: usize, p: Params) -> (usize, usize) {
+    let data = to_bytes(layout, vals);
+    let (payload, _, restored) = encode_rd_restored(layout, &data, row, p);
+    assert_eq!(encode_rd(layout, &data, row, p).0, payload, "same payload");
+    let mut out = vec![0u8; data.len()];
+    decode(&payload, &mut out).expect("decodes");
+    assert!(out == restored, "restored bytes {layout:?} {p:?}");
+    let (plain, _, plain_restored) = encode_restored(layout, &data, row, p);
+    let xs: Vec<f64> = vals
+        .iter()
+        .map(|&v| grid::to_f64(layout, u64::from(v)))
+        .collect();
+    let sse = |bytes: &[u8]| -> f64 {
+        from_bytes(layout, bytes)
+            .iter()
+            .zip(&xs)
+            .filter(|(_, x)| x.is_finite())
+            .map(|(&y, x)| {
+                let d = grid::to_f64(layout, u64::from(y)) - x;
+                d * d
+            })
+            .sum()
+    };
+    let (mine, theirs) = (sse(&out), sse(&plain_restored));
+    assert!(
+        mine <= theirs,
+        "{layout:?} {p:?}: error {mine} > plain {theirs}"
+    );
+    let got = from_bytes(layout, &out);
+    let gs = p.group_size as usize;
+    let row_len = if row == 0 || row > vals.len() {
+        vals.len().max(1)
+    } else {
+        row
+    };
+    // Groups of G restart at every row.
+    let groups = (0..vals.len()).step_by(row_len).flat_map(|r| {
+        let end = (r + row_len).min(vals.len());
+        (r..end).step_by(gs).map(move |s| s..(s + gs).min(end))
+    });
+    for range in groups {
+        let (xg, yg, vg) = (&xs[range.clone()], &got[range.clone()], &vals[range]);
+        let special = xg.iter().any(|x| !x.is_finite());
+        // Relative to the largest magnitude, or to the smallest normal for a group of
+        // subnormals (their exponent counts as 1).
+        let min_normal = 2f64.powi(2 - (1i32 << (layout.exp_bits - 1)));
+        let max = xg.iter().fold(min_normal, |m, x| m.max(x.abs()));
+        let bound = max * 2f64.powi(1 - p.mantissa_bits as i32);
+        for ((&x, &y), &v) in xg.iter().zip(yg).zip(vg) {
+            if !x.is_finite() {
+                assert_eq!(y, v, "NaN/Inf exact");
+            } else if !special {
+                let y = grid::to_f64(layout, u64::from(y));
+                assert!(
+                    (x - y).abs() <= bound,
+                    "{layout:?} {p:?}: |{x} - {y}| > {bound} in group {xg:?}"
+                );
+            }
+        }
+    }
+    (payload.len(), plain.len())
+}
+
+#[test]
+fn rate_distortion_grouping_saves_bits_at_no_more_error() {
+    for layout in LAYOUTS {
+        let (mut mine, mut plain) = (0, 0);
+        for m in 2..=8u32 {
+            for gs in [2u32, 8, 32, 64] {
+                let vals = weights(layout, 20_000, u64::from(m * 100 + gs));
+                let p = Params {
+                    mantissa_bits: m,
+                    group_size: gs,
+                };
+                let (a, b) = check_rd(layout, &vals, 0, p);
+                mine += a;
+                plain += b;
+            }
+        }
+        // Weight-like values in bands of different exponents: the halves pay, in every
+        // dtype's units (F16's are 2^-112 of its values).
+        assert!(mine * 1000 < plain * 997, "{layout:?}: {mine} vs {plain}");
+    }
+}
+
+#[test]
+fn rate_distortion_grouping_handles_special_values_and_falls_back() {
+    for layout in LAYOUTS {
+        let mut vals = specials(layout);
+        vals.extend(weights(layout, 500, 7));
+        vals.extend(specials(layout));
+        for m in [2u32, 5, 8] {
+            for gs in [2u32, 4, 7, 32] {
+                check_rd(
+                    layout,
+                    &vals,
+                    0,
+                    Params {
+                        mantissa_bits: m,
+                        group_size: gs,
+                    },
+                );
+                check_rd(
+                    layout,
+                    &vals,
+                    33,
+                    Params {
+                        mantissa_bits: m,
+                        group_size: gs,
+                    },
+                );
+            }
+        }
+        // Plain BFP where it does not apply: odd G, rows, wide M.
+        let data = to_bytes(layout, &vals);
+        for (row, p) in [
+            (
+                0,
+                Params {
+                    mantissa_bits: 6,
+                    group_size: 7,
+                },
+            ),
+            (
+                33,
+                Params {
+                    mantissa_bits: 6,
+                    group_size: 32,
+                },
+            ),
+            (
+                0,
+                Params {
+                    mantissa_bits: max_mantissa_bits(layout),
+                    group_size: 32,
+                },
+            ),
+        ] {
+            if layout.bytes() == 2 && p.mantissa_bits > 8 {
+                continue;
+            }
+            let rd = encode_rd(layout, &data, row, p).0;
+            let plain = encode(layout, &data, row, p).0;
+            if p.mantissa_bits <= 8 && row == 0 && p.group_size % 2 == 0 {
+                continue;
+            }
+            assert_eq!(rd, plain, "{layout:?} {p:?} row {row}");
+        }
+        check_rd(
+            layout,
+            &[],
+            0,
+            Params {
+                mantissa_bits: 6,
+                group_size: 32,
+            },
+        );
+        check_rd(
+            layout,
+            &vals[..1],
+            0,
+            Params {
+                mantissa_bits: 6,
+                group_size: 32,
+            },
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn rate_distortion_grouping_round_trips(
+        seed in any::<u64>(),
+        n in 0usize..600,
+        li in 0usize..3,
+        m in 2u32..=8,
+        half in 1u32..40,
+        weightlike in any::<bool>(),
+    ) {
+        let layout = LAYOUTS[li];
+        let vals = if weightlike {
+            weights(layout, n, seed)
+        } else {
+            pseudo_u32(n, seed)
+                .iter()
+                .map(|v| v & (u32::MAX >> (32 - layout.bits())))
+                .collect()
+        };
+        check_rd(layout, &vals, 0, Params { mantissa_bits: m, group_size: 2 * half });
+    }
+}

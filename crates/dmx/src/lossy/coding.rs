@@ -149,7 +149,7 @@ impl Coding {
                     }
                 }
             }
-            Coding::Bfp(p) => (dmx_codec::Codec::Bfp, bfp::encode(layout, data, 0, p)),
+            Coding::Bfp(p) => (dmx_codec::Codec::Bfp, bfp::encode_rd(layout, data, 0, p)),
             Coding::Quant { grid, bits } => quantize(layout, data, grid, bits),
             Coding::Cast(to) => (
                 dmx_codec::Codec::Cast,
@@ -263,7 +263,7 @@ impl Coding {
                 (best.codec, (best.payload, best.entropy_bits), restored)
             }
             Coding::Bfp(p) => {
-                let (payload, bits, restored) = bfp::encode_restored(layout, data, 0, p);
+                let (payload, bits, restored) = bfp::encode_rd_restored(layout, data, 0, p);
                 (dmx_codec::Codec::Bfp, (payload, bits), restored)
             }
             Coding::Quant { grid, bits } => match grid.capped(layout) {
