@@ -35,8 +35,19 @@ pub fn encode_restored(
     row_len: usize,
     p: Params,
 ) -> (Vec<u8>, f64, Vec<u8>) {
-    let mut restored = vec![0u8; data.len()];
-    let (payload, bits) = encode_inner(layout, data, row_len, p, None, Some(&mut restored));
+    with_restored(data.len(), |r| {
+        encode_inner(layout, data, row_len, p, None, r)
+    })
+}
+
+/// Runs an encoder that writes the restored bytes into the buffer it is given (`len`
+/// bytes) and returns them with its payload and bits.
+pub(super) fn with_restored(
+    len: usize,
+    encode: impl FnOnce(Option<&mut [u8]>) -> (Vec<u8>, f64),
+) -> (Vec<u8>, f64, Vec<u8>) {
+    let mut restored = vec![0u8; len];
+    let (payload, bits) = encode(Some(&mut restored));
     (payload, bits, restored)
 }
 
@@ -72,6 +83,14 @@ fn load<const B: usize>(v: &[u8]) -> u32 {
     let mut w = [0u8; 4];
     w[..B].copy_from_slice(&v[..B]);
     u32::from_le_bytes(w)
+}
+
+/// Loads the `vals.len()` values of `B` bytes that start at value `start` of `data`.
+#[inline(always)]
+pub(super) fn load_group<const B: usize>(data: &[u8], start: usize, vals: &mut [u32]) {
+    for (v, b) in vals.iter_mut().zip(data[start * B..].chunks_exact(B)) {
+        *v = load::<B>(b);
+    }
 }
 
 /// Per-group results of the first pass.
@@ -182,9 +201,7 @@ fn pass1<const B: usize>(
         for i in first..end {
             let (start, len) = shape.group(i);
             let vals = &mut vals[..len];
-            for (v, b) in vals.iter_mut().zip(data[start * B..].chunks_exact(B)) {
-                *v = load::<B>(b);
-            }
+            load_group::<B>(data, start, vals);
             let s = &mut syms[start..start + len];
             let Some(e) = group_exponent(g, vals) else {
                 if let Some(r) = restored.as_deref_mut() {

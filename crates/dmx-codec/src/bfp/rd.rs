@@ -25,7 +25,7 @@
 //! is one row; otherwise, or when the estimate says the halves do not pay for their extra
 //! exponents, the chunk is coded as plain BFP at `(M, G)`.
 
-use super::encode::encode_inner;
+use super::encode::{encode_inner, load_group, with_restored};
 use super::{Geo, Params, Shape, group_exponent_of, inv_step, max_magnitude, norm_row};
 use crate::FloatLayout;
 
@@ -38,10 +38,7 @@ const EXP_BITS: f64 = 2.0;
 /// # Panics
 /// As [`encode`](super::encode).
 pub fn encode_rd(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> (Vec<u8>, f64) {
-    match plan(layout, data, row_len, p) {
-        Some(raise) => encode_inner(layout, data, row_len, halved(p), Some(&raise), None),
-        None => encode_inner(layout, data, row_len, p, None, None),
-    }
+    encode_planned(layout, data, row_len, p, None)
 }
 
 /// [`encode_rd`], also returning the bytes the decoder restores, as
@@ -55,19 +52,21 @@ pub fn encode_rd_restored(
     row_len: usize,
     p: Params,
 ) -> (Vec<u8>, f64, Vec<u8>) {
-    let mut restored = vec![0u8; data.len()];
-    let (payload, bits) = match plan(layout, data, row_len, p) {
-        Some(raise) => encode_inner(
-            layout,
-            data,
-            row_len,
-            halved(p),
-            Some(&raise),
-            Some(&mut restored),
-        ),
-        None => encode_inner(layout, data, row_len, p, None, Some(&mut restored)),
-    };
-    (payload, bits, restored)
+    with_restored(data.len(), |r| encode_planned(layout, data, row_len, p, r))
+}
+
+/// The halves and raises of [`plan`] when it finds they pay, else plain BFP at `p`.
+fn encode_planned(
+    layout: FloatLayout,
+    data: &[u8],
+    row_len: usize,
+    p: Params,
+    restored: Option<&mut [u8]>,
+) -> (Vec<u8>, f64) {
+    match plan(layout, data, row_len, p) {
+        Some(raise) => encode_inner(layout, data, row_len, halved(p), Some(&raise), restored),
+        None => encode_inner(layout, data, row_len, p, None, restored),
+    }
 }
 
 fn halved(p: Params) -> Params {
@@ -117,11 +116,7 @@ fn plan_width<const B: usize>(g: &Geo, data: &[u8], count: usize, gs: usize) -> 
     for i in 0..whole.groups {
         let (start, len) = whole.group(i);
         let vals = &mut vals[..len];
-        for (v, b) in vals.iter_mut().zip(data[start * B..].chunks_exact(B)) {
-            let mut w = [0u8; 4];
-            w[..B].copy_from_slice(b);
-            *v = u32::from_le_bytes(w);
-        }
+        load_group::<B>(data, start, vals);
         let (first, second) = vals.split_at(len.min(gs / 2));
         let maxes = [max_magnitude(g, first), max_magnitude(g, second)];
         let e_whole = group_exponent_of(g, vals, maxes[0].max(maxes[1]));
@@ -160,12 +155,11 @@ fn plan_width<const B: usize>(g: &Geo, data: &[u8], count: usize, gs: usize) -> 
         return None;
     }
     // Most bits saved per unit of added error first: candidates fall into buckets of an
-    // eighth of an octave of that ratio (the top 11 bits of its `f32`, free raises last
-    // bucket), taken from the best bucket down while they fit, in order within a bucket.
+    // eighth of an octave of that ratio (the top 11 bits of its `f32`, below 2048 for any
+    // positive value), taken from the best bucket down while they fit, in order within a
+    // bucket. A raise that adds no error is free (+Inf, key 2040, the best bucket in use).
     // The added error is taken relative to the budget, so the ratio sits well inside the
     // `f32` range whatever the dtype's units (F16's image units are tiny).
-    // A raise that adds no error is free (infinite ratio); the key of a positive `f32` is
-    // below 2048 (+Inf is 2040).
     let key = |c: &Candidate| {
         let r = if c.added > 0.0 {
             (f64::from(c.saved) * budget / c.added) as f32
