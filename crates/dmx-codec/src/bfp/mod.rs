@@ -45,6 +45,11 @@
 //! `2^(1−M)` of its group's largest magnitude; encoding their output again may spend the
 //! error budget of the new input again (it is not idempotent).
 //!
+//! [`encode_own`] and [`encode_own_restored`] (what the engine uses for optimizer moments)
+//! code each value with its own exponent (groups of one, so none is flushed to 0 by a larger
+//! neighbour), at `M − 1` magnitude bits when the chunk's squared error then stays at most
+//! plain BFP's at `(M, G)` and no non-zero value would become 0, else at `M` (see `own.rs`).
+//!
 //! # Entropy coding
 //!
 //! Each group codes its exponent, then its values, with a static rANS coder (32-bit state,
@@ -78,12 +83,14 @@ use crate::FloatLayout;
 
 mod decode;
 mod encode;
+mod own;
 mod rd;
 #[cfg(test)]
 mod tests;
 
 pub use decode::decode;
 pub use encode::{encode, encode_restored};
+pub use own::{encode_own, encode_own_restored};
 pub use rd::{encode_rd, encode_rd_restored};
 
 /// BFP parameters.

@@ -199,8 +199,8 @@ fn plan_width<const B: usize>(g: &Geo, data: &[u8], count: usize, gs: usize) -> 
 }
 
 /// Squared error of a half at exponent `e` (image units, see `Geo::s32`) and a bit estimate.
-struct Cost {
-    sse: f64,
+pub(super) struct Cost {
+    pub(super) sse: f64,
     bits: f32,
 }
 
@@ -209,7 +209,7 @@ struct Cost {
 /// `q` (Mitchell's approximation of the logarithm). The second is meaningless when
 /// `e` is the largest finite exponent.
 #[inline]
-fn cost(g: &Geo, vals: &[u32], e: u32) -> (Cost, Cost) {
+pub(super) fn cost(g: &Geo, vals: &[u32], e: u32) -> (Cost, Cost) {
     const MAGIC: f32 = 12_582_912.0;
     let k = g.bias as i32 + g.m as i32 - 1 - e as i32 + g.adj as i32;
     let ka = k.min(127);

@@ -159,7 +159,8 @@ fn hold_budget(
         if !d.lossy_coded || *spent + err <= allowance {
             *spent += err;
             if d.lossy_coded
-                && let (Coding::Bfp(p), Coding::Bfp(r)) = (coding, *recorded)
+                && let (Coding::Bfp(p), Coding::Bfp(r)) | (Coding::BfpOwn(p), Coding::BfpOwn(r)) =
+                    (coding, *recorded)
                 && p.mantissa_bits > r.mantissa_bits
             {
                 *recorded = coding;

@@ -75,20 +75,26 @@ pub(crate) fn fixed_codings(
                 },
                 Mode::Bfp => {
                     let data = bytes.segment_data(s).unwrap_or_default();
-                    Coding::Bfp(bfp::Params {
+                    let p = bfp::Params {
                         mantissa_bits: opts
                             .mantissa_bits
                             .unwrap_or(DEFAULT_MANTISSA_BITS)
                             .min(bfp::max_mantissa_bits(layout)),
-                        // Variances, moments and values over many binades: a shared exponent
-                        // would flush their small values to 0 (a running variance of 0 makes a
-                        // batch norm divide by √ε), so each value keeps its own exponent.
-                        group_size: if super::spans_binades(&t.name, layout, data) {
-                            1
-                        } else {
-                            opts.group_size.unwrap_or(DEFAULT_GROUP_SIZE)
-                        },
-                    })
+                        group_size: opts.group_size.unwrap_or(DEFAULT_GROUP_SIZE),
+                    };
+                    // Variances, moments and values over many binades: a shared exponent
+                    // would flush their small values to 0 (a running variance of 0 makes a
+                    // batch norm divide by √ε), so each value keeps its own exponent.
+                    // Optimizer moments then give up one bit where plain BFP's error at
+                    // (M, G) allows it (training resumes on them, within 2^(1−M) of each
+                    // value); a model's own tensors keep M.
+                    if !super::spans_binades(&t.name, layout, data) {
+                        Coding::Bfp(p)
+                    } else if super::optimizer_moment(&t.name) {
+                        Coding::BfpOwn(p)
+                    } else {
+                        Coding::Bfp(bfp::Params { group_size: 1, ..p })
+                    }
                 }
                 Mode::Int16 | Mode::Int32 => {
                     let bits = if opts.mode == Mode::Int16 { 16 } else { 32 };

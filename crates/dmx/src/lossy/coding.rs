@@ -12,6 +12,9 @@ pub(crate) enum Coding {
     Lossless,
     /// Block floating point.
     Bfp(bfp::Params),
+    /// Block floating point with every value its own exponent (so no small value is flushed
+    /// by a large neighbour), within the squared error of plain BFP at these parameters.
+    BfpOwn(bfp::Params),
     /// On an integer grid of this width.
     Quant { grid: Grid, bits: u32 },
     /// Rounded to a 16-bit layout.
@@ -38,6 +41,12 @@ impl Coding {
                     ..p
                 })
             }
+            Coding::BfpOwn(p) if p.mantissa_bits < bfp::max_mantissa_bits(layout) => {
+                Coding::BfpOwn(bfp::Params {
+                    mantissa_bits: p.mantissa_bits + 1,
+                    ..p
+                })
+            }
             _ => Coding::Lossless,
         }
     }
@@ -48,6 +57,7 @@ impl Coding {
         let (mode, mantissa_bits, group_size, step) = match self {
             Coding::Lossless | Coding::Delta => return None,
             Coding::Bfp(p) => (LossyMode::Bfp, p.mantissa_bits as u8, p.group_size, 0.0),
+            Coding::BfpOwn(p) => (LossyMode::Bfp, p.mantissa_bits as u8, 1, 0.0),
             Coding::Quant { grid, bits } | Coding::QuantDelta { grid, bits } => {
                 let mode = if bits == 16 {
                     LossyMode::Int16
@@ -150,6 +160,7 @@ impl Coding {
                 }
             }
             Coding::Bfp(p) => (dmx_codec::Codec::Bfp, bfp::encode_rd(layout, data, 0, p)),
+            Coding::BfpOwn(p) => (dmx_codec::Codec::Bfp, bfp::encode_own(layout, data, 0, p)),
             Coding::Quant { grid, bits } => quantize(layout, data, grid, bits),
             Coding::Cast(to) => (
                 dmx_codec::Codec::Cast,
@@ -264,6 +275,10 @@ impl Coding {
             }
             Coding::Bfp(p) => {
                 let (payload, bits, restored) = bfp::encode_rd_restored(layout, data, 0, p);
+                (dmx_codec::Codec::Bfp, (payload, bits), restored)
+            }
+            Coding::BfpOwn(p) => {
+                let (payload, bits, restored) = bfp::encode_own_restored(layout, data, 0, p);
                 (dmx_codec::Codec::Bfp, (payload, bits), restored)
             }
             Coding::Quant { grid, bits } => match grid.capped(layout) {

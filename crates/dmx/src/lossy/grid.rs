@@ -163,14 +163,21 @@ pub(crate) fn float_bits(
         return cap(bits.saturating_sub(1));
     }
     let m = float_fraction_bits(bits);
-    if matches!(component(name), Component::ExpAvg | Component::ExpAvgSq)
-        || named(OPTIMIZER_SQUARES)
-    {
+    if optimizer_moment(name) {
         return cap(m);
     }
     // Significant bits of the median on the linear grid: log2(median / step).
     let limit = f64::from(1u32 << m.min(30).saturating_sub(6));
     median_nonzero_below(layout, data, |median| median / step < limit)?.then(|| cap(m))?
+}
+
+/// Whether a tensor is an optimizer's moment: Adam's `exp_avg` and `exp_avg_sq`, or another
+/// optimizer's squared average.
+pub(crate) fn optimizer_moment(name: &str) -> bool {
+    matches!(component(name), Component::ExpAvg | Component::ExpAvgSq)
+        || crate::names::segments(name)
+            .iter()
+            .any(|s| OPTIMIZER_SQUARES.contains(&s.as_str()))
 }
 
 /// Whether a tensor is one whose small values matter as much as its large ones (a variance,

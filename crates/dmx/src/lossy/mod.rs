@@ -334,7 +334,7 @@ pub fn json_opt_f64<S: serde::Serializer>(
 pub(crate) use choose::{fixed_codings, plan_warnings};
 pub(crate) use coding::{Coding, LossyChunk};
 pub use grid::Grid;
-pub(crate) use grid::{float_bits, grid_with_step, own_grid, spans_binades};
+pub(crate) use grid::{float_bits, grid_with_step, optimizer_moment, own_grid, spans_binades};
 pub(crate) use measure::ErrorAcc;
 pub(crate) use values::{float_tensors, lossy_layout, raw, shared_steps, sum_sq};
 

@@ -541,6 +541,85 @@ fn lossy_torch_files_restore_as_valid_zips_within_the_recorded_error() {
     }
 }
 
+/// Adam's moments in BFP: each value keeps its own exponent (none restored as 0) and, where
+/// plain BFP's error at (M, G) allows it, gives up one magnitude bit: every value then stays
+/// within `2^(1−M)` of itself, and the archive is smaller than at M with groups of one.
+#[test]
+fn bfp_moments_spend_the_group_error_on_size() {
+    let dir = scratch();
+    // Second moments over 12 binades in runs of similar size, first moments of both signs.
+    let moment = |signed: bool| -> Vec<u8> {
+        (0..16_384u32)
+            .flat_map(|i| {
+                let u = (i.wrapping_mul(2_654_435_761) % 10_000) as f32 / 10_000.0;
+                let level = -30.0 + ((i / 256) % 6) as f32;
+                let x = 2f32.powf(level + 6.0 * u);
+                let x = if signed && i.wrapping_mul(40_503) & 0x100 != 0 {
+                    -x
+                } else {
+                    x
+                };
+                x.to_le_bytes()
+            })
+            .collect()
+    };
+    let tensors = vec![
+        Tensor::new(
+            "optim.exp_avg_sq.fc.weight",
+            "F32",
+            &[128, 128],
+            moment(false),
+        ),
+        Tensor::new("optim.exp_avg.fc.weight", "F32", &[128, 128], moment(true)),
+    ];
+    let input = dir.path().join("m.safetensors");
+    write(&input, &plain(&tensors));
+    let packed = dir.path().join("bfp.dmx");
+    let lossy = LossyOptions {
+        mode: LossyMode::Bfp,
+        mantissa_bits: Some(6),
+        ..Default::default()
+    };
+    dmx::compress_with(&input, &packed, &lossy, &quiet()).unwrap();
+    let a = Archive::open(&packed).unwrap();
+    for t in &tensors {
+        let l = *a
+            .tensor(&t.name)
+            .unwrap()
+            .segment
+            .transform
+            .lossy()
+            .unwrap();
+        let v = l.error.values.expect("format 1.4 records per-value errors");
+        assert_eq!((l.group_size, l.mantissa_bits), (1, 6), "{}", t.name);
+        assert_eq!(v.zeroed, 0, "{}", t.name);
+        // Coarser than 2^-6 (one bit given up), within 2^-5.
+        assert!(
+            v.max_rel > 2f64.powi(-6) && v.max_rel <= 2f64.powi(-5),
+            "{}: {}",
+            t.name,
+            v.max_rel
+        );
+    }
+    // Smaller than every value at M = 6 with its own exponent (`--group-size 1` asks for
+    // exactly that: its budget is groups of one).
+    let ones = dir.path().join("ones.dmx");
+    let lossy = LossyOptions {
+        mode: LossyMode::Bfp,
+        mantissa_bits: Some(6),
+        group_size: Some(1),
+        ..Default::default()
+    };
+    dmx::compress_with(&input, &ones, &lossy, &quiet()).unwrap();
+    let (size, ones_size) = (
+        std::fs::metadata(&packed).unwrap().len(),
+        std::fs::metadata(&ones).unwrap().len(),
+    );
+    assert!(size * 100 < ones_size * 92, "{size} vs {ones_size}");
+    let restored = dir.path().join("r.safetensors");
+    dmx::decompress(&packed, &restored, &quiet()).unwrap();
+}
+
 /// Variances and moments keep every value's exponent in BFP (group size 1) and take the
 /// floating grid in int16: no non-zero value is restored as 0, and the archive records it.
 #[test]

@@ -1,0 +1,396 @@
+//! Own exponents: the BFP writer for tensors whose small values matter as much as their large
+//! ones ([`encode_own`], [`encode_own_restored`]).
+//!
+//! Optimizer moments, running variances and other tensors that span many binades cannot share
+//! an exponent: a group's largest value would flush its small neighbours to 0 (a second moment
+//! restored as 0 makes Adam divide by `ε`). Such chunks are coded in groups of one value, each
+//! value with its own exponent, so no normal value is restored as 0 and each keeps a relative
+//! error below `2^−M`, far less error than the `(M, G)` the caller asked for.
+//!
+//! That margin is then spent the only way that keeps the coding free of side information: the
+//! whole chunk is coded at `M − 1` magnitude bits (one bit less per value, every value still
+//! within `2^(1−M)` of itself, the bound BFP states relative to the group's largest magnitude)
+//! when its squared error then stays at most what plain BFP at `(M, G)` would give the chunk,
+//! less a relative margin of `1e-6`, and no non-zero value (a deep subnormal) would become 0.
+//! Otherwise it is coded at `M`. Mixing the two within a chunk does not pay: the magnitude
+//! tables would have to cover both ranges of magnitudes, which costs about what is saved.
+//!
+//! The payload is an ordinary one (group size 1, its own `M`); no format change is involved.
+
+use super::encode::{encode_inner, load_group, with_restored};
+use super::rd::cost;
+use super::{Geo, Params, group_exponent_of, inv_step, max_magnitude, norm_row};
+use crate::FloatLayout;
+
+/// BFP with every value its own exponent (groups of one), at `M − 1` magnitude bits where that
+/// keeps the chunk's squared error at most plain BFP's at `p` (see the module docs), else at
+/// `p.mantissa_bits`. `p.group_size` is the group size whose error is the budget.
+///
+/// # Panics
+/// As [`encode`](super::encode).
+pub fn encode_own(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> (Vec<u8>, f64) {
+    encode_inner(
+        layout,
+        data,
+        row_len,
+        own_params(layout, data, row_len, p),
+        None,
+        None,
+    )
+}
+
+/// [`encode_own`], also returning the bytes the decoder restores, as
+/// [`encode_restored`](super::encode_restored) does.
+///
+/// # Panics
+/// As [`encode`](super::encode).
+pub fn encode_own_restored(
+    layout: FloatLayout,
+    data: &[u8],
+    row_len: usize,
+    p: Params,
+) -> (Vec<u8>, f64, Vec<u8>) {
+    let own = own_params(layout, data, row_len, p);
+    with_restored(data.len(), |r| {
+        encode_inner(layout, data, row_len, own, None, r)
+    })
+}
+
+/// The parameters [`encode_own`] codes the chunk with: group size 1, and `M − 1` or `M`.
+fn own_params(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> Params {
+    let at = |mantissa_bits| Params {
+        mantissa_bits,
+        group_size: 1,
+    };
+    if super::check(layout, p).is_err()
+        || !data.len().is_multiple_of(layout.bytes())
+        || p.mantissa_bits <= 2
+    {
+        // The encoder reports invalid parameters; M = 2 has no bit to spare.
+        return at(p.mantissa_bits);
+    }
+    let row = norm_row(data.len() / layout.bytes(), row_len);
+    let (g, coarse) = (
+        Geo::new(layout, p.mantissa_bits),
+        Geo::new(layout, p.mantissa_bits - 1),
+    );
+    let gs = p.group_size as usize;
+    let (mut budget, mut sse, mut flushed) = (0f64, 0f64, false);
+    let mut add = |vals: &[u32]| {
+        budget += group_sse(&g, vals);
+        let (s, f) = single_sse(&coarse, vals);
+        sse += s;
+        flushed |= f;
+    };
+    if layout.bytes() == 2 {
+        for_groups::<2>(data, row, gs, &mut add);
+    } else {
+        for_groups::<4>(data, row, gs, &mut add);
+    }
+    // The margin covers the rounding of the budget's `f32` sums (about 1e-7 relative).
+    if flushed || sse > budget - budget * 1e-6 {
+        at(p.mantissa_bits)
+    } else {
+        at(p.mantissa_bits - 1)
+    }
+}
+
+/// Calls `f` with the values of each group of `gs` over rows of `row` values.
+fn for_groups<const B: usize>(data: &[u8], row: usize, gs: usize, f: &mut impl FnMut(&[u32])) {
+    let count = data.len() / B;
+    let mut vals = vec![0u32; gs];
+    let mut row_start = 0;
+    while row_start < count {
+        let row_end = (row_start + row).min(count);
+        let mut start = row_start;
+        while start < row_end {
+            let len = gs.min(row_end - start);
+            load_group::<B>(data, start, &mut vals[..len]);
+            f(&vals[..len]);
+            start += len;
+        }
+        row_start = row_end;
+    }
+}
+
+/// The squared error (in the image units of `Geo::s32`) of one group of plain BFP, as the
+/// encoder quantizes it: exact in `f64`, or for `M <= 8` from the vectorized `f32` sums of
+/// the rate–distortion planner (within about 1e-7 relative).
+fn group_sse(g: &Geo, vals: &[u32]) -> f64 {
+    const MAGIC: f64 = 4_503_599_627_370_496.0;
+    // A raw group (NaN or ±Inf) is exact.
+    let Some(e) = group_exponent_of(g, vals, max_magnitude(g, vals)) else {
+        return 0.0;
+    };
+    if g.m <= 8 {
+        return cost(g, vals, e).0.sse;
+    }
+    let inv = inv_step(g, e);
+    let mag_mask = (1u32 << g.sign_shift) - 1;
+    let qmax = f64::from((1u32 << g.m) - 1);
+    let mut sse = 0f64;
+    for &v in vals {
+        // The `f32` image times a power of two (below 2^25) is exact; adding 2^52 rounds it
+        // to nearest even, as the encoder rounds.
+        let y = f64::from(f32::from_bits((v & mag_mask) << g.s32)) * inv;
+        let q = ((y + MAGIC) - MAGIC).min(qmax);
+        sse += (y - q) * (y - q);
+    }
+    sse / (inv * inv)
+}
+
+/// The squared error (image units) of `vals` coded in groups of one, and whether a non-zero
+/// value becomes 0, in integers: a value's error is the distance of its significand to the
+/// nearest multiple of the step, `2^(F + 1 − M)` units of its own binade (a carry to the next
+/// binade lands on a multiple too), except that at the largest finite exponent a carry
+/// saturates to `2^M − 1` steps.
+fn single_sse(g: &Geo, vals: &[u32]) -> (f64, bool) {
+    let mag_mask = (1u32 << g.sign_shift) - 1;
+    let frac = (1u32 << g.f) - 1;
+    let k = g.f + 1 - g.m;
+    let unit = 1u32 << k;
+    let top = ((1u32 << g.m) - 1) << k;
+    // One significand unit of binade `e` in image units is `2^(e − bias − F − adj)`.
+    let low = i64::from(g.bias + g.f + g.adj);
+    let (mut sse, mut flushed) = (0f64, false);
+    for &v in vals {
+        let mag = v & mag_mask;
+        let e = mag >> g.f;
+        if e >= g.exp_ones {
+            continue;
+        }
+        let sig = (mag & frac) | (u32::from(e != 0) << g.f);
+        let q = super::rne(sig, k);
+        let d = if q >> g.m != 0 && e == g.emax {
+            sig - top
+        } else {
+            let r = sig & (unit - 1);
+            r.min(unit - r)
+        };
+        flushed |= q == 0 && mag != 0;
+        let scale = f64::from_bits(((1023 + i64::from(e.max(1)) - low) as u64) << 52);
+        let x = f64::from(d) * scale;
+        sse += x * x;
+    }
+    (sse, flushed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bfp::{decode, encode_restored, max_mantissa_bits};
+
+    /// Plain BFP's squared error at `p` and whether a non-zero value becomes 0 (groups of
+    /// one only), over rows of `row` values.
+    fn plain_sse(layout: FloatLayout, data: &[u8], row: usize, p: Params) -> (f64, bool) {
+        let g = Geo::new(layout, p.mantissa_bits);
+        let (mut sse, mut flushed) = (0f64, false);
+        let mut add = |vals: &[u32]| {
+            if p.group_size == 1 {
+                let (s, f) = single_sse(&g, vals);
+                sse += s;
+                flushed |= f;
+            } else {
+                sse += group_sse(&g, vals);
+            }
+        };
+        match layout.bytes() {
+            2 => for_groups::<2>(data, row, p.group_size as usize, &mut add),
+            _ => for_groups::<4>(data, row, p.group_size as usize, &mut add),
+        }
+        (sse, flushed)
+    }
+
+    /// BF16 bits of `x`, rounded to nearest even.
+    fn bf16(x: f32) -> u16 {
+        let b = x.to_bits();
+        ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+    }
+
+    fn value(layout: FloatLayout, c: &[u8]) -> f64 {
+        match layout {
+            FloatLayout::BF16 => f64::from(f32::from_bits(
+                u32::from(u16::from_le_bytes([c[0], c[1]])) << 16,
+            )),
+            FloatLayout::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f64(),
+            _ => f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        }
+    }
+
+    fn sse_of(layout: FloatLayout, a: &[u8], b: &[u8]) -> f64 {
+        a.chunks_exact(layout.bytes())
+            .zip(b.chunks_exact(layout.bytes()))
+            .map(|(x, y)| (value(layout, x) - value(layout, y)).powi(2))
+            .sum()
+    }
+
+    /// Finite values of `layout` with random bits: every binade, subnormals, the largest.
+    fn any_finite(layout: FloatLayout, n: usize) -> Vec<u8> {
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        let ones = ((1u32 << layout.exp_bits) - 1) << (layout.bits() - 1 - layout.exp_bits);
+        (0..n)
+            .flat_map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let mut v = (s >> 16) as u32 & ((1u64 << layout.bits()) - 1) as u32;
+                if v & ones == ones {
+                    v &= !(1 << (layout.bits() - 2));
+                }
+                v.to_le_bytes()[..layout.bytes()].to_vec()
+            })
+            .collect()
+    }
+
+    /// Second-moment-like values: positive, over many binades, in runs of similar size.
+    fn moments(n: usize) -> Vec<u8> {
+        let mut s = 0x2545_F491_4F6C_DD1Du64;
+        (0..n)
+            .flat_map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+                let level = -20.0 - 10.0 * ((i / 64) % 5) as f64 / 4.0;
+                let x = (2f64).powf(level + 6.0 * u) as f32;
+                bf16(x).to_le_bytes()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plain_sse_is_what_the_encoder_restores() {
+        let cases = [
+            (FloatLayout::BF16, moments(5000)),
+            (FloatLayout::BF16, any_finite(FloatLayout::BF16, 5000)),
+            (FloatLayout::F16, any_finite(FloatLayout::F16, 5000)),
+            (FloatLayout::F32, any_finite(FloatLayout::F32, 5000)),
+        ];
+        for (layout, data) in &cases {
+            for (m, gs) in [(6, 32), (5, 1), (2, 7), (8, 1), (2, 1), (12, 16), (11, 1)] {
+                if m > max_mantissa_bits(*layout) {
+                    continue;
+                }
+                let p = Params {
+                    mantissa_bits: m,
+                    group_size: gs,
+                };
+                let (_, _, restored) = encode_restored(*layout, data, 0, p);
+                // In the image units of `Geo::s32`: F16 values sit 112 binades down.
+                let image = if *layout == FloatLayout::F16 {
+                    2f64.powi(-224)
+                } else {
+                    1.0
+                };
+                let exact = sse_of(*layout, data, &restored) * image;
+                let zeroed = data
+                    .chunks_exact(layout.bytes())
+                    .zip(restored.chunks_exact(layout.bytes()))
+                    .any(|(x, y)| value(*layout, x) != 0.0 && value(*layout, y) == 0.0);
+                let (sse, flushed) = plain_sse(*layout, data, 5000, p);
+                let tag = format!("{layout:?} M={m} G={gs}");
+                assert!(
+                    (sse - exact).abs() <= exact * 2e-7,
+                    "{tag}: {sse} vs {exact}"
+                );
+                if gs == 1 {
+                    assert_eq!(flushed, zeroed, "{tag}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn moments_lose_a_bit_within_the_budget_and_none_becomes_zero() {
+        let data = moments(20_000);
+        let p = Params {
+            mantissa_bits: 6,
+            group_size: 32,
+        };
+        let (payload, _, restored) = encode_own_restored(FloatLayout::BF16, &data, 0, p);
+        let mut out = vec![0u8; data.len()];
+        decode(&payload, &mut out).unwrap();
+        assert_eq!(out, restored);
+        let (plain, _, plain_restored) = encode_restored(FloatLayout::BF16, &data, 0, p);
+        let (one, _, _) = encode_restored(
+            FloatLayout::BF16,
+            &data,
+            0,
+            Params {
+                mantissa_bits: 6,
+                group_size: 1,
+            },
+        );
+        // At M − 1: smaller than groups of one at M, within plain BFP's error at (M, G).
+        assert!(
+            payload.len() < one.len() * 19 / 20,
+            "{} vs {}",
+            payload.len(),
+            one.len()
+        );
+        let sse = sse_of(FloatLayout::BF16, &data, &restored);
+        assert!(sse <= sse_of(FloatLayout::BF16, &data, &plain_restored));
+        assert!(plain.len() < payload.len());
+        for (x, y) in data.chunks_exact(2).zip(restored.chunks_exact(2)) {
+            let x = f32::from_bits(u32::from(u16::from_le_bytes([x[0], x[1]])) << 16);
+            let y = f32::from_bits(u32::from(u16::from_le_bytes([y[0], y[1]])) << 16);
+            assert!(y != 0.0);
+            assert!((x - y).abs() <= x.abs() * (2f32).powi(-5), "{x} → {y}");
+        }
+    }
+
+    #[test]
+    fn values_of_one_binade_keep_m_bits() {
+        // All values in [1, 2): plain BFP at (M, G) has the same step as one exponent per
+        // value, so there is no budget for a coarser one.
+        let data: Vec<u8> = (0..4096u32)
+            .flat_map(|i| bf16(1.0 + (i % 127) as f32 / 128.0).to_le_bytes())
+            .collect();
+        let p = Params {
+            mantissa_bits: 6,
+            group_size: 32,
+        };
+        let (payload, _) = encode_own(FloatLayout::BF16, &data, 0, p);
+        let (one, _) = super::super::encode(
+            FloatLayout::BF16,
+            &data,
+            0,
+            Params {
+                mantissa_bits: 6,
+                group_size: 1,
+            },
+        );
+        assert_eq!(payload, one);
+    }
+
+    #[test]
+    fn deep_subnormals_are_not_flushed() {
+        // F32 values over the whole range, the smallest a subnormal of 1.5 · 2^20 units:
+        // 0.75 of a step at M = 3 (kept), 0.375 of one at M = 2 (it would become 0), so the
+        // chunk keeps M although the error budget would allow M − 1.
+        let data: Vec<u8> = (0..3000u32)
+            .flat_map(|i| f32::from_bits(0x0018_0000 + i * 700_000).to_le_bytes())
+            .collect();
+        let p = Params {
+            mantissa_bits: 3,
+            group_size: 64,
+        };
+        let (payload, _, restored) = encode_own_restored(FloatLayout::F32, &data, 0, p);
+        let at = |m| Params {
+            mantissa_bits: m,
+            group_size: 1,
+        };
+        let budget = plain_sse(FloatLayout::F32, &data, 3000, p).0;
+        assert!(plain_sse(FloatLayout::F32, &data, 3000, at(2)).0 < budget);
+        assert!(plain_sse(FloatLayout::F32, &data, 3000, at(2)).1);
+        assert_eq!(
+            payload,
+            super::super::encode(FloatLayout::F32, &data, 0, at(3)).0
+        );
+        for (x, y) in data.chunks_exact(4).zip(restored.chunks_exact(4)) {
+            let x = f32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+            let y = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+            assert!(x == 0.0 || y != 0.0, "{x:e} became 0");
+        }
+    }
+}
