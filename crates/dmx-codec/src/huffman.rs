@@ -293,9 +293,31 @@ pub fn write_lengths(lengths: &[u8], out: &mut Vec<u8>) {
 
 /// Size in bytes of [`write_lengths`]' output, without writing it.
 pub fn lengths_size(lengths: &[u8]) -> usize {
-    let mut buf = Vec::new();
-    write_lengths(lengths, &mut buf);
-    buf.len()
+    table_size(
+        lengths
+            .iter()
+            .enumerate()
+            .filter(|&(_, &l)| l != 0)
+            .map(|(s, _)| s),
+    )
+}
+
+/// Size in bytes of [`write_lengths`]' output for lengths that are non-zero exactly at the
+/// increasing symbols `used`: it depends only on where they are.
+pub fn table_size(used: impl IntoIterator<Item = usize>) -> usize {
+    let mut nibbles = 0usize;
+    let mut prev: Option<usize> = None;
+    for s in used {
+        if let Some(p) = prev {
+            // A gap of zeros: runs of up to 17 as two nibbles, a single zero as one.
+            let gap = s - p - 1;
+            let rest = gap % 17;
+            nibbles += 2 * (gap / 17) + if rest >= 2 { 2 } else { rest };
+        }
+        nibbles += 1;
+        prev = Some(s);
+    }
+    4 + nibbles.div_ceil(2)
 }
 
 /// Parses [`write_lengths`]' output for an alphabet of `alphabet` symbols; returns the lengths
@@ -445,6 +467,30 @@ mod tests {
             let e = t.lookup(bits);
             assert_eq!(e & 0x1F, u32::from(l), "symbol {sym}");
             assert_eq!((e >> 8) as usize, sym);
+        }
+    }
+
+    #[test]
+    fn table_size_is_what_write_lengths_writes() {
+        let mut s = 0x1234_5678_9ABC_DEF1u64;
+        for n in [0usize, 1, 2, 5, 17, 18, 19, 40, 300] {
+            for density in [1u64, 2, 5, 20, 60] {
+                let lengths: Vec<u8> = (0..n)
+                    .map(|_| {
+                        s ^= s << 13;
+                        s ^= s >> 7;
+                        s ^= s << 17;
+                        if s.is_multiple_of(density) {
+                            1 + (s >> 8) as u8 % 14
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                write_lengths(&lengths, &mut out);
+                assert_eq!(lengths_size(&lengths), out.len(), "{lengths:?}");
+            }
         }
     }
 }

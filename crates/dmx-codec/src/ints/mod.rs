@@ -222,7 +222,10 @@ impl Plan {
         Self::from_hist(&Hist::new(values, ctx, nctx))
     }
 
-    /// The smallest plan over `k` for the values of `hist`.
+    /// The smallest plan over `k` for the values of `hist` (the smallest `k` among equal
+    /// sizes). Every `k` first gets a lower bound on its size from the entropy of its tokens
+    /// (a Huffman code is never shorter); the codes are built only for the `k` whose bound
+    /// can still beat the best size found, in order of their bounds.
     pub(crate) fn from_hist(hist: &Hist) -> Self {
         let n: usize = hist.lane_values.iter().sum();
         // Used (token, count) pairs per context.
@@ -237,76 +240,93 @@ impl Plan {
                     .collect()
             })
             .collect();
-        let mut best: Option<(u64, Plan)> = None;
-        for k in 0..=MAX_K {
-            let mut stream_bits = 0u64;
-            let mut header = 0usize;
-            let mut ent = 0f64;
-            let mut max_bits = 0u32;
-            let mut codes = Vec::with_capacity(hist.nctx);
-            // Tokens at k of the used tokens at MAX_K: non-decreasing, so equal ones are
-            // adjacent.
-            let mut merged: Vec<(u32, u64)> = Vec::new();
-            for u in &used {
-                merged.clear();
-                let mut raw = 0u64;
-                for &(t6, f) in u {
-                    let t = token(token_base(t6, MAX_K), k);
-                    raw += f * u64::from(token_nraw(t, k));
-                    match merged.last_mut() {
-                        Some(last) if last.0 == t => last.1 += f,
-                        _ => merged.push((t, f)),
-                    }
+        // The (token, count) pairs per context at each `k`, each level merged from the one
+        // above (a token at `k + 1` lies within one token at `k`).
+        let mut levels: Vec<Vec<Vec<(u32, u64)>>> = vec![Vec::new(); MAX_K as usize + 1];
+        levels[MAX_K as usize] = used;
+        for k in (0..MAX_K).rev() {
+            let finer = &levels[k as usize + 1];
+            levels[k as usize] = finer.iter().map(|u| coarsen(u, k + 1, k)).collect();
+        }
+        let mut freqs: Vec<u64> = Vec::new();
+        // Per `k`: a lower bound on the size (the exact header, and the entropy for the code
+        // bits), `k`, and the entropy bound in bits.
+        let mut order: Vec<(usize, u32, f64)> = (0..=MAX_K)
+            .map(|k| {
+                let (mut bits, mut header) = (0f64, 0usize);
+                for merged in &levels[k as usize] {
+                    freqs.clear();
+                    freqs.extend(merged.iter().map(|m| m.1));
+                    bits += raw_bits(merged, k) as f64 + entropy(&freqs);
+                    header += ctx_header(merged);
                 }
-                let freqs: Vec<u64> = merged.iter().map(|m| m.1).collect();
-                stream_bits += raw;
-                ent += raw as f64 + entropy(&freqs);
-                header += 1;
-                let code = match merged.as_slice() {
-                    [] => CtxCode::Unused,
-                    [(t, _)] => {
-                        header += varint_len(u64::from(*t));
-                        max_bits = max_bits.max(token_nraw(*t, k));
-                        CtxCode::Single(*t)
-                    }
-                    _ => {
-                        let short = huffman::code_lengths(&freqs);
-                        let mut lengths = vec![0u8; merged.last().map_or(0, |m| m.0 as usize + 1)];
-                        for (&(t, f), &l) in merged.iter().zip(&short) {
-                            lengths[t as usize] = l;
-                            stream_bits += f * u64::from(l);
-                            max_bits = max_bits.max(u32::from(l) + token_nraw(t, k));
-                        }
-                        header += huffman::lengths_size(&lengths);
-                        CtxCode::Huffman(lengths)
-                    }
-                };
-                codes.push(code);
+                (size_bound(n, header, bits), k, bits)
+            })
+            .collect();
+        order.sort_unstable_by_key(|a| (a.0, a.1));
+        let mut best: Option<Plan> = None;
+        for (bound, k, ent) in order {
+            if best.as_ref().is_some_and(|b| bound > b.size) {
+                break;
             }
-            let bytes = (stream_bits / 8) as usize + LANES;
-            let size = 1
-                + varint_len(n as u64)
-                + if n == 0 {
-                    0
-                } else {
-                    header + LANES * varint_len(bytes as u64) + bytes
-                };
-            if best.as_ref().is_none_or(|(b, _)| (size as u64) < *b) {
-                best = Some((
-                    size as u64,
-                    Plan {
-                        k,
-                        nctx: hist.nctx,
-                        codes,
-                        entropy_bits: ent,
-                        size,
-                        max_bits,
-                        lane_values: hist.lane_values,
-                    },
-                ));
+            let plan = Self::at_k(hist, &levels[k as usize], n, k, ent);
+            let better = best
+                .as_ref()
+                .is_none_or(|b| (plan.size, plan.k) < (b.size, b.k));
+            if better {
+                best = Some(plan);
             }
         }
-        best.map(|(_, p)| p).expect("at least one parameter")
+        best.expect("at least one parameter")
+    }
+
+    /// The plan at parameter `k` for `hist`, whose (token, count) pairs at `k` per context
+    /// are `level`, with entropy bound `ent` in bits.
+    fn at_k(hist: &Hist, level: &[Vec<(u32, u64)>], n: usize, k: u32, ent: f64) -> Self {
+        let mut stream_bits = 0u64;
+        let mut header = 0usize;
+        let mut max_bits = 0u32;
+        let mut codes = Vec::with_capacity(hist.nctx);
+        for merged in level {
+            stream_bits += raw_bits(merged, k);
+            header += ctx_header(merged);
+            let code = match merged.as_slice() {
+                [] => CtxCode::Unused,
+                [(t, _)] => {
+                    max_bits = max_bits.max(token_nraw(*t, k));
+                    CtxCode::Single(*t)
+                }
+                _ => {
+                    let freqs: Vec<u64> = merged.iter().map(|m| m.1).collect();
+                    let short = huffman::code_lengths(&freqs);
+                    let mut lengths = vec![0u8; merged.last().map_or(0, |m| m.0 as usize + 1)];
+                    for (&(t, f), &l) in merged.iter().zip(&short) {
+                        lengths[t as usize] = l;
+                        stream_bits += f * u64::from(l);
+                        max_bits = max_bits.max(u32::from(l) + token_nraw(t, k));
+                    }
+                    CtxCode::Huffman(lengths)
+                }
+            };
+            codes.push(code);
+        }
+        let bytes = (stream_bits / 8) as usize + LANES;
+        let size = 1
+            + varint_len(n as u64)
+            + if n == 0 {
+                0
+            } else {
+                header + LANES * varint_len(bytes as u64) + bytes
+            };
+        Plan {
+            k,
+            nctx: hist.nctx,
+            codes,
+            entropy_bits: ent,
+            size,
+            max_bits,
+            lane_values: hist.lane_values,
+        }
     }
 
     /// `code | length << 16` per (context, token).
@@ -323,6 +343,51 @@ impl Plan {
         }
         enc
     }
+}
+
+/// The (token, count) pairs at `to` of the pairs at `from` (tokens increasing; every token
+/// at `from > to` lies within one token at `to`, so equal ones are adjacent).
+fn coarsen(pairs: &[(u32, u64)], from: u32, to: u32) -> Vec<(u32, u64)> {
+    let mut out: Vec<(u32, u64)> = Vec::with_capacity(pairs.len());
+    for &(t, f) in pairs {
+        let t = token(token_base(t, from), to);
+        match out.last_mut() {
+            Some(last) if last.0 == t => last.1 += f,
+            _ => out.push((t, f)),
+        }
+    }
+    out
+}
+
+/// The raw bits of the (token, count) pairs at `k`.
+fn raw_bits(pairs: &[(u32, u64)], k: u32) -> u64 {
+    pairs
+        .iter()
+        .map(|&(t, f)| f * u64::from(token_nraw(t, k)))
+        .sum()
+}
+
+/// Header bytes of one context whose merged tokens are `merged`: its kind, then a Huffman
+/// table (its size depends only on which tokens are used) or a single token.
+fn ctx_header(merged: &[(u32, u64)]) -> usize {
+    1 + match merged {
+        [] => 0,
+        [(t, _)] => varint_len(u64::from(*t)),
+        _ => huffman::table_size(merged.iter().map(|m| m.0 as usize)),
+    }
+}
+
+/// A lower bound on [`Plan::size`] for `n` values whose context headers take `header` bytes
+/// and whose coded bits are at least `bits` (a Huffman code takes no fewer bits than the
+/// entropy).
+fn size_bound(n: usize, header: usize, bits: f64) -> usize {
+    let head = 1 + varint_len(n as u64);
+    if n == 0 {
+        return head;
+    }
+    // Relative slack for the rounding of the entropy sums.
+    let bytes = (bits * (1.0 - 1e-9) / 8.0).max(0.0) as usize + LANES;
+    head + header + LANES * varint_len(bytes as u64) + bytes
 }
 
 /// Encodes `values` as one block appended to `out`; `ctx` (same length, every entry below

@@ -157,3 +157,64 @@ proptest! {
         let _ = decode_signed(&data, &mut out);
     }
 }
+
+/// Every parameter's plan built in full, the smallest (smallest `k` on a tie): what
+/// `Plan::from_hist` must choose although it builds codes only where its bounds allow.
+fn exhaustive(hist: &Hist) -> (usize, u32) {
+    let n: usize = hist.lane_values.iter().sum();
+    let used: Vec<Vec<(u32, u64)>> = hist
+        .counts
+        .chunks(hist.width)
+        .map(|h| {
+            h.iter()
+                .enumerate()
+                .filter(|&(_, &f)| f > 0)
+                .map(|(t, &f)| (t as u32, f))
+                .collect()
+        })
+        .collect();
+    (0..=MAX_K)
+        .map(|k| {
+            let level: Vec<Vec<(u32, u64)>> = used.iter().map(|u| coarsen(u, MAX_K, k)).collect();
+            let plan = Plan::at_k(hist, &level, n, k, 0.0);
+            // The bound never exceeds the size.
+            let mut bits = 0f64;
+            let mut header = 0;
+            for m in &level {
+                let f: Vec<u64> = m.iter().map(|x| x.1).collect();
+                bits += raw_bits(m, k) as f64 + entropy(&f);
+                header += ctx_header(m);
+            }
+            assert!(size_bound(n, header, bits) <= plan.size, "k {k}");
+            (plan.size, k)
+        })
+        .min()
+        .expect("parameters")
+}
+
+#[test]
+fn the_bounded_search_finds_the_smallest_plan() {
+    let shapes: Vec<Vec<u64>> = vec![
+        vec![],
+        vec![5; 100],
+        crate::pseudo_u64(5000, 3).map(|x| x >> 60).collect(),
+        crate::pseudo_u64(5000, 4).map(|x| x >> 40).collect(),
+        crate::pseudo_u64(5000, 5)
+            .map(|x| (x >> 20) >> (x & 31))
+            .collect(),
+        crate::pseudo_u64(3000, 6).collect(),
+        (0..4000u64).map(|i| (i * i) % 977).collect(),
+    ];
+    for (i, values) in shapes.iter().enumerate() {
+        for nctx in [1usize, 3] {
+            let ctx: Vec<u8> = (0..values.len()).map(|j| (j * 7 % nctx) as u8).collect();
+            let hist = Hist::new(values, (nctx > 1).then_some(&ctx[..]), nctx);
+            let plan = Plan::from_hist(&hist);
+            assert_eq!(
+                (plan.size, plan.k),
+                exhaustive(&hist),
+                "shape {i}, {nctx} contexts"
+            );
+        }
+    }
+}
