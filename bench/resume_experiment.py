@@ -205,11 +205,8 @@ def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--every", type=int, default=20)
-    ap.add_argument("--resumes", type=int, default=5)
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """The model, batch and optimizer options of a run (also used by bfp_resume.py)."""
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--heads", type=int, default=4)
@@ -217,6 +214,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=1234)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--every", type=int, default=20)
+    ap.add_argument("--resumes", type=int, default=5)
+    add_model_args(ap)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--json", default=None, help="write the results here too")

@@ -184,6 +184,20 @@ impl Hist {
         }
     }
 
+    /// The used (token, count) pairs of each context, tokens increasing.
+    pub(crate) fn used(&self) -> Vec<Vec<(u32, u64)>> {
+        self.counts
+            .chunks(self.width)
+            .map(|h| {
+                h.iter()
+                    .enumerate()
+                    .filter(|&(_, &f)| f > 0)
+                    .map(|(t, &f)| (t as u32, f))
+                    .collect()
+            })
+            .collect()
+    }
+
     /// The same values under a single context.
     pub(crate) fn merged(&self) -> Self {
         let mut counts = vec![0u64; self.width];
@@ -228,18 +242,7 @@ impl Plan {
     /// can still beat the best size found, in order of their bounds.
     pub(crate) fn from_hist(hist: &Hist) -> Self {
         let n: usize = hist.lane_values.iter().sum();
-        // Used (token, count) pairs per context.
-        let used: Vec<Vec<(u32, u64)>> = hist
-            .counts
-            .chunks(hist.width)
-            .map(|h| {
-                h.iter()
-                    .enumerate()
-                    .filter(|&(_, &f)| f > 0)
-                    .map(|(t, &f)| (t as u32, f))
-                    .collect()
-            })
-            .collect();
+        let used = hist.used();
         // The (token, count) pairs per context at each `k`, each level merged from the one
         // above (a token at `k + 1` lies within one token at `k`).
         let mut levels: Vec<Vec<Vec<(u32, u64)>>> = vec![Vec::new(); MAX_K as usize + 1];

@@ -162,17 +162,7 @@ proptest! {
 /// `Plan::from_hist` must choose although it builds codes only where its bounds allow.
 fn exhaustive(hist: &Hist) -> (usize, u32) {
     let n: usize = hist.lane_values.iter().sum();
-    let used: Vec<Vec<(u32, u64)>> = hist
-        .counts
-        .chunks(hist.width)
-        .map(|h| {
-            h.iter()
-                .enumerate()
-                .filter(|&(_, &f)| f > 0)
-                .map(|(t, &f)| (t as u32, f))
-                .collect()
-        })
-        .collect();
+    let used = hist.used();
     (0..=MAX_K)
         .map(|k| {
             let level: Vec<Vec<(u32, u64)>> = used.iter().map(|u| coarsen(u, MAX_K, k)).collect();

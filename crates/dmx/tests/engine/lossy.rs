@@ -10,6 +10,17 @@ use common::{Mode, Tensor, plain, scratch, write};
 use dmx::lossy::{CastTo, LossyOptions, Mode as LossyMode};
 use dmx::{Archive, Options};
 
+/// Compresses `input` into `packed` with `lossy` and opens the archive.
+fn pack(input: &Path, packed: &Path, lossy: &LossyOptions) -> Archive {
+    dmx::compress_with(input, packed, lossy, &quiet()).unwrap();
+    Archive::open(packed).unwrap()
+}
+
+/// The lossy record of tensor `name` of `a`.
+fn record(a: &Archive, name: &str) -> dmx::dmx_format::Lossy {
+    *a.tensor(name).unwrap().segment.transform.lossy().unwrap()
+}
+
 fn quiet() -> Options {
     Options {
         no_sync: true,
@@ -266,8 +277,7 @@ fn verify_fails_beyond_a_given_limit() {
         mantissa_bits: Some(3),
         ..Default::default()
     };
-    dmx::compress_with(&input, &packed, &lossy, &quiet()).unwrap();
-    let a = Archive::open(&packed).unwrap();
+    let a = pack(&input, &packed, &lossy);
     let strict = dmx::verify_with(&a, Some(&input), Some(1e-9), &quiet()).unwrap();
     assert!(!strict.ok);
     let loose = dmx::verify_with(&a, Some(&input), Some(1.0), &quiet()).unwrap();
@@ -580,16 +590,9 @@ fn bfp_moments_spend_the_group_error_on_size() {
         mantissa_bits: Some(6),
         ..Default::default()
     };
-    dmx::compress_with(&input, &packed, &lossy, &quiet()).unwrap();
-    let a = Archive::open(&packed).unwrap();
+    let a = pack(&input, &packed, &lossy);
     for t in &tensors {
-        let l = *a
-            .tensor(&t.name)
-            .unwrap()
-            .segment
-            .transform
-            .lossy()
-            .unwrap();
+        let l = record(&a, &t.name);
         let v = l.error.values.expect("format 1.4 records per-value errors");
         assert_eq!((l.group_size, l.mantissa_bits), (1, 6), "{}", t.name);
         assert_eq!(v.zeroed, 0, "{}", t.name);
@@ -644,15 +647,8 @@ fn variances_survive_bfp_and_int16() {
             mode,
             ..Default::default()
         };
-        dmx::compress_with(&input, &packed, &lossy, &quiet()).unwrap();
-        let a = Archive::open(&packed).unwrap();
-        let l = *a
-            .tensor("bn1.running_var")
-            .unwrap()
-            .segment
-            .transform
-            .lossy()
-            .unwrap();
+        let a = pack(&input, &packed, &lossy);
+        let l = record(&a, "bn1.running_var");
         let v = l.error.values.expect("format 1.4 records per-value errors");
         assert_eq!(v.nonzero, 4096, "{tag}");
         assert_eq!(v.zeroed, 0, "{tag}: no variance restored as 0");
@@ -668,13 +664,7 @@ fn variances_survive_bfp_and_int16() {
             }
         }
         // The weights keep full groups and the linear grid.
-        let w = *a
-            .tensor("conv1.weight")
-            .unwrap()
-            .segment
-            .transform
-            .lossy()
-            .unwrap();
+        let w = record(&a, "conv1.weight");
         assert!(
             w.group_size == 32 || (!w.float_grid && w.step > 0.0),
             "{tag}"
