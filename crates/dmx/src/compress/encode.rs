@@ -189,13 +189,24 @@ fn unchanged(coding: Coding, value: ValueKind, base: &[u8], data: &[u8]) -> u64 
                 a == b || q(a).is_some_and(|qa| q(b) == Some(qa))
             })
             .count() as u64,
-        (_, ValueKind::Float(l)) => base
-            .chunks_exact(l.bytes())
-            .zip(data.chunks_exact(l.bytes()))
-            .filter(|(a, b)| a == b)
-            .count() as u64,
-        _ => base.iter().zip(data).filter(|(a, b)| a == b).count() as u64,
+        (_, ValueKind::Float(l)) => match l.bytes() {
+            2 => equal_values::<2>(base, data),
+            4 => equal_values::<4>(base, data),
+            8 => equal_values::<8>(base, data),
+            _ => equal_values::<1>(base, data),
+        },
+        _ => equal_values::<1>(base, data),
     }
+}
+
+/// Values of `B` bytes that are equal in `base` and `data`: compared as whole words, not
+/// through a `memcmp` call per value.
+fn equal_values<const B: usize>(base: &[u8], data: &[u8]) -> u64 {
+    let word = |c: &[u8]| -> [u8; B] { c.try_into().expect("chunks_exact") };
+    base.chunks_exact(B)
+        .zip(data.chunks_exact(B))
+        .map(|(a, b)| u64::from(word(a) == word(b)))
+        .sum()
 }
 
 /// The base tensor a segment is coded against.
@@ -518,5 +529,39 @@ impl EntryState {
             packed: None,
             views: file.views.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchanged_counts_equal_values_of_every_width() {
+        let base: Vec<u8> = (0..64u8).collect();
+        let mut data = base.clone();
+        // Change byte 5 (in value 5 of 1 byte, 2 of 2, 1 of 4, 0 of 8) and byte 40.
+        data[5] ^= 1;
+        data[40] ^= 0x80;
+        for (layout, expect) in [
+            (dmx_codec::FloatLayout::BF16, 32 - 2),
+            (dmx_codec::FloatLayout::F32, 16 - 2),
+            (dmx_codec::FloatLayout::F64, 8 - 2),
+        ] {
+            let value = ValueKind::Float(layout);
+            assert_eq!(
+                unchanged(Coding::Delta, value, &base, &data),
+                expect,
+                "{layout:?}"
+            );
+            // The same count as comparing value by value.
+            let slow = base
+                .chunks_exact(layout.bytes())
+                .zip(data.chunks_exact(layout.bytes()))
+                .filter(|(a, b)| a == b)
+                .count() as u64;
+            assert_eq!(slow, expect);
+        }
+        assert_eq!(unchanged(Coding::Delta, ValueKind::Bytes, &base, &data), 62);
     }
 }
