@@ -93,6 +93,16 @@ pub(super) fn load_group<const B: usize>(data: &[u8], start: usize, vals: &mut [
     }
 }
 
+/// Calls `f` with the values of each group of `shape`, in order.
+pub(super) fn for_each_group<const B: usize>(data: &[u8], shape: Shape, mut f: impl FnMut(&[u32])) {
+    let mut vals = vec![0u32; shape.gs];
+    for i in 0..shape.groups {
+        let (start, len) = shape.group(i);
+        load_group::<B>(data, start, &mut vals[..len]);
+        f(&vals[..len]);
+    }
+}
+
 /// Per-group results of the first pass.
 #[derive(Clone, Copy)]
 struct GroupCode {

@@ -17,9 +17,9 @@
 //!
 //! The payload is an ordinary one (group size 1, its own `M`); no format change is involved.
 
-use super::encode::{encode_inner, load_group, with_restored};
+use super::encode::{encode_inner, for_each_group, with_restored};
 use super::rd::cost;
-use super::{Geo, Params, group_exponent_of, inv_step, max_magnitude, norm_row};
+use super::{Geo, Params, Shape, group_exponent_of, inv_step, max_magnitude, norm_row, qmag};
 use crate::FloatLayout;
 
 /// BFP with every value its own exponent (groups of one), at `M − 1` magnitude bits where that
@@ -69,23 +69,23 @@ fn own_params(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> Pa
         // The encoder reports invalid parameters; M = 2 has no bit to spare.
         return at(p.mantissa_bits);
     }
-    let row = norm_row(data.len() / layout.bytes(), row_len);
+    let count = data.len() / layout.bytes();
+    let shape = Shape::new(count, norm_row(count, row_len), p.group_size as usize);
     let (g, coarse) = (
         Geo::new(layout, p.mantissa_bits),
         Geo::new(layout, p.mantissa_bits - 1),
     );
-    let gs = p.group_size as usize;
     let (mut budget, mut sse, mut flushed) = (0f64, 0f64, false);
-    let mut add = |vals: &[u32]| {
+    let add = |vals: &[u32]| {
         budget += group_sse(&g, vals);
         let (s, f) = single_sse(&coarse, vals);
         sse += s;
         flushed |= f;
     };
     if layout.bytes() == 2 {
-        for_groups::<2>(data, row, gs, &mut add);
+        for_each_group::<2>(data, shape, add);
     } else {
-        for_groups::<4>(data, row, gs, &mut add);
+        for_each_group::<4>(data, shape, add);
     }
     // The margin covers the rounding of the budget's `f32` sums (about 1e-7 relative).
     if flushed || sse > budget - budget * 1e-6 {
@@ -95,29 +95,10 @@ fn own_params(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> Pa
     }
 }
 
-/// Calls `f` with the values of each group of `gs` over rows of `row` values.
-fn for_groups<const B: usize>(data: &[u8], row: usize, gs: usize, f: &mut impl FnMut(&[u32])) {
-    let count = data.len() / B;
-    let mut vals = vec![0u32; gs];
-    let mut row_start = 0;
-    while row_start < count {
-        let row_end = (row_start + row).min(count);
-        let mut start = row_start;
-        while start < row_end {
-            let len = gs.min(row_end - start);
-            load_group::<B>(data, start, &mut vals[..len]);
-            f(&vals[..len]);
-            start += len;
-        }
-        row_start = row_end;
-    }
-}
-
 /// The squared error (in the image units of `Geo::s32`) of one group of plain BFP, as the
 /// encoder quantizes it: exact in `f64`, or for `M <= 8` from the vectorized `f32` sums of
 /// the rate–distortion planner (within about 1e-7 relative).
 fn group_sse(g: &Geo, vals: &[u32]) -> f64 {
-    const MAGIC: f64 = 4_503_599_627_370_496.0;
     // A raw group (NaN or ±Inf) is exact.
     let Some(e) = group_exponent_of(g, vals, max_magnitude(g, vals)) else {
         return 0.0;
@@ -127,13 +108,12 @@ fn group_sse(g: &Geo, vals: &[u32]) -> f64 {
     }
     let inv = inv_step(g, e);
     let mag_mask = (1u32 << g.sign_shift) - 1;
-    let qmax = f64::from((1u32 << g.m) - 1);
+    let qmax = (1u32 << g.m) - 1;
     let mut sse = 0f64;
     for &v in vals {
-        // The `f32` image times a power of two (below 2^25) is exact; adding 2^52 rounds it
-        // to nearest even, as the encoder rounds.
+        // The `f32` image times a power of two is exact, and `qmag` rounds it as the encoder.
         let y = f64::from(f32::from_bits((v & mag_mask) << g.s32)) * inv;
-        let q = ((y + MAGIC) - MAGIC).min(qmax);
+        let q = f64::from(qmag(g, v, inv).min(qmax));
         sse += (y - q) * (y - q);
     }
     sse / (inv * inv)
@@ -178,14 +158,17 @@ fn single_sse(g: &Geo, vals: &[u32]) -> (f64, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bfp::{decode, encode_restored, max_mantissa_bits};
+    use crate::bfp::tests::{from_bytes, pseudo_u32, random_values, sq_error, to_bytes};
+    use crate::bfp::{decode, encode, encode_restored, max_mantissa_bits};
+    use crate::grid;
 
     /// Plain BFP's squared error at `p` and whether a non-zero value becomes 0 (groups of
     /// one only), over rows of `row` values.
     fn plain_sse(layout: FloatLayout, data: &[u8], row: usize, p: Params) -> (f64, bool) {
         let g = Geo::new(layout, p.mantissa_bits);
+        let shape = Shape::new(data.len() / layout.bytes(), row, p.group_size as usize);
         let (mut sse, mut flushed) = (0f64, false);
-        let mut add = |vals: &[u32]| {
+        let add = |vals: &[u32]| {
             if p.group_size == 1 {
                 let (s, f) = single_sse(&g, vals);
                 sse += s;
@@ -195,65 +178,25 @@ mod tests {
             }
         };
         match layout.bytes() {
-            2 => for_groups::<2>(data, row, p.group_size as usize, &mut add),
-            _ => for_groups::<4>(data, row, p.group_size as usize, &mut add),
+            2 => for_each_group::<2>(data, shape, add),
+            _ => for_each_group::<4>(data, shape, add),
         }
         (sse, flushed)
     }
 
-    /// BF16 bits of `x`, rounded to nearest even.
-    fn bf16(x: f32) -> u16 {
-        let b = x.to_bits();
-        ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+    fn bf16(x: f64) -> u32 {
+        u32::from(half::bf16::from_f64(x).to_bits())
     }
 
-    fn value(layout: FloatLayout, c: &[u8]) -> f64 {
-        match layout {
-            FloatLayout::BF16 => f64::from(f32::from_bits(
-                u32::from(u16::from_le_bytes([c[0], c[1]])) << 16,
-            )),
-            FloatLayout::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f64(),
-            _ => f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        }
-    }
-
-    fn sse_of(layout: FloatLayout, a: &[u8], b: &[u8]) -> f64 {
-        a.chunks_exact(layout.bytes())
-            .zip(b.chunks_exact(layout.bytes()))
-            .map(|(x, y)| (value(layout, x) - value(layout, y)).powi(2))
-            .sum()
-    }
-
-    /// Finite values of `layout` with random bits: every binade, subnormals, the largest.
-    fn any_finite(layout: FloatLayout, n: usize) -> Vec<u8> {
-        let mut s = 0x9E37_79B9_7F4A_7C15u64;
-        let ones = ((1u32 << layout.exp_bits) - 1) << (layout.bits() - 1 - layout.exp_bits);
-        (0..n)
-            .flat_map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                let mut v = (s >> 16) as u32 & ((1u64 << layout.bits()) - 1) as u32;
-                if v & ones == ones {
-                    v &= !(1 << (layout.bits() - 2));
-                }
-                v.to_le_bytes()[..layout.bytes()].to_vec()
-            })
-            .collect()
-    }
-
-    /// Second-moment-like values: positive, over many binades, in runs of similar size.
-    fn moments(n: usize) -> Vec<u8> {
-        let mut s = 0x2545_F491_4F6C_DD1Du64;
-        (0..n)
-            .flat_map(|i| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+    /// Second-moment-like BF16 values: positive, over many binades, in runs of similar size.
+    fn moments(n: usize) -> Vec<u32> {
+        pseudo_u32(n, 17)
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| {
+                let u = f64::from(r) / f64::from(u32::MAX);
                 let level = -20.0 - 10.0 * ((i / 64) % 5) as f64 / 4.0;
-                let x = (2f64).powf(level + 6.0 * u) as f32;
-                bf16(x).to_le_bytes()
+                bf16((2f64).powf(level + 6.0 * u))
             })
             .collect()
     }
@@ -262,11 +205,21 @@ mod tests {
     fn plain_sse_is_what_the_encoder_restores() {
         let cases = [
             (FloatLayout::BF16, moments(5000)),
-            (FloatLayout::BF16, any_finite(FloatLayout::BF16, 5000)),
-            (FloatLayout::F16, any_finite(FloatLayout::F16, 5000)),
-            (FloatLayout::F32, any_finite(FloatLayout::F32, 5000)),
+            (
+                FloatLayout::BF16,
+                random_values(FloatLayout::BF16, 5000, 1, false),
+            ),
+            (
+                FloatLayout::F16,
+                random_values(FloatLayout::F16, 5000, 2, false),
+            ),
+            (
+                FloatLayout::F32,
+                random_values(FloatLayout::F32, 5000, 3, false),
+            ),
         ];
-        for (layout, data) in &cases {
+        for (layout, vals) in &cases {
+            let data = to_bytes(*layout, vals);
             for (m, gs) in [(6, 32), (5, 1), (2, 7), (8, 1), (2, 1), (12, 16), (11, 1)] {
                 if m > max_mantissa_bits(*layout) {
                     continue;
@@ -275,19 +228,20 @@ mod tests {
                     mantissa_bits: m,
                     group_size: gs,
                 };
-                let (_, _, restored) = encode_restored(*layout, data, 0, p);
+                let (_, _, restored) = encode_restored(*layout, &data, 0, p);
                 // In the image units of `Geo::s32`: F16 values sit 112 binades down.
                 let image = if *layout == FloatLayout::F16 {
                     2f64.powi(-224)
                 } else {
                     1.0
                 };
-                let exact = sse_of(*layout, data, &restored) * image;
-                let zeroed = data
-                    .chunks_exact(layout.bytes())
-                    .zip(restored.chunks_exact(layout.bytes()))
-                    .any(|(x, y)| value(*layout, x) != 0.0 && value(*layout, y) == 0.0);
-                let (sse, flushed) = plain_sse(*layout, data, 5000, p);
+                let exact = sq_error(*layout, vals, &restored) * image;
+                let value = |v: u32| grid::to_f64(*layout, u64::from(v));
+                let zeroed = vals
+                    .iter()
+                    .zip(from_bytes(*layout, &restored))
+                    .any(|(&x, y)| value(x) != 0.0 && value(y) == 0.0);
+                let (sse, flushed) = plain_sse(*layout, &data, 5000, p);
                 let tag = format!("{layout:?} M={m} G={gs}");
                 assert!(
                     (sse - exact).abs() <= exact * 2e-7,
@@ -302,7 +256,8 @@ mod tests {
 
     #[test]
     fn moments_lose_a_bit_within_the_budget_and_none_becomes_zero() {
-        let data = moments(20_000);
+        let vals = moments(20_000);
+        let data = to_bytes(FloatLayout::BF16, &vals);
         let p = Params {
             mantissa_bits: 6,
             group_size: 32,
@@ -328,14 +283,16 @@ mod tests {
             payload.len(),
             one.len()
         );
-        let sse = sse_of(FloatLayout::BF16, &data, &restored);
-        assert!(sse <= sse_of(FloatLayout::BF16, &data, &plain_restored));
+        let sse = sq_error(FloatLayout::BF16, &vals, &restored);
+        assert!(sse <= sq_error(FloatLayout::BF16, &vals, &plain_restored));
         assert!(plain.len() < payload.len());
-        for (x, y) in data.chunks_exact(2).zip(restored.chunks_exact(2)) {
-            let x = f32::from_bits(u32::from(u16::from_le_bytes([x[0], x[1]])) << 16);
-            let y = f32::from_bits(u32::from(u16::from_le_bytes([y[0], y[1]])) << 16);
+        for (&x, y) in vals.iter().zip(from_bytes(FloatLayout::BF16, &restored)) {
+            let (x, y) = (
+                grid::to_f64(FloatLayout::BF16, u64::from(x)),
+                grid::to_f64(FloatLayout::BF16, u64::from(y)),
+            );
             assert!(y != 0.0);
-            assert!((x - y).abs() <= x.abs() * (2f32).powi(-5), "{x} → {y}");
+            assert!((x - y).abs() <= x.abs() * 2f64.powi(-5), "{x} → {y}");
         }
     }
 
@@ -343,24 +300,20 @@ mod tests {
     fn values_of_one_binade_keep_m_bits() {
         // All values in [1, 2): plain BFP at (M, G) has the same step as one exponent per
         // value, so there is no budget for a coarser one.
-        let data: Vec<u8> = (0..4096u32)
-            .flat_map(|i| bf16(1.0 + (i % 127) as f32 / 128.0).to_le_bytes())
+        let vals: Vec<u32> = (0..4096u32)
+            .map(|i| bf16(1.0 + f64::from(i % 127) / 128.0))
             .collect();
+        let data = to_bytes(FloatLayout::BF16, &vals);
         let p = Params {
             mantissa_bits: 6,
             group_size: 32,
         };
         let (payload, _) = encode_own(FloatLayout::BF16, &data, 0, p);
-        let (one, _) = super::super::encode(
-            FloatLayout::BF16,
-            &data,
-            0,
-            Params {
-                mantissa_bits: 6,
-                group_size: 1,
-            },
-        );
-        assert_eq!(payload, one);
+        let one = Params {
+            mantissa_bits: 6,
+            group_size: 1,
+        };
+        assert_eq!(payload, encode(FloatLayout::BF16, &data, 0, one).0);
     }
 
     #[test]
@@ -368,9 +321,8 @@ mod tests {
         // F32 values over the whole range, the smallest a subnormal of 1.5 · 2^20 units:
         // 0.75 of a step at M = 3 (kept), 0.375 of one at M = 2 (it would become 0), so the
         // chunk keeps M although the error budget would allow M − 1.
-        let data: Vec<u8> = (0..3000u32)
-            .flat_map(|i| f32::from_bits(0x0018_0000 + i * 700_000).to_le_bytes())
-            .collect();
+        let vals: Vec<u32> = (0..3000u32).map(|i| 0x0018_0000 + i * 700_000).collect();
+        let data = to_bytes(FloatLayout::F32, &vals);
         let p = Params {
             mantissa_bits: 3,
             group_size: 64,
@@ -383,13 +335,9 @@ mod tests {
         let budget = plain_sse(FloatLayout::F32, &data, 3000, p).0;
         assert!(plain_sse(FloatLayout::F32, &data, 3000, at(2)).0 < budget);
         assert!(plain_sse(FloatLayout::F32, &data, 3000, at(2)).1);
-        assert_eq!(
-            payload,
-            super::super::encode(FloatLayout::F32, &data, 0, at(3)).0
-        );
-        for (x, y) in data.chunks_exact(4).zip(restored.chunks_exact(4)) {
-            let x = f32::from_le_bytes([x[0], x[1], x[2], x[3]]);
-            let y = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+        assert_eq!(payload, encode(FloatLayout::F32, &data, 0, at(3)).0);
+        for (&x, y) in vals.iter().zip(from_bytes(FloatLayout::F32, &restored)) {
+            let (x, y) = (f32::from_bits(x), f32::from_bits(y));
             assert!(x == 0.0 || y != 0.0, "{x:e} became 0");
         }
     }

@@ -25,7 +25,7 @@
 //! is one row; otherwise, or when the estimate says the halves do not pay for their extra
 //! exponents, the chunk is coded as plain BFP at `(M, G)`.
 
-use super::encode::{encode_inner, load_group, with_restored};
+use super::encode::{encode_inner, for_each_group, with_restored};
 use super::{Geo, Params, Shape, group_exponent_of, inv_step, max_magnitude, norm_row};
 use crate::FloatLayout;
 
@@ -111,13 +111,9 @@ fn plan_width<const B: usize>(g: &Geo, data: &[u8], count: usize, gs: usize) -> 
     let mut raise = vec![0u8; halves.groups];
     let mut cands = Vec::with_capacity(halves.groups);
     let (mut budget, mut base) = (0f64, 0f64);
-    let mut vals = vec![0u32; gs];
     let mut half = 0usize;
-    for i in 0..whole.groups {
-        let (start, len) = whole.group(i);
-        let vals = &mut vals[..len];
-        load_group::<B>(data, start, vals);
-        let (first, second) = vals.split_at(len.min(gs / 2));
+    for_each_group::<B>(data, whole, |vals| {
+        let (first, second) = vals.split_at(vals.len().min(gs / 2));
         let maxes = [max_magnitude(g, first), max_magnitude(g, second)];
         let e_whole = group_exponent_of(g, vals, maxes[0].max(maxes[1]));
         for (part, max_mag) in [(first, maxes[0]), (second, maxes[1])] {
@@ -149,7 +145,7 @@ fn plan_width<const B: usize>(g: &Geo, data: &[u8], count: usize, gs: usize) -> 
                 });
             }
         }
-    }
+    });
     debug_assert_eq!(half, halves.groups);
     if base > budget {
         return None;

@@ -4,13 +4,13 @@ use proptest::prelude::*;
 
 const LAYOUTS: [FloatLayout; 3] = [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32];
 
-fn to_bytes(layout: FloatLayout, vals: &[u32]) -> Vec<u8> {
+pub(super) fn to_bytes(layout: FloatLayout, vals: &[u32]) -> Vec<u8> {
     vals.iter()
         .flat_map(|v| v.to_le_bytes()[..layout.bytes()].to_vec())
         .collect()
 }
 
-fn from_bytes(layout: FloatLayout, data: &[u8]) -> Vec<u32> {
+pub(super) fn from_bytes(layout: FloatLayout, data: &[u8]) -> Vec<u32> {
     data.chunks_exact(layout.bytes())
         .map(|c| {
             let mut w = [0u8; 4];
@@ -126,7 +126,7 @@ fn check_round_trip(layout: FloatLayout, vals: &[u32], row: usize, p: Params) ->
     enc
 }
 
-fn pseudo_u32(n: usize, seed: u64) -> Vec<u32> {
+pub(super) fn pseudo_u32(n: usize, seed: u64) -> Vec<u32> {
     crate::pseudo_bytes(4 * n, seed)
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -151,7 +151,12 @@ fn weights(layout: FloatLayout, n: usize, seed: u64) -> Vec<u32> {
 }
 
 /// `n` values of `layout`: weight-like, or any bit patterns.
-fn random_values(layout: FloatLayout, n: usize, seed: u64, weightlike: bool) -> Vec<u32> {
+pub(super) fn random_values(
+    layout: FloatLayout,
+    n: usize,
+    seed: u64,
+    weightlike: bool,
+) -> Vec<u32> {
     if weightlike {
         weights(layout, n, seed)
     } else {
@@ -463,6 +468,20 @@ proptest! {
     }
 }
 
+/// The squared error of `restored` (bytes of `layout`) against the finite values of `vals`.
+pub(super) fn sq_error(layout: FloatLayout, vals: &[u32], restored: &[u8]) -> f64 {
+    from_bytes(layout, restored)
+        .iter()
+        .zip(vals)
+        .map(|(&y, &x)| (grid::to_f64(layout, u64::from(x)), y))
+        .filter(|(x, _)| x.is_finite())
+        .map(|(x, y)| {
+            let d = grid::to_f64(layout, u64::from(y)) - x;
+            d * d
+        })
+        .sum()
+}
+
 /// Rate–distortion grouping: decodes to what it reports, never has more squared error than
 /// plain BFP at the same `(M, G)`, keeps NaN/±Inf exact and every other error within
 /// `2^(1−M)` of its group of `G`'s largest magnitude.
@@ -478,18 +497,10 @@ fn check_rd(layout: FloatLayout, vals: &[u32], row: usize, p: Params) -> (usize,
         .iter()
         .map(|&v| grid::to_f64(layout, u64::from(v)))
         .collect();
-    let sse = |bytes: &[u8]| -> f64 {
-        from_bytes(layout, bytes)
-            .iter()
-            .zip(&xs)
-            .filter(|(_, x)| x.is_finite())
-            .map(|(&y, x)| {
-                let d = grid::to_f64(layout, u64::from(y)) - x;
-                d * d
-            })
-            .sum()
-    };
-    let (mine, theirs) = (sse(&out), sse(&plain_restored));
+    let (mine, theirs) = (
+        sq_error(layout, vals, &out),
+        sq_error(layout, vals, &plain_restored),
+    );
     assert!(
         mine <= theirs,
         "{layout:?} {p:?}: error {mine} > plain {theirs}"
