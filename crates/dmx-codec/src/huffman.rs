@@ -472,14 +472,10 @@ mod tests {
 
     #[test]
     fn table_size_is_what_write_lengths_writes() {
-        let mut s = 0x1234_5678_9ABC_DEF1u64;
         for n in [0usize, 1, 2, 5, 17, 18, 19, 40, 300] {
             for density in [1u64, 2, 5, 20, 60] {
-                let lengths: Vec<u8> = (0..n)
-                    .map(|_| {
-                        s ^= s << 13;
-                        s ^= s >> 7;
-                        s ^= s << 17;
+                let lengths: Vec<u8> = crate::pseudo_u64(n, density)
+                    .map(|s| {
                         if s.is_multiple_of(density) {
                             1 + (s >> 8) as u8 % 14
                         } else {

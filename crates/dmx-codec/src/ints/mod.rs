@@ -313,14 +313,7 @@ impl Plan {
             };
             codes.push(code);
         }
-        let bytes = (stream_bits / 8) as usize + LANES;
-        let size = 1
-            + varint_len(n as u64)
-            + if n == 0 {
-                0
-            } else {
-                header + LANES * varint_len(bytes as u64) + bytes
-            };
+        let size = block_size(n, header, (stream_bits / 8) as usize + LANES);
         Plan {
             k,
             nctx: hist.nctx,
@@ -380,17 +373,25 @@ fn ctx_header(merged: &[(u32, u64)]) -> usize {
     }
 }
 
+/// Bytes of a block of `n` values whose context headers take `header` bytes and whose
+/// streams take `bytes`: the parameter, the count, then (for `n > 0`) the headers, the stream
+/// sizes and the streams.
+fn block_size(n: usize, header: usize, bytes: usize) -> usize {
+    1 + varint_len(n as u64)
+        + if n == 0 {
+            0
+        } else {
+            header + LANES * varint_len(bytes as u64) + bytes
+        }
+}
+
 /// A lower bound on [`Plan::size`] for `n` values whose context headers take `header` bytes
 /// and whose coded bits are at least `bits` (a Huffman code takes no fewer bits than the
 /// entropy).
 fn size_bound(n: usize, header: usize, bits: f64) -> usize {
-    let head = 1 + varint_len(n as u64);
-    if n == 0 {
-        return head;
-    }
     // Relative slack for the rounding of the entropy sums.
     let bytes = (bits * (1.0 - 1e-9) / 8.0).max(0.0) as usize + LANES;
-    head + header + LANES * varint_len(bytes as u64) + bytes
+    block_size(n, header, bytes)
 }
 
 /// Encodes `values` as one block appended to `out`; `ctx` (same length, every entry below
