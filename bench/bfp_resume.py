@@ -16,6 +16,7 @@ uninterrupted run (and against resuming from the exact state, which must match i
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import subprocess
 import sys
@@ -74,6 +75,8 @@ def main() -> int:
         rx.train_step(r, data, a, s)
     full = out / "state.safetensors"
     save_file(state_tensors(r), str(full))
+    # Everything else a resumed run needs (step counts, schedule, random state).
+    snapshot = copy.deepcopy({k: v.state_dict() for k, v in r.state().items()})
     rng = torch.get_rng_state()
     for s in range(a.at, a.steps):
         rx.train_step(r, data, a, s)
@@ -104,20 +107,19 @@ def main() -> int:
             size = packed.stat().st_size
         t = load_file(str(restored))
         zeroed = sum(int(((orig[k] != 0) & (t[k] == 0)).sum()) for k in orig if ".exp_avg_sq." in k)
-        torch.manual_seed(a.seed)
         q = rx.Run(a, a.seed)
-        # Same optimizer state layout and step counts as the run at the checkpoint.
-        for s in range(a.at):
-            rx.train_step(q, data, a, s)
+        for k, v in q.state().items():
+            v.load_state_dict(copy.deepcopy(snapshot[k]))
         load_state(q, t)
         torch.set_rng_state(rng)
         finite = True
         for s in range(a.at, a.steps):
             finite &= bool(torch.isfinite(torch.tensor(rx.train_step(q, data, a, s))))
         loss = rx.val_loss(q, val, a)
-        rows.append((label, size, zeroed, loss, finite))
+        rows.append((label, size, zeroed, loss))
         print(f"{label:>22}: {size:>9,} bytes, exp_avg_sq zeroed {zeroed:,}/{sq_nonzero:,}, "
-              f"val loss {loss:.5f} ({loss - reference:+.5f})")
+              f"val loss {loss:.5f} ({loss - reference:+.5f})"
+              + ("" if finite else ", a training loss was not finite"))
     exact = rows[0]
     if abs(exact[3] - reference) > 0:
         print("resuming from the exact state did not reproduce the run", file=sys.stderr)
