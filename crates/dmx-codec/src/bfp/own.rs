@@ -7,8 +7,10 @@
 //! value with its own exponent, so no normal value is restored as 0 and each keeps a relative
 //! error below `2^−M`, far less error than the `(M, G)` the caller asked for.
 //!
-//! That margin is then spent the only way that keeps the coding free of side information: the
-//! whole chunk is coded at `M − 1` magnitude bits (one bit less per value, every value still
+//! For the chunks it is given (the engine gives it optimizer moments; a model's own running
+//! variances keep `M`, see docs/CODECS.md §8.2.8), that margin is then spent the only way
+//! that keeps the coding free of side information: the whole chunk is coded at `M − 1`
+//! magnitude bits (one bit less per value, every value still
 //! within `2^(1−M)` of itself, the bound BFP states relative to the group's largest magnitude)
 //! when its squared error then stays at most what plain BFP at `(M, G)` would give the chunk,
 //! less a relative margin of `1e-6`, and no non-zero value (a deep subnormal) would become 0.
