@@ -82,7 +82,7 @@ pub fn bench(path: &Path, threads: usize, reps: usize) -> Result<BenchResult> {
                 dmx_format::SegmentKind::Tensor(t) => Some(t.dtype.clone()),
                 dmx_format::SegmentKind::Bytes | dmx_format::SegmentKind::Packed(_) => None,
             };
-            let hints = seg.hints();
+            let hints = f.hints(seg);
             for r in seg.chunks() {
                 jobs.push((
                     fi,

@@ -405,7 +405,7 @@ impl<'a> EntryPlan<'_, 'a> {
             segment: c.segment,
             data,
             value: seg.value,
-            hints: seg.hints(),
+            hints: self.file.hints(seg),
             coding: self.codings[c.segment],
             base: self.bases[c.segment].map(|b| {
                 &b.data[(c.range.start - seg.offset) as usize..(c.range.end - seg.offset) as usize]

@@ -7,12 +7,6 @@ use dmx_format::Index;
 use crate::error::{Error, Result};
 use crate::io::AtomicFile;
 
-/// Checks `index` against the reader's limits, then appends it and the trailer to `out`.
-/// `input` names the input in errors.
-pub(crate) fn finish_archive(index: &Index, out: &mut AtomicFile, input: &Path) -> Result<()> {
-    finish_archive_with(index, out, input, 0)
-}
-
 /// Why the writer refuses an index that a reader would reject: the reader's error, without
 /// the "archive corrupt" wording meant for damaged archives.
 fn writer_reason(e: &dmx_format::FormatError) -> String {
@@ -23,9 +17,10 @@ fn writer_reason(e: &dmx_format::FormatError) -> String {
     }
 }
 
-/// [`finish_archive`] for a preamble with `flags`: with
-/// [`dmx_format::FLAG_COMPRESSED_INDEX`] the index is stored compressed (format 1.2).
-pub(super) fn finish_archive_with(
+/// Checks `index` against the reader's limits, then appends it and the trailer to `out`, for
+/// a preamble with `flags`: with [`dmx_format::FLAG_COMPRESSED_INDEX`] the index is stored
+/// compressed (format 1.2). `input` names the input in errors.
+pub(crate) fn finish_archive(
     index: &Index,
     out: &mut AtomicFile,
     input: &Path,

@@ -24,7 +24,6 @@ use auto::auto_codings;
 pub(crate) use encode::{BaseTensor, encode_entry};
 use encode::{EntryPlan, encode_entry_budgeted};
 pub(crate) use finish::finish_archive;
-use finish::finish_archive_with;
 pub(crate) use source::{SegmentData, Source};
 pub use tensors::{TensorData, compress_tensors, safetensors_layout, tensors_entry_name};
 
@@ -117,7 +116,7 @@ pub fn compress_with(
         i += 1;
     }
     let index = Index { root, entries };
-    finish_archive_with(&index, &mut out, input, flags)?;
+    finish_archive(&index, &mut out, input, flags)?;
     end_archive(index, out, files.len(), total, start, warnings, opts)
 }
 
@@ -140,9 +139,8 @@ fn start_archive(
     output: &Path,
     opts: &Options,
 ) -> Result<(bool, u32, AtomicFile)> {
-    // Format 1.2 (packed small tensors and files, compressed index) only where the index
-    // would otherwise weigh on the archive; lossy archives keep per-tensor segments but get
-    // the compressed index.
+    // Packed small tensors and files (format 1.2) only where the index would otherwise weigh
+    // on the archive; lossy archives keep per-tensor segments.
     let big_index = crate::plan::wants_packing(files, total);
     let packing = lossy.is_lossless() && big_index;
     if packing {
@@ -152,10 +150,7 @@ fn start_archive(
             }
         }
     }
-    // Lossy archives (format 1.4, which every reader of lossy records reads) compress any index
-    // that is not tiny: lossy records add 86 bytes per tensor.
-    let compress_index =
-        big_index || (!lossy.is_lossless() && crate::plan::index_estimate(files) > 4000);
+    let compress_index = big_index || crate::plan::compresses_index(files);
     let (minor, flags) = if compress_index {
         (2, dmx_format::FLAG_COMPRESSED_INDEX)
     } else {

@@ -234,6 +234,6 @@ pub fn compress_tensors(
         root: Root::File,
         entries: vec![entry],
     };
-    super::finish_archive_with(&index, &mut out, output, flags)?;
+    super::finish_archive(&index, &mut out, output, flags)?;
     end_archive(index, out, 1, total, start, warnings, opts)
 }

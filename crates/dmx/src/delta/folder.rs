@@ -13,7 +13,7 @@ use std::time::Instant;
 use dmx_format::{Index, Root};
 
 use super::{
-    Base, DeltaFile, DeltaOptions, DeltaReport, Precision, base_slices, encode_delta, minor_for,
+    Base, DeltaFile, DeltaOptions, DeltaReport, Precision, base_slices, delta_format, encode_delta,
     params_of, write_entry,
 };
 use crate::Options;
@@ -76,11 +76,8 @@ pub(super) fn compress_dirs(
         p.start("delta-compressing", total);
     }
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-    let refs: Vec<&PlannedFile> = files.iter().collect();
-    out.write_all(&dmx_format::preamble_minor(minor_for(
-        &refs,
-        Precision::Lossless,
-    )))?;
+    let (minor, flags) = delta_format(&files, Precision::Lossless);
+    out.write_all(&dmx_format::preamble_with(minor, flags))?;
     let mut report = DeltaReport {
         base_bytes,
         target_bytes: total,
@@ -112,7 +109,7 @@ pub(super) fn compress_dirs(
         root: Root::Directory,
         entries,
     };
-    finish_archive(&index, &mut out, target)?;
+    finish_archive(&index, &mut out, target, flags)?;
     report.output_bytes = out.position();
     out.commit()?;
     if let Some(p) = progress {

@@ -337,17 +337,15 @@ pub fn delta_compress(
         p.start("delta-compressing", plan.size);
     }
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-    out.write_all(&dmx_format::preamble_minor(minor_for(
-        &[&plan],
-        d.precision,
-    )))?;
+    let (minor, flags) = delta_format(std::slice::from_ref(&plan), d.precision);
+    out.write_all(&dmx_format::preamble_with(minor, flags))?;
     let (entry, pairing) =
         pool.install(|| encode_delta(&base, &plan, &bytes, d, &steps, &mut out, opts))?;
     let index = Index {
         root: Root::File,
         entries: vec![entry],
     };
-    finish_archive(&index, &mut out, target)?;
+    finish_archive(&index, &mut out, target, flags)?;
     let lossy_summary = crate::lossy::LossySummary::of_index(&index);
     let output_bytes = out.position();
     out.commit()?;
@@ -380,6 +378,18 @@ pub fn delta_compress(
 
 /// The format minor version a delta of `files` needs: 4 when quantized, 3 with a
 /// `torch.save` file, else 1.
+/// The preamble's minor version and flags of a delta archive of `files`: [`minor_for`], and
+/// a compressed index (format 1.2) where [`crate::plan::compresses_index`] wants one.
+pub(crate) fn delta_format(files: &[PlannedFile], precision: Precision) -> (u16, u32) {
+    let refs: Vec<&PlannedFile> = files.iter().collect();
+    let minor = minor_for(&refs, precision);
+    if crate::plan::compresses_index(files) {
+        (minor.max(2), dmx_format::FLAG_COMPRESSED_INDEX)
+    } else {
+        (minor, 0)
+    }
+}
+
 pub(crate) fn minor_for(files: &[&PlannedFile], precision: Precision) -> u16 {
     if precision != Precision::Lossless {
         // Quantized deltas record per-value errors (format 1.4).

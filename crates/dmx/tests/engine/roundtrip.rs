@@ -844,3 +844,74 @@ fn lossy_archives_of_tiny_tensors_get_a_compressed_index() {
     let rep = dmx::verify(&archive, Some(&input), &opts(2)).expect("verify");
     assert!(rep.ok, "{rep:?}");
 }
+
+/// A lossless archive (and a delta) of a file of many small tensors that is too large for
+/// packing, as a CNN's, compresses its index (format 1.2): one segment per tensor, an index
+/// under half its raw size, the file back byte for byte. A file of a few tensors keeps a
+/// plain index.
+#[test]
+fn lossless_archives_of_many_tensors_compress_their_index() {
+    let dir = common::scratch();
+    let layer = |i: u64, seed: u64| {
+        Tensor::generated(
+            &format!("features.{i}.conv.weight"),
+            "BF16",
+            &[128, 64],
+            Mode::Weights,
+            seed + i,
+        )
+    };
+    let base: Vec<Tensor> = (0..400).map(|i| layer(i, 0)).collect();
+    let file = common::safetensors(&base, &Layout::default());
+    let input = dir.path().join("cnn.safetensors");
+    common::write(&input, &file);
+    let packed = dir.path().join("cnn.dmx");
+    dmx::compress(&input, &packed, &no_sync()).expect("compress");
+    let archive = Archive::open(&packed).expect("open");
+    assert_eq!(
+        dmx::dmx_format::preamble_flags(&std::fs::read(&packed).unwrap()),
+        1
+    );
+    let raw = archive.index().to_bytes().len() as u64;
+    assert!(
+        archive.index_len() * 2 < raw,
+        "{} vs {raw}",
+        archive.index_len()
+    );
+    assert_eq!(archive.index().entries[0].segments.len(), 401, "no packing");
+    let out = dir.path().join("cnn.out");
+    dmx::decompress(&packed, &out, &no_sync()).expect("decompress");
+    assert!(std::fs::read(&out).unwrap() == file);
+
+    // Its fine-tune, as a delta: the same.
+    let target: Vec<Tensor> = (0..400).map(|i| layer(i, u64::from(i % 3 == 0))).collect();
+    let target_file = common::safetensors(&target, &Layout::default());
+    let target_path = dir.path().join("tuned.safetensors");
+    common::write(&target_path, &target_file);
+    let delta = dir.path().join("tuned.dmxd");
+    let d = dmx::DeltaOptions {
+        precision: dmx::Precision::Lossless,
+        steps: None,
+    };
+    dmx::delta_compress(&input, &target_path, &delta, &d, &no_sync()).expect("delta");
+    assert_eq!(
+        dmx::dmx_format::preamble_flags(&std::fs::read(&delta).unwrap()),
+        1
+    );
+    let archive = Archive::open(&delta).expect("open delta");
+    assert!(archive.index_len() * 2 < archive.index().to_bytes().len() as u64);
+    let out = dir.path().join("tuned.out");
+    dmx::delta_reconstruct(&input, &delta, &out, &no_sync()).expect("reconstruct");
+    assert!(std::fs::read(&out).unwrap() == target_file);
+
+    // A few tensors: a plain index.
+    let small = common::safetensors(&base[..3], &Layout::default());
+    let small_path = dir.path().join("small.safetensors");
+    common::write(&small_path, &small);
+    let small_dmx = dir.path().join("small.dmx");
+    dmx::compress(&small_path, &small_dmx, &no_sync()).expect("compress small");
+    assert_eq!(
+        dmx::dmx_format::preamble_flags(&std::fs::read(&small_dmx).unwrap()),
+        0
+    );
+}
