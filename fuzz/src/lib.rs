@@ -6,7 +6,7 @@
 //! (as a module, through `#[path]`), which replays every committed case of
 //! `tests/fuzz-regressions/<target>/` through the same function. It therefore names crates
 //! only through `dmx` (`dmx::dmx_format`, `dmx::dmx_codec`) or ones `dmx` itself depends on
-//! (`tempfile`, `blake3`, `xxhash_rust`).
+//! (`tempfile`, `blake3`).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -413,7 +413,7 @@ pub fn fix_checksums(data: &[u8]) -> Option<Vec<u8>> {
             for c in &mut s.chunks {
                 let at = usize::try_from(c.offset).ok()?;
                 let stored = data.get(at..at + c.stored_len as usize)?;
-                c.xxh3 = xxhash_rust::xxh3::xxh3_64(stored);
+                c.xxh3 = dmx_format::xxh3_64(stored);
             }
         }
     }

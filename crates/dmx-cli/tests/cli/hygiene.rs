@@ -552,7 +552,7 @@ fn a_payload_byte_is_not_reported_as_the_codec_id() {
         assert_eq!(chunk.codec, codec, "{name}: the test needs codec {codec}");
         let start = chunk.offset as usize;
         bytes[start + at] = 162;
-        chunk.xxh3 = xxhash_rust::xxh3::xxh3_64(&bytes[start..start + chunk.stored_len as usize]);
+        chunk.xxh3 = dmx::dmx_format::xxh3_64(&bytes[start..start + chunk.stored_len as usize]);
         let n = bytes.len();
         let trailer = Trailer::from_bytes(&bytes[n - 32..]).expect("trailer");
         let offset = trailer.index_offset as usize;

@@ -400,7 +400,7 @@ impl Archive {
         for (i, c) in segment.chunks.iter().enumerate() {
             let start = c.offset as usize;
             let stored = &self.bytes[start..start + c.stored_len as usize];
-            if xxhash_rust::xxh3::xxh3_64(stored) != c.xxh3 {
+            if dmx_format::xxh3_64(stored) != c.xxh3 {
                 return Err(self.corrupt(entry, segment, Some(i), "checksum mismatch"));
             }
         }
@@ -448,7 +448,7 @@ impl Archive {
         let chunk = &segment.chunks[index];
         let start = chunk.offset as usize;
         let stored = &self.bytes[start..start + chunk.stored_len as usize];
-        if xxhash_rust::xxh3::xxh3_64(stored) != chunk.xxh3 {
+        if dmx_format::xxh3_64(stored) != chunk.xxh3 {
             return Err(self.corrupt(entry, segment, Some(index), "checksum mismatch"));
         }
         let codec = Codec::from_id(chunk.codec)

@@ -488,7 +488,7 @@ impl EntryState {
             stored_len: enc.payload.len() as u32,
             raw_len: j.data.len() as u32,
             codec: enc.codec as u8,
-            xxh3: xxhash_rust::xxh3::xxh3_64(&enc.payload),
+            xxh3: dmx_format::xxh3_64(&enc.payload),
         });
         Ok(())
     }

@@ -219,7 +219,7 @@ fn payloads(s: &Subject, plan: &Plan, tally: &mut Tally) {
                     .flat_map(|s| s.chunks.iter_mut())
                 {
                     let (o, l) = (c.offset as usize, c.stored_len as usize);
-                    c.xxh3 = xxhash_rust::xxh3::xxh3_64(&bytes[o..o + l]);
+                    c.xxh3 = dmx::dmx_format::xxh3_64(&bytes[o..o + l]);
                 }
                 let stored = idx.to_stored(flags);
                 bytes.extend_from_slice(&stored);
