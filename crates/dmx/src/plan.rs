@@ -497,22 +497,26 @@ pub(crate) fn index_estimate(files: &[PlannedFile]) -> u64 {
         .sum()
 }
 
-/// Whether the reference writer uses the format 1.2 features (packed tensors, packs of small
-/// files, a compressed index) for these files of `total` bytes: only when a 1.0 index would
-/// be more than 4,000 bytes and more than 1/64 of the input, so that ordinary archives (few,
-/// large tensors) keep their 1.0 bytes. Otherwise the archive (preamble, data no larger than
-/// the input, index, trailer) stays within the bound of docs/FORMAT.md §7.1.
+/// Index size, as [`index_estimate`] gives it, above which an archive's index is stored
+/// compressed (and below which nothing is packed).
+const COMPRESSED_INDEX_ABOVE: u64 = 4000;
+
 /// Whether the archive of `files` stores its index compressed (format 1.2, docs/FORMAT.md
 /// §4.1): whenever the index is estimated above 4,000 bytes. Names, shapes and offsets shrink
 /// 2–3× (lossy records add 86 bytes per tensor): 0.4–0.6 % of a CNN's lossless archive, for
 /// well under a millisecond at the index's zstd level.
 pub fn compresses_index(files: &[PlannedFile]) -> bool {
-    index_estimate(files) > 4000
+    index_estimate(files) > COMPRESSED_INDEX_ABOVE
 }
 
+/// Whether the reference writer packs small tensors and small files (format 1.2) for these
+/// files of `total` bytes: only when a 1.0 index would be more than 4,000 bytes and more than
+/// 1/64 of the input, so that ordinary archives (few, large tensors) keep one segment per
+/// tensor. The archive (preamble, data no larger than the input, index, trailer) then stays
+/// within the bound of docs/FORMAT.md §7.1.
 pub fn wants_packing(files: &[PlannedFile], total: u64) -> bool {
     let estimate = index_estimate(files);
-    estimate > 4000 && estimate.saturating_mul(64) > total
+    estimate > COMPRESSED_INDEX_ABOVE && estimate.saturating_mul(64) > total
 }
 
 /// Whether a planned file may go into a pack of small files (format 1.2).

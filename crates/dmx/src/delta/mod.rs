@@ -376,13 +376,10 @@ pub fn delta_compress(
     })
 }
 
-/// The format minor version a delta of `files` needs: 4 when quantized, 3 with a
-/// `torch.save` file, else 1.
 /// The preamble's minor version and flags of a delta archive of `files`: [`minor_for`], and
 /// a compressed index (format 1.2) where [`crate::plan::compresses_index`] wants one.
 pub(crate) fn delta_format(files: &[PlannedFile], precision: Precision) -> (u16, u32) {
-    let refs: Vec<&PlannedFile> = files.iter().collect();
-    let minor = minor_for(&refs, precision);
+    let minor = minor_for(files, precision);
     if crate::plan::compresses_index(files) {
         (minor.max(2), dmx_format::FLAG_COMPRESSED_INDEX)
     } else {
@@ -390,7 +387,9 @@ pub(crate) fn delta_format(files: &[PlannedFile], precision: Precision) -> (u16,
     }
 }
 
-pub(crate) fn minor_for(files: &[&PlannedFile], precision: Precision) -> u16 {
+/// The format minor version a delta of `files` needs: 4 when quantized, 3 with a
+/// `torch.save` file, else 1.
+fn minor_for(files: &[PlannedFile], precision: Precision) -> u16 {
     if precision != Precision::Lossless {
         // Quantized deltas record per-value errors (format 1.4).
         4
