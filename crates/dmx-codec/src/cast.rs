@@ -92,6 +92,7 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
             | Codec::FloatHuffRows
             | Codec::FloatSplit
             | Codec::FloatSplitRows
+            | Codec::FloatSplitRans
     ) {
         return Err(CodecError::Corrupt(
             "cast payload nests a non-lossless codec",

@@ -84,6 +84,8 @@ pub enum Codec {
     FloatSplit = 10,
     /// Codec 10 after the row-relative exponent transform of module [`rows`].
     FloatSplitRows = 11,
+    /// Codec 10's split with rANS-coded symbols, module [`split::ans`].
+    FloatSplitRans = 12,
 }
 
 impl Codec {
@@ -102,6 +104,7 @@ impl Codec {
             9 => Ok(Self::FloatQuant),
             10 => Ok(Self::FloatSplit),
             11 => Ok(Self::FloatSplitRows),
+            12 => Ok(Self::FloatSplitRans),
             other => Err(CodecError::UnknownCodec(other)),
         }
     }
@@ -121,6 +124,7 @@ impl Codec {
             Self::FloatQuant => "fquant",
             Self::FloatSplit => "float-split",
             Self::FloatSplitRows => "float-split-rows",
+            Self::FloatSplitRans => "float-split-rans",
         }
     }
 
@@ -243,16 +247,22 @@ pub fn encode_with(kind: ValueKind, data: &[u8], hints: Hints) -> Encoded {
     encode_within(kind, data, hints, usize::MAX).expect("no size limit")
 }
 
-/// The plain float candidate of a chunk: codec 10 where it applies, else codec 2.
+/// The plain float candidate of a chunk: codec 10 or 12 where they apply, else codec 2.
 pub(crate) enum FloatPlan {
     Split(split::Plan),
+    Rans(split::ans::Plan),
     Huff(float::Plan),
 }
 
 impl FloatPlan {
     fn new(layout: FloatLayout, data: &[u8]) -> Self {
         if split::supports(layout) {
-            Self::split(layout, data)
+            let a = float::Analysis::new(layout, data);
+            let plan = split::best_plan(&a, Some(data));
+            match split::ans::plan(&a, &plan) {
+                Some(rans) => Self::Rans(rans),
+                None => Self::Split(plan),
+            }
         } else {
             Self::Huff(float::Analysis::new(layout, data).best_plan())
         }
@@ -269,13 +279,23 @@ impl FloatPlan {
     pub(crate) fn size(&self) -> usize {
         match self {
             Self::Split(p) => p.size,
+            Self::Rans(p) => p.size,
             Self::Huff(p) => p.size,
+        }
+    }
+
+    /// How far below [`FloatPlan::size`] the payload can come out.
+    fn slack(&self) -> usize {
+        match self {
+            Self::Rans(p) => p.slack,
+            Self::Split(_) | Self::Huff(_) => PLAN_SLACK,
         }
     }
 
     fn entropy_bits(&self) -> f64 {
         match self {
             Self::Split(p) => p.entropy_bits,
+            Self::Rans(p) => p.split.entropy_bits,
             Self::Huff(p) => p.entropy_bits,
         }
     }
@@ -283,6 +303,7 @@ impl FloatPlan {
     pub(crate) fn encode(&self, layout: FloatLayout, data: &[u8]) -> Encoded {
         let (codec, payload) = match self {
             Self::Split(p) => (Codec::FloatSplit, split::encode(layout, data, p)),
+            Self::Rans(p) => (Codec::FloatSplitRans, split::ans::encode(layout, data, p)),
             Self::Huff(p) => (Codec::FloatHuff, float::encode(layout, data, p)),
         };
         Encoded {
@@ -352,7 +373,7 @@ fn encode_float(layout: FloatLayout, data: &[u8], row_len: usize, limit: usize) 
     if best.is_some() {
         return best;
     }
-    if plan.size().saturating_sub(PLAN_SLACK) > limit && data.len() > limit {
+    if plan.size().saturating_sub(plan.slack()) > limit && data.len() > limit {
         return None;
     }
     Some(plan.encode(layout, data))
@@ -432,6 +453,7 @@ pub fn decode_with_base(
         Codec::FloatHuffRows => rows::decode(payload, out),
         Codec::FloatSplit => split::decode(payload, out),
         Codec::FloatSplitRows => rows::decode_split(payload, out),
+        Codec::FloatSplitRans => split::ans::decode(payload, out),
     }
 }
 
@@ -493,9 +515,10 @@ mod tests {
 
     #[test]
     fn unknown_codec_is_rejected() {
-        assert_eq!(Codec::from_id(12), Err(CodecError::UnknownCodec(12)));
+        assert_eq!(Codec::from_id(13), Err(CodecError::UnknownCodec(13)));
         assert_eq!(Codec::from_id(10), Ok(Codec::FloatSplit));
         assert_eq!(Codec::from_id(11), Ok(Codec::FloatSplitRows));
+        assert_eq!(Codec::from_id(12), Ok(Codec::FloatSplitRans));
         assert_eq!(Codec::from_id(9), Ok(Codec::FloatQuant));
         assert!(!Codec::FloatQuant.is_lossless());
     }
@@ -620,3 +643,5 @@ mod tests {
         assert!(decode(enc.codec, &enc.payload, &mut out).is_err());
     }
 }
+#[cfg(test)]
+mod rans_exp;

@@ -40,6 +40,12 @@ pub fn describe(counts: &[u64]) -> Vec<u8> {
 /// Frequencies summing to `TOTAL` (every described symbol at least 1) for descriptors;
 /// all zero when none is described. Integer arithmetic only: encoder and decoder agree.
 pub fn normalize(desc: &[u8]) -> Vec<u32> {
+    normalize_to(desc, PB)
+}
+
+/// [`normalize`] to a sum of `2^pb` (`desc.len() <= 2^pb`, `pb <= 16`).
+pub fn normalize_to(desc: &[u8], pb: u32) -> Vec<u32> {
+    let total_target = 1u64 << pb;
     let w: Vec<u64> = desc
         .iter()
         .map(|&d| if d == 0 { 0 } else { weight(d) })
@@ -54,12 +60,12 @@ pub fn normalize(desc: &[u8]) -> Vec<u32> {
             if x == 0 {
                 0
             } else {
-                (x * TOTAL as u64 / total).max(1) as u32
+                (x * total_target / total).max(1) as u32
             }
         })
         .collect();
     let sum: u32 = f.iter().sum();
-    let target = TOTAL as u32;
+    let target = total_target as u32;
     if sum < target {
         let mut best = 0;
         for (i, &x) in f.iter().enumerate() {
@@ -69,7 +75,7 @@ pub fn normalize(desc: &[u8]) -> Vec<u32> {
         }
         f[best] += target - sum;
     } else if sum > target {
-        // At most `desc.len() <= TOTAL` symbols were raised to 1, so the others can give
+        // At most `desc.len() <= 2^pb` symbols were raised to 1, so the others can give
         // the excess back.
         let mut excess = sum - target;
         let mut order: Vec<usize> = (0..f.len()).filter(|&i| f[i] > 1).collect();
@@ -108,8 +114,111 @@ pub fn write(desc: &[u8], w: &mut BitVec) {
     }
 }
 
+/// [`write`] with runs of absent symbols coded by their length: a descriptor of 0 is
+/// followed by the number `z ≥ 1` of zero descriptors in its run (itself included), as `k`
+/// one bits, a zero bit and the low `k` bits of `z` (`k` = bit length of `z` − 1). Tables
+/// whose described symbols sit far apart (the two signs of a float's exponents) cost a few
+/// bits per gap instead of one per absent symbol.
+pub fn write_runs(desc: &[u8], w: &mut BitVec) {
+    let first = desc.iter().position(|&d| d != 0).unwrap_or(0);
+    let last = desc.iter().rposition(|&d| d != 0).map_or(0, |p| p + 1);
+    let span = &desc[first..last.max(first)];
+    w.put(first as u64, 16);
+    w.put(span.len() as u64, 16);
+    let mut prev = 0i32;
+    let mut i = 0;
+    while i < span.len() {
+        let d = span[i];
+        put_descriptor(w, d, prev);
+        prev = i32::from(d);
+        i += 1;
+        if d == 0 {
+            let z = 1 + span[i..].iter().take_while(|&&d| d == 0).count();
+            let k = usize::BITS - 1 - z.leading_zeros();
+            w.put((1u64 << k) - 1, k);
+            w.put(0, 1);
+            w.put(z as u64 & ((1u64 << k) - 1), k);
+            i += z - 1;
+        }
+    }
+}
+
+/// Reads [`write_runs`]' output for an alphabet of `alpha` symbols; returns the
+/// descriptors.
+pub fn read_runs(r: &mut BitReader<'_>, alpha: usize) -> Result<Vec<u8>, CodecError> {
+    let first = r.get(16) as usize;
+    let count = r.get(16) as usize;
+    if first + count > alpha {
+        return Err(CodecError::Corrupt("rANS table exceeds the alphabet"));
+    }
+    let mut desc = vec![0u8; alpha];
+    let mut prev = 0i32;
+    let mut i = first;
+    while i < first + count {
+        prev = get_descriptor(r, prev)?;
+        desc[i] = prev as u8;
+        i += 1;
+        if prev == 0 {
+            let mut k = 0;
+            while r.get(1) == 1 {
+                k += 1;
+                if k > 16 || r.overrun() {
+                    return Err(CodecError::Corrupt("rANS table run too long"));
+                }
+            }
+            let z = (1usize << k) | r.get(k) as usize;
+            if i - 1 + z > first + count {
+                return Err(CodecError::Corrupt("rANS table run exceeds its span"));
+            }
+            i += z - 1;
+        }
+        if r.overrun() {
+            return Err(CodecError::Corrupt("rANS table truncated"));
+        }
+    }
+    Ok(desc)
+}
+
+/// Writes one descriptor `d` relative to the previous one (the codes of [`write`]).
+fn put_descriptor(w: &mut BitVec, d: u8, prev: i32) {
+    let delta = i32::from(d) - prev;
+    let neg = u64::from(delta < 0);
+    match delta.unsigned_abs() {
+        0 => w.put(0, 1),
+        1 => w.put(0b001 | neg << 2, 3),
+        a @ (2 | 3) => w.put(0b011 | neg << 3 | u64::from(a - 2) << 4, 5),
+        _ => w.put(0b111 | u64::from(d) << 3, 10),
+    }
+}
+
+/// Reads one descriptor relative to `prev` (the codes of [`write`]).
+fn get_descriptor(r: &mut BitReader<'_>, mut prev: i32) -> Result<i32, CodecError> {
+    if r.get(1) == 1 {
+        if r.get(1) == 0 {
+            prev += if r.get(1) == 0 { 1 } else { -1 };
+        } else if r.get(1) == 0 {
+            let neg = r.get(1) == 1;
+            let a = 2 + r.get(1) as i32;
+            prev += if neg { -a } else { a };
+        } else {
+            prev = r.get(7) as i32;
+        }
+    }
+    if !(0..=i32::from(MAXD)).contains(&prev) {
+        return Err(CodecError::Corrupt(
+            "rANS frequency descriptor out of range",
+        ));
+    }
+    Ok(prev)
+}
+
 /// Reads [`write`]'s output for an alphabet of `alpha` symbols; returns frequencies.
 pub fn read(r: &mut BitReader<'_>, alpha: usize) -> Result<Vec<u32>, CodecError> {
+    Ok(normalize(&read_descriptors(r, alpha)?))
+}
+
+/// Reads [`write`]'s output for an alphabet of `alpha` symbols; returns the descriptors.
+pub fn read_descriptors(r: &mut BitReader<'_>, alpha: usize) -> Result<Vec<u8>, CodecError> {
     let first = r.get(16) as usize;
     let count = r.get(16) as usize;
     if first + count > alpha {
@@ -139,7 +248,7 @@ pub fn read(r: &mut BitReader<'_>, alpha: usize) -> Result<Vec<u32>, CodecError>
             return Err(CodecError::Corrupt("rANS table truncated"));
         }
     }
-    Ok(normalize(&desc))
+    Ok(desc)
 }
 
 /// Encoder constants of a symbol.
@@ -484,5 +593,52 @@ impl<'a> Decoder<'a> {
     /// Whether the lane was consumed exactly, back to the initial state.
     pub fn ok(&self) -> bool {
         self.k == self.end && self.x == L
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_runs_round_trip_and_are_short() {
+        let mut cases: Vec<Vec<u8>> = vec![vec![0; 4096], vec![104; 7], vec![0, 0, 5, 0, 0]];
+        // The two signs of a float's exponents: two clusters 2048 symbols apart.
+        let mut two = vec![0u8; 4096];
+        for i in 0..40 {
+            two[1000 + i] = 60 + (i % 9) as u8;
+            two[3048 + i] = 50 + (i % 5) as u8;
+        }
+        cases.push(two.clone());
+        for (i, x) in crate::pseudo_u64(300, 5).enumerate() {
+            let mut d = vec![0u8; 1 + i % 700];
+            for (j, v) in d.iter_mut().enumerate() {
+                if (x >> (j % 64)) & 3 == 0 {
+                    *v = ((x >> 8) as usize + j) as u8 % 105;
+                }
+            }
+            cases.push(d);
+        }
+        for desc in &cases {
+            let mut w = BitVec::default();
+            write_runs(desc, &mut w);
+            let bytes = w.finish();
+            let mut r = BitReader::new(&bytes);
+            assert_eq!(&read_runs(&mut r, desc.len()).unwrap(), desc);
+            assert!(!r.overrun());
+            for cut in 0..bytes.len() {
+                let mut r = BitReader::new(&bytes[..cut]);
+                let ok = read_runs(&mut r, desc.len()).map(|d| &d == desc);
+                assert!(
+                    ok.is_err() || r.overrun() || desc.iter().all(|&d| d == 0),
+                    "cut {cut}"
+                );
+            }
+        }
+        let (mut a, mut b) = (BitVec::default(), BitVec::default());
+        write(&two, &mut a);
+        write_runs(&two, &mut b);
+        let (a, b) = (a.finish().len(), b.finish().len());
+        assert!(b * 3 < a, "runs {b} bytes, plain {a}");
     }
 }

@@ -428,18 +428,24 @@ pub struct Chunk {
 pub const MAX_PACK: u64 = 64 << 20;
 
 impl Index {
-    /// The lowest minor version of format 1 that can hold this index: 5 when a chunk uses
-    /// the split-stream float codecs (10 and 11), 4 when it holds the extended lossy records
+    /// The lowest minor version of format 1 that can hold this index: 6 when a chunk uses
+    /// the rANS float codec (12), 5 when one uses the split-stream float codecs (10 and 11),
+    /// 4 when it holds the extended lossy records
     /// (transforms 4 and 5), 3 when it holds `torch.save` entries, 2 when it uses packs or
     /// packed tensors, 1 when it uses lossy or delta features, else 0.
     pub fn min_minor(&self) -> u16 {
-        if self
+        let top_codec = self
             .entries
             .iter()
             .flat_map(|e| &e.segments)
             .flat_map(|s| &s.chunks)
-            .any(|c| c.codec >= 10)
-        {
+            .map(|c| c.codec)
+            .max()
+            .unwrap_or(0);
+        if top_codec >= 12 {
+            return 6;
+        }
+        if top_codec >= 10 {
             return 5;
         }
         if self

@@ -320,6 +320,60 @@ fn windows_of_decreasing_size_restore_every_byte() {
     assert_eq!(archive.tensor("w").unwrap().segment.chunks.len(), 5);
 }
 
+/// Values whose symbols Huffman's whole-bit codes fit badly (one dominant binade) get codec
+/// 12, and the archive says format 1.6; it restores byte for byte and decodes the same on
+/// the scalar path.
+#[test]
+fn skewed_exponents_round_trip_through_codec_12() {
+    let dir = tempfile::tempdir().unwrap();
+    let skewed = |n: usize, seed: u64| -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let k = match x % 100 {
+                    0..85 => 0u16,
+                    85..95 => 1,
+                    _ => 2,
+                };
+                ((125 - k) << 7 | (x >> 20) as u16 & 15).to_le_bytes()
+            })
+            .collect()
+    };
+    let tensors = vec![
+        Tensor {
+            name: "moments".into(),
+            dtype: "BF16".into(),
+            shape: vec![300, 1000],
+            data: skewed(300_000, 3),
+        },
+        Tensor::generated("w", "BF16", &[64, 64], Mode::Weights, 9),
+    ];
+    let file = common::plain(&tensors);
+    round_trip_file(dir.path(), "skewed.safetensors", &file, &tensors);
+    let archive = Archive::open(&dir.path().join("skewed.safetensors.dmx")).unwrap();
+    assert_eq!(archive.version(), (1, 6));
+    let codecs: Vec<u8> = archive
+        .tensor("moments")
+        .unwrap()
+        .segment
+        .chunks
+        .iter()
+        .map(|c| c.codec)
+        .collect();
+    assert_eq!(codecs, [12], "one chunk of codec 12");
+    let chunk = archive.tensor("moments").unwrap().segment.chunks[0];
+    let bytes = std::fs::read(dir.path().join("skewed.safetensors.dmx")).unwrap();
+    let payload = &bytes[chunk.offset as usize..][..chunk.stored_len as usize];
+    for level in dmx::dmx_codec::cpu::Level::available() {
+        let mut out = vec![0u8; chunk.raw_len as usize];
+        dmx::dmx_codec::split::ans::decode_at(payload, &mut out, level).expect("decodes");
+        assert_eq!(out, tensors[0].data, "{}", level.name());
+    }
+}
+
 #[test]
 fn row_scaled_matrices_round_trip_through_codec_11() {
     let dir = tempfile::tempdir().unwrap();

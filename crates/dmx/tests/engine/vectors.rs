@@ -1216,10 +1216,49 @@ fn chunk_cases() -> Vec<ChunkCase> {
         .map(|(i, x)| x * 2f32.powi((i / 64) as i32 % 9 - 4))
         .collect();
     split_cases.push(("split-rows-f16", FloatLayout::F16, f16_bytes(&rows), 64));
+    // Codec 12 (rANS-coded symbols), as the lossless encoder picks it: positive values with
+    // one dominant binade (85 %, three others 5 % each) and noise in the low mantissa bits
+    // only, whose symbol distribution Huffman's whole-bit codes fit badly, in BF16, F16 and
+    // F32 holding BF16 values, with specials.
+    let skewed = |seed: u64, n: usize, top: u64, mant: u32, noise: u32| -> Vec<u64> {
+        let mut next = rng(seed);
+        (0..n)
+            .map(|_| {
+                let r = next();
+                let k = match r % 100 {
+                    0..85 => 0,
+                    85..90 => 1,
+                    90..95 => 2,
+                    _ => 3,
+                };
+                (top - k) << mant | (r >> 8) & ((1 << noise) - 1)
+            })
+            .collect()
+    };
+    let esc12 = vec![5usize, 600, 1801, 4095];
+    let mut rans_bf16: Vec<u8> = skewed(120, 6000, 125, 7, 4)
+        .iter()
+        .flat_map(|&v| (v as u16).to_le_bytes())
+        .collect();
+    put_specials(&mut rans_bf16, 2, &esc12, BF16_SPECIALS);
+    split_cases.push(("rans-bf16", FloatLayout::BF16, rans_bf16, 0));
+    let mut rans_f16: Vec<u8> = skewed(121, 6000, 14, 10, 4)
+        .iter()
+        .flat_map(|&v| (v as u16).to_le_bytes())
+        .collect();
+    put_specials(&mut rans_f16, 2, &esc12, F16_SPECIALS);
+    split_cases.push(("rans-f16", FloatLayout::F16, rans_f16, 0));
+    let rans_f32: Vec<u8> = skewed(122, 5001, 125, 7, 4)
+        .iter()
+        .flat_map(|&v| ((v as u32) << 16).to_le_bytes())
+        .collect();
+    split_cases.push(("rans-f32-tz16", FloatLayout::F32, rans_f32, 0));
     for (name, layout, data, row_len) in split_cases {
         let enc = lossless(layout, &data, row_len);
         let want = if row_len > 0 {
             Codec::FloatSplitRows
+        } else if name.starts_with("rans") {
+            Codec::FloatSplitRans
         } else {
             Codec::FloatSplit
         };
@@ -1532,15 +1571,15 @@ fn vectors_of_format_1_4_still_decode() {
 }
 
 #[test]
-fn chunk_vectors_of_codecs_4_to_11_decode_and_are_reproduced() {
+fn chunk_vectors_of_codecs_4_to_12_decode_and_are_reproduced() {
     let exp = expected();
     let cases = chunk_cases();
     let mut codecs: Vec<u8> = cases.iter().map(|c| c.codec as u8).collect();
     codecs.dedup();
     assert_eq!(
         codecs,
-        [4, 5, 6, 7, 8, 9, 10, 11],
-        "every lossy and delta codec and the split-stream codecs have chunk vectors"
+        [4, 5, 6, 7, 8, 9, 10, 11, 12],
+        "every lossy and delta codec and the split-stream and rANS codecs have chunk vectors"
     );
     for case in &cases {
         let f = &case.file;

@@ -18,6 +18,8 @@
 //! Values of 1, 2 and 4 bytes only (FP8, BF16, F16, F32); F64 stays on codec 2. See
 //! docs/CODECS.md §9.
 
+pub mod ans;
+
 use crate::bits::{Lane, MAX_PUT_BITS, Streams, peek};
 use crate::cpu::{Level, dispatch};
 use crate::float::{self, Analysis, load, quarters};
@@ -188,33 +190,19 @@ pub fn encode(layout: FloatLayout, data: &[u8], plan: &Plan) -> Vec<u8> {
 pub fn encode_at(layout: FloatLayout, data: &[u8], plan: &Plan, level: Level) -> Vec<u8> {
     assert!(supports(layout), "codec 10 takes 1-, 2- and 4-byte values");
     let bytes = layout.bytes();
-    let count = data.len() / bytes;
     let mut out = Vec::with_capacity(plan.size + 16);
-    out.push(bytes as u8);
-    out.push(plan.sym_bits as u8);
-    out.push(plan.tz as u8);
-    let low = plan.low_bytes.len();
-    assert!(
-        low == 0 || (bytes == 4 && plan.tz == 0 && low <= MAX_LOW_BYTES),
-        "low bytes are coded for 4-byte values without trailing zeros"
-    );
-    out.push(low as u8);
-    out.extend_from_slice(&(count as u32).to_le_bytes());
+    write_header(&mut out, layout, data, plan);
     huffman::write_lengths(&plan.lengths, &mut out);
     for lengths in &plan.low_bytes {
         huffman::write_lengths(lengths, &mut out);
     }
-    let bits = layout.bits();
-    let low_bits = 8 * low as u32;
-    // The raw residual sits above the coded low bytes.
-    let shape = Shape {
-        tz: plan.tz + low_bits,
-        r: bits - plan.sym_bits - plan.tz - low_bits,
-    };
-    let mut coders = vec![Coder::new(&plan.lengths, bits - plan.sym_bits, 0xFFF)];
-    for (j, lengths) in plan.low_bytes.iter().enumerate() {
-        coders.push(Coder::new(lengths, 8 * j as u32, 0xFF));
-    }
+    let shape = Shape::of(layout, plan);
+    let mut coders = vec![Coder::new(
+        &plan.lengths,
+        layout.bits() - plan.sym_bits,
+        0xFFF,
+    )];
+    coders.extend(low_coders(plan));
     let (coders, o) = (&coders, &mut out);
     match bytes {
         1 => dispatch(
@@ -236,11 +224,45 @@ pub fn encode_at(layout: FloatLayout, data: &[u8], plan: &Plan, level: Level) ->
     out
 }
 
+/// Writes the fixed header of a codec-10 or codec-12 payload (§9.1).
+fn write_header(out: &mut Vec<u8>, layout: FloatLayout, data: &[u8], plan: &Plan) {
+    let bytes = layout.bytes();
+    let low = plan.low_bytes.len();
+    assert!(
+        low == 0 || (bytes == 4 && plan.tz == 0 && low <= MAX_LOW_BYTES),
+        "low bytes are coded for 4-byte values without trailing zeros"
+    );
+    out.push(bytes as u8);
+    out.push(plan.sym_bits as u8);
+    out.push(plan.tz as u8);
+    out.push(low as u8);
+    out.extend_from_slice(&((data.len() / bytes) as u32).to_le_bytes());
+}
+
+/// The coders of the low bytes `plan` codes: byte 0, then byte 1.
+fn low_coders(plan: &Plan) -> impl Iterator<Item = Coder> + '_ {
+    plan.low_bytes
+        .iter()
+        .enumerate()
+        .map(|(j, lengths)| Coder::new(lengths, 8 * j as u32, 0xFF))
+}
+
 /// Position and width of the raw residual field of one chunk.
 #[derive(Clone, Copy)]
 struct Shape {
     tz: u32,
     r: u32,
+}
+
+impl Shape {
+    /// The raw residual of `plan`'s split: above the coded low bytes and the trailing zeros.
+    fn of(layout: FloatLayout, plan: &Plan) -> Self {
+        let low_bits = 8 * plan.low_bytes.len() as u32;
+        Self {
+            tz: plan.tz + low_bits,
+            r: layout.bits() - plan.sym_bits - plan.tz - low_bits,
+        }
+    }
 }
 
 /// Four consecutive values of width `B` from `v` (`4 * B` bytes).
@@ -415,36 +437,15 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
 
 /// [`decode`] with the hot loop compiled for `level` (every level gives the same result).
 pub fn decode_at(payload: &[u8], out: &mut [u8], level: Level) -> Result<(), CodecError> {
-    let head = payload
-        .get(..HEADER)
-        .ok_or(CodecError::Corrupt("split payload header truncated"))?;
-    let bytes = usize::from(head[0]);
-    let sym_bits = u32::from(head[1]);
-    let tz = u32::from(head[2]);
-    let low = usize::from(head[3]);
-    let count = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
-    if !matches!(bytes, 1 | 2 | 4) {
-        return Err(CodecError::Corrupt(
-            "split payload has an invalid value width",
-        ));
-    }
+    let Header {
+        bytes,
+        sym_bits,
+        tz,
+        low,
+        count,
+    } = Header::read(payload, out.len())?;
     let bits = 8 * bytes as u32;
-    if sym_bits == 0 || sym_bits > MAX_SYM_BITS.min(bits) || tz > bits - sym_bits {
-        return Err(CodecError::Corrupt(
-            "split payload has invalid field widths",
-        ));
-    }
     let low_bits = 8 * low as u32;
-    if low > MAX_LOW_BYTES || (low > 0 && (bytes != 4 || tz != 0 || low_bits > bits - sym_bits)) {
-        return Err(CodecError::Corrupt(
-            "split payload codes low bytes it cannot have",
-        ));
-    }
-    if count.checked_mul(bytes) != Some(out.len()) {
-        return Err(CodecError::Corrupt(
-            "split payload value count disagrees with chunk size",
-        ));
-    }
     let mut pos = HEADER;
     let mut tables = Vec::with_capacity(1 + low);
     for field in 0..=low {
@@ -519,7 +520,20 @@ pub fn decode_at(payload: &[u8], out: &mut [u8], level: Level) -> Result<(), Cod
     }
     check_ends(&main, &cpos)?;
     // The coded low bytes: the main pass left them zero.
-    for (j, (table, field)) in tables[1..].iter().zip(&fields[1..]).enumerate() {
+    decode_low_bytes(payload, &tables[1..], &fields[1..], &ranges, out, level)
+}
+
+/// Decodes the coded low bytes of every 4-byte value into place (bytes 0 then 1), one field
+/// of four code streams each; the bytes must be zero before.
+fn decode_low_bytes(
+    payload: &[u8],
+    tables: &[Table],
+    fields: &[FieldStreams],
+    ranges: &[(usize, usize); STREAMS],
+    out: &mut [u8],
+    level: Level,
+) -> Result<(), CodecError> {
+    for (j, (table, field)) in tables.iter().zip(fields).enumerate() {
         let d = Dec {
             codes: &payload[field.at..],
             res: &[],
@@ -534,11 +548,75 @@ pub fn decode_at(payload: &[u8], out: &mut [u8], level: Level) -> Result<(), Cod
         dispatch(
             level,
             #[inline(always)]
-            || d.run_bytes(&ranges, c, j, out),
+            || d.run_bytes(ranges, c, j, out),
         );
         check_ends(field, &cpos)?;
     }
     Ok(())
+}
+
+/// The fixed header of a codec-10 (or codec-12) payload.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    /// Value width in bytes: 1, 2 or 4.
+    bytes: usize,
+    /// Symbol width `w`.
+    sym_bits: u32,
+    /// Trailing zero bits.
+    tz: u32,
+    /// Coded low bytes `c`.
+    low: usize,
+    /// Value count `n`.
+    count: usize,
+}
+
+impl Header {
+    /// Reads and checks the header of a payload for a chunk of `raw_len` bytes (§9.1).
+    fn read(payload: &[u8], raw_len: usize) -> Result<Self, CodecError> {
+        let head = payload
+            .get(..HEADER)
+            .ok_or(CodecError::Corrupt("split payload header truncated"))?;
+        let bytes = usize::from(head[0]);
+        let sym_bits = u32::from(head[1]);
+        let tz = u32::from(head[2]);
+        let low = usize::from(head[3]);
+        let count = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        if !matches!(bytes, 1 | 2 | 4) {
+            return Err(CodecError::Corrupt(
+                "split payload has an invalid value width",
+            ));
+        }
+        let bits = 8 * bytes as u32;
+        if sym_bits == 0 || sym_bits > MAX_SYM_BITS.min(bits) || tz > bits - sym_bits {
+            return Err(CodecError::Corrupt(
+                "split payload has invalid field widths",
+            ));
+        }
+        let low_bits = 8 * low as u32;
+        if low > MAX_LOW_BYTES || (low > 0 && (bytes != 4 || tz != 0 || low_bits > bits - sym_bits))
+        {
+            return Err(CodecError::Corrupt(
+                "split payload codes low bytes it cannot have",
+            ));
+        }
+        if count.checked_mul(bytes) != Some(raw_len) {
+            return Err(CodecError::Corrupt(
+                "split payload value count disagrees with chunk size",
+            ));
+        }
+        Ok(Self {
+            bytes,
+            sym_bits,
+            tz,
+            low,
+            count,
+        })
+    }
+
+    /// Width of the raw residual field.
+    fn r(&self) -> u32 {
+        8 * self.bytes as u32 - self.sym_bits - self.tz - 8 * self.low as u32
+    }
 }
 
 /// The code streams of one field, as [`read_streams`] finds them.
