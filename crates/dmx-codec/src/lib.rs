@@ -643,5 +643,3 @@ mod tests {
         assert!(decode(enc.codec, &enc.payload, &mut out).is_err());
     }
 }
-#[cfg(test)]
-mod rans_exp;
