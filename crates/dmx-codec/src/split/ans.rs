@@ -294,9 +294,10 @@ fn encode_symbols<const B: usize>(
     for s in x {
         out.extend_from_slice(&s.to_le_bytes());
     }
-    out.reserve(2 * n);
-    for w in words[..n].iter().rev() {
-        out.extend_from_slice(&w.to_le_bytes());
+    let at = out.len();
+    out.resize(at + 2 * n, 0);
+    for (o, w) in out[at..].chunks_exact_mut(2).zip(words[..n].iter().rev()) {
+        o.copy_from_slice(&w.to_le_bytes());
     }
 }
 
