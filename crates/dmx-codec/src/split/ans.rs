@@ -5,14 +5,13 @@
 //! static rANS at 14-bit probabilities instead of Huffman codes. A Huffman code spends a
 //! whole number of bits on each symbol; the exponent distributions of trained weights (a
 //! few binades hold most values) lose 0.02–0.06 bits per value to that rounding, which
-//! rANS gets back to within a few thousandths. The writer picks this codec per chunk, only
-//! where it is smaller by enough to pay for its slower decode ([`plan`]).
+//! rANS gets back to within a few thousandths. The writer picks this codec per chunk where
+//! it is at least 0.1 % smaller than codec 10 ([`plan`]).
 //!
-//! Eight rANS states take the values round robin (value `i` goes to state `i mod 8`) and
-//! share one stream of 16-bit words, read in state order within a round: a decoder runs
-//! eight independent dependency chains (on x86-64 with AVX2, as the eight lanes of one
-//! vector, [`crate::cpu::ans_rounds`]) and reads the residuals in value order. See
-//! docs/CODECS.md §10.
+//! 32 rANS states take the values round robin (value `i` goes to state `i mod 32`) and
+//! share one stream of 16-bit words, read in state order: a decoder runs 32 independent
+//! dependency chains (on x86-64 with AVX2, as four vectors of eight lanes, in `cpu.rs`) and
+//! reads the residuals in value order. See docs/CODECS.md §10.
 
 use super::{
     FieldStreams, HEADER, Header, Plan as SplitPlan, STREAMS, Shape, Table, decode_low_bytes,
