@@ -95,23 +95,7 @@ pub fn normalize_to(desc: &[u8], pb: u32) -> Vec<u32> {
 /// Writes descriptors: `u16 first`, `u16 count`, then each descriptor as a delta from the
 /// previous one (`0` same, `1 0 s` ±1, `1 1 0 s b` ±(2 + b), `1 1 1 ddddddd` literal).
 pub fn write(desc: &[u8], w: &mut BitVec) {
-    let first = desc.iter().position(|&d| d != 0).unwrap_or(0);
-    let last = desc.iter().rposition(|&d| d != 0).map_or(0, |p| p + 1);
-    let span = &desc[first..last.max(first)];
-    w.put(first as u64, 16);
-    w.put(span.len() as u64, 16);
-    let mut prev = 0i32;
-    for &d in span {
-        let delta = i32::from(d) - prev;
-        let neg = u64::from(delta < 0);
-        match delta.unsigned_abs() {
-            0 => w.put(0, 1),
-            1 => w.put(0b001 | neg << 2, 3),
-            a @ (2 | 3) => w.put(0b011 | neg << 3 | u64::from(a - 2) << 4, 5),
-            _ => w.put(0b111 | u64::from(d) << 3, 10),
-        }
-        prev = i32::from(d);
-    }
+    write_span(desc, w, false);
 }
 
 /// [`write`] with runs of absent symbols coded by their length: a descriptor of 0 is
@@ -120,6 +104,11 @@ pub fn write(desc: &[u8], w: &mut BitVec) {
 /// whose described symbols sit far apart (the two signs of a float's exponents) cost a few
 /// bits per gap instead of one per absent symbol.
 pub fn write_runs(desc: &[u8], w: &mut BitVec) {
+    write_span(desc, w, true);
+}
+
+/// [`write`], or with `runs` [`write_runs`].
+fn write_span(desc: &[u8], w: &mut BitVec, runs: bool) {
     let first = desc.iter().position(|&d| d != 0).unwrap_or(0);
     let last = desc.iter().rposition(|&d| d != 0).map_or(0, |p| p + 1);
     let span = &desc[first..last.max(first)];
@@ -132,7 +121,7 @@ pub fn write_runs(desc: &[u8], w: &mut BitVec) {
         put_descriptor(w, d, prev);
         prev = i32::from(d);
         i += 1;
-        if d == 0 {
+        if runs && d == 0 {
             let z = 1 + span[i..].iter().take_while(|&&d| d == 0).count();
             let k = usize::BITS - 1 - z.leading_zeros();
             w.put((1u64 << k) - 1, k);
@@ -146,6 +135,16 @@ pub fn write_runs(desc: &[u8], w: &mut BitVec) {
 /// Reads [`write_runs`]' output for an alphabet of `alpha` symbols; returns the
 /// descriptors.
 pub fn read_runs(r: &mut BitReader<'_>, alpha: usize) -> Result<Vec<u8>, CodecError> {
+    read_span(r, alpha, true)
+}
+
+/// Reads [`write`]'s output for an alphabet of `alpha` symbols; returns frequencies.
+pub fn read(r: &mut BitReader<'_>, alpha: usize) -> Result<Vec<u32>, CodecError> {
+    Ok(normalize(&read_span(r, alpha, false)?))
+}
+
+/// Reads [`write`]'s output, or with `runs` [`write_runs`]'; returns the descriptors.
+fn read_span(r: &mut BitReader<'_>, alpha: usize, runs: bool) -> Result<Vec<u8>, CodecError> {
     let first = r.get(16) as usize;
     let count = r.get(16) as usize;
     if first + count > alpha {
@@ -158,7 +157,7 @@ pub fn read_runs(r: &mut BitReader<'_>, alpha: usize) -> Result<Vec<u8>, CodecEr
         prev = get_descriptor(r, prev)?;
         desc[i] = prev as u8;
         i += 1;
-        if prev == 0 {
+        if runs && prev == 0 {
             let mut k = 0;
             while r.get(1) == 1 {
                 k += 1;
@@ -210,45 +209,6 @@ fn get_descriptor(r: &mut BitReader<'_>, mut prev: i32) -> Result<i32, CodecErro
         ));
     }
     Ok(prev)
-}
-
-/// Reads [`write`]'s output for an alphabet of `alpha` symbols; returns frequencies.
-pub fn read(r: &mut BitReader<'_>, alpha: usize) -> Result<Vec<u32>, CodecError> {
-    Ok(normalize(&read_descriptors(r, alpha)?))
-}
-
-/// Reads [`write`]'s output for an alphabet of `alpha` symbols; returns the descriptors.
-pub fn read_descriptors(r: &mut BitReader<'_>, alpha: usize) -> Result<Vec<u8>, CodecError> {
-    let first = r.get(16) as usize;
-    let count = r.get(16) as usize;
-    if first + count > alpha {
-        return Err(CodecError::Corrupt("rANS table exceeds the alphabet"));
-    }
-    let mut desc = vec![0u8; alpha];
-    let mut prev = 0i32;
-    for d in &mut desc[first..first + count] {
-        if r.get(1) == 1 {
-            if r.get(1) == 0 {
-                prev += if r.get(1) == 0 { 1 } else { -1 };
-            } else if r.get(1) == 0 {
-                let neg = r.get(1) == 1;
-                let a = 2 + r.get(1) as i32;
-                prev += if neg { -a } else { a };
-            } else {
-                prev = r.get(7) as i32;
-            }
-        }
-        if !(0..=i32::from(MAXD)).contains(&prev) {
-            return Err(CodecError::Corrupt(
-                "rANS frequency descriptor out of range",
-            ));
-        }
-        *d = prev as u8;
-        if r.overrun() {
-            return Err(CodecError::Corrupt("rANS table truncated"));
-        }
-    }
-    Ok(desc)
 }
 
 /// Encoder constants of a symbol.

@@ -14,8 +14,8 @@
 //! reads the residuals in value order. See docs/CODECS.md §10.
 
 use super::{
-    FieldStreams, HEADER, Header, Plan as SplitPlan, STREAMS, Shape, Table, decode_low_bytes,
-    encode_width, low_coders, read_streams, residual_bytes, write_header,
+    FieldStreams, HEADER, Header, Plan as SplitPlan, Shape, decode_low_bytes, encode_width,
+    field_bytes, low_coders, read_streams, read_tables, residual_bytes, write_header,
 };
 use crate::bits::{BitReader, BitVec, peek};
 use crate::cpu::{Level, dispatch};
@@ -78,10 +78,7 @@ pub fn plan(a: &Analysis, split: &SplitPlan) -> Option<Plan> {
     // Each step renormalizes before it codes, so the words carry the information less what
     // the final states hold (at least 16 bits each); a margin covers the rounding.
     let words = (bits * 1.0005 / 16.0).ceil() as usize + 2;
-    let huff_symbols = huffman::lengths_size(&split.lengths)
-        + 4 * STREAMS
-        + (symbol_code_bits(&hist, &split.lengths) / 8) as usize
-        + STREAMS;
+    let huff_symbols = field_bytes(&hist, &split.lengths);
     let size = split.size - huff_symbols + table.len() + STREAM_HEAD + 2 * words;
     // The final states hold up to 16 bits each above L, which the words then lack.
     let slack = 2 * (words - (bits / 16.0).floor() as usize) + 2 * LANES;
@@ -92,15 +89,6 @@ pub fn plan(a: &Analysis, split: &SplitPlan) -> Option<Plan> {
         size,
         slack,
     })
-}
-
-/// Bits of the Huffman codes of the symbols (none for a single used symbol).
-fn symbol_code_bits(hist: &[u64], lengths: &[u8]) -> u64 {
-    if lengths.iter().filter(|&&l| l > 0).count() == 1 {
-        0
-    } else {
-        huffman::coded_bits(hist, lengths)
-    }
 }
 
 /// The level and tables of the vector encoder ([`crate::cpu::ans_encode`]).
@@ -315,14 +303,7 @@ pub fn decode_at(payload: &[u8], out: &mut [u8], level: Level) -> Result<(), Cod
         return Err(CodecError::Corrupt("rANS table truncated"));
     }
     pos += br.bytes_used();
-    let mut low_tables = Vec::with_capacity(h.low);
-    for _ in 0..h.low {
-        let (lengths, used) = huffman::read_lengths(&payload[pos..], 256)?;
-        pos += used;
-        if h.count > 0 {
-            low_tables.push(Table::new(&lengths, 8)?);
-        }
-    }
+    let low_tables = read_tables(payload, &mut pos, std::iter::repeat_n(8, h.low), h.count)?;
     let stream_len = payload
         .get(pos..pos + 4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)

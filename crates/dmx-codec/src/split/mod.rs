@@ -82,20 +82,9 @@ pub fn best_plan(a: &Analysis, data: Option<&[u8]>) -> Plan {
     for w in min_w..=hist_bits {
         let freq = a.symbol_hist(w);
         let lengths = huffman::code_lengths_limited(&freq, MAX_LEN);
-        let single = lengths.iter().filter(|&&l| l > 0).count() == 1;
-        let code_bits = if single {
-            0
-        } else {
-            huffman::coded_bits(&freq, &lengths)
-        };
         let tz = a.trailing_zeros().min(bits - w);
         let r = bits - w - tz;
-        let size = HEADER
-            + huffman::lengths_size(&lengths)
-            + 4 * STREAMS
-            + (code_bits / 8) as usize
-            + STREAMS
-            + residual_bytes(count, r);
+        let size = HEADER + field_bytes(&freq, &lengths) + residual_bytes(count, r);
         if best.as_ref().is_none_or(|b| size < b.size) {
             let entropy_bits = float::entropy(&freq) + f64::from(r) * count as f64;
             best = Some(Plan {
@@ -113,6 +102,19 @@ pub fn best_plan(a: &Analysis, data: Option<&[u8]>) -> Plan {
         add_low_bytes(&mut plan, layout, data);
     }
     plan
+}
+
+/// Bytes of one Huffman-coded field of a payload with code `lengths` for histogram `freq`:
+/// its table, its four stream sizes and its code streams (an upper bound: at most one
+/// padding byte per stream). A single used symbol takes no code bits.
+fn field_bytes(freq: &[u64], lengths: &[u8]) -> usize {
+    let single = lengths.iter().filter(|&&l| l > 0).count() == 1;
+    let code_bits = if single {
+        0
+    } else {
+        huffman::coded_bits(freq, lengths)
+    };
+    huffman::lengths_size(lengths) + 4 * STREAMS + (code_bits / 8) as usize + STREAMS
 }
 
 /// Fewest values for which the low bytes are considered.
@@ -155,13 +157,7 @@ fn add_low_bytes(plan: &mut Plan, layout: FloatLayout, data: &[u8]) {
     let mut entropy = 0.0;
     for (c, h) in hist[..n].iter().enumerate() {
         let lengths = huffman::code_lengths_limited(h, MAX_LEN);
-        let single = lengths.iter().filter(|&&l| l > 0).count() == 1;
-        let bits = if single {
-            0
-        } else {
-            huffman::coded_bits(h, &lengths)
-        };
-        coded += huffman::lengths_size(&lengths) + 4 * STREAMS + (bits / 8) as usize + STREAMS;
+        coded += field_bytes(h, &lengths);
         entropy += float::entropy(h);
         tables.push(lengths);
         let c = c + 1;
@@ -437,32 +433,24 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
 
 /// [`decode`] with the hot loop compiled for `level` (every level gives the same result).
 pub fn decode_at(payload: &[u8], out: &mut [u8], level: Level) -> Result<(), CodecError> {
+    let h = Header::read(payload, out.len())?;
     let Header {
         bytes,
         sym_bits,
         tz,
         low,
         count,
-    } = Header::read(payload, out.len())?;
-    let bits = 8 * bytes as u32;
+    } = h;
     let low_bits = 8 * low as u32;
     let mut pos = HEADER;
-    let mut tables = Vec::with_capacity(1 + low);
-    for field in 0..=low {
-        let w = if field == 0 { sym_bits } else { 8 };
-        let (lengths, used) = huffman::read_lengths(&payload[pos..], 1 << w)?;
-        pos += used;
-        // An empty chunk has no codes; any other needs valid tables.
-        if count > 0 {
-            tables.push(Table::new(&lengths, w)?);
-        }
-    }
+    let widths = std::iter::once(sym_bits).chain(std::iter::repeat_n(8, low));
+    let tables = read_tables(payload, &mut pos, widths, count)?;
     let mut fields = Vec::with_capacity(1 + low);
     for _ in 0..=low {
         fields.push(read_streams(payload, &mut pos)?);
     }
     // The raw residual sits above the coded low bytes.
-    let r = bits - sym_bits - tz - low_bits;
+    let r = h.r();
     if payload.len() - pos != residual_bytes(count, r) {
         return Err(CodecError::Corrupt(
             "split payload residual area has the wrong size",
@@ -617,6 +605,26 @@ impl Header {
     fn r(&self) -> u32 {
         8 * self.bytes as u32 - self.sym_bits - self.tz - 8 * self.low as u32
     }
+}
+
+/// Reads the Huffman tables at `*pos` of fields of `widths` bits (§4.3) for a chunk of
+/// `count` values. An empty chunk has no codes, so its tables are read but not built; any
+/// other needs valid (complete) tables.
+fn read_tables(
+    payload: &[u8],
+    pos: &mut usize,
+    widths: impl Iterator<Item = u32>,
+    count: usize,
+) -> Result<Vec<Table>, CodecError> {
+    let mut tables = Vec::new();
+    for w in widths {
+        let (lengths, used) = huffman::read_lengths(&payload[*pos..], 1 << w)?;
+        *pos += used;
+        if count > 0 {
+            tables.push(Table::new(&lengths, w)?);
+        }
+    }
+    Ok(tables)
 }
 
 /// The code streams of one field, as [`read_streams`] finds them.
