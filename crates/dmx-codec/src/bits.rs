@@ -18,6 +18,7 @@ pub struct Lane {
 
 impl Lane {
     /// A stream starting at byte `start` of the buffer.
+    #[inline(always)]
     pub fn new(start: usize) -> Self {
         Self {
             pos: start,
@@ -44,6 +45,7 @@ impl Lane {
     }
 
     /// Writes the partial last byte (zero padded); returns the end of the stream.
+    #[inline(always)]
     pub fn finish(self, buf: &mut [u8]) -> usize {
         if self.n > 0 {
             buf[self.pos] = self.acc as u8;

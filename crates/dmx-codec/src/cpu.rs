@@ -11,6 +11,7 @@
 //! `DMX_CPU=scalar` forces the fallback (for comparison and as an escape hatch).
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 /// An instruction-set level the hot loops can be compiled for. Only the levels this CPU
@@ -29,8 +30,12 @@ impl Level {
     /// The portable fallback, available everywhere.
     pub const SCALAR: Self = Self(Kind::Scalar);
 
-    /// The best level of this CPU, unless `DMX_CPU=scalar` is set (detected once).
+    /// The best level of this CPU, unless `DMX_CPU=scalar` is set (detected once), or the
+    /// level [`with_level`] set for the calling thread.
     pub fn detected() -> Self {
+        if let Some(level) = FORCED.with(Cell::get) {
+            return level;
+        }
         static LEVEL: OnceLock<Level> = OnceLock::new();
         *LEVEL.get_or_init(|| {
             if std::env::var_os("DMX_CPU").is_some_and(|v| v == "scalar") {
@@ -74,11 +79,30 @@ impl Level {
     }
 }
 
+thread_local! {
+    static FORCED: Cell<Option<Level>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with [`Level::detected`] returning `level` on this thread (any level this CPU
+/// has; [`Level::available`] lists them): how tests compare the paths of code that picks
+/// its level itself. Restores the previous setting afterwards, also when `f` panics.
+pub fn with_level<R>(level: Level, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Level>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FORCED.with(|c| c.replace(Some(level))));
+    f()
+}
+
 /// Runs `f` compiled for `level`. `f` must be an `#[inline(always)]` closure that calls
 /// `#[inline(always)]` code,
-/// so that the whole loop is compiled inside the target-feature function.
+/// so that the whole loop is compiled inside the target-feature function. Other crates of
+/// the workspace use it for their own hot loops (the engine's error measurement).
 #[inline(always)]
-pub(crate) fn dispatch<R>(level: Level, f: impl FnOnce() -> R) -> R {
+pub fn dispatch<R>(level: Level, f: impl FnOnce() -> R) -> R {
     match level.0 {
         Kind::Scalar => f(),
         #[cfg(target_arch = "x86_64")]

@@ -20,8 +20,7 @@ use crate::{CodecError, FloatLayout, escapes, grid};
 
 /// The body of the values of width `B` (`F16` selects F16 among 2-byte layouts).
 fn scan<const B: usize, const F16: bool>(data: &[u8], step: f64, m: f64) -> escapes::Split {
-    let layout = width_layout::<B, F16>();
-    escapes::scan::<B>(data, |raw| quantize(layout, raw, step, m))
+    escapes::scan::<B>(data, |raw| quantize::<B, F16>(raw, step, m))
 }
 
 /// The layout of the monomorphized loops: values of width `B`, `F16` selecting F16 among
@@ -43,38 +42,50 @@ fn point<const B: usize>(layout: FloatLayout, q: i64, step: f64) -> u64 {
     match B {
         4 => u64::from(((q as f64 * step) as f32).to_bits()),
         8 => (q as f64 * step).to_bits(),
-        _ => grid::dequantize(layout, q, step),
+        // `grid::dequantize`, its rounding inlined.
+        _ if layout.exp_bits == 8 => u64::from(grid::round16::<8>(q as f64 * step)),
+        _ => u64::from(grid::round16::<5>(q as f64 * step)),
     }
 }
 
-/// `grid::quantize(grid::to_f64(layout, raw), step, bits)` with `m = grid::qmax(bits)`, without
-/// library calls: the conversions are exact and adding `1.5 · 2^52` rounds half to even.
+/// `grid::quantize(grid::to_f64(layout, raw), step, bits)` for the layout of `B` and `F16`
+/// ([`width_layout`]) with `m = grid::qmax(bits)`, without library calls: the conversion is
+/// exact and [`on_grid`] rounds half to even.
 #[inline(always)]
-fn quantize(layout: FloatLayout, raw: u64, step: f64, m: f64) -> Option<i64> {
-    const MAGIC: f64 = 6_755_399_441_055_744.0;
-    let x = match (layout.bytes(), layout.exp_bits) {
-        (2, 8) => f64::from(f32::from_bits((raw as u32) << 16)),
-        (2, _) => {
-            if raw & 0x7C00 == 0x7C00 {
-                return None;
-            }
+fn quantize<const B: usize, const F16: bool>(raw: u64, step: f64, m: f64) -> Option<i64> {
+    // A non-finite value gives a non-finite or NaN quotient, which is off the grid.
+    let (r, on) = on_grid(grid_value::<B, F16>(raw) / step, m);
+    on.then_some(r as i64)
+}
+
+/// `1.5 · 2^52`: adding and subtracting it rounds an `f64` of magnitude below `2^51` to an
+/// integer, half to even, in the default rounding mode.
+const MAGIC: f64 = 6_755_399_441_055_744.0;
+
+/// The integer nearest the quotient `t` (half to even) and whether it is on the grid of
+/// largest integer `m`: `|t| < 2^51` (false for NaN and ±Inf; larger quotients are beyond
+/// every grid, whose `m` is below 2^31) and the integer within `±m`.
+#[inline(always)]
+fn on_grid(t: f64, m: f64) -> (f64, bool) {
+    let r = (t + MAGIC) - MAGIC;
+    (r, (t.abs() < 2_251_799_813_685_248.0) & (r.abs() <= m))
+}
+
+/// The value of raw bits `raw` of the layout of `B` and `F16` ([`width_layout`]) as `f64`
+/// (exact), NaN for F16's ±Inf and NaN (whose shifted bits are not a float of the same kind).
+#[inline(always)]
+fn grid_value<const B: usize, const F16: bool>(raw: u64) -> f64 {
+    match (B, F16) {
+        (2, false) => f64::from(f32::from_bits((raw as u32) << 16)),
+        (2, true) => {
             // The f16 bits shifted into f32 position are the value times 2^-112, exactly.
             let mag = f64::from(f32::from_bits(((raw as u32) & 0x7FFF) << 13)) * 2f64.powi(112);
-            if raw & 0x8000 != 0 { -mag } else { mag }
+            let x = if raw & 0x8000 != 0 { -mag } else { mag };
+            if raw & 0x7C00 == 0x7C00 { f64::NAN } else { x }
         }
         (4, _) => f64::from(f32::from_bits(raw as u32)),
         _ => f64::from_bits(raw),
-    };
-    if !x.is_finite() {
-        return None;
     }
-    let t = x / step;
-    // Also rejects NaN and infinite quotients.
-    if t.is_nan() || t.abs() >= 2f64.powi(51) {
-        return None;
-    }
-    let q = (t + MAGIC) - MAGIC;
-    (q.abs() <= m).then_some(q as i64)
 }
 
 /// Payload format version.
@@ -191,6 +202,8 @@ pub fn encode_restored(
 
 /// The split of values of width `B` (`F16` selects F16 among 2-byte layouts) into `body` (an
 /// [`escapes::Split::counted`]) and, into `out`, what they restore (as [`restore_width`]).
+/// Blocks of [`BLOCK`] values without an escape take a branch-free path (compiled for the
+/// CPU's level, see [`crate::cpu`]); a block with one goes value by value.
 fn split_width<const B: usize, const F16: bool>(
     data: &[u8],
     step: f64,
@@ -198,33 +211,123 @@ fn split_width<const B: usize, const F16: bool>(
     out: &mut [u8],
     body: &mut escapes::Split,
 ) {
+    crate::cpu::dispatch(
+        crate::cpu::Level::detected(),
+        #[inline(always)]
+        || split_blocks::<B, F16>(data, step, m, out, body),
+    );
+}
+
+/// Values per block of [`split_width`].
+const BLOCK: usize = 8;
+
+#[inline(always)]
+fn split_blocks<const B: usize, const F16: bool>(
+    data: &[u8],
+    step: f64,
+    m: f64,
+    out: &mut [u8],
+    body: &mut escapes::Split,
+) {
+    // Twice the relative error bound of `x * inv` against `x / step` (one rounding of
+    // `inv`, one of the product).
+    const NEAR: f64 = 1.0 / 2_251_799_813_685_248.0 * 4.0;
+    let inv = 1.0 / step;
+    // Four histograms, value `i` counted in `i mod 4`, summed at the end: runs of equal
+    // tokens would otherwise wait on each other's increment in memory.
+    const W: usize = escapes::Split::WIDTH;
     let layout = width_layout::<B, F16>();
-    let counts = body
-        .counts
-        .as_mut()
-        .expect("split_width counts the histogram");
+    let mut hs = vec![0u64; 4 * W];
     let mut next = 0usize;
-    for (i, (v, o)) in data
-        .chunks_exact(B)
-        .zip(out.chunks_exact_mut(B))
-        .enumerate()
-    {
+    let one = |i: usize,
+               v: &[u8],
+               o: &mut [u8],
+               hs: &mut [u64],
+               body: &mut escapes::Split,
+               next: &mut usize| {
         let raw = crate::float::load::<B>(v);
-        let r = match quantize(layout, raw, step, m) {
+        let r = match quantize::<B, F16>(raw, step, m) {
             None => {
-                body.gaps.push((i - next) as u64);
-                next = i + 1;
+                body.gaps.push((i - *next) as u64);
+                *next = i + 1;
                 body.escaped.extend_from_slice(v);
                 raw
             }
             Some(q) => {
                 let z = crate::ints::zigzag(q);
                 body.qs.push(z);
-                crate::ints::Hist::count(counts, escapes::Split::WIDTH, 0, z);
+                crate::ints::Hist::count(hs, W, i & 3, z);
                 point::<B>(layout, q, step)
             }
         };
         o.copy_from_slice(&r.to_le_bytes()[..B]);
+    };
+    let mut blocks = data.chunks_exact(BLOCK * B);
+    let mut outs = out.chunks_exact_mut(BLOCK * B);
+    let mut i = 0usize;
+    for (blk, ob) in (&mut blocks).zip(&mut outs) {
+        // The grid integers of the block and whether all are on the grid: `quantize`
+        // without its early returns (a NaN or infinite quotient fails the range test).
+        // The quotient is taken as a product with `1 / step` (within 2^-51 of `x / step`,
+        // relative), which rounds the same unless it lies that close to a half-integer:
+        // then the block divides (`near`), so the integers are exactly `quantize`'s.
+        let mut xs = [0f64; BLOCK];
+        let mut qs = [0i64; BLOCK];
+        let mut ok = true;
+        let mut near = false;
+        for (l, (q, x)) in qs.iter_mut().zip(&mut xs).enumerate() {
+            *x = grid_value::<B, F16>(crate::float::load::<B>(&blk[l * B..(l + 1) * B]));
+            let t = *x * inv;
+            let (r, on) = on_grid(t, m);
+            ok &= on;
+            near |= 0.5 - (t - r).abs() <= t.abs() * NEAR;
+            *q = r as i64;
+        }
+        if near {
+            ok = true;
+            for (q, &x) in qs.iter_mut().zip(&xs) {
+                let (r, on) = on_grid(x / step, m);
+                ok &= on;
+                *q = r as i64;
+            }
+        }
+        if !ok {
+            for l in 0..BLOCK {
+                one(
+                    i + l,
+                    &blk[l * B..(l + 1) * B],
+                    &mut ob[l * B..(l + 1) * B],
+                    &mut hs,
+                    body,
+                    &mut next,
+                );
+            }
+            i += BLOCK;
+            continue;
+        }
+        let zs = qs.map(crate::ints::zigzag);
+        body.qs.extend_from_slice(&zs);
+        for (l, (&q, &z)) in qs.iter().zip(&zs).enumerate() {
+            crate::ints::Hist::count(&mut hs, W, (i + l) & 3, z);
+            let r = point::<B>(layout, q, step);
+            ob[l * B..(l + 1) * B].copy_from_slice(&r.to_le_bytes()[..B]);
+        }
+        i += BLOCK;
+    }
+    for (l, (v, o)) in blocks
+        .remainder()
+        .chunks_exact(B)
+        .zip(outs.into_remainder().chunks_exact_mut(B))
+        .enumerate()
+    {
+        one(i + l, v, o, &mut hs, body, &mut next);
+    }
+    let counts = body
+        .counts
+        .as_mut()
+        .expect("split_width counts the histogram");
+    for (k, c) in counts.iter_mut().enumerate() {
+        *c += hs[k] + hs[W + k] + hs[2 * W + k] + hs[3 * W + k];
     }
 }
 
@@ -269,7 +372,7 @@ fn restore_width<const B: usize, const F16: bool>(
     let layout = width_layout::<B, F16>();
     for (v, o) in data.chunks_exact(B).zip(out.chunks_exact_mut(B)) {
         let raw = crate::float::load::<B>(v);
-        let r = match quantize(layout, raw, step, m) {
+        let r = match quantize::<B, F16>(raw, step, m) {
             None => raw,
             Some(q) => {
                 if let Some(qs) = qs.as_deref_mut() {
@@ -502,6 +605,37 @@ pub(crate) mod tests {
         }
     }
 
+    /// The payload and restored bytes are the same on every CPU level (the block path and
+    /// the integer coder's lanes run compiled for the detected one), escapes included.
+    #[test]
+    fn every_cpu_level_encodes_alike() {
+        use crate::cpu::{Level, with_level};
+        let raws = crate::pseudo_bytes(8 * 6_001, 91);
+        for layout in LAYOUTS {
+            let b = layout.bytes();
+            let mut vals: Vec<f64> = weights(6_001, 5, 0.05);
+            vals[100] = f64::NAN;
+            vals[2_000] = f64::INFINITY;
+            vals[3_001] = 1e30;
+            let weightlike = to_bytes(layout, &vals);
+            let random = raws[..6_001 * b].to_vec();
+            for data in [weightlike, random] {
+                for (step, bits) in [(1e-4, 16), (3e-6, 32), (0.01, 16)] {
+                    let run =
+                        |level| with_level(level, || encode_restored(layout, &data, step, bits));
+                    let want = run(Level::SCALAR);
+                    for level in Level::available() {
+                        let got = run(level);
+                        assert!(
+                            got.0 == want.0 && got.2 == want.2,
+                            "{layout:?} {level:?} {step}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn truncated_and_corrupt_payloads_error() {
         let mut w = weights(2000, 4, 1.0);
@@ -521,6 +655,40 @@ pub(crate) mod tests {
         }
     }
 
+    /// Values on and next to the ties between grid points, in blocks with and without
+    /// escapes: the product with `1 / step` the block path takes must round as the division
+    /// (every restored value is compared with `grid::quantize`'s).
+    #[test]
+    fn ties_round_as_the_division() {
+        for layout in LAYOUTS {
+            for step in [2f64.powi(-10), 0.1, 1.0 / 3.0, 3e-3, 2f64.powi(-20) * 5.0] {
+                let mut vals = Vec::new();
+                for k in -300i32..300 {
+                    let t = (f64::from(k) + 0.5) * step;
+                    let y = grid::to_f64(layout, grid::from_f64(layout, t));
+                    vals.push(y);
+                    vals.push(-y);
+                }
+                let mut with_nan = vals.clone();
+                with_nan[17] = f64::NAN;
+                for vals in [vals, with_nan] {
+                    let data = to_bytes(layout, &vals);
+                    let (_, _, restored) = encode_restored(layout, &data, step, 16);
+                    for (&x, &y) in raw_values(layout, &data)
+                        .iter()
+                        .zip(&raw_values(layout, &restored))
+                    {
+                        let want = match grid::quantize(grid::to_f64(layout, x), step, 16) {
+                            Some(q) => grid::dequantize(layout, q, step),
+                            None => x,
+                        };
+                        assert_eq!(y, want, "{layout:?} step {step} {x:#x}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn fast_quantize_matches_the_grid() {
         let raws = crate::pseudo_bytes(8 * 20_000, 77);
@@ -534,7 +702,13 @@ pub(crate) mod tests {
                         // Also values near the grid: a few low bits set.
                         for raw in [raw, raw & !0xFFF0] {
                             let want = grid::quantize(grid::to_f64(layout, raw), step, bits);
-                            assert_eq!(quantize(layout, raw, step, m), want, "{layout:?} {raw:#x}");
+                            let got = match (layout.bytes(), layout.exp_bits) {
+                                (2, 8) => quantize::<2, false>(raw, step, m),
+                                (2, _) => quantize::<2, true>(raw, step, m),
+                                (4, _) => quantize::<4, false>(raw, step, m),
+                                _ => quantize::<8, false>(raw, step, m),
+                            };
+                            assert_eq!(got, want, "{layout:?} {raw:#x}");
                         }
                     }
                 }

@@ -94,6 +94,7 @@ pub(super) fn load_group<const B: usize>(data: &[u8], start: usize, vals: &mut [
 }
 
 /// Calls `f` with the values of each group of `shape`, in order.
+#[inline(always)]
 pub(super) fn for_each_group<const B: usize>(data: &[u8], shape: Shape, mut f: impl FnMut(&[u32])) {
     let mut vals = vec![0u32; shape.gs];
     for i in 0..shape.groups {
@@ -136,7 +137,12 @@ fn encode_width<const B: usize>(
     restored: Option<&mut [u8]>,
 ) -> (Vec<u8>, f64) {
     let alpha = g.alpha();
-    let p1 = pass1::<B>(g, data, shape, raise, restored);
+    let level = crate::cpu::Level::detected();
+    let p1 = crate::cpu::dispatch(
+        level,
+        #[inline(always)]
+        || pass1::<B>(g, data, shape, raise, restored),
+    );
     let (vh, eh) = (&p1.vh, &p1.eh);
     let (lo, k) = choose_window(vh, alpha);
     let class_of = |c: i8| (i32::from(c).clamp(lo, lo + k as i32 - 1) - lo) as usize;
@@ -169,7 +175,11 @@ fn encode_width<const B: usize>(
     out.push(k as u8);
     out.extend(header_tables.finish());
 
-    let encs = pass2::<B>(g, data, shape, &p1, &esyms, &vsyms, class_of);
+    let encs = crate::cpu::dispatch(
+        level,
+        #[inline(always)]
+        || pass2::<B>(g, data, shape, &p1, &esyms, &vsyms, class_of),
+    );
     let streams: Vec<Vec<u8>> = encs
         .into_iter()
         .map(|enc| {
@@ -191,6 +201,7 @@ fn encode_width<const B: usize>(
 /// the symbols.
 /// With `restored`, also writes there the values the decoder restores: raw groups as they
 /// are, coded groups from their quantized values (as `Dec::value` computes them).
+#[inline(always)]
 fn pass1<const B: usize>(
     g: &Geo,
     data: &[u8],
@@ -293,6 +304,7 @@ fn restore_group<const B: usize>(g: &Geo, e: u32, s: &[u32], out: &mut [u8]) {
 }
 
 /// Pass 2: the rANS encoders of the lanes, fed backwards with the symbols of pass 1.
+#[inline(always)]
 fn pass2<const B: usize>(
     g: &Geo,
     data: &[u8],

@@ -247,13 +247,13 @@ fn rne(sig: u32, s: u32) -> u32 {
 /// group either keeps `E₀` with those magnitudes saturated to `2^M − 1`, or takes `E₀ + 1`
 /// and re-quantizes at the coarser step, whichever gives the smaller squared error (the
 /// coarser step on a tie; saturation whenever `E₀` is the largest finite exponent).
-#[inline]
+#[inline(always)]
 fn group_exponent(g: &Geo, vals: &[u32]) -> Option<u32> {
     group_exponent_of(g, vals, max_magnitude(g, vals))
 }
 
 /// [`group_exponent`] when the largest magnitude bits `max_mag` are known.
-#[inline]
+#[inline(always)]
 fn group_exponent_of(g: &Geo, vals: &[u32], max_mag: u32) -> Option<u32> {
     let e = max_mag >> g.f;
     if e >= g.exp_ones {
@@ -281,7 +281,7 @@ fn group_exponent_of(g: &Geo, vals: &[u32], max_mag: u32) -> Option<u32> {
 }
 
 /// `1 / step` of group exponent `e_grp`, relative to the `f32` image of the magnitudes.
-#[inline]
+#[inline(always)]
 fn inv_step(g: &Geo, e_grp: u32) -> f64 {
     // bias + M − 1 − E + adj lies in −126..=149: a normal f64.
     let k = g.bias as i64 + g.m as i64 - 1 - e_grp as i64 + g.adj as i64;
@@ -374,7 +374,7 @@ fn vsym(g: &Geo, s: u32) -> u32 {
 }
 
 /// Mean magnitude level of a group in half octaves, plus twice its exponent.
-#[inline]
+#[inline(always)]
 fn level(e: u32, sum_q: u64, n: usize) -> i32 {
     let z = (sum_q << 5) / n as u64 + 1;
     let p = 63 - z.leading_zeros();
@@ -402,7 +402,7 @@ impl History {
     }
 
     /// Predicted exponent of the next coded group.
-    #[inline]
+    #[inline(always)]
     fn pred(&self, g: &Geo) -> i32 {
         if self.fresh {
             g.bias as i32
@@ -412,7 +412,7 @@ impl History {
     }
 
     /// Called with the exponent of each coded group: seeds the first one.
-    #[inline]
+    #[inline(always)]
     fn start(&mut self, g: &Geo, e: u32) {
         if self.fresh {
             let l = 2 * e as i32 + g.typical;
@@ -423,12 +423,12 @@ impl History {
     }
 
     /// The context class of a group of exponent `e` (in `CLASS_LO..=CLASS_HI`).
-    #[inline]
+    #[inline(always)]
     fn class(&self, g: &Geo, e: u32) -> i32 {
         ((self.sum - 8 * e as i32 - 4 * g.typical) >> 2).clamp(CLASS_LO, CLASS_HI)
     }
 
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, e: u32, sum_q: u64, n: usize) {
         let l = level(e, sum_q, n);
         self.sum += l - self.ring[self.idx];
@@ -471,7 +471,7 @@ impl Shape {
     }
 
     /// Start and length of group `i`.
-    #[inline]
+    #[inline(always)]
     fn group(&self, i: usize) -> (usize, usize) {
         let (r, k) = (i / self.per_row, i % self.per_row);
         let start = r * self.row + k * self.gs;

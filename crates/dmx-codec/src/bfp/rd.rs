@@ -91,11 +91,18 @@ fn plan(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> Option<V
     {
         return None;
     }
-    if layout.bytes() == 2 {
-        plan_width::<2>(&g, data, count, p.group_size as usize)
-    } else {
-        plan_width::<4>(&g, data, count, p.group_size as usize)
-    }
+    let gs = p.group_size as usize;
+    crate::cpu::dispatch(
+        crate::cpu::Level::detected(),
+        #[inline(always)]
+        || {
+            if layout.bytes() == 2 {
+                plan_width::<2>(&g, data, count, gs)
+            } else {
+                plan_width::<4>(&g, data, count, gs)
+            }
+        },
+    )
 }
 
 /// One half's candidate raise: bits saved, squared error added, index.
@@ -105,6 +112,7 @@ struct Candidate {
     half: u32,
 }
 
+#[inline(always)]
 fn plan_width<const B: usize>(g: &Geo, data: &[u8], count: usize, gs: usize) -> Option<Vec<u8>> {
     let whole = Shape::new(count, count, gs);
     let halves = Shape::new(count, count, gs / 2);
@@ -204,7 +212,7 @@ pub(super) struct Cost {
 /// as the encoder quantizes (for `M <= 8`): the estimate is `log2(1 + q) + 1` per non-zero
 /// `q` (Mitchell's approximation of the logarithm). The second is meaningless when
 /// `e` is the largest finite exponent.
-#[inline]
+#[inline(always)]
 pub(super) fn cost(g: &Geo, vals: &[u32], e: u32) -> (Cost, Cost) {
     const MAGIC: f32 = 12_582_912.0;
     let k = g.bias as i32 + g.m as i32 - 1 - e as i32 + g.adj as i32;

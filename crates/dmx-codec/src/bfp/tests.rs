@@ -659,3 +659,56 @@ proptest! {
         check_rd(layout, &vals, 0, Params { mantissa_bits: m, group_size: 2 * half });
     }
 }
+
+/// The encoders give the same payloads and restored bytes on every CPU level (the passes
+/// and the rate–distortion plan run compiled for the detected one), for every layout, on
+/// weight-like values, random bits and special values, at several M.
+#[test]
+fn every_cpu_level_encodes_alike() {
+    use crate::cpu::{Level, with_level};
+    for layout in LAYOUTS {
+        let mut cases = vec![
+            random_values(layout, 5_003, 41, true),
+            random_values(layout, 3_001, 42, false),
+        ];
+        let mut mixed = random_values(layout, 2_000, 43, true);
+        for (i, s) in specials(layout).into_iter().enumerate() {
+            mixed[i * 97 + 5] = s;
+        }
+        cases.push(mixed);
+        for vals in &cases {
+            let data = to_bytes(layout, vals);
+            for m in [3, 7, max_mantissa_bits(layout)] {
+                let p = Params {
+                    mantissa_bits: m,
+                    group_size: 32,
+                };
+                let run = |level| {
+                    with_level(level, || {
+                        (
+                            encode_rd_restored(layout, &data, 0, p),
+                            encode_restored(layout, &data, 0, p),
+                            encode_own_restored(layout, &data, 0, p),
+                        )
+                    })
+                };
+                let want = run(Level::SCALAR);
+                for level in Level::available() {
+                    let got = run(level);
+                    assert!(
+                        got.0.0 == want.0.0 && got.0.2 == want.0.2,
+                        "rd {layout:?} M={m}"
+                    );
+                    assert!(
+                        got.1.0 == want.1.0 && got.1.2 == want.1.2,
+                        "plain {layout:?} M={m}"
+                    );
+                    assert!(
+                        got.2.0 == want.2.0 && got.2.2 == want.2.2,
+                        "own {layout:?} M={m}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -361,7 +361,7 @@ impl Encoder {
     }
 
     /// Makes room for `k` more steps.
-    #[inline]
+    #[inline(always)]
     pub fn reserve(&mut self, k: usize) {
         if self.n + k > self.words.len() {
             let len = (2 * self.words.len()).max(self.n + k);

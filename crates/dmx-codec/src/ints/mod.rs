@@ -461,39 +461,11 @@ pub(crate) fn encode_with_plan(values: &[u64], ctx: Option<&[u8]>, plan: &Plan, 
         end += (nv * plan.max_bits as usize).div_ceil(8) + 8;
     }
     let mut buf = vec![0u8; end];
-    let [mut l0, mut l1, mut l2, mut l3] = starts.map(Lane::new);
-    let groups = values.len() / LANES;
-    match ctx {
-        Some(c) => {
-            for (g, cg) in values.chunks_exact(LANES).zip(c.chunks_exact(LANES)) {
-                put_value(&mut l0, &mut buf, &enc, usize::from(cg[0]) * alph, k, g[0]);
-                put_value(&mut l1, &mut buf, &enc, usize::from(cg[1]) * alph, k, g[1]);
-                put_value(&mut l2, &mut buf, &enc, usize::from(cg[2]) * alph, k, g[2]);
-                put_value(&mut l3, &mut buf, &enc, usize::from(cg[3]) * alph, k, g[3]);
-            }
-        }
-        None => {
-            for g in values.chunks_exact(LANES) {
-                put_value(&mut l0, &mut buf, &enc, 0, k, g[0]);
-                put_value(&mut l1, &mut buf, &enc, 0, k, g[1]);
-                put_value(&mut l2, &mut buf, &enc, 0, k, g[2]);
-                put_value(&mut l3, &mut buf, &enc, 0, k, g[3]);
-            }
-        }
-    }
-    let mut lanes = [l0, l1, l2, l3];
-    for i in groups * LANES..values.len() {
-        let c = ctx.map_or(0, |c| usize::from(c[i]));
-        put_value(
-            &mut lanes[i % LANES],
-            &mut buf,
-            &enc,
-            c * alph,
-            k,
-            values[i],
-        );
-    }
-    let stops = lanes.map(|l| l.finish(&mut buf));
+    let stops = crate::cpu::dispatch(
+        crate::cpu::Level::detected(),
+        #[inline(always)]
+        || put_lanes(values, ctx, &enc, alph, k, starts, &mut buf),
+    );
     for (&st, &stop) in starts.iter().zip(&stops) {
         put_varint(out, (stop - st) as u64);
     }
@@ -501,6 +473,46 @@ pub(crate) fn encode_with_plan(values: &[u64], ctx: Option<&[u8]>, plan: &Plan, 
         out.extend_from_slice(&buf[st..stop]);
     }
     debug_assert!(out.len() - start_len <= plan.size);
+}
+
+/// Writes the values into the four lanes of `buf` that start at `starts`; returns where
+/// they end.
+#[inline(always)]
+fn put_lanes(
+    values: &[u64],
+    ctx: Option<&[u8]>,
+    enc: &[u32],
+    alph: usize,
+    k: u32,
+    starts: [usize; LANES],
+    buf: &mut [u8],
+) -> [usize; LANES] {
+    let [mut l0, mut l1, mut l2, mut l3] = starts.map(Lane::new);
+    let groups = values.len() / LANES;
+    match ctx {
+        Some(c) => {
+            for (g, cg) in values.chunks_exact(LANES).zip(c.chunks_exact(LANES)) {
+                put_value(&mut l0, buf, enc, usize::from(cg[0]) * alph, k, g[0]);
+                put_value(&mut l1, buf, enc, usize::from(cg[1]) * alph, k, g[1]);
+                put_value(&mut l2, buf, enc, usize::from(cg[2]) * alph, k, g[2]);
+                put_value(&mut l3, buf, enc, usize::from(cg[3]) * alph, k, g[3]);
+            }
+        }
+        None => {
+            for g in values.chunks_exact(LANES) {
+                put_value(&mut l0, buf, enc, 0, k, g[0]);
+                put_value(&mut l1, buf, enc, 0, k, g[1]);
+                put_value(&mut l2, buf, enc, 0, k, g[2]);
+                put_value(&mut l3, buf, enc, 0, k, g[3]);
+            }
+        }
+    }
+    let mut lanes = [l0, l1, l2, l3];
+    for i in groups * LANES..values.len() {
+        let c = ctx.map_or(0, |c| usize::from(c[i]));
+        put_value(&mut lanes[i % LANES], buf, enc, c * alph, k, values[i]);
+    }
+    lanes.map(|l| l.finish(buf))
 }
 
 /// Decode tables of all contexts of a block, in one allocation. Entries pack everything a

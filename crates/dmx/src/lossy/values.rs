@@ -22,6 +22,7 @@ pub(crate) fn raw(b: &[u8]) -> u64 {
 pub(crate) fn max_abs(layout: FloatLayout, data: &[u8]) -> f64 {
     // On the bits: for finite values the magnitude orders like its bits without the sign
     // (an integer maximum, which vectorizes).
+    use dmx_codec::cpu::{Level, dispatch};
     #[inline(always)]
     fn max_bits<const W: usize>(
         data: &[u8],
@@ -55,11 +56,19 @@ pub(crate) fn max_abs(layout: FloatLayout, data: &[u8]) -> f64 {
         } else {
             0x7c00
         };
-        let m = max_bits::<2>(data, 0x8000, inf, |r| u32::from(u16::from_le_bytes(r)));
+        let m = dispatch(
+            Level::detected(),
+            #[inline(always)]
+            || max_bits::<2>(data, 0x8000, inf, |r| u32::from(u16::from_le_bytes(r))),
+        );
         return grid::to_f64(layout, u64::from(m));
     }
     if layout == FloatLayout::F32 {
-        let m = max_bits::<4>(data, 0x8000_0000, 0x7f80_0000, u32::from_le_bytes);
+        let m = dispatch(
+            Level::detected(),
+            #[inline(always)]
+            || max_bits::<4>(data, 0x8000_0000, 0x7f80_0000, u32::from_le_bytes),
+        );
         return grid::to_f64(layout, u64::from(m));
     }
     let mut m = 0f64;
