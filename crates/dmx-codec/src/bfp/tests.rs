@@ -559,6 +559,38 @@ fn rate_distortion_grouping_saves_bits_at_no_more_error() {
     }
 }
 
+/// Halves of small values beside halves of large ones (as in the `[O, I, k, 1]` kernels of a
+/// pretrained CNN): their own exponents cost more bits than plain BFP, which flushes most of
+/// them to 0 at hardly more squared error, so the writer codes plain BFP.
+#[test]
+fn rate_distortion_grouping_never_pays_for_fine_steps_beside_large_values() {
+    for layout in LAYOUTS {
+        let f = layout.bits() - 1 - layout.exp_bits;
+        let bias = (1u32 << (layout.exp_bits - 1)) - 1;
+        let vals: Vec<u32> = pseudo_u32(8192, 11)
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| {
+                // First half of each group 2^-9 .. 2^-7, second half 2^-2 .. 2^0.
+                let e = if i % 32 < 16 {
+                    bias - 9 + r % 2
+                } else {
+                    bias - 2 + r % 2
+                };
+                (r >> 31) << (layout.bits() - 1) | e << f | (r >> 8) & ((1 << f) - 1)
+            })
+            .collect();
+        for m in [5u32, 6, 7] {
+            let p = Params {
+                mantissa_bits: m,
+                group_size: 32,
+            };
+            let (mine, plain) = check_rd(layout, &vals, 0, p);
+            assert!(mine <= plain, "{layout:?} M={m}: {mine} > plain {plain}");
+        }
+    }
+}
+
 #[test]
 fn rate_distortion_grouping_handles_special_values_and_falls_back() {
     for layout in LAYOUTS {
