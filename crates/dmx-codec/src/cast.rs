@@ -5,10 +5,12 @@
 //! Payload: one byte naming the narrow layout (0 bfloat16, 1 half), one byte with the inner
 //! codec id (0–3), then the inner payload, which decodes to the narrow values.
 //!
-//! Error bound: half an ulp of the narrow type (relative 2⁻⁹ for bfloat16, 2⁻¹² for half on
-//! normal values); finite values beyond the narrow type's range become ±Inf (half; [`overflows`]
-//! counts them, and dmx stores such tensors exactly unless asked otherwise) and NaN
-//! stays NaN (its payload is truncated).
+//! Error bound: half an ulp of the narrow type (relative at most 2⁻⁸ for bfloat16, 2⁻¹¹ for
+//! half on normal values); finite values beyond the narrow type's range become ±Inf (half;
+//! [`overflows`] counts them, and dmx stores such tensors exactly unless asked otherwise),
+//! values below half the smallest subnormal become ±0 ([`underflows`] counts them; dmx casts
+//! variances, optimizer moments and tensors over many binades to bfloat16 instead of half
+//! when half would do that) and NaN stays NaN (its payload is truncated).
 
 use crate::{Codec, CodecError, FloatLayout, Hints, ValueKind};
 
@@ -68,6 +70,16 @@ pub fn overflows(to: FloatLayout, data: &[u8]) -> u64 {
     data.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .filter(|x| x.is_finite() && !widen(to, narrow(to, *x)).is_finite())
+        .count() as u64
+}
+
+/// How many finite non-zero little-endian `f32` values of `data` become ±0 when cast to `to`
+/// (below half the narrow type's smallest subnormal: about 3.0e-8 for half, 4.6e-41 for
+/// bfloat16).
+pub fn underflows(to: FloatLayout, data: &[u8]) -> u64 {
+    data.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .filter(|x| x.is_finite() && *x != 0.0 && widen(to, narrow(to, *x)) == 0.0)
         .count() as u64
 }
 
@@ -202,5 +214,27 @@ mod tests {
         assert!(decode(&[0, 8, 1], &mut out).is_err());
         let mut odd = vec![0u8; 6];
         assert!(decode(&p, &mut odd).is_err());
+    }
+
+    #[test]
+    fn underflows_counts_non_zero_values_that_become_zero() {
+        let vals = [
+            1e-10f32,
+            -2e-8,
+            3.5e-8,
+            6e-8,
+            1e-3,
+            0.0,
+            -0.0,
+            f32::NAN,
+            1e-45,
+        ];
+        let data: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // Half: 1e-10, -2e-8 and 1e-45 round to ±0; 3.5e-8 rounds up to the smallest
+        // subnormal (5.96e-8).
+        assert_eq!(underflows(FloatLayout::F16, &data), 3);
+        // bfloat16 has F32's exponent range: only the F32 subnormal 1e-45 is lost.
+        assert_eq!(underflows(FloatLayout::BF16, &data), 1);
+        assert_eq!(overflows(FloatLayout::F16, &data), 0);
     }
 }

@@ -13,7 +13,9 @@ use crate::plan::PlannedFile;
 /// Per-segment codings of a planned file for a fixed mode (everything but [`Mode::Auto`] with
 /// a budget, which needs trial encodings and is decided by the caller).
 /// Casts that would turn finite values into ±Inf are replaced by [`Coding::Lossless`] (unless
-/// [`LossyOptions::allow_cast_overflow`]) with a warning in `warnings`.
+/// [`LossyOptions::allow_cast_overflow`]) with a warning in `warnings`; half casts that would
+/// restore non-zero values of a variance, an optimizer moment or a tensor over many binades
+/// as 0 become bfloat16 casts ([`cast_keeping_small_values`]).
 pub(crate) fn fixed_codings(
     file: &PlannedFile,
     bytes: &(impl SegmentData + ?Sized),
@@ -68,7 +70,7 @@ pub(crate) fn fixed_codings(
                                     c.name()
                                 ));
                             }
-                            Coding::Cast(to)
+                            cast_keeping_small_values(&t.name, to, data, warnings)
                         }
                     }
                     _ => Coding::Lossless,
@@ -108,6 +110,43 @@ pub(crate) fn fixed_codings(
             }
         })
         .collect())
+}
+
+/// The cast of F32 tensor `name` to `to`, unless it is half and would restore non-zero values
+/// as 0 in a tensor whose small values matter ([`super::spans_binades`]: a running variance
+/// of 0 makes a batch norm divide by √ε, an Adam second moment below half's range, about
+/// 3e-8, is not negligible beside ε). Such a tensor is cast to bfloat16 instead (F32's
+/// exponent range, the same 16 bits a value, relative error at most 2⁻⁸; only F32 subnormals
+/// below 4.6e-41 still become 0, as in any bfloat16 cast), or stored exactly when bfloat16
+/// would overflow, with a warning.
+fn cast_keeping_small_values(
+    name: &str,
+    to: FloatLayout,
+    data: &[u8],
+    warnings: &mut Vec<String>,
+) -> Coding {
+    if to != FloatLayout::F16 {
+        return Coding::Cast(to);
+    }
+    let lost = dmx_codec::cast::underflows(to, data);
+    if lost == 0 || !super::spans_binades(name, FloatLayout::F32, data) {
+        return Coding::Cast(to);
+    }
+    let bf16 = dmx_codec::cast::overflows(FloatLayout::BF16, data) == 0;
+    warnings.push(format!(
+        "tensor {name:?}: {lost} non-zero value(s) would become 0 in f16 (a variance, an \
+         optimizer moment or values over many binades, whose small values matter); {}",
+        if bf16 {
+            "cast to bf16 instead"
+        } else {
+            "stored exactly (lossless) instead"
+        }
+    ));
+    if bf16 {
+        Coding::Cast(FloatLayout::BF16)
+    } else {
+        Coding::Lossless
+    }
 }
 
 /// Checks lossy settings against the planned input: refuses `--mantissa-bits` that no float

@@ -671,3 +671,79 @@ fn variances_survive_bfp_and_int16() {
         );
     }
 }
+
+/// `--cast f16` (and `auto`'s f16 candidate) never restores a non-zero optimizer moment as 0:
+/// Adam's tiny second moments go to bfloat16 instead, with a warning; weights still take half
+/// (their values below half's range are negligible and become 0, as `model.half()` does).
+#[test]
+fn casts_to_half_keep_small_moments() {
+    let dir = scratch();
+    // Second moments spread over 1e-14 .. 1e-3 (many below half's smallest subnormal).
+    let moments: Vec<f32> = (0..4096)
+        .map(|i| 10f32.powf(-14.0 + 11.0 * (i as f32 * 0.618).fract()))
+        .collect();
+    let weights: Vec<f32> = (0..4096)
+        .map(|i| {
+            if i == 7 {
+                1e-12
+            } else {
+                0.05 * (i as f32 * 0.37).sin()
+            }
+        })
+        .collect();
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let input = dir.path().join("ckpt.safetensors");
+    let file = plain(&[
+        Tensor::new("model.w", "F32", &[64, 64], f32s(&weights)),
+        Tensor::new("optim.state.0.exp_avg_sq", "F32", &[64, 64], f32s(&moments)),
+    ]);
+    write(&input, &file);
+    let restored_values = |packed: &Path, name: &str| -> Vec<f32> {
+        let out = dir.path().join("out.safetensors");
+        let _ = std::fs::remove_file(&out);
+        dmx::decompress(packed, &out, &quiet()).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        let a = Archive::open(packed).unwrap();
+        let seg = a.tensor(name).unwrap().segment;
+        bytes[seg.offset as usize..(seg.offset + seg.len) as usize]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let lossy = LossyOptions {
+        cast: Some(CastTo::F16),
+        ..Default::default()
+    };
+    let packed = dir.path().join("cast.dmx");
+    let r = dmx::compress_with(&input, &packed, &lossy, &quiet()).unwrap();
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("exp_avg_sq") && w.contains("bf16 instead")),
+        "{:?}",
+        r.warnings
+    );
+    let a = Archive::open(&packed).unwrap();
+    assert_eq!(
+        record(&a, "optim.state.0.exp_avg_sq").mode.name(),
+        "cast-bf16"
+    );
+    assert_eq!(record(&a, "model.w").mode.name(), "cast-f16");
+    let got = restored_values(&packed, "optim.state.0.exp_avg_sq");
+    for (&x, &y) in moments.iter().zip(&got) {
+        assert!(y != 0.0 && ((y - x) / x).abs() <= 1.0 / 256.0, "{x} -> {y}");
+    }
+    // The weight's 1e-12 is below half's range: cast anyway, restored as 0.
+    assert_eq!(restored_values(&packed, "model.w")[7], 0.0);
+
+    // `auto` within a budget the half cast meets on the norm: no moment restored as 0.
+    let lossy = LossyOptions {
+        mode: LossyMode::Auto,
+        max_rel_error: Some(1e-2),
+        ..Default::default()
+    };
+    let packed = dir.path().join("auto.dmx");
+    dmx::compress_with(&input, &packed, &lossy, &quiet()).unwrap();
+    let got = restored_values(&packed, "optim.state.0.exp_avg_sq");
+    assert!(moments.iter().zip(&got).all(|(_, &y)| y != 0.0));
+}
