@@ -111,23 +111,17 @@ fn auto_choose(
     };
     let mut best = Coding::Lossless;
     let (mut best_size, _) = measure(Coding::Lossless)?;
-    // As `--mode bfp` codes them: variances, moments and values over many binades keep an
-    // exponent per value (a shared one would flush their small values to 0, which the
-    // relative L2 error, held by the large values, would not show); moments may give up a bit.
+    // As `--mode bfp` codes it (variances and moments keep an exponent per value).
     let spans = crate::lossy::spans_binades(name, layout, data);
-    let moment = spans && crate::lossy::optimizer_moment(name);
     let bfp_at = |m: u32| {
-        let p = dmx_codec::bfp::Params {
-            mantissa_bits: m,
-            group_size: crate::lossy::DEFAULT_GROUP_SIZE,
-        };
-        if !spans {
-            Coding::Bfp(p)
-        } else if moment {
-            Coding::BfpOwn(p)
-        } else {
-            Coding::Bfp(dmx_codec::bfp::Params { group_size: 1, ..p })
-        }
+        crate::lossy::bfp_coding(
+            name,
+            spans,
+            dmx_codec::bfp::Params {
+                mantissa_bits: m,
+                group_size: crate::lossy::DEFAULT_GROUP_SIZE,
+            },
+        )
     };
     // The smallest M within budget: start at a guess, then jump by the measured error
     // ratio (one bit halves it) inside the bracket [lo_fail + 1, hi_ok - 1] of unknown M.
@@ -175,7 +169,7 @@ fn auto_choose(
         });
         others.push(Coding::Cast(dmx_codec::FloatLayout::BF16));
         // Not where half would restore small values that matter as 0.
-        if !(spans && dmx_codec::cast::underflows(dmx_codec::FloatLayout::F16, data) > 0) {
+        if crate::lossy::half_zeroes(name, data) == 0 {
             others.push(Coding::Cast(dmx_codec::FloatLayout::F16));
         }
     }

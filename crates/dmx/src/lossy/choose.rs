@@ -84,19 +84,7 @@ pub(crate) fn fixed_codings(
                             .min(bfp::max_mantissa_bits(layout)),
                         group_size: opts.group_size.unwrap_or(DEFAULT_GROUP_SIZE),
                     };
-                    // Variances, moments and values over many binades: a shared exponent
-                    // would flush their small values to 0 (a running variance of 0 makes a
-                    // batch norm divide by √ε), so each value keeps its own exponent.
-                    // Optimizer moments then give up one bit where plain BFP's error at
-                    // (M, G) allows it (training resumes on them, within 2^(1−M) of each
-                    // value); a model's own tensors keep M.
-                    if !super::spans_binades(&t.name, layout, data) {
-                        Coding::Bfp(p)
-                    } else if super::optimizer_moment(&t.name) {
-                        Coding::BfpOwn(p)
-                    } else {
-                        Coding::Bfp(bfp::Params { group_size: 1, ..p })
-                    }
+                    bfp_coding(&t.name, super::spans_binades(&t.name, layout, data), p)
                 }
                 Mode::Int16 | Mode::Int32 => {
                     let bits = if opts.mode == Mode::Int16 { 16 } else { 32 };
@@ -112,6 +100,35 @@ pub(crate) fn fixed_codings(
         .collect())
 }
 
+/// The BFP coding at `p` of tensor `name`, `spans` telling whether it is a variance, a moment
+/// or values over many binades ([`super::spans_binades`]): a shared exponent would flush such
+/// a tensor's small values to 0 (a running variance of 0 makes a batch norm divide by √ε, and
+/// the relative L2 error, held by the large values, would not show it), so each value keeps
+/// its own exponent. Optimizer moments then give up one bit where plain BFP's error at (M, G)
+/// allows it (training resumes on them, within 2^(1−M) of each value); a model's own tensors
+/// keep M. What `--mode bfp` and `auto`'s BFP candidates use.
+pub(crate) fn bfp_coding(name: &str, spans: bool, p: bfp::Params) -> Coding {
+    if !spans {
+        Coding::Bfp(p)
+    } else if super::optimizer_moment(name) {
+        Coding::BfpOwn(p)
+    } else {
+        Coding::Bfp(bfp::Params { group_size: 1, ..p })
+    }
+}
+
+/// How many non-zero values of F32 tensor `name` a half cast would restore as 0, counted only
+/// where they matter (a tensor [`super::spans_binades`]: an Adam second moment below half's
+/// range, about 3e-8, is not negligible beside ε); 0 elsewhere.
+pub(crate) fn half_zeroes(name: &str, data: &[u8]) -> u64 {
+    let lost = dmx_codec::cast::underflows(FloatLayout::F16, data);
+    if lost == 0 || !super::spans_binades(name, FloatLayout::F32, data) {
+        0
+    } else {
+        lost
+    }
+}
+
 /// The cast of F32 tensor `name` to `to`, unless it is half and would restore non-zero values
 /// as 0 in a tensor whose small values matter ([`super::spans_binades`]: a running variance
 /// of 0 makes a batch norm divide by √ε, an Adam second moment below half's range, about
@@ -125,11 +142,12 @@ fn cast_keeping_small_values(
     data: &[u8],
     warnings: &mut Vec<String>,
 ) -> Coding {
-    if to != FloatLayout::F16 {
-        return Coding::Cast(to);
-    }
-    let lost = dmx_codec::cast::underflows(to, data);
-    if lost == 0 || !super::spans_binades(name, FloatLayout::F32, data) {
+    let lost = if to == FloatLayout::F16 {
+        half_zeroes(name, data)
+    } else {
+        0
+    };
+    if lost == 0 {
         return Coding::Cast(to);
     }
     let bf16 = dmx_codec::cast::overflows(FloatLayout::BF16, data) == 0;

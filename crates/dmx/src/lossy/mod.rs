@@ -331,7 +331,7 @@ pub fn json_opt_f64<S: serde::Serializer>(
     }
 }
 
-pub(crate) use choose::{fixed_codings, plan_warnings};
+pub(crate) use choose::{bfp_coding, fixed_codings, half_zeroes, plan_warnings};
 pub(crate) use coding::{Coding, LossyChunk};
 pub use grid::Grid;
 pub(crate) use grid::{float_bits, grid_with_step, optimizer_moment, own_grid, spans_binades};
