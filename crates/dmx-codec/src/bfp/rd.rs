@@ -77,20 +77,17 @@ fn encode_planned(
     p: Params,
     restored: Option<&mut [u8]>,
 ) -> (Vec<u8>, f64) {
-    let Some(planned) = plan(layout, data, row_len, p) else {
-        return encode_inner(layout, data, row_len, p, None, restored);
-    };
-    if planned.bits > planned.plain_bits * PLAIN {
-        return encode_inner(layout, data, row_len, p, None, restored);
+    match plan(layout, data, row_len, p) {
+        Some(planned) if planned.bits <= planned.plain_bits * PLAIN => encode_inner(
+            layout,
+            data,
+            row_len,
+            halved(p),
+            Some(&planned.raise),
+            restored,
+        ),
+        _ => encode_inner(layout, data, row_len, p, None, restored),
     }
-    encode_inner(
-        layout,
-        data,
-        row_len,
-        halved(p),
-        Some(&planned.raise),
-        restored,
-    )
 }
 
 /// What [`plan`] found: the raise of every half and the estimated bits of the halves and of
