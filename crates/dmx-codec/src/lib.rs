@@ -86,6 +86,9 @@ pub enum Codec {
     FloatSplitRows = 11,
     /// Codec 10's split with rANS-coded symbols, module [`split::ans`].
     FloatSplitRans = 12,
+    /// Block floating point with a magnitude table per previous value in the group, module
+    /// [`bfp`] (lossy).
+    BfpContext = 13,
 }
 
 impl Codec {
@@ -105,6 +108,7 @@ impl Codec {
             10 => Ok(Self::FloatSplit),
             11 => Ok(Self::FloatSplitRows),
             12 => Ok(Self::FloatSplitRans),
+            13 => Ok(Self::BfpContext),
             other => Err(CodecError::UnknownCodec(other)),
         }
     }
@@ -125,6 +129,7 @@ impl Codec {
             Self::FloatSplit => "float-split",
             Self::FloatSplitRows => "float-split-rows",
             Self::FloatSplitRans => "float-split-rans",
+            Self::BfpContext => "bfp-ctx",
         }
     }
 
@@ -137,7 +142,12 @@ impl Codec {
     pub fn is_lossless(self) -> bool {
         !matches!(
             self,
-            Self::Bfp | Self::Quant | Self::QuantDelta | Self::Cast | Self::FloatQuant
+            Self::Bfp
+                | Self::BfpContext
+                | Self::Quant
+                | Self::QuantDelta
+                | Self::Cast
+                | Self::FloatQuant
         )
     }
 }
@@ -426,7 +436,7 @@ pub fn decode_with_base(
 ) -> Result<(), CodecError> {
     let need_base = || base.ok_or(CodecError::Corrupt("a delta chunk outside a delta entry"));
     match codec {
-        Codec::Bfp => bfp::decode(payload, out),
+        Codec::Bfp | Codec::BfpContext => bfp::decode_codec(codec, payload, out),
         Codec::Quant => quant::decode(payload, out),
         Codec::FloatQuant => fquant::decode(payload, out),
         Codec::Cast => cast::decode(payload, out),
@@ -515,7 +525,9 @@ mod tests {
 
     #[test]
     fn unknown_codec_is_rejected() {
-        assert_eq!(Codec::from_id(13), Err(CodecError::UnknownCodec(13)));
+        assert_eq!(Codec::from_id(14), Err(CodecError::UnknownCodec(14)));
+        assert_eq!(Codec::from_id(13), Ok(Codec::BfpContext));
+        assert!(!Codec::BfpContext.is_lossless());
         assert_eq!(Codec::from_id(10), Ok(Codec::FloatSplit));
         assert_eq!(Codec::from_id(11), Ok(Codec::FloatSplitRows));
         assert_eq!(Codec::from_id(12), Ok(Codec::FloatSplitRans));

@@ -1,7 +1,8 @@
 //! The BFP decoder: four lanes advanced in lockstep.
 
 use super::{
-    CLASS_HI, CLASS_LO, Geo, History, LANES, MAX_TABLES, Params, Shape, VERSION, check, mag_bits,
+    CLASS_HI, CLASS_LO, Geo, History, LANES, MAX_CTX_TABLES, MAX_TABLES, PREV_FINE, Params, Shape,
+    VERSION, VERSION_CTX, check, coarse, mag_bits, prev_fine,
 };
 use crate::CodecError;
 use crate::FloatLayout;
@@ -10,16 +11,28 @@ use crate::entropy::rans;
 use crate::entropy::unzigzag_i32;
 use crate::entropy::varint::get_varint;
 
-/// Decodes a payload of [`encode`](super::encode) into `out` (its length is the chunk's raw length: the
-/// values in the original dtype). Never panics and never allocates more than `O(out.len())`
-/// plus small tables on any input; corrupt input gives [`CodecError::Corrupt`].
+/// Decodes a payload of [`encode`](super::encode) (codec 4 or 13, see
+/// [`codec`](super::codec)) into `out` (its length is the chunk's raw length: the values in
+/// the original dtype). Never panics and never allocates more than `O(out.len())` plus small
+/// tables on any input; corrupt input gives [`CodecError::Corrupt`].
 pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    decode_codec(super::codec(payload), payload, out)
+}
+
+/// [`decode`] of a chunk stored with codec id `codec` ([`Codec::Bfp`] or
+/// [`Codec::BfpContext`]): a payload of the other one is corrupt.
+///
+/// [`Codec::Bfp`]: crate::Codec::Bfp
+/// [`Codec::BfpContext`]: crate::Codec::BfpContext
+pub fn decode_codec(codec: crate::Codec, payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     let head = payload
         .get(..4)
         .ok_or(CodecError::Corrupt("BFP payload header truncated"))?;
-    if head[0] != VERSION {
-        return Err(CodecError::Corrupt("unknown BFP payload version"));
-    }
+    let context = match (codec, head[0]) {
+        (crate::Codec::Bfp, VERSION) => false,
+        (crate::Codec::BfpContext, VERSION_CTX) => true,
+        _ => return Err(CodecError::Corrupt("unknown BFP payload version")),
+    };
     let layout = match (head[1], head[2]) {
         (2, 8) => FloatLayout::BF16,
         (2, 5) => FloatLayout::F16,
@@ -64,11 +77,27 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
             "BFP payload has an invalid context window",
         ));
     }
+    let np = if context {
+        let np = usize::from(
+            *payload
+                .get(pos)
+                .ok_or(CodecError::Corrupt("BFP payload header truncated"))?,
+        );
+        pos += 1;
+        if !(2..=PREV_FINE).contains(&np) || k * np > MAX_CTX_TABLES {
+            return Err(CodecError::Corrupt(
+                "BFP payload has an invalid number of previous-value tables",
+            ));
+        }
+        np
+    } else {
+        1
+    };
     let g = Geo::new(layout, p.mantissa_bits);
     let mut r = BitReader::new(&payload[pos..]);
     let etab = rans::dec_table(&rans::read(&mut r, g.exp_alpha())?);
-    let mut vtabs = Vec::with_capacity(k);
-    for _ in 0..k {
+    let mut vtabs = Vec::with_capacity(k * np);
+    for _ in 0..k * np {
         vtabs.push(rans::vdec_table(
             &rans::read(&mut r, g.alpha())?,
             g.neg0 as usize,
@@ -86,6 +115,8 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
         vtabs: &vtabs,
         lo,
         k: k as i32,
+        np,
+        pmap: std::array::from_fn(|b| coarse(prev_fine(b as u32), np) as u8),
     };
     if b == 2 {
         dec.run::<2>(&words, heads, out)
@@ -160,6 +191,10 @@ struct Dec<'a> {
     vtabs: &'a [Box<[u64; rans::TOTAL]>],
     lo: i32,
     k: i32,
+    /// Tables per context class: one per previous-value class (1 for codec 4).
+    np: usize,
+    /// The previous-value table after each code byte.
+    pmap: [u8; 256],
 }
 
 /// One lane being decoded.
@@ -178,6 +213,9 @@ struct Active<'a> {
     e: u32,
     /// `2^(E − bias − M + 1)`, the step.
     scale: f64,
+    /// The tables of the group's class, one per previous-value class.
+    tabs: &'a [Box<[u64; rans::TOTAL]>],
+    /// The table of the next value.
     t: &'a [u64; rans::TOTAL],
     start: usize,
     len: usize,
@@ -217,10 +255,12 @@ impl<'a> Dec<'a> {
         // The step, times 2^-adj: the f32 image of the value (see `Geo::s32`).
         let k = e as i64 - g.bias as i64 - g.m as i64 + 1 - g.adj as i64;
         let scale = f64::from_bits(((1023 + k) as u64) << 52);
+        let tabs = &self.vtabs[t * self.np..(t + 1) * self.np];
         Ok(Some(Active {
             e,
             scale,
-            t: &self.vtabs[t],
+            tabs,
+            t: &tabs[0],
             start,
             len,
         }))
@@ -228,9 +268,12 @@ impl<'a> Dec<'a> {
 
     /// Decodes one value of a coded group.
     #[inline(always)]
-    fn value(&self, d: &mut rans::Decoder<'_>, a: &Active<'_>, sum: &mut u64) -> u32 {
+    fn value(&self, d: &mut rans::Decoder<'_>, a: &mut Active<'a>, sum: &mut u64) -> u32 {
         let g = &self.g;
         let c = u32::from(d.code(a.t));
+        if self.np > 1 {
+            a.t = &a.tabs[usize::from(self.pmap[(c & 0xFF) as usize])];
+        }
         let (z, neg0) = ((c >> 8) & 1, (c >> 9) & 1);
         let mut q = (c & 0xFF) << g.low;
         let mut sign = (c >> 15 & c >> 10) | neg0;
@@ -305,7 +348,16 @@ impl<'a> Dec<'a> {
                     // Symbols first (four independent rANS chains), then values.
                     let n = a0.len;
                     let mut decs = st.map(|s| s.rans);
-                    rans::decode4(&mut decs, [a0.t, a1.t, a2.t, a3.t], &mut codes[..4 * n]);
+                    if self.np == 1 {
+                        rans::decode4(&mut decs, [a0.t, a1.t, a2.t, a3.t], &mut codes[..4 * n]);
+                    } else {
+                        rans::decode4_ctx(
+                            &mut decs,
+                            [a0.tabs, a1.tabs, a2.tabs, a3.tabs],
+                            &self.pmap,
+                            &mut codes[..4 * n],
+                        );
+                    }
                     for (s, d) in st.iter_mut().zip(decs) {
                         s.rans = d;
                     }
@@ -317,9 +369,10 @@ impl<'a> Dec<'a> {
                 _ => {
                     for ((s, a), sum) in st.iter_mut().zip(&act).zip(&mut sums) {
                         if let Some(a) = a {
+                            let mut a = *a;
                             let o = &mut out[a.start * B..(a.start + a.len) * B];
                             for v in o.chunks_exact_mut(B) {
-                                store::<B>(v, self.value(&mut s.rans, a, sum));
+                                store::<B>(v, self.value(&mut s.rans, &mut a, sum));
                             }
                         }
                     }

@@ -1,8 +1,9 @@
 //! The BFP encoder: quantization and histograms (pass 1), then rANS coding backwards (pass 2).
 
 use super::{
-    CLASS_LO, CLASSES, Geo, History, LANES, MAX_TABLES, Params, Shape, VERSION, check,
-    group_exponent, mag_bits, norm_row, quantize_at, quantize_narrow, table_cost, vsym,
+    CLASS_LO, CLASSES, Geo, History, LANES, MAX_CTX_TABLES, MAX_TABLES, PREV_FINE, Params, Shape,
+    VERSION, VERSION_CTX, check, coarse, group_exponent, mag_bits, norm_row, prev_fine,
+    quantize_at, quantize_narrow, table_cost, vsym,
 };
 use crate::FloatLayout;
 use crate::bits::BitVec;
@@ -144,21 +145,19 @@ fn encode_width<const B: usize>(
         || pass1::<B>(g, data, shape, raise, restored),
     );
     let (vh, eh) = (&p1.vh, &p1.eh);
-    let (lo, k) = choose_window(vh, alpha);
+    let (lo, k, cost) = choose_window(vh, 1, alpha, MAX_TABLES);
+    let fixed = crate::float::entropy(eh) + p1.raw_bits as f64;
+    let (lo, k, np, tables) = match choose_context(g, shape, &p1, (lo, k, cost), fixed) {
+        Some(c) => (c.lo, c.k, c.p, c.tables),
+        None => (lo, k, 1, window_tables(vh, lo, k, 1, alpha)),
+    };
     let class_of = |c: i8| (i32::from(c).clamp(lo, lo + k as i32 - 1) - lo) as usize;
-    let mut tables = vec![vec![0u64; alpha]; k];
-    for (c, h) in vh.chunks_exact(alpha).enumerate() {
-        let t = &mut tables[class_of((c as i32 + CLASS_LO) as i8)];
-        for (a, &b) in t.iter_mut().zip(h) {
-            *a += b;
-        }
-    }
-    let mut entropy = crate::float::entropy(eh) + p1.raw_bits as f64;
+    let mut entropy = fixed;
     let mut header_tables = BitVec::default();
     let edesc = rans::describe(eh);
     rans::write(&edesc, &mut header_tables);
     let esyms = rans::enc_table(&rans::normalize(&edesc));
-    let mut vsyms = Vec::with_capacity(k * alpha);
+    let mut vsyms = Vec::with_capacity(k * np * alpha);
     for t in &tables {
         entropy += crate::float::entropy(t);
         let desc = rans::describe(t);
@@ -167,18 +166,26 @@ fn encode_width<const B: usize>(
     }
 
     let mut out = Vec::new();
-    out.extend_from_slice(&[VERSION, B as u8, g.eb as u8, g.m as u8]);
+    let version = if np == 1 { VERSION } else { VERSION_CTX };
+    out.extend_from_slice(&[version, B as u8, g.eb as u8, g.m as u8]);
     put_varint(&mut out, shape.gs as u64);
     put_varint(&mut out, shape.row as u64);
     put_varint(&mut out, shape.count as u64);
     out.push(lo as i8 as u8);
     out.push(k as u8);
+    if np > 1 {
+        out.push(np as u8);
+    }
     out.extend(header_tables.finish());
 
+    // The previous-value table of each magnitude symbol (`neg0` is the decoder's code 0).
+    let pmap: Vec<u8> = (0..alpha as u32)
+        .map(|s| coarse(prev_fine(if s == g.neg0 { 0 } else { s }), np) as u8)
+        .collect();
     let encs = crate::cpu::dispatch(
         level,
         #[inline(always)]
-        || pass2::<B>(g, data, shape, &p1, &esyms, &vsyms, class_of),
+        || pass2::<B>(g, data, shape, &p1, &esyms, (&vsyms, np, &pmap), class_of),
     );
     let streams: Vec<Vec<u8>> = encs
         .into_iter()
@@ -303,7 +310,9 @@ fn restore_group<const B: usize>(g: &Geo, e: u32, s: &[u32], out: &mut [u8]) {
     }
 }
 
-/// Pass 2: the rANS encoders of the lanes, fed backwards with the symbols of pass 1.
+/// Pass 2: the rANS encoders of the lanes, fed backwards with the symbols of pass 1: the
+/// magnitude tables `np` per context class (`pmap`: the previous-value class after each
+/// symbol).
 #[inline(always)]
 fn pass2<const B: usize>(
     g: &Geo,
@@ -311,7 +320,7 @@ fn pass2<const B: usize>(
     shape: Shape,
     p1: &Pass1,
     esyms: &[rans::Sym],
-    vsyms: &[rans::VSym],
+    (vsyms, np, pmap): (&[rans::VSym], usize, &[u8]),
     class_of: impl Fn(i8) -> usize,
 ) -> [rans::Encoder; LANES] {
     let alpha = g.alpha();
@@ -323,7 +332,9 @@ fn pass2<const B: usize>(
         let (first, end) = lanes[k];
         rans::Encoder::new((end - first) * shape.gs * (g.m as usize + 2) / 16 + 16)
     });
-    let table_of = |i: usize| &vsyms[class_of(codes[i].class) * alpha..][..alpha];
+    // The `np` tables of group `i`'s class, and the table offset after symbol `s`.
+    let table_of = |i: usize| &vsyms[class_of(codes[i].class) * np * alpha..][..np * alpha];
+    let after = |s: u32| usize::from(pmap[s as usize]) * alpha;
     let one = |enc: &mut rans::Encoder, i: usize| {
         let (start, len) = shape.group(i);
         let gc = codes[i];
@@ -338,10 +349,17 @@ fn pass2<const B: usize>(
             }
         } else {
             let table = table_of(i);
-            for &x in syms[start..start + len].iter().rev() {
+            let group = &syms[start..start + len];
+            let sym_of = |x: u32| if g.low == 0 { x >> 1 } else { vsym(g, x) };
+            for (j, &x) in group.iter().enumerate().rev() {
+                let t = match j {
+                    0 => 0,
+                    _ if np == 1 => 0,
+                    _ => after(sym_of(group[j - 1])),
+                };
                 if g.low == 0 {
                     // Narrow: `symbol << 1 | sign`.
-                    enc.put_v(&table[(x >> 1) as usize], x & 1);
+                    enc.put_v(&table[t + (x >> 1) as usize], x & 1);
                     continue;
                 }
                 let sym = vsym(g, x);
@@ -352,7 +370,7 @@ fn pass2<const B: usize>(
                 if x != 1 {
                     enc.bits(q & lowmask, g.low);
                 }
-                enc.put_v(&table[sym as usize], x & 1);
+                enc.put_v(&table[t + sym as usize], x & 1);
             }
         }
         enc.put(&esyms[usize::from(gc.esym)]);
@@ -385,12 +403,21 @@ fn pass2<const B: usize>(
         for enc in &mut encs {
             enc.reserve(n + 1);
         }
-        rans::put4(
-            &mut encs,
-            ids.map(table_of),
-            st.map(|st| &syms[st..st + n]),
-            |x| ((x >> 1) as usize, x & 1),
-        );
+        let vals = st.map(|st| &syms[st..st + n]);
+        if np == 1 {
+            rans::put4(&mut encs, ids.map(table_of), vals, |x| {
+                ((x >> 1) as usize, x & 1)
+            });
+        } else {
+            rans::put4_ctx(
+                &mut encs,
+                ids.map(table_of),
+                alpha,
+                vals,
+                |x| ((x >> 1) as usize, x & 1),
+                |x| usize::from(pmap[(x >> 1) as usize]),
+            );
+        }
         for (enc, i) in encs.iter_mut().zip(ids) {
             enc.put(&esyms[usize::from(codes[i].esym)]);
         }
@@ -398,35 +425,39 @@ fn pass2<const B: usize>(
     encs
 }
 
-/// Picks the context window `lo..lo + k` that minimizes the estimated size.
-fn choose_window(vh: &[u64], alpha: usize) -> (i32, usize) {
+/// Picks the context window `lo..lo + k` (`k <= max_k`) that minimizes the estimated size
+/// of the magnitude tables and symbols, and returns it with that size in bits. `vh` holds,
+/// per context class, `subs` histograms of `alpha` symbols (one table each).
+fn choose_window(vh: &[u64], subs: usize, alpha: usize, max_k: usize) -> (i32, usize, f64) {
+    let width = subs * alpha;
+    let class = |c: usize| &vh[c * width..(c + 1) * width];
     let used: Vec<usize> = (0..CLASSES)
-        .filter(|&c| vh[c * alpha..(c + 1) * alpha].iter().any(|&x| x > 0))
+        .filter(|&c| class(c).iter().any(|&x| x > 0))
         .collect();
     let (Some(&cmin), Some(&cmax)) = (used.first(), used.last()) else {
-        return (0, 1);
+        return (0, 1, 0.0);
     };
-    let class = |c: usize| &vh[c * alpha..(c + 1) * alpha];
-    let single: Vec<f64> = (0..CLASSES).map(|c| table_cost(class(c))).collect();
+    let cost = |h: &[u64]| h.chunks_exact(alpha).map(table_cost).sum::<f64>();
+    let single: Vec<f64> = (0..CLASSES).map(|c| cost(class(c))).collect();
     // left[c]: classes cmin..=c merged; right[c]: classes c..=cmax merged.
     let mut left = [0f64; CLASSES];
     let mut right = [0f64; CLASSES];
-    let mut acc = vec![0u64; alpha];
+    let mut acc = vec![0u64; width];
     for (c, l) in left.iter_mut().enumerate().take(cmax + 1).skip(cmin) {
         for (a, &b) in acc.iter_mut().zip(class(c)) {
             *a += b;
         }
-        *l = table_cost(&acc);
+        *l = cost(&acc);
     }
     acc.fill(0);
     for (c, r) in right.iter_mut().enumerate().take(cmax + 1).skip(cmin).rev() {
         for (a, &b) in acc.iter_mut().zip(class(c)) {
             *a += b;
         }
-        *r = table_cost(&acc);
+        *r = cost(&acc);
     }
     let mut best = (left[cmax], cmin, 1usize);
-    for k in 2..=MAX_TABLES.min(cmax - cmin + 1) {
+    for k in 2..=max_k.min(cmax - cmin + 1) {
         for lo in cmin..=cmax + 1 - k {
             let hi = lo + k - 1;
             let cost = left[lo] + single[lo + 1..hi].iter().sum::<f64>() + right[hi];
@@ -435,5 +466,196 @@ fn choose_window(vh: &[u64], alpha: usize) -> (i32, usize) {
             }
         }
     }
-    (best.1 as i32 + CLASS_LO, best.2)
+    (best.1 as i32 + CLASS_LO, best.2, best.0)
+}
+
+/// Chunks of fewer values are not worth more tables: codec 4.
+const MIN_VALUES: usize = 4096;
+/// Previous-value classes of [`choose_context`]'s first check.
+const TRIAL: usize = 5;
+/// Groups sampled when [`choose_context`] first checks whether a previous-value context can
+/// pay: one in this many.
+const SAMPLE: usize = 8;
+/// Codec 13 is written only when its estimate is smaller than codec 4's by more than this
+/// share of codec 4's estimated bits (its decoder is slower, and its tables cost memory).
+const CTX_GAIN: f64 = 0.005;
+
+#[cfg(test)]
+thread_local! {
+    /// Set by tests to code codec 4 where codec 13 would pay, to compare the two.
+    pub(super) static NO_CONTEXT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A previous-value context that pays: the window, the previous-value classes kept, and the
+/// histograms of its tables.
+struct Context {
+    lo: i32,
+    k: usize,
+    p: usize,
+    tables: Vec<Vec<u64>>,
+}
+
+/// The histograms of the `k · np` tables of window `lo..lo + k` from histograms per context
+/// class and previous-value class (`np` per class): table `t · np + pc` codes window class
+/// `t` after previous-value class `pc`.
+fn window_tables(vh: &[u64], lo: i32, k: usize, np: usize, alpha: usize) -> Vec<Vec<u64>> {
+    let mut tables = vec![vec![0u64; alpha]; k * np];
+    for (c, h) in vh.chunks_exact(np * alpha).enumerate() {
+        let t = ((c as i32 + CLASS_LO).clamp(lo, lo + k as i32 - 1) - lo) as usize;
+        for (pc, h) in h.chunks_exact(alpha).enumerate() {
+            for (a, &b) in tables[t * np + pc].iter_mut().zip(h) {
+                *a += b;
+            }
+        }
+    }
+    tables
+}
+
+/// The bits the rANS coder spends on `tables` and their symbols: the descriptors as
+/// written, and each magnitude at its normalized probability (signs and raw bits aside,
+/// which cost the same whatever the table).
+fn coded_bits(tables: &[Vec<u64>]) -> f64 {
+    let mut w = BitVec::default();
+    let mut bits = 0.0;
+    for t in tables {
+        let desc = rans::describe(t);
+        rans::write(&desc, &mut w);
+        for (&c, f) in t.iter().zip(rans::normalize(&desc)) {
+            if c > 0 {
+                bits += c as f64 * (f64::from(rans::PB) - f64::from(f).log2());
+            }
+        }
+    }
+    bits + 8.0 * w.finish().len() as f64
+}
+
+/// Decides whether codec 13's previous-value tables pay for a chunk whose codec 4 window
+/// `lo..lo + k` has magnitude tables and symbols estimated at `cost` bits, and the rest
+/// (exponents, raw bits) at `fixed`. A sample of the groups first bounds the gain
+/// (conditioning can only lower the entropy, and a sample overstates how much); only when
+/// that bound passes [`CTX_GAIN`] are all groups counted, every number of previous-value
+/// classes costed with its tables, and the best compared with codec 4 at the bits the coder
+/// will spend (the estimate undercounts many small tables).
+fn choose_context(
+    g: &Geo,
+    shape: Shape,
+    p1: &Pass1,
+    (lo, k, cost): (i32, usize, f64),
+    fixed: f64,
+) -> Option<Context> {
+    let alpha = g.alpha();
+    let need = CTX_GAIN * (cost + fixed);
+    #[cfg(test)]
+    if NO_CONTEXT.get() {
+        return None;
+    }
+    if shape.gs < 2 || shape.count < MIN_VALUES || cost <= 0.0 {
+        return None;
+    }
+    // Small chunks are counted whole: a sample of a few groups says little.
+    let stride = if shape.groups >= 64 * SAMPLE {
+        SAMPLE
+    } else {
+        1
+    };
+    // The sample's bits in codec 4's window without and with `TRIAL` previous-value
+    // classes: entropies with the Miller–Madow correction ((used cells − 1) / (2 ln 2) bits
+    // per histogram: a plug-in entropy of a sample understates the true one, the more so
+    // the more cells it spreads over), scaled to the chunk, plus the tables.
+    let sample = context_hist(g, shape, p1, stride);
+    let split = window_tables(&merge_prev(&sample, TRIAL, alpha), lo, k, TRIAL, alpha);
+    let one: Vec<Vec<u64>> = split
+        .chunks_exact(TRIAL)
+        .map(|t| {
+            let mut m = vec![0u64; alpha];
+            for h in t {
+                for (a, &b) in m.iter_mut().zip(h) {
+                    *a += b;
+                }
+            }
+            m
+        })
+        .collect();
+    let bits = |tables: &[Vec<u64>]| -> f64 {
+        tables
+            .iter()
+            .map(|h| {
+                let used = h.iter().filter(|&&c| c > 0).count() as f64;
+                let mm = (used - 1.0).max(0.0) / (2.0 * std::f64::consts::LN_2);
+                (crate::float::entropy(h) + mm) * stride as f64 + 32.0 + 3.0 * used
+            })
+            .sum()
+    };
+    if bits(&one) - bits(&split) <= need {
+        return None;
+    }
+    let fine = context_hist(g, shape, p1, 1);
+    // (estimated bits, (lo, k, p), histograms per class and previous-value class)
+    type Best = (f64, (i32, usize, usize), Vec<u64>);
+    let mut best: Option<Best> = None;
+    for p in 3..=PREV_FINE {
+        let hist = merge_prev(&fine, p, alpha);
+        let max_k = MAX_TABLES.min(MAX_CTX_TABLES / p);
+        let (lo, k, c) = choose_window(&hist, p, alpha, max_k);
+        if best.as_ref().is_none_or(|(b, ..)| c < *b) {
+            best = Some((c, (lo, k, p), hist));
+        }
+    }
+    let (c, (lo_c, k_c, p), hist) = best?;
+    if c >= cost - need {
+        return None;
+    }
+    let tables = window_tables(&hist, lo_c, k_c, p, alpha);
+    let plain = window_tables(&p1.vh, lo, k, 1, alpha);
+    (coded_bits(&tables) < coded_bits(&plain) - need).then_some(Context {
+        lo: lo_c,
+        k: k_c,
+        p,
+        tables,
+    })
+}
+
+/// Histograms per context class and fine previous-value class (`CLASSES × PREV_FINE ×
+/// alpha`) merged to `p` previous-value classes (`CLASSES × p × alpha`).
+fn merge_prev(fine: &[u64], p: usize, alpha: usize) -> Vec<u64> {
+    let mut hist = vec![0u64; CLASSES * p * alpha];
+    for (class, out) in fine
+        .chunks_exact(PREV_FINE * alpha)
+        .zip(hist.chunks_exact_mut(p * alpha))
+    {
+        for (f, sub) in class.chunks_exact(alpha).enumerate() {
+            let o = &mut out[coarse(f, p) * alpha..][..alpha];
+            for (a, &b) in o.iter_mut().zip(sub) {
+                *a += b;
+            }
+        }
+    }
+    hist
+}
+
+/// Magnitude-symbol histograms of every `stride`-th coded group, per context class and fine
+/// previous-value class (`CLASSES × PREV_FINE × alpha`).
+fn context_hist(g: &Geo, shape: Shape, p1: &Pass1, stride: usize) -> Vec<u64> {
+    let alpha = g.alpha();
+    let mut h = vec![0u64; CLASSES * PREV_FINE * alpha];
+    // The offset of the histogram that follows each symbol.
+    let next: Vec<usize> = (0..alpha as u32)
+        .map(|s| prev_fine(if s == g.neg0 { 0 } else { s }) * alpha)
+        .collect();
+    for i in (0..shape.groups).step_by(stride) {
+        let gc = p1.codes[i];
+        if gc.esym == 0 {
+            continue;
+        }
+        let (start, len) = shape.group(i);
+        let class = &mut h[(i32::from(gc.class) - CLASS_LO) as usize * PREV_FINE * alpha..]
+            [..PREV_FINE * alpha];
+        let mut at = 0;
+        for &x in &p1.syms[start..start + len] {
+            let s = if g.low == 0 { x >> 1 } else { vsym(g, x) } as usize;
+            class[at + s] += 1;
+            at = next[s];
+        }
+    }
+    h
 }

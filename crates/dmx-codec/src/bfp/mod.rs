@@ -65,13 +65,22 @@
 //! clamped to a window the encoder picks by estimated size. The groups are split into four
 //! contiguous lanes, each an independent rANS stream; the decoder advances them in lockstep.
 //!
+//! Codec 13 (payload version 2) also picks the magnitude table by the previous value of the
+//! group: `P` tables per context class, the first value of a group coded with table 0, each
+//! next one with table `min(1 + bit length of the previous magnitude symbol, P − 1)` (`−0`
+//! counts as 0). In the kernels of pretrained CNNs small and zero magnitudes come in runs,
+//! which this sees; the encoder writes it only where it saves more than 0.5 % of the chunk
+//! ([`codec`] tells which a payload is; docs/CODECS.md §11).
+//!
 //! # Payload
 //!
 //! ```text
-//! u8 version (1) | u8 value bytes (2, 4) | u8 exponent bits | u8 M
+//! u8 version (1; 2 for codec 13) | u8 value bytes (2, 4) | u8 exponent bits | u8 M
 //! varint G | varint row_len (1..=count; 0 if empty) | varint count
-//! i8 context low | u8 tables K (1..=8)
-//! frequency tables (bit-packed, byte aligned): exponent, then K magnitude tables; each is
+//! i8 context low | u8 tables K (1..=8) | version 2 only: u8 previous-value classes P
+//!   (2..=10, K · P <= 32)
+//! frequency tables (bit-packed, byte aligned): exponent, then K (version 2: K · P, table
+//!   t · P + c for window class t after previous-value class c) magnitude tables; each is
 //!   u16 first symbol, u16 span, one delta-coded 1/8-octave descriptor per symbol
 //! varint lane sizes ×4 | the four lanes: u32 final encoder state, then u16 words (LE)
 //! decoding order per group: exponent symbol, then per value: magnitude-and-sign symbol
@@ -88,7 +97,7 @@ mod rd;
 #[cfg(test)]
 mod tests;
 
-pub use decode::decode;
+pub use decode::{decode, decode_codec};
 pub use encode::{encode, encode_restored};
 pub use own::{encode_own, encode_own_restored};
 pub use rd::{encode_rd, encode_rd_restored};
@@ -158,8 +167,15 @@ pub fn check(layout: FloatLayout, p: Params) -> Result<(), ParamError> {
     Ok(())
 }
 
-/// Payload format version.
+/// Payload format version of codec 4.
 const VERSION: u8 = 1;
+/// Payload format version of codec 13: codec 4 plus a table per previous value in the group.
+const VERSION_CTX: u8 = 2;
+/// Fine previous-value classes: 0 for a group's first value, else 1 + the bit length of the
+/// previous value's magnitude symbol byte (0 to 8).
+const PREV_FINE: usize = 10;
+/// Most magnitude tables of a codec 13 payload.
+const MAX_CTX_TABLES: usize = 32;
 /// Independent bit streams.
 const LANES: usize = 4;
 /// Magnitude bits covered by the entropy-coded symbol; the rest are raw.
@@ -494,6 +510,34 @@ fn norm_row(count: usize, row_len: usize) -> usize {
         count
     } else {
         row_len
+    }
+}
+
+/// The fine previous-value class of a value whose predecessor in the group has magnitude
+/// symbol byte `b` (the decoder's code byte: `0` for `−0`).
+#[inline(always)]
+fn prev_fine(b: u32) -> usize {
+    1 + (32 - (b & 0xFF).leading_zeros()) as usize
+}
+
+/// The table of each previous-value class when `p` classes are kept: fine class `f` uses
+/// table `min(f, p − 1)`.
+#[inline(always)]
+fn coarse(fine: usize, p: usize) -> usize {
+    fine.min(p - 1)
+}
+
+/// The codec of a payload that this module's encoders wrote: [`Codec::BfpContext`] when it
+/// codes magnitudes with a table per previous value (payload version 2), else
+/// [`Codec::Bfp`].
+///
+/// [`Codec::BfpContext`]: crate::Codec::BfpContext
+/// [`Codec::Bfp`]: crate::Codec::Bfp
+pub fn codec(payload: &[u8]) -> crate::Codec {
+    if payload.first() == Some(&VERSION_CTX) {
+        crate::Codec::BfpContext
+    } else {
+        crate::Codec::Bfp
     }
 }
 

@@ -150,6 +150,25 @@ fn weights(layout: FloatLayout, n: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
+/// Convolution-kernel-like values: along each kernel of 64 taps the magnitudes fall by a
+/// binade every 6 taps, with random signs and fractions and a few zeros, so a value's
+/// magnitude follows its predecessor's (what codec 13's previous-value tables use).
+fn kernels(layout: FloatLayout, n: usize, seed: u64) -> Vec<u32> {
+    let f = layout.bits() - 1 - layout.exp_bits;
+    let bias = (1u32 << (layout.exp_bits - 1)) - 1;
+    pseudo_u32(n, seed)
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| {
+            if r % 11 == 0 {
+                return 0;
+            }
+            let e = bias - 2 - (i % 64) as u32 / 6 - (r >> 28 & 1);
+            (r >> 31) << (layout.bits() - 1) | e << f | (r >> 3) & ((1 << f) - 1)
+        })
+        .collect()
+}
+
 /// `n` values of `layout`: weight-like, or any bit patterns.
 pub(super) fn random_values(
     layout: FloatLayout,
@@ -357,8 +376,17 @@ fn sizes_track_m() {
 
 #[test]
 fn truncated_and_corrupt_payloads_error() {
-    for (layout, m) in [(FloatLayout::BF16, 6), (FloatLayout::F32, 14)] {
-        let mut v = weights(layout, 700, 9);
+    for (layout, m, ctx) in [
+        (FloatLayout::BF16, 6, false),
+        (FloatLayout::F32, 14, false),
+        (FloatLayout::BF16, 6, true),
+        (FloatLayout::F32, 24, true),
+    ] {
+        let mut v = if ctx {
+            kernels(layout, 20_000, 9)
+        } else {
+            weights(layout, 700, 9)
+        };
         v[100] = specials(layout)[10];
         let data = to_bytes(layout, &v);
         let p = Params {
@@ -366,6 +394,11 @@ fn truncated_and_corrupt_payloads_error() {
             group_size: 32,
         };
         let (enc, _) = encode(layout, &data, 64, p);
+        assert_eq!(
+            codec(&enc) == crate::Codec::BfpContext,
+            ctx,
+            "{layout:?} M={m}"
+        );
         let mut out = vec![0u8; data.len()];
         for cut in 0..enc.len() {
             assert!(decode(&enc[..cut], &mut out).is_err(), "cut {cut}");
@@ -374,7 +407,8 @@ fn truncated_and_corrupt_payloads_error() {
         longer.push(0);
         assert!(decode(&longer, &mut out).is_err());
         assert!(decode(&enc, &mut out[1..]).is_err());
-        for i in 0..enc.len() {
+        // Every byte of the small payloads, about 300 of the larger codec 13 ones.
+        for i in (0..enc.len()).step_by(if ctx { enc.len() / 300 } else { 1 }) {
             for flip in [0x01u8, 0x80, 0xFF] {
                 let mut bad = enc.clone();
                 bad[i] ^= flip;
@@ -385,7 +419,7 @@ fn truncated_and_corrupt_payloads_error() {
     let mut out = vec![0u8; 256];
     for seed in 0..300u64 {
         let mut junk = crate::pseudo_bytes(40 + seed as usize, seed + 1);
-        junk[0] = VERSION;
+        junk[0] = if seed % 3 == 0 { VERSION_CTX } else { VERSION };
         junk[1] = if seed % 2 == 0 { 2 } else { 4 };
         junk[2] = 8;
         let _ = decode(&junk, &mut out);
@@ -431,6 +465,72 @@ fn check_rejects_bad_params() {
     );
 }
 
+/// Runs `f` with codec 13 disabled.
+fn without_context<T>(f: impl FnOnce() -> T) -> T {
+    super::encode::NO_CONTEXT.set(true);
+    let out = f();
+    super::encode::NO_CONTEXT.set(false);
+    out
+}
+
+/// Kernels whose magnitudes follow their predecessors' get codec 13, which round-trips like
+/// codec 4 (same values: only the coding differs) and is smaller; a codec 13
+/// payload is corrupt under codec id 4 and the other way round; independent values keep
+/// codec 4.
+#[test]
+fn previous_value_tables_pay_on_kernels_and_only_there() {
+    for layout in LAYOUTS {
+        let vals = kernels(layout, 20_000, 5);
+        let data = to_bytes(layout, &vals);
+        for m in [3u32, 6, 8, max_mantissa_bits(layout)] {
+            let p = Params {
+                mantissa_bits: m,
+                group_size: 32,
+            };
+            let enc = check_round_trip(layout, &vals, 0, p);
+            assert_eq!(codec(&enc), crate::Codec::BfpContext, "{layout:?} M={m}");
+            let (plain, _, plain_restored) =
+                without_context(|| encode_restored(layout, &data, 0, p));
+            assert_eq!(codec(&plain), crate::Codec::Bfp);
+            assert!(
+                enc.len() * 100 < plain.len() * 99,
+                "{layout:?} M={m}: {} vs {}",
+                enc.len(),
+                plain.len()
+            );
+            let mut out = vec![0u8; data.len()];
+            decode_codec(crate::Codec::BfpContext, &enc, &mut out).unwrap();
+            assert_eq!(out, plain_restored, "{layout:?} M={m}: the same values");
+            assert!(decode_codec(crate::Codec::Bfp, &enc, &mut out).is_err());
+            assert!(decode_codec(crate::Codec::BfpContext, &plain, &mut out).is_err());
+            // The rate–distortion writer and the moments' writer use it too where it pays.
+            let (rd, _) = encode_rd(layout, &data, 0, p);
+            let mut back = vec![0u8; data.len()];
+            decode(&rd, &mut back).unwrap();
+            assert_eq!(rd, encode_rd_restored(layout, &data, 0, p).0);
+        }
+        for m in [4u32, 7] {
+            let p = Params {
+                mantissa_bits: m,
+                group_size: 32,
+            };
+            // Independent values: exponents 2^-3 .. 2^-6, random signs and fractions.
+            let f = layout.bits() - 1 - layout.exp_bits;
+            let bias = (1u32 << (layout.exp_bits - 1)) - 1;
+            let iid: Vec<u32> = pseudo_u32(20_000, 6)
+                .iter()
+                .map(|&r| {
+                    (r >> 31) << (layout.bits() - 1)
+                        | (bias - 3 - (r >> 29 & 3)) << f
+                        | r & ((1 << f) - 1)
+                })
+                .collect();
+            let enc = check_round_trip(layout, &iid, 0, p);
+            assert_eq!(codec(&enc), crate::Codec::Bfp, "{layout:?} M={m}");
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
     #[test]
@@ -442,7 +542,7 @@ proptest! {
         let mut data = data;
         // Mostly well-formed headers, so that decoding gets past them.
         if head > 0 && data.len() >= 8 {
-            data[0] = VERSION;
+            data[0] = if data[4] & 1 == 0 { VERSION } else { VERSION_CTX };
             data[1] = if head == 1 { 2 } else { 4 };
             data[2] = 8;
             data[3] = 2 + data[3] % 7;
@@ -459,11 +559,15 @@ proptest! {
         m in 2u32..=24,
         gs in 1u32..80,
         row in 0usize..100,
-        weightlike in any::<bool>(),
+        kind in 0u8..3,
     ) {
         let layout = LAYOUTS[li];
         let m = m.min(max_mantissa_bits(layout));
-        let vals = random_values(layout, n, seed, weightlike);
+        let vals = match kind {
+            0 => random_values(layout, n, seed, false),
+            1 => random_values(layout, n, seed, true),
+            _ => kernels(layout, n, seed),
+        };
         check_round_trip(layout, &vals, row, Params { mantissa_bits: m, group_size: gs });
     }
 }
@@ -702,6 +806,7 @@ fn every_cpu_level_encodes_alike() {
         let mut cases = vec![
             random_values(layout, 5_003, 41, true),
             random_values(layout, 3_001, 42, false),
+            kernels(layout, 6_001, 44),
         ];
         let mut mixed = random_values(layout, 2_000, 43, true);
         for (i, s) in specials(layout).into_iter().enumerate() {

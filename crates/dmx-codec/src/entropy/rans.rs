@@ -457,6 +457,44 @@ pub fn put4(
     (e0.n, e1.n, e2.n, e3.n) = (n0, n1, n2, n3);
 }
 
+/// [`put4`] with a table per value: encoder `k` codes element `j` of `vals[k]` with table
+/// `ctx(vals[k][j − 1])` of its table set `t[k]` (tables of `alpha` symbols, back to back),
+/// and its first element with table 0; `key` maps an element to its symbol and sign.
+#[inline(always)]
+pub fn put4_ctx(
+    encs: &mut [Encoder; 4],
+    t: [&[VSym]; 4],
+    alpha: usize,
+    vals: [&[u32]; 4],
+    key: impl Fn(u32) -> (usize, u32),
+    ctx: impl Fn(u32) -> usize,
+) {
+    let [e0, e1, e2, e3] = encs;
+    let (mut x0, mut x1, mut x2, mut x3) = (e0.x, e1.x, e2.x, e3.x);
+    let (mut n0, mut n1, mut n2, mut n3) = (e0.n, e1.n, e2.n, e3.n);
+    let (w0, w1, w2, w3) = (&mut e0.words, &mut e1.words, &mut e2.words, &mut e3.words);
+    let len = vals[0].len();
+    let table = |k: usize, j: usize| {
+        if j == 0 {
+            0
+        } else {
+            ctx(vals[k][j - 1]) * alpha
+        }
+    };
+    for j in (0..len).rev() {
+        let (a, sa) = key(vals[0][j]);
+        let (b, sb) = key(vals[1][j]);
+        let (c, sc) = key(vals[2][j]);
+        let (d, sd) = key(vals[3][j]);
+        vstep(&mut x0, &mut n0, w0, &t[0][table(0, j) + a], sa);
+        vstep(&mut x1, &mut n1, w1, &t[1][table(1, j) + b], sb);
+        vstep(&mut x2, &mut n2, w2, &t[2][table(2, j) + c], sc);
+        vstep(&mut x3, &mut n3, w3, &t[3][table(3, j) + d], sd);
+    }
+    (e0.x, e1.x, e2.x, e3.x) = (x0, x1, x2, x3);
+    (e0.n, e1.n, e2.n, e3.n) = (n0, n1, n2, n3);
+}
+
 /// Decodes `codes.len() / 4` magnitude codes ([`Decoder::code`]) from each decoder,
 /// the four in lockstep, decoder `k` with table `t[k]`; `codes[4 i + k]` is the `i`-th
 /// code of decoder `k`. The decoders must share one word buffer.
@@ -479,6 +517,37 @@ pub fn decode4(d: &mut [Decoder<'_>; 4], t: [&[u64; TOTAL]; 4], codes: &mut [u16
 
 /// Branch-free renormalization: the next word is always read and kept only when needed.
 /// `words` ends with a padding word, which reads past the end also get.
+/// [`decode4`] with a table per code: decoder `k` decodes its first code with `t[k][0]` and
+/// each next one with `t[k][map[previous code & 0xFF]]` (every entry of `map` must index
+/// `t[k]`).
+pub fn decode4_ctx(
+    d: &mut [Decoder<'_>; 4],
+    t: [&[Box<[u64; TOTAL]>]; 4],
+    map: &[u8; 256],
+    codes: &mut [u16],
+) {
+    let words = d[0].words;
+    let [mut x0, mut x1, mut x2, mut x3] = d.map(|d| d.x);
+    let [mut k0, mut k1, mut k2, mut k3] = d.map(|d| d.k);
+    let [t0, t1, t2, t3] = t;
+    let (mut c0, mut c1, mut c2, mut c3) = (&t0[0], &t1[0], &t2[0], &t3[0]);
+    let next = |c: u16| usize::from(map[usize::from(c & 0xFF)]);
+    for c in codes.chunks_exact_mut(4) {
+        c[0] = code(&mut x0, &mut k0, words, c0);
+        c[1] = code(&mut x1, &mut k1, words, c1);
+        c[2] = code(&mut x2, &mut k2, words, c2);
+        c[3] = code(&mut x3, &mut k3, words, c3);
+        c0 = &t0[next(c[0])];
+        c1 = &t1[next(c[1])];
+        c2 = &t2[next(c[2])];
+        c3 = &t3[next(c[3])];
+    }
+    for (d, (x, k)) in d.iter_mut().zip([(x0, k0), (x1, k1), (x2, k2), (x3, k3)]) {
+        d.x = x;
+        d.k = k;
+    }
+}
+
 #[inline(always)]
 fn refill(x: &mut u32, k: &mut usize, words: &[u16]) {
     let need = *x < L;

@@ -159,8 +159,8 @@ impl Coding {
                     }
                 }
             }
-            Coding::Bfp(p) => (dmx_codec::Codec::Bfp, bfp::encode_rd(layout, data, 0, p)),
-            Coding::BfpOwn(p) => (dmx_codec::Codec::Bfp, bfp::encode_own(layout, data, 0, p)),
+            Coding::Bfp(p) => with_codec(bfp::encode_rd(layout, data, 0, p)),
+            Coding::BfpOwn(p) => with_codec(bfp::encode_own(layout, data, 0, p)),
             Coding::Quant { grid, bits } => quantize(layout, data, grid, bits),
             Coding::Cast(to) => (
                 dmx_codec::Codec::Cast,
@@ -181,6 +181,11 @@ impl Coding {
             entropy_bits,
         }
     }
+}
+
+/// A BFP payload with its codec (4, or 13 when it codes a table per previous value).
+fn with_codec((payload, bits): (Vec<u8>, f64)) -> (dmx_codec::Codec, (Vec<u8>, f64)) {
+    (bfp::codec(&payload), (payload, bits))
 }
 
 /// A lossy chunk as [`Coding::encode_lossy`] codes it.
@@ -275,11 +280,11 @@ impl Coding {
             }
             Coding::Bfp(p) => {
                 let (payload, bits, restored) = bfp::encode_rd_restored(layout, data, 0, p);
-                (dmx_codec::Codec::Bfp, (payload, bits), restored)
+                (bfp::codec(&payload), (payload, bits), restored)
             }
             Coding::BfpOwn(p) => {
                 let (payload, bits, restored) = bfp::encode_own_restored(layout, data, 0, p);
-                (dmx_codec::Codec::Bfp, (payload, bits), restored)
+                (bfp::codec(&payload), (payload, bits), restored)
             }
             Coding::Quant { grid, bits } => match grid.capped(layout) {
                 Grid::Linear(step) => {

@@ -1273,6 +1273,47 @@ fn chunk_cases() -> Vec<ChunkCase> {
         let exact = (layout.bytes(), (0..data.len() / layout.bytes()).collect());
         add(&name, enc.codec, None, data, enc.payload, exact, &[]);
     }
+    // Codec 13, BFP with previous-value tables: kernels of 32 taps that fall off by a binade
+    // every 3 taps (BF16) or every tap (F32; the writer picks codec 13 there), a group of NaN/Inf;
+    // F32 with a raw low magnitude bit.
+    for (i, (name, layout, m, n)) in [
+        ("bfp-ctx-bf16-m6", FloatLayout::BF16, 6, 4096),
+        ("bfp-ctx-f32-m9", FloatLayout::F32, 9, 4096),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let v: Vec<f32> = weights(50 + i as u64, n)
+            .iter()
+            .enumerate()
+            .map(|(j, &x)| x * (-((j % 32) as f32 / (3 - 2 * i) as f32).floor()).exp2())
+            .collect();
+        let (mut data, specials) = match layout.bytes() {
+            4 => (f32_bytes(&v), F32_SPECIALS),
+            _ => (bf16_bytes(&v), BF16_SPECIALS),
+        };
+        let w = layout.bytes();
+        put_specials(&mut data, w, &esc, specials);
+        let p = bfp::Params {
+            mantissa_bits: m,
+            group_size: 32,
+        };
+        let (payload, _) = bfp::encode(layout, &data, 0, p);
+        assert_eq!(
+            bfp::codec(&payload),
+            Codec::BfpContext,
+            "{name}: the encoder picks codec 13"
+        );
+        add(
+            name,
+            Codec::BfpContext,
+            None,
+            data,
+            payload,
+            (w, esc.clone()),
+            &[],
+        );
+    }
     cases
 }
 
@@ -1570,14 +1611,14 @@ fn vectors_of_format_1_4_still_decode() {
 }
 
 #[test]
-fn chunk_vectors_of_codecs_4_to_12_decode_and_are_reproduced() {
+fn chunk_vectors_of_codecs_4_to_13_decode_and_are_reproduced() {
     let exp = expected();
     let cases = chunk_cases();
     let mut codecs: Vec<u8> = cases.iter().map(|c| c.codec as u8).collect();
     codecs.dedup();
     assert_eq!(
         codecs,
-        [4, 5, 6, 7, 8, 9, 10, 11, 12],
+        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
         "every lossy and delta codec and the split-stream and rANS codecs have chunk vectors"
     );
     for case in &cases {
