@@ -69,9 +69,69 @@ pub(crate) fn scan<const B: usize>(data: &[u8], coord: impl Fn(u64) -> Option<i6
     s
 }
 
-/// Appends the count and the body of `split` to `out`; returns its order-0 entropy bound in
-/// bits (integer coder bound plus the raw escape bits and their positions).
-pub(crate) fn put(split: &Split, out: &mut Vec<u8>) -> f64 {
+/// Contexts of the integers in a body with previous-value contexts (codec 14): the context of
+/// an integer is [`prev_class`] of the zigzagged integer before it.
+pub(crate) const PREV_CONTEXTS: usize = 18;
+
+/// The context after zigzagged integer `z`: its bit length, at most 17 (the first integer of
+/// a body follows a 0).
+#[inline(always)]
+pub(crate) fn prev_class(z: u64) -> usize {
+    ((64 - z.leading_zeros()) as usize).min(PREV_CONTEXTS - 1)
+}
+
+/// [`put_choosing`] first estimates the contexts' gain from one integer in this many.
+const PREV_SAMPLE: usize = 8;
+/// Bodies of fewer integers are not worth the contexts' tables.
+pub(crate) const PREV_MIN: usize = 4096;
+
+/// The previous-value context of each of the zigzagged integers `qs`.
+pub(crate) fn prev_contexts(qs: &[u64]) -> Vec<u8> {
+    std::iter::once(0)
+        .chain(qs.iter().map(|&z| prev_class(z) as u8))
+        .take(qs.len())
+        .collect()
+}
+/// The previous-value contexts are used when they make the integers' block smaller by more
+/// than this share (their decoder is serial, a few times slower).
+const PREV_GAIN: f64 = 0.005;
+
+/// [`put`], or, where `contexts` allows and it is more than [`PREV_GAIN`] smaller, the body
+/// with previous-value contexts; returns the entropy bound and whether it used them.
+pub(crate) fn put_choosing(split: &Split, out: &mut Vec<u8>, contexts: bool) -> (f64, bool) {
+    if !contexts || split.qs.len() < PREV_MIN {
+        return (put(split, out), false);
+    }
+    let plain = match &split.counts {
+        None => ints::Plan::new(&split.qs, None, 1),
+        Some(counts) => ints::Plan::from_hist(&ints::Hist::from_counts(
+            counts.clone(),
+            Split::WIDTH,
+            1,
+            split.qs.len(),
+        )),
+    };
+    let need = plain.size as f64 * 8.0 * PREV_GAIN;
+    if ints::context_gain(&split.qs, prev_class, PREV_CONTEXTS, PREV_SAMPLE) <= need {
+        let entropy = put_head(split, out);
+        ints::encode_with_plan(&split.qs, None, &plain, out);
+        return (entropy + plain.entropy_bits, false);
+    }
+    let ctx = prev_contexts(&split.qs);
+    let with = ints::Plan::new(&split.qs, Some(&ctx), PREV_CONTEXTS);
+    if (with.size as f64) < plain.size as f64 * (1.0 - PREV_GAIN) {
+        let entropy = put_head(split, out);
+        ints::encode_with_plan(&split.qs, Some(&ctx), &with, out);
+        (entropy + with.entropy_bits, true)
+    } else {
+        let entropy = put_head(split, out);
+        ints::encode_with_plan(&split.qs, None, &plain, out);
+        (entropy + plain.entropy_bits, false)
+    }
+}
+
+/// Appends the count and the escapes of `split` to `out`; returns their entropy bound in bits.
+fn put_head(split: &Split, out: &mut Vec<u8>) -> f64 {
     put_varint(out, (split.qs.len() + split.gaps.len()) as u64);
     put_varint(out, split.gaps.len() as u64);
     let mut entropy = 0.0;
@@ -83,6 +143,13 @@ pub(crate) fn put(split: &Split, out: &mut Vec<u8>) -> f64 {
         out.extend_from_slice(&block);
         out.extend_from_slice(&split.escaped);
     }
+    entropy
+}
+
+/// Appends the count and the body of `split` to `out`; returns its order-0 entropy bound in
+/// bits (integer coder bound plus the raw escape bits and their positions).
+pub(crate) fn put(split: &Split, out: &mut Vec<u8>) -> f64 {
+    let entropy = put_head(split, out);
     // The block of `ints::encode_signed`, from the zigzagged values directly.
     match &split.counts {
         None => entropy + ints::encode_ctx(&split.qs, None, 1, out),
@@ -156,10 +223,22 @@ pub(crate) fn head<'a>(
 /// `out_len` bytes; the payload must end after it. Allocates `O(out_len / b)`.
 pub(crate) fn get<'a>(
     payload: &'a [u8],
+    pos: usize,
+    b: usize,
+    out_len: usize,
+    msg: &Messages,
+) -> Result<Body<'a>, CodecError> {
+    get_with(payload, pos, b, out_len, msg, false)
+}
+
+/// [`get`] of a body whose integers have previous-value contexts when `contexts` (codec 14).
+pub(crate) fn get_with<'a>(
+    payload: &'a [u8],
     mut pos: usize,
     b: usize,
     out_len: usize,
     msg: &Messages,
+    contexts: bool,
 ) -> Result<Body<'a>, CodecError> {
     let count = get_varint(payload, &mut pos)?;
     if usize::try_from(count).ok().and_then(|c| c.checked_mul(b)) != Some(out_len) {
@@ -191,7 +270,11 @@ pub(crate) fn get<'a>(
         pos += nesc * b;
     }
     let mut qs = vec![0i64; count - nesc];
-    pos += ints::decode_signed(&payload[pos..], &mut qs)?;
+    pos += if contexts {
+        ints::decode_prev_ctx(&payload[pos..], PREV_CONTEXTS, prev_class, &mut qs)?
+    } else {
+        ints::decode_signed(&payload[pos..], &mut qs)?
+    };
     if pos != payload.len() {
         return Err(CodecError::Corrupt(msg.trailing));
     }

@@ -89,6 +89,9 @@ pub enum Codec {
     /// Block floating point with a magnitude table per previous value in the group, module
     /// [`bfp`] (lossy).
     BfpContext = 13,
+    /// Codec 5 with the integers coded under previous-value contexts, module [`quant`]
+    /// (lossy).
+    QuantContext = 14,
 }
 
 impl Codec {
@@ -109,6 +112,7 @@ impl Codec {
             11 => Ok(Self::FloatSplitRows),
             12 => Ok(Self::FloatSplitRans),
             13 => Ok(Self::BfpContext),
+            14 => Ok(Self::QuantContext),
             other => Err(CodecError::UnknownCodec(other)),
         }
     }
@@ -130,6 +134,7 @@ impl Codec {
             Self::FloatSplitRows => "float-split-rows",
             Self::FloatSplitRans => "float-split-rans",
             Self::BfpContext => "bfp-ctx",
+            Self::QuantContext => "quant-ctx",
         }
     }
 
@@ -145,6 +150,7 @@ impl Codec {
             Self::Bfp
                 | Self::BfpContext
                 | Self::Quant
+                | Self::QuantContext
                 | Self::QuantDelta
                 | Self::Cast
                 | Self::FloatQuant
@@ -437,7 +443,7 @@ pub fn decode_with_base(
     let need_base = || base.ok_or(CodecError::Corrupt("a delta chunk outside a delta entry"));
     match codec {
         Codec::Bfp | Codec::BfpContext => bfp::decode_codec(codec, payload, out),
-        Codec::Quant => quant::decode(payload, out),
+        Codec::Quant | Codec::QuantContext => quant::decode_codec(codec, payload, out),
         Codec::FloatQuant => fquant::decode(payload, out),
         Codec::Cast => cast::decode(payload, out),
         Codec::Delta => delta::decode(payload, need_base()?, out),
@@ -525,7 +531,9 @@ mod tests {
 
     #[test]
     fn unknown_codec_is_rejected() {
-        assert_eq!(Codec::from_id(14), Err(CodecError::UnknownCodec(14)));
+        assert_eq!(Codec::from_id(15), Err(CodecError::UnknownCodec(15)));
+        assert_eq!(Codec::from_id(14), Ok(Codec::QuantContext));
+        assert!(!Codec::QuantContext.is_lossless());
         assert_eq!(Codec::from_id(13), Ok(Codec::BfpContext));
         assert!(!Codec::BfpContext.is_lossless());
         assert_eq!(Codec::from_id(10), Ok(Codec::FloatSplit));

@@ -46,8 +46,8 @@ pub const VERSION_MAJOR: u16 = 1;
 /// Highest minor format version written by this crate (1.1 adds lossy segments and delta
 /// entries, 1.2 packed tensors, packs of small files and the compressed index, 1.3
 /// `torch.save` entries, 1.4 the lossy records with per-value errors and the floating grid,
-/// 1.5 the split-stream float codecs 10 and 11, 1.6 the rANS float codec 12, 1.7 BFP with
-/// previous-value tables (codec 13);
+/// 1.5 the split-stream float codecs 10 and 11, 1.6 the rANS float codec 12, 1.7 the
+/// previous-value codecs 13 (BFP) and 14 (integer grid);
 /// an archive that uses none of them is written as 1.0). Readers accept any minor of their
 /// major and reject the ids (transforms, codecs, kinds, flags) they do not know.
 pub const VERSION_MINOR: u16 = 7;

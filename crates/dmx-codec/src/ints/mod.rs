@@ -407,6 +407,44 @@ pub(crate) fn encode_ctx(
     plan.entropy_bits
 }
 
+/// An estimate of the bits that the contexts `class(values[i − 1])` (all below `nctx`; the
+/// first value's is `class(0)`) save on `values`, from every `stride`-th value: the drop in
+/// the entropy of the values' bit lengths (each histogram with the Miller–Madow correction,
+/// `(used cells − 1) / (2 ln 2)` bits, since a sample's plug-in entropy understates the
+/// more cells it spreads over), scaled to all values, less 20 bytes per extra table. Cheap
+/// enough to run on every block before planning one with contexts.
+pub(crate) fn context_gain(
+    values: &[u64],
+    class: impl Fn(u64) -> usize,
+    nctx: usize,
+    stride: usize,
+) -> f64 {
+    const LENGTHS: usize = 65;
+    let mut h = vec![0u64; nctx * LENGTHS];
+    let mut i = 0;
+    while i < values.len() {
+        let prev = if i == 0 { 0 } else { values[i - 1] };
+        let len = (64 - values[i].leading_zeros()) as usize;
+        h[class(prev).min(nctx - 1) * LENGTHS + len] += 1;
+        i += stride;
+    }
+    let mm = |h: &[u64]| {
+        let used = h.iter().filter(|&&c| c > 0).count();
+        entropy(h) + used.saturating_sub(1) as f64 / (2.0 * std::f64::consts::LN_2)
+    };
+    let mut merged = vec![0u64; LENGTHS];
+    let mut split = 0.0;
+    let mut tables = 0usize;
+    for row in h.chunks_exact(LENGTHS) {
+        split += mm(row);
+        tables += usize::from(row.iter().any(|&c| c > 0));
+        for (m, &c) in merged.iter_mut().zip(row) {
+            *m += c;
+        }
+    }
+    (mm(&merged) - split) * stride as f64 - 160.0 * tables.saturating_sub(1) as f64
+}
+
 /// Writes value `v` to `lane` with the codes of row `row` of `enc` (`code | length << 16`
 /// per token of parameter `k`).
 #[inline(always)]
@@ -756,14 +794,21 @@ impl<T: Sink> Values for WithCtx<'_, T> {
     }
 }
 
-/// Decodes a block into `out` (which supplies the contexts, all below `nctx`); returns the
-/// bytes consumed. Values decode in order within each stream; the four streams advance in
-/// lockstep.
-pub(crate) fn decode_into<V: Values>(
-    data: &[u8],
-    nctx: usize,
-    out: &mut V,
-) -> Result<usize, CodecError> {
+/// A block's header parsed: its decode tables and where its four streams lie.
+struct Block<'a> {
+    tables: Tables,
+    /// The concatenated streams.
+    streams: Bits<'a>,
+    /// Start and end bit of each stream.
+    starts: [usize; LANES],
+    ends: [usize; LANES],
+    /// Bytes of the whole block.
+    len: usize,
+}
+
+/// Parses the header of a block of `n` values under `nctx` contexts (`n` must equal the
+/// block's count).
+fn parse_block(data: &[u8], nctx: usize, n: usize) -> Result<Block<'_>, CodecError> {
     if !(1..=MAX_CONTEXTS).contains(&nctx) {
         return Err(CodecError::Corrupt("integer block context count mismatch"));
     }
@@ -779,14 +824,19 @@ pub(crate) fn decode_into<V: Values>(
     }
     let mut pos = 1;
     let count = get_varint(data, &mut pos)?;
-    let n = out.count();
     if count != n as u64 {
         return Err(CodecError::Corrupt(
             "integer block count disagrees with the output size",
         ));
     }
     if n == 0 {
-        return Ok(pos);
+        return Ok(Block {
+            tables: Tables::new(1),
+            streams: Bits(&[]),
+            starts: [0; LANES],
+            ends: [0; LANES],
+            len: pos,
+        });
     }
     let alph = alphabet(k);
     let mut tables = Tables::new(nctx);
@@ -830,8 +880,6 @@ pub(crate) fn decode_into<V: Values>(
         .get(pos..)
         .and_then(|d| d.get(..total))
         .ok_or(CodecError::Corrupt("integer block stream exceeds the data"))?;
-    // The concatenated streams of the block; overruns are caught by the end check.
-    let r = Bits(streams);
     let mut ends = [0usize; LANES];
     let mut starts = [0usize; LANES];
     let mut acc = 0;
@@ -840,10 +888,79 @@ pub(crate) fn decode_into<V: Values>(
         acc += sizes[i];
         ends[i] = acc * 8;
     }
-    // A context the caller computes out of range decodes as corrupt, never panics.
-    let t = &tables;
+    Ok(Block {
+        tables,
+        streams: Bits(streams),
+        starts,
+        ends,
+        len: pos + total,
+    })
+}
+
+/// The checks after the last value of a block: no invalid code met (`bad`), and each stream
+/// ended within its last byte.
+fn finish_block(block: &Block<'_>, ps: [usize; LANES], bad: u32) -> Result<usize, CodecError> {
+    if bad & INVALID != 0 {
+        return Err(CodecError::Corrupt("invalid Huffman code in integer block"));
+    }
+    for (&p, &e) in ps.iter().zip(&block.ends) {
+        if p > e || p + 8 <= e {
+            return Err(CodecError::Corrupt("integer block stream length mismatch"));
+        }
+    }
+    Ok(block.len)
+}
+
+/// Decodes a block made by [`encode_ctx`] whose context of value `i` is `prev_class` of the
+/// coded (zigzagged) value `i − 1`, and of value 0 `prev_class(0)`; `prev_class` must stay
+/// below `nctx`. The values decode one after the other (each waits for its predecessor's
+/// context), still from the four streams in turn. Returns the bytes consumed.
+pub(crate) fn decode_prev_ctx(
+    data: &[u8],
+    nctx: usize,
+    prev_class: impl Fn(u64) -> usize,
+    out: &mut [i64],
+) -> Result<usize, CodecError> {
+    let block = parse_block(data, nctx, out.len())?;
+    if out.is_empty() {
+        return Ok(block.len);
+    }
+    let t = &block.tables;
     let mut bad = 0u32;
-    let [mut p0, mut p1, mut p2, mut p3] = starts;
+    let mut ps = block.starts;
+    let mut prev = 0u64;
+    for (i, o) in out.iter_mut().enumerate() {
+        let v = decode_one(
+            block.streams,
+            &mut ps[i % LANES],
+            t,
+            t.row(prev_class(prev)),
+            &mut bad,
+        );
+        *o = unzigzag(v);
+        prev = v;
+    }
+    finish_block(&block, ps, bad)
+}
+
+/// Decodes a block into `out` (which supplies the contexts, all below `nctx`); returns the
+/// bytes consumed. Values decode in order within each stream; the four streams advance in
+/// lockstep.
+pub(crate) fn decode_into<V: Values>(
+    data: &[u8],
+    nctx: usize,
+    out: &mut V,
+) -> Result<usize, CodecError> {
+    let n = out.count();
+    let block = parse_block(data, nctx, n)?;
+    if n == 0 {
+        return Ok(block.len);
+    }
+    let r = block.streams;
+    // A context the caller computes out of range decodes as corrupt, never panics.
+    let t = &block.tables;
+    let mut bad = 0u32;
+    let [mut p0, mut p1, mut p2, mut p3] = block.starts;
     let groups = n / LANES;
     for g in 0..groups {
         let i = g * LANES;
@@ -859,14 +976,5 @@ pub(crate) fn decode_into<V: Values>(
         let v = decode_one(r, &mut ps[i % LANES], t, t.row(out.ctx(i)), &mut bad);
         out.set(i, v);
     }
-    if bad & INVALID != 0 {
-        return Err(CodecError::Corrupt("invalid Huffman code in integer block"));
-    }
-    for (&p, &e) in ps.iter().zip(&ends) {
-        // Each stream ends within its last byte.
-        if p > e || p + 8 <= e {
-            return Err(CodecError::Corrupt("integer block stream length mismatch"));
-        }
-    }
-    Ok(pos + total)
+    finish_block(&block, ps, bad)
 }

@@ -290,7 +290,8 @@ impl Coding {
                 Grid::Linear(step) => {
                     let (payload, entropy_bits, restored) =
                         dmx_codec::quant::encode_restored(layout, data, step, bits);
-                    (dmx_codec::Codec::Quant, (payload, entropy_bits), restored)
+                    let codec = dmx_codec::quant::codec(&payload);
+                    (codec, (payload, entropy_bits), restored)
                 }
                 Grid::Float(m) => (
                     dmx_codec::Codec::FloatQuant,
@@ -327,7 +328,7 @@ impl Coding {
     }
 }
 
-/// A chunk on `grid` alone: codec 5 (linear) or 9 (floating).
+/// A chunk on `grid` alone: codec 5 or 14 (linear) or 9 (floating).
 fn quantize(
     layout: FloatLayout,
     data: &[u8],
@@ -335,10 +336,10 @@ fn quantize(
     bits: u32,
 ) -> (dmx_codec::Codec, (Vec<u8>, f64)) {
     match grid.capped(layout) {
-        Grid::Linear(step) => (
-            dmx_codec::Codec::Quant,
-            dmx_codec::quant::encode(layout, data, step, bits),
-        ),
+        Grid::Linear(step) => {
+            let (payload, bits) = dmx_codec::quant::encode(layout, data, step, bits);
+            (dmx_codec::quant::codec(&payload), (payload, bits))
+        }
         Grid::Float(m) => (
             dmx_codec::Codec::FloatQuant,
             dmx_codec::fquant::encode(layout, data, m),

@@ -1314,6 +1314,36 @@ fn chunk_cases() -> Vec<ChunkCase> {
             &[],
         );
     }
+    // Codec 14, the integer grid with previous-value contexts: int16 on F32 kernels of 32 taps
+    // whose magnitudes halve every 2 taps (the writer picks codec 14 there), with escapes
+    // (NaN, ±Inf, far beyond the grid).
+    {
+        let v: Vec<f32> = weights(70, 8192)
+            .iter()
+            .enumerate()
+            .map(|(j, &x)| x * (-((j % 32) as f32 / 2.0).floor()).exp2())
+            .collect();
+        let mut data = f32_bytes(&v);
+        put_specials(&mut data, 4, &esc, F32_SPECIALS);
+        let mut exact = esc.clone();
+        put_specials(&mut data, 4, &[3000], &[&[0x00, 0x24, 0x74, 0x49]]);
+        exact.push(3000);
+        let (payload, _) = quant::encode(FloatLayout::F32, &data, grid::step_for(0.05, 16), 16);
+        assert_eq!(
+            quant::codec(&payload),
+            Codec::QuantContext,
+            "quant-ctx-f32-int16: the encoder picks codec 14"
+        );
+        add(
+            "quant-ctx-f32-int16",
+            Codec::QuantContext,
+            None,
+            data,
+            payload,
+            (4, exact),
+            &[],
+        );
+    }
     cases
 }
 
@@ -1611,14 +1641,14 @@ fn vectors_of_format_1_4_still_decode() {
 }
 
 #[test]
-fn chunk_vectors_of_codecs_4_to_13_decode_and_are_reproduced() {
+fn chunk_vectors_of_codecs_4_to_14_decode_and_are_reproduced() {
     let exp = expected();
     let cases = chunk_cases();
     let mut codecs: Vec<u8> = cases.iter().map(|c| c.codec as u8).collect();
     codecs.dedup();
     assert_eq!(
         codecs,
-        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14],
         "every lossy and delta codec and the split-stream and rANS codecs have chunk vectors"
     );
     for case in &cases {
