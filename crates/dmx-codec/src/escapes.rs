@@ -99,34 +99,38 @@ const PREV_GAIN: f64 = 0.005;
 /// [`put`], or, where `contexts` allows and it is more than [`PREV_GAIN`] smaller, the body
 /// with previous-value contexts; returns the entropy bound and whether it used them.
 pub(crate) fn put_choosing(split: &Split, out: &mut Vec<u8>, contexts: bool) -> (f64, bool) {
-    if !contexts || split.qs.len() < PREV_MIN {
-        return (put(split, out), false);
-    }
+    let qs = &split.qs;
+    // The block of `ints::encode_signed`, from the zigzagged values directly, with the
+    // histogram a writer already counted.
     let plain = match &split.counts {
-        None => ints::Plan::new(&split.qs, None, 1),
+        None => ints::Plan::new(qs, None, 1),
         Some(counts) => ints::Plan::from_hist(&ints::Hist::from_counts(
             counts.clone(),
             Split::WIDTH,
             1,
-            split.qs.len(),
+            qs.len(),
         )),
     };
     let need = plain.size as f64 * 8.0 * PREV_GAIN;
-    if ints::context_gain(&split.qs, prev_class, PREV_CONTEXTS, PREV_SAMPLE) <= need {
-        let entropy = put_head(split, out);
-        ints::encode_with_plan(&split.qs, None, &plain, out);
-        return (entropy + plain.entropy_bits, false);
-    }
-    let ctx = prev_contexts(&split.qs);
-    let with = ints::Plan::new(&split.qs, Some(&ctx), PREV_CONTEXTS);
-    if (with.size as f64) < plain.size as f64 * (1.0 - PREV_GAIN) {
-        let entropy = put_head(split, out);
-        ints::encode_with_plan(&split.qs, Some(&ctx), &with, out);
-        (entropy + with.entropy_bits, true)
-    } else {
-        let entropy = put_head(split, out);
-        ints::encode_with_plan(&split.qs, None, &plain, out);
-        (entropy + plain.entropy_bits, false)
+    let with = (contexts
+        && qs.len() >= PREV_MIN
+        && ints::context_gain(qs, prev_class, PREV_CONTEXTS, PREV_SAMPLE) > need)
+        .then(|| {
+            let ctx = prev_contexts(qs);
+            let plan = ints::Plan::new(qs, Some(&ctx), PREV_CONTEXTS);
+            (ctx, plan)
+        })
+        .filter(|(_, plan)| (plan.size as f64) < plain.size as f64 * (1.0 - PREV_GAIN));
+    let entropy = put_head(split, out);
+    match with {
+        Some((ctx, plan)) => {
+            ints::encode_with_plan(qs, Some(&ctx), &plan, out);
+            (entropy + plan.entropy_bits, true)
+        }
+        None => {
+            ints::encode_with_plan(qs, None, &plain, out);
+            (entropy + plain.entropy_bits, false)
+        }
     }
 }
 
@@ -149,18 +153,7 @@ fn put_head(split: &Split, out: &mut Vec<u8>) -> f64 {
 /// Appends the count and the body of `split` to `out`; returns its order-0 entropy bound in
 /// bits (integer coder bound plus the raw escape bits and their positions).
 pub(crate) fn put(split: &Split, out: &mut Vec<u8>) -> f64 {
-    let entropy = put_head(split, out);
-    // The block of `ints::encode_signed`, from the zigzagged values directly.
-    match &split.counts {
-        None => entropy + ints::encode_ctx(&split.qs, None, 1, out),
-        // `ints::encode_ctx(&split.qs, None, 1, out)`, with the histogram already counted.
-        Some(counts) => {
-            let hist = ints::Hist::from_counts(counts.clone(), Split::WIDTH, 1, split.qs.len());
-            let plan = ints::Plan::from_hist(&hist);
-            ints::encode_with_plan(&split.qs, None, &plan, out);
-            entropy + plan.entropy_bits
-        }
-    }
+    put_choosing(split, out, false).0
 }
 
 /// The error messages of one codec's reader.

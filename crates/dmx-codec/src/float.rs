@@ -201,6 +201,15 @@ pub fn entropy(freq: &[u64]) -> f64 {
         .sum()
 }
 
+/// [`entropy`] of a sample's histogram with the Miller–Madow correction, `(used cells − 1) /
+/// (2 ln 2)` bits: a sample's plug-in entropy understates the entropy of what it was drawn
+/// from, the more the more cells it spreads over. For comparing a sample's entropy with and
+/// without a context, which spreads it over more cells.
+pub(crate) fn entropy_corrected(freq: &[u64]) -> f64 {
+    let used = freq.iter().filter(|&&f| f > 0).count();
+    entropy(freq) + used.saturating_sub(1) as f64 / (2.0 * std::f64::consts::LN_2)
+}
+
 /// Encodes `data` with `plan` (from [`Analysis::best_plan`] on the same data).
 pub fn encode(layout: FloatLayout, data: &[u8], plan: &Plan) -> Vec<u8> {
     let bytes = layout.bytes();

@@ -2,7 +2,7 @@
 
 use super::{
     CLASS_LO, CLASSES, Geo, History, LANES, MAX_CTX_TABLES, MAX_TABLES, PREV_FINE, Params, Shape,
-    VERSION, VERSION_CTX, check, coarse, group_exponent, mag_bits, norm_row, prev_fine,
+    VERSION, VERSION_CTX, check, coarse, group_exponent, mag_bits, norm_row, prev_fine_of,
     quantize_at, quantize_narrow, table_cost, vsym,
 };
 use crate::FloatLayout;
@@ -180,7 +180,7 @@ fn encode_width<const B: usize>(
 
     // The previous-value table of each magnitude symbol (`neg0` is the decoder's code 0).
     let pmap: Vec<u8> = (0..alpha as u32)
-        .map(|s| coarse(prev_fine(if s == g.neg0 { 0 } else { s }), np) as u8)
+        .map(|s| coarse(prev_fine_of(g, s), np) as u8)
         .collect();
     let encs = crate::cpu::dispatch(
         level,
@@ -559,30 +559,17 @@ fn choose_context(
         1
     };
     // The sample's bits in codec 4's window without and with `TRIAL` previous-value
-    // classes: entropies with the Miller–Madow correction ((used cells − 1) / (2 ln 2) bits
-    // per histogram: a plug-in entropy of a sample understates the true one, the more so
-    // the more cells it spreads over), scaled to the chunk, plus the tables.
+    // classes: bias-corrected entropies (a sample's plug-in entropy understates the true
+    // one, the more so the more cells it spreads over), scaled to the chunk, plus the tables.
     let sample = context_hist(g, shape, p1, stride);
     let split = window_tables(&merge_prev(&sample, TRIAL, alpha), lo, k, TRIAL, alpha);
-    let one: Vec<Vec<u64>> = split
-        .chunks_exact(TRIAL)
-        .map(|t| {
-            let mut m = vec![0u64; alpha];
-            for h in t {
-                for (a, &b) in m.iter_mut().zip(h) {
-                    *a += b;
-                }
-            }
-            m
-        })
-        .collect();
+    let one = window_tables(&merge_prev(&sample, 1, alpha), lo, k, 1, alpha);
     let bits = |tables: &[Vec<u64>]| -> f64 {
         tables
             .iter()
             .map(|h| {
                 let used = h.iter().filter(|&&c| c > 0).count() as f64;
-                let mm = (used - 1.0).max(0.0) / (2.0 * std::f64::consts::LN_2);
-                (crate::float::entropy(h) + mm) * stride as f64 + 32.0 + 3.0 * used
+                crate::float::entropy_corrected(h) * stride as f64 + 32.0 + 3.0 * used
             })
             .sum()
     };
@@ -640,7 +627,7 @@ fn context_hist(g: &Geo, shape: Shape, p1: &Pass1, stride: usize) -> Vec<u64> {
     let mut h = vec![0u64; CLASSES * PREV_FINE * alpha];
     // The offset of the histogram that follows each symbol.
     let next: Vec<usize> = (0..alpha as u32)
-        .map(|s| prev_fine(if s == g.neg0 { 0 } else { s }) * alpha)
+        .map(|s| prev_fine_of(g, s) * alpha)
         .collect();
     for i in (0..shape.groups).step_by(stride) {
         let gc = p1.codes[i];

@@ -520,6 +520,13 @@ fn prev_fine(b: u32) -> usize {
     1 + (32 - (b & 0xFF).leading_zeros()) as usize
 }
 
+/// [`prev_fine`] after the encoder's magnitude symbol `s` (`neg0`, `−0`, is the decoder's
+/// code byte 0).
+#[inline(always)]
+fn prev_fine_of(g: &Geo, s: u32) -> usize {
+    prev_fine(if s == g.neg0 { 0 } else { s })
+}
+
 /// The table of each previous-value class when `p` classes are kept: fine class `f` uses
 /// table `min(f, p − 1)`.
 #[inline(always)]

@@ -133,40 +133,45 @@ pub(super) fn pseudo_u32(n: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-/// Weight-like values: random signs, exponents in a narrow band per row, random fraction.
-fn weights(layout: FloatLayout, n: usize, seed: u64) -> Vec<u32> {
+/// `n` values of `layout`, value `i` made by `bits(i, r, f, bias)` from its random word `r`,
+/// the layout's fraction width `f` and its exponent bias.
+fn from_words(
+    layout: FloatLayout,
+    n: usize,
+    seed: u64,
+    bits: impl Fn(usize, u32, u32, u32) -> u32,
+) -> Vec<u32> {
     let f = layout.bits() - 1 - layout.exp_bits;
     let bias = (1u32 << (layout.exp_bits - 1)) - 1;
     pseudo_u32(n, seed)
         .iter()
         .enumerate()
-        .map(|(i, &r)| {
-            let sign = r >> 31;
-            let band = (i / 50) as u32 % 5;
-            let e = bias - 3 - band - (r >> 28 & 7).min(4) * ((r >> 27) & 1);
-            let frac = r & ((1 << f) - 1);
-            sign << (layout.bits() - 1) | e << f | frac
-        })
+        .map(|(i, &r)| bits(i, r, f, bias))
         .collect()
+}
+
+/// Weight-like values: random signs, exponents in a narrow band per row, random fraction.
+fn weights(layout: FloatLayout, n: usize, seed: u64) -> Vec<u32> {
+    from_words(layout, n, seed, |i, r, f, bias| {
+        let sign = r >> 31;
+        let band = (i / 50) as u32 % 5;
+        let e = bias - 3 - band - (r >> 28 & 7).min(4) * ((r >> 27) & 1);
+        let frac = r & ((1 << f) - 1);
+        sign << (layout.bits() - 1) | e << f | frac
+    })
 }
 
 /// Convolution-kernel-like values: along each kernel of 64 taps the magnitudes fall by a
 /// binade every 6 taps, with random signs and fractions and a few zeros, so a value's
 /// magnitude follows its predecessor's (what codec 13's previous-value tables use).
 fn kernels(layout: FloatLayout, n: usize, seed: u64) -> Vec<u32> {
-    let f = layout.bits() - 1 - layout.exp_bits;
-    let bias = (1u32 << (layout.exp_bits - 1)) - 1;
-    pseudo_u32(n, seed)
-        .iter()
-        .enumerate()
-        .map(|(i, &r)| {
-            if r % 11 == 0 {
-                return 0;
-            }
-            let e = bias - 2 - (i % 64) as u32 / 6 - (r >> 28 & 1);
-            (r >> 31) << (layout.bits() - 1) | e << f | (r >> 3) & ((1 << f) - 1)
-        })
-        .collect()
+    from_words(layout, n, seed, |i, r, f, bias| {
+        if r % 11 == 0 {
+            return 0;
+        }
+        let e = bias - 2 - (i % 64) as u32 / 6 - (r >> 28 & 1);
+        (r >> 31) << (layout.bits() - 1) | e << f | (r >> 3) & ((1 << f) - 1)
+    })
 }
 
 /// `n` values of `layout`: weight-like, or any bit patterns.
@@ -515,16 +520,11 @@ fn previous_value_tables_pay_on_kernels_and_only_there() {
                 group_size: 32,
             };
             // Independent values: exponents 2^-3 .. 2^-6, random signs and fractions.
-            let f = layout.bits() - 1 - layout.exp_bits;
-            let bias = (1u32 << (layout.exp_bits - 1)) - 1;
-            let iid: Vec<u32> = pseudo_u32(20_000, 6)
-                .iter()
-                .map(|&r| {
-                    (r >> 31) << (layout.bits() - 1)
-                        | (bias - 3 - (r >> 29 & 3)) << f
-                        | r & ((1 << f) - 1)
-                })
-                .collect();
+            let iid = from_words(layout, 20_000, 6, |_, r, f, bias| {
+                (r >> 31) << (layout.bits() - 1)
+                    | (bias - 3 - (r >> 29 & 3)) << f
+                    | r & ((1 << f) - 1)
+            });
             let enc = check_round_trip(layout, &iid, 0, p);
             assert_eq!(codec(&enc), crate::Codec::Bfp, "{layout:?} M={m}");
         }

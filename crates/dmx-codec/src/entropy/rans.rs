@@ -438,23 +438,7 @@ pub fn put4(
     vals: [&[u32]; 4],
     key: impl Fn(u32) -> (usize, u32),
 ) {
-    let [e0, e1, e2, e3] = encs;
-    let (mut x0, mut x1, mut x2, mut x3) = (e0.x, e1.x, e2.x, e3.x);
-    let (mut n0, mut n1, mut n2, mut n3) = (e0.n, e1.n, e2.n, e3.n);
-    let (w0, w1, w2, w3) = (&mut e0.words, &mut e1.words, &mut e2.words, &mut e3.words);
-    let len = vals[0].len();
-    for j in (0..len).rev() {
-        let (a, sa) = key(vals[0][j]);
-        let (b, sb) = key(vals[1][j]);
-        let (c, sc) = key(vals[2][j]);
-        let (d, sd) = key(vals[3][j]);
-        vstep(&mut x0, &mut n0, w0, &t[0][a], sa);
-        vstep(&mut x1, &mut n1, w1, &t[1][b], sb);
-        vstep(&mut x2, &mut n2, w2, &t[2][c], sc);
-        vstep(&mut x3, &mut n3, w3, &t[3][d], sd);
-    }
-    (e0.x, e1.x, e2.x, e3.x) = (x0, x1, x2, x3);
-    (e0.n, e1.n, e2.n, e3.n) = (n0, n1, n2, n3);
+    put4_ctx(encs, t, 0, vals, key, |_| 0);
 }
 
 /// [`put4`] with a table per value: encoder `k` codes element `j` of `vals[k]` with table
@@ -515,8 +499,6 @@ pub fn decode4(d: &mut [Decoder<'_>; 4], t: [&[u64; TOTAL]; 4], codes: &mut [u16
     }
 }
 
-/// Branch-free renormalization: the next word is always read and kept only when needed.
-/// `words` ends with a padding word, which reads past the end also get.
 /// [`decode4`] with a table per code: decoder `k` decodes its first code with `t[k][0]` and
 /// each next one with `t[k][map[previous code & 0xFF]]` (every entry of `map` must index
 /// `t[k]`).
@@ -548,6 +530,8 @@ pub fn decode4_ctx(
     }
 }
 
+/// Branch-free renormalization: the next word is always read and kept only when needed.
+/// `words` ends with a padding word, which reads past the end also get.
 #[inline(always)]
 fn refill(x: &mut u32, k: &mut usize, words: &[u16]) {
     let need = *x < L;

@@ -409,10 +409,10 @@ pub(crate) fn encode_ctx(
 
 /// An estimate of the bits that the contexts `class(values[i − 1])` (all below `nctx`; the
 /// first value's is `class(0)`) save on `values`, from every `stride`-th value: the drop in
-/// the entropy of the values' bit lengths (each histogram with the Miller–Madow correction,
-/// `(used cells − 1) / (2 ln 2)` bits, since a sample's plug-in entropy understates the
-/// more cells it spreads over), scaled to all values, less 20 bytes per extra table. Cheap
-/// enough to run on every block before planning one with contexts.
+/// the entropy of the values' bit lengths (each histogram's
+/// [`entropy_corrected`](crate::float::entropy_corrected)), scaled to all values, less 20
+/// bytes per extra table. Cheap enough to run on every block before planning one with
+/// contexts.
 pub(crate) fn context_gain(
     values: &[u64],
     class: impl Fn(u64) -> usize,
@@ -428,10 +428,7 @@ pub(crate) fn context_gain(
         h[class(prev).min(nctx - 1) * LENGTHS + len] += 1;
         i += stride;
     }
-    let mm = |h: &[u64]| {
-        let used = h.iter().filter(|&&c| c > 0).count();
-        entropy(h) + used.saturating_sub(1) as f64 / (2.0 * std::f64::consts::LN_2)
-    };
+    let mm = crate::float::entropy_corrected;
     let mut merged = vec![0u64; LENGTHS];
     let mut split = 0.0;
     let mut tables = 0usize;
