@@ -766,8 +766,8 @@ fn check_non_finite_exact(layout: FloatLayout, original: &[u8], decoded: &[u8], 
 
 /// **quant** — `dmx_codec::quant::decode` never panics on any payload and output length.
 /// Mode bit 7 clear: the rest is the payload. Set: values of BF16/F16/F32/F64 are quantized
-/// with a step (any `f64`, NaN and zero included) and a grid width (2..=32) read from the
-/// input; the undamaged payload decodes, restores every NaN and ±Inf exactly and refuses a
+/// with a step (any `f64`, NaN and zero included), a grid width (2..=32) and a row length
+/// (1..=256, for codec 15) read from the input; the undamaged payload decodes, restores every NaN and ±Inf exactly and refuses a
 /// buffer one byte too long; the damaged payload (edits, length nudge) must not panic. The
 /// same values also go through the floating grid (`fquant`, codec 9, BF16/F16/F32 with
 /// `m = bits mod (F + 1)`): it decodes, keeps NaN and ±Inf exact and restores no non-zero
@@ -787,8 +787,10 @@ pub fn quant(data: &[u8]) {
     let layout = FLOATS[usize::from(b.u8()) % FLOATS.len()];
     let bits = 2 + u32::from(b.u8()) % 31;
     let step = f64::from_bits(b.u64());
+    // Rows of 1 to 256 values (codec 15's classes where they divide the chunk and pay).
+    let row_len = 1 + usize::from(b.u8());
     let values = whole(layout, b.rest());
-    let (mut payload, entropy) = quant::encode(layout, values, step, bits);
+    let (mut payload, entropy) = quant::encode_rows(layout, values, step, bits, row_len);
     assert!(!entropy.is_nan(), "quant entropy bound is NaN");
     let mut out = vec![0u8; values.len()];
     if let Err(e) = quant::decode(&payload, &mut out) {

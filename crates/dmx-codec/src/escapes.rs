@@ -7,6 +7,7 @@
 //! varint count | varint escapes
 //! escapes > 0: ints::encode_unsigned block of the gaps before each escape
 //!              (position − end of the previous escape), then the escaped values' bytes
+//! codec 15 only: the classes of the rows or columns ([`Form::Rows`])
 //! ints::encode_signed block of the integers of the other values, in order
 //! ```
 
@@ -96,9 +97,210 @@ pub(crate) fn prev_contexts(qs: &[u64]) -> Vec<u8> {
 /// than this share (their decoder is serial, a few times slower).
 const PREV_GAIN: f64 = 0.005;
 
-/// [`put`], or, where `contexts` allows and it is more than [`PREV_GAIN`] smaller, the body
-/// with previous-value contexts; returns the entropy bound and whether it used them.
-pub(crate) fn put_choosing(split: &Split, out: &mut Vec<u8>, contexts: bool) -> (f64, bool) {
+/// How the integers of a body are coded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// One Huffman table (codecs 5 and 9).
+    Plain,
+    /// A table per class of the previous integer (codec 14).
+    Prev,
+    /// A table per class of the value's row or column (codec 15).
+    Rows,
+}
+
+/// Most classes of rows or columns in a body of codec 15 (a reader's limit too).
+const MAX_CLASSES: usize = 16;
+/// Row and column classes are tried on bodies of at least this many integers.
+const ROWS_MIN: usize = 4096;
+/// The row or column classes are used when they make the integers (with the classes) smaller
+/// than the plain block by more than this share.
+const ROWS_GAIN: f64 = 0.002;
+/// The classes' gain is estimated from one integer in this many.
+const ROWS_SAMPLE: usize = 8;
+
+/// Where the writer may use contexts for the integers of a body.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Contexts {
+    /// Previous-value contexts (codec 14).
+    pub(crate) prev: bool,
+    /// Values per row of the chunk when it holds whole rows (0: no rows): row and column
+    /// classes (codec 15).
+    pub(crate) row_len: usize,
+}
+
+/// Codec 15's axis byte: classes per row.
+pub(crate) const AXIS_ROWS: u8 = 0;
+/// Codec 15's axis byte: classes per column.
+pub(crate) const AXIS_COLUMNS: u8 = 1;
+
+/// The context of each integer of a body of `count` values in rows of `w` whose escapes are
+/// at `escapes` (increasing positions): the class of its row (`axis` [`AXIS_ROWS`]) or column.
+fn unit_contexts(classes: &[u8], axis: u8, w: usize, count: usize, escapes: &[u64]) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(count);
+    if axis == AXIS_ROWS {
+        for &c in classes {
+            ctx.extend(std::iter::repeat_n(c, w));
+        }
+    } else {
+        for _ in 0..count / w {
+            ctx.extend_from_slice(classes);
+        }
+    }
+    if !escapes.is_empty() {
+        let mut esc = escapes.iter().peekable();
+        let mut p = 0u64;
+        ctx.retain(|_| {
+            let escaped = esc.peek() == Some(&&p);
+            if escaped {
+                esc.next();
+            }
+            p += 1;
+            !escaped
+        });
+    }
+    ctx
+}
+
+/// The class of a row or column whose integers' zigzagged sum is `sum` over `n` of them: the
+/// mean in half octaves (`floor(2 · log2(mean + 1))`).
+fn class_of(sum: u64, n: u64) -> i32 {
+    let mean = if n == 0 { 0.0 } else { sum as f64 / n as f64 };
+    ((mean + 1.0).log2() * 2.0).floor() as i32
+}
+
+/// Classes `0 ..` of units from their half-octave classes `raw`: the highest [`MAX_CLASSES`]
+/// kept, lower ones joining the lowest kept; with the number of classes. `None` when all are
+/// the same.
+fn rebase(raw: &[i32]) -> Option<(Vec<u8>, usize)> {
+    let hi = *raw.iter().max()?;
+    let lo = raw
+        .iter()
+        .copied()
+        .min()?
+        .max(hi - (MAX_CLASSES as i32 - 1));
+    (hi > lo).then(|| {
+        let classes = raw.iter().map(|&c| (c.max(lo) - lo) as u8).collect();
+        (classes, (hi - lo) as usize + 1)
+    })
+}
+
+/// The classes of the rows and of the columns of the integers of `split` (`count` values in
+/// rows of `w`; escapes at `escapes`), each with its class count (`None` where all units
+/// share one class).
+fn unit_classes(
+    split: &Split,
+    count: usize,
+    w: usize,
+    escapes: &[u64],
+) -> [Option<(Vec<u8>, usize)>; 2] {
+    let rows = count / w;
+    let mut row_sum = vec![0u64; rows];
+    let mut row_n = vec![w as u64; rows];
+    let mut col_sum = vec![0u64; w];
+    let mut col_n = vec![rows as u64; w];
+    // A zigzagged grid integer is below 2^33, so the sums of a chunk (below 2^30 values)
+    // cannot wrap; in a larger body they would only change the (informative) classes.
+    if escapes.is_empty() {
+        for (r, row) in split.qs.chunks_exact(w).enumerate() {
+            for (c, &z) in col_sum.iter_mut().zip(row) {
+                *c = c.wrapping_add(z);
+            }
+            row_sum[r] = row.iter().fold(0u64, |a, &z| a.wrapping_add(z));
+        }
+    } else {
+        for &e in escapes {
+            row_n[e as usize / w] -= 1;
+            col_n[e as usize % w] -= 1;
+        }
+        let mut esc = escapes.iter().peekable();
+        let mut zs = split.qs.iter();
+        for p in 0..count {
+            if esc.peek() == Some(&&(p as u64)) {
+                esc.next();
+                continue;
+            }
+            let z = *zs.next().expect("one integer per position not escaped");
+            row_sum[p / w] = row_sum[p / w].wrapping_add(z);
+            col_sum[p % w] = col_sum[p % w].wrapping_add(z);
+        }
+    }
+    let raw = |sum: &[u64], n: &[u64]| -> Vec<i32> {
+        sum.iter().zip(n).map(|(&s, &n)| class_of(s, n)).collect()
+    };
+    [
+        rebase(&raw(&row_sum, &row_n)),
+        rebase(&raw(&col_sum, &col_n)),
+    ]
+}
+
+/// Row or column classes for the integers of a body, with the gain a sample promises.
+struct Classes {
+    /// [`AXIS_ROWS`] or [`AXIS_COLUMNS`].
+    axis: u8,
+    /// Values per row.
+    w: usize,
+    /// The class of each row or column.
+    classes: Vec<u8>,
+    /// Number of classes.
+    nctx: usize,
+    /// The context (class) of each integer.
+    ctx: Vec<u8>,
+    /// Bits the classes promise to save ([`ints::class_gain`]).
+    gain: f64,
+}
+
+impl Classes {
+    /// The classes of the rows or of the columns of `split` (`count` values in rows of
+    /// `w`), whichever a sampled estimate ([`ints::class_gain`]) says saves more; `None`
+    /// where every row and every column has the same class.
+    fn estimate(split: &Split, count: usize, w: usize) -> Option<Self> {
+        let mut escapes = Vec::with_capacity(split.gaps.len());
+        let mut next = 0u64;
+        for &g in &split.gaps {
+            escapes.push(next + g);
+            next += g + 1;
+        }
+        let [rows, cols] = unit_classes(split, count, w, &escapes);
+        // The sample takes integer `i` at position `i` (escapes are rare).
+        let rows = rows.map(|(classes, nctx)| {
+            let gain = ints::class_gain(&split.qs, |i| classes[i / w], nctx, ROWS_SAMPLE);
+            (AXIS_ROWS, classes, nctx, gain)
+        });
+        let cols = cols.map(|(classes, nctx)| {
+            let gain = ints::class_gain(&split.qs, |i| classes[i % w], nctx, ROWS_SAMPLE);
+            (AXIS_COLUMNS, classes, nctx, gain)
+        });
+        let (axis, classes, nctx, gain) = [rows, cols]
+            .into_iter()
+            .flatten()
+            .max_by(|a, b| a.3.total_cmp(&b.3))?;
+        let ctx = unit_contexts(&classes, axis, w, count, &escapes);
+        Some(Self {
+            axis,
+            w,
+            classes,
+            nctx,
+            ctx,
+            gain,
+        })
+    }
+
+    /// The bytes before the integers' block: axis, width, class count and the classes' block.
+    fn head(&self) -> Vec<u8> {
+        let mut head = vec![self.axis];
+        put_varint(&mut head, self.w as u64);
+        head.push(self.nctx as u8);
+        let wide: Vec<u64> = self.classes.iter().map(|&c| u64::from(c)).collect();
+        head.extend_from_slice(&ints::encode_unsigned(&wide));
+        head
+    }
+}
+
+/// [`put`], or where `contexts` allows and it pays, the body with previous-value contexts
+/// (more than [`PREV_GAIN`] smaller) or with row or column classes (more than [`ROWS_GAIN`]
+/// smaller); returns the entropy bound and the form used. Each form is first estimated from
+/// a sample; only the more promising one is planned (the other too if it fails).
+pub(crate) fn put_choosing(split: &Split, out: &mut Vec<u8>, contexts: Contexts) -> (f64, Form) {
     let qs = &split.qs;
     // The block of `ints::encode_signed`, from the zigzagged values directly, with the
     // histogram a writer already counted.
@@ -111,25 +313,59 @@ pub(crate) fn put_choosing(split: &Split, out: &mut Vec<u8>, contexts: bool) -> 
             qs.len(),
         )),
     };
-    let need = plain.size as f64 * 8.0 * PREV_GAIN;
-    let with = (contexts
-        && qs.len() >= PREV_MIN
-        && ints::context_gain(qs, prev_class, PREV_CONTEXTS, PREV_SAMPLE) > need)
-        .then(|| {
+    let bits = plain.size as f64 * 8.0;
+    let prev_gain = (contexts.prev && qs.len() >= PREV_MIN)
+        .then(|| ints::context_gain(qs, prev_class, PREV_CONTEXTS, PREV_SAMPLE))
+        .filter(|&g| g > bits * PREV_GAIN);
+    let count = qs.len() + split.gaps.len();
+    let w = contexts.row_len;
+    let classes = (w > 0 && qs.len() >= ROWS_MIN && count.is_multiple_of(w) && count / w >= 2)
+        .then(|| Classes::estimate(split, count, w))
+        .flatten()
+        .filter(|c| c.gain > bits * ROWS_GAIN);
+    let rows_first = match (&classes, prev_gain) {
+        (Some(c), Some(g)) => c.gain > g,
+        (c, _) => c.is_some(),
+    };
+    let try_prev = || {
+        prev_gain.and_then(|_| {
             let ctx = prev_contexts(qs);
             let plan = ints::Plan::new(qs, Some(&ctx), PREV_CONTEXTS);
-            (ctx, plan)
+            ((plan.size as f64) < plain.size as f64 * (1.0 - PREV_GAIN)).then_some((ctx, plan))
         })
-        .filter(|(_, plan)| (plan.size as f64) < plain.size as f64 * (1.0 - PREV_GAIN));
+    };
+    let try_rows = || {
+        classes.as_ref().and_then(|c| {
+            let plan = ints::Plan::new(qs, Some(&c.ctx), c.nctx);
+            let head = c.head();
+            let small = ((head.len() + plan.size) as f64) < plain.size as f64 * (1.0 - ROWS_GAIN);
+            small.then_some((c, head, plan))
+        })
+    };
     let entropy = put_head(split, out);
-    match with {
+    let mut prev = None;
+    if !rows_first {
+        prev = try_prev();
+    }
+    if prev.is_none() {
+        if let Some((c, head, plan)) = try_rows() {
+            out.extend_from_slice(&head);
+            ints::encode_with_plan(qs, Some(&c.ctx), &plan, out);
+            let side = head.len() as f64 * 8.0;
+            return (entropy + side + plan.entropy_bits, Form::Rows);
+        }
+        if rows_first {
+            prev = try_prev();
+        }
+    }
+    match prev {
         Some((ctx, plan)) => {
             ints::encode_with_plan(qs, Some(&ctx), &plan, out);
-            (entropy + plan.entropy_bits, true)
+            (entropy + plan.entropy_bits, Form::Prev)
         }
         None => {
             ints::encode_with_plan(qs, None, &plain, out);
-            (entropy + plain.entropy_bits, false)
+            (entropy + plain.entropy_bits, Form::Plain)
         }
     }
 }
@@ -153,7 +389,7 @@ fn put_head(split: &Split, out: &mut Vec<u8>) -> f64 {
 /// Appends the count and the body of `split` to `out`; returns its order-0 entropy bound in
 /// bits (integer coder bound plus the raw escape bits and their positions).
 pub(crate) fn put(split: &Split, out: &mut Vec<u8>) -> f64 {
-    put_choosing(split, out, false).0
+    put_choosing(split, out, Contexts::default()).0
 }
 
 /// The error messages of one codec's reader.
@@ -221,17 +457,17 @@ pub(crate) fn get<'a>(
     out_len: usize,
     msg: &Messages,
 ) -> Result<Body<'a>, CodecError> {
-    get_with(payload, pos, b, out_len, msg, false)
+    get_with(payload, pos, b, out_len, msg, Form::Plain)
 }
 
-/// [`get`] of a body whose integers have previous-value contexts when `contexts` (codec 14).
+/// [`get`] of a body whose integers are coded in `form` (codecs 14 and 15).
 pub(crate) fn get_with<'a>(
     payload: &'a [u8],
     mut pos: usize,
     b: usize,
     out_len: usize,
     msg: &Messages,
-    contexts: bool,
+    form: Form,
 ) -> Result<Body<'a>, CodecError> {
     let count = get_varint(payload, &mut pos)?;
     if usize::try_from(count).ok().and_then(|c| c.checked_mul(b)) != Some(out_len) {
@@ -263,10 +499,13 @@ pub(crate) fn get_with<'a>(
         pos += nesc * b;
     }
     let mut qs = vec![0i64; count - nesc];
-    pos += if contexts {
-        ints::decode_prev_ctx(&payload[pos..], PREV_CONTEXTS, prev_class, &mut qs)?
-    } else {
-        ints::decode_signed(&payload[pos..], &mut qs)?
+    pos += match form {
+        Form::Plain => ints::decode_signed(&payload[pos..], &mut qs)?,
+        Form::Prev => ints::decode_prev_ctx(&payload[pos..], PREV_CONTEXTS, prev_class, &mut qs)?,
+        Form::Rows => {
+            let (nctx, ctx) = get_classes(payload, &mut pos, count, &positions)?;
+            ints::decode_ctx(&payload[pos..], Some(&ctx), nctx, &mut qs)?
+        }
     };
     if pos != payload.len() {
         return Err(CodecError::Corrupt(msg.trailing));
@@ -276,6 +515,43 @@ pub(crate) fn get_with<'a>(
         escaped,
         qs,
     })
+}
+
+/// Reads codec 15's classes at `payload[*pos..]` for a body of `count` values whose escapes
+/// are at `escapes` (increasing positions); returns the class count and the context of each
+/// integer (its row's or column's class).
+fn get_classes(
+    payload: &[u8],
+    pos: &mut usize,
+    count: usize,
+    escapes: &[u64],
+) -> Result<(usize, Vec<u8>), CodecError> {
+    const TRUNCATED: CodecError = CodecError::Corrupt("quant classes truncated");
+    let axis = *payload.get(*pos).ok_or(TRUNCATED)?;
+    *pos += 1;
+    if axis > AXIS_COLUMNS {
+        return Err(CodecError::Corrupt("quant classes have an unknown axis"));
+    }
+    let w = get_varint(payload, pos)?;
+    if w == 0 || w > count as u64 || !count.is_multiple_of(w as usize) {
+        return Err(CodecError::Corrupt(
+            "quant row length does not divide the value count",
+        ));
+    }
+    let w = w as usize;
+    let nctx = usize::from(*payload.get(*pos).ok_or(TRUNCATED)?);
+    *pos += 1;
+    if !(1..=MAX_CLASSES).contains(&nctx) {
+        return Err(CodecError::Corrupt("quant class count out of range"));
+    }
+    let units = if axis == AXIS_ROWS { count / w } else { w };
+    let mut classes = vec![0u64; units];
+    *pos += ints::decode_unsigned(&payload[*pos..], &mut classes)?;
+    if classes.iter().any(|&c| c >= nctx as u64) {
+        return Err(CodecError::Corrupt("quant class out of range"));
+    }
+    let classes: Vec<u8> = classes.iter().map(|&c| c as u8).collect();
+    Ok((nctx, unit_contexts(&classes, axis, w, count, escapes)))
 }
 
 /// Writes the values of `body` as `B`-byte little-endian values: the escapes at their

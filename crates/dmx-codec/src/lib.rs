@@ -92,6 +92,9 @@ pub enum Codec {
     /// Codec 5 with the integers coded under previous-value contexts, module [`quant`]
     /// (lossy).
     QuantContext = 14,
+    /// Codec 5 with the integers coded under row or column classes, module [`quant`]
+    /// (lossy).
+    QuantRows = 15,
 }
 
 impl Codec {
@@ -113,6 +116,7 @@ impl Codec {
             12 => Ok(Self::FloatSplitRans),
             13 => Ok(Self::BfpContext),
             14 => Ok(Self::QuantContext),
+            15 => Ok(Self::QuantRows),
             other => Err(CodecError::UnknownCodec(other)),
         }
     }
@@ -135,6 +139,7 @@ impl Codec {
             Self::FloatSplitRans => "float-split-rans",
             Self::BfpContext => "bfp-ctx",
             Self::QuantContext => "quant-ctx",
+            Self::QuantRows => "quant-rows",
         }
     }
 
@@ -151,6 +156,7 @@ impl Codec {
                 | Self::BfpContext
                 | Self::Quant
                 | Self::QuantContext
+                | Self::QuantRows
                 | Self::QuantDelta
                 | Self::Cast
                 | Self::FloatQuant
@@ -443,7 +449,9 @@ pub fn decode_with_base(
     let need_base = || base.ok_or(CodecError::Corrupt("a delta chunk outside a delta entry"));
     match codec {
         Codec::Bfp | Codec::BfpContext => bfp::decode_codec(codec, payload, out),
-        Codec::Quant | Codec::QuantContext => quant::decode_codec(codec, payload, out),
+        Codec::Quant | Codec::QuantContext | Codec::QuantRows => {
+            quant::decode_codec(codec, payload, out)
+        }
         Codec::FloatQuant => fquant::decode(payload, out),
         Codec::Cast => cast::decode(payload, out),
         Codec::Delta => delta::decode(payload, need_base()?, out),
@@ -531,7 +539,9 @@ mod tests {
 
     #[test]
     fn unknown_codec_is_rejected() {
-        assert_eq!(Codec::from_id(15), Err(CodecError::UnknownCodec(15)));
+        assert_eq!(Codec::from_id(16), Err(CodecError::UnknownCodec(16)));
+        assert_eq!(Codec::from_id(15), Ok(Codec::QuantRows));
+        assert!(!Codec::QuantRows.is_lossless());
         assert_eq!(Codec::from_id(14), Ok(Codec::QuantContext));
         assert!(!Codec::QuantContext.is_lossless());
         assert_eq!(Codec::from_id(13), Ok(Codec::BfpContext));

@@ -9,17 +9,23 @@
 //! Payload:
 //!
 //! ```text
-//! u8 version (1; 2 for codec 14) | u8 value bytes (2, 4, 8) | u8 exponent bits | u8 bits
-//! f64 step (LE bits) | varint count | varint escapes
+//! u8 version (1; 2 for codec 14; 3 for codec 15) | u8 value bytes (2, 4, 8)
+//! u8 exponent bits | u8 bits | f64 step (LE bits) | varint count | varint escapes
 //! escapes > 0: ints::encode_unsigned block of the gaps before each escape
 //!              (position − end of the previous escape), then the escaped values' bytes
+//! codec 15: u8 axis (0 rows, 1 columns) | varint values per row | u8 classes (1..=16)
+//!           ints::encode_unsigned block of the class of each row or column
 //! ints::encode_signed block of the integers of the other values, in order (codec 14: one
 //!   Huffman table per context, the context of an integer the bit length of the zigzagged
-//!   integer before it, at most 17; decoded one after the other)
+//!   integer before it, at most 17; decoded one after the other; codec 15: the context of an
+//!   integer the class of its row or column)
 //! ```
 //!
 //! Codec 14 is written where its contexts make the integers more than 0.5 % smaller: in the
 //! long kernels of CNNs a value's magnitude follows the tap before it (docs/CODECS.md §12).
+//! Codec 15 is written for chunks of whole rows where classes of rows or columns of similar
+//! scale make the integers more than 0.2 % smaller: an LSTM's gates, a CNN's filters
+//! (docs/CODECS.md §13).
 
 use crate::{CodecError, FloatLayout, escapes, grid};
 
@@ -97,18 +103,30 @@ fn grid_value<const B: usize, const F16: bool>(raw: u64) -> f64 {
 const VERSION: u8 = 1;
 /// Payload format version of codec 14: the integers coded with previous-value contexts.
 const VERSION_CTX: u8 = 2;
+/// Payload format version of codec 15: the integers coded with row or column classes.
+const VERSION_ROWS: u8 = 3;
+
+/// The payload version of a body coded in `form`.
+fn version_of(form: escapes::Form) -> u8 {
+    match form {
+        escapes::Form::Plain => VERSION,
+        escapes::Form::Prev => VERSION_CTX,
+        escapes::Form::Rows => VERSION_ROWS,
+    }
+}
 
 /// The codec of a payload that this module's encoders wrote: [`Codec::QuantContext`] when
-/// its integers are coded with previous-value contexts (payload version 2), else
-/// [`Codec::Quant`].
+/// its integers are coded with previous-value contexts (payload version 2),
+/// [`Codec::QuantRows`] when with row or column classes (version 3), else [`Codec::Quant`].
 ///
 /// [`Codec::QuantContext`]: crate::Codec::QuantContext
+/// [`Codec::QuantRows`]: crate::Codec::QuantRows
 /// [`Codec::Quant`]: crate::Codec::Quant
 pub fn codec(payload: &[u8]) -> crate::Codec {
-    if payload.first() == Some(&VERSION_CTX) {
-        crate::Codec::QuantContext
-    } else {
-        crate::Codec::Quant
+    match payload.first() {
+        Some(&VERSION_CTX) => crate::Codec::QuantContext,
+        Some(&VERSION_ROWS) => crate::Codec::QuantRows,
+        _ => crate::Codec::Quant,
     }
 }
 /// Fixed header bytes (version, layout, bits, step).
@@ -131,6 +149,22 @@ pub fn supports(layout: FloatLayout) -> bool {
 /// # Panics
 /// If `layout` is not supported, `bits` is outside 2..=32, or `data` is not whole values.
 pub fn encode(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> (Vec<u8>, f64) {
+    encode_rows(layout, data, step, bits, 0)
+}
+
+/// [`encode`] of a chunk that holds whole rows of `row_len` values (0: no row structure):
+/// where it pays, the integers are coded with a table per class of their row or column
+/// (codec 15, docs/CODECS.md §13).
+///
+/// # Panics
+/// As [`encode`].
+pub fn encode_rows(
+    layout: FloatLayout,
+    data: &[u8],
+    step: f64,
+    bits: u32,
+    row_len: usize,
+) -> (Vec<u8>, f64) {
     let b = check_args(layout, data, bits, "quant::encode");
     let count = data.len() / b;
     let m = grid::qmax(bits) as f64;
@@ -143,10 +177,12 @@ pub fn encode(layout: FloatLayout, data: &[u8], step: f64, bits: u32) -> (Vec<u8
     let mut out = Vec::with_capacity(HEADER + 16 + count * bits as usize / 16);
     out.extend_from_slice(&[VERSION, b as u8, layout.exp_bits as u8, bits as u8]);
     out.extend_from_slice(&step.to_bits().to_le_bytes());
-    let (entropy, ctx) = escapes::put_choosing(&split, &mut out, true);
-    if ctx {
-        out[0] = VERSION_CTX;
-    }
+    let contexts = escapes::Contexts {
+        prev: true,
+        row_len,
+    };
+    let (entropy, form) = escapes::put_choosing(&split, &mut out, contexts);
+    out[0] = version_of(form);
     (out, entropy)
 }
 
@@ -195,8 +231,8 @@ fn restore_into(
     out
 }
 
-/// [`encode`], also returning the bytes [`decode`] of the payload restores ([`restore`]),
-/// from one quantization pass over the values.
+/// [`encode_rows`], also returning the bytes [`decode`] of the payload restores
+/// ([`restore`]), from one quantization pass over the values.
 ///
 /// # Panics
 /// As [`encode`].
@@ -205,6 +241,7 @@ pub fn encode_restored(
     data: &[u8],
     step: f64,
     bits: u32,
+    row_len: usize,
 ) -> (Vec<u8>, f64, Vec<u8>) {
     let b = check_args(layout, data, bits, "quant::encode");
     let count = data.len() / b;
@@ -220,10 +257,12 @@ pub fn encode_restored(
     let mut out = Vec::with_capacity(HEADER + 16 + count * bits as usize / 16);
     out.extend_from_slice(&[VERSION, b as u8, layout.exp_bits as u8, bits as u8]);
     out.extend_from_slice(&step.to_bits().to_le_bytes());
-    let (entropy, ctx) = escapes::put_choosing(&body, &mut out, true);
-    if ctx {
-        out[0] = VERSION_CTX;
-    }
+    let contexts = escapes::Contexts {
+        prev: true,
+        row_len,
+    };
+    let (entropy, form) = escapes::put_choosing(&body, &mut out, contexts);
+    out[0] = version_of(form);
     (out, entropy, restored)
 }
 
@@ -424,14 +463,19 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     decode_codec(codec(payload), payload, out)
 }
 
-/// [`decode`] of a chunk stored with codec id `codec` ([`Codec::Quant`] or
-/// [`Codec::QuantContext`]): a payload of the other one is corrupt.
+/// [`decode`] of a chunk stored with codec id `codec` ([`Codec::Quant`],
+/// [`Codec::QuantContext`] or [`Codec::QuantRows`]): a payload of another one is corrupt.
 ///
 /// [`Codec::Quant`]: crate::Codec::Quant
 /// [`Codec::QuantContext`]: crate::Codec::QuantContext
+/// [`Codec::QuantRows`]: crate::Codec::QuantRows
 pub fn decode_codec(codec: crate::Codec, payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
-    let contexts = codec == crate::Codec::QuantContext;
-    let version = if contexts { VERSION_CTX } else { VERSION };
+    let form = match codec {
+        crate::Codec::QuantContext => escapes::Form::Prev,
+        crate::Codec::QuantRows => escapes::Form::Rows,
+        _ => escapes::Form::Plain,
+    };
+    let version = version_of(form);
     let (head, layout) = escapes::head(payload, HEADER, version, supports, &MESSAGES)?;
     let bits = u32::from(head[3]);
     if !(2..=32).contains(&bits) {
@@ -443,7 +487,7 @@ pub fn decode_codec(codec: crate::Codec, payload: &[u8], out: &mut [u8]) -> Resu
     sb.copy_from_slice(&head[4..12]);
     let step = f64::from_bits(u64::from_le_bytes(sb));
     let b = layout.bytes();
-    let body = escapes::get_with(payload, HEADER, b, out.len(), &MESSAGES, contexts)?;
+    let body = escapes::get_with(payload, HEADER, b, out.len(), &MESSAGES, form)?;
     let qmax = grid::qmax(bits);
     if body.qs.iter().any(|q| q.unsigned_abs() > qmax as u64) {
         return Err(CodecError::Corrupt("quant integer beyond the grid"));
@@ -533,7 +577,7 @@ pub(crate) mod tests {
             restore(layout, data, step, bits) == out,
             "restore {layout:?} {bits}"
         );
-        let (enc_r, entropy_r, restored_r) = encode_restored(layout, data, step, bits);
+        let (enc_r, entropy_r, restored_r) = encode_restored(layout, data, step, bits, 0);
         assert!(enc_r == enc && entropy_r.to_bits() == entropy.to_bits() && restored_r == out);
         let (restored, bound) = restore_bounded(layout, data, step, bits);
         assert!(
@@ -665,7 +709,7 @@ pub(crate) mod tests {
             for data in [weightlike, random] {
                 for (step, bits) in [(1e-4, 16), (3e-6, 32), (0.01, 16)] {
                     let run =
-                        |level| with_level(level, || encode_restored(layout, &data, step, bits));
+                        |level| with_level(level, || encode_restored(layout, &data, step, bits, 0));
                     let want = run(Level::SCALAR);
                     for level in Level::available() {
                         let got = run(level);
@@ -751,6 +795,157 @@ pub(crate) mod tests {
         assert!(decode_codec(crate::Codec::QuantContext, &enc, &mut out).is_err());
     }
 
+    /// A matrix of `rows` rows of `w` values whose scale halves from one row (`by_row`) or
+    /// one column to the next, over 8 octaves.
+    fn scaled_matrix(rows: usize, w: usize, by_row: bool, seed: u64) -> Vec<f64> {
+        weights(rows * w, seed, 1.0)
+            .iter()
+            .enumerate()
+            .map(|(j, &x)| {
+                let unit = if by_row { j / w } else { j % w };
+                x * (-((unit % 8) as f64)).exp2()
+            })
+            .collect()
+    }
+
+    /// The axis byte of a codec 15 payload without escapes: after the header and the two
+    /// one-byte varints (count below 128 is not used here: both counts are read back).
+    fn rows_axis(enc: &[u8]) -> u8 {
+        let mut pos = HEADER;
+        let _count = crate::entropy::varint::get_varint(enc, &mut pos).unwrap();
+        let nesc = crate::entropy::varint::get_varint(enc, &mut pos).unwrap();
+        assert_eq!(nesc, 0);
+        enc[pos]
+    }
+
+    /// Matrices whose rows (or columns) differ in scale get codec 15 with classes on that
+    /// axis, restore what codec 5 restores and are smaller; escapes keep their places; a
+    /// payload is corrupt under another codec's id; data without such structure, a chunk
+    /// without rows, or rows that do not divide the chunk keep codec 5 or 14.
+    #[test]
+    fn row_and_column_classes_pay_where_scales_differ() {
+        let step = grid::step_for(1.0, 16);
+        for layout in LAYOUTS {
+            for (by_row, w) in [(true, 64usize), (false, 64), (true, 300), (false, 7)] {
+                let rows = 40_000 / w + 1;
+                let mut vals = scaled_matrix(rows, w, by_row, 9 + w as u64);
+                let data = to_bytes(layout, &vals);
+                let what = format!("{layout:?} by_row {by_row} w {w}");
+                let (enc, entropy) = encode_rows(layout, &data, step, 16, w);
+                assert!(entropy > 0.0);
+                assert_eq!(codec(&enc), crate::Codec::QuantRows, "{what}");
+                let axis = if by_row {
+                    escapes::AXIS_ROWS
+                } else {
+                    escapes::AXIS_COLUMNS
+                };
+                assert_eq!(rows_axis(&enc), axis, "{what}");
+                let plain = encode(layout, &data, step, 16).0;
+                assert_ne!(codec(&plain), crate::Codec::QuantRows);
+                assert!(
+                    enc.len() * 100 < plain.len() * 97,
+                    "{what}: {} vs {}",
+                    enc.len(),
+                    plain.len()
+                );
+                let mut out = vec![0u8; data.len()];
+                decode(&enc, &mut out).unwrap();
+                assert!(out == restore(layout, &data, step, 16), "{what}");
+                let (enc_r, _, restored) = encode_restored(layout, &data, step, 16, w);
+                assert!(enc_r == enc && restored == out, "{what}");
+                for other in [crate::Codec::Quant, crate::Codec::QuantContext] {
+                    assert!(decode_codec(other, &enc, &mut out).is_err(), "{what}");
+                }
+                // Escapes anywhere, a whole row of them included.
+                for p in [0, 1, w, 5 * w + 3, vals.len() - 1] {
+                    vals[p] = f64::NAN;
+                }
+                for v in &mut vals[2 * w..3 * w] {
+                    *v = f64::INFINITY;
+                }
+                let data = to_bytes(layout, &vals);
+                let enc = check_rows(layout, &data, step, w);
+                assert_eq!(codec(&enc), crate::Codec::QuantRows, "{what} with escapes");
+            }
+        }
+        // No structure, no rows, or rows that do not divide the chunk: no classes.
+        let flat = to_bytes(FloatLayout::F32, &weights(20_000, 5, 1.0));
+        let enc = encode_rows(FloatLayout::F32, &flat, step, 16, 100).0;
+        assert_eq!(codec(&enc), crate::Codec::Quant);
+        let data = to_bytes(FloatLayout::F32, &scaled_matrix(100, 100, true, 3));
+        for w in [0, 99, 10_000] {
+            let enc = encode_rows(FloatLayout::F32, &data, step, 16, w).0;
+            assert_ne!(codec(&enc), crate::Codec::QuantRows, "w {w}");
+        }
+        let mut out = vec![0u8; data.len()];
+        let enc = encode(FloatLayout::F32, &data, step, 16).0;
+        assert!(decode_codec(crate::Codec::QuantRows, &enc, &mut out).is_err());
+    }
+
+    /// [`encode_rows`] and [`decode`], checked against [`restore`].
+    fn check_rows(layout: FloatLayout, data: &[u8], step: f64, w: usize) -> Vec<u8> {
+        let (enc, _) = encode_rows(layout, data, step, 16, w);
+        let mut out = vec![0u8; data.len()];
+        decode(&enc, &mut out).unwrap();
+        assert!(out == restore(layout, data, step, 16));
+        enc
+    }
+
+    /// Damaged codec 15 payloads error (every cut, every byte flipped) and never panic; so do
+    /// classes that break the reader's rules.
+    #[test]
+    fn damaged_row_classes_error() {
+        let layout = FloatLayout::BF16;
+        let step = grid::step_for(1.0, 16);
+        let mut vals = scaled_matrix(400, 64, true, 4);
+        vals[100] = f64::NAN;
+        let data = to_bytes(layout, &vals);
+        let (enc, _) = encode_rows(layout, &data, step, 16, 64);
+        assert_eq!(codec(&enc), crate::Codec::QuantRows);
+        let mut out = vec![0u8; data.len()];
+        for cut in 0..enc.len() {
+            assert!(decode(&enc[..cut], &mut out).is_err(), "cut {cut}");
+        }
+        // About 300 bytes of the payload, each flipped three ways.
+        for i in (0..enc.len()).step_by(enc.len() / 300) {
+            for flip in [1u8, 0x80, 0xFF] {
+                let mut bad = enc.clone();
+                bad[i] ^= flip;
+                let _ = decode(&bad, &mut out);
+            }
+        }
+        // The classes' fields of a payload without escapes: axis, width, class count.
+        let data = to_bytes(layout, &scaled_matrix(400, 64, false, 4));
+        let (enc, _) = encode_rows(layout, &data, step, 16, 64);
+        let mut pos = HEADER;
+        let _ = crate::entropy::varint::get_varint(&enc, &mut pos).unwrap();
+        let _ = crate::entropy::varint::get_varint(&enc, &mut pos).unwrap();
+        let (axis, width, nctx) = (pos, pos + 1, pos + 2);
+        assert_eq!((enc[axis], enc[width]), (escapes::AXIS_COLUMNS, 64));
+        let mut out = vec![0u8; data.len()];
+        decode(&enc, &mut out).unwrap();
+        for (at, value, message) in [
+            (axis, 2, "quant classes have an unknown axis"),
+            (width, 0, "quant row length does not divide the value count"),
+            (
+                width,
+                63,
+                "quant row length does not divide the value count",
+            ),
+            (nctx, 0, "quant class count out of range"),
+            (nctx, 17, "quant class count out of range"),
+            (nctx, 1, "quant class out of range"),
+        ] {
+            let mut bad = enc.clone();
+            bad[at] = value;
+            assert_eq!(
+                decode(&bad, &mut out),
+                Err(CodecError::Corrupt(message)),
+                "byte {at} = {value}"
+            );
+        }
+    }
+
     #[test]
     fn truncated_and_corrupt_payloads_error() {
         let mut w = weights(2000, 4, 1.0);
@@ -762,7 +957,7 @@ pub(crate) mod tests {
         crate::check_damaged(&enc, |p| decode(p, &mut out));
         for seed in 0..200u64 {
             let mut junk = crate::pseudo_bytes(30 + seed as usize, seed + 1);
-            junk[0] = if seed % 2 == 0 { VERSION } else { VERSION_CTX };
+            junk[0] = [VERSION, VERSION_CTX, VERSION_ROWS][seed as usize % 3];
             junk[1] = 2;
             junk[2] = 8;
             junk[3] = 16;
@@ -788,7 +983,7 @@ pub(crate) mod tests {
                 with_nan[17] = f64::NAN;
                 for vals in [vals, with_nan] {
                     let data = to_bytes(layout, &vals);
-                    let (_, _, restored) = encode_restored(layout, &data, step, 16);
+                    let (_, _, restored) = encode_restored(layout, &data, step, 16, 0);
                     for (&x, &y) in raw_values(layout, &data)
                         .iter()
                         .zip(&raw_values(layout, &restored))

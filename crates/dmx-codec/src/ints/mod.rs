@@ -407,19 +407,19 @@ pub(crate) fn encode_ctx(
     plan.entropy_bits
 }
 
+/// Bit lengths of a value (0 to 64): the cells of the histograms of [`context_gain`] and
+/// [`class_gain`].
+const LENGTHS: usize = 65;
+
 /// An estimate of the bits that the contexts `class(values[i − 1])` (all below `nctx`; the
-/// first value's is `class(0)`) save on `values`, from every `stride`-th value: the drop in
-/// the entropy of the values' bit lengths (each histogram's
-/// [`entropy_corrected`](crate::float::entropy_corrected)), scaled to all values, less 20
-/// bytes per extra table. Cheap enough to run on every block before planning one with
-/// contexts.
+/// first value's is `class(0)`) save on `values`, from every `stride`-th value: see
+/// [`gain_of`]. Cheap enough to run on every block before planning one with contexts.
 pub(crate) fn context_gain(
     values: &[u64],
     class: impl Fn(u64) -> usize,
     nctx: usize,
     stride: usize,
 ) -> f64 {
-    const LENGTHS: usize = 65;
     let mut h = vec![0u64; nctx * LENGTHS];
     let mut i = 0;
     while i < values.len() {
@@ -428,6 +428,32 @@ pub(crate) fn context_gain(
         h[class(prev).min(nctx - 1) * LENGTHS + len] += 1;
         i += stride;
     }
+    gain_of(&h, stride)
+}
+
+/// [`context_gain`] of the contexts `ctx(i)` of the values `i` (all below `nctx`), from one
+/// value at a pseudo-random place in each run of `stride`: a fixed stride would see only
+/// some columns of rows whose length it divides.
+pub(crate) fn class_gain(
+    values: &[u64],
+    ctx: impl Fn(usize) -> u8,
+    nctx: usize,
+    stride: usize,
+) -> f64 {
+    let mut h = vec![0u64; nctx * LENGTHS];
+    for (j, run) in values.chunks_exact(stride).enumerate() {
+        let at = ((j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % stride;
+        let len = (64 - run[at].leading_zeros()) as usize;
+        h[usize::from(ctx(j * stride + at)).min(nctx - 1) * LENGTHS + len] += 1;
+    }
+    gain_of(&h, stride)
+}
+
+/// The gain that the contexts of the bit-length histograms `h` (a row of [`LENGTHS`] per
+/// context, from every `stride`-th value) promise: the drop in the entropy of the bit
+/// lengths (each histogram's [`entropy_corrected`](crate::float::entropy_corrected)), scaled
+/// to all values, less 20 bytes per extra table.
+fn gain_of(h: &[u64], stride: usize) -> f64 {
     let mm = crate::float::entropy_corrected;
     let mut merged = vec![0u64; LENGTHS];
     let mut split = 0.0;

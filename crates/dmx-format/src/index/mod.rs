@@ -428,8 +428,10 @@ pub struct Chunk {
 pub const MAX_PACK: u64 = 64 << 20;
 
 impl Index {
-    /// The lowest minor version of format 1 that can hold this index: 7 when a chunk uses
-    /// the previous-value codecs (13, BFP, and 14, integers), 6 when one uses the rANS float codec (12), 5 when one uses the split-stream float codecs (10 and 11),
+    /// The lowest minor version of format 1 that can hold this index: 8 when a chunk uses
+    /// the row-class integer codec (15), 7 when one uses the previous-value codecs (13, BFP,
+    /// and 14, integers), 6 when one uses the rANS float codec (12), 5 when one uses the
+    /// split-stream float codecs (10 and 11),
     /// 4 when it holds the extended lossy records
     /// (transforms 4 and 5), 3 when it holds `torch.save` entries, 2 when it uses packs or
     /// packed tensors, 1 when it uses lossy or delta features, else 0.
@@ -442,6 +444,9 @@ impl Index {
             .map(|c| c.codec)
             .max()
             .unwrap_or(0);
+        if top_codec >= 15 {
+            return 8;
+        }
         if top_codec >= 13 {
             return 7;
         }

@@ -130,7 +130,7 @@ impl Coding {
                 return dmx_codec::encode_with(value, data, hints);
             }
             Coding::QuantDelta { grid, bits } => {
-                let (codec, (payload, entropy_bits)) = quantize(layout, data, grid, bits);
+                let (codec, (payload, entropy_bits)) = quantize(layout, data, grid, bits, 0);
                 let alone = dmx_codec::Encoded {
                     codec,
                     payload,
@@ -161,7 +161,7 @@ impl Coding {
             }
             Coding::Bfp(p) => with_codec(bfp::encode_rd(layout, data, 0, p)),
             Coding::BfpOwn(p) => with_codec(bfp::encode_own(layout, data, 0, p)),
-            Coding::Quant { grid, bits } => quantize(layout, data, grid, bits),
+            Coding::Quant { grid, bits } => quantize(layout, data, grid, bits, hints.row_len),
             Coding::Cast(to) => (
                 dmx_codec::Codec::Cast,
                 dmx_codec::cast::encode(to, data, hints),
@@ -236,7 +236,7 @@ impl Coding {
                     Grid::Float(m) => dmx_codec::fquant::restore_bounded(layout, data, m),
                 };
                 let alone = || {
-                    let (codec, (payload, entropy_bits)) = quantize(layout, data, grid, bits);
+                    let (codec, (payload, entropy_bits)) = quantize(layout, data, grid, bits, 0);
                     dmx_codec::Encoded {
                         codec,
                         payload,
@@ -289,7 +289,7 @@ impl Coding {
             Coding::Quant { grid, bits } => match grid.capped(layout) {
                 Grid::Linear(step) => {
                     let (payload, entropy_bits, restored) =
-                        dmx_codec::quant::encode_restored(layout, data, step, bits);
+                        dmx_codec::quant::encode_restored(layout, data, step, bits, hints.row_len);
                     let codec = dmx_codec::quant::codec(&payload);
                     (codec, (payload, entropy_bits), restored)
                 }
@@ -328,16 +328,18 @@ impl Coding {
     }
 }
 
-/// A chunk on `grid` alone: codec 5 or 14 (linear) or 9 (floating).
+/// A chunk on `grid` alone: codec 5, 14 or 15 (linear; 15 only for a chunk of whole rows of
+/// `row_len` values, 0 for none) or 9 (floating).
 fn quantize(
     layout: FloatLayout,
     data: &[u8],
     grid: Grid,
     bits: u32,
+    row_len: usize,
 ) -> (dmx_codec::Codec, (Vec<u8>, f64)) {
     match grid.capped(layout) {
         Grid::Linear(step) => {
-            let (payload, bits) = dmx_codec::quant::encode(layout, data, step, bits);
+            let (payload, bits) = dmx_codec::quant::encode_rows(layout, data, step, bits, row_len);
             (dmx_codec::quant::codec(&payload), (payload, bits))
         }
         Grid::Float(m) => (

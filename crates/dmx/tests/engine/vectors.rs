@@ -1344,6 +1344,49 @@ fn chunk_cases() -> Vec<ChunkCase> {
             &[],
         );
     }
+    // Codec 15, the integer grid with row or column classes: int16 on a matrix of 128 rows of
+    // 64 values whose scale quarters from one row (F32, with escapes) or one column (BF16) to
+    // the next, over 6 octaves (the writer picks classes per row, then per column).
+    for (name, layout, seed) in [
+        ("quant-rows-f32-int16", FloatLayout::F32, 71),
+        ("quant-cols-bf16-int16", FloatLayout::BF16, 72),
+    ] {
+        let by_row = layout.bytes() == 4;
+        let v: Vec<f32> = weights(seed, 8192)
+            .iter()
+            .enumerate()
+            .map(|(j, &x)| {
+                let unit = if by_row { j / 64 } else { j % 64 };
+                // Uniform-like within a row or column: its scale is its size.
+                (x * 1000.0).fract() * 0.05 * (-2.0 * (unit % 4) as f32).exp2()
+            })
+            .collect();
+        let (data, exact) = if by_row {
+            let mut data = f32_bytes(&v);
+            put_specials(&mut data, 4, &esc, F32_SPECIALS);
+            put_specials(&mut data, 4, &[3000], &[&[0x00, 0x24, 0x74, 0x49]]);
+            let mut exact = esc.clone();
+            exact.push(3000);
+            (data, exact)
+        } else {
+            (bf16_bytes(&v), Vec::new())
+        };
+        let (payload, _) = quant::encode_rows(layout, &data, grid::step_for(0.05, 16), 16, 64);
+        assert_eq!(
+            quant::codec(&payload),
+            Codec::QuantRows,
+            "{name}: the encoder picks codec 15"
+        );
+        add(
+            name,
+            Codec::QuantRows,
+            None,
+            data,
+            payload,
+            (layout.bytes(), exact),
+            &[],
+        );
+    }
     cases
 }
 
@@ -1641,14 +1684,14 @@ fn vectors_of_format_1_4_still_decode() {
 }
 
 #[test]
-fn chunk_vectors_of_codecs_4_to_14_decode_and_are_reproduced() {
+fn chunk_vectors_of_codecs_4_to_15_decode_and_are_reproduced() {
     let exp = expected();
     let cases = chunk_cases();
     let mut codecs: Vec<u8> = cases.iter().map(|c| c.codec as u8).collect();
     codecs.dedup();
     assert_eq!(
         codecs,
-        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14],
+        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
         "every lossy and delta codec and the split-stream and rANS codecs have chunk vectors"
     );
     for case in &cases {
