@@ -864,7 +864,7 @@ pub(crate) mod tests {
                     *v = f64::INFINITY;
                 }
                 let data = to_bytes(layout, &vals);
-                let enc = check_rows(layout, &data, step, w);
+                let enc = check_rows(layout, &data, step, 16, w);
                 assert_eq!(codec(&enc), crate::Codec::QuantRows, "{what} with escapes");
             }
         }
@@ -883,11 +883,11 @@ pub(crate) mod tests {
     }
 
     /// [`encode_rows`] and [`decode`], checked against [`restore`].
-    fn check_rows(layout: FloatLayout, data: &[u8], step: f64, w: usize) -> Vec<u8> {
-        let (enc, _) = encode_rows(layout, data, step, 16, w);
+    fn check_rows(layout: FloatLayout, data: &[u8], step: f64, bits: u32, w: usize) -> Vec<u8> {
+        let (enc, _) = encode_rows(layout, data, step, bits, w);
         let mut out = vec![0u8; data.len()];
         decode(&enc, &mut out).unwrap();
-        assert!(out == restore(layout, data, step, 16));
+        assert!(out == restore(layout, data, step, bits));
         enc
     }
 
@@ -1040,6 +1040,34 @@ pub(crate) mod tests {
             let data = crate::pseudo_bytes(n * layout.bytes(), seed);
             let bits = if wide { 32 } else { 16 };
             check(layout, &data, grid::step_for(2f64.powi(scale_exp), bits), bits);
+        }
+    }
+
+    proptest! {
+        // Matrices past codec 15's 4096-value minimum whose rows or columns differ in scale:
+        // any row length, special values at random places; decoding gives `restore`'s bytes.
+        #![proptest_config(ProptestConfig::with_cases(12))]
+        #[test]
+        fn scaled_matrices_decode_on_the_grid(
+            seed in any::<u64>(),
+            w in 1usize..400,
+            extra in 0usize..3000,
+            li in 0usize..4,
+            by_row in any::<bool>(),
+            wide in any::<bool>(),
+            nspecial in 0usize..6,
+        ) {
+            let layout = LAYOUTS[li];
+            let rows = (4096 + extra).div_ceil(w);
+            let mut vals = scaled_matrix(rows, w, by_row, seed);
+            let specials = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e30, -0.0, 0.0];
+            for (j, at) in crate::pseudo_u64(nspecial, seed ^ 1).enumerate() {
+                let n = vals.len();
+                vals[at as usize % n] = specials[j];
+            }
+            let data = to_bytes(layout, &vals);
+            let bits = if wide { 32 } else { 16 };
+            check_rows(layout, &data, grid::step_for(1.0, bits), bits, w);
         }
     }
 }

@@ -572,6 +572,30 @@ proptest! {
     }
 }
 
+proptest! {
+    // Chunks past codec 13's 4096-value minimum (the cases above are below it): kernels of
+    // any length, any M, even group sizes, special values at random places.
+    #![proptest_config(ProptestConfig::with_cases(12))]
+    #[test]
+    fn long_kernels_match_the_reference(
+        seed in any::<u64>(),
+        n in 4096usize..9000,
+        li in 0usize..3,
+        m in 2u32..=10,
+        half in 4u32..33,
+        nspecial in 0usize..6,
+    ) {
+        let layout = LAYOUTS[li];
+        let m = m.min(max_mantissa_bits(layout));
+        let mut vals = kernels(layout, n, seed);
+        let sp = specials(layout);
+        for (j, at) in crate::pseudo_u64(nspecial, seed ^ 1).enumerate() {
+            vals[at as usize % n] = sp[j % sp.len()];
+        }
+        check_round_trip(layout, &vals, 0, Params { mantissa_bits: m, group_size: 2 * half });
+    }
+}
+
 /// The squared error of `restored` (bytes of `layout`) against the finite values of `vals`.
 pub(super) fn sq_error(layout: FloatLayout, vals: &[u32], restored: &[u8]) -> f64 {
     from_bytes(layout, restored)
