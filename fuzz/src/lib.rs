@@ -249,7 +249,8 @@ fn kind_width(kind: ValueKind) -> usize {
 }
 
 /// Reads a value kind, a row length and a zstd level, and cuts `data` to whole rows when the
-/// row length is meant to be valid (so the row codec can apply).
+/// row length is meant to be valid (so the row codecs can apply, and the column transform
+/// with kernels of a quarter row).
 fn encode_params<'a>(b: &mut Bytes<'a>) -> (ValueKind, Hints, &'a [u8]) {
     let kind = KINDS[usize::from(b.u8()) % KINDS.len()];
     let row = b.u8();
@@ -266,6 +267,12 @@ fn encode_params<'a>(b: &mut Bytes<'a>) -> (ValueKind, Hints, &'a [u8]) {
         Hints {
             zstd_level,
             row_len,
+            // Kernels of a quarter row where rows are valid (the column transform, codec 16).
+            period: if row & 0x80 == 0 && row_len.is_multiple_of(4) {
+                row_len / 4
+            } else {
+                0
+            },
         },
         data,
     )

@@ -189,7 +189,7 @@ pub fn info(path: &Path, s: &Stats, all_tensors: bool) {
             continue;
         }
         println!(
-            "  {:<48} {:>6} {:>18} {:>15} {:>8} {:>8}{}",
+            "  {:<48} {:>6} {:>18} {:>21} {:>8} {:>8}{}",
             "tensor",
             "dtype",
             "shape",
@@ -237,7 +237,7 @@ pub fn info(path: &Path, s: &Stats, all_tensors: bool) {
                 _ => t.name.clone(),
             };
             println!(
-                "  {:<48} {:>6} {:>18} {:>15} {:>8} {:>8}{lossy}",
+                "  {:<48} {:>6} {:>18} {:>21} {:>8} {:>8}{lossy}",
                 name,
                 t.dtype,
                 shape,

@@ -156,6 +156,7 @@ fn main() {
     let hints = Hints {
         zstd_level: 3,
         row_len: 0,
+        period: 0,
     };
     let kind = |c: &Chunk<'_>| ValueKind::Float(c.layout);
     let (plain, t_plain_enc): (Vec<Encoded>, _) =

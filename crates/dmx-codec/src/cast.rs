@@ -131,6 +131,7 @@ mod tests {
         Hints {
             zstd_level: 3,
             row_len: 0,
+            period: 0,
         }
     }
 

@@ -24,6 +24,7 @@
 pub mod bfp;
 pub mod bits;
 pub mod cast;
+pub mod cols;
 pub mod cpu;
 pub mod delta;
 mod entropy;
@@ -95,6 +96,8 @@ pub enum Codec {
     /// Codec 5 with the integers coded under row or column classes, module [`quant`]
     /// (lossy).
     QuantRows = 15,
+    /// Codec 12 after the column-relative exponent transform of module [`cols`].
+    FloatSplitRansCols = 16,
 }
 
 impl Codec {
@@ -117,6 +120,7 @@ impl Codec {
             13 => Ok(Self::BfpContext),
             14 => Ok(Self::QuantContext),
             15 => Ok(Self::QuantRows),
+            16 => Ok(Self::FloatSplitRansCols),
             other => Err(CodecError::UnknownCodec(other)),
         }
     }
@@ -140,6 +144,7 @@ impl Codec {
             Self::BfpContext => "bfp-ctx",
             Self::QuantContext => "quant-ctx",
             Self::QuantRows => "quant-rows",
+            Self::FloatSplitRansCols => "float-split-rans-cols",
         }
     }
 
@@ -248,6 +253,10 @@ pub struct Hints {
     /// Values per row when the chunk holds whole rows of a matrix (one slice along the
     /// tensor's first dimension), else 0. Enables the row-relative exponent transform.
     pub row_len: usize,
+    /// Values per kernel when the chunk holds whole kernels of a convolution (the product of
+    /// the tensor's dimensions after the first two, when above 1), else 0. Enables the
+    /// column-relative exponent transform of [`cols`].
+    pub period: usize,
 }
 
 /// Encodes one chunk, choosing the smallest of the candidate codecs. `zstd_level` applies to
@@ -260,6 +269,7 @@ pub fn encode(kind: ValueKind, data: &[u8], zstd_level: i32) -> Encoded {
         Hints {
             zstd_level,
             row_len: 0,
+            period: 0,
         },
     )
 }
@@ -346,7 +356,7 @@ pub fn encode_within(kind: ValueKind, data: &[u8], hints: Hints, limit: usize) -
         ValueKind::Float(layout)
             if data.len().is_multiple_of(layout.bytes()) && !data.is_empty() =>
         {
-            encode_float(layout, data, hints.row_len, limit)?
+            encode_float(layout, data, hints, limit)?
         }
         _ => Encoded {
             codec: Codec::Zstd,
@@ -368,16 +378,27 @@ const PLAN_SLACK: usize = 16;
 /// The float candidates of a chunk, the smallest kept. `None` only when the plain candidate
 /// won, its plan shows it above `limit` and the raw chunk is above `limit` too (so it is not
 /// coded).
-fn encode_float(layout: FloatLayout, data: &[u8], row_len: usize, limit: usize) -> Option<Encoded> {
+fn encode_float(layout: FloatLayout, data: &[u8], hints: Hints, limit: usize) -> Option<Encoded> {
     let plan = FloatPlan::new(layout, data);
     let mut best: Option<Encoded> = None;
     let mut best_size = plan.size();
-    if rows::applies(layout, row_len, data.len() / layout.bytes())
-        && let Some((payload, entropy_bits)) = rows::encode(layout, data, row_len, best_size)
+    let count = data.len() / layout.bytes();
+    if rows::applies(layout, hints.row_len, count)
+        && let Some((payload, entropy_bits)) = rows::encode(layout, data, hints.row_len, best_size)
     {
         best_size = payload.len();
         best = Some(Encoded {
             codec: Codec::FloatSplitRows,
+            payload,
+            entropy_bits,
+        });
+    }
+    if cols::applies(layout, hints.period, count)
+        && let Some((payload, entropy_bits)) = cols::encode(layout, data, hints.period, best_size)
+    {
+        best_size = payload.len();
+        best = Some(Encoded {
+            codec: Codec::FloatSplitRansCols,
             payload,
             entropy_bits,
         });
@@ -477,6 +498,7 @@ pub fn decode_with_base(
         Codec::FloatHuffRows => rows::decode(payload, out),
         Codec::FloatSplit => split::decode(payload, out),
         Codec::FloatSplitRows => rows::decode_split(payload, out),
+        Codec::FloatSplitRansCols => cols::decode(payload, out),
         Codec::FloatSplitRans => split::ans::decode(payload, out),
     }
 }
@@ -539,7 +561,9 @@ mod tests {
 
     #[test]
     fn unknown_codec_is_rejected() {
-        assert_eq!(Codec::from_id(16), Err(CodecError::UnknownCodec(16)));
+        assert_eq!(Codec::from_id(17), Err(CodecError::UnknownCodec(17)));
+        assert_eq!(Codec::from_id(16), Ok(Codec::FloatSplitRansCols));
+        assert!(Codec::FloatSplitRansCols.is_lossless());
         assert_eq!(Codec::from_id(15), Ok(Codec::QuantRows));
         assert!(!Codec::QuantRows.is_lossless());
         assert_eq!(Codec::from_id(14), Ok(Codec::QuantContext));
@@ -575,6 +599,7 @@ mod tests {
         let hints = |row_len| Hints {
             zstd_level: 3,
             row_len,
+            period: 0,
         };
         let mut bits = pseudo_u64(usize::MAX, 0x9E37_79B9_7F4A_7C15);
         let mut next = move || bits.next().expect("endless");

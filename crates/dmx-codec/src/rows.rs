@@ -31,7 +31,7 @@ pub fn applies(layout: FloatLayout, row_len: usize, count: usize) -> bool {
 }
 
 /// Exponent field position and mask of `layout`.
-fn field(layout: FloatLayout) -> (u32, u64) {
+pub(crate) fn field(layout: FloatLayout) -> (u32, u64) {
     let shift = layout.bits() - 1 - layout.exp_bits;
     (shift, ((1u64 << layout.exp_bits) - 1) << shift)
 }
@@ -148,7 +148,7 @@ fn transformed_width<const B: usize>(
 
 /// What is added to the exponent field (`field`'s mask) of every value of a row with `base`:
 /// adding `2^E - base` subtracts `base` modulo `2^E` (`forward`), adding `base` restores.
-fn row_delta(layout: FloatLayout, base: u8, forward: bool) -> u64 {
+pub(crate) fn row_delta(layout: FloatLayout, base: u8, forward: bool) -> u64 {
     let (shift, _) = field(layout);
     let modulus = 1u64 << layout.exp_bits;
     let base = u64::from(base) % modulus;
@@ -158,7 +158,7 @@ fn row_delta(layout: FloatLayout, base: u8, forward: bool) -> u64 {
 /// `x` with `delta` added to its exponent field (`mask`); carries out of the field are masked
 /// off.
 #[inline(always)]
-fn moved(x: u64, mask: u64, delta: u64) -> u64 {
+pub(crate) fn moved(x: u64, mask: u64, delta: u64) -> u64 {
     (x & !mask) | ((x & mask).wrapping_add(delta) & mask)
 }
 

@@ -101,13 +101,37 @@ impl PlannedSegment {
 
     /// What the codecs are told about this segment's chunks.
     pub fn hints(&self) -> dmx_codec::Hints {
+        let row_len = self.chunking().1;
         dmx_codec::Hints {
             zstd_level: if self.len <= SMALL_SEGMENT {
                 ZSTD_LEVEL_SMALL
             } else {
                 ZSTD_LEVEL_LARGE
             },
-            row_len: self.chunking().1,
+            row_len,
+            period: self.kernel_len(row_len),
+        }
+    }
+
+    /// Values per kernel of a convolution weight (the product of the dimensions after the
+    /// first two, when above 1 and the chunks hold whole rows of `row_len` values, which it
+    /// then divides), else 0.
+    fn kernel_len(&self, row_len: usize) -> usize {
+        let SegmentKind::Tensor(t) = &self.kind else {
+            return 0;
+        };
+        if row_len == 0 || t.shape.len() < 3 {
+            return 0;
+        }
+        let kernel = t.shape[2..]
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .and_then(|k| usize::try_from(k).ok())
+            .unwrap_or(0);
+        if kernel > 1 && row_len.is_multiple_of(kernel) {
+            kernel
+        } else {
+            0
         }
     }
 

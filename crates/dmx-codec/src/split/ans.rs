@@ -59,6 +59,12 @@ pub struct Plan {
 /// (the chunk scanned by `a`, with `split` from [`super::best_plan`] on it), else `None`.
 /// The estimate prices the symbols at their exact cost under the normalized frequencies.
 pub fn plan(a: &Analysis, split: &SplitPlan) -> Option<Plan> {
+    plan_any(a, split).filter(|p| p.size + split.size / 1000 < split.size)
+}
+
+/// The codec-12 plan of a chunk whether or not it beats codec 10 (as [`plan`]); `None` only
+/// for fewer than 64 values.
+pub fn plan_any(a: &Analysis, split: &SplitPlan) -> Option<Plan> {
     let count = a.count();
     if count < 2 * LANES {
         return None;
@@ -82,7 +88,7 @@ pub fn plan(a: &Analysis, split: &SplitPlan) -> Option<Plan> {
     let size = split.size - huff_symbols + table.len() + STREAM_HEAD + 2 * words;
     // The final states hold up to 16 bits each above L, which the words then lack.
     let slack = 2 * (words - (bits / 16.0).floor() as usize) + 2 * LANES;
-    (size + split.size / 1000 < split.size).then(|| Plan {
+    Some(Plan {
         split: split.clone(),
         desc,
         table,

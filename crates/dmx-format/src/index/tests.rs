@@ -81,8 +81,17 @@ fn round_trip() {
 #[test]
 fn the_float_codecs_set_the_minor_version() {
     // Codec 2 needs 1.0, codecs 10 and 11 need 1.5, codec 12 needs 1.6, codecs 13 and 14 1.7,
-    // codec 15 1.8.
-    for (codec, minor) in [(2, 0), (10, 5), (11, 5), (12, 6), (13, 7), (14, 7), (15, 8)] {
+    // codec 15 1.8, codec 16 1.9.
+    for (codec, minor) in [
+        (2, 0),
+        (10, 5),
+        (11, 5),
+        (12, 6),
+        (13, 7),
+        (14, 7),
+        (15, 8),
+        (16, 9),
+    ] {
         let mut idx = sample();
         idx.entries[0].segments[1].chunks[0].codec = codec;
         assert_eq!(idx.min_minor(), minor, "codec {codec}");

@@ -374,6 +374,63 @@ fn skewed_exponents_round_trip_through_codec_12() {
     }
 }
 
+/// Convolution kernels whose taps fall off towards the ends (CREPE's shape, `[O, I, k, 1]`)
+/// go through codec 16, the column-relative exponent transform with the kernel as period, and
+/// restore byte for byte; a matrix (no kernel) and kernels without the structure do not.
+#[test]
+fn tapered_kernels_round_trip_through_codec_16() {
+    let dir = tempfile::tempdir().unwrap();
+    let tapered = |n: usize, k: usize, seed: u64| -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let tap = (i % k) as u64;
+                let e = 124 - (tap * 8 / k as u64) - (x >> 40) % 2;
+                ((x & 1) << 15 | e << 7 | (x >> 20) & 0x7f) as u16
+            })
+            .flat_map(u16::to_le_bytes)
+            .collect()
+    };
+    let tensors = vec![
+        Tensor {
+            name: "conv.weight".into(),
+            dtype: "BF16".into(),
+            shape: vec![128, 32, 64, 1],
+            data: tapered(128 * 32 * 64, 64, 3),
+        },
+        Tensor {
+            name: "same.as.matrix".into(),
+            dtype: "BF16".into(),
+            shape: vec![128, 2048],
+            data: tapered(128 * 2048, 64, 3),
+        },
+        Tensor::generated("plain.conv", "BF16", &[64, 16, 3, 3], Mode::Weights, 9),
+    ];
+    let file = common::plain(&tensors);
+    round_trip_file(dir.path(), "conv.safetensors", &file, &tensors);
+    let archive = Archive::open(&dir.path().join("conv.safetensors.dmx")).unwrap();
+    assert_eq!(archive.version(), (1, 9));
+    let codecs = |name: &str| -> Vec<u8> {
+        archive
+            .tensor(name)
+            .unwrap()
+            .segment
+            .chunks
+            .iter()
+            .map(|c| c.codec)
+            .collect()
+    };
+    assert_eq!(codecs("conv.weight"), [16], "conv.weight");
+    assert!(!codecs("same.as.matrix").contains(&16));
+    assert!(!codecs("plain.conv").contains(&16));
+    let conv = archive.tensor("conv.weight").unwrap().segment.chunks[0].stored_len;
+    let matrix = archive.tensor("same.as.matrix").unwrap().segment.chunks[0].stored_len;
+    assert!(conv * 100 < matrix * 95, "{conv} vs {matrix}");
+}
+
 #[test]
 fn row_scaled_matrices_round_trip_through_codec_11() {
     let dir = tempfile::tempdir().unwrap();

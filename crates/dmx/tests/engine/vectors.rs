@@ -1117,6 +1117,7 @@ fn chunk_cases() -> Vec<ChunkCase> {
             Hints {
                 zstd_level: 3,
                 row_len: 32,
+                period: 0,
             },
         );
         add(
@@ -1161,6 +1162,7 @@ fn chunk_cases() -> Vec<ChunkCase> {
         let hints = Hints {
             zstd_level: 3,
             row_len,
+            period: 0,
         };
         codec::encode_with(codec::ValueKind::Float(layout), data, hints)
     };
@@ -1384,6 +1386,39 @@ fn chunk_cases() -> Vec<ChunkCase> {
             data,
             payload,
             (layout.bytes(), exact),
+            &[],
+        );
+    }
+    // Codec 16, codec 12 over the column-relative exponent transform, as the lossless encoder
+    // picks it: BF16 kernels of 64 taps whose scale halves every 8 taps, 4096 values, with
+    // ±0, NaN payloads, ±Inf and subnormals.
+    {
+        let v: Vec<f32> = weights(73, 4096)
+            .iter()
+            .enumerate()
+            .map(|(j, &x)| x * (-(((j % 64) / 8) as f32)).exp2())
+            .collect();
+        let mut data = bf16_bytes(&v);
+        put_specials(&mut data, 2, &esc, BF16_SPECIALS);
+        let hints = Hints {
+            zstd_level: 3,
+            row_len: 256,
+            period: 64,
+        };
+        let enc = codec::encode_with(codec::ValueKind::Float(FloatLayout::BF16), &data, hints);
+        assert_eq!(
+            enc.codec,
+            Codec::FloatSplitRansCols,
+            "rans-cols-bf16: the encoder picks codec 16"
+        );
+        let exact = (2, (0..data.len() / 2).collect());
+        add(
+            "rans-cols-bf16",
+            enc.codec,
+            None,
+            data,
+            enc.payload,
+            exact,
             &[],
         );
     }
@@ -1684,14 +1719,14 @@ fn vectors_of_format_1_4_still_decode() {
 }
 
 #[test]
-fn chunk_vectors_of_codecs_4_to_15_decode_and_are_reproduced() {
+fn chunk_vectors_of_codecs_4_to_16_decode_and_are_reproduced() {
     let exp = expected();
     let cases = chunk_cases();
     let mut codecs: Vec<u8> = cases.iter().map(|c| c.codec as u8).collect();
     codecs.dedup();
     assert_eq!(
         codecs,
-        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
         "every lossy and delta codec and the split-stream and rANS codecs have chunk vectors"
     );
     for case in &cases {

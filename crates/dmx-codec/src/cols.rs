@@ -1,0 +1,347 @@
+//! The column-relative exponent transform over rANS-coded symbols (codec id 16,
+//! `FLOAT_SPLIT_RANS_COLS`).
+//!
+//! In the kernels of a CNN (`[O, I, k, 1]`, `[O, I, 3, 3]`) a tap's scale depends on its
+//! place in the kernel: the taps of CREPE's 64-long kernels fall off by binades towards the
+//! ends. Replacing every exponent by its difference (modulo `2^E`) from the median exponent
+//! of its *column*, the value's position modulo a period `P` (the kernel's size), makes the
+//! exponents of the whole chunk cluster, which codec 12's symbol coder turns into fewer
+//! bits. Sign and mantissa bits are untouched; the transform is a bijection for any bit
+//! pattern (NaN, Inf, zeros and subnormals included).
+//!
+//! Payload: `u32 period`, `u8 exp_bits`, `u8 bases_codec`, `u32 bases_len`, the per-column
+//! bases (one byte each, coded as a chunk of bytes: codec 0 or 1), then a codec-12 payload of
+//! the transformed values. See docs/CODECS.md §14.
+
+use crate::float::{self, load};
+use crate::rows::{field, moved, row_delta};
+use crate::{Codec, CodecError, FloatLayout, split};
+
+/// Largest exponent width the transform handles (bases are stored as bytes).
+const MAX_EXP_BITS: u32 = 8;
+/// Largest period the writer tries (the reader takes any that divides the chunk).
+pub const MAX_PERIOD: usize = 4096;
+/// The transform is kept when its estimate saves at least this many bits per value.
+const MIN_GAIN: f64 = 0.01;
+/// Fixed header bytes (period, exponent width, bases codec, bases length).
+const HEADER: usize = 10;
+
+/// Whether the transform applies to `layout` with columns of period `period` over `count`
+/// values: BF16, F16 and F32, a period of 2 to [`MAX_PERIOD`] that divides `count`, and at
+/// least 16 values per column.
+pub fn applies(layout: FloatLayout, period: usize, count: usize) -> bool {
+    layout.exp_bits <= MAX_EXP_BITS
+        && matches!(layout.bytes(), 2 | 4)
+        && (2..=MAX_PERIOD).contains(&period)
+        && count.is_multiple_of(period)
+        && count >= 16 * period
+}
+
+/// The median exponent of each of the `period` columns of `data` (value `i` in column
+/// `i mod period`) from every `stride`-th run of `period` values, and the estimated saving
+/// in bits per value of coding exponents relative to them (order-0 exponent entropy of those
+/// values before minus after, less the bases' own cost of 8 bits each spread over the chunk).
+fn column_bases<const B: usize>(
+    layout: FloatLayout,
+    data: &[u8],
+    period: usize,
+    stride: usize,
+) -> (Vec<u8>, f64) {
+    let (shift, mask) = field(layout);
+    let size = 1usize << layout.exp_bits;
+    let top = size - 1;
+    let mut hist = vec![0u32; period * size];
+    let mut plain = vec![0u64; size];
+    let runs = data.chunks_exact(period * B).step_by(stride.max(1));
+    let mut seen_runs = 0u32;
+    for run in runs.clone() {
+        seen_runs += 1;
+        for (j, v) in run.chunks_exact(B).enumerate() {
+            let e = ((load::<B>(v) & mask) >> shift) as usize & top;
+            hist[j * size + e] += 1;
+            plain[e] += 1;
+        }
+    }
+    let half = seen_runs.div_ceil(2);
+    let bases: Vec<u8> = hist
+        .chunks_exact(size)
+        .map(|h| {
+            let mut seen = 0;
+            let mut median = 0;
+            for (e, &c) in h.iter().enumerate() {
+                if seen < half {
+                    seen += c;
+                    median = e;
+                }
+            }
+            median as u8
+        })
+        .collect();
+    let mut shifted = vec![0u64; size];
+    for (h, &b) in hist.chunks_exact(size).zip(&bases) {
+        for (e, &c) in h.iter().enumerate() {
+            shifted[e.wrapping_sub(usize::from(b)) & top] += u64::from(c);
+        }
+    }
+    let values = (u64::from(seen_runs) * period as u64).max(1) as f64;
+    let count = (data.len() / B) as f64;
+    let gain =
+        (float::entropy(&plain) - float::entropy(&shifted)) / values - 8.0 * period as f64 / count;
+    (bases, gain)
+}
+
+/// Adds each column's delta (`row_delta` of its base, `forward` or back) to the exponent
+/// field of every value of `data`, in place.
+fn apply_width<const B: usize>(
+    layout: FloatLayout,
+    data: &mut [u8],
+    period: usize,
+    bases: &[u8],
+    forward: bool,
+) {
+    let (_, mask) = field(layout);
+    let deltas: Vec<u64> = bases
+        .iter()
+        .map(|&b| row_delta(layout, b, forward))
+        .collect();
+    for run in data.chunks_exact_mut(period * B) {
+        for (v, &delta) in run.chunks_exact_mut(B).zip(&deltas) {
+            let y = moved(load::<B>(v), mask, delta);
+            v.copy_from_slice(&y.to_le_bytes()[..B]);
+        }
+    }
+}
+
+/// Subtracts (`forward`) or adds back each column's base from the exponent field, in place;
+/// `data` holds whole runs of `period` values of `layout` (2 or 4 bytes).
+pub fn apply(layout: FloatLayout, data: &mut [u8], period: usize, bases: &[u8], forward: bool) {
+    if layout.bytes() == 2 {
+        apply_width::<2>(layout, data, period, bases, forward);
+    } else {
+        apply_width::<4>(layout, data, period, bases, forward);
+    }
+}
+
+/// Encodes with the transform when a sampled estimate says it pays and the coded result is
+/// smaller than `plain_size`; returns the payload and its entropy bound. `layout`, `period`
+/// and the value count must satisfy [`applies`].
+pub fn encode(
+    layout: FloatLayout,
+    data: &[u8],
+    period: usize,
+    plain_size: usize,
+) -> Option<(Vec<u8>, f64)> {
+    debug_assert!(applies(layout, period, data.len() / layout.bytes()));
+    let runs = data.len() / layout.bytes() / period;
+    // About 64 runs for the estimate, every run for the bases that are kept.
+    let stride = (runs / 64).max(1);
+    let estimate = |stride| {
+        if layout.bytes() == 2 {
+            column_bases::<2>(layout, data, period, stride)
+        } else {
+            column_bases::<4>(layout, data, period, stride)
+        }
+    };
+    if estimate(stride).1 < MIN_GAIN {
+        return None;
+    }
+    let (bases, _) = estimate(1);
+    encode_bases(layout, data, period, &bases, plain_size)
+}
+
+/// The payload of `data` under column `bases` when it is smaller than `plain_size`.
+fn encode_bases(
+    layout: FloatLayout,
+    data: &[u8],
+    period: usize,
+    bases: &[u8],
+    plain_size: usize,
+) -> Option<(Vec<u8>, f64)> {
+    let mut moved = data.to_vec();
+    apply(layout, &mut moved, period, bases, true);
+    let a = float::Analysis::new(layout, &moved);
+    let plan = split::ans::plan_any(&a, &split::best_plan(&a, Some(&moved)))?;
+    let side = crate::encode(crate::ValueKind::Bytes, bases, 3);
+    let size = HEADER + side.payload.len() + plan.size;
+    if size >= plain_size {
+        return None;
+    }
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&(period as u32).to_le_bytes());
+    out.push(layout.exp_bits as u8);
+    out.push(side.codec as u8);
+    out.extend_from_slice(&(side.payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&side.payload);
+    out.extend_from_slice(&split::ans::encode(layout, &moved, &plan));
+    Some((
+        out,
+        plan.split.entropy_bits + side.payload.len() as f64 * 8.0,
+    ))
+}
+
+/// Decodes a payload of [`encode`] into `out` (the chunk's raw length). Never panics;
+/// allocates the bases (one byte per column) besides `out`.
+pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    let head = payload
+        .get(..HEADER)
+        .ok_or(CodecError::Corrupt("column payload header truncated"))?;
+    let period = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let exp_bits = u32::from(head[4]);
+    let side_codec = Codec::from_id(head[5])
+        .map_err(|_| CodecError::Corrupt("column payload names an unknown codec for its bases"))?;
+    let side_len = u32::from_le_bytes([head[6], head[7], head[8], head[9]]) as usize;
+    if !matches!(side_codec, Codec::Raw | Codec::Zstd) {
+        return Err(CodecError::Corrupt("column bases use a float codec"));
+    }
+    let side = payload
+        .get(HEADER..HEADER.saturating_add(side_len))
+        .ok_or(CodecError::Corrupt("column bases exceed the payload"))?;
+    let inner = &payload[HEADER + side_len..];
+    let bytes = match inner.first() {
+        Some(&b @ (2 | 4)) => b,
+        _ => {
+            return Err(CodecError::Corrupt(
+                "column payload wraps an unsupported width",
+            ));
+        }
+    };
+    let layout = FloatLayout { bytes, exp_bits };
+    if exp_bits == 0 || exp_bits > MAX_EXP_BITS || exp_bits + 1 >= layout.bits() {
+        return Err(CodecError::Corrupt(
+            "column payload has an invalid exponent width",
+        ));
+    }
+    let run_bytes = period.saturating_mul(layout.bytes());
+    if period == 0 || period > out.len() || !out.len().is_multiple_of(run_bytes) {
+        return Err(CodecError::Corrupt(
+            "column period does not divide the chunk",
+        ));
+    }
+    let mut bases = vec![0u8; period];
+    crate::decode(side_codec, side, &mut bases)?;
+    split::ans::decode(inner, out)?;
+    apply(layout, out, period, &bases, false);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pseudo_bytes as pseudo;
+
+    /// Kernels of `period` taps whose exponents fall by one every `period / 8` taps (2-byte
+    /// values with random signs and fractions), in `runs` runs.
+    fn tapered(layout: FloatLayout, runs: usize, period: usize) -> Vec<u8> {
+        let noise = pseudo(runs * period * 4, 11);
+        let f = layout.bits() - 1 - layout.exp_bits;
+        let bias = (1u32 << (layout.exp_bits - 1)) - 1;
+        let mut out = Vec::new();
+        for i in 0..runs * period {
+            let r = u32::from_le_bytes([
+                noise[4 * i],
+                noise[4 * i + 1],
+                noise[4 * i + 2],
+                noise[4 * i + 3],
+            ]);
+            let tap = i % period;
+            let e = bias - 2 - (tap * 8 / period) as u32 - (r >> 30 & 1);
+            let v = (r >> 31) << (layout.bits() - 1) | e << f | (r & ((1 << f) - 1));
+            out.extend_from_slice(&v.to_le_bytes()[..layout.bytes()]);
+        }
+        out
+    }
+
+    #[test]
+    fn transform_is_a_bijection_on_every_pattern() {
+        for layout in [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32] {
+            let data = pseudo(64 * layout.bytes() * 5, 3);
+            let bases: Vec<u8> = pseudo(64, 4);
+            let mut t = data.clone();
+            apply(layout, &mut t, 64, &bases, true);
+            assert_ne!(t, data);
+            apply(layout, &mut t, 64, &bases, false);
+            assert_eq!(t, data);
+        }
+    }
+
+    #[test]
+    fn tapered_kernels_round_trip_and_shrink() {
+        for layout in [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32] {
+            for period in [9usize, 64, 512] {
+                let data = tapered(layout, 40_000 / period + 16, period);
+                let plain = crate::encode(crate::ValueKind::Float(layout), &data, 3);
+                let (payload, entropy) = encode(layout, &data, period, usize::MAX)
+                    .unwrap_or_else(|| panic!("{layout:?} {period}: no payload"));
+                assert!(entropy > 0.0);
+                assert!(
+                    payload.len() * 100 < plain.payload.len() * 97,
+                    "{layout:?} {period}: {} vs {}",
+                    payload.len(),
+                    plain.payload.len()
+                );
+                let mut out = vec![0u8; data.len()];
+                decode(&payload, &mut out).unwrap();
+                assert_eq!(out, data, "{layout:?} {period}");
+                // Not smaller than a given size: no payload.
+                assert!(encode(layout, &data, period, payload.len()).is_none());
+            }
+        }
+        // No column structure: no payload.
+        let flat = pseudo(2 * 64 * 200, 5);
+        let flat: Vec<u8> = flat
+            .chunks_exact(2)
+            .flat_map(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x83FF | 0x3C00).to_le_bytes())
+            .collect();
+        assert!(encode(FloatLayout::BF16, &flat, 64, usize::MAX).is_none());
+        assert!(!applies(FloatLayout::BF16, 1, 1000));
+        assert!(!applies(FloatLayout::BF16, 64, 64 * 15));
+        assert!(!applies(FloatLayout::BF16, 63, 64 * 100));
+        assert!(!applies(FloatLayout::F64, 64, 64 * 100));
+    }
+
+    #[test]
+    fn special_values_survive() {
+        let layout = FloatLayout::BF16;
+        let mut data = tapered(layout, 200, 64);
+        let specials: [u16; 8] = [0x7fc1, 0xff80, 0x7f80, 0, 0x8000, 1, 0x807f, 0x3f80];
+        for (j, s) in specials.iter().enumerate() {
+            data[j * 130..j * 130 + 2].copy_from_slice(&s.to_le_bytes());
+        }
+        let (payload, _) = encode(layout, &data, 64, usize::MAX).unwrap();
+        let mut out = vec![0u8; data.len()];
+        decode(&payload, &mut out).unwrap();
+        assert_eq!(out, data);
+    }
+
+    #[test]
+    fn corrupt_payloads_error_without_panicking() {
+        let layout = FloatLayout::BF16;
+        let data = tapered(layout, 70, 64);
+        let (payload, _) = encode(layout, &data, 64, usize::MAX).unwrap();
+        let mut out = vec![0u8; data.len()];
+        crate::check_damaged(&payload, |p| decode(p, &mut out));
+        for (at, value, message) in [
+            (0usize, 0u8, "column period does not divide the chunk"),
+            (0, 63, "column period does not divide the chunk"),
+            (4, 0, "column payload has an invalid exponent width"),
+            (4, 9, "column payload has an invalid exponent width"),
+            (5, 2, "column bases use a float codec"),
+            (
+                5,
+                200,
+                "column payload names an unknown codec for its bases",
+            ),
+        ] {
+            let mut bad = payload.clone();
+            bad[at] = value;
+            assert_eq!(
+                decode(&bad, &mut out),
+                Err(CodecError::Corrupt(message)),
+                "byte {at} = {value}"
+            );
+        }
+        let mut bad = payload.clone();
+        bad[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode(&bad, &mut out).is_err());
+    }
+}
