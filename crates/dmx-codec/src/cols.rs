@@ -344,4 +344,28 @@ mod tests {
         bad[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode(&bad, &mut out).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Random payloads behind a plausible header (a period dividing the output, raw
+        /// bases, a 2-byte inner width) never panic.
+        #[test]
+        fn random_payloads_never_panic(
+            seed in proptest::prelude::any::<u64>(),
+            len in 0usize..600,
+            period in 1u32..40,
+            runs in 1usize..20,
+        ) {
+            let mut payload = pseudo(len + HEADER + 8, seed);
+            payload[0..4].copy_from_slice(&period.to_le_bytes());
+            payload[4] = 8;
+            payload[5] = 0;
+            payload[6..10].copy_from_slice(&period.to_le_bytes());
+            if let Some(b) = payload.get_mut(HEADER + period as usize) {
+                *b = 2;
+            }
+            let mut out = vec![0u8; 2 * period as usize * runs];
+            let _ = decode(&payload, &mut out);
+        }
+    }
 }
