@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use dmx_codec::Codec;
+use dmx_codec::{Codec, CodecError};
 use dmx_format::{Chunk, Entry, Index, Limits, Segment, TensorInfo, TorchView, Trailer};
 use rayon::prelude::*;
 
@@ -146,7 +146,7 @@ impl Archive {
             for seg in &entry.segments {
                 for c in &seg.chunks {
                     let codec =
-                        Codec::from_id(c.codec).map_err(|e| self.corrupt(entry, seg, None, e))?;
+                        Codec::from_id(c.codec).map_err(|e| self.unknown_codec(entry, seg, e))?;
                     let fits = (!codec.needs_base() || seg.transform.base().is_some())
                         && (codec.is_lossless() || seg.transform.lossy().is_some());
                     if !fits {
@@ -468,6 +468,26 @@ impl Archive {
         if let (Some(first), Some(last)) = (chunks.first(), chunks.last()) {
             let end = last.offset + u64::from(last.stored_len);
             self.bytes.release(first.offset as usize, end as usize);
+        }
+    }
+
+    /// An unknown codec id: written by a newer dmx when the archive's minor version is above
+    /// the highest this build knows (it then names the version and asks for an upgrade),
+    /// else damage.
+    fn unknown_codec(&self, entry: &Entry, segment: &Segment, e: CodecError) -> Error {
+        let (major, minor) = self.version();
+        if minor <= dmx_format::VERSION_MINOR {
+            return self.corrupt(entry, segment, None, e);
+        }
+        Error::Corrupt {
+            path: self.path.clone(),
+            what: format!("{}: {}", entry.path, segment.kind.describe(segment.offset)),
+            detail: format!(
+                "{e}: the archive is format {major}.{minor}, newer than this dmx reads (up to \
+                 {}.{}); upgrade dmx",
+                dmx_format::VERSION_MAJOR,
+                dmx_format::VERSION_MINOR
+            ),
         }
     }
 

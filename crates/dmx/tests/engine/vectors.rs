@@ -538,6 +538,47 @@ fn compressing_the_input_reproduces_the_committed_archive() {
     }
 }
 
+/// An unknown codec id in an archive of a later minor version than this build writes is
+/// reported as needing a newer dmx, naming both versions; in an archive of a known minor it
+/// is damage.
+#[test]
+fn an_unknown_codec_of_a_newer_minor_asks_for_an_upgrade() {
+    let good = std::fs::read(vectors().join("tiny.dmx")).unwrap();
+    let n = good.len();
+    let t = Trailer::from_bytes(&good[n - 32..]).expect("trailer");
+    let (o, l) = (t.index_offset as usize, t.index_len as usize);
+    let mut index =
+        Index::from_bytes(&good[o..o + l], t.index_offset, &Limits::default()).expect("index");
+    let seg = index.entries[0]
+        .segments
+        .iter_mut()
+        .find(|s| !s.chunks.is_empty())
+        .expect("a chunk");
+    seg.chunks[0].codec = 200;
+    let dir = tempfile::tempdir().unwrap();
+    for (minor, newer) in [(dmx::dmx_format::VERSION_MINOR + 1, true), (0, false)] {
+        let mut b = good.clone();
+        b[o..o + l].copy_from_slice(&index.to_bytes());
+        b[10..12].copy_from_slice(&minor.to_le_bytes());
+        fix_index_checksum(&mut b);
+        let path = dir.path().join(format!("minor-{minor}.dmx"));
+        std::fs::write(&path, &b).unwrap();
+        let err = match Archive::open(&path) {
+            Ok(_) => panic!("minor {minor}: an unknown codec opened"),
+            Err(e) => e,
+        };
+        let msg = err.to_string();
+        assert!(matches!(err, dmx::Error::Corrupt { .. }), "{msg}");
+        assert!(msg.contains("unknown codec id 200"), "{msg}");
+        let upgrade = format!(
+            "the archive is format 1.{minor}, newer than this dmx reads (up to 1.{}); upgrade dmx",
+            dmx::dmx_format::VERSION_MINOR
+        );
+        assert_eq!(msg.contains(&upgrade), newer, "{msg}");
+        assert_eq!(msg.contains("the archive is damaged"), !newer, "{msg}");
+    }
+}
+
 #[test]
 fn broken_vectors_fail_to_open() {
     let good = read_vector(ARCHIVE);
