@@ -14,8 +14,8 @@
 //! the transformed values. See docs/CODECS.md §14.
 
 use crate::float::{self, load};
-use crate::rows::{field, moved, row_delta};
-use crate::{Codec, CodecError, FloatLayout, split};
+use crate::rows::{HEADER, HeadMessages, field, moved, read_head, row_delta, write_head};
+use crate::{CodecError, FloatLayout, split};
 
 /// Largest exponent width the transform handles (bases are stored as bytes).
 const MAX_EXP_BITS: u32 = 8;
@@ -23,8 +23,6 @@ const MAX_EXP_BITS: u32 = 8;
 pub const MAX_PERIOD: usize = 4096;
 /// The transform is kept when its estimate saves at least this many bits per value.
 const MIN_GAIN: f64 = 0.01;
-/// Fixed header bytes (period, exponent width, bases codec, bases length).
-const HEADER: usize = 10;
 
 /// Whether the transform applies to `layout` with columns of period `period` over `count`
 /// values: BF16, F16 and F32, a period of 2 to [`MAX_PERIOD`] that divides `count`, and at
@@ -167,11 +165,7 @@ fn encode_bases(
         return None;
     }
     let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&(period as u32).to_le_bytes());
-    out.push(layout.exp_bits as u8);
-    out.push(side.codec as u8);
-    out.extend_from_slice(&(side.payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&side.payload);
+    write_head(&mut out, period, layout, &side);
     out.extend_from_slice(&split::ans::encode(layout, &moved, &plan));
     Some((
         out,
@@ -182,47 +176,29 @@ fn encode_bases(
 /// Decodes a payload of [`encode`] into `out` (the chunk's raw length). Never panics;
 /// allocates the bases (one byte per column) besides `out`.
 pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
-    let head = payload
-        .get(..HEADER)
-        .ok_or(CodecError::Corrupt("column payload header truncated"))?;
-    let period = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    let exp_bits = u32::from(head[4]);
-    let side_codec = Codec::from_id(head[5])
-        .map_err(|_| CodecError::Corrupt("column payload names an unknown codec for its bases"))?;
-    let side_len = u32::from_le_bytes([head[6], head[7], head[8], head[9]]) as usize;
-    if !matches!(side_codec, Codec::Raw | Codec::Zstd) {
-        return Err(CodecError::Corrupt("column bases use a float codec"));
-    }
-    let side = payload
-        .get(HEADER..HEADER.saturating_add(side_len))
-        .ok_or(CodecError::Corrupt("column bases exceed the payload"))?;
-    let inner = &payload[HEADER + side_len..];
-    let bytes = match inner.first() {
-        Some(&b @ (2 | 4)) => b,
-        _ => {
-            return Err(CodecError::Corrupt(
-                "column payload wraps an unsupported width",
-            ));
-        }
-    };
-    let layout = FloatLayout { bytes, exp_bits };
-    if exp_bits == 0 || exp_bits > MAX_EXP_BITS || exp_bits + 1 >= layout.bits() {
-        return Err(CodecError::Corrupt(
-            "column payload has an invalid exponent width",
-        ));
-    }
+    let head = read_head(payload, &MESSAGES)?;
+    let (period, layout) = (head.unit, head.layout);
     let run_bytes = period.saturating_mul(layout.bytes());
     if period == 0 || period > out.len() || !out.len().is_multiple_of(run_bytes) {
         return Err(CodecError::Corrupt(
             "column period does not divide the chunk",
         ));
     }
-    let mut bases = vec![0u8; period];
-    crate::decode(side_codec, side, &mut bases)?;
-    split::ans::decode(inner, out)?;
+    let bases = head.bases(period)?;
+    split::ans::decode(head.inner, out)?;
     apply(layout, out, period, &bases, false);
     Ok(())
 }
+
+/// The reader's messages of codec 16.
+const MESSAGES: HeadMessages = HeadMessages {
+    truncated: "column payload header truncated",
+    unknown_side: "column payload names an unknown codec for its bases",
+    float_side: "column bases use a float codec",
+    side_past: "column bases exceed the payload",
+    width: "column payload wraps an unsupported width",
+    exp_bits: "column payload has an invalid exponent width",
+};
 
 #[cfg(test)]
 mod tests {

@@ -166,7 +166,6 @@ pub fn encode_rows(
     row_len: usize,
 ) -> (Vec<u8>, f64) {
     let b = check_args(layout, data, bits, "quant::encode");
-    let count = data.len() / b;
     let m = grid::qmax(bits) as f64;
     let split = match (b, layout.exp_bits) {
         (2, 8) => scan::<2, false>(data, step, m),
@@ -174,14 +173,29 @@ pub fn encode_rows(
         (4, _) => scan::<4, false>(data, step, m),
         _ => scan::<8, false>(data, step, m),
     };
+    payload(layout, step, bits, &split, row_len)
+}
+
+/// The payload of the body `split` of values of `layout` on the grid (`step`, `bits`): the
+/// header, then the body with the contexts that pay (codec 14 or, for whole rows of `row_len`
+/// values, codec 15), the version naming them; and its entropy bound.
+fn payload(
+    layout: FloatLayout,
+    step: f64,
+    bits: u32,
+    split: &escapes::Split,
+    row_len: usize,
+) -> (Vec<u8>, f64) {
+    let count = split.qs.len() + split.gaps.len();
     let mut out = Vec::with_capacity(HEADER + 16 + count * bits as usize / 16);
-    out.extend_from_slice(&[VERSION, b as u8, layout.exp_bits as u8, bits as u8]);
+    let b = layout.bytes() as u8;
+    out.extend_from_slice(&[VERSION, b, layout.exp_bits as u8, bits as u8]);
     out.extend_from_slice(&step.to_bits().to_le_bytes());
     let contexts = escapes::Contexts {
         prev: true,
         row_len,
     };
-    let (entropy, form) = escapes::put_choosing(&split, &mut out, contexts);
+    let (entropy, form) = escapes::put_choosing(split, &mut out, contexts);
     out[0] = version_of(form);
     (out, entropy)
 }
@@ -254,15 +268,7 @@ pub fn encode_restored(
         (4, _) => split_width::<4, false>(data, step, m, &mut restored, &mut body),
         _ => split_width::<8, false>(data, step, m, &mut restored, &mut body),
     }
-    let mut out = Vec::with_capacity(HEADER + 16 + count * bits as usize / 16);
-    out.extend_from_slice(&[VERSION, b as u8, layout.exp_bits as u8, bits as u8]);
-    out.extend_from_slice(&step.to_bits().to_le_bytes());
-    let contexts = escapes::Contexts {
-        prev: true,
-        row_len,
-    };
-    let (entropy, form) = escapes::put_choosing(&body, &mut out, contexts);
-    out[0] = version_of(form);
+    let (out, entropy) = payload(layout, step, bits, &body, row_len);
     (out, entropy, restored)
 }
 
@@ -774,17 +780,8 @@ pub(crate) mod tests {
             assert_eq!(out, plain_out);
             assert!(decode_codec(crate::Codec::Quant, &enc, &mut out).is_err());
             if layout == FloatLayout::BF16 {
-                for cut in 0..enc.len() {
-                    assert!(decode(&enc[..cut], &mut out).is_err(), "cut {cut}");
-                }
-                // About 200 bytes of the payload, each flipped three ways.
-                for i in (0..enc.len()).step_by(enc.len() / 200) {
-                    for flip in [1u8, 0x80, 0xFF] {
-                        let mut bad = enc.clone();
-                        bad[i] ^= flip;
-                        let _ = decode(&bad, &mut out);
-                    }
-                }
+                // Every cut; about 200 bytes of the payload, each flipped three ways.
+                crate::check_damaged_every(&enc, enc.len() / 200, |p| decode(p, &mut out));
             }
         }
         let w = weights(20_000, 5, 1.0);
@@ -903,17 +900,8 @@ pub(crate) mod tests {
         let (enc, _) = encode_rows(layout, &data, step, 16, 64);
         assert_eq!(codec(&enc), crate::Codec::QuantRows);
         let mut out = vec![0u8; data.len()];
-        for cut in 0..enc.len() {
-            assert!(decode(&enc[..cut], &mut out).is_err(), "cut {cut}");
-        }
-        // About 300 bytes of the payload, each flipped three ways.
-        for i in (0..enc.len()).step_by(enc.len() / 300) {
-            for flip in [1u8, 0x80, 0xFF] {
-                let mut bad = enc.clone();
-                bad[i] ^= flip;
-                let _ = decode(&bad, &mut out);
-            }
-        }
+        // Every cut; about 300 bytes of the payload, each flipped three ways.
+        crate::check_damaged_every(&enc, enc.len() / 300, |p| decode(p, &mut out));
         // The classes' fields of a payload without escapes: axis, width, class count.
         let data = to_bytes(layout, &scaled_matrix(400, 64, false, 4));
         let (enc, _) = encode_rows(layout, &data, step, 16, 64);

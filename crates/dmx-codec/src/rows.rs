@@ -12,7 +12,7 @@
 //! payload of the transformed values. See docs/CODECS.md.
 
 use crate::float::{self, load};
-use crate::{Codec, CodecError, FloatLayout};
+use crate::{Codec, CodecError, Encoded, FloatLayout};
 use crate::{FloatPlan, split};
 
 /// Largest exponent width the transform handles (bases are stored as bytes).
@@ -240,18 +240,106 @@ fn encode_bases(
         return None;
     }
     let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&(row_len as u32).to_le_bytes());
-    out.push(layout.exp_bits as u8);
-    out.push(side.codec as u8);
-    out.extend_from_slice(&(side.payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&side.payload);
+    write_head(&mut out, row_len, layout, &side);
     let values = plan.encode(layout, &moved);
     out.extend_from_slice(&values.payload);
     Some((out, values.entropy_bits + side.payload.len() as f64 * 8.0))
 }
 
-/// Fixed header bytes of a codec-3 or codec-11 payload.
-const HEADER: usize = 10;
+/// Fixed header bytes of a codec-3, codec-11 or codec-16 payload.
+pub(crate) const HEADER: usize = 10;
+
+/// Appends the fixed header of an exponent-transform payload (codecs 3, 11 and 16): `unit`
+/// (values per row, or the period), the exponent width, the bases' codec and length, then
+/// the coded bases `side`.
+pub(crate) fn write_head(out: &mut Vec<u8>, unit: usize, layout: FloatLayout, side: &Encoded) {
+    out.extend_from_slice(&(unit as u32).to_le_bytes());
+    out.push(layout.exp_bits as u8);
+    out.push(side.codec as u8);
+    out.extend_from_slice(&(side.payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&side.payload);
+}
+
+/// The reader's messages for the header of one exponent-transform codec.
+pub(crate) struct HeadMessages {
+    /// The payload is shorter than [`HEADER`].
+    pub(crate) truncated: &'static str,
+    /// The bases' codec byte is no codec id.
+    pub(crate) unknown_side: &'static str,
+    /// The bases' codec is neither raw nor zstd.
+    pub(crate) float_side: &'static str,
+    /// The bases run past the payload.
+    pub(crate) side_past: &'static str,
+    /// The inner payload's width is not 2 or 4.
+    pub(crate) width: &'static str,
+    /// The exponent width is out of range.
+    pub(crate) exp_bits: &'static str,
+}
+
+/// The header of an exponent-transform payload, read and checked (codecs 3, 11 and 16).
+pub(crate) struct Head<'a> {
+    /// Values per row, or the period.
+    pub(crate) unit: usize,
+    /// The values' layout (from the inner payload's width and the header's exponent width).
+    pub(crate) layout: FloatLayout,
+    side_codec: Codec,
+    side: &'a [u8],
+    /// The inner payload, to the end.
+    pub(crate) inner: &'a [u8],
+}
+
+impl Head<'_> {
+    /// Decodes the `n` bases.
+    pub(crate) fn bases(&self, n: usize) -> Result<Vec<u8>, CodecError> {
+        let mut bases = vec![0u8; n];
+        crate::decode(self.side_codec, self.side, &mut bases)?;
+        Ok(bases)
+    }
+}
+
+/// Reads the header of an exponent-transform payload; `msg` names the codec's errors.
+pub(crate) fn read_head<'a>(payload: &'a [u8], msg: &HeadMessages) -> Result<Head<'a>, CodecError> {
+    let head = payload
+        .get(..HEADER)
+        .ok_or(CodecError::Corrupt(msg.truncated))?;
+    let unit = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let exp_bits = u32::from(head[4]);
+    // A byte of the payload, not the chunk record's codec: say so if it is unknown.
+    let side_codec = Codec::from_id(head[5]).map_err(|_| CodecError::Corrupt(msg.unknown_side))?;
+    let side_len = u32::from_le_bytes([head[6], head[7], head[8], head[9]]) as usize;
+    if !matches!(side_codec, Codec::Raw | Codec::Zstd) {
+        return Err(CodecError::Corrupt(msg.float_side));
+    }
+    let side = payload
+        .get(HEADER..HEADER.saturating_add(side_len))
+        .ok_or(CodecError::Corrupt(msg.side_past))?;
+    let inner = &payload[HEADER + side_len..];
+    let bytes = match inner.first() {
+        Some(&b @ (2 | 4)) => b,
+        _ => return Err(CodecError::Corrupt(msg.width)),
+    };
+    let layout = FloatLayout { bytes, exp_bits };
+    if exp_bits == 0 || exp_bits > MAX_EXP_BITS || exp_bits + 1 >= layout.bits() {
+        return Err(CodecError::Corrupt(msg.exp_bits));
+    }
+    Ok(Head {
+        unit,
+        layout,
+        side_codec,
+        side,
+        inner,
+    })
+}
+
+/// The reader's messages of codecs 3 and 11.
+const MESSAGES: HeadMessages = HeadMessages {
+    truncated: "row payload header truncated",
+    unknown_side: "row payload names an unknown codec for its row bases",
+    float_side: "row bases use a float codec",
+    side_past: "row bases exceed the payload",
+    width: "row payload wraps an unsupported width",
+    exp_bits: "row payload has an invalid exponent width",
+};
 
 /// Decodes a codec-3 payload (the transform over a codec-2 payload) into `out` (its raw
 /// length).
@@ -270,43 +358,14 @@ fn decode_inner(
     out: &mut [u8],
     inner_decode: fn(&[u8], &mut [u8]) -> Result<(), CodecError>,
 ) -> Result<(), CodecError> {
-    let head = payload
-        .get(..HEADER)
-        .ok_or(CodecError::Corrupt("row payload header truncated"))?;
-    let row_len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    let exp_bits = u32::from(head[4]);
-    // A byte of the payload, not the chunk record's codec: say so if it is unknown.
-    let side_codec = Codec::from_id(head[5])
-        .map_err(|_| CodecError::Corrupt("row payload names an unknown codec for its row bases"))?;
-    let side_len = u32::from_le_bytes([head[6], head[7], head[8], head[9]]) as usize;
-    if !matches!(side_codec, Codec::Raw | Codec::Zstd) {
-        return Err(CodecError::Corrupt("row bases use a float codec"));
-    }
-    let side = payload
-        .get(HEADER..HEADER.saturating_add(side_len))
-        .ok_or(CodecError::Corrupt("row bases exceed the payload"))?;
-    let inner = &payload[HEADER + side_len..];
-    let bytes = match inner.first() {
-        Some(&b @ (2 | 4)) => b,
-        _ => {
-            return Err(CodecError::Corrupt(
-                "row payload wraps an unsupported width",
-            ));
-        }
-    };
-    let layout = FloatLayout { bytes, exp_bits };
-    if exp_bits == 0 || exp_bits > MAX_EXP_BITS || exp_bits + 1 >= layout.bits() {
-        return Err(CodecError::Corrupt(
-            "row payload has an invalid exponent width",
-        ));
-    }
+    let head = read_head(payload, &MESSAGES)?;
+    let (row_len, layout) = (head.unit, head.layout);
     let row_bytes = row_len.saturating_mul(layout.bytes());
     if row_len == 0 || !out.len().is_multiple_of(row_bytes) {
         return Err(CodecError::Corrupt("row length does not divide the chunk"));
     }
-    let mut bases = vec![0u8; out.len() / row_bytes];
-    crate::decode(side_codec, side, &mut bases)?;
-    inner_decode(inner, out)?;
+    let bases = head.bases(out.len() / row_bytes)?;
+    inner_decode(head.inner, out)?;
     apply(layout, out, row_len, &bases, false);
     Ok(())
 }

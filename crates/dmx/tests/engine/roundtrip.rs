@@ -320,6 +320,12 @@ fn windows_of_decreasing_size_restore_every_byte() {
     assert_eq!(archive.tensor("w").unwrap().segment.chunks.len(), 5);
 }
 
+/// The codec ids of the chunks of tensor `name` of `archive`, in order.
+fn chunk_codecs(archive: &Archive, name: &str) -> Vec<u8> {
+    let tensor = archive.tensor(name).unwrap();
+    tensor.segment.chunks.iter().map(|c| c.codec).collect()
+}
+
 /// Values whose symbols Huffman's whole-bit codes fit badly (one dominant binade) get codec
 /// 12, and the archive says format 1.6; it restores byte for byte and decodes the same on
 /// the scalar path.
@@ -355,15 +361,11 @@ fn skewed_exponents_round_trip_through_codec_12() {
     round_trip_file(dir.path(), "skewed.safetensors", &file, &tensors);
     let archive = Archive::open(&dir.path().join("skewed.safetensors.dmx")).unwrap();
     assert_eq!(archive.version(), (1, 6));
-    let codecs: Vec<u8> = archive
-        .tensor("moments")
-        .unwrap()
-        .segment
-        .chunks
-        .iter()
-        .map(|c| c.codec)
-        .collect();
-    assert_eq!(codecs, [12], "one chunk of codec 12");
+    assert_eq!(
+        chunk_codecs(&archive, "moments"),
+        [12],
+        "one chunk of codec 12"
+    );
     let chunk = archive.tensor("moments").unwrap().segment.chunks[0];
     let bytes = std::fs::read(dir.path().join("skewed.safetensors.dmx")).unwrap();
     let payload = &bytes[chunk.offset as usize..][..chunk.stored_len as usize];
@@ -413,16 +415,7 @@ fn tapered_kernels_round_trip_through_codec_16() {
     round_trip_file(dir.path(), "conv.safetensors", &file, &tensors);
     let archive = Archive::open(&dir.path().join("conv.safetensors.dmx")).unwrap();
     assert_eq!(archive.version(), (1, 9));
-    let codecs = |name: &str| -> Vec<u8> {
-        archive
-            .tensor(name)
-            .unwrap()
-            .segment
-            .chunks
-            .iter()
-            .map(|c| c.codec)
-            .collect()
-    };
+    let codecs = |name: &str| chunk_codecs(&archive, name);
     assert_eq!(codecs("conv.weight"), [16], "conv.weight");
     assert!(!codecs("same.as.matrix").contains(&16));
     assert!(!codecs("plain.conv").contains(&16));
@@ -451,16 +444,7 @@ fn row_scaled_matrices_round_trip_through_codec_11() {
     let file = common::plain(&tensors);
     round_trip_file(dir.path(), "rows.safetensors", &file, &tensors);
     let archive = Archive::open(&dir.path().join("rows.safetensors.dmx")).unwrap();
-    let codecs = |name: &str| -> Vec<u8> {
-        archive
-            .tensor(name)
-            .unwrap()
-            .segment
-            .chunks
-            .iter()
-            .map(|c| c.codec)
-            .collect()
-    };
+    let codecs = |name: &str| chunk_codecs(&archive, name);
     for name in ["emb.bf16", "emb.f16", "emb.f32"] {
         assert_eq!(codecs(name), [11], "{name}");
     }
