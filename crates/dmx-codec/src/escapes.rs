@@ -296,6 +296,11 @@ impl Classes {
     }
 }
 
+/// The largest size `s` with `s < x` (`x > 0`): what a plan must reach to be below `x`.
+fn below(x: f64) -> usize {
+    (x.ceil() as usize).saturating_sub(1)
+}
+
 /// [`put`], or where `contexts` allows and it pays, the body with previous-value contexts
 /// (more than [`PREV_GAIN`] smaller) or with row or column classes (more than [`ROWS_GAIN`]
 /// smaller); returns the entropy bound and the form used. Each form is first estimated from
@@ -330,16 +335,17 @@ pub(crate) fn put_choosing(split: &Split, out: &mut Vec<u8>, contexts: Contexts)
     let try_prev = || {
         prev_gain.and_then(|_| {
             let ctx = prev_contexts(qs);
-            let plan = ints::Plan::new(qs, Some(&ctx), PREV_CONTEXTS);
-            ((plan.size as f64) < plain.size as f64 * (1.0 - PREV_GAIN)).then_some((ctx, plan))
+            let limit = below(plain.size as f64 * (1.0 - PREV_GAIN));
+            let hist = ints::Hist::new(qs, Some(&ctx), PREV_CONTEXTS);
+            ints::Plan::from_hist_within(&hist, limit).map(|plan| (ctx, plan))
         })
     };
     let try_rows = || {
         classes.as_ref().and_then(|c| {
-            let plan = ints::Plan::new(qs, Some(&c.ctx), c.nctx);
             let head = c.head();
-            let small = ((head.len() + plan.size) as f64) < plain.size as f64 * (1.0 - ROWS_GAIN);
-            small.then_some((c, head, plan))
+            let limit = below(plain.size as f64 * (1.0 - ROWS_GAIN)).checked_sub(head.len())?;
+            let hist = ints::Hist::new(qs, Some(&c.ctx), c.nctx);
+            ints::Plan::from_hist_within(&hist, limit).map(|plan| (c, head, plan))
         })
     };
     let entropy = put_head(split, out);

@@ -422,6 +422,54 @@ fn encode_float(layout: FloatLayout, data: &[u8], hints: Hints, limit: usize) ->
     Some(plan.encode(layout, data))
 }
 
+/// Bytes of the sample [`alone_floor`] codes (four slices).
+const ALONE_SAMPLE: usize = 32 * 1024;
+/// How far below its estimate from a sample a chunk may still code (sampling noise).
+const ALONE_MARGIN: f64 = 0.03;
+/// Bytes of a sample's payload taken as tables and headers, which a payload carries once
+/// (not scaled with the sample).
+const ALONE_TABLES: usize = 512;
+
+/// A size that [`encode_with`] is unlikely to bring `data` (a chunk of `kind`, with `hints`)
+/// below, from coding four slices of it and scaling, less [`ALONE_MARGIN`]; `None` when no
+/// sample is taken (chunks below four samples, non-float data, nearly constant chunks). The
+/// slices are whole rows and kernels when `hints` name them, so the transforms that use them
+/// are tried as on the whole chunk. A delta writer compares its delta with this before it
+/// codes the chunk alone, and skips the delta's other variants when they cannot beat it.
+pub fn alone_floor(kind: ValueKind, data: &[u8], hints: Hints) -> Option<usize> {
+    let ValueKind::Float(layout) = kind else {
+        return None;
+    };
+    let b = layout.bytes();
+    let (r, p) = (hints.row_len, hints.period);
+    let values = match (r, p) {
+        (0, 0) => 1,
+        (0, p) => p,
+        (r, 0) => r,
+        (r, p) if r.is_multiple_of(p) => r,
+        (r, p) => r.saturating_mul(p),
+    };
+    let unit = values.saturating_mul(b);
+    let slice = ALONE_SAMPLE / 4 / unit * unit;
+    if slice == 0 || data.len() < 4 * ALONE_SAMPLE || !data.len().is_multiple_of(b) {
+        return None;
+    }
+    let mut sample = Vec::with_capacity(4 * slice);
+    for i in 0..4 {
+        let start = (data.len() - slice) * i / 3 / unit * unit;
+        sample.extend_from_slice(&data[start..start + slice]);
+    }
+    let coded = encode_with(kind, &sample, hints).payload.len();
+    if coded < ALONE_TABLES * 8 {
+        // Tables and headers would dominate the estimate (a nearly constant chunk).
+        return None;
+    }
+    // The tables come once per payload, not once per sample.
+    let body = (coded - ALONE_TABLES) as f64;
+    let estimate = body * data.len() as f64 / sample.len() as f64 + ALONE_TABLES as f64;
+    Some((estimate * (1.0 - ALONE_MARGIN)) as usize)
+}
+
 /// Compresses four slices of the chunk at zstd level 1 and extrapolates.
 fn zstd_may_win(data: &[u8], float_size: usize) -> bool {
     if data.len() <= ZSTD_PROBE {
@@ -683,6 +731,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The sampled floor of a delta writer: on these homogeneous inputs it is at most the
+    /// coded size plus 3 %, and above three quarters of it where a sample is taken.
+    #[test]
+    fn alone_floor_follows_the_coded_size() {
+        let mut sampled = 0;
+        for (kind, data, hints) in within_inputs() {
+            let n = encode_with(kind, &data, hints).payload.len();
+            match alone_floor(kind, &data, hints) {
+                Some(floor) => {
+                    sampled += 1;
+                    assert!(data.len() >= 4 * ALONE_SAMPLE);
+                    assert!(
+                        floor <= n + n / 33,
+                        "{kind:?} {} floor {floor} size {n}",
+                        data.len()
+                    );
+                    assert!(
+                        floor > n * 3 / 4,
+                        "{kind:?} {} floor {floor} size {n}",
+                        data.len()
+                    );
+                }
+                None => assert!(
+                    data.len() < 4 * ALONE_SAMPLE || n < ALONE_TABLES * 8 * 4,
+                    "{kind:?} {} {n}",
+                    data.len()
+                ),
+            }
+        }
+        assert!(sampled >= 8, "{sampled}");
     }
 
     #[test]

@@ -76,6 +76,17 @@ const MAX_CLASSES: usize = 62;
 /// # Panics
 /// If `base` and `target` differ in length.
 pub fn encode(kind: ValueKind, base: &[u8], target: &[u8]) -> (Vec<u8>, f64) {
+    encode_against(kind, base, target, usize::MAX)
+}
+
+/// [`encode`] for a writer that will keep another encoding of about `rival` bytes unless the
+/// delta is smaller: the order variant is always coded, the others only when a sample
+/// predicts them within 3 % of both the order variant and `rival` (with `usize::MAX`, exactly
+/// [`encode`]).
+///
+/// # Panics
+/// If `base` and `target` differ in length.
+pub fn encode_against(kind: ValueKind, base: &[u8], target: &[u8], rival: usize) -> (Vec<u8>, f64) {
     assert_eq!(
         base.len(),
         target.len(),
@@ -93,7 +104,7 @@ pub fn encode(kind: ValueKind, base: &[u8], target: &[u8]) -> (Vec<u8>, f64) {
                 && layout.exp_bits + 1 < layout.bits()
                 && target.len().is_multiple_of(layout.bytes()) =>
         {
-            encode_float(layout, base, target)
+            encode_float(layout, base, target, rival)
         }
         _ => encode_zstd(base, target, &[1, 2, 4, 8]),
     }
@@ -147,8 +158,7 @@ pub fn encode_within(
             return full();
         }
     }
-    let z = crate::zstd_ctx::compress(&sample, 1).map_or(usize::MAX, |z| z.len());
-    if z as f64 * scale < order_hi as f64 * 1.03
+    if zstd_may_win(&sample, layout.bytes(), scale, order_hi)
         && encode_zstd(base, target, &[layout.bytes()]).0.len() <= limit
     {
         return full();
@@ -253,28 +263,6 @@ fn choose_classes(layout: FloatLayout, hist: &[usize], n: usize) -> Option<Class
     })
 }
 
-/// Zigzagged order-preserving differences of values of `B` bytes, their bitwise OR, and the
-/// histogram of the base exponents (one pass).
-fn order_diffs<const B: usize>(
-    layout: FloatLayout,
-    base: &[u8],
-    target: &[u8],
-) -> (Vec<u64>, u64, Vec<usize>) {
-    let shift = 8 * B as u32 - 1 - layout.exp_bits;
-    let emask = (1usize << layout.exp_bits) - 1;
-    let mut hist = vec![0usize; emask + 1];
-    let mut z = Vec::with_capacity(target.len() / B);
-    let mut or = 0u64;
-    for (bv, tv) in base.chunks_exact(B).zip(target.chunks_exact(B)) {
-        let bu = load::<B>(bv);
-        hist[(bu >> shift) as usize & emask] += 1;
-        let v = order_diff::<B>(bu, tv);
-        or |= v;
-        z.push(v);
-    }
-    (z, or, hist)
-}
-
 /// The zigzagged order-preserving difference of target value `tv` (`B` bytes) from base value
 /// bits `bu`.
 #[inline(always)]
@@ -284,27 +272,13 @@ fn order_diff<const B: usize>(bu: u64, tv: &[u8]) -> u64 {
     zigzag(sext(d, w))
 }
 
-/// The contexts of the order variant and the histogram of `z` under them (one pass; the
-/// histogram [`Hist::new`] gives).
-fn order_classes<const B: usize>(base: &[u8], z: &[u64], or: u64, c: Classes) -> (Vec<u8>, Hist) {
-    let width = Hist::width_for(or);
-    let mut counts = vec![0u64; c.nctx * width];
-    let mut ctx = Vec::with_capacity(z.len());
-    for (v, &x) in base.chunks_exact(B).zip(z) {
-        let k = c.of(load::<B>(v));
-        ctx.push(k);
-        Hist::count(&mut counts, width, usize::from(k), x);
-    }
-    (ctx, Hist::from_counts(counts, width, c.nctx, z.len()))
-}
-
-fn encode_float(layout: FloatLayout, base: &[u8], target: &[u8]) -> (Vec<u8>, f64) {
+fn encode_float(layout: FloatLayout, base: &[u8], target: &[u8], rival: usize) -> (Vec<u8>, f64) {
     let mut best = encode_order(layout, base, target);
     // The XOR of a sample (four slices) predicts whether the other variants may win.
     let sample = sample_xor(base, target, layout.bytes());
     let scale = target.len() as f64 / sample.len().max(1) as f64;
     let predicted = float::Analysis::new(layout, &sample).best_plan().size as f64 * scale;
-    if predicted < best.0.len() as f64 * 1.03 {
+    if predicted < best.0.len().min(rival) as f64 * 1.03 {
         let xor: Vec<u8> = base.iter().zip(target).map(|(a, b)| a ^ b).collect();
         let plan = float::Analysis::new(layout, &xor).best_plan();
         if plan.size + 1 < best.0.len() {
@@ -315,8 +289,7 @@ fn encode_float(layout: FloatLayout, base: &[u8], target: &[u8]) -> (Vec<u8>, f6
             }
         }
     }
-    let z = crate::zstd_ctx::compress(&sample, 1).map_or(usize::MAX, |z| z.len());
-    if z as f64 * scale < best.0.len() as f64 * 1.03 {
+    if zstd_may_win(&sample, layout.bytes(), scale, best.0.len().min(rival)) {
         let z = encode_zstd(base, target, &[layout.bytes()]);
         if z.0.len() < best.0.len() {
             best = z;
@@ -324,6 +297,28 @@ fn encode_float(layout: FloatLayout, base: &[u8], target: &[u8]) -> (Vec<u8>, f6
     }
     best
 }
+
+/// Whether the zstd variant may come within 3 % of `size` bytes, judged from the XOR
+/// `sample` of values of `b` bytes, a `1 / scale` share of the chunk. zstd gains over the
+/// other variants only on sparse changes (runs of unchanged values), so a sample with fewer
+/// than one unchanged value in [`SPARSE`] is not even compressed; otherwise the sample's zstd
+/// size, scaled, decides.
+fn zstd_may_win(sample: &[u8], b: usize, scale: f64, size: usize) -> bool {
+    let values = sample.len() / b;
+    let unchanged = sample
+        .chunks_exact(b)
+        .filter(|v| v.iter().all(|&x| x == 0))
+        .count();
+    if unchanged * SPARSE < values {
+        return false;
+    }
+    let z = crate::zstd_ctx::compress(sample, 1).map_or(usize::MAX, |z| z.len());
+    (z as f64 * scale) < size as f64 * 1.03
+}
+
+/// See [`zstd_may_win`]: changes denser than one unchanged value in `SPARSE` go to the
+/// order or XOR variants without a zstd trial.
+const SPARSE: usize = 8;
 
 /// The XOR of base and target: all of it for small chunks, else four slices of 16 KiB
 /// (whole values of `b` bytes) spread over the chunk.
@@ -351,49 +346,115 @@ fn sample_xor(base: &[u8], target: &[u8], b: usize) -> Vec<u8> {
 /// Header bytes of the order variant before its integer block.
 const ORDER_HEAD: usize = 6;
 
-/// The order variant before coding: differences, contexts and the chosen plan.
-struct OrderPlan {
-    z: Vec<u64>,
+/// The order variant before coding: differences (in words of the values' width), contexts
+/// and the chosen plan.
+struct OrderPlan<W> {
+    z: Vec<W>,
     ctx: Option<Vec<u8>>,
     plan: Plan,
     used: Option<Classes>,
 }
 
-fn order_plan(layout: FloatLayout, base: &[u8], target: &[u8]) -> OrderPlan {
-    let b = layout.bytes();
-    let n = target.len() / b;
-    let (z, or, exp_hist) = match b {
-        1 => order_diffs::<1>(layout, base, target),
-        2 => order_diffs::<2>(layout, base, target),
-        4 => order_diffs::<4>(layout, base, target),
-        _ => order_diffs::<8>(layout, base, target),
-    };
-    let classes = choose_classes(layout, &exp_hist, n);
-    let (ctx, hist) = match classes {
-        Some(c) => {
-            let (ctx, hist) = match b {
-                1 => order_classes::<1>(base, &z, or, c),
-                2 => order_classes::<2>(base, &z, or, c),
-                4 => order_classes::<4>(base, &z, or, c),
-                _ => order_classes::<8>(base, &z, or, c),
-            };
-            (Some(ctx), hist)
-        }
-        None => (None, Hist::new(&z, None, 1)),
-    };
+/// The order variant of values of `B` bytes, planned: the differences as `W` words (a
+/// zigzagged `B`-byte difference fits in `B` bytes) and their contexts, from one pass over
+/// base and target that the compiler can vectorize ([`order_values`]); then their histogram
+/// and its plan.
+fn order_plan<const B: usize, W: OrderWord<B>>(
+    layout: FloatLayout,
+    base: &[u8],
+    target: &[u8],
+) -> OrderPlan<W> {
+    let n = target.len() / B;
+    let classes = base_classes::<B>(layout, base);
+    let mut z = vec![W::default(); n];
+    let mut ctx = classes.map(|_| vec![0u8; n]);
+    let level = crate::cpu::Level::detected();
+    crate::cpu::dispatch(
+        level,
+        #[inline(always)]
+        || order_values::<B, W>(base, target, classes, &mut z, ctx.as_deref_mut()),
+    );
+    let nctx = classes.map_or(1, |c| c.nctx);
+    let hist = crate::cpu::dispatch(
+        level,
+        #[inline(always)]
+        || Hist::new(&z, ctx.as_deref(), nctx),
+    );
     let (plan, used) = choose_order_plan(&hist, classes);
     OrderPlan { z, ctx, plan, used }
+}
+
+/// The exponent classes of the order variant for the base values of `B` bytes, if any.
+fn base_classes<const B: usize>(layout: FloatLayout, base: &[u8]) -> Option<Classes> {
+    let shift = 8 * B as u32 - 1 - layout.exp_bits;
+    let emask = (1usize << layout.exp_bits) - 1;
+    let mut exp_hist = vec![0usize; emask + 1];
+    for bv in base.chunks_exact(B) {
+        exp_hist[(load::<B>(bv) >> shift) as usize & emask] += 1;
+    }
+    choose_classes(layout, &exp_hist, base.len() / B)
+}
+
+/// The word type of the order variant's differences of `B`-byte values, and the difference
+/// in that type's own arithmetic (which the compiler vectorizes for 16- and 32-bit words).
+trait OrderWord<const B: usize>: ints::Word {
+    /// The zigzagged order-preserving difference of target value `t` from base value `b`.
+    fn diff(b: &[u8], t: &[u8]) -> Self;
+}
+
+macro_rules! order_word {
+    ($w:ty, $s:ty, $b:literal) => {
+        impl OrderWord<$b> for $w {
+            #[inline(always)]
+            fn diff(b: &[u8], t: &[u8]) -> Self {
+                let key = |u: $w| u ^ ((u as $s >> (<$w>::BITS - 1)) as $w >> 1);
+                let load = |v: &[u8]| <$w>::from_le_bytes(v.try_into().expect("value bytes"));
+                let d = key(load(t)).wrapping_sub(key(load(b)));
+                (d << 1) ^ ((d as $s >> (<$w>::BITS - 1)) as $w)
+            }
+        }
+    };
+}
+order_word!(u16, i16, 2);
+order_word!(u32, i32, 4);
+order_word!(u64, i64, 8);
+
+impl OrderWord<1> for u16 {
+    #[inline(always)]
+    fn diff(b: &[u8], t: &[u8]) -> Self {
+        order_diff::<1>(load::<1>(b), t) as u16
+    }
+}
+
+/// The order variant's differences (into `z`) and contexts (into `ctx`, when `classes`)
+/// of values of `B` bytes: one branch-free pass.
+#[inline(always)]
+fn order_values<const B: usize, W: OrderWord<B>>(
+    base: &[u8],
+    target: &[u8],
+    classes: Option<Classes>,
+    z: &mut [W],
+    ctx: Option<&mut [u8]>,
+) {
+    let pairs = base.chunks_exact(B).zip(target.chunks_exact(B));
+    for (zi, (bv, tv)) in z.iter_mut().zip(pairs.clone()) {
+        *zi = W::diff(bv, tv);
+    }
+    if let (Some(c), Some(ctx)) = (classes, ctx) {
+        for (ci, bv) in ctx.iter_mut().zip(base.chunks_exact(B)) {
+            *ci = c.of(load::<B>(bv));
+        }
+    }
 }
 
 /// The plan of the order variant for `hist` (counted under `classes`, if any): the classed
 /// one, or the single-context one when it is no larger (then no classes are used).
 fn choose_order_plan(hist: &Hist, classes: Option<Classes>) -> (Plan, Option<Classes>) {
     let plan = Plan::from_hist(hist);
-    if classes.is_some() {
-        let single = Plan::from_hist(&hist.merged());
-        if single.size <= plan.size {
-            return (single, None);
-        }
+    if classes.is_some()
+        && let Some(single) = Plan::from_hist_within(&hist.merged(), plan.size)
+    {
+        return (single, None);
     }
     (plan, classes)
 }
@@ -402,43 +463,39 @@ fn choose_order_plan(hist: &Hist, classes: Option<Classes>) -> (Plan, Option<Cla
 /// difference or context (the same histograms: `tests` compare the two).
 fn order_plan_size(layout: FloatLayout, base: &[u8], target: &[u8]) -> usize {
     match layout.bytes() {
-        1 => order_plan_size_of::<1>(layout, base, target),
-        2 => order_plan_size_of::<2>(layout, base, target),
-        4 => order_plan_size_of::<4>(layout, base, target),
-        _ => order_plan_size_of::<8>(layout, base, target),
+        1 => order_plan_size_of::<1, u16>(layout, base, target),
+        2 => order_plan_size_of::<2, u16>(layout, base, target),
+        4 => order_plan_size_of::<4, u32>(layout, base, target),
+        _ => order_plan_size_of::<8, u64>(layout, base, target),
     }
 }
 
-fn order_plan_size_of<const B: usize>(layout: FloatLayout, base: &[u8], target: &[u8]) -> usize {
-    let shift = 8 * B as u32 - 1 - layout.exp_bits;
-    let emask = (1usize << layout.exp_bits) - 1;
-    let n = target.len() / B;
-    let mut exp_hist = vec![0usize; emask + 1];
-    let mut or = 0u64;
-    for (bv, tv) in base.chunks_exact(B).zip(target.chunks_exact(B)) {
-        let bu = load::<B>(bv);
-        exp_hist[(bu >> shift) as usize & emask] += 1;
-        or |= order_diff::<B>(bu, tv);
-    }
-    let classes = choose_classes(layout, &exp_hist, n);
-    let width = Hist::width_for(or);
-    let nctx = classes.map_or(1, |c| c.nctx);
-    let mut counts = vec![0u64; nctx * width];
-    for (bv, tv) in base.chunks_exact(B).zip(target.chunks_exact(B)) {
-        let bu = load::<B>(bv);
-        let c = classes.map_or(0, |c| usize::from(c.of(bu)));
-        Hist::count(&mut counts, width, c, order_diff::<B>(bu, tv));
-    }
-    let hist = Hist::from_counts(counts, width, nctx, n);
-    choose_order_plan(&hist, classes).0.size
+fn order_plan_size_of<const B: usize, W: OrderWord<B>>(
+    layout: FloatLayout,
+    base: &[u8],
+    target: &[u8],
+) -> usize {
+    order_plan::<B, W>(layout, base, target).plan.size
 }
 
 fn encode_order(layout: FloatLayout, base: &[u8], target: &[u8]) -> (Vec<u8>, f64) {
-    let b = layout.bytes();
-    let OrderPlan { z, ctx, plan, used } = order_plan(layout, base, target);
+    match layout.bytes() {
+        1 => encode_order_of::<1, u16>(layout, base, target),
+        2 => encode_order_of::<2, u16>(layout, base, target),
+        4 => encode_order_of::<4, u32>(layout, base, target),
+        _ => encode_order_of::<8, u64>(layout, base, target),
+    }
+}
+
+fn encode_order_of<const B: usize, W: OrderWord<B>>(
+    layout: FloatLayout,
+    base: &[u8],
+    target: &[u8],
+) -> (Vec<u8>, f64) {
+    let OrderPlan { z, ctx, plan, used } = order_plan::<B, W>(layout, base, target);
     let mut out = Vec::with_capacity(plan.size + 8);
     out.push(ORDER);
-    out.push(b as u8);
+    out.push(B as u8);
     out.push(layout.exp_bits as u8);
     let (lo, nctx) = used.map_or((0, 1), |c| (c.lo, c.nctx));
     out.extend_from_slice(&(lo as u16).to_le_bytes());

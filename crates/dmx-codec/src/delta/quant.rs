@@ -127,12 +127,11 @@ fn finish(head: [u8; 4], extra: &[u8], q: QuantSplit) -> (Vec<u8>, f64) {
         ..
     } = q;
     let hist = Hist::new(&residuals, Some(&res_ctx), QUANT_CLASSES);
-    let plain = Plan::from_hist(&hist.merged());
+    // One table wins ties; it is planned only when it can.
     let classed = Plan::from_hist(&hist);
-    let (plan, ctx, nctx) = if classed.size < plain.size {
-        (classed, Some(res_ctx.as_slice()), QUANT_CLASSES)
-    } else {
-        (plain, None, 1)
+    let (plan, ctx, nctx) = match Plan::from_hist_within(&hist.merged(), classed.size) {
+        Some(plain) => (plain, None, 1),
+        None => (classed, Some(res_ctx.as_slice()), QUANT_CLASSES),
     };
     let mut out = Vec::with_capacity(plan.size + escapes.len() + 32);
     out.extend_from_slice(&head);

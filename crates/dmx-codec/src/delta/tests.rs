@@ -25,7 +25,13 @@ fn round_trip(kind: ValueKind, base: &[u8], target: &[u8]) -> usize {
         && target.len().is_multiple_of(layout.bytes())
     {
         let counted = order_plan_size(layout, base, target);
-        assert_eq!(counted, order_plan(layout, base, target).plan.size);
+        let planned = match layout.bytes() {
+            1 => order_plan::<1, u16>(layout, base, target).plan.size,
+            2 => order_plan::<2, u16>(layout, base, target).plan.size,
+            4 => order_plan::<4, u32>(layout, base, target).plan.size,
+            _ => order_plan::<8, u64>(layout, base, target).plan.size,
+        };
+        assert_eq!(counted, planned);
     }
     // Within a limit: exactly `encode`'s payload when it fits, else nothing.
     let n = payload.len();
@@ -112,6 +118,50 @@ fn lossless_every_layout() {
             }
         }
         round_trip(kind, &b, &t);
+    }
+}
+
+/// The order variant's differences in the values' own word type are the 64-bit definition,
+/// on every bit pattern class (specials, random words, every special against every other).
+#[test]
+fn typed_order_differences_are_the_definition() {
+    fn check<const B: usize, W: OrderWord<B>>(layout: FloatLayout) {
+        let s = specials(layout);
+        let r = crate::pseudo_bytes(4096 * B, 5);
+        let values: Vec<&[u8]> = s.chunks_exact(B).chain(r.chunks_exact(B)).collect();
+        for (i, &b) in values.iter().enumerate() {
+            for &t in values
+                .iter()
+                .skip(i % 7)
+                .step_by(97)
+                .chain(&values[..s.len() / B])
+            {
+                let want = order_diff::<B>(load::<B>(b), t);
+                assert_eq!(W::diff(b, t).wide(), want, "{layout:?} {b:?} {t:?}");
+            }
+        }
+    }
+    check::<1, u16>(FloatLayout::F8_E4M3);
+    check::<2, u16>(FloatLayout::BF16);
+    check::<4, u32>(FloatLayout::F32);
+    check::<8, u64>(FloatLayout::F64);
+}
+
+/// The order variant codes the same payload whatever CPU level its passes run at.
+#[test]
+fn order_payloads_agree_across_cpu_levels() {
+    use crate::cpu::{Level, with_level};
+    for layout in LAYOUTS {
+        let (b, t) = pair(layout, 5003, 11);
+        let run = |level| with_level(level, || encode(ValueKind::Float(layout), &b, &t));
+        let want = run(Level::SCALAR);
+        // (8-bit values barely change in `pair`: the target equals the base.)
+        if layout.bytes() >= 2 {
+            assert_eq!(want.0[0], ORDER, "{layout:?}");
+        }
+        for level in Level::available() {
+            assert_eq!(run(level), want, "{layout:?} {}", level.name());
+        }
     }
 }
 

@@ -75,21 +75,39 @@ pub fn decode_unsigned(data: &[u8], out: &mut [u64]) -> Result<usize, CodecError
     decode_ctx(data, None, 1, out)
 }
 
+/// An unsigned integer type the coder can take values in: callers whose values fit in fewer
+/// bits (the differences of 16- or 32-bit floats) keep them in `u16` or `u32`, a half or a
+/// quarter of the memory traffic of `u64`.
+pub(crate) trait Word: Copy + Default + Send + Sync + 'static {
+    /// The value as a `u64`.
+    fn wide(self) -> u64;
+}
+
+macro_rules! word {
+    ($($t:ty),*) => {$(
+        impl Word for $t {
+            #[inline(always)]
+            fn wide(self) -> u64 {
+                u64::from(self)
+            }
+        }
+    )*};
+}
+word!(u16, u32, u64);
+
 /// Alphabet size for parameter `k`.
 fn alphabet(k: u32) -> usize {
     ((65 - k) << k) as usize
 }
 
-/// The token of `v` for parameter `k`.
+/// The token of `v` for parameter `k`, without a branch: with `s` the raw bits of `v` (its
+/// bit length less `k + 1`, at least 0), `v >> s` is `v` itself below `2^(k+1)`, else the
+/// leading one and the `k` bits after it, `2^k + m`; adding `s << k` gives
+/// `(L - k) << k | m` for bit length `L`.
 #[inline(always)]
 fn token(v: u64, k: u32) -> u32 {
-    if v < 1 << k {
-        v as u32
-    } else {
-        let l = 64 - v.leading_zeros();
-        let nraw = l - 1 - k;
-        ((l - k) << k) | ((v >> nraw) as u32 & ((1 << k) - 1))
-    }
+    let s = (64 - v.leading_zeros()).saturating_sub(k + 1);
+    (v >> s) as u32 + (s << k)
 }
 
 /// Raw bits that follow token `t`.
@@ -133,22 +151,22 @@ pub(crate) struct Hist {
 
 impl Hist {
     /// Histograms of `values` under contexts `ctx` (same length, entries below `nctx`).
-    pub(crate) fn new(values: &[u64], ctx: Option<&[u8]>, nctx: usize) -> Self {
+    pub(crate) fn new<W: Word>(values: &[W], ctx: Option<&[u8]>, nctx: usize) -> Self {
         debug_assert!((1..=MAX_CONTEXTS).contains(&nctx));
         debug_assert!(ctx.is_none_or(|c| c.len() == values.len()));
         // Tokens grow with the value, so the OR of all values bounds them.
-        let or = values.iter().fold(0u64, |a, &v| a | v);
+        let or = values.iter().fold(0u64, |a, &v| a | v.wide());
         let width = token(or, MAX_K) as usize + 1;
         let mut counts = vec![0u64; nctx * width];
         match ctx {
             Some(c) => {
                 for (&v, &c) in values.iter().zip(c) {
-                    counts[usize::from(c) * width + token(v, MAX_K) as usize] += 1;
+                    counts[usize::from(c) * width + token(v.wide(), MAX_K) as usize] += 1;
                 }
             }
             None => {
                 for &v in values {
-                    counts[token(v, MAX_K) as usize] += 1;
+                    counts[token(v.wide(), MAX_K) as usize] += 1;
                 }
             }
         }
@@ -241,6 +259,13 @@ impl Plan {
     /// (a Huffman code is never shorter); the codes are built only for the `k` whose bound
     /// can still beat the best size found, in order of their bounds.
     pub(crate) fn from_hist(hist: &Hist) -> Self {
+        Self::from_hist_within(hist, usize::MAX).expect("at least one parameter")
+    }
+
+    /// [`Plan::from_hist`] when its size is at most `limit`, else `None`; codes are built
+    /// only for the `k` whose bound is within `limit`, so a caller comparing against another
+    /// plan's size usually builds none.
+    pub(crate) fn from_hist_within(hist: &Hist, limit: usize) -> Option<Self> {
         let n: usize = hist.lane_values.iter().sum();
         let used = hist.used();
         // The (token, count) pairs per context at each `k`, each level merged from the one
@@ -251,28 +276,35 @@ impl Plan {
             let finer = &levels[k as usize + 1];
             levels[k as usize] = finer.iter().map(|u| coarsen(u, k + 1, k)).collect();
         }
-        let mut freqs: Vec<u64> = Vec::new();
-        // Per `k`: a lower bound on the size (the exact header, and the entropy for the code
-        // bits), `k`, and the entropy bound in bits.
-        let mut order: Vec<(usize, u32, f64)> = (0..=MAX_K)
+        // Per `k`: a lower bound on the size (the exact header, and a lower bound on the
+        // entropy for the code bits), `k`, the header bytes, and each context's share of the
+        // bits (raw bits and token entropy, from `entropy_floor`).
+        let mut order: Vec<(usize, u32, usize, Vec<f64>)> = (0..=MAX_K)
             .map(|k| {
                 let (mut bits, mut header) = (0f64, 0usize);
-                for merged in &levels[k as usize] {
-                    freqs.clear();
-                    freqs.extend(merged.iter().map(|m| m.1));
-                    bits += raw_bits(merged, k) as f64 + entropy(&freqs);
-                    header += ctx_header(merged);
-                }
-                (size_bound(n, header, bits), k, bits)
+                let lower: Vec<f64> = levels[k as usize]
+                    .iter()
+                    .map(|merged| {
+                        let b = raw_bits(merged, k) as f64 + entropy_floor(merged);
+                        bits += b;
+                        header += ctx_header(merged);
+                        b
+                    })
+                    .collect();
+                (size_bound(n, header, bits), k, header, lower)
             })
             .collect();
         order.sort_unstable_by_key(|a| (a.0, a.1));
         let mut best: Option<Plan> = None;
-        for (bound, k, ent) in order {
-            if best.as_ref().is_some_and(|b| bound > b.size) {
+        for (bound, k, header, lower) in order {
+            let cap = best.as_ref().map_or(limit, |b| b.size);
+            if bound > cap {
                 break;
             }
-            let plan = Self::at_k(hist, &levels[k as usize], n, k, ent);
+            let level = &levels[k as usize];
+            let Some(plan) = Self::at_k_within(hist, level, k, header, &lower, cap) else {
+                continue;
+            };
             let better = best
                 .as_ref()
                 .is_none_or(|b| (plan.size, plan.k) < (b.size, b.k));
@@ -280,19 +312,48 @@ impl Plan {
                 best = Some(plan);
             }
         }
-        best.expect("at least one parameter")
+        let mut best = best.filter(|b| b.size <= limit)?;
+        // The entropy bound the block records: per context, in context order.
+        let mut freqs: Vec<u64> = Vec::new();
+        best.entropy_bits = levels[best.k as usize]
+            .iter()
+            .map(|merged| {
+                freqs.clear();
+                freqs.extend(merged.iter().map(|m| m.1));
+                raw_bits(merged, best.k) as f64 + entropy(&freqs)
+            })
+            .fold(0.0, |a, b| a + b);
+        Some(best)
     }
 
     /// The plan at parameter `k` for `hist`, whose (token, count) pairs at `k` per context
-    /// are `level`, with entropy bound `ent` in bits.
-    fn at_k(hist: &Hist, level: &[Vec<(u32, u64)>], n: usize, k: u32, ent: f64) -> Self {
+    /// are `level` (its `entropy_bits` left at 0).
+    #[cfg(test)]
+    fn at_k(hist: &Hist, level: &[Vec<(u32, u64)>], k: u32) -> Self {
+        let header = level.iter().map(|m| ctx_header(m)).sum();
+        let lower = vec![0.0; level.len()];
+        Self::at_k_within(hist, level, k, header, &lower, usize::MAX).expect("no cap")
+    }
+
+    /// [`Plan::at_k`] when its size can be at most `cap`: the contexts' codes are built in
+    /// turn, and the build stops (`None`) as soon as the bits of the codes built so far plus
+    /// the lower bounds `lower` (bits per context) of the others put the size above `cap`.
+    /// `header` is the exact bytes of the context headers.
+    fn at_k_within(
+        hist: &Hist,
+        level: &[Vec<(u32, u64)>],
+        k: u32,
+        header: usize,
+        lower: &[f64],
+        cap: usize,
+    ) -> Option<Self> {
+        let n: usize = hist.lane_values.iter().sum();
+        let mut rest: f64 = lower.iter().sum();
         let mut stream_bits = 0u64;
-        let mut header = 0usize;
         let mut max_bits = 0u32;
         let mut codes = Vec::with_capacity(hist.nctx);
-        for merged in level {
+        for (merged, &low) in level.iter().zip(lower) {
             stream_bits += raw_bits(merged, k);
-            header += ctx_header(merged);
             let code = match merged.as_slice() {
                 [] => CtxCode::Unused,
                 [(t, _)] => {
@@ -312,17 +373,22 @@ impl Plan {
                 }
             };
             codes.push(code);
+            rest -= low;
+            if cap != usize::MAX && size_bound(n, header, stream_bits as f64 + rest.max(0.0)) > cap
+            {
+                return None;
+            }
         }
         let size = block_size(n, header, (stream_bits / 8) as usize + LANES);
-        Plan {
+        Some(Plan {
             k,
             nctx: hist.nctx,
             codes,
-            entropy_bits: ent,
+            entropy_bits: 0.0,
             size,
             max_bits,
             lane_values: hist.lane_values,
-        }
+        })
     }
 
     /// `code | length << 16` per (context, token).
@@ -353,6 +419,34 @@ fn coarsen(pairs: &[(u32, u64)], from: u32, to: u32) -> Vec<(u32, u64)> {
         }
     }
     out
+}
+
+/// A lower bound on the order-0 entropy in bits of the counts of `pairs`, cheaper than
+/// [`entropy`]: `T log2 T - sum f log2 f` with `f log2 f` from a table for small counts,
+/// less a margin far above the rounding of the sums. For pruning plans, never recorded.
+fn entropy_floor(pairs: &[(u32, u64)]) -> f64 {
+    const SMALL: usize = 4096;
+    static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..SMALL)
+            .map(|f| {
+                if f == 0 {
+                    0.0
+                } else {
+                    f as f64 * (f as f64).log2()
+                }
+            })
+            .collect()
+    });
+    let flog = |f: u64| match table.get(f as usize) {
+        Some(&v) => v,
+        None => f as f64 * (f as f64).log2(),
+    };
+    let total: u64 = pairs.iter().map(|p| p.1).sum();
+    let sum: f64 = pairs.iter().map(|p| flog(p.1)).sum();
+    // Each term is within a few ulps; 1e-9 of the total's term is far above their sum.
+    let t = flog(total);
+    (t - sum - t * 1e-9).max(0.0)
 }
 
 /// The raw bits of the (token, count) pairs at `k`.
@@ -489,7 +583,12 @@ fn put_value(lane: &mut Lane, buf: &mut [u8], enc: &[u32], row: usize, k: u32, v
 
 /// [`encode_ctx`] with a plan for the same values and contexts; appends at most `plan.size`
 /// bytes.
-pub(crate) fn encode_with_plan(values: &[u64], ctx: Option<&[u8]>, plan: &Plan, out: &mut Vec<u8>) {
+pub(crate) fn encode_with_plan<W: Word>(
+    values: &[W],
+    ctx: Option<&[u8]>,
+    plan: &Plan,
+    out: &mut Vec<u8>,
+) {
     debug_assert!(ctx.is_none_or(|c| c.len() == values.len()));
     debug_assert_eq!(plan.lane_values.iter().sum::<usize>(), values.len());
     let k = plan.k;
@@ -539,8 +638,8 @@ pub(crate) fn encode_with_plan(values: &[u64], ctx: Option<&[u8]>, plan: &Plan, 
 /// Writes the values into the four lanes of `buf` that start at `starts`; returns where
 /// they end.
 #[inline(always)]
-fn put_lanes(
-    values: &[u64],
+fn put_lanes<W: Word>(
+    values: &[W],
     ctx: Option<&[u8]>,
     enc: &[u32],
     alph: usize,
@@ -553,25 +652,32 @@ fn put_lanes(
     match ctx {
         Some(c) => {
             for (g, cg) in values.chunks_exact(LANES).zip(c.chunks_exact(LANES)) {
-                put_value(&mut l0, buf, enc, usize::from(cg[0]) * alph, k, g[0]);
-                put_value(&mut l1, buf, enc, usize::from(cg[1]) * alph, k, g[1]);
-                put_value(&mut l2, buf, enc, usize::from(cg[2]) * alph, k, g[2]);
-                put_value(&mut l3, buf, enc, usize::from(cg[3]) * alph, k, g[3]);
+                put_value(&mut l0, buf, enc, usize::from(cg[0]) * alph, k, g[0].wide());
+                put_value(&mut l1, buf, enc, usize::from(cg[1]) * alph, k, g[1].wide());
+                put_value(&mut l2, buf, enc, usize::from(cg[2]) * alph, k, g[2].wide());
+                put_value(&mut l3, buf, enc, usize::from(cg[3]) * alph, k, g[3].wide());
             }
         }
         None => {
             for g in values.chunks_exact(LANES) {
-                put_value(&mut l0, buf, enc, 0, k, g[0]);
-                put_value(&mut l1, buf, enc, 0, k, g[1]);
-                put_value(&mut l2, buf, enc, 0, k, g[2]);
-                put_value(&mut l3, buf, enc, 0, k, g[3]);
+                put_value(&mut l0, buf, enc, 0, k, g[0].wide());
+                put_value(&mut l1, buf, enc, 0, k, g[1].wide());
+                put_value(&mut l2, buf, enc, 0, k, g[2].wide());
+                put_value(&mut l3, buf, enc, 0, k, g[3].wide());
             }
         }
     }
     let mut lanes = [l0, l1, l2, l3];
     for i in groups * LANES..values.len() {
         let c = ctx.map_or(0, |c| usize::from(c[i]));
-        put_value(&mut lanes[i % LANES], buf, enc, c * alph, k, values[i]);
+        put_value(
+            &mut lanes[i % LANES],
+            buf,
+            enc,
+            c * alph,
+            k,
+            values[i].wide(),
+        );
     }
     lanes.map(|l| l.finish(buf))
 }

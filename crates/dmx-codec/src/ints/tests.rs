@@ -35,6 +35,33 @@ fn tokens_partition_the_values() {
     assert_eq!(unzigzag(zigzag(i64::MAX)), i64::MAX);
 }
 
+/// The token by its definition: the value itself below `2^k`, else `(L - k) << k | m` for
+/// bit length `L` and the `k` bits `m` after the leading one.
+fn token_by_definition(v: u64, k: u32) -> u32 {
+    if v < 1 << k {
+        v as u32
+    } else {
+        let l = 64 - v.leading_zeros();
+        ((l - k) << k) | ((v >> (l - 1 - k)) as u32 & ((1 << k) - 1))
+    }
+}
+
+#[test]
+fn branch_free_token_is_the_definition() {
+    let edges = (0..64).flat_map(|b| {
+        let p = 1u64 << b;
+        [p - 1, p, p + 1, p | (p >> 1), p | (p - 1)]
+    });
+    let values: Vec<u64> = edges.chain(crate::pseudo_u64(4000, 9)).collect();
+    for k in 0..=MAX_K {
+        for &v in &values {
+            for v in [v, v >> 17, v >> 40] {
+                assert_eq!(token(v, k), token_by_definition(v, k), "k {k} v {v}");
+            }
+        }
+    }
+}
+
 #[test]
 fn extremes_round_trip() {
     round_trip(&[]);
@@ -166,7 +193,7 @@ fn exhaustive(hist: &Hist) -> (usize, u32) {
     (0..=MAX_K)
         .map(|k| {
             let level: Vec<Vec<(u32, u64)>> = used.iter().map(|u| coarsen(u, MAX_K, k)).collect();
-            let plan = Plan::at_k(hist, &level, n, k, 0.0);
+            let plan = Plan::at_k(hist, &level, k);
             // The bound never exceeds the size.
             let mut bits = 0f64;
             let mut header = 0;
@@ -244,6 +271,27 @@ fn previous_value_contexts_round_trip() {
             // The wrong context count or length is an error.
             let mut short = vec![0i64; n + 1];
             assert!(decode_prev_ctx(&enc, 10, prev_class_test, &mut short).is_err());
+        }
+    }
+}
+
+/// The plan search's cheap entropy bound never exceeds the entropy and stays close to it, on
+/// small and large counts (below and above its table).
+#[test]
+fn entropy_floor_is_a_tight_lower_bound() {
+    let mut words = crate::pseudo_u64(usize::MAX, 17);
+    for cells in [1usize, 2, 5, 64, 1000] {
+        for scale in [1u64, 100, 5000, 1 << 20, 1 << 40] {
+            let pairs: Vec<(u32, u64)> = (0..cells)
+                .map(|t| (t as u32, 1 + words.next().expect("endless") % scale))
+                .collect();
+            let freqs: Vec<u64> = pairs.iter().map(|p| p.1).collect();
+            let exact = entropy(&freqs);
+            let floor = entropy_floor(&pairs);
+            assert!(floor <= exact, "{cells} {scale}: {floor} > {exact}");
+            let total: u64 = freqs.iter().sum();
+            let room = 1e-8 * total as f64 * (total as f64).log2() + 1e-9;
+            assert!(exact - floor <= room, "{cells} {scale}: {floor} vs {exact}");
         }
     }
 }

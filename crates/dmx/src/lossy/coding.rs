@@ -112,15 +112,24 @@ impl Coding {
             }
         };
         if let (Coding::Delta, Some(base)) = (self, base) {
-            let (payload, entropy_bits) = dmx_codec::delta::encode(value, base, data);
-            // The chunk alone wins when it is no larger: coded only when it can be.
-            return dmx_codec::encode_within(value, data, hints, payload.len()).unwrap_or(
-                dmx_codec::Encoded {
-                    codec: dmx_codec::Codec::Delta,
-                    payload,
-                    entropy_bits,
-                },
-            );
+            // The chunk alone wins when it is no larger. A sample of it, coded, gives a
+            // size it is unlikely to come below: the delta's variants that cannot beat it are
+            // not tried, and the chunk alone is planned (and then coded) only when that size
+            // does not rule it out.
+            let floor = dmx_codec::alone_floor(value, data, hints);
+            let rival = floor.unwrap_or(usize::MAX);
+            let (payload, entropy_bits) =
+                dmx_codec::delta::encode_against(value, base, data, rival);
+            let limit = payload.len();
+            let alone = floor
+                .is_none_or(|f| f <= limit)
+                .then(|| dmx_codec::encode_within(value, data, hints, limit))
+                .flatten();
+            return alone.unwrap_or(dmx_codec::Encoded {
+                codec: dmx_codec::Codec::Delta,
+                payload,
+                entropy_bits,
+            });
         }
         let ValueKind::Float(layout) = value else {
             return dmx_codec::encode_with(value, data, hints);
