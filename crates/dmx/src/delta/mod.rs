@@ -149,8 +149,9 @@ pub struct DeltaFile {
 /// A base model opened for reading: a safetensors or `torch.save` file, mapped; a `.dmx` base
 /// is first restored (verified) into a temporary file.
 pub(crate) struct Base {
-    /// SHA-256 of the base file.
-    pub sha256: [u8; 32],
+    /// SHA-256 of the base file, once known: recorded in an archive base, else computed on
+    /// first use ([`Base::sha256`]), which a writer overlaps with its coding.
+    sha: std::sync::OnceLock<[u8; 32]>,
     /// Its size.
     pub size: u64,
     /// Its bytes.
@@ -195,12 +196,8 @@ impl Base {
         };
         let plan = single_model(&file)?;
         let bytes = Bytes::open_stable(&file)?;
-        let sha256 = match sha {
-            Some(s) => s,
-            None => sha2::Sha256::digest(&bytes[..]).into(),
-        };
         Ok(Self {
-            sha256,
+            sha: sha.map(std::sync::OnceLock::from).unwrap_or_default(),
             size: bytes.len() as u64,
             bytes,
             plan,
@@ -223,12 +220,20 @@ impl Base {
             ));
         }
         Ok(Self {
-            sha256: sha2::Sha256::digest(&bytes[..]).into(),
+            sha: std::sync::OnceLock::new(),
             size: bytes.len() as u64,
             bytes,
             plan,
             _restored: None,
         })
+    }
+
+    /// SHA-256 of the base file (hashed on the first call; later calls, from any thread,
+    /// wait for it or return it).
+    pub(crate) fn sha256(&self) -> [u8; 32] {
+        *self
+            .sha
+            .get_or_init(|| sha2::Sha256::digest(&self.bytes[..]).into())
     }
 
     /// The base's tensors by name: (dtype, shape, byte range).
@@ -339,8 +344,11 @@ pub fn delta_compress(
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
     let (minor, flags) = delta_format(std::slice::from_ref(&plan), d.precision);
     out.write_all(&dmx_format::preamble_with(minor, flags))?;
-    let (entry, pairing) =
-        pool.install(|| encode_delta(&base, &plan, &bytes, d, &steps, &mut out, opts))?;
+    // The base's SHA-256 (recorded at the end) is computed beside the coding.
+    let (entry, pairing) = pool.install(|| {
+        let encode = || encode_delta(&base, &plan, &bytes, d, &steps, &mut out, opts);
+        rayon::join(encode, || base.sha256()).0
+    })?;
     let index = Index {
         root: Root::File,
         entries: vec![entry],
@@ -480,7 +488,7 @@ pub(crate) fn encode_delta(
         Error::Internal(format!("{}: a delta of a file without tensors", plan.rel))
     })?;
     entry.base = Some(BaseRef {
-        sha256: base.sha256,
+        sha256: base.sha256(),
         size: base.size,
         removed: pairing.removed.clone(),
     });
@@ -564,10 +572,23 @@ pub(crate) fn base_slices<'a>(
     entry: &dmx_format::Entry,
     base: &'a Base,
 ) -> Result<Vec<Option<&'a [u8]>>> {
+    check_base(archive, entry, base, Some(base.sha256()))?;
+    slices_of(archive, entry, base)
+}
+
+/// Refuses `base` for a delta `entry` when its size, or its SHA-256 `sha` (when given),
+/// differ from the recorded ones.
+fn check_base(
+    archive: &Archive,
+    entry: &dmx_format::Entry,
+    base: &Base,
+    sha: Option<[u8; 32]>,
+) -> Result<()> {
     let Some(r) = &entry.base else {
-        return Ok(vec![None; entry.segments.len()]);
+        return Ok(());
     };
-    if r.sha256 != base.sha256 || r.size != base.size {
+    if sha.is_some_and(|s| s != r.sha256) || r.size != base.size {
+        let sha = sha.unwrap_or_else(|| base.sha256());
         return Err(Error::WrongBase(format!(
             "wrong base: {} was made from a base of {} bytes with SHA-256 {}, but the given base \
              has {} bytes and SHA-256 {}",
@@ -575,8 +596,20 @@ pub(crate) fn base_slices<'a>(
             r.size,
             hex(&r.sha256),
             base.size,
-            hex(&base.sha256)
+            hex(&sha)
         )));
+    }
+    Ok(())
+}
+
+/// [`base_slices`] without the SHA-256 check (the caller makes it).
+fn slices_of<'a>(
+    archive: &Archive,
+    entry: &dmx_format::Entry,
+    base: &'a Base,
+) -> Result<Vec<Option<&'a [u8]>>> {
+    if entry.base.is_none() {
+        return Ok(vec![None; entry.segments.len()]);
     }
     let tensors = base.tensors();
     entry
@@ -626,14 +659,26 @@ pub fn delta_reconstruct(base: &Path, delta: &Path, output: &Path, opts: &Option
     }
     let pool = opts.pool()?;
     let base = pool.install(|| Base::open(base, opts))?;
-    let slices = base_slices(&archive, entry, &base)?;
+    // The base's size is checked first; its SHA-256 beside the decoding, and before anything
+    // else is reported (a wrong base of the right size makes the decoding fail too).
+    check_base(&archive, entry, &base, None)?;
+    let slices = match slices_of(&archive, entry, &base) {
+        Ok(s) => s,
+        Err(e) => {
+            check_base(&archive, entry, &base, Some(base.sha256()))?;
+            return Err(e);
+        }
+    };
     let progress = opts.progress.as_deref();
     if let Some(p) = progress {
         p.start("reconstructing", entry.size);
     }
     pool.install(|| -> Result<()> {
         let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-        write_entry(&archive, entry, &slices, opts, |data| out.write_all(data))?;
+        let write = || write_entry(&archive, entry, &slices, opts, |data| out.write_all(data));
+        let (written, sha) = rayon::join(write, || base.sha256());
+        check_base(&archive, entry, &base, Some(sha))?;
+        written?;
         out.commit()
     })?;
     if let Some(p) = progress {

@@ -187,6 +187,32 @@ fn base_given_as_dmx_works() {
     }
 }
 
+/// A base of the right size and layout whose values differ: its SHA-256 is checked beside
+/// the decoding, and the refusal names the base (not a damaged delta), at every thread count.
+#[test]
+fn a_wrong_base_of_the_right_size_is_refused_as_a_wrong_base() {
+    let p = pair(4);
+    let (d, _) = delta(&p, &p.base, Precision::Lossless, "t.dmxd");
+    let mut bytes = std::fs::read(&p.base).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    let other = p.root.join("other-base.safetensors");
+    write(&other, &bytes);
+    let out = p.root.join("restored.safetensors");
+    for threads in [1, 2, 4] {
+        let opts = Options {
+            threads: Some(threads),
+            ..quiet()
+        };
+        let err = dmx::delta_reconstruct(&other, &d, &out, &opts).unwrap_err();
+        assert!(err.to_string().contains("wrong base"), "{threads}: {err}");
+        assert!(!err.is_integrity_failure());
+        assert!(!out.exists());
+    }
+    dmx::delta_reconstruct(&p.base, &d, &out, &quiet()).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), p.target_bytes);
+}
+
 #[test]
 fn wrong_base_is_refused() {
     let p = pair(3);
