@@ -282,7 +282,7 @@ fn encode_params<'a>(b: &mut Bytes<'a>) -> (ValueKind, Hints, &'a [u8]) {
 /// length, and never writes outside its output buffer (it gets a slice, so Rust enforces
 /// that); an unknown codec id is an error.
 ///
-/// Input: a mode byte. Mode bit 7 clear: bits 0..3 are a codec id (unknown ids included; id 8
+/// Input: a mode byte. Mode bit 7 clear: bits 0..4 are a codec id (unknown ids included; id 8
 /// also goes to `dmx_codec::cast::decode`), then a 3-byte output length (at most 1 MiB) and
 /// the payload. Mode bit 7 set: the rest is encoded with `encode_with` (value kind, row length
 /// and level chosen by the next bytes, as in `roundtrip`), then up to 15 byte edits (2-byte
@@ -292,7 +292,7 @@ pub fn decode(data: &[u8]) {
     let mut b = Bytes(data);
     let mode = b.u8();
     if mode & 0x80 == 0 {
-        let id = mode & 0x0f;
+        let id = mode & 0x1f;
         let len = usize::from(b.u8()) | usize::from(b.u8()) << 8 | usize::from(b.u8()) << 16;
         let mut out = vec![0u8; len.min(MAX_OUT)];
         let payload = b.rest();

@@ -87,6 +87,25 @@ pub fn encode(kind: ValueKind, base: &[u8], target: &[u8]) -> (Vec<u8>, f64) {
 /// # Panics
 /// If `base` and `target` differ in length.
 pub fn encode_against(kind: ValueKind, base: &[u8], target: &[u8], rival: usize) -> (Vec<u8>, f64) {
+    encode_unless(kind, base, target, rival, |_, _| false).expect("never beaten")
+}
+
+/// [`encode_against`] for a writer that keeps the chunk alone when it is no larger than the
+/// delta: once the order variant is planned and the samples rule the other variants out,
+/// the delta's payload is the order variant's, of `lower` to `high` bytes; then
+/// `alone(lower, high)` may code the chunk alone, and if it says that it fits in `lower`
+/// bytes (`true`), nothing more is coded and the result is `None`. Otherwise, exactly
+/// [`encode_against`]'s result.
+///
+/// # Panics
+/// If `base` and `target` differ in length.
+pub fn encode_unless(
+    kind: ValueKind,
+    base: &[u8],
+    target: &[u8],
+    rival: usize,
+    alone: impl FnOnce(usize, usize) -> bool,
+) -> Option<(Vec<u8>, f64)> {
     assert_eq!(
         base.len(),
         target.len(),
@@ -95,7 +114,7 @@ pub fn encode_against(kind: ValueKind, base: &[u8], target: &[u8], rival: usize)
     if base == target {
         let mut out = vec![SAME];
         put_varint(&mut out, target.len() as u64);
-        return (out, 0.0);
+        return Some((out, 0.0));
     }
     match kind {
         ValueKind::Float(layout)
@@ -104,9 +123,9 @@ pub fn encode_against(kind: ValueKind, base: &[u8], target: &[u8], rival: usize)
                 && layout.exp_bits + 1 < layout.bits()
                 && target.len().is_multiple_of(layout.bytes()) =>
         {
-            encode_float(layout, base, target, rival)
+            encode_float(layout, base, target, rival, alone)
         }
-        _ => encode_zstd(base, target, &[1, 2, 4, 8]),
+        _ => Some(encode_zstd(base, target, &[1, 2, 4, 8])),
     }
 }
 
@@ -158,7 +177,7 @@ pub fn encode_within(
             return full();
         }
     }
-    if zstd_may_win(&sample, layout.bytes(), scale, order_hi)
+    if zstd_estimate(&sample, layout.bytes(), scale).is_some_and(|z| z < order_hi as f64 * 1.03)
         && encode_zstd(base, target, &[layout.bytes()]).0.len() <= limit
     {
         return full();
@@ -272,13 +291,29 @@ fn order_diff<const B: usize>(bu: u64, tv: &[u8]) -> u64 {
     zigzag(sext(d, w))
 }
 
-fn encode_float(layout: FloatLayout, base: &[u8], target: &[u8], rival: usize) -> (Vec<u8>, f64) {
-    let mut best = encode_order(layout, base, target);
+fn encode_float(
+    layout: FloatLayout,
+    base: &[u8],
+    target: &[u8],
+    rival: usize,
+    alone: impl FnOnce(usize, usize) -> bool,
+) -> Option<(Vec<u8>, f64)> {
+    let order = AnyOrder::plan(layout, base, target);
     // The XOR of a sample (four slices) predicts whether the other variants may win.
     let sample = sample_xor(base, target, layout.bytes());
     let scale = target.len() as f64 / sample.len().max(1) as f64;
     let predicted = float::Analysis::new(layout, &sample).best_plan().size as f64 * scale;
-    if predicted < best.0.len().min(rival) as f64 * 1.03 {
+    let zstd = zstd_estimate(&sample, layout.bytes(), scale);
+    let xor_may_win = |size: usize| predicted < size.min(rival) as f64 * 1.03;
+    let zstd_may_win = |size: usize| zstd.is_some_and(|z| z < size.min(rival) as f64 * 1.03);
+    // The order payload is at most `high` bytes: if neither other variant may win even
+    // against that, the delta is the order variant, of at least `high - PLAN_SLACK` bytes.
+    let high = ORDER_HEAD + order.size();
+    if !xor_may_win(high) && !zstd_may_win(high) && alone(high.saturating_sub(PLAN_SLACK), high) {
+        return None;
+    }
+    let mut best = order.finish(layout);
+    if xor_may_win(best.0.len()) {
         let xor: Vec<u8> = base.iter().zip(target).map(|(a, b)| a ^ b).collect();
         let plan = float::Analysis::new(layout, &xor).best_plan();
         if plan.size + 1 < best.0.len() {
@@ -289,34 +324,33 @@ fn encode_float(layout: FloatLayout, base: &[u8], target: &[u8], rival: usize) -
             }
         }
     }
-    if zstd_may_win(&sample, layout.bytes(), scale, best.0.len().min(rival)) {
+    if zstd_may_win(best.0.len()) {
         let z = encode_zstd(base, target, &[layout.bytes()]);
         if z.0.len() < best.0.len() {
             best = z;
         }
     }
-    best
+    Some(best)
 }
 
-/// Whether the zstd variant may come within 3 % of `size` bytes, judged from the XOR
-/// `sample` of values of `b` bytes, a `1 / scale` share of the chunk. zstd gains over the
-/// other variants only on sparse changes (runs of unchanged values), so a sample with fewer
-/// than one unchanged value in [`SPARSE`] is not even compressed; otherwise the sample's zstd
-/// size, scaled, decides.
-fn zstd_may_win(sample: &[u8], b: usize, scale: f64, size: usize) -> bool {
+/// The zstd variant's size, estimated from the XOR `sample` of values of `b` bytes, a
+/// `1 / scale` share of the chunk: its zstd size, scaled. zstd gains over the other variants
+/// only on sparse changes (runs of unchanged values), so a sample with fewer than one
+/// unchanged value in [`SPARSE`] is not even compressed (`None`: the variant is not tried).
+fn zstd_estimate(sample: &[u8], b: usize, scale: f64) -> Option<f64> {
     let values = sample.len() / b;
     let unchanged = sample
         .chunks_exact(b)
         .filter(|v| v.iter().all(|&x| x == 0))
         .count();
     if unchanged * SPARSE < values {
-        return false;
+        return None;
     }
     let z = crate::zstd_ctx::compress(sample, 1).map_or(usize::MAX, |z| z.len());
-    (z as f64 * scale) < size as f64 * 1.03
+    Some(z as f64 * scale)
 }
 
-/// See [`zstd_may_win`]: changes denser than one unchanged value in `SPARSE` go to the
+/// See [`zstd_estimate`]: changes denser than one unchanged value in `SPARSE` go to the
 /// order or XOR variants without a zstd trial.
 const SPARSE: usize = 8;
 
@@ -478,24 +512,47 @@ fn order_plan_size_of<const B: usize, W: OrderWord<B>>(
     order_plan::<B, W>(layout, base, target).plan.size
 }
 
-fn encode_order(layout: FloatLayout, base: &[u8], target: &[u8]) -> (Vec<u8>, f64) {
-    match layout.bytes() {
-        1 => encode_order_of::<1, u16>(layout, base, target),
-        2 => encode_order_of::<2, u16>(layout, base, target),
-        4 => encode_order_of::<4, u32>(layout, base, target),
-        _ => encode_order_of::<8, u64>(layout, base, target),
+/// The order variant planned, in the word type of its values' width.
+enum AnyOrder {
+    W16(OrderPlan<u16>),
+    W32(OrderPlan<u32>),
+    W64(OrderPlan<u64>),
+}
+
+impl AnyOrder {
+    fn plan(layout: FloatLayout, base: &[u8], target: &[u8]) -> Self {
+        match layout.bytes() {
+            1 => Self::W16(order_plan::<1, u16>(layout, base, target)),
+            2 => Self::W16(order_plan::<2, u16>(layout, base, target)),
+            4 => Self::W32(order_plan::<4, u32>(layout, base, target)),
+            _ => Self::W64(order_plan::<8, u64>(layout, base, target)),
+        }
+    }
+
+    /// The integer block's planned size (at most `PLAN_SLACK` above what it codes to).
+    fn size(&self) -> usize {
+        match self {
+            Self::W16(p) => p.plan.size,
+            Self::W32(p) => p.plan.size,
+            Self::W64(p) => p.plan.size,
+        }
+    }
+
+    /// The payload and its entropy bound.
+    fn finish(self, layout: FloatLayout) -> (Vec<u8>, f64) {
+        match self {
+            Self::W16(p) => finish_order(layout, p),
+            Self::W32(p) => finish_order(layout, p),
+            Self::W64(p) => finish_order(layout, p),
+        }
     }
 }
 
-fn encode_order_of<const B: usize, W: OrderWord<B>>(
-    layout: FloatLayout,
-    base: &[u8],
-    target: &[u8],
-) -> (Vec<u8>, f64) {
-    let OrderPlan { z, ctx, plan, used } = order_plan::<B, W>(layout, base, target);
+fn finish_order<W: ints::Word>(layout: FloatLayout, p: OrderPlan<W>) -> (Vec<u8>, f64) {
+    let OrderPlan { z, ctx, plan, used } = p;
     let mut out = Vec::with_capacity(plan.size + 8);
     out.push(ORDER);
-    out.push(B as u8);
+    out.push(layout.bytes() as u8);
     out.push(layout.exp_bits as u8);
     let (lo, nctx) = used.map_or((0, 1), |c| (c.lo, c.nctx));
     out.extend_from_slice(&(lo as u16).to_le_bytes());

@@ -165,6 +165,36 @@ fn order_payloads_agree_across_cpu_levels() {
     }
 }
 
+/// The writer's early question: the bounds it is asked with enclose the order payload it
+/// then codes, declining changes nothing, and accepting codes nothing.
+#[test]
+fn encode_unless_brackets_the_order_payload() {
+    let mut asked = 0;
+    for layout in LAYOUTS {
+        for n in [1000usize, 5003, 70_000] {
+            let (b, t) = pair(layout, n, 3 + n as u64);
+            let kind = ValueKind::Float(layout);
+            let want = encode(kind, &b, &t);
+            let mut bounds = None;
+            let got = encode_unless(kind, &b, &t, usize::MAX, |lower, high| {
+                bounds = Some((lower, high));
+                false
+            });
+            assert_eq!(got.as_ref(), Some(&want), "{layout:?} {n}");
+            if let Some((lower, high)) = bounds {
+                asked += 1;
+                assert_eq!(want.0[0], ORDER);
+                assert!(
+                    lower <= want.0.len() && want.0.len() <= high,
+                    "{layout:?} {n}"
+                );
+                assert!(encode_unless(kind, &b, &t, usize::MAX, |_, _| true).is_none());
+            }
+        }
+    }
+    assert!(asked >= 8, "{asked}");
+}
+
 #[test]
 fn bytes_and_partial_values() {
     let b = crate::pseudo_bytes(10_001, 1);

@@ -115,16 +115,33 @@ impl Coding {
             // The chunk alone wins when it is no larger. A sample of it, coded, gives a
             // size it is unlikely to come below: the delta's variants that cannot beat it are
             // not tried, and the chunk alone is planned (and then coded) only when that size
-            // does not rule it out.
+            // does not rule it out. When the sample says the chunk alone wins, it is tried
+            // as soon as the delta's size is bounded, before the delta is coded.
             let floor = dmx_codec::alone_floor(value, data, hints);
             let rival = floor.unwrap_or(usize::MAX);
-            let (payload, entropy_bits) =
-                dmx_codec::delta::encode_against(value, base, data, rival);
+            // `early`: the chunk alone, coded within the delta's largest size.
+            let mut early = None;
+            let delta = dmx_codec::delta::encode_unless(value, base, data, rival, |lower, high| {
+                if floor.is_none_or(|f| f > lower) {
+                    return false;
+                }
+                let e = dmx_codec::encode_within(value, data, hints, high);
+                let wins = e.as_ref().is_some_and(|e| e.payload.len() <= lower);
+                early = Some(e);
+                wins
+            });
+            let Some((payload, entropy_bits)) = delta else {
+                return early.flatten().expect("the chunk alone fits");
+            };
             let limit = payload.len();
-            let alone = floor
-                .is_none_or(|f| f <= limit)
-                .then(|| dmx_codec::encode_within(value, data, hints, limit))
-                .flatten();
+            let alone = match early {
+                // Coded within `high`, at least the delta's size: the same test as below.
+                Some(e) => e.filter(|e| e.payload.len() <= limit),
+                None => floor
+                    .is_none_or(|f| f <= limit)
+                    .then(|| dmx_codec::encode_within(value, data, hints, limit))
+                    .flatten(),
+            };
             return alone.unwrap_or(dmx_codec::Encoded {
                 codec: dmx_codec::Codec::Delta,
                 payload,
