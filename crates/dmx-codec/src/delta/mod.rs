@@ -159,14 +159,23 @@ pub fn encode_within(
     {
         return full();
     }
-    // The order variant's plan, counted without its coding or its vectors: its size is
-    // within PLAN_SLACK below the bound.
-    let order_hi = ORDER_HEAD + order_plan_size(layout, base, target);
-    if order_hi <= limit.saturating_add(PLAN_SLACK) {
-        return full();
-    }
-    // The other variants are tried when a sample predicts them within 3 % of the order
-    // variant's size (at most `order_hi`); one that is tried may win when it reaches `limit`.
+    // A lower bound on the order variant first (one counting pass): when it is above the
+    // limit, the other variants are judged against the limit itself. Else the order variant's
+    // plan: its size is within PLAN_SLACK below the plan's bound.
+    let order_hi = if ORDER_HEAD + order_size_floor(layout, base, target) > limit {
+        // Judged against the limit, with room for the samples' error: the order variant is
+        // above it, so only a variant that fits can make the delta fit.
+        limit.saturating_add(limit / 4)
+    } else {
+        let hi = ORDER_HEAD + order_plan_size(layout, base, target);
+        if hi <= limit.saturating_add(PLAN_SLACK) {
+            return full();
+        }
+        hi
+    };
+    // The xor-float variant is tried when a sample predicts it within 3 % of `order_hi`, the
+    // zstd variant whenever its sample is sparse; one that is tried may win when it reaches
+    // `limit`.
     let sample = sample_xor(base, target, layout.bytes());
     let scale = target.len() as f64 / sample.len().max(1) as f64;
     let predicted = float::Analysis::new(layout, &sample).best_plan().size as f64 * scale;
@@ -177,7 +186,8 @@ pub fn encode_within(
             return full();
         }
     }
-    if zstd_estimate(&sample, layout.bytes(), scale).is_some_and(|z| z < order_hi as f64 * 1.03)
+    // (A sparse sample: zstd is tried whenever `encode` may try it.)
+    if zstd_estimate(&sample, layout.bytes(), scale).is_some()
         && encode_zstd(base, target, &[layout.bytes()]).0.len() <= limit
     {
         return full();
@@ -491,6 +501,41 @@ fn choose_order_plan(hist: &Hist, classes: Option<Classes>) -> (Plan, Option<Cla
         return (single, None);
     }
     (plan, classes)
+}
+
+/// A lower bound in bytes on the order variant's integer block, from one pass that counts
+/// the bit length `L` of every difference under the base's exponent classes: a token
+/// determines `L`, so no code of the tokens takes fewer bits than the entropy of `L` in its
+/// context (one table merges contexts, which only raises it), and the raw bits are at least
+/// `L − 1 − MAX_K`.
+fn order_size_floor(layout: FloatLayout, base: &[u8], target: &[u8]) -> usize {
+    let bits = match layout.bytes() {
+        1 => order_bits_floor::<1, u16>(layout, base, target),
+        2 => order_bits_floor::<2, u16>(layout, base, target),
+        4 => order_bits_floor::<4, u32>(layout, base, target),
+        _ => order_bits_floor::<8, u64>(layout, base, target),
+    };
+    (bits * (1.0 - 1e-9) / 8.0) as usize
+}
+
+fn order_bits_floor<const B: usize, W: OrderWord<B>>(
+    layout: FloatLayout,
+    base: &[u8],
+    target: &[u8],
+) -> f64 {
+    const CELLS: usize = 65;
+    let classes = base_classes::<B>(layout, base);
+    let nctx = classes.map_or(1, |c| c.nctx);
+    let mut counts = vec![0u64; nctx * CELLS];
+    let mut raw = 0u64;
+    for (bv, tv) in base.chunks_exact(B).zip(target.chunks_exact(B)) {
+        let l = 64 - W::diff(bv, tv).wide().leading_zeros();
+        raw += u64::from(l.saturating_sub(ints::MAX_K + 1));
+        let c = classes.map_or(0, |c| usize::from(c.of(load::<B>(bv))));
+        counts[c * CELLS + l as usize] += 1;
+    }
+    let tokens: f64 = counts.chunks_exact(CELLS).map(float::entropy).sum();
+    tokens + raw as f64
 }
 
 /// The `size` of the plan [`order_plan`] chooses, from two counting passes that store no

@@ -32,6 +32,10 @@ fn round_trip(kind: ValueKind, base: &[u8], target: &[u8]) -> usize {
             _ => order_plan::<8, u64>(layout, base, target).plan.size,
         };
         assert_eq!(counted, planned);
+        // The counted floor is below the order payload's integer block.
+        let order = AnyOrder::plan(layout, base, target).finish(layout).0;
+        let floor = order_size_floor(layout, base, target);
+        assert!(floor <= order.len() - ORDER_HEAD, "{floor} {}", order.len());
     }
     // Within a limit: exactly `encode`'s payload when it fits, else nothing.
     let n = payload.len();
