@@ -167,7 +167,7 @@ pub fn encode_within(
         // above it, so only a variant that fits can make the delta fit.
         limit.saturating_add(limit / 4)
     } else {
-        let hi = ORDER_HEAD + order_plan_size(layout, base, target);
+        let hi = ORDER_HEAD + AnyOrder::plan(layout, base, target).size();
         if hi <= limit.saturating_add(PLAN_SLACK) {
             return full();
         }
@@ -471,7 +471,7 @@ impl OrderWord<1> for u16 {
 }
 
 /// The order variant's differences (into `z`) and contexts (into `ctx`, when `classes`)
-/// of values of `B` bytes: one branch-free pass.
+/// of values of `B` bytes: two branch-free passes.
 #[inline(always)]
 fn order_values<const B: usize, W: OrderWord<B>>(
     base: &[u8],
@@ -536,25 +536,6 @@ fn order_bits_floor<const B: usize, W: OrderWord<B>>(
     }
     let tokens: f64 = counts.chunks_exact(CELLS).map(float::entropy).sum();
     tokens + raw as f64
-}
-
-/// The `size` of the plan [`order_plan`] chooses, from two counting passes that store no
-/// difference or context (the same histograms: `tests` compare the two).
-fn order_plan_size(layout: FloatLayout, base: &[u8], target: &[u8]) -> usize {
-    match layout.bytes() {
-        1 => order_plan_size_of::<1, u16>(layout, base, target),
-        2 => order_plan_size_of::<2, u16>(layout, base, target),
-        4 => order_plan_size_of::<4, u32>(layout, base, target),
-        _ => order_plan_size_of::<8, u64>(layout, base, target),
-    }
-}
-
-fn order_plan_size_of<const B: usize, W: OrderWord<B>>(
-    layout: FloatLayout,
-    base: &[u8],
-    target: &[u8],
-) -> usize {
-    order_plan::<B, W>(layout, base, target).plan.size
 }
 
 /// The order variant planned, in the word type of its values' width.
