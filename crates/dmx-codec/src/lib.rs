@@ -431,7 +431,7 @@ const ALONE_MARGIN: f64 = 0.03;
 const ALONE_TABLES: usize = 512;
 
 /// A size that [`encode_with`] is unlikely to bring `data` (a chunk of `kind`, with `hints`)
-/// below, from coding four slices of it and scaling, less [`ALONE_MARGIN`]; `None` when no
+/// below, from coding four slices of it and scaling, less 3 % (sampling noise); `None` when no
 /// sample is taken (chunks below four samples, non-float data, nearly constant chunks). The
 /// slices are whole rows and kernels when `hints` name them, so the transforms that use them
 /// are tried as on the whole chunk. A delta writer compares its delta with this before it
