@@ -659,28 +659,11 @@ pub fn delta_reconstruct(base: &Path, delta: &Path, output: &Path, opts: &Option
     }
     let pool = opts.pool()?;
     let base = pool.install(|| Base::open(base, opts))?;
-    // The base's size is checked first; its SHA-256 beside the decoding, and before anything
-    // else is reported (a wrong base of the right size makes the decoding fail too).
-    check_base(&archive, entry, &base, None)?;
-    let slices = match slices_of(&archive, entry, &base) {
-        Ok(s) => s,
-        Err(e) => {
-            check_base(&archive, entry, &base, Some(base.sha256()))?;
-            return Err(e);
-        }
-    };
     let progress = opts.progress.as_deref();
     if let Some(p) = progress {
         p.start("reconstructing", entry.size);
     }
-    pool.install(|| -> Result<()> {
-        let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-        let write = || write_entry(&archive, entry, &slices, opts, |data| out.write_all(data));
-        let (written, sha) = rayon::join(write, || base.sha256());
-        check_base(&archive, entry, &base, Some(sha))?;
-        written?;
-        out.commit()
-    })?;
+    pool.install(|| restore_checked(&archive, entry, &base, output, opts))?;
     if let Some(p) = progress {
         p.finish();
     }
@@ -721,9 +704,32 @@ pub(crate) fn restore_delta_to(
     output: &Path,
     opts: &Options,
 ) -> Result<()> {
-    let entry = &archive.index().entries[0];
-    let slices = base_slices(archive, entry, base)?;
+    restore_checked(archive, &archive.index().entries[0], base, output, opts)
+}
+
+/// Restores the single-file delta `entry` of `archive` against `base` into `output`. The
+/// base's size is checked first; its SHA-256 beside the decoding, and before anything else
+/// is reported (a wrong base of the right size makes the decoding fail too) or the output
+/// renamed into place.
+fn restore_checked(
+    archive: &Archive,
+    entry: &dmx_format::Entry,
+    base: &Base,
+    output: &Path,
+    opts: &Options,
+) -> Result<()> {
+    check_base(archive, entry, base, None)?;
+    let slices = match slices_of(archive, entry, base) {
+        Ok(s) => s,
+        Err(e) => {
+            check_base(archive, entry, base, Some(base.sha256()))?;
+            return Err(e);
+        }
+    };
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
-    write_entry(archive, entry, &slices, opts, |d| out.write_all(d))?;
+    let write = || write_entry(archive, entry, &slices, opts, |data| out.write_all(data));
+    let (written, sha) = rayon::join(write, || base.sha256());
+    check_base(archive, entry, base, Some(sha))?;
+    written?;
     out.commit()
 }
