@@ -454,11 +454,7 @@ pub fn alone_floor(kind: ValueKind, data: &[u8], hints: Hints) -> Option<usize> 
     if slice == 0 || data.len() < 4 * ALONE_SAMPLE || !data.len().is_multiple_of(b) {
         return None;
     }
-    let mut sample = Vec::with_capacity(4 * slice);
-    for i in 0..4 {
-        let start = (data.len() - slice) * i / 3 / unit * unit;
-        sample.extend_from_slice(&data[start..start + slice]);
-    }
+    let sample = sample_of(data, slice, unit);
     let coded = encode_with(kind, &sample, hints).payload.len();
     if coded < ALONE_TABLES * 8 {
         // Tables and headers would dominate the estimate (a nearly constant chunk).
@@ -470,17 +466,31 @@ pub fn alone_floor(kind: ValueKind, data: &[u8], hints: Hints) -> Option<usize> 
     Some((estimate * (1.0 - ALONE_MARGIN)) as usize)
 }
 
+/// The four `slice`-byte ranges a chunk of `len` bytes is sampled by: at its start, a third
+/// and two thirds in, and at its end, each starting at a multiple of `unit` (`4 * slice <=
+/// len`, and `slice` a multiple of `unit`).
+pub(crate) fn sample_ranges(len: usize, slice: usize, unit: usize) -> [std::ops::Range<usize>; 4] {
+    std::array::from_fn(|i| {
+        let start = (len - slice) * i / 3 / unit * unit;
+        start..start + slice
+    })
+}
+
+/// The bytes of `data` in its four [`sample_ranges`].
+fn sample_of(data: &[u8], slice: usize, unit: usize) -> Vec<u8> {
+    sample_ranges(data.len(), slice, unit)
+        .into_iter()
+        .flat_map(|r| &data[r])
+        .copied()
+        .collect()
+}
+
 /// Compresses four slices of the chunk at zstd level 1 and extrapolates.
 fn zstd_may_win(data: &[u8], float_size: usize) -> bool {
     if data.len() <= ZSTD_PROBE {
         return zstd_compress(data, 1).len() < float_size;
     }
-    let slice = ZSTD_PROBE / 4;
-    let mut sample = Vec::with_capacity(ZSTD_PROBE);
-    for i in 0..4 {
-        let start = (data.len() - slice) * i / 3;
-        sample.extend_from_slice(&data[start..start + slice]);
-    }
+    let sample = sample_of(data, ZSTD_PROBE / 4, 1);
     let z = zstd_compress(&sample, 1).len() as f64;
     let predicted = z * data.len() as f64 / sample.len() as f64;
     predicted < float_size as f64 * 0.98
@@ -763,6 +773,32 @@ mod tests {
             }
         }
         assert!(sampled >= 8, "{sampled}");
+    }
+
+    /// The four sample slices start on `unit`, stay inside the chunk, do not go backwards,
+    /// and cover its start and (when the alignment allows) its end.
+    #[test]
+    fn sample_ranges_are_aligned_and_inside() {
+        for (len, slice, unit) in [
+            (64, 16, 1),
+            (1000, 200, 8),
+            (1 << 20, 8192, 3072),
+            (99, 24, 4),
+        ] {
+            let r = sample_ranges(len, slice, unit);
+            assert_eq!(r[0].start, 0);
+            for w in r.windows(2) {
+                assert!(w[0].start <= w[1].start);
+            }
+            for x in &r {
+                assert_eq!(x.start % unit, 0);
+                assert_eq!(x.len(), slice);
+                assert!(x.end <= len);
+            }
+            if (len - slice).is_multiple_of(unit) {
+                assert_eq!(r[3].end, len);
+            }
+        }
     }
 
     #[test]

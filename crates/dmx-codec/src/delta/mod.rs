@@ -378,13 +378,10 @@ fn sample_xor(base: &[u8], target: &[u8], b: usize) -> Vec<u8> {
     if target.len() <= 2 * SAMPLE {
         return xor(0..target.len());
     }
-    let slice = SAMPLE / 4;
-    let mut out = Vec::with_capacity(SAMPLE);
-    for i in 0..4 {
-        let start = (target.len() - slice) * i / 3 / b * b;
-        out.extend(xor(start..start + slice));
-    }
-    out
+    crate::sample_ranges(target.len(), SAMPLE / 4, b)
+        .into_iter()
+        .flat_map(xor)
+        .collect()
 }
 
 /// Header bytes of the order variant before its integer block.
@@ -691,13 +688,11 @@ fn encode_zstd(base: &[u8], target: &[u8], widths: &[usize]) -> (Vec<u8>, f64) {
     if target.len() > SAMPLE && cands.len() > 2 {
         // 4 slices of 16 KiB (multiples of 8 bytes) rank the transforms; the best two are
         // compressed in full.
-        let slice = SAMPLE / 4;
         let mut sb = Vec::with_capacity(SAMPLE);
         let mut st = Vec::with_capacity(SAMPLE);
-        for i in 0..4 {
-            let start = ((target.len() - slice) * i / 3) & !7;
-            sb.extend_from_slice(&base[start..start + slice]);
-            st.extend_from_slice(&target[start..start + slice]);
+        for r in crate::sample_ranges(target.len(), SAMPLE / 4, 8) {
+            sb.extend_from_slice(&base[r.clone()]);
+            st.extend_from_slice(&target[r]);
         }
         let mut ranked: Vec<(usize, usize, (u8, usize))> = cands
             .iter()
