@@ -23,6 +23,7 @@
 
 pub mod bfp;
 pub mod bits;
+mod bound;
 pub mod cast;
 pub mod cols;
 pub mod cpu;
@@ -287,16 +288,16 @@ pub(crate) enum FloatPlan {
 }
 
 impl FloatPlan {
-    fn new(layout: FloatLayout, data: &[u8]) -> Self {
+    /// The plan of `data`, from its scan `a`.
+    fn new(layout: FloatLayout, a: float::Analysis, data: &[u8]) -> Self {
         if split::supports(layout) {
-            let a = float::Analysis::new(layout, data);
             let plan = split::best_plan(&a, Some(data));
             match split::ans::plan(&a, &plan) {
                 Some(rans) => Self::Rans(rans),
                 None => Self::Split(plan),
             }
         } else {
-            Self::Huff(float::Analysis::new(layout, data).best_plan())
+            Self::Huff(a.best_plan())
         }
     }
 
@@ -379,7 +380,28 @@ const PLAN_SLACK: usize = 16;
 /// won, its plan shows it above `limit` and the raw chunk is above `limit` too (so it is not
 /// coded).
 fn encode_float(layout: FloatLayout, data: &[u8], hints: Hints, limit: usize) -> Option<Encoded> {
-    let plan = FloatPlan::new(layout, data);
+    let scan = float::Analysis::new(layout, data);
+    if limit < data.len() && bound::exceeds(&scan, data, limit) {
+        // Every candidate is provably above `limit`: nothing is planned. Debug builds plan
+        // them anyway and check the proof.
+        debug_assert!(
+            plan_float(layout, scan, data, hints, limit).is_none_or(|e| e.payload.len() > limit),
+            "the exact form's lower bound is not one"
+        );
+        return None;
+    }
+    plan_float(layout, scan, data, hints, limit)
+}
+
+/// [`encode_float`] from the chunk's scan.
+fn plan_float(
+    layout: FloatLayout,
+    scan: float::Analysis,
+    data: &[u8],
+    hints: Hints,
+    limit: usize,
+) -> Option<Encoded> {
+    let plan = FloatPlan::new(layout, scan, data);
     let mut best: Option<Encoded> = None;
     let mut best_size = plan.size();
     let count = data.len() / layout.bytes();
@@ -490,9 +512,20 @@ fn zstd_may_win(data: &[u8], float_size: usize) -> bool {
     if data.len() <= ZSTD_PROBE {
         return zstd_compress(data, 1).len() < float_size;
     }
+    zstd_wins_over(zstd_predicted(data), float_size)
+}
+
+/// The zstd size of a chunk of more than [`ZSTD_PROBE`] bytes predicted from four slices of
+/// it at level 1.
+fn zstd_predicted(data: &[u8]) -> f64 {
     let sample = sample_of(data, ZSTD_PROBE / 4, 1);
     let z = zstd_compress(&sample, 1).len() as f64;
-    let predicted = z * data.len() as f64 / sample.len() as f64;
+    z * data.len() as f64 / sample.len() as f64
+}
+
+/// Whether zstd, `predicted` by [`zstd_predicted`], is tried beside a float candidate of
+/// `float_size` bytes (never for a larger `predicted`, or a smaller `float_size`).
+fn zstd_wins_over(predicted: f64, float_size: usize) -> bool {
     predicted < float_size as f64 * 0.98
 }
 

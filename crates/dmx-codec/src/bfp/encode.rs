@@ -79,6 +79,43 @@ pub(super) fn encode_inner(
     }
 }
 
+/// The bytes [`encode_inner`]'s payload restores (into `restored`, as long as `data`),
+/// computed by its quantization pass alone: nothing is coded. The reference the tests hold
+/// the writers' shortcuts to.
+#[cfg(test)]
+pub(super) fn restore_inner(
+    layout: FloatLayout,
+    data: &[u8],
+    row_len: usize,
+    p: Params,
+    restored: &mut [u8],
+) {
+    if let Err(e) = check(layout, p) {
+        panic!("bfp::encode: {e}");
+    }
+    assert!(
+        data.len().is_multiple_of(layout.bytes()) && restored.len() == data.len(),
+        "bfp::encode: data is not whole values"
+    );
+    let g = Geo::new(layout, p.mantissa_bits);
+    let count = data.len() / layout.bytes();
+    let shape = Shape::new(count, norm_row(count, row_len), p.group_size as usize);
+    let level = crate::cpu::Level::detected();
+    if layout.bytes() == 2 {
+        crate::cpu::dispatch(
+            level,
+            #[inline(always)]
+            || pass1::<2>(&g, data, shape, None, Some(restored)),
+        );
+    } else {
+        crate::cpu::dispatch(
+            level,
+            #[inline(always)]
+            || pass1::<4>(&g, data, shape, None, Some(restored)),
+        );
+    }
+}
+
 #[inline(always)]
 fn load<const B: usize>(v: &[u8]) -> u32 {
     let mut w = [0u8; 4];
@@ -377,7 +414,8 @@ fn pass2<const B: usize>(
     };
     let rounds = lanes[0].1 - lanes[0].0;
     for r in (0..rounds).rev() {
-        let idx = lanes.map(|(first, end)| (first + r < end).then_some(first + r));
+        let at = |k: usize| (lanes[k].0 + r < lanes[k].1).then_some(lanes[k].0 + r);
+        let idx = [at(0), at(1), at(2), at(3)];
         let quad = match idx {
             [Some(i0), Some(i1), Some(i2), Some(i3)] => {
                 let ids = [i0, i1, i2, i3];
@@ -399,19 +437,29 @@ fn pass2<const B: usize>(
             continue;
         };
         let n = shape.group(ids[0]).1;
-        let st = ids.map(|i| shape.group(i).0);
         for enc in &mut encs {
             enc.reserve(n + 1);
         }
-        let vals = st.map(|st| &syms[st..st + n]);
+        // Written out rather than with `array::map`, which stays out of line here: a round
+        // of groups of one value (own exponents) spent more in four such calls than in its
+        // rANS steps.
+        let val = |i: usize| {
+            let st = shape.group(i).0;
+            &syms[st..st + n]
+        };
+        let vals = [val(ids[0]), val(ids[1]), val(ids[2]), val(ids[3])];
+        let tables = [
+            table_of(ids[0]),
+            table_of(ids[1]),
+            table_of(ids[2]),
+            table_of(ids[3]),
+        ];
         if np == 1 {
-            rans::put4(&mut encs, ids.map(table_of), vals, |x| {
-                ((x >> 1) as usize, x & 1)
-            });
+            rans::put4(&mut encs, tables, vals, |x| ((x >> 1) as usize, x & 1));
         } else {
             rans::put4_ctx(
                 &mut encs,
-                ids.map(table_of),
+                tables,
                 alpha,
                 vals,
                 |x| ((x >> 1) as usize, x & 1),

@@ -45,10 +45,12 @@
 //! `2^(1−M)` of its group's largest magnitude; encoding their output again may spend the
 //! error budget of the new input again (it is not idempotent).
 //!
-//! [`encode_own`] and [`encode_own_restored`] (what the engine uses for optimizer moments)
-//! code each value with its own exponent (groups of one, so none is flushed to 0 by a larger
-//! neighbour), at `M − 1` magnitude bits when the chunk's squared error then stays at most
-//! plain BFP's at `(M, G)` and no non-zero value would become 0, else at `M` (see `own.rs`).
+//! [`encode_own`] and [`encode_own_restored`] code each value with its own exponent (groups
+//! of one, so none is flushed to 0 by a larger neighbour), at `M − 1` magnitude bits when the
+//! chunk's squared error then stays at most plain BFP's at `(M, G)` and no non-zero value
+//! would become 0, else at `M` (see `own.rs`). [`own_restored`] gives the values they restore
+//! without coding them: what the engine stores, with the lossless float codecs, for optimizer
+//! moments (smaller and faster than a payload of groups of one).
 //!
 //! # Entropy coding
 //!
@@ -99,7 +101,7 @@ mod tests;
 
 pub use decode::{decode, decode_codec};
 pub use encode::{encode, encode_restored};
-pub use own::{encode_own, encode_own_restored};
+pub use own::{encode_own, encode_own_restored, own_restored};
 pub use rd::{encode_rd, encode_rd_restored};
 
 /// BFP parameters.
@@ -392,7 +394,13 @@ fn vsym(g: &Geo, s: u32) -> u32 {
 /// Mean magnitude level of a group in half octaves, plus twice its exponent.
 #[inline(always)]
 fn level(e: u32, sum_q: u64, n: usize) -> i32 {
-    let z = (sum_q << 5) / n as u64 + 1;
+    // Groups are mostly of a power-of-two size (of one value with own exponents): a shift
+    // gives the same quotient without a division.
+    let z = if n.is_power_of_two() {
+        ((sum_q << 5) >> n.trailing_zeros()) + 1
+    } else {
+        (sum_q << 5) / n as u64 + 1
+    };
     let p = 63 - z.leading_zeros();
     let t = if p >= 7 { z >> (p - 7) } else { z << (7 - p) };
     (2 * e + 2 * p + u32::from(t >= 182)) as i32
@@ -489,7 +497,13 @@ impl Shape {
     /// Start and length of group `i`.
     #[inline(always)]
     fn group(&self, i: usize) -> (usize, usize) {
-        let (r, k) = (i / self.per_row, i % self.per_row);
+        // Without rows (the engine's groups run across rows) every group is in row 0: no
+        // division.
+        let (r, k) = if i < self.per_row {
+            (0, i)
+        } else {
+            (i / self.per_row, i % self.per_row)
+        };
         let start = r * self.row + k * self.gs;
         (
             start,

@@ -18,6 +18,10 @@
 //! tables would have to cover both ranges of magnitudes, which costs about what is saved.
 //!
 //! The payload is an ordinary one (group size 1, its own `M`); no format change is involved.
+//! [`own_restored`] computes the values such a payload restores without coding it (with its
+//! own exponent a value is rounded on its own binade's grid, in integers); the engine stores
+//! those with the lossless float codecs, which is smaller on optimizer moments than the
+//! payload of groups of one and several times faster.
 
 use super::encode::{encode_inner, for_each_group, with_restored};
 use super::rd::cost;
@@ -56,6 +60,71 @@ pub fn encode_own_restored(
     with_restored(data.len(), |r| {
         encode_inner(layout, data, row_len, own, None, r)
     })
+}
+
+/// The bytes [`encode_own`]'s payload restores, without coding it (the quantization pass
+/// alone), and the magnitude bits it uses (`M − 1` or `M`). Each value is rounded on its own
+/// binade's grid, so the restored chunk is an ordinary float chunk that a lossless float
+/// codec codes exactly; the engine stores optimizer moments that way (smaller and faster than
+/// the BFP payload of groups of one; docs/CODECS.md §8.2.8).
+///
+/// # Panics
+/// As [`encode`](super::encode).
+pub fn own_restored(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> (Vec<u8>, u32) {
+    let own = own_params(layout, data, row_len, p);
+    if let Err(e) = super::check(layout, own) {
+        panic!("bfp::encode: {e}");
+    }
+    assert!(
+        data.len().is_multiple_of(layout.bytes()),
+        "bfp::encode: data is not whole values"
+    );
+    let g = Geo::new(layout, own.mantissa_bits);
+    let mut restored = vec![0u8; data.len()];
+    if layout.bytes() == 2 {
+        round_own::<2>(&g, data, &mut restored);
+    } else {
+        round_own::<4>(&g, data, &mut restored);
+    }
+    (restored, own.mantissa_bits)
+}
+
+/// What BFP in groups of one restores (into `out`), value by value and in integers: with its
+/// own exponent a group's largest value is the value itself, so it is rounded to nearest,
+/// ties to even, at `2^(F + 1 − M)` units of its significand, which on the bit pattern is a
+/// rounding of the magnitude bits (a carry out of the fraction moves it to the next binade,
+/// which is what the encoder's choice between saturating and raising the exponent picks for
+/// a single value; subnormals round on the grid of the smallest normal binade, as theirs).
+/// At the largest finite exponent a carry saturates to `2^M − 1` steps, so nothing becomes
+/// ±Inf; a non-zero value rounded to zero becomes `+0`; NaN and ±Inf are kept.
+pub(super) fn round_own<const B: usize>(g: &Geo, data: &[u8], out: &mut [u8]) {
+    let mag_mask = (1u32 << g.sign_shift) - 1;
+    let k = g.f + 1 - g.m;
+    let half = (1u32 << k) >> 1;
+    let inf = g.exp_ones << g.f;
+    // The largest finite magnitude on the grid: `2^M − 1` steps at `emax`.
+    let top = (g.emax << g.f) | (((1u32 << g.f) - 1) >> k << k);
+    for (v, o) in data.chunks_exact(B).zip(out.chunks_exact_mut(B)) {
+        let mut w = [0u8; 4];
+        w[..B].copy_from_slice(v);
+        let x = u32::from_le_bytes(w);
+        let mag = x & mag_mask;
+        let y = if mag >= inf {
+            x
+        } else {
+            let r = if k == 0 {
+                mag
+            } else {
+                ((mag + half - 1 + ((mag >> k) & 1)) >> k << k).min(top)
+            };
+            if r == 0 && mag != 0 {
+                0
+            } else {
+                (x & !mag_mask) | r
+            }
+        };
+        o.copy_from_slice(&y.to_le_bytes()[..B]);
+    }
 }
 
 /// The parameters [`encode_own`] codes the chunk with: group size 1, and `M − 1` or `M`.

@@ -863,3 +863,100 @@ fn every_cpu_level_encodes_alike() {
         }
     }
 }
+
+#[test]
+fn level_without_division_is_the_quotient() {
+    let by_division = |e: u32, sum_q: u64, n: usize| {
+        let z = (sum_q << 5) / n as u64 + 1;
+        let p = 63 - z.leading_zeros();
+        let t = if p >= 7 { z >> (p - 7) } else { z << (7 - p) };
+        (2 * e + 2 * p + u32::from(t >= 182)) as i32
+    };
+    for n in 1..=64usize {
+        for sum_q in (0..2000u64).chain([65_535, 1 << 20, (1 << 40) + 12_345]) {
+            assert_eq!(
+                level(9, sum_q, n),
+                by_division(9, sum_q, n),
+                "n {n}, sum {sum_q}"
+            );
+        }
+    }
+}
+
+#[test]
+fn groups_of_the_first_row_are_found_without_division() {
+    for (count, row, gs) in [
+        (100, 100, 1),
+        (100, 100, 7),
+        (100, 10, 4),
+        (64, 8, 8),
+        (9, 3, 2),
+    ] {
+        let shape = Shape::new(count, row, gs);
+        let mut next = 0;
+        for i in 0..shape.groups {
+            let (r, k) = (i / shape.per_row, i % shape.per_row);
+            let start = r * shape.row + k * shape.gs;
+            let len = shape
+                .gs
+                .min(shape.row - k * shape.gs)
+                .min(shape.count - start);
+            assert_eq!(shape.group(i), (start, len));
+            assert_eq!(start, next);
+            next += len;
+        }
+        assert_eq!(next, count);
+    }
+}
+
+/// [`own_restored`]'s rounding against the encoder's quantization pass in groups of one, on
+/// every BF16 and F16 bit pattern at every M, and on F32 patterns around every binade edge.
+#[test]
+fn own_rounding_is_the_encoders_in_groups_of_one() {
+    let check = |layout: FloatLayout, data: &[u8], m: u32| {
+        let p = Params {
+            mantissa_bits: m,
+            group_size: 1,
+        };
+        let mut want = vec![0u8; data.len()];
+        encode::restore_inner(layout, data, 0, p, &mut want);
+        let g = Geo::new(layout, m);
+        let mut got = vec![0u8; data.len()];
+        if layout.bytes() == 2 {
+            own::round_own::<2>(&g, data, &mut got);
+        } else {
+            own::round_own::<4>(&g, data, &mut got);
+        }
+        let b = layout.bytes();
+        for (i, (x, y)) in want.chunks_exact(b).zip(got.chunks_exact(b)).enumerate() {
+            assert_eq!(
+                x,
+                y,
+                "{layout:?} M={m} value {:02x?}",
+                &data[i * b..i * b + b]
+            );
+        }
+    };
+    let every: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+    for layout in [FloatLayout::BF16, FloatLayout::F16] {
+        for m in 2..=max_mantissa_bits(layout) {
+            check(layout, &every, m);
+        }
+    }
+    let mut f32s = Vec::new();
+    for e in 0..=255u32 {
+        for frac in [
+            0u32, 1, 2, 3, 0x3f_ffff, 0x40_0000, 0x7f_fff0, 0x7f_ffff, 0x12_3456,
+        ] {
+            for low in [0u32, 0x7f, 0x80, 0x81, 0xff, 0x100, 0x17f, 0x180] {
+                for sign in [0u32, 1 << 31] {
+                    let x = sign | e << 23 | ((frac & !0x1ff) | low) & 0x7f_ffff;
+                    f32s.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+        }
+    }
+    for m in 2..=max_mantissa_bits(FloatLayout::F32) {
+        check(FloatLayout::F32, &f32s, m);
+    }
+}

@@ -77,14 +77,10 @@ pub fn best_plan(a: &Analysis, data: Option<&[u8]>) -> Plan {
     let bits = layout.bits();
     let hist_bits = a.hist_bits();
     let count = a.count();
-    let min_w = (1 + layout.exp_bits).min(hist_bits);
     let mut best: Option<Plan> = None;
-    for w in min_w..=hist_bits {
-        let freq = a.symbol_hist(w);
-        let lengths = huffman::code_lengths_limited(&freq, MAX_LEN);
-        let tz = a.trailing_zeros().min(bits - w);
+    for w in min_width(a)..=hist_bits {
+        let (freq, lengths, tz, size) = at_width(a, w);
         let r = bits - w - tz;
-        let size = HEADER + field_bytes(&freq, &lengths) + residual_bytes(count, r);
         if best.as_ref().is_none_or(|b| size < b.size) {
             let entropy_bits = float::entropy(&freq) + f64::from(r) * count as f64;
             best = Some(Plan {
@@ -102,6 +98,29 @@ pub fn best_plan(a: &Analysis, data: Option<&[u8]>) -> Plan {
         add_low_bytes(&mut plan, layout, data);
     }
     plan
+}
+
+/// The narrowest symbol [`best_plan`] tries: the sign and the exponent.
+fn min_width(a: &Analysis) -> u32 {
+    (1 + a.layout().exp_bits).min(a.hist_bits())
+}
+
+/// The symbol histogram, code lengths, dropped trailing zeros and payload size of the plan
+/// with `w`-bit symbols and a raw residual, as [`best_plan`] prices each width.
+fn at_width(a: &Analysis, w: u32) -> (Vec<u64>, Vec<u8>, u32, usize) {
+    let bits = a.layout().bits();
+    let freq = a.symbol_hist(w);
+    let lengths = huffman::code_lengths_limited(&freq, MAX_LEN);
+    let tz = a.trailing_zeros().min(bits - w);
+    let size = HEADER + field_bytes(&freq, &lengths) + residual_bytes(a.count(), bits - w - tz);
+    (freq, lengths, tz, size)
+}
+
+/// An upper bound on the size of [`best_plan`]'s plan for the chunk scanned by `a` (which
+/// takes the smallest width, and codes low bytes only where smaller): the plan of its
+/// narrowest symbol.
+pub(crate) fn size_bound(a: &Analysis) -> usize {
+    at_width(a, min_width(a)).3
 }
 
 /// Bytes of one Huffman-coded field of a payload with code `lengths` for histogram `freq`:

@@ -1,0 +1,199 @@
+//! A provable lower bound on the exact (lossless) encoding of a float chunk, so that a lossy
+//! writer need not plan the exact form to know that it cannot be smaller than the lossy one.
+//!
+//! The float candidates of [`crate::encode_within`] are the field-split codecs (10 and 12,
+//! and 11 and 16 on exponent-transformed values), zstd when a sample says it may win, and the
+//! raw chunk. Each field-split candidate codes every value as a symbol (its top `w` bits,
+//! `1 + E <= w <= 12`) under one static code, and a residual of the bits below it, raw but
+//! for the low bytes of 4-byte values, which may have static codes of their own. A static
+//! code (Huffman or rANS) of a stream spends at least the stream's order-0 entropy, so with
+//! no trailing bits dropped a field-split payload holds at least
+//!
+//! ```text
+//! H(sign, top 12 − 1 − E mantissa bits) + (bits − 12 − L) · count + H(low byte 0) + H(low byte 1)
+//! ```
+//!
+//! bits (`L` = 16 low coded bits for 4-byte values, else 0): the symbol of any width holds
+//! the sign and the mantissa bits above the residual, which no exponent transform changes,
+//! and a symbol `12 − w` bits narrower leaves those bits to the raw residual, which costs at
+//! least as much as their share of the entropy. zstd is tried only when its prediction is
+//! below 98 % of the best float candidate's size, which is at most the narrowest symbol's
+//! plan ([`crate::split::size_bound`]), so a prediction at least 98 % of that rules it out.
+
+use crate::float::{self, Analysis};
+use crate::{ZSTD_PROBE, split, zstd_predicted, zstd_wins_over};
+
+/// Bytes allowed below the entropy bound: the rANS coder's final states (32 lanes of 4
+/// bytes) may carry information the words lack; twice that, to spare.
+const SLACK: usize = 256;
+
+/// Whether every candidate of [`crate::encode_within`] for the float chunk `data`, scanned
+/// by `a`, is provably larger than `limit` bytes (so that it returns `None`). `false` says
+/// nothing: the chunk may or may not fit. Only chunks of 1-, 2- and 4-byte values above the
+/// zstd probe's size with no trailing zero bits common to every value are bounded.
+pub(crate) fn exceeds(a: &Analysis, data: &[u8], limit: usize) -> bool {
+    let layout = a.layout();
+    let (bits, h, e) = (layout.bits(), a.hist_bits(), layout.exp_bits);
+    if data.len() <= limit
+        || data.len() <= ZSTD_PROBE
+        || !split::supports(layout)
+        || a.trailing_zeros() != 0
+        || h < 1 + e
+    {
+        return false;
+    }
+    if field_split_floor(a, data, bits, h, e) <= limit {
+        return false;
+    }
+    !zstd_wins_over(zstd_predicted(data), split::size_bound(a))
+}
+
+/// The fewest bytes any field-split payload of the chunk can take (see the module docs).
+fn field_split_floor(a: &Analysis, data: &[u8], bits: u32, h: u32, e: u32) -> usize {
+    // The sign and the mantissa bits of a 12-bit symbol, with the exponent summed out.
+    let keep = h - 1 - e;
+    let mut marginal = vec![0u64; 1 << (1 + keep)];
+    for (s, &n) in a.symbol_hist(h).iter().enumerate() {
+        let sign = s >> (h - 1);
+        let mantissa = s & ((1 << keep) - 1);
+        marginal[sign << keep | mantissa] += n;
+    }
+    let count = a.count() as f64;
+    let mut floor = float::entropy(&marginal);
+    let below = bits - h;
+    if a.layout().bytes() == 4 && below >= 16 {
+        // The two low bytes may be coded: at least their entropy each.
+        let mut low = [[0u64; 256]; 2];
+        for v in data.chunks_exact(4) {
+            low[0][usize::from(v[0])] += 1;
+            low[1][usize::from(v[1])] += 1;
+        }
+        floor += float::entropy(&low[0]) + float::entropy(&low[1]);
+        floor += f64::from(below - 16) * count;
+    } else {
+        floor += f64::from(below) * count;
+    }
+    // Rounding of the sums above is far below one part in 10^9.
+    let bytes = (floor * (1.0 - 1e-9) / 8.0).floor() as usize;
+    bytes.saturating_sub(SLACK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FloatLayout, Hints, ValueKind, encode_within};
+    use proptest::prelude::*;
+
+    /// Normal-ish weights (a sum of uniforms) of `layout`, `n` values, scaled by `scale`.
+    fn weights(layout: FloatLayout, n: usize, seed: u64, scale: f32) -> Vec<u8> {
+        let mut x = seed | 1;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let mut out = Vec::with_capacity(n * layout.bytes());
+        for _ in 0..n {
+            let v = (next() + next() + next() - 1.5) * scale;
+            match layout.bytes() {
+                4 => out.extend_from_slice(&v.to_le_bytes()),
+                _ if layout == FloatLayout::BF16 => {
+                    out.extend_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes())
+                }
+                _ => out.extend_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes()),
+            }
+        }
+        out
+    }
+
+    fn hints(row_len: usize) -> Hints {
+        Hints {
+            zstd_level: 3,
+            row_len,
+            period: 0,
+        }
+    }
+
+    #[test]
+    fn bounds_weights_below_their_exact_size() {
+        for (layout, n) in [
+            (FloatLayout::BF16, 1 << 18),
+            (FloatLayout::F16, 1 << 18),
+            (FloatLayout::F32, 1 << 17),
+        ] {
+            let data = weights(layout, n, 7, 0.02);
+            let kind = ValueKind::Float(layout);
+            let exact = encode_within(kind, &data, hints(512), usize::MAX)
+                .unwrap()
+                .payload
+                .len();
+            let a = Analysis::new(layout, &data);
+            let floor = field_split_floor(&a, &data, layout.bits(), a.hist_bits(), layout.exp_bits);
+            assert!(floor <= exact, "{layout:?}: floor {floor} > exact {exact}");
+            // Tight enough to rule out a lossy form of about 3/4 of the exact bits.
+            assert!(
+                floor > exact * 7 / 10,
+                "{layout:?}: floor {floor}, exact {exact}"
+            );
+            assert!(exceeds(&a, &data, exact * 3 / 4), "{layout:?}");
+            assert!(!exceeds(&a, &data, exact));
+        }
+    }
+
+    #[test]
+    fn no_bound_where_zstd_or_dropped_bits_may_win() {
+        // Every value the same: zstd's prediction is tiny.
+        let same: Vec<u8> = std::iter::repeat_n(0x3f80u16.to_le_bytes(), 1 << 16)
+            .flatten()
+            .collect();
+        let a = Analysis::new(FloatLayout::BF16, &same);
+        assert!(!exceeds(&a, &same, 16));
+        // F32 values widened from BF16: trailing zeros are dropped.
+        let wide: Vec<u8> = weights(FloatLayout::BF16, 1 << 16, 3, 1.0)
+            .chunks_exact(2)
+            .flat_map(|b| [0, 0, b[0], b[1]])
+            .collect();
+        let a = Analysis::new(FloatLayout::F32, &wide);
+        assert!(!exceeds(&a, &wide, 1024));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whenever the bound says the chunk exceeds a limit, the full search finds nothing
+        /// within it (release builds skip the search on that word).
+        #[test]
+        fn exceeding_means_no_candidate_fits(
+            layout in prop_oneof![
+                Just(FloatLayout::BF16),
+                Just(FloatLayout::F16),
+                Just(FloatLayout::F32),
+            ],
+            seed in any::<u64>(),
+            scale in prop_oneof![Just(1e-3f32), Just(0.05f32), Just(3.0f32)],
+            repeat in 1usize..4,
+            row_len in prop_oneof![Just(0usize), Just(64usize), Just(256usize)],
+            fraction in 0.3f64..1.0,
+        ) {
+            let n = 16_384;
+            let mut data = weights(layout, n, seed, scale);
+            if repeat > 1 {
+                // Runs of equal values, which zstd and the symbol codes see differently.
+                let b = layout.bytes();
+                for i in 0..n {
+                    let j = i / repeat * repeat;
+                    data.copy_within(j * b..j * b + b, i * b);
+                }
+            }
+            let kind = ValueKind::Float(layout);
+            let exact = encode_within(kind, &data, hints(row_len), usize::MAX).unwrap();
+            let limit = (exact.payload.len() as f64 * fraction) as usize;
+            let a = Analysis::new(layout, &data);
+            if exceeds(&a, &data, limit) {
+                prop_assert!(exact.payload.len() > limit);
+                prop_assert!(encode_within(kind, &data, hints(row_len), limit).is_none());
+            }
+        }
+    }
+}
