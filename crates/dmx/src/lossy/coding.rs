@@ -190,7 +190,13 @@ impl Coding {
                 let (enc, _) = own(layout, data, hints, p);
                 (enc.codec, (enc.payload, enc.entropy_bits))
             }
-            Coding::Quant { grid, bits } => quantize(layout, data, grid, bits, hints.row_len),
+            Coding::Quant { grid, bits } => match grid.capped(layout) {
+                Grid::Float(m) => {
+                    let (enc, _) = on_float_grid(layout, data, hints, m);
+                    (enc.codec, (enc.payload, enc.entropy_bits))
+                }
+                Grid::Linear(_) => quantize(layout, data, grid, bits, hints.row_len),
+            },
             Coding::Cast(to) => (
                 dmx_codec::Codec::Cast,
                 dmx_codec::cast::encode(to, data, hints),
@@ -227,6 +233,43 @@ fn own(
     let (restored, _) = bfp::own_restored(layout, data, 0, p);
     let enc = dmx_codec::encode_with(ValueKind::Float(layout), &restored, hints);
     (enc, restored)
+}
+
+/// Values below which a chunk on the floating grid is also coded with codec 9.
+const GRID_BOTH_BELOW: usize = 1 << 16;
+
+/// A chunk on the floating grid of `m` fraction bits (what the integer modes give optimizer
+/// moments and tensors spanning many binades, [`Grid::Float`]), in a single file: its values
+/// rounded to the grid ([`dmx_codec::fquant::restore`]), then coded exactly by the float
+/// codecs, as [`own`] does (smaller than codec 9's grid coordinates on optimizer moments:
+/// `exp_avg_sq` 12–16 %, `exp_avg` 1–2 %). Chunks of fewer than [`GRID_BOTH_BELOW`] values
+/// are also coded with codec 9 and the smaller kept (its lighter tables win on small chunks);
+/// on larger ones a second coding would add a quarter to the writer's time. Deltas keep
+/// codec 9, whose grid coordinates their differences are taken on. Returns the chunk and the
+/// bytes it restores.
+fn on_float_grid(
+    layout: FloatLayout,
+    data: &[u8],
+    hints: dmx_codec::Hints,
+    m: u32,
+) -> (dmx_codec::Encoded, Vec<u8>) {
+    let restored = dmx_codec::fquant::restore(layout, data, m);
+    let floats = dmx_codec::encode_with(ValueKind::Float(layout), &restored, hints);
+    if data.len() / layout.bytes() >= GRID_BOTH_BELOW {
+        return (floats, restored);
+    }
+    // Codec 9 where it is smaller: small chunks, whose tables weigh more than the float
+    // codecs' gain.
+    let (payload, entropy_bits) = dmx_codec::fquant::encode(layout, data, m);
+    if payload.len() < floats.payload.len() {
+        let grid = dmx_codec::Encoded {
+            codec: dmx_codec::Codec::FloatQuant,
+            payload,
+            entropy_bits,
+        };
+        return (grid, restored);
+    }
+    (floats, restored)
 }
 
 /// A BFP payload with its codec (4, or 13 when it codes a table per previous value).
@@ -339,11 +382,10 @@ impl Coding {
                     let codec = dmx_codec::quant::codec(&payload);
                     (codec, (payload, entropy_bits), restored)
                 }
-                Grid::Float(m) => (
-                    dmx_codec::Codec::FloatQuant,
-                    dmx_codec::fquant::encode(layout, data, m),
-                    dmx_codec::fquant::restore(layout, data, m),
-                ),
+                Grid::Float(m) => {
+                    let (enc, restored) = on_float_grid(layout, data, hints, m);
+                    (enc.codec, (enc.payload, enc.entropy_bits), restored)
+                }
             },
             Coding::Cast(to) => {
                 let (payload, bits, restored) = dmx_codec::cast::encode_restored(to, data, hints);
