@@ -747,3 +747,75 @@ fn casts_to_half_keep_small_moments() {
     let got = restored_values(&packed, "optim.state.0.exp_avg_sq");
     assert!(moments.iter().zip(&got).all(|(_, &y)| y != 0.0));
 }
+
+/// Optimizer moments are stored as their rounded values with the float codecs (BFP with own
+/// exponents; int16's floating grid): what decompression restores is exactly what the BFP
+/// payload of groups of one, and codec 9's grid, restore, in every float dtype, with zeros
+/// of both signs, subnormals, NaN payloads and infinities among the values.
+#[test]
+fn moments_restore_as_their_own_rounding_in_every_dtype() {
+    use dmx::dmx_codec::{FloatLayout, bfp, fquant};
+    let dir = scratch();
+    let n = 20_000u32;
+    let f32s: Vec<f32> = (0..n)
+        .map(|i| {
+            let u = (i.wrapping_mul(2_654_435_761) % 10_000) as f32 / 10_000.0;
+            let x = 2f32.powf(-20.0 + 18.0 * u);
+            match i % 997 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => f32::from_bits(0x7fc0_1234),
+                3 => f32::INFINITY,
+                4 => f32::NEG_INFINITY,
+                5 => f32::from_bits(3),
+                6 => f32::MAX,
+                _ if i % 3 == 0 => -x,
+                _ => x,
+            }
+        })
+        .collect();
+    for (dtype, layout) in [
+        ("F32", FloatLayout::F32),
+        ("BF16", FloatLayout::BF16),
+        ("F16", FloatLayout::F16),
+    ] {
+        let data: Vec<u8> = match dtype {
+            "F32" => f32s.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            "BF16" => f32s
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes())
+                .collect(),
+            _ => f32s
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x * 1e-3).to_bits().to_le_bytes())
+                .collect(),
+        };
+        let name = "optimizer.state.3.exp_avg_sq";
+        let tensors = vec![Tensor::new(name, dtype, &[n as usize], data.clone())];
+        let input = dir.path().join(format!("m_{dtype}.safetensors"));
+        write(&input, &plain(&tensors));
+        let bytes = layout.bytes();
+        let f = 8 * bytes as u32 - 1 - layout.exp_bits;
+        let p = bfp::Params {
+            mantissa_bits: 6,
+            group_size: 32,
+        };
+        let (_, _, own) = bfp::encode_own_restored(layout, &data, 0, p);
+        let grid = fquant::restore(layout, &data, 10.min(f));
+        for (mode, want) in [(LossyMode::Bfp, own), (LossyMode::Int16, grid)] {
+            let packed = dir.path().join(format!("m_{dtype}_{mode:?}.dmx"));
+            let lossy = LossyOptions {
+                mode,
+                mantissa_bits: (mode == LossyMode::Bfp).then_some(6),
+                ..Default::default()
+            };
+            pack(&input, &packed, &lossy);
+            let out = dir.path().join(format!("r_{dtype}_{mode:?}.safetensors"));
+            dmx::decompress(&packed, &out, &quiet()).unwrap();
+            let restored = std::fs::read(&out).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&restored).unwrap();
+            let got = st.tensor(name).unwrap();
+            assert!(got.data() == want.as_slice(), "{dtype} {mode:?}");
+        }
+    }
+}
