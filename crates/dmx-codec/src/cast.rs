@@ -3,7 +3,11 @@
 //! so the restored file keeps its dtype while holding 16-bit values.
 //!
 //! Payload: one byte naming the narrow layout (0 bfloat16, 1 half), one byte with the inner
-//! codec id (0–3), then the inner payload, which decodes to the narrow values.
+//! codec id, then the inner payload, which decodes to the narrow values. The inner codec is a
+//! lossless float codec (0–3 and 10–12; the reader also takes 16, which writers before this
+//! one could nest for convolution kernels: FORMAT.md §5.5). An archive's minor version
+//! counts only its chunks' own codec ids, so the writer nests no codec newer than 12: it does
+//! not offer the column transform (16) here.
 //!
 //! Error bound: half an ulp of the narrow type (relative at most 2⁻⁸ for bfloat16, 2⁻¹¹ for
 //! half on normal values); finite values beyond the narrow type's range become ±Inf (half;
@@ -42,6 +46,9 @@ pub fn encode(to: FloatLayout, data: &[u8], hints: Hints) -> (Vec<u8>, f64) {
         .chunks_exact(4)
         .flat_map(|c| narrow(to, f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes())
         .collect();
+    // No column transform (codec 16): a reader of an archive's minor version, which counts
+    // the chunk's codec (8) and not the one nested here, must be able to decode it.
+    let hints = Hints { period: 0, ..hints };
     let inner = crate::encode_with(ValueKind::Float(to), &narrow_bytes, hints);
     let mut payload = Vec::with_capacity(inner.payload.len() + 2);
     payload.push(u8::from(to != FloatLayout::BF16));
@@ -105,6 +112,7 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
             | Codec::FloatSplit
             | Codec::FloatSplitRows
             | Codec::FloatSplitRans
+            | Codec::FloatSplitRansCols
     ) {
         return Err(CodecError::Corrupt(
             "cast payload nests a non-lossless codec",
@@ -142,6 +150,54 @@ mod tests {
         let err = decode(&[0, 162, 1, 2, 3], &mut [0u8; 8]).unwrap_err();
         assert!(matches!(err, CodecError::Corrupt(_)), "{err:?}");
         assert!(!err.to_string().contains("codec id"), "{err}");
+    }
+
+    /// 3×3 kernels whose taps differ in scale by binades: the column transform (codec 16)
+    /// wins on their narrow values.
+    fn kernels() -> Vec<u8> {
+        (0..9 * 4096u32)
+            .flat_map(|i| {
+                let tap = (i % 9) as i32;
+                let u = (i.wrapping_mul(2_654_435_761) >> 8) as f32 / (1u32 << 24) as f32;
+                let x = (u - 0.5) * 2f32.powi(-tap);
+                x.to_le_bytes()
+            })
+            .collect()
+    }
+
+    /// The writer nests no codec an archive's minor version does not announce (16, the column
+    /// transform, is counted only as a chunk's own codec), and the reader takes the codec-16
+    /// payloads earlier writers nested for convolution kernels.
+    #[test]
+    fn kernels_nest_no_column_transform_and_old_nestings_decode() {
+        let data = kernels();
+        let with_period = Hints {
+            period: 9,
+            ..hints()
+        };
+        for to in [FloatLayout::BF16, FloatLayout::F16] {
+            let narrow_bytes: Vec<u8> = data
+                .chunks_exact(4)
+                .flat_map(|c| narrow(to, f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes())
+                .collect();
+            let nested = crate::encode_with(ValueKind::Float(to), &narrow_bytes, with_period);
+            assert_eq!(nested.codec, Codec::FloatSplitRansCols, "{to:?}");
+            let (p, _, restored) = encode_restored(to, &data, with_period);
+            assert!(
+                p[1] <= Codec::FloatSplitRans as u8,
+                "{to:?}: nests codec {}",
+                p[1]
+            );
+            let mut out = vec![0u8; data.len()];
+            decode(&p, &mut out).unwrap();
+            assert_eq!(out, restored);
+            // What writers before this one stored.
+            let mut old = vec![u8::from(to != FloatLayout::BF16), nested.codec as u8];
+            old.extend_from_slice(&nested.payload);
+            let mut out = vec![0u8; data.len()];
+            decode(&old, &mut out).unwrap();
+            assert_eq!(out, restored, "{to:?}");
+        }
     }
 
     #[test]

@@ -163,12 +163,28 @@ fn integer_modes_and_cast_round_trip() {
         }
     }
     let file = plain(&model("F32", 22));
+    // 3×3 kernels whose taps differ in scale by binades, where the column transform (codec
+    // 16) codes their narrow values best: a cast chunk nests none (its reader would need a
+    // newer minor version than the archive announces), and the archive decodes.
+    let kernels: Vec<u8> = (0..256 * 16 * 9u32)
+        .flat_map(|i| {
+            let u = (i.wrapping_mul(2_654_435_761) >> 8) as f32 / (1u32 << 24) as f32;
+            ((u - 0.5) * 2f32.powi(-((i % 9) as i32))).to_le_bytes()
+        })
+        .collect();
+    let conv = plain(&[Tensor::new(
+        "conv1.weight",
+        "F32",
+        &[256, 16, 3, 3],
+        kernels,
+    )]);
     for cast in [CastTo::Bf16, CastTo::F16] {
         let lossy = LossyOptions {
             cast: Some(cast),
             ..Default::default()
         };
         round_trip(dir.path(), &file, &lossy, &format!("cast-{cast:?}"));
+        round_trip(dir.path(), &conv, &lossy, &format!("cast-conv-{cast:?}"));
     }
 }
 
