@@ -42,14 +42,16 @@ pub(crate) fn exceeds(a: &Analysis, data: &[u8], limit: usize) -> bool {
     {
         return false;
     }
-    if field_split_floor(a, data, bits, h, e) <= limit {
+    if field_split_floor(a, data, bits, h, e, limit) <= limit {
         return false;
     }
     !zstd_wins_over(zstd_predicted(data), split::size_bound(a))
 }
 
-/// The fewest bytes any field-split payload of the chunk can take (see the module docs).
-fn field_split_floor(a: &Analysis, data: &[u8], bits: u32, h: u32, e: u32) -> usize {
+/// The fewest bytes any field-split payload of the chunk can take (see the module docs); the
+/// low bytes of 4-byte values are counted (a pass over the chunk) only when the rest does not
+/// already exceed `limit`.
+fn field_split_floor(a: &Analysis, data: &[u8], bits: u32, h: u32, e: u32, limit: usize) -> usize {
     // The sign and the mantissa bits of a 12-bit symbol, with the exponent summed out.
     let keep = h - 1 - e;
     let mut marginal = vec![0u64; 1 << (1 + keep)];
@@ -59,23 +61,23 @@ fn field_split_floor(a: &Analysis, data: &[u8], bits: u32, h: u32, e: u32) -> us
         marginal[sign << keep | mantissa] += n;
     }
     let count = a.count() as f64;
-    let mut floor = float::entropy(&marginal);
     let below = bits - h;
-    if a.layout().bytes() == 4 && below >= 16 {
-        // The two low bytes may be coded: at least their entropy each.
-        let mut low = [[0u64; 256]; 2];
-        for v in data.chunks_exact(4) {
-            low[0][usize::from(v[0])] += 1;
-            low[1][usize::from(v[1])] += 1;
-        }
-        floor += float::entropy(&low[0]) + float::entropy(&low[1]);
-        floor += f64::from(below - 16) * count;
-    } else {
-        floor += f64::from(below) * count;
+    // Rounding of the sums is far below one part in 10^9.
+    let bytes = |bits: f64| ((bits * (1.0 - 1e-9) / 8.0).floor() as usize).saturating_sub(SLACK);
+    if a.layout().bytes() != 4 || below < 16 {
+        return bytes(float::entropy(&marginal) + f64::from(below) * count);
     }
-    // Rounding of the sums above is far below one part in 10^9.
-    let bytes = (floor * (1.0 - 1e-9) / 8.0).floor() as usize;
-    bytes.saturating_sub(SLACK)
+    // The two low bytes may be coded: at least their entropy each, and at least nothing.
+    let floor = float::entropy(&marginal) + f64::from(below - 16) * count;
+    if bytes(floor) > limit {
+        return bytes(floor);
+    }
+    let mut low = [[0u64; 256]; 2];
+    for v in data.chunks_exact(4) {
+        low[0][usize::from(v[0])] += 1;
+        low[1][usize::from(v[1])] += 1;
+    }
+    bytes(floor + float::entropy(&low[0]) + float::entropy(&low[1]))
 }
 
 #[cfg(test)]
@@ -129,7 +131,15 @@ mod tests {
                 .payload
                 .len();
             let a = Analysis::new(layout, &data);
-            let floor = field_split_floor(&a, &data, layout.bits(), a.hist_bits(), layout.exp_bits);
+            // With no limit to exceed, the low bytes are counted too.
+            let floor = field_split_floor(
+                &a,
+                &data,
+                layout.bits(),
+                a.hist_bits(),
+                layout.exp_bits,
+                usize::MAX,
+            );
             assert!(floor <= exact, "{layout:?}: floor {floor} > exact {exact}");
             // Tight enough to rule out a lossy form of about 3/4 of the exact bits.
             assert!(
