@@ -23,7 +23,7 @@
 //! those with the lossless float codecs, which is smaller on optimizer moments than the
 //! payload of groups of one and several times faster.
 
-use super::encode::{encode_inner, for_each_group, with_restored};
+use super::encode::{encode_inner, for_each_group, load_group, with_restored};
 use super::rd::cost;
 use super::{Geo, Params, Shape, group_exponent_of, inv_step, max_magnitude, norm_row, qmag};
 use crate::FloatLayout;
@@ -146,9 +146,8 @@ fn own_params(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> Pa
         Geo::new(layout, p.mantissa_bits),
         Geo::new(layout, p.mantissa_bits - 1),
     );
-    let (mut budget, mut sse, mut flushed) = (0f64, 0f64, false);
+    let (mut sse, mut flushed) = (0f64, false);
     let add = |vals: &[u32]| {
-        budget += group_sse(&g, vals);
         let (s, f) = single_sse(&coarse, vals);
         sse += s;
         flushed |= f;
@@ -158,12 +157,30 @@ fn own_params(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> Pa
     } else {
         for_each_group::<4>(data, shape, add);
     }
-    // The margin covers the rounding of the budget's `f32` sums (about 1e-7 relative).
-    if flushed || sse > budget - budget * 1e-6 {
-        at(p.mantissa_bits)
-    } else {
-        at(p.mantissa_bits - 1)
+    if flushed {
+        return at(p.mantissa_bits);
     }
+    // The margin covers the rounding of the budget's `f32` sums (about 1e-7 relative).
+    let covers = |budget: f64| sse <= budget - budget * 1e-6;
+    // The budget, summed group by group in order, only grows (and so does `covers`'s
+    // threshold): once it covers `sse` the whole chunk's does. On optimizer moments plain
+    // BFP's error passes the own exponents' after a small share of the groups.
+    let mut budget = 0f64;
+    let mut vals = vec![0u32; shape.gs];
+    for i in 0..shape.groups {
+        let (start, len) = shape.group(i);
+        let vals = &mut vals[..len];
+        if layout.bytes() == 2 {
+            load_group::<2>(data, start, vals);
+        } else {
+            load_group::<4>(data, start, vals);
+        }
+        budget += group_sse(&g, vals);
+        if covers(budget) {
+            return at(p.mantissa_bits - 1);
+        }
+    }
+    at(p.mantissa_bits)
 }
 
 /// The squared error (in the image units of `Geo::s32`) of one group of plain BFP, as the
