@@ -338,8 +338,11 @@ pub fn decode(data: &[u8]) {
 
 /// **roundtrip** — any bytes, read as values of any float layout (or as plain bytes), with any
 /// row-length hint and zstd level: `encode_with` never panics, never grows the data, and
-/// `decode` restores exactly the input; decoding into a buffer one byte longer or shorter
-/// fails (a decoder never returns a wrong-length result).
+/// `decode` restores exactly the input; `encode_within` at a limit at, around and far below
+/// the payload's size gives that payload exactly when it fits and nothing otherwise (with
+/// inputs above 16 KiB this reaches the lower bound a lossy writer uses to skip planning);
+/// decoding into a buffer one byte longer or shorter fails (a decoder never returns a
+/// wrong-length result).
 ///
 /// Input: value kind, row-length byte (bit 7 set: used as given, possibly not dividing the
 /// data; clear: the data is cut to whole rows), zstd level, then the data.
@@ -360,6 +363,26 @@ pub fn roundtrip(data: &[u8]) {
         panic!("{:?} payload does not decode: {e}", enc.codec);
     }
     assert!(out == values, "{:?} round trip differs", enc.codec);
+    // A size limit changes nothing but whether the result is kept: at and around the
+    // payload's size, and at a quarter of it (where a lossy writer's bound may rule the
+    // chunk out without planning it).
+    let n = enc.payload.len();
+    for limit in [n, n.saturating_sub(1), n + 1, n / 4] {
+        let within = dmx_codec::encode_within(kind, values, hints, limit);
+        match within {
+            Some(w) => assert!(
+                n <= limit && w.codec == enc.codec && w.payload == enc.payload,
+                "encode_within({limit}) gave {:?} of {} bytes, encode_with {:?} of {n}",
+                w.codec,
+                w.payload.len(),
+                enc.codec
+            ),
+            None => assert!(
+                n > limit,
+                "encode_within({limit}) refused a {n}-byte payload"
+            ),
+        }
+    }
     let mut longer = vec![0u8; values.len() + 1];
     assert!(
         dmx_codec::decode(enc.codec, &enc.payload, &mut longer).is_err(),
