@@ -71,22 +71,123 @@ pub fn encode_own_restored(
 /// # Panics
 /// As [`encode`](super::encode).
 pub fn own_restored(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> (Vec<u8>, u32) {
-    let own = own_params(layout, data, row_len, p);
-    if let Err(e) = super::check(layout, own) {
+    if let Err(e) = super::check(layout, p) {
         panic!("bfp::encode: {e}");
     }
     assert!(
         data.len().is_multiple_of(layout.bytes()),
         "bfp::encode: data is not whole values"
     );
-    let g = Geo::new(layout, own.mantissa_bits);
     let mut restored = vec![0u8; data.len()];
+    let m = p.mantissa_bits;
+    if m > 2 {
+        // Round at `M − 1` first, measuring its error in the same pass: on optimizer
+        // moments that is the rounding kept, so the values are visited once.
+        let count = data.len() / layout.bytes();
+        let shape = Shape::new(count, norm_row(count, row_len), p.group_size as usize);
+        let coarse = Geo::new(layout, m - 1);
+        let (sse, flushed) = if layout.bytes() == 2 {
+            round_own_measured::<2>(&coarse, shape, data, &mut restored)
+        } else {
+            round_own_measured::<4>(&coarse, shape, data, &mut restored)
+        };
+        if !flushed && budget_covers(layout, data, shape, p, sse) {
+            return (restored, m - 1);
+        }
+    }
+    let g = Geo::new(layout, m);
     if layout.bytes() == 2 {
         round_own::<2>(&g, data, &mut restored);
     } else {
         round_own::<4>(&g, data, &mut restored);
     }
-    (restored, own.mantissa_bits)
+    (restored, m)
+}
+
+/// The rounding of [`round_own`] for one layout and `M`: a value's bits to the bits it
+/// restores.
+struct OwnRound {
+    mag_mask: u32,
+    k: u32,
+    half: u32,
+    inf: u32,
+    top: u32,
+}
+
+impl OwnRound {
+    #[inline(always)]
+    fn new(g: &Geo) -> Self {
+        let k = g.f + 1 - g.m;
+        Self {
+            mag_mask: (1u32 << g.sign_shift) - 1,
+            k,
+            half: (1u32 << k) >> 1,
+            inf: g.exp_ones << g.f,
+            // The largest finite magnitude on the grid: `2^M − 1` steps at `emax`.
+            top: (g.emax << g.f) | (((1u32 << g.f) - 1) >> k << k),
+        }
+    }
+
+    #[inline(always)]
+    fn round(&self, x: u32) -> u32 {
+        let (mag_mask, k) = (self.mag_mask, self.k);
+        let mag = x & mag_mask;
+        if mag >= self.inf {
+            return x;
+        }
+        let r = if k == 0 {
+            mag
+        } else {
+            ((mag + self.half - 1 + ((mag >> k) & 1)) >> k << k).min(self.top)
+        };
+        if r == 0 && mag != 0 {
+            0
+        } else {
+            (x & !mag_mask) | r
+        }
+    }
+}
+
+/// [`round_own`] at `g` (into `out`), returning what [`single_sse`] gives for the same
+/// values, summed group by group of `shape` as `own_params` sums it: the squared error in
+/// image units, and whether a non-zero value becomes 0. A value's error is the difference
+/// of the images (`f32::from_bits(magnitude << s32)`) of its magnitude and of the restored
+/// one: both are exact in `f64`, and so is their difference, which is the distance
+/// [`single_sse`] counts in units of the binade, times the unit. So each term, and the sum
+/// in the same order, is bit for bit [`single_sse`]'s (tested).
+fn round_own_measured<const B: usize>(
+    g: &Geo,
+    shape: Shape,
+    data: &[u8],
+    out: &mut [u8],
+) -> (f64, bool) {
+    let own = OwnRound::new(g);
+    let image = |mag: u32| f64::from(f32::from_bits(mag << g.s32));
+    let (mut sse, mut flushed) = (0f64, false);
+    for i in 0..shape.groups {
+        let (start, len) = shape.group(i);
+        let range = start * B..(start + len) * B;
+        let mut group = 0f64;
+        for (v, o) in data[range.clone()]
+            .chunks_exact(B)
+            .zip(out[range].chunks_exact_mut(B))
+        {
+            let mut w = [0u8; 4];
+            w[..B].copy_from_slice(v);
+            let x = u32::from_le_bytes(w);
+            let y = own.round(x);
+            o.copy_from_slice(&y.to_le_bytes()[..B]);
+            let mag = x & own.mag_mask;
+            if mag < own.inf {
+                let ymag = y & own.mag_mask;
+                let d = image(mag) - image(ymag);
+                group += d * d;
+                flushed |= ymag == 0 && mag != 0;
+            }
+        }
+        sse += group;
+    }
+    (sse, flushed)
 }
 
 /// What BFP in groups of one restores (into `out`), value by value and in integers: with its
@@ -98,31 +199,11 @@ pub fn own_restored(layout: FloatLayout, data: &[u8], row_len: usize, p: Params)
 /// At the largest finite exponent a carry saturates to `2^M − 1` steps, so nothing becomes
 /// ±Inf; a non-zero value rounded to zero becomes `+0`; NaN and ±Inf are kept.
 pub(super) fn round_own<const B: usize>(g: &Geo, data: &[u8], out: &mut [u8]) {
-    let mag_mask = (1u32 << g.sign_shift) - 1;
-    let k = g.f + 1 - g.m;
-    let half = (1u32 << k) >> 1;
-    let inf = g.exp_ones << g.f;
-    // The largest finite magnitude on the grid: `2^M − 1` steps at `emax`.
-    let top = (g.emax << g.f) | (((1u32 << g.f) - 1) >> k << k);
+    let own = OwnRound::new(g);
     for (v, o) in data.chunks_exact(B).zip(out.chunks_exact_mut(B)) {
         let mut w = [0u8; 4];
         w[..B].copy_from_slice(v);
-        let x = u32::from_le_bytes(w);
-        let mag = x & mag_mask;
-        let y = if mag >= inf {
-            x
-        } else {
-            let r = if k == 0 {
-                mag
-            } else {
-                ((mag + half - 1 + ((mag >> k) & 1)) >> k << k).min(top)
-            };
-            if r == 0 && mag != 0 {
-                0
-            } else {
-                (x & !mag_mask) | r
-            }
-        };
+        let y = own.round(u32::from_le_bytes(w));
         o.copy_from_slice(&y.to_le_bytes()[..B]);
     }
 }
@@ -142,10 +223,7 @@ fn own_params(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> Pa
     }
     let count = data.len() / layout.bytes();
     let shape = Shape::new(count, norm_row(count, row_len), p.group_size as usize);
-    let (g, coarse) = (
-        Geo::new(layout, p.mantissa_bits),
-        Geo::new(layout, p.mantissa_bits - 1),
-    );
+    let coarse = Geo::new(layout, p.mantissa_bits - 1);
     let (mut sse, mut flushed) = (0f64, false);
     let add = |vals: &[u32]| {
         let (s, f) = single_sse(&coarse, vals);
@@ -157,9 +235,17 @@ fn own_params(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> Pa
     } else {
         for_each_group::<4>(data, shape, add);
     }
-    if flushed {
-        return at(p.mantissa_bits);
+    if !flushed && budget_covers(layout, data, shape, p, sse) {
+        at(p.mantissa_bits - 1)
+    } else {
+        at(p.mantissa_bits)
     }
+}
+
+/// Whether `sse` (the own exponents' squared error at `M − 1`) is at most plain BFP's at
+/// `p` over the groups of `shape`, less a relative margin of `1e-6`.
+fn budget_covers(layout: FloatLayout, data: &[u8], shape: Shape, p: Params, sse: f64) -> bool {
+    let g = Geo::new(layout, p.mantissa_bits);
     // The margin covers the rounding of the budget's `f32` sums (about 1e-7 relative).
     let covers = |budget: f64| sse <= budget - budget * 1e-6;
     // The budget, summed group by group in order, only grows (and so does `covers`'s
@@ -177,10 +263,10 @@ fn own_params(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> Pa
         }
         budget += group_sse(&g, vals);
         if covers(budget) {
-            return at(p.mantissa_bits - 1);
+            return true;
         }
     }
-    at(p.mantissa_bits)
+    false
 }
 
 /// The squared error (in the image units of `Geo::s32`) of one group of plain BFP, as the
@@ -337,6 +423,79 @@ mod tests {
                 );
                 if gs == 1 {
                     assert_eq!(flushed, zeroed, "{tag}");
+                }
+            }
+        }
+    }
+
+    /// The fused rounding measures exactly what `own_params` sums with `single_sse`, group by
+    /// group, and restores what `round_own` does, on every layout, with specials, subnormals
+    /// and values that carry into the next binade or saturate at the largest one.
+    #[test]
+    fn measured_rounding_sums_what_single_sse_sums() {
+        let specials = |layout: FloatLayout| -> Vec<u32> {
+            let bits = layout.bits();
+            let f = bits - 1 - layout.exp_bits;
+            let ones = (1u32 << layout.exp_bits) - 1;
+            let sign = 1u32 << (bits - 1);
+            let mut v = vec![
+                0,
+                sign,
+                ones << f,
+                sign | ones << f,
+                (ones << f) | 1,
+                1,
+                3,
+                sign | 5,
+            ];
+            // The largest finite magnitudes (saturate) and values just below a binade edge.
+            let top = ((ones - 1) << f) | ((1 << f) - 1);
+            v.extend([top, top - 1, sign | top, (7 << f) - 1, (9 << f) - 1]);
+            v
+        };
+        for layout in [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32] {
+            let mut vals = random_values(layout, 3001, 1, true);
+            vals.extend(random_values(layout, 2003, 2, false));
+            vals.extend(specials(layout));
+            if layout.bytes() == 2 {
+                vals.extend(moments(997).iter().map(|&x| {
+                    if layout == FloatLayout::F16 {
+                        x & 0x7FFF
+                    } else {
+                        x
+                    }
+                }));
+            }
+            let data = to_bytes(layout, &vals);
+            let count = vals.len();
+            for m in 3..=max_mantissa_bits(layout) {
+                for gs in [1usize, 7, 32] {
+                    let shape = Shape::new(count, count, gs);
+                    let coarse = Geo::new(layout, m - 1);
+                    let (mut want_sse, mut want_flushed) = (0f64, false);
+                    let b = layout.bytes();
+                    for i in 0..shape.groups {
+                        let (start, len) = shape.group(i);
+                        let group = from_bytes(layout, &data[start * b..(start + len) * b]);
+                        let (s, f) = single_sse(&coarse, &group);
+                        want_sse += s;
+                        want_flushed |= f;
+                    }
+                    let mut want = vec![0u8; data.len()];
+                    let mut got = vec![0u8; data.len()];
+                    let (sse, flushed) = if b == 2 {
+                        round_own::<2>(&coarse, &data, &mut want);
+                        round_own_measured::<2>(&coarse, shape, &data, &mut got)
+                    } else {
+                        round_own::<4>(&coarse, &data, &mut want);
+                        round_own_measured::<4>(&coarse, shape, &data, &mut got)
+                    };
+                    assert_eq!(sse.to_bits(), want_sse.to_bits(), "{layout:?} M={m} G={gs}");
+                    assert_eq!(flushed, want_flushed, "{layout:?} M={m} G={gs}");
+                    assert!(
+                        got == want,
+                        "{layout:?} M={m} G={gs}: restored bytes differ"
+                    );
                 }
             }
         }
