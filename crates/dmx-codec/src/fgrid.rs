@@ -86,6 +86,23 @@ impl FloatGrid {
         Some(if neg { -c } else { c })
     }
 
+    /// The constants of [`Rounding::round`] (for values of at most 32 bits).
+    pub(crate) fn rounding(self) -> Rounding {
+        let sign = 1u32 << self.sign_at;
+        Rounding {
+            sign,
+            min_normal: 1u32 << self.f,
+            inf: self.inf as u32,
+            sh: self.sh,
+            below_half: if self.sh == 0 {
+                0
+            } else {
+                (1u32 << (self.sh - 1)) - 1
+            },
+            tie: u32::from(self.sh != 0),
+        }
+    }
+
     /// See [`value`].
     #[inline(always)]
     pub(crate) fn value(self, q: i64) -> Option<u64> {
@@ -94,6 +111,33 @@ impl FloatGrid {
             return None;
         }
         Some(u64::from(q < 0) << self.sign_at | c << self.sh)
+    }
+}
+
+/// [`FloatGrid::coordinate`] then [`FloatGrid::value`] in one branch-free step, for values
+/// of at most 32 bits: the bits a value restores to on the grid, or the value itself where
+/// `coordinate` escapes it (NaN, ±Inf, −0, subnormals, values that round into Inf). Zero
+/// keeps its bits either way (`+0` is on the grid, `−0` escapes).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rounding {
+    sign: u32,
+    min_normal: u32,
+    inf: u32,
+    sh: u32,
+    below_half: u32,
+    tie: u32,
+}
+
+impl Rounding {
+    /// See [`Rounding`].
+    #[inline(always)]
+    pub(crate) fn round(self, x: u32) -> u32 {
+        let u = x & (self.sign - 1);
+        // Round half to even at `sh` dropped bits (`u < inf` leaves room for the carry).
+        let r =
+            (u.wrapping_add(self.below_half + ((u >> self.sh) & self.tie)) >> self.sh) << self.sh;
+        let on_grid = (u >= self.min_normal) & (u < self.inf) & (r < self.inf);
+        if on_grid { (x & self.sign) | r } else { x }
     }
 }
 

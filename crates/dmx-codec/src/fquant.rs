@@ -67,11 +67,31 @@ fn grid_for(layout: FloatLayout, data: &[u8], m: u32, what: &str) -> (FloatGrid,
 pub fn restore(layout: FloatLayout, data: &[u8], m: u32) -> Vec<u8> {
     let (g, b) = grid_for(layout, data, m, "fquant::restore");
     let mut out = vec![0u8; data.len()];
+    let level = crate::cpu::Level::detected();
     match b {
-        2 => restore_width::<2>(g, data, &mut out, None),
-        _ => restore_width::<4>(g, data, &mut out, None),
+        2 => crate::cpu::dispatch(
+            level,
+            #[inline(always)]
+            || restore_plain::<2>(g, data, &mut out),
+        ),
+        _ => crate::cpu::dispatch(
+            level,
+            #[inline(always)]
+            || restore_plain::<4>(g, data, &mut out),
+        ),
     }
     out
+}
+
+/// [`restore`]'s pass: every value through [`FloatGrid::rounded`], branch-free so that the
+/// compiler vectorizes it (the floating grid holds every optimizer moment at int16).
+#[inline(always)]
+fn restore_plain<const B: usize>(g: FloatGrid, data: &[u8], out: &mut [u8]) {
+    let r = g.rounding();
+    for (v, o) in data.chunks_exact(B).zip(out.chunks_exact_mut(B)) {
+        let x = crate::float::load::<B>(v) as u32;
+        o.copy_from_slice(&r.round(x).to_le_bytes()[..B]);
+    }
 }
 
 /// [`restore`], and in the same pass a lower bound on the size of [`encode`]'s payload (as
@@ -170,6 +190,55 @@ pub(crate) mod tests {
             })
             .collect();
         to_bytes(layout, &vals)
+    }
+
+    /// The branch-free restore against coordinate-then-value on every 16-bit pattern at
+    /// every width, and on F32 patterns around every binade edge and rounding boundary, on
+    /// every CPU level.
+    #[test]
+    fn restore_is_coordinate_then_value_on_every_pattern() {
+        for level in crate::cpu::Level::available() {
+            crate::cpu::with_level(level, restore_matches_on_every_pattern);
+        }
+    }
+
+    fn restore_matches_on_every_pattern() {
+        let every: Vec<u64> = (0..=u64::from(u16::MAX)).collect();
+        for layout in [FloatLayout::BF16, FloatLayout::F16] {
+            let data = to_bytes(layout, &every);
+            for m in 0..=fgrid::max_fraction_bits(layout) {
+                assert!(
+                    restore(layout, &data, m) == expected(layout, m, &data),
+                    "{layout:?} m {m}"
+                );
+            }
+        }
+        let mut f32s = Vec::new();
+        for e in 0u64..=255 {
+            for sign in [0u64, 1 << 31] {
+                let base = sign | e << 23;
+                f32s.extend(
+                    [
+                        0, 1, 2, 3, 0x3F_FFFF, 0x40_0000, 0x40_0001, 0x7F_FFFF, 0x7F_FFFE,
+                    ]
+                    .map(|f| base | f),
+                );
+                f32s.extend(
+                    (0..23)
+                        .flat_map(|b| {
+                            [base | (1 << b), base | ((1 << b) - 1), base | (3 << b >> 1)]
+                        })
+                        .map(|v| v & 0xFFFF_FFFF),
+                );
+            }
+        }
+        let data = to_bytes(FloatLayout::F32, &f32s);
+        for m in 0..=23 {
+            assert!(
+                restore(FloatLayout::F32, &data, m) == expected(FloatLayout::F32, m, &data),
+                "F32 m {m}"
+            );
+        }
     }
 
     /// Encodes and decodes; checks the model and idempotence. Returns the payload.
