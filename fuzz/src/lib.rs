@@ -738,8 +738,9 @@ fn nudged(len: usize, nudge: i8) -> usize {
 /// 7 clear: the rest is the payload, decoded into a buffer of a length read from the input.
 /// Set: values of BF16/F16/F32 are encoded with parameters and a row length read from the
 /// input (skipped when `bfp::check` rejects them); the undamaged payload decodes into the
-/// right length and not into one byte more; then up to 15 byte edits and a length nudge
-/// damage it, and decoding must not panic.
+/// right length and not into one byte more; `bfp::own_restored` gives exactly what BFP in
+/// groups of one at the `M` it chose restores; then up to 15 byte edits and a length nudge
+/// damage the payload, and decoding must not panic.
 pub fn bfp(data: &[u8]) {
     use dmx_codec::bfp;
     let mut b = Bytes(data);
@@ -769,6 +770,18 @@ pub fn bfp(data: &[u8]) {
         panic!("an undamaged BFP payload does not decode: {e}");
     }
     check_non_finite_exact(layout, values, &out, "BFP");
+    // Own exponents: the rounded floats the engine stores for moments are what the BFP
+    // payload of groups of one at the chosen M restores.
+    let (rounded, m) = bfp::own_restored(layout, values, row_len, p);
+    let own = bfp::Params {
+        mantissa_bits: m,
+        group_size: 1,
+    };
+    let (_, _, want) = bfp::encode_restored(layout, values, row_len, own);
+    assert!(
+        rounded == want,
+        "own_restored differs from BFP at M={m}, G=1"
+    );
     let mut longer = vec![0u8; values.len() + 1];
     assert!(
         bfp::decode(&payload, &mut longer).is_err(),
@@ -801,7 +814,7 @@ fn check_non_finite_exact(layout: FloatLayout, original: &[u8], decoded: &[u8], 
 /// buffer one byte too long; the damaged payload (edits, length nudge) must not panic. The
 /// same values also go through the floating grid (`fquant`, codec 9, BF16/F16/F32 with
 /// `m = bits mod (F + 1)`): it decodes, keeps NaN and ±Inf exact and restores no non-zero
-/// value as 0.
+/// value as 0, and [`dmx_codec::fquant::restore`] gives exactly what it decodes.
 pub fn quant(data: &[u8]) {
     use dmx_codec::quant;
     let mut b = Bytes(data);
@@ -847,6 +860,10 @@ pub fn quant(data: &[u8]) {
             panic!("an undamaged fquant payload does not decode: {e}");
         }
         check_non_finite_exact(layout, values, &out, "fquant");
+        assert!(
+            fquant::restore(layout, values, m) == out,
+            "fquant::restore differs from the decoder"
+        );
         let w = layout.bytes();
         let mag = |c: &[u8]| {
             let mut v = [0u8; 8];
