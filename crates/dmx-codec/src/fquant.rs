@@ -83,7 +83,7 @@ pub fn restore(layout: FloatLayout, data: &[u8], m: u32) -> Vec<u8> {
     out
 }
 
-/// [`restore`]'s pass: every value through [`FloatGrid::rounded`], branch-free so that the
+/// [`restore`]'s pass: every value through [`fgrid::Rounding::round`], branch-free so that the
 /// compiler vectorizes it (the floating grid holds every optimizer moment at int16).
 #[inline(always)]
 fn restore_plain<const B: usize>(g: FloatGrid, data: &[u8], out: &mut [u8]) {
