@@ -259,12 +259,19 @@ impl ErrorAcc {
 /// Values per block of [`Lanes`].
 const LANES: usize = 8;
 
-/// The order-free figures of [`ErrorAcc`] per lane: value `i` of a block goes to lane `i`,
-/// so they form independent chains the compiler keeps in vector registers. The sums (and
-/// `max_rel`, whose updates compare with the running value) are added in value order,
-/// exactly as one value at a time.
+/// The figures of [`ErrorAcc`] per lane: value `i` of a block goes to lane `i`, so they
+/// form independent chains the compiler keeps in vector registers (a sum in value order is
+/// one chain of dependent additions, which bounded this pass). The lanes' sums are added to
+/// the accumulator in lane order when the call ends: a fixed order, so the figures are the
+/// same on every CPU level and every run, within rounding of one value at a time.
+/// `max_rel`, whose updates compare with the running value, is kept in the accumulator.
 #[derive(Clone, Copy, Default)]
 struct Lanes {
+    sum_sq_err: [f64; LANES],
+    sum_sq: [f64; LANES],
+    sum_sq_decoded: [f64; LANES],
+    dot: [f64; LANES],
+    sum_abs_err: [f64; LANES],
     max_abs: [f64; LANES],
     nonzero: [u64; LANES],
     zeroed: [u64; LANES],
@@ -328,15 +335,14 @@ impl Lanes {
                 self.identical[l] += same[l];
                 rel |= nz & (e[l] > acc.max_rel * x[l].abs());
             }
-            // The sums, in value order.
             for l in 0..LANES {
                 if COSINE {
-                    acc.dot += x[l] * y[l];
-                    acc.sum_sq_decoded += y[l] * y[l];
+                    self.dot[l] += x[l] * y[l];
+                    self.sum_sq_decoded[l] += y[l] * y[l];
                 }
-                acc.sum_sq += xx[l];
-                acc.sum_sq_err += e[l] * e[l];
-                acc.sum_abs_err += e[l];
+                self.sum_sq[l] += xx[l];
+                self.sum_sq_err[l] += e[l] * e[l];
+                self.sum_abs_err[l] += e[l];
             }
             if rel {
                 // Rarely: a value raises the largest relative error.
@@ -351,9 +357,14 @@ impl Lanes {
         blocks
     }
 
-    /// Adds the lanes' maxima and counts to `acc`.
+    /// Adds the lanes' sums, maxima and counts to `acc`, in lane order.
     fn fold_into(&self, acc: &mut ErrorAcc) {
         for l in 0..LANES {
+            acc.sum_sq_err += self.sum_sq_err[l];
+            acc.sum_sq += self.sum_sq[l];
+            acc.sum_sq_decoded += self.sum_sq_decoded[l];
+            acc.dot += self.dot[l];
+            acc.sum_abs_err += self.sum_abs_err[l];
             acc.max_abs = acc.max_abs.max(self.max_abs[l]);
             acc.nonzero += self.nonzero[l];
             acc.zeroed += self.zeroed[l];
@@ -399,8 +410,8 @@ mod tests {
         assert_eq!(e.stats().values.unwrap().max_rel, 0.5);
     }
 
-    /// The one-value-at-a-time accumulation of earlier versions: the sums and counts
-    /// [`ErrorAcc::add`] must reproduce bit for bit (archives record them).
+    /// The one-value-at-a-time accumulation of earlier versions: [`ErrorAcc::add`] must
+    /// reproduce its counts and maxima bit for bit and its sums within rounding.
     fn reference(s: &mut ErrorAcc, layout: FloatLayout, original: &[u8], decoded: &[u8]) {
         let w = layout.bytes();
         let conv = |r: &[u8]| dmx_codec::grid::to_f64(layout, crate::lossy::raw(r));
