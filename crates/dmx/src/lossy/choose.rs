@@ -3,6 +3,7 @@
 
 use dmx_codec::{FloatLayout, bfp};
 use dmx_format::SegmentKind;
+use rayon::prelude::*;
 
 use super::values::lossy_layout;
 use super::{CastTo, Coding, DEFAULT_GROUP_SIZE, DEFAULT_MANTISSA_BITS, LossyOptions, Mode};
@@ -16,9 +17,12 @@ use crate::plan::PlannedFile;
 /// [`LossyOptions::allow_cast_overflow`]) with a warning in `warnings`; half casts that would
 /// restore non-zero values of a variance, an optimizer moment or a tensor over many binades
 /// as 0 become bfloat16 casts ([`cast_keeping_small_values`]).
+///
+/// The tensors are looked at in parallel (a pass over each for its range, on the worker
+/// threads of the caller's pool); the warnings come out in tensor order.
 pub(crate) fn fixed_codings(
     file: &PlannedFile,
-    bytes: &(impl SegmentData + ?Sized),
+    bytes: &(impl SegmentData + Sync + ?Sized),
     opts: &LossyOptions,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Coding>> {
@@ -30,74 +34,94 @@ pub(crate) fn fixed_codings(
         }
         _ => std::collections::HashMap::new(),
     };
-    Ok(file
+    let per_segment: Vec<(Coding, Vec<String>)> = file
         .segments
-        .iter()
+        .par_iter()
         .map(|s| {
-            let SegmentKind::Tensor(t) = &s.kind else {
-                return Coding::Lossless;
-            };
-            let Some(layout) = lossy_layout(s.value) else {
-                return Coding::Lossless;
-            };
-            if keep.is_match(&t.name) || s.len == 0 {
-                return Coding::Lossless;
-            }
-            match opts.mode {
-                Mode::Lossless | Mode::Auto => match opts.cast {
-                    Some(c) if layout == FloatLayout::F32 => {
-                        let to = match c {
-                            CastTo::Bf16 => FloatLayout::BF16,
-                            CastTo::F16 => FloatLayout::F16,
-                        };
-                        let data = bytes.segment_data(s).unwrap_or_default();
-                        let over = dmx_codec::cast::overflows(to, data);
-                        if over > 0 && !opts.allow_cast_overflow {
-                            warnings.push(format!(
-                                "tensor {:?}: {over} finite value(s) beyond the range of {} \
-                                 would become infinite; stored exactly (lossless) instead \
-                                 (--allow-cast-overflow casts it anyway)",
-                                t.name,
-                                c.name()
-                            ));
-                            Coding::Lossless
-                        } else {
-                            if over > 0 {
-                                warnings.push(format!(
-                                    "tensor {:?}: {over} finite value(s) beyond the range of \
-                                     {} became infinite (--allow-cast-overflow)",
-                                    t.name,
-                                    c.name()
-                                ));
-                            }
-                            cast_keeping_small_values(&t.name, to, data, warnings)
-                        }
-                    }
-                    _ => Coding::Lossless,
-                },
-                Mode::Bfp => {
-                    let data = bytes.segment_data(s).unwrap_or_default();
-                    let p = bfp::Params {
-                        mantissa_bits: opts
-                            .mantissa_bits
-                            .unwrap_or(DEFAULT_MANTISSA_BITS)
-                            .min(bfp::max_mantissa_bits(layout)),
-                        group_size: opts.group_size.unwrap_or(DEFAULT_GROUP_SIZE),
-                    };
-                    bfp_coding(&t.name, super::spans_binades(&t.name, layout, data), p)
-                }
-                Mode::Int16 | Mode::Int32 => {
-                    let bits = if opts.mode == Mode::Int16 { 16 } else { 32 };
-                    let data = bytes.segment_data(s).unwrap_or_default();
-                    let grid = match shared.get(&t.name) {
-                        Some(&step) => super::grid_with_step(&t.name, layout, data, bits, step),
-                        None => super::own_grid(&t.name, layout, data, bits),
-                    };
-                    Coding::Quant { grid, bits }
-                }
-            }
+            let mut warnings = Vec::new();
+            let coding = segment_coding(s, bytes, opts, &keep, &shared, &mut warnings);
+            (coding, warnings)
         })
-        .collect())
+        .collect();
+    let mut codings = Vec::with_capacity(per_segment.len());
+    for (coding, w) in per_segment {
+        codings.push(coding);
+        warnings.extend(w);
+    }
+    Ok(codings)
+}
+
+/// [`fixed_codings`]'s choice for one segment.
+fn segment_coding(
+    s: &crate::plan::PlannedSegment,
+    bytes: &(impl SegmentData + ?Sized),
+    opts: &LossyOptions,
+    keep: &globset::GlobSet,
+    shared: &std::collections::HashMap<String, f64>,
+    warnings: &mut Vec<String>,
+) -> Coding {
+    let SegmentKind::Tensor(t) = &s.kind else {
+        return Coding::Lossless;
+    };
+    let Some(layout) = lossy_layout(s.value) else {
+        return Coding::Lossless;
+    };
+    if keep.is_match(&t.name) || s.len == 0 {
+        return Coding::Lossless;
+    }
+    match opts.mode {
+        Mode::Lossless | Mode::Auto => match opts.cast {
+            Some(c) if layout == FloatLayout::F32 => {
+                let to = match c {
+                    CastTo::Bf16 => FloatLayout::BF16,
+                    CastTo::F16 => FloatLayout::F16,
+                };
+                let data = bytes.segment_data(s).unwrap_or_default();
+                let over = dmx_codec::cast::overflows(to, data);
+                if over > 0 && !opts.allow_cast_overflow {
+                    warnings.push(format!(
+                        "tensor {:?}: {over} finite value(s) beyond the range of {} \
+                         would become infinite; stored exactly (lossless) instead \
+                         (--allow-cast-overflow casts it anyway)",
+                        t.name,
+                        c.name()
+                    ));
+                    Coding::Lossless
+                } else {
+                    if over > 0 {
+                        warnings.push(format!(
+                            "tensor {:?}: {over} finite value(s) beyond the range of \
+                             {} became infinite (--allow-cast-overflow)",
+                            t.name,
+                            c.name()
+                        ));
+                    }
+                    cast_keeping_small_values(&t.name, to, data, warnings)
+                }
+            }
+            _ => Coding::Lossless,
+        },
+        Mode::Bfp => {
+            let data = bytes.segment_data(s).unwrap_or_default();
+            let p = bfp::Params {
+                mantissa_bits: opts
+                    .mantissa_bits
+                    .unwrap_or(DEFAULT_MANTISSA_BITS)
+                    .min(bfp::max_mantissa_bits(layout)),
+                group_size: opts.group_size.unwrap_or(DEFAULT_GROUP_SIZE),
+            };
+            bfp_coding(&t.name, super::spans_binades(&t.name, layout, data), p)
+        }
+        Mode::Int16 | Mode::Int32 => {
+            let bits = if opts.mode == Mode::Int16 { 16 } else { 32 };
+            let data = bytes.segment_data(s).unwrap_or_default();
+            let grid = match shared.get(&t.name) {
+                Some(&step) => super::grid_with_step(&t.name, layout, data, bits, step),
+                None => super::own_grid(&t.name, layout, data, bits),
+            };
+            Coding::Quant { grid, bits }
+        }
+    }
 }
 
 /// The BFP coding at `p` of tensor `name`, `spans` telling whether it is a variance, a moment
