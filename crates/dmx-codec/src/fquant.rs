@@ -104,27 +104,21 @@ pub fn restore_bounded(layout: FloatLayout, data: &[u8], m: u32) -> (Vec<u8>, us
     let mut out = vec![0u8; data.len()];
     let mut qs = Vec::with_capacity(data.len() / b);
     match b {
-        2 => restore_width::<2>(g, data, &mut out, Some(&mut qs)),
-        _ => restore_width::<4>(g, data, &mut out, Some(&mut qs)),
+        2 => restore_width::<2>(g, data, &mut out, &mut qs),
+        _ => restore_width::<4>(g, data, &mut out, &mut qs),
     }
     let bound = HEADER + crate::quant::body_lower_bound(&qs, data.len() / b, b);
     (out, bound)
 }
 
-/// With `qs`, also collects the zigzagged coordinates of the values on the grid.
-fn restore_width<const B: usize>(
-    g: FloatGrid,
-    data: &[u8],
-    out: &mut [u8],
-    mut qs: Option<&mut Vec<u64>>,
-) {
+/// [`restore_bounded`]'s pass: what every value restores (into `out`), and the zigzagged
+/// coordinates of the values on the grid (into `qs`).
+fn restore_width<const B: usize>(g: FloatGrid, data: &[u8], out: &mut [u8], qs: &mut Vec<u64>) {
     for (v, o) in data.chunks_exact(B).zip(out.chunks_exact_mut(B)) {
         let raw = crate::float::load::<B>(v);
         let r = match g.coordinate(raw) {
             Some(q) => {
-                if let Some(qs) = qs.as_deref_mut() {
-                    qs.push(crate::ints::zigzag(q));
-                }
+                qs.push(crate::ints::zigzag(q));
                 g.value(q).unwrap_or(raw)
             }
             None => raw,
