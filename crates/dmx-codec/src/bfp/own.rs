@@ -23,7 +23,7 @@
 //! those with the lossless float codecs, which is smaller on optimizer moments than the
 //! payload of groups of one and several times faster.
 
-use super::encode::{encode_inner, for_each_group, load_group, with_restored};
+use super::encode::{encode_inner, load_group, with_restored};
 use super::rd::cost;
 use super::{Geo, Params, Shape, group_exponent_of, inv_step, max_magnitude, norm_row, qmag};
 use crate::FloatLayout;
@@ -79,29 +79,45 @@ pub fn own_restored(layout: FloatLayout, data: &[u8], row_len: usize, p: Params)
         "bfp::encode: data is not whole values"
     );
     let mut restored = vec![0u8; data.len()];
+    let m = round_chosen(layout, data, row_len, p, &mut restored);
+    (restored, m)
+}
+
+/// The choice of the module docs, made and applied: rounds `data` into `restored` (as long)
+/// at `M − 1` when that keeps the chunk's squared error within plain BFP's at `p` and no
+/// non-zero value becomes 0, else at `M`, and returns the magnitude bits used. `p` must be
+/// valid for `layout` and `data` whole values.
+fn round_chosen(
+    layout: FloatLayout,
+    data: &[u8],
+    row_len: usize,
+    p: Params,
+    restored: &mut [u8],
+) -> u32 {
     let m = p.mantissa_bits;
     if m > 2 {
         // Round at `M − 1` first, measuring its error in the same pass: on optimizer
-        // moments that is the rounding kept, so the values are visited once.
+        // moments that is the rounding kept, so the values are visited once. (M = 2 has no
+        // bit to spare.)
         let count = data.len() / layout.bytes();
         let shape = Shape::new(count, norm_row(count, row_len), p.group_size as usize);
         let coarse = Geo::new(layout, m - 1);
         let (sse, flushed) = if layout.bytes() == 2 {
-            round_own_measured::<2>(&coarse, shape, data, &mut restored)
+            round_own_measured::<2>(&coarse, shape, data, restored)
         } else {
-            round_own_measured::<4>(&coarse, shape, data, &mut restored)
+            round_own_measured::<4>(&coarse, shape, data, restored)
         };
         if !flushed && budget_covers(layout, data, shape, p, sse) {
-            return (restored, m - 1);
+            return m - 1;
         }
     }
     let g = Geo::new(layout, m);
     if layout.bytes() == 2 {
-        round_own::<2>(&g, data, &mut restored);
+        round_own::<2>(&g, data, restored);
     } else {
-        round_own::<4>(&g, data, &mut restored);
+        round_own::<4>(&g, data, restored);
     }
-    (restored, m)
+    m
 }
 
 /// The rounding of [`round_own`] for one layout and `M`: a value's bits to the bits it
@@ -148,13 +164,12 @@ impl OwnRound {
     }
 }
 
-/// [`round_own`] at `g` (into `out`), returning what [`single_sse`] gives for the same
-/// values, summed group by group of `shape` as `own_params` sums it: the squared error in
-/// image units, and whether a non-zero value becomes 0. A value's error is the difference
-/// of the images (`f32::from_bits(magnitude << s32)`) of its magnitude and of the restored
-/// one: both are exact in `f64`, and so is their difference, which is the distance
-/// [`single_sse`] counts in units of the binade, times the unit. So each term, and the sum
-/// in the same order, is bit for bit [`single_sse`]'s (tested).
+/// [`round_own`] at `g` (into `out`), returning the squared error in image units, summed
+/// group by group of `shape`, and whether a non-zero value becomes 0. A value's error is
+/// the difference of the images (`f32::from_bits(magnitude << s32)`) of its magnitude and
+/// of the restored one: both are exact in `f64`, and so is their difference, which is the
+/// distance to the grid in units of the value's binade, times the unit. The tests hold it,
+/// bit for bit, to `single_sse`, which counts those distances in integers.
 fn round_own_measured<const B: usize>(
     g: &Geo,
     shape: Shape,
@@ -208,38 +223,19 @@ pub(super) fn round_own<const B: usize>(g: &Geo, data: &[u8], out: &mut [u8]) {
     }
 }
 
-/// The parameters [`encode_own`] codes the chunk with: group size 1, and `M − 1` or `M`.
+/// The parameters [`encode_own`] codes the chunk with: group size 1, and the `M − 1` or `M`
+/// of [`round_chosen`] (whose rounding is thrown away: the encoder quantizes again).
 fn own_params(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> Params {
     let at = |mantissa_bits| Params {
         mantissa_bits,
         group_size: 1,
     };
-    if super::check(layout, p).is_err()
-        || !data.len().is_multiple_of(layout.bytes())
-        || p.mantissa_bits <= 2
-    {
-        // The encoder reports invalid parameters; M = 2 has no bit to spare.
+    if super::check(layout, p).is_err() || !data.len().is_multiple_of(layout.bytes()) {
+        // The encoder reports these.
         return at(p.mantissa_bits);
     }
-    let count = data.len() / layout.bytes();
-    let shape = Shape::new(count, norm_row(count, row_len), p.group_size as usize);
-    let coarse = Geo::new(layout, p.mantissa_bits - 1);
-    let (mut sse, mut flushed) = (0f64, false);
-    let add = |vals: &[u32]| {
-        let (s, f) = single_sse(&coarse, vals);
-        sse += s;
-        flushed |= f;
-    };
-    if layout.bytes() == 2 {
-        for_each_group::<2>(data, shape, add);
-    } else {
-        for_each_group::<4>(data, shape, add);
-    }
-    if !flushed && budget_covers(layout, data, shape, p, sse) {
-        at(p.mantissa_bits - 1)
-    } else {
-        at(p.mantissa_bits)
-    }
+    let mut scratch = vec![0u8; data.len()];
+    at(round_chosen(layout, data, row_len, p, &mut scratch))
 }
 
 /// Whether `sse` (the own exponents' squared error at `M − 1`) is at most plain BFP's at
@@ -297,7 +293,8 @@ fn group_sse(g: &Geo, vals: &[u32]) -> f64 {
 /// value becomes 0, in integers: a value's error is the distance of its significand to the
 /// nearest multiple of the step, `2^(F + 1 − M)` units of its own binade (a carry to the next
 /// binade lands on a multiple too), except that at the largest finite exponent a carry
-/// saturates to `2^M − 1` steps.
+/// saturates to `2^M − 1` steps. The reference the tests hold `round_own_measured` to.
+#[cfg(test)]
 fn single_sse(g: &Geo, vals: &[u32]) -> (f64, bool) {
     let mag_mask = (1u32 << g.sign_shift) - 1;
     let frac = (1u32 << g.f) - 1;
@@ -332,6 +329,7 @@ fn single_sse(g: &Geo, vals: &[u32]) -> (f64, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bfp::encode::for_each_group;
     use crate::bfp::tests::{from_bytes, pseudo_u32, random_values, sq_error, to_bytes};
     use crate::bfp::{decode, encode, encode_restored, max_mantissa_bits};
     use crate::grid;
@@ -428,9 +426,9 @@ mod tests {
         }
     }
 
-    /// The fused rounding measures exactly what `own_params` sums with `single_sse`, group by
-    /// group, and restores what `round_own` does, on every layout, with specials, subnormals
-    /// and values that carry into the next binade or saturate at the largest one.
+    /// The fused rounding measures exactly what `single_sse` sums, group by group, and
+    /// restores what `round_own` does, on every layout, with specials, subnormals and values
+    /// that carry into the next binade or saturate at the largest one.
     #[test]
     fn measured_rounding_sums_what_single_sse_sums() {
         let specials = |layout: FloatLayout| -> Vec<u32> {
