@@ -13,37 +13,59 @@
 //! H(sign, top 12 − 1 − E mantissa bits) + (bits − 12 − L) · count + H(low byte 0) + H(low byte 1)
 //! ```
 //!
-//! bits (`L` = 16 low coded bits for 4-byte values, else 0): the symbol of any width holds
+//! bits (`L` = 16 low coded bits for 4-byte values of chunks of 4096 values or more, where
+//! low bytes may be coded, else 0 and those bytes are raw): the symbol of any width holds
 //! the sign and the mantissa bits above the residual, which no exponent transform changes,
 //! and a symbol `12 − w` bits narrower leaves those bits to the raw residual, which costs at
-//! least as much as their share of the entropy. zstd is tried only when its prediction is
-//! below 98 % of the best float candidate's size, which is at most the narrowest symbol's
-//! plan ([`crate::split::size_bound`]), so a prediction at least 98 % of that rules it out.
+//! least as much as their share of the entropy. Beside those bits a payload holds fixed
+//! bytes ([`HUFFMAN_FIXED`], [`RANS_FIXED`]), which dominate on the small chunks of a CNN's
+//! normalization vectors; the rANS candidates may come out up to [`SLACK`] bytes below the
+//! entropy, but never below their fixed bytes and raw residual. On a chunk above the zstd probe's size, zstd
+//! is tried only when its prediction is below 98 % of the best float candidate's size, which
+//! is at most the narrowest symbol's plan ([`crate::split::size_bound`]), so a prediction at
+//! least 98 % of that rules it out. A smaller chunk's zstd candidate is the chunk compressed
+//! at the float level, kept only when it is smaller than the others: when that alone is
+//! above the limit, so is every candidate (it costs a zstd run of at most 16 KiB, far less
+//! than planning the float codecs on a small chunk).
 
 use crate::float::{self, Analysis};
-use crate::{ZSTD_PROBE, split, zstd_predicted, zstd_wins_over};
+use crate::{ZSTD_FLOAT_LEVEL, ZSTD_PROBE, split, zstd_compress, zstd_predicted, zstd_wins_over};
 
-/// Bytes allowed below the entropy bound: the rANS coder's final states (32 lanes of 4
-/// bytes) may carry information the words lack; twice that, to spare.
+/// Bytes allowed below the entropy bound for the rANS-coded candidates (codecs 12 and 16):
+/// their final states (32 lanes of 4 bytes) may carry information the words lack; twice
+/// that, to spare.
 const SLACK: usize = 256;
+
+/// Bytes every Huffman-coded field-split payload (codec 10, and codec 11 around one) holds
+/// beyond its coded bits: the 8-byte header, a symbol table of at least 5 bytes (4 bytes of
+/// span and a nibble per used symbol) and the four `u32` sizes of the symbol streams
+/// (docs/CODECS.md §9.1). Huffman codes spend at least the entropy (Gibbs' inequality), so
+/// these candidates need no slack.
+const HUFFMAN_FIXED: usize = 8 + 5 + 16;
+
+/// Bytes every rANS-coded field-split payload (codec 12, and codec 16 around one) holds
+/// beyond its coded bits: the 8-byte header, a frequency table of at least 4 bytes, the
+/// stream length and the 32 final states (docs/CODECS.md §10.1). Chunks of fewer than
+/// [`split::ans::MIN_VALUES`] values have no such candidate.
+const RANS_FIXED: usize = 8 + 4 + 4 + 4 * split::ans::LANES;
 
 /// Whether every candidate of [`crate::encode_within`] for the float chunk `data`, scanned
 /// by `a`, is provably larger than `limit` bytes (so that it returns `None`). `false` says
-/// nothing: the chunk may or may not fit. Only chunks of 1-, 2- and 4-byte values above the
-/// zstd probe's size with no trailing zero bits common to every value are bounded.
+/// nothing: the chunk may or may not fit. Only chunks of 1-, 2- and 4-byte values with no
+/// trailing zero bits common to every value are bounded.
 pub(crate) fn exceeds(a: &Analysis, data: &[u8], limit: usize) -> bool {
     let layout = a.layout();
     let (bits, h, e) = (layout.bits(), a.hist_bits(), layout.exp_bits);
-    if data.len() <= limit
-        || data.len() <= ZSTD_PROBE
-        || !split::supports(layout)
-        || a.trailing_zeros() != 0
-        || h < 1 + e
-    {
+    if data.len() <= limit || !split::supports(layout) || a.trailing_zeros() != 0 || h < 1 + e {
         return false;
     }
     if field_split_floor(a, data, bits, h, e, limit) <= limit {
         return false;
+    }
+    if data.len() <= ZSTD_PROBE {
+        // A small chunk's zstd candidate is the chunk at `ZSTD_FLOAT_LEVEL`, kept only when
+        // smaller than every other candidate: its own size decides.
+        return zstd_compress(data, ZSTD_FLOAT_LEVEL).len() > limit;
     }
     !zstd_wins_over(zstd_predicted(data), split::size_bound(a))
 }
@@ -60,11 +82,29 @@ fn field_split_floor(a: &Analysis, data: &[u8], bits: u32, h: u32, e: u32, limit
         let mantissa = s & ((1 << keep) - 1);
         marginal[sign << keep | mantissa] += n;
     }
-    let count = a.count() as f64;
+    let n = a.count();
+    let count = n as f64;
     let below = bits - h;
-    // Rounding of the sums is far below one part in 10^9.
-    let bytes = |bits: f64| ((bits * (1.0 - 1e-9) / 8.0).floor() as usize).saturating_sub(SLACK);
-    if a.layout().bytes() != 4 || below < 16 {
+    // Whether low bytes may be coded (otherwise the whole residual is raw).
+    let low_coded = a.layout().bytes() == 4 && below >= 16 && n >= split::LOW_MIN_VALUES;
+    // The residual area alone: at least `below` raw bits per value, 16 fewer where low bytes
+    // may be coded.
+    let raw = (u64::from(below - if low_coded { 16 } else { 0 }) * n as u64 / 8) as usize;
+    let bytes = |bits: f64| {
+        // Rounding of the sums is far below one part in 10^9.
+        let coded = (bits * (1.0 - 1e-9) / 8.0).floor() as usize;
+        let huffman = coded + HUFFMAN_FIXED;
+        if n < split::ans::MIN_VALUES {
+            huffman
+        } else {
+            let rans = (coded + RANS_FIXED)
+                .saturating_sub(SLACK)
+                .max(RANS_FIXED + raw);
+            huffman.min(rans)
+        }
+    };
+    if !low_coded {
+        // No low byte is coded: the whole residual is raw.
         return bytes(float::entropy(&marginal) + f64::from(below) * count);
     }
     // The two low bytes may be coded: at least their entropy each, and at least nothing.
@@ -166,6 +206,80 @@ mod tests {
             .collect();
         let a = Analysis::new(FloatLayout::F32, &wide);
         assert!(!exceeds(&a, &wide, 1024));
+    }
+
+    #[test]
+    fn bounds_small_chunks_by_their_fixed_bytes_and_raw_bits() {
+        // Chunks of a BatchNorm vector's size: the entropy of a few dozen values is small,
+        // but every float-split payload carries its header, tables and stream sizes, and the
+        // rANS ones their 32 states, beside the raw residual.
+        for n in [24usize, 32, 63, 64, 96, 192, 1000, 4095] {
+            let data = weights(FloatLayout::F32, n, 11, 0.3);
+            let kind = ValueKind::Float(FloatLayout::F32);
+            let exact = encode_within(kind, &data, hints(0), usize::MAX).unwrap();
+            // About what int16 stores.
+            let limit = data.len() * 6 / 10;
+            assert!(
+                exact.payload.len() > limit,
+                "n {n}: exact {}",
+                exact.payload.len()
+            );
+            let a = Analysis::new(FloatLayout::F32, &data);
+            assert!(exceeds(&a, &data, limit), "n {n}");
+            assert!(encode_within(kind, &data, hints(0), limit).is_none());
+        }
+        // A small chunk that zstd shrinks is not bounded below its zstd size.
+        let same: Vec<u8> = std::iter::repeat_n(0.5f32.to_le_bytes(), 1000)
+            .flatten()
+            .collect();
+        let a = Analysis::new(FloatLayout::F32, &same);
+        let z = zstd_compress(&same, ZSTD_FLOAT_LEVEL).len();
+        assert!(!exceeds(&a, &same, z));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// [`exceeding_means_no_candidate_fits`] on chunks below the zstd probe's size, down
+        /// to a few values, with row and kernel hints.
+        #[test]
+        fn small_chunks_exceeding_means_no_candidate_fits(
+            layout in prop_oneof![
+                Just(FloatLayout::BF16),
+                Just(FloatLayout::F16),
+                Just(FloatLayout::F32),
+            ],
+            seed in any::<u64>(),
+            scale in prop_oneof![Just(1e-3f32), Just(0.05f32), Just(3.0f32)],
+            n in 1usize..4200,
+            repeat in 1usize..4,
+            shape in prop_oneof![Just((0usize, 0usize)), Just((16, 0)), Just((0, 9))],
+            fraction in 0.3f64..1.0,
+        ) {
+            let mut data = weights(layout, n, seed, scale);
+            if repeat > 1 {
+                let b = layout.bytes();
+                for i in 0..n {
+                    let j = i / repeat * repeat;
+                    data.copy_within(j * b..j * b + b, i * b);
+                }
+            }
+            let (row_len, period) = shape;
+            let whole = |k: usize| k > 0 && n.is_multiple_of(k);
+            let h = Hints {
+                zstd_level: 3,
+                row_len: if whole(row_len) { row_len } else { 0 },
+                period: if whole(period) { period } else { 0 },
+            };
+            let kind = ValueKind::Float(layout);
+            let exact = encode_within(kind, &data, h, usize::MAX).unwrap();
+            let limit = (exact.payload.len() as f64 * fraction) as usize;
+            let a = Analysis::new(layout, &data);
+            if exceeds(&a, &data, limit) {
+                prop_assert!(exact.payload.len() > limit);
+                prop_assert!(encode_within(kind, &data, h, limit).is_none());
+            }
+        }
     }
 
     proptest! {

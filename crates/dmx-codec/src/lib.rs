@@ -246,6 +246,9 @@ pub struct Encoded {
 /// Bytes sampled (in four slices) to decide whether zstd is worth trying on float data.
 const ZSTD_PROBE: usize = 16 * 1024;
 
+/// The zstd level of a float chunk's zstd candidate.
+const ZSTD_FLOAT_LEVEL: i32 = 3;
+
 /// What the caller knows about a chunk beyond its value kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hints {
@@ -426,7 +429,7 @@ fn plan_float(
         });
     }
     if zstd_may_win(data, best_size) {
-        let z = zstd_compress(data, 3);
+        let z = zstd_compress(data, ZSTD_FLOAT_LEVEL);
         if z.len() < best_size {
             best = Some(Encoded {
                 codec: Codec::Zstd,

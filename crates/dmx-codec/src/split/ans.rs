@@ -36,6 +36,9 @@ const GROUP: usize = 8;
 const L: u32 = 1 << 16;
 /// Widest symbol alphabet (12-bit symbols).
 const ALPHA: usize = 1 << super::MAX_SYM_BITS;
+/// Fewest values a chunk needs for this codec (and codec 16, which codes with it): two per
+/// state.
+pub const MIN_VALUES: usize = 2 * LANES;
 /// Bytes of the stream header: its length, then the eight final states.
 const STREAM_HEAD: usize = 4 + 4 * LANES;
 
@@ -66,7 +69,7 @@ pub fn plan(a: &Analysis, split: &SplitPlan) -> Option<Plan> {
 /// for fewer than 64 values.
 pub fn plan_any(a: &Analysis, split: &SplitPlan) -> Option<Plan> {
     let count = a.count();
-    if count < 2 * LANES {
+    if count < MIN_VALUES {
         return None;
     }
     let hist = a.symbol_hist(split.sym_bits);

@@ -136,8 +136,8 @@ fn field_bytes(freq: &[u64], lengths: &[u8]) -> usize {
     huffman::lengths_size(lengths) + 4 * STREAMS + (code_bits / 8) as usize + STREAMS
 }
 
-/// Fewest values for which the low bytes are considered.
-const LOW_MIN_VALUES: usize = 4096;
+/// Fewest values for which the low bytes are considered (below, they are raw residual bits).
+pub(crate) const LOW_MIN_VALUES: usize = 4096;
 /// Most low bytes coded.
 const MAX_LOW_BYTES: usize = 2;
 
