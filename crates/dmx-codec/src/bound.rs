@@ -6,13 +6,14 @@
 //! raw chunk. Each field-split candidate codes every value as a symbol (its top `w` bits,
 //! `1 + E <= w <= 12`) under one static code, and a residual of the bits below it, raw but
 //! for the low bytes of 4-byte values, which may have static codes of their own. A static
-//! code (Huffman or rANS) of a stream spends at least the stream's order-0 entropy, so with
-//! no trailing bits dropped a field-split payload holds at least
+//! code (Huffman or rANS) of a stream spends at least the stream's order-0 entropy, so a
+//! field-split payload holds at least
 //!
 //! ```text
-//! H(sign, top 12 − 1 − E mantissa bits) + (bits − 12 − L) · count + H(low byte 0) + H(low byte 1)
+//! H(sign, top 12 − 1 − E mantissa bits) + (bits − 12 − tz − L) · count + H(low byte 0) + H(low byte 1)
 //! ```
 //!
+//! (`tz` = the trailing bits that are zero in every value, which a payload may drop)
 //! bits (`L` = 16 low coded bits for 4-byte values of chunks of 4096 values or more, where
 //! low bytes may be coded, else 0 and those bytes are raw): the symbol of any width holds
 //! the sign and the mantissa bits above the residual, which no exponent transform changes,
@@ -51,12 +52,12 @@ const RANS_FIXED: usize = 8 + 4 + 4 + 4 * split::ans::LANES;
 
 /// Whether every candidate of [`crate::encode_within`] for the float chunk `data`, scanned
 /// by `a`, is provably larger than `limit` bytes (so that it returns `None`). `false` says
-/// nothing: the chunk may or may not fit. Only chunks of 1-, 2- and 4-byte values with no
-/// trailing zero bits common to every value are bounded.
+/// nothing: the chunk may or may not fit. Only chunks of 1-, 2- and 4-byte values are
+/// bounded.
 pub(crate) fn exceeds(a: &Analysis, data: &[u8], limit: usize) -> bool {
     let layout = a.layout();
     let (bits, h, e) = (layout.bits(), a.hist_bits(), layout.exp_bits);
-    if data.len() <= limit || !split::supports(layout) || a.trailing_zeros() != 0 || h < 1 + e {
+    if data.len() <= limit || !split::supports(layout) || h < 1 + e {
         return false;
     }
     if field_split_floor(a, data, bits, h, e, limit) <= limit {
@@ -84,9 +85,12 @@ fn field_split_floor(a: &Analysis, data: &[u8], bits: u32, h: u32, e: u32, limit
     }
     let n = a.count();
     let count = n as f64;
-    let below = bits - h;
+    // The bits below the 12-bit symbol, less the trailing zeros every value has (which a
+    // payload drops; none is dropped where low bytes are coded).
+    let tz = a.trailing_zeros();
+    let below = (bits - h).saturating_sub(tz);
     // Whether low bytes may be coded (otherwise the whole residual is raw).
-    let low_coded = a.layout().bytes() == 4 && below >= 16 && n >= split::LOW_MIN_VALUES;
+    let low_coded = tz == 0 && a.layout().bytes() == 4 && below >= 16 && n >= split::LOW_MIN_VALUES;
     // The residual area alone: at least `below` raw bits per value, 16 fewer where low bytes
     // may be coded.
     let raw = (u64::from(below - if low_coded { 16 } else { 0 }) * n as u64 / 8) as usize;
@@ -149,6 +153,22 @@ mod tests {
         out
     }
 
+    /// Clears the low `bits` bits of every value (4-byte values; a quarter as many for
+    /// 2-byte ones): weights widened from a narrower precision.
+    fn drop_low_bits(layout: FloatLayout, data: &mut [u8], bits: u32) {
+        if layout.bytes() == 4 {
+            for v in data.chunks_exact_mut(4) {
+                let x = u32::from_le_bytes([v[0], v[1], v[2], v[3]]) >> bits << bits;
+                v.copy_from_slice(&x.to_le_bytes());
+            }
+        } else {
+            for v in data.chunks_exact_mut(2) {
+                let x = u16::from_le_bytes([v[0], v[1]]) >> (bits / 4) << (bits / 4);
+                v.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+    }
+
     fn hints(row_len: usize) -> Hints {
         Hints {
             zstd_level: 3,
@@ -192,20 +212,40 @@ mod tests {
     }
 
     #[test]
-    fn no_bound_where_zstd_or_dropped_bits_may_win() {
-        // Every value the same: zstd's prediction is tiny.
+    fn bounds_hold_where_zstd_or_dropped_bits_win() {
+        // Every value the same: a few dozen bytes (one symbol of no bits, no residual).
         let same: Vec<u8> = std::iter::repeat_n(0x3f80u16.to_le_bytes(), 1 << 16)
             .flatten()
             .collect();
+        let kind = ValueKind::Float(FloatLayout::BF16);
+        let exact = encode_within(kind, &same, hints(0), usize::MAX).unwrap();
+        assert!(exact.payload.len() < 64, "{}", exact.payload.len());
         let a = Analysis::new(FloatLayout::BF16, &same);
-        assert!(!exceeds(&a, &same, 16));
-        // F32 values widened from BF16: trailing zeros are dropped.
-        let wide: Vec<u8> = weights(FloatLayout::BF16, 1 << 16, 3, 1.0)
+        assert!(!exceeds(&a, &same, exact.payload.len()));
+        // Values that zstd codes far below any field split: runs of a few distinct values.
+        let runs: Vec<u8> = (0..1u32 << 16)
+            .flat_map(|i| {
+                half::bf16::from_f32(((i / 4096) % 3) as f32 * 0.37 - 0.41)
+                    .to_bits()
+                    .to_le_bytes()
+            })
+            .collect();
+        let exact = encode_within(kind, &runs, hints(0), usize::MAX).unwrap();
+        let a = Analysis::new(FloatLayout::BF16, &runs);
+        assert!(!exceeds(&a, &runs, exact.payload.len()));
+        // F32 values widened from BF16: their 16 zero low bits are dropped, so they cost
+        // about as much as the BF16 values.
+        let bf16 = weights(FloatLayout::BF16, 1 << 16, 3, 1.0);
+        let wide: Vec<u8> = bf16
             .chunks_exact(2)
             .flat_map(|b| [0, 0, b[0], b[1]])
             .collect();
+        let kind = ValueKind::Float(FloatLayout::F32);
+        let exact = encode_within(kind, &wide, hints(0), usize::MAX).unwrap();
+        assert!(exact.payload.len() < bf16.len());
         let a = Analysis::new(FloatLayout::F32, &wide);
-        assert!(!exceeds(&a, &wide, 1024));
+        assert!(!exceeds(&a, &wide, exact.payload.len()));
+        assert!(exceeds(&a, &wide, exact.payload.len() * 3 / 4));
     }
 
     #[test]
@@ -254,9 +294,11 @@ mod tests {
             n in 1usize..4200,
             repeat in 1usize..4,
             shape in prop_oneof![Just((0usize, 0usize)), Just((16, 0)), Just((0, 9))],
+            dropped in prop_oneof![Just(0u32), Just(7), Just(13), Just(16)],
             fraction in 0.3f64..1.0,
         ) {
             let mut data = weights(layout, n, seed, scale);
+            drop_low_bits(layout, &mut data, dropped);
             if repeat > 1 {
                 let b = layout.bytes();
                 for i in 0..n {
@@ -298,10 +340,12 @@ mod tests {
             scale in prop_oneof![Just(1e-3f32), Just(0.05f32), Just(3.0f32)],
             repeat in 1usize..4,
             row_len in prop_oneof![Just(0usize), Just(64usize), Just(256usize)],
+            dropped in prop_oneof![Just(0u32), Just(7), Just(13), Just(16)],
             fraction in 0.3f64..1.0,
         ) {
             let n = 16_384;
             let mut data = weights(layout, n, seed, scale);
+            drop_low_bits(layout, &mut data, dropped);
             if repeat > 1 {
                 // Runs of equal values, which zstd and the symbol codes see differently.
                 let b = layout.bytes();
