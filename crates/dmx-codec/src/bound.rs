@@ -24,10 +24,10 @@
 //! entropy, but never below their fixed bytes and raw residual. On a chunk above the zstd probe's size, zstd
 //! is tried only when its prediction is below 98 % of the best float candidate's size, which
 //! is at most the narrowest symbol's plan ([`crate::split::size_bound`]), so a prediction at
-//! least 98 % of that rules it out. A smaller chunk's zstd candidate is the chunk compressed
-//! at the float level, kept only when it is smaller than the others: when that alone is
-//! above the limit, so is every candidate (it costs a zstd run of at most 16 KiB, far less
-//! than planning the float codecs on a small chunk).
+//! least 98 % of that rules it out. Where zstd is tried (on a smaller chunk, always) its
+//! candidate is the chunk compressed at the float level, kept only when it is smaller than
+//! the others: when that alone is above the limit, so is every candidate (one zstd run, far
+//! less than planning the float codecs).
 
 use crate::float::{self, Analysis};
 use crate::{ZSTD_FLOAT_LEVEL, ZSTD_PROBE, split, zstd_compress, zstd_predicted, zstd_wins_over};
@@ -63,12 +63,15 @@ pub(crate) fn exceeds(a: &Analysis, data: &[u8], limit: usize) -> bool {
     if field_split_floor(a, data, bits, h, e, limit) <= limit {
         return false;
     }
-    if data.len() <= ZSTD_PROBE {
-        // A small chunk's zstd candidate is the chunk at `ZSTD_FLOAT_LEVEL`, kept only when
-        // smaller than every other candidate: its own size decides.
-        return zstd_compress(data, ZSTD_FLOAT_LEVEL).len() > limit;
+    // Only zstd can fit now. On a chunk above the probe's size it is tried only where its
+    // prediction may beat the float candidates; where it is tried (and on every smaller
+    // chunk) it is the chunk at `ZSTD_FLOAT_LEVEL`, kept only when it is the smallest, so its
+    // own size decides (a chunk with many zero rows is predicted to shrink under zstd, yet
+    // not below a lossy form's size).
+    if data.len() > ZSTD_PROBE && !zstd_wins_over(zstd_predicted(data), split::size_bound(a)) {
+        return true;
     }
-    !zstd_wins_over(zstd_predicted(data), split::size_bound(a))
+    zstd_compress(data, ZSTD_FLOAT_LEVEL).len() > limit
 }
 
 /// The fewest bytes any field-split payload of the chunk can take (see the module docs); the
@@ -246,6 +249,24 @@ mod tests {
         let a = Analysis::new(FloatLayout::F32, &wide);
         assert!(!exceeds(&a, &wide, exact.payload.len()));
         assert!(exceeds(&a, &wide, exact.payload.len() * 3 / 4));
+    }
+
+    #[test]
+    fn zstd_predicted_to_win_is_bounded_by_its_size() {
+        // An embedding's optimizer moment: the rows of tokens never seen are zero, which
+        // zstd's prediction sees, yet the rest keeps the chunk far above a lossy form.
+        let mut data = weights(FloatLayout::F32, 256 * 192, 5, 1e-4);
+        for row in data.chunks_exact_mut(192 * 4).skip(1).step_by(2) {
+            row.fill(0);
+        }
+        let kind = ValueKind::Float(FloatLayout::F32);
+        let exact = encode_within(kind, &data, hints(192), usize::MAX).unwrap();
+        let a = Analysis::new(FloatLayout::F32, &data);
+        assert!(zstd_wins_over(zstd_predicted(&data), split::size_bound(&a)));
+        let limit = exact.payload.len() / 2;
+        assert!(exceeds(&a, &data, limit));
+        assert!(encode_within(kind, &data, hints(192), limit).is_none());
+        assert!(!exceeds(&a, &data, exact.payload.len()));
     }
 
     #[test]
