@@ -339,8 +339,8 @@ pub fn decode(data: &[u8]) {
 /// **roundtrip** — any bytes, read as values of any float layout (or as plain bytes), with any
 /// row-length hint and zstd level: `encode_with` never panics, never grows the data, and
 /// `decode` restores exactly the input; `encode_within` at a limit at, around and far below
-/// the payload's size gives that payload exactly when it fits and nothing otherwise (with
-/// inputs above 16 KiB this reaches the lower bound a lossy writer uses to skip planning);
+/// the payload's size gives that payload exactly when it fits and nothing otherwise (this
+/// reaches the lower bound a lossy writer uses to skip planning, on chunks of any size);
 /// decoding into a buffer one byte longer or shorter fails (a decoder never returns a
 /// wrong-length result).
 ///
