@@ -47,7 +47,11 @@ for f in "$@"; do
     for m in "${mlist[@]}"; do
         for b in "${!bins[@]}"; do : > "$work/t$b"; done
         for _ in $(seq "$rounds"); do
-            for b in "${!bins[@]}"; do ms "${bins[$b]}" "$f" "$m" >> "$work/t$b"; done
+            for b in "${!bins[@]}"; do
+                t=$(ms "${bins[$b]}" "$f" "$m") || t=""
+                [ -n "$t" ] || { echo "lossy_cpu.sh: ${bins[$b]} compress $f ($m) failed" >&2; exit 2; }
+                echo "$t" >> "$work/t$b"
+            done
         done
         printf '%-40s %-10s' "$(basename "$f")" "$m"
         for b in "${!bins[@]}"; do
