@@ -13,18 +13,18 @@
 //! H(sign, top 12 − 1 − E mantissa bits) + (bits − 12 − tz − L) · count + H(low byte 0) + H(low byte 1)
 //! ```
 //!
-//! (`tz` = the trailing bits that are zero in every value, which a payload may drop)
-//! bits (`L` = 16 low coded bits for 4-byte values of chunks of 4096 values or more, where
-//! low bytes may be coded, else 0 and those bytes are raw): the symbol of any width holds
-//! the sign and the mantissa bits above the residual, which no exponent transform changes,
-//! and a symbol `12 − w` bits narrower leaves those bits to the raw residual, which costs at
-//! least as much as their share of the entropy. Beside those bits a payload holds fixed
-//! bytes ([`HUFFMAN_FIXED`], [`RANS_FIXED`]), which dominate on the small chunks of a CNN's
+//! bits (`tz` = the trailing bits that are zero in every value, which a payload may drop;
+//! `L` = 16 low coded bits for 4-byte values of chunks of 4096 values or more, where low
+//! bytes may be coded, else 0 and those bytes are raw): the symbol of any width holds the
+//! sign and the mantissa bits above the residual, which no exponent transform changes, and a
+//! symbol `12 − w` bits narrower leaves those bits to the raw residual, which costs at least
+//! as much as their share of the entropy. Beside those bits a payload holds fixed bytes
+//! ([`HUFFMAN_FIXED`], [`RANS_FIXED`]), which dominate on the small chunks of a CNN's
 //! normalization vectors; the rANS candidates may come out up to [`SLACK`] bytes below the
-//! entropy, but never below their fixed bytes and raw residual. On a chunk above the zstd probe's size, zstd
-//! is tried only when its prediction is below 98 % of the best float candidate's size, which
-//! is at most the narrowest symbol's plan ([`crate::split::size_bound`]), so a prediction at
-//! least 98 % of that rules it out. Where zstd is tried (on a smaller chunk, always) its
+//! entropy, but never below their fixed bytes and raw residual. On a chunk above the zstd
+//! probe's size, zstd is tried only when its prediction is below 98 % of the best float
+//! candidate's size, which is at most the narrowest symbol's plan
+//! ([`crate::split::size_bound`]), so a prediction at least 98 % of that rules it out. Where zstd is tried (on a smaller chunk, always) its
 //! candidate is the chunk compressed at the float level, kept only when it is smaller than
 //! the others: when that alone is above the limit, so is every candidate (one zstd run, far
 //! less than planning the float codecs).
@@ -42,13 +42,13 @@ const SLACK: usize = 256;
 /// span and a nibble per used symbol) and the four `u32` sizes of the symbol streams
 /// (docs/CODECS.md §9.1). Huffman codes spend at least the entropy (Gibbs' inequality), so
 /// these candidates need no slack.
-const HUFFMAN_FIXED: usize = 8 + 5 + 16;
+const HUFFMAN_FIXED: usize = split::HEADER + 5 + 4 * split::STREAMS;
 
 /// Bytes every rANS-coded field-split payload (codec 12, and codec 16 around one) holds
 /// beyond its coded bits: the 8-byte header, a frequency table of at least 4 bytes, the
 /// stream length and the 32 final states (docs/CODECS.md §10.1). Chunks of fewer than
 /// [`split::ans::MIN_VALUES`] values have no such candidate.
-const RANS_FIXED: usize = 8 + 4 + 4 + 4 * split::ans::LANES;
+const RANS_FIXED: usize = split::HEADER + 4 + split::ans::STREAM_HEAD;
 
 /// Whether every candidate of [`crate::encode_within`] for the float chunk `data`, scanned
 /// by `a`, is provably larger than `limit` bytes (so that it returns `None`). `false` says
@@ -170,6 +170,47 @@ mod tests {
                 v.copy_from_slice(&x.to_le_bytes());
             }
         }
+    }
+
+    /// `n` weights ([`weights`] of `seed` and `scale`) with `dropped` low bits cleared
+    /// ([`drop_low_bits`]) and, for `repeat > 1`, in runs of `repeat` equal values (which
+    /// zstd and the symbol codes see differently).
+    fn chunk(
+        layout: FloatLayout,
+        n: usize,
+        (seed, scale): (u64, f32),
+        dropped: u32,
+        repeat: usize,
+    ) -> Vec<u8> {
+        let mut data = weights(layout, n, seed, scale);
+        drop_low_bits(layout, &mut data, dropped);
+        if repeat > 1 {
+            let b = layout.bytes();
+            for i in 0..n {
+                let j = i / repeat * repeat;
+                data.copy_within(j * b..j * b + b, i * b);
+            }
+        }
+        data
+    }
+
+    /// Whenever the bound says `data` exceeds a `fraction` of its exact size, that size is
+    /// above the limit and the full search finds nothing within it.
+    fn no_candidate_fits_when_exceeding(
+        layout: FloatLayout,
+        data: &[u8],
+        h: Hints,
+        fraction: f64,
+    ) -> Result<(), TestCaseError> {
+        let kind = ValueKind::Float(layout);
+        let exact = encode_within(kind, data, h, usize::MAX).unwrap();
+        let limit = (exact.payload.len() as f64 * fraction) as usize;
+        let a = Analysis::new(layout, data);
+        if exceeds(&a, data, limit) {
+            prop_assert!(exact.payload.len() > limit);
+            prop_assert!(encode_within(kind, data, h, limit).is_none());
+        }
+        Ok(())
     }
 
     fn hints(row_len: usize) -> Hints {
@@ -318,15 +359,6 @@ mod tests {
             dropped in prop_oneof![Just(0u32), Just(7), Just(13), Just(16)],
             fraction in 0.3f64..1.0,
         ) {
-            let mut data = weights(layout, n, seed, scale);
-            drop_low_bits(layout, &mut data, dropped);
-            if repeat > 1 {
-                let b = layout.bytes();
-                for i in 0..n {
-                    let j = i / repeat * repeat;
-                    data.copy_within(j * b..j * b + b, i * b);
-                }
-            }
             let (row_len, period) = shape;
             let whole = |k: usize| k > 0 && n.is_multiple_of(k);
             let h = Hints {
@@ -334,14 +366,8 @@ mod tests {
                 row_len: if whole(row_len) { row_len } else { 0 },
                 period: if whole(period) { period } else { 0 },
             };
-            let kind = ValueKind::Float(layout);
-            let exact = encode_within(kind, &data, h, usize::MAX).unwrap();
-            let limit = (exact.payload.len() as f64 * fraction) as usize;
-            let a = Analysis::new(layout, &data);
-            if exceeds(&a, &data, limit) {
-                prop_assert!(exact.payload.len() > limit);
-                prop_assert!(encode_within(kind, &data, h, limit).is_none());
-            }
+            let data = chunk(layout, n, (seed, scale), dropped, repeat);
+            no_candidate_fits_when_exceeding(layout, &data, h, fraction)?;
         }
     }
 
@@ -364,25 +390,8 @@ mod tests {
             dropped in prop_oneof![Just(0u32), Just(7), Just(13), Just(16)],
             fraction in 0.3f64..1.0,
         ) {
-            let n = 16_384;
-            let mut data = weights(layout, n, seed, scale);
-            drop_low_bits(layout, &mut data, dropped);
-            if repeat > 1 {
-                // Runs of equal values, which zstd and the symbol codes see differently.
-                let b = layout.bytes();
-                for i in 0..n {
-                    let j = i / repeat * repeat;
-                    data.copy_within(j * b..j * b + b, i * b);
-                }
-            }
-            let kind = ValueKind::Float(layout);
-            let exact = encode_within(kind, &data, hints(row_len), usize::MAX).unwrap();
-            let limit = (exact.payload.len() as f64 * fraction) as usize;
-            let a = Analysis::new(layout, &data);
-            if exceeds(&a, &data, limit) {
-                prop_assert!(exact.payload.len() > limit);
-                prop_assert!(encode_within(kind, &data, hints(row_len), limit).is_none());
-            }
+            let data = chunk(layout, 16_384, (seed, scale), dropped, repeat);
+            no_candidate_fits_when_exceeding(layout, &data, hints(row_len), fraction)?;
         }
     }
 }

@@ -40,7 +40,7 @@ const ALPHA: usize = 1 << super::MAX_SYM_BITS;
 /// state.
 pub const MIN_VALUES: usize = 2 * LANES;
 /// Bytes of the stream header: its length, then the eight final states.
-const STREAM_HEAD: usize = 4 + 4 * LANES;
+pub(crate) const STREAM_HEAD: usize = 4 + 4 * LANES;
 
 /// A codec-12 plan: codec 10's split with an rANS model of the symbols.
 #[derive(Debug, Clone)]

@@ -35,7 +35,7 @@ const TABLE_LEN: usize = 1 << MAX_LEN;
 /// Widest symbol.
 pub const MAX_SYM_BITS: u32 = 12;
 /// Fixed payload header bytes before the Huffman table.
-const HEADER: usize = 8;
+pub(crate) const HEADER: usize = 8;
 /// Values per stream in one step of the lockstep loops (four codes fit one 57-bit load).
 const ROUND: usize = 4;
 
