@@ -54,6 +54,15 @@ pub(super) fn run_job(j: &Job<'_>) -> Result<Done> {
             lossy_coded: false,
         });
     }
+    if j.never_larger
+        && j.base.is_none()
+        && crate::lossy::exact_by_sample(j.coding, j.value, j.data, j.hints)
+    {
+        // An integer grid on 16-bit floats that a sample shows not worth trying: the chunk
+        // is stored exactly.
+        let exact = dmx_codec::encode_with(j.value, j.data, j.hints);
+        return Ok(stored_exactly(j, exact));
+    }
     let LossyChunk {
         enc,
         restored,
@@ -62,24 +71,8 @@ pub(super) fn run_job(j: &Job<'_>) -> Result<Done> {
     if j.never_larger {
         // Never store a lossy form larger than the exact one (issue 11, finding 8); the exact
         // form is coded only when it can be no larger.
-        let exact_coding = if j.base.is_some() {
-            Coding::Delta
-        } else {
-            Coding::Lossless
-        };
         if let Some(exact) = exact_within(j, enc.payload.len()) {
-            let mut acc = ErrorAcc::default();
-            if let Some(layout) = crate::lossy::lossy_layout(j.value) {
-                acc.add_recorded(layout, j.data, j.data);
-            }
-            return Ok(Done {
-                enc: exact,
-                lossy: Some((j.data.to_vec(), acc)),
-                unchanged: j
-                    .base
-                    .map_or(0, |b| self::unchanged(exact_coding, j.value, b, j.data)),
-                lossy_coded: false,
-            });
+            return Ok(stored_exactly(j, exact));
         }
     }
     let unchanged = match (counted, j.base) {
@@ -118,6 +111,28 @@ pub(super) fn run_job(j: &Job<'_>) -> Result<Done> {
         unchanged,
         lossy_coded: true,
     })
+}
+
+/// What a lossy job stores when it keeps the chunk's exact encoding `exact` (no error, but its
+/// values count in the tensor's norm).
+fn stored_exactly(j: &Job<'_>, exact: dmx_codec::Encoded) -> Done {
+    let exact_coding = if j.base.is_some() {
+        Coding::Delta
+    } else {
+        Coding::Lossless
+    };
+    let mut acc = ErrorAcc::default();
+    if let Some(layout) = crate::lossy::lossy_layout(j.value) {
+        acc.add_exact(layout, j.data);
+    }
+    Done {
+        enc: exact,
+        lossy: Some((j.data.to_vec(), acc)),
+        unchanged: j
+            .base
+            .map_or(0, |b| unchanged(exact_coding, j.value, b, j.data)),
+        lossy_coded: false,
+    }
 }
 
 /// The exact encoding of a chunk ([`Coding::Lossless`], or [`Coding::Delta`] against its
@@ -172,7 +187,7 @@ fn hold_budget(
         if coding.is_lossless() {
             // Exact: no error, but its values still count in the tensor's norm.
             let mut acc = ErrorAcc::default();
-            acc.add_recorded(layout, j.data, j.data);
+            acc.add_exact(layout, j.data);
             d.lossy = Some((j.data.to_vec(), acc));
         }
     }

@@ -40,6 +40,53 @@ impl ErrorAcc {
         self.add_terms::<false>(layout, original, decoded);
     }
 
+    /// [`ErrorAcc::add_recorded`] of values restored exactly (`decoded == original`), bit for
+    /// bit the same figures, in a lighter pass: only the norm and the counts move (a lossy
+    /// writer's chunks kept exactly still count in their tensor's norm).
+    pub(crate) fn add_exact(&mut self, layout: FloatLayout, original: &[u8]) {
+        if layout == FloatLayout::BF16 {
+            self.add_exact_with::<2>(original, |r| {
+                f64::from(f32::from_bits(u32::from(u16::from_le_bytes(r)) << 16))
+            });
+        } else if layout == FloatLayout::F16 {
+            let lut = f16_table();
+            self.add_exact_with::<2>(original, |r| {
+                f64::from(lut[usize::from(u16::from_le_bytes(r))])
+            });
+        } else if layout == FloatLayout::F32 {
+            self.add_exact_with::<4>(original, |r| f64::from(f32::from_le_bytes(r)));
+        } else {
+            self.add_exact_with::<8>(original, f64::from_le_bytes);
+        }
+    }
+
+    /// [`ErrorAcc::add_with`] of `original` against itself: the same blocks and lanes, so the
+    /// same sums in the same order.
+    #[inline(always)]
+    fn add_exact_with<const W: usize>(
+        &mut self,
+        original: &[u8],
+        conv: impl Fn([u8; W]) -> f64 + Copy,
+    ) {
+        let level = dmx_codec::cpu::Level::detected();
+        let mut a_ = *self;
+        let blocks = if W < 8 {
+            let mut lanes = Lanes::default();
+            let n = dmx_codec::cpu::dispatch(
+                level,
+                #[inline(always)]
+                || lanes.add_blocks_exact::<W>(&mut a_, original, conv),
+            );
+            lanes.fold_into(&mut a_);
+            n
+        } else {
+            0
+        };
+        let done = blocks * LANES * W;
+        a_.add_each::<W, false>(&original[done..], &original[done..], conv);
+        *self = a_;
+    }
+
     fn add_terms<const COSINE: bool>(
         &mut self,
         layout: FloatLayout,
@@ -357,6 +404,40 @@ impl Lanes {
         blocks
     }
 
+    /// [`Lanes::add_blocks`] of `original` against itself: a finite value adds its square to
+    /// its lane's norm and counts as identical (and non-zero when it is), the error terms
+    /// stay +0.0; a block with a non-finite value goes to `acc` one value at a time.
+    #[inline(always)]
+    fn add_blocks_exact<const W: usize>(
+        &mut self,
+        acc: &mut ErrorAcc,
+        original: &[u8],
+        conv: impl Fn([u8; W]) -> f64 + Copy,
+    ) -> usize {
+        let mut blocks = 0;
+        for a in original.chunks_exact(LANES * W) {
+            blocks += 1;
+            let mut x = [0f64; LANES];
+            let mut finite = true;
+            for (l, x) in x.iter_mut().enumerate() {
+                *x = conv(a[l * W..(l + 1) * W].try_into().expect("W bytes"));
+                // `add_blocks`' test of the difference `x − x`, finite exactly when `x` is.
+                finite &= x.is_finite();
+            }
+            if !finite {
+                acc.add_each::<W, false>(a, a, conv);
+                continue;
+            }
+            for (l, &x) in x.iter().enumerate() {
+                self.nonzero[l] += u64::from(x != 0.0);
+                self.identical[l] += 1;
+                self.sum_sq[l] += x * x;
+            }
+            self.values += LANES as u64;
+        }
+        blocks
+    }
+
     /// Adds the lanes' sums, maxima and counts to `acc`, in lane order.
     fn fold_into(&self, acc: &mut ErrorAcc) {
         for l in 0..LANES {
@@ -538,6 +619,45 @@ mod tests {
                 rec.dot = got.dot;
                 rec.sum_sq_decoded = got.sum_sq_decoded;
                 assert_eq!(bits(&rec), bits(&got), "recorded {layout:?} case {case}");
+            }
+        }
+    }
+
+    /// `add_exact` gives bit for bit what `add_recorded` of the values against themselves
+    /// gives, on random bits (NaN, ±Inf, ±0, subnormals), on every layout, on every CPU level,
+    /// and after other values were added.
+    #[test]
+    fn add_exact_is_add_recorded_of_the_same_values() {
+        use dmx_codec::cpu::{Level, with_level};
+        let mut rng = dmx_testkit::Rng(0x5851_F42D_4C95_7F2D);
+        for layout in [
+            FloatLayout::BF16,
+            FloatLayout::F16,
+            FloatLayout::F32,
+            FloatLayout::F64,
+        ] {
+            let w = layout.bytes();
+            let mut orig: Vec<u8> = (0..3001 * w).map(|_| rng.next_u64() as u8).collect();
+            // A run of zeros (+0 and −0) and a stretch of small finite values.
+            orig[40 * w..80 * w].fill(0);
+            orig[80 * w + w - 1] = 0x80;
+            for v in orig[200 * w..1200 * w].chunks_exact_mut(w) {
+                v[w - 1] &= 0x3f;
+            }
+            let first: Vec<u8> = (0..17 * w).map(|_| rng.next_u64() as u8).collect();
+            for level in Level::available() {
+                let (got, want) = with_level(level, || {
+                    let mut got = ErrorAcc::default();
+                    let mut want = ErrorAcc::default();
+                    got.add_recorded(layout, &first, &orig[..17 * w]);
+                    want.add_recorded(layout, &first, &orig[..17 * w]);
+                    for part in [&orig[..1000 * w], &orig[1000 * w..]] {
+                        got.add_exact(layout, part);
+                        want.add_recorded(layout, part, part);
+                    }
+                    (bits(&got), bits(&want))
+                });
+                assert_eq!(got, want, "{layout:?} {level:?}");
             }
         }
     }

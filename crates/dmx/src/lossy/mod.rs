@@ -14,6 +14,7 @@ mod choose;
 mod coding;
 mod grid;
 mod measure;
+mod sample;
 mod values;
 
 use dmx_codec::{FloatLayout, bfp};
@@ -336,6 +337,7 @@ pub(crate) use coding::{Coding, LossyChunk};
 pub use grid::Grid;
 pub(crate) use grid::{float_bits, grid_with_step, optimizer_moment, own_grid, spans_binades};
 pub(crate) use measure::ErrorAcc;
+pub(crate) use sample::exact_by_sample;
 pub(crate) use values::{float_tensors, lossy_layout, raw, shared_steps, sum_sq};
 
 #[cfg(test)]

@@ -1,0 +1,176 @@
+//! A sample of a chunk, coded both ways, that decides whether an integer grid is worth
+//! trying on a chunk of 16-bit floats.
+//!
+//! A lossy writer keeps a chunk's exact form wherever it is no larger than the lossy one. On
+//! 16-bit floats the integer grids seldom win: a value of 8 or 11 significant bits becomes an
+//! integer of up to 16, and its exact form is the smaller on most chunks (MiniLM BF16: 131 of
+//! 137 chunks), or within a few per cent (WordLlama F16). Coding such a chunk on the grid,
+//! measuring its error and then throwing the result away cost twice the exact coding.
+//!
+//! So such a chunk is first sampled: eight evenly spread blocks of whole rows (or kernels),
+//! a sixteenth of the chunk, are coded both ways. The grid is tried only where its sample is
+//! at least [`GAIN`] smaller than the exact one; elsewhere the chunk is stored exactly. A
+//! lossy form that would save less than that is not worth its error, and the sample's
+//! estimate errs by far less than the margin on real weights (docs/CODECS.md §8).
+
+use dmx_codec::{FloatLayout, ValueKind};
+
+use super::Coding;
+
+/// Blocks in a sample.
+const BLOCKS: usize = 8;
+/// The sample is about `1 / SHARE` of the chunk (at most a quarter, with one unit per block).
+const SHARE: usize = 16;
+/// Chunks with fewer values are not sampled (their tables weigh too much in a sample).
+pub(crate) const MIN_VALUES: usize = 1 << 15;
+/// How much smaller than the exact sample the grid's sample must be for the grid to be tried.
+const GAIN: f64 = 0.03;
+
+/// Whether the chunk `data` (values `value`, `hints` as the writer gives them) is to be
+/// stored exactly without trying `coding`, judged from a sample: true only for integer grids
+/// on 16-bit floats (where the grid seldom wins), chunks of at least [`MIN_VALUES`] values,
+/// and a sample of whole rows (or kernels) whose grid form is not at least [`GAIN`] smaller
+/// than its exact form.
+pub(crate) fn exact_by_sample(
+    coding: Coding,
+    value: ValueKind,
+    data: &[u8],
+    hints: dmx_codec::Hints,
+) -> bool {
+    let ValueKind::Float(layout) = value else {
+        return false;
+    };
+    if !matches!(coding, Coding::Quant { .. }) || layout.bytes() != 2 {
+        return false;
+    }
+    let Some(sample) = sample(layout, data, hints) else {
+        return false;
+    };
+    let exact = dmx_codec::encode_with(value, &sample, hints);
+    let lossy = coding.encode(value, &sample, hints, None);
+    lossy.payload.len() as f64 > exact.payload.len() as f64 * (1.0 - GAIN)
+}
+
+/// [`BLOCKS`] evenly spread blocks of whole units (rows of `hints.row_len` values, else
+/// kernels of `hints.period`, else single values), about `1 / SHARE` of the chunk, joined;
+/// `None` when the chunk is below [`MIN_VALUES`] values, is not whole units, or has too few
+/// for the sample to stay within a quarter of it.
+fn sample(layout: FloatLayout, data: &[u8], hints: dmx_codec::Hints) -> Option<Vec<u8>> {
+    let b = layout.bytes();
+    let n = data.len() / b;
+    if n < MIN_VALUES {
+        return None;
+    }
+    let unit = [hints.row_len, hints.period, 1]
+        .into_iter()
+        .find(|&u| u > 0)
+        .expect("1 is positive");
+    let units = n / unit;
+    let per_block = (units / (BLOCKS * SHARE)).max(1);
+    if units * unit != n || BLOCKS * per_block * 4 > units {
+        return None;
+    }
+    let stride = units / BLOCKS;
+    let bytes = per_block * unit * b;
+    let mut out = Vec::with_capacity(BLOCKS * bytes);
+    for k in 0..BLOCKS {
+        let start = (k * stride + (stride - per_block) / 2) * unit * b;
+        out.extend_from_slice(&data[start..start + bytes]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lossy::Grid;
+
+    fn hints(row_len: usize) -> dmx_codec::Hints {
+        dmx_codec::Hints {
+            zstd_level: 3,
+            row_len,
+            period: 0,
+        }
+    }
+
+    /// BF16 bytes of `n` values from `f`.
+    fn bf16(n: usize, f: impl Fn(usize) -> f32) -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| ((f(i).to_bits() >> 16) as u16).to_le_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn samples_whole_rows_spread_over_the_chunk() {
+        let n = 1 << 16;
+        // Each value's bytes are its row index (rows of 64 values).
+        let data: Vec<u8> = (0..n)
+            .flat_map(|i| ((i / 64) as u16).to_le_bytes())
+            .collect();
+        let s = sample(FloatLayout::BF16, &data, hints(64)).expect("large enough");
+        let rows: Vec<u16> = s
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        assert_eq!(rows.len(), n / SHARE);
+        // Whole rows, in order, from every eighth of the chunk.
+        for r in rows.chunks(64) {
+            assert!(r.iter().all(|&x| x == r[0]));
+        }
+        let units = n / 64;
+        for k in 0..BLOCKS {
+            let first = rows[k * rows.len() / BLOCKS] as usize;
+            assert!((k * units / BLOCKS..(k + 1) * units / BLOCKS).contains(&first));
+        }
+        // Too small, or not whole rows: no sample.
+        assert!(sample(FloatLayout::BF16, &data[..MIN_VALUES * 2], hints(64)).is_some());
+        assert!(sample(FloatLayout::BF16, &data[..MIN_VALUES * 2 - 2], hints(0)).is_none());
+        assert!(sample(FloatLayout::BF16, &data, hints(3)).is_none());
+        assert!(sample(FloatLayout::BF16, &data, hints(n / 32)).is_some());
+        assert!(sample(FloatLayout::BF16, &data, hints(n / 16)).is_none());
+    }
+
+    #[test]
+    fn only_integer_grids_on_16_bit_floats_are_judged() {
+        let n = 1 << 16;
+        // Weights of a trained layer (about normal, largest 1): on an int16 grid most become
+        // integers of 11 to 13 bits, where their exact BF16 form takes about 10.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f32 / (1u64 << 53) as f32
+        };
+        let normal: Vec<f32> = (0..n)
+            .map(|_| (uniform() + uniform() + uniform() + uniform() - 2.0) * 0.05)
+            .collect();
+        let data = bf16(n, |i| if i == 5 { 1.0 } else { normal[i] });
+        let step = 1.0 / 32767.0;
+        let int16 = Coding::Quant {
+            grid: Grid::Linear(step),
+            bits: 16,
+        };
+        let value = ValueKind::Float(FloatLayout::BF16);
+        assert!(exact_by_sample(int16, value, &data, hints(256)));
+        // Other codings and layouts are never judged.
+        let bfp = Coding::Bfp(dmx_codec::bfp::Params {
+            mantissa_bits: 7,
+            group_size: 32,
+        });
+        assert!(!exact_by_sample(bfp, value, &data, hints(256)));
+        let f32s: Vec<u8> = data
+            .chunks_exact(2)
+            .flat_map(|c| (u32::from(u16::from_le_bytes([c[0], c[1]])) << 16).to_le_bytes())
+            .collect();
+        let value32 = ValueKind::Float(FloatLayout::F32);
+        assert!(!exact_by_sample(int16, value32, &f32s, hints(256)));
+        // Values of full precision under a coarse grid: the grid form is the smaller.
+        let coarse = bf16(n, |i| normal[i] * 20.0);
+        let on = Coding::Quant {
+            grid: Grid::Linear(1.0 / 64.0),
+            bits: 16,
+        };
+        assert!(!exact_by_sample(on, value, &coarse, hints(256)));
+    }
+}
