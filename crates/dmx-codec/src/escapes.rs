@@ -233,6 +233,35 @@ fn unit_classes(
     ]
 }
 
+/// The row and column of positions visited in increasing order, in rows of `w`, kept
+/// without a division per position.
+struct RowCol {
+    w: usize,
+    row: usize,
+    row_start: usize,
+}
+
+impl RowCol {
+    fn new(w: usize) -> Self {
+        Self {
+            w,
+            row: 0,
+            row_start: 0,
+        }
+    }
+
+    /// The row and column of position `i` (at least the previous one's).
+    #[inline(always)]
+    fn seek(&mut self, i: usize) -> (usize, usize) {
+        debug_assert!(i >= self.row_start);
+        while i - self.row_start >= self.w {
+            self.row += 1;
+            self.row_start += self.w;
+        }
+        (self.row, i - self.row_start)
+    }
+}
+
 /// Row or column classes for the integers of a body, with the gain a sample promises.
 struct Classes {
     /// [`AXIS_ROWS`] or [`AXIS_COLUMNS`].
@@ -261,13 +290,16 @@ impl Classes {
             next += g + 1;
         }
         let [rows, cols] = unit_classes(split, count, w, &escapes);
-        // The sample takes integer `i` at position `i` (escapes are rare).
+        // The sample takes integer `i` at position `i` (escapes are rare), in increasing
+        // order: its row and column follow without a division.
         let rows = rows.map(|(classes, nctx)| {
-            let gain = ints::class_gain(&split.qs, |i| classes[i / w], nctx, ROWS_SAMPLE);
+            let mut at = RowCol::new(w);
+            let gain = ints::class_gain(&split.qs, |i| classes[at.seek(i).0], nctx, ROWS_SAMPLE);
             (AXIS_ROWS, classes, nctx, gain)
         });
         let cols = cols.map(|(classes, nctx)| {
-            let gain = ints::class_gain(&split.qs, |i| classes[i % w], nctx, ROWS_SAMPLE);
+            let mut at = RowCol::new(w);
+            let gain = ints::class_gain(&split.qs, |i| classes[at.seek(i).1], nctx, ROWS_SAMPLE);
             (AXIS_COLUMNS, classes, nctx, gain)
         });
         let (axis, classes, nctx, gain) = [rows, cols]
@@ -578,4 +610,22 @@ pub(crate) fn fill<const B: usize>(body: &Body<'_>, out: &mut [u8], value: impl 
         at = p + 1;
     }
     run(&mut out[at * B..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_col_is_division_and_remainder() {
+        for w in [1usize, 3, 8, 50, 384] {
+            let mut at = RowCol::new(w);
+            let mut i = 0usize;
+            for step in (0..5000).map(|k| (k * 7 + 3) % 16) {
+                assert_eq!(at.seek(i), (i / w, i % w), "w {w} i {i}");
+                // A step of 0 to 15, as the sample's positions move.
+                i += step;
+            }
+        }
+    }
 }

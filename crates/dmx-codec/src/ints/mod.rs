@@ -527,10 +527,10 @@ pub(crate) fn context_gain(
 
 /// [`context_gain`] of the contexts `ctx(i)` of the values `i` (all below `nctx`), from one
 /// value at a pseudo-random place in each run of `stride`: a fixed stride would see only
-/// some columns of rows whose length it divides.
+/// some columns of rows whose length it divides. `ctx` is called with increasing `i`.
 pub(crate) fn class_gain(
     values: &[u64],
-    ctx: impl Fn(usize) -> u8,
+    mut ctx: impl FnMut(usize) -> u8,
     nctx: usize,
     stride: usize,
 ) -> f64 {
