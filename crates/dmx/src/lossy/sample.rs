@@ -8,7 +8,7 @@
 //! measuring its error and then throwing the result away cost twice the exact coding.
 //!
 //! So such a chunk is first sampled: eight evenly spread blocks of whole rows (or kernels),
-//! a sixteenth of the chunk, are coded both ways. The grid is tried only where its sample is
+//! a thirty-second of the chunk but at least 8 Ki values, are coded both ways. The grid is tried only where its sample is
 //! at least [`GAIN`] smaller than the exact one; elsewhere the chunk is stored exactly. A
 //! lossy form that would save less than that is not worth its error, and the sample's
 //! estimate errs by far less than the margin on real weights (docs/CODECS.md §8).
@@ -19,8 +19,11 @@ use super::Coding;
 
 /// Blocks in a sample.
 const BLOCKS: usize = 8;
-/// The sample is about `1 / SHARE` of the chunk (at most a quarter, with one unit per block).
-const SHARE: usize = 16;
+/// The sample is about `1 / SHARE` of the chunk, and at least [`MIN_SAMPLE`] values (at most
+/// a quarter of the chunk).
+const SHARE: usize = 32;
+/// Values a sample holds at least: enough that the tables of its two forms weigh little.
+const MIN_SAMPLE: usize = 8192;
 /// Chunks with fewer values are not sampled (their tables weigh too much in a sample).
 pub(crate) const MIN_VALUES: usize = 1 << 15;
 /// How much smaller than the exact sample the grid's sample must be for the grid to be tried.
@@ -66,7 +69,8 @@ fn sample(layout: FloatLayout, data: &[u8], hints: dmx_codec::Hints) -> Option<V
         .find(|&u| u > 0)
         .expect("1 is positive");
     let units = n / unit;
-    let per_block = (units / (BLOCKS * SHARE)).max(1);
+    let want = (n / SHARE).max(MIN_SAMPLE);
+    let per_block = want.div_ceil(BLOCKS * unit);
     if units * unit != n || BLOCKS * per_block * 4 > units {
         return None;
     }
@@ -112,7 +116,7 @@ mod tests {
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .collect();
-        assert_eq!(rows.len(), n / SHARE);
+        assert_eq!(rows.len(), (n / SHARE).max(MIN_SAMPLE));
         // Whole rows, in order, from every eighth of the chunk.
         for r in rows.chunks(64) {
             assert!(r.iter().all(|&x| x == r[0]));
