@@ -134,6 +134,50 @@ mod tests {
         assert!(sample(FloatLayout::BF16, &data, hints(n / 16)).is_none());
     }
 
+    proptest::proptest! {
+        /// Any chunk length and row or kernel length: the sample is whole units of the
+        /// chunk, within a quarter of it and at least `MIN_SAMPLE` values, or there is none
+        /// (never a panic).
+        #[test]
+        fn samples_are_whole_units_within_the_chunk(
+            units in 0usize..4000,
+            row_len in proptest::prop_oneof![proptest::strategy::Just(0usize), 1usize..600],
+            period in proptest::prop_oneof![proptest::strategy::Just(0usize), 1usize..600],
+            extra in 0usize..3,
+        ) {
+            // Mostly whole units, sometimes a value or two over.
+            let n = (units * [row_len, period, 64].into_iter().find(|&u| u > 0).unwrap()
+                + extra / 2)
+                .min(300_000);
+            // Each value holds its index (BF16-sized, modulo 2^16).
+            let data: Vec<u8> = (0..n).flat_map(|i| (i as u16).to_le_bytes()).collect();
+            let hints = dmx_codec::Hints { zstd_level: 3, row_len, period };
+            let Some(s) = sample(FloatLayout::BF16, &data, hints) else {
+                return Ok(());
+            };
+            let unit = [row_len, period, 1].into_iter().find(|&u| u > 0).unwrap();
+            let values = s.len() / 2;
+            proptest::prop_assert!(n >= MIN_VALUES && n % unit == 0);
+            proptest::prop_assert!(values >= MIN_SAMPLE && values * 4 <= n);
+            proptest::prop_assert_eq!(values % (BLOCKS * unit), 0);
+            // Every block starts a unit and runs on in order.
+            let per_block = values / BLOCKS;
+            let mut last = None;
+            for block in s.chunks_exact(per_block * 2) {
+                let first = usize::from(u16::from_le_bytes([block[0], block[1]]));
+                for (j, v) in block.chunks_exact(2).enumerate() {
+                    let v = usize::from(u16::from_le_bytes([v[0], v[1]]));
+                    proptest::prop_assert_eq!(v, (first + j) % 65536);
+                }
+                if n <= 65536 {
+                    proptest::prop_assert_eq!(first % unit, 0);
+                    proptest::prop_assert!(last.is_none_or(|l| first >= l + per_block));
+                    last = Some(first);
+                }
+            }
+        }
+    }
+
     #[test]
     fn only_integer_grids_on_16_bit_floats_are_judged() {
         let n = 1 << 16;
