@@ -7,11 +7,11 @@
 //! 137 chunks), or within a few per cent (WordLlama F16). Coding such a chunk on the grid,
 //! measuring its error and then throwing the result away cost twice the exact coding.
 //!
-//! So such a chunk is first sampled: eight evenly spread blocks of whole rows (or kernels),
-//! a thirty-second of the chunk but at least 8 Ki values, are coded both ways. The grid is tried only where its sample is
-//! at least [`GAIN`] smaller than the exact one; elsewhere the chunk is stored exactly. A
-//! lossy form that would save less than that is not worth its error, and the sample's
-//! estimate errs by far less than the margin on real weights (docs/CODECS.md §8).
+//! So such a chunk is first sampled: eight evenly spread blocks of whole rows (or kernels), a
+//! thirty-second of the chunk but at least 4 Ki values, are coded both ways. The grid is tried
+//! only where its sample is at least [`GAIN`] smaller than the exact one; elsewhere the chunk
+//! is stored exactly. A lossy form that would save less than that is not worth its error, and
+//! the sample's estimate errs by far less than the margin on real weights (docs/CODECS.md §8).
 
 use dmx_codec::{FloatLayout, ValueKind};
 
@@ -23,9 +23,9 @@ const BLOCKS: usize = 8;
 /// a quarter of the chunk).
 const SHARE: usize = 32;
 /// Values a sample holds at least: enough that the tables of its two forms weigh little.
-const MIN_SAMPLE: usize = 8192;
+const MIN_SAMPLE: usize = 4096;
 /// Chunks with fewer values are not sampled (their tables weigh too much in a sample).
-pub(crate) const MIN_VALUES: usize = 1 << 15;
+pub(crate) const MIN_VALUES: usize = 1 << 14;
 /// How much smaller than the exact sample the grid's sample must be for the grid to be tried.
 const GAIN: f64 = 0.03;
 
