@@ -46,7 +46,7 @@ pub(crate) fn exact_by_sample(
     if !matches!(coding, Coding::Quant { .. }) || layout.bytes() != 2 {
         return false;
     }
-    let Some(sample) = sample(layout, data, hints) else {
+    let Some((sample, hints)) = sample(layout, data, hints) else {
         return false;
     };
     let exact = dmx_codec::encode_with(value, &sample, hints);
@@ -54,34 +54,56 @@ pub(crate) fn exact_by_sample(
     lossy.payload.len() as f64 > exact.payload.len() as f64 * (1.0 - GAIN)
 }
 
-/// [`BLOCKS`] evenly spread blocks of whole units (rows of `hints.row_len` values, else
-/// kernels of `hints.period`, else single values), about `1 / SHARE` of the chunk, joined;
-/// `None` when the chunk is below [`MIN_VALUES`] values, is not whole units, or has too few
-/// for the sample to stay within a quarter of it.
-fn sample(layout: FloatLayout, data: &[u8], hints: dmx_codec::Hints) -> Option<Vec<u8>> {
+/// [`BLOCKS`] evenly spread blocks of whole units, about `1 / SHARE` of the chunk, joined,
+/// with the hints that hold for them. The units are rows of `hints.row_len` values where the
+/// chunk has enough of them for the sample to stay within a quarter of it; else kernels of
+/// `hints.period` values, else single values, and the sample is then coded without the row
+/// hint (and without the kernel hint for single values): its two forms both lose what the row
+/// structure gives them. `None` when the chunk is below [`MIN_VALUES`] values or has no such
+/// units.
+fn sample(
+    layout: FloatLayout,
+    data: &[u8],
+    hints: dmx_codec::Hints,
+) -> Option<(Vec<u8>, dmx_codec::Hints)> {
     let b = layout.bytes();
     let n = data.len() / b;
     if n < MIN_VALUES {
         return None;
     }
-    let unit = [hints.row_len, hints.period, 1]
-        .into_iter()
-        .find(|&u| u > 0)
-        .expect("1 is positive");
-    let units = n / unit;
+    let candidates = [
+        (hints.row_len, hints),
+        (
+            hints.period,
+            dmx_codec::Hints {
+                row_len: 0,
+                ..hints
+            },
+        ),
+        (
+            1,
+            dmx_codec::Hints {
+                row_len: 0,
+                period: 0,
+                ..hints
+            },
+        ),
+    ];
     let want = (n / SHARE).max(MIN_SAMPLE);
-    let per_block = want.div_ceil(BLOCKS * unit);
-    if units * unit != n || BLOCKS * per_block * 4 > units {
-        return None;
-    }
-    let stride = units / BLOCKS;
+    let (unit, per_block, hints) = candidates.into_iter().find_map(|(unit, hints)| {
+        let per_block = want.div_ceil(BLOCKS * unit.max(1));
+        let units = n / unit.max(1);
+        (unit > 0 && units * unit == n && BLOCKS * per_block * 4 <= units)
+            .then_some((unit, per_block, hints))
+    })?;
+    let stride = n / unit / BLOCKS;
     let bytes = per_block * unit * b;
     let mut out = Vec::with_capacity(BLOCKS * bytes);
     for k in 0..BLOCKS {
         let start = (k * stride + (stride - per_block) / 2) * unit * b;
         out.extend_from_slice(&data[start..start + bytes]);
     }
-    Some(out)
+    Some((out, hints))
 }
 
 #[cfg(test)]
@@ -111,7 +133,8 @@ mod tests {
         let data: Vec<u8> = (0..n)
             .flat_map(|i| ((i / 64) as u16).to_le_bytes())
             .collect();
-        let s = sample(FloatLayout::BF16, &data, hints(64)).expect("large enough");
+        let (s, h) = sample(FloatLayout::BF16, &data, hints(64)).expect("large enough");
+        assert_eq!(h, hints(64));
         let rows: Vec<u16> = s
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
@@ -129,9 +152,33 @@ mod tests {
         // Too small, or not whole rows: no sample.
         assert!(sample(FloatLayout::BF16, &data[..MIN_VALUES * 2], hints(64)).is_some());
         assert!(sample(FloatLayout::BF16, &data[..MIN_VALUES * 2 - 2], hints(0)).is_none());
-        assert!(sample(FloatLayout::BF16, &data, hints(3)).is_none());
-        assert!(sample(FloatLayout::BF16, &data, hints(n / 32)).is_some());
-        assert!(sample(FloatLayout::BF16, &data, hints(n / 16)).is_none());
+        assert_eq!(
+            sample(FloatLayout::BF16, &data, hints(n / 32)).unwrap().1,
+            hints(n / 32)
+        );
+        // Rows that do not fill the chunk, or too few of them: single values, coded without
+        // the row hint; or kernels where the chunk is whole kernels.
+        assert_eq!(
+            sample(FloatLayout::BF16, &data, hints(3)).unwrap().1,
+            hints(0)
+        );
+        assert_eq!(
+            sample(FloatLayout::BF16, &data, hints(n / 16)).unwrap().1,
+            hints(0)
+        );
+        let kernels = dmx_codec::Hints {
+            period: 64,
+            ..hints(n / 16)
+        };
+        let (s, h) = sample(FloatLayout::BF16, &data, kernels).unwrap();
+        assert_eq!(
+            h,
+            dmx_codec::Hints {
+                row_len: 0,
+                ..kernels
+            }
+        );
+        assert_eq!(s.len() / 2 % (BLOCKS * 64), 0);
     }
 
     proptest::proptest! {
@@ -152,10 +199,15 @@ mod tests {
             // Each value holds its index (BF16-sized, modulo 2^16).
             let data: Vec<u8> = (0..n).flat_map(|i| (i as u16).to_le_bytes()).collect();
             let hints = dmx_codec::Hints { zstd_level: 3, row_len, period };
-            let Some(s) = sample(FloatLayout::BF16, &data, hints) else {
+            let Some((s, used)) = sample(FloatLayout::BF16, &data, hints) else {
                 return Ok(());
             };
-            let unit = [row_len, period, 1].into_iter().find(|&u| u > 0).unwrap();
+            // The rows as given, else kernels or single values without the row hint.
+            let no_rows = dmx_codec::Hints { row_len: 0, ..hints };
+            let plain = dmx_codec::Hints { period: 0, ..no_rows };
+            let expected = used == hints || used == no_rows || used == plain;
+            proptest::prop_assert!(expected, "hints {:?} gave {:?}", hints, used);
+            let unit = [used.row_len, used.period, 1].into_iter().find(|&u| u > 0).unwrap();
             let values = s.len() / 2;
             proptest::prop_assert!(n >= MIN_VALUES && n % unit == 0);
             proptest::prop_assert!(values >= MIN_SAMPLE && values * 4 <= n);
