@@ -391,15 +391,18 @@ impl Plan {
         })
     }
 
-    /// `code | length << 16` per (context, token).
+    /// `code | length << 16 | raw bits << 24` per (context, token): a token of a context with
+    /// a single token has no code, and every token its raw bits.
     fn encode_table(&self) -> Vec<u32> {
         let alph = alphabet(self.k);
-        let mut enc = vec![0u32; self.nctx * alph];
+        let mut enc: Vec<u32> = (0..self.nctx * alph)
+            .map(|i| token_nraw((i % alph) as u32, self.k) << 24)
+            .collect();
         for (c, code) in self.codes.iter().enumerate() {
             if let CtxCode::Huffman(lengths) = code {
                 let codes = huffman::encode_codes(lengths);
                 for ((e, &code), &l) in enc[c * alph..].iter_mut().zip(&codes).zip(lengths) {
-                    *e = u32::from(code) | u32::from(l) << 16;
+                    *e |= u32::from(code) | u32::from(l) << 16;
                 }
             }
         }
@@ -562,17 +565,24 @@ fn gain_of(h: &[u64], stride: usize) -> f64 {
     (mm(&merged) - split) * stride as f64 - 160.0 * tables.saturating_sub(1) as f64
 }
 
-/// Writes value `v` to `lane` with the codes of row `row` of `enc` (`code | length << 16`
-/// per token of parameter `k`).
+/// Writes value `v` to `lane` with the codes of row `row` of `enc` (`code | length << 16 |
+/// raw bits << 24` per token of parameter `k`). `WIDE`: a code and its raw bits may pass
+/// [`crate::bits::MAX_PUT_BITS`] together (else they always fit one put).
 #[inline(always)]
-fn put_value(lane: &mut Lane, buf: &mut [u8], enc: &[u32], row: usize, k: u32, v: u64) {
-    let t = token(v, k);
-    let e = enc[row + t as usize];
-    let len = e >> 16;
+fn put_value<const WIDE: bool>(
+    lane: &mut Lane,
+    buf: &mut [u8],
+    enc: &[u32],
+    row: usize,
+    k: u32,
+    v: u64,
+) {
+    let e = enc[row + token(v, k) as usize];
+    let len = (e >> 16) & 0xFF;
     let code = u64::from(e & 0xFFFF);
-    let nraw = token_nraw(t, k);
+    let nraw = e >> 24;
     let raw = v & mask(nraw);
-    if len + nraw <= 56 {
+    if !WIDE || len + nraw <= crate::bits::MAX_PUT_BITS {
         lane.put(buf, code | raw << len, len + nraw);
     } else {
         lane.put(buf, code, len);
@@ -621,11 +631,19 @@ pub(crate) fn encode_with_plan<W: Word>(
         end += (nv * plan.max_bits as usize).div_ceil(8) + 8;
     }
     let mut buf = vec![0u8; end];
-    let stops = crate::cpu::dispatch(
-        crate::cpu::Level::detected(),
-        #[inline(always)]
-        || put_lanes(values, ctx, &enc, alph, k, starts, &mut buf),
-    );
+    let stops = if plan.max_bits > crate::bits::MAX_PUT_BITS {
+        crate::cpu::dispatch(
+            crate::cpu::Level::detected(),
+            #[inline(always)]
+            || put_lanes::<W, true>(values, ctx, &enc, alph, k, starts, &mut buf),
+        )
+    } else {
+        crate::cpu::dispatch(
+            crate::cpu::Level::detected(),
+            #[inline(always)]
+            || put_lanes::<W, false>(values, ctx, &enc, alph, k, starts, &mut buf),
+        )
+    };
     for (&st, &stop) in starts.iter().zip(&stops) {
         put_varint(out, (stop - st) as u64);
     }
@@ -638,7 +656,7 @@ pub(crate) fn encode_with_plan<W: Word>(
 /// Writes the values into the four lanes of `buf` that start at `starts`; returns where
 /// they end.
 #[inline(always)]
-fn put_lanes<W: Word>(
+fn put_lanes<W: Word, const WIDE: bool>(
     values: &[W],
     ctx: Option<&[u8]>,
     enc: &[u32],
@@ -652,25 +670,26 @@ fn put_lanes<W: Word>(
     match ctx {
         Some(c) => {
             for (g, cg) in values.chunks_exact(LANES).zip(c.chunks_exact(LANES)) {
-                put_value(&mut l0, buf, enc, usize::from(cg[0]) * alph, k, g[0].wide());
-                put_value(&mut l1, buf, enc, usize::from(cg[1]) * alph, k, g[1].wide());
-                put_value(&mut l2, buf, enc, usize::from(cg[2]) * alph, k, g[2].wide());
-                put_value(&mut l3, buf, enc, usize::from(cg[3]) * alph, k, g[3].wide());
+                let row = |j: usize| usize::from(cg[j]) * alph;
+                put_value::<WIDE>(&mut l0, buf, enc, row(0), k, g[0].wide());
+                put_value::<WIDE>(&mut l1, buf, enc, row(1), k, g[1].wide());
+                put_value::<WIDE>(&mut l2, buf, enc, row(2), k, g[2].wide());
+                put_value::<WIDE>(&mut l3, buf, enc, row(3), k, g[3].wide());
             }
         }
         None => {
             for g in values.chunks_exact(LANES) {
-                put_value(&mut l0, buf, enc, 0, k, g[0].wide());
-                put_value(&mut l1, buf, enc, 0, k, g[1].wide());
-                put_value(&mut l2, buf, enc, 0, k, g[2].wide());
-                put_value(&mut l3, buf, enc, 0, k, g[3].wide());
+                put_value::<WIDE>(&mut l0, buf, enc, 0, k, g[0].wide());
+                put_value::<WIDE>(&mut l1, buf, enc, 0, k, g[1].wide());
+                put_value::<WIDE>(&mut l2, buf, enc, 0, k, g[2].wide());
+                put_value::<WIDE>(&mut l3, buf, enc, 0, k, g[3].wide());
             }
         }
     }
     let mut lanes = [l0, l1, l2, l3];
     for i in groups * LANES..values.len() {
         let c = ctx.map_or(0, |c| usize::from(c[i]));
-        put_value(
+        put_value::<WIDE>(
             &mut lanes[i % LANES],
             buf,
             enc,
