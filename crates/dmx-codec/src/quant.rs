@@ -50,13 +50,27 @@ fn width_layout<const B: usize, const F16: bool>() -> FloatLayout {
 /// converted inline (the same expression as the grid).
 #[inline(always)]
 fn point<const B: usize>(layout: FloatLayout, q: i64, step: f64) -> u64 {
+    point_at::<B>(layout, q as f64, step)
+}
+
+/// [`point`] of the grid integer `q` given as an `f64` (exactly `q as f64`).
+#[inline(always)]
+fn point_at<const B: usize>(layout: FloatLayout, q: f64, step: f64) -> u64 {
     match B {
-        4 => u64::from(((q as f64 * step) as f32).to_bits()),
-        8 => (q as f64 * step).to_bits(),
+        4 => u64::from(((q * step) as f32).to_bits()),
+        8 => (q * step).to_bits(),
         // `grid::dequantize`, its rounding inlined.
-        _ if layout.exp_bits == 8 => u64::from(grid::round16::<8>(q as f64 * step)),
-        _ => u64::from(grid::round16::<5>(q as f64 * step)),
+        _ if layout.exp_bits == 8 => u64::from(grid::round16::<8>(q * step)),
+        _ => u64::from(grid::round16::<5>(q * step)),
     }
+}
+
+/// The integer `r` of [`on_grid`] (an integer-valued `f64`, `|r| < 2^51`) as an `i64`,
+/// read from the bits of `r + MAGIC` (whose low bits hold it, in two's complement, above
+/// `MAGIC`'s own): vector code where a conversion instruction would be one per value.
+#[inline(always)]
+fn grid_int(r: f64) -> i64 {
+    (r + MAGIC).to_bits() as i64 - MAGIC.to_bits() as i64
 }
 
 /// `grid::quantize(grid::to_f64(layout, raw), step, bits)` for the layout of `B` and `F16`
@@ -344,23 +358,23 @@ fn split_blocks<const B: usize, const F16: bool>(
         // relative), which rounds the same unless it lies that close to a half-integer:
         // then the block divides (`near`), so the integers are exactly `quantize`'s.
         let mut xs = [0f64; BLOCK];
-        let mut qs = [0i64; BLOCK];
+        let mut rs = [0f64; BLOCK];
         let mut ok = true;
         let mut near = false;
-        for (l, (q, x)) in qs.iter_mut().zip(&mut xs).enumerate() {
+        for (l, (r, x)) in rs.iter_mut().zip(&mut xs).enumerate() {
             *x = grid_value::<B, F16>(crate::float::load::<B>(&blk[l * B..(l + 1) * B]));
             let t = *x * inv;
-            let (r, on) = on_grid(t, m);
+            let (rt, on) = on_grid(t, m);
             ok &= on;
-            near |= 0.5 - (t - r).abs() <= t.abs() * NEAR;
-            *q = r as i64;
+            near |= 0.5 - (t - rt).abs() <= t.abs() * NEAR;
+            *r = rt;
         }
         if near {
             ok = true;
-            for (q, &x) in qs.iter_mut().zip(&xs) {
-                let (r, on) = on_grid(x / step, m);
+            for (r, &x) in rs.iter_mut().zip(&xs) {
+                let (rt, on) = on_grid(x / step, m);
                 ok &= on;
-                *q = r as i64;
+                *r = rt;
             }
         }
         if !ok {
@@ -377,12 +391,13 @@ fn split_blocks<const B: usize, const F16: bool>(
             i += BLOCK;
             continue;
         }
-        let zs = qs.map(crate::ints::zigzag);
+        // Every integer is on the grid here (`ok`), so within `2^51`.
+        let zs = rs.map(|r| crate::ints::zigzag(grid_int(r)));
         body.qs.extend_from_slice(&zs);
-        for (l, (&q, &z)) in qs.iter().zip(&zs).enumerate() {
+        for (l, (&r, &z)) in rs.iter().zip(&zs).enumerate() {
             crate::ints::Hist::count(&mut hs, W, (i + l) & 3, z);
-            let r = point::<B>(layout, q, step);
-            ob[l * B..(l + 1) * B].copy_from_slice(&r.to_le_bytes()[..B]);
+            let p = point_at::<B>(layout, r, step);
+            ob[l * B..(l + 1) * B].copy_from_slice(&p.to_le_bytes()[..B]);
         }
         i += BLOCK;
     }
