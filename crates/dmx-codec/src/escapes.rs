@@ -184,6 +184,12 @@ fn rebase(raw: &[i32]) -> Option<(Vec<u8>, usize)> {
     })
 }
 
+/// The classes of a unit (rows or columns) and their count, `(&[], 1)` where there are
+/// none.
+fn classes_of(u: &Option<(Vec<u8>, usize)>) -> (&[u8], usize) {
+    u.as_ref().map_or((&[][..], 1), |(c, n)| (c.as_slice(), *n))
+}
+
 /// The classes of the rows and of the columns of the integers of `split` (`count` values in
 /// rows of `w`; escapes at `escapes`), each with its class count (`None` where all units
 /// share one class).
@@ -274,13 +280,13 @@ struct Classes {
     nctx: usize,
     /// The context (class) of each integer.
     ctx: Vec<u8>,
-    /// Bits the classes promise to save ([`ints::class_gain`]).
+    /// Bits the classes promise to save ([`ints::class_gains`]).
     gain: f64,
 }
 
 impl Classes {
     /// The classes of the rows or of the columns of `split` (`count` values in rows of
-    /// `w`), whichever a sampled estimate ([`ints::class_gain`]) says saves more; `None`
+    /// `w`), whichever a sampled estimate ([`ints::class_gains`]) says saves more; `None`
     /// where every row and every column has the same class.
     fn estimate(split: &Split, count: usize, w: usize) -> Option<Self> {
         let mut escapes = Vec::with_capacity(split.gaps.len());
@@ -291,17 +297,23 @@ impl Classes {
         }
         let [rows, cols] = unit_classes(split, count, w, &escapes);
         // The sample takes integer `i` at position `i` (escapes are rare), in increasing
-        // order: its row and column follow without a division.
-        let rows = rows.map(|(classes, nctx)| {
-            let mut at = RowCol::new(w);
-            let gain = ints::class_gain(&split.qs, |i| classes[at.seek(i).0], nctx, ROWS_SAMPLE);
-            (AXIS_ROWS, classes, nctx, gain)
-        });
-        let cols = cols.map(|(classes, nctx)| {
-            let mut at = RowCol::new(w);
-            let gain = ints::class_gain(&split.qs, |i| classes[at.seek(i).1], nctx, ROWS_SAMPLE);
-            (AXIS_COLUMNS, classes, nctx, gain)
-        });
+        // order: its row and column follow without a division, and one sample serves both.
+        let ((rc, rn), (cc, cn)) = (classes_of(&rows), classes_of(&cols));
+        let mut at = RowCol::new(w);
+        let [row_gain, col_gain] = ints::class_gains(
+            &split.qs,
+            |i| {
+                let (r, c) = at.seek(i);
+                [
+                    rc.get(r).copied().unwrap_or(0),
+                    cc.get(c).copied().unwrap_or(0),
+                ]
+            },
+            [rn, cn],
+            ROWS_SAMPLE,
+        );
+        let rows = rows.map(|(classes, nctx)| (AXIS_ROWS, classes, nctx, row_gain));
+        let cols = cols.map(|(classes, nctx)| (AXIS_COLUMNS, classes, nctx, col_gain));
         let (axis, classes, nctx, gain) = [rows, cols]
             .into_iter()
             .flatten()

@@ -505,7 +505,7 @@ pub(crate) fn encode_ctx(
 }
 
 /// Bit lengths of a value (0 to 64): the cells of the histograms of [`context_gain`] and
-/// [`class_gain`].
+/// [`class_gains`].
 const LENGTHS: usize = 65;
 
 /// An estimate of the bits that the contexts `class(values[i − 1])` (all below `nctx`; the
@@ -528,22 +528,26 @@ pub(crate) fn context_gain(
     gain_of(&h, stride)
 }
 
-/// [`context_gain`] of the contexts `ctx(i)` of the values `i` (all below `nctx`), from one
-/// value at a pseudo-random place in each run of `stride`: a fixed stride would see only
-/// some columns of rows whose length it divides. `ctx` is called with increasing `i`.
-pub(crate) fn class_gain(
+/// [`context_gain`] of `N` context assignments at once: `ctx(i)[k]` (below `nctx[k]`) is the
+/// context of value `i` in assignment `k`, from one value at a pseudo-random place in each
+/// run of `stride` (a fixed stride would see only some columns of rows whose length it
+/// divides), the same values for every assignment. `ctx` is called with increasing `i`.
+pub(crate) fn class_gains<const N: usize>(
     values: &[u64],
-    mut ctx: impl FnMut(usize) -> u8,
-    nctx: usize,
+    mut ctx: impl FnMut(usize) -> [u8; N],
+    nctx: [usize; N],
     stride: usize,
-) -> f64 {
-    let mut h = vec![0u64; nctx * LENGTHS];
+) -> [f64; N] {
+    let mut h: [Vec<u64>; N] = std::array::from_fn(|k| vec![0u64; nctx[k] * LENGTHS]);
     for (j, run) in values.chunks_exact(stride).enumerate() {
         let at = ((j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % stride;
         let len = (64 - run[at].leading_zeros()) as usize;
-        h[usize::from(ctx(j * stride + at)).min(nctx - 1) * LENGTHS + len] += 1;
+        let c = ctx(j * stride + at);
+        for k in 0..N {
+            h[k][usize::from(c[k]).min(nctx[k] - 1) * LENGTHS + len] += 1;
+        }
     }
-    gain_of(&h, stride)
+    std::array::from_fn(|k| gain_of(&h[k], stride))
 }
 
 /// The gain that the contexts of the bit-length histograms `h` (a row of [`LENGTHS`] per
