@@ -538,16 +538,24 @@ pub(crate) fn class_gains<const N: usize>(
     nctx: [usize; N],
     stride: usize,
 ) -> [f64; N] {
-    let mut h: [Vec<u64>; N] = std::array::from_fn(|k| vec![0u64; nctx[k] * LENGTHS]);
+    // Two histograms per assignment, for even and odd runs, summed at the end: runs of
+    // equal lengths would otherwise wait on each other's increment in memory.
+    let size = nctx.map(|n| n * LENGTHS);
+    let mut h: [Vec<u64>; N] = std::array::from_fn(|k| vec![0u64; 2 * size[k]]);
     for (j, run) in values.chunks_exact(stride).enumerate() {
         let at = ((j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % stride;
         let len = (64 - run[at].leading_zeros()) as usize;
         let c = ctx(j * stride + at);
         for k in 0..N {
-            h[k][usize::from(c[k]).min(nctx[k] - 1) * LENGTHS + len] += 1;
+            let bin = usize::from(c[k]).min(nctx[k] - 1) * LENGTHS + len;
+            h[k][(j & 1) * size[k] + bin] += 1;
         }
     }
-    std::array::from_fn(|k| gain_of(&h[k], stride))
+    std::array::from_fn(|k| {
+        let (even, odd) = h[k].split_at(size[k]);
+        let sum: Vec<u64> = even.iter().zip(odd).map(|(a, b)| a + b).collect();
+        gain_of(&sum, stride)
+    })
 }
 
 /// The gain that the contexts of the bit-length histograms `h` (a row of [`LENGTHS`] per
