@@ -48,7 +48,8 @@ enum ModeArg {
     Lossless,
     /// Block floating point: groups share an exponent, values keep M magnitude bits.
     Bfp,
-    /// Aligned 16-bit integer grid, step shared by tensors of the same role.
+    /// Aligned 16-bit integer grid, a step per tensor (per role with --shared-grids); BF16 and
+    /// F16 chunks stay exact unless the grid saves 3 %.
     Int16,
     /// Aligned 32-bit integer grid.
     Int32,
