@@ -840,6 +840,11 @@ pub fn quant(data: &[u8]) {
         panic!("an undamaged quant payload does not decode: {e}");
     }
     check_non_finite_exact(layout, values, &out, "quant");
+    // The writer's one-pass form (blocks of eight, the integers read from their rounding's
+    // bits): the same payload, and the bytes the decoder restores.
+    let (same, _, restored) = quant::encode_restored(layout, values, step, bits, row_len);
+    assert!(same == payload, "quant::encode_restored wrote another payload");
+    assert!(restored == out, "quant::encode_restored restores other bytes than decode");
     let mut longer = vec![0u8; values.len() + 1];
     assert!(
         quant::decode(&payload, &mut longer).is_err(),
