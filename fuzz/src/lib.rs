@@ -843,8 +843,14 @@ pub fn quant(data: &[u8]) {
     // The writer's one-pass form (blocks of eight, the integers read from their rounding's
     // bits): the same payload, and the bytes the decoder restores.
     let (same, _, restored) = quant::encode_restored(layout, values, step, bits, row_len);
-    assert!(same == payload, "quant::encode_restored wrote another payload");
-    assert!(restored == out, "quant::encode_restored restores other bytes than decode");
+    assert!(
+        same == payload,
+        "quant::encode_restored wrote another payload"
+    );
+    assert!(
+        restored == out,
+        "quant::encode_restored restores other bytes than decode"
+    );
     let mut longer = vec![0u8; values.len() + 1];
     assert!(
         quant::decode(&payload, &mut longer).is_err(),
