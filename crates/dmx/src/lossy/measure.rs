@@ -29,7 +29,7 @@ impl ErrorAcc {
     /// Accumulates the error of `decoded` against `original` (both little-endian `layout`).
     /// Values that are NaN in the original are skipped (they are stored exactly).
     pub(crate) fn add(&mut self, layout: FloatLayout, original: &[u8], decoded: &[u8]) {
-        self.add_terms::<true>(layout, original, decoded);
+        self.add_terms::<true, false>(layout, original, decoded);
     }
 
     /// [`ErrorAcc::add`] of the figures an index record holds ([`ErrorAcc::stats`],
@@ -37,57 +37,18 @@ impl ErrorAcc {
     /// [`ErrorAcc::cosine`] (the dot product and the norm of the decoded values), which stay
     /// 0: what the writer needs. Every figure it does sum is bit for bit [`ErrorAcc::add`]'s.
     pub(crate) fn add_recorded(&mut self, layout: FloatLayout, original: &[u8], decoded: &[u8]) {
-        self.add_terms::<false>(layout, original, decoded);
+        self.add_terms::<false, false>(layout, original, decoded);
     }
 
     /// [`ErrorAcc::add_recorded`] of values restored exactly (`decoded == original`), bit for
     /// bit the same figures, in a lighter pass: only the norm and the counts move (a lossy
     /// writer's chunks kept exactly still count in their tensor's norm).
     pub(crate) fn add_exact(&mut self, layout: FloatLayout, original: &[u8]) {
-        if layout == FloatLayout::BF16 {
-            self.add_exact_with::<2>(original, |r| {
-                f64::from(f32::from_bits(u32::from(u16::from_le_bytes(r)) << 16))
-            });
-        } else if layout == FloatLayout::F16 {
-            let lut = f16_table();
-            self.add_exact_with::<2>(original, |r| {
-                f64::from(lut[usize::from(u16::from_le_bytes(r))])
-            });
-        } else if layout == FloatLayout::F32 {
-            self.add_exact_with::<4>(original, |r| f64::from(f32::from_le_bytes(r)));
-        } else {
-            self.add_exact_with::<8>(original, f64::from_le_bytes);
-        }
+        self.add_terms::<false, true>(layout, original, original);
     }
 
-    /// [`ErrorAcc::add_with`] of `original` against itself: the same blocks and lanes, so the
-    /// same sums in the same order.
-    #[inline(always)]
-    fn add_exact_with<const W: usize>(
-        &mut self,
-        original: &[u8],
-        conv: impl Fn([u8; W]) -> f64 + Copy,
-    ) {
-        let level = dmx_codec::cpu::Level::detected();
-        let mut a_ = *self;
-        let blocks = if W < 8 {
-            let mut lanes = Lanes::default();
-            let n = dmx_codec::cpu::dispatch(
-                level,
-                #[inline(always)]
-                || lanes.add_blocks_exact::<W>(&mut a_, original, conv),
-            );
-            lanes.fold_into(&mut a_);
-            n
-        } else {
-            0
-        };
-        let done = blocks * LANES * W;
-        a_.add_each::<W, false>(&original[done..], &original[done..], conv);
-        *self = a_;
-    }
-
-    fn add_terms<const COSINE: bool>(
+    /// `EXACT`: `decoded` is `original`, and the blocks take [`Lanes::add_blocks_exact`].
+    fn add_terms<const COSINE: bool, const EXACT: bool>(
         &mut self,
         layout: FloatLayout,
         original: &[u8],
@@ -96,18 +57,20 @@ impl ErrorAcc {
         // Monomorphized per layout with a cheap conversion: this runs over every value of
         // every lossy tensor (and of every candidate in auto mode).
         if layout == FloatLayout::BF16 {
-            self.add_with::<2, COSINE>(original, decoded, |r| {
+            self.add_with::<2, COSINE, EXACT>(original, decoded, |r| {
                 f64::from(f32::from_bits(u32::from(u16::from_le_bytes(r)) << 16))
             });
         } else if layout == FloatLayout::F16 {
             let lut = f16_table();
-            self.add_with::<2, COSINE>(original, decoded, |r| {
+            self.add_with::<2, COSINE, EXACT>(original, decoded, |r| {
                 f64::from(lut[usize::from(u16::from_le_bytes(r))])
             });
         } else if layout == FloatLayout::F32 {
-            self.add_with::<4, COSINE>(original, decoded, |r| f64::from(f32::from_le_bytes(r)));
+            self.add_with::<4, COSINE, EXACT>(original, decoded, |r| {
+                f64::from(f32::from_le_bytes(r))
+            });
         } else {
-            self.add_with::<8, COSINE>(original, decoded, f64::from_le_bytes);
+            self.add_with::<8, COSINE, EXACT>(original, decoded, f64::from_le_bytes);
         }
     }
 
@@ -119,8 +82,10 @@ impl ErrorAcc {
     /// Accumulates pairs of `W`-byte values converted by `conv`: blocks of [`LANES`] values
     /// whose differences are all finite go through [`Lanes`] (branch-free, vectorised on
     /// CPUs that have AVX2), the rest one value at a time.
+    /// With `EXACT` (`decoded` is `original`) the blocks take [`Lanes::add_blocks_exact`]:
+    /// the same sums in the same order.
     #[inline(always)]
-    fn add_with<const W: usize, const COSINE: bool>(
+    fn add_with<const W: usize, const COSINE: bool, const EXACT: bool>(
         &mut self,
         original: &[u8],
         decoded: &[u8],
@@ -133,7 +98,13 @@ impl ErrorAcc {
             let n = dmx_codec::cpu::dispatch(
                 level,
                 #[inline(always)]
-                || lanes.add_blocks::<W, COSINE>(&mut a_, original, decoded, conv),
+                || {
+                    if EXACT {
+                        lanes.add_blocks_exact::<W>(&mut a_, original, conv)
+                    } else {
+                        lanes.add_blocks::<W, COSINE>(&mut a_, original, decoded, conv)
+                    }
+                },
             );
             lanes.fold_into(&mut a_);
             n
