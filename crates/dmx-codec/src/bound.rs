@@ -21,7 +21,10 @@
 //! as much as their share of the entropy. Beside those bits a payload holds fixed bytes
 //! ([`HUFFMAN_FIXED`], [`RANS_FIXED`]), which dominate on the small chunks of a CNN's
 //! normalization vectors; the rANS candidates may come out up to [`SLACK`] bytes below the
-//! entropy, but never below their fixed bytes and raw residual. On a chunk above the zstd
+//! entropy, but never below their fixed bytes and raw residual. The low bytes are counted a
+//! block of [`LOW_BLOCK`] values at a time, and only until the values counted prove the limit
+//! exceeded: entropy is concave, so the bits of a whole histogram are at least those of any
+//! part of it. The decision is the one counting every value gives. On a chunk above the zstd
 //! probe's size, zstd is tried only when its prediction is below 98 % of the best float
 //! candidate's size, which is at most the narrowest symbol's plan
 //! ([`crate::split::size_bound`]), so a prediction at least 98 % of that rules it out. Where zstd is tried (on a smaller chunk, always) its
@@ -50,6 +53,10 @@ const HUFFMAN_FIXED: usize = split::HEADER + 5 + 4 * split::STREAMS;
 /// [`split::ans::MIN_VALUES`] values have no such candidate.
 const RANS_FIXED: usize = split::HEADER + 4 + split::ans::STREAM_HEAD;
 
+/// Values per block of the low-byte count in [`field_split_floor`], which stops after the
+/// first block that proves the limit exceeded.
+const LOW_BLOCK: usize = 1 << 15;
+
 /// Whether every candidate of [`crate::encode_within`] for the float chunk `data`, scanned
 /// by `a`, is provably larger than `limit` bytes (so that it returns `None`). `false` says
 /// nothing: the chunk may or may not fit. Only chunks of 1-, 2- and 4-byte values are
@@ -76,7 +83,8 @@ pub(crate) fn exceeds(a: &Analysis, data: &[u8], limit: usize) -> bool {
 
 /// The fewest bytes any field-split payload of the chunk can take (see the module docs); the
 /// low bytes of 4-byte values are counted (a pass over the chunk) only when the rest does not
-/// already exceed `limit`.
+/// already exceed `limit`, and only until the values counted prove it exceeded (then the
+/// floor returned is that proof, still above `limit`, not the whole chunk's).
 fn field_split_floor(a: &Analysis, data: &[u8], bits: u32, h: u32, e: u32, limit: usize) -> usize {
     // The sign and the mantissa bits of a 12-bit symbol, with the exponent summed out.
     let keep = h - 1 - e;
@@ -119,12 +127,23 @@ fn field_split_floor(a: &Analysis, data: &[u8], bits: u32, h: u32, e: u32, limit
     if bytes(floor) > limit {
         return bytes(floor);
     }
+    // Counted a block at a time, stopping as soon as the values counted so far prove the
+    // limit exceeded: entropy is concave, so the chunk's low bytes take at least the
+    // entropy bits of any prefix's (`n·H(p) ≥ n₁·H(p₁) + n₂·H(p₂)` for `p` the mixture of
+    // the prefix `p₁` and the rest `p₂`).
     let mut low = [[0u64; 256]; 2];
-    for v in data.chunks_exact(4) {
-        low[0][usize::from(v[0])] += 1;
-        low[1][usize::from(v[1])] += 1;
+    let mut at_least = floor;
+    for block in data.chunks(4 * LOW_BLOCK) {
+        for v in block.chunks_exact(4) {
+            low[0][usize::from(v[0])] += 1;
+            low[1][usize::from(v[1])] += 1;
+        }
+        at_least = floor + float::entropy(&low[0]) + float::entropy(&low[1]);
+        if bytes(at_least) > limit {
+            break;
+        }
     }
-    bytes(floor + float::entropy(&low[0]) + float::entropy(&low[1]))
+    bytes(at_least)
 }
 
 #[cfg(test)]
@@ -253,6 +272,46 @@ mod tests {
             assert!(exceeds(&a, &data, exact * 3 / 4), "{layout:?}");
             assert!(!exceeds(&a, &data, exact));
         }
+    }
+
+    #[test]
+    fn low_bytes_counted_until_the_limit_is_proven_exceeded() {
+        // Several blocks of F32 weights (and an odd tail): with no limit every low byte is
+        // counted; with a limit well below the exact size the count stops early, and what it
+        // returns still proves the limit exceeded and bounds the exact size.
+        let layout = FloatLayout::F32;
+        let n = 3 * LOW_BLOCK + 1001;
+        let data = weights(layout, n, 11, 0.02);
+        let kind = ValueKind::Float(layout);
+        let exact = encode_within(kind, &data, hints(384), usize::MAX)
+            .unwrap()
+            .payload
+            .len();
+        let a = Analysis::new(layout, &data);
+        let floor = |limit| {
+            field_split_floor(
+                &a,
+                &data,
+                layout.bits(),
+                a.hist_bits(),
+                layout.exp_bits,
+                limit,
+            )
+        };
+        let whole = floor(usize::MAX);
+        assert!(whole <= exact, "floor {whole} > exact {exact}");
+        for fraction in [0.45, 0.6, 0.75] {
+            let limit = (exact as f64 * fraction) as usize;
+            let early = floor(limit);
+            assert!(early > limit, "{fraction}: {early} <= {limit}");
+            assert!(early <= whole, "{fraction}: {early} > {whole}");
+            assert!(exceeds(&a, &data, limit), "{fraction}");
+            assert!(encode_within(kind, &data, hints(384), limit).is_none());
+        }
+        // Where the first block proves it, the rest is not counted.
+        assert!(floor((exact as f64 * 0.45) as usize) < whole);
+        // A limit the low bytes cannot prove exceeded: counted to the end.
+        assert_eq!(floor(whole - 1), whole);
     }
 
     #[test]
