@@ -2,7 +2,7 @@
 
 use super::{
     CLASS_HI, CLASS_LO, Geo, History, LANES, MAX_CTX_TABLES, MAX_TABLES, PREV_FINE, Params, Shape,
-    VERSION, VERSION_CTX, check, coarse, mag_bits, prev_fine,
+    VERSION, VERSION_CTX, check, coarse, mag_bits, prev_fine, step_scale,
 };
 use crate::CodecError;
 use crate::FloatLayout;
@@ -211,8 +211,8 @@ struct LaneState<'a> {
 #[derive(Clone, Copy)]
 struct Active<'a> {
     e: u32,
-    /// `2^(E − bias − M + 1)`, the step.
-    scale: f64,
+    /// `2^(E − bias − M + 1 − adj)`, the step in the `f32` image ([`step_scale`]).
+    scale: f32,
     /// The tables of the group's class, one per previous-value class.
     tabs: &'a [Box<[u64; rans::TOTAL]>],
     /// The table of the next value.
@@ -253,8 +253,7 @@ impl<'a> Dec<'a> {
         s.hist.start(g, e);
         let t = (s.hist.class(g, e).clamp(self.lo, self.lo + self.k - 1) - self.lo) as usize;
         // The step, times 2^-adj: the f32 image of the value (see `Geo::s32`).
-        let k = e as i64 - g.bias as i64 - g.m as i64 + 1 - g.adj as i64;
-        let scale = f64::from_bits(((1023 + k) as u64) << 52);
+        let scale = step_scale(g, e);
         let tabs = &self.vtabs[t * self.np..(t + 1) * self.np];
         Ok(Some(Active {
             e,

@@ -3,7 +3,7 @@
 use super::{
     CLASS_LO, CLASSES, Geo, History, LANES, MAX_CTX_TABLES, MAX_TABLES, PREV_FINE, Params, Shape,
     VERSION, VERSION_CTX, check, coarse, group_exponent, mag_bits, norm_row, prev_fine_of,
-    quantize_at, quantize_narrow, table_cost, vsym,
+    quantize_at, quantize_narrow, step_scale, table_cost, vsym,
 };
 use crate::FloatLayout;
 use crate::bits::BitVec;
@@ -332,8 +332,7 @@ fn pass1<const B: usize>(
 #[inline(always)]
 fn restore_group<const B: usize>(g: &Geo, e: u32, s: &[u32], out: &mut [u8]) {
     // The step, times 2^-adj, as the decoder computes it.
-    let k = e as i64 - g.bias as i64 - g.m as i64 + 1 - g.adj as i64;
-    let scale = f64::from_bits(((1023 + k) as u64) << 52);
+    let scale = step_scale(g, e);
     let narrow = g.low == 0;
     for (&x, o) in s.iter().zip(out.chunks_exact_mut(B)) {
         let mut q = x >> 1;

@@ -377,12 +377,27 @@ fn max_magnitude(g: &Geo, vals: &[u32]) -> u32 {
     vals.iter().fold(0, |m, &v| m.max(v & mag_mask))
 }
 
-/// Magnitude bits of `q` (`< 2^M`) for a group whose `scale` is its step times `2^-adj`:
-/// `q · scale` is exact in `f64` and exactly representable in `f32` (subnormals included),
-/// and the `f32` image of a layout value shifted by `s32` is its bits (see `Geo::s32`).
+/// The step of group exponent `e_grp` times `2^-adj` ([`mag_bits`]' scale): `2^k` with
+/// `k = E − bias − M + 1 − adj`, which lies in `−149..=127` for every coded exponent
+/// (`1..=emax`) and `M` the layout allows, so it is an `f32`, subnormal below `2^-126`.
 #[inline(always)]
-fn mag_bits(g: &Geo, q: u32, scale: f64) -> u32 {
-    ((f64::from(q) * scale) as f32).to_bits() >> g.s32
+fn step_scale(g: &Geo, e_grp: u32) -> f32 {
+    let k = e_grp as i32 - g.bias as i32 - g.m as i32 + 1 - g.adj as i32;
+    debug_assert!((-149..=127).contains(&k), "step 2^{k}");
+    if k >= -126 {
+        f32::from_bits(((127 + k) as u32) << 23)
+    } else {
+        f32::from_bits(1 << (k + 149))
+    }
+}
+
+/// Magnitude bits of `q` (`< 2^M <= 2^24`, so an exact `f32`) for a group whose `scale` is
+/// its step times `2^-adj` ([`step_scale`]): `q · scale` is exactly representable in `f32`
+/// (subnormals included), so the rounded `f32` product is that value, and the `f32` image of a
+/// layout value shifted by `s32` is its bits (see `Geo::s32`).
+#[inline(always)]
+fn mag_bits(g: &Geo, q: u32, scale: f32) -> u32 {
+    (q as f32 * scale).to_bits() >> g.s32
 }
 
 /// Magnitude symbol of `q << 1 | sign`.
