@@ -447,18 +447,14 @@ fn pass2<const B: usize>(
             &syms[st..st + n]
         };
         let vals = [val(ids[0]), val(ids[1]), val(ids[2]), val(ids[3])];
-        let tables = [
-            table_of(ids[0]),
-            table_of(ids[1]),
-            table_of(ids[2]),
-            table_of(ids[3]),
-        ];
+        let base = ids.map(|i| class_of(codes[i].class) * np * alpha);
         if np == 1 {
-            rans::put4(&mut encs, tables, vals, |x| ((x >> 1) as usize, x & 1));
+            rans::put4(&mut encs, vsyms, base, vals, |x| ((x >> 1) as usize, x & 1));
         } else {
             rans::put4_ctx(
                 &mut encs,
-                tables,
+                vsyms,
+                base,
                 alpha,
                 vals,
                 |x| ((x >> 1) as usize, x & 1),

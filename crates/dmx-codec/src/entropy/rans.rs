@@ -429,25 +429,29 @@ fn vstep(x: &mut u32, n: &mut usize, w: &mut [u16], s: &VSym, sign: u32) {
 }
 
 /// Pushes one magnitude symbol per element of `vals[k]` (equal lengths, last first) into
-/// encoder `k` with table `t[k]`, the four in lockstep; `key` maps an element to its
-/// symbol and sign (0 for zero-like symbols). Each encoder must have room for `vals[k].len()` words.
+/// encoder `k` with the table of `alpha` symbols at `t[base[k]..]`, the four in lockstep;
+/// `key` maps an element to its symbol and sign (0 for zero-like symbols). Each encoder must
+/// have room for `vals[k].len()` words.
 #[inline(always)]
 pub fn put4(
     encs: &mut [Encoder; 4],
-    t: [&[VSym]; 4],
+    t: &[VSym],
+    base: [usize; 4],
     vals: [&[u32]; 4],
     key: impl Fn(u32) -> (usize, u32),
 ) {
-    put4_ctx(encs, t, 0, vals, key, |_| 0);
+    put4_ctx(encs, t, base, 0, vals, key, |_| 0);
 }
 
 /// [`put4`] with a table per value: encoder `k` codes element `j` of `vals[k]` with table
-/// `ctx(vals[k][j − 1])` of its table set `t[k]` (tables of `alpha` symbols, back to back),
-/// and its first element with table 0; `key` maps an element to its symbol and sign.
+/// `ctx(vals[k][j − 1])` of its table set at `t[base[k]..]` (tables of `alpha` symbols, back
+/// to back), and its first element with table 0; `key` maps an element to its symbol and
+/// sign.
 #[inline(always)]
 pub fn put4_ctx(
     encs: &mut [Encoder; 4],
-    t: [&[VSym]; 4],
+    t: &[VSym],
+    base: [usize; 4],
     alpha: usize,
     vals: [&[u32]; 4],
     key: impl Fn(u32) -> (usize, u32),
@@ -456,24 +460,32 @@ pub fn put4_ctx(
     let [e0, e1, e2, e3] = encs;
     let (mut x0, mut x1, mut x2, mut x3) = (e0.x, e1.x, e2.x, e3.x);
     let (mut n0, mut n1, mut n2, mut n3) = (e0.n, e1.n, e2.n, e3.n);
-    let (w0, w1, w2, w3) = (&mut e0.words, &mut e1.words, &mut e2.words, &mut e3.words);
+    let (w0, w1, w2, w3) = (
+        &mut e0.words[..],
+        &mut e1.words[..],
+        &mut e2.words[..],
+        &mut e3.words[..],
+    );
+    // One length for the four (fewer live registers in the loop, no per-slice checks).
     let len = vals[0].len();
+    let vals = vals.map(|v| &v[..len]);
     let table = |k: usize, j: usize| {
-        if j == 0 {
-            0
-        } else {
-            ctx(vals[k][j - 1]) * alpha
-        }
+        base[k]
+            + if j == 0 {
+                0
+            } else {
+                ctx(vals[k][j - 1]) * alpha
+            }
     };
     for j in (0..len).rev() {
         let (a, sa) = key(vals[0][j]);
         let (b, sb) = key(vals[1][j]);
         let (c, sc) = key(vals[2][j]);
         let (d, sd) = key(vals[3][j]);
-        vstep(&mut x0, &mut n0, w0, &t[0][table(0, j) + a], sa);
-        vstep(&mut x1, &mut n1, w1, &t[1][table(1, j) + b], sb);
-        vstep(&mut x2, &mut n2, w2, &t[2][table(2, j) + c], sc);
-        vstep(&mut x3, &mut n3, w3, &t[3][table(3, j) + d], sd);
+        vstep(&mut x0, &mut n0, w0, &t[table(0, j) + a], sa);
+        vstep(&mut x1, &mut n1, w1, &t[table(1, j) + b], sb);
+        vstep(&mut x2, &mut n2, w2, &t[table(2, j) + c], sc);
+        vstep(&mut x3, &mut n3, w3, &t[table(3, j) + d], sd);
     }
     (e0.x, e1.x, e2.x, e3.x) = (x0, x1, x2, x3);
     (e0.n, e1.n, e2.n, e3.n) = (n0, n1, n2, n3);
