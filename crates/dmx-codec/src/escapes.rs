@@ -165,7 +165,25 @@ fn unit_contexts(classes: &[u8], axis: u8, w: usize, count: usize, escapes: &[u6
 /// mean in half octaves (`floor(2 · log2(mean + 1))`).
 fn class_of(sum: u64, n: u64) -> i32 {
     let mean = if n == 0 { 0.0 } else { sum as f64 / n as f64 };
-    ((mean + 1.0).log2() * 2.0).floor() as i32
+    // `mean + 1 = m · 2^e` with `m` in [1, 2): the class is `2e`, plus one where `m >= √2`,
+    // read off the bits instead of a logarithm per unit (a row or column of a convolution's
+    // chunk holds a few values, and the logarithm cost more than their coding). Within 1e-9
+    // of √2 or of 2, where `log2`'s last-bit rounding could move the floor, the logarithm
+    // decides, as it always did.
+    let x = mean + 1.0;
+    let bits = x.to_bits();
+    let e = (bits >> 52) as i32 - 1023;
+    let m = f64::from_bits(bits & ((1 << 52) - 1) | 1023 << 52);
+    if (m - std::f64::consts::SQRT_2).abs() > 1e-9 && m < 2.0 - 1e-9 {
+        2 * e + i32::from(m > std::f64::consts::SQRT_2)
+    } else {
+        class_by_log(x)
+    }
+}
+
+/// `floor(2 · log2(x))`: [`class_of`]'s definition.
+fn class_by_log(x: f64) -> i32 {
+    (x.log2() * 2.0).floor() as i32
 }
 
 /// Classes `0 ..` of units from their half-octave classes `raw`: the highest [`MAX_CLASSES`]
@@ -627,6 +645,37 @@ pub(crate) fn fill<const B: usize>(body: &Body<'_>, out: &mut [u8], value: impl 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classes_read_off_the_bits_are_the_logarithm_s() {
+        // Means from 0 to 2^33 (zigzagged grid integers), at and around every class boundary
+        // (powers of √2), and random sums over 1 to 1000 integers.
+        let check = |sum: u64, n: u64| {
+            let mean = if n == 0 { 0.0 } else { sum as f64 / n as f64 };
+            assert_eq!(class_of(sum, n), class_by_log(mean + 1.0), "{sum} / {n}");
+        };
+        check(0, 0);
+        for n in [1u64, 2, 3, 4, 7, 64, 1000] {
+            for k in 0..67u32 {
+                let b = (std::f64::consts::SQRT_2.powi(k as i32) - 1.0) * n as f64;
+                for d in -3i64..=3 {
+                    check((b as i64 + d).max(0) as u64, n);
+                }
+            }
+        }
+        let mut x = 17u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..200_000 {
+            let n = 1 + next() % 1000;
+            let sum = next() % (n << (next() % 34));
+            check(sum, n);
+        }
+    }
 
     #[test]
     fn row_col_is_division_and_remainder() {
