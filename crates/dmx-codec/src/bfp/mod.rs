@@ -580,5 +580,5 @@ pub fn codec(payload: &[u8]) -> crate::Codec {
 /// Estimated bits of a table for a histogram: symbol entropy plus table cost.
 fn table_cost(h: &[u64]) -> f64 {
     let used = h.iter().filter(|&&c| c > 0).count();
-    crate::float::entropy(h) + 32.0 + 3.0 * used as f64
+    crate::float::entropy_estimate(h) + 32.0 + 3.0 * used as f64
 }
