@@ -503,11 +503,11 @@ pub(crate) fn sample_ranges(len: usize, slice: usize, unit: usize) -> [std::ops:
 
 /// The bytes of `data` in its four [`sample_ranges`].
 fn sample_of(data: &[u8], slice: usize, unit: usize) -> Vec<u8> {
-    sample_ranges(data.len(), slice, unit)
-        .into_iter()
-        .flat_map(|r| &data[r])
-        .copied()
-        .collect()
+    let mut out = Vec::with_capacity(4 * slice);
+    for r in sample_ranges(data.len(), slice, unit) {
+        out.extend_from_slice(&data[r]);
+    }
+    out
 }
 
 /// Compresses four slices of the chunk at zstd level 1 and extrapolates.

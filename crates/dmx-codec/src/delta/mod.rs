@@ -368,20 +368,18 @@ const SPARSE: usize = 8;
 /// (whole values of `b` bytes) spread over the chunk.
 fn sample_xor(base: &[u8], target: &[u8], b: usize) -> Vec<u8> {
     const SAMPLE: usize = 64 * 1024;
-    let xor = |r: std::ops::Range<usize>| -> Vec<u8> {
-        base[r.clone()]
-            .iter()
-            .zip(&target[r])
-            .map(|(a, b)| a ^ b)
-            .collect()
+    let xor = |out: &mut Vec<u8>, r: std::ops::Range<usize>| {
+        out.extend(base[r.clone()].iter().zip(&target[r]).map(|(a, b)| a ^ b));
     };
+    let mut out = Vec::with_capacity(target.len().min(SAMPLE));
     if target.len() <= 2 * SAMPLE {
-        return xor(0..target.len());
+        xor(&mut out, 0..target.len());
+        return out;
     }
-    crate::sample_ranges(target.len(), SAMPLE / 4, b)
-        .into_iter()
-        .flat_map(xor)
-        .collect()
+    for r in crate::sample_ranges(target.len(), SAMPLE / 4, b) {
+        xor(&mut out, r);
+    }
+    out
 }
 
 /// Header bytes of the order variant before its integer block.
