@@ -271,12 +271,16 @@ pub(super) fn cost(g: &Geo, vals: &[u32], e: u32) -> (Cost, Cost) {
     // nearest even by adding 1.5 · 2^23 after clamping `y` to `2^M − 1`, which commutes
     // with the rounding since the bound is an integer.
     let qmax = ((1u32 << g.m) - 1) as f32;
+    // The values are finite (a half with NaN or ±Inf is stored raw and never costed), so
+    // the minima are plain comparisons: `f32::min`'s NaN handling cost three instructions
+    // each in this loop.
+    let min = |a: f32, b: f32| if a < b { a } else { b };
     let bits_of = |q: f32| {
         // log2(1 + q) by Mitchell's approximation, plus one bit of sign when q > 0.
         let l = ((1.0 + q).to_bits() as i32 as f32) * (1.0 / 8_388_608.0) - 127.0;
-        l + q.min(1.0)
+        l + min(q, 1.0)
     };
-    let round = |y: f32| (y.min(qmax) + MAGIC) - MAGIC;
+    let round = |y: f32| (min(y, qmax) + MAGIC) - MAGIC;
     // Eight independent accumulators per sum, so the loop vectorizes (a float sum cannot
     // be reordered otherwise).
     let mut acc = [[0f32; 8]; 4];
