@@ -151,52 +151,59 @@ fn plan_width<const B: usize>(g: &Geo, data: &[u8], count: usize, gs: usize) -> 
     // Estimated bits of the halves at their own exponents, and of plain BFP's groups.
     let (mut own_bits, mut plain_bits) = (0f64, 0f64);
     let mut half = 0usize;
-    for_each_group::<B>(data, whole, |vals| {
-        let (first, second) = vals.split_at(vals.len().min(gs / 2));
-        let maxes = [max_magnitude(g, first), max_magnitude(g, second)];
-        let e_whole = group_exponent_of(g, vals, maxes[0].max(maxes[1]));
-        for (part, max_mag) in [(first, maxes[0]), (second, maxes[1])] {
-            if part.is_empty() {
-                break;
-            }
-            let idx = half;
-            half += 1;
-            // A raw half (NaN or ±Inf) is exact; plain BFP stores the whole group raw too.
-            let Some(e) = group_exponent_of(g, part, max_mag) else {
-                continue;
-            };
-            let (own, up) = cost(g, part, e);
-            base += own.sse;
-            own_bits += f64::from(own.bits);
-            let whole_at = match e_whole {
-                Some(ew) if ew == e => Some((own.sse, own.bits)),
-                Some(ew) if ew == e + 1 => Some((up.sse, up.bits)),
-                Some(ew) => {
-                    let at = cost(g, part, ew).0;
-                    Some((at.sse, at.bits))
+    // Inlined, like everything under `cpu::dispatch`: a closure left out of line is compiled
+    // without the dispatched CPU features (this one then ran without AVX2).
+    for_each_group::<B>(
+        data,
+        whole,
+        #[inline(always)]
+        |vals| {
+            let (first, second) = vals.split_at(vals.len().min(gs / 2));
+            let maxes = [max_magnitude(g, first), max_magnitude(g, second)];
+            let e_whole = group_exponent_of(g, vals, maxes[0].max(maxes[1]));
+            for (part, max_mag) in [(first, maxes[0]), (second, maxes[1])] {
+                if part.is_empty() {
+                    break;
                 }
-                None => None,
-            };
-            match whole_at {
-                Some((sse, bits)) => {
-                    budget += sse;
-                    plain_bits += f64::from(bits);
+                let idx = half;
+                half += 1;
+                // A raw half (NaN or ±Inf) is exact; plain BFP stores the whole group raw too.
+                let Some(e) = group_exponent_of(g, part, max_mag) else {
+                    continue;
+                };
+                let (own, up) = cost(g, part, e);
+                base += own.sse;
+                own_bits += f64::from(own.bits);
+                let whole_at = match e_whole {
+                    Some(ew) if ew == e => Some((own.sse, own.bits)),
+                    Some(ew) if ew == e + 1 => Some((up.sse, up.bits)),
+                    Some(ew) => {
+                        let at = cost(g, part, ew).0;
+                        Some((at.sse, at.bits))
+                    }
+                    None => None,
+                };
+                match whole_at {
+                    Some((sse, bits)) => {
+                        budget += sse;
+                        plain_bits += f64::from(bits);
+                    }
+                    // Plain BFP stores the group raw.
+                    None => plain_bits += (part.len() * B * 8) as f64,
                 }
-                // Plain BFP stores the group raw.
-                None => plain_bits += (part.len() * B * 8) as f64,
+                // Raise only a half whose exponent is its maximum's (no carry), within range.
+                let top = (max_mag >> g.f).max(1);
+                let saved = own.bits - up.bits;
+                if e == top && e < g.emax && saved > 0.0 {
+                    cands.push(Candidate {
+                        saved,
+                        added: (up.sse - own.sse).max(0.0),
+                        half: idx as u32,
+                    });
+                }
             }
-            // Raise only a half whose exponent is its maximum's (no carry), within range.
-            let top = (max_mag >> g.f).max(1);
-            let saved = own.bits - up.bits;
-            if e == top && e < g.emax && saved > 0.0 {
-                cands.push(Candidate {
-                    saved,
-                    added: (up.sse - own.sse).max(0.0),
-                    half: idx as u32,
-                });
-            }
-        }
-    });
+        },
+    );
     debug_assert_eq!(half, halves.groups);
     if base > budget {
         return None;
