@@ -204,32 +204,37 @@ pub fn entropy(freq: &[u64]) -> f64 {
 /// `f · log2(f)` for counts below [`FLOG_SMALL`], built once.
 fn flog_table() -> &'static [f64] {
     static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        (0..FLOG_SMALL as u64)
-            .map(|f| {
-                if f == 0 {
-                    0.0
-                } else {
-                    f as f64 * (f as f64).log2()
-                }
-            })
-            .collect()
-    })
+    TABLE.get_or_init(|| (0..FLOG_SMALL as u64).map(flog_direct).collect())
 }
 
 /// Counts below this take `f · log2(f)` from [`flog_table`].
 const FLOG_SMALL: usize = 4096;
 
-/// [`entropy`] as `T log2 T − Σ f log2 f`, each `f log2 f` of a count below 4096 from a
-/// table: about one logarithm per histogram instead of one per used cell, and equal to
-/// [`entropy`] within rounding. For estimates that are only compared with each other (BFP's
-/// choice of tables), never recorded.
-pub(crate) fn entropy_estimate(freq: &[u64]) -> f64 {
+/// `f · log2(f)`, 0 for 0.
+fn flog_direct(f: u64) -> f64 {
+    if f == 0 {
+        0.0
+    } else {
+        f as f64 * (f as f64).log2()
+    }
+}
+
+/// `f · log2(f)` (0 for 0) by a function that looks counts below [`FLOG_SMALL`] up in a
+/// table: the table is fetched once, when this is called, so call it outside the loop.
+pub(crate) fn f_log2_f() -> impl Fn(u64) -> f64 {
     let table = flog_table();
-    let flog = |f: u64| match table.get(f as usize) {
+    move |f| match table.get(f as usize) {
         Some(&v) => v,
-        None => f as f64 * (f as f64).log2(),
-    };
+        None => flog_direct(f),
+    }
+}
+
+/// [`entropy`] as `T log2 T − Σ f log2 f`, each `f log2 f` of a count below 4096 from a
+/// table ([`f_log2_f`]): about one logarithm per histogram instead of one per used cell, and
+/// equal to [`entropy`] within rounding. For estimates that are only compared with each
+/// other (BFP's choice of tables), never recorded.
+pub(crate) fn entropy_estimate(freq: &[u64]) -> f64 {
+    let flog = f_log2_f();
     let mut total = 0u64;
     let mut cells = 0f64;
     for &f in freq {

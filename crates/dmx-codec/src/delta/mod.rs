@@ -371,8 +371,9 @@ fn sample_xor(base: &[u8], target: &[u8], b: usize) -> Vec<u8> {
     let xor = |out: &mut Vec<u8>, r: std::ops::Range<usize>| {
         out.extend(base[r.clone()].iter().zip(&target[r]).map(|(a, b)| a ^ b));
     };
-    let mut out = Vec::with_capacity(target.len().min(SAMPLE));
-    if target.len() <= 2 * SAMPLE {
+    let small = target.len() <= 2 * SAMPLE;
+    let mut out = Vec::with_capacity(if small { target.len() } else { SAMPLE });
+    if small {
         xor(&mut out, 0..target.len());
         return out;
     }

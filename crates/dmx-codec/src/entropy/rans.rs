@@ -460,12 +460,7 @@ pub fn put4_ctx(
     let [e0, e1, e2, e3] = encs;
     let (mut x0, mut x1, mut x2, mut x3) = (e0.x, e1.x, e2.x, e3.x);
     let (mut n0, mut n1, mut n2, mut n3) = (e0.n, e1.n, e2.n, e3.n);
-    let (w0, w1, w2, w3) = (
-        &mut e0.words[..],
-        &mut e1.words[..],
-        &mut e2.words[..],
-        &mut e3.words[..],
-    );
+    let (w0, w1, w2, w3) = (&mut e0.words, &mut e1.words, &mut e2.words, &mut e3.words);
     // One length for the four (fewer live registers in the loop, no per-slice checks).
     let len = vals[0].len();
     let vals = vals.map(|v| &v[..len]);

@@ -425,26 +425,10 @@ fn coarsen(pairs: &[(u32, u64)], from: u32, to: u32) -> Vec<(u32, u64)> {
 }
 
 /// A lower bound on the order-0 entropy in bits of the counts of `pairs`, cheaper than
-/// [`entropy`]: `T log2 T - sum f log2 f` with `f log2 f` from a table for small counts,
+/// [`entropy`]: `T log2 T - sum f log2 f` ([`crate::float::f_log2_f`]),
 /// less a margin far above the rounding of the sums. For pruning plans, never recorded.
 fn entropy_floor(pairs: &[(u32, u64)]) -> f64 {
-    const SMALL: usize = 4096;
-    static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        (0..SMALL)
-            .map(|f| {
-                if f == 0 {
-                    0.0
-                } else {
-                    f as f64 * (f as f64).log2()
-                }
-            })
-            .collect()
-    });
-    let flog = |f: u64| match table.get(f as usize) {
-        Some(&v) => v,
-        None => f as f64 * (f as f64).log2(),
-    };
+    let flog = crate::float::f_log2_f();
     let total: u64 = pairs.iter().map(|p| p.1).sum();
     let sum: f64 = pairs.iter().map(|p| flog(p.1)).sum();
     // Each term is within a few ulps; 1e-9 of the total's term is far above their sum.
