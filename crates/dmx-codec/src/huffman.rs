@@ -28,60 +28,71 @@ pub fn code_lengths_limited(freq: &[u64], limit: u32) -> Vec<u8> {
     assert!(freq.len() <= MAX_SYMBOLS, "alphabet too large");
     assert!(limit <= MAX_CODE_LEN, "code length limit too large");
     let mut lengths = vec![0u8; freq.len()];
-    let mut used: Vec<(u64, u32)> = freq
-        .iter()
-        .enumerate()
-        .filter(|&(_, &f)| f > 0)
-        .map(|(s, &f)| (f, s as u32))
-        .collect();
+    // The used symbols as one sort key each, `f << SYM_BITS | s`: ascending frequency, ties
+    // by symbol (the order of `(f, s)` pairs, sorted as plain integers).
+    let mut used: Vec<u64> = Vec::with_capacity(freq.len());
+    for (s, &f) in freq.iter().enumerate() {
+        if f > 0 {
+            used.push(f.min(MAX_FREQ) << SYM_BITS | s as u64);
+        }
+    }
     match used.len() {
         0 => return lengths,
         1 => {
-            lengths[used[0].1 as usize] = 1;
+            lengths[(used[0] & SYM_MASK) as usize] = 1;
             return lengths;
         }
         _ => {}
     }
     used.sort_unstable();
-    let depth = huffman_depths(&used);
-    let mut lens: Vec<u32> = depth;
+    let mut lens = huffman_depths(&used);
     limit_lengths(&mut lens, limit);
-    for (&(_, s), &l) in used.iter().zip(&lens) {
-        lengths[s as usize] = l as u8;
+    for (&key, &l) in used.iter().zip(&lens) {
+        lengths[(key & SYM_MASK) as usize] = l as u8;
     }
     lengths
 }
 
-/// Plain Huffman depths for `used` sorted by ascending frequency (two-queue method).
-fn huffman_depths(used: &[(u64, u32)]) -> Vec<u32> {
+/// Bits of a symbol in the sort keys of [`code_lengths_limited`].
+const SYM_BITS: u32 = MAX_SYMBOLS.trailing_zeros();
+/// The symbol of a sort key.
+const SYM_MASK: u64 = (1 << SYM_BITS) - 1;
+/// Frequencies are capped here in the sort keys (far above any chunk's count of values; the
+/// tree's weights sum at most `MAX_SYMBOLS` of them without overflow).
+const MAX_FREQ: u64 = 1 << 48;
+
+/// Plain Huffman depths for the sort keys `used` ([`code_lengths_limited`]: ascending
+/// frequency, at least two), by the two-queue method: leaves in key order, internal nodes in
+/// creation order (also ascending weight); each step takes the lighter front, the leaf on a
+/// tie, without a branch on the weights.
+fn huffman_depths(used: &[u64]) -> Vec<u32> {
     let n = used.len();
-    // Nodes 0..n are leaves (sorted by weight); internal nodes are appended in creation
-    // order, which is also ascending weight.
-    let mut weight: Vec<u64> = used.iter().map(|&(f, _)| f).collect();
-    weight.reserve(n - 1);
-    let mut parent = vec![0usize; 2 * n - 1];
-    let (mut leaf, mut internal) = (0usize, n);
-    for next in n..2 * n - 1 {
-        let mut pick = || {
-            let take_leaf = leaf < n && (internal >= next || weight[leaf] <= weight[internal]);
-            if take_leaf {
-                leaf += 1;
-                leaf - 1
-            } else {
-                internal += 1;
-                internal - 1
-            }
-        };
-        let a = pick();
-        let b = pick();
-        weight.push(weight[a] + weight[b]);
-        parent[a] = next;
-        parent[b] = next;
+    // Each queue ends in a sentinel heavier than any weight: the leaves after the last one,
+    // the internal nodes from the next one to be created on.
+    let mut leaves: Vec<u64> = Vec::with_capacity(n + 1);
+    leaves.extend(used.iter().map(|&k| k >> SYM_BITS));
+    leaves.push(u64::MAX);
+    let mut internal = vec![u64::MAX; n];
+    // Node `i < n` is leaf `i`; node `n + j` internal node `j`.
+    let mut parent = vec![0u32; 2 * n - 1];
+    let (mut leaf, mut node) = (0usize, 0usize);
+    for next in 0..n - 1 {
+        let mut weight = 0u64;
+        for _ in 0..2 {
+            let (wl, wi) = (leaves[leaf], internal[node]);
+            let take_leaf = wl <= wi;
+            let id = if take_leaf { leaf } else { n + node };
+            weight += if take_leaf { wl } else { wi };
+            parent[id] = (n + next) as u32;
+            leaf += usize::from(take_leaf);
+            node += usize::from(!take_leaf);
+        }
+        internal[next] = weight;
     }
     let root = 2 * n - 2;
     let mut depth = vec![0u32; 2 * n - 1];
-    for node in (0..root).rev() {
-        depth[node] = depth[parent[node]] + 1;
+    for id in (0..root).rev() {
+        depth[id] = depth[parent[id] as usize] + 1;
     }
     depth.truncate(n);
     depth
@@ -371,6 +382,101 @@ mod tests {
             .filter(|&&l| l > 0)
             .map(|&l| 2f64.powi(-i32::from(l)))
             .sum()
+    }
+
+    /// The two-queue construction as first written (pairs sorted as tuples, a branch per
+    /// pick), then the same length limit: what [`code_lengths_limited`] must give.
+    fn reference_lengths(freq: &[u64], limit: u32) -> Vec<u8> {
+        let mut lengths = vec![0u8; freq.len()];
+        let mut used: Vec<(u64, u32)> = freq
+            .iter()
+            .enumerate()
+            .filter(|&(_, &f)| f > 0)
+            .map(|(s, &f)| (f, s as u32))
+            .collect();
+        if used.len() < 2 {
+            if let Some(&(_, s)) = used.first() {
+                lengths[s as usize] = 1;
+            }
+            return lengths;
+        }
+        used.sort_unstable();
+        let n = used.len();
+        let mut weight: Vec<u64> = used.iter().map(|&(f, _)| f).collect();
+        let mut parent = vec![0usize; 2 * n - 1];
+        let (mut leaf, mut internal) = (0usize, n);
+        for next in n..2 * n - 1 {
+            let mut pick = || {
+                if leaf < n && (internal >= next || weight[leaf] <= weight[internal]) {
+                    leaf += 1;
+                    leaf - 1
+                } else {
+                    internal += 1;
+                    internal - 1
+                }
+            };
+            let (a, b) = (pick(), pick());
+            weight.push(weight[a] + weight[b]);
+            parent[a] = next;
+            parent[b] = next;
+        }
+        let mut depth = vec![0u32; 2 * n - 1];
+        for node in (0..2 * n - 2).rev() {
+            depth[node] = depth[parent[node]] + 1;
+        }
+        depth.truncate(n);
+        limit_lengths(&mut depth, limit);
+        for (&(_, s), &l) in used.iter().zip(&depth) {
+            lengths[s as usize] = l as u8;
+        }
+        lengths
+    }
+
+    #[test]
+    fn lengths_are_the_reference_construction() {
+        // Ties everywhere (flat and few distinct counts), skewed, Fibonacci-deep and sparse
+        // histograms, at every limit that fits the alphabet.
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut cases: Vec<Vec<u64>> = vec![vec![], vec![5], vec![0, 3, 0], vec![1; 4096]];
+        let mut fib = vec![1u64, 1];
+        while fib.len() < 60 {
+            let n = fib.len();
+            fib.push(fib[n - 1] + fib[n - 2]);
+        }
+        cases.push(fib);
+        for _ in 0..300 {
+            let len = 2 + (next() % 1500) as usize;
+            let shape = next() % 4;
+            let h: Vec<u64> = (0..len)
+                .map(|i| match shape {
+                    0 => next() % 4,
+                    1 => (next() % 1_000_000) >> (next() % 20),
+                    2 => u64::from(next() % 3 != 0) * (1 + (i as u64 % 7)),
+                    _ => (1u64 << (next() % 40)) + next() % 3,
+                })
+                .collect();
+            cases.push(h);
+        }
+        for h in &cases {
+            let used = h.iter().filter(|&&f| f > 0).count();
+            for limit in [MAX_CODE_LEN, 12, 11, 9] {
+                if used > 1 << limit {
+                    continue;
+                }
+                assert_eq!(
+                    code_lengths_limited(h, limit),
+                    reference_lengths(h, limit),
+                    "{} symbols, {used} used, limit {limit}",
+                    h.len()
+                );
+            }
+        }
     }
 
     #[test]
