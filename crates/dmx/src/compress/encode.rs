@@ -273,7 +273,7 @@ pub(crate) struct EntryPlan<'p, 'a> {
 
 /// Where encoded payloads go: the archive being written, or nowhere (a dry run that only
 /// learns what decompression will produce).
-pub(crate) trait Sink {
+pub(crate) trait Sink: Send {
     /// Bytes written so far.
     fn position(&self) -> u64;
     /// Appends bytes.
@@ -344,7 +344,6 @@ fn encode_inner(
 ) -> Result<(Entry, Vec<u32>)> {
     let progress = opts.progress.as_deref();
     let file = plan.file;
-    let any_lossy = plan.codings.iter().any(|c| !c.is_lossless());
     // Cut every segment into chunks, in file order.
     let chunks: Vec<ChunkAt> = file
         .segments
@@ -354,59 +353,132 @@ fn encode_inner(
         .collect();
     let mut state = EntryState::new(file, plan.codings, crc);
     let lens: Vec<u64> = chunks.iter().map(|c| c.range.end - c.range.start).collect();
-    for range in windows(&lens) {
+    let allowances = plan.allowances;
+    // A pipeline of two stages: window `k` is hashed and written (in file order, on one
+    // thread) while the chunks of window `k + 1` are encoded (on every other thread, and on
+    // that one once it is done). Before, every window ended at a barrier where all but one
+    // thread waited for the writes (and a lossy window's hashing) to finish.
+    let mut pending: Option<Window<'_>> = None;
+    let mut ranges = windows(&lens).into_iter();
+    loop {
         opts.check_cancel()?;
-        let window = &chunks[range];
+        let next = ranges.next();
+        if next.is_none() && pending.is_none() {
+            break;
+        }
         // Chunks that span pieces of the source (packed segments) are copied together.
-        let data = window
-            .iter()
-            .map(|c| plan.src.read(c.range.clone()))
-            .collect::<Result<Vec<_>>>()?;
-        let jobs: Vec<Job<'_>> = window
-            .iter()
-            .zip(&data)
-            .map(|(c, d)| plan.job(c, d))
-            .collect();
-        let encoded = if any_lossy {
-            let mut encoded = jobs.par_iter().map(run_job).collect::<Result<Vec<_>>>()?;
-            if let Some(allow) = plan.allowances {
-                for (j, d) in jobs.iter().zip(encoded.iter_mut()) {
-                    if let Some(a) = allow[j.segment] {
-                        let (spent, rec) = (&mut state.spent[j.segment], &mut state.recorded);
-                        hold_budget(j, d, a, spent, &mut rec[j.segment])?;
+        let next_data = match &next {
+            Some(r) => chunks[r.clone()]
+                .iter()
+                .map(|c| plan.src.read(c.range.clone()))
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        let next_jobs: Vec<Job<'_>> = match &next {
+            Some(r) => chunks[r.clone()]
+                .iter()
+                .zip(&next_data)
+                .map(|(c, d)| plan.job(c, d))
+                .collect(),
+            None => Vec::new(),
+        };
+        let done = pending
+            .as_mut()
+            .map(|w| (std::mem::take(&mut w.encoded), w.hashed));
+        // A window coded exactly is hashed as it is read, beside its own encoding (its bytes
+        // are then still in cache), after the window before it.
+        let prehash = next_jobs.iter().all(|j| j.coding.is_lossless());
+        let done_jobs: Vec<Job<'_>> = match &pending {
+            Some(w) => chunks[w.range.clone()]
+                .iter()
+                .zip(&w.data)
+                .map(|(c, d)| plan.job(c, d))
+                .collect(),
+            None => Vec::new(),
+        };
+        let (finished, encoded) = rayon::join(
+            || {
+                if let Some((encoded, hashed)) = done {
+                    finish_window(&done_jobs, encoded, hashed, allowances, &mut state, out)?;
+                }
+                if prehash {
+                    for j in &next_jobs {
+                        state.hash(j.segment, j.data);
                     }
                 }
+                Ok::<_, crate::error::Error>(())
+            },
+            || {
+                next_jobs
+                    .par_iter()
+                    .map(run_job)
+                    .collect::<Result<Vec<_>>>()
+            },
+        );
+        finished?;
+        let encoded = encoded?;
+        drop(done_jobs);
+        if let Some(w) = pending.take() {
+            let raw: u64 = w.data.iter().map(|d| d.len() as u64).sum();
+            if let Some(first) = chunks.get(w.range.start) {
+                plan.src.release(first.range.start..first.range.start + raw);
             }
-            // Hash what decompression will produce: the decoded bytes of lossy chunks.
-            for (j, d) in jobs.iter().zip(&encoded) {
-                state.hash(
-                    j.segment,
-                    d.lossy.as_ref().map_or(j.data, |(b, _)| b.as_slice()),
-                );
+            if let Some(p) = progress {
+                p.advance(raw);
             }
-            encoded
-        } else {
-            let encode = || jobs.par_iter().map(run_job).collect::<Result<Vec<_>>>();
-            let (encoded, ()) = rayon::join(encode, || {
-                for j in &jobs {
-                    state.hash(j.segment, j.data);
-                }
-            });
-            encoded?
-        };
-        for (j, done) in jobs.iter().zip(encoded) {
-            state.store(j, done, out)?;
         }
-        let raw: u64 = jobs.iter().map(|j| j.data.len() as u64).sum();
-        if let Some(first) = window.first() {
-            plan.src.release(first.range.start..first.range.start + raw);
-        }
-        if let Some(p) = progress {
-            p.advance(raw);
-        }
+        drop(next_jobs);
+        pending = next.map(|range| Window {
+            range,
+            data: next_data,
+            encoded,
+            hashed: prehash,
+        });
     }
     let crcs = state.crcs.iter().map(|h| h.clone().finalize()).collect();
     Ok((state.finish(file, plan.bases), crcs))
+}
+
+/// A window of chunks encoded and not yet written: the chunk indices, their bytes, their
+/// encodings, and whether they are hashed already.
+struct Window<'a> {
+    range: std::ops::Range<usize>,
+    data: Vec<std::borrow::Cow<'a, [u8]>>,
+    encoded: Vec<Done>,
+    hashed: bool,
+}
+
+/// The second stage of [`encode_inner`]'s pipeline for one window, in file order: holds
+/// `Mode::Auto` chunks within their allowances, hashes what decompression will produce (the
+/// decoded bytes of lossy chunks) unless `hashed`, and writes the chunks.
+fn finish_window(
+    jobs: &[Job<'_>],
+    mut encoded: Vec<Done>,
+    hashed: bool,
+    allowances: Option<&[Option<f64>]>,
+    state: &mut EntryState,
+    out: &mut impl Sink,
+) -> Result<()> {
+    if let Some(allow) = allowances {
+        for (j, d) in jobs.iter().zip(encoded.iter_mut()) {
+            if let Some(a) = allow[j.segment] {
+                let (spent, rec) = (&mut state.spent[j.segment], &mut state.recorded);
+                hold_budget(j, d, a, spent, &mut rec[j.segment])?;
+            }
+        }
+    }
+    if !hashed {
+        for (j, d) in jobs.iter().zip(&encoded) {
+            state.hash(
+                j.segment,
+                d.lossy.as_ref().map_or(j.data, |(b, _)| b.as_slice()),
+            );
+        }
+    }
+    for (j, done) in jobs.iter().zip(encoded) {
+        state.store(j, done, out)?;
+    }
+    Ok(())
 }
 
 impl<'a> EntryPlan<'_, 'a> {

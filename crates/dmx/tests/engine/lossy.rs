@@ -897,3 +897,87 @@ fn moments_restore_as_their_own_rounding_in_every_dtype() {
         }
     }
 }
+
+/// Compression runs as a pipeline (a window is hashed and written while the next is encoded;
+/// windows coded exactly are hashed beside their own encoding): over several windows that
+/// alternate exact and lossy chunks, the archive is the same at one and two threads, and its
+/// recorded SHA-256 is that of the file decompression restores.
+#[test]
+fn windows_of_exact_and_lossy_chunks_hash_in_file_order() {
+    use sha2::Digest;
+    let dir = scratch();
+    let chunk = dmx::CHUNK_SIZE as usize;
+    // At two threads, windows of four 1 MiB chunks: the header and BF16 (lossy), then
+    // integers only (exact, hashed beside their encoding), then integers and F32, then a
+    // short tail.
+    let tensors = vec![
+        Tensor::generated("w", "BF16", &[4, chunk / 2 - 3], Mode::Weights, 42),
+        Tensor::generated("ids", "I64", &[5 * chunk / 8], Mode::Random, 41),
+        Tensor::generated("v", "F32", &[3, chunk / 8], Mode::Weights, 44),
+        Tensor::generated("steps", "I32", &[chunk / 4 + 7], Mode::Random, 43),
+    ];
+    let file = plain(&tensors);
+    let input = dir.path().join("windows.safetensors");
+    write(&input, &file);
+    for (tag, lossy) in [
+        (
+            "bfp",
+            LossyOptions {
+                mode: LossyMode::Bfp,
+                ..Default::default()
+            },
+        ),
+        (
+            "auto",
+            LossyOptions {
+                mode: LossyMode::Auto,
+                max_rel_error: Some(3e-2),
+                ..Default::default()
+            },
+        ),
+    ] {
+        let packed: Vec<_> = [1usize, 2]
+            .iter()
+            .map(|&threads| {
+                let p = dir.path().join(format!("{tag}-{threads}.dmx"));
+                let opts = Options {
+                    threads: Some(threads),
+                    ..quiet()
+                };
+                dmx::compress_with(&input, &p, &lossy, &opts).unwrap();
+                p
+            })
+            .collect();
+        let (one, two) = (
+            std::fs::read(&packed[0]).unwrap(),
+            std::fs::read(&packed[1]).unwrap(),
+        );
+        assert!(one == two, "{tag}: archives differ between 1 and 2 threads");
+        let archive = Archive::open(&packed[1]).unwrap();
+        assert!(
+            archive.tensor("w").unwrap().segment.chunks.len() >= 2,
+            "{tag}: the BF16 tensor spans windows"
+        );
+        assert!(
+            ["w", "v"].iter().all(|n| archive
+                .tensor(n)
+                .unwrap()
+                .segment
+                .transform
+                .lossy()
+                .is_some()),
+            "{tag}: the float tensors are coded lossily"
+        );
+        let restored = dir.path().join(format!("{tag}.out.safetensors"));
+        dmx::decompress(&packed[1], &restored, &quiet()).unwrap();
+        let out = std::fs::read(&restored).unwrap();
+        let sha: [u8; 32] = sha2::Sha256::digest(&out).into();
+        assert_eq!(
+            archive.index().entries[0].sha256,
+            sha,
+            "{tag}: recorded SHA-256"
+        );
+        let report = dmx::verify(&archive, Some(&input), &quiet()).unwrap();
+        assert!(report.ok, "{tag}: {report:#?}");
+    }
+}
