@@ -68,8 +68,9 @@ pub(crate) fn stream_entry_with(
     let windows = windows(&jobs.iter().map(raw_len).collect::<Vec<_>>());
     let decode = |range: &std::ops::Range<usize>, buf: &mut Vec<u8>| -> Result<()> {
         let jobs = &jobs[range.clone()];
-        // Never shrunk: a window shorter than the last one reuses its bytes (every byte
-        // handed on is decoded first) instead of zero-filling them again.
+        // Both buffers are allocated at the largest window's size before the first (so a
+        // window shorter than the last one reuses its bytes: every byte handed on is
+        // decoded first).
         let len = jobs.iter().map(raw_len).sum::<u64>() as usize;
         if buf.len() < len {
             buf.resize(len, 0);
@@ -103,8 +104,18 @@ pub(crate) fn stream_entry_with(
         Ok(())
     };
     // Double buffering: window k is delivered while window k + 1 is decoded.
-    let mut ready: Vec<u8> = Vec::new();
-    let mut next: Vec<u8> = Vec::new();
+    // Allocated zeroed in one piece each (`vec!` asks the allocator for zeroed memory, which
+    // fresh pages already are), rather than grown and zero-filled window by window: growing
+    // them wrote every byte on one thread before the window's parallel decode began, three
+    // times over at the start of every entry; fresh pages are now first touched by the
+    // decoders, in parallel.
+    let largest = windows
+        .iter()
+        .map(|r| jobs[r.clone()].iter().map(raw_len).sum::<u64>() as usize)
+        .max()
+        .unwrap_or(0);
+    let mut ready: Vec<u8> = vec![0; largest];
+    let mut next: Vec<u8> = vec![0; largest];
     let mut previous: Option<&std::ops::Range<usize>> = None;
     for range in &windows {
         opts.check_cancel()?;
