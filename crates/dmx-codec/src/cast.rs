@@ -113,6 +113,7 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
             | Codec::FloatSplitRows
             | Codec::FloatSplitRans
             | Codec::FloatSplitRansCols
+            | Codec::FloatSplitRansRows
     ) {
         return Err(CodecError::Corrupt(
             "cast payload nests a non-lossless codec",

@@ -99,6 +99,9 @@ pub enum Codec {
     QuantRows = 15,
     /// Codec 12 after the column-relative exponent transform of module [`cols`].
     FloatSplitRansCols = 16,
+    /// Codec 12 after the row-relative exponent transform of module [`rows`] (codec 11 with
+    /// rANS-coded symbols).
+    FloatSplitRansRows = 17,
 }
 
 impl Codec {
@@ -122,6 +125,7 @@ impl Codec {
             14 => Ok(Self::QuantContext),
             15 => Ok(Self::QuantRows),
             16 => Ok(Self::FloatSplitRansCols),
+            17 => Ok(Self::FloatSplitRansRows),
             other => Err(CodecError::UnknownCodec(other)),
         }
     }
@@ -146,6 +150,7 @@ impl Codec {
             Self::QuantContext => "quant-ctx",
             Self::QuantRows => "quant-rows",
             Self::FloatSplitRansCols => "float-split-rans-cols",
+            Self::FloatSplitRansRows => "float-split-rans-rows",
         }
     }
 
@@ -304,14 +309,6 @@ impl FloatPlan {
         }
     }
 
-    /// The codec-10 plan (`layout` must satisfy [`split::supports`]).
-    pub(crate) fn split(layout: FloatLayout, data: &[u8]) -> Self {
-        Self::Split(split::best_plan(
-            &float::Analysis::new(layout, data),
-            Some(data),
-        ))
-    }
-
     pub(crate) fn size(&self) -> usize {
         match self {
             Self::Split(p) => p.size,
@@ -409,14 +406,10 @@ fn plan_float(
     let mut best_size = plan.size();
     let count = data.len() / layout.bytes();
     if rows::applies(layout, hints.row_len, count)
-        && let Some((payload, entropy_bits)) = rows::encode(layout, data, hints.row_len, best_size)
+        && let Some(enc) = rows::encode(layout, data, hints.row_len, best_size)
     {
-        best_size = payload.len();
-        best = Some(Encoded {
-            codec: Codec::FloatSplitRows,
-            payload,
-            entropy_bits,
-        });
+        best_size = enc.payload.len();
+        best = Some(enc);
     }
     if cols::applies(layout, hints.period, count)
         && let Some((payload, entropy_bits)) = cols::encode(layout, data, hints.period, best_size)
@@ -592,6 +585,7 @@ pub fn decode_with_base(
         Codec::FloatHuffRows => rows::decode(payload, out),
         Codec::FloatSplit => split::decode(payload, out),
         Codec::FloatSplitRows => rows::decode_split(payload, out),
+        Codec::FloatSplitRansRows => rows::decode_rans(payload, out),
         Codec::FloatSplitRansCols => cols::decode(payload, out),
         Codec::FloatSplitRans => split::ans::decode(payload, out),
     }
@@ -665,7 +659,9 @@ mod tests {
 
     #[test]
     fn unknown_codec_is_rejected() {
-        assert_eq!(Codec::from_id(17), Err(CodecError::UnknownCodec(17)));
+        assert_eq!(Codec::from_id(18), Err(CodecError::UnknownCodec(18)));
+        assert_eq!(Codec::from_id(17), Ok(Codec::FloatSplitRansRows));
+        assert!(Codec::FloatSplitRansRows.is_lossless());
         assert_eq!(Codec::from_id(16), Ok(Codec::FloatSplitRansCols));
         assert!(Codec::FloatSplitRansCols.is_lossless());
         assert_eq!(Codec::from_id(15), Ok(Codec::QuantRows));

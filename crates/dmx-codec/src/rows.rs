@@ -8,8 +8,9 @@
 //! for any bit pattern (NaN, Inf, zeros and subnormals included).
 //!
 //! Payload: `u32 row_len` (values per row), `u8 exp_bits`, `u8 bases_codec`, `u32 bases_len`,
-//! the per-row bases (one byte each, coded as a chunk of bytes: codec 0 or 1), then a codec-2
-//! payload of the transformed values. See docs/CODECS.md.
+//! the per-row bases (one byte each, coded as a chunk of bytes: codec 0 or 1), then the
+//! payload of the transformed values: codec 2's for codec 3 (read only), codec 10's for codec
+//! 11, codec 12's for codec 17. See docs/CODECS.md.
 
 use crate::float::{self, load};
 use crate::{Codec, CodecError, Encoded, FloatLayout};
@@ -190,14 +191,15 @@ fn apply_width<const B: usize>(
     }
 }
 
-/// Encodes with the transform when it beats `plain_size`; returns the payload and its
-/// entropy bound.
+/// Encodes with the transform when it beats `plain_size`: codec 17 (rANS-coded symbols)
+/// where rANS saves at least 1/1000 of codec 10's size on the transformed values, else codec
+/// 11; returns the encoding with its entropy bound.
 pub fn encode(
     layout: FloatLayout,
     data: &[u8],
     row_len: usize,
     plain_size: usize,
-) -> Option<(Vec<u8>, f64)> {
+) -> Option<Encoded> {
     // Estimate on about 1/8 of the rows (at least 32), and skip the full trial when exponents
     // barely move (under 0.005 bits per value).
     let rows = data.len() / layout.bytes() / row_len;
@@ -210,8 +212,8 @@ pub fn encode(
     encode_bases(layout, data, row_len, &bases, plain_size, Inner::Split)
 }
 
-/// The codec of the transformed values: 10 (written, codec 11) or 2 (codec 3, read only;
-/// written by tests to check the reader).
+/// The codec of the transformed values: 12 where it pays, else 10 (written, codecs 17 and
+/// 11), or 2 (codec 3, read only; written by tests to check the reader).
 #[derive(Clone, Copy)]
 enum Inner {
     Split,
@@ -227,12 +229,22 @@ fn encode_bases(
     bases: &[u8],
     plain_size: usize,
     inner: Inner,
-) -> Option<(Vec<u8>, f64)> {
+) -> Option<Encoded> {
     let moved = transformed(layout, data, row_len, bases);
-    let plan = match inner {
-        Inner::Split => FloatPlan::split(layout, &moved),
+    let (codec, plan) = match inner {
+        Inner::Split => {
+            let a = float::Analysis::new(layout, &moved);
+            let split = split::best_plan(&a, Some(&moved));
+            match split::ans::plan(&a, &split) {
+                Some(rans) => (Codec::FloatSplitRansRows, FloatPlan::Rans(rans)),
+                None => (Codec::FloatSplitRows, FloatPlan::Split(split)),
+            }
+        }
         #[cfg(test)]
-        Inner::Huff => FloatPlan::Huff(float::Analysis::new(layout, &moved).best_plan()),
+        Inner::Huff => (
+            Codec::FloatHuffRows,
+            FloatPlan::Huff(float::Analysis::new(layout, &moved).best_plan()),
+        ),
     };
     let side = crate::encode(crate::ValueKind::Bytes, bases, 3);
     let size = HEADER + side.payload.len() + plan.size();
@@ -243,7 +255,11 @@ fn encode_bases(
     write_head(&mut out, row_len, layout, &side);
     let values = plan.encode(layout, &moved);
     out.extend_from_slice(&values.payload);
-    Some((out, values.entropy_bits + side.payload.len() as f64 * 8.0))
+    Some(Encoded {
+        codec,
+        payload: out,
+        entropy_bits: values.entropy_bits + side.payload.len() as f64 * 8.0,
+    })
 }
 
 /// Fixed header bytes of a codec-3, codec-11 or codec-16 payload.
@@ -353,6 +369,12 @@ pub fn decode_split(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     decode_inner(payload, out, split::decode)
 }
 
+/// Decodes a codec-17 payload (the transform over a codec-12 payload) into `out` (its raw
+/// length).
+pub fn decode_rans(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    decode_inner(payload, out, split::ans::decode)
+}
+
 fn decode_inner(
     payload: &[u8],
     out: &mut [u8],
@@ -419,23 +441,77 @@ mod tests {
         }
     }
 
+    /// Decodes an encoding of this module by its codec id.
+    fn decode_any(enc: &Encoded, out: &mut [u8]) -> Result<(), CodecError> {
+        crate::decode(enc.codec, &enc.payload, out)
+    }
+
     #[test]
     fn row_scaled_data_round_trips_and_shrinks() {
         let data = scaled_rows(64, 128);
         let layout = FloatLayout::BF16;
         let plain = float::Analysis::new(layout, &data).best_plan().size;
-        let (payload, _) = encode(layout, &data, 128, usize::MAX).unwrap();
-        assert!(payload.len() < plain, "{} vs {plain}", payload.len());
+        let enc = encode(layout, &data, 128, usize::MAX).unwrap();
+        assert!(
+            enc.payload.len() < plain,
+            "{} vs {plain}",
+            enc.payload.len()
+        );
         let mut out = vec![0u8; data.len()];
-        decode_split(&payload, &mut out).unwrap();
+        decode_any(&enc, &mut out).unwrap();
         assert_eq!(out, data);
         // The same transform over codec 2 (codec 3, written by earlier versions) still reads.
         let (bases, _) = row_bases(layout, &data, 128, 1, true);
-        let (old, _) = encode_bases(layout, &data, 128, &bases, usize::MAX, Inner::Huff).unwrap();
+        let old = encode_bases(layout, &data, 128, &bases, usize::MAX, Inner::Huff).unwrap();
+        assert_eq!(old.codec, Codec::FloatHuffRows);
         let mut out = vec![0u8; data.len()];
-        decode(&old, &mut out).unwrap();
+        decode(&old.payload, &mut out).unwrap();
         assert_eq!(out, data);
-        assert!(decode_split(&old, &mut out).is_err());
+        assert!(decode_split(&old.payload, &mut out).is_err());
+    }
+
+    /// Rows whose exponents sit on one level each (a narrow, skewed symbol distribution that
+    /// whole-bit codes fit badly) take codec 17; rows of random exponents around their level
+    /// keep codec 11 when rANS saves less than 1/1000. Both restore the bytes, and neither
+    /// decodes as the other.
+    #[test]
+    fn rans_is_used_where_it_pays() {
+        let layout = FloatLayout::BF16;
+        let noise = pseudo(64 * 128 * 2, 11);
+        let mut skewed = Vec::new();
+        for r in 0..64usize {
+            for i in 0..128usize {
+                let b = noise[(r * 128 + i) * 2];
+                // 90 % at the row's level, the rest one binade below; 4 noisy mantissa bits.
+                let exp = 100 + (r % 23) as u16 - u16::from(b.is_multiple_of(10));
+                let v = exp << 7 | u16::from(noise[(r * 128 + i) * 2 + 1] & 0x0f);
+                skewed.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        let rans = encode(layout, &skewed, 128, usize::MAX).unwrap();
+        assert_eq!(rans.codec, Codec::FloatSplitRansRows);
+        let mut out = vec![0u8; skewed.len()];
+        decode_any(&rans, &mut out).unwrap();
+        assert_eq!(out, skewed);
+        assert!(decode_split(&rans.payload, &mut out).is_err());
+        // Against codec 11 on the same rows: smaller.
+        let (bases, _) = row_bases(layout, &skewed, 128, 1, true);
+        let moved = transformed(layout, &skewed, 128, &bases);
+        let a = float::Analysis::new(layout, &moved);
+        let huffman = split::best_plan(&a, Some(&moved)).size;
+        assert!(
+            rans.payload.len() < huffman,
+            "{} vs {huffman}",
+            rans.payload.len()
+        );
+        let flat = scaled_rows(64, 128);
+        let enc = encode(layout, &flat, 128, usize::MAX).unwrap();
+        let mut out = vec![0u8; flat.len()];
+        decode_any(&enc, &mut out).unwrap();
+        assert_eq!(out, flat);
+        if enc.codec == Codec::FloatSplitRows {
+            assert!(decode_rans(&enc.payload, &mut out).is_err());
+        }
     }
 
     #[test]
@@ -448,12 +524,9 @@ mod tests {
         let layout = FloatLayout::F32;
         let (bases, _) = row_bases(layout, &data, 16, 1, true);
         for inner in [Inner::Split, Inner::Huff] {
-            let (payload, _) = encode_bases(layout, &data, 16, &bases, usize::MAX, inner).unwrap();
+            let enc = encode_bases(layout, &data, 16, &bases, usize::MAX, inner).unwrap();
             let mut out = vec![0u8; data.len()];
-            match inner {
-                Inner::Split => decode_split(&payload, &mut out).unwrap(),
-                Inner::Huff => decode(&payload, &mut out).unwrap(),
-            }
+            decode_any(&enc, &mut out).unwrap();
             assert_eq!(out, data);
         }
     }
@@ -461,18 +534,29 @@ mod tests {
     #[test]
     fn corrupt_payloads_error_without_panicking() {
         let data = scaled_rows(16, 64);
-        let (payload, _) = encode(FloatLayout::BF16, &data, 64, usize::MAX).unwrap();
+        let enc = encode(FloatLayout::BF16, &data, 64, usize::MAX).unwrap();
+        let payload = &enc.payload;
         let mut out = vec![0u8; data.len()];
         for cut in 0..payload.len() {
-            assert!(decode_split(&payload[..cut], &mut out).is_err());
+            assert!(
+                decode_any(
+                    &Encoded {
+                        payload: payload[..cut].to_vec(),
+                        ..enc.clone()
+                    },
+                    &mut out
+                )
+                .is_err()
+            );
         }
         for i in 0..payload.len().min(400) {
             let mut bad = payload.clone();
             bad[i] ^= 0xA5;
             let _ = decode_split(&bad, &mut out);
+            let _ = decode_rans(&bad, &mut out);
             let _ = decode(&bad, &mut out);
         }
         let mut short = vec![0u8; data.len() - 2];
-        assert!(decode_split(&payload, &mut short).is_err());
+        assert!(decode_any(&enc, &mut short).is_err());
     }
 }

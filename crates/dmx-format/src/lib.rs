@@ -48,10 +48,10 @@ pub const VERSION_MAJOR: u16 = 1;
 /// `torch.save` entries, 1.4 the lossy records with per-value errors and the floating grid,
 /// 1.5 the split-stream float codecs 10 and 11, 1.6 the rANS float codec 12, 1.7 the
 /// previous-value codecs 13 (BFP) and 14 (integer grid), 1.8 the row-class integer codec 15,
-/// 1.9 the column-relative float codec 16;
+/// 1.9 the column-relative float codec 16, 1.10 the row-relative rANS float codec 17;
 /// an archive that uses none of them is written as 1.0). Readers accept any minor of their
 /// major and reject the ids (transforms, codecs, kinds, flags) they do not know.
-pub const VERSION_MINOR: u16 = 9;
+pub const VERSION_MINOR: u16 = 10;
 /// Size of the preamble (§2).
 pub const PREAMBLE_LEN: u64 = 16;
 /// Size of the trailer (§4).

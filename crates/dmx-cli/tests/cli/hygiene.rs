@@ -529,8 +529,9 @@ fn a_payload_byte_is_not_reported_as_the_codec_id() {
         &["compress", "m.safetensors", "m.dmx", "-q", "--cast", "bf16"],
         0,
     );
-    // (tensor, codec id in the chunk record, offset in the payload of an inner codec id)
-    for (name, codec, at) in [("rows", 11u8, 5usize), ("f32", 8, 1)] {
+    // (tensor, codec ids the chunk record may hold, offset in the payload of an inner codec
+    // id): the row transform over codec 10 (11) or codec 12 (17) has the same header.
+    for (name, codecs, at) in [("rows", &[11u8, 17][..], 5usize), ("f32", &[8], 1)] {
         let mut bytes = std::fs::read(d.join("m.dmx")).unwrap();
         let archive = dmx::Archive::open(&d.join("m.dmx")).expect("open");
         let mut index = archive.index().clone();
@@ -549,7 +550,11 @@ fn a_payload_byte_is_not_reported_as_the_codec_id() {
             .map(|(e, s, _)| (e, s))
             .expect("segment");
         let chunk = &mut index.entries[e].segments[s].chunks[0];
-        assert_eq!(chunk.codec, codec, "{name}: the test needs codec {codec}");
+        assert!(
+            codecs.contains(&chunk.codec),
+            "{name}: the test needs codec {codecs:?}, not {}",
+            chunk.codec
+        );
         let start = chunk.offset as usize;
         bytes[start + at] = 162;
         chunk.xxh3 = dmx::dmx_format::xxh3_64(&bytes[start..start + chunk.stored_len as usize]);

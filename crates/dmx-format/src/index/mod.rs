@@ -428,8 +428,9 @@ pub struct Chunk {
 pub const MAX_PACK: u64 = 64 << 20;
 
 impl Index {
-    /// The lowest minor version of format 1 that can hold this index: 9 when a chunk uses
-    /// the column-relative float codec (16), 8 when one uses the row-class integer codec (15), 7 when one uses the previous-value codecs (13, BFP,
+    /// The lowest minor version of format 1 that can hold this index: 10 when a chunk uses
+    /// the row-relative rANS float codec (17), 9 when one uses the column-relative float codec
+    /// (16), 8 when one uses the row-class integer codec (15), 7 when one uses the previous-value codecs (13, BFP,
     /// and 14, integers), 6 when one uses the rANS float codec (12), 5 when one uses the
     /// split-stream float codecs (10 and 11),
     /// 4 when it holds the extended lossy records
@@ -444,6 +445,9 @@ impl Index {
             .map(|c| c.codec)
             .max()
             .unwrap_or(0);
+        if top_codec >= 17 {
+            return 10;
+        }
         if top_codec >= 16 {
             return 9;
         }

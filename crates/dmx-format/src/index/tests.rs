@@ -81,7 +81,7 @@ fn round_trip() {
 #[test]
 fn the_float_codecs_set_the_minor_version() {
     // Codec 2 needs 1.0, codecs 10 and 11 need 1.5, codec 12 needs 1.6, codecs 13 and 14 1.7,
-    // codec 15 1.8, codec 16 1.9.
+    // codec 15 1.8, codec 16 1.9, codec 17 1.10.
     for (codec, minor) in [
         (2, 0),
         (10, 5),
@@ -91,6 +91,7 @@ fn the_float_codecs_set_the_minor_version() {
         (14, 7),
         (15, 8),
         (16, 9),
+        (17, 10),
     ] {
         let mut idx = sample();
         idx.entries[0].segments[1].chunks[0].codec = codec;

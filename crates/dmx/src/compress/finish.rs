@@ -57,8 +57,8 @@ pub(crate) fn finish_archive(
     out.write_all(&dmx_format::Trailer::for_index(index_offset, &index_bytes).to_bytes())?;
     // The preamble was written before the chunks were coded, with the minor version of the
     // archive's planned features; a chunk of codec 10 or 11 (format 1.5), 12 (1.6), 13 or
-    // 14 (1.7), 15 (1.8) or 16 (1.9) raises it (deltas and chains included: they finish
-    // here too).
+    // 14 (1.7), 15 (1.8), 16 (1.9) or 17 (1.10) raises it (deltas and chains included: they
+    // finish here too).
     let minor = index.min_minor();
     if minor >= 5 {
         out.rewrite_at(10, &minor.to_le_bytes())?;

@@ -1295,9 +1295,24 @@ fn chunk_cases() -> Vec<ChunkCase> {
         .flat_map(|&v| ((v as u32) << 16).to_le_bytes())
         .collect();
     split_cases.push(("rans-f32-tz16", FloatLayout::F32, rans_f32, 0));
+    // Codec 17 (the row transform over codec 12), as the lossless encoder picks it: F16 rows
+    // of 64 values, each skewed as above around a level of its own (9 levels), with specials.
+    let mut rans_rows: Vec<u8> = Vec::new();
+    for row in 0..48u64 {
+        let top = 10 + (row * 7) % 9;
+        rans_rows.extend(
+            skewed(130 + row, 64, top, 10)
+                .iter()
+                .flat_map(|&v| (v as u16).to_le_bytes()),
+        );
+    }
+    put_specials(&mut rans_rows, 2, &[3, 700, 1500, 3071], F16_SPECIALS);
+    split_cases.push(("rans-rows-f16", FloatLayout::F16, rans_rows, 64));
     for (name, layout, data, row_len) in split_cases {
         let enc = lossless(layout, &data, row_len);
-        let want = if row_len > 0 {
+        let want = if row_len > 0 && name.starts_with("rans") {
+            Codec::FloatSplitRansRows
+        } else if row_len > 0 {
             Codec::FloatSplitRows
         } else if name.starts_with("rans") {
             Codec::FloatSplitRans
@@ -1760,14 +1775,15 @@ fn vectors_of_format_1_4_still_decode() {
 }
 
 #[test]
-fn chunk_vectors_of_codecs_4_to_16_decode_and_are_reproduced() {
+fn chunk_vectors_of_codecs_4_to_17_decode_and_are_reproduced() {
     let exp = expected();
     let cases = chunk_cases();
     let mut codecs: Vec<u8> = cases.iter().map(|c| c.codec as u8).collect();
+    codecs.sort_unstable();
     codecs.dedup();
     assert_eq!(
         codecs,
-        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17],
         "every lossy and delta codec and the split-stream and rANS codecs have chunk vectors"
     );
     for case in &cases {
