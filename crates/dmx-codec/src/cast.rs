@@ -46,10 +46,24 @@ pub fn encode(to: FloatLayout, data: &[u8], hints: Hints) -> (Vec<u8>, f64) {
         .chunks_exact(4)
         .flat_map(|c| narrow(to, f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes())
         .collect();
-    // No column transform (codec 16): a reader of an archive's minor version, which counts
-    // the chunk's codec (8) and not the one nested here, must be able to decode it.
+    // No column transform (codec 16) and no row transform over rANS (codec 17): a reader of
+    // an archive's minor version, which counts the chunk's codec (8) and not the one nested
+    // here, must be able to decode it. Where codec 17 won, the rows over codec 10 (codec 11)
+    // compete with the untransformed candidates instead.
     let hints = Hints { period: 0, ..hints };
-    let inner = crate::encode_with(ValueKind::Float(to), &narrow_bytes, hints);
+    let mut inner = crate::encode_with(ValueKind::Float(to), &narrow_bytes, hints);
+    if inner.codec == Codec::FloatSplitRansRows {
+        let plain = crate::encode_with(
+            ValueKind::Float(to),
+            &narrow_bytes,
+            Hints {
+                row_len: 0,
+                ..hints
+            },
+        );
+        inner = crate::rows::encode_huffman(to, &narrow_bytes, hints.row_len, plain.payload.len())
+            .unwrap_or(plain);
+    }
     let mut payload = Vec::with_capacity(inner.payload.len() + 2);
     payload.push(u8::from(to != FloatLayout::BF16));
     payload.push(inner.codec as u8);
@@ -113,7 +127,6 @@ pub fn decode(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
             | Codec::FloatSplitRows
             | Codec::FloatSplitRans
             | Codec::FloatSplitRansCols
-            | Codec::FloatSplitRansRows
     ) {
         return Err(CodecError::Corrupt(
             "cast payload nests a non-lossless codec",
@@ -164,6 +177,53 @@ mod tests {
                 x.to_le_bytes()
             })
             .collect()
+    }
+
+    /// Rows skewed around a level each, whose narrow values take codec 17 on their own: the
+    /// cast nests codec 11 or an untransformed codec instead, and restores the narrow values.
+    #[test]
+    fn rows_nest_no_rans_row_transform() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let data: Vec<u8> = (0..64 * 128usize)
+            .flat_map(|i| {
+                let r = next();
+                let exp = 100 + (i / 128 % 23) as u32 - u32::from(r.is_multiple_of(10));
+                let bits = exp << 7 | (r >> 8) as u32 & 0x0f;
+                f32::from_bits(bits << 16).to_le_bytes()
+            })
+            .collect();
+        let rows = Hints {
+            row_len: 128,
+            ..hints()
+        };
+        let narrow_bytes: Vec<u8> = data
+            .chunks_exact(4)
+            .flat_map(|c| {
+                narrow(FloatLayout::BF16, f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes()
+            })
+            .collect();
+        let alone = crate::encode_with(ValueKind::Float(FloatLayout::BF16), &narrow_bytes, rows);
+        assert_eq!(alone.codec, Codec::FloatSplitRansRows);
+        let (p, _, restored) = encode_restored(FloatLayout::BF16, &data, rows);
+        assert!(
+            p[1] != Codec::FloatSplitRansRows as u8 && p[1] != Codec::FloatSplitRansCols as u8,
+            "nests codec {}",
+            p[1]
+        );
+        assert_eq!(restored, data, "bfloat16 values cast exactly");
+        let mut out = vec![0u8; data.len()];
+        decode(&p, &mut out).unwrap();
+        assert_eq!(out, restored);
+        // No writer nests codec 17, and readers refuse it.
+        let mut nested = vec![0u8, alone.codec as u8];
+        nested.extend_from_slice(&alone.payload);
+        assert!(decode(&nested, &mut out).is_err());
     }
 
     /// The writer nests no codec an archive's minor version does not announce (16, the column

@@ -212,11 +212,26 @@ pub fn encode(
     encode_bases(layout, data, row_len, &bases, plain_size, Inner::Split)
 }
 
+/// [`encode`] restricted to codec 11 (the transformed values over codec 10): for payloads
+/// nested in another codec's, which an archive's minor version does not announce (see
+/// [`crate::cast`]).
+pub(crate) fn encode_huffman(
+    layout: FloatLayout,
+    data: &[u8],
+    row_len: usize,
+    plain_size: usize,
+) -> Option<Encoded> {
+    let (bases, _) = row_bases(layout, data, row_len, 1, true);
+    encode_bases(layout, data, row_len, &bases, plain_size, Inner::Huffman)
+}
+
 /// The codec of the transformed values: 12 where it pays, else 10 (written, codecs 17 and
-/// 11), or 2 (codec 3, read only; written by tests to check the reader).
+/// 11), 10 only (codec 11, for nested payloads), or 2 (codec 3, read only; written by tests
+/// to check the reader).
 #[derive(Clone, Copy)]
 enum Inner {
     Split,
+    Huffman,
     #[cfg(test)]
     Huff,
 }
@@ -239,6 +254,11 @@ fn encode_bases(
                 Some(rans) => (Codec::FloatSplitRansRows, FloatPlan::Rans(rans)),
                 None => (Codec::FloatSplitRows, FloatPlan::Split(split)),
             }
+        }
+        Inner::Huffman => {
+            let a = float::Analysis::new(layout, &moved);
+            let split = split::best_plan(&a, Some(&moved));
+            (Codec::FloatSplitRows, FloatPlan::Split(split))
         }
         #[cfg(test)]
         Inner::Huff => (
