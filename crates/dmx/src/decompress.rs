@@ -119,12 +119,18 @@ pub(crate) fn stream_entry_with(
     let mut previous: Option<&std::ops::Range<usize>> = None;
     for range in &windows {
         opts.check_cancel()?;
-        let (delivered, decoded) = rayon::join(
-            || previous.map_or(Ok(()), |p| deliver(p, &ready)),
-            || decode(range, &mut next),
-        );
-        delivered?;
-        decoded?;
+        match previous {
+            // The first window has nothing to deliver beside it: decoded here, its chunks
+            // are shared by every thread (a join with an empty first half left them to the
+            // one thread that took the second).
+            None => decode(range, &mut next)?,
+            Some(p) => {
+                let (delivered, decoded) =
+                    rayon::join(|| deliver(p, &ready), || decode(range, &mut next));
+                delivered?;
+                decoded?;
+            }
+        }
         std::mem::swap(&mut ready, &mut next);
         previous = Some(range);
     }
