@@ -183,13 +183,8 @@ mod tests {
     /// cast nests codec 11 or an untransformed codec instead, and restores the narrow values.
     #[test]
     fn rows_nest_no_rans_row_transform() {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = crate::pseudo_u64(usize::MAX, 0x9E37_79B9_7F4A_7C15);
+        let mut next = || rng.next().expect("unbounded");
         let data: Vec<u8> = (0..64 * 128usize)
             .flat_map(|i| {
                 let r = next();

@@ -663,13 +663,8 @@ mod tests {
                 }
             }
         }
-        let mut x = 17u64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = crate::pseudo_u64(usize::MAX, 17);
+        let mut next = || rng.next().expect("unbounded");
         for _ in 0..200_000 {
             let n = 1 + next() % 1000;
             let sum = next() % (n << (next() % 34));

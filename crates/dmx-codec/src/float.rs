@@ -609,13 +609,8 @@ mod tests {
     #[test]
     fn entropy_estimate_is_the_entropy_within_rounding() {
         // Empty, single-cell, sparse and dense histograms, counts below and above the table.
-        let mut x = 5u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = crate::pseudo_u64(usize::MAX, 5);
+        let mut next = move || rng.next().expect("unbounded");
         let mut hists = vec![
             vec![],
             vec![0, 0],

@@ -436,13 +436,8 @@ mod tests {
     fn lengths_are_the_reference_construction() {
         // Ties everywhere (flat and few distinct counts), skewed, Fibonacci-deep and sparse
         // histograms, at every limit that fits the alphabet.
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::pseudo_u64(usize::MAX, 0x2545_F491_4F6C_DD1D);
+        let mut next = || rng.next().expect("unbounded");
         let mut cases: Vec<Vec<u64>> = vec![vec![], vec![5], vec![0, 3, 0], vec![1; 4096]];
         let mut fib = vec![1u64, 1];
         while fib.len() < 60 {

@@ -246,25 +246,20 @@ fn encode_bases(
     inner: Inner,
 ) -> Option<Encoded> {
     let moved = transformed(layout, data, row_len, bases);
+    let a = float::Analysis::new(layout, &moved);
     let (codec, plan) = match inner {
-        Inner::Split => {
-            let a = float::Analysis::new(layout, &moved);
-            let split = split::best_plan(&a, Some(&moved));
-            match split::ans::plan(&a, &split) {
-                Some(rans) => (Codec::FloatSplitRansRows, FloatPlan::Rans(rans)),
-                None => (Codec::FloatSplitRows, FloatPlan::Split(split)),
-            }
-        }
-        Inner::Huffman => {
-            let a = float::Analysis::new(layout, &moved);
-            let split = split::best_plan(&a, Some(&moved));
-            (Codec::FloatSplitRows, FloatPlan::Split(split))
-        }
-        #[cfg(test)]
-        Inner::Huff => (
-            Codec::FloatHuffRows,
-            FloatPlan::Huff(float::Analysis::new(layout, &moved).best_plan()),
+        // The plain chunk's choice (codec 12 where it pays, else 10), on the moved values.
+        Inner::Split => match FloatPlan::new(layout, a, &moved) {
+            p @ FloatPlan::Rans(_) => (Codec::FloatSplitRansRows, p),
+            p @ FloatPlan::Split(_) => (Codec::FloatSplitRows, p),
+            p @ FloatPlan::Huff(_) => (Codec::FloatHuffRows, p),
+        },
+        Inner::Huffman => (
+            Codec::FloatSplitRows,
+            FloatPlan::Split(split::best_plan(&a, Some(&moved))),
         ),
+        #[cfg(test)]
+        Inner::Huff => (Codec::FloatHuffRows, FloatPlan::Huff(a.best_plan())),
     };
     let side = crate::encode(crate::ValueKind::Bytes, bases, 3);
     let size = HEADER + side.payload.len() + plan.size();

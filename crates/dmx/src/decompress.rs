@@ -66,15 +66,15 @@ pub(crate) fn stream_entry_with(
     };
     let raw_len = |&(s, c): &(usize, usize)| u64::from(entry.segments[s].chunks[c].raw_len);
     let windows = windows(&jobs.iter().map(raw_len).collect::<Vec<_>>());
-    let decode = |range: &std::ops::Range<usize>, buf: &mut Vec<u8>| -> Result<()> {
+    // Raw bytes of a window.
+    let window_len = |range: &std::ops::Range<usize>| -> usize {
+        jobs[range.clone()].iter().map(raw_len).sum::<u64>() as usize
+    };
+    let decode = |range: &std::ops::Range<usize>, buf: &mut [u8]| -> Result<()> {
         let jobs = &jobs[range.clone()];
-        // Both buffers are allocated at the largest window's size before the first (so a
-        // window shorter than the last one reuses its bytes: every byte handed on is
-        // decoded first).
-        let len = jobs.iter().map(raw_len).sum::<u64>() as usize;
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
+        // Both buffers hold the largest window (so a window shorter than the last one reuses
+        // its bytes: every byte handed on is decoded first).
+        let len = window_len(range);
         let mut pieces = Vec::with_capacity(jobs.len());
         let mut rest = &mut buf[..len];
         for &(s, c) in jobs {
@@ -109,11 +109,7 @@ pub(crate) fn stream_entry_with(
     // them wrote every byte on one thread before the window's parallel decode began, three
     // times over at the start of every entry; fresh pages are now first touched by the
     // decoders, in parallel.
-    let largest = windows
-        .iter()
-        .map(|r| jobs[r.clone()].iter().map(raw_len).sum::<u64>() as usize)
-        .max()
-        .unwrap_or(0);
+    let largest = windows.iter().map(window_len).max().unwrap_or(0);
     let mut ready: Vec<u8> = vec![0; largest];
     let mut next: Vec<u8> = vec![0; largest];
     let mut previous: Option<&std::ops::Range<usize>> = None;
