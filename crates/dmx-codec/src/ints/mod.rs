@@ -138,6 +138,42 @@ enum CtxCode {
     Huffman(Vec<u8>),
 }
 
+/// Tables [`count_bins`] spreads its counts over.
+const COUNT_TABLES: usize = 4;
+
+/// The histogram of `bin(i)` (below `bins`) over `i` in `0..n`. Consecutive values go to
+/// [`COUNT_TABLES`] tables of `u32` counters, summed at the end: with one table, a run of
+/// values in one bin (most values of a peaked block) makes every increment wait for the
+/// previous one's store.
+#[inline(always)]
+fn count_bins(n: usize, bins: usize, bin: impl Fn(usize) -> usize) -> Vec<u64> {
+    let mut total = vec![0u64; bins];
+    let mut tables = vec![0u32; COUNT_TABLES * bins];
+    // `u32` counters cannot overflow within a block of `u32::MAX` values per table.
+    let block = COUNT_TABLES * (u32::MAX as usize);
+    let mut start = 0;
+    while start < n {
+        let end = n.min(start + block);
+        let mut i = start;
+        while i + COUNT_TABLES <= end {
+            for t in 0..COUNT_TABLES {
+                tables[t * bins + bin(i + t)] += 1;
+            }
+            i += COUNT_TABLES;
+        }
+        for (t, j) in (i..end).enumerate() {
+            tables[t * bins + bin(j)] += 1;
+        }
+        for table in tables.chunks_exact_mut(bins) {
+            for (a, c) in total.iter_mut().zip(table.iter_mut()) {
+                *a += u64::from(std::mem::take(c));
+            }
+        }
+        start = end;
+    }
+    total
+}
+
 /// Token histograms of a block at the finest parameter (`k = MAX_K`), one per context.
 pub(crate) struct Hist {
     /// `counts[c * width + t]`: values of context `c` with token `t`.
@@ -157,19 +193,14 @@ impl Hist {
         // Tokens grow with the value, so the OR of all values bounds them.
         let or = values.iter().fold(0u64, |a, &v| a | v.wide());
         let width = token(or, MAX_K) as usize + 1;
-        let mut counts = vec![0u64; nctx * width];
-        match ctx {
-            Some(c) => {
-                for (&v, &c) in values.iter().zip(c) {
-                    counts[usize::from(c) * width + token(v.wide(), MAX_K) as usize] += 1;
-                }
-            }
-            None => {
-                for &v in values {
-                    counts[token(v.wide(), MAX_K) as usize] += 1;
-                }
-            }
-        }
+        let counts = match ctx {
+            Some(c) => count_bins(values.len(), nctx * width, |i| {
+                usize::from(c[i]) * width + token(values[i].wide(), MAX_K) as usize
+            }),
+            None => count_bins(values.len(), width, |i| {
+                token(values[i].wide(), MAX_K) as usize
+            }),
+        };
         let n = values.len();
         Self {
             counts,

@@ -295,3 +295,24 @@ fn entropy_floor_is_a_tight_lower_bound() {
         }
     }
 }
+
+#[test]
+fn hist_counts_every_value_once_whatever_the_length() {
+    // Lengths around the tables' stride, and contexts: the histogram is the plain count.
+    for n in [0usize, 1, 3, 4, 5, 7, 8, 1001] {
+        let values: Vec<u64> = crate::pseudo_u64(n, n as u64 + 1)
+            .map(|x| x >> (x % 61))
+            .collect();
+        let ctx: Vec<u8> = values.iter().map(|&v| (v % 5) as u8).collect();
+        for c in [None, Some(ctx.as_slice())] {
+            let nctx = if c.is_some() { 5 } else { 1 };
+            let hist = Hist::new(&values, c, nctx);
+            let mut want = vec![0u64; nctx * hist.width];
+            for (i, &v) in values.iter().enumerate() {
+                let row = c.map_or(0, |c| usize::from(c[i]));
+                want[row * hist.width + token(v, MAX_K) as usize] += 1;
+            }
+            assert_eq!(hist.counts, want, "{n} {}", c.is_some());
+        }
+    }
+}
