@@ -402,6 +402,22 @@ fn res(x: u64, tz: u32, mask: u64) -> u64 {
     (x >> tz) & mask
 }
 
+/// The `r`-bit residuals (bits `tz..tz + r`, `tz + r <= 16`, `r <= 8`) of the four 16-bit
+/// values in `w` (first value lowest), packed into `4 r` bits, first value lowest: each value
+/// is masked in place, then neighbours are folded together, pairs first.
+#[inline(always)]
+fn gather4(w: u64, tz: u32, r: u32) -> u64 {
+    debug_assert!(r <= 8 && tz + r <= 16);
+    let lanes = ((1u64 << r) - 1) * 0x0001_0001_0001_0001;
+    // Values at bits 0, 16, 32 and 48.
+    let x = (w >> tz) & lanes;
+    // Pairs: value 1 beside value 0 (bits 0..2r), value 3 beside value 2 (bits 32..32 + 2r).
+    let y = x | x >> (16 - r);
+    let pair = (1u64 << (2 * r)) - 1;
+    // The second pair beside the first; for r <= 8 nothing else of y lands in its place.
+    (y & pair) | (y >> (32 - 2 * r) & pair << (2 * r))
+}
+
 /// Appends the residual area: the `r`-bit residual of every value in order, LSB first,
 /// padded to a byte at its end.
 #[inline(always)]
@@ -413,7 +429,19 @@ fn encode_residuals<const B: usize>(data: &[u8], s: Shape, out: &mut Vec<u8>) {
     let buf = out.as_mut_slice();
     let tz = s.tz;
     let mut lane = Lane::new(start);
-    if 4 * r <= MAX_PUT_BITS {
+    if B == 2 && r <= 7 {
+        // Eight 16-bit values per put, their residuals gathered four at a time from one
+        // 64-bit word (see `gather4`); 8 r <= 56 bits.
+        let mut it = data.chunks_exact(16);
+        for v in &mut it {
+            let f =
+                gather4(load::<8>(&v[..8]), tz, r) | gather4(load::<8>(&v[8..]), tz, r) << (4 * r);
+            lane.put(buf, f, 8 * r);
+        }
+        for v in it.remainder().chunks_exact(B) {
+            lane.put(buf, res(load::<B>(v), tz, mask), r);
+        }
+    } else if 4 * r <= MAX_PUT_BITS {
         let mut it = data.chunks_exact(4 * B);
         for v in &mut it {
             let [x0, x1, x2, x3] = four::<B>(v);
@@ -950,6 +978,21 @@ impl Dec<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn gather4_packs_the_residuals_of_four_values() {
+        for (i, w) in crate::pseudo_u64(200, 9).enumerate() {
+            for r in 1..=8u32 {
+                for tz in 0..=16 - r {
+                    let mut want = 0u64;
+                    for k in 0..4 {
+                        want |= (w >> (16 * k + tz) & ((1 << r) - 1)) << (k as u32 * r);
+                    }
+                    assert_eq!(super::gather4(w, tz, r), want, "{i} r {r} tz {tz}");
+                }
+            }
+        }
+    }
+
     use super::*;
 
     /// Encodes and decodes on every CPU level: the same bytes, the same values.
