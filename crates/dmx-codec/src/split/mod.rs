@@ -993,7 +993,7 @@ mod tests {
                 for tz in 0..=16 - r {
                     let mut want = 0u64;
                     for k in 0..4 {
-                        want |= (w >> (16 * k + tz) & ((1 << r) - 1)) << (k as u32 * r);
+                        want |= (w >> (16 * k + tz) & ((1 << r) - 1)) << (k * r);
                     }
                     assert_eq!(super::gather4(w, tz, r), want, "{i} r {r} tz {tz}");
                 }
