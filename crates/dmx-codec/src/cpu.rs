@@ -165,29 +165,23 @@ pub(crate) fn ans_rounds(
             // loads of a group stay inside the residual area.
             let r = a.r as usize;
             let mut safe = groups.min((i32::MAX as usize - 64) / (8 * r).max(1));
-            if r > 0 && r <= SHUFFLE_MAX_R {
-                // Group t loads 16 bytes at byte t·r (a group's residuals are 8r bits).
-                let fit = a.res.len().checked_sub(16).map_or(0, |room| room / r + 1);
-                safe = safe.min(fit);
-            } else if r > 0 {
-                // Group t reads bytes up to ((8t + 7) r) / 8 + 3, which must be below
-                // res.len(): (8t + 7) r <= 8 (len − 4) + 7.
+            if r > 0 {
+                // Group t loads 16 bytes at byte t·r and 16 at byte t·r + high_at(r) (a
+                // group's residuals are 8r bits, r bytes).
                 let fit = a
                     .res
                     .len()
-                    .checked_sub(4)
-                    .and_then(|room| ((8 * room + 7) / r).checked_sub(7))
-                    .map_or(0, |t| t / 8 + 1);
+                    .checked_sub(16 + high_at(r))
+                    .map_or(0, |room| room / r + 1);
                 safe = safe.min(fit);
-                debug_assert!(safe == 0 || ((8 * safe - 1) * r) / 8 + 4 <= a.res.len());
             }
             // SAFETY: a `Level` holding `Kind::X86V3` is only made after AVX2 was detected
             // (`Level::best`). `avx2::ans` keeps its memory accesses in bounds: table
             // gathers use indices below 2^14 (16384 + 2 entries for the two-byte symbol
-            // reads), residual loads (16 bytes at t·r for r ≤ SHUFFLE_MAX_R, else
-            // gathers) only in the first `safe` groups (checked above: the last byte read
-            // is inside `res`), word loads only where 16 bytes remain (checked per group),
-            // and stores only inside `out[..safe * 8 * bytes]`.
+            // reads), residual loads (16 bytes at t·r and at t·r + high_at(r)) only in the
+            // first `safe` groups (checked above: the last byte read is inside `res`), word
+            // loads only where 16 bytes remain (checked per group), and stores only inside
+            // `out[..safe * 8 * bytes]`.
             unsafe { avx2::ans(a, x, k, out, safe / 4 * 4) }
         }
     }
@@ -243,9 +237,17 @@ pub(crate) fn ans_encode(
 }
 
 /// Widest residual the vector decoder of codec 12 takes from one 16-byte load and a byte
-/// shuffle (the eighth lane's four bytes start at byte 7r / 8 ≤ 12); wider ones are
-/// gathered.
+/// shuffle (the eighth lane's four bytes start at byte 7r / 8 ≤ 12).
 const SHUFFLE_MAX_R: usize = 14;
+
+/// Where, from the first byte of a group's `r`-bit residuals, the vector decoder of codec 12
+/// loads the 16 bytes that lanes 4 to 7 take their residuals from: the same bytes as lanes 0
+/// to 3 up to [`SHUFFLE_MAX_R`], else the byte that holds lane 4's first bit (lane 7's four
+/// bytes then start at most at byte 3r / 8 + 1 ≤ 10 of them, for r ≤ 25). Lanes 0 to 3 read
+/// their four bytes at byte ir / 8 ≤ 9 of the first 16.
+fn high_at(r: usize) -> usize {
+    if r <= SHUFFLE_MAX_R { 0 } else { 4 * r / 8 }
+}
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
@@ -395,13 +397,12 @@ mod avx2 {
         low16: __m256i,
         zero: __m256i,
         rmask: __m256i,
-        lane_r: __m256i,
         lane_shift: __m256i,
-        seven: __m256i,
         ctl: __m256i,
         shift: __m128i,
         tz: __m128i,
-        shuffle: bool,
+        /// [`super::high_at`] of the residual width.
+        high: usize,
     }
 
     /// One group of eight values with the states `x` (see [`super::ans_rounds`], which
@@ -441,17 +442,17 @@ mod avx2 {
             let w = _mm256_permutevar8x32_epi32(w, perm);
             *x = _mm256_blendv_epi8(y, _mm256_or_si256(_mm256_slli_epi32::<16>(y), w), need);
             *kk += m.count_ones() as usize;
-            let rv = if r > 0 && c.shuffle {
-                // 16 bytes at g·r are inside `res` (checked by `ans_rounds`).
-                let v = _mm_loadu_si128(a.res.as_ptr().add(g * r as usize).cast());
-                let v = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(v), c.ctl);
+            let rv = if r > 0 {
+                // 16 bytes at g·r and at g·r + high are inside `res` (checked by
+                // `ans_rounds`); lanes 0–3 shuffle theirs from the first, lanes 4–7 from the
+                // second.
+                let at = a.res.as_ptr().add(g * r as usize);
+                let v = _mm256_set_m128i(
+                    _mm_loadu_si128(at.add(c.high).cast()),
+                    _mm_loadu_si128(at.cast()),
+                );
+                let v = _mm256_shuffle_epi8(v, c.ctl);
                 _mm256_and_si256(_mm256_srlv_epi32(v, c.lane_shift), c.rmask)
-            } else if r > 0 {
-                let p = _mm256_add_epi32(_mm256_set1_epi32(g as i32 * 8 * r), c.lane_r);
-                // Byte offsets of the checked groups plus 4 stay inside `res`.
-                let v =
-                    _mm256_i32gather_epi32::<1>(a.res.as_ptr().cast(), _mm256_srli_epi32::<3>(p));
-                _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_and_si256(p, c.seven)), c.rmask)
             } else {
                 c.zero
             };
@@ -478,9 +479,12 @@ mod avx2 {
         groups: usize,
     ) -> usize {
         let r = a.r as i32;
+        let high = super::high_at(a.r as usize);
+        // Lane j's four bytes, from the first load (j < 4) or the second (at `high`).
         let mut ctl = [0i8; 32];
         for (j, c) in ctl.chunks_exact_mut(4).enumerate() {
-            let at = (j as i32 * r) / 8;
+            let from = if j < 4 { 0 } else { high as i32 };
+            let at = (j as i32 * r) / 8 - from;
             for (i, c) in c.iter_mut().enumerate() {
                 *c = (at + i as i32) as i8;
             }
@@ -488,7 +492,6 @@ mod avx2 {
         // SAFETY: `xs` holds 32 states, four vectors; `group` is called only
         // for checked groups with 32 words left, 16 bytes for each of its four calls.
         unsafe {
-            let seven = _mm256_set1_epi32(7);
             let lane_r = _mm256_mullo_epi32(
                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                 _mm256_set1_epi32(r),
@@ -498,13 +501,11 @@ mod avx2 {
                 low16: _mm256_set1_epi32(0xFFFF),
                 zero: _mm256_setzero_si256(),
                 rmask: _mm256_set1_epi32(((1u64 << a.r) - 1) as i32),
-                lane_r,
-                lane_shift: _mm256_and_si256(lane_r, seven),
-                seven,
+                lane_shift: _mm256_and_si256(lane_r, _mm256_set1_epi32(7)),
                 ctl: _mm256_loadu_si256(ctl.as_ptr().cast()),
                 shift: _mm_cvtsi32_si128(a.shift as i32),
                 tz: _mm_cvtsi32_si128(a.tz as i32),
-                shuffle: a.r as usize <= super::SHUFFLE_MAX_R,
+                high,
             };
             let p = xs.as_mut_ptr().cast::<__m256i>();
             let [mut x0, mut x1, mut x2, mut x3] =

@@ -718,6 +718,48 @@ mod tests {
     }
 
     #[test]
+    fn every_residual_width_round_trips_at_every_level() {
+        // Every symbol width of values with 0 to 23 trailing zero bits: residuals of 0 to
+        // 23 bits (F32) and 0 to 10 (16-bit), each through the vector decoder's loads.
+        let mut widths = std::collections::BTreeSet::new();
+        for layout in [FloatLayout::F32, FloatLayout::BF16, FloatLayout::F16] {
+            let bits = layout.bits();
+            for tz in 0..bits - 8 {
+                let data: Vec<u8> = skewed(layout, 3001, u64::from(tz) + 5)
+                    .chunks_exact(layout.bytes())
+                    .flat_map(|v| {
+                        let x = load::<4>(&[v, &[0u8; 4][v.len()..]].concat()) >> tz << tz;
+                        x.to_le_bytes()[..layout.bytes()].to_vec()
+                    })
+                    .collect();
+                let a = Analysis::new(layout, &data);
+                for w in crate::split::min_width(&a)..=a.hist_bits() {
+                    let (_, lengths, tz, size) = crate::split::at_width(&a, w);
+                    let split = SplitPlan {
+                        sym_bits: w,
+                        tz,
+                        lengths,
+                        low_bytes: Vec::new(),
+                        size,
+                        entropy_bits: 0.0,
+                    };
+                    widths.insert((bits, bits - w - tz));
+                    let p = forced(&a, &split);
+                    let enc = encode_at(layout, &data, &p, Level::SCALAR);
+                    for level in Level::available() {
+                        assert_eq!(encode_at(layout, &data, &p, level), enc);
+                        let mut out = vec![0u8; data.len()];
+                        decode_at(&enc, &mut out, level).unwrap();
+                        assert_eq!(out, data, "{layout:?} w {w} tz {tz} {}", level.name());
+                    }
+                }
+            }
+        }
+        assert!((0..=23).all(|r| widths.contains(&(32, r))), "{widths:?}");
+        assert!((0..=10).all(|r| widths.contains(&(16, r))), "{widths:?}");
+    }
+
+    #[test]
     fn pays_on_skewed_symbols_and_is_smaller_than_huffman() {
         // 32-bit values: the symbol is a small part of the value, so the saving is small
         // against the chunk; smaller than codec 10 all the same.
