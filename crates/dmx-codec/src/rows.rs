@@ -192,8 +192,8 @@ fn apply_width<const B: usize>(
 }
 
 /// Encodes with the transform when it beats `plain_size`: codec 17 (rANS-coded symbols)
-/// where rANS saves at least 1/1000 of codec 10's size on the transformed values, else codec
-/// 11; returns the encoding with its entropy bound.
+/// where rANS is smaller on the transformed values under codec 12's rule
+/// ([`split::ans::plan`]), else codec 11; returns the encoding with its entropy bound.
 pub fn encode(
     layout: FloatLayout,
     data: &[u8],
