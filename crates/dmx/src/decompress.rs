@@ -219,6 +219,7 @@ pub fn decompress(archive_path: &Path, output: &Path, opts: &Options) -> Result<
             Root::File => {
                 let entry = &archive.index().entries[0];
                 let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
+                out.reserve(entry.size);
                 restore_entry(&archive, entry, opts, |data| out.write_all(data))?;
                 out.commit()
             }

@@ -437,6 +437,7 @@ pub(super) fn restore_entry(
         }
         None => {
             let mut out = AtomicFile::create(dest, force, sync)?;
+            out.reserve(entry.size);
             write_entry(archive, entry, &[], &o, |d| out.write_all(d))?;
             out.commit()
         }

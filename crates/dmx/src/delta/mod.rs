@@ -727,6 +727,7 @@ fn restore_checked(
         }
     };
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
+    out.reserve(entry.size);
     let write = || write_entry(archive, entry, &slices, opts, |data| out.write_all(data));
     let (written, sha) = rayon::join(write, || base.sha256());
     check_base(archive, entry, base, Some(sha))?;
