@@ -166,6 +166,9 @@ fn start_archive(
         minor
     };
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
+    // An archive is hardly ever larger than its input; the blocks it does not fill are freed
+    // at the commit.
+    out.reserve(total);
     out.write_all(&dmx_format::preamble_with(minor, flags))?;
     if let Some(p) = opts.progress.as_deref() {
         p.start("compressing", total);

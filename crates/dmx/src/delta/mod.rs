@@ -342,6 +342,7 @@ pub fn delta_compress(
         p.start("delta-compressing", plan.size);
     }
     let mut out = AtomicFile::create(output, opts.force, !opts.no_sync)?;
+    out.reserve(plan.size);
     let (minor, flags) = delta_format(std::slice::from_ref(&plan), d.precision);
     out.write_all(&dmx_format::preamble_with(minor, flags))?;
     // The base's SHA-256 (recorded at the end) is computed beside the coding.
