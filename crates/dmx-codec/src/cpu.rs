@@ -174,6 +174,7 @@ pub(crate) fn ans_rounds(
                     .checked_sub(16 + high_at(r))
                     .map_or(0, |room| room / r + 1);
                 safe = safe.min(fit);
+                debug_assert!(safe == 0 || (safe - 1) * r + high_at(r) + 16 <= a.res.len());
             }
             // SAFETY: a `Level` holding `Kind::X86V3` is only made after AVX2 was detected
             // (`Level::best`). `avx2::ans` keeps its memory accesses in bounds: table
