@@ -12,7 +12,7 @@ use crate::archive::Archive;
 use crate::error::{Error, Result};
 use crate::io::{
     AtomicDir, AtomicFile, check_destination, check_distinct, check_writable, check_writable_dir,
-    temp_file_in, write_plain, write_through,
+    reserve_blocks, temp_file_in, write_plain, write_through,
 };
 use crate::window::{SegmentHasher, windows};
 
@@ -271,10 +271,20 @@ pub(crate) fn restore_tree(
             Error::Io { source, .. } => Error::io(&shown, source),
             e => e,
         })?;
+        // The file's blocks are allocated before its bytes arrive (see `AtomicFile::reserve`).
+        let reserved = reserve_blocks(w.get_ref(), entry.size);
+        let mut written = 0u64;
         restore_file(entry, &mut |data: &[u8]| {
+            written += data.len() as u64;
             write_through(&mut w, data).map_err(|e| Error::io(&shown, e))
         })?;
         w.flush().map_err(|e| Error::io(&shown, e))?;
+        if reserved && written < entry.size {
+            // Fewer bytes than reserved: the file ends where they do.
+            w.get_ref()
+                .set_len(written)
+                .map_err(|e| Error::io(&shown, e))?;
+        }
         if sync {
             w.get_ref().sync_all().map_err(|e| Error::io(&shown, e))?;
         }

@@ -327,20 +327,9 @@ impl AtomicFile {
     ///
     /// [`commit`]: AtomicFile::commit
     pub fn reserve(&mut self, len: u64) {
-        #[cfg(target_os = "linux")]
-        if len > self.pos
-            && rustix::fs::fallocate(
-                self.tmp.as_file(),
-                rustix::fs::FallocateFlags::empty(),
-                0,
-                len,
-            )
-            .is_ok()
-        {
+        if len > self.pos && reserve_blocks(self.tmp.as_file(), len) {
             self.reserved = self.reserved.max(len);
         }
-        #[cfg(not(target_os = "linux"))]
-        let _ = len;
     }
 
     /// Bytes written so far.
@@ -621,6 +610,22 @@ pub(crate) fn create_plain(path: &Path) -> Result<File> {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
     File::create(path).map_err(|e| Error::io(path, e))
+}
+
+/// Allocates the disk blocks of the first `len` bytes of `file`, which then has at least
+/// `len` bytes (zeros past its data): what [`AtomicFile::reserve`] does, for files written
+/// otherwise. Returns whether it did (Linux `fallocate`; elsewhere, or where the filesystem
+/// cannot or the disk is too full, nothing is done).
+pub(crate) fn reserve_blocks(file: &File, len: u64) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len).is_ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, len);
+        false
+    }
 }
 
 /// Slices at least this long bypass a [`BufWriter`]'s buffer ([`write_through`]).
