@@ -12,7 +12,7 @@ use crate::archive::Archive;
 use crate::error::{Error, Result};
 use crate::io::{
     AtomicDir, AtomicFile, check_destination, check_distinct, check_writable, check_writable_dir,
-    reserve_blocks, temp_file_in, write_plain, write_through,
+    end_reserved, reserve_blocks, temp_file_in, write_plain, write_through,
 };
 use crate::window::{SegmentHasher, windows};
 
@@ -272,19 +272,18 @@ pub(crate) fn restore_tree(
             e => e,
         })?;
         // The file's blocks are allocated before its bytes arrive (see `AtomicFile::reserve`).
-        let reserved = reserve_blocks(w.get_ref(), entry.size);
+        let reserved = if reserve_blocks(w.get_ref(), entry.size) {
+            entry.size
+        } else {
+            0
+        };
         let mut written = 0u64;
         restore_file(entry, &mut |data: &[u8]| {
             written += data.len() as u64;
             write_through(&mut w, data).map_err(|e| Error::io(&shown, e))
         })?;
         w.flush().map_err(|e| Error::io(&shown, e))?;
-        if reserved && written < entry.size {
-            // Fewer bytes than reserved: the file ends where they do.
-            w.get_ref()
-                .set_len(written)
-                .map_err(|e| Error::io(&shown, e))?;
-        }
+        end_reserved(w.get_ref(), reserved, written).map_err(|e| Error::io(&shown, e))?;
         if sync {
             w.get_ref().sync_all().map_err(|e| Error::io(&shown, e))?;
         }

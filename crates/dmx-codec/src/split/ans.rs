@@ -741,15 +741,8 @@ mod tests {
                     .collect();
                 let a = Analysis::new(layout, &data);
                 for w in crate::split::min_width(&a)..=a.hist_bits() {
-                    let (_, lengths, tz, size) = crate::split::at_width(&a, w);
-                    let split = SplitPlan {
-                        sym_bits: w,
-                        tz,
-                        lengths,
-                        low_bytes: Vec::new(),
-                        size,
-                        entropy_bits: 0.0,
-                    };
+                    let split = crate::split::plan_at_width(&a, w);
+                    let tz = split.tz;
                     widths.insert((bits, bits - w - tz));
                     let p = forced(&a, &split);
                     let enc = encode_at(layout, &data, &p, Level::SCALAR);

@@ -100,6 +100,21 @@ pub fn best_plan(a: &Analysis, data: Option<&[u8]>) -> Plan {
     plan
 }
 
+/// The plan of width `w` (no low bytes coded, no entropy bound): what tests use to force
+/// every residual width, which [`best_plan`] would not choose.
+#[cfg(test)]
+pub(crate) fn plan_at_width(a: &Analysis, w: u32) -> Plan {
+    let (_, lengths, tz, size) = at_width(a, w);
+    Plan {
+        sym_bits: w,
+        tz,
+        lengths,
+        low_bytes: Vec::new(),
+        size,
+        entropy_bits: 0.0,
+    }
+}
+
 /// The narrowest symbol [`best_plan`] tries: the sign and the exponent.
 fn min_width(a: &Analysis) -> u32 {
     (1 + a.layout().exp_bits).min(a.hist_bits())
@@ -1095,15 +1110,8 @@ mod tests {
                         .collect();
                     let a = Analysis::new(layout, &data);
                     for w in min_width(&a)..=a.hist_bits() {
-                        let (_, lengths, tz, size) = at_width(&a, w);
-                        let plan = Plan {
-                            sym_bits: w,
-                            tz,
-                            lengths,
-                            low_bytes: Vec::new(),
-                            size,
-                            entropy_bits: 0.0,
-                        };
+                        let plan = plan_at_width(&a, w);
+                        let tz = plan.tz;
                         widths.insert(16 - w - tz);
                         let enc = encode_at(layout, &data, &plan, Level::SCALAR);
                         assert!(enc.len() <= plan.size, "{layout:?} tz {tz} w {w}");

@@ -372,10 +372,7 @@ impl AtomicFile {
             .writer
             .into_inner()
             .map_err(|e| Error::io(&dest, e.into_error()))?;
-        if self.reserved > self.pos {
-            // Fewer bytes than reserved: the file ends where they do.
-            file.set_len(self.pos).map_err(|e| Error::io(&dest, e))?;
-        }
+        end_reserved(&file, self.reserved, self.pos).map_err(|e| Error::io(&dest, e))?;
         if self.sync {
             file.sync_all().map_err(|e| Error::io(&dest, e))?;
         }
@@ -626,6 +623,16 @@ pub(crate) fn reserve_blocks(file: &File, len: u64) -> bool {
         let _ = (file, len);
         false
     }
+}
+
+/// Ends `file`, for which [`reserve_blocks`] reserved `reserved` bytes (0: none), at the
+/// `written` bytes written to it: a file written shorter than reserved is cut to its bytes,
+/// which frees the blocks they did not fill.
+pub(crate) fn end_reserved(file: &File, reserved: u64, written: u64) -> std::io::Result<()> {
+    if reserved > written {
+        file.set_len(written)?;
+    }
+    Ok(())
 }
 
 /// Slices at least this long bypass a [`BufWriter`]'s buffer ([`write_through`]).

@@ -8,8 +8,8 @@ pub(crate) mod fs;
 mod source;
 
 pub(crate) use atomic::{
-    AtomicDir, AtomicFile, TempDir, commit_guard, create_plain, reserve_blocks, temp_dir_in,
-    temp_file_in,
+    AtomicDir, AtomicFile, TempDir, commit_guard, create_plain, end_reserved, reserve_blocks,
+    temp_dir_in, temp_file_in,
 };
 pub use atomic::{
     TEMP_PREFIX, is_temp_name, remove_temps, sweep_stale, write_file, write_plain, write_through,
