@@ -14,7 +14,7 @@
 //! the transformed values. See docs/CODECS.md §14.
 
 use crate::float::{self, load};
-use crate::rows::{HEADER, HeadMessages, field, moved, read_head, row_delta, write_head};
+use crate::rows::{HEADER, HeadMessages, field, read_head, row_delta, write_head};
 use crate::{CodecError, FloatLayout, split};
 
 /// Largest exponent width the transform handles (bases are stored as bytes).
@@ -98,16 +98,34 @@ fn apply_width<const B: usize>(
     forward: bool,
 ) {
     let (_, mask) = field(layout);
-    let deltas: Vec<u64> = bases
+    // In the values' own width, as `rows::move_values` (see there why that is exact).
+    let deltas: Vec<u32> = bases
         .iter()
-        .map(|&b| row_delta(layout, b, forward))
+        .map(|&b| row_delta(layout, b, forward) as u32)
         .collect();
-    for run in data.chunks_exact_mut(period * B) {
-        for (v, &delta) in run.chunks_exact_mut(B).zip(&deltas) {
-            let y = moved(load::<B>(v), mask, delta);
-            v.copy_from_slice(&y.to_le_bytes()[..B]);
-        }
-    }
+    crate::cpu::dispatch(
+        crate::cpu::Level::detected(),
+        #[inline(always)]
+        || {
+            for run in data.chunks_exact_mut(period * B) {
+                if B == 2 {
+                    let m = mask as u16;
+                    for (v, &d) in run.chunks_exact_mut(2).zip(&deltas) {
+                        let x = u16::from_le_bytes([v[0], v[1]]);
+                        let y = (x & !m) | (x.wrapping_add(d as u16) & m);
+                        v.copy_from_slice(&y.to_le_bytes());
+                    }
+                } else {
+                    let m = mask as u32;
+                    for (v, &d) in run.chunks_exact_mut(4).zip(&deltas) {
+                        let x = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+                        let y = (x & !m) | (x.wrapping_add(d) & m);
+                        v.copy_from_slice(&y.to_le_bytes());
+                    }
+                }
+            }
+        },
+    );
 }
 
 /// Subtracts (`forward`) or adds back each column's base from the exponent field, in place;

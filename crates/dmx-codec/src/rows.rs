@@ -50,11 +50,97 @@ pub fn row_bases(
     exact: bool,
 ) -> (Vec<u8>, f64) {
     debug_assert!(supports(layout));
+    if exact {
+        return (exact_medians(layout, data, row_len, stride), 0.0);
+    }
     if layout.bytes() == 2 {
         row_bases_width::<2>(layout, data, row_len, stride, exact)
     } else {
         row_bases_width::<4>(layout, data, row_len, stride, exact)
     }
+}
+
+/// The median exponent of every value of every `stride`-th row: the smallest exponent whose
+/// count, with the counts of the exponents below it, reaches half the row (rounded up). What
+/// [`row_bases_width`] computes with `exact`, in three passes per row that run at vector
+/// speed where they can: the exponents with their least and greatest, four histograms
+/// (consecutive values of a row often share an exponent, and one table made every count wait
+/// for the previous one), and the scan between the least and greatest.
+fn exact_medians(layout: FloatLayout, data: &[u8], row_len: usize, stride: usize) -> Vec<u8> {
+    let (shift, mask) = field(layout);
+    crate::cpu::dispatch(
+        crate::cpu::Level::detected(),
+        #[inline(always)]
+        || {
+            if layout.bytes() == 2 {
+                exact_medians_width::<2>(data, row_len, stride, shift, mask as u32)
+            } else {
+                exact_medians_width::<4>(data, row_len, stride, shift, mask as u32)
+            }
+        },
+    )
+}
+
+#[inline(always)]
+fn exact_medians_width<const B: usize>(
+    data: &[u8],
+    row_len: usize,
+    stride: usize,
+    shift: u32,
+    mask: u32,
+) -> Vec<u8> {
+    let half = (row_len as u32).div_ceil(2);
+    let mut exps = vec![0u8; row_len];
+    let mut hist = vec![[0u32; 4]; 256];
+    let mut medians = Vec::with_capacity(data.len() / (row_len * B) / stride.max(1) + 1);
+    // A loop, not `map`: a closure is compiled out of line, without the dispatched features.
+    for row in data.chunks_exact(row_len * B).step_by(stride.max(1)) {
+        {
+            // The exponents: whole blocks of 16 values, then the rest one by one.
+            for (x, v) in exps.chunks_exact_mut(16).zip(row.chunks_exact(16 * B)) {
+                let mut w = [0u32; 16];
+                load16::<B>(v, &mut w);
+                for (x, w) in x.iter_mut().zip(w) {
+                    *x = ((w & mask) >> shift) as u8;
+                }
+            }
+            let whole = row_len / 16 * 16;
+            for (x, v) in exps[whole..row_len]
+                .iter_mut()
+                .zip(row[whole * B..].chunks_exact(B))
+            {
+                let mut w = [0u32; 1];
+                load16::<B>(v, &mut w);
+                *x = ((w[0] & mask) >> shift) as u8;
+            }
+            let exps = &exps[..row_len];
+            let lo = exps.iter().copied().fold(u8::MAX, u8::min);
+            let hi = exps.iter().copied().fold(0, u8::max);
+            let mut quads = exps.chunks_exact(4);
+            for q in &mut quads {
+                for (k, &e) in q.iter().enumerate() {
+                    hist[usize::from(e)][k] += 1;
+                }
+            }
+            for &e in quads.remainder() {
+                hist[usize::from(e)][0] += 1;
+            }
+            let mut seen = 0;
+            let mut median = None;
+            for (e, h) in hist[usize::from(lo)..=usize::from(hi)]
+                .iter_mut()
+                .enumerate()
+            {
+                seen += h.iter().sum::<u32>();
+                *h = [0; 4];
+                if median.is_none() && seen >= half {
+                    median = Some(lo as usize + e);
+                }
+            }
+            medians.push(median.unwrap_or(usize::from(lo)) as u8);
+        }
+    }
+    medians
 }
 
 fn row_bases_width<const B: usize>(
@@ -136,14 +222,87 @@ fn transformed_width<const B: usize>(
     out: &mut [u8],
 ) {
     let (_, mask) = field(layout);
-    let rows = data
-        .chunks_exact(row_len * B)
-        .zip(out.chunks_exact_mut(row_len * B));
-    for ((row, dst), &base) in rows.zip(bases) {
-        let delta = row_delta(layout, base, true);
-        for (v, d) in row.chunks_exact(B).zip(dst.chunks_exact_mut(B)) {
-            d.copy_from_slice(&moved(load::<B>(v), mask, delta).to_le_bytes()[..B]);
-        }
+    crate::cpu::dispatch(
+        crate::cpu::Level::detected(),
+        #[inline(always)]
+        || {
+            let rows = data
+                .chunks_exact(row_len * B)
+                .zip(out.chunks_exact_mut(row_len * B));
+            for ((row, dst), &base) in rows.zip(bases) {
+                move_values::<B>(row, dst, mask, row_delta(layout, base, true));
+            }
+        },
+    );
+}
+
+/// Writes to `dst` the values of `src` (`B` bytes each, little-endian) with `delta` added to
+/// their exponent field `mask` ([`moved`]), computed in the values' own width and in blocks
+/// of 16 so the loop vectorizes (value by value through `u64` it did not: 5.6 instructions
+/// per value). `delta` has no bits outside `mask`, so adding it to the whole value carries
+/// nothing into the field from below, and masking drops what carries out.
+#[inline(always)]
+pub(crate) fn move_values<const B: usize>(src: &[u8], dst: &mut [u8], mask: u64, delta: u64) {
+    let mut blocks = src.chunks_exact(16 * B).zip(dst.chunks_exact_mut(16 * B));
+    for (s, d) in &mut blocks {
+        let mut w = [0u32; 16];
+        load16::<B>(s, &mut w);
+        move16(&mut w, mask as u32, delta as u32);
+        store16::<B>(&w, d);
+    }
+    let rest = src.len() / (16 * B) * (16 * B);
+    for (s, d) in src[rest..]
+        .chunks_exact(B)
+        .zip(dst[rest..].chunks_exact_mut(B))
+    {
+        let mut w = [0u32; 16];
+        load16::<B>(s, &mut w[..1]);
+        move16(&mut w, mask as u32, delta as u32);
+        store16::<B>(&w[..1], d);
+    }
+}
+
+/// [`move_values`] in place.
+#[inline(always)]
+pub(crate) fn move_in_place<const B: usize>(data: &mut [u8], mask: u64, delta: u64) {
+    let mut blocks = data.chunks_exact_mut(16 * B);
+    for d in &mut blocks {
+        let mut w = [0u32; 16];
+        load16::<B>(d, &mut w);
+        move16(&mut w, mask as u32, delta as u32);
+        store16::<B>(&w, d);
+    }
+    for d in blocks.into_remainder().chunks_exact_mut(B) {
+        let mut w = [0u32; 16];
+        load16::<B>(d, &mut w[..1]);
+        move16(&mut w, mask as u32, delta as u32);
+        store16::<B>(&w[..1], d);
+    }
+}
+
+/// The `w.len()` values of `B` bytes at the start of `src`, widened.
+#[inline(always)]
+fn load16<const B: usize>(src: &[u8], w: &mut [u32]) {
+    for (x, v) in w.iter_mut().zip(src.chunks_exact(B)) {
+        let mut b = [0u8; 4];
+        b[..B].copy_from_slice(v);
+        *x = u32::from_le_bytes(b);
+    }
+}
+
+/// Writes the `w.len()` values back as `B` bytes each.
+#[inline(always)]
+fn store16<const B: usize>(w: &[u32], dst: &mut [u8]) {
+    for (x, v) in w.iter().zip(dst.chunks_exact_mut(B)) {
+        v.copy_from_slice(&x.to_le_bytes()[..B]);
+    }
+}
+
+/// [`moved`] on 16 values (a field of a 16-bit value stays within its low half).
+#[inline(always)]
+fn move16(w: &mut [u32; 16], mask: u32, delta: u32) {
+    for x in w.iter_mut() {
+        *x = (*x & !mask) | (x.wrapping_add(delta) & mask);
     }
 }
 
@@ -157,9 +316,9 @@ pub(crate) fn row_delta(layout: FloatLayout, base: u8, forward: bool) -> u64 {
 }
 
 /// `x` with `delta` added to its exponent field (`mask`); carries out of the field are masked
-/// off.
-#[inline(always)]
-pub(crate) fn moved(x: u64, mask: u64, delta: u64) -> u64 {
+/// off. The definition the vector loops ([`move_values`]) are tested against.
+#[cfg(test)]
+fn moved(x: u64, mask: u64, delta: u64) -> u64 {
     (x & !mask) | ((x & mask).wrapping_add(delta) & mask)
 }
 
@@ -182,13 +341,15 @@ fn apply_width<const B: usize>(
     forward: bool,
 ) {
     let (_, mask) = field(layout);
-    for (row, &base) in data.chunks_exact_mut(row_len * B).zip(bases) {
-        let delta = row_delta(layout, base, forward);
-        for v in row.chunks_exact_mut(B) {
-            let y = moved(load::<B>(v), mask, delta);
-            v.copy_from_slice(&y.to_le_bytes()[..B]);
-        }
-    }
+    crate::cpu::dispatch(
+        crate::cpu::Level::detected(),
+        #[inline(always)]
+        || {
+            for (row, &base) in data.chunks_exact_mut(row_len * B).zip(bases) {
+                move_in_place::<B>(row, mask, row_delta(layout, base, forward));
+            }
+        },
+    );
 }
 
 /// Encodes with the transform when it beats `plain_size`: codec 17 (rANS-coded symbols)
@@ -441,6 +602,104 @@ mod tests {
         let err = decode(&payload, &mut [0u8; 8]).unwrap_err();
         assert!(matches!(err, CodecError::Corrupt(_)), "{err:?}");
         assert!(!err.to_string().contains("codec id"), "{err}");
+    }
+
+    /// The loops in the values' width against the `u64` definition: every 16-bit pattern
+    /// and a spread of 32-bit ones, every base of the 16-bit dtypes and a spread of F32's,
+    /// both directions, copied and in place, at every CPU level.
+    #[test]
+    fn moving_in_the_values_width_is_the_definition() {
+        let load = |v: &[u8]| {
+            let mut w = [0u8; 8];
+            w[..v.len()].copy_from_slice(v);
+            u64::from_le_bytes(w)
+        };
+        let wide: Vec<u8> = (0..70_000u32)
+            .map(|i| i.wrapping_mul(0x9E37_79B9) ^ (i << 23))
+            .chain([0, u32::MAX, 0x7F80_0000, 0xFF80_0000, 0x8000_0000, 1])
+            .flat_map(u32::to_le_bytes)
+            .collect();
+        let narrow: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+        for layout in [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32] {
+            let b = layout.bytes();
+            let data = if b == 2 { &narrow } else { &wide };
+            let bases: Vec<u8> = if b == 2 {
+                (0..1u32 << layout.exp_bits).map(|e| e as u8).collect()
+            } else {
+                vec![0, 1, 2, 63, 126, 127, 128, 129, 200, 254, 255]
+            };
+            let (_, mask) = field(layout);
+            for base in bases {
+                for forward in [true, false] {
+                    let delta = row_delta(layout, base, forward);
+                    let want: Vec<u8> = data
+                        .chunks_exact(b)
+                        .flat_map(|v| moved(load(v), mask, delta).to_le_bytes()[..b].to_vec())
+                        .collect();
+                    for level in crate::cpu::Level::available() {
+                        let mut got = vec![0u8; data.len()];
+                        let mut inplace = data.clone();
+                        crate::cpu::dispatch(
+                            level,
+                            #[inline(always)]
+                            || {
+                                if b == 2 {
+                                    move_values::<2>(data, &mut got, mask, delta);
+                                    move_in_place::<2>(&mut inplace, mask, delta);
+                                } else {
+                                    move_values::<4>(data, &mut got, mask, delta);
+                                    move_in_place::<4>(&mut inplace, mask, delta);
+                                }
+                            },
+                        );
+                        assert!(got == want, "{layout:?} base {base} forward {forward}");
+                        assert!(inplace == want, "{layout:?} base {base} in place");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The exact medians against the histogram loop they replaced (`row_bases_width`, which
+    /// computes the same medians with `exact`), on rows of every length from 1 to 70 and of
+    /// 384 and 1,000, with sparse, skewed and special values.
+    #[test]
+    fn exact_medians_are_the_histogram_loop_s() {
+        let mut x = 0x1234_5678_9ABC_DEF0u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for layout in [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32] {
+            let b = layout.bytes();
+            for row_len in (1..=70).chain([384, 1000]) {
+                let rows = 7;
+                let data: Vec<u8> = (0..rows * row_len)
+                    .flat_map(|_| {
+                        let r = next();
+                        // Mostly a few exponents; one value in five anything (NaN, ±Inf,
+                        // subnormals, zeros among them).
+                        let v = if r % 5 == 0 {
+                            r >> 8
+                        } else {
+                            (r >> 40) & 0x0F0F_0F0F
+                        };
+                        v.to_le_bytes()[..b].to_vec()
+                    })
+                    .collect();
+                for stride in [1, 2, 3] {
+                    let want = if b == 2 {
+                        row_bases_width::<2>(layout, &data, row_len, stride, true).0
+                    } else {
+                        row_bases_width::<4>(layout, &data, row_len, stride, true).0
+                    };
+                    let got = row_bases(layout, &data, row_len, stride, true).0;
+                    assert_eq!(got, want, "{layout:?} row_len {row_len} stride {stride}");
+                }
+            }
+        }
     }
 
     #[test]
