@@ -190,17 +190,32 @@ impl Hist {
     pub(crate) fn new<W: Word>(values: &[W], ctx: Option<&[u8]>, nctx: usize) -> Self {
         debug_assert!((1..=MAX_CONTEXTS).contains(&nctx));
         debug_assert!(ctx.is_none_or(|c| c.len() == values.len()));
-        // Tokens grow with the value, so the OR of all values bounds them.
-        let or = values.iter().fold(0u64, |a, &v| a | v.wide());
-        let width = token(or, MAX_K) as usize + 1;
-        let counts = match ctx {
-            Some(c) => count_bins(values.len(), nctx * width, |i| {
-                usize::from(c[i]) * width + token(values[i].wide(), MAX_K) as usize
-            }),
-            None => count_bins(values.len(), width, |i| {
-                token(values[i].wide(), MAX_K) as usize
-            }),
-        };
+        // Under CPU dispatch: `token`'s leading-zero count is one instruction with LZCNT
+        // (the baseline's BSR needs a test for zero).
+        let (width, counts) = crate::cpu::dispatch(
+            crate::cpu::Level::detected(),
+            #[inline(always)]
+            || {
+                // Tokens grow with the value, so the OR of all values bounds them.
+                let or = values.iter().fold(0u64, |a, &v| a | v.wide());
+                let width = token(or, MAX_K) as usize + 1;
+                let counts = match ctx {
+                    Some(c) => count_bins(
+                        values.len(),
+                        nctx * width,
+                        #[inline(always)]
+                        |i| usize::from(c[i]) * width + token(values[i].wide(), MAX_K) as usize,
+                    ),
+                    None => count_bins(
+                        values.len(),
+                        width,
+                        #[inline(always)]
+                        |i| token(values[i].wide(), MAX_K) as usize,
+                    ),
+                };
+                (width, counts)
+            },
+        );
         let n = values.len();
         Self {
             counts,
