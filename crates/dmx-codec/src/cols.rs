@@ -14,7 +14,7 @@
 //! the transformed values. See docs/CODECS.md §14.
 
 use crate::float::{self, load};
-use crate::rows::{HEADER, HeadMessages, field, read_head, row_delta, write_head};
+use crate::rows::{HEADER, HeadMessages, field, load16, read_head, row_delta, store16, write_head};
 use crate::{CodecError, FloatLayout, split};
 
 /// Largest exponent width the transform handles (bases are stored as bytes).
@@ -107,21 +107,28 @@ fn apply_width<const B: usize>(
         crate::cpu::Level::detected(),
         #[inline(always)]
         || {
+            let m = mask as u32;
             for run in data.chunks_exact_mut(period * B) {
-                if B == 2 {
-                    let m = mask as u16;
-                    for (v, &d) in run.chunks_exact_mut(2).zip(&deltas) {
-                        let x = u16::from_le_bytes([v[0], v[1]]);
-                        let y = (x & !m) | (x.wrapping_add(d as u16) & m);
-                        v.copy_from_slice(&y.to_le_bytes());
+                // 16 values and their 16 deltas at a time, as `rows::move_values`.
+                let mut ds = deltas.chunks_exact(16);
+                let mut blocks = run.chunks_exact_mut(16 * B);
+                for (v, d) in (&mut blocks).zip(&mut ds) {
+                    let mut w = [0u32; 16];
+                    load16::<B>(v, &mut w);
+                    for (w, &d) in w.iter_mut().zip(d) {
+                        *w = (*w & !m) | (w.wrapping_add(d) & m);
                     }
-                } else {
-                    let m = mask as u32;
-                    for (v, &d) in run.chunks_exact_mut(4).zip(&deltas) {
-                        let x = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
-                        let y = (x & !m) | (x.wrapping_add(d) & m);
-                        v.copy_from_slice(&y.to_le_bytes());
-                    }
+                    store16::<B>(&w, v);
+                }
+                for (v, &d) in blocks
+                    .into_remainder()
+                    .chunks_exact_mut(B)
+                    .zip(ds.remainder())
+                {
+                    let mut w = [0u32; 1];
+                    load16::<B>(v, &mut w);
+                    w[0] = (w[0] & !m) | (w[0].wrapping_add(d) & m);
+                    store16::<B>(&w, v);
                 }
             }
         },
@@ -161,8 +168,93 @@ pub fn encode(
     if estimate(stride).1 < MIN_GAIN {
         return None;
     }
-    let (bases, _) = estimate(1);
+    let bases = exact_medians(layout, data, period);
     encode_bases(layout, data, period, &bases, plain_size)
+}
+
+/// The median exponent of each column over every run: what [`column_bases`] gives with
+/// stride 1, without its estimate, and fast. Its one histogram per column took a cache line
+/// per value for long periods (counts of a column lay together, `2^E` apart); here the counts
+/// of one exponent lie together, for the exponents the chunk holds only, and every column's
+/// median comes out of one pass over them that runs across the columns at vector speed.
+fn exact_medians(layout: FloatLayout, data: &[u8], period: usize) -> Vec<u8> {
+    let (shift, mask) = field(layout);
+    crate::cpu::dispatch(
+        crate::cpu::Level::detected(),
+        #[inline(always)]
+        || {
+            if layout.bytes() == 2 {
+                exact_medians_width::<2>(data, period, shift, mask as u32)
+            } else {
+                exact_medians_width::<4>(data, period, shift, mask as u32)
+            }
+        },
+    )
+}
+
+#[inline(always)]
+fn exact_medians_width<const B: usize>(
+    data: &[u8],
+    period: usize,
+    shift: u32,
+    mask: u32,
+) -> Vec<u8> {
+    let exp = |w: u32| (w & mask) >> shift;
+    // The least and greatest exponent of the chunk, 16 values at a time.
+    let (mut lo, mut hi) = (u32::MAX, 0u32);
+    let mut blocks = data.chunks_exact(16 * B);
+    for v in &mut blocks {
+        let mut w = [0u32; 16];
+        load16::<B>(v, &mut w);
+        for w in w {
+            lo = lo.min(exp(w));
+            hi = hi.max(exp(w));
+        }
+    }
+    for v in blocks.remainder().chunks_exact(B) {
+        let mut w = [0u32; 1];
+        load16::<B>(v, &mut w);
+        lo = lo.min(exp(w[0]));
+        hi = hi.max(exp(w[0]));
+    }
+    if lo > hi {
+        return vec![0; period];
+    }
+    // `hist[(e − lo) · period + j]`: values of column `j` with exponent `e`.
+    let mut hist = vec![0u32; (hi - lo + 1) as usize * period];
+    let mut runs = 0u32;
+    for run in data.chunks_exact(period * B) {
+        runs += 1;
+        let mut j = 0;
+        let mut blocks = run.chunks_exact(16 * B);
+        for v in &mut blocks {
+            let mut w = [0u32; 16];
+            load16::<B>(v, &mut w);
+            for (k, w) in w.into_iter().enumerate() {
+                hist[(exp(w) - lo) as usize * period + j + k] += 1;
+            }
+            j += 16;
+        }
+        for v in blocks.remainder().chunks_exact(B) {
+            let mut w = [0u32; 1];
+            load16::<B>(v, &mut w);
+            hist[(exp(w[0]) - lo) as usize * period + j] += 1;
+            j += 1;
+        }
+    }
+    // A column's median is the least exponent whose count, with those below it, reaches
+    // half its runs (rounded up).
+    let half = runs.div_ceil(2);
+    let mut seen = vec![0u32; period];
+    let mut median = vec![lo as u8; period];
+    for (e, row) in (lo..=hi).zip(hist.chunks_exact(period)) {
+        for ((s, m), &c) in seen.iter_mut().zip(median.iter_mut()).zip(row) {
+            let below = *s < half;
+            *s += if below { c } else { 0 };
+            *m = if below { e as u8 } else { *m };
+        }
+    }
+    median
 }
 
 /// The payload of `data` under column `bases` when it is smaller than `plain_size`.
@@ -220,6 +312,43 @@ const MESSAGES: HeadMessages = HeadMessages {
 
 #[cfg(test)]
 mod tests {
+    /// The exact medians against [`column_bases`] at stride 1, for every layout, short and
+    /// long periods, and values with NaN, ±Inf, zeros and subnormals among them.
+    #[test]
+    fn exact_medians_are_column_bases_at_stride_one() {
+        let mut x = 0x0DDB_1A5E_5BAD_5EEDu64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for layout in [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32] {
+            let b = layout.bytes();
+            for period in [2, 3, 16, 100, 1000, 4096] {
+                let runs = 16 + (next() % 9) as usize;
+                let data: Vec<u8> = (0..runs * period)
+                    .flat_map(|_| {
+                        let r = next();
+                        let v = if r % 7 == 0 {
+                            r >> 8
+                        } else {
+                            (r >> 40) & 0x0F0F_0F0F
+                        };
+                        v.to_le_bytes()[..b].to_vec()
+                    })
+                    .collect();
+                let want = if b == 2 {
+                    column_bases::<2>(layout, &data, period, 1).0
+                } else {
+                    column_bases::<4>(layout, &data, period, 1).0
+                };
+                let got = exact_medians(layout, &data, period);
+                assert_eq!(got, want, "{layout:?} period {period}");
+            }
+        }
+    }
+
     use super::*;
     use crate::pseudo_bytes as pseudo;
 

@@ -282,7 +282,7 @@ pub(crate) fn move_in_place<const B: usize>(data: &mut [u8], mask: u64, delta: u
 
 /// The `w.len()` values of `B` bytes at the start of `src`, widened.
 #[inline(always)]
-fn load16<const B: usize>(src: &[u8], w: &mut [u32]) {
+pub(crate) fn load16<const B: usize>(src: &[u8], w: &mut [u32]) {
     for (x, v) in w.iter_mut().zip(src.chunks_exact(B)) {
         let mut b = [0u8; 4];
         b[..B].copy_from_slice(v);
@@ -292,7 +292,7 @@ fn load16<const B: usize>(src: &[u8], w: &mut [u32]) {
 
 /// Writes the `w.len()` values back as `B` bytes each.
 #[inline(always)]
-fn store16<const B: usize>(w: &[u32], dst: &mut [u8]) {
+pub(crate) fn store16<const B: usize>(w: &[u32], dst: &mut [u8]) {
     for (x, v) in w.iter().zip(dst.chunks_exact_mut(B)) {
         v.copy_from_slice(&x.to_le_bytes()[..B]);
     }
