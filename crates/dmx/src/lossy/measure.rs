@@ -309,7 +309,11 @@ impl Lanes {
         decoded: &[u8],
         conv: impl Fn([u8; W]) -> f64 + Copy,
     ) -> usize {
+        // On a local copy, kept in registers: updated through `self`, every block stored the
+        // figures and loaded them back (a chain through memory that bounded the loop).
+        let mut s = *self;
         let mut blocks = 0;
+        let mut finite_blocks = 0u64;
         for (a, b) in original
             .chunks_exact(LANES * W)
             .zip(decoded.chunks_exact(LANES * W))
@@ -342,25 +346,25 @@ impl Lanes {
             for l in 0..LANES {
                 e[l] = (x[l] - y[l]).abs();
                 xx[l] = x[l] * x[l];
-                self.max_abs[l] = if e[l] > self.max_abs[l] {
+                s.max_abs[l] = if e[l] > s.max_abs[l] {
                     e[l]
                 } else {
-                    self.max_abs[l]
+                    s.max_abs[l]
                 };
                 let nz = x[l] != 0.0;
-                self.nonzero[l] += u64::from(nz);
-                self.zeroed[l] += u64::from(nz & (y[l] == 0.0));
-                self.identical[l] += same[l];
+                s.nonzero[l] += u64::from(nz);
+                s.zeroed[l] += u64::from(nz & (y[l] == 0.0));
+                s.identical[l] += same[l];
                 rel |= nz & (e[l] > acc.max_rel * x[l].abs());
             }
             for l in 0..LANES {
                 if COSINE {
-                    self.dot[l] += x[l] * y[l];
-                    self.sum_sq_decoded[l] += y[l] * y[l];
+                    s.dot[l] += x[l] * y[l];
+                    s.sum_sq_decoded[l] += y[l] * y[l];
                 }
-                self.sum_sq[l] += xx[l];
-                self.sum_sq_err[l] += e[l] * e[l];
-                self.sum_abs_err[l] += e[l];
+                s.sum_sq[l] += xx[l];
+                s.sum_sq_err[l] += e[l] * e[l];
+                s.sum_abs_err[l] += e[l];
             }
             if rel {
                 // Rarely: a value raises the largest relative error.
@@ -370,8 +374,10 @@ impl Lanes {
                     }
                 }
             }
-            self.values += LANES as u64;
+            finite_blocks += 1;
         }
+        s.values += finite_blocks * LANES as u64;
+        *self = s;
         blocks
     }
 
@@ -385,7 +391,10 @@ impl Lanes {
         original: &[u8],
         conv: impl Fn([u8; W]) -> f64 + Copy,
     ) -> usize {
+        // On a local copy, as in `add_blocks`.
+        let mut s = *self;
         let mut blocks = 0;
+        let mut finite_blocks = 0u64;
         for a in original.chunks_exact(LANES * W) {
             blocks += 1;
             let mut x = [0f64; LANES];
@@ -400,12 +409,14 @@ impl Lanes {
                 continue;
             }
             for (l, &x) in x.iter().enumerate() {
-                self.nonzero[l] += u64::from(x != 0.0);
-                self.identical[l] += 1;
-                self.sum_sq[l] += x * x;
+                s.nonzero[l] += u64::from(x != 0.0);
+                s.identical[l] += 1;
+                s.sum_sq[l] += x * x;
             }
-            self.values += LANES as u64;
+            finite_blocks += 1;
         }
+        s.values += finite_blocks * LANES as u64;
+        *self = s;
         blocks
     }
 
