@@ -14,7 +14,9 @@
 //! the transformed values. See docs/CODECS.md §14.
 
 use crate::float::{self, load};
-use crate::rows::{HEADER, HeadMessages, field, load16, read_head, row_delta, store16, write_head};
+use crate::rows::{
+    HEADER, HeadMessages, field, load16, move_one, read_head, row_delta, store16, write_head,
+};
 use crate::{CodecError, FloatLayout, split};
 
 /// Largest exponent width the transform handles (bases are stored as bytes).
@@ -116,7 +118,7 @@ fn apply_width<const B: usize>(
                     let mut w = [0u32; 16];
                     load16::<B>(v, &mut w);
                     for (w, &d) in w.iter_mut().zip(d) {
-                        *w = (*w & !m) | (w.wrapping_add(d) & m);
+                        *w = move_one(*w, m, d);
                     }
                     store16::<B>(&w, v);
                 }
@@ -125,10 +127,8 @@ fn apply_width<const B: usize>(
                     .chunks_exact_mut(B)
                     .zip(ds.remainder())
                 {
-                    let mut w = [0u32; 1];
-                    load16::<B>(v, &mut w);
-                    w[0] = (w[0] & !m) | (w[0].wrapping_add(d) & m);
-                    store16::<B>(&w, v);
+                    let y = move_one(load::<B>(v) as u32, m, d);
+                    v.copy_from_slice(&y.to_le_bytes()[..B]);
                 }
             }
         },
@@ -212,10 +212,9 @@ fn exact_medians_width<const B: usize>(
         }
     }
     for v in blocks.remainder().chunks_exact(B) {
-        let mut w = [0u32; 1];
-        load16::<B>(v, &mut w);
-        lo = lo.min(exp(w[0]));
-        hi = hi.max(exp(w[0]));
+        let e = exp(load::<B>(v) as u32);
+        lo = lo.min(e);
+        hi = hi.max(e);
     }
     if lo > hi {
         return vec![0; period];
@@ -236,9 +235,7 @@ fn exact_medians_width<const B: usize>(
             j += 16;
         }
         for v in blocks.remainder().chunks_exact(B) {
-            let mut w = [0u32; 1];
-            load16::<B>(v, &mut w);
-            hist[(exp(w[0]) - lo) as usize * period + j] += 1;
+            hist[(exp(load::<B>(v) as u32) - lo) as usize * period + j] += 1;
             j += 1;
         }
     }
@@ -316,28 +313,12 @@ mod tests {
     /// long periods, and values with NaN, ±Inf, zeros and subnormals among them.
     #[test]
     fn exact_medians_are_column_bases_at_stride_one() {
-        let mut x = 0x0DDB_1A5E_5BAD_5EEDu64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
         for layout in [FloatLayout::BF16, FloatLayout::F16, FloatLayout::F32] {
             let b = layout.bytes();
             for period in [2, 3, 16, 100, 1000, 4096] {
-                let runs = 16 + (next() % 9) as usize;
-                let data: Vec<u8> = (0..runs * period)
-                    .flat_map(|_| {
-                        let r = next();
-                        let v = if r % 7 == 0 {
-                            r >> 8
-                        } else {
-                            (r >> 40) & 0x0F0F_0F0F
-                        };
-                        v.to_le_bytes()[..b].to_vec()
-                    })
-                    .collect();
+                let runs = 16 + period % 9;
+                let seed = 0x0DDB_1A5E_5BAD_5EED ^ period as u64;
+                let data = crate::few_exponents(runs * period, b, 7, seed);
                 let want = if b == 2 {
                     column_bases::<2>(layout, &data, period, 1).0
                 } else {

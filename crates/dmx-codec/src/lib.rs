@@ -647,6 +647,23 @@ pub(crate) const F32_SPECIALS: [u32; 8] = [
     0x3f80_0000,
 ];
 
+/// `n` little-endian values of `bytes` bytes (2 or 4) whose exponent fields take few values,
+/// with one value in `wild` taken from every bit pattern (NaN, ±Inf, zeros and subnormals
+/// among them), from [`pseudo_u64`]: inputs for the exponent transforms' tests.
+#[cfg(test)]
+pub(crate) fn few_exponents(n: usize, bytes: usize, wild: u64, seed: u64) -> Vec<u8> {
+    pseudo_u64(n, seed)
+        .flat_map(|r| {
+            let v = if r % wild == 0 {
+                r >> 8
+            } else {
+                (r >> 40) & 0x0F0F_0F0F
+            };
+            v.to_le_bytes()[..bytes].to_vec()
+        })
+        .collect()
+}
+
 /// Deterministic pseudo-random bytes for the unit tests: the low bytes of [`pseudo_u64`].
 #[cfg(test)]
 pub(crate) fn pseudo_bytes(n: usize, seed: u64) -> Vec<u8> {
