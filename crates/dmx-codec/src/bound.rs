@@ -30,10 +30,11 @@
 //! ([`crate::split::size_bound`]), so a prediction at least 98 % of that rules it out. Where zstd is tried (on a smaller chunk, always) its
 //! candidate is the chunk compressed at the float level, kept only when it is smaller than
 //! the others: when that alone is above the limit, so is every candidate (one zstd run, far
-//! less than planning the float codecs).
+//! less than planning the float codecs, and one that stops once its frame passes the limit:
+//! [`crate::zstd_ctx::longer_than`]).
 
 use crate::float::{self, Analysis};
-use crate::{ZSTD_FLOAT_LEVEL, ZSTD_PROBE, split, zstd_compress, zstd_predicted, zstd_wins_over};
+use crate::{ZSTD_FLOAT_LEVEL, ZSTD_PROBE, split, zstd_predicted, zstd_wins_over};
 
 /// Bytes allowed below the entropy bound for the rANS-coded candidates (codecs 12 and 16):
 /// their final states (32 lanes of 4 bytes) may carry information the words lack; twice
@@ -78,7 +79,7 @@ pub(crate) fn exceeds(a: &Analysis, data: &[u8], limit: usize) -> bool {
     if data.len() > ZSTD_PROBE && !zstd_wins_over(zstd_predicted(data), split::size_bound(a)) {
         return true;
     }
-    zstd_compress(data, ZSTD_FLOAT_LEVEL).len() > limit
+    crate::zstd_ctx::longer_than(data, ZSTD_FLOAT_LEVEL, limit)
 }
 
 /// The fewest bytes any field-split payload of the chunk can take (see the module docs); the
@@ -149,7 +150,7 @@ fn field_split_floor(a: &Analysis, data: &[u8], bits: u32, h: u32, e: u32, limit
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{FloatLayout, Hints, ValueKind, encode_within};
+    use crate::{FloatLayout, Hints, ValueKind, encode_within, zstd_compress};
     use proptest::prelude::*;
 
     /// Normal-ish weights (a sum of uniforms) of `layout`, `n` values, scaled by `scale`.
