@@ -607,6 +607,17 @@ fn gain_of(h: &[u64], stride: usize) -> f64 {
     (mm(&merged) - split) * stride as f64 - 160.0 * tables.saturating_sub(1) as f64
 }
 
+/// The code of value `v` under row `row` of `enc` (`code | length << 16 | raw bits << 24`
+/// per token of parameter `k`), followed by its raw bits: `(bits, length)`. Only for a
+/// plan whose codes and raw bits fit [`crate::bits::MAX_PUT_BITS`] together.
+#[inline(always)]
+fn code_of(enc: &[u32], row: usize, k: u32, v: u64) -> (u64, u32) {
+    let e = enc[row + token(v, k) as usize];
+    let len = (e >> 16) & 0xFF;
+    let nraw = e >> 24;
+    (u64::from(e & 0xFFFF) | (v & mask(nraw)) << len, len + nraw)
+}
+
 /// Writes value `v` to `lane` with the codes of row `row` of `enc` (`code | length << 16 |
 /// raw bits << 24` per token of parameter `k`). `WIDE`: a code and its raw bits may pass
 /// [`crate::bits::MAX_PUT_BITS`] together (else they always fit one put).
@@ -630,6 +641,21 @@ fn put_value<const WIDE: bool>(
         lane.put(buf, code, len);
         lane.put(buf, raw & mask(32), 32);
         lane.put(buf, raw >> 32, nraw - 32);
+    }
+}
+
+/// Writes two values that follow each other in `lane` (codes of rows `rows`; see
+/// [`code_of`]): in one put where they fit it together, as they nearly always do (the
+/// stream is the same bits as from two puts, in half the stores and shifts).
+#[inline(always)]
+fn put_pair(lane: &mut Lane, buf: &mut [u8], enc: &[u32], rows: [usize; 2], k: u32, v: [u64; 2]) {
+    let (a, na) = code_of(enc, rows[0], k, v[0]);
+    let (b, nb) = code_of(enc, rows[1], k, v[1]);
+    if na + nb <= crate::bits::MAX_PUT_BITS {
+        lane.put(buf, a | b << na, na + nb);
+    } else {
+        lane.put(buf, a, na);
+        lane.put(buf, b, nb);
     }
 }
 
@@ -695,8 +721,35 @@ pub(crate) fn encode_with_plan<W: Word>(
     debug_assert!(out.len() - start_len <= plan.size);
 }
 
+/// Writes one step of [`put_lanes`]: a round of four values (`WIDE`), or two rounds, value
+/// `j` and `j + 4` in lane `j` as a pair; `row(j)` is the code row of value `j`.
+#[inline(always)]
+fn put_step<W: Word, const WIDE: bool>(
+    [l0, l1, l2, l3]: [&mut Lane; LANES],
+    buf: &mut [u8],
+    enc: &[u32],
+    k: u32,
+    g: &[W],
+    row: impl Fn(usize) -> usize,
+) {
+    if WIDE {
+        put_value::<WIDE>(l0, buf, enc, row(0), k, g[0].wide());
+        put_value::<WIDE>(l1, buf, enc, row(1), k, g[1].wide());
+        put_value::<WIDE>(l2, buf, enc, row(2), k, g[2].wide());
+        put_value::<WIDE>(l3, buf, enc, row(3), k, g[3].wide());
+    } else {
+        let rows = |j: usize| [row(j), row(j + LANES)];
+        let v = |j: usize| [g[j].wide(), g[j + LANES].wide()];
+        put_pair(l0, buf, enc, rows(0), k, v(0));
+        put_pair(l1, buf, enc, rows(1), k, v(1));
+        put_pair(l2, buf, enc, rows(2), k, v(2));
+        put_pair(l3, buf, enc, rows(3), k, v(3));
+    }
+}
+
 /// Writes the values into the four lanes of `buf` that start at `starts`; returns where
-/// they end.
+/// they end. Value `i` goes to lane `i % 4`; narrow plans (`!WIDE`) write the values of
+/// two rounds (eight values) a pair per lane.
 #[inline(always)]
 fn put_lanes<W: Word, const WIDE: bool>(
     values: &[W],
@@ -708,28 +761,27 @@ fn put_lanes<W: Word, const WIDE: bool>(
     buf: &mut [u8],
 ) -> [usize; LANES] {
     let [mut l0, mut l1, mut l2, mut l3] = starts.map(Lane::new);
-    let groups = values.len() / LANES;
+    // Narrow plans take the values in pairs of rounds, wide ones a round at a time; the
+    // values after the last whole step one at a time.
+    let step = if WIDE { LANES } else { 2 * LANES };
+    let done = values.len() / step * step;
+    let steps = values[..done].chunks_exact(step);
     match ctx {
         Some(c) => {
-            for (g, cg) in values.chunks_exact(LANES).zip(c.chunks_exact(LANES)) {
-                let row = |j: usize| usize::from(cg[j]) * alph;
-                put_value::<WIDE>(&mut l0, buf, enc, row(0), k, g[0].wide());
-                put_value::<WIDE>(&mut l1, buf, enc, row(1), k, g[1].wide());
-                put_value::<WIDE>(&mut l2, buf, enc, row(2), k, g[2].wide());
-                put_value::<WIDE>(&mut l3, buf, enc, row(3), k, g[3].wide());
+            for (g, cg) in steps.zip(c[..done].chunks_exact(step)) {
+                let lanes = [&mut l0, &mut l1, &mut l2, &mut l3];
+                put_step::<W, WIDE>(lanes, buf, enc, k, g, |j| usize::from(cg[j]) * alph);
             }
         }
         None => {
-            for g in values.chunks_exact(LANES) {
-                put_value::<WIDE>(&mut l0, buf, enc, 0, k, g[0].wide());
-                put_value::<WIDE>(&mut l1, buf, enc, 0, k, g[1].wide());
-                put_value::<WIDE>(&mut l2, buf, enc, 0, k, g[2].wide());
-                put_value::<WIDE>(&mut l3, buf, enc, 0, k, g[3].wide());
+            for g in steps {
+                let lanes = [&mut l0, &mut l1, &mut l2, &mut l3];
+                put_step::<W, WIDE>(lanes, buf, enc, k, g, |_| 0);
             }
         }
     }
     let mut lanes = [l0, l1, l2, l3];
-    for i in groups * LANES..values.len() {
+    for i in done..values.len() {
         let c = ctx.map_or(0, |c| usize::from(c[i]));
         put_value::<WIDE>(
             &mut lanes[i % LANES],

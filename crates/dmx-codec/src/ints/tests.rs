@@ -316,3 +316,41 @@ fn hist_counts_every_value_once_whatever_the_length() {
         }
     }
 }
+
+/// The narrow writer's pairs put exactly the bits of one put per value, for every length
+/// (whole steps and each tail), with and without contexts, on codes short and long enough
+/// that some pairs need two puts.
+#[test]
+fn paired_puts_write_the_bits_of_single_puts() {
+    for shift in [60u32, 52, 44, 36, 28] {
+        for n in (0..40).chain([257, 1001]) {
+            let values: Vec<u64> = crate::pseudo_u64(n, u64::from(shift) + n as u64)
+                .map(|x| (x >> shift) >> (x % 23))
+                .collect();
+            let ctx: Vec<u8> = (0..n).map(|i| (i * 7 % 3) as u8).collect();
+            for ctx in [None, Some(&ctx[..])] {
+                let nctx = if ctx.is_some() { 3 } else { 1 };
+                let plan = Plan::new(&values, ctx, nctx);
+                assert!(plan.max_bits <= crate::bits::MAX_PUT_BITS, "{shift}");
+                let (enc, alph) = (plan.encode_table(), alphabet(plan.k));
+                let mut starts = [0usize; LANES];
+                let mut end = 0;
+                for (st, &nv) in starts.iter_mut().zip(&plan.lane_values) {
+                    *st = end;
+                    end += (nv * plan.max_bits as usize).div_ceil(8) + 8;
+                }
+                let mut paired = vec![0u8; end];
+                let stops =
+                    put_lanes::<u64, false>(&values, ctx, &enc, alph, plan.k, starts, &mut paired);
+                let mut single = vec![0u8; end];
+                let mut lanes = starts.map(Lane::new);
+                for (i, &v) in values.iter().enumerate() {
+                    let row = ctx.map_or(0, |c| usize::from(c[i]) * alph);
+                    put_value::<false>(&mut lanes[i % LANES], &mut single, &enc, row, plan.k, v);
+                }
+                assert_eq!(stops, lanes.map(|l| l.finish(&mut single)), "{shift} {n}");
+                assert_eq!(paired, single, "{shift} {n}");
+            }
+        }
+    }
+}
