@@ -1,5 +1,6 @@
 //! Decompression: decode an entry's chunks in parallel windows and stream them, in order, to
-//! a sink (an output file, hashers, or a comparison with the original).
+//! two sinks side by side (the checks of the restored bytes, and an output file or a
+//! comparison with the original).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -16,15 +17,19 @@ use crate::io::{
 };
 use crate::window::{SegmentHasher, windows};
 
-/// Decodes `entry` window by window and hands every decoded piece, in file order, to `sink`
-/// as `(segment index, bytes)`. The sink consumes one window while the next is decoded.
+/// Decodes `entry` window by window and hands every decoded piece, in file order, to both
+/// `check` and `sink` as `(segment index, bytes)`. The two take each window at the same time
+/// (on two threads where the pool has them), while the next window is decoded: hashing the
+/// restored bytes no longer waits for them to be written, nor writing for the hashes. A
+/// failure of either stops the stream after that window.
 pub(crate) fn stream_entry(
     archive: &Archive,
     entry: &Entry,
     opts: &Options,
+    check: impl FnMut(usize, &[u8]) -> Result<()> + Send,
     sink: impl FnMut(usize, &[u8]) -> Result<()> + Send,
 ) -> Result<()> {
-    stream_entry_with(archive, entry, &[], opts, sink)
+    stream_entry_with(archive, entry, &[], opts, check, sink)
 }
 
 /// [`stream_entry`] for entries whose segments may be deltas: `bases[s]` holds the whole base
@@ -35,6 +40,7 @@ pub(crate) fn stream_entry_with(
     entry: &Entry,
     bases: &[Option<&[u8]>],
     opts: &Options,
+    mut check: impl FnMut(usize, &[u8]) -> Result<()> + Send,
     mut sink: impl FnMut(usize, &[u8]) -> Result<()> + Send,
 ) -> Result<()> {
     let progress = opts.progress.as_deref();
@@ -92,14 +98,21 @@ pub(crate) fn stream_entry_with(
         Ok(())
     };
     let mut deliver = |range: &std::ops::Range<usize>, buf: &[u8]| -> Result<()> {
-        let mut pos = 0;
-        for job in &jobs[range.clone()] {
-            let len = raw_len(job) as usize;
-            sink(job.0, &buf[pos..pos + len])?;
-            pos += len;
-        }
+        let pieces = || {
+            jobs[range.clone()].iter().scan(0usize, |pos, job| {
+                let len = raw_len(job) as usize;
+                *pos += len;
+                Some((job.0, &buf[*pos - len..*pos]))
+            })
+        };
+        let (checked, sunk) = rayon::join(
+            || pieces().try_for_each(|(s, data)| check(s, data)),
+            || pieces().try_for_each(|(s, data)| sink(s, data)),
+        );
+        checked?;
+        sunk?;
         if let Some(p) = progress {
-            p.advance(pos as u64);
+            p.advance(window_len(range) as u64);
         }
         Ok(())
     };
@@ -323,10 +336,13 @@ fn restore_entry(
     mut write: impl FnMut(&[u8]) -> Result<()> + Send,
 ) -> Result<()> {
     let mut check = SegmentCheck::new(archive, entry);
-    stream_entry(archive, entry, opts, |s, data| {
-        check.update(s, data)?;
-        write(data)
-    })?;
+    stream_entry(
+        archive,
+        entry,
+        opts,
+        |s, data| check.update(s, data),
+        |_, data| write(data),
+    )?;
     check.finish()
 }
 

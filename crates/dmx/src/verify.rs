@@ -430,11 +430,15 @@ fn check_entry(
         }
         _ => Vec::new(),
     };
-    let result = stream_entry_with(archive, entry, bases, opts, |s, data| {
+    // The hashes on one side; the comparison with the original on the other.
+    let hash = |s: usize, data: &[u8]| {
         sha.update(data);
         if let Some((done, h)) = hasher.update(s, data) {
             hashes[done] = h;
         }
+        Ok(())
+    };
+    let result = stream_entry_with(archive, entry, bases, opts, hash, |s, data| {
         let compare = if lossy_entry
             && matches!(entry.segments[s].kind, SegmentKind::Tensor(_))
             && let Some(o) = original
