@@ -28,7 +28,7 @@ macro_rules! print {
     };
 }
 
-/// Like std's `println!`, through [`line`] (every control character escaped).
+/// Like std's `println!`, through [`line()`] (every control character escaped).
 macro_rules! println {
     () => {
         $crate::out::line(::std::format_args!(""), false)
@@ -46,7 +46,7 @@ macro_rules! eprint {
     };
 }
 
-/// Like std's `eprintln!`, through [`line`] on standard error.
+/// Like std's `eprintln!`, through [`line()`] on standard error.
 macro_rules! eprintln {
     () => {
         $crate::out::line(::std::format_args!(""), true)

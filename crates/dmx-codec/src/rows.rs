@@ -234,7 +234,7 @@ fn transformed_width<const B: usize>(
 }
 
 /// Writes to `dst` the values of `src` (`B` bytes each, little-endian) with `delta` added to
-/// their exponent field `mask` ([`moved`]), computed in the values' own width and in blocks
+/// their exponent field `mask` (`moved`, the tests' definition), computed in the values' own width and in blocks
 /// of 16 so the loop vectorizes (value by value through `u64` it did not: 5.6 instructions
 /// per value). `delta` has no bits outside `mask`, so adding it to the whole value carries
 /// nothing into the field from below, and masking drops what carries out.
@@ -292,7 +292,7 @@ pub(crate) fn store16<const B: usize>(w: &[u32; 16], dst: &mut [u8]) {
     }
 }
 
-/// [`moved`] in a value's own width, widened to `u32` (a field of a 16-bit value stays
+/// `moved` (the tests' definition) in a value's own width, widened to `u32` (a field of a 16-bit value stays
 /// within its low half): exact because `delta` has no bits outside `mask`.
 #[inline(always)]
 pub(crate) fn move_one(x: u32, mask: u32, delta: u32) -> u32 {

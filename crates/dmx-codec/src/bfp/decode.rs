@@ -11,7 +11,7 @@ use crate::entropy::rans;
 use crate::entropy::unzigzag_i32;
 use crate::entropy::varint::get_varint;
 
-/// Decodes a payload of [`encode`](super::encode) (codec 4 or 13, see
+/// Decodes a payload of [`encode`](fn@super::encode) (codec 4 or 13, see
 /// [`codec`](super::codec)) into `out` (its length is the chunk's raw length: the values in
 /// the original dtype). Never panics and never allocates more than `O(out.len())` plus small
 /// tables on any input; corrupt input gives [`CodecError::Corrupt`].

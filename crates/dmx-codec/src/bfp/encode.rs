@@ -23,7 +23,7 @@ pub fn encode(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> (V
     encode_inner(layout, data, row_len, p, None, None)
 }
 
-/// [`encode`], also returning the bytes that [`decode`](super::decode) of the payload
+/// [`encode`], also returning the bytes that [`decode`](fn@super::decode) of the payload
 /// restores (the same length as `data`), computed from the quantized values as the encoder
 /// makes them instead of decoding the payload again: what a lossy writer needs for its
 /// checksums and error. Tests check that they equal the decoder's output.

@@ -41,7 +41,7 @@
 //! [`encode_rd`] and [`encode_rd_restored`] (what `dmx compress --mode bfp` uses) write the
 //! same payload format with rate–distortion grouping: groups of `G / 2` values, some with an
 //! exponent one above their largest value's, chosen so that the chunk's squared error is at
-//! most that of [`encode`] at `(M, G)` (see `rd.rs`). Every value's error stays within
+//! most that of [`encode`](fn@encode) at `(M, G)` (see `rd.rs`). Every value's error stays within
 //! `2^(1−M)` of its group's largest magnitude; encoding their output again may spend the
 //! error budget of the new input again (it is not idempotent).
 //!

@@ -33,7 +33,7 @@ use crate::FloatLayout;
 /// `p.mantissa_bits`. `p.group_size` is the group size whose error is the budget.
 ///
 /// # Panics
-/// As [`encode`](super::encode).
+/// As [`encode`](fn@super::encode).
 pub fn encode_own(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> (Vec<u8>, f64) {
     encode_inner(
         layout,
@@ -49,7 +49,7 @@ pub fn encode_own(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -
 /// [`encode_restored`](super::encode_restored) does.
 ///
 /// # Panics
-/// As [`encode`](super::encode).
+/// As [`encode`](fn@super::encode).
 pub fn encode_own_restored(
     layout: FloatLayout,
     data: &[u8],
@@ -69,7 +69,7 @@ pub fn encode_own_restored(
 /// the BFP payload of groups of one; docs/CODECS.md §8.2.8).
 ///
 /// # Panics
-/// As [`encode`](super::encode).
+/// As [`encode`](fn@super::encode).
 pub fn own_restored(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> (Vec<u8>, u32) {
     if let Err(e) = super::check(layout, p) {
         panic!("bfp::encode: {e}");

@@ -45,11 +45,11 @@ const EXP_BITS: f64 = 2.0;
 /// on real weights lose by far more (50–90 % above).
 const PLAIN: f64 = 1.02;
 
-/// [`encode`](super::encode) with rate–distortion grouping (see the module docs): never more
-/// squared error than [`encode`](super::encode) at `p`, usually fewer bits.
+/// [`encode`](fn@super::encode) with rate–distortion grouping (see the module docs): never more
+/// squared error than [`encode`](fn@super::encode) at `p`, usually fewer bits.
 ///
 /// # Panics
-/// As [`encode`](super::encode).
+/// As [`encode`](fn@super::encode).
 pub fn encode_rd(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) -> (Vec<u8>, f64) {
     encode_planned(layout, data, row_len, p, None)
 }
@@ -58,7 +58,7 @@ pub fn encode_rd(layout: FloatLayout, data: &[u8], row_len: usize, p: Params) ->
 /// [`encode_restored`](super::encode_restored) does.
 ///
 /// # Panics
-/// As [`encode`](super::encode).
+/// As [`encode`](fn@super::encode).
 pub fn encode_rd_restored(
     layout: FloatLayout,
     data: &[u8],

@@ -98,7 +98,7 @@ pub fn write(desc: &[u8], w: &mut BitVec) {
     write_span(desc, w, false);
 }
 
-/// [`write`] with runs of absent symbols coded by their length: a descriptor of 0 is
+/// [`write`](fn@write) with runs of absent symbols coded by their length: a descriptor of 0 is
 /// followed by the number `z ≥ 1` of zero descriptors in its run (itself included), as `k`
 /// one bits, a zero bit and the low `k` bits of `z` (`k` = bit length of `z` − 1). Tables
 /// whose described symbols sit far apart (the two signs of a float's exponents) cost a few
@@ -107,7 +107,7 @@ pub fn write_runs(desc: &[u8], w: &mut BitVec) {
     write_span(desc, w, true);
 }
 
-/// [`write`], or with `runs` [`write_runs`].
+/// [`write`](fn@write), or with `runs` [`write_runs`].
 fn write_span(desc: &[u8], w: &mut BitVec, runs: bool) {
     let first = desc.iter().position(|&d| d != 0).unwrap_or(0);
     let last = desc.iter().rposition(|&d| d != 0).map_or(0, |p| p + 1);
@@ -138,12 +138,12 @@ pub fn read_runs(r: &mut BitReader<'_>, alpha: usize) -> Result<Vec<u8>, CodecEr
     read_span(r, alpha, true)
 }
 
-/// Reads [`write`]'s output for an alphabet of `alpha` symbols; returns frequencies.
+/// Reads [`write`](fn@write)'s output for an alphabet of `alpha` symbols; returns frequencies.
 pub fn read(r: &mut BitReader<'_>, alpha: usize) -> Result<Vec<u32>, CodecError> {
     Ok(normalize(&read_span(r, alpha, false)?))
 }
 
-/// Reads [`write`]'s output, or with `runs` [`write_runs`]'; returns the descriptors.
+/// Reads [`write`](fn@write)'s output, or with `runs` [`write_runs`]'; returns the descriptors.
 fn read_span(r: &mut BitReader<'_>, alpha: usize, runs: bool) -> Result<Vec<u8>, CodecError> {
     let first = r.get(16) as usize;
     let count = r.get(16) as usize;
@@ -178,7 +178,7 @@ fn read_span(r: &mut BitReader<'_>, alpha: usize, runs: bool) -> Result<Vec<u8>,
     Ok(desc)
 }
 
-/// Writes one descriptor `d` relative to the previous one (the codes of [`write`]).
+/// Writes one descriptor `d` relative to the previous one (the codes of [`write`](fn@write)).
 fn put_descriptor(w: &mut BitVec, d: u8, prev: i32) {
     let delta = i32::from(d) - prev;
     let neg = u64::from(delta < 0);
@@ -190,7 +190,7 @@ fn put_descriptor(w: &mut BitVec, d: u8, prev: i32) {
     }
 }
 
-/// Reads one descriptor relative to `prev` (the codes of [`write`]).
+/// Reads one descriptor relative to `prev` (the codes of [`write`](fn@write)).
 fn get_descriptor(r: &mut BitReader<'_>, mut prev: i32) -> Result<i32, CodecError> {
     if r.get(1) == 1 {
         if r.get(1) == 0 {

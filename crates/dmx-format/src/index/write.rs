@@ -106,7 +106,7 @@ fn write_tensor_info(w: &mut Writer, t: &TensorInfo) {
 
 /// A lossy record; `extended` (transforms 4 and 5) adds the grid kind and the per-value
 /// errors (zeros when a record without them is written as extended: never by
-/// [`Transform::id`]).
+/// [`Transform::id`](super::Transform::id)).
 fn write_lossy(w: &mut Writer, l: &Lossy, extended: bool) {
     w.u8(l.mode as u8);
     w.u8(l.mantissa_bits);

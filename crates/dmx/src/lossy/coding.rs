@@ -31,7 +31,7 @@ impl Coding {
         matches!(self, Coding::Lossless | Coding::Delta)
     }
 
-    /// The next, more precise step of [`Mode::Auto`] for a chunk over its share of the
+    /// The next, more precise step of [`Mode::Auto`](crate::lossy::Mode::Auto) for a chunk over its share of the
     /// budget: BFP with one more magnitude bit, else exact.
     pub(crate) fn escalate(self, layout: FloatLayout) -> Coding {
         match self {

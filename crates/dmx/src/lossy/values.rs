@@ -81,7 +81,7 @@ pub(crate) fn max_abs(layout: FloatLayout, data: &[u8]) -> f64 {
 }
 
 /// The sum of squares of the finite values of little-endian `layout` data (as
-/// [`ErrorAcc`] sums the original's norm).
+/// [`ErrorAcc`](super::ErrorAcc) sums the original's norm).
 pub(crate) fn sum_sq(layout: FloatLayout, data: &[u8]) -> f64 {
     let mut s = 0f64;
     for_values(layout, data, |x| {
