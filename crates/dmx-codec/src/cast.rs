@@ -50,8 +50,14 @@ fn widen(to: FloatLayout, b: u16) -> f32 {
 /// the CPU has it, as its one-value conversion). Value by value through `half`, the casts
 /// took 60 instructions per value.
 fn narrow_all(to: FloatLayout, data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; data.len() / 4 * 2];
+    narrow_into(to, data, &mut out);
+    out
+}
+
+/// [`narrow_all`] into `out` (half as long as `data`'s whole values).
+fn narrow_into(to: FloatLayout, data: &[u8], out: &mut [u8]) {
     let n = data.len() / 4;
-    let mut out = vec![0u8; 2 * n];
     if to == FloatLayout::BF16 {
         crate::cpu::dispatch(
             crate::cpu::Level::detected(),
@@ -75,7 +81,6 @@ fn narrow_all(to: FloatLayout, data: &[u8]) -> Vec<u8> {
             o.copy_from_slice(&h.to_le_bytes());
         }
     }
-    out
 }
 
 /// The 16-bit values of `to` in `narrow` widened into `out` as little-endian `f32` (twice as
@@ -174,16 +179,28 @@ pub fn encode_restored(to: FloatLayout, data: &[u8], hints: Hints) -> (Vec<u8>, 
     (payload, bits, restored)
 }
 
+/// Values [`count_round_trips`] casts at a time: its buffers stay this small whatever the
+/// tensor's size (it runs on whole tensors while a file is planned, several at once).
+const ROUND_TRIP_BLOCK: usize = 1 << 14;
+
 /// How many values of `data` (little-endian `f32`) `keep` holds for, given each value and
 /// the value it becomes when cast to `to` and back.
 fn count_round_trips(to: FloatLayout, data: &[u8], keep: impl Fn(f32, f32) -> bool) -> u64 {
-    let mut back = vec![0u8; data.len() / 4 * 4];
-    widen_into(to, &narrow_all(to, data), &mut back);
+    let mut narrow = vec![0u8; 2 * ROUND_TRIP_BLOCK];
+    let mut back = vec![0u8; 4 * ROUND_TRIP_BLOCK];
     let value = |v: &[u8]| f32::from_le_bytes([v[0], v[1], v[2], v[3]]);
-    data.chunks_exact(4)
-        .zip(back.chunks_exact(4))
-        .filter(|(a, b)| keep(value(a), value(b)))
-        .count() as u64
+    let mut count = 0;
+    for block in data.chunks(4 * ROUND_TRIP_BLOCK) {
+        let n = block.len() / 4;
+        narrow_into(to, block, &mut narrow[..2 * n]);
+        widen_into(to, &narrow[..2 * n], &mut back[..4 * n]);
+        count += block
+            .chunks_exact(4)
+            .zip(back.chunks_exact(4))
+            .filter(|(a, b)| keep(value(a), value(b)))
+            .count() as u64;
+    }
+    count
 }
 
 /// How many finite little-endian `f32` values of `data` become ±Inf when cast to `to`.
@@ -488,5 +505,35 @@ mod tests {
         // bfloat16 has F32's exponent range: only the F32 subnormal 1e-45 is lost.
         assert_eq!(underflows(FloatLayout::BF16, &data), 1);
         assert_eq!(overflows(FloatLayout::F16, &data), 0);
+    }
+
+    /// The counts over several blocks of [`count_round_trips`] (and a partial one) are the
+    /// counts value by value through `half`.
+    #[test]
+    fn round_trip_counts_span_blocks() {
+        let n = 3 * ROUND_TRIP_BLOCK + 5;
+        let vals: Vec<f32> = crate::pseudo_u64(n, 17)
+            .map(|r| match r % 11 {
+                0 => 1e5 * (r % 7) as f32,
+                1 => 1e-9,
+                2 => -3e-41,
+                _ => f32::from_bits(r as u32),
+            })
+            .collect();
+        let data: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for to in [FloatLayout::BF16, FloatLayout::F16] {
+            let back = |x: f32| widen(to, narrow(to, x));
+            let over = vals
+                .iter()
+                .filter(|x| x.is_finite() && !back(**x).is_finite())
+                .count() as u64;
+            let under = vals
+                .iter()
+                .filter(|x| x.is_finite() && **x != 0.0 && back(**x) == 0.0)
+                .count() as u64;
+            assert!(under > 0, "{to:?}");
+            assert_eq!(overflows(to, &data), over, "{to:?}");
+            assert_eq!(underflows(to, &data), under, "{to:?}");
+        }
     }
 }
