@@ -309,6 +309,9 @@ const MESSAGES: HeadMessages = HeadMessages {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::pseudo_bytes as pseudo;
+
     /// The exact medians against [`column_bases`] at stride 1, for every layout, short and
     /// long periods, and values with NaN, ±Inf, zeros and subnormals among them.
     #[test]
@@ -329,9 +332,6 @@ mod tests {
             }
         }
     }
-
-    use super::*;
-    use crate::pseudo_bytes as pseudo;
 
     /// Kernels of `period` taps whose exponents fall by one every `period / 8` taps (2-byte
     /// values with random signs and fractions), in `runs` runs.

@@ -234,9 +234,9 @@ fn transformed_width<const B: usize>(
 }
 
 /// Writes to `dst` the values of `src` (`B` bytes each, little-endian) with `delta` added to
-/// their exponent field `mask` (`moved`, the tests' definition), computed in the values' own width and in blocks
-/// of 16 so the loop vectorizes (value by value through `u64` it did not: 5.6 instructions
-/// per value). `delta` has no bits outside `mask`, so adding it to the whole value carries
+/// their exponent field `mask` (`moved`, the tests' definition), computed in the values' own
+/// width and in blocks of 16 so the loop vectorizes (value by value through `u64` it did not:
+/// 5.6 instructions per value). `delta` has no bits outside `mask`, so adding it to the whole value carries
 /// nothing into the field from below, and masking drops what carries out.
 #[inline(always)]
 pub(crate) fn move_values<const B: usize>(src: &[u8], dst: &mut [u8], mask: u64, delta: u64) {
@@ -292,8 +292,8 @@ pub(crate) fn store16<const B: usize>(w: &[u32; 16], dst: &mut [u8]) {
     }
 }
 
-/// `moved` (the tests' definition) in a value's own width, widened to `u32` (a field of a 16-bit value stays
-/// within its low half): exact because `delta` has no bits outside `mask`.
+/// `moved` (the tests' definition) in a value's own width, widened to `u32` (a field of a
+/// 16-bit value stays within its low half): exact because `delta` has no bits outside `mask`.
 #[inline(always)]
 pub(crate) fn move_one(x: u32, mask: u32, delta: u32) -> u32 {
     (x & !mask) | (x.wrapping_add(delta) & mask)

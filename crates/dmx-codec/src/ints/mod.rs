@@ -381,9 +381,10 @@ impl Plan {
         Self::at_k_within(hist, level, k, header, &lower, usize::MAX).expect("no cap")
     }
 
-    /// `Plan::at_k` (the tests' definition) when its size can be at most `cap`: the contexts' codes are built in
-    /// turn, and the build stops (`None`) as soon as the bits of the codes built so far plus
-    /// the lower bounds `lower` (bits per context) of the others put the size above `cap`.
+    /// `Plan::at_k` (the tests' definition) when its size can be at most `cap`: the contexts'
+    /// codes are built in turn, and the build stops (`None`) as soon as the bits of the codes
+    /// built so far plus the lower bounds `lower` (bits per context) of the others put the
+    /// size above `cap`.
     /// `header` is the exact bytes of the context headers.
     fn at_k_within(
         hist: &Hist,

@@ -41,9 +41,10 @@ fn auto_sample(data: &[u8], layout: dmx_codec::FloatLayout) -> std::borrow::Cow<
 ///
 /// The choice is made on a sample ([`auto_sample`]): the smallest BFP `M` within budget is
 /// searched (the error roughly halves per bit, and falls as `M` grows), the other candidates
-/// are measured, and the smallest within budget wins. [`encode_entry_budgeted`](super::encode::encode_entry_budgeted) then holds
-/// the budget exactly: a chunk that would push the tensor's measured error past it is coded
-/// again one step more precisely ([`Coding::escalate`]), up to exactly.
+/// are measured, and the smallest within budget wins.
+/// [`encode_entry_budgeted`](super::encode::encode_entry_budgeted) then holds the budget
+/// exactly: a chunk that would push the tensor's measured error past it is coded again one
+/// step more precisely ([`Coding::escalate`]), up to exactly.
 pub(super) fn auto_codings(
     file: &PlannedFile,
     bytes: &Source<'_>,
